@@ -1,0 +1,275 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"time"
+)
+
+// allServices are the services `loom serve` can run, in start order.
+var allServices = []string{"memory", "agent", "orchestrator"}
+
+// config is the effective configuration of `loom serve`: flags override environment variables, which override
+// the defaults. Secrets come only from the environment or from files (VAR_FILE), never from flags, which other
+// users can read from the process list.
+type config struct {
+	Listen          string
+	DataDir         string
+	Services        []string
+	DatabaseURL     string
+	MemoryAddr      string
+	AgentAddr       string
+	TLSCert         string
+	TLSKey          string
+	CORSOrigins     []string
+	Reflection      bool
+	MaxMessageBytes int
+	DefaultTimeout  time.Duration
+	MaxTimeout      time.Duration
+	ShutdownGrace   time.Duration
+	MaxStreams      int
+	LogLevel        slog.Level
+	LogFormat       string
+
+	Secrets secrets
+}
+
+// secrets are provider credentials. They are masked whenever the config is printed or logged.
+type secrets struct {
+	GeminiAPIKey     string
+	OpenAIAPIKey     string
+	ElevenLabsAPIKey string
+	TavusAPIKey      string
+}
+
+// secretVars lists each secret's environment variable; VAR_FILE names a file holding it instead.
+var secretVars = []struct {
+	env string
+	dst func(*secrets) *string
+}{
+	{"LOOM_GEMINI_API_KEY", func(s *secrets) *string { return &s.GeminiAPIKey }},
+	{"LOOM_OPENAI_API_KEY", func(s *secrets) *string { return &s.OpenAIAPIKey }},
+	{"LOOM_ELEVENLABS_API_KEY", func(s *secrets) *string { return &s.ElevenLabsAPIKey }},
+	{"LOOM_TAVUS_API_KEY", func(s *secrets) *string { return &s.TavusAPIKey }},
+}
+
+// flagSpec is one flag with the environment variable that backs it.
+type flagSpec struct {
+	name, env, def, usage string
+}
+
+var serveFlags = []flagSpec{
+	{"listen", "LOOM_LISTEN", ":8080", "address to serve Connect, gRPC and gRPC-Web on"},
+	{"data-dir", "LOOM_DATA_DIR", "./loom-data", "directory for embedded data (SQLite, the embedded vector store)"},
+	{"services", "LOOM_SERVICES", strings.Join(allServices, ","), "comma-separated services to run: memory, agent, orchestrator"},
+	{"database-url", "LOOM_DATABASE_URL", "", "PostgreSQL URL (postgres://...); empty uses SQLite and the embedded vector store in --data-dir"},
+	{"memory-addr", "LOOM_MEMORY_ADDR", "", "memory service target for other services: dns:///host:port or host1:port,host2:port; empty calls this process"},
+	{"agent-addr", "LOOM_AGENT_ADDR", "", "agent service target for the orchestrator; empty calls this process"},
+	{"tls-cert", "LOOM_TLS_CERT", "", "TLS certificate file (PEM); with --tls-key enables TLS, otherwise h2c"},
+	{"tls-key", "LOOM_TLS_KEY", "", "TLS private key file (PEM)"},
+	{"cors-origins", "LOOM_CORS_ORIGINS", "*", "comma-separated origins allowed to call from browsers; empty disables CORS"},
+	{"reflection", "LOOM_REFLECTION", "true", "serve gRPC reflection (v1 and v1alpha)"},
+	{"max-message-bytes", "LOOM_MAX_MESSAGE_BYTES", "4194304", "largest request or response message, after decompression"},
+	{"default-timeout", "LOOM_DEFAULT_TIMEOUT", "30s", "deadline of unary calls that carry none"},
+	{"max-timeout", "LOOM_MAX_TIMEOUT", "1h", "cap on every call's deadline (streams included)"},
+	{"shutdown-grace", "LOOM_SHUTDOWN_GRACE", "20s", "time in-flight calls get to finish on SIGTERM/SIGINT"},
+	{"max-concurrent-streams", "LOOM_MAX_CONCURRENT_STREAMS", "250", "HTTP/2 streams per connection"},
+	{"log-level", "LOOM_LOG_LEVEL", "info", "debug, info, warn or error"},
+	{"log-format", "LOOM_LOG_FORMAT", "text", "text or json"},
+}
+
+// parseServe parses `loom serve` arguments with getenv as the environment.
+func parseServe(args []string, getenv func(string) string, out *os.File) (config, error) {
+	fs := flag.NewFlagSet("loom serve", flag.ContinueOnError)
+	fs.SetOutput(out)
+	vals := make(map[string]*string, len(serveFlags))
+	for _, f := range serveFlags {
+		vals[f.name] = fs.String(f.name, f.def, fmt.Sprintf("%s (env %s)", f.usage, f.env))
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: loom serve [flags]\n\nRuns Loom's services on one port. Precedence: flags > environment > defaults.\n\nFlags:\n")
+		fs.PrintDefaults()
+		fmt.Fprintf(out, "\nSecrets (environment only; VAR_FILE reads the value from a file):\n")
+		for _, s := range secretVars {
+			fmt.Fprintf(out, "  %s, %s_FILE\n", s.env, s.env)
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		return config{}, err
+	}
+	if fs.NArg() > 0 {
+		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for _, f := range serveFlags {
+		if v, ok := lookupEnv(getenv, f.env); ok && !set[f.name] {
+			*vals[f.name] = v
+		}
+	}
+
+	var c config
+	var errs []error
+	get := func(name string) string { return *vals[name] }
+	dur := func(name string) time.Duration {
+		d, err := time.ParseDuration(get(name))
+		if err != nil || d <= 0 {
+			errs = append(errs, fmt.Errorf("--%s: want a positive duration such as 30s, got %q", name, get(name)))
+		}
+		return d
+	}
+	num := func(name string) int {
+		var n int
+		if _, err := fmt.Sscan(get(name), &n); err != nil || n <= 0 {
+			errs = append(errs, fmt.Errorf("--%s: want a positive integer, got %q", name, get(name)))
+		}
+		return n
+	}
+	c.Listen = get("listen")
+	c.DataDir = get("data-dir")
+	c.Services = splitList(get("services"))
+	c.DatabaseURL = get("database-url")
+	c.MemoryAddr = get("memory-addr")
+	c.AgentAddr = get("agent-addr")
+	c.TLSCert, c.TLSKey = get("tls-cert"), get("tls-key")
+	c.CORSOrigins = splitList(get("cors-origins"))
+	switch get("reflection") {
+	case "true", "1", "yes":
+		c.Reflection = true
+	case "false", "0", "no":
+	default:
+		errs = append(errs, fmt.Errorf("--reflection: want true or false, got %q", get("reflection")))
+	}
+	c.MaxMessageBytes = num("max-message-bytes")
+	c.DefaultTimeout = dur("default-timeout")
+	c.MaxTimeout = dur("max-timeout")
+	c.ShutdownGrace = dur("shutdown-grace")
+	c.MaxStreams = num("max-concurrent-streams")
+	if err := c.LogLevel.UnmarshalText([]byte(get("log-level"))); err != nil {
+		errs = append(errs, fmt.Errorf("--log-level: %w", err))
+	}
+	c.LogFormat = get("log-format")
+
+	for _, s := range secretVars {
+		v, err := readSecret(getenv, s.env)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		*s.dst(&c.Secrets) = v
+	}
+	if err := errors.Join(errs...); err != nil {
+		return config{}, err
+	}
+	return c, c.Validate()
+}
+
+// Validate checks the configuration as a whole.
+func (c config) Validate() error {
+	var errs []error
+	if len(c.Services) == 0 {
+		errs = append(errs, errors.New("--services: at least one service is needed"))
+	}
+	for _, s := range c.Services {
+		if !slices.Contains(allServices, s) {
+			errs = append(errs, fmt.Errorf("--services: unknown service %q (want %s)", s, strings.Join(allServices, ", ")))
+		}
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))
+	}
+	if c.DefaultTimeout > c.MaxTimeout {
+		errs = append(errs, errors.New("--default-timeout exceeds --max-timeout"))
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		errs = append(errs, fmt.Errorf("--log-format: want text or json, got %q", c.LogFormat))
+	}
+	if c.DatabaseURL != "" && !strings.HasPrefix(c.DatabaseURL, "postgres://") && !strings.HasPrefix(c.DatabaseURL, "postgresql://") {
+		errs = append(errs, errors.New("--database-url: want a postgres:// URL"))
+	}
+	return errors.Join(errs...)
+}
+
+// runs reports whether service is among those configured.
+func (c config) runs(service string) bool { return slices.Contains(c.Services, service) }
+
+// LogValue prints the effective configuration with secrets and database passwords masked.
+func (c config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("listen", c.Listen),
+		slog.String("data_dir", c.DataDir),
+		slog.String("services", strings.Join(c.Services, ",")),
+		slog.String("database_url", maskURL(c.DatabaseURL)),
+		slog.String("memory_addr", c.MemoryAddr),
+		slog.String("agent_addr", c.AgentAddr),
+		slog.Bool("tls", c.TLSCert != ""),
+		slog.String("cors_origins", strings.Join(c.CORSOrigins, ",")),
+		slog.Bool("reflection", c.Reflection),
+		slog.Int("max_message_bytes", c.MaxMessageBytes),
+		slog.Duration("default_timeout", c.DefaultTimeout),
+		slog.Duration("max_timeout", c.MaxTimeout),
+		slog.Duration("shutdown_grace", c.ShutdownGrace),
+		slog.Int("max_concurrent_streams", c.MaxStreams),
+		slog.String("log_level", c.LogLevel.String()),
+		slog.String("gemini_api_key", mask(c.Secrets.GeminiAPIKey)),
+		slog.String("openai_api_key", mask(c.Secrets.OpenAIAPIKey)),
+		slog.String("elevenlabs_api_key", mask(c.Secrets.ElevenLabsAPIKey)),
+		slog.String("tavus_api_key", mask(c.Secrets.TavusAPIKey)),
+	)
+}
+
+func mask(secret string) string {
+	if secret == "" {
+		return "(unset)"
+	}
+	return "(set)"
+}
+
+// maskURL hides the password of a database URL.
+func maskURL(u string) string {
+	at := strings.LastIndex(u, "@")
+	scheme := strings.Index(u, "://")
+	if at < 0 || scheme < 0 {
+		return u
+	}
+	userinfo := u[scheme+3 : at]
+	if i := strings.Index(userinfo, ":"); i >= 0 {
+		return u[:scheme+3] + userinfo[:i] + ":xxxxx" + u[at:]
+	}
+	return u
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func lookupEnv(getenv func(string) string, name string) (string, bool) {
+	v := getenv(name)
+	return v, v != ""
+}
+
+// readSecret reads env, or the file named by env_FILE. Errors name the variable, never the value.
+func readSecret(getenv func(string) string, env string) (string, error) {
+	if v := getenv(env); v != "" {
+		return v, nil
+	}
+	path := getenv(env + "_FILE")
+	if path == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("%s_FILE: cannot read the secret file", env)
+	}
+	return strings.TrimSpace(string(b)), nil
+}

@@ -1,0 +1,164 @@
+// Package rpcclient builds the grpc-go connections one Loom service uses to call another. It is the only way a
+// service reaches another one, in split deployments and in all-in-one mode alike.
+//
+// Each connection: resolves a "dns:///host:port" target or a static address list; balances round-robin over
+// every address whose grpc.health.v1 status is SERVING (client-side health checking); retries only UNAVAILABLE
+// and only for RPCs the contract marks idempotent (idempotency_level NO_SIDE_EFFECTS or IDEMPOTENT); gives
+// every call a deadline (the caller's remaining budget travels to the server as grpc-timeout); and logs each
+// call with go-grpc-middleware's logging interceptor.
+package rpcclient
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/retry"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/timeout"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	_ "google.golang.org/grpc/health" // enables client-side health checking
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/descriptorpb"
+)
+
+// Config describes one target service.
+type Config struct {
+	// Target is "dns:///host:port" (every address the name resolves to), a comma-separated static list
+	// "host1:port,host2:port", or a single "host:port" (resolved through DNS).
+	Target string
+	// Service is the fully-qualified service name whose health status decides whether an address gets calls,
+	// for example memoryv1.MemoryService_ServiceDesc.ServiceName.
+	Service string
+	// Timeout is the deadline of a unary call whose context has none. Default 10 s. A context that already has
+	// a deadline keeps the earlier of the two.
+	Timeout time.Duration
+	// MaxRetries bounds retries of idempotent calls that failed with UNAVAILABLE. Default 3.
+	MaxRetries uint
+	// TLS enables TLS with this configuration; nil means cleartext HTTP/2.
+	TLS *tls.Config
+	// Logger receives one line per call at debug level, and failures at warn.
+	Logger *slog.Logger
+}
+
+// Dial creates the connection for cfg. It does not block: addresses are connected lazily and re-resolved.
+// Close the connection when done.
+func Dial(cfg Config) (*grpc.ClientConn, error) {
+	if cfg.Target == "" {
+		return nil, errors.New("rpcclient: empty target")
+	}
+	if cfg.Service == "" {
+		return nil, errors.New("rpcclient: empty service name")
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	if cfg.MaxRetries == 0 {
+		cfg.MaxRetries = 3
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+
+	target, opts := resolve(cfg.Target)
+	creds := insecure.NewCredentials()
+	if cfg.TLS != nil {
+		creds = credentials.NewTLS(cfg.TLS)
+	}
+	serviceConfig := fmt.Sprintf(`{"loadBalancingConfig":[{"round_robin":{}}],"healthCheckConfig":{"serviceName":%q}}`, cfg.Service)
+
+	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		cfg.Logger.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+	logOpts := []logging.Option{
+		logging.WithLogOnEvents(logging.FinishCall),
+		logging.WithLevels(func(c codes.Code) logging.Level {
+			if c == codes.OK {
+				return logging.LevelDebug
+			}
+			return logging.LevelWarn
+		}),
+	}
+	retryOpts := []retry.CallOption{
+		retry.WithCodes(codes.Unavailable),
+		retry.WithMax(cfg.MaxRetries),
+		retry.WithBackoff(retry.BackoffExponentialWithJitter(50*time.Millisecond, 0.2)),
+	}
+	idempotent := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
+		return Idempotent(c.FullMethod())
+	})
+
+	opts = append(opts,
+		grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultServiceConfig(serviceConfig),
+		// Outermost first: log the whole call (retries included), bound it, then retry inside the bound.
+		grpc.WithChainUnaryInterceptor(
+			logging.UnaryClientInterceptor(logger, logOpts...),
+			timeout.UnaryClientInterceptor(cfg.Timeout),
+			selector.UnaryClientInterceptor(retry.UnaryClientInterceptor(retryOpts...), idempotent),
+		),
+		grpc.WithChainStreamInterceptor(
+			logging.StreamClientInterceptor(logger, logOpts...),
+		),
+	)
+	conn, err := grpc.NewClient(target, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("rpcclient: dial %s: %w", cfg.Target, err)
+	}
+	return conn, nil
+}
+
+// resolve turns a target into a grpc-go target and the dial options it needs.
+func resolve(target string) (string, []grpc.DialOption) {
+	if strings.Contains(target, ":///") {
+		return target, nil
+	}
+	addrs := strings.Split(target, ",")
+	if len(addrs) == 1 {
+		return "dns:///" + strings.TrimSpace(addrs[0]), nil
+	}
+	r := manual.NewBuilderWithScheme("loom-static")
+	state := resolver.State{}
+	for _, a := range addrs {
+		if a = strings.TrimSpace(a); a != "" {
+			state.Addresses = append(state.Addresses, resolver.Address{Addr: a})
+		}
+	}
+	r.InitialState(state)
+	return "loom-static:///" + target, []grpc.DialOption{grpc.WithResolvers(r)}
+}
+
+// Idempotent reports whether the contract marks fullMethod ("/pkg.Service/Method") NO_SIDE_EFFECTS or
+// IDEMPOTENT: only those calls are retried, since a retried call may have reached the server already.
+func Idempotent(fullMethod string) bool {
+	name := strings.ReplaceAll(strings.TrimPrefix(fullMethod, "/"), "/", ".")
+	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name))
+	if err != nil {
+		return false
+	}
+	md, ok := d.(protoreflect.MethodDescriptor)
+	if !ok {
+		return false
+	}
+	opts, ok := md.Options().(*descriptorpb.MethodOptions)
+	if !ok || opts == nil {
+		return false
+	}
+	switch opts.GetIdempotencyLevel() {
+	case descriptorpb.MethodOptions_NO_SIDE_EFFECTS, descriptorpb.MethodOptions_IDEMPOTENT:
+		return true
+	}
+	return false
+}

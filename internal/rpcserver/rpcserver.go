@@ -1,0 +1,303 @@
+// Package rpcserver builds Loom's one server: a single port that serves Connect (HTTP/1.1 and HTTP/2), gRPC and
+// gRPC-Web for every mounted service, plus grpc.health.v1, gRPC reflection (v1 and v1alpha), CORS for
+// Connect-Web, /healthz, /readyz and /metrics.
+//
+// The request path is: net/http (limits, h2c or TLS) -> CORS -> authentication middleware (fills the principal
+// before the body is decoded) -> the Connect handler -> the interceptor chain (see [Interceptors]) -> the
+// service implementation.
+package rpcserver
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	connectcors "connectrpc.com/cors"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/cors"
+
+	"github.com/loom-dev/loom/internal/principal"
+)
+
+// Config holds the server's limits and transport settings. Zero values take the defaults documented per field.
+type Config struct {
+	// Addr to listen on, for example ":8080".
+	Addr string
+	// TLSCertFile and TLSKeyFile enable TLS when both are set; otherwise the server speaks h2c (cleartext HTTP/2
+	// and HTTP/1.1).
+	TLSCertFile, TLSKeyFile string
+	// MaxMessageBytes bounds one request or response message after decompression. Default 4 MiB.
+	MaxMessageBytes int
+	// MaxHeaderBytes bounds request headers. Default 64 KiB.
+	MaxHeaderBytes int
+	// ReadHeaderTimeout bounds reading request headers. Default 10 s.
+	ReadHeaderTimeout time.Duration
+	// ReadTimeout bounds reading a request body. Default 60 s.
+	ReadTimeout time.Duration
+	// IdleTimeout closes idle keep-alive connections. Default 120 s.
+	IdleTimeout time.Duration
+	// DefaultTimeout is the deadline given to calls that carry none. Default 30 s.
+	DefaultTimeout time.Duration
+	// MaxTimeout caps every call's deadline, streams included. Default 1 h. The write timeout is MaxTimeout plus
+	// a margin, so a stream is never cut by the transport before its own deadline.
+	MaxTimeout time.Duration
+	// MaxConcurrentStreams bounds HTTP/2 streams per connection. Default 250.
+	MaxConcurrentStreams int
+	// ShutdownGrace is how long in-flight calls may run after shutdown begins. Default 20 s.
+	ShutdownGrace time.Duration
+	// CORSOrigins lists origins allowed to call from a browser; "*" allows any. Empty disables CORS.
+	CORSOrigins []string
+	// Reflection enables gRPC server reflection. Default on in [Config.withDefaults] callers; set explicitly.
+	Reflection bool
+}
+
+func (c Config) withDefaults() Config {
+	def := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	if c.MaxMessageBytes <= 0 {
+		c.MaxMessageBytes = 4 << 20
+	}
+	if c.MaxHeaderBytes <= 0 {
+		c.MaxHeaderBytes = 64 << 10
+	}
+	def(&c.ReadHeaderTimeout, 10*time.Second)
+	def(&c.ReadTimeout, 60*time.Second)
+	def(&c.IdleTimeout, 120*time.Second)
+	def(&c.DefaultTimeout, 30*time.Second)
+	def(&c.MaxTimeout, time.Hour)
+	def(&c.ShutdownGrace, 20*time.Second)
+	if c.MaxConcurrentStreams <= 0 {
+		c.MaxConcurrentStreams = 250
+	}
+	return c
+}
+
+// Authenticator turns a request into a principal before its body is read. An error refuses the call with
+// Unauthenticated.
+type Authenticator func(r *http.Request) (principal.Principal, error)
+
+// LocalAuthenticator gives every call [principal.Local]: the embedded development mode.
+func LocalAuthenticator(*http.Request) (principal.Principal, error) { return principal.Local, nil }
+
+// Server serves a set of services on one port. Create it with [New].
+type Server struct {
+	cfg      Config
+	logger   *slog.Logger
+	services []Service
+	health   *grpchealth.StaticChecker
+	registry *prometheus.Registry
+	handler  http.Handler
+
+	mu      sync.Mutex
+	serving bool
+}
+
+// New builds a server for services. auth runs before every RPC; nil means [LocalAuthenticator].
+func New(logger *slog.Logger, cfg Config, auth Authenticator, services ...Service) (*Server, error) {
+	cfg = cfg.withDefaults()
+	if auth == nil {
+		auth = LocalAuthenticator
+	}
+	names := make([]string, 0, len(services))
+	for _, svc := range services {
+		if svc.Name == "" || svc.Handler == nil {
+			return nil, errors.New("rpcserver: service needs a name and a handler")
+		}
+		names = append(names, svc.Name)
+	}
+	s := &Server{
+		cfg:      cfg,
+		logger:   logger,
+		services: services,
+		health:   grpchealth.NewStaticChecker(names...),
+		registry: prometheus.NewRegistry(),
+		serving:  true,
+	}
+	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := newMetrics(s.registry)
+
+	opts := []connect.HandlerOption{
+		connect.WithInterceptors(Interceptors(logger, metrics, cfg.DefaultTimeout, cfg.MaxTimeout)...),
+		connect.WithReadMaxBytes(cfg.MaxMessageBytes),
+		connect.WithSendMaxBytes(cfg.MaxMessageBytes),
+	}
+	rpc := http.NewServeMux()
+	for _, svc := range services {
+		path, h := svc.Handler(opts...)
+		rpc.Handle(path, h)
+	}
+	rpc.Handle(grpchealth.NewHandler(s.health, connect.WithReadMaxBytes(cfg.MaxMessageBytes)))
+	if cfg.Reflection {
+		reflector := grpcreflect.NewStaticReflector(names...)
+		rpc.Handle(grpcreflect.NewHandlerV1(reflector, connect.WithReadMaxBytes(cfg.MaxMessageBytes)))
+		rpc.Handle(grpcreflect.NewHandlerV1Alpha(reflector, connect.WithReadMaxBytes(cfg.MaxMessageBytes)))
+	}
+
+	mux := http.NewServeMux()
+	mux.Handle("/", authenticate(auth, rpc))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{Registry: s.registry}))
+
+	s.handler = withCORS(cfg.CORSOrigins, mux)
+	return s, nil
+}
+
+// Handler returns the server's root handler, for tests that serve it themselves.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Registry returns the Prometheus registry behind /metrics, so callers can add their own collectors.
+func (s *Server) Registry() *prometheus.Registry { return s.registry }
+
+// SetServing sets every service's grpc.health.v1 status: SERVING or NOT_SERVING. Clients that check health
+// (see package rpcclient) stop sending calls to a NOT_SERVING server.
+func (s *Server) SetServing(serving bool) {
+	s.mu.Lock()
+	s.serving = serving
+	s.mu.Unlock()
+	status := grpchealth.StatusServing
+	if !serving {
+		status = grpchealth.StatusNotServing
+	}
+	s.health.SetStatus("", status)
+	for _, svc := range s.services {
+		s.health.SetStatus(svc.Name, status)
+	}
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	s.mu.Lock()
+	serving := s.serving
+	s.mu.Unlock()
+	if !serving {
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	for _, svc := range s.services {
+		if svc.Ready == nil {
+			continue
+		}
+		if err := svc.Ready(ctx); err != nil {
+			s.logger.WarnContext(ctx, "not ready", "service", svc.Name, "err", err)
+			http.Error(w, svc.Name+": not ready", http.StatusServiceUnavailable)
+			return
+		}
+	}
+	_, _ = w.Write([]byte("ready\n"))
+}
+
+// Serve accepts connections on ln until ctx is done, then shuts down gracefully: health turns NOT_SERVING, the
+// listener closes, in-flight calls (streams too) get ShutdownGrace to finish, and remaining connections are
+// closed. It returns nil after a graceful shutdown.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	cfg := s.cfg
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
+		WriteTimeout:      cfg.MaxTimeout + 30*time.Second,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: cfg.MaxConcurrentStreams},
+		Protocols:         new(http.Protocols),
+		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	srv.Protocols.SetHTTP1(true)
+	tlsOn := cfg.TLSCertFile != "" && cfg.TLSKeyFile != ""
+	if tlsOn {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return fmt.Errorf("load tls key pair: %w", err)
+		}
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		srv.Protocols.SetHTTP2(true)
+	} else {
+		srv.Protocols.SetUnencryptedHTTP2(true)
+	}
+
+	errc := make(chan error, 1)
+	go func() {
+		if tlsOn {
+			errc <- srv.ServeTLS(ln, "", "")
+			return
+		}
+		errc <- srv.Serve(ln)
+	}()
+	s.logger.InfoContext(ctx, "serving", "addr", ln.Addr().String(), "tls", tlsOn, "services", len(s.services))
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	s.SetServing(false)
+	s.logger.Info("shutting down", "grace", cfg.ShutdownGrace)
+	graceCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(graceCtx); err != nil {
+		s.logger.Warn("grace period over; closing remaining connections", "err", err)
+		_ = srv.Close()
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	s.logger.Info("stopped")
+	return nil
+}
+
+// authenticate resolves the principal before the request body is read and refuses the call if it cannot.
+func authenticate(auth Authenticator, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, err := auth(r)
+		if err != nil {
+			writeConnectError(w, r, connect.NewError(connect.CodeUnauthenticated, err))
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(principal.NewContext(r.Context(), p)))
+	})
+}
+
+// writeConnectError answers in whichever protocol the request speaks (Connect, gRPC or gRPC-Web).
+func writeConnectError(w http.ResponseWriter, r *http.Request, err *connect.Error) {
+	ew := connect.NewErrorWriter()
+	if !ew.IsSupported(r) {
+		http.Error(w, err.Message(), http.StatusUnauthorized)
+		return
+	}
+	_ = ew.Write(w, r, err)
+}
+
+func withCORS(origins []string, h http.Handler) http.Handler {
+	if len(origins) == 0 {
+		return h
+	}
+	return cors.New(cors.Options{
+		AllowedOrigins: origins,
+		AllowedMethods: connectcors.AllowedMethods(),
+		// The cors package's defaults do not include Authorization; browsers need it for bearer tokens.
+		AllowedHeaders: append(connectcors.AllowedHeaders(), "Authorization"),
+		ExposedHeaders: connectcors.ExposedHeaders(),
+		MaxAge:         7200,
+	}).Handler(h)
+}
