@@ -23,7 +23,7 @@ type Server struct {
 	// Addr is its "127.0.0.1:port".
 	Addr string
 	// URL is "http://" + Addr, the base URL for Connect clients.
-	URL string
+	URL  string
 	stop func()
 }
 

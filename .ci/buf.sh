@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Contract checks: buf lint; `buf generate` must not change gen/ (generated code is committed and never edited by
+# hand); and no commit that touched proto/ may break its parent (buf breaking, FILE rules), so main never breaks
+# the main before it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+buf() { go tool -modfile=tools/buf/go.mod buf "$@"; }
+
+buf lint
+
+buf generate
+if ! git diff --quiet -- gen || [ -n "$(git ls-files --others --exclude-standard -- gen)" ]; then
+  echo "gen/ is out of date with proto/: run 'make gen' and commit the result" >&2
+  git status --short -- gen >&2
+  exit 1
+fi
+
+if [ "$(git rev-parse --is-shallow-repository)" = "true" ]; then
+  git fetch --quiet --unshallow || true
+fi
+n=0
+for c in $(git log --format=%H -n 20 -- proto); do
+  if git cat-file -e "$c~1:proto" 2>/dev/null; then
+    buf breaking ".git#ref=$c" --against ".git#ref=$c~1"
+    n=$((n + 1))
+  fi
+done
+echo "buf breaking: checked $n commit(s) that changed proto/ against their parents"

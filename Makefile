@@ -1,0 +1,18 @@
+# The README's two commands: `make run` (the platform on embedded defaults) and `make test` (the whole suite).
+.PHONY: run test gen lint build
+
+run:
+	go run ./cmd/loom serve
+
+test:
+	go vet ./...
+	go test -count=1 -timeout 15m ./...
+
+build:
+	go build -o bin/loom ./cmd/loom
+
+gen:
+	go tool -modfile=tools/buf/go.mod buf generate
+
+lint:
+	go tool -modfile=tools/buf/go.mod buf lint
