@@ -11,7 +11,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -77,5 +76,3 @@ func buildVersion() string {
 	}
 	return "(devel)"
 }
-
-var _ io.Writer = (*os.File)(nil)
