@@ -1,0 +1,85 @@
+package deploy_test
+
+import (
+	"context"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
+)
+
+func loadCompose(t *testing.T) *types.Project {
+	t.Helper()
+	opts, err := cli.NewProjectOptions([]string{"../compose.yaml"},
+		cli.WithWorkingDirectory(".."), cli.WithName("loom"), cli.WithEnv([]string{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := opts.LoadProject(context.Background())
+	if err != nil {
+		t.Fatalf("compose.yaml does not load: %v", err)
+	}
+	return p
+}
+
+func TestComposeSplitDeployment(t *testing.T) {
+	p := loadCompose(t)
+	pg, err := p.GetService("postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(pg.Image, "pgvector/pgvector:") {
+		t.Errorf("postgres image = %q, want pgvector/pgvector", pg.Image)
+	}
+	if pg.HealthCheck == nil || len(pg.HealthCheck.Test) == 0 {
+		t.Error("postgres has no health check")
+	}
+
+	for _, name := range []string{"memory", "agent", "orchestrator"} {
+		svc, err := p.GetService(name)
+		if err != nil {
+			t.Fatalf("service %s: %v", name, err)
+		}
+		if svc.Build == nil || svc.Build.Dockerfile != "Dockerfile" {
+			t.Errorf("%s: not built from the repo's Dockerfile", name)
+		}
+		if !slices.Equal([]string(svc.Command), []string{"serve", "--services", name}) {
+			t.Errorf("%s: command = %v", name, svc.Command)
+		}
+		if svc.HealthCheck == nil || !strings.Contains(strings.Join(svc.HealthCheck.Test, " "), "grpc-health-probe") {
+			t.Errorf("%s: no gRPC health check", name)
+		}
+		if dep, ok := svc.DependsOn["postgres"]; !ok || dep.Condition != types.ServiceConditionHealthy {
+			t.Errorf("%s: does not wait for a healthy postgres", name)
+		}
+		env := svc.Environment
+		if v := env["LOOM_DATABASE_URL"]; v == nil || !strings.HasPrefix(*v, "postgres://") {
+			t.Errorf("%s: LOOM_DATABASE_URL not set to Postgres", name)
+		}
+		if v := env["LOOM_MEMORY_ADDR"]; v == nil || *v != "dns:///memory:8080" {
+			t.Errorf("%s: LOOM_MEMORY_ADDR should resolve every memory replica via dns:///", name)
+		}
+	}
+	mem, _ := p.GetService("memory")
+	if mem.Deploy == nil || mem.Deploy.Replicas == nil || *mem.Deploy.Replicas != 2 {
+		t.Errorf("memory should run two replicas")
+	}
+	if len(mem.Ports) != 0 {
+		t.Errorf("memory replicas cannot publish one host port")
+	}
+}
+
+func TestDockerfileBuildsTheBinaryAndProbe(t *testing.T) {
+	b, err := os.ReadFile("../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"./cmd/loom", "grpc-health-probe", "espeak-ng", "USER loom", `ENTRYPOINT ["loom"]`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("Dockerfile lacks %q", want)
+		}
+	}
+}
