@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -229,18 +230,16 @@ func mask(secret string) string {
 	return "(set)"
 }
 
-// maskURL hides the password of a database URL.
+// maskURL hides the password of a database URL; a URL it cannot parse is hidden whole.
 func maskURL(u string) string {
-	at := strings.LastIndex(u, "@")
-	scheme := strings.Index(u, "://")
-	if at < 0 || scheme < 0 {
-		return u
+	if u == "" {
+		return ""
 	}
-	userinfo := u[scheme+3 : at]
-	if i := strings.Index(userinfo, ":"); i >= 0 {
-		return u[:scheme+3] + userinfo[:i] + ":xxxxx" + u[at:]
+	parsed, err := url.Parse(u)
+	if err != nil {
+		return "(unparseable)"
 	}
-	return u
+	return parsed.Redacted()
 }
 
 func splitList(s string) []string {

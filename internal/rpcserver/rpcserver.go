@@ -58,8 +58,10 @@ type Config struct {
 	ShutdownGrace time.Duration
 	// CORSOrigins lists origins allowed to call from a browser; "*" allows any. Empty disables CORS.
 	CORSOrigins []string
-	// Reflection enables gRPC server reflection. Default on in [Config.withDefaults] callers; set explicitly.
+	// Reflection enables gRPC server reflection (v1 and v1alpha).
 	Reflection bool
+	// Console, when set, serves the browser console under /console/ (and / redirects there).
+	Console http.Handler
 }
 
 func (c Config) withDefaults() Config {
@@ -155,6 +157,10 @@ func New(logger *slog.Logger, cfg Config, auth Authenticator, services ...Servic
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{Registry: s.registry}))
+	if cfg.Console != nil {
+		mux.Handle("GET /console/", http.StripPrefix("/console", cfg.Console))
+		mux.Handle("GET /{$}", http.RedirectHandler("/console/", http.StatusFound))
+	}
 
 	s.handler = withCORS(cfg.CORSOrigins, mux)
 	return s, nil
