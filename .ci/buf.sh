@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 buf() { go tool -modfile=tools/buf/go.mod buf "$@"; }
 
 buf lint
+if ! buf format --diff --exit-code >/dev/null; then echo "proto/ is not formatted: run buf format -w" >&2; exit 1; fi
 
 buf generate
 if ! git diff --quiet -- gen || [ -n "$(git ls-files --others --exclude-standard -- gen)" ]; then

@@ -21,15 +21,18 @@ import (
 //  2. logging: one line per RPC with procedure, code, duration and principal; it sees the final code, including
 //     the one recover produced.
 //  3. metrics: requests, errors and latency per procedure, counted like the log line.
-//  4. deadlines: gives unary calls without a deadline the default (streams the maximum) and caps the rest at the
+//  4. authorization: the role the contract declares for the RPC ((loom.auth.v1.required_role)) against the
+//     principal's roles; deny by default. After logging and metrics so refusals are seen, before any work.
+//  5. deadlines: gives unary calls without a deadline the default (streams the maximum) and caps the rest at the
 //     maximum, before any work starts.
-//  5. validation: protovalidate rules from the contracts; innermost, so rejected requests are still logged and
+//  6. validation: protovalidate rules from the contracts; innermost, so rejected requests are still logged and
 //     counted, and handlers only ever see valid messages.
 func Interceptors(logger *slog.Logger, m *metrics, defaultTimeout, maxTimeout time.Duration) []connect.Interceptor {
 	return []connect.Interceptor{
 		&recoverInterceptor{logger: logger},
 		&logInterceptor{logger: logger},
 		&metricsInterceptor{m: m},
+		authzInterceptor{},
 		&deadlineInterceptor{def: defaultTimeout, max: maxTimeout},
 		validate.NewInterceptor(),
 	}

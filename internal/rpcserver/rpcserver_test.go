@@ -19,10 +19,14 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"google.golang.org/protobuf/reflect/protoreflect"
+
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
+	authv1 "github.com/loom-dev/loom/gen/loom/auth/v1"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/gen/loom/memory/v1/memoryv1connect"
+	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcclient"
 	"github.com/loom-dev/loom/internal/rpcserver"
@@ -390,6 +394,25 @@ func TestLoadBalancingFollowsHealth(t *testing.T) {
 	waitFor(t, 5*time.Second, func() bool { na, _ := count(10); return na > 0 })
 }
 
+func TestRequiredRolesAreDeclaredForEveryRPC(t *testing.T) {
+	t.Parallel()
+	for _, fd := range []protoreflect.FileDescriptor{memoryv1.File_loom_memory_v1_memory_proto, agentv1.File_loom_agent_v1_agent_proto, orchestratorv1.File_loom_orchestrator_v1_orchestrator_proto} {
+		for i := range fd.Services().Len() {
+			svc := fd.Services().Get(i)
+			for j := range svc.Methods().Len() {
+				m := svc.Methods().Get(j)
+				proc := "/" + string(svc.FullName()) + "/" + string(m.Name())
+				if rpcserver.RequiredRole(proc) == authv1.Role_ROLE_UNSPECIFIED {
+					t.Errorf("%s declares no (loom.auth.v1.required_role)", proc)
+				}
+			}
+		}
+	}
+	if rpcserver.Allowed(principal.Principal{Tenant: "t", Roles: []string{"admin"}}, authv1.Role_ROLE_UNSPECIFIED) {
+		t.Error("an RPC without a declared role must be denied to everyone")
+	}
+}
+
 func waitFor(t *testing.T, d time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -408,7 +431,7 @@ func TestAuthenticatorRunsBeforeHandlers(t *testing.T) {
 		if r.Header.Get("Authorization") != "Bearer good" {
 			return principal.Principal{}, errors.New("missing or invalid credentials")
 		}
-		return principal.Principal{Tenant: "t1", Subject: "s"}, nil
+		return principal.Principal{Tenant: "t1", Subject: "s", Roles: []string{"reader"}}, nil
 	}
 	srv := rpcservertest.Start(t, rpcserver.Config{}, auth, rpcserver.Service{Name: memoryv1connect.MemoryServiceName,
 		Handler: func(o ...connect.HandlerOption) (string, http.Handler) {
@@ -425,6 +448,12 @@ func TestAuthenticatorRunsBeforeHandlers(t *testing.T) {
 		res, err := c.GetNamespace(context.Background(), req)
 		if err != nil || res.Msg.GetNamespace().GetDescription() != "a/t1" {
 			t.Errorf("good credentials: %v %v", res, err)
+		}
+		// A reader may not call an RPC the contract reserves for writers.
+		up := connect.NewRequest(&memoryv1.UpsertRequest{Namespace: "docs", Records: []*memoryv1.Record{{Text: "x"}}})
+		up.Header().Set("Authorization", "Bearer good")
+		if _, err := c.Upsert(context.Background(), up); connect.CodeOf(err) != connect.CodePermissionDenied {
+			t.Errorf("reader calling Upsert: %v, want PermissionDenied", err)
 		}
 	}
 	if mem.calls.Load() != 3 {

@@ -8,6 +8,7 @@ package agentv1
 
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	_ "github.com/loom-dev/loom/gen/loom/auth/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -3458,7 +3459,7 @@ var File_loom_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x19loom/agent/v1/agent.proto\x12\rloom.agent.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x02\n" +
+	"\x19loom/agent/v1/agent.proto\x12\rloom.agent.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17loom/auth/v1/auth.proto\"\x91\x02\n" +
 	"\x05Model\x12=\n" +
 	"\bprovider\x18\x01 \x01(\x0e2\x17.loom.agent.v1.ProviderB\b\xbaH\x05\x82\x01\x02\x10\x01R\bprovider\x12\x1c\n" +
 	"\x04name\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xc8\x01R\x04name\x126\n" +
@@ -3706,22 +3707,22 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x17VIDEO_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VIDEO_STATE_RENDERING\x10\x01\x12\x15\n" +
 	"\x11VIDEO_STATE_READY\x10\x02\x12\x16\n" +
-	"\x12VIDEO_STATE_FAILED\x10\x032\xcc\b\n" +
-	"\fAgentService\x12T\n" +
-	"\vCreateAgent\x12!.loom.agent.v1.CreateAgentRequest\x1a\".loom.agent.v1.CreateAgentResponse\x12P\n" +
-	"\bGetAgent\x12\x1e.loom.agent.v1.GetAgentRequest\x1a\x1f.loom.agent.v1.GetAgentResponse\"\x03\x90\x02\x01\x12V\n" +
+	"\x12VIDEO_STATE_FAILED\x10\x032\x8e\t\n" +
+	"\fAgentService\x12Z\n" +
+	"\vCreateAgent\x12!.loom.agent.v1.CreateAgentRequest\x1a\".loom.agent.v1.CreateAgentResponse\"\x04\xc8\xf3\x18\x02\x12T\n" +
+	"\bGetAgent\x12\x1e.loom.agent.v1.GetAgentRequest\x1a\x1f.loom.agent.v1.GetAgentResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12Z\n" +
 	"\n" +
-	"ListAgents\x12 .loom.agent.v1.ListAgentsRequest\x1a!.loom.agent.v1.ListAgentsResponse\"\x03\x90\x02\x01\x12T\n" +
-	"\vUpdateAgent\x12!.loom.agent.v1.UpdateAgentRequest\x1a\".loom.agent.v1.UpdateAgentResponse\x12Y\n" +
-	"\vDeleteAgent\x12!.loom.agent.v1.DeleteAgentRequest\x1a\".loom.agent.v1.DeleteAgentResponse\"\x03\x90\x02\x02\x12<\n" +
-	"\x03Run\x12\x19.loom.agent.v1.RunRequest\x1a\x1a.loom.agent.v1.RunResponse\x12P\n" +
-	"\tRunStream\x12\x1f.loom.agent.v1.RunStreamRequest\x1a .loom.agent.v1.RunStreamResponse0\x01\x12J\n" +
-	"\x06GetRun\x12\x1c.loom.agent.v1.GetRunRequest\x1a\x1d.loom.agent.v1.GetRunResponse\"\x03\x90\x02\x01\x12P\n" +
-	"\bListRuns\x12\x1e.loom.agent.v1.ListRunsRequest\x1a\x1f.loom.agent.v1.ListRunsResponse\"\x03\x90\x02\x01\x12N\n" +
-	"\tCancelRun\x12\x1f.loom.agent.v1.CancelRunRequest\x1a .loom.agent.v1.CancelRunResponse\x12e\n" +
-	"\x10SynthesizeSpeech\x12&.loom.agent.v1.SynthesizeSpeechRequest\x1a'.loom.agent.v1.SynthesizeSpeechResponse0\x01\x12T\n" +
-	"\vCreateVideo\x12!.loom.agent.v1.CreateVideoRequest\x1a\".loom.agent.v1.CreateVideoResponse\x12P\n" +
-	"\bGetVideo\x12\x1e.loom.agent.v1.GetVideoRequest\x1a\x1f.loom.agent.v1.GetVideoResponse\"\x03\x90\x02\x01B\xa9\x01\n" +
+	"ListAgents\x12 .loom.agent.v1.ListAgentsRequest\x1a!.loom.agent.v1.ListAgentsResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12Z\n" +
+	"\vUpdateAgent\x12!.loom.agent.v1.UpdateAgentRequest\x1a\".loom.agent.v1.UpdateAgentResponse\"\x04\xc8\xf3\x18\x02\x12]\n" +
+	"\vDeleteAgent\x12!.loom.agent.v1.DeleteAgentRequest\x1a\".loom.agent.v1.DeleteAgentResponse\"\a\xc8\xf3\x18\x02\x90\x02\x02\x12B\n" +
+	"\x03Run\x12\x19.loom.agent.v1.RunRequest\x1a\x1a.loom.agent.v1.RunResponse\"\x04\xc8\xf3\x18\x02\x12V\n" +
+	"\tRunStream\x12\x1f.loom.agent.v1.RunStreamRequest\x1a .loom.agent.v1.RunStreamResponse\"\x04\xc8\xf3\x18\x020\x01\x12N\n" +
+	"\x06GetRun\x12\x1c.loom.agent.v1.GetRunRequest\x1a\x1d.loom.agent.v1.GetRunResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12T\n" +
+	"\bListRuns\x12\x1e.loom.agent.v1.ListRunsRequest\x1a\x1f.loom.agent.v1.ListRunsResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12T\n" +
+	"\tCancelRun\x12\x1f.loom.agent.v1.CancelRunRequest\x1a .loom.agent.v1.CancelRunResponse\"\x04\xc8\xf3\x18\x02\x12k\n" +
+	"\x10SynthesizeSpeech\x12&.loom.agent.v1.SynthesizeSpeechRequest\x1a'.loom.agent.v1.SynthesizeSpeechResponse\"\x04\xc8\xf3\x18\x020\x01\x12Z\n" +
+	"\vCreateVideo\x12!.loom.agent.v1.CreateVideoRequest\x1a\".loom.agent.v1.CreateVideoResponse\"\x04\xc8\xf3\x18\x02\x12T\n" +
+	"\bGetVideo\x12\x1e.loom.agent.v1.GetVideoRequest\x1a\x1f.loom.agent.v1.GetVideoResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01B\xa9\x01\n" +
 	"\x11com.loom.agent.v1B\n" +
 	"AgentProtoP\x01Z2github.com/loom-dev/loom/gen/loom/agent/v1;agentv1\xa2\x02\x03LAX\xaa\x02\rLoom.Agent.V1\xca\x02\rLoom\\Agent\\V1\xe2\x02\x19Loom\\Agent\\V1\\GPBMetadata\xea\x02\x0fLoom::Agent::V1b\x06proto3"
 

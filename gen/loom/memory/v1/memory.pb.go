@@ -8,6 +8,7 @@ package memoryv1
 
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	_ "github.com/loom-dev/loom/gen/loom/auth/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -2264,7 +2265,7 @@ var File_loom_memory_v1_memory_proto protoreflect.FileDescriptor
 
 const file_loom_memory_v1_memory_proto_rawDesc = "" +
 	"\n" +
-	"\x1bloom/memory/v1/memory.proto\x12\x0eloom.memory.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"f\n" +
+	"\x1bloom/memory/v1/memory.proto\x12\x0eloom.memory.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17loom/auth/v1/auth.proto\"f\n" +
 	"\bEmbedder\x12:\n" +
 	"\bprovider\x18\x01 \x01(\tB\x1e\xbaH\x1br\x19R\x00R\x05localR\x06geminiR\x06openaiR\bprovider\x12\x1e\n" +
 	"\x05model\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xc8\x01R\x05model\"\xbd\x01\n" +
@@ -2423,16 +2424,16 @@ const file_loom_memory_v1_memory_proto_rawDesc = "" +
 	"\tIndexKind\x12\x1a\n" +
 	"\x16INDEX_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INDEX_KIND_EXACT\x10\x01\x12\x13\n" +
-	"\x0fINDEX_KIND_HNSW\x10\x022\xd1\x05\n" +
-	"\rMemoryService\x12b\n" +
-	"\x0fCreateNamespace\x12&.loom.memory.v1.CreateNamespaceRequest\x1a'.loom.memory.v1.CreateNamespaceResponse\x12^\n" +
-	"\fGetNamespace\x12#.loom.memory.v1.GetNamespaceRequest\x1a$.loom.memory.v1.GetNamespaceResponse\"\x03\x90\x02\x01\x12d\n" +
-	"\x0eListNamespaces\x12%.loom.memory.v1.ListNamespacesRequest\x1a&.loom.memory.v1.ListNamespacesResponse\"\x03\x90\x02\x01\x12g\n" +
-	"\x0fDeleteNamespace\x12&.loom.memory.v1.DeleteNamespaceRequest\x1a'.loom.memory.v1.DeleteNamespaceResponse\"\x03\x90\x02\x02\x12L\n" +
-	"\x06Upsert\x12\x1d.loom.memory.v1.UpsertRequest\x1a\x1e.loom.memory.v1.UpsertResponse\"\x03\x90\x02\x02\x12L\n" +
-	"\x06Search\x12\x1d.loom.memory.v1.SearchRequest\x1a\x1e.loom.memory.v1.SearchResponse\"\x03\x90\x02\x01\x12C\n" +
-	"\x03Get\x12\x1a.loom.memory.v1.GetRequest\x1a\x1b.loom.memory.v1.GetResponse\"\x03\x90\x02\x01\x12L\n" +
-	"\x06Delete\x12\x1d.loom.memory.v1.DeleteRequest\x1a\x1e.loom.memory.v1.DeleteResponse\"\x03\x90\x02\x02B\xb1\x01\n" +
+	"\x0fINDEX_KIND_HNSW\x10\x022\xf3\x05\n" +
+	"\rMemoryService\x12h\n" +
+	"\x0fCreateNamespace\x12&.loom.memory.v1.CreateNamespaceRequest\x1a'.loom.memory.v1.CreateNamespaceResponse\"\x04\xc8\xf3\x18\x02\x12b\n" +
+	"\fGetNamespace\x12#.loom.memory.v1.GetNamespaceRequest\x1a$.loom.memory.v1.GetNamespaceResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12h\n" +
+	"\x0eListNamespaces\x12%.loom.memory.v1.ListNamespacesRequest\x1a&.loom.memory.v1.ListNamespacesResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12k\n" +
+	"\x0fDeleteNamespace\x12&.loom.memory.v1.DeleteNamespaceRequest\x1a'.loom.memory.v1.DeleteNamespaceResponse\"\a\xc8\xf3\x18\x02\x90\x02\x02\x12P\n" +
+	"\x06Upsert\x12\x1d.loom.memory.v1.UpsertRequest\x1a\x1e.loom.memory.v1.UpsertResponse\"\a\xc8\xf3\x18\x02\x90\x02\x02\x12P\n" +
+	"\x06Search\x12\x1d.loom.memory.v1.SearchRequest\x1a\x1e.loom.memory.v1.SearchResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12G\n" +
+	"\x03Get\x12\x1a.loom.memory.v1.GetRequest\x1a\x1b.loom.memory.v1.GetResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12P\n" +
+	"\x06Delete\x12\x1d.loom.memory.v1.DeleteRequest\x1a\x1e.loom.memory.v1.DeleteResponse\"\a\xc8\xf3\x18\x02\x90\x02\x02B\xb1\x01\n" +
 	"\x12com.loom.memory.v1B\vMemoryProtoP\x01Z4github.com/loom-dev/loom/gen/loom/memory/v1;memoryv1\xa2\x02\x03LMX\xaa\x02\x0eLoom.Memory.V1\xca\x02\x0eLoom\\Memory\\V1\xe2\x02\x1aLoom\\Memory\\V1\\GPBMetadata\xea\x02\x10Loom::Memory::V1b\x06proto3"
 
 var (

@@ -8,6 +8,7 @@ package orchestratorv1
 
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	_ "github.com/loom-dev/loom/gen/loom/auth/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -4206,7 +4207,7 @@ var File_loom_orchestrator_v1_orchestrator_proto protoreflect.FileDescriptor
 
 const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\n" +
-	"'loom/orchestrator/v1/orchestrator.proto\x12\x14loom.orchestrator.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x03\n" +
+	"'loom/orchestrator/v1/orchestrator.proto\x12\x14loom.orchestrator.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17loom/auth/v1/auth.proto\"\x9d\x03\n" +
 	"\tBlueprint\x122\n" +
 	"\x04name\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12*\n" +
@@ -4501,22 +4502,22 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\bDecision\x12\x18\n" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10DECISION_APPROVE\x10\x01\x12\x13\n" +
-	"\x0fDECISION_REJECT\x10\x022\xf7\v\n" +
-	"\x13OrchestratorService\x12n\n" +
-	"\x0fCreateBlueprint\x12,.loom.orchestrator.v1.CreateBlueprintRequest\x1a-.loom.orchestrator.v1.CreateBlueprintResponse\x12j\n" +
-	"\fGetBlueprint\x12).loom.orchestrator.v1.GetBlueprintRequest\x1a*.loom.orchestrator.v1.GetBlueprintResponse\"\x03\x90\x02\x01\x12p\n" +
-	"\x0eListBlueprints\x12+.loom.orchestrator.v1.ListBlueprintsRequest\x1a,.loom.orchestrator.v1.ListBlueprintsResponse\"\x03\x90\x02\x01\x12n\n" +
-	"\x0fUpdateBlueprint\x12,.loom.orchestrator.v1.UpdateBlueprintRequest\x1a-.loom.orchestrator.v1.UpdateBlueprintResponse\x12s\n" +
-	"\x0fDeleteBlueprint\x12,.loom.orchestrator.v1.DeleteBlueprintRequest\x1a-.loom.orchestrator.v1.DeleteBlueprintResponse\"\x03\x90\x02\x02\x12y\n" +
-	"\x11ValidateBlueprint\x12..loom.orchestrator.v1.ValidateBlueprintRequest\x1a/.loom.orchestrator.v1.ValidateBlueprintResponse\"\x03\x90\x02\x01\x12p\n" +
-	"\x0eGenerateCanvas\x12+.loom.orchestrator.v1.GenerateCanvasRequest\x1a,.loom.orchestrator.v1.GenerateCanvasResponse\"\x03\x90\x02\x01\x12Y\n" +
-	"\bStartRun\x12%.loom.orchestrator.v1.StartRunRequest\x1a&.loom.orchestrator.v1.StartRunResponse\x12X\n" +
-	"\x06GetRun\x12#.loom.orchestrator.v1.GetRunRequest\x1a$.loom.orchestrator.v1.GetRunResponse\"\x03\x90\x02\x01\x12^\n" +
-	"\bListRuns\x12%.loom.orchestrator.v1.ListRunsRequest\x1a&.loom.orchestrator.v1.ListRunsResponse\"\x03\x90\x02\x01\x12\\\n" +
-	"\tCancelRun\x12&.loom.orchestrator.v1.CancelRunRequest\x1a'.loom.orchestrator.v1.CancelRunResponse\x12[\n" +
-	"\bWatchRun\x12%.loom.orchestrator.v1.WatchRunRequest\x1a&.loom.orchestrator.v1.WatchRunResponse0\x01\x12\x82\x01\n" +
-	"\x14ListPendingApprovals\x121.loom.orchestrator.v1.ListPendingApprovalsRequest\x1a2.loom.orchestrator.v1.ListPendingApprovalsResponse\"\x03\x90\x02\x01\x12k\n" +
-	"\x0eSubmitApproval\x12+.loom.orchestrator.v1.SubmitApprovalRequest\x1a,.loom.orchestrator.v1.SubmitApprovalResponseB\xe1\x01\n" +
+	"\x0fDECISION_REJECT\x10\x022\xbb\f\n" +
+	"\x13OrchestratorService\x12t\n" +
+	"\x0fCreateBlueprint\x12,.loom.orchestrator.v1.CreateBlueprintRequest\x1a-.loom.orchestrator.v1.CreateBlueprintResponse\"\x04\xc8\xf3\x18\x02\x12n\n" +
+	"\fGetBlueprint\x12).loom.orchestrator.v1.GetBlueprintRequest\x1a*.loom.orchestrator.v1.GetBlueprintResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12t\n" +
+	"\x0eListBlueprints\x12+.loom.orchestrator.v1.ListBlueprintsRequest\x1a,.loom.orchestrator.v1.ListBlueprintsResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12t\n" +
+	"\x0fUpdateBlueprint\x12,.loom.orchestrator.v1.UpdateBlueprintRequest\x1a-.loom.orchestrator.v1.UpdateBlueprintResponse\"\x04\xc8\xf3\x18\x02\x12w\n" +
+	"\x0fDeleteBlueprint\x12,.loom.orchestrator.v1.DeleteBlueprintRequest\x1a-.loom.orchestrator.v1.DeleteBlueprintResponse\"\a\xc8\xf3\x18\x02\x90\x02\x02\x12}\n" +
+	"\x11ValidateBlueprint\x12..loom.orchestrator.v1.ValidateBlueprintRequest\x1a/.loom.orchestrator.v1.ValidateBlueprintResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12t\n" +
+	"\x0eGenerateCanvas\x12+.loom.orchestrator.v1.GenerateCanvasRequest\x1a,.loom.orchestrator.v1.GenerateCanvasResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12_\n" +
+	"\bStartRun\x12%.loom.orchestrator.v1.StartRunRequest\x1a&.loom.orchestrator.v1.StartRunResponse\"\x04\xc8\xf3\x18\x02\x12\\\n" +
+	"\x06GetRun\x12#.loom.orchestrator.v1.GetRunRequest\x1a$.loom.orchestrator.v1.GetRunResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12b\n" +
+	"\bListRuns\x12%.loom.orchestrator.v1.ListRunsRequest\x1a&.loom.orchestrator.v1.ListRunsResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12b\n" +
+	"\tCancelRun\x12&.loom.orchestrator.v1.CancelRunRequest\x1a'.loom.orchestrator.v1.CancelRunResponse\"\x04\xc8\xf3\x18\x02\x12a\n" +
+	"\bWatchRun\x12%.loom.orchestrator.v1.WatchRunRequest\x1a&.loom.orchestrator.v1.WatchRunResponse\"\x04\xc8\xf3\x18\x010\x01\x12\x86\x01\n" +
+	"\x14ListPendingApprovals\x121.loom.orchestrator.v1.ListPendingApprovalsRequest\x1a2.loom.orchestrator.v1.ListPendingApprovalsResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12q\n" +
+	"\x0eSubmitApproval\x12+.loom.orchestrator.v1.SubmitApprovalRequest\x1a,.loom.orchestrator.v1.SubmitApprovalResponse\"\x04\xc8\xf3\x18\x02B\xe1\x01\n" +
 	"\x18com.loom.orchestrator.v1B\x11OrchestratorProtoP\x01Z@github.com/loom-dev/loom/gen/loom/orchestrator/v1;orchestratorv1\xa2\x02\x03LOX\xaa\x02\x14Loom.Orchestrator.V1\xca\x02\x14Loom\\Orchestrator\\V1\xe2\x02 Loom\\Orchestrator\\V1\\GPBMetadata\xea\x02\x16Loom::Orchestrator::V1b\x06proto3"
 
 var (
