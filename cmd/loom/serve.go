@@ -19,6 +19,7 @@ import (
 	"github.com/loom-dev/loom/gen/loom/orchestrator/v1/orchestratorv1connect"
 	"github.com/loom-dev/loom/internal/rpcclient"
 	"github.com/loom-dev/loom/internal/rpcserver"
+	"github.com/loom-dev/loom/web"
 
 	"connectrpc.com/connect"
 	"net/http"
@@ -76,6 +77,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 		ShutdownGrace:        cfg.ShutdownGrace,
 		CORSOrigins:          cfg.CORSOrigins,
 		Reflection:           cfg.Reflection,
+		Console:              web.Handler(),
 	}, nil, services...)
 	if err != nil {
 		return err
