@@ -5,7 +5,9 @@
 // every address whose grpc.health.v1 status is SERVING (client-side health checking); retries only UNAVAILABLE
 // and only for RPCs the contract marks idempotent (idempotency_level NO_SIDE_EFFECTS or IDEMPOTENT); gives
 // every call a deadline (the caller's remaining budget travels to the server as grpc-timeout); and logs each
-// call with go-grpc-middleware's logging interceptor.
+// call with go-grpc-middleware's logging interceptor. A circuit breaker per target (sony/gobreaker) counts only
+// server-side failures and fails calls fast while the target is down; a retry budget keeps retries from
+// multiplying load.
 package rpcclient
 
 import (
@@ -29,6 +31,7 @@ import (
 	_ "google.golang.org/grpc/health" // enables client-side health checking
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/descriptorpb"
@@ -51,6 +54,11 @@ type Config struct {
 	TLS *tls.Config
 	// Logger receives one line per call at debug level, and failures at warn.
 	Logger *slog.Logger
+	// BreakerOpenFor is how long the circuit breaker stays open before a probe call. Default 5 s.
+	BreakerOpenFor time.Duration
+	// RetryRatio is the retry budget: retries may add at most this fraction of calls (plus a reserve of 10).
+	// Default 0.1.
+	RetryRatio float64
 }
 
 // Dial creates the connection for cfg. It does not block: addresses are connected lazily and re-resolved.
@@ -71,6 +79,14 @@ func Dial(cfg Config) (*grpc.ClientConn, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.BreakerOpenFor <= 0 {
+		cfg.BreakerOpenFor = 5 * time.Second
+	}
+	if cfg.RetryRatio <= 0 {
+		cfg.RetryRatio = 0.1
+	}
+	breaker := newBreaker(cfg.Target, cfg.BreakerOpenFor, cfg.Logger)
+	budget := newRetryBudget(cfg.RetryRatio, 10)
 
 	target, opts := resolve(cfg.Target)
 	creds := insecure.NewCredentials()
@@ -92,8 +108,10 @@ func Dial(cfg Config) (*grpc.ClientConn, error) {
 		}),
 	}
 	retryOpts := []retry.CallOption{
-		retry.WithCodes(codes.Unavailable),
-		retry.WithMax(cfg.MaxRetries),
+		retry.WithRetriable(func(err error) bool {
+			return status.Code(err) == codes.Unavailable && budget.withdraw()
+		}),
+		retry.WithMax(cfg.MaxRetries+1), // attempts in all
 		retry.WithBackoff(retry.BackoffExponentialWithJitter(50*time.Millisecond, 0.2)),
 	}
 	idempotent := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
@@ -103,10 +121,14 @@ func Dial(cfg Config) (*grpc.ClientConn, error) {
 	opts = append(opts,
 		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultServiceConfig(serviceConfig),
-		// Outermost first: log the whole call (retries included), bound it, then retry inside the bound.
+		// Outermost first: log the whole call (retries included); bound it with a deadline; fail fast while the
+		// breaker is open (one breaker outcome per call, after its retries); count the call for the retry
+		// budget; retry idempotent calls inside the deadline while the budget allows.
 		grpc.WithChainUnaryInterceptor(
 			logging.UnaryClientInterceptor(logger, logOpts...),
 			timeout.UnaryClientInterceptor(cfg.Timeout),
+			breakerInterceptor(breaker),
+			budgetInterceptor(budget),
 			selector.UnaryClientInterceptor(retry.UnaryClientInterceptor(retryOpts...), idempotent),
 		),
 		grpc.WithChainStreamInterceptor(
