@@ -44,7 +44,9 @@ func (f *flaky) Search(context.Context, *connect.Request[memoryv1.SearchRequest]
 func dialFlaky(t *testing.T, f *flaky, cfg rpcclient.Config) memoryv1.MemoryServiceClient {
 	t.Helper()
 	srv := rpcservertest.Start(t, rpcserver.Config{}, nil, rpcserver.Service{Name: memoryv1connect.MemoryServiceName,
-		Handler: func(o ...connect.HandlerOption) (string, http.Handler) { return memoryv1connect.NewMemoryServiceHandler(f, o...) }})
+		Handler: func(o ...connect.HandlerOption) (string, http.Handler) {
+			return memoryv1connect.NewMemoryServiceHandler(f, o...)
+		}})
 	cfg.Target, cfg.Service = srv.Addr, memoryv1.MemoryService_ServiceDesc.ServiceName
 	conn, err := rpcclient.Dial(cfg)
 	if err != nil {

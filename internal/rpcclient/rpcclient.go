@@ -111,7 +111,7 @@ func Dial(cfg Config) (*grpc.ClientConn, error) {
 		retry.WithRetriable(func(err error) bool {
 			return status.Code(err) == codes.Unavailable && budget.withdraw()
 		}),
-		retry.WithMax(cfg.MaxRetries+1), // attempts in all
+		retry.WithMax(cfg.MaxRetries + 1), // attempts in all
 		retry.WithBackoff(retry.BackoffExponentialWithJitter(50*time.Millisecond, 0.2)),
 	}
 	idempotent := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
