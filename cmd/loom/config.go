@@ -34,6 +34,9 @@ type config struct {
 	MaxTimeout      time.Duration
 	ShutdownGrace   time.Duration
 	MaxStreams      int
+	MaxInFlight     int
+	RateLimit       float64
+	RateBurst       int
 	LogLevel        slog.Level
 	LogFormat       string
 
@@ -80,6 +83,9 @@ var serveFlags = []flagSpec{
 	{"max-timeout", "LOOM_MAX_TIMEOUT", "1h", "cap on every call's deadline (streams included)"},
 	{"shutdown-grace", "LOOM_SHUTDOWN_GRACE", "20s", "time in-flight calls get to finish on SIGTERM/SIGINT"},
 	{"max-concurrent-streams", "LOOM_MAX_CONCURRENT_STREAMS", "250", "HTTP/2 streams per connection"},
+	{"max-in-flight", "LOOM_MAX_IN_FLIGHT", "1024", "calls in progress at once; more are refused with ResourceExhausted instead of queueing"},
+	{"rate-limit", "LOOM_RATE_LIMIT", "0", "calls per second each principal may make (token bucket); 0 disables"},
+	{"rate-burst", "LOOM_RATE_BURST", "0", "token bucket size for --rate-limit; 0 means the rate"},
 	{"log-level", "LOOM_LOG_LEVEL", "info", "debug, info, warn or error"},
 	{"log-format", "LOOM_LOG_FORMAT", "text", "text or json"},
 }
@@ -151,6 +157,13 @@ func parseServe(args []string, getenv func(string) string, out *os.File) (config
 	c.MaxTimeout = dur("max-timeout")
 	c.ShutdownGrace = dur("shutdown-grace")
 	c.MaxStreams = num("max-concurrent-streams")
+	c.MaxInFlight = num("max-in-flight")
+	if _, err := fmt.Sscan(get("rate-limit"), &c.RateLimit); err != nil || c.RateLimit < 0 || c.RateLimit != c.RateLimit {
+		errs = append(errs, fmt.Errorf("--rate-limit: want a number >= 0, got %q", get("rate-limit")))
+	}
+	if _, err := fmt.Sscan(get("rate-burst"), &c.RateBurst); err != nil || c.RateBurst < 0 {
+		errs = append(errs, fmt.Errorf("--rate-burst: want an integer >= 0, got %q", get("rate-burst")))
+	}
 	if err := c.LogLevel.UnmarshalText([]byte(get("log-level"))); err != nil {
 		errs = append(errs, fmt.Errorf("--log-level: %w", err))
 	}
@@ -215,6 +228,9 @@ func (c config) LogValue() slog.Value {
 		slog.Duration("max_timeout", c.MaxTimeout),
 		slog.Duration("shutdown_grace", c.ShutdownGrace),
 		slog.Int("max_concurrent_streams", c.MaxStreams),
+		slog.Int("max_in_flight", c.MaxInFlight),
+		slog.Float64("rate_limit", c.RateLimit),
+		slog.Int("rate_burst", c.RateBurst),
 		slog.String("log_level", c.LogLevel.String()),
 		slog.String("gemini_api_key", mask(c.Secrets.GeminiAPIKey)),
 		slog.String("openai_api_key", mask(c.Secrets.OpenAIAPIKey)),

@@ -2,9 +2,9 @@
 // gRPC-Web for every mounted service, plus grpc.health.v1, gRPC reflection (v1 and v1alpha), CORS for
 // Connect-Web, /healthz, /readyz and /metrics.
 //
-// The request path is: net/http (limits, h2c or TLS) -> CORS -> authentication middleware (fills the principal
-// before the body is decoded) -> the Connect handler -> the interceptor chain (see [Interceptors]) -> the
-// service implementation.
+// The request path is: net/http (limits, h2c or TLS) -> CORS -> load shedding (a bound on calls in flight) ->
+// authentication middleware (fills the principal before the body is decoded) -> per-principal rate limit ->
+// the Connect handler -> the interceptor chain (see [Interceptors]) -> the service implementation.
 package rpcserver
 
 import (
@@ -60,6 +60,14 @@ type Config struct {
 	CORSOrigins []string
 	// Reflection enables gRPC server reflection (v1 and v1alpha).
 	Reflection bool
+	// MaxInFlight bounds calls in progress at once (streams included); calls beyond it are refused at once with
+	// ResourceExhausted instead of queueing. Default 1024.
+	MaxInFlight int
+	// RateLimit is the calls per second each principal may make (a token bucket of RateBurst); 0 means no limit.
+	// Refused calls get ResourceExhausted with a RetryInfo detail.
+	RateLimit float64
+	// RateBurst is the bucket size; 0 means max(1, RateLimit).
+	RateBurst int
 	// Console, when set, serves the browser console under /console/ (and / redirects there).
 	Console http.Handler
 }
@@ -82,6 +90,9 @@ func (c Config) withDefaults() Config {
 	def(&c.DefaultTimeout, 30*time.Second)
 	def(&c.MaxTimeout, time.Hour)
 	def(&c.ShutdownGrace, 20*time.Second)
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 1024
+	}
 	if c.MaxConcurrentStreams <= 0 {
 		c.MaxConcurrentStreams = 250
 	}
@@ -150,7 +161,11 @@ func New(logger *slog.Logger, cfg Config, auth Authenticator, services ...Servic
 	}
 
 	mux := http.NewServeMux()
-	mux.Handle("/", authenticate(auth, rpc))
+	var limiter *rateLimiter
+	if cfg.RateLimit > 0 {
+		limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst)
+	}
+	mux.Handle("/", shedLoad(cfg.MaxInFlight, authenticate(auth, rateLimit(limiter, rpc))))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))

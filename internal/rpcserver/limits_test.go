@@ -1,0 +1,122 @@
+package rpcserver_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+
+	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
+	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/gen/loom/memory/v1/memoryv1connect"
+	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/rpcserver"
+	"github.com/loom-dev/loom/internal/rpcserver/rpcservertest"
+)
+
+// tenantAuth takes the tenant from a test header.
+func tenantAuth(r *http.Request) (principal.Principal, error) {
+	t := r.Header.Get("X-Test-Tenant")
+	if t == "" {
+		return principal.Principal{}, errors.New("no tenant")
+	}
+	return principal.Principal{Tenant: t, Subject: "user", Roles: []string{"admin"}}, nil
+}
+
+func TestRateLimitIsPerPrincipalAndFair(t *testing.T) {
+	t.Parallel()
+	mem := &fakeMemory{id: "a"}
+	srv := rpcservertest.Start(t, rpcserver.Config{RateLimit: 5, RateBurst: 5}, tenantAuth, services(mem, &fakeAgent{started: make(chan struct{})})...)
+	c := memoryv1connect.NewMemoryServiceClient(rpcservertest.HTTPClient(), srv.URL)
+	call := func(tenant string) error {
+		req := connect.NewRequest(&memoryv1.GetNamespaceRequest{Name: "docs"})
+		req.Header().Set("X-Test-Tenant", tenant)
+		_, err := c.GetNamespace(context.Background(), req)
+		return err
+	}
+	// Tenant a floods: its first 5 calls pass, then it is refused with a retry delay.
+	var refused error
+	for i := range 20 {
+		if err := call("a"); err != nil {
+			if i < 5 {
+				t.Fatalf("call %d of tenant a refused within its burst: %v", i, err)
+			}
+			refused = err
+		}
+	}
+	if connect.CodeOf(refused) != connect.CodeResourceExhausted {
+		t.Fatalf("flooding tenant: %v, want ResourceExhausted", refused)
+	}
+	var cerr *connect.Error
+	errors.As(refused, &cerr)
+	var hasRetry bool
+	for _, d := range cerr.Details() {
+		if v, err := d.Value(); err == nil {
+			if ri, ok := v.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().AsDuration() > 0 {
+				hasRetry = true
+			}
+		}
+	}
+	if !hasRetry {
+		t.Error("ResourceExhausted without a RetryInfo detail")
+	}
+	// Tenant b is unaffected by a's flood.
+	for i := range 5 {
+		if err := call("b"); err != nil {
+			t.Fatalf("tenant b call %d refused while a floods: %v", i, err)
+		}
+	}
+}
+
+func TestLoadSheddingRefusesFast(t *testing.T) {
+	t.Parallel()
+	ag := &slowAgent{release: make(chan struct{}), started: make(chan struct{}, 4)}
+	srv := rpcservertest.Start(t, rpcserver.Config{MaxInFlight: 2}, nil, rpcserver.Service{Name: agentv1connect.AgentServiceName,
+		Handler: func(o ...connect.HandlerOption) (string, http.Handler) { return agentv1connect.NewAgentServiceHandler(ag, o...) }})
+	c := agentv1connect.NewAgentServiceClient(rpcservertest.HTTPClient(), srv.URL)
+	ctx := context.Background()
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := c.GetVideo(ctx, connect.NewRequest(&agentv1.GetVideoRequest{Id: "v"}))
+			errs <- err
+		}()
+	}
+	<-ag.started
+	<-ag.started
+	start := time.Now()
+	_, err := c.GetVideo(ctx, connect.NewRequest(&agentv1.GetVideoRequest{Id: "v"}))
+	if connect.CodeOf(err) != connect.CodeResourceExhausted {
+		t.Errorf("third call with 2 in flight: %v, want ResourceExhausted", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("refusal took %v; load shedding must not queue", d)
+	}
+	close(ag.release)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Errorf("in-flight call: %v", err)
+		}
+	}
+}
+
+type slowAgent struct {
+	agentv1connect.UnimplementedAgentServiceHandler
+	started chan struct{}
+	release chan struct{}
+}
+
+func (s *slowAgent) GetVideo(ctx context.Context, _ *connect.Request[agentv1.GetVideoRequest]) (*connect.Response[agentv1.GetVideoResponse], error) {
+	s.started <- struct{}{}
+	select {
+	case <-s.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return connect.NewResponse(&agentv1.GetVideoResponse{}), nil
+}
