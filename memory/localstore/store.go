@@ -1,0 +1,755 @@
+// Package localstore is the embedded memory.Store, the default of `loom serve`: every namespace lives in memory
+// for exact search, and every acknowledged write is durable in an append-only log under one directory.
+//
+// Durability: each write (a whole Upsert batch, a Delete, a namespace change) is one checksummed frame appended
+// to DIR/memory.log and fsynced before the call returns, so kill -9 or a power cut loses nothing acknowledged. On
+// Open the log is replayed; a torn tail frame (a write that was never acknowledged) is detected by its length or
+// CRC-32C and truncated away. Corruption before the tail is an error, never silently skipped. When the log grows
+// past CompactMinBytes and twice the live data, it is rewritten from the live state (temp file, fsync, rename).
+//
+// Search is exact. Each namespace keeps its vectors in one contiguous []float32 scanned with an unrolled loop
+// into a bounded top-k heap, split across GOMAXPROCS goroutines for large namespaces. Vectors are stored as
+// written (Get returns them bit for bit) with a precomputed inverse norm, so cosine is a dot product times two
+// scalars. Text is indexed in a small inverted index scored by BM25 for hybrid search, fused with the vector
+// ranking by reciprocal rank fusion (k = 60). Expired records are never returned and are dropped by compaction.
+//
+// Only one process may open a directory at a time (an flock on DIR/LOCK enforces it on Unix).
+package localstore
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/memory"
+)
+
+// CompactMinBytes is the log size below which the log is never compacted.
+const CompactMinBytes = 64 << 20
+
+var _ memory.Store = (*Store)(nil)
+
+// Store is the embedded store. It is safe for concurrent use: writers are serialised (each fsyncs), readers run
+// in parallel with each other and with a writer's fsync.
+type Store struct {
+	dir  string
+	now  func() time.Time
+	lock *os.File // held while open
+
+	writeMu sync.Mutex // serialises log appends and compaction; taken before mu
+	log     *os.File
+	logSize int64
+	buf     []byte
+
+	mu      sync.RWMutex
+	tenants map[string]map[string]*namespace
+	closed  bool
+}
+
+// namespace is one namespace's live state. Slots 0..len(ids)-1 are dense; deleting swaps the last slot in.
+type namespace struct {
+	meta  memory.Namespace
+	dim   int
+	ids   []string
+	vecs  []float32 // len(ids) * dim
+	inv   []float32 // inverse norms (cosine)
+	recs  []*rec
+	slot  map[string]int
+	text  *textIndex
+	bytes int64
+}
+
+type rec struct {
+	text   string
+	md     map[string]*memoryv1.Value
+	expire time.Time
+	update time.Time
+	size   int64
+}
+
+// Open opens (creating it if needed) the store in dir and replays its log.
+func Open(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("open localstore: %w", err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open localstore: %w", err)
+	}
+	s, err := openUnlocked(dir)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	s.lock = lock
+	return s, nil
+}
+
+func openUnlocked(dir string) (*Store, error) {
+	s := &Store{dir: dir, now: time.Now, tenants: map[string]map[string]*namespace{}}
+	f, err := os.OpenFile(s.logPath(), os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("open localstore: %w", err)
+	}
+	good, err := s.replay(f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open localstore: replay %s: %w", s.logPath(), err)
+	}
+	if err := f.Truncate(good); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open localstore: truncate torn tail: %w", err)
+	}
+	if _, err := f.Seek(good, io.SeekStart); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open localstore: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open localstore: %w", err)
+	}
+	if err := syncDir(dir); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open localstore: %w", err)
+	}
+	s.log, s.logSize = f, good
+	s.writeMu.Lock()
+	err = s.maybeCompact()
+	s.writeMu.Unlock()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open localstore: %w", err)
+	}
+	return s, nil
+}
+
+func (s *Store) logPath() string { return filepath.Join(s.dir, "memory.log") }
+
+// replay applies every intact frame of f and returns the offset after the last one. A bad frame is accepted as a
+// torn tail only when it reaches the end of the file or is followed by zeros only.
+func (s *Store) replay(f *os.File) (int64, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	size := st.Size()
+	r := bufio.NewReaderSize(f, 1<<20)
+	var off int64
+	var buf []byte
+	for {
+		payload, err := readFrame(r, buf)
+		if err == io.EOF {
+			return off, nil
+		}
+		if errors.Is(err, errTorn) {
+			if tornTail(f, off, size) {
+				return off, nil
+			}
+			return 0, fmt.Errorf("corrupt frame at offset %d: %w", off, err)
+		}
+		if err != nil {
+			return 0, err
+		}
+		e, err := decodeEntry(payload)
+		if err != nil {
+			return 0, fmt.Errorf("frame at offset %d: %w", off, err)
+		}
+		if err := s.apply(e); err != nil {
+			return 0, fmt.Errorf("frame at offset %d: %w", off, err)
+		}
+		buf = payload
+		off += frameHeader + int64(len(payload))
+	}
+}
+
+// tornTail reports whether a bad frame at off is a torn tail: its declared length runs to or past the end of the
+// file, or every byte after off is zero (space allocated but never written).
+func tornTail(f *os.File, off, size int64) bool {
+	var h [frameHeader]byte
+	if n, _ := f.ReadAt(h[:], off); n < frameHeader {
+		return true
+	}
+	n := int64(h[0]) | int64(h[1])<<8 | int64(h[2])<<16 | int64(h[3])<<24
+	if off+frameHeader+n >= size {
+		return true
+	}
+	sr := bufio.NewReader(io.NewSectionReader(f, off, size-off))
+	for {
+		b, err := sr.ReadByte()
+		if err != nil {
+			return true
+		}
+		if b != 0 {
+			return false
+		}
+	}
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// write appends e to the log, fsyncs, then applies it. The caller holds writeMu.
+func (s *Store) write(e *entry) error {
+	buf, err := appendFrame(s.buf[:0], e)
+	if err != nil {
+		return err
+	}
+	if cap(buf) <= 4<<20 {
+		s.buf = buf
+	}
+	if _, err := s.log.Write(buf); err != nil {
+		// A partial frame may be on disk; cut it so later frames stay readable.
+		_ = s.log.Truncate(s.logSize)
+		_, _ = s.log.Seek(s.logSize, io.SeekStart)
+		return fmt.Errorf("append log: %w", err)
+	}
+	if err := s.log.Sync(); err != nil {
+		return fmt.Errorf("sync log: %w", err)
+	}
+	s.logSize += int64(len(buf))
+	s.mu.Lock()
+	err = s.apply(e)
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	// The write is durable whatever happens next; a failed compaction leaves the old log intact and is retried
+	// after the next write.
+	_ = s.maybeCompact()
+	return nil
+}
+
+// apply changes the in-memory state. The caller holds mu (or is replaying).
+func (s *Store) apply(e *entry) error {
+	nss := s.tenants[e.tenant]
+	switch e.op {
+	case opCreateNamespace:
+		if nss == nil {
+			nss = map[string]*namespace{}
+			s.tenants[e.tenant] = nss
+		}
+		meta := memory.NamespaceFromProto(e.ns)
+		if meta.Dimension <= 0 || meta.Dimension > 1<<16 {
+			return fmt.Errorf("namespace %q: bad dimension %d", meta.Name, meta.Dimension)
+		}
+		nss[e.namespace] = &namespace{meta: meta, dim: meta.Dimension, slot: map[string]int{}, text: newTextIndex()}
+	case opDeleteNamespace:
+		delete(nss, e.namespace)
+		if len(nss) == 0 {
+			delete(s.tenants, e.tenant)
+		}
+	case opUpsert:
+		ns := nss[e.namespace]
+		if ns == nil {
+			return fmt.Errorf("upsert into unknown namespace %q", e.namespace)
+		}
+		for _, p := range e.records {
+			if len(p.GetVector()) != ns.dim {
+				return fmt.Errorf("record %q: dimension %d, namespace has %d", p.GetId(), len(p.GetVector()), ns.dim)
+			}
+		}
+		for _, p := range e.records {
+			ns.put(memory.RecordFromProto(p))
+		}
+	case opDelete:
+		ns := nss[e.namespace]
+		if ns == nil {
+			return fmt.Errorf("delete from unknown namespace %q", e.namespace)
+		}
+		for _, id := range e.ids {
+			ns.remove(id)
+		}
+	default:
+		return fmt.Errorf("unknown op %d", e.op)
+	}
+	return nil
+}
+
+func (ns *namespace) put(r memory.Record) {
+	size := int64(len(r.ID) + len(r.Text) + 4*len(r.Vector))
+	for k, v := range r.Metadata {
+		size += int64(len(k) + proto.Size(v))
+	}
+	nr := &rec{text: r.Text, md: r.Metadata, expire: r.ExpireTime, update: r.UpdateTime, size: size}
+	i, ok := ns.slot[r.ID]
+	if ok {
+		old := ns.recs[i]
+		ns.text.remove(r.ID, old.text)
+		ns.bytes -= old.size
+		ns.recs[i] = nr
+		copy(ns.vecs[i*ns.dim:(i+1)*ns.dim], r.Vector)
+		ns.inv[i] = invNorm(r.Vector)
+	} else {
+		ns.slot[r.ID] = len(ns.ids)
+		ns.ids = append(ns.ids, r.ID)
+		ns.vecs = append(ns.vecs, r.Vector...)
+		ns.inv = append(ns.inv, invNorm(r.Vector))
+		ns.recs = append(ns.recs, nr)
+	}
+	ns.text.add(r.ID, r.Text)
+	ns.bytes += size
+}
+
+func (ns *namespace) remove(id string) {
+	i, ok := ns.slot[id]
+	if !ok {
+		return
+	}
+	old := ns.recs[i]
+	ns.text.remove(id, old.text)
+	ns.bytes -= old.size
+	last := len(ns.ids) - 1
+	if i != last {
+		ns.ids[i] = ns.ids[last]
+		ns.recs[i] = ns.recs[last]
+		ns.inv[i] = ns.inv[last]
+		copy(ns.vecs[i*ns.dim:(i+1)*ns.dim], ns.vecs[last*ns.dim:])
+		ns.slot[ns.ids[i]] = i
+	}
+	ns.ids = ns.ids[:last]
+	ns.recs[last] = nil
+	ns.recs = ns.recs[:last]
+	ns.inv = ns.inv[:last]
+	ns.vecs = ns.vecs[:last*ns.dim]
+	delete(ns.slot, id)
+}
+
+// record returns slot i as a memory.Record.
+func (ns *namespace) record(i int, includeVector bool) memory.Record {
+	r := ns.recs[i]
+	out := memory.Record{ID: ns.ids[i], Text: r.text, Metadata: r.md, ExpireTime: r.expire, UpdateTime: r.update}
+	if includeVector {
+		out.Vector = slices.Clone(ns.vecs[i*ns.dim : (i+1)*ns.dim])
+	}
+	return out
+}
+
+// maybeCompact rewrites the log from the live state when it has grown past CompactMinBytes and twice the live
+// data. The caller holds writeMu.
+func (s *Store) maybeCompact() error {
+	if s.logSize < CompactMinBytes {
+		return nil
+	}
+	s.mu.RLock()
+	var live int64
+	for _, nss := range s.tenants {
+		for _, ns := range nss {
+			live += ns.bytes
+		}
+	}
+	s.mu.RUnlock()
+	if s.logSize < 2*live {
+		return nil
+	}
+	return s.compact()
+}
+
+// Compact rewrites the log from the live state, dropping overwritten, deleted and expired records.
+func (s *Store) Compact() error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	return s.compact()
+}
+
+func (s *Store) compact() error {
+	tmp := s.logPath() + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o640)
+	if err != nil {
+		return fmt.Errorf("compact: %w", err)
+	}
+	defer os.Remove(tmp) // no-op after the rename
+	w := bufio.NewWriterSize(f, 1<<20)
+	var size int64
+	emit := func(e *entry) error {
+		buf, err := appendFrame(nil, e)
+		if err != nil {
+			return err
+		}
+		size += int64(len(buf))
+		_, err = w.Write(buf)
+		return err
+	}
+	now := s.now()
+	s.mu.RLock()
+	err = func() error {
+		for tenant, nss := range s.tenants {
+			for name, ns := range nss {
+				if err := emit(&entry{op: opCreateNamespace, tenant: tenant, namespace: name, ns: ns.meta.Proto()}); err != nil {
+					return err
+				}
+				batch := &entry{op: opUpsert, tenant: tenant, namespace: name}
+				for i := range ns.ids {
+					if ns.recs[i].expire.IsZero() || now.Before(ns.recs[i].expire) {
+						r := ns.record(i, true)
+						batch.records = append(batch.records, r.Proto(true))
+					}
+					if len(batch.records) == 256 || (i == len(ns.ids)-1 && len(batch.records) > 0) {
+						if err := emit(batch); err != nil {
+							return err
+						}
+						batch.records = batch.records[:0]
+					}
+				}
+			}
+		}
+		return nil
+	}()
+	s.mu.RUnlock()
+	if err == nil {
+		err = w.Flush()
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if err == nil {
+		err = os.Rename(tmp, s.logPath())
+	}
+	if err == nil {
+		err = syncDir(s.dir)
+	}
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("compact: %w", err)
+	}
+	if _, err := f.Seek(size, io.SeekStart); err != nil {
+		f.Close()
+		return fmt.Errorf("compact: %w", err)
+	}
+	s.log.Close()
+	s.log, s.logSize = f, size
+	return nil
+}
+
+// Close closes the log. The store must not be used afterwards.
+func (s *Store) Close() error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	err := s.log.Close()
+	s.lock.Close()
+	return err
+}
+
+// Ping reports an error once the store is closed.
+func (s *Store) Ping(ctx context.Context) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return errors.New("localstore: closed")
+	}
+	return nil
+}
+
+var errClosed = errors.New("localstore: closed")
+
+// lookup returns a namespace; the caller holds mu.
+func (s *Store) lookup(tenant, name string) (*namespace, error) {
+	if s.closed {
+		return nil, errClosed
+	}
+	ns := s.tenants[tenant][name]
+	if ns == nil {
+		return nil, fmt.Errorf("namespace %q: %w", name, memory.ErrNotFound)
+	}
+	return ns, nil
+}
+
+// CreateNamespace implements memory.Store.
+func (s *Store) CreateNamespace(ctx context.Context, tenant string, ns memory.Namespace) (memory.Namespace, error) {
+	if ns.Dimension < 1 || ns.Dimension > 4096 {
+		return memory.Namespace{}, memory.Invalidf("namespace.dimension", "must be in [1, 4096], got %d", ns.Dimension)
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.mu.RLock()
+	_, err := s.lookup(tenant, ns.Name)
+	s.mu.RUnlock()
+	switch {
+	case err == nil:
+		return memory.Namespace{}, fmt.Errorf("create namespace %q: %w", ns.Name, memory.ErrAlreadyExists)
+	case !errors.Is(err, memory.ErrNotFound):
+		return memory.Namespace{}, err
+	}
+	ns.CreateTime = s.now().UTC().Truncate(time.Microsecond)
+	ns.Stats = memory.NamespaceStats{}
+	if err := s.write(&entry{op: opCreateNamespace, tenant: tenant, namespace: ns.Name, ns: ns.Proto()}); err != nil {
+		return memory.Namespace{}, fmt.Errorf("create namespace %q: %w", ns.Name, err)
+	}
+	return ns, nil
+}
+
+// GetNamespace implements memory.Store.
+func (s *Store) GetNamespace(ctx context.Context, tenant, name string, withStats bool) (memory.Namespace, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	ns, err := s.lookup(tenant, name)
+	if err != nil {
+		return memory.Namespace{}, fmt.Errorf("get namespace: %w", err)
+	}
+	out := ns.meta
+	if !withStats {
+		return out, nil
+	}
+	now := s.now()
+	for _, r := range ns.recs {
+		if r.expire.IsZero() || now.Before(r.expire) {
+			out.Stats.RecordCount++
+			out.Stats.SizeBytes += r.size
+		}
+	}
+	return out, nil
+}
+
+// ListNamespaces implements memory.Store.
+func (s *Store) ListNamespaces(ctx context.Context, tenant, after string, limit int) ([]memory.Namespace, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, errClosed
+	}
+	var out []memory.Namespace
+	for name, ns := range s.tenants[tenant] {
+		if name > after {
+			out = append(out, ns.meta)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+// DeleteNamespace implements memory.Store.
+func (s *Store) DeleteNamespace(ctx context.Context, tenant, name string) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.mu.RLock()
+	_, err := s.lookup(tenant, name)
+	s.mu.RUnlock()
+	if err != nil {
+		return fmt.Errorf("delete namespace: %w", err)
+	}
+	if err := s.write(&entry{op: opDeleteNamespace, tenant: tenant, namespace: name}); err != nil {
+		return fmt.Errorf("delete namespace %q: %w", name, err)
+	}
+	return nil
+}
+
+// Upsert implements memory.Store.
+func (s *Store) Upsert(ctx context.Context, tenant, namespace string, records []memory.Record) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.mu.RLock()
+	ns, err := s.lookup(tenant, namespace)
+	var meta memory.Namespace
+	if err == nil {
+		meta = ns.meta
+	}
+	s.mu.RUnlock()
+	if err != nil {
+		return fmt.Errorf("upsert: %w", err)
+	}
+	if err := memory.CheckRecords(meta, records); err != nil {
+		return fmt.Errorf("upsert: %w", err)
+	}
+	e := &entry{op: opUpsert, tenant: tenant, namespace: namespace, records: make([]*memoryv1.Record, len(records))}
+	for i, r := range records {
+		e.records[i] = r.Proto(true)
+	}
+	if err := s.write(e); err != nil {
+		return fmt.Errorf("upsert: %w", err)
+	}
+	return nil
+}
+
+// Get implements memory.Store.
+func (s *Store) Get(ctx context.Context, tenant, namespace string, ids []string, includeVectors bool) ([]memory.Record, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	ns, err := s.lookup(tenant, namespace)
+	if err != nil {
+		return nil, fmt.Errorf("get: %w", err)
+	}
+	now := s.now()
+	var out []memory.Record
+	for _, id := range ids {
+		i, ok := ns.slot[id]
+		if !ok || ns.expired(i, now) {
+			continue
+		}
+		out = append(out, ns.record(i, includeVectors))
+	}
+	return out, nil
+}
+
+func (ns *namespace) expired(i int, now time.Time) bool {
+	e := ns.recs[i].expire
+	return !e.IsZero() && !now.Before(e)
+}
+
+// Delete implements memory.Store.
+func (s *Store) Delete(ctx context.Context, tenant, namespace string, ids []string, filter *memoryv1.Filter) (int64, error) {
+	if len(ids) == 0 {
+		if filter == nil {
+			return 0, memory.Invalidf("selector", "ids or filter is required")
+		}
+		if err := memory.ValidateFilter("filter", filter); err != nil {
+			return 0, fmt.Errorf("delete: %w", err)
+		}
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.mu.RLock()
+	ns, err := s.lookup(tenant, namespace)
+	if err != nil {
+		s.mu.RUnlock()
+		return 0, fmt.Errorf("delete: %w", err)
+	}
+	now := s.now()
+	var del []string // present records to remove (expired ones too, to free them)
+	var live int64
+	seen := map[string]bool{}
+	if len(ids) > 0 {
+		for _, id := range ids {
+			if i, ok := ns.slot[id]; ok && !seen[id] {
+				seen[id] = true
+				del = append(del, id)
+				if !ns.expired(i, now) {
+					live++
+				}
+			}
+		}
+	} else {
+		for i, id := range ns.ids {
+			if memory.MatchFilter(filter, ns.recs[i].md) {
+				del = append(del, id)
+				if !ns.expired(i, now) {
+					live++
+				}
+			}
+		}
+	}
+	s.mu.RUnlock()
+	if len(del) == 0 {
+		return 0, nil
+	}
+	if err := s.write(&entry{op: opDelete, tenant: tenant, namespace: namespace, ids: del}); err != nil {
+		return 0, fmt.Errorf("delete: %w", err)
+	}
+	return live, nil
+}
+
+// Search implements memory.Store.
+func (s *Store) Search(ctx context.Context, tenant, namespace string, q memory.Query) ([]memory.Hit, error) {
+	if q.TopK <= 0 {
+		return nil, memory.Invalidf("top_k", "must be positive")
+	}
+	if err := memory.ValidateFilter("filter", q.Filter); err != nil {
+		return nil, fmt.Errorf("search: %w", err)
+	}
+	if q.Hybrid && q.Text == "" {
+		return nil, memory.Invalidf("hybrid", "needs a text query")
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	ns, err := s.lookup(tenant, namespace)
+	if err != nil {
+		return nil, fmt.Errorf("search: %w", err)
+	}
+	if err := memory.CheckVector("vector", q.Vector, ns.dim, ns.meta.Metric); err != nil {
+		return nil, fmt.Errorf("search: %w", err)
+	}
+	now := s.now()
+	keep := func(i int) bool {
+		return !ns.expired(i, now) && (q.Filter == nil || memory.MatchFilter(q.Filter, ns.recs[i].md))
+	}
+	k := q.TopK
+	if q.Hybrid {
+		k = max(2*q.TopK, 50)
+	}
+	qinv := invNorm(q.Vector)
+	dim := ns.dim
+	var score func(i int) (float32, bool)
+	switch ns.meta.Metric {
+	case memory.MetricDotProduct:
+		score = func(i int) (float32, bool) {
+			if !keep(i) {
+				return 0, false
+			}
+			return dot(q.Vector, ns.vecs[i*dim:(i+1)*dim]), true
+		}
+	case memory.MetricL2:
+		score = func(i int) (float32, bool) {
+			if !keep(i) {
+				return 0, false
+			}
+			return -float32(sqrt(l2sq(q.Vector, ns.vecs[i*dim:(i+1)*dim]))), true
+		}
+	default:
+		score = func(i int) (float32, bool) {
+			if !keep(i) {
+				return 0, false
+			}
+			return dot(q.Vector, ns.vecs[i*dim:(i+1)*dim]) * ns.inv[i] * qinv, true
+		}
+	}
+	if !q.Hybrid && q.MinScore != nil {
+		inner, minScore := score, *q.MinScore
+		score = func(i int) (float32, bool) {
+			sc, ok := inner(i)
+			return sc, ok && sc >= minScore
+		}
+	}
+	top := scan(len(ns.ids), dim, k, score)
+	if !q.Hybrid {
+		hits := make([]memory.Hit, len(top))
+		for j, c := range top {
+			hits[j] = memory.Hit{Record: ns.record(c.slot, q.IncludeVectors), Score: c.score}
+		}
+		return hits, nil
+	}
+	textIDs := ns.text.search(q.Text, k, func(id string) bool { return keep(ns.slot[id]) })
+	fused := map[int]float64{}
+	for r, c := range top {
+		fused[c.slot] += 1 / float64(memory.RRFK+r+1)
+	}
+	for r, id := range textIDs {
+		fused[ns.slot[id]] += 1 / float64(memory.RRFK+r+1)
+	}
+	h := newTopK(q.TopK)
+	for slot, sc := range fused {
+		h.offer(scored{slot, float32(sc)})
+	}
+	best := h.sorted()
+	hits := make([]memory.Hit, len(best))
+	for j, c := range best {
+		hits[j] = memory.Hit{Record: ns.record(c.slot, q.IncludeVectors), Score: c.score}
+	}
+	return hits, nil
+}

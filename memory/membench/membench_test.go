@@ -1,0 +1,39 @@
+package membench
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
+)
+
+func TestRunSmall(t *testing.T) {
+	cfg := Config{N: 600, Dim: 32, Clusters: 8, Queries: 20, K: 10}
+	if os.Getenv(sqldbtest.EnvURL) != "" {
+		cfg.PostgresURL = sqldbtest.PostgresURL(t)
+	}
+	var out strings.Builder
+	res, err := Run(context.Background(), &out, cfg)
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, out.String())
+	}
+	t.Log("\n" + out.String())
+	wantN := 2
+	if cfg.PostgresURL != "" {
+		wantN = 4
+	}
+	if len(res) != wantN {
+		t.Fatalf("%d results, want %d", len(res), wantN)
+	}
+	for _, r := range res {
+		exact := strings.Contains(r.Backend, "exact")
+		if exact && r.Recall != 1 || !exact && r.Recall < 0.8 {
+			t.Errorf("%s: recall %.3f", r.Backend, r.Recall)
+		}
+		if r.IngestRate <= 0 || r.QPS <= 0 || r.P99 < r.P50 {
+			t.Errorf("%s: implausible figures %+v", r.Backend, r)
+		}
+	}
+}

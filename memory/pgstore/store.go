@@ -1,0 +1,667 @@
+// Package pgstore is the PostgreSQL + pgvector memory.Store.
+//
+// Layout: a catalog table memory_namespaces (tenant, name, dimension, metric, index parameters) and one records
+// table per namespace, memory_records_<id>, whose embedding column is typed vector(dimension). A table per
+// namespace (rather than one shared table with an untyped vector column and partial expression indexes) gives
+// each namespace a plain HNSW index the planner always uses, exact statistics, per-namespace index parameters,
+// and DeleteNamespace as a DROP TABLE. Tenancy is enforced by the catalog: a records table is reached only
+// through its (tenant, name) row.
+//
+// Each records table holds id (primary key), text, embedding, metadata jsonb (GIN jsonb_path_ops index) and a
+// generated tsvector (GIN index, 'simple' configuration) for hybrid search, expire_time and update_time.
+// Namespaces of INDEX_KIND_EXACT, and those wider than 2000 dimensions (pgvector's HNSW limit for vector), have no
+// HNSW index and are scanned exactly.
+//
+// Search runs in a transaction with SET LOCAL hnsw.ef_search and hnsw.iterative_scan = relaxed_order (pgvector
+// 0.8), so a filtered HNSW scan keeps going until it has top_k matches; the results are re-sorted by exact
+// distance. If the index scan still returns fewer than top_k rows (the iterative scan gives up after
+// hnsw.max_scan_tuples), the query is re-run as an exact scan, so a filter never silently returns fewer rows
+// than exist. Filters compile to parameterised SQL; user values are never spliced into the query text.
+//
+// Upsert writes a batch in one transaction: small batches as one pipelined batch of INSERT ... ON CONFLICT, large
+// ones by COPY into a temporary table then one INSERT ... SELECT ... ON CONFLICT.
+package pgstore
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/pgvector/pgvector-go"
+	pgxvec "github.com/pgvector/pgvector-go/pgx"
+
+	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/memory"
+)
+
+// Defaults for namespaces that leave index parameters at zero.
+const (
+	DefaultM              = 16
+	DefaultEfConstruction = 64
+	// DefaultEfSearch is the HNSW candidate list size; it is raised to top_k when top_k is larger.
+	DefaultEfSearch = 100
+	// maxHNSWDimension is pgvector's limit for an HNSW index on vector.
+	maxHNSWDimension = 2000
+	// copyThreshold is the batch size from which Upsert uses COPY.
+	copyThreshold = 200
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+var _ memory.Store = (*Store)(nil)
+
+// Store is the Postgres store. It is safe for concurrent use.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// Open connects to url, applies the store's migrations (which need the vector extension to exist or the right to
+// create it), and returns the store.
+func Open(ctx context.Context, url string) (*Store, error) {
+	if err := migrate(ctx, url); err != nil {
+		return nil, fmt.Errorf("open pgstore: %w", err)
+	}
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("open pgstore: %w", err)
+	}
+	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error { return pgxvec.RegisterTypes(ctx, c) }
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open pgstore: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("open pgstore: %w", err)
+	}
+	return &Store{pool: pool}, nil
+}
+
+// migrate applies migrations/NNNN_*.sql in order, each once, recorded in memory_schema_migrations, under an
+// advisory lock so concurrent Opens are safe.
+func migrate(ctx context.Context, url string) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer conn.Close(ctx)
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(7438291001)"); err != nil {
+		return fmt.Errorf("migrate: lock: %w", err)
+	}
+	if _, err := tx.Exec(ctx, "CREATE TABLE IF NOT EXISTS memory_schema_migrations (version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	for _, name := range names {
+		base := strings.TrimPrefix(name, "migrations/")
+		v, err := strconv.Atoi(strings.SplitN(base, "_", 2)[0])
+		if err != nil {
+			return fmt.Errorf("migrate: bad migration name %s", base)
+		}
+		var done bool
+		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM memory_schema_migrations WHERE version = $1)", v).Scan(&done); err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		if done {
+			continue
+		}
+		body, err := migrations.ReadFile(name)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, string(body)); err != nil {
+			return fmt.Errorf("migrate %s: %w", base, err)
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO memory_schema_migrations (version) VALUES ($1)", v); err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	return nil
+}
+
+// Close closes the pool.
+func (s *Store) Close() error {
+	s.pool.Close()
+	return nil
+}
+
+// Ping checks the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
+
+// nsRow is a namespace's catalog row.
+type nsRow struct {
+	id   int64
+	meta memory.Namespace
+}
+
+func (r nsRow) table() string { return "memory_records_" + strconv.FormatInt(r.id, 10) }
+
+const nsColumns = "id, name, dimension, metric, embedder_provider, embedder_model, index_kind, m, ef_construction, ef_search, description, create_time"
+
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+func scanNS(row pgx.Row) (nsRow, error) {
+	var r nsRow
+	var metric, kind, m, efc, efs, dim int
+	err := row.Scan(&r.id, &r.meta.Name, &dim, &metric, &r.meta.EmbedderProvider, &r.meta.EmbedderModel, &kind, &m, &efc, &efs, &r.meta.Description, &r.meta.CreateTime)
+	r.meta.Dimension, r.meta.Metric, r.meta.IndexKind = dim, memory.Metric(metric), memory.IndexKind(kind)
+	r.meta.M, r.meta.EfConstruction, r.meta.EfSearch = m, efc, efs
+	r.meta.CreateTime = r.meta.CreateTime.UTC()
+	return r, err
+}
+
+func (s *Store) lookup(ctx context.Context, q querier, tenant, name string) (nsRow, error) {
+	r, err := scanNS(q.QueryRow(ctx, "SELECT "+nsColumns+" FROM memory_namespaces WHERE tenant = $1 AND name = $2", tenant, name))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nsRow{}, fmt.Errorf("namespace %q: %w", name, memory.ErrNotFound)
+	}
+	if err != nil {
+		return nsRow{}, fmt.Errorf("look up namespace: %w", err)
+	}
+	return r, nil
+}
+
+func opsClass(m memory.Metric) string {
+	switch m {
+	case memory.MetricDotProduct:
+		return "vector_ip_ops"
+	case memory.MetricL2:
+		return "vector_l2_ops"
+	}
+	return "vector_cosine_ops"
+}
+
+func distanceOp(m memory.Metric) string {
+	switch m {
+	case memory.MetricDotProduct:
+		return "<#>"
+	case memory.MetricL2:
+		return "<->"
+	}
+	return "<=>"
+}
+
+// score turns a pgvector distance into the contract's "higher is closer" score.
+func score(m memory.Metric, d float64) float32 {
+	switch m {
+	case memory.MetricDotProduct, memory.MetricL2:
+		return float32(-d)
+	}
+	return float32(1 - d)
+}
+
+func hasHNSW(ns memory.Namespace) bool {
+	return ns.IndexKind != memory.IndexExact && ns.Dimension <= maxHNSWDimension
+}
+
+// CreateNamespace implements memory.Store.
+func (s *Store) CreateNamespace(ctx context.Context, tenant string, ns memory.Namespace) (memory.Namespace, error) {
+	if ns.Dimension < 1 || ns.Dimension > 4096 {
+		return memory.Namespace{}, memory.Invalidf("namespace.dimension", "must be in [1, 4096], got %d", ns.Dimension)
+	}
+	if ns.IndexKind == memory.IndexDefault {
+		ns.IndexKind = memory.IndexHNSW
+	}
+	if ns.IndexKind == memory.IndexHNSW {
+		ns.M = cmpOr(ns.M, DefaultM)
+		ns.EfConstruction = cmpOr(ns.EfConstruction, DefaultEfConstruction)
+		ns.EfSearch = cmpOr(ns.EfSearch, DefaultEfSearch)
+	}
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return memory.Namespace{}, fmt.Errorf("create namespace: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	row, err := scanNS(tx.QueryRow(ctx, `INSERT INTO memory_namespaces (tenant, name, dimension, metric, embedder_provider, embedder_model, index_kind, m, ef_construction, ef_search, description, create_time)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, date_trunc('milliseconds', now()))
+		ON CONFLICT (tenant, name) DO NOTHING RETURNING `+nsColumns,
+		tenant, ns.Name, ns.Dimension, int(ns.Metric), ns.EmbedderProvider, ns.EmbedderModel, int(ns.IndexKind), ns.M, ns.EfConstruction, ns.EfSearch, ns.Description))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return memory.Namespace{}, fmt.Errorf("create namespace %q: %w", ns.Name, memory.ErrAlreadyExists)
+	}
+	if err != nil {
+		return memory.Namespace{}, fmt.Errorf("create namespace: %w", err)
+	}
+	t := row.table()
+	stmts := []string{
+		fmt.Sprintf(`CREATE TABLE %s (
+			id text PRIMARY KEY,
+			text text NOT NULL DEFAULT '',
+			embedding vector(%d) NOT NULL,
+			metadata jsonb NOT NULL DEFAULT '{}',
+			tsv tsvector GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED,
+			expire_time timestamptz,
+			update_time timestamptz NOT NULL)`, t, ns.Dimension),
+		fmt.Sprintf("CREATE INDEX %s_metadata ON %s USING gin (metadata jsonb_path_ops)", t, t),
+		fmt.Sprintf("CREATE INDEX %s_tsv ON %s USING gin (tsv)", t, t),
+	}
+	if hasHNSW(row.meta) {
+		stmts = append(stmts, fmt.Sprintf("CREATE INDEX %s_hnsw ON %s USING hnsw (embedding %s) WITH (m = %d, ef_construction = %d)",
+			t, t, opsClass(ns.Metric), ns.M, ns.EfConstruction))
+	}
+	for _, q := range stmts {
+		if _, err := tx.Exec(ctx, q); err != nil {
+			return memory.Namespace{}, fmt.Errorf("create namespace table: %w", err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return memory.Namespace{}, fmt.Errorf("create namespace: %w", err)
+	}
+	return row.meta, nil
+}
+
+func cmpOr(v, def int) int {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// GetNamespace implements memory.Store.
+func (s *Store) GetNamespace(ctx context.Context, tenant, name string, withStats bool) (memory.Namespace, error) {
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return memory.Namespace{}, fmt.Errorf("get namespace: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	row, err := s.lookup(ctx, tx, tenant, name)
+	if err != nil {
+		return memory.Namespace{}, fmt.Errorf("get namespace: %w", err)
+	}
+	ns := row.meta
+	if !withStats {
+		return ns, nil
+	}
+	err = tx.QueryRow(ctx, "SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0) FROM "+row.table()+" t WHERE "+alive).
+		Scan(&ns.Stats.RecordCount, &ns.Stats.SizeBytes)
+	if err != nil {
+		return memory.Namespace{}, fmt.Errorf("get namespace stats: %w", err)
+	}
+	return ns, nil
+}
+
+const alive = "(expire_time IS NULL OR expire_time > now())"
+
+// ListNamespaces implements memory.Store.
+func (s *Store) ListNamespaces(ctx context.Context, tenant, after string, limit int) ([]memory.Namespace, error) {
+	rows, err := s.pool.Query(ctx, "SELECT "+nsColumns+" FROM memory_namespaces WHERE tenant = $1 AND name > $2 ORDER BY name LIMIT $3", tenant, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list namespaces: %w", err)
+	}
+	defer rows.Close()
+	var out []memory.Namespace
+	for rows.Next() {
+		r, err := scanNS(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list namespaces: %w", err)
+		}
+		out = append(out, r.meta)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list namespaces: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteNamespace implements memory.Store.
+func (s *Store) DeleteNamespace(ctx context.Context, tenant, name string) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("delete namespace: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	var id int64
+	err = tx.QueryRow(ctx, "DELETE FROM memory_namespaces WHERE tenant = $1 AND name = $2 RETURNING id", tenant, name).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("delete namespace %q: %w", name, memory.ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("delete namespace: %w", err)
+	}
+	if _, err := tx.Exec(ctx, "DROP TABLE IF EXISTS "+nsRow{id: id}.table()); err != nil {
+		return fmt.Errorf("delete namespace: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("delete namespace: %w", err)
+	}
+	return nil
+}
+
+func nullTime(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t
+}
+
+const upsertSet = ` ON CONFLICT (id) DO UPDATE SET text = excluded.text, embedding = excluded.embedding,
+	metadata = excluded.metadata, expire_time = excluded.expire_time, update_time = excluded.update_time`
+
+// Upsert implements memory.Store.
+func (s *Store) Upsert(ctx context.Context, tenant, namespace string, records []memory.Record) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("upsert: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	// FOR SHARE keeps the namespace from being deleted under the batch.
+	row, err := scanNS(tx.QueryRow(ctx, "SELECT "+nsColumns+" FROM memory_namespaces WHERE tenant = $1 AND name = $2 FOR SHARE", tenant, namespace))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("upsert: namespace %q: %w", namespace, memory.ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("upsert: %w", err)
+	}
+	if err := memory.CheckRecords(row.meta, records); err != nil {
+		return fmt.Errorf("upsert: %w", err)
+	}
+	// The last record of an id wins; ON CONFLICT cannot touch one row twice in a statement.
+	last := make(map[string]int, len(records))
+	for i, r := range records {
+		last[r.ID] = i
+	}
+	rows := make([][]any, 0, len(last))
+	for i, r := range records {
+		if last[r.ID] != i {
+			continue
+		}
+		md, err := metadataJSON(r.Metadata)
+		if err != nil {
+			return fmt.Errorf("upsert: records[%d]: %w", i, err)
+		}
+		rows = append(rows, []any{r.ID, r.Text, pgvector.NewVector(r.Vector), string(md), nullTime(r.ExpireTime), r.UpdateTime})
+	}
+	t := row.table()
+	if len(rows) < copyThreshold {
+		b := &pgx.Batch{}
+		for _, r := range rows {
+			b.Queue("INSERT INTO "+t+" (id, text, embedding, metadata, expire_time, update_time) VALUES ($1, $2, $3, $4::jsonb, $5, $6)"+upsertSet, r...)
+		}
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return fmt.Errorf("upsert: %w", err)
+		}
+	} else {
+		if _, err := tx.Exec(ctx, `CREATE TEMP TABLE memory_upsert (id text, text text, embedding vector, metadata jsonb,
+			expire_time timestamptz, update_time timestamptz) ON COMMIT DROP`); err != nil {
+			return fmt.Errorf("upsert: %w", err)
+		}
+		for _, r := range rows {
+			r[3] = []byte(r[3].(string))
+		}
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"memory_upsert"}, []string{"id", "text", "embedding", "metadata", "expire_time", "update_time"}, pgx.CopyFromRows(rows)); err != nil {
+			return fmt.Errorf("upsert: copy: %w", err)
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO "+t+" (id, text, embedding, metadata, expire_time, update_time) SELECT id, text, embedding, metadata, expire_time, update_time FROM memory_upsert"+upsertSet); err != nil {
+			return fmt.Errorf("upsert: %w", err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("upsert: %w", err)
+	}
+	return nil
+}
+
+// recordColumns are read by scanRecord, followed by the optional embedding.
+const recordColumns = "id, text, metadata, expire_time, update_time"
+
+func scanRecord(rows pgx.Rows, withVector bool, extra ...any) (memory.Record, error) {
+	var r memory.Record
+	var md []byte
+	var exp *time.Time
+	var vec pgvector.Vector
+	dst := []any{&r.ID, &r.Text, &md, &exp, &r.UpdateTime}
+	if withVector {
+		dst = append(dst, &vec)
+	}
+	if err := rows.Scan(append(dst, extra...)...); err != nil {
+		return memory.Record{}, err
+	}
+	if exp != nil {
+		r.ExpireTime = *exp
+	}
+	if withVector {
+		r.Vector = vec.Slice()
+	}
+	var err error
+	r.Metadata, err = metadataFromJSON(md)
+	return r, err
+}
+
+// Get implements memory.Store.
+func (s *Store) Get(ctx context.Context, tenant, namespace string, ids []string, includeVectors bool) ([]memory.Record, error) {
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, fmt.Errorf("get: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	row, err := s.lookup(ctx, tx, tenant, namespace)
+	if err != nil {
+		return nil, fmt.Errorf("get: %w", err)
+	}
+	cols := recordColumns
+	if includeVectors {
+		cols += ", embedding"
+	}
+	rows, err := tx.Query(ctx, "SELECT "+cols+" FROM "+row.table()+" WHERE id = ANY($1) AND "+alive, ids)
+	if err != nil {
+		return nil, fmt.Errorf("get: %w", err)
+	}
+	found := map[string]memory.Record{}
+	for rows.Next() {
+		r, err := scanRecord(rows, includeVectors)
+		if err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("get: %w", err)
+		}
+		found[r.ID] = r
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("get: %w", err)
+	}
+	var out []memory.Record
+	for _, id := range ids {
+		if r, ok := found[id]; ok {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// Delete implements memory.Store.
+func (s *Store) Delete(ctx context.Context, tenant, namespace string, ids []string, filter *memoryv1.Filter) (int64, error) {
+	var where strings.Builder
+	var a args
+	if len(ids) > 0 {
+		where.WriteString("id = ANY(" + a.add(ids) + ")")
+	} else {
+		if filter == nil {
+			return 0, memory.Invalidf("selector", "ids or filter is required")
+		}
+		if err := memory.ValidateFilter("filter", filter); err != nil {
+			return 0, fmt.Errorf("delete: %w", err)
+		}
+		if err := compileFilter(&where, &a, filter); err != nil {
+			return 0, fmt.Errorf("delete: %w", err)
+		}
+	}
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("delete: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	row, err := s.lookup(ctx, tx, tenant, namespace)
+	if err != nil {
+		return 0, fmt.Errorf("delete: %w", err)
+	}
+	var n int64
+	err = tx.QueryRow(ctx, "WITH d AS (DELETE FROM "+row.table()+" WHERE "+where.String()+" RETURNING expire_time) SELECT count(*) FROM d WHERE "+alive, a...).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("delete: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("delete: %w", err)
+	}
+	return n, nil
+}
+
+// Search implements memory.Store.
+func (s *Store) Search(ctx context.Context, tenant, namespace string, q memory.Query) ([]memory.Hit, error) {
+	if q.TopK <= 0 {
+		return nil, memory.Invalidf("top_k", "must be positive")
+	}
+	if q.Hybrid && q.Text == "" {
+		return nil, memory.Invalidf("hybrid", "needs a text query")
+	}
+	var where strings.Builder
+	a := args{nil} // $1 is the query vector
+	where.WriteString(alive)
+	if q.Filter != nil {
+		if err := memory.ValidateFilter("filter", q.Filter); err != nil {
+			return nil, fmt.Errorf("search: %w", err)
+		}
+		where.WriteString(" AND ")
+		if err := compileFilter(&where, &a, q.Filter); err != nil {
+			return nil, fmt.Errorf("search: %w", err)
+		}
+	}
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, fmt.Errorf("search: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	row, err := s.lookup(ctx, tx, tenant, namespace)
+	if err != nil {
+		return nil, fmt.Errorf("search: %w", err)
+	}
+	if err := memory.CheckVector("vector", q.Vector, row.meta.Dimension, row.meta.Metric); err != nil {
+		return nil, fmt.Errorf("search: %w", err)
+	}
+	a[0] = pgvector.NewVector(q.Vector)
+	k := q.TopK
+	if q.Hybrid {
+		k = max(2*q.TopK, 50)
+	}
+	hits, err := s.vectorSearch(ctx, tx, row, q, &where, a, k)
+	if err != nil {
+		return nil, fmt.Errorf("search: %w", err)
+	}
+	if !q.Hybrid {
+		if q.MinScore != nil {
+			cut := 0
+			for cut < len(hits) && hits[cut].Score >= *q.MinScore {
+				cut++
+			}
+			hits = hits[:cut]
+		}
+		return hits, nil
+	}
+	text, err := s.textSearch(ctx, tx, row, q, &where, a, k)
+	if err != nil {
+		return nil, fmt.Errorf("search: %w", err)
+	}
+	return fuse(q.TopK, hits, text), nil
+}
+
+func (s *Store) vectorSearch(ctx context.Context, tx pgx.Tx, row nsRow, q memory.Query, where *strings.Builder, a args, k int) ([]memory.Hit, error) {
+	cols := recordColumns
+	if q.IncludeVectors {
+		cols += ", embedding"
+	}
+	op := distanceOp(row.meta.Metric)
+	sql := fmt.Sprintf(`WITH c AS MATERIALIZED (SELECT %s, embedding %s $1 AS distance FROM %s WHERE %s ORDER BY embedding %s $1 LIMIT %d)
+		SELECT * FROM c ORDER BY distance, id`, cols, op, row.table(), where.String(), op, k)
+	if hasHNSW(row.meta) {
+		ef := min(max(cmpOr(row.meta.EfSearch, DefaultEfSearch), k), 1000)
+		if _, err := tx.Exec(ctx, "SET LOCAL hnsw.ef_search = "+strconv.Itoa(ef)); err != nil {
+			return nil, err
+		}
+		if _, err := tx.Exec(ctx, "SET LOCAL hnsw.iterative_scan = relaxed_order"); err != nil {
+			return nil, err
+		}
+	}
+	hits, err := queryHits(ctx, tx, row.meta.Metric, sql, a, q.IncludeVectors)
+	if err != nil || len(hits) >= k || !hasHNSW(row.meta) {
+		return hits, err
+	}
+	// The index scan stopped early (or there are fewer than k matches): answer exactly.
+	if _, err := tx.Exec(ctx, "SET LOCAL enable_indexscan = off"); err != nil {
+		return nil, err
+	}
+	return queryHits(ctx, tx, row.meta.Metric, sql, a, q.IncludeVectors)
+}
+
+func queryHits(ctx context.Context, tx pgx.Tx, m memory.Metric, sql string, a args, withVector bool) ([]memory.Hit, error) {
+	rows, err := tx.Query(ctx, sql, a...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var hits []memory.Hit
+	for rows.Next() {
+		var d float64
+		r, err := scanRecord(rows, withVector, &d)
+		if err != nil {
+			return nil, err
+		}
+		hits = append(hits, memory.Hit{Record: r, Score: score(m, d)})
+	}
+	return hits, rows.Err()
+}
+
+func (s *Store) textSearch(ctx context.Context, tx pgx.Tx, row nsRow, q memory.Query, where *strings.Builder, a args, k int) ([]memory.Hit, error) {
+	cols := recordColumns
+	if q.IncludeVectors {
+		cols += ", embedding"
+	}
+	a = append(a[:len(a):len(a)], q.Text)
+	tq := fmt.Sprintf("plainto_tsquery('simple', $%d)", len(a))
+	sql := fmt.Sprintf("SELECT %s, ts_rank(tsv, %s)::float8 AS rank FROM %s WHERE tsv @@ %s AND %s AND $1::vector IS NOT NULL ORDER BY rank DESC, id LIMIT %d",
+		cols, tq, row.table(), tq, where.String(), k)
+	return queryHits(ctx, tx, row.meta.Metric, sql, a, q.IncludeVectors)
+}
+
+// fuse merges two ranked lists by reciprocal rank fusion and returns the k best.
+func fuse(k int, lists ...[]memory.Hit) []memory.Hit {
+	scores := map[string]float64{}
+	recs := map[string]memory.Record{}
+	for _, l := range lists {
+		for rank, h := range l {
+			scores[h.Record.ID] += 1 / float64(memory.RRFK+rank+1)
+			recs[h.Record.ID] = h.Record
+		}
+	}
+	out := make([]memory.Hit, 0, len(scores))
+	for id, sc := range scores {
+		out = append(out, memory.Hit{Record: recs[id], Score: float32(sc)})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Score != out[j].Score {
+			return out[i].Score > out[j].Score
+		}
+		return out[i].Record.ID < out[j].Record.ID
+	})
+	return out[:min(k, len(out))]
+}

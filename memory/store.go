@@ -1,0 +1,289 @@
+package memory
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Sentinel errors returned (wrapped with what was being attempted) by every Store. The server maps them to
+// connect codes in one place.
+var (
+	// ErrNotFound: the namespace does not exist in the tenant.
+	ErrNotFound = errors.New("not found")
+	// ErrAlreadyExists: a namespace of that name already exists in the tenant.
+	ErrAlreadyExists = errors.New("already exists")
+	// ErrInvalid: the caller's input is wrong (dimension mismatch, zero vector under cosine, bad filter...).
+	// Errors wrapping ErrInvalid carry a message naming the offending field.
+	ErrInvalid = errors.New("invalid argument")
+	// ErrFailedPrecondition: the request is well formed but the system is not in a state to run it (for example
+	// an embedder that is not configured on this server).
+	ErrFailedPrecondition = errors.New("failed precondition")
+)
+
+// FieldError is an ErrInvalid naming the offending request field, for example
+// "records[3].vector: dimension 5, namespace wants 4".
+type FieldError struct {
+	// Field is the request path, for example "filter.all.filters[1].field.range".
+	Field string
+	// Reason says what is wrong.
+	Reason string
+}
+
+// Error implements error.
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+// Is makes errors.Is(err, ErrInvalid) true for every FieldError.
+func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
+
+// Invalidf returns a *FieldError for field.
+func Invalidf(field, format string, args ...any) error {
+	return &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// Metric is the similarity a namespace ranks by. Scores are always "higher is closer".
+type Metric int
+
+// The metrics. The zero value is not valid; the server fills MetricCosine as the default.
+const (
+	MetricCosine     Metric = Metric(memoryv1.Metric_METRIC_COSINE)
+	MetricDotProduct Metric = Metric(memoryv1.Metric_METRIC_DOT_PRODUCT)
+	MetricL2         Metric = Metric(memoryv1.Metric_METRIC_L2)
+)
+
+// IndexKind selects how a namespace is searched. Zero means the store's default.
+type IndexKind int
+
+// The index kinds.
+const (
+	IndexDefault IndexKind = 0
+	IndexExact   IndexKind = IndexKind(memoryv1.IndexKind_INDEX_KIND_EXACT)
+	IndexHNSW    IndexKind = IndexKind(memoryv1.IndexKind_INDEX_KIND_HNSW)
+)
+
+// Namespace is a named collection of records of one vector dimension, within a tenant.
+type Namespace struct {
+	Name      string
+	Dimension int
+	Metric    Metric
+	// EmbedderProvider and EmbedderModel name the embedder for text; an empty provider means "local".
+	EmbedderProvider string
+	EmbedderModel    string
+	// Index parameters; zero values take the store's defaults.
+	IndexKind      IndexKind
+	M              int
+	EfConstruction int
+	EfSearch       int
+	Description    string
+	// CreateTime is set by the store on CreateNamespace.
+	CreateTime time.Time
+	// Stats is filled by GetNamespace only.
+	Stats NamespaceStats
+}
+
+// NamespaceStats describes a namespace's live contents.
+type NamespaceStats struct {
+	// RecordCount counts live (unexpired) records.
+	RecordCount int64
+	// SizeBytes approximates the bytes used by vectors, text and metadata.
+	SizeBytes int64
+}
+
+// Record is one memory. Metadata values use the contract's typed value; a record's metadata must not be
+// mutated after it is handed to a Store.
+type Record struct {
+	ID       string
+	Text     string
+	Vector   []float32
+	Metadata map[string]*memoryv1.Value
+	// ExpireTime is when the record stops being visible; zero means never.
+	ExpireTime time.Time
+	// UpdateTime is when the record was written; set by the caller of Upsert (the server), stored as given.
+	UpdateTime time.Time
+}
+
+// Expired reports whether r is expired at now.
+func (r *Record) Expired(now time.Time) bool {
+	return !r.ExpireTime.IsZero() && !now.Before(r.ExpireTime)
+}
+
+// Query is a search.
+type Query struct {
+	// Vector is the query vector, of the namespace's dimension. Required.
+	Vector []float32
+	// Text is the query text; used for the full-text side of a hybrid search.
+	Text string
+	// Hybrid fuses vector and full-text results by reciprocal rank fusion (k = RRFK). Needs Text.
+	Hybrid bool
+	// TopK is the number of results wanted (> 0). When at least TopK live records match Filter, exactly TopK are
+	// returned (fewer only when MinScore cuts them).
+	TopK int
+	// Filter restricts results to records whose metadata matches; nil matches all.
+	Filter *memoryv1.Filter
+	// MinScore, when non-nil, drops results scoring below it. Ignored in hybrid mode.
+	MinScore *float32
+	// IncludeVectors returns each record's vector.
+	IncludeVectors bool
+}
+
+// RRFK is the k of reciprocal rank fusion: a document's fused score is the sum over lists of 1/(RRFK + rank),
+// rank starting at 1.
+const RRFK = 60
+
+// Hit is a search result.
+type Hit struct {
+	Record Record
+	// Score is the metric's similarity (cosine; inner product; negated Euclidean distance) or the fused RRF score
+	// in hybrid mode. Higher is closer.
+	Score float32
+}
+
+// Store keeps namespaces and records. Every method takes the caller's tenant explicitly and never reads or writes
+// outside it: tenant B never sees tenant A's namespaces or records. Implementations are safe for concurrent use.
+// Errors wrap ErrNotFound, ErrAlreadyExists, ErrInvalid or ErrFailedPrecondition when the caller is at fault;
+// anything else is a server fault.
+type Store interface {
+	// CreateNamespace creates ns (defaults already filled by the caller) and returns it as stored, with
+	// CreateTime set. ErrAlreadyExists if the name is taken.
+	CreateNamespace(ctx context.Context, tenant string, ns Namespace) (Namespace, error)
+	// GetNamespace returns a namespace, with its stats when withStats is true (which may cost a scan).
+	// ErrNotFound if it does not exist.
+	GetNamespace(ctx context.Context, tenant, name string, withStats bool) (Namespace, error)
+	// ListNamespaces returns up to limit namespaces with names greater than after, ordered by name. Stats are
+	// not filled.
+	ListNamespaces(ctx context.Context, tenant, after string, limit int) ([]Namespace, error)
+	// DeleteNamespace deletes a namespace and every record in it. ErrNotFound if it does not exist.
+	DeleteNamespace(ctx context.Context, tenant, name string) error
+	// Upsert writes records all or nothing: on error nothing was written. Records are keyed by ID (non-empty),
+	// and a later record of the same ID in one batch wins. On success the batch is durable.
+	Upsert(ctx context.Context, tenant, namespace string, records []Record) error
+	// Search returns the best hits for q, best first. Expired records never appear.
+	Search(ctx context.Context, tenant, namespace string, q Query) ([]Hit, error)
+	// Get returns the live records among ids, in the order of ids; missing or expired ids are left out.
+	Get(ctx context.Context, tenant, namespace string, ids []string, includeVectors bool) ([]Record, error)
+	// Delete removes the records with the given ids, or, when ids is empty, every record matching filter
+	// (which must then be non-nil), and returns how many live records it removed.
+	Delete(ctx context.Context, tenant, namespace string, ids []string, filter *memoryv1.Filter) (int64, error)
+	// Ping reports whether the store can serve requests.
+	Ping(ctx context.Context) error
+	// Close releases the store's resources.
+	Close() error
+}
+
+// CheckVector reports an ErrInvalid naming field when v does not have dimension dim, has a non-finite element,
+// or is the zero vector under the cosine metric (it has no direction). Stores and the server share it.
+func CheckVector(field string, v []float32, dim int, metric Metric) error {
+	if len(v) != dim {
+		return Invalidf(field, "dimension %d, namespace wants %d", len(v), dim)
+	}
+	nonZero := false
+	for i, x := range v {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return Invalidf(fmt.Sprintf("%s[%d]", field, i), "must be finite, got %v", x)
+		}
+		if x != 0 {
+			nonZero = true
+		}
+	}
+	if metric == MetricCosine && !nonZero {
+		return Invalidf(field, "zero vector has no direction under the cosine metric")
+	}
+	return nil
+}
+
+// CheckRecords validates a batch against ns: ids present, vectors of the right dimension and finite, metadata
+// values well typed. It is the one check shared by every store before it writes anything.
+func CheckRecords(ns Namespace, records []Record) error {
+	if len(records) == 0 {
+		return Invalidf("records", "at least one record is required")
+	}
+	for i, r := range records {
+		if r.ID == "" {
+			return Invalidf(fmt.Sprintf("records[%d].id", i), "must not be empty")
+		}
+		if err := CheckVector(fmt.Sprintf("records[%d].vector", i), r.Vector, ns.Dimension, ns.Metric); err != nil {
+			return err
+		}
+		for k, v := range r.Metadata {
+			if err := checkValue(fmt.Sprintf("records[%d].metadata[%q]", i, k), v); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Proto returns ns as the contract's message (stats included when set).
+func (ns Namespace) Proto() *memoryv1.Namespace {
+	p := &memoryv1.Namespace{
+		Name:      ns.Name,
+		Dimension: int32(ns.Dimension),
+		Metric:    memoryv1.Metric(ns.Metric),
+		Embedder:  &memoryv1.Embedder{Provider: ns.EmbedderProvider, Model: ns.EmbedderModel},
+		Index: &memoryv1.IndexConfig{
+			Kind:           memoryv1.IndexKind(ns.IndexKind),
+			M:              int32(ns.M),
+			EfConstruction: int32(ns.EfConstruction),
+			EfSearch:       int32(ns.EfSearch),
+		},
+		Description: ns.Description,
+	}
+	if !ns.CreateTime.IsZero() {
+		p.CreateTime = timestamppb.New(ns.CreateTime)
+	}
+	return p
+}
+
+// NamespaceFromProto is the inverse of Namespace.Proto, without stats.
+func NamespaceFromProto(p *memoryv1.Namespace) Namespace {
+	ns := Namespace{
+		Name:             p.GetName(),
+		Dimension:        int(p.GetDimension()),
+		Metric:           Metric(p.GetMetric()),
+		EmbedderProvider: p.GetEmbedder().GetProvider(),
+		EmbedderModel:    p.GetEmbedder().GetModel(),
+		IndexKind:        IndexKind(p.GetIndex().GetKind()),
+		M:                int(p.GetIndex().GetM()),
+		EfConstruction:   int(p.GetIndex().GetEfConstruction()),
+		EfSearch:         int(p.GetIndex().GetEfSearch()),
+		Description:      p.GetDescription(),
+	}
+	if p.GetCreateTime() != nil {
+		ns.CreateTime = p.GetCreateTime().AsTime()
+	}
+	return ns
+}
+
+// Proto returns r as the contract's message; the vector is included only when includeVector is true. The
+// metadata map is shared, not copied.
+func (r Record) Proto(includeVector bool) *memoryv1.Record {
+	p := &memoryv1.Record{Id: r.ID, Text: r.Text, Metadata: r.Metadata}
+	if includeVector {
+		p.Vector = r.Vector
+	}
+	if !r.ExpireTime.IsZero() {
+		p.ExpireTime = timestamppb.New(r.ExpireTime)
+	}
+	if !r.UpdateTime.IsZero() {
+		p.UpdateTime = timestamppb.New(r.UpdateTime)
+	}
+	return p
+}
+
+// RecordFromProto converts a stored record message (id, text, vector, metadata, expire_time, update_time) back;
+// ttl is ignored (the server resolves it to expire_time before storing).
+func RecordFromProto(p *memoryv1.Record) Record {
+	r := Record{ID: p.GetId(), Text: p.GetText(), Vector: p.GetVector(), Metadata: p.GetMetadata()}
+	if p.GetExpireTime() != nil {
+		r.ExpireTime = p.GetExpireTime().AsTime()
+	}
+	if p.GetUpdateTime() != nil {
+		r.UpdateTime = p.GetUpdateTime().AsTime()
+	}
+	return r
+}

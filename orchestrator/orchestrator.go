@@ -1,0 +1,440 @@
+// Package orchestrator is the orchestrator service: it stores versioned workflow blueprints, validates them, and
+// lays them out as canvases for visual editors.
+//
+// The domain lives in subpackages that do not import connect: [blueprint] parses and validates blueprints,
+// [canvas] lays them out, and sqlstore keeps them (SQLite or Postgres). This package holds the [Server], the
+// connect handler at the edge: it reads the caller's tenant from the context (internal/principal), calls the
+// domain and maps errors to connect codes in one place ([Server.connectError]).
+//
+// Durable runs (StartRun, GetRun, ListRuns, CancelRun, WatchRun, ListPendingApprovals, SubmitApproval) are
+// served by a [Runs] implementation, orchestrator/engine, given with [WithRuns]; without one those RPCs answer
+// Unimplemented.
+//
+// [blueprint]: github.com/loom-dev/loom/orchestrator/blueprint
+// [canvas]: github.com/loom-dev/loom/orchestrator/canvas
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+
+	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
+	"github.com/loom-dev/loom/gen/loom/orchestrator/v1/orchestratorv1connect"
+	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/rpcserver"
+	"github.com/loom-dev/loom/orchestrator/blueprint"
+	"github.com/loom-dev/loom/orchestrator/canvas"
+)
+
+// DefaultPageSize is the page size of list RPCs when the request leaves it 0.
+const DefaultPageSize = 50
+
+// maxErrorsInMessage bounds how many validation errors an InvalidArgument message spells out; the error detail
+// always carries all of them.
+const maxErrorsInMessage = 20
+
+// Server implements the OrchestratorService. It is safe for concurrent use.
+type Server struct {
+	logger    *slog.Logger
+	store     Store
+	agents    agentv1.AgentServiceClient
+	memory    memoryv1.MemoryServiceClient
+	runs      Runs
+	watchPoll time.Duration
+}
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithRuns enables the run RPCs on runs (an *engine.Engine). Without it they answer Unimplemented.
+func WithRuns(runs Runs) Option { return func(s *Server) { s.runs = runs } }
+
+// WithWatchPollInterval sets how often WatchRun looks for new events; the default is 250ms.
+func WithWatchPollInterval(d time.Duration) Option { return func(s *Server) { s.watchPoll = d } }
+
+var _ orchestratorv1connect.OrchestratorServiceHandler = (*Server)(nil)
+
+// New returns a Server over store. agents and memory are the clients of the agent and memory services; the run
+// engine (WithRuns) is built over the same clients and is what calls them, so they may be nil when runs are
+// disabled. A nil logger discards.
+func New(logger *slog.Logger, store Store, agents agentv1.AgentServiceClient, memory memoryv1.MemoryServiceClient, opts ...Option) *Server {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{logger: logger, store: store, agents: agents, memory: memory, watchPoll: 250 * time.Millisecond}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Service returns the service to mount on the RPC server.
+func (s *Server) Service() rpcserver.Service {
+	return rpcserver.Service{
+		Name: orchestratorv1connect.OrchestratorServiceName,
+		Handler: func(opts ...connect.HandlerOption) (string, http.Handler) {
+			return orchestratorv1connect.NewOrchestratorServiceHandler(s, opts...)
+		},
+	}
+}
+
+// errUnauthenticated: the request context carries no principal with a tenant.
+var errUnauthenticated = errors.New("no authenticated principal")
+
+// invalidBlueprintError carries every validation error of a rejected blueprint.
+type invalidBlueprintError struct {
+	errs []*orchestratorv1.ValidationError
+}
+
+func (e *invalidBlueprintError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "invalid blueprint (%d errors): ", len(e.errs))
+	for i, ve := range e.errs {
+		if i == maxErrorsInMessage {
+			fmt.Fprintf(&b, "; and %d more", len(e.errs)-i)
+			break
+		}
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		if ve.GetPath() != "" {
+			b.WriteString(ve.GetPath())
+			b.WriteString(": ")
+		}
+		b.WriteString(ve.GetMessage())
+		if ve.GetLine() > 0 {
+			fmt.Fprintf(&b, " (line %d, column %d)", ve.GetLine(), ve.GetColumn())
+		}
+	}
+	return b.String()
+}
+
+func tenant(ctx context.Context) (string, error) {
+	p, ok := principal.FromContext(ctx)
+	if !ok {
+		return "", errUnauthenticated
+	}
+	return p.Tenant, nil
+}
+
+// load turns a source into a valid blueprint, or returns an *invalidBlueprintError.
+func load(src *orchestratorv1.BlueprintSource) (*orchestratorv1.Blueprint, error) {
+	bp, errs := blueprint.Load(src)
+	if len(errs) > 0 {
+		return nil, &invalidBlueprintError{errs: errs}
+	}
+	return bp, nil
+}
+
+// CreateBlueprint stores version 1 of a blueprint.
+func (s *Server) CreateBlueprint(ctx context.Context, req *connect.Request[orchestratorv1.CreateBlueprintRequest]) (*connect.Response[orchestratorv1.CreateBlueprintResponse], error) {
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	bp, err := load(req.Msg.GetSource())
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	stored, err := s.store.CreateBlueprint(ctx, t, bp)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	return connect.NewResponse(&orchestratorv1.CreateBlueprintResponse{Blueprint: stored}), nil
+}
+
+// GetBlueprint returns the latest or a given version of a blueprint.
+func (s *Server) GetBlueprint(ctx context.Context, req *connect.Request[orchestratorv1.GetBlueprintRequest]) (*connect.Response[orchestratorv1.GetBlueprintResponse], error) {
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	bp, err := s.store.GetBlueprint(ctx, t, req.Msg.GetName(), req.Msg.GetVersion())
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	return connect.NewResponse(&orchestratorv1.GetBlueprintResponse{Blueprint: bp}), nil
+}
+
+// ListBlueprints lists the latest versions of blueprints by name.
+func (s *Server) ListBlueprints(ctx context.Context, req *connect.Request[orchestratorv1.ListBlueprintsRequest]) (*connect.Response[orchestratorv1.ListBlueprintsResponse], error) {
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	size := int(req.Msg.GetPageSize())
+	if size <= 0 {
+		size = DefaultPageSize
+	}
+	bps, next, err := s.store.ListBlueprints(ctx, t, size, req.Msg.GetPageToken())
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	return connect.NewResponse(&orchestratorv1.ListBlueprintsResponse{Blueprints: bps, NextPageToken: next}), nil
+}
+
+// UpdateBlueprint stores a new version of a blueprint.
+func (s *Server) UpdateBlueprint(ctx context.Context, req *connect.Request[orchestratorv1.UpdateBlueprintRequest]) (*connect.Response[orchestratorv1.UpdateBlueprintResponse], error) {
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	bp, err := load(req.Msg.GetSource())
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	if bp.GetName() != req.Msg.GetName() {
+		return nil, s.connectError(ctx, &invalidBlueprintError{errs: []*orchestratorv1.ValidationError{{
+			Path:    "name",
+			Message: fmt.Sprintf("blueprint name %q does not match the name in the request %q", bp.GetName(), req.Msg.GetName()),
+		}}})
+	}
+	stored, err := s.store.UpdateBlueprint(ctx, t, bp, req.Msg.GetExpectedVersion())
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	return connect.NewResponse(&orchestratorv1.UpdateBlueprintResponse{Blueprint: stored}), nil
+}
+
+// DeleteBlueprint deletes a blueprint and its versions.
+func (s *Server) DeleteBlueprint(ctx context.Context, req *connect.Request[orchestratorv1.DeleteBlueprintRequest]) (*connect.Response[orchestratorv1.DeleteBlueprintResponse], error) {
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	if err := s.store.DeleteBlueprint(ctx, t, req.Msg.GetName()); err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	return connect.NewResponse(&orchestratorv1.DeleteBlueprintResponse{}), nil
+}
+
+// ValidateBlueprint reports every error of a blueprint without storing it. An invalid blueprint is a successful
+// response with errors, not an RPC error.
+func (s *Server) ValidateBlueprint(ctx context.Context, req *connect.Request[orchestratorv1.ValidateBlueprintRequest]) (*connect.Response[orchestratorv1.ValidateBlueprintResponse], error) {
+	if _, err := tenant(ctx); err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	_, errs := blueprint.Load(req.Msg.GetSource())
+	return connect.NewResponse(&orchestratorv1.ValidateBlueprintResponse{Errors: errs}), nil
+}
+
+// GenerateCanvas lays out a stored or an inline blueprint. An invalid inline blueprint is InvalidArgument.
+func (s *Server) GenerateCanvas(ctx context.Context, req *connect.Request[orchestratorv1.GenerateCanvasRequest]) (*connect.Response[orchestratorv1.GenerateCanvasResponse], error) {
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	var bp *orchestratorv1.Blueprint
+	switch target := req.Msg.GetTarget().(type) {
+	case *orchestratorv1.GenerateCanvasRequest_Ref:
+		bp, err = s.store.GetBlueprint(ctx, t, target.Ref.GetName(), target.Ref.GetVersion())
+	case *orchestratorv1.GenerateCanvasRequest_Source:
+		bp, err = load(target.Source)
+	default:
+		err = &invalidBlueprintError{errs: []*orchestratorv1.ValidationError{{Path: "target", Message: "a ref or a source is required"}}}
+	}
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	return connect.NewResponse(&orchestratorv1.GenerateCanvasResponse{Canvas: canvas.Generate(bp)}), nil
+}
+
+func unimplemented(rpc string) error {
+	return connect.NewError(connect.CodeUnimplemented,
+		fmt.Errorf("%s is not available: this orchestrator was built without a run engine (orchestrator.WithRuns)", rpc))
+}
+
+// StartRun starts a durable run of a stored blueprint version.
+func (s *Server) StartRun(ctx context.Context, req *connect.Request[orchestratorv1.StartRunRequest]) (*connect.Response[orchestratorv1.StartRunResponse], error) {
+	if s.runs == nil {
+		return nil, unimplemented("StartRun")
+	}
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	bp, err := s.store.GetBlueprint(ctx, t, req.Msg.GetBlueprint(), req.Msg.GetVersion())
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	run, err := s.runs.StartRun(ctx, t, bp, req.Msg.GetInput(), req.Msg.GetIdempotencyKey())
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	return connect.NewResponse(&orchestratorv1.StartRunResponse{Run: run}), nil
+}
+
+// GetRun returns a run with its steps.
+func (s *Server) GetRun(ctx context.Context, req *connect.Request[orchestratorv1.GetRunRequest]) (*connect.Response[orchestratorv1.GetRunResponse], error) {
+	if s.runs == nil {
+		return nil, unimplemented("GetRun")
+	}
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	run, err := s.runs.GetRun(ctx, t, req.Msg.GetId())
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	return connect.NewResponse(&orchestratorv1.GetRunResponse{Run: run}), nil
+}
+
+// ListRuns lists runs, newest first, without their steps.
+func (s *Server) ListRuns(ctx context.Context, req *connect.Request[orchestratorv1.ListRunsRequest]) (*connect.Response[orchestratorv1.ListRunsResponse], error) {
+	if s.runs == nil {
+		return nil, unimplemented("ListRuns")
+	}
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	runs, next, err := s.runs.ListRuns(ctx, t, req.Msg.GetBlueprint(), req.Msg.GetState(), pageSize(req.Msg.GetPageSize()), req.Msg.GetPageToken())
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	return connect.NewResponse(&orchestratorv1.ListRunsResponse{Runs: runs, NextPageToken: next}), nil
+}
+
+// CancelRun cancels a run.
+func (s *Server) CancelRun(ctx context.Context, req *connect.Request[orchestratorv1.CancelRunRequest]) (*connect.Response[orchestratorv1.CancelRunResponse], error) {
+	if s.runs == nil {
+		return nil, unimplemented("CancelRun")
+	}
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	run, err := s.runs.CancelRun(ctx, t, req.Msg.GetId(), req.Msg.GetReason())
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	return connect.NewResponse(&orchestratorv1.CancelRunResponse{Run: run}), nil
+}
+
+// WatchRun sends the run's events after after_sequence, then polls for new ones until the run has ended and
+// every event has been sent, or the client goes away.
+func (s *Server) WatchRun(ctx context.Context, req *connect.Request[orchestratorv1.WatchRunRequest], stream *connect.ServerStream[orchestratorv1.WatchRunResponse]) error {
+	if s.runs == nil {
+		return unimplemented("WatchRun")
+	}
+	t, err := tenant(ctx)
+	if err != nil {
+		return s.connectError(ctx, err)
+	}
+	after := req.Msg.GetAfterSequence()
+	for {
+		events, ended, err := s.runs.Events(ctx, t, req.Msg.GetId(), after, watchBatch)
+		if err != nil {
+			return s.connectError(ctx, err)
+		}
+		for _, ev := range events {
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
+			after = ev.GetSequence()
+		}
+		if len(events) == watchBatch {
+			continue
+		}
+		if ended {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return s.connectError(ctx, ctx.Err())
+		case <-time.After(s.watchPoll):
+		}
+	}
+}
+
+// watchBatch is how many events WatchRun reads at a time.
+const watchBatch = 100
+
+// ListPendingApprovals lists approval steps waiting for a person, oldest first.
+func (s *Server) ListPendingApprovals(ctx context.Context, req *connect.Request[orchestratorv1.ListPendingApprovalsRequest]) (*connect.Response[orchestratorv1.ListPendingApprovalsResponse], error) {
+	if s.runs == nil {
+		return nil, unimplemented("ListPendingApprovals")
+	}
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	approvals, next, err := s.runs.ListPendingApprovals(ctx, t, req.Msg.GetRunId(), pageSize(req.Msg.GetPageSize()), req.Msg.GetPageToken())
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	return connect.NewResponse(&orchestratorv1.ListPendingApprovalsResponse{Approvals: approvals, NextPageToken: next}), nil
+}
+
+// SubmitApproval approves or rejects a waiting approval step.
+func (s *Server) SubmitApproval(ctx context.Context, req *connect.Request[orchestratorv1.SubmitApprovalRequest]) (*connect.Response[orchestratorv1.SubmitApprovalResponse], error) {
+	if s.runs == nil {
+		return nil, unimplemented("SubmitApproval")
+	}
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	m := req.Msg
+	run, err := s.runs.SubmitApproval(ctx, t, m.GetRunId(), m.GetStepId(), m.GetDecision(), m.GetPayload(), m.GetComment())
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	return connect.NewResponse(&orchestratorv1.SubmitApprovalResponse{Run: run}), nil
+}
+
+func pageSize(n int32) int {
+	if n <= 0 {
+		return DefaultPageSize
+	}
+	return int(n)
+}
+
+// connectError maps an error to a connect error; it is the only place that does. Client mistakes keep their
+// message; anything unexpected is logged and answered as a generic Internal error.
+func (s *Server) connectError(ctx context.Context, err error) error {
+	var (
+		cerr    *connect.Error
+		invalid *invalidBlueprintError
+	)
+	switch {
+	case errors.As(err, &cerr):
+		return cerr
+	case errors.Is(err, context.Canceled):
+		return connect.NewError(connect.CodeCanceled, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(connect.CodeDeadlineExceeded, err)
+	case errors.Is(err, errUnauthenticated):
+		return connect.NewError(connect.CodeUnauthenticated, err)
+	case errors.As(err, &invalid):
+		ce := connect.NewError(connect.CodeInvalidArgument, invalid)
+		if detail, derr := connect.NewErrorDetail(&orchestratorv1.ValidateBlueprintResponse{Errors: invalid.errs}); derr == nil {
+			ce.AddDetail(detail)
+		}
+		return ce
+	case errors.Is(err, ErrNotFound):
+		return connect.NewError(connect.CodeNotFound, err)
+	case errors.Is(err, ErrAlreadyExists):
+		return connect.NewError(connect.CodeAlreadyExists, err)
+	case errors.Is(err, ErrVersionMismatch):
+		return connect.NewError(connect.CodeAborted, err)
+	case errors.Is(err, ErrInvalidInput):
+		return connect.NewError(connect.CodeInvalidArgument, err)
+	case errors.Is(err, ErrInvalidPageToken):
+		return connect.NewError(connect.CodeInvalidArgument, err)
+	case errors.Is(err, ErrFailedPrecondition):
+		return connect.NewError(connect.CodeFailedPrecondition, err)
+	}
+	s.logger.ErrorContext(ctx, "orchestrator: internal error", slog.Any("error", err))
+	return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+}

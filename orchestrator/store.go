@@ -1,0 +1,67 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/protobuf/types/known/structpb"
+
+	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
+)
+
+// Errors a Store returns, possibly wrapped. The server maps them to connect codes.
+var (
+	// ErrNotFound: the blueprint (or version) does not exist in the tenant.
+	ErrNotFound = errors.New("not found")
+	// ErrAlreadyExists: a blueprint with that name exists in the tenant.
+	ErrAlreadyExists = errors.New("already exists")
+	// ErrVersionMismatch: an update's expected version is not the latest version.
+	ErrVersionMismatch = errors.New("version mismatch")
+	// ErrFailedPrecondition: the resource is not in a state that allows the operation.
+	ErrFailedPrecondition = errors.New("failed precondition")
+	// ErrInvalidInput: a run input or approval payload does not match its schema.
+	ErrInvalidInput = errors.New("invalid input")
+	// ErrInvalidPageToken: a page token was not issued by the store.
+	ErrInvalidPageToken = errors.New("invalid page token")
+)
+
+// Store keeps versioned blueprints. Every method is scoped to a tenant; a tenant never sees another's records.
+// Implementations are safe for concurrent use. Blueprints passed in are not modified; the ones returned carry
+// their version and create_time.
+type Store interface {
+	// CreateBlueprint stores version 1 of bp. ErrAlreadyExists if the name is taken.
+	CreateBlueprint(ctx context.Context, tenant string, bp *orchestratorv1.Blueprint) (*orchestratorv1.Blueprint, error)
+	// UpdateBlueprint stores bp as the next version of the blueprint named bp.Name. ErrNotFound if there is
+	// none; ErrVersionMismatch if expectedVersion is non-zero and is not the latest version.
+	UpdateBlueprint(ctx context.Context, tenant string, bp *orchestratorv1.Blueprint, expectedVersion int64) (*orchestratorv1.Blueprint, error)
+	// GetBlueprint returns a version of a blueprint; version 0 means the latest. ErrNotFound if absent.
+	GetBlueprint(ctx context.Context, tenant, name string, version int64) (*orchestratorv1.Blueprint, error)
+	// ListBlueprints returns up to pageSize (at least 1) latest versions ordered by name, after the position
+	// pageToken names ("" for the first page), and the token of the next page ("" on the last).
+	// ErrInvalidPageToken if the token is not one the store issued.
+	ListBlueprints(ctx context.Context, tenant string, pageSize int, pageToken string) ([]*orchestratorv1.Blueprint, string, error)
+	// DeleteBlueprint deletes a blueprint and all its versions. ErrNotFound if absent.
+	DeleteBlueprint(ctx context.Context, tenant, name string) error
+}
+
+// Runs starts and tracks durable runs. Every method is scoped to a tenant. Implementations (orchestrator/engine)
+// are safe for concurrent use and return the sentinels above, possibly wrapped.
+type Runs interface {
+	// StartRun starts a run of bp (a stored version) with input. A non-empty idempotencyKey already used in the
+	// tenant returns that run instead. ErrInvalidInput if input does not match the input schema.
+	StartRun(ctx context.Context, tenant string, bp *orchestratorv1.Blueprint, input *structpb.Struct, idempotencyKey string) (*orchestratorv1.WorkflowRun, error)
+	// GetRun returns a run with its steps. ErrNotFound if absent.
+	GetRun(ctx context.Context, tenant, id string) (*orchestratorv1.WorkflowRun, error)
+	// ListRuns lists runs newest first, optionally only of one blueprint or in one state (zero values: all).
+	ListRuns(ctx context.Context, tenant, blueprint string, state orchestratorv1.RunState, pageSize int, pageToken string) ([]*orchestratorv1.WorkflowRun, string, error)
+	// CancelRun cancels a run. ErrFailedPrecondition if it already ended.
+	CancelRun(ctx context.Context, tenant, id, reason string) (*orchestratorv1.WorkflowRun, error)
+	// Events returns up to limit events with sequence numbers after afterSequence, in order, and whether the run
+	// had ended before they were read: when it had and no events are returned, there will be no more.
+	Events(ctx context.Context, tenant, id string, afterSequence int64, limit int) ([]*orchestratorv1.WatchRunResponse, bool, error)
+	// ListPendingApprovals lists approval steps waiting for a person, oldest first, optionally of one run.
+	ListPendingApprovals(ctx context.Context, tenant, runID string, pageSize int, pageToken string) ([]*orchestratorv1.Approval, string, error)
+	// SubmitApproval approves (payload checked against the step's schema: ErrInvalidInput) or rejects a waiting
+	// approval step. ErrFailedPrecondition if the step is not waiting.
+	SubmitApproval(ctx context.Context, tenant, runID, stepID string, decision orchestratorv1.Decision, payload *structpb.Struct, comment string) (*orchestratorv1.WorkflowRun, error)
+}
