@@ -9,6 +9,10 @@ import (
 
 	"connectrpc.com/connect"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
 
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
@@ -119,4 +123,27 @@ func (s *slowAgent) GetVideo(ctx context.Context, _ *connect.Request[agentv1.Get
 		return nil, ctx.Err()
 	}
 	return connect.NewResponse(&agentv1.GetVideoResponse{}), nil
+}
+
+func TestHealthIsPublicEverythingElseNeedsCredentials(t *testing.T) {
+	t.Parallel()
+	refuse := func(*http.Request) (principal.Principal, error) { return principal.Principal{}, errors.New("no credentials") }
+	srv := rpcservertest.Start(t, rpcserver.Config{Reflection: true}, refuse, services(&fakeMemory{id: "a"}, &fakeAgent{started: make(chan struct{})})...)
+	conn := srv.GRPCConn(t)
+	ctx := context.Background()
+	res, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: memoryv1connect.MemoryServiceName})
+	if err != nil || res.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health without credentials: %v %v", res, err)
+	}
+	if _, err := memoryv1.NewMemoryServiceClient(conn).GetNamespace(ctx, &memoryv1.GetNamespaceRequest{Name: "docs"}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("RPC without credentials: %v, want Unauthenticated", err)
+	}
+	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+	if err == nil {
+		_ = stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}})
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.Unauthenticated {
+		t.Errorf("reflection without credentials: %v, want Unauthenticated", err)
+	}
 }

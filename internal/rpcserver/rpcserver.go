@@ -68,6 +68,9 @@ type Config struct {
 	RateLimit float64
 	// RateBurst is the bucket size; 0 means max(1, RateLimit).
 	RateBurst int
+	// Fallback, when set, receives authenticated, rate-limited calls to procedures no mounted service serves:
+	// the gateway's proxy to the backends.
+	Fallback http.Handler
 	// Console, when set, serves the browser console under /console/ (and / redirects there).
 	Console http.Handler
 }
@@ -153,7 +156,9 @@ func New(logger *slog.Logger, cfg Config, auth Authenticator, services ...Servic
 		path, h := svc.Handler(opts...)
 		rpc.Handle(path, h)
 	}
-	rpc.Handle(grpchealth.NewHandler(s.health, connect.WithReadMaxBytes(cfg.MaxMessageBytes)))
+	if cfg.Fallback != nil {
+		rpc.Handle("/", cfg.Fallback)
+	}
 	if cfg.Reflection {
 		reflector := grpcreflect.NewStaticReflector(names...)
 		rpc.Handle(grpcreflect.NewHandlerV1(reflector, connect.WithReadMaxBytes(cfg.MaxMessageBytes)))
@@ -161,6 +166,8 @@ func New(logger *slog.Logger, cfg Config, auth Authenticator, services ...Servic
 	}
 
 	mux := http.NewServeMux()
+	// Health is public: load balancers and probes call it without credentials.
+	mux.Handle(grpchealth.NewHandler(s.health, connect.WithReadMaxBytes(cfg.MaxMessageBytes)))
 	var limiter *rateLimiter
 	if cfg.RateLimit > 0 {
 		limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst)
