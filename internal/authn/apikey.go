@@ -88,7 +88,7 @@ func NewKeyStore(ctx context.Context, db *sqldb.DB) (*KeyStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("authn key store: %w", err)
 	}
-	if err := db.Migrate(ctx, fsys); err != nil {
+	if err := db.Migrate(ctx, "authn", fsys); err != nil {
 		return nil, fmt.Errorf("authn key store: %w", err)
 	}
 	return &KeyStore{db: db, now: time.Now}, nil

@@ -17,6 +17,7 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
 	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 )
 
@@ -75,8 +76,12 @@ func Open(ctx context.Context, url string) (*DB, error) {
 
 // Migrate applies the migrations in fsys that have not been applied yet, in version order. fsys holds goose SQL
 // files (NNNNN_name.sql) written in the subset of SQL both dialects accept, or per-dialect directories "sqlite"
-// and "postgres" when they differ.
-func (db *DB) Migrate(ctx context.Context, fsys fs.FS) error {
+// and "postgres" when they differ. component names the migration set ("agent", "orchestrator", "authn"...): each
+// keeps its versions in its own table, goose_<component>, so components can share one database.
+func (db *DB) Migrate(ctx context.Context, component string, fsys fs.FS) error {
+	if component == "" || strings.ContainsFunc(component, func(r rune) bool { return !(r >= 'a' && r <= 'z' || r == '_') }) {
+		return fmt.Errorf("migrate: component %q: want lowercase letters and '_'", component)
+	}
 	if sub, err := fs.Sub(fsys, string(db.Dialect)); err == nil {
 		if entries, err := fs.ReadDir(sub, "."); err == nil && len(entries) > 0 {
 			fsys = sub
@@ -86,7 +91,16 @@ func (db *DB) Migrate(ctx context.Context, fsys fs.FS) error {
 	if db.Dialect == Postgres {
 		dialect = goose.DialectPostgres
 	}
-	p, err := goose.NewProvider(dialect, db.DB, fsys)
+	opts := []goose.ProviderOption{goose.WithTableName("goose_" + component)}
+	if db.Dialect == Postgres {
+		// Replicas starting together take turns: an advisory lock serialises their migrations.
+		locker, err := lock.NewPostgresSessionLocker()
+		if err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		opts = append(opts, goose.WithSessionLocker(locker))
+	}
+	p, err := goose.NewProvider(dialect, db.DB, fsys, opts...)
 	if err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}

@@ -40,7 +40,7 @@ func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("orchestrator store: %w", err)
 	}
-	if err := db.Migrate(ctx, sub); err != nil {
+	if err := db.Migrate(ctx, "orchestrator", sub); err != nil {
 		return nil, fmt.Errorf("orchestrator store: %w", err)
 	}
 	return &Store{db: db, now: time.Now}, nil
