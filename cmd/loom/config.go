@@ -13,7 +13,10 @@ import (
 )
 
 // allServices are the services `loom serve` can run, in start order.
-var allServices = []string{"memory", "agent", "orchestrator"}
+var allServices = []string{"memory", "agent", "orchestrator", "admin"}
+
+// optionalServices run only when asked for by name.
+var optionalServices = []string{"gateway"}
 
 // config is the effective configuration of `loom serve`: flags override environment variables, which override
 // the defaults. Secrets come only from the environment or from files (VAR_FILE), never from flags, which other
@@ -37,6 +40,12 @@ type config struct {
 	MaxInFlight     int
 	RateLimit       float64
 	RateBurst       int
+	Auth            string
+	OIDCIssuer      string
+	OIDCAudience    string
+	OIDCJWKSURL     string
+	OIDCJWKSFile    string
+	GatewayTargets  map[string]string
 	LogLevel        slog.Level
 	LogFormat       string
 
@@ -49,6 +58,9 @@ type secrets struct {
 	OpenAIAPIKey     string
 	ElevenLabsAPIKey string
 	TavusAPIKey      string
+	// ServiceTokenKey signs and verifies service-to-service tokens: a base64 Ed25519 seed, or (from the file
+	// variable) a PEM private key.
+	ServiceTokenKey string
 }
 
 // secretVars lists each secret's environment variable; VAR_FILE names a file holding it instead.
@@ -60,6 +72,7 @@ var secretVars = []struct {
 	{"LOOM_OPENAI_API_KEY", func(s *secrets) *string { return &s.OpenAIAPIKey }},
 	{"LOOM_ELEVENLABS_API_KEY", func(s *secrets) *string { return &s.ElevenLabsAPIKey }},
 	{"LOOM_TAVUS_API_KEY", func(s *secrets) *string { return &s.TavusAPIKey }},
+	{"LOOM_SERVICE_TOKEN_KEY", func(s *secrets) *string { return &s.ServiceTokenKey }},
 }
 
 // flagSpec is one flag with the environment variable that backs it.
@@ -70,7 +83,7 @@ type flagSpec struct {
 var serveFlags = []flagSpec{
 	{"listen", "LOOM_LISTEN", ":8080", "address to serve Connect, gRPC and gRPC-Web on"},
 	{"data-dir", "LOOM_DATA_DIR", "./loom-data", "directory for embedded data (SQLite, the embedded vector store)"},
-	{"services", "LOOM_SERVICES", strings.Join(allServices, ","), "comma-separated services to run: memory, agent, orchestrator"},
+	{"services", "LOOM_SERVICES", strings.Join(allServices, ","), "comma-separated services to run: memory, agent, orchestrator, admin; or gateway alone"},
 	{"database-url", "LOOM_DATABASE_URL", "", "PostgreSQL URL (postgres://...); empty uses SQLite and the embedded vector store in --data-dir"},
 	{"memory-addr", "LOOM_MEMORY_ADDR", "", "memory service target for other services: dns:///host:port or host1:port,host2:port; empty calls this process"},
 	{"agent-addr", "LOOM_AGENT_ADDR", "", "agent service target for the orchestrator; empty calls this process"},
@@ -86,6 +99,15 @@ var serveFlags = []flagSpec{
 	{"max-in-flight", "LOOM_MAX_IN_FLIGHT", "1024", "calls in progress at once; more are refused with ResourceExhausted instead of queueing"},
 	{"rate-limit", "LOOM_RATE_LIMIT", "0", "calls per second each principal may make (token bucket); 0 disables"},
 	{"rate-burst", "LOOM_RATE_BURST", "0", "token bucket size for --rate-limit; 0 means the rate"},
+	{"auth", "LOOM_AUTH", "local", "local (development: calls without credentials act as tenant \"local\") or required"},
+	{"oidc-issuer", "LOOM_OIDC_ISSUER", "", "OIDC issuer whose JWT bearer tokens are accepted; empty disables OIDC"},
+	{"oidc-audience", "LOOM_OIDC_AUDIENCE", "", "audience OIDC tokens must carry"},
+	{"oidc-jwks-url", "LOOM_OIDC_JWKS_URL", "", "URL of the issuer's JWKS"},
+	{"oidc-jwks-file", "LOOM_OIDC_JWKS_FILE", "", "file holding the issuer's JWKS (instead of a URL)"},
+	{"gateway-memory", "LOOM_GATEWAY_MEMORY", "", "gateway: memory backends (host:port list or dns:///host:port)"},
+	{"gateway-agent", "LOOM_GATEWAY_AGENT", "", "gateway: agent backends"},
+	{"gateway-orchestrator", "LOOM_GATEWAY_ORCHESTRATOR", "", "gateway: orchestrator backends"},
+	{"gateway-admin", "LOOM_GATEWAY_ADMIN", "", "gateway: admin backends"},
 	{"log-level", "LOOM_LOG_LEVEL", "info", "debug, info, warn or error"},
 	{"log-format", "LOOM_LOG_FORMAT", "text", "text or json"},
 }
@@ -168,6 +190,13 @@ func parseServe(args []string, getenv func(string) string, out *os.File) (config
 		errs = append(errs, fmt.Errorf("--log-level: %w", err))
 	}
 	c.LogFormat = get("log-format")
+	c.Auth = get("auth")
+	c.OIDCIssuer, c.OIDCAudience = get("oidc-issuer"), get("oidc-audience")
+	c.OIDCJWKSURL, c.OIDCJWKSFile = get("oidc-jwks-url"), get("oidc-jwks-file")
+	c.GatewayTargets = map[string]string{
+		"memory": get("gateway-memory"), "agent": get("gateway-agent"),
+		"orchestrator": get("gateway-orchestrator"), "admin": get("gateway-admin"),
+	}
 
 	for _, s := range secretVars {
 		v, err := readSecret(getenv, s.env)
@@ -189,9 +218,18 @@ func (c config) Validate() error {
 		errs = append(errs, errors.New("--services: at least one service is needed"))
 	}
 	for _, s := range c.Services {
-		if !slices.Contains(allServices, s) {
-			errs = append(errs, fmt.Errorf("--services: unknown service %q (want %s)", s, strings.Join(allServices, ", ")))
+		if !slices.Contains(allServices, s) && !slices.Contains(optionalServices, s) {
+			errs = append(errs, fmt.Errorf("--services: unknown service %q (want %s)", s, strings.Join(append(allServices, optionalServices...), ", ")))
 		}
+	}
+	if c.runs("gateway") && len(c.Services) > 1 {
+		errs = append(errs, errors.New("--services: the gateway runs alone"))
+	}
+	if c.Auth != "local" && c.Auth != "required" {
+		errs = append(errs, fmt.Errorf("--auth: want local or required, got %q", c.Auth))
+	}
+	if c.OIDCIssuer != "" && (c.OIDCAudience == "" || (c.OIDCJWKSURL == "") == (c.OIDCJWKSFile == "")) {
+		errs = append(errs, errors.New("--oidc-issuer needs --oidc-audience and one of --oidc-jwks-url, --oidc-jwks-file"))
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))
@@ -232,6 +270,9 @@ func (c config) LogValue() slog.Value {
 		slog.Float64("rate_limit", c.RateLimit),
 		slog.Int("rate_burst", c.RateBurst),
 		slog.String("log_level", c.LogLevel.String()),
+		slog.String("auth", c.Auth),
+		slog.String("oidc_issuer", c.OIDCIssuer),
+		slog.String("service_token_key", mask(c.Secrets.ServiceTokenKey)),
 		slog.String("gemini_api_key", mask(c.Secrets.GeminiAPIKey)),
 		slog.String("openai_api_key", mask(c.Secrets.OpenAIAPIKey)),
 		slog.String("elevenlabs_api_key", mask(c.Secrets.ElevenLabsAPIKey)),

@@ -1,6 +1,7 @@
 // Command loom runs Loom's services (agent, orchestrator, memory) from one binary.
 //
 //	loom serve [flags]      run the services (all of them on embedded defaults, or a subset)
+//	loom keys ...           create, list and revoke API keys
 //	loom version            print the version
 //
 // Run `loom serve --help` for every flag and the environment variable behind it.
@@ -37,6 +38,7 @@ const usage = `Usage: loom <command> [flags]
 
 Commands:
   serve     run Loom's services on one port (Connect, gRPC and gRPC-Web)
+  keys      create, list and revoke API keys
   version   print the version
 
 Run 'loom <command> --help' for a command's flags.
@@ -55,6 +57,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return err
 		}
 		return serve(ctx, cfg, stderr)
+	case "keys":
+		return keysCmd(ctx, args[1:], getenv, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "loom", buildVersion())
 		return nil

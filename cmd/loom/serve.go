@@ -16,9 +16,11 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/loom-dev/loom/admin"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/internal/authn"
 	"github.com/loom-dev/loom/internal/rpcclient"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/sqldb"
@@ -39,8 +41,8 @@ import (
 func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 	logger := newLogger(cfg, logOut)
 	logger.Info("loom starting", "version", buildVersion(), "config", cfg)
-	if cfg.DatabaseURL == "" {
-		logger.Warn("local development mode: every call runs as tenant \"local\" without authentication; data in " + cfg.DataDir)
+	if cfg.Auth == "local" {
+		logger.Warn("local development mode (--auth local): calls without credentials act as tenant \"local\" with the admin role; deployments use --auth required")
 	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -49,7 +51,13 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 	}
 	defer ln.Close()
 
-	clients, err := dialClients(cfg, ln.Addr(), logger)
+	sec, err := buildSecurity(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer sec.Close()
+
+	clients, err := dialClients(cfg, ln.Addr(), sec.minter, logger)
 	if err != nil {
 		return err
 	}
@@ -66,7 +74,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 		if !cfg.runs(name) {
 			continue
 		}
-		svc, closeFn, err := buildService(ctx, name, cfg, logger, clients)
+		svc, closeFn, err := buildService(ctx, name, cfg, logger, clients, sec)
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
@@ -91,7 +99,8 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 		CORSOrigins:          cfg.CORSOrigins,
 		Reflection:           cfg.Reflection,
 		Console:              web.Handler(),
-	}, nil, services...)
+		Audit:                sec.trail,
+	}, sec.authenticate, services...)
 	if err != nil {
 		return err
 	}
@@ -113,7 +122,7 @@ func (c *clients) Close() {
 
 // dialClients connects to the memory and agent services: at their configured targets, or at this process's own
 // listener in all-in-one mode, so calls take the same path either way.
-func dialClients(cfg config, self net.Addr, logger *slog.Logger) (*clients, error) {
+func dialClients(cfg config, self net.Addr, minter *authn.Minter, logger *slog.Logger) (*clients, error) {
 	selfTarget := selfAddr(self)
 	var tlsConf *tls.Config
 	if cfg.TLSCert != "" {
@@ -130,7 +139,7 @@ func dialClients(cfg config, self net.Addr, logger *slog.Logger) (*clients, erro
 		if target == "" {
 			target = selfTarget
 		}
-		conn, err := rpcclient.Dial(rpcclient.Config{Target: target, Service: service, TLS: tlsConf, Logger: logger})
+		conn, err := rpcclient.Dial(rpcclient.Config{Target: target, Service: service, TLS: tlsConf, Tokens: minter, Logger: logger})
 		if err != nil {
 			return nil, err
 		}
@@ -164,9 +173,11 @@ func selfAddr(addr net.Addr) string {
 }
 
 // buildService constructs one service with its stores. The returned func releases them, after the server stops.
-func buildService(ctx context.Context, name string, cfg config, logger *slog.Logger, c *clients) (rpcserver.Service, func(), error) {
+func buildService(ctx context.Context, name string, cfg config, logger *slog.Logger, c *clients, sec *security) (rpcserver.Service, func(), error) {
 	logger = logger.With("service", name)
 	switch name {
+	case "admin":
+		return admin.New(logger, sec.keys, sec.trail).Service(), nil, nil
 	case "memory":
 		return buildMemory(ctx, cfg, logger)
 	case "agent":

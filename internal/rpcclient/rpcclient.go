@@ -54,6 +54,8 @@ type Config struct {
 	TLS *tls.Config
 	// Logger receives one line per call at debug level, and failures at warn.
 	Logger *slog.Logger
+	// Tokens, when set, mints a service token for every call, carrying the caller's principal to the target.
+	Tokens TokenMinter
 	// BreakerOpenFor is how long the circuit breaker stays open before a probe call. Default 5 s.
 	BreakerOpenFor time.Duration
 	// RetryRatio is the retry budget: retries may add at most this fraction of calls (plus a reserve of 10).
@@ -118,6 +120,9 @@ func Dial(cfg Config) (*grpc.ClientConn, error) {
 		return Idempotent(c.FullMethod())
 	})
 
+	if cfg.Tokens != nil {
+		opts = append(opts, grpc.WithPerRPCCredentials(serviceTokens{minter: cfg.Tokens, audience: cfg.Service, secure: cfg.TLS != nil}))
+	}
 	opts = append(opts,
 		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultServiceConfig(serviceConfig),

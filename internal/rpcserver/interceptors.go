@@ -10,6 +10,7 @@ import (
 	"connectrpc.com/connect"
 	"connectrpc.com/validate"
 
+	"github.com/loom-dev/loom/internal/audit"
 	"github.com/loom-dev/loom/internal/principal"
 )
 
@@ -21,21 +22,28 @@ import (
 //  2. logging: one line per RPC with procedure, code, duration and principal; it sees the final code, including
 //     the one recover produced.
 //  3. metrics: requests, errors and latency per procedure, counted like the log line.
-//  4. authorization: the role the contract declares for the RPC ((loom.auth.v1.required_role)) against the
+//  4. audit (when configured): one append-only event per mutating RPC with its result; before authorization so
+//     refused attempts are on the trail too.
+//  5. authorization: the role the contract declares for the RPC ((loom.auth.v1.required_role)) against the
 //     principal's roles; deny by default. After logging and metrics so refusals are seen, before any work.
-//  5. deadlines: gives unary calls without a deadline the default (streams the maximum) and caps the rest at the
+//  6. deadlines: gives unary calls without a deadline the default (streams the maximum) and caps the rest at the
 //     maximum, before any work starts.
-//  6. validation: protovalidate rules from the contracts; innermost, so rejected requests are still logged and
+//  7. validation: protovalidate rules from the contracts; innermost, so rejected requests are still logged and
 //     counted, and handlers only ever see valid messages.
-func Interceptors(logger *slog.Logger, m *metrics, defaultTimeout, maxTimeout time.Duration) []connect.Interceptor {
-	return []connect.Interceptor{
+func Interceptors(logger *slog.Logger, m *metrics, trail audit.Appender, defaultTimeout, maxTimeout time.Duration) []connect.Interceptor {
+	chain := []connect.Interceptor{
 		&recoverInterceptor{logger: logger},
 		&logInterceptor{logger: logger},
 		&metricsInterceptor{m: m},
+	}
+	if trail != nil {
+		chain = append(chain, audit.Interceptor(trail, logger))
+	}
+	return append(chain,
 		authzInterceptor{},
 		&deadlineInterceptor{def: defaultTimeout, max: maxTimeout},
 		validate.NewInterceptor(),
-	}
+	)
 }
 
 // errInternal is what a client sees of a panic; the detail goes to the log.

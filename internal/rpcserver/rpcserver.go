@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/cors"
 
+	"github.com/loom-dev/loom/internal/audit"
 	"github.com/loom-dev/loom/internal/principal"
 )
 
@@ -68,6 +69,8 @@ type Config struct {
 	RateLimit float64
 	// RateBurst is the bucket size; 0 means max(1, RateLimit).
 	RateBurst int
+	// Audit, when set, receives an event for every mutating RPC (see package audit).
+	Audit audit.Appender
 	// Fallback, when set, receives authenticated, rate-limited calls to procedures no mounted service serves:
 	// the gateway's proxy to the backends.
 	Fallback http.Handler
@@ -147,7 +150,7 @@ func New(logger *slog.Logger, cfg Config, auth Authenticator, services ...Servic
 	metrics := newMetrics(s.registry)
 
 	opts := []connect.HandlerOption{
-		connect.WithInterceptors(Interceptors(logger, metrics, cfg.DefaultTimeout, cfg.MaxTimeout)...),
+		connect.WithInterceptors(Interceptors(logger, metrics, cfg.Audit, cfg.DefaultTimeout, cfg.MaxTimeout)...),
 		connect.WithReadMaxBytes(cfg.MaxMessageBytes),
 		connect.WithSendMaxBytes(cfg.MaxMessageBytes),
 	}

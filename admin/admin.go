@@ -1,0 +1,156 @@
+// Package admin is Loom's admin service: a tenant's API keys and its audit trail. Every RPC needs the admin role
+// (declared in the contract and enforced by the server's authorization interceptor) and acts on the caller's own
+// tenant only.
+package admin
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	adminv1 "github.com/loom-dev/loom/gen/loom/admin/v1"
+	"github.com/loom-dev/loom/gen/loom/admin/v1/adminv1connect"
+	"github.com/loom-dev/loom/internal/audit"
+	"github.com/loom-dev/loom/internal/authn"
+	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/rpcserver"
+)
+
+var _ adminv1connect.AdminServiceHandler = (*Server)(nil)
+
+// Server implements AdminService. It is safe for concurrent use.
+type Server struct {
+	logger *slog.Logger
+	keys   *authn.KeyStore
+	trail  *audit.Store
+}
+
+// New returns a server over the key store and the audit store.
+func New(logger *slog.Logger, keys *authn.KeyStore, trail *audit.Store) *Server {
+	return &Server{logger: logger, keys: keys, trail: trail}
+}
+
+// Service returns the service for the RPC server.
+func (s *Server) Service() rpcserver.Service {
+	return rpcserver.Service{
+		Name: adminv1connect.AdminServiceName,
+		Handler: func(opts ...connect.HandlerOption) (string, http.Handler) {
+			return adminv1connect.NewAdminServiceHandler(s, opts...)
+		},
+	}
+}
+
+func tenant(ctx context.Context) (string, error) {
+	p, ok := principal.FromContext(ctx)
+	if !ok {
+		return "", connect.NewError(connect.CodeUnauthenticated, errors.New("no authenticated caller"))
+	}
+	return p.Tenant, nil
+}
+
+// CreateApiKey creates a key and returns its secret once.
+func (s *Server) CreateApiKey(ctx context.Context, req *connect.Request[adminv1.CreateApiKeyRequest]) (*connect.Response[adminv1.CreateApiKeyResponse], error) {
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var expires time.Time
+	if req.Msg.GetExpireTime() != nil {
+		expires = req.Msg.GetExpireTime().AsTime()
+		if !expires.After(time.Now()) {
+			return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("expire_time: must be in the future"))
+		}
+	}
+	secret, key, err := s.keys.Create(ctx, t, req.Msg.GetName(), req.Msg.GetRoles(), expires)
+	if err != nil {
+		return nil, s.toConnect(ctx, err)
+	}
+	return connect.NewResponse(&adminv1.CreateApiKeyResponse{Key: toProto(key), Secret: secret}), nil
+}
+
+// ListApiKeys lists the tenant's keys without secrets.
+func (s *Server) ListApiKeys(ctx context.Context, _ *connect.Request[adminv1.ListApiKeysRequest]) (*connect.Response[adminv1.ListApiKeysResponse], error) {
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := s.keys.List(ctx, t)
+	if err != nil {
+		return nil, s.toConnect(ctx, err)
+	}
+	res := &adminv1.ListApiKeysResponse{}
+	for _, k := range keys {
+		res.Keys = append(res.Keys, toProto(k))
+	}
+	return connect.NewResponse(res), nil
+}
+
+// RevokeApiKey revokes one of the tenant's keys.
+func (s *Server) RevokeApiKey(ctx context.Context, req *connect.Request[adminv1.RevokeApiKeyRequest]) (*connect.Response[adminv1.RevokeApiKeyResponse], error) {
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.keys.Revoke(ctx, t, req.Msg.GetId()); err != nil {
+		return nil, s.toConnect(ctx, err)
+	}
+	return connect.NewResponse(&adminv1.RevokeApiKeyResponse{}), nil
+}
+
+// ListAuditEvents lists the tenant's audit trail, newest first.
+func (s *Server) ListAuditEvents(ctx context.Context, req *connect.Request[adminv1.ListAuditEventsRequest]) (*connect.Response[adminv1.ListAuditEventsResponse], error) {
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, err
+	}
+	size := int(req.Msg.GetPageSize())
+	if size == 0 {
+		size = 100
+	}
+	events, next, err := s.trail.List(ctx, t, size, req.Msg.GetPageToken())
+	if err != nil {
+		return nil, s.toConnect(ctx, err)
+	}
+	res := &adminv1.ListAuditEventsResponse{NextPageToken: next}
+	for _, e := range events {
+		res.Events = append(res.Events, &adminv1.AuditEvent{
+			Id: e.Seq, Time: timestamppb.New(e.Time), Subject: e.Subject, Procedure: e.Procedure,
+			Resource: e.Resource, Result: e.Result,
+		})
+	}
+	return connect.NewResponse(res), nil
+}
+
+func toProto(k authn.Key) *adminv1.ApiKey {
+	out := &adminv1.ApiKey{Id: k.ID, Name: k.Name, Roles: k.Roles, CreateTime: timestamppb.New(k.CreatedAt)}
+	if !k.ExpiresAt.IsZero() {
+		out.ExpireTime = timestamppb.New(k.ExpiresAt)
+	}
+	if !k.RevokedAt.IsZero() {
+		out.RevokeTime = timestamppb.New(k.RevokedAt)
+	}
+	return out
+}
+
+// toConnect maps store errors to codes; anything unexpected is Internal with a generic message, logged here.
+func (s *Server) toConnect(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(err, context.Canceled):
+		return connect.NewError(connect.CodeCanceled, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(connect.CodeDeadlineExceeded, err)
+	case errors.Is(err, authn.ErrNotFound):
+		return connect.NewError(connect.CodeNotFound, errors.New("api key not found"))
+	case errors.Is(err, authn.ErrInvalidRole), errors.Is(err, authn.ErrInvalidArgument):
+		return connect.NewError(connect.CodeInvalidArgument, err)
+	case errors.Is(err, audit.ErrInvalidPageToken):
+		return connect.NewError(connect.CodeInvalidArgument, errors.New("page_token: invalid"))
+	}
+	s.logger.ErrorContext(ctx, "admin store failure", "err", err)
+	return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+}

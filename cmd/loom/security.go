@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/loom-dev/loom/gen/loom/admin/v1/adminv1connect"
+	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
+	"github.com/loom-dev/loom/gen/loom/memory/v1/memoryv1connect"
+	"github.com/loom-dev/loom/gen/loom/orchestrator/v1/orchestratorv1connect"
+	"github.com/loom-dev/loom/internal/audit"
+	"github.com/loom-dev/loom/internal/authn"
+	"github.com/loom-dev/loom/internal/rpcserver"
+	"github.com/loom-dev/loom/internal/sqldb"
+)
+
+// serviceNames maps --services names to the full names service tokens are addressed to.
+var serviceNames = map[string]string{
+	"memory":       memoryv1connect.MemoryServiceName,
+	"agent":        agentv1connect.AgentServiceName,
+	"orchestrator": orchestratorv1connect.OrchestratorServiceName,
+	"admin":        adminv1connect.AdminServiceName,
+}
+
+// security is the process's authentication, service tokens, API keys and audit trail.
+type security struct {
+	authenticate rpcserver.Authenticator
+	minter       *authn.Minter
+	keys         *authn.KeyStore
+	trail        *audit.Store
+	db           *sqldb.DB
+}
+
+func (s *security) Close() {
+	if s.db != nil {
+		s.db.Close()
+	}
+}
+
+// buildSecurity opens the key and audit store (the auth database) and builds the authenticator.
+func buildSecurity(ctx context.Context, cfg config, logger *slog.Logger) (*security, error) {
+	db, err := openDB(ctx, cfg, "auth.db")
+	if err != nil {
+		return nil, fmt.Errorf("auth database: %w", err)
+	}
+	sec := &security{db: db}
+	if sec.keys, err = authn.NewKeyStore(ctx, db); err != nil {
+		sec.Close()
+		return nil, err
+	}
+	if sec.trail, err = audit.Open(ctx, db); err != nil {
+		sec.Close()
+		return nil, err
+	}
+	priv, err := serviceKey(cfg, logger)
+	if err != nil {
+		sec.Close()
+		return nil, err
+	}
+	if sec.minter, err = authn.NewMinter(priv, 0); err != nil {
+		sec.Close()
+		return nil, err
+	}
+	var served []string
+	for _, name := range cfg.Services {
+		if full, ok := serviceNames[name]; ok {
+			served = append(served, full)
+		}
+	}
+	mode := authn.ModeLocal
+	if cfg.Auth == "required" {
+		mode = authn.ModeRequired
+	}
+	a, err := authn.New(authn.Config{
+		Mode:        mode,
+		Issuer:      cfg.OIDCIssuer,
+		Audience:    cfg.OIDCAudience,
+		JWKSURL:     cfg.OIDCJWKSURL,
+		JWKSFile:    cfg.OIDCJWKSFile,
+		Services:    served,
+		ServiceKeys: []ed25519.PublicKey{priv.Public().(ed25519.PublicKey)},
+	}, sec.keys, logger)
+	if err != nil {
+		sec.Close()
+		return nil, fmt.Errorf("authentication: %w", err)
+	}
+	sec.authenticate = a.Authenticate
+	return sec, nil
+}
+
+// serviceKey loads the service-token signing key, or makes one for this process alone.
+func serviceKey(cfg config, logger *slog.Logger) (ed25519.PrivateKey, error) {
+	v := cfg.Secrets.ServiceTokenKey
+	switch {
+	case strings.HasPrefix(v, "-----BEGIN"):
+		k, err := authn.ParsePrivateKeyPEM([]byte(v))
+		if err != nil {
+			return nil, fmt.Errorf("LOOM_SERVICE_TOKEN_KEY: not an Ed25519 private key")
+		}
+		return k, nil
+	case v != "":
+		k, err := authn.PrivateKeyFromSeed(v)
+		if err != nil {
+			return nil, fmt.Errorf("LOOM_SERVICE_TOKEN_KEY: not a base64 Ed25519 seed")
+		}
+		return k, nil
+	}
+	if cfg.Auth == "required" && (cfg.MemoryAddr != "" || cfg.AgentAddr != "" || len(cfg.Services) < len(allServices)) {
+		logger.Warn("LOOM_SERVICE_TOKEN_KEY is not set: this process signs service tokens with a key of its own, which other processes will not accept")
+	}
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	return priv, err
+}
