@@ -38,7 +38,7 @@ func TestComposeSplitDeployment(t *testing.T) {
 		t.Error("postgres has no health check")
 	}
 
-	for _, name := range []string{"memory", "agent", "orchestrator"} {
+	for _, name := range []string{"memory", "agent", "orchestrator", "admin", "gateway"} {
 		svc, err := p.GetService(name)
 		if err != nil {
 			t.Fatalf("service %s: %v", name, err)
@@ -61,6 +61,24 @@ func TestComposeSplitDeployment(t *testing.T) {
 		}
 		if v := env["LOOM_MEMORY_ADDR"]; v == nil || *v != "dns:///memory:8080" {
 			t.Errorf("%s: LOOM_MEMORY_ADDR should resolve every memory replica via dns:///", name)
+		}
+		if v := env["LOOM_AUTH"]; v == nil || *v != "required" {
+			t.Errorf("%s: LOOM_AUTH should be required", name)
+		}
+		if v := env["LOOM_SERVICE_TOKEN_KEY"]; v == nil || *v == "" {
+			t.Errorf("%s: the services need one shared LOOM_SERVICE_TOKEN_KEY", name)
+		}
+		if name != "gateway" && len(svc.Ports) != 0 {
+			t.Errorf("%s publishes ports; only the gateway is public", name)
+		}
+	}
+	gw, _ := p.GetService("gateway")
+	if len(gw.Ports) != 1 || gw.Ports[0].Target != 8080 {
+		t.Errorf("gateway should publish 8080, got %v", gw.Ports)
+	}
+	for _, s := range []string{"MEMORY", "AGENT", "ORCHESTRATOR", "ADMIN"} {
+		if v := gw.Environment["LOOM_GATEWAY_"+s]; v == nil || !strings.HasPrefix(*v, "dns:///") {
+			t.Errorf("gateway: LOOM_GATEWAY_%s should name the service's replicas", s)
 		}
 	}
 	mem, _ := p.GetService("memory")

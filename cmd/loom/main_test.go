@@ -63,6 +63,12 @@ type process struct {
 // startLoom runs `loom serve` on a free port with a fresh data dir and waits until /readyz answers.
 func startLoom(t *testing.T, args ...string) *process {
 	t.Helper()
+	return startLoomWith(t, t.TempDir(), os.Environ(), args...)
+}
+
+// startLoomWith runs `loom serve` with dataDir and env and waits until /readyz answers.
+func startLoomWith(t *testing.T, dataDir string, env []string, args ...string) *process {
+	t.Helper()
 	b := bins(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -70,8 +76,8 @@ func startLoom(t *testing.T, args ...string) *process {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	cmd := exec.Command(b["loom"], append([]string{"serve", "--listen", addr, "--data-dir", t.TempDir()}, args...)...)
-	cmd.Env = append(os.Environ(), "LOOM_LOG_LEVEL=debug")
+	cmd := exec.Command(b["loom"], append([]string{"serve", "--listen", addr, "--data-dir", dataDir}, args...)...)
+	cmd.Env = append(env, "LOOM_LOG_LEVEL=debug")
 	p := &process{cmd: cmd, addr: addr, logs: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	if err := cmd.Start(); err != nil {
@@ -97,7 +103,12 @@ func startLoom(t *testing.T, args ...string) *process {
 		if time.Now().After(deadline) {
 			t.Fatalf("loom did not become ready: %v", err)
 		}
-		time.Sleep(100 * time.Millisecond)
+		select {
+		case err := <-p.done:
+			p.done <- err
+			t.Fatalf("loom exited before it was ready: %v\n%s", err, p.logs.String())
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }
 

@@ -75,15 +75,18 @@ func buildSecurity(ctx context.Context, cfg config, logger *slog.Logger) (*secur
 	if cfg.Auth == "required" {
 		mode = authn.ModeRequired
 	}
-	a, err := authn.New(authn.Config{
-		Mode:        mode,
-		Issuer:      cfg.OIDCIssuer,
-		Audience:    cfg.OIDCAudience,
-		JWKSURL:     cfg.OIDCJWKSURL,
-		JWKSFile:    cfg.OIDCJWKSFile,
-		Services:    served,
-		ServiceKeys: []ed25519.PublicKey{priv.Public().(ed25519.PublicKey)},
-	}, sec.keys, logger)
+	acfg := authn.Config{
+		Mode:     mode,
+		Issuer:   cfg.OIDCIssuer,
+		Audience: cfg.OIDCAudience,
+		JWKSURL:  cfg.OIDCJWKSURL,
+		JWKSFile: cfg.OIDCJWKSFile,
+	}
+	if len(served) > 0 { // the gateway serves nothing itself and accepts no service tokens
+		acfg.Services = served
+		acfg.ServiceKeys = []ed25519.PublicKey{priv.Public().(ed25519.PublicKey)}
+	}
+	a, err := authn.New(acfg, sec.keys, logger)
 	if err != nil {
 		sec.Close()
 		return nil, fmt.Errorf("authentication: %w", err)

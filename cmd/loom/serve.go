@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/loom-dev/loom/admin"
+	"github.com/loom-dev/loom/gateway"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
@@ -64,12 +66,21 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 	defer clients.Close()
 
 	var services []rpcserver.Service
+	var fallback http.Handler
 	closers := []func(){}
 	defer func() {
 		for i := len(closers) - 1; i >= 0; i-- {
 			closers[i]()
 		}
 	}()
+	if cfg.runs("gateway") {
+		proxy, err := buildGateway(cfg, logger, sec)
+		if err != nil {
+			return err
+		}
+		fallback = proxy
+		closers = append(closers, func() { proxy.Close() })
+	}
 	for _, name := range allServices {
 		if !cfg.runs(name) {
 			continue
@@ -100,6 +111,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 		Reflection:           cfg.Reflection,
 		Console:              web.Handler(),
 		Audit:                sec.trail,
+		Fallback:             fallback,
 	}, sec.authenticate, services...)
 	if err != nil {
 		return err
@@ -188,6 +200,21 @@ func buildService(ctx context.Context, name string, cfg config, logger *slog.Log
 		return buildOrchestrator(ctx, cfg, logger, c)
 	}
 	return rpcserver.Service{}, nil, fmt.Errorf("unknown service %q", name)
+}
+
+// buildGateway builds the proxy that forwards authenticated calls to each service's backends with a service
+// token minted for the caller.
+func buildGateway(cfg config, logger *slog.Logger, sec *security) (*gateway.Proxy, error) {
+	backends := map[string]string{}
+	for name, target := range cfg.GatewayTargets {
+		if target != "" {
+			backends[serviceNames[name]] = target
+		}
+	}
+	if len(backends) == 0 {
+		return nil, errors.New("gateway: no backends: set --gateway-memory, --gateway-agent, --gateway-orchestrator or --gateway-admin")
+	}
+	return gateway.New(logger.With("service", "gateway"), gateway.Config{Backends: backends, MaxRequestBytes: int64(cfg.MaxMessageBytes) + 1024}, sec.minter)
 }
 
 // buildMemory uses pgvector when a database URL is configured and the embedded store in the data dir otherwise.

@@ -1,0 +1,394 @@
+// Package gateway is Loom's API gateway: a byte-level HTTP/2 reverse proxy that forwards Connect (unary and
+// streaming, JSON and binary), gRPC and gRPC-Web calls to the service that serves them, without decoding a single
+// message.
+//
+// The gateway is an rpcserver.Server with no services whose Config.Fallback is a [Proxy]: the server does CORS,
+// load shedding, authentication and per-principal rate limiting, and the Proxy then
+//
+//   - routes "/pkg.Service/Method" to the backends configured for pkg.Service (Unimplemented if none is);
+//   - balances round-robin over the backends whose grpc.health.v1 status for that service is SERVING, checked in
+//     the background (Unavailable if none is);
+//   - strips every header the client may not set for a backend (its own credentials, "X-Loom-*", forwarding
+//     headers), rewrites X-Forwarded-* and sends "Authorization: Bearer <service token>" minted for the caller's
+//     principal with the target service as audience;
+//   - bounds the request body (ResourceExhausted beyond Config.MaxRequestBytes);
+//   - streams responses as they arrive, trailers included, and cancels the backend call when the client goes away.
+//
+// Errors produced by the gateway itself are written in the caller's protocol (Connect, gRPC or gRPC-Web).
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/loom-dev/loom/internal/authn"
+	"github.com/loom-dev/loom/internal/principal"
+)
+
+// Defaults of [Config].
+const (
+	DefaultMaxRequestBytes = 4 << 20
+	DefaultHealthInterval  = 500 * time.Millisecond
+	DefaultHealthTimeout   = time.Second
+	DefaultResolveInterval = 10 * time.Second
+)
+
+// Config configures a [Proxy]. Zero values take the defaults documented per field.
+type Config struct {
+	// Backends maps a service's full name ("loom.memory.v1.MemoryService") to the target serving it: a
+	// comma-separated static list "host1:port,host2:port" (a single "host:port" is a list of one), or
+	// "dns:///host:port", re-resolved every ResolveInterval so that every address the name resolves to gets calls.
+	// Backends speak cleartext HTTP/2 (h2c).
+	Backends map[string]string
+	// MaxRequestBytes bounds a request body as sent on the wire (for a streaming request, the whole stream).
+	// Larger requests are refused with ResourceExhausted. Default 4 MiB.
+	MaxRequestBytes int64
+	// HealthInterval is the pause between two grpc.health.v1 checks of one backend. Default 500 ms.
+	HealthInterval time.Duration
+	// HealthTimeout bounds one health check; a backend that does not answer in time is unhealthy. Default 1 s.
+	HealthTimeout time.Duration
+	// ResolveInterval is how often "dns:///" targets are resolved again. Default 10 s.
+	ResolveInterval time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.MaxRequestBytes <= 0 {
+		c.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if c.HealthInterval <= 0 {
+		c.HealthInterval = DefaultHealthInterval
+	}
+	if c.HealthTimeout <= 0 {
+		c.HealthTimeout = DefaultHealthTimeout
+	}
+	if c.ResolveInterval <= 0 {
+		c.ResolveInterval = DefaultResolveInterval
+	}
+	return c
+}
+
+// Validate reports whether c is usable: at least one backend, full service names, and targets that parse.
+func (c Config) Validate() error {
+	if len(c.Backends) == 0 {
+		return errors.New("gateway: no backends")
+	}
+	for service, target := range c.Backends {
+		if service == "" || strings.ContainsAny(service, "/ ") || !strings.Contains(service, ".") {
+			return fmt.Errorf("gateway: %q is not a full service name", service)
+		}
+		if _, err := parseTarget(target); err != nil {
+			return fmt.Errorf("gateway: backend of %s: %w", service, err)
+		}
+	}
+	return nil
+}
+
+// Proxy forwards calls to backends. It is an http.Handler meant to be rpcserver.Config.Fallback, so every
+// request it sees has been authenticated. Create it with [New] and stop its background health checks with
+// [Proxy.Close]. It is safe for concurrent use.
+type Proxy struct {
+	logger   *slog.Logger
+	minter   *authn.Minter
+	maxBytes int64
+	pools    map[string]*pool // by service; read-only after New
+	rp       *httputil.ReverseProxy
+	tr       *http.Transport
+
+	stop      context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+var _ http.Handler = (*Proxy)(nil)
+
+// New returns a proxy for cfg that signs calls with minter. It starts resolving targets and checking backends'
+// health in the background, and does not block on the network: until a backend has been checked once it may
+// receive calls if no checked backend is healthy.
+func New(logger *slog.Logger, cfg Config, minter *authn.Minter) (*Proxy, error) {
+	if logger == nil {
+		return nil, errors.New("gateway: nil logger")
+	}
+	if minter == nil {
+		return nil, errors.New("gateway: nil minter")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+
+	tr := &http.Transport{
+		Protocols:           new(http.Protocols),
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		// A connection that stops answering pings is closed, so calls and health checks move on.
+		HTTP2: &http.HTTP2Config{SendPingTimeout: 10 * time.Second, PingTimeout: 5 * time.Second},
+	}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Proxy{
+		logger:   logger,
+		minter:   minter,
+		maxBytes: cfg.MaxRequestBytes,
+		pools:    make(map[string]*pool, len(cfg.Backends)),
+		tr:       tr,
+		stop:     cancel,
+	}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite:       p.rewrite,
+		Transport:     tr,
+		FlushInterval: -1, // forward every stream message as it arrives
+		ErrorHandler:  p.proxyError,
+		ErrorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	checker := &healthChecker{client: &http.Client{Transport: tr}, interval: cfg.HealthInterval, timeout: cfg.HealthTimeout}
+	for service, target := range cfg.Backends {
+		t, _ := parseTarget(target) // validated above
+		pl := newPool(logger, service, checker)
+		p.pools[service] = pl
+		if t.dnsHost != "" {
+			p.wg.Go(func() { pl.resolveLoop(ctx, t.dnsHost, t.dnsPort, cfg.ResolveInterval, &p.wg) })
+		} else {
+			pl.setAddrs(ctx, t.addrs, &p.wg)
+		}
+	}
+	return p, nil
+}
+
+// Close stops health checking and resolution and closes idle backend connections. Calls in flight are not
+// interrupted. Close is idempotent.
+func (p *Proxy) Close() error {
+	p.closeOnce.Do(func() {
+		p.stop()
+		p.wg.Wait()
+		p.tr.CloseIdleConnections()
+	})
+	return nil
+}
+
+// Healthy returns the addresses of service's backends that are SERVING, sorted; nil for an unknown service.
+func (p *Proxy) Healthy(service string) []string {
+	pl := p.pools[service]
+	if pl == nil {
+		return nil
+	}
+	var out []string
+	for _, b := range pl.snapshot() {
+		if b.state.Load() == stateHealthy {
+			out = append(out, b.addr)
+		}
+	}
+	return out
+}
+
+// route is what ServeHTTP decided for one call, handed to rewrite and proxyError through the request context.
+type route struct {
+	service string
+	backend *backend
+	token   string
+	body    *limitedBody
+}
+
+type routeKey struct{}
+
+// ServeHTTP forwards r to a healthy backend of the service named by its path.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	service, ok := serviceOf(r.URL.Path)
+	pl := p.pools[service]
+	if !ok || pl == nil {
+		writeError(w, r, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("unknown procedure %s", r.URL.Path)))
+		return
+	}
+	who, ok := principal.FromContext(r.Context())
+	if !ok {
+		writeError(w, r, connect.NewError(connect.CodeUnauthenticated, errors.New("credentials required")))
+		return
+	}
+	if r.ContentLength > p.maxBytes {
+		writeError(w, r, p.tooLarge())
+		return
+	}
+	b := pl.pick()
+	if b == nil {
+		writeError(w, r, connect.NewError(connect.CodeUnavailable, fmt.Errorf("no healthy backend for %s", service)))
+		return
+	}
+	token, err := p.minter.Mint(who, service)
+	if err != nil {
+		p.logger.ErrorContext(r.Context(), "mint service token", "service", service, "err", err)
+		writeError(w, r, connect.NewError(connect.CodeInternal, errors.New("internal error")))
+		return
+	}
+	rt := &route{service: service, backend: b, token: token}
+	if r.Body != nil && r.Body != http.NoBody {
+		rt.body = &limitedBody{ReadCloser: http.MaxBytesReader(w, r.Body, p.maxBytes)}
+		r.Body = rt.body
+	}
+	r = r.WithContext(context.WithValue(r.Context(), routeKey{}, rt))
+
+	sw := &statusWriter{ResponseWriter: w}
+	defer func() {
+		// ReverseProxy aborts with http.ErrAbortHandler when the client goes away mid-stream; log either way.
+		grpcStatus := w.Header().Get("Grpc-Status")
+		p.logger.LogAttrs(r.Context(), slog.LevelInfo, "proxied",
+			slog.String("procedure", r.URL.Path),
+			slog.String("backend", b.addr),
+			slog.Int("http_status", sw.status),
+			slog.String("grpc_status", grpcStatus),
+			slog.Duration("duration", time.Since(start)),
+			slog.String("tenant", who.Tenant),
+			slog.String("subject", who.Subject),
+		)
+	}()
+	p.rp.ServeHTTP(sw, r)
+}
+
+// rewrite prepares the outbound request: backend URL, no client credentials or internal headers, fresh
+// X-Forwarded-* and the service token.
+func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
+	rt := pr.In.Context().Value(routeKey{}).(*route)
+	pr.SetURL(rt.backend.url)
+	// Forward the decoded path as is: the backend routes on exactly the procedure the gateway routed on.
+	pr.Out.URL.Path, pr.Out.URL.RawPath = pr.In.URL.Path, ""
+	for name := range pr.Out.Header {
+		if internalHeader(name) {
+			delete(pr.Out.Header, name)
+		}
+	}
+	pr.SetXForwarded()
+	pr.Out.Header.Set("Authorization", "Bearer "+rt.token)
+}
+
+// internalHeader reports whether a client-sent header must not reach a backend: credentials (replaced by the
+// service token), Loom's internal "X-Loom-*" headers, and forwarding headers (rewritten by the gateway).
+func internalHeader(name string) bool {
+	name = http.CanonicalHeaderKey(name)
+	switch name {
+	case "Authorization", "Proxy-Authorization", "X-Api-Key", "Cookie", "Forwarded", "X-Real-Ip":
+		return true
+	}
+	return strings.HasPrefix(name, "X-Loom-") || strings.HasPrefix(name, "X-Forwarded-")
+}
+
+// proxyError answers a call whose backend round trip failed before a response began.
+func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	rt, _ := r.Context().Value(routeKey{}).(*route)
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe) || (rt != nil && rt.body != nil && rt.body.exceeded.Load()):
+		writeError(w, r, p.tooLarge())
+	case errors.Is(r.Context().Err(), context.DeadlineExceeded):
+		writeError(w, r, connect.NewError(connect.CodeDeadlineExceeded, err))
+	case r.Context().Err() != nil:
+		writeError(w, r, connect.NewError(connect.CodeCanceled, errors.New("call canceled")))
+	default:
+		addr := ""
+		if rt != nil {
+			addr = rt.backend.addr
+			var op *net.OpError
+			if errors.As(err, &op) && op.Op == "dial" {
+				// Stop sending calls there until a health check finds it SERVING again.
+				rt.backend.setState(stateUnhealthy)
+			}
+		}
+		p.logger.WarnContext(r.Context(), "backend call failed", "procedure", r.URL.Path, "backend", addr, "err", err)
+		writeError(w, r, connect.NewError(connect.CodeUnavailable, errors.New("backend unavailable")))
+	}
+}
+
+func (p *Proxy) tooLarge() *connect.Error {
+	return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("request larger than %d bytes", p.maxBytes))
+}
+
+// serviceOf returns "pkg.Service" from "/pkg.Service/Method".
+func serviceOf(path string) (string, bool) {
+	rest, ok := strings.CutPrefix(path, "/")
+	if !ok {
+		return "", false
+	}
+	service, method, ok := strings.Cut(rest, "/")
+	if !ok || service == "" || method == "" || strings.Contains(method, "/") {
+		return "", false
+	}
+	return service, true
+}
+
+// writeError answers in the caller's protocol (Connect, gRPC or gRPC-Web), or plain HTTP for anything else.
+func writeError(w http.ResponseWriter, r *http.Request, err *connect.Error) {
+	ew := connect.NewErrorWriter()
+	if ew.IsSupported(r) {
+		_ = ew.Write(w, r, err)
+		return
+	}
+	http.Error(w, err.Message(), httpStatus(err.Code()))
+}
+
+func httpStatus(c connect.Code) int {
+	switch c {
+	case connect.CodeUnauthenticated:
+		return http.StatusUnauthorized
+	case connect.CodeUnimplemented:
+		return http.StatusNotFound
+	case connect.CodeResourceExhausted:
+		return http.StatusRequestEntityTooLarge
+	case connect.CodeUnavailable:
+		return http.StatusServiceUnavailable
+	case connect.CodeDeadlineExceeded:
+		return http.StatusGatewayTimeout
+	case connect.CodeCanceled:
+		return 499
+	}
+	return http.StatusInternalServerError
+}
+
+// limitedBody notes when the request body went over the limit, whatever error the transport turns that into.
+type limitedBody struct {
+	io.ReadCloser
+	exceeded atomic.Bool
+}
+
+func (b *limitedBody) Read(buf []byte) (int, error) {
+	n, err := b.ReadCloser.Read(buf)
+	var mbe *http.MaxBytesError
+	if err != nil && errors.As(err, &mbe) {
+		b.exceeded.Store(true)
+	}
+	return n, err
+}
+
+// statusWriter records the status code for the log line. Unwrap lets http.ResponseController reach the
+// underlying writer's Flush.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
