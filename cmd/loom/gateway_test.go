@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	adminv1 "github.com/loom-dev/loom/gen/loom/admin/v1"
+	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/gen/loom/memory/v1/memoryv1connect"
 )
@@ -132,4 +133,62 @@ var adminv1NewClient = adminv1.NewAdminServiceClient
 func startLoomIn(t *testing.T, dataDir string, args ...string) *process {
 	t.Helper()
 	return startLoomWith(t, dataDir, os.Environ(), args...)
+}
+
+// TestAgentUsesMemoryWithServiceTokens runs an agent through the gateway under --auth required: the agent's
+// call to memory carries a service token for the caller's tenant, so it retrieves that tenant's memories.
+func TestAgentUsesMemoryWithServiceTokens(t *testing.T) {
+	b := bins(t)
+	dataDir := t.TempDir()
+	seed := make([]byte, 32)
+	_, _ = rand.Read(seed)
+	t.Setenv("LOOM_SERVICE_TOKEN_KEY", base64.StdEncoding.EncodeToString(seed))
+	key := createKey(t, b["loom"], dataDir, "tenant-a", "writer")
+	backend := startLoomIn(t, dataDir, "--auth", "required")
+	gw := startLoomIn(t, dataDir, "--auth", "required", "--services", "gateway",
+		"--gateway-memory", backend.addr, "--gateway-agent", backend.addr)
+
+	conn, err := grpc.NewClient("passthrough:///"+gw.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+key)
+	mem := memoryv1.NewMemoryServiceClient(conn)
+	if _, err := mem.CreateNamespace(ctx, &memoryv1.CreateNamespaceRequest{Namespace: &memoryv1.Namespace{Name: "notes", Dimension: 128}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mem.Upsert(ctx, &memoryv1.UpsertRequest{Namespace: "notes", Records: []*memoryv1.Record{{Id: "cat", Text: "the cat sat on the mat"}}}); err != nil {
+		t.Fatal(err)
+	}
+	ag := agentv1.NewAgentServiceClient(conn)
+	if _, err := ag.CreateAgent(ctx, &agentv1.CreateAgentRequest{Agent: &agentv1.Agent{Name: "helper", Memory: &agentv1.MemoryConfig{Namespace: "notes"}}}); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := ag.RunStream(ctx, &agentv1.RunStreamRequest{Agent: "helper", Input: "where did the cat sit"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hits, warnings int
+	var completed *agentv1.Run
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			break
+		}
+		hits += len(ev.GetMemoryHits().GetHits())
+		if ev.GetWarning() != nil {
+			warnings++
+			t.Logf("warning: %s", ev.GetWarning().GetMessage())
+		}
+		if ev.GetCompleted() != nil {
+			completed = ev.GetCompleted()
+		}
+	}
+	if completed == nil || completed.GetState() != agentv1.RunState_RUN_STATE_SUCCEEDED {
+		t.Fatalf("run did not succeed: %v", completed)
+	}
+	if hits == 0 || warnings != 0 {
+		t.Errorf("memory hits %d, warnings %d: the agent should reach memory as the caller's tenant", hits, warnings)
+	}
 }

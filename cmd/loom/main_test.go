@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -12,6 +13,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 )
 
 // buildOnce builds the loom binary and the pinned tools (grpcurl, grpc-health-probe) once per test binary.
@@ -162,10 +169,49 @@ func TestServeSubsetOfServices(t *testing.T) {
 	}
 }
 
-func TestSIGTERMExitsZero(t *testing.T) {
-	p := startLoom(t, "--shutdown-grace", "5s")
+func TestSIGTERMLetsStreamsFinishAndExitsZero(t *testing.T) {
+	p := startLoom(t, "--shutdown-grace", "10s")
+	ctx := context.Background()
+	conn, err := grpc.NewClient("passthrough:///"+p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ag := agentv1.NewAgentServiceClient(conn)
+	// A scripted sim model that waits 1.5 s before answering: the stream is in flight when SIGTERM arrives.
+	slow := &agentv1.Agent{Name: "slow", Model: &agentv1.Model{Sim: &agentv1.SimScript{
+		Latency: durationpb.New(1500 * time.Millisecond),
+		Turns:   []*agentv1.SimTurn{{Reply: "finished despite the shutdown"}},
+	}}}
+	if _, err := ag.CreateAgent(ctx, &agentv1.CreateAgentRequest{Agent: slow}); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := ag.RunStream(ctx, &agentv1.RunStreamRequest{Agent: "slow", Input: "go"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := stream.Recv(); err != nil || ev.GetStarted() == nil {
+		t.Fatalf("first event: %v %v", ev, err)
+	}
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
+	}
+	var text strings.Builder
+	var completed bool
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			break
+		}
+		text.WriteString(ev.GetTextDelta().GetText())
+		completed = completed || ev.GetCompleted() != nil
+	}
+	if !completed || !strings.Contains(text.String(), "finished") {
+		t.Errorf("stream cut by shutdown: completed=%v text=%q", completed, text.String())
+	}
+	// New calls are refused once shutdown began.
+	if _, err := ag.ListAgents(ctx, &agentv1.ListAgentsRequest{}); err == nil {
+		t.Errorf("a new call after SIGTERM succeeded")
 	}
 	select {
 	case err := <-p.done:

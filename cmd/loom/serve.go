@@ -18,9 +18,10 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/loom-dev/loom/admin"
+	"github.com/loom-dev/loom/agent"
+	agentsql "github.com/loom-dev/loom/agent/sqlstore"
 	"github.com/loom-dev/loom/gateway"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
-	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/internal/authn"
 	"github.com/loom-dev/loom/internal/rpcclient"
@@ -35,7 +36,6 @@ import (
 	orchsql "github.com/loom-dev/loom/orchestrator/sqlstore"
 	"github.com/loom-dev/loom/web"
 
-	"connectrpc.com/connect"
 	"net/http"
 )
 
@@ -193,9 +193,7 @@ func buildService(ctx context.Context, name string, cfg config, logger *slog.Log
 	case "memory":
 		return buildMemory(ctx, cfg, logger)
 	case "agent":
-		return unimplemented(agentv1connect.AgentServiceName, func(o ...connect.HandlerOption) (string, http.Handler) {
-			return agentv1connect.NewAgentServiceHandler(agentv1connect.UnimplementedAgentServiceHandler{}, o...)
-		}), nil, nil
+		return buildAgent(ctx, cfg, logger, c)
 	case "orchestrator":
 		return buildOrchestrator(ctx, cfg, logger, c)
 	}
@@ -240,6 +238,30 @@ func buildMemory(ctx context.Context, cfg config, logger *slog.Logger) (rpcserve
 		return rpcserver.Service{}, nil, err
 	}
 	return memory.New(logger, store, embedders).Service(), closeFn, nil
+}
+
+// buildAgent opens the agent store (SQLite in the data dir, or Postgres) and gives the agent its memory client.
+func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients) (rpcserver.Service, func(), error) {
+	db, err := openDB(ctx, cfg, "agent.db")
+	if err != nil {
+		return rpcserver.Service{}, nil, err
+	}
+	store, err := agentsql.New(ctx, db)
+	if err != nil {
+		db.Close()
+		return rpcserver.Service{}, nil, err
+	}
+	srv, err := agent.New(logger, store, c.memory, agent.Config{
+		GeminiAPIKey:     cfg.Secrets.GeminiAPIKey,
+		OpenAIAPIKey:     cfg.Secrets.OpenAIAPIKey,
+		ElevenLabsAPIKey: cfg.Secrets.ElevenLabsAPIKey,
+		TavusAPIKey:      cfg.Secrets.TavusAPIKey,
+	})
+	if err != nil {
+		db.Close()
+		return rpcserver.Service{}, nil, err
+	}
+	return srv.Service(), func() { db.Close() }, nil
 }
 
 // buildOrchestrator opens the blueprint store and the River run engine on SQLite or Postgres.
@@ -293,10 +315,6 @@ func openDB(ctx context.Context, cfg config, sqliteFile string) (*sqldb.DB, erro
 		return sqldb.Open(ctx, cfg.DatabaseURL)
 	}
 	return sqldb.Open(ctx, "sqlite:"+filepath.Join(cfg.DataDir, sqliteFile))
-}
-
-func unimplemented(name string, h func(...connect.HandlerOption) (string, http.Handler)) rpcserver.Service {
-	return rpcserver.Service{Name: name, Handler: h}
 }
 
 func newLogger(cfg config, w io.Writer) *slog.Logger {

@@ -1,0 +1,323 @@
+// Package agent implements loom.agent.v1.AgentService: versioned agents, and runs of them. A run is a loop of
+// memory retrieval, model calls (a deterministic simulator by default, or Gemini or any OpenAI-compatible
+// endpoint) and tool calls, bounded by budgets, streamed as it happens, persisted with its steps and token usage.
+// The service also synthesises speech (espeak-ng locally, or ElevenLabs) and creates avatar videos (Tavus).
+//
+// The package is the domain and the handler edge: Store persists, the sqlstore subpackage implements it, the
+// model subpackage talks to language models, and the memory service is reached only through its generated
+// grpc-go client. Every call is scoped to the tenant of the principal in its context.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/loom-dev/loom/agent/model"
+	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
+	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/rpcserver"
+)
+
+// Config configures the agent service's providers. The zero value works offline: the sim model, espeak-ng from
+// PATH, no Gemini, OpenAI, ElevenLabs or Tavus. Keys are never logged: String and LogValue mask them.
+type Config struct {
+	// GeminiAPIKey enables PROVIDER_GEMINI; empty makes Gemini runs fail with FailedPrecondition.
+	GeminiAPIKey string
+	// GeminiBaseURL overrides the Gemini endpoint; empty uses Google's.
+	GeminiBaseURL string
+	// OpenAIAPIKey is the key of the OpenAI-compatible endpoint; may be empty when OpenAIBaseURL points at a
+	// local server that needs none. Both empty makes OpenAI runs fail with FailedPrecondition.
+	OpenAIAPIKey string
+	// OpenAIBaseURL overrides the endpoint, for example "http://localhost:11434/v1"; empty uses OpenAI's.
+	OpenAIBaseURL string
+	// ElevenLabsAPIKey enables VOICE_PROVIDER_ELEVENLABS; empty makes it fail with FailedPrecondition.
+	ElevenLabsAPIKey string
+	// ElevenLabsBaseURL overrides the ElevenLabs endpoint; empty means "https://api.elevenlabs.io".
+	ElevenLabsBaseURL string
+	// ElevenLabsModel is the model_id sent to ElevenLabs; empty means "eleven_multilingual_v2".
+	ElevenLabsModel string
+	// TavusAPIKey enables CreateVideo and GetVideo; empty makes them fail with FailedPrecondition.
+	TavusAPIKey string
+	// TavusBaseURL overrides the Tavus endpoint; empty means "https://tavusapi.com".
+	TavusBaseURL string
+	// EspeakPath is the espeak-ng binary; empty means "espeak-ng" looked up in PATH.
+	EspeakPath string
+	// MemoryTimeout bounds the memory search before a run's first model call; 0 means 2 seconds.
+	MemoryTimeout time.Duration
+	// HTTPClient is used for model, speech and video providers (not for the http_fetch tool, which has its own
+	// guarded client); nil uses a client without an overall timeout, every call being bounded by its context.
+	HTTPClient *http.Client
+}
+
+// Validate reports a malformed base URL.
+func (c Config) Validate() error {
+	for name, u := range map[string]string{"GeminiBaseURL": c.GeminiBaseURL, "OpenAIBaseURL": c.OpenAIBaseURL,
+		"ElevenLabsBaseURL": c.ElevenLabsBaseURL, "TavusBaseURL": c.TavusBaseURL} {
+		if u == "" {
+			continue
+		}
+		p, err := url.Parse(u)
+		if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			return fmt.Errorf("agent config: %s %q is not an http(s) URL", name, u)
+		}
+	}
+	if c.MemoryTimeout < 0 {
+		return fmt.Errorf("agent config: MemoryTimeout %v is negative", c.MemoryTimeout)
+	}
+	return nil
+}
+
+// String prints the configuration with keys masked.
+func (c Config) String() string {
+	return fmt.Sprintf("{GeminiAPIKey:%s GeminiBaseURL:%q OpenAIAPIKey:%s OpenAIBaseURL:%q ElevenLabsAPIKey:%s "+
+		"ElevenLabsBaseURL:%q ElevenLabsModel:%q TavusAPIKey:%s TavusBaseURL:%q EspeakPath:%q MemoryTimeout:%v}",
+		model.Mask(c.GeminiAPIKey), c.GeminiBaseURL, model.Mask(c.OpenAIAPIKey), c.OpenAIBaseURL,
+		model.Mask(c.ElevenLabsAPIKey), c.ElevenLabsBaseURL, c.ElevenLabsModel, model.Mask(c.TavusAPIKey),
+		c.TavusBaseURL, c.EspeakPath, c.MemoryTimeout)
+}
+
+// LogValue logs the configuration with keys masked.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("gemini_api_key", model.Mask(c.GeminiAPIKey)), slog.String("gemini_base_url", c.GeminiBaseURL),
+		slog.String("openai_api_key", model.Mask(c.OpenAIAPIKey)), slog.String("openai_base_url", c.OpenAIBaseURL),
+		slog.String("elevenlabs_api_key", model.Mask(c.ElevenLabsAPIKey)), slog.String("elevenlabs_base_url", c.ElevenLabsBaseURL),
+		slog.String("tavus_api_key", model.Mask(c.TavusAPIKey)), slog.String("tavus_base_url", c.TavusBaseURL),
+		slog.String("espeak_path", c.EspeakPath), slog.Duration("memory_timeout", c.MemoryTimeout),
+	)
+}
+
+// Server implements agentv1connect.AgentServiceHandler. It is safe for concurrent use.
+type Server struct {
+	logger *slog.Logger
+	store  Store
+	memory memoryv1.MemoryServiceClient
+	cfg    Config
+	gemini *model.Gemini
+	openai *model.OpenAI
+
+	// fetchPolicy refuses http_fetch destinations; tests replace it to reach httptest servers.
+	fetchPolicy func(netip.Addr) error
+	fetchTr     *http.Transport // built on first use, guarded by mu
+
+	mu      sync.Mutex
+	running map[string]*activeRun // by tenant + "/" + run id
+}
+
+var _ agentv1connect.AgentServiceHandler = (*Server)(nil)
+
+// activeRun is a run executing in this process.
+type activeRun struct {
+	cancel context.CancelCauseFunc
+	done   chan struct{} // closed once the run's final state is stored
+}
+
+// New returns a Server storing agents and runs in store and reaching memory through memory (nil disables memory:
+// runs of agents with a namespace get a warning). It fails only when cfg does not validate.
+func New(logger *slog.Logger, store Store, memory memoryv1.MemoryServiceClient, cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.MemoryTimeout == 0 {
+		cfg.MemoryTimeout = 2 * time.Second
+	}
+	mcfg := model.Config{GeminiAPIKey: cfg.GeminiAPIKey, GeminiBaseURL: cfg.GeminiBaseURL,
+		OpenAIAPIKey: cfg.OpenAIAPIKey, OpenAIBaseURL: cfg.OpenAIBaseURL, HTTPClient: cfg.HTTPClient}
+	return &Server{
+		logger:      logger,
+		store:       store,
+		memory:      memory,
+		cfg:         cfg,
+		gemini:      model.NewGemini(mcfg),
+		openai:      model.NewOpenAI(mcfg),
+		fetchPolicy: refuseInternal,
+		running:     map[string]*activeRun{},
+	}, nil
+}
+
+// Service returns the service for rpcserver to mount.
+func (s *Server) Service() rpcserver.Service {
+	return rpcserver.Service{
+		Name: agentv1connect.AgentServiceName,
+		Handler: func(opts ...connect.HandlerOption) (string, http.Handler) {
+			return agentv1connect.NewAgentServiceHandler(s, opts...)
+		},
+	}
+}
+
+// errUnauthenticated means the context carries no principal.
+var errUnauthenticated = errors.New("no authenticated principal")
+
+// ErrUnavailable is matched by errors of a speech or video provider that failed or could not be reached.
+var ErrUnavailable = errors.New("provider unavailable")
+
+func tenantOf(ctx context.Context) (string, error) {
+	p, ok := principal.FromContext(ctx)
+	if !ok {
+		return "", errUnauthenticated
+	}
+	return p.Tenant, nil
+}
+
+// connectError maps a domain error to a Connect error. It is the only place that chooses codes. Server faults
+// become Internal with a generic message; their detail is logged here.
+func (s *Server) connectError(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return err
+	}
+	var code connect.Code
+	switch {
+	case errors.Is(err, errUnauthenticated):
+		code = connect.CodeUnauthenticated
+	case errors.Is(err, ErrInvalidArgument):
+		code = connect.CodeInvalidArgument
+	case errors.Is(err, ErrNotFound):
+		code = connect.CodeNotFound
+	case errors.Is(err, ErrAlreadyExists):
+		code = connect.CodeAlreadyExists
+	case errors.Is(err, ErrConflict):
+		code = connect.CodeAborted
+	case errors.Is(err, ErrFailedPrecondition), errors.Is(err, model.ErrNotConfigured):
+		code = connect.CodeFailedPrecondition
+	case errors.Is(err, model.ErrUnavailable), errors.Is(err, ErrUnavailable):
+		code = connect.CodeUnavailable
+	case errors.Is(err, errLoggedInternal):
+		return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+	case errors.Is(err, context.Canceled):
+		return connect.NewError(connect.CodeCanceled, errors.New("canceled"))
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(connect.CodeDeadlineExceeded, errors.New("deadline exceeded"))
+	default:
+		s.logger.ErrorContext(ctx, "agent: internal error", "err", err)
+		return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+	}
+	return connect.NewError(code, errors.New(err.Error()))
+}
+
+const (
+	defaultPageSize = 50
+	maxPageSize     = 1000
+)
+
+func pageSize(n int32) int {
+	switch {
+	case n <= 0:
+		return defaultPageSize
+	case n > maxPageSize:
+		return maxPageSize
+	default:
+		return int(n)
+	}
+}
+
+// CreateAgent implements agentv1connect.AgentServiceHandler.
+func (s *Server) CreateAgent(ctx context.Context, req *connect.Request[agentv1.CreateAgentRequest]) (*connect.Response[agentv1.CreateAgentResponse], error) {
+	tenant, err := tenantOf(ctx)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	if err := checkAgent(req.Msg.GetAgent(), "agent"); err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	a, err := s.store.CreateAgent(ctx, tenant, req.Msg.GetAgent())
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	return connect.NewResponse(&agentv1.CreateAgentResponse{Agent: a}), nil
+}
+
+// GetAgent implements agentv1connect.AgentServiceHandler.
+func (s *Server) GetAgent(ctx context.Context, req *connect.Request[agentv1.GetAgentRequest]) (*connect.Response[agentv1.GetAgentResponse], error) {
+	tenant, err := tenantOf(ctx)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	a, err := s.store.GetAgent(ctx, tenant, req.Msg.GetName(), req.Msg.GetVersion())
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	return connect.NewResponse(&agentv1.GetAgentResponse{Agent: a}), nil
+}
+
+// ListAgents implements agentv1connect.AgentServiceHandler.
+func (s *Server) ListAgents(ctx context.Context, req *connect.Request[agentv1.ListAgentsRequest]) (*connect.Response[agentv1.ListAgentsResponse], error) {
+	tenant, err := tenantOf(ctx)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	agents, next, err := s.store.ListAgents(ctx, tenant, pageSize(req.Msg.GetPageSize()), req.Msg.GetPageToken())
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	return connect.NewResponse(&agentv1.ListAgentsResponse{Agents: agents, NextPageToken: next}), nil
+}
+
+// UpdateAgent implements agentv1connect.AgentServiceHandler.
+func (s *Server) UpdateAgent(ctx context.Context, req *connect.Request[agentv1.UpdateAgentRequest]) (*connect.Response[agentv1.UpdateAgentResponse], error) {
+	tenant, err := tenantOf(ctx)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	in := req.Msg.GetAgent()
+	cur, err := s.store.GetAgent(ctx, tenant, in.GetName(), 0)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	if etag := req.Msg.GetEtag(); etag != "" && etag != cur.GetEtag() {
+		return nil, s.connectError(ctx, fmt.Errorf("agent %q changed since etag %q: %w", in.GetName(), etag, ErrConflict))
+	}
+	if err := ApplyMask(cur, in, req.Msg.GetUpdateMask().GetPaths()); err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	if err := checkAgent(cur, "agent"); err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	a, err := s.store.UpdateAgent(ctx, tenant, cur, cur.GetVersion())
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	return connect.NewResponse(&agentv1.UpdateAgentResponse{Agent: a}), nil
+}
+
+// DeleteAgent implements agentv1connect.AgentServiceHandler.
+func (s *Server) DeleteAgent(ctx context.Context, req *connect.Request[agentv1.DeleteAgentRequest]) (*connect.Response[agentv1.DeleteAgentResponse], error) {
+	tenant, err := tenantOf(ctx)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	if err := s.store.DeleteAgent(ctx, tenant, req.Msg.GetName()); err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	return connect.NewResponse(&agentv1.DeleteAgentResponse{}), nil
+}
+
+// checkAgent checks what protovalidate cannot: tool names are unique.
+func checkAgent(a *agentv1.Agent, field string) error {
+	seen := map[string]bool{}
+	for i, t := range a.GetTools() {
+		name := toolName(t)
+		if seen[name] {
+			return &FieldError{Field: fmt.Sprintf("%s.tools[%d]", field, i), Reason: fmt.Sprintf("duplicate tool %q", name)}
+		}
+		seen[name] = true
+	}
+	return nil
+}
+
+// GoString masks the API keys in %#v too.
+func (c Config) GoString() string { return "agent.Config" + c.String() }

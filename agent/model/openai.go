@@ -1,0 +1,169 @@
+package model
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"iter"
+	"sort"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/shared"
+)
+
+// OpenAI calls an OpenAI-compatible chat completions endpoint (OpenAI, Ollama, vLLM, llama.cpp) through
+// github.com/openai/openai-go/v3, streaming with tool calls. It is safe for concurrent use.
+type OpenAI struct {
+	cfg Config
+}
+
+// NewOpenAI returns an OpenAI adapter using cfg's OpenAI key, base URL and HTTP client.
+func NewOpenAI(cfg Config) *OpenAI { return &OpenAI{cfg: cfg} }
+
+// defaultOpenAIModel is used when a request names no model.
+const defaultOpenAIModel = "gpt-4o-mini"
+
+// Stream implements Model.
+func (o *OpenAI) Stream(ctx context.Context, req Request) iter.Seq2[Chunk, error] {
+	if o.cfg.OpenAIAPIKey == "" && o.cfg.OpenAIBaseURL == "" {
+		return errorSeq(fmt.Errorf("openai: no API key or base URL configured: %w", ErrNotConfigured))
+	}
+	return func(yield func(Chunk, error) bool) {
+		opts := []option.RequestOption{
+			option.WithHTTPClient(o.cfg.httpClient()),
+			option.WithMaxRetries(0), // the run loop and its callers decide about retries
+			option.WithAPIKey(o.cfg.OpenAIAPIKey),
+		}
+		if o.cfg.OpenAIBaseURL != "" {
+			opts = append(opts, option.WithBaseURL(o.cfg.OpenAIBaseURL))
+		}
+		client := openai.NewClient(opts...)
+		stream := client.Chat.Completions.NewStreaming(ctx, openaiParams(req))
+		defer stream.Close()
+
+		type pending struct {
+			id, name, args string
+		}
+		calls := map[int64]*pending{}
+		var usage Usage
+		for stream.Next() {
+			chunk := stream.Current()
+			if chunk.JSON.Usage.Valid() && (chunk.Usage.PromptTokens != 0 || chunk.Usage.CompletionTokens != 0) {
+				usage = Usage{InputTokens: chunk.Usage.PromptTokens, OutputTokens: chunk.Usage.CompletionTokens}
+			}
+			for _, choice := range chunk.Choices {
+				if choice.Delta.Content != "" {
+					if !yield(Chunk{Kind: ChunkText, Text: choice.Delta.Content}, nil) {
+						return
+					}
+				}
+				for _, tc := range choice.Delta.ToolCalls {
+					p := calls[tc.Index]
+					if p == nil {
+						p = &pending{}
+						calls[tc.Index] = p
+					}
+					if tc.ID != "" {
+						p.id = tc.ID
+					}
+					p.name += tc.Function.Name
+					p.args += tc.Function.Arguments
+				}
+			}
+		}
+		if err := stream.Err(); err != nil {
+			yield(Chunk{}, openaiError(ctx, err))
+			return
+		}
+		idx := make([]int64, 0, len(calls))
+		for i := range calls {
+			idx = append(idx, i)
+		}
+		sort.Slice(idx, func(a, b int) bool { return idx[a] < idx[b] })
+		for _, i := range idx {
+			p := calls[i]
+			args := map[string]any{}
+			if p.args != "" {
+				if err := json.Unmarshal([]byte(p.args), &args); err != nil {
+					// Hand the tool layer something it rejects with a clear message instead of failing the run.
+					args = map[string]any{"_malformed_arguments": truncate(p.args, 200)}
+				}
+			}
+			id := p.id
+			if id == "" {
+				id = fmt.Sprintf("openai_%d", i)
+			}
+			if !yield(Chunk{Kind: ChunkToolCall, ToolCall: &ToolCall{ID: id, Name: p.name, Args: args}}, nil) {
+				return
+			}
+		}
+		yield(Chunk{Kind: ChunkUsage, Usage: usage}, nil)
+	}
+}
+
+func openaiParams(req Request) openai.ChatCompletionNewParams {
+	name := req.Model
+	if name == "" {
+		name = defaultOpenAIModel
+	}
+	p := openai.ChatCompletionNewParams{
+		Model:         shared.ChatModel(name),
+		StreamOptions: openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)},
+	}
+	if req.Temperature != nil {
+		p.Temperature = openai.Float(float64(*req.Temperature))
+	}
+	if req.MaxOutputTokens > 0 {
+		p.MaxCompletionTokens = openai.Int(int64(req.MaxOutputTokens))
+	}
+	if req.System != "" {
+		p.Messages = append(p.Messages, openai.SystemMessage(req.System))
+	}
+	for _, m := range req.Messages {
+		switch m.Role {
+		case RoleUser:
+			p.Messages = append(p.Messages, openai.UserMessage(m.Text))
+		case RoleTool:
+			p.Messages = append(p.Messages, openai.ToolMessage(m.Text, m.ToolCallID))
+		case RoleAssistant:
+			a := openai.ChatCompletionAssistantMessageParam{}
+			if m.Text != "" {
+				a.Content.OfString = openai.String(m.Text)
+			}
+			for _, tc := range m.ToolCalls {
+				a.ToolCalls = append(a.ToolCalls, openai.ChatCompletionMessageToolCallUnionParam{
+					OfFunction: &openai.ChatCompletionMessageFunctionToolCallParam{
+						ID:       tc.ID,
+						Function: openai.ChatCompletionMessageFunctionToolCallFunctionParam{Name: tc.Name, Arguments: argsJSON(tc.Args)},
+					},
+				})
+			}
+			p.Messages = append(p.Messages, openai.ChatCompletionMessageParamUnion{OfAssistant: &a})
+		}
+	}
+	for _, t := range req.Tools {
+		p.Tools = append(p.Tools, openai.ChatCompletionFunctionTool(shared.FunctionDefinitionParam{
+			Name:        t.Name,
+			Description: openai.String(t.Description),
+			Parameters:  shared.FunctionParameters(t.Parameters),
+		}))
+	}
+	return p
+}
+
+func openaiError(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	var apiErr *openai.Error
+	if errors.As(err, &apiErr) {
+		msg := apiErr.Message
+		if msg == "" {
+			msg = "request failed"
+		}
+		return fmt.Errorf("openai: HTTP %d: %s: %w", apiErr.StatusCode, truncate(msg, 300), ErrUnavailable)
+	}
+	return fmt.Errorf("openai: %s: %w", truncate(err.Error(), 300), ErrUnavailable)
+}

@@ -1,0 +1,225 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os/exec"
+	"regexp"
+	"strings"
+
+	"connectrpc.com/connect"
+
+	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+)
+
+const (
+	// audioChunk is the size of the audio chunks SynthesizeSpeech streams.
+	audioChunk             = 32 << 10
+	defaultEspeakVoice     = "en-us"
+	defaultElevenLabsURL   = "https://api.elevenlabs.io"
+	defaultElevenLabsModel = "eleven_multilingual_v2"
+)
+
+// espeakVoice is what an espeak-ng voice name looks like ("en-us", "de", "en+f3", "mb-en1").
+var espeakVoice = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_+-]{0,63}$`)
+
+// SynthesizeSpeech implements agentv1connect.AgentServiceHandler. The voice is the request's, else the agent's,
+// else espeak-ng's "en-us". espeak-ng produces WAV; ElevenLabs produces MP3.
+func (s *Server) SynthesizeSpeech(ctx context.Context, req *connect.Request[agentv1.SynthesizeSpeechRequest], stream *connect.ServerStream[agentv1.SynthesizeSpeechResponse]) error {
+	tenant, err := tenantOf(ctx)
+	if err != nil {
+		return s.connectError(ctx, err)
+	}
+	voice := req.Msg.GetVoice()
+	if voice == nil && req.Msg.GetAgent() != "" {
+		a, err := s.store.GetAgent(ctx, tenant, req.Msg.GetAgent(), 0)
+		if err != nil {
+			return s.connectError(ctx, err)
+		}
+		voice = a.GetVoice()
+	}
+	first := true
+	send := func(b []byte, mime string) error {
+		msg := &agentv1.SynthesizeSpeechResponse{Audio: b}
+		if first {
+			msg.MimeType, first = mime, false
+		}
+		return stream.Send(msg)
+	}
+	format := req.Msg.GetFormat()
+	switch voice.GetProvider() {
+	case agentv1.VoiceProvider_VOICE_PROVIDER_UNSPECIFIED, agentv1.VoiceProvider_VOICE_PROVIDER_ESPEAK:
+		if format == agentv1.AudioFormat_AUDIO_FORMAT_MP3 {
+			return s.connectError(ctx, &FieldError{Field: "format", Reason: "espeak-ng produces WAV only"})
+		}
+		err = s.speakEspeak(ctx, req.Msg.GetText(), voice.GetVoiceId(), send)
+	case agentv1.VoiceProvider_VOICE_PROVIDER_ELEVENLABS:
+		if format == agentv1.AudioFormat_AUDIO_FORMAT_WAV {
+			return s.connectError(ctx, &FieldError{Field: "format", Reason: "ElevenLabs produces MP3 only; ask for AUDIO_FORMAT_MP3"})
+		}
+		err = s.speakElevenLabs(ctx, req.Msg.GetText(), voice.GetVoiceId(), send)
+	default:
+		err = &FieldError{Field: "voice.provider", Reason: "unknown provider"}
+	}
+	return s.connectError(ctx, err)
+}
+
+// speakEspeak runs espeak-ng with the text on stdin and streams its WAV output.
+func (s *Server) speakEspeak(ctx context.Context, text, voice string, send func([]byte, string) error) error {
+	if voice == "" {
+		voice = defaultEspeakVoice
+	}
+	if !espeakVoice.MatchString(voice) {
+		return &FieldError{Field: "voice.voice_id", Reason: "not an espeak-ng voice name"}
+	}
+	bin := s.cfg.EspeakPath
+	if bin == "" {
+		bin = "espeak-ng"
+	}
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		return preconditionError("espeak-ng is not installed")
+	}
+	cmd := exec.CommandContext(ctx, path, "--stdout", "-v", voice)
+	cmd.Stdin = strings.NewReader(text)
+	var stderr bytes.Buffer
+	cmd.Stderr = &limitedWriter{w: &stderr, n: 4096}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return fmt.Errorf("espeak-ng: %w", err)
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("espeak-ng: start: %w", err)
+	}
+	sent, copyErr := streamChunks(out, "audio/wav", send)
+	if copyErr != nil {
+		_ = cmd.Process.Kill() // nobody reads its output any more; Wait would block on the full pipe
+	}
+	waitErr := cmd.Wait()
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case copyErr != nil:
+		return copyErr
+	case waitErr != nil && sent == 0 && strings.Contains(stderr.String(), "voice does not exist"):
+		return &FieldError{Field: "voice.voice_id", Reason: fmt.Sprintf("espeak-ng has no voice %q", voice)}
+	case waitErr != nil:
+		return fmt.Errorf("espeak-ng failed: %v: %s", waitErr, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// speakElevenLabs streams MP3 from ElevenLabs' text-to-speech stream endpoint.
+func (s *Server) speakElevenLabs(ctx context.Context, text, voiceID string, send func([]byte, string) error) error {
+	if s.cfg.ElevenLabsAPIKey == "" {
+		return preconditionError("ElevenLabs is not configured: no API key")
+	}
+	if voiceID == "" {
+		return &FieldError{Field: "voice.voice_id", Reason: "required for ElevenLabs"}
+	}
+	base := strings.TrimSuffix(orDefault(s.cfg.ElevenLabsBaseURL, defaultElevenLabsURL), "/")
+	body, _ := json.Marshal(map[string]string{"text": text, "model_id": orDefault(s.cfg.ElevenLabsModel, defaultElevenLabsModel)})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost,
+		base+"/v1/text-to-speech/"+url.PathEscape(voiceID)+"/stream?output_format=mp3_44100_128", bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("elevenlabs: %w", err)
+	}
+	req.Header.Set("xi-api-key", s.cfg.ElevenLabsAPIKey)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "audio/mpeg")
+	resp, err := s.providerClient().Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("ElevenLabs cannot be reached: %w", ErrUnavailable)
+	}
+	defer resp.Body.Close()
+	if err := providerStatus("ElevenLabs", resp, "voice.voice_id"); err != nil {
+		return err
+	}
+	_, err = streamChunks(resp.Body, "audio/mpeg", send)
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+// streamChunks sends r in audioChunk-sized chunks and returns the bytes sent.
+func streamChunks(r io.Reader, mime string, send func([]byte, string) error) (int, error) {
+	buf := make([]byte, audioChunk)
+	total := 0
+	for {
+		n, err := io.ReadFull(r, buf)
+		if n > 0 {
+			if serr := send(bytes.Clone(buf[:n]), mime); serr != nil {
+				return total, serr
+			}
+			total += n
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return total, nil
+		}
+		if err != nil {
+			return total, fmt.Errorf("read audio: %w: %w", ErrUnavailable, err)
+		}
+	}
+}
+
+// providerStatus turns a non-2xx provider reply into a domain error. It reads at most 4 KiB of the body and
+// never echoes request headers (the key).
+func providerStatus(name string, resp *http.Response, field string) error {
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		return nil
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	detail := strings.ToValidUTF8(strings.TrimSpace(string(b)), "")
+	if len(detail) > 300 {
+		detail = detail[:300]
+	}
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		return preconditionError(fmt.Sprintf("%s rejected the configured API key (HTTP %d)", name, resp.StatusCode))
+	case resp.StatusCode == http.StatusNotFound:
+		return fmt.Errorf("%s: %s: %w", name, field, ErrNotFound)
+	case resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusUnprocessableEntity:
+		return &FieldError{Field: field, Reason: fmt.Sprintf("%s refused the request (HTTP %d): %s", name, resp.StatusCode, detail)}
+	default:
+		return fmt.Errorf("%s answered HTTP %d: %w", name, resp.StatusCode, ErrUnavailable)
+	}
+}
+
+func (s *Server) providerClient() *http.Client {
+	if s.cfg.HTTPClient != nil {
+		return s.cfg.HTTPClient
+	}
+	return http.DefaultClient
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+// limitedWriter keeps the first n bytes written and discards the rest.
+type limitedWriter struct {
+	w io.Writer
+	n int
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	if l.n > 0 {
+		k := min(len(p), l.n)
+		l.w.Write(p[:k])
+		l.n -= k
+	}
+	return len(p), nil
+}

@@ -1,0 +1,461 @@
+// Package sqlstore is the agent.Store over internal/sqldb: one implementation for SQLite and PostgreSQL.
+//
+// Agents are stored one row per version, their spec as protobuf binary; runs keep their queryable fields in
+// columns and their steps and warnings as protobuf binary. Times are unix nanoseconds.
+package sqlstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"embed"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/loom-dev/loom/agent"
+	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	"github.com/loom-dev/loom/internal/sqldb"
+)
+
+//go:embed migrations
+var migrations embed.FS
+
+// Migrations returns the goose migrations, one directory per dialect ("sqlite", "postgres").
+func Migrations() fs.FS {
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		panic(err) // the embedded directory always exists
+	}
+	return sub
+}
+
+// Store is an agent.Store over a sqldb.DB. It is safe for concurrent use.
+type Store struct {
+	db *sqldb.DB
+}
+
+var _ agent.Store = (*Store)(nil)
+
+// New applies the agent migrations to db and returns a Store over it. db stays owned by the caller.
+func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
+	if err := db.Migrate(ctx, "agent", Migrations()); err != nil {
+		return nil, fmt.Errorf("agent store: %w", err)
+	}
+	return &Store{db: db}, nil
+}
+
+const agentCols = "name, version, etag, spec, create_time, update_time"
+
+func (s *Store) q(query string) string { return s.db.Rebind(query) }
+
+// CreateAgent implements agent.Store.
+func (s *Store) CreateAgent(ctx context.Context, tenant string, a *agentv1.Agent) (*agentv1.Agent, error) {
+	now := time.Now().UTC()
+	spec, etag, err := encodeAgent(a, 1)
+	if err != nil {
+		return nil, fmt.Errorf("create agent: %w", err)
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("create agent: %w", err)
+	}
+	defer tx.Rollback()
+	var n int
+	if err := tx.QueryRowContext(ctx, s.q("SELECT COUNT(*) FROM agent_versions WHERE tenant = ? AND name = ?"),
+		tenant, a.GetName()).Scan(&n); err != nil {
+		return nil, fmt.Errorf("create agent: %w", err)
+	}
+	if n > 0 {
+		return nil, fmt.Errorf("agent %q: %w", a.GetName(), agent.ErrAlreadyExists)
+	}
+	_, err = tx.ExecContext(ctx, s.q("INSERT INTO agent_versions (tenant, "+agentCols+") VALUES (?, ?, ?, ?, ?, ?, ?)"),
+		tenant, a.GetName(), int64(1), etag, spec, now.UnixNano(), now.UnixNano())
+	if isUniqueViolation(err) {
+		return nil, fmt.Errorf("agent %q: %w", a.GetName(), agent.ErrAlreadyExists)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create agent: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		if isUniqueViolation(err) {
+			return nil, fmt.Errorf("agent %q: %w", a.GetName(), agent.ErrAlreadyExists)
+		}
+		return nil, fmt.Errorf("create agent: %w", err)
+	}
+	return decodeAgent(a.GetName(), 1, etag, spec, now.UnixNano(), now.UnixNano())
+}
+
+// GetAgent implements agent.Store.
+func (s *Store) GetAgent(ctx context.Context, tenant, name string, version int64) (*agentv1.Agent, error) {
+	var row *sql.Row
+	if version == 0 {
+		row = s.db.QueryRowContext(ctx, s.q("SELECT "+agentCols+" FROM agent_versions WHERE tenant = ? AND name = ? ORDER BY version DESC LIMIT 1"), tenant, name)
+	} else {
+		row = s.db.QueryRowContext(ctx, s.q("SELECT "+agentCols+" FROM agent_versions WHERE tenant = ? AND name = ? AND version = ?"), tenant, name, version)
+	}
+	a, err := scanAgent(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		if version != 0 {
+			return nil, fmt.Errorf("agent %q version %d: %w", name, version, agent.ErrNotFound)
+		}
+		return nil, fmt.Errorf("agent %q: %w", name, agent.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get agent: %w", err)
+	}
+	return a, nil
+}
+
+// ListAgents implements agent.Store.
+func (s *Store) ListAgents(ctx context.Context, tenant string, pageSize int, pageToken string) ([]*agentv1.Agent, string, error) {
+	after := ""
+	if pageToken != "" {
+		var tok agentToken
+		if err := decodeToken(pageToken, &tok); err != nil || tok.Name == "" {
+			return nil, "", &agent.FieldError{Field: "page_token", Reason: "malformed page token"}
+		}
+		after = tok.Name
+	}
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+agentCols+` FROM agent_versions v
+		WHERE tenant = ? AND name > ?
+		  AND version = (SELECT MAX(version) FROM agent_versions m WHERE m.tenant = v.tenant AND m.name = v.name)
+		ORDER BY name LIMIT ?`), tenant, after, pageSize+1)
+	if err != nil {
+		return nil, "", fmt.Errorf("list agents: %w", err)
+	}
+	defer rows.Close()
+	var out []*agentv1.Agent
+	for rows.Next() {
+		a, err := scanAgent(rows)
+		if err != nil {
+			return nil, "", fmt.Errorf("list agents: %w", err)
+		}
+		out = append(out, a)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", fmt.Errorf("list agents: %w", err)
+	}
+	next := ""
+	if len(out) > pageSize {
+		out = out[:pageSize]
+		next = encodeToken(agentToken{Name: out[len(out)-1].GetName()})
+	}
+	return out, next, nil
+}
+
+// UpdateAgent implements agent.Store.
+func (s *Store) UpdateAgent(ctx context.Context, tenant string, a *agentv1.Agent, prevVersion int64) (*agentv1.Agent, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("update agent: %w", err)
+	}
+	defer tx.Rollback()
+	var latest, createTime int64
+	err = tx.QueryRowContext(ctx, s.q("SELECT version, create_time FROM agent_versions WHERE tenant = ? AND name = ? ORDER BY version DESC LIMIT 1"),
+		tenant, a.GetName()).Scan(&latest, &createTime)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("agent %q: %w", a.GetName(), agent.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("update agent: %w", err)
+	}
+	if latest != prevVersion {
+		return nil, fmt.Errorf("agent %q changed since version %d: %w", a.GetName(), prevVersion, agent.ErrConflict)
+	}
+	version := prevVersion + 1
+	spec, etag, err := encodeAgent(a, version)
+	if err != nil {
+		return nil, fmt.Errorf("update agent: %w", err)
+	}
+	now := time.Now().UTC().UnixNano()
+	_, err = tx.ExecContext(ctx, s.q("INSERT INTO agent_versions (tenant, "+agentCols+") VALUES (?, ?, ?, ?, ?, ?, ?)"),
+		tenant, a.GetName(), version, etag, spec, createTime, now)
+	if err == nil {
+		err = tx.Commit()
+	}
+	if isUniqueViolation(err) {
+		return nil, fmt.Errorf("agent %q changed since version %d: %w", a.GetName(), prevVersion, agent.ErrConflict)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("update agent: %w", err)
+	}
+	return decodeAgent(a.GetName(), version, etag, spec, createTime, now)
+}
+
+// DeleteAgent implements agent.Store.
+func (s *Store) DeleteAgent(ctx context.Context, tenant, name string) error {
+	res, err := s.db.ExecContext(ctx, s.q("DELETE FROM agent_versions WHERE tenant = ? AND name = ?"), tenant, name)
+	if err != nil {
+		return fmt.Errorf("delete agent: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("delete agent: %w", err)
+	} else if n == 0 {
+		return fmt.Errorf("agent %q: %w", name, agent.ErrNotFound)
+	}
+	return nil
+}
+
+// CreateRun implements agent.Store.
+func (s *Store) CreateRun(ctx context.Context, tenant string, r *agentv1.Run) error {
+	detail, err := encodeDetail(r)
+	if err != nil {
+		return fmt.Errorf("create run: %w", err)
+	}
+	var key any
+	if r.GetIdempotencyKey() != "" {
+		key = r.GetIdempotencyKey()
+	}
+	_, err = s.db.ExecContext(ctx, s.q(`INSERT INTO runs (id, tenant, agent, agent_version, state, input, output, provider,
+		model, input_tokens, output_tokens, error, idempotency_key, detail, create_time, end_time)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		r.GetId(), tenant, r.GetAgent(), r.GetAgentVersion(), int64(r.GetState()), r.GetInput(), r.GetOutput(),
+		int64(r.GetProvider()), r.GetModel(), r.GetUsage().GetInputTokens(), r.GetUsage().GetOutputTokens(),
+		r.GetError(), key, detail, tsNanos(r.GetCreateTime()), tsNanos(r.GetEndTime()))
+	if isUniqueViolation(err) {
+		return fmt.Errorf("run with idempotency key %q: %w", r.GetIdempotencyKey(), agent.ErrAlreadyExists)
+	}
+	if err != nil {
+		return fmt.Errorf("create run: %w", err)
+	}
+	return nil
+}
+
+// FinishRun implements agent.Store.
+func (s *Store) FinishRun(ctx context.Context, tenant string, r *agentv1.Run) error {
+	detail, err := encodeDetail(r)
+	if err != nil {
+		return fmt.Errorf("finish run: %w", err)
+	}
+	res, err := s.db.ExecContext(ctx, s.q(`UPDATE runs SET state = ?, output = ?, provider = ?, model = ?,
+		input_tokens = ?, output_tokens = ?, error = ?, detail = ?, end_time = ?
+		WHERE tenant = ? AND id = ? AND state = ?`),
+		int64(r.GetState()), r.GetOutput(), int64(r.GetProvider()), r.GetModel(), r.GetUsage().GetInputTokens(),
+		r.GetUsage().GetOutputTokens(), r.GetError(), detail, tsNanos(r.GetEndTime()),
+		tenant, r.GetId(), int64(agentv1.RunState_RUN_STATE_RUNNING))
+	if err != nil {
+		return fmt.Errorf("finish run: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("finish run: %w", err)
+	}
+	if n == 1 {
+		return nil
+	}
+	if _, err := s.GetRun(ctx, tenant, r.GetId()); err != nil {
+		return err
+	}
+	return fmt.Errorf("run %s already finished: %w", r.GetId(), agent.ErrConflict)
+}
+
+const runCols = `id, agent, agent_version, state, input, output, provider, model, input_tokens, output_tokens, error,
+	idempotency_key, create_time, end_time`
+
+// GetRun implements agent.Store.
+func (s *Store) GetRun(ctx context.Context, tenant, id string) (*agentv1.Run, error) {
+	return s.getRun(ctx, "id", tenant, id)
+}
+
+// GetRunByIdempotencyKey implements agent.Store.
+func (s *Store) GetRunByIdempotencyKey(ctx context.Context, tenant, key string) (*agentv1.Run, error) {
+	return s.getRun(ctx, "idempotency_key", tenant, key)
+}
+
+func (s *Store) getRun(ctx context.Context, col, tenant, val string) (*agentv1.Run, error) {
+	row := s.db.QueryRowContext(ctx, s.q("SELECT "+runCols+", detail FROM runs WHERE tenant = ? AND "+col+" = ?"), tenant, val)
+	r, err := scanRun(row, true)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("run %q: %w", val, agent.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get run: %w", err)
+	}
+	return r, nil
+}
+
+// ListRuns implements agent.Store.
+func (s *Store) ListRuns(ctx context.Context, tenant string, f agent.RunFilter, pageSize int, pageToken string) ([]*agentv1.Run, string, error) {
+	var where []string
+	args := []any{tenant}
+	where = append(where, "tenant = ?")
+	if f.Agent != "" {
+		where = append(where, "agent = ?")
+		args = append(args, f.Agent)
+	}
+	if !f.Start.IsZero() {
+		where = append(where, "create_time >= ?")
+		args = append(args, f.Start.UnixNano())
+	}
+	if !f.End.IsZero() {
+		where = append(where, "create_time < ?")
+		args = append(args, f.End.UnixNano())
+	}
+	if pageToken != "" {
+		var tok runToken
+		if err := decodeToken(pageToken, &tok); err != nil || tok.ID == "" {
+			return nil, "", &agent.FieldError{Field: "page_token", Reason: "malformed page token"}
+		}
+		where = append(where, "(create_time < ? OR (create_time = ? AND id < ?))")
+		args = append(args, tok.Time, tok.Time, tok.ID)
+	}
+	args = append(args, pageSize+1)
+	rows, err := s.db.QueryContext(ctx, s.q("SELECT "+runCols+" FROM runs WHERE "+strings.Join(where, " AND ")+
+		" ORDER BY create_time DESC, id DESC LIMIT ?"), args...)
+	if err != nil {
+		return nil, "", fmt.Errorf("list runs: %w", err)
+	}
+	defer rows.Close()
+	var out []*agentv1.Run
+	for rows.Next() {
+		r, err := scanRun(rows, false)
+		if err != nil {
+			return nil, "", fmt.Errorf("list runs: %w", err)
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", fmt.Errorf("list runs: %w", err)
+	}
+	next := ""
+	if len(out) > pageSize {
+		out = out[:pageSize]
+		last := out[len(out)-1]
+		next = encodeToken(runToken{Time: last.GetCreateTime().AsTime().UnixNano(), ID: last.GetId()})
+	}
+	return out, next, nil
+}
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanAgent(row scanner) (*agentv1.Agent, error) {
+	var (
+		name, etag      string
+		version, ct, ut int64
+		spec            []byte
+	)
+	if err := row.Scan(&name, &version, &etag, &spec, &ct, &ut); err != nil {
+		return nil, err
+	}
+	return decodeAgent(name, version, etag, spec, ct, ut)
+}
+
+func scanRun(row scanner, withDetail bool) (*agentv1.Run, error) {
+	var (
+		r               agentv1.Run
+		state, provider int64
+		in, out, ct, et int64
+		key             sql.NullString
+		detail          []byte
+	)
+	dest := []any{&r.Id, &r.Agent, &r.AgentVersion, &state, &r.Input, &r.Output, &provider, &r.Model, &in, &out,
+		&r.Error, &key, &ct, &et}
+	if withDetail {
+		dest = append(dest, &detail)
+	}
+	if err := row.Scan(dest...); err != nil {
+		return nil, err
+	}
+	if len(detail) > 0 {
+		var d agentv1.Run
+		if err := proto.Unmarshal(detail, &d); err != nil {
+			return nil, fmt.Errorf("decode run detail: %w", err)
+		}
+		r.Steps, r.Warnings = d.Steps, d.Warnings
+	}
+	r.State = agentv1.RunState(state)
+	r.Provider = agentv1.Provider(provider)
+	r.Usage = &agentv1.Usage{InputTokens: in, OutputTokens: out}
+	r.IdempotencyKey = key.String
+	r.CreateTime = timestamppb.New(time.Unix(0, ct).UTC())
+	if et != 0 {
+		r.EndTime = timestamppb.New(time.Unix(0, et).UTC())
+	}
+	return &r, nil
+}
+
+// encodeAgent returns a's spec without output-only fields, and the etag of the version.
+func encodeAgent(a *agentv1.Agent, version int64) ([]byte, string, error) {
+	c := proto.CloneOf(a)
+	c.Version, c.Etag, c.CreateTime, c.UpdateTime = 0, "", nil, nil
+	spec, err := proto.MarshalOptions{Deterministic: true}.Marshal(c)
+	if err != nil {
+		return nil, "", err
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%d\x00", version)
+	h.Write(spec)
+	return spec, hex.EncodeToString(h.Sum(nil)[:12]), nil
+}
+
+func decodeAgent(name string, version int64, etag string, spec []byte, ct, ut int64) (*agentv1.Agent, error) {
+	var a agentv1.Agent
+	if err := proto.Unmarshal(spec, &a); err != nil {
+		return nil, fmt.Errorf("decode agent %q: %w", name, err)
+	}
+	a.Name, a.Version, a.Etag = name, version, etag
+	a.CreateTime = timestamppb.New(time.Unix(0, ct).UTC())
+	a.UpdateTime = timestamppb.New(time.Unix(0, ut).UTC())
+	return &a, nil
+}
+
+func encodeDetail(r *agentv1.Run) ([]byte, error) {
+	return proto.Marshal(&agentv1.Run{Steps: r.GetSteps(), Warnings: r.GetWarnings()})
+}
+
+func tsNanos(ts *timestamppb.Timestamp) int64 {
+	if ts == nil {
+		return 0
+	}
+	return ts.AsTime().UnixNano()
+}
+
+type agentToken struct {
+	Name string `json:"n"`
+}
+
+type runToken struct {
+	Time int64  `json:"t"`
+	ID   string `json:"i"`
+}
+
+// encodeToken makes an opaque page token. Tokens are not secret: they carry only the last key of a page, and
+// every query is tenant-scoped, so a forged token can only skip within the caller's own data.
+func encodeToken(v any) string {
+	b, _ := json.Marshal(v) // plain structs of strings and ints always marshal
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// DecodeToken parses a page token made by encodeToken into v.
+func decodeToken(tok string, v any) error {
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
+func isUniqueViolation(err error) bool {
+	if err == nil {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == "23505"
+	}
+	// modernc.org/sqlite: "constraint failed: UNIQUE constraint failed: ..." (SQLITE_CONSTRAINT_UNIQUE/PRIMARYKEY).
+	msg := err.Error()
+	return strings.Contains(msg, "UNIQUE constraint failed") || strings.Contains(msg, "PRIMARY KEY")
+}

@@ -1,0 +1,87 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+)
+
+// Sentinel errors returned (wrapped) by a Store and by the Server's domain code. The handler edge maps them to
+// Connect codes in one place.
+var (
+	// ErrNotFound means the agent, version or run does not exist in the caller's tenant.
+	ErrNotFound = errors.New("not found")
+	// ErrAlreadyExists means the agent name, or the run's idempotency key, is taken in the tenant.
+	ErrAlreadyExists = errors.New("already exists")
+	// ErrConflict means a concurrent change won: an etag or version no longer matches, or a run already finished.
+	ErrConflict = errors.New("conflict")
+	// ErrInvalidArgument is matched by every *FieldError.
+	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrFailedPrecondition is matched by errors whose operation cannot run in the current state (a finished run,
+	// a provider that is not configured).
+	ErrFailedPrecondition = errors.New("failed precondition")
+)
+
+// FieldError is a client mistake in one request field. It matches ErrInvalidArgument.
+type FieldError struct {
+	// Field is the request field path, for example "update_mask" or "page_token".
+	Field string
+	// Reason says what is wrong with it.
+	Reason string
+}
+
+// Error implements error.
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+// Is reports whether target is ErrInvalidArgument.
+func (e *FieldError) Is(target error) bool { return target == ErrInvalidArgument }
+
+// preconditionError is an operation refused in the current state; it matches ErrFailedPrecondition.
+type preconditionError string
+
+func (e preconditionError) Error() string        { return string(e) }
+func (e preconditionError) Is(target error) bool { return target == ErrFailedPrecondition }
+
+// RunFilter selects runs for ListRuns. Zero fields do not filter.
+type RunFilter struct {
+	// Agent keeps runs of this agent only; empty keeps all.
+	Agent string
+	// Start keeps runs created at or after it; zero keeps all.
+	Start time.Time
+	// End keeps runs created before it; zero keeps all.
+	End time.Time
+}
+
+// Store persists agents and runs. Every method is scoped by tenant, which must not be empty: a tenant never sees
+// another tenant's agents or runs. Implementations are safe for concurrent use.
+type Store interface {
+	// CreateAgent stores a at version 1 and returns it with version, etag and times set. ErrAlreadyExists if the
+	// name is taken. Output-only fields of a are ignored.
+	CreateAgent(ctx context.Context, tenant string, a *agentv1.Agent) (*agentv1.Agent, error)
+	// GetAgent returns the given version of an agent, or its latest when version is 0. ErrNotFound if missing.
+	GetAgent(ctx context.Context, tenant, name string, version int64) (*agentv1.Agent, error)
+	// ListAgents returns up to pageSize latest versions ordered by name after pageToken, and the token of the
+	// next page (empty on the last). A malformed token is a *FieldError on "page_token".
+	ListAgents(ctx context.Context, tenant string, pageSize int, pageToken string) ([]*agentv1.Agent, string, error)
+	// UpdateAgent stores a as version prevVersion+1. ErrConflict if the latest version is no longer prevVersion,
+	// ErrNotFound if the agent does not exist.
+	UpdateAgent(ctx context.Context, tenant string, a *agentv1.Agent, prevVersion int64) (*agentv1.Agent, error)
+	// DeleteAgent deletes every version of an agent; its runs stay. ErrNotFound if missing.
+	DeleteAgent(ctx context.Context, tenant, name string) error
+
+	// CreateRun stores a new run (id, agent, version, state, input, idempotency key, create time).
+	// ErrAlreadyExists if its idempotency key is already used in the tenant.
+	CreateRun(ctx context.Context, tenant string, r *agentv1.Run) error
+	// FinishRun stores r's final state, output, steps, usage, error, warnings and end time, only if the stored run
+	// is still RUNNING. ErrConflict if it already finished; ErrNotFound if missing.
+	FinishRun(ctx context.Context, tenant string, r *agentv1.Run) error
+	// GetRun returns a run with its steps. ErrNotFound if missing.
+	GetRun(ctx context.Context, tenant, id string) (*agentv1.Run, error)
+	// GetRunByIdempotencyKey returns the run started with key. ErrNotFound if none.
+	GetRunByIdempotencyKey(ctx context.Context, tenant, key string) (*agentv1.Run, error)
+	// ListRuns returns up to pageSize runs matching f, newest first, without steps, and the next page token.
+	// A malformed token is a *FieldError on "page_token".
+	ListRuns(ctx context.Context, tenant string, f RunFilter, pageSize int, pageToken string) ([]*agentv1.Run, string, error)
+}
