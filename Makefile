@@ -7,6 +7,7 @@ run:
 test:
 	go vet ./...
 	go test -count=1 -timeout 15m ./...
+	cd web && npm test
 
 build:
 	go build -o bin/loom ./cmd/loom

@@ -5,8 +5,6 @@
 // playwright-core with the system's Chromium (/usr/bin/chromium, or CHROMIUM). It never builds web/dist: run
 // `npm run build` first when src/ changed.
 //
-// UNBUILT lists the services that still answer Unimplemented; tests of those check that the console says "not
-// built yet" instead. When a service lands, remove it from UNBUILT (or set LOOM_UNBUILT, comma-separated).
 
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -19,7 +17,6 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { chromium } from "playwright-core";
 
-const UNBUILT = new Set((process.env.LOOM_UNBUILT ?? "memory,agent,orchestrator").split(",").filter(Boolean));
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const CHROMIUM_ARGS = [
   "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -89,14 +86,9 @@ async function settled(page, testId) {
   return { state: await el.getAttribute("data-state"), text: await el.textContent() };
 }
 
-/** assertOutcome checks a status line: "ok" for built services, "not built yet" for unbuilt ones. */
-function assertOutcome(service, status, what) {
-  if (UNBUILT.has(service)) {
-    assert.equal(status.state, "unimplemented", `${what}: ${status.text}`);
-    assert.match(status.text, /^not built yet/, what);
-  } else {
-    assert.equal(status.state, "ok", `${what}: ${status.text}`);
-  }
+/** assertOk checks that a status line reports success. */
+function assertOk(status, what) {
+  assert.equal(status.state, "ok", `${what}: ${status.text}`);
 }
 
 describe("console", () => {
@@ -147,9 +139,9 @@ describe("console", () => {
     const memory = await settled(page, "ns-list-status");
     const agents = await settled(page, "agent-list-status");
     const blueprints = await settled(page, "bp-list-status");
-    assertOutcome("memory", memory, "ListNamespaces");
-    assertOutcome("agent", agents, "ListAgents");
-    assertOutcome("orchestrator", blueprints, "ListBlueprints");
+    assertOk(memory, "ListNamespaces");
+    assertOk(agents, "ListAgents");
+    assertOk(blueprints, "ListBlueprints");
     assert.deepEqual(pageErrors, []);
     await page.close();
   });
@@ -161,8 +153,7 @@ describe("console", () => {
     await page.getByTestId("ns-metric").selectOption("1");
     await page.getByTestId("ns-create").click();
     const created = await settled(page, "ns-create-status");
-    assertOutcome("memory", created, "CreateNamespace");
-    if (UNBUILT.has("memory")) return page.close();
+    assertOk(created, "CreateNamespace");
 
     assert.equal(await page.getByTestId("ns-item").filter({ hasText: "notes" }).count(), 1);
     // Creating selected the namespace for the record and search forms.
@@ -206,8 +197,7 @@ describe("console", () => {
     await page.getByTestId("agent-instructions").fill("Repeat what you are told.");
     await page.getByTestId("agent-create").click();
     const created = await settled(page, "agent-create-status");
-    assertOutcome("agent", created, "CreateAgent");
-    if (UNBUILT.has("agent")) return page.close();
+    assertOk(created, "CreateAgent");
     assert.equal(await page.getByTestId("agent-item").filter({ hasText: "echo" }).count(), 1);
     assert.equal(await page.getByTestId("run-agent").inputValue(), "echo");
 
@@ -235,10 +225,6 @@ describe("console", () => {
     await page.getByTestId("bp-yaml").fill("name: Not A Valid Name\nsteps: 7\n");
     await page.getByTestId("bp-validate").click();
     const status = await settled(page, "bp-status");
-    if (UNBUILT.has("orchestrator")) {
-      assertOutcome("orchestrator", status, "ValidateBlueprint");
-      return page.close();
-    }
     assert.equal(status.state, "error", status.text);
     // The invalid name sits on line 1, column 7 of the document.
     const nameError = page.locator('[data-testid="bp-error"][data-path="name"]');
@@ -269,9 +255,9 @@ describe("console", () => {
     });
     await page.goto(origin);
     await page.getByTestId("app-ready").waitFor({ state: "visible" });
-    // A blocked call would surface as a network error ("unknown: Failed to fetch"), never as ok/not built yet.
-    assertOutcome("memory", await settled(page, "ns-list-status"), "cross-origin ListNamespaces");
-    assertOutcome("agent", await settled(page, "agent-list-status"), "cross-origin ListAgents");
+    // A blocked call would surface as a network error ("unknown: Failed to fetch"), never as ok.
+    assertOk(await settled(page, "ns-list-status"), "cross-origin ListNamespaces");
+    assertOk(await settled(page, "agent-list-status"), "cross-origin ListAgents");
     assert.ok(allowed.length >= 1, "no RPC responses seen");
     for (const a of allowed) assert.ok(a === "*" || a === origin, `Access-Control-Allow-Origin: ${a}`);
 
