@@ -3,6 +3,7 @@ package membench
 import (
 	"context"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -36,4 +37,23 @@ func TestRunSmall(t *testing.T) {
 			t.Errorf("%s: implausible figures %+v", r.Backend, r)
 		}
 	}
+}
+
+// TestRunSized runs the full benchmark when MEMBENCH_N is set, for example:
+//
+//	MEMBENCH_N=20000 go test -run TestRunSized -v -timeout 30m ./memory/membench/
+func TestRunSized(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("MEMBENCH_N"))
+	if n == 0 {
+		t.Skip("MEMBENCH_N is not set")
+	}
+	cfg := Config{N: n, Queries: 100}
+	if os.Getenv(sqldbtest.EnvURL) != "" {
+		cfg.PostgresURL = sqldbtest.PostgresURL(t)
+	}
+	var out strings.Builder
+	if _, err := Run(context.Background(), &out, cfg); err != nil {
+		t.Fatalf("Run: %v\n%s", err, out.String())
+	}
+	t.Log("\n" + out.String())
 }
