@@ -46,6 +46,8 @@ type config struct {
 	OIDCJWKSURL     string
 	OIDCJWKSFile    string
 	GatewayTargets  map[string]string
+	GeminiBaseURL   string
+	OpenAIBaseURL   string
 	LogLevel        slog.Level
 	LogFormat       string
 
@@ -108,6 +110,8 @@ var serveFlags = []flagSpec{
 	{"gateway-agent", "LOOM_GATEWAY_AGENT", "", "gateway: agent backends"},
 	{"gateway-orchestrator", "LOOM_GATEWAY_ORCHESTRATOR", "", "gateway: orchestrator backends"},
 	{"gateway-admin", "LOOM_GATEWAY_ADMIN", "", "gateway: admin backends"},
+	{"gemini-base-url", "LOOM_GEMINI_BASE_URL", "", "Gemini API base URL; empty uses Google's"},
+	{"openai-base-url", "LOOM_OPENAI_BASE_URL", "", "OpenAI-compatible base URL (OpenAI, Ollama, vLLM, llama.cpp), e.g. http://localhost:11434/v1"},
 	{"log-level", "LOOM_LOG_LEVEL", "info", "debug, info, warn or error"},
 	{"log-format", "LOOM_LOG_FORMAT", "text", "text or json"},
 }
@@ -191,6 +195,7 @@ func parseServe(args []string, getenv func(string) string, out *os.File) (config
 	}
 	c.LogFormat = get("log-format")
 	c.Auth = get("auth")
+	c.GeminiBaseURL, c.OpenAIBaseURL = get("gemini-base-url"), get("openai-base-url")
 	c.OIDCIssuer, c.OIDCAudience = get("oidc-issuer"), get("oidc-audience")
 	c.OIDCJWKSURL, c.OIDCJWKSFile = get("oidc-jwks-url"), get("oidc-jwks-file")
 	c.GatewayTargets = map[string]string{
@@ -272,6 +277,8 @@ func (c config) LogValue() slog.Value {
 		slog.String("log_level", c.LogLevel.String()),
 		slog.String("auth", c.Auth),
 		slog.String("oidc_issuer", c.OIDCIssuer),
+		slog.String("gemini_base_url", c.GeminiBaseURL),
+		slog.String("openai_base_url", c.OpenAIBaseURL),
 		slog.String("service_token_key", mask(c.Secrets.ServiceTokenKey)),
 		slog.String("gemini_api_key", mask(c.Secrets.GeminiAPIKey)),
 		slog.String("openai_api_key", mask(c.Secrets.OpenAIAPIKey)),

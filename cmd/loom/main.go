@@ -2,6 +2,7 @@
 //
 //	loom serve [flags]      run the services (all of them on embedded defaults, or a subset)
 //	loom keys ...           create, list and revoke API keys
+//	loom bench memory       the memory benchmark (docs/benchmarks.md)
 //	loom version            print the version
 //
 // Run `loom serve --help` for every flag and the environment variable behind it.
@@ -39,6 +40,7 @@ const usage = `Usage: loom <command> [flags]
 Commands:
   serve     run Loom's services on one port (Connect, gRPC and gRPC-Web)
   keys      create, list and revoke API keys
+  bench     benchmarks: 'loom bench memory'
   version   print the version
 
 Run 'loom <command> --help' for a command's flags.
@@ -57,6 +59,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return err
 		}
 		return serve(ctx, cfg, stderr)
+	case "bench":
+		return benchCmd(ctx, args[1:], getenv, stdout, stderr)
 	case "keys":
 		return keysCmd(ctx, args[1:], getenv, stdout, stderr)
 	case "version":

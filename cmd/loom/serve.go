@@ -29,6 +29,8 @@ import (
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/memory"
 	"github.com/loom-dev/loom/memory/embed"
+	"github.com/loom-dev/loom/memory/embed/gemini"
+	"github.com/loom-dev/loom/memory/embed/openai"
 	"github.com/loom-dev/loom/memory/localstore"
 	"github.com/loom-dev/loom/memory/pgstore"
 	"github.com/loom-dev/loom/orchestrator"
@@ -253,7 +255,9 @@ func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients
 	}
 	srv, err := agent.New(logger, store, c.memory, agent.Config{
 		GeminiAPIKey:     cfg.Secrets.GeminiAPIKey,
+		GeminiBaseURL:    cfg.GeminiBaseURL,
 		OpenAIAPIKey:     cfg.Secrets.OpenAIAPIKey,
+		OpenAIBaseURL:    cfg.OpenAIBaseURL,
 		ElevenLabsAPIKey: cfg.Secrets.ElevenLabsAPIKey,
 		TavusAPIKey:      cfg.Secrets.TavusAPIKey,
 	})
@@ -325,9 +329,14 @@ func newLogger(cfg config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// configureEmbedders registers the provider embedders whose keys are configured.
+// configureEmbedders registers the provider embedders: Gemini when its key is set; OpenAI-compatible when its key
+// or a base URL is set (local servers such as Ollama need no key). "local" is always there.
 func configureEmbedders(r *embed.Registry, cfg config) error {
-	_ = r
-	_ = cfg
+	if cfg.Secrets.GeminiAPIKey != "" {
+		r.Register("gemini", gemini.Factory(gemini.Config{APIKey: cfg.Secrets.GeminiAPIKey, BaseURL: cfg.GeminiBaseURL}))
+	}
+	if cfg.Secrets.OpenAIAPIKey != "" || cfg.OpenAIBaseURL != "" {
+		r.Register("openai", openai.Factory(openai.Config{APIKey: cfg.Secrets.OpenAIAPIKey, BaseURL: cfg.OpenAIBaseURL}))
+	}
 	return nil
 }

@@ -1,0 +1,47 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/loom-dev/loom/memory/membench"
+)
+
+const benchUsage = `Usage: loom bench memory [flags]
+
+Generates a clustered synthetic dataset from a fixed seed, computes exact ground truth, and reports recall@10,
+p50/p99 latency, QPS and ingest rate side by side for the embedded store, pgvector through direct SQL, pgvector
+through the memory store, and chromem-go, in one run. Postgres backends run when --postgres-url is set.
+`
+
+// benchCmd runs `loom bench ...`.
+func benchCmd(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer, stderr *os.File) error {
+	if len(args) == 0 || args[0] != "memory" {
+		fmt.Fprint(stderr, benchUsage)
+		return errors.New("bench: want 'loom bench memory'")
+	}
+	fs := flag.NewFlagSet("loom bench memory", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, benchUsage); fs.PrintDefaults() }
+	var cfg membench.Config
+	fs.IntVar(&cfg.N, "n", 100000, "vectors")
+	fs.IntVar(&cfg.Dim, "dim", 768, "dimension")
+	fs.IntVar(&cfg.Clusters, "clusters", 100, "clusters in the synthetic data")
+	fs.IntVar(&cfg.Queries, "queries", 200, "queries")
+	fs.IntVar(&cfg.K, "k", 10, "results per query")
+	seed := fs.Uint64("seed", 1, "dataset seed")
+	fs.IntVar(&cfg.EfSearch, "ef-search", 0, "hnsw.ef_search for the pgvector backends; 0 uses the store's default")
+	fs.StringVar(&cfg.PostgresURL, "postgres-url", getenv("LOOM_DATABASE_URL"), "Postgres with pgvector (env LOOM_DATABASE_URL); empty skips the Postgres backends")
+	backends := fs.String("backends", "", "comma-separated subset of localstore, pgstore, pgvector-sql, chromem")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	cfg.Seed = *seed
+	cfg.Backends = splitList(*backends)
+	_, err := membench.Run(ctx, stdout, cfg)
+	return err
+}
