@@ -6,16 +6,13 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
-	"connectrpc.com/validate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -25,12 +22,14 @@ import (
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
 	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/rpcserver"
+	"github.com/loom-dev/loom/internal/rpcserver/rpcservertest"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 )
 
-// tenantHeader carries the test tenant; the middleware turns it into a principal, as authentication would.
-const tenantHeader = "x-test-tenant"
+// tenantHeader carries the test tenant; rpcservertest.TenantAuthenticator turns it into a principal.
+const tenantHeader = rpcservertest.TenantHeader
 
 type harness struct {
 	server *agent.Server
@@ -58,29 +57,16 @@ func newHarnessOn(t *testing.T, dialect sqldb.Dialect, cfg agent.Config) *harnes
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc := srv.Service()
-	mux := http.NewServeMux()
-	mux.Handle(svc.Handler(connect.WithInterceptors(validate.NewInterceptor())))
-	withPrincipal := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tenant := r.Header.Get(tenantHeader)
-		if tenant == "" {
-			tenant = "t1"
+	// The real server (interceptors, limits) with the tenant from a test header, "t1" when absent.
+	auth := func(r *http.Request) (principal.Principal, error) {
+		if r.Header.Get(tenantHeader) == "" {
+			r.Header.Set(tenantHeader, "t1")
 		}
-		mux.ServeHTTP(w, r.WithContext(principal.NewContext(r.Context(), principal.Principal{Tenant: tenant, Subject: "test"})))
-	})
-	hs := httptest.NewUnstartedServer(withPrincipal)
-	hs.Config.Protocols = new(http.Protocols)
-	hs.Config.Protocols.SetHTTP1(true)
-	hs.Config.Protocols.SetUnencryptedHTTP2(true)
-	hs.Start()
-	t.Cleanup(hs.Close)
-
-	conn, err := grpc.NewClient(strings.TrimPrefix(hs.URL, "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
+		return rpcservertest.TenantAuthenticator(r)
 	}
-	t.Cleanup(func() { conn.Close() })
-	cc := agentv1connect.NewAgentServiceClient(hs.Client(), hs.URL)
+	hs := rpcservertest.Start(t, rpcserver.Config{}, auth, srv.Service())
+	conn := hs.GRPCConn(t)
+	cc := agentv1connect.NewAgentServiceClient(rpcservertest.HTTPClient(), hs.URL)
 	return &harness{server: srv, memory: mem, clients: map[string]agentv1.AgentServiceClient{
 		"connect": connectClient{cc},
 		"grpc":    agentv1.NewAgentServiceClient(conn),

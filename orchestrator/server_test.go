@@ -4,18 +4,13 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
-	"connectrpc.com/validate"
 	"github.com/google/go-cmp/cmp"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/testing/protocmp"
@@ -23,7 +18,8 @@ import (
 
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 	"github.com/loom-dev/loom/gen/loom/orchestrator/v1/orchestratorv1connect"
-	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/rpcserver"
+	"github.com/loom-dev/loom/internal/rpcserver/rpcservertest"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 	"github.com/loom-dev/loom/orchestrator"
@@ -32,15 +28,15 @@ import (
 	"github.com/loom-dev/loom/orchestrator/sqlstore"
 )
 
-// tenantHeader carries the tenant in tests; the middleware stands in for authentication.
-const tenantHeader = "X-Test-Tenant"
+// tenantHeader carries the tenant in tests; rpcservertest.TenantAuthenticator stands in for authentication.
+const tenantHeader = rpcservertest.TenantHeader
 
 type clients struct {
 	connect orchestratorv1connect.OrchestratorServiceClient
 	grpc    orchestratorv1.OrchestratorServiceClient
 }
 
-// start serves an orchestrator over h2c with the validate interceptor and returns Connect and grpc-go clients.
+// start serves an orchestrator on the real server (interceptors, limits) and returns Connect and grpc-go clients.
 func start(t *testing.T) clients { return startWith(t, nil) }
 
 // startWith serves an orchestrator; with agents, it has a run engine (SQLite) calling them.
@@ -69,29 +65,10 @@ func startWith(t *testing.T, agents *orchestratortest.Agents) clients {
 		opts = append(opts, orchestrator.WithRuns(eng), orchestrator.WithWatchPollInterval(20*time.Millisecond))
 	}
 	svc := orchestrator.New(nil, store, agents, nil, opts...).Service()
-	path, handler := svc.Handler(connect.WithInterceptors(validate.NewInterceptor()))
-	mux := http.NewServeMux()
-	mux.Handle(path, handler)
-	authn := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if tenant := r.Header.Get(tenantHeader); tenant != "" {
-			r = r.WithContext(principal.NewContext(r.Context(), principal.Principal{Tenant: tenant, Subject: "test"}))
-		}
-		mux.ServeHTTP(w, r)
-	})
-	srv := httptest.NewUnstartedServer(authn)
-	srv.Config.Protocols = new(http.Protocols)
-	srv.Config.Protocols.SetHTTP1(true)
-	srv.Config.Protocols.SetUnencryptedHTTP2(true)
-	srv.Start()
-	t.Cleanup(srv.Close)
-
-	conn, err := grpc.NewClient(strings.TrimPrefix(srv.URL, "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	srv := rpcservertest.Start(t, rpcserver.Config{}, rpcservertest.TenantAuthenticator, svc)
+	conn := srv.GRPCConn(t)
 	return clients{
-		connect: orchestratorv1connect.NewOrchestratorServiceClient(srv.Client(), srv.URL),
+		connect: orchestratorv1connect.NewOrchestratorServiceClient(rpcservertest.HTTPClient(), srv.URL),
 		grpc:    orchestratorv1.NewOrchestratorServiceClient(conn),
 	}
 }

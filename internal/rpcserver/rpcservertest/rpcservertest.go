@@ -4,6 +4,7 @@ package rpcservertest
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
 )
 
@@ -66,6 +68,19 @@ func Start(t testing.TB, cfg rpcserver.Config, auth rpcserver.Authenticator, ser
 
 // Stop shuts the server down gracefully and waits for it. It is also called when the test ends.
 func (s *Server) Stop() { s.stop() }
+
+// TenantHeader is the request header [TenantAuthenticator] reads.
+const TenantHeader = "X-Test-Tenant"
+
+// TenantAuthenticator stands in for authentication in service tests: the caller is the tenant named in the
+// X-Test-Tenant header (subject "test", role admin); a call without the header is unauthenticated.
+func TenantAuthenticator(r *http.Request) (principal.Principal, error) {
+	tenant := r.Header.Get(TenantHeader)
+	if tenant == "" {
+		return principal.Principal{}, errors.New("no " + TenantHeader + " header")
+	}
+	return principal.Principal{Tenant: tenant, Subject: "test", Roles: []string{"admin"}}, nil
+}
 
 // HTTPClient returns a client that speaks HTTP/2 cleartext (h2c) and HTTP/1.1, as Connect clients need for
 // streaming and gRPC.
