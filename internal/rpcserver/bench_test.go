@@ -22,7 +22,9 @@ import (
 func BenchmarkUnary(b *testing.B) {
 	mem := &fakeMemory{id: "bench"}
 	full := rpcservertest.Start(b, rpcserver.Config{}, nil, rpcserver.Service{Name: memoryv1connect.MemoryServiceName,
-		Handler: func(o ...connect.HandlerOption) (string, http.Handler) { return memoryv1connect.NewMemoryServiceHandler(mem, o...) }})
+		Handler: func(o ...connect.HandlerOption) (string, http.Handler) {
+			return memoryv1connect.NewMemoryServiceHandler(mem, o...)
+		}})
 
 	mux := http.NewServeMux()
 	mux.Handle(memoryv1connect.NewMemoryServiceHandler(mem))

@@ -81,7 +81,9 @@ func TestLoadSheddingRefusesFast(t *testing.T) {
 	t.Parallel()
 	ag := &slowAgent{release: make(chan struct{}), started: make(chan struct{}, 4)}
 	srv := rpcservertest.Start(t, rpcserver.Config{MaxInFlight: 2}, nil, rpcserver.Service{Name: agentv1connect.AgentServiceName,
-		Handler: func(o ...connect.HandlerOption) (string, http.Handler) { return agentv1connect.NewAgentServiceHandler(ag, o...) }})
+		Handler: func(o ...connect.HandlerOption) (string, http.Handler) {
+			return agentv1connect.NewAgentServiceHandler(ag, o...)
+		}})
 	c := agentv1connect.NewAgentServiceClient(rpcservertest.HTTPClient(), srv.URL)
 	ctx := context.Background()
 	errs := make(chan error, 2)
@@ -127,7 +129,9 @@ func (s *slowAgent) GetVideo(ctx context.Context, _ *connect.Request[agentv1.Get
 
 func TestHealthIsPublicEverythingElseNeedsCredentials(t *testing.T) {
 	t.Parallel()
-	refuse := func(*http.Request) (principal.Principal, error) { return principal.Principal{}, errors.New("no credentials") }
+	refuse := func(*http.Request) (principal.Principal, error) {
+		return principal.Principal{}, errors.New("no credentials")
+	}
 	srv := rpcservertest.Start(t, rpcserver.Config{Reflection: true}, refuse, services(&fakeMemory{id: "a"}, &fakeAgent{started: make(chan struct{})})...)
 	conn := srv.GRPCConn(t)
 	ctx := context.Background()
