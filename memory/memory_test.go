@@ -8,16 +8,12 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
-	"connectrpc.com/validate"
 	"github.com/google/go-cmp/cmp"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/testing/protocmp"
@@ -27,6 +23,8 @@ import (
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/gen/loom/memory/v1/memoryv1connect"
 	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/rpcserver"
+	"github.com/loom-dev/loom/internal/rpcserver/rpcservertest"
 	"github.com/loom-dev/loom/memory"
 	"github.com/loom-dev/loom/memory/localstore"
 )
@@ -136,40 +134,24 @@ func serve(t *testing.T) map[string]client {
 	t.Cleanup(func() { store.Close() })
 	srv := memory.New(slog.New(slog.NewTextHandler(io.Discard, nil)), store, nil)
 	svc := srv.Service()
-	mux := http.NewServeMux()
-	mux.Handle(svc.Handler(connect.WithInterceptors(validate.NewInterceptor())))
-	auth := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx := r.Context()
-		switch tn := r.Header.Get("x-test-tenant"); tn {
+	// The real server (interceptors, limits); the tenant comes from a test header: none means the local
+	// development principal, "-" an unauthenticated call.
+	auth := func(r *http.Request) (principal.Principal, error) {
+		switch tn := r.Header.Get(rpcservertest.TenantHeader); tn {
 		case "":
-			ctx = principal.NewContext(ctx, principal.Local)
+			return principal.Local, nil
 		case "-":
+			return principal.Principal{}, errors.New("no credentials")
 		default:
-			ctx = principal.NewContext(ctx, principal.Principal{Tenant: tn, Subject: "test"})
+			return rpcservertest.TenantAuthenticator(r)
 		}
-		mux.ServeHTTP(w, r.WithContext(ctx))
-	})
-	hs := httptest.NewUnstartedServer(auth)
-	hs.EnableHTTP2 = true
-	hs.Config.Protocols = new(http.Protocols)
-	hs.Config.Protocols.SetHTTP1(true)
-	hs.Config.Protocols.SetUnencryptedHTTP2(true)
-	hs.Start()
-	t.Cleanup(hs.Close)
+	}
+	hs := rpcservertest.Start(t, rpcserver.Config{}, auth, svc)
 	if err := svc.Ready(context.Background()); err != nil {
 		t.Fatalf("Ready: %v", err)
 	}
-
-	h2c := &http.Client{Transport: &http.Transport{Protocols: func() *http.Protocols {
-		p := new(http.Protocols)
-		p.SetUnencryptedHTTP2(true)
-		return p
-	}()}}
-	conn, err := grpc.NewClient(strings.TrimPrefix(hs.URL, "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	h2c := rpcservertest.HTTPClient()
+	conn := hs.GRPCConn(t)
 	return map[string]client{
 		"connect": connectClient{memoryv1connect.NewMemoryServiceClient(h2c, hs.URL)},
 		"grpc":    grpcClient{memoryv1.NewMemoryServiceClient(conn)},
