@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -269,3 +270,75 @@ func firstOfStream[T proto.Message](s interface{ Recv() (T, error) }, err error)
 }
 
 func fieldMask(paths ...string) *fieldmaskpb.FieldMask { return &fieldmaskpb.FieldMask{Paths: paths} }
+
+// TestCanarySecretsStaySecret plants canary provider keys and a service-token key, drives the paths that touch
+// them (a provider that fails, bad credentials, the audit trail), and checks that no canary appears in any
+// error, log line or audit row.
+func TestCanarySecretsStaySecret(t *testing.T) {
+	b := bins(t)
+	dataDir := t.TempDir()
+	seed := make([]byte, 32)
+	_, _ = rand.Read(seed)
+	tokenKey := base64.StdEncoding.EncodeToString(seed)
+	canaries := map[string]string{
+		"LOOM_OPENAI_API_KEY":     "sk-canary-openai-5b1d",
+		"LOOM_GEMINI_API_KEY":     "canary-gemini-77e0",
+		"LOOM_ELEVENLABS_API_KEY": "canary-eleven-19ab",
+		"LOOM_TAVUS_API_KEY":      "canary-tavus-4c2f",
+		"LOOM_SERVICE_TOKEN_KEY":  tokenKey,
+	}
+	env := os.Environ()
+	for k, v := range canaries {
+		env = append(env, k+"="+v)
+	}
+	key := createKey(t, b["loom"], dataDir, "acme", "admin")
+	// The OpenAI-compatible endpoint refuses connections: every model call fails.
+	p := startLoomWith(t, dataDir, env, "--auth", "required", "--openai-base-url", "http://127.0.0.1:1/v1")
+
+	conn, err := grpc.NewClient("passthrough:///"+p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+key)
+	ag := agentv1.NewAgentServiceClient(conn)
+	var errs []error
+	_, err = ag.CreateAgent(ctx, &agentv1.CreateAgentRequest{Agent: &agentv1.Agent{Name: "oai", Model: &agentv1.Model{Provider: agentv1.Provider_PROVIDER_OPENAI, Name: "gpt"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ag.Run(ctx, &agentv1.RunRequest{Agent: "oai", Input: "hello"})
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("failing provider: %v, want Unavailable", err)
+	}
+	errs = append(errs, err)
+	bad := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+key+"x")
+	_, err = ag.ListAgents(bad, &agentv1.ListAgentsRequest{})
+	errs = append(errs, err)
+	audit, err := adminv1.NewAdminServiceClient(conn).ListAuditEvents(ctx, &adminv1.ListAuditEventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs, err := ag.ListRuns(ctx, &agentv1.ListRunsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	p.cmd.Process.Kill()
+	<-p.done
+	p.done <- nil
+	haystacks := map[string]string{"logs": p.logs.String(), "audit": fmt.Sprint(audit), "runs": fmt.Sprint(runs)}
+	for i, e := range errs {
+		haystacks[fmt.Sprintf("error %d", i)] = fmt.Sprint(e)
+	}
+	for name, v := range canaries {
+		for where, text := range haystacks {
+			if strings.Contains(text, v) {
+				t.Errorf("%s appears in %s", name, where)
+			}
+		}
+	}
+	if strings.Contains(p.logs.String(), key) {
+		t.Error("the API key appears in the logs")
+	}
+}
