@@ -46,6 +46,7 @@ type config struct {
 	OIDCJWKSURL     string
 	OIDCJWKSFile    string
 	GatewayTargets  map[string]string
+	RescueAfter     time.Duration
 	GeminiBaseURL   string
 	OpenAIBaseURL   string
 	LogLevel        slog.Level
@@ -112,6 +113,7 @@ var serveFlags = []flagSpec{
 	{"gateway-admin", "LOOM_GATEWAY_ADMIN", "", "gateway: admin backends"},
 	{"gemini-base-url", "LOOM_GEMINI_BASE_URL", "", "Gemini API base URL; empty uses Google's"},
 	{"openai-base-url", "LOOM_OPENAI_BASE_URL", "", "OpenAI-compatible base URL (OpenAI, Ollama, vLLM, llama.cpp), e.g. http://localhost:11434/v1"},
+	{"rescue-after", "LOOM_RESCUE_AFTER", "1m", "orchestrator: a step job running this long without finishing is taken over by another replica (failover after a crash); a step that legitimately runs longer is re-run with the same idempotency key"},
 	{"log-level", "LOOM_LOG_LEVEL", "info", "debug, info, warn or error"},
 	{"log-format", "LOOM_LOG_FORMAT", "text", "text or json"},
 }
@@ -182,6 +184,7 @@ func parseServe(args []string, getenv func(string) string, out *os.File) (config
 	c.DefaultTimeout = dur("default-timeout")
 	c.MaxTimeout = dur("max-timeout")
 	c.ShutdownGrace = dur("shutdown-grace")
+	c.RescueAfter = dur("rescue-after")
 	c.MaxStreams = num("max-concurrent-streams")
 	c.MaxInFlight = num("max-in-flight")
 	if _, err := fmt.Sscan(get("rate-limit"), &c.RateLimit); err != nil || c.RateLimit < 0 || c.RateLimit != c.RateLimit {
@@ -270,6 +273,7 @@ func (c config) LogValue() slog.Value {
 		slog.Duration("default_timeout", c.DefaultTimeout),
 		slog.Duration("max_timeout", c.MaxTimeout),
 		slog.Duration("shutdown_grace", c.ShutdownGrace),
+		slog.Duration("rescue_after", c.RescueAfter),
 		slog.Int("max_concurrent_streams", c.MaxStreams),
 		slog.Int("max_in_flight", c.MaxInFlight),
 		slog.Float64("rate_limit", c.RateLimit),

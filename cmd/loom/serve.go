@@ -284,10 +284,10 @@ func buildOrchestrator(ctx context.Context, cfg config, logger *slog.Logger, c *
 	if db.Dialect == sqldb.Postgres {
 		pool, err = pgxpool.New(ctx, cfg.DatabaseURL)
 		if err == nil {
-			eng, err = engine.NewPostgres(ctx, logger, db, pool, c.agent, c.memory, engine.Config{})
+			eng, err = engine.NewPostgres(ctx, logger, db, pool, c.agent, c.memory, engine.Config{RescueStuckJobsAfter: cfg.RescueAfter})
 		}
 	} else {
-		eng, err = engine.NewSQLite(ctx, logger, db, c.agent, c.memory, engine.Config{})
+		eng, err = engine.NewSQLite(ctx, logger, db, c.agent, c.memory, engine.Config{RescueStuckJobsAfter: cfg.RescueAfter})
 	}
 	if err == nil {
 		err = eng.Start(context.WithoutCancel(ctx))

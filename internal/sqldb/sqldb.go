@@ -49,6 +49,9 @@ func Open(ctx context.Context, url string) (*DB, error) {
 			return nil, fmt.Errorf("open postgres: %w", err)
 		}
 		sqlDB.SetMaxOpenConns(16)
+		// Keep the connections open: opening one costs far more than a query (26% of CPU in the orchestrator's
+		// throughput benchmark with the default of 2 idle connections).
+		sqlDB.SetMaxIdleConns(16)
 		db = &DB{DB: sqlDB, Dialect: Postgres}
 	default:
 		path := strings.TrimPrefix(url, "sqlite:")

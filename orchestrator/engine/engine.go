@@ -47,8 +47,9 @@ import (
 type Config struct {
 	// Workers is how many step jobs run at once in this process; 0 means 16.
 	Workers int
-	// FetchPollInterval is how often idle workers look for jobs; 0 means 200ms. Lower means less latency
-	// between steps and more queries.
+	// FetchPollInterval is how often idle workers look for jobs; 0 means 200ms on Postgres (where new jobs also
+	// wake workers through LISTEN/NOTIFY) and 10ms on SQLite (which has no notifications, so the poll interval
+	// bounds the latency between steps; a poll is a cheap local query). Lower means less latency and more queries.
 	FetchPollInterval time.Duration
 	// RescueStuckJobsAfter is how long a running job may go without finishing before another process takes it
 	// over (after a crash); 0 means 15 minutes. It must exceed the longest step timeout.
@@ -92,6 +93,9 @@ func NewSQLite(ctx context.Context, logger *slog.Logger, db *sqldb.DB, agents ag
 	if db.Dialect != sqldb.SQLite {
 		return nil, fmt.Errorf("engine: NewSQLite needs a SQLite database, got %s", db.Dialect)
 	}
+	if cfg.FetchPollInterval <= 0 {
+		cfg.FetchPollInterval = 10 * time.Millisecond
+	}
 	e := newEngine(logger, db, agents, memory, cfg)
 	b, err := newSQLiteBackend(ctx, db, e.riverConfig())
 	if err != nil {
@@ -127,12 +131,17 @@ func (e *Engine) riverConfig() *river.Config {
 	workers := river.NewWorkers()
 	river.AddWorker(workers, &worker{e: e})
 	return &river.Config{
-		Queues:               map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: e.cfg.Workers}},
-		Workers:              workers,
-		FetchPollInterval:    e.cfg.FetchPollInterval,
-		FetchCooldown:        min(e.cfg.FetchPollInterval, 100*time.Millisecond),
+		Queues:            map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: e.cfg.Workers}},
+		Workers:           workers,
+		FetchPollInterval: e.cfg.FetchPollInterval,
+		// River fetches at most once per cooldown when woken by an insert or a notification; a short one lets a
+		// step start as soon as the step before it committed. The poll interval only matters while idle.
+		FetchCooldown:        min(2*time.Millisecond, e.cfg.FetchPollInterval),
 		RescueStuckJobsAfter: e.cfg.RescueStuckJobsAfter,
-		Logger:               e.logger,
+		// Every step job sets its own timeout (worker.Timeout); River's client-wide default (1 minute) would only
+		// make River reject a RescueStuckJobsAfter below it.
+		JobTimeout: min(e.cfg.RescueStuckJobsAfter, river.JobTimeoutDefault),
+		Logger:     e.logger,
 	}
 }
 

@@ -1,0 +1,343 @@
+package engine_test
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/riverdriver/riversqlite"
+
+	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
+	"github.com/loom-dev/loom/internal/sqldb"
+	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
+	"github.com/loom-dev/loom/orchestrator/blueprint"
+	"github.com/loom-dev/loom/orchestrator/engine"
+	"github.com/loom-dev/loom/orchestrator/orchestratortest"
+	"github.com/loom-dev/loom/orchestrator/sqlstore"
+)
+
+// The benchmarks measure their own baselines in the same process, on the same fresh database, so the reported
+// ratios do not depend on the machine:
+//
+//	BenchmarkSequentialStep:  per-step latency of a chain of durable agent steps vs one durable commit (a
+//	                          single-row INSERT in its own transaction). Targets: p50 <= 1.2 ms on Postgres,
+//	                          <= 0.5 ms on SQLite.
+//	BenchmarkIndependentSteps: burn-down of one-step runs vs River's own burn-down of as many no-op jobs with
+//	                          the same worker count and fetch settings. Target: >= 1.0x River.
+//
+// Run: LOOM_TEST_DATABASE_URL=... go test ./orchestrator/engine -run '^$' -bench . -benchtime 3s
+
+// benchConfigs are the engine settings measured: what `loom serve` runs (the zero Config), and a 1 ms fetch
+// poll (which also lowers River's fetch cooldown from 100 ms to 1 ms).
+var benchConfigs = []struct {
+	name string
+	cfg  engine.Config
+}{
+	{"default", engine.Config{}},
+	{"poll1ms", engine.Config{FetchPollInterval: time.Millisecond}},
+}
+
+type benchDB struct {
+	db    *sqldb.DB
+	pool  *pgxpool.Pool // Postgres only
+	store *sqlstore.Store
+}
+
+func openBenchDB(b *testing.B, dialect sqldb.Dialect) *benchDB {
+	b.Helper()
+	ctx := context.Background()
+	url := "sqlite:" + sqldbtest.SQLitePath(b)
+	if dialect == sqldb.Postgres {
+		url = sqldbtest.PostgresURL(b)
+	}
+	db, err := sqldb.Open(ctx, url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { db.Close() })
+	out := &benchDB{db: db}
+	if out.store, err = sqlstore.New(ctx, db); err != nil {
+		b.Fatal(err)
+	}
+	if dialect == sqldb.Postgres {
+		if out.pool, err = pgxpool.New(ctx, url); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(out.pool.Close)
+	}
+	return out
+}
+
+func (d *benchDB) engine(b *testing.B, cfg engine.Config) *engine.Engine {
+	b.Helper()
+	var (
+		eng *engine.Engine
+		err error
+	)
+	agents := &orchestratortest.Agents{}
+	if d.pool != nil {
+		eng, err = engine.NewPostgres(context.Background(), nil, d.db, d.pool, agents, nil, cfg)
+	} else {
+		eng, err = engine.NewSQLite(context.Background(), nil, d.db, agents, nil, cfg)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	return eng
+}
+
+func startEngine(b *testing.B, eng *engine.Engine) {
+	b.Helper()
+	if err := eng.Start(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = eng.Stop(ctx)
+	})
+}
+
+func (d *benchDB) blueprint(b *testing.B, name string, steps int) *orchestratorv1.Blueprint {
+	b.Helper()
+	var src strings.Builder
+	fmt.Fprintf(&src, "name: %s\nsteps:\n", name)
+	for i := range steps {
+		fmt.Fprintf(&src, "  - id: s%d\n    agent: {agent: a, input: \"'x'\"}\n", i)
+		if i > 0 {
+			fmt.Fprintf(&src, "    depends_on: [s%d]\n", i-1)
+		}
+	}
+	bp, errs := blueprint.Load(&orchestratorv1.BlueprintSource{Source: &orchestratorv1.BlueprintSource_Yaml{Yaml: src.String()}})
+	if len(errs) > 0 {
+		b.Fatalf("blueprint: %v", errs)
+	}
+	stored, err := d.store.CreateBlueprint(context.Background(), tenant, bp)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return stored
+}
+
+// commitFloor measures n durable commits of a single-row INSERT, each in its own transaction, through the same
+// path the engine writes with (the pgx pool on Postgres, database/sql on SQLite). It returns the median.
+func (d *benchDB) commitFloor(b *testing.B, n int) time.Duration {
+	b.Helper()
+	ctx := context.Background()
+	if _, err := d.db.ExecContext(ctx, `CREATE TABLE bench_floor (id BIGINT PRIMARY KEY, v TEXT NOT NULL)`); err != nil {
+		b.Fatal(err)
+	}
+	lat := make([]time.Duration, n)
+	for i := range n {
+		start := time.Now()
+		var err error
+		if d.pool != nil {
+			ptx, perr := d.pool.Begin(ctx)
+			if err = perr; err == nil {
+				if _, err = ptx.Exec(ctx, `INSERT INTO bench_floor (id, v) VALUES ($1, 'x')`, i); err == nil {
+					err = ptx.Commit(ctx)
+				}
+			}
+		} else {
+			stx, serr := d.db.BeginTx(ctx, nil)
+			if err = serr; err == nil {
+				if _, err = stx.ExecContext(ctx, `INSERT INTO bench_floor (id, v) VALUES (?, 'x')`, i); err == nil {
+					err = stx.Commit()
+				}
+			}
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		lat[i] = time.Since(start)
+	}
+	return percentile(lat, 50)
+}
+
+func percentile(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[min(len(s)-1, len(s)*p/100)]
+}
+
+// BenchmarkSequentialStep runs b.N agent steps as chains (runs of up to 20 steps, each depending on the one
+// before) against an instant agent, one run at a time.
+func BenchmarkSequentialStep(b *testing.B) {
+	for _, dialect := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
+		for _, c := range benchConfigs {
+			b.Run(string(dialect)+"/"+c.name, func(b *testing.B) {
+				target := 500 * time.Microsecond
+				if dialect == sqldb.Postgres {
+					target = 1200 * time.Microsecond
+				}
+				d := openBenchDB(b, dialect)
+				floor := d.commitFloor(b, 300)
+				eng := d.engine(b, c.cfg)
+				startEngine(b, eng)
+				const chain = 20
+				full := d.blueprint(b, "chain", chain)
+				var rest *orchestratorv1.Blueprint
+				if b.N%chain != 0 {
+					rest = d.blueprint(b, "rest", b.N%chain)
+				}
+				ctx := context.Background()
+				var perStep []time.Duration
+				b.ResetTimer()
+				for done := 0; done < b.N; {
+					bp := full
+					if b.N-done < chain {
+						bp = rest
+					}
+					r, err := eng.StartRun(ctx, tenant, bp, nil, "")
+					if err != nil {
+						b.Fatal(err)
+					}
+					for !isEnded(r.GetState()) {
+						time.Sleep(time.Millisecond)
+						if r, err = eng.GetRun(ctx, tenant, r.GetId()); err != nil {
+							b.Fatal(err)
+						}
+					}
+					if r.GetState() != orchestratorv1.RunState_RUN_STATE_SUCCEEDED {
+						b.Fatalf("run = %v", r)
+					}
+					// A step's latency: from the commit that made it ready to the commit that recorded its output.
+					for _, s := range r.GetSteps() {
+						perStep = append(perStep, s.GetEndTime().AsTime().Sub(s.GetStartTime().AsTime()))
+					}
+					done += len(r.GetSteps())
+				}
+				b.StopTimer()
+				wall := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+				p50 := percentile(perStep, 50)
+				b.ReportMetric(wall, "ns/step")
+				b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms/step")
+				b.ReportMetric(float64(percentile(perStep, 99).Microseconds())/1000, "p99-ms/step")
+				b.ReportMetric(float64(floor.Microseconds())/1000, "floor-ms/commit")
+				b.ReportMetric(float64(p50)/float64(floor), "p50/floor")
+				b.ReportMetric(float64(p50)/float64(target), "p50/target")
+			})
+		}
+	}
+}
+
+type noopArgs struct{}
+
+func (noopArgs) Kind() string { return "bench_noop" }
+
+// riverBurnDown inserts n no-op jobs, then starts a River client with the given workers and fetch settings and
+// times until all of them have run.
+func (d *benchDB) riverBurnDown(b *testing.B, n, workers int, poll, cooldown time.Duration) time.Duration {
+	b.Helper()
+	ctx := context.Background()
+	var ran atomic.Int64
+	done := make(chan struct{})
+	ws := river.NewWorkers()
+	river.AddWorker(ws, river.WorkFunc(func(context.Context, *river.Job[noopArgs]) error {
+		if ran.Add(1) == int64(n) {
+			close(done)
+		}
+		return nil
+	}))
+	cfg := &river.Config{
+		Queues:            map[string]river.QueueConfig{"bench_noop": {MaxWorkers: workers}},
+		Workers:           ws,
+		FetchPollInterval: poll,
+		FetchCooldown:     cooldown,
+	}
+	params := make([]river.InsertManyParams, n)
+	for i := range params {
+		params[i] = river.InsertManyParams{Args: noopArgs{}, InsertOpts: &river.InsertOpts{Queue: "bench_noop"}}
+	}
+	var (
+		start, stop func(context.Context) error
+		err         error
+	)
+	if d.pool != nil {
+		var c *river.Client[pgx.Tx]
+		if c, err = river.NewClient(riverpgxv5.New(d.pool), cfg); err == nil {
+			_, err = c.InsertMany(ctx, params)
+			start, stop = c.Start, c.Stop
+		}
+	} else {
+		var c *river.Client[*sql.Tx]
+		if c, err = river.NewClient(riversqlite.New(d.db.DB), cfg); err == nil {
+			_, err = c.InsertMany(ctx, params)
+			start, stop = c.Start, c.Stop
+		}
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	t0 := time.Now()
+	if err := start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(2 * time.Minute):
+		b.Fatalf("River burn-down: %d of %d jobs ran", ran.Load(), n)
+	}
+	elapsed := time.Since(t0)
+	stopCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_ = stop(stopCtx)
+	return elapsed
+}
+
+// BenchmarkIndependentSteps queues b.N one-step runs with the engine stopped, then starts it and times until
+// every run has succeeded; the baseline is River burning down b.N no-op jobs on the same database.
+func BenchmarkIndependentSteps(b *testing.B) {
+	for _, dialect := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
+		for _, c := range benchConfigs {
+			b.Run(string(dialect)+"/"+c.name, func(b *testing.B) {
+				ctx := context.Background()
+				d := openBenchDB(b, dialect)
+				eng := d.engine(b, c.cfg) // also applies River's migrations
+				bp := d.blueprint(b, "one", 1)
+				workers := 16 // engine.Config default
+				poll := 200 * time.Millisecond
+				if c.cfg.FetchPollInterval > 0 {
+					poll = c.cfg.FetchPollInterval
+				}
+				riverTime := d.riverBurnDown(b, b.N, workers, poll, min(poll, 100*time.Millisecond))
+				for range b.N {
+					if _, err := eng.StartRun(ctx, tenant, bp, nil, ""); err != nil {
+						b.Fatal(err)
+					}
+				}
+				count := `SELECT count(*) FROM runs WHERE state = ?`
+				b.ResetTimer()
+				startEngine(b, eng)
+				for {
+					var n int
+					if err := d.db.QueryRowContext(ctx, d.db.Rebind(count), int64(orchestratorv1.RunState_RUN_STATE_SUCCEEDED)).Scan(&n); err != nil {
+						b.Fatal(err)
+					}
+					if n == b.N {
+						break
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+				b.StopTimer()
+				engineRate := float64(b.N) / b.Elapsed().Seconds()
+				riverRate := float64(b.N) / riverTime.Seconds()
+				b.ReportMetric(engineRate, "steps/s")
+				b.ReportMetric(riverRate, "river-jobs/s")
+				b.ReportMetric(engineRate/riverRate, "x-river")
+			})
+		}
+	}
+}
