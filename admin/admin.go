@@ -1,4 +1,4 @@
-// Package admin is Loom's admin service: a tenant's API keys and its audit trail. Every RPC needs the admin role
+// Package admin is Loom's admin service: a tenant's API keys, its model provider keys and its audit trail. Every RPC needs the admin role
 // (declared in the contract and enforced by the server's authorization interceptor) and acts on the caller's own
 // tenant only.
 package admin
@@ -19,6 +19,7 @@ import (
 	"github.com/loom-dev/loom/internal/authn"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
+	"github.com/loom-dev/loom/internal/secrets"
 )
 
 var _ adminv1connect.AdminServiceHandler = (*Server)(nil)
@@ -28,11 +29,14 @@ type Server struct {
 	logger *slog.Logger
 	keys   *authn.KeyStore
 	trail  *audit.Store
+	// providers is nil when no master key is configured.
+	providers *secrets.ProviderKeys
 }
 
-// New returns a server over the key store and the audit store.
-func New(logger *slog.Logger, keys *authn.KeyStore, trail *audit.Store) *Server {
-	return &Server{logger: logger, keys: keys, trail: trail}
+// New returns a server over the key store, the audit store and the provider key store. providers may be nil (no
+// master key configured): the provider key RPCs then answer FailedPrecondition.
+func New(logger *slog.Logger, keys *authn.KeyStore, trail *audit.Store, providers *secrets.ProviderKeys) *Server {
+	return &Server{logger: logger, keys: keys, trail: trail, providers: providers}
 }
 
 // Service returns the service for the RPC server.
@@ -126,6 +130,64 @@ func (s *Server) ListAuditEvents(ctx context.Context, req *connect.Request[admin
 	return connect.NewResponse(res), nil
 }
 
+// errNoMasterKey answers the provider key RPCs of a server without a master key.
+var errNoMasterKey = connect.NewError(connect.CodeFailedPrecondition, errors.New("no master key configured (LOOM_MASTER_KEY)"))
+
+// SetProviderKey stores the tenant's key for a provider, encrypted. The key is never returned or logged.
+func (s *Server) SetProviderKey(ctx context.Context, req *connect.Request[adminv1.SetProviderKeyRequest]) (*connect.Response[adminv1.SetProviderKeyResponse], error) {
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if s.providers == nil {
+		return nil, errNoMasterKey
+	}
+	k, err := s.providers.Set(ctx, t, req.Msg.GetProvider(), req.Msg.GetKey())
+	if err != nil {
+		return nil, s.toConnect(ctx, err)
+	}
+	return connect.NewResponse(&adminv1.SetProviderKeyResponse{ProviderKey: providerKeyProto(k)}), nil
+}
+
+// DeleteProviderKey deletes the tenant's key for a provider.
+func (s *Server) DeleteProviderKey(ctx context.Context, req *connect.Request[adminv1.DeleteProviderKeyRequest]) (*connect.Response[adminv1.DeleteProviderKeyResponse], error) {
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if s.providers == nil {
+		return nil, errNoMasterKey
+	}
+	if err := s.providers.Delete(ctx, t, req.Msg.GetProvider()); err != nil {
+		return nil, s.toConnect(ctx, err)
+	}
+	return connect.NewResponse(&adminv1.DeleteProviderKeyResponse{}), nil
+}
+
+// ListProviderKeys lists the providers the tenant has a key for, without the keys.
+func (s *Server) ListProviderKeys(ctx context.Context, _ *connect.Request[adminv1.ListProviderKeysRequest]) (*connect.Response[adminv1.ListProviderKeysResponse], error) {
+	t, err := tenant(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if s.providers == nil {
+		return nil, errNoMasterKey
+	}
+	keys, err := s.providers.List(ctx, t)
+	if err != nil {
+		return nil, s.toConnect(ctx, err)
+	}
+	res := &adminv1.ListProviderKeysResponse{}
+	for _, k := range keys {
+		res.ProviderKeys = append(res.ProviderKeys, providerKeyProto(k))
+	}
+	return connect.NewResponse(res), nil
+}
+
+func providerKeyProto(k secrets.ProviderKey) *adminv1.ProviderKey {
+	return &adminv1.ProviderKey{Provider: k.Provider, UpdateTime: timestamppb.New(k.UpdatedAt)}
+}
+
 func toProto(k authn.Key) *adminv1.ApiKey {
 	out := &adminv1.ApiKey{Id: k.ID, Name: k.Name, Roles: k.Roles, CreateTime: timestamppb.New(k.CreatedAt)}
 	if !k.ExpiresAt.IsZero() {
@@ -147,6 +209,10 @@ func (s *Server) toConnect(ctx context.Context, err error) error {
 	case errors.Is(err, authn.ErrNotFound):
 		return connect.NewError(connect.CodeNotFound, errors.New("api key not found"))
 	case errors.Is(err, authn.ErrInvalidRole), errors.Is(err, authn.ErrInvalidArgument):
+		return connect.NewError(connect.CodeInvalidArgument, err)
+	case errors.Is(err, secrets.ErrNotFound):
+		return connect.NewError(connect.CodeNotFound, errors.New("provider key not found"))
+	case errors.Is(err, secrets.ErrInvalidArgument):
 		return connect.NewError(connect.CodeInvalidArgument, err)
 	case errors.Is(err, audit.ErrInvalidPageToken):
 		return connect.NewError(connect.CodeInvalidArgument, errors.New("page_token: invalid"))

@@ -27,6 +27,7 @@ import (
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
+	"github.com/loom-dev/loom/internal/secrets"
 )
 
 // Config configures the agent service's providers. The zero value works offline: the sim model, espeak-ng from
@@ -55,6 +56,13 @@ type Config struct {
 	EspeakPath string
 	// MemoryTimeout bounds the memory search before a run's first model call; 0 means 2 seconds.
 	MemoryTimeout time.Duration
+	// TenantKeys holds tenants' own provider keys, by provider "gemini", "openai", "elevenlabs" or "tavus"
+	// (*secrets.ProviderKeys implements it). A run, speech or video call uses its tenant's key when there is one,
+	// and the process key above otherwise; Get answers an error matching secrets.ErrNotFound when the tenant has
+	// none. The OpenAI and ElevenLabs base URLs stay the process's. nil means process keys only.
+	TenantKeys interface {
+		Get(ctx context.Context, tenant, provider string) (string, error)
+	}
 	// HTTPClient is used for model, speech and video providers (not for the http_fetch tool, which has its own
 	// guarded client); nil uses a client without an overall timeout, every call being bounded by its context.
 	HTTPClient *http.Client
@@ -104,6 +112,7 @@ type Server struct {
 	store  Store
 	memory memoryv1.MemoryServiceClient
 	cfg    Config
+	mcfg   model.Config // the process's model configuration, copied with a tenant's key for its runs
 	gemini *model.Gemini
 	openai *model.OpenAI
 
@@ -139,6 +148,7 @@ func New(logger *slog.Logger, store Store, memory memoryv1.MemoryServiceClient, 
 		store:       store,
 		memory:      memory,
 		cfg:         cfg,
+		mcfg:        mcfg,
 		gemini:      model.NewGemini(mcfg),
 		openai:      model.NewOpenAI(mcfg),
 		fetchPolicy: refuseInternal,
@@ -154,6 +164,22 @@ func (s *Server) Service() rpcserver.Service {
 			return agentv1connect.NewAgentServiceHandler(s, opts...)
 		},
 	}
+}
+
+// providerKey returns the key to call provider with for tenant: the tenant's own key when TenantKeys holds one,
+// else fallback (the process key). own reports which. Errors never contain a key.
+func (s *Server) providerKey(ctx context.Context, tenant, provider, fallback string) (key string, own bool, err error) {
+	if s.cfg.TenantKeys == nil {
+		return fallback, false, nil
+	}
+	key, err = s.cfg.TenantKeys.Get(ctx, tenant, provider)
+	switch {
+	case err == nil && key != "":
+		return key, true, nil
+	case err == nil, errors.Is(err, secrets.ErrNotFound):
+		return fallback, false, nil
+	}
+	return "", false, fmt.Errorf("tenant key for %s: %w", provider, err)
 }
 
 // errUnauthenticated means the context carries no principal.

@@ -2,17 +2,21 @@ package agent_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/loom-dev/loom/agent"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	"github.com/loom-dev/loom/internal/secrets"
 )
 
 // TestRunOpenAI runs an agent on an OpenAI-compatible endpoint that first asks for a tool, then answers from
@@ -70,5 +74,48 @@ func TestConfigMasksKeys(t *testing.T) {
 	}
 	if err := (agent.Config{TavusBaseURL: "ftp://x"}).Validate(); err == nil {
 		t.Error("Validate accepted an ftp base URL")
+	}
+}
+
+// fakeTenantKeys holds tenants' OpenAI keys for agent.Config.TenantKeys.
+type fakeTenantKeys map[string]string
+
+func (f fakeTenantKeys) Get(_ context.Context, tenant, provider string) (string, error) {
+	if k, ok := f[tenant+"/"+provider]; ok {
+		return k, nil
+	}
+	return "", fmt.Errorf("get provider key: %w", secrets.ErrNotFound)
+}
+
+// TestRunTenantKey shows a run using its tenant's own OpenAI key, and another tenant falling back to the
+// process key.
+func TestRunTenantKey(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var auths []string
+	llm := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		auths = append(auths, r.Header.Get("Authorization"))
+		mu.Unlock()
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprintf(w, "data: %s\n\n", `{"id":"1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"ok"}}]}`)
+		fmt.Fprint(w, "data: [DONE]\n\n")
+	}))
+	defer llm.Close()
+	h := newHarness(t, agent.Config{OpenAIAPIKey: "sk-process", OpenAIBaseURL: llm.URL + "/v1",
+		TenantKeys: fakeTenantKeys{"acme/openai": "sk-acme-own"}})
+	c := h.clients["grpc"]
+	for _, tenant := range []string{"acme", "globex"} {
+		ctx := asTenant(testCtx(t), tenant)
+		create(t, ctx, c, &agentv1.Agent{Name: "oai", Model: &agentv1.Model{Provider: agentv1.Provider_PROVIDER_OPENAI, Name: "gpt-test"}})
+		resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: "oai", Input: "hi"})
+		if err != nil || resp.GetRun().GetOutput() != "ok" {
+			t.Fatalf("%s: Run = %v, %v", tenant, resp.GetRun(), err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"Bearer sk-acme-own", "Bearer sk-process"}; !slices.Equal(auths, want) {
+		t.Errorf("Authorization headers = %q, want %q", auths, want)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/loom-dev/loom/agent/model"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/internal/secrets"
 )
 
 const (
@@ -317,7 +318,7 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 	if a.GetMemory().GetNamespace() != "" {
 		system += s.retrieve(ctx, a, run, send)
 	}
-	m, err := s.modelFor(a, run.GetInput())
+	m, err := s.modelFor(ctx, env.tenant, a, run.GetInput())
 	if err != nil {
 		return err
 	}
@@ -444,16 +445,28 @@ func (s *Server) retrieve(ctx context.Context, a *agentv1.Agent, run *agentv1.Ru
 	return "\n\nRelevant memories, most relevant first:" + b.String()
 }
 
-// modelFor returns the model of a. The sim is made per run and seeded by the input, so a run's behaviour
-// follows from its agent and input.
-func (s *Server) modelFor(a *agentv1.Agent, input string) (model.Model, error) {
+// modelFor returns the model of a, with tenant's own provider key when it has one. The sim is made per run and
+// seeded by the input, so a run's behaviour follows from its agent and input.
+func (s *Server) modelFor(ctx context.Context, tenant string, a *agentv1.Agent, input string) (model.Model, error) {
 	switch a.GetModel().GetProvider() {
 	case agentv1.Provider_PROVIDER_UNSPECIFIED, agentv1.Provider_PROVIDER_SIM:
 		return model.NewSim(a.GetModel().GetSim(), model.SeedFrom(input)), nil
 	case agentv1.Provider_PROVIDER_GEMINI:
-		return s.gemini, nil
+		key, own, err := s.providerKey(ctx, tenant, secrets.ProviderGemini, s.mcfg.GeminiAPIKey)
+		if err != nil || !own {
+			return s.gemini, err
+		}
+		cfg := s.mcfg
+		cfg.GeminiAPIKey = key
+		return model.NewGemini(cfg), nil
 	case agentv1.Provider_PROVIDER_OPENAI:
-		return s.openai, nil
+		key, own, err := s.providerKey(ctx, tenant, secrets.ProviderOpenAI, s.mcfg.OpenAIAPIKey)
+		if err != nil || !own {
+			return s.openai, err
+		}
+		cfg := s.mcfg
+		cfg.OpenAIAPIKey = key
+		return model.NewOpenAI(cfg), nil
 	}
 	return nil, preconditionError(fmt.Sprintf("unknown model provider %v", a.GetModel().GetProvider()))
 }

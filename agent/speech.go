@@ -16,6 +16,7 @@ import (
 	"connectrpc.com/connect"
 
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	"github.com/loom-dev/loom/internal/secrets"
 )
 
 const (
@@ -63,7 +64,7 @@ func (s *Server) SynthesizeSpeech(ctx context.Context, req *connect.Request[agen
 		if format == agentv1.AudioFormat_AUDIO_FORMAT_WAV {
 			return s.connectError(ctx, &FieldError{Field: "format", Reason: "ElevenLabs produces MP3 only; ask for AUDIO_FORMAT_MP3"})
 		}
-		err = s.speakElevenLabs(ctx, req.Msg.GetText(), voice.GetVoiceId(), send)
+		err = s.speakElevenLabs(ctx, tenant, req.Msg.GetText(), voice.GetVoiceId(), send)
 	default:
 		err = &FieldError{Field: "voice.provider", Reason: "unknown provider"}
 	}
@@ -116,8 +117,12 @@ func (s *Server) speakEspeak(ctx context.Context, text, voice string, send func(
 }
 
 // speakElevenLabs streams MP3 from ElevenLabs' text-to-speech stream endpoint.
-func (s *Server) speakElevenLabs(ctx context.Context, text, voiceID string, send func([]byte, string) error) error {
-	if s.cfg.ElevenLabsAPIKey == "" {
+func (s *Server) speakElevenLabs(ctx context.Context, tenant, text, voiceID string, send func([]byte, string) error) error {
+	apiKey, _, err := s.providerKey(ctx, tenant, secrets.ProviderElevenLabs, s.cfg.ElevenLabsAPIKey)
+	if err != nil {
+		return err
+	}
+	if apiKey == "" {
 		return preconditionError("ElevenLabs is not configured: no API key")
 	}
 	if voiceID == "" {
@@ -130,7 +135,7 @@ func (s *Server) speakElevenLabs(ctx context.Context, text, voiceID string, send
 	if err != nil {
 		return fmt.Errorf("elevenlabs: %w", err)
 	}
-	req.Header.Set("xi-api-key", s.cfg.ElevenLabsAPIKey)
+	req.Header.Set("xi-api-key", apiKey)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "audio/mpeg")
 	resp, err := s.providerClient().Do(req)

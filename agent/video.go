@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	"github.com/loom-dev/loom/internal/secrets"
 )
 
 const defaultTavusURL = "https://tavusapi.com"
@@ -42,7 +43,7 @@ func (s *Server) CreateVideo(ctx context.Context, req *connect.Request[agentv1.C
 		"video_name": tenant + "/" + req.Msg.GetName(),
 	})
 	var v tavusVideo
-	if err := s.tavus(ctx, http.MethodPost, "/v2/videos", body, "replica_id", &v); err != nil {
+	if err := s.tavus(ctx, tenant, http.MethodPost, "/v2/videos", body, "replica_id", &v); err != nil {
 		return nil, s.connectError(ctx, err)
 	}
 	if v.VideoID == "" {
@@ -58,7 +59,7 @@ func (s *Server) GetVideo(ctx context.Context, req *connect.Request[agentv1.GetV
 		return nil, s.connectError(ctx, err)
 	}
 	var v tavusVideo
-	if err := s.tavus(ctx, http.MethodGet, "/v2/videos/"+url.PathEscape(req.Msg.GetId()), nil, "id", &v); err != nil {
+	if err := s.tavus(ctx, tenant, http.MethodGet, "/v2/videos/"+url.PathEscape(req.Msg.GetId()), nil, "id", &v); err != nil {
 		return nil, s.connectError(ctx, err)
 	}
 	if !strings.HasPrefix(v.VideoName, tenant+"/") {
@@ -68,8 +69,12 @@ func (s *Server) GetVideo(ctx context.Context, req *connect.Request[agentv1.GetV
 }
 
 // tavus calls the Tavus API and decodes its JSON answer into out.
-func (s *Server) tavus(ctx context.Context, method, path string, body []byte, field string, out any) error {
-	if s.cfg.TavusAPIKey == "" {
+func (s *Server) tavus(ctx context.Context, tenant, method, path string, body []byte, field string, out any) error {
+	apiKey, _, err := s.providerKey(ctx, tenant, secrets.ProviderTavus, s.cfg.TavusAPIKey)
+	if err != nil {
+		return err
+	}
+	if apiKey == "" {
 		return preconditionError("video provider Tavus is not configured: no API key")
 	}
 	base := strings.TrimSuffix(orDefault(s.cfg.TavusBaseURL, defaultTavusURL), "/")
@@ -81,7 +86,7 @@ func (s *Server) tavus(ctx context.Context, method, path string, body []byte, fi
 	if err != nil {
 		return fmt.Errorf("tavus: %w", err)
 	}
-	req.Header.Set("x-api-key", s.cfg.TavusAPIKey)
+	req.Header.Set("x-api-key", apiKey)
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}

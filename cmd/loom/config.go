@@ -61,6 +61,9 @@ type secrets struct {
 	OpenAIAPIKey     string
 	ElevenLabsAPIKey string
 	TavusAPIKey      string
+	// MasterKey (base64 of 32 bytes) encrypts tenants' provider keys at rest; MasterKeyPrevious lists earlier
+	// master keys (comma-separated) that still open older values.
+	MasterKey, MasterKeyPrevious string
 	// ServiceTokenKey signs and verifies service-to-service tokens: a base64 Ed25519 seed, or (from the file
 	// variable) a PEM private key.
 	ServiceTokenKey string
@@ -76,6 +79,8 @@ var secretVars = []struct {
 	{"LOOM_ELEVENLABS_API_KEY", func(s *secrets) *string { return &s.ElevenLabsAPIKey }},
 	{"LOOM_TAVUS_API_KEY", func(s *secrets) *string { return &s.TavusAPIKey }},
 	{"LOOM_SERVICE_TOKEN_KEY", func(s *secrets) *string { return &s.ServiceTokenKey }},
+	{"LOOM_MASTER_KEY", func(s *secrets) *string { return &s.MasterKey }},
+	{"LOOM_MASTER_KEY_PREVIOUS", func(s *secrets) *string { return &s.MasterKeyPrevious }},
 }
 
 // flagSpec is one flag with the environment variable that backs it.
@@ -284,6 +289,7 @@ func (c config) LogValue() slog.Value {
 		slog.String("gemini_base_url", c.GeminiBaseURL),
 		slog.String("openai_base_url", c.OpenAIBaseURL),
 		slog.String("service_token_key", mask(c.Secrets.ServiceTokenKey)),
+		slog.String("master_key", mask(c.Secrets.MasterKey)),
 		slog.String("gemini_api_key", mask(c.Secrets.GeminiAPIKey)),
 		slog.String("openai_api_key", mask(c.Secrets.OpenAIAPIKey)),
 		slog.String("elevenlabs_api_key", mask(c.Secrets.ElevenLabsAPIKey)),

@@ -15,6 +15,7 @@ import (
 	"github.com/loom-dev/loom/internal/audit"
 	"github.com/loom-dev/loom/internal/authn"
 	"github.com/loom-dev/loom/internal/rpcserver"
+	sealed "github.com/loom-dev/loom/internal/secrets"
 	"github.com/loom-dev/loom/internal/sqldb"
 )
 
@@ -31,6 +32,7 @@ type security struct {
 	authenticate rpcserver.Authenticator
 	minter       *authn.Minter
 	keys         *authn.KeyStore
+	providerKeys *sealed.ProviderKeys // nil without LOOM_MASTER_KEY
 	trail        *audit.Store
 	db           *sqldb.DB
 }
@@ -53,6 +55,10 @@ func buildSecurity(ctx context.Context, cfg config, logger *slog.Logger) (*secur
 		return nil, err
 	}
 	if sec.trail, err = audit.Open(ctx, db); err != nil {
+		sec.Close()
+		return nil, err
+	}
+	if sec.providerKeys, err = providerKeys(ctx, cfg, db); err != nil {
 		sec.Close()
 		return nil, err
 	}
@@ -93,6 +99,30 @@ func buildSecurity(ctx context.Context, cfg config, logger *slog.Logger) (*secur
 	}
 	sec.authenticate = a.Authenticate
 	return sec, nil
+}
+
+// providerKeys opens the store of tenants' own provider keys, sealed under LOOM_MASTER_KEY; nil without one.
+func providerKeys(ctx context.Context, cfg config, db *sqldb.DB) (*sealed.ProviderKeys, error) {
+	if cfg.Secrets.MasterKey == "" {
+		return nil, nil
+	}
+	cur, err := sealed.DecodeKey(cfg.Secrets.MasterKey)
+	if err != nil {
+		return nil, fmt.Errorf("LOOM_MASTER_KEY: %w", err)
+	}
+	var prev [][]byte
+	for _, v := range splitList(cfg.Secrets.MasterKeyPrevious) {
+		k, err := sealed.DecodeKey(v)
+		if err != nil {
+			return nil, fmt.Errorf("LOOM_MASTER_KEY_PREVIOUS: %w", err)
+		}
+		prev = append(prev, k)
+	}
+	box, err := sealed.NewBox(cur, prev...)
+	if err != nil {
+		return nil, err
+	}
+	return sealed.NewProviderKeys(ctx, db, box)
 }
 
 // serviceKey loads the service-token signing key, or makes one for this process alone.

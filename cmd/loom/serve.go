@@ -191,11 +191,11 @@ func buildService(ctx context.Context, name string, cfg config, logger *slog.Log
 	logger = logger.With("service", name)
 	switch name {
 	case "admin":
-		return admin.New(logger, sec.keys, sec.trail).Service(), nil, nil
+		return admin.New(logger, sec.keys, sec.trail, sec.providerKeys).Service(), nil, nil
 	case "memory":
 		return buildMemory(ctx, cfg, logger)
 	case "agent":
-		return buildAgent(ctx, cfg, logger, c)
+		return buildAgent(ctx, cfg, logger, c, sec)
 	case "orchestrator":
 		return buildOrchestrator(ctx, cfg, logger, c)
 	}
@@ -243,7 +243,7 @@ func buildMemory(ctx context.Context, cfg config, logger *slog.Logger) (rpcserve
 }
 
 // buildAgent opens the agent store (SQLite in the data dir, or Postgres) and gives the agent its memory client.
-func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients) (rpcserver.Service, func(), error) {
+func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients, sec *security) (rpcserver.Service, func(), error) {
 	db, err := openDB(ctx, cfg, "agent.db")
 	if err != nil {
 		return rpcserver.Service{}, nil, err
@@ -253,14 +253,18 @@ func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients
 		db.Close()
 		return rpcserver.Service{}, nil, err
 	}
-	srv, err := agent.New(logger, store, c.memory, agent.Config{
+	acfg := agent.Config{
 		GeminiAPIKey:     cfg.Secrets.GeminiAPIKey,
 		GeminiBaseURL:    cfg.GeminiBaseURL,
 		OpenAIAPIKey:     cfg.Secrets.OpenAIAPIKey,
 		OpenAIBaseURL:    cfg.OpenAIBaseURL,
 		ElevenLabsAPIKey: cfg.Secrets.ElevenLabsAPIKey,
 		TavusAPIKey:      cfg.Secrets.TavusAPIKey,
-	})
+	}
+	if sec.providerKeys != nil { // a nil *ProviderKeys in the interface would count as set
+		acfg.TenantKeys = sec.providerKeys
+	}
+	srv, err := agent.New(logger, store, c.memory, acfg)
 	if err != nil {
 		db.Close()
 		return rpcserver.Service{}, nil, err

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -286,7 +287,9 @@ func TestCanarySecretsStaySecret(t *testing.T) {
 		"LOOM_ELEVENLABS_API_KEY": "canary-eleven-19ab",
 		"LOOM_TAVUS_API_KEY":      "canary-tavus-4c2f",
 		"LOOM_SERVICE_TOKEN_KEY":  tokenKey,
+		"LOOM_MASTER_KEY":         base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef")),
 	}
+	const tenantKey = "sk-canary-tenant-own-key-93e1"
 	env := os.Environ()
 	for k, v := range canaries {
 		env = append(env, k+"="+v)
@@ -306,6 +309,14 @@ func TestCanarySecretsStaySecret(t *testing.T) {
 	_, err = ag.CreateAgent(ctx, &agentv1.CreateAgentRequest{Agent: &agentv1.Agent{Name: "oai", Model: &agentv1.Model{Provider: agentv1.Provider_PROVIDER_OPENAI, Name: "gpt"}}})
 	if err != nil {
 		t.Fatal(err)
+	}
+	adm := adminv1.NewAdminServiceClient(conn)
+	if _, err := adm.SetProviderKey(ctx, &adminv1.SetProviderKeyRequest{Provider: "openai", Key: tenantKey}); err != nil {
+		t.Fatalf("SetProviderKey: %v", err)
+	}
+	listed, err := adm.ListProviderKeys(ctx, &adminv1.ListProviderKeysRequest{})
+	if err != nil || len(listed.GetProviderKeys()) != 1 {
+		t.Fatalf("ListProviderKeys: %v %v", listed, err)
 	}
 	_, err = ag.Run(ctx, &agentv1.RunRequest{Agent: "oai", Input: "hello"})
 	if status.Code(err) != codes.Unavailable {
@@ -327,12 +338,22 @@ func TestCanarySecretsStaySecret(t *testing.T) {
 	p.cmd.Process.Kill()
 	<-p.done
 	p.done <- nil
-	haystacks := map[string]string{"logs": p.logs.String(), "audit": fmt.Sprint(audit), "runs": fmt.Sprint(runs)}
+	db, err := os.ReadFile(filepath.Join(dataDir, "auth.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wal, _ := os.ReadFile(filepath.Join(dataDir, "auth.db-wal"))
+	haystacks := map[string]string{"logs": p.logs.String(), "audit": fmt.Sprint(audit), "runs": fmt.Sprint(runs),
+		"listed provider keys": fmt.Sprint(listed), "auth database": string(db) + string(wal)}
+	canaries["tenant provider key"] = tenantKey
 	for i, e := range errs {
 		haystacks[fmt.Sprintf("error %d", i)] = fmt.Sprint(e)
 	}
 	for name, v := range canaries {
 		for where, text := range haystacks {
+			if name == "LOOM_MASTER_KEY" && where == "auth database" {
+				continue // random bytes could collide; the sealed tenant key is what matters there
+			}
 			if strings.Contains(text, v) {
 				t.Errorf("%s appears in %s", name, where)
 			}

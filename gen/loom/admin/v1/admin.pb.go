@@ -601,6 +601,328 @@ func (x *ListAuditEventsResponse) GetNextPageToken() string {
 	return ""
 }
 
+// ProviderKey describes a tenant's provider key. It never carries the key.
+type ProviderKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Provider: "gemini", "openai", "elevenlabs" or "tavus".
+	Provider string `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	// When the key was last set.
+	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProviderKey) Reset() {
+	*x = ProviderKey{}
+	mi := &file_loom_admin_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProviderKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProviderKey) ProtoMessage() {}
+
+func (x *ProviderKey) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_admin_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProviderKey.ProtoReflect.Descriptor instead.
+func (*ProviderKey) Descriptor() ([]byte, []int) {
+	return file_loom_admin_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ProviderKey) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *ProviderKey) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+// SetProviderKeyRequest is the request of SetProviderKey.
+type SetProviderKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Provider: "gemini", "openai", "elevenlabs" or "tavus".
+	Provider string `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	// The provider's API key, 1 to 4096 bytes. Write-only: stored encrypted, never returned or logged.
+	Key           string `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetProviderKeyRequest) Reset() {
+	*x = SetProviderKeyRequest{}
+	mi := &file_loom_admin_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetProviderKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetProviderKeyRequest) ProtoMessage() {}
+
+func (x *SetProviderKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_admin_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetProviderKeyRequest.ProtoReflect.Descriptor instead.
+func (*SetProviderKeyRequest) Descriptor() ([]byte, []int) {
+	return file_loom_admin_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SetProviderKeyRequest) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *SetProviderKeyRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+// SetProviderKeyResponse is the response of SetProviderKey. It never carries the key.
+type SetProviderKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stored key's provider and update time.
+	ProviderKey   *ProviderKey `protobuf:"bytes,1,opt,name=provider_key,json=providerKey,proto3" json:"provider_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetProviderKeyResponse) Reset() {
+	*x = SetProviderKeyResponse{}
+	mi := &file_loom_admin_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetProviderKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetProviderKeyResponse) ProtoMessage() {}
+
+func (x *SetProviderKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_admin_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetProviderKeyResponse.ProtoReflect.Descriptor instead.
+func (*SetProviderKeyResponse) Descriptor() ([]byte, []int) {
+	return file_loom_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SetProviderKeyResponse) GetProviderKey() *ProviderKey {
+	if x != nil {
+		return x.ProviderKey
+	}
+	return nil
+}
+
+// DeleteProviderKeyRequest is the request of DeleteProviderKey.
+type DeleteProviderKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Provider: "gemini", "openai", "elevenlabs" or "tavus".
+	Provider      string `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteProviderKeyRequest) Reset() {
+	*x = DeleteProviderKeyRequest{}
+	mi := &file_loom_admin_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteProviderKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteProviderKeyRequest) ProtoMessage() {}
+
+func (x *DeleteProviderKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_admin_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteProviderKeyRequest.ProtoReflect.Descriptor instead.
+func (*DeleteProviderKeyRequest) Descriptor() ([]byte, []int) {
+	return file_loom_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *DeleteProviderKeyRequest) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+// DeleteProviderKeyResponse is the response of DeleteProviderKey.
+type DeleteProviderKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteProviderKeyResponse) Reset() {
+	*x = DeleteProviderKeyResponse{}
+	mi := &file_loom_admin_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteProviderKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteProviderKeyResponse) ProtoMessage() {}
+
+func (x *DeleteProviderKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_admin_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteProviderKeyResponse.ProtoReflect.Descriptor instead.
+func (*DeleteProviderKeyResponse) Descriptor() ([]byte, []int) {
+	return file_loom_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+// ListProviderKeysRequest is the request of ListProviderKeys.
+type ListProviderKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListProviderKeysRequest) Reset() {
+	*x = ListProviderKeysRequest{}
+	mi := &file_loom_admin_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListProviderKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListProviderKeysRequest) ProtoMessage() {}
+
+func (x *ListProviderKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_admin_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListProviderKeysRequest.ProtoReflect.Descriptor instead.
+func (*ListProviderKeysRequest) Descriptor() ([]byte, []int) {
+	return file_loom_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+// ListProviderKeysResponse is the response of ListProviderKeys.
+type ListProviderKeysResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant's provider keys, by provider name; without the keys.
+	ProviderKeys  []*ProviderKey `protobuf:"bytes,1,rep,name=provider_keys,json=providerKeys,proto3" json:"provider_keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListProviderKeysResponse) Reset() {
+	*x = ListProviderKeysResponse{}
+	mi := &file_loom_admin_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListProviderKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListProviderKeysResponse) ProtoMessage() {}
+
+func (x *ListProviderKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_admin_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListProviderKeysResponse.ProtoReflect.Descriptor instead.
+func (*ListProviderKeysResponse) Descriptor() ([]byte, []int) {
+	return file_loom_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ListProviderKeysResponse) GetProviderKeys() []*ProviderKey {
+	if x != nil {
+		return x.ProviderKeys
+	}
+	return nil
+}
+
 var File_loom_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_loom_admin_v1_admin_proto_rawDesc = "" +
@@ -647,12 +969,33 @@ const file_loom_admin_v1_admin_proto_rawDesc = "" +
 	"page_token\x18\x02 \x01(\tB\b\xbaH\x05r\x03(\x80\bR\tpageToken\"t\n" +
 	"\x17ListAuditEventsResponse\x121\n" +
 	"\x06events\x18\x01 \x03(\v2\x19.loom.admin.v1.AuditEventR\x06events\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\x99\x03\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"f\n" +
+	"\vProviderKey\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\x12;\n" +
+	"\vupdate_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\"{\n" +
+	"\x15SetProviderKeyRequest\x12D\n" +
+	"\bprovider\x18\x01 \x01(\tB(\xbaH%r#R\x06geminiR\x06openaiR\n" +
+	"elevenlabsR\x05tavusR\bprovider\x12\x1c\n" +
+	"\x03key\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05 \x01(\x80 R\x03key\"W\n" +
+	"\x16SetProviderKeyResponse\x12=\n" +
+	"\fprovider_key\x18\x01 \x01(\v2\x1a.loom.admin.v1.ProviderKeyR\vproviderKey\"`\n" +
+	"\x18DeleteProviderKeyRequest\x12D\n" +
+	"\bprovider\x18\x01 \x01(\tB(\xbaH%r#R\x06geminiR\x06openaiR\n" +
+	"elevenlabsR\x05tavusR\bprovider\"\x1b\n" +
+	"\x19DeleteProviderKeyResponse\"\x19\n" +
+	"\x17ListProviderKeysRequest\"[\n" +
+	"\x18ListProviderKeysResponse\x12?\n" +
+	"\rprovider_keys\x18\x01 \x03(\v2\x1a.loom.admin.v1.ProviderKeyR\fproviderKeys2\xe0\x05\n" +
 	"\fAdminService\x12]\n" +
 	"\fCreateApiKey\x12\".loom.admin.v1.CreateApiKeyRequest\x1a#.loom.admin.v1.CreateApiKeyResponse\"\x04\xc8\xf3\x18\x03\x12]\n" +
 	"\vListApiKeys\x12!.loom.admin.v1.ListApiKeysRequest\x1a\".loom.admin.v1.ListApiKeysResponse\"\a\xc8\xf3\x18\x03\x90\x02\x01\x12`\n" +
 	"\fRevokeApiKey\x12\".loom.admin.v1.RevokeApiKeyRequest\x1a#.loom.admin.v1.RevokeApiKeyResponse\"\a\xc8\xf3\x18\x03\x90\x02\x02\x12i\n" +
-	"\x0fListAuditEvents\x12%.loom.admin.v1.ListAuditEventsRequest\x1a&.loom.admin.v1.ListAuditEventsResponse\"\a\xc8\xf3\x18\x03\x90\x02\x01B\xa9\x01\n" +
+	"\x0fListAuditEvents\x12%.loom.admin.v1.ListAuditEventsRequest\x1a&.loom.admin.v1.ListAuditEventsResponse\"\a\xc8\xf3\x18\x03\x90\x02\x01\x12f\n" +
+	"\x0eSetProviderKey\x12$.loom.admin.v1.SetProviderKeyRequest\x1a%.loom.admin.v1.SetProviderKeyResponse\"\a\xc8\xf3\x18\x03\x90\x02\x02\x12o\n" +
+	"\x11DeleteProviderKey\x12'.loom.admin.v1.DeleteProviderKeyRequest\x1a(.loom.admin.v1.DeleteProviderKeyResponse\"\a\xc8\xf3\x18\x03\x90\x02\x02\x12l\n" +
+	"\x10ListProviderKeys\x12&.loom.admin.v1.ListProviderKeysRequest\x1a'.loom.admin.v1.ListProviderKeysResponse\"\a\xc8\xf3\x18\x03\x90\x02\x01B\xa9\x01\n" +
 	"\x11com.loom.admin.v1B\n" +
 	"AdminProtoP\x01Z2github.com/loom-dev/loom/gen/loom/admin/v1;adminv1\xa2\x02\x03LAX\xaa\x02\rLoom.Admin.V1\xca\x02\rLoom\\Admin\\V1\xe2\x02\x19Loom\\Admin\\V1\\GPBMetadata\xea\x02\x0fLoom::Admin::V1b\x06proto3"
 
@@ -668,42 +1011,58 @@ func file_loom_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_loom_admin_v1_admin_proto_rawDescData
 }
 
-var file_loom_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_loom_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_loom_admin_v1_admin_proto_goTypes = []any{
-	(*ApiKey)(nil),                  // 0: loom.admin.v1.ApiKey
-	(*CreateApiKeyRequest)(nil),     // 1: loom.admin.v1.CreateApiKeyRequest
-	(*CreateApiKeyResponse)(nil),    // 2: loom.admin.v1.CreateApiKeyResponse
-	(*ListApiKeysRequest)(nil),      // 3: loom.admin.v1.ListApiKeysRequest
-	(*ListApiKeysResponse)(nil),     // 4: loom.admin.v1.ListApiKeysResponse
-	(*RevokeApiKeyRequest)(nil),     // 5: loom.admin.v1.RevokeApiKeyRequest
-	(*RevokeApiKeyResponse)(nil),    // 6: loom.admin.v1.RevokeApiKeyResponse
-	(*AuditEvent)(nil),              // 7: loom.admin.v1.AuditEvent
-	(*ListAuditEventsRequest)(nil),  // 8: loom.admin.v1.ListAuditEventsRequest
-	(*ListAuditEventsResponse)(nil), // 9: loom.admin.v1.ListAuditEventsResponse
-	(*timestamppb.Timestamp)(nil),   // 10: google.protobuf.Timestamp
+	(*ApiKey)(nil),                    // 0: loom.admin.v1.ApiKey
+	(*CreateApiKeyRequest)(nil),       // 1: loom.admin.v1.CreateApiKeyRequest
+	(*CreateApiKeyResponse)(nil),      // 2: loom.admin.v1.CreateApiKeyResponse
+	(*ListApiKeysRequest)(nil),        // 3: loom.admin.v1.ListApiKeysRequest
+	(*ListApiKeysResponse)(nil),       // 4: loom.admin.v1.ListApiKeysResponse
+	(*RevokeApiKeyRequest)(nil),       // 5: loom.admin.v1.RevokeApiKeyRequest
+	(*RevokeApiKeyResponse)(nil),      // 6: loom.admin.v1.RevokeApiKeyResponse
+	(*AuditEvent)(nil),                // 7: loom.admin.v1.AuditEvent
+	(*ListAuditEventsRequest)(nil),    // 8: loom.admin.v1.ListAuditEventsRequest
+	(*ListAuditEventsResponse)(nil),   // 9: loom.admin.v1.ListAuditEventsResponse
+	(*ProviderKey)(nil),               // 10: loom.admin.v1.ProviderKey
+	(*SetProviderKeyRequest)(nil),     // 11: loom.admin.v1.SetProviderKeyRequest
+	(*SetProviderKeyResponse)(nil),    // 12: loom.admin.v1.SetProviderKeyResponse
+	(*DeleteProviderKeyRequest)(nil),  // 13: loom.admin.v1.DeleteProviderKeyRequest
+	(*DeleteProviderKeyResponse)(nil), // 14: loom.admin.v1.DeleteProviderKeyResponse
+	(*ListProviderKeysRequest)(nil),   // 15: loom.admin.v1.ListProviderKeysRequest
+	(*ListProviderKeysResponse)(nil),  // 16: loom.admin.v1.ListProviderKeysResponse
+	(*timestamppb.Timestamp)(nil),     // 17: google.protobuf.Timestamp
 }
 var file_loom_admin_v1_admin_proto_depIdxs = []int32{
-	10, // 0: loom.admin.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
-	10, // 1: loom.admin.v1.ApiKey.expire_time:type_name -> google.protobuf.Timestamp
-	10, // 2: loom.admin.v1.ApiKey.revoke_time:type_name -> google.protobuf.Timestamp
-	10, // 3: loom.admin.v1.CreateApiKeyRequest.expire_time:type_name -> google.protobuf.Timestamp
+	17, // 0: loom.admin.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
+	17, // 1: loom.admin.v1.ApiKey.expire_time:type_name -> google.protobuf.Timestamp
+	17, // 2: loom.admin.v1.ApiKey.revoke_time:type_name -> google.protobuf.Timestamp
+	17, // 3: loom.admin.v1.CreateApiKeyRequest.expire_time:type_name -> google.protobuf.Timestamp
 	0,  // 4: loom.admin.v1.CreateApiKeyResponse.key:type_name -> loom.admin.v1.ApiKey
 	0,  // 5: loom.admin.v1.ListApiKeysResponse.keys:type_name -> loom.admin.v1.ApiKey
-	10, // 6: loom.admin.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	17, // 6: loom.admin.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
 	7,  // 7: loom.admin.v1.ListAuditEventsResponse.events:type_name -> loom.admin.v1.AuditEvent
-	1,  // 8: loom.admin.v1.AdminService.CreateApiKey:input_type -> loom.admin.v1.CreateApiKeyRequest
-	3,  // 9: loom.admin.v1.AdminService.ListApiKeys:input_type -> loom.admin.v1.ListApiKeysRequest
-	5,  // 10: loom.admin.v1.AdminService.RevokeApiKey:input_type -> loom.admin.v1.RevokeApiKeyRequest
-	8,  // 11: loom.admin.v1.AdminService.ListAuditEvents:input_type -> loom.admin.v1.ListAuditEventsRequest
-	2,  // 12: loom.admin.v1.AdminService.CreateApiKey:output_type -> loom.admin.v1.CreateApiKeyResponse
-	4,  // 13: loom.admin.v1.AdminService.ListApiKeys:output_type -> loom.admin.v1.ListApiKeysResponse
-	6,  // 14: loom.admin.v1.AdminService.RevokeApiKey:output_type -> loom.admin.v1.RevokeApiKeyResponse
-	9,  // 15: loom.admin.v1.AdminService.ListAuditEvents:output_type -> loom.admin.v1.ListAuditEventsResponse
-	12, // [12:16] is the sub-list for method output_type
-	8,  // [8:12] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	17, // 8: loom.admin.v1.ProviderKey.update_time:type_name -> google.protobuf.Timestamp
+	10, // 9: loom.admin.v1.SetProviderKeyResponse.provider_key:type_name -> loom.admin.v1.ProviderKey
+	10, // 10: loom.admin.v1.ListProviderKeysResponse.provider_keys:type_name -> loom.admin.v1.ProviderKey
+	1,  // 11: loom.admin.v1.AdminService.CreateApiKey:input_type -> loom.admin.v1.CreateApiKeyRequest
+	3,  // 12: loom.admin.v1.AdminService.ListApiKeys:input_type -> loom.admin.v1.ListApiKeysRequest
+	5,  // 13: loom.admin.v1.AdminService.RevokeApiKey:input_type -> loom.admin.v1.RevokeApiKeyRequest
+	8,  // 14: loom.admin.v1.AdminService.ListAuditEvents:input_type -> loom.admin.v1.ListAuditEventsRequest
+	11, // 15: loom.admin.v1.AdminService.SetProviderKey:input_type -> loom.admin.v1.SetProviderKeyRequest
+	13, // 16: loom.admin.v1.AdminService.DeleteProviderKey:input_type -> loom.admin.v1.DeleteProviderKeyRequest
+	15, // 17: loom.admin.v1.AdminService.ListProviderKeys:input_type -> loom.admin.v1.ListProviderKeysRequest
+	2,  // 18: loom.admin.v1.AdminService.CreateApiKey:output_type -> loom.admin.v1.CreateApiKeyResponse
+	4,  // 19: loom.admin.v1.AdminService.ListApiKeys:output_type -> loom.admin.v1.ListApiKeysResponse
+	6,  // 20: loom.admin.v1.AdminService.RevokeApiKey:output_type -> loom.admin.v1.RevokeApiKeyResponse
+	9,  // 21: loom.admin.v1.AdminService.ListAuditEvents:output_type -> loom.admin.v1.ListAuditEventsResponse
+	12, // 22: loom.admin.v1.AdminService.SetProviderKey:output_type -> loom.admin.v1.SetProviderKeyResponse
+	14, // 23: loom.admin.v1.AdminService.DeleteProviderKey:output_type -> loom.admin.v1.DeleteProviderKeyResponse
+	16, // 24: loom.admin.v1.AdminService.ListProviderKeys:output_type -> loom.admin.v1.ListProviderKeysResponse
+	18, // [18:25] is the sub-list for method output_type
+	11, // [11:18] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_loom_admin_v1_admin_proto_init() }
@@ -717,7 +1076,7 @@ func file_loom_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_admin_v1_admin_proto_rawDesc), len(file_loom_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,17 +19,20 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_CreateApiKey_FullMethodName    = "/loom.admin.v1.AdminService/CreateApiKey"
-	AdminService_ListApiKeys_FullMethodName     = "/loom.admin.v1.AdminService/ListApiKeys"
-	AdminService_RevokeApiKey_FullMethodName    = "/loom.admin.v1.AdminService/RevokeApiKey"
-	AdminService_ListAuditEvents_FullMethodName = "/loom.admin.v1.AdminService/ListAuditEvents"
+	AdminService_CreateApiKey_FullMethodName      = "/loom.admin.v1.AdminService/CreateApiKey"
+	AdminService_ListApiKeys_FullMethodName       = "/loom.admin.v1.AdminService/ListApiKeys"
+	AdminService_RevokeApiKey_FullMethodName      = "/loom.admin.v1.AdminService/RevokeApiKey"
+	AdminService_ListAuditEvents_FullMethodName   = "/loom.admin.v1.AdminService/ListAuditEvents"
+	AdminService_SetProviderKey_FullMethodName    = "/loom.admin.v1.AdminService/SetProviderKey"
+	AdminService_DeleteProviderKey_FullMethodName = "/loom.admin.v1.AdminService/DeleteProviderKey"
+	AdminService_ListProviderKeys_FullMethodName  = "/loom.admin.v1.AdminService/ListProviderKeys"
 )
 
 // AdminServiceClient is the client API for AdminService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AdminService manages a tenant's API keys and reads its audit trail. Every RPC needs the admin role, and acts
+// AdminService manages a tenant's API keys and model provider keys, and reads its audit trail. Every RPC needs the admin role, and acts
 // on the caller's own tenant only.
 type AdminServiceClient interface {
 	// CreateApiKey creates an API key. The secret is returned once, here, and never again.
@@ -40,6 +43,15 @@ type AdminServiceClient interface {
 	RevokeApiKey(ctx context.Context, in *RevokeApiKeyRequest, opts ...grpc.CallOption) (*RevokeApiKeyResponse, error)
 	// ListAuditEvents lists the tenant's audit events (every mutating RPC), newest first.
 	ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error)
+	// SetProviderKey stores the tenant's own API key for a model, speech or video provider, encrypted at rest, and
+	// replaces any previous one. The tenant's agent runs then use it instead of the server's key. The key is never
+	// returned by any RPC. FailedPrecondition when the server has no master key configured.
+	SetProviderKey(ctx context.Context, in *SetProviderKeyRequest, opts ...grpc.CallOption) (*SetProviderKeyResponse, error)
+	// DeleteProviderKey deletes the tenant's key for a provider; runs fall back to the server's key. NotFound when
+	// the tenant has none.
+	DeleteProviderKey(ctx context.Context, in *DeleteProviderKeyRequest, opts ...grpc.CallOption) (*DeleteProviderKeyResponse, error)
+	// ListProviderKeys lists which providers the tenant has a key for, without the keys.
+	ListProviderKeys(ctx context.Context, in *ListProviderKeysRequest, opts ...grpc.CallOption) (*ListProviderKeysResponse, error)
 }
 
 type adminServiceClient struct {
@@ -90,11 +102,41 @@ func (c *adminServiceClient) ListAuditEvents(ctx context.Context, in *ListAuditE
 	return out, nil
 }
 
+func (c *adminServiceClient) SetProviderKey(ctx context.Context, in *SetProviderKeyRequest, opts ...grpc.CallOption) (*SetProviderKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetProviderKeyResponse)
+	err := c.cc.Invoke(ctx, AdminService_SetProviderKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) DeleteProviderKey(ctx context.Context, in *DeleteProviderKeyRequest, opts ...grpc.CallOption) (*DeleteProviderKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteProviderKeyResponse)
+	err := c.cc.Invoke(ctx, AdminService_DeleteProviderKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListProviderKeys(ctx context.Context, in *ListProviderKeysRequest, opts ...grpc.CallOption) (*ListProviderKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListProviderKeysResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListProviderKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
 //
-// AdminService manages a tenant's API keys and reads its audit trail. Every RPC needs the admin role, and acts
+// AdminService manages a tenant's API keys and model provider keys, and reads its audit trail. Every RPC needs the admin role, and acts
 // on the caller's own tenant only.
 type AdminServiceServer interface {
 	// CreateApiKey creates an API key. The secret is returned once, here, and never again.
@@ -105,6 +147,15 @@ type AdminServiceServer interface {
 	RevokeApiKey(context.Context, *RevokeApiKeyRequest) (*RevokeApiKeyResponse, error)
 	// ListAuditEvents lists the tenant's audit events (every mutating RPC), newest first.
 	ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error)
+	// SetProviderKey stores the tenant's own API key for a model, speech or video provider, encrypted at rest, and
+	// replaces any previous one. The tenant's agent runs then use it instead of the server's key. The key is never
+	// returned by any RPC. FailedPrecondition when the server has no master key configured.
+	SetProviderKey(context.Context, *SetProviderKeyRequest) (*SetProviderKeyResponse, error)
+	// DeleteProviderKey deletes the tenant's key for a provider; runs fall back to the server's key. NotFound when
+	// the tenant has none.
+	DeleteProviderKey(context.Context, *DeleteProviderKeyRequest) (*DeleteProviderKeyResponse, error)
+	// ListProviderKeys lists which providers the tenant has a key for, without the keys.
+	ListProviderKeys(context.Context, *ListProviderKeysRequest) (*ListProviderKeysResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -126,6 +177,15 @@ func (UnimplementedAdminServiceServer) RevokeApiKey(context.Context, *RevokeApiK
 }
 func (UnimplementedAdminServiceServer) ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuditEvents not implemented")
+}
+func (UnimplementedAdminServiceServer) SetProviderKey(context.Context, *SetProviderKeyRequest) (*SetProviderKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetProviderKey not implemented")
+}
+func (UnimplementedAdminServiceServer) DeleteProviderKey(context.Context, *DeleteProviderKeyRequest) (*DeleteProviderKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteProviderKey not implemented")
+}
+func (UnimplementedAdminServiceServer) ListProviderKeys(context.Context, *ListProviderKeysRequest) (*ListProviderKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListProviderKeys not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -220,6 +280,60 @@ func _AdminService_ListAuditEvents_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_SetProviderKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetProviderKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).SetProviderKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_SetProviderKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).SetProviderKey(ctx, req.(*SetProviderKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_DeleteProviderKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteProviderKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DeleteProviderKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DeleteProviderKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DeleteProviderKey(ctx, req.(*DeleteProviderKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListProviderKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListProviderKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListProviderKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListProviderKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListProviderKeys(ctx, req.(*ListProviderKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -242,6 +356,18 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAuditEvents",
 			Handler:    _AdminService_ListAuditEvents_Handler,
+		},
+		{
+			MethodName: "SetProviderKey",
+			Handler:    _AdminService_SetProviderKey_Handler,
+		},
+		{
+			MethodName: "DeleteProviderKey",
+			Handler:    _AdminService_DeleteProviderKey_Handler,
+		},
+		{
+			MethodName: "ListProviderKeys",
+			Handler:    _AdminService_ListProviderKeys_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

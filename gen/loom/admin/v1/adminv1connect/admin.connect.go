@@ -45,6 +45,15 @@ const (
 	// AdminServiceListAuditEventsProcedure is the fully-qualified name of the AdminService's
 	// ListAuditEvents RPC.
 	AdminServiceListAuditEventsProcedure = "/loom.admin.v1.AdminService/ListAuditEvents"
+	// AdminServiceSetProviderKeyProcedure is the fully-qualified name of the AdminService's
+	// SetProviderKey RPC.
+	AdminServiceSetProviderKeyProcedure = "/loom.admin.v1.AdminService/SetProviderKey"
+	// AdminServiceDeleteProviderKeyProcedure is the fully-qualified name of the AdminService's
+	// DeleteProviderKey RPC.
+	AdminServiceDeleteProviderKeyProcedure = "/loom.admin.v1.AdminService/DeleteProviderKey"
+	// AdminServiceListProviderKeysProcedure is the fully-qualified name of the AdminService's
+	// ListProviderKeys RPC.
+	AdminServiceListProviderKeysProcedure = "/loom.admin.v1.AdminService/ListProviderKeys"
 )
 
 // AdminServiceClient is a client for the loom.admin.v1.AdminService service.
@@ -57,6 +66,15 @@ type AdminServiceClient interface {
 	RevokeApiKey(context.Context, *connect.Request[v1.RevokeApiKeyRequest]) (*connect.Response[v1.RevokeApiKeyResponse], error)
 	// ListAuditEvents lists the tenant's audit events (every mutating RPC), newest first.
 	ListAuditEvents(context.Context, *connect.Request[v1.ListAuditEventsRequest]) (*connect.Response[v1.ListAuditEventsResponse], error)
+	// SetProviderKey stores the tenant's own API key for a model, speech or video provider, encrypted at rest, and
+	// replaces any previous one. The tenant's agent runs then use it instead of the server's key. The key is never
+	// returned by any RPC. FailedPrecondition when the server has no master key configured.
+	SetProviderKey(context.Context, *connect.Request[v1.SetProviderKeyRequest]) (*connect.Response[v1.SetProviderKeyResponse], error)
+	// DeleteProviderKey deletes the tenant's key for a provider; runs fall back to the server's key. NotFound when
+	// the tenant has none.
+	DeleteProviderKey(context.Context, *connect.Request[v1.DeleteProviderKeyRequest]) (*connect.Response[v1.DeleteProviderKeyResponse], error)
+	// ListProviderKeys lists which providers the tenant has a key for, without the keys.
+	ListProviderKeys(context.Context, *connect.Request[v1.ListProviderKeysRequest]) (*connect.Response[v1.ListProviderKeysResponse], error)
 }
 
 // NewAdminServiceClient constructs a client for the loom.admin.v1.AdminService service. By default,
@@ -97,15 +115,39 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		setProviderKey: connect.NewClient[v1.SetProviderKeyRequest, v1.SetProviderKeyResponse](
+			httpClient,
+			baseURL+AdminServiceSetProviderKeyProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("SetProviderKey")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
+		deleteProviderKey: connect.NewClient[v1.DeleteProviderKeyRequest, v1.DeleteProviderKeyResponse](
+			httpClient,
+			baseURL+AdminServiceDeleteProviderKeyProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("DeleteProviderKey")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
+		listProviderKeys: connect.NewClient[v1.ListProviderKeysRequest, v1.ListProviderKeysResponse](
+			httpClient,
+			baseURL+AdminServiceListProviderKeysProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("ListProviderKeys")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // adminServiceClient implements AdminServiceClient.
 type adminServiceClient struct {
-	createApiKey    *connect.Client[v1.CreateApiKeyRequest, v1.CreateApiKeyResponse]
-	listApiKeys     *connect.Client[v1.ListApiKeysRequest, v1.ListApiKeysResponse]
-	revokeApiKey    *connect.Client[v1.RevokeApiKeyRequest, v1.RevokeApiKeyResponse]
-	listAuditEvents *connect.Client[v1.ListAuditEventsRequest, v1.ListAuditEventsResponse]
+	createApiKey      *connect.Client[v1.CreateApiKeyRequest, v1.CreateApiKeyResponse]
+	listApiKeys       *connect.Client[v1.ListApiKeysRequest, v1.ListApiKeysResponse]
+	revokeApiKey      *connect.Client[v1.RevokeApiKeyRequest, v1.RevokeApiKeyResponse]
+	listAuditEvents   *connect.Client[v1.ListAuditEventsRequest, v1.ListAuditEventsResponse]
+	setProviderKey    *connect.Client[v1.SetProviderKeyRequest, v1.SetProviderKeyResponse]
+	deleteProviderKey *connect.Client[v1.DeleteProviderKeyRequest, v1.DeleteProviderKeyResponse]
+	listProviderKeys  *connect.Client[v1.ListProviderKeysRequest, v1.ListProviderKeysResponse]
 }
 
 // CreateApiKey calls loom.admin.v1.AdminService.CreateApiKey.
@@ -128,6 +170,21 @@ func (c *adminServiceClient) ListAuditEvents(ctx context.Context, req *connect.R
 	return c.listAuditEvents.CallUnary(ctx, req)
 }
 
+// SetProviderKey calls loom.admin.v1.AdminService.SetProviderKey.
+func (c *adminServiceClient) SetProviderKey(ctx context.Context, req *connect.Request[v1.SetProviderKeyRequest]) (*connect.Response[v1.SetProviderKeyResponse], error) {
+	return c.setProviderKey.CallUnary(ctx, req)
+}
+
+// DeleteProviderKey calls loom.admin.v1.AdminService.DeleteProviderKey.
+func (c *adminServiceClient) DeleteProviderKey(ctx context.Context, req *connect.Request[v1.DeleteProviderKeyRequest]) (*connect.Response[v1.DeleteProviderKeyResponse], error) {
+	return c.deleteProviderKey.CallUnary(ctx, req)
+}
+
+// ListProviderKeys calls loom.admin.v1.AdminService.ListProviderKeys.
+func (c *adminServiceClient) ListProviderKeys(ctx context.Context, req *connect.Request[v1.ListProviderKeysRequest]) (*connect.Response[v1.ListProviderKeysResponse], error) {
+	return c.listProviderKeys.CallUnary(ctx, req)
+}
+
 // AdminServiceHandler is an implementation of the loom.admin.v1.AdminService service.
 type AdminServiceHandler interface {
 	// CreateApiKey creates an API key. The secret is returned once, here, and never again.
@@ -138,6 +195,15 @@ type AdminServiceHandler interface {
 	RevokeApiKey(context.Context, *connect.Request[v1.RevokeApiKeyRequest]) (*connect.Response[v1.RevokeApiKeyResponse], error)
 	// ListAuditEvents lists the tenant's audit events (every mutating RPC), newest first.
 	ListAuditEvents(context.Context, *connect.Request[v1.ListAuditEventsRequest]) (*connect.Response[v1.ListAuditEventsResponse], error)
+	// SetProviderKey stores the tenant's own API key for a model, speech or video provider, encrypted at rest, and
+	// replaces any previous one. The tenant's agent runs then use it instead of the server's key. The key is never
+	// returned by any RPC. FailedPrecondition when the server has no master key configured.
+	SetProviderKey(context.Context, *connect.Request[v1.SetProviderKeyRequest]) (*connect.Response[v1.SetProviderKeyResponse], error)
+	// DeleteProviderKey deletes the tenant's key for a provider; runs fall back to the server's key. NotFound when
+	// the tenant has none.
+	DeleteProviderKey(context.Context, *connect.Request[v1.DeleteProviderKeyRequest]) (*connect.Response[v1.DeleteProviderKeyResponse], error)
+	// ListProviderKeys lists which providers the tenant has a key for, without the keys.
+	ListProviderKeys(context.Context, *connect.Request[v1.ListProviderKeysRequest]) (*connect.Response[v1.ListProviderKeysResponse], error)
 }
 
 // NewAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -174,6 +240,27 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceSetProviderKeyHandler := connect.NewUnaryHandler(
+		AdminServiceSetProviderKeyProcedure,
+		svc.SetProviderKey,
+		connect.WithSchema(adminServiceMethods.ByName("SetProviderKey")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceDeleteProviderKeyHandler := connect.NewUnaryHandler(
+		AdminServiceDeleteProviderKeyProcedure,
+		svc.DeleteProviderKey,
+		connect.WithSchema(adminServiceMethods.ByName("DeleteProviderKey")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceListProviderKeysHandler := connect.NewUnaryHandler(
+		AdminServiceListProviderKeysProcedure,
+		svc.ListProviderKeys,
+		connect.WithSchema(adminServiceMethods.ByName("ListProviderKeys")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/loom.admin.v1.AdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AdminServiceCreateApiKeyProcedure:
@@ -184,6 +271,12 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 			adminServiceRevokeApiKeyHandler.ServeHTTP(w, r)
 		case AdminServiceListAuditEventsProcedure:
 			adminServiceListAuditEventsHandler.ServeHTTP(w, r)
+		case AdminServiceSetProviderKeyProcedure:
+			adminServiceSetProviderKeyHandler.ServeHTTP(w, r)
+		case AdminServiceDeleteProviderKeyProcedure:
+			adminServiceDeleteProviderKeyHandler.ServeHTTP(w, r)
+		case AdminServiceListProviderKeysProcedure:
+			adminServiceListProviderKeysHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -207,4 +300,16 @@ func (UnimplementedAdminServiceHandler) RevokeApiKey(context.Context, *connect.R
 
 func (UnimplementedAdminServiceHandler) ListAuditEvents(context.Context, *connect.Request[v1.ListAuditEventsRequest]) (*connect.Response[v1.ListAuditEventsResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.admin.v1.AdminService.ListAuditEvents is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) SetProviderKey(context.Context, *connect.Request[v1.SetProviderKeyRequest]) (*connect.Response[v1.SetProviderKeyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.admin.v1.AdminService.SetProviderKey is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) DeleteProviderKey(context.Context, *connect.Request[v1.DeleteProviderKeyRequest]) (*connect.Response[v1.DeleteProviderKeyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.admin.v1.AdminService.DeleteProviderKey is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) ListProviderKeys(context.Context, *connect.Request[v1.ListProviderKeysRequest]) (*connect.Response[v1.ListProviderKeysResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.admin.v1.AdminService.ListProviderKeys is not implemented"))
 }

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file loom/admin/v1/admin.proto.
  */
 export const file_loom_admin_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("Chlsb29tL2FkbWluL3YxL2FkbWluLnByb3RvEg1sb29tLmFkbWluLnYxIsQBCgZBcGlLZXkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRINCgVyb2xlcxgDIAMoCRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3Jldm9rZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKWAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIYCgRuYW1lGAEgASgJQgq6SAdyBRABGMgBEjQKBXJvbGVzGAIgAygJQiW6SCKSAR8IARADIhlyF1IGcmVhZGVyUgZ3cml0ZXJSBWFkbWluEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJKChRDcmVhdGVBcGlLZXlSZXNwb25zZRIiCgNrZXkYASABKAsyFS5sb29tLmFkbWluLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiFAoSTGlzdEFwaUtleXNSZXF1ZXN0IjoKE0xpc3RBcGlLZXlzUmVzcG9uc2USIwoEa2V5cxgBIAMoCzIVLmxvb20uYWRtaW4udjEuQXBpS2V5Ii0KE1Jldm9rZUFwaUtleVJlcXVlc3QSFgoCaWQYASABKAlCCrpIB3IFEAEYgAEiFgoUUmV2b2tlQXBpS2V5UmVzcG9uc2UiiAEKCkF1ZGl0RXZlbnQSCgoCaWQYASABKAMSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHc3ViamVjdBgDIAEoCRIRCglwcm9jZWR1cmUYBCABKAkSEAoIcmVzb3VyY2UYBSABKAkSDgoGcmVzdWx0GAYgASgJIlUKFkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QSHQoJcGFnZV9zaXplGAEgASgFQgq6SAcaBRjoBygAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDKIAIIl0KF0xpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEikKBmV2ZW50cxgBIAMoCzIZLmxvb20uYWRtaW4udjEuQXVkaXRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkymQMKDEFkbWluU2VydmljZRJdCgxDcmVhdGVBcGlLZXkSIi5sb29tLmFkbWluLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaIy5sb29tLmFkbWluLnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlIgTI8xgDEl0KC0xpc3RBcGlLZXlzEiEubG9vbS5hZG1pbi52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIi5sb29tLmFkbWluLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2UiB5ACAcjzGAMSYAoMUmV2b2tlQXBpS2V5EiIubG9vbS5hZG1pbi52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiMubG9vbS5hZG1pbi52MS5SZXZva2VBcGlLZXlSZXNwb25zZSIHkAICyPMYAxJpCg9MaXN0QXVkaXRFdmVudHMSJS5sb29tLmFkbWluLnYxLkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QaJi5sb29tLmFkbWluLnYxLkxpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlIgeQAgHI8xgDQqkBChFjb20ubG9vbS5hZG1pbi52MUIKQWRtaW5Qcm90b1ABWjJnaXRodWIuY29tL2xvb20tZGV2L2xvb20vZ2VuL2xvb20vYWRtaW4vdjE7YWRtaW52MaICA0xBWKoCDUxvb20uQWRtaW4uVjHKAg1Mb29tXEFkbWluXFYx4gIZTG9vbVxBZG1pblxWMVxHUEJNZXRhZGF0YeoCD0xvb206OkFkbWluOjpWMWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp, file_loom_auth_v1_auth]);
+  fileDesc("Chlsb29tL2FkbWluL3YxL2FkbWluLnByb3RvEg1sb29tLmFkbWluLnYxIsQBCgZBcGlLZXkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRINCgVyb2xlcxgDIAMoCRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3Jldm9rZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKWAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIYCgRuYW1lGAEgASgJQgq6SAdyBRABGMgBEjQKBXJvbGVzGAIgAygJQiW6SCKSAR8IARADIhlyF1IGcmVhZGVyUgZ3cml0ZXJSBWFkbWluEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJKChRDcmVhdGVBcGlLZXlSZXNwb25zZRIiCgNrZXkYASABKAsyFS5sb29tLmFkbWluLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiFAoSTGlzdEFwaUtleXNSZXF1ZXN0IjoKE0xpc3RBcGlLZXlzUmVzcG9uc2USIwoEa2V5cxgBIAMoCzIVLmxvb20uYWRtaW4udjEuQXBpS2V5Ii0KE1Jldm9rZUFwaUtleVJlcXVlc3QSFgoCaWQYASABKAlCCrpIB3IFEAEYgAEiFgoUUmV2b2tlQXBpS2V5UmVzcG9uc2UiiAEKCkF1ZGl0RXZlbnQSCgoCaWQYASABKAMSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHc3ViamVjdBgDIAEoCRIRCglwcm9jZWR1cmUYBCABKAkSEAoIcmVzb3VyY2UYBSABKAkSDgoGcmVzdWx0GAYgASgJIlUKFkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QSHQoJcGFnZV9zaXplGAEgASgFQgq6SAcaBRjoBygAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDKIAIIl0KF0xpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEikKBmV2ZW50cxgBIAMoCzIZLmxvb20uYWRtaW4udjEuQXVkaXRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiUAoLUHJvdmlkZXJLZXkSEAoIcHJvdmlkZXIYASABKAkSLwoLdXBkYXRlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImwKFVNldFByb3ZpZGVyS2V5UmVxdWVzdBI6Cghwcm92aWRlchgBIAEoCUIoukglciNSBmdlbWluaVIGb3BlbmFpUgplbGV2ZW5sYWJzUgV0YXZ1cxIXCgNrZXkYAiABKAlCCrpIB3IFIAEogCAiSgoWU2V0UHJvdmlkZXJLZXlSZXNwb25zZRIwCgxwcm92aWRlcl9rZXkYASABKAsyGi5sb29tLmFkbWluLnYxLlByb3ZpZGVyS2V5IlYKGERlbGV0ZVByb3ZpZGVyS2V5UmVxdWVzdBI6Cghwcm92aWRlchgBIAEoCUIoukglciNSBmdlbWluaVIGb3BlbmFpUgplbGV2ZW5sYWJzUgV0YXZ1cyIbChlEZWxldGVQcm92aWRlcktleVJlc3BvbnNlIhkKF0xpc3RQcm92aWRlcktleXNSZXF1ZXN0Ik0KGExpc3RQcm92aWRlcktleXNSZXNwb25zZRIxCg1wcm92aWRlcl9rZXlzGAEgAygLMhoubG9vbS5hZG1pbi52MS5Qcm92aWRlcktleTLgBQoMQWRtaW5TZXJ2aWNlEl0KDENyZWF0ZUFwaUtleRIiLmxvb20uYWRtaW4udjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBojLmxvb20uYWRtaW4udjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2UiBMjzGAMSXQoLTGlzdEFwaUtleXMSIS5sb29tLmFkbWluLnYxLkxpc3RBcGlLZXlzUmVxdWVzdBoiLmxvb20uYWRtaW4udjEuTGlzdEFwaUtleXNSZXNwb25zZSIHkAIByPMYAxJgCgxSZXZva2VBcGlLZXkSIi5sb29tLmFkbWluLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaIy5sb29tLmFkbWluLnYxLlJldm9rZUFwaUtleVJlc3BvbnNlIgeQAgLI8xgDEmkKD0xpc3RBdWRpdEV2ZW50cxIlLmxvb20uYWRtaW4udjEuTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBomLmxvb20uYWRtaW4udjEuTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2UiB5ACAcjzGAMSZgoOU2V0UHJvdmlkZXJLZXkSJC5sb29tLmFkbWluLnYxLlNldFByb3ZpZGVyS2V5UmVxdWVzdBolLmxvb20uYWRtaW4udjEuU2V0UHJvdmlkZXJLZXlSZXNwb25zZSIHkAICyPMYAxJvChFEZWxldGVQcm92aWRlcktleRInLmxvb20uYWRtaW4udjEuRGVsZXRlUHJvdmlkZXJLZXlSZXF1ZXN0GigubG9vbS5hZG1pbi52MS5EZWxldGVQcm92aWRlcktleVJlc3BvbnNlIgeQAgLI8xgDEmwKEExpc3RQcm92aWRlcktleXMSJi5sb29tLmFkbWluLnYxLkxpc3RQcm92aWRlcktleXNSZXF1ZXN0GicubG9vbS5hZG1pbi52MS5MaXN0UHJvdmlkZXJLZXlzUmVzcG9uc2UiB5ACAcjzGANCqQEKEWNvbS5sb29tLmFkbWluLnYxQgpBZG1pblByb3RvUAFaMmdpdGh1Yi5jb20vbG9vbS1kZXYvbG9vbS9nZW4vbG9vbS9hZG1pbi92MTthZG1pbnYxogIDTEFYqgINTG9vbS5BZG1pbi5WMcoCDUxvb21cQWRtaW5cVjHiAhlMb29tXEFkbWluXFYxXEdQQk1ldGFkYXRh6gIPTG9vbTo6QWRtaW46OlYxYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_timestamp, file_loom_auth_v1_auth]);
 
 /**
  * ApiKey describes an API key. It never carries the secret.
@@ -320,7 +320,156 @@ export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> 
   messageDesc(file_loom_admin_v1_admin, 9);
 
 /**
- * AdminService manages a tenant's API keys and reads its audit trail. Every RPC needs the admin role, and acts
+ * ProviderKey describes a tenant's provider key. It never carries the key.
+ *
+ * @generated from message loom.admin.v1.ProviderKey
+ */
+export type ProviderKey = Message<"loom.admin.v1.ProviderKey"> & {
+  /**
+   * Provider: "gemini", "openai", "elevenlabs" or "tavus".
+   *
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+
+  /**
+   * When the key was last set.
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 2;
+   */
+  updateTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message loom.admin.v1.ProviderKey.
+ * Use `create(ProviderKeySchema)` to create a new message.
+ */
+export const ProviderKeySchema: GenMessage<ProviderKey> = /*@__PURE__*/
+  messageDesc(file_loom_admin_v1_admin, 10);
+
+/**
+ * SetProviderKeyRequest is the request of SetProviderKey.
+ *
+ * @generated from message loom.admin.v1.SetProviderKeyRequest
+ */
+export type SetProviderKeyRequest = Message<"loom.admin.v1.SetProviderKeyRequest"> & {
+  /**
+   * Provider: "gemini", "openai", "elevenlabs" or "tavus".
+   *
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+
+  /**
+   * The provider's API key, 1 to 4096 bytes. Write-only: stored encrypted, never returned or logged.
+   *
+   * @generated from field: string key = 2;
+   */
+  key: string;
+};
+
+/**
+ * Describes the message loom.admin.v1.SetProviderKeyRequest.
+ * Use `create(SetProviderKeyRequestSchema)` to create a new message.
+ */
+export const SetProviderKeyRequestSchema: GenMessage<SetProviderKeyRequest> = /*@__PURE__*/
+  messageDesc(file_loom_admin_v1_admin, 11);
+
+/**
+ * SetProviderKeyResponse is the response of SetProviderKey. It never carries the key.
+ *
+ * @generated from message loom.admin.v1.SetProviderKeyResponse
+ */
+export type SetProviderKeyResponse = Message<"loom.admin.v1.SetProviderKeyResponse"> & {
+  /**
+   * The stored key's provider and update time.
+   *
+   * @generated from field: loom.admin.v1.ProviderKey provider_key = 1;
+   */
+  providerKey?: ProviderKey | undefined;
+};
+
+/**
+ * Describes the message loom.admin.v1.SetProviderKeyResponse.
+ * Use `create(SetProviderKeyResponseSchema)` to create a new message.
+ */
+export const SetProviderKeyResponseSchema: GenMessage<SetProviderKeyResponse> = /*@__PURE__*/
+  messageDesc(file_loom_admin_v1_admin, 12);
+
+/**
+ * DeleteProviderKeyRequest is the request of DeleteProviderKey.
+ *
+ * @generated from message loom.admin.v1.DeleteProviderKeyRequest
+ */
+export type DeleteProviderKeyRequest = Message<"loom.admin.v1.DeleteProviderKeyRequest"> & {
+  /**
+   * Provider: "gemini", "openai", "elevenlabs" or "tavus".
+   *
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+};
+
+/**
+ * Describes the message loom.admin.v1.DeleteProviderKeyRequest.
+ * Use `create(DeleteProviderKeyRequestSchema)` to create a new message.
+ */
+export const DeleteProviderKeyRequestSchema: GenMessage<DeleteProviderKeyRequest> = /*@__PURE__*/
+  messageDesc(file_loom_admin_v1_admin, 13);
+
+/**
+ * DeleteProviderKeyResponse is the response of DeleteProviderKey.
+ *
+ * @generated from message loom.admin.v1.DeleteProviderKeyResponse
+ */
+export type DeleteProviderKeyResponse = Message<"loom.admin.v1.DeleteProviderKeyResponse"> & {
+};
+
+/**
+ * Describes the message loom.admin.v1.DeleteProviderKeyResponse.
+ * Use `create(DeleteProviderKeyResponseSchema)` to create a new message.
+ */
+export const DeleteProviderKeyResponseSchema: GenMessage<DeleteProviderKeyResponse> = /*@__PURE__*/
+  messageDesc(file_loom_admin_v1_admin, 14);
+
+/**
+ * ListProviderKeysRequest is the request of ListProviderKeys.
+ *
+ * @generated from message loom.admin.v1.ListProviderKeysRequest
+ */
+export type ListProviderKeysRequest = Message<"loom.admin.v1.ListProviderKeysRequest"> & {
+};
+
+/**
+ * Describes the message loom.admin.v1.ListProviderKeysRequest.
+ * Use `create(ListProviderKeysRequestSchema)` to create a new message.
+ */
+export const ListProviderKeysRequestSchema: GenMessage<ListProviderKeysRequest> = /*@__PURE__*/
+  messageDesc(file_loom_admin_v1_admin, 15);
+
+/**
+ * ListProviderKeysResponse is the response of ListProviderKeys.
+ *
+ * @generated from message loom.admin.v1.ListProviderKeysResponse
+ */
+export type ListProviderKeysResponse = Message<"loom.admin.v1.ListProviderKeysResponse"> & {
+  /**
+   * The tenant's provider keys, by provider name; without the keys.
+   *
+   * @generated from field: repeated loom.admin.v1.ProviderKey provider_keys = 1;
+   */
+  providerKeys: ProviderKey[];
+};
+
+/**
+ * Describes the message loom.admin.v1.ListProviderKeysResponse.
+ * Use `create(ListProviderKeysResponseSchema)` to create a new message.
+ */
+export const ListProviderKeysResponseSchema: GenMessage<ListProviderKeysResponse> = /*@__PURE__*/
+  messageDesc(file_loom_admin_v1_admin, 16);
+
+/**
+ * AdminService manages a tenant's API keys and model provider keys, and reads its audit trail. Every RPC needs the admin role, and acts
  * on the caller's own tenant only.
  *
  * @generated from service loom.admin.v1.AdminService
@@ -365,6 +514,39 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ListAuditEventsRequestSchema;
     output: typeof ListAuditEventsResponseSchema;
+  },
+  /**
+   * SetProviderKey stores the tenant's own API key for a model, speech or video provider, encrypted at rest, and
+   * replaces any previous one. The tenant's agent runs then use it instead of the server's key. The key is never
+   * returned by any RPC. FailedPrecondition when the server has no master key configured.
+   *
+   * @generated from rpc loom.admin.v1.AdminService.SetProviderKey
+   */
+  setProviderKey: {
+    methodKind: "unary";
+    input: typeof SetProviderKeyRequestSchema;
+    output: typeof SetProviderKeyResponseSchema;
+  },
+  /**
+   * DeleteProviderKey deletes the tenant's key for a provider; runs fall back to the server's key. NotFound when
+   * the tenant has none.
+   *
+   * @generated from rpc loom.admin.v1.AdminService.DeleteProviderKey
+   */
+  deleteProviderKey: {
+    methodKind: "unary";
+    input: typeof DeleteProviderKeyRequestSchema;
+    output: typeof DeleteProviderKeyResponseSchema;
+  },
+  /**
+   * ListProviderKeys lists which providers the tenant has a key for, without the keys.
+   *
+   * @generated from rpc loom.admin.v1.AdminService.ListProviderKeys
+   */
+  listProviderKeys: {
+    methodKind: "unary";
+    input: typeof ListProviderKeysRequestSchema;
+    output: typeof ListProviderKeysResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_loom_admin_v1_admin, 0);

@@ -1,0 +1,11 @@
+-- +goose Up
+CREATE TABLE secrets_provider_keys (
+    tenant     TEXT NOT NULL,
+    provider   TEXT NOT NULL,
+    sealed     BYTEA NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (tenant, provider)
+);
+
+-- +goose Down
+DROP TABLE secrets_provider_keys;
