@@ -18,12 +18,12 @@ import (
 	"github.com/loom-dev/loom/internal/sqldb"
 )
 
-//go:embed migrations/*.sql
+//go:embed migrations
 var migrations embed.FS
 
 // Event is one audited call.
 type Event struct {
-	// Seq orders a tenant's events; assigned by the store.
+	// Seq orders events (increasing, not contiguous within a tenant); assigned by the store.
 	Seq       int64
 	Time      time.Time
 	Tenant    string
@@ -55,22 +55,14 @@ func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
 	return &Store{db: db}, nil
 }
 
-// Append records e with the next sequence number of its tenant.
+// Append records e; the store assigns its sequence number.
 func (s *Store) Append(ctx context.Context, e Event) error {
-	// The sequence is taken inside the insert; on a collision (two writers at once) the insert is retried.
-	q := s.db.Rebind(`INSERT INTO audit_events (tenant, seq, time_ms, subject, procedure, resource, result)
-		SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ? FROM audit_events WHERE tenant = ?`)
-	var err error
-	for range 5 {
-		_, err = s.db.ExecContext(ctx, q, e.Tenant, e.Time.UnixMilli(), e.Subject, e.Procedure, e.Resource, e.Result, e.Tenant)
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			break
-		}
+	_, err := s.db.ExecContext(ctx, s.db.Rebind(`INSERT INTO audit_events (tenant, time_ms, subject, procedure, resource, result)
+		VALUES (?, ?, ?, ?, ?, ?)`), e.Tenant, e.Time.UnixMilli(), e.Subject, e.Procedure, e.Resource, e.Result)
+	if err != nil {
+		return fmt.Errorf("append audit event: %w", err)
 	}
-	return fmt.Errorf("append audit event: %w", err)
+	return nil
 }
 
 // List returns tenant's events newest first, a page at a time.
@@ -86,8 +78,8 @@ func (s *Store) List(ctx context.Context, tenant string, pageSize int, pageToken
 			return nil, "", ErrInvalidPageToken
 		}
 	}
-	rows, err := s.db.QueryContext(ctx, s.db.Rebind(`SELECT seq, time_ms, subject, procedure, resource, result
-		FROM audit_events WHERE tenant = ? AND seq < ? ORDER BY seq DESC LIMIT ?`), tenant, before, pageSize+1)
+	rows, err := s.db.QueryContext(ctx, s.db.Rebind(`SELECT id, time_ms, subject, procedure, resource, result
+		FROM audit_events WHERE tenant = ? AND id < ? ORDER BY id DESC LIMIT ?`), tenant, before, pageSize+1)
 	if err != nil {
 		return nil, "", fmt.Errorf("list audit events: %w", err)
 	}
