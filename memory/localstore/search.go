@@ -1,18 +1,19 @@
 package localstore
 
 import (
-	"container/heap"
 	"math"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"unicode"
+
+	"github.com/loom-dev/loom/memory"
 )
 
-// dot returns the inner product of a and b, which have the same length. The loop is unrolled by eight with four
-// accumulators so the compiler keeps them in registers and bounds checks are hoisted.
-func dot(a, b []float32) float32 {
+// dotGo returns the inner product of a and b, which have the same length: the portable kernel, unrolled by eight
+// with four independent accumulators so the compiler keeps them in registers and hoists bounds checks.
+func dotGo(a, b []float32) float32 {
 	n := len(a)
 	b = b[:n]
 	var s0, s1, s2, s3 float32
@@ -31,8 +32,8 @@ func dot(a, b []float32) float32 {
 	return (s0 + s1) + (s2 + s3)
 }
 
-// l2sq returns the squared Euclidean distance between a and b, which have the same length.
-func l2sq(a, b []float32) float32 {
+// l2sqGo returns the squared Euclidean distance between a and b, which have the same length (portable kernel).
+func l2sqGo(a, b []float32) float32 {
 	n := len(a)
 	b = b[:n]
 	var s0, s1, s2, s3 float32
@@ -54,6 +55,26 @@ func l2sq(a, b []float32) float32 {
 	return (s0 + s1) + (s2 + s3)
 }
 
+// dotInt8Go returns the inner product of two int8 vectors of the same length (portable kernel).
+func dotInt8Go(a, b []int8) int32 {
+	n := len(a)
+	b = b[:n]
+	var s0, s1, s2, s3 int32
+	i := 0
+	for ; i+4 <= n; i += 4 {
+		aa := a[i : i+4 : i+4]
+		bb := b[i : i+4 : i+4]
+		s0 += int32(aa[0]) * int32(bb[0])
+		s1 += int32(aa[1]) * int32(bb[1])
+		s2 += int32(aa[2]) * int32(bb[2])
+		s3 += int32(aa[3]) * int32(bb[3])
+	}
+	for ; i < n; i++ {
+		s0 += int32(a[i]) * int32(b[i])
+	}
+	return (s0 + s1) + (s2 + s3)
+}
+
 func invNorm(v []float32) float32 {
 	n := dot(v, v)
 	if n == 0 {
@@ -62,44 +83,89 @@ func invNorm(v []float32) float32 {
 	return float32(1 / math.Sqrt(float64(n)))
 }
 
+// quantize writes v scaled to int8 into dst (len(v)) and returns the scale: v[i] ~= dst[i] * scale. The scale is
+// per vector (max |v[i]| / 127), so vectors of any norm keep their full int8 resolution.
+func quantize(dst []int8, v []float32) float32 {
+	var m float32
+	for _, x := range v {
+		m = max(m, float32(math.Abs(float64(x))))
+	}
+	if m == 0 {
+		clear(dst)
+		return 0
+	}
+	inv := 127 / m
+	for i, x := range v {
+		dst[i] = int8(math.Round(float64(x * inv)))
+	}
+	return m / 127
+}
+
 // scored is a candidate: a slot in a namespace and its score.
 type scored struct {
 	slot  int
 	score float32
 }
 
-// topK is a bounded min-heap keeping the k best candidates seen.
+// better reports whether a ranks before b: higher score, then lower slot.
+func better(a, b scored) bool {
+	return a.score > b.score || (a.score == b.score && a.slot < b.slot)
+}
+
+// topK is a bounded min-heap keeping the k best candidates seen (worst at items[0]). It never allocates after
+// newTopK.
 type topK struct {
 	k     int
 	items []scored
 }
 
-func newTopK(k int) *topK { return &topK{k: k, items: make([]scored, 0, min(k, 1024))} }
+func newTopK(k int) *topK { return &topK{k: k, items: make([]scored, 0, min(k, 1<<16))} }
 
-func (h *topK) Len() int { return len(h.items) }
-func (h *topK) Less(i, j int) bool {
-	if h.items[i].score != h.items[j].score {
-		return h.items[i].score < h.items[j].score
-	}
-	return h.items[i].slot > h.items[j].slot
-}
-func (h *topK) Swap(i, j int) { h.items[i], h.items[j] = h.items[j], h.items[i] }
-func (h *topK) Push(x any)    { h.items = append(h.items, x.(scored)) }
-func (h *topK) Pop() any {
-	x := h.items[len(h.items)-1]
-	h.items = h.items[:len(h.items)-1]
-	return x
+// admits reports whether a candidate could enter the heap; the scan checks it before paying for filters.
+func (h *topK) admits(s scored) bool {
+	return len(h.items) < h.k || better(s, h.items[0])
 }
 
 // offer considers a candidate.
 func (h *topK) offer(s scored) {
 	if len(h.items) < h.k {
-		heap.Push(h, s)
+		h.items = append(h.items, s)
+		h.up(len(h.items) - 1)
 		return
 	}
-	if s.score > h.items[0].score || (s.score == h.items[0].score && s.slot < h.items[0].slot) {
+	if better(s, h.items[0]) {
 		h.items[0] = s
-		heap.Fix(h, 0)
+		h.down(0)
+	}
+}
+
+func (h *topK) up(j int) {
+	for j > 0 {
+		p := (j - 1) / 2
+		if !better(h.items[p], h.items[j]) {
+			break
+		}
+		h.items[p], h.items[j] = h.items[j], h.items[p]
+		j = p
+	}
+}
+
+func (h *topK) down(i int) {
+	n := len(h.items)
+	for {
+		l := 2*i + 1
+		if l >= n {
+			return
+		}
+		w := l // the worse child
+		if r := l + 1; r < n && better(h.items[l], h.items[r]) {
+			w = r
+		}
+		if !better(h.items[i], h.items[w]) {
+			return
+		}
+		h.items[i], h.items[w] = h.items[w], h.items[i]
+		i = w
 	}
 }
 
@@ -107,13 +173,13 @@ func (h *topK) offer(s scored) {
 func (h *topK) sorted() []scored {
 	out := slices.Clone(h.items)
 	slices.SortFunc(out, func(a, b scored) int {
-		if a.score != b.score {
-			if a.score > b.score {
-				return -1
-			}
+		if better(a, b) {
+			return -1
+		}
+		if better(b, a) {
 			return 1
 		}
-		return a.slot - b.slot
+		return 0
 	})
 	return out
 }
@@ -122,17 +188,14 @@ func (h *topK) sorted() []scored {
 // goroutines; below it the goroutine overhead outweighs the gain.
 const parallelMinFloats = 1 << 18
 
-// scan scores slots [0, n) with score (which returns ok=false to skip a slot) and keeps the k best. Large scans
-// are split into GOMAXPROCS contiguous chunks, each with its own heap, merged at the end.
-func scan(n, dim, k int, score func(slot int) (float32, bool)) []scored {
+// scanChunks runs work over contiguous chunks of slots [0, n), each chunk filling its own bounded heap of k, and
+// merges the heaps into the k best. Scans of at least parallelMinFloats (n x dim) run one chunk per GOMAXPROCS
+// goroutine; smaller ones run inline.
+func scanChunks(n, dim, k int, work func(lo, hi int, h *topK)) []scored {
 	workers := runtime.GOMAXPROCS(0)
 	if n*dim < parallelMinFloats || workers < 2 {
 		h := newTopK(k)
-		for i := range n {
-			if s, ok := score(i); ok {
-				h.offer(scored{i, s})
-			}
-		}
+		work(0, n, h)
 		return h.sorted()
 	}
 	chunk := (n + workers - 1) / workers
@@ -145,13 +208,7 @@ func scan(n, dim, k int, score func(slot int) (float32, bool)) []scored {
 		if lo >= hi {
 			continue
 		}
-		wg.Go(func() {
-			for i := lo; i < hi; i++ {
-				if s, ok := score(i); ok {
-					h.offer(scored{i, s})
-				}
-			}
-		})
+		wg.Go(func() { work(lo, hi, h) })
 	}
 	wg.Wait()
 	all := newTopK(k)
@@ -161,6 +218,84 @@ func scan(n, dim, k int, score func(slot int) (float32, bool)) []scored {
 		}
 	}
 	return all.sorted()
+}
+
+// scan scores slots [0, n) with score (which returns ok=false to skip a slot) and keeps the k best.
+func scan(n, dim, k int, score func(slot int) (float32, bool)) []scored {
+	return scanChunks(n, dim, k, func(lo, hi int, h *topK) {
+		for i := lo; i < hi; i++ {
+			if s, ok := score(i); ok {
+				h.offer(scored{i, s})
+			}
+		}
+	})
+}
+
+// vectorQuery is one nearest-neighbour pass over a namespace. keep (expiry and filter) and minScore are
+// evaluated only for rows whose score could enter a heap, so the hot loop is the kernel alone.
+type vectorQuery struct {
+	ns       *namespace
+	q        []float32
+	qinv     float32
+	keep     func(slot int) bool
+	minScore *float32 // nil: no cut
+}
+
+// exactScore is the metric's exact score of slot i ("higher is closer").
+func (vq *vectorQuery) exactScore(i int) float32 {
+	ns := vq.ns
+	v := ns.vecs[i*ns.dim : (i+1)*ns.dim]
+	switch ns.meta.Metric {
+	case memory.MetricDotProduct:
+		return dot(vq.q, v)
+	case memory.MetricL2:
+		return -float32(sqrt(l2sq(vq.q, v)))
+	}
+	return dot(vq.q, v) * ns.inv[i] * vq.qinv
+}
+
+// exact returns the k best live, matching slots by exact score.
+func (vq *vectorQuery) exact(k int) []scored {
+	return scanChunks(len(vq.ns.ids), vq.ns.dim, k, func(lo, hi int, h *topK) {
+		for i := lo; i < hi; i++ {
+			s := scored{i, vq.exactScore(i)}
+			if !h.admits(s) || vq.minScore != nil && s.score < *vq.minScore || !vq.keep(i) {
+				continue
+			}
+			h.offer(s)
+		}
+	})
+}
+
+// quantised returns the k best live, matching slots: an int8 scan (a quarter of the bytes of float32) keeps the
+// k*rerank best approximate candidates, which are then re-ranked by exact score. It needs a metric without the L2
+// norm term (cosine or dot product).
+func (vq *vectorQuery) quantised(k, rerank int) []scored {
+	ns := vq.ns
+	dim := ns.dim
+	qq := make([]int8, dim)
+	qs := quantize(qq, vq.q)
+	cosine := ns.meta.Metric == memory.MetricCosine
+	cands := scanChunks(len(ns.ids), dim, k*rerank, func(lo, hi int, h *topK) {
+		for i := lo; i < hi; i++ {
+			s := float32(dotInt8(qq, ns.qvecs[i*dim:(i+1)*dim])) * ns.qscale[i] * qs
+			if cosine {
+				s *= ns.inv[i] * vq.qinv
+			}
+			if !h.admits(scored{i, s}) || !vq.keep(i) {
+				continue
+			}
+			h.offer(scored{i, s})
+		}
+	})
+	h := newTopK(k)
+	for _, c := range cands {
+		s := scored{c.slot, vq.exactScore(c.slot)}
+		if vq.minScore == nil || s.score >= *vq.minScore {
+			h.offer(s)
+		}
+	}
+	return h.sorted()
 }
 
 // tokenize splits text into lowercase runs of letters and digits.
@@ -269,3 +404,39 @@ func (x *textIndex) search(query string, limit int, keep func(id string) bool) [
 }
 
 func sqrt(x float32) float64 { return math.Sqrt(float64(x)) }
+
+// Quantised search. IndexConfig maps onto the embedded store as follows:
+//
+//   - INDEX_KIND_EXACT: always an exact float32 scan.
+//   - unspecified (the default): from QuantisedMinRows rows, the int8 quantised scan of every row with exact
+//     re-ranking of top_k x QuantisedRerank candidates (while QuantisedByDefault; measured recall@10 1.000 on
+//     membench's clustered data at 20k and 100k x 768); below that, exact.
+//   - INDEX_KIND_HNSW: the embedded store has no graph index; HNSW asks for approximate search, served by the IVF
+//     index over the int8 codes (see IVFMinRows) from IVFMinRows rows, and by the int8 scan from
+//     QuantisedMinRows rows. ef_search sets the IVF probe count (ef_search / 10); m and ef_construction are
+//     ignored.
+//
+// The cosine and dot-product metrics are quantised; L2 is always scanned exactly.
+const (
+	// QuantisedMinRows is the namespace size from which the quantised scan is used; below it the exact scan is
+	// cheap and results are exact.
+	QuantisedMinRows = 10000
+	// QuantisedRerank is R: the int8 scan keeps top_k x R candidates for exact re-ranking.
+	QuantisedRerank = 10
+	// QuantisedByDefault makes namespaces created without an index kind use the quantised scan.
+	QuantisedByDefault = true
+)
+
+// useQuantised reports whether searches of ns use the int8 scan.
+func (ns *namespace) useQuantised() bool {
+	if ns.meta.Metric == memory.MetricL2 || len(ns.ids) < QuantisedMinRows {
+		return false
+	}
+	switch ns.meta.IndexKind {
+	case memory.IndexHNSW:
+		return true
+	case memory.IndexDefault:
+		return QuantisedByDefault
+	}
+	return false
+}

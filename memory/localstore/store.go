@@ -7,10 +7,15 @@
 // CRC-32C and truncated away. Corruption before the tail is an error, never silently skipped. When the log grows
 // past CompactMinBytes and twice the live data, it is rewritten from the live state (temp file, fsync, rename).
 //
-// Search is exact. Each namespace keeps its vectors in one contiguous []float32 scanned with an unrolled loop
-// into a bounded top-k heap, split across GOMAXPROCS goroutines for large namespaces. Vectors are stored as
-// written (Get returns them bit for bit) with a precomputed inverse norm, so cosine is a dot product times two
-// scalars. Text is indexed in a small inverted index scored by BM25 for hybrid search, fused with the vector
+// Search. Each namespace keeps its vectors in one contiguous []float32 scanned with an AVX2/FMA kernel (a portable
+// unrolled loop elsewhere) into bounded top-k heaps, one per contiguous chunk, split across GOMAXPROCS goroutines
+// for large namespaces and merged at the end; expiry, filters and min_score are evaluated only for rows whose
+// score could enter a heap, and the scan allocates nothing per row. Vectors are stored as written (Get returns
+// them bit for bit) with a precomputed inverse norm, so cosine is a dot product times two scalars. Each vector
+// also has an int8 copy with a per-vector scale: from QuantisedMinRows rows, namespaces of index kind HNSW (and
+// unspecified, while QuantisedByDefault) scan the int8 copy, a quarter of the bytes, keep top_k x QuantisedRerank
+// candidates and re-rank them exactly; INDEX_KIND_EXACT always scans float32 (see QuantisedMinRows for the
+// mapping). Text is indexed in a small inverted index scored by BM25 for hybrid search, fused with the vector
 // ranking by reciprocal rank fusion (k = 60). Expired records are never returned and are dropped by compaction.
 //
 // Only one process may open a directory at a time (an flock on DIR/LOCK enforces it on Unix).
@@ -27,6 +32,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -59,15 +65,23 @@ type Store struct {
 
 // namespace is one namespace's live state. Slots 0..len(ids)-1 are dense; deleting swaps the last slot in.
 type namespace struct {
-	meta  memory.Namespace
-	dim   int
-	ids   []string
-	vecs  []float32 // len(ids) * dim
-	inv   []float32 // inverse norms (cosine)
+	meta memory.Namespace
+	dim  int
+	ids  []string
+	vecs []float32 // len(ids) * dim
+	inv  []float32 // inverse norms (cosine)
+	// qvecs and qscale are the int8 copy of vecs (len(ids) * dim) and each vector's scale, for the quantised scan.
+	qvecs  []int8
+	qscale []float32
+	// ivf is the IVF index (kind HNSW), nil until a search builds it; writers keep it in step.
+	ivf   atomic.Pointer[ivf]
+	ivfMu sync.Mutex // serialises builds
 	recs  []*rec
 	slot  map[string]int
 	text  *textIndex
 	bytes int64
+	// expiring counts records with an expire time; while it is zero, searches skip the expiry check.
+	expiring int
 }
 
 type rec struct {
@@ -288,19 +302,34 @@ func (ns *namespace) put(r memory.Record) {
 		size += int64(len(k) + proto.Size(v))
 	}
 	nr := &rec{text: r.Text, md: r.Metadata, expire: r.ExpireTime, update: r.UpdateTime, size: size}
+	if !r.ExpireTime.IsZero() {
+		ns.expiring++
+	}
 	i, ok := ns.slot[r.ID]
 	if ok {
 		old := ns.recs[i]
+		if !old.expire.IsZero() {
+			ns.expiring--
+		}
 		ns.text.remove(r.ID, old.text)
 		ns.bytes -= old.size
 		ns.recs[i] = nr
 		copy(ns.vecs[i*ns.dim:(i+1)*ns.dim], r.Vector)
 		ns.inv[i] = invNorm(r.Vector)
+		ns.qscale[i] = quantize(ns.qvecs[i*ns.dim:(i+1)*ns.dim], r.Vector)
+		if x := ns.ivf.Load(); x != nil {
+			x.update(ns, i)
+		}
 	} else {
 		ns.slot[r.ID] = len(ns.ids)
 		ns.ids = append(ns.ids, r.ID)
 		ns.vecs = append(ns.vecs, r.Vector...)
 		ns.inv = append(ns.inv, invNorm(r.Vector))
+		ns.qvecs = slices.Grow(ns.qvecs, ns.dim)[:len(ns.qvecs)+ns.dim]
+		ns.qscale = append(ns.qscale, quantize(ns.qvecs[len(ns.qvecs)-ns.dim:], r.Vector))
+		if x := ns.ivf.Load(); x != nil {
+			x.add(ns, len(ns.ids)-1)
+		}
 		ns.recs = append(ns.recs, nr)
 	}
 	ns.text.add(r.ID, r.Text)
@@ -313,14 +342,27 @@ func (ns *namespace) remove(id string) {
 		return
 	}
 	old := ns.recs[i]
+	if !old.expire.IsZero() {
+		ns.expiring--
+	}
 	ns.text.remove(id, old.text)
 	ns.bytes -= old.size
 	last := len(ns.ids) - 1
+	if x := ns.ivf.Load(); x != nil {
+		x.unfile(i, ns.dim)
+		if i != last {
+			x.move(last, i)
+		} else {
+			x.where, x.pos = x.where[:last], x.pos[:last]
+		}
+	}
 	if i != last {
 		ns.ids[i] = ns.ids[last]
 		ns.recs[i] = ns.recs[last]
 		ns.inv[i] = ns.inv[last]
 		copy(ns.vecs[i*ns.dim:(i+1)*ns.dim], ns.vecs[last*ns.dim:])
+		ns.qscale[i] = ns.qscale[last]
+		copy(ns.qvecs[i*ns.dim:(i+1)*ns.dim], ns.qvecs[last*ns.dim:])
 		ns.slot[ns.ids[i]] = i
 	}
 	ns.ids = ns.ids[:last]
@@ -328,6 +370,8 @@ func (ns *namespace) remove(id string) {
 	ns.recs = ns.recs[:last]
 	ns.inv = ns.inv[:last]
 	ns.vecs = ns.vecs[:last*ns.dim]
+	ns.qscale = ns.qscale[:last]
+	ns.qvecs = ns.qvecs[:last*ns.dim]
 	delete(ns.slot, id)
 }
 
@@ -686,47 +730,30 @@ func (s *Store) Search(ctx context.Context, tenant, namespace string, q memory.Q
 		return nil, fmt.Errorf("search: %w", err)
 	}
 	now := s.now()
+	checkExpiry := ns.expiring > 0
 	keep := func(i int) bool {
-		return !ns.expired(i, now) && (q.Filter == nil || memory.MatchFilter(q.Filter, ns.recs[i].md))
+		return (!checkExpiry || !ns.expired(i, now)) && (q.Filter == nil || memory.MatchFilter(q.Filter, ns.recs[i].md))
 	}
 	k := q.TopK
 	if q.Hybrid {
 		k = max(2*q.TopK, 50)
 	}
-	qinv := invNorm(q.Vector)
-	dim := ns.dim
-	var score func(i int) (float32, bool)
-	switch ns.meta.Metric {
-	case memory.MetricDotProduct:
-		score = func(i int) (float32, bool) {
-			if !keep(i) {
-				return 0, false
-			}
-			return dot(q.Vector, ns.vecs[i*dim:(i+1)*dim]), true
-		}
-	case memory.MetricL2:
-		score = func(i int) (float32, bool) {
-			if !keep(i) {
-				return 0, false
-			}
-			return -float32(sqrt(l2sq(q.Vector, ns.vecs[i*dim:(i+1)*dim]))), true
-		}
-	default:
-		score = func(i int) (float32, bool) {
-			if !keep(i) {
-				return 0, false
-			}
-			return dot(q.Vector, ns.vecs[i*dim:(i+1)*dim]) * ns.inv[i] * qinv, true
-		}
+	vq := &vectorQuery{ns: ns, q: q.Vector, qinv: invNorm(q.Vector), keep: keep}
+	if !q.Hybrid {
+		vq.minScore = q.MinScore
 	}
-	if !q.Hybrid && q.MinScore != nil {
-		inner, minScore := score, *q.MinScore
-		score = func(i int) (float32, bool) {
-			sc, ok := inner(i)
-			return sc, ok && sc >= minScore
-		}
+	var top []scored
+	ok := false
+	if ns.useIVF() {
+		top, ok = vq.ivfSearch(k, QuantisedRerank)
 	}
-	top := scan(len(ns.ids), dim, k, score)
+	if ok {
+		// the IVF index answered
+	} else if ns.useQuantised() {
+		top = vq.quantised(k, QuantisedRerank)
+	} else {
+		top = vq.exact(k)
+	}
 	if !q.Hybrid {
 		hits := make([]memory.Hit, len(top))
 		for j, c := range top {

@@ -2,12 +2,19 @@
 // fixed seed, with exact ground truth computed by brute force. For each backend it reports the ingest rate,
 // recall@k against the ground truth, query latency p50/p99 and single-client QPS. It backs `loom bench memory`.
 //
-// Backends: the embedded localstore, pgstore (through memory.Store, HNSW index maintained while inserting),
-// pgvector by direct SQL (COPY first, HNSW index built after: the best case for ingest), and chromem-go (an
-// in-process brute-force library) for reference.
+// Backends: the embedded localstore (exact float32 scan; the default int8 quantised scan with exact re-ranking;
+// the IVF index over int8 codes that IndexConfig kind HNSW selects), pgstore (through memory.Store: COPY-staged batches, HNSW index built after the
+// load by BuildIndexes), pgvector by direct SQL (COPY first, HNSW index built after: the best case for ingest),
+// and chromem-go (an in-process brute-force library) for reference.
+//
+// Each backend also runs a filtered search at 10% selectivity (metadata bucket = 3 of 0..9), scored against the
+// exact filtered top k; "rows==k" says whether every query returned exactly k rows. The table gives each
+// backend's QPS and p50 as ratios to the pgvector direct-SQL baseline, and localstore's speed-up over chromem-go
+// (chromem p50 / localstore p50). Progress is drawn on w as a throttled bar, one line per phase.
 package membench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -17,6 +24,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -25,6 +33,7 @@ import (
 	pgxvec "github.com/pgvector/pgvector-go/pgx"
 	"github.com/philippgille/chromem-go"
 
+	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/memory"
 	"github.com/loom-dev/loom/memory/localstore"
 	"github.com/loom-dev/loom/memory/pgstore"
@@ -41,9 +50,15 @@ type Config struct {
 	PostgresURL string
 	// EfSearch for the HNSW backends [100].
 	EfSearch int
-	// Backends limits the run to these names ("localstore", "pgstore", "pgvector-sql", "chromem"); empty runs all
-	// available.
+	// EfSearch zero uses pgstore.DefaultEfSearch, for pgstore and the direct-SQL baseline alike.
+	// Backends limits the run to these names ("localstore", "localstore-int8", "localstore-ivf", "pgstore",
+	// "pgvector-sql", "chromem"); empty runs all available.
 	Backends []string
+	// NoProgress turns off the progress bar.
+	NoProgress bool
+	// Selectivity of the filtered search [0.1]: records carry bucket = i mod round(1/Selectivity) and the filter
+	// is bucket = 3.
+	Selectivity float64
 }
 
 func (c *Config) defaults() {
@@ -57,7 +72,10 @@ func (c *Config) defaults() {
 	def(&c.Clusters, 100)
 	def(&c.Queries, 200)
 	def(&c.K, 10)
-	def(&c.EfSearch, 100)
+	def(&c.EfSearch, pgstore.DefaultEfSearch)
+	if c.Selectivity <= 0 || c.Selectivity > 1 {
+		c.Selectivity = 0.1
+	}
 	if c.Seed == 0 {
 		c.Seed = 1
 	}
@@ -70,13 +88,27 @@ type Result struct {
 	Recall     float64 // recall@K
 	P50, P99   time.Duration
 	QPS        float64
+	// Filtered search at Config.Selectivity: recall@K against the exact filtered top K, latency, QPS, and
+	// whether every query returned exactly K rows. Zero when the backend was not run filtered.
+	FilteredRecall     float64
+	FilteredP50        time.Duration
+	FilteredP99        time.Duration
+	FilteredQPS        float64
+	FilteredAlwaysK    bool
+	FilteredMinRows    int
+	filteredMeasured   bool
+	QPSVsSQL, P50VsSQL float64 // QPS and p50 divided by the pgvector direct-SQL baseline's; zero without it
 }
 
 // dataset is vectors around random centroids, L2-normalised, and queries drawn the same way.
 type dataset struct {
 	vecs, queries [][]float32
 	truth         [][]int // exact top K per query
+	buckets       int     // record i has bucket i % buckets; the filter selects bucket 3
+	ftruth        [][]int // exact top K per query among bucket 3
 }
+
+const filterBucket = 3
 
 func makeDataset(c Config) dataset {
 	r := rand.New(rand.NewPCG(c.Seed, 0x6d656d))
@@ -92,7 +124,9 @@ func makeDataset(c Config) dataset {
 	for i := range d.queries {
 		d.queries[i] = draw()
 	}
+	d.buckets = max(int(math.Round(1/c.Selectivity)), filterBucket+1)
 	d.truth = make([][]int, c.Queries)
+	d.ftruth = make([][]int, c.Queries)
 	for qi, q := range d.queries {
 		type sc struct {
 			i int
@@ -109,6 +143,14 @@ func makeDataset(c Config) dataset {
 		sort.Slice(all, func(a, b int) bool { return all[a].s > all[b].s })
 		for _, x := range all[:c.K] {
 			d.truth[qi] = append(d.truth[qi], x.i)
+		}
+		for _, x := range all {
+			if len(d.ftruth[qi]) == c.K {
+				break
+			}
+			if x.i%d.buckets == filterBucket {
+				d.ftruth[qi] = append(d.ftruth[qi], x.i)
+			}
 		}
 	}
 	return d
@@ -137,12 +179,54 @@ func normalise(v []float32) []float32 {
 	return v
 }
 
-// backend is one system under test. search returns the dataset indices of the top k.
+// backend is one system under test. search returns the dataset indices of the top k; filtered does the same
+// among records of bucket filterBucket (nil: not supported). ingest reports progress through done.
 type backend struct {
-	name   string
-	ingest func(ctx context.Context, vecs [][]float32) error
-	search func(ctx context.Context, q []float32, k int) ([]int, error)
-	close  func()
+	name     string
+	ingest   func(ctx context.Context, d dataset, done func(n int)) error
+	search   func(ctx context.Context, q []float32, k int) ([]int, error)
+	filtered func(ctx context.Context, q []float32, k int) ([]int, error)
+	close    func()
+}
+
+// progress draws a throttled bar on w: "\r[#####.....]  52% localstore ingest", ending with a newline.
+type progress struct {
+	w     io.Writer
+	off   bool
+	label string
+	total int
+	last  time.Time
+	shown int
+}
+
+func (p *progress) start(label string, total int) {
+	p.label, p.total, p.last, p.shown = label, max(total, 1), time.Time{}, -1
+	p.set(0)
+}
+
+func (p *progress) set(done int) {
+	if p.off {
+		return
+	}
+	pct := min(100*done/p.total, 100)
+	if pct == p.shown || pct < 100 && time.Since(p.last) < 100*time.Millisecond {
+		return
+	}
+	p.last, p.shown = time.Now(), pct
+	const width = 20
+	bar := strings.Repeat("#", pct*width/100) + strings.Repeat(".", width-pct*width/100)
+	fmt.Fprintf(p.w, "\r[%s] %3d%% %s", bar, pct, p.label)
+}
+
+func (p *progress) end() {
+	if p.off {
+		return
+	}
+	if p.shown != 100 {
+		p.shown = -1
+		p.set(p.total)
+	}
+	fmt.Fprintln(p.w)
 }
 
 // Run generates the dataset, runs every backend and writes a table to w.
@@ -150,12 +234,19 @@ func Run(ctx context.Context, w io.Writer, cfg Config) ([]Result, error) {
 	cfg.defaults()
 	start := time.Now()
 	d := makeDataset(cfg)
-	fmt.Fprintf(w, "dataset: %d x %d, %d clusters, %d queries, k=%d, seed %d (ground truth in %v)\n",
-		cfg.N, cfg.Dim, cfg.Clusters, cfg.Queries, cfg.K, cfg.Seed, time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(w, "dataset: %d x %d, %d clusters, %d queries, k=%d, seed %d, ef_search %d, filter selectivity %.0f%% (ground truth in %v)\n",
+		cfg.N, cfg.Dim, cfg.Clusters, cfg.Queries, cfg.K, cfg.Seed, cfg.EfSearch, 100/float64(d.buckets),
+		time.Since(start).Round(time.Millisecond))
 	var backends []func() (*backend, error)
 	want := func(name string) bool { return len(cfg.Backends) == 0 || slices.Contains(cfg.Backends, name) }
 	if want("localstore") {
-		backends = append(backends, func() (*backend, error) { return localBackend(ctx, cfg) })
+		backends = append(backends, func() (*backend, error) { return localBackend(ctx, cfg, memory.IndexExact) })
+	}
+	if want("localstore-int8") {
+		backends = append(backends, func() (*backend, error) { return localBackend(ctx, cfg, memory.IndexDefault) })
+	}
+	if want("localstore-ivf") {
+		backends = append(backends, func() (*backend, error) { return localBackend(ctx, cfg, memory.IndexHNSW) })
 	}
 	if cfg.PostgresURL != "" && want("pgstore") {
 		backends = append(backends, func() (*backend, error) { return pgstoreBackend(ctx, cfg) })
@@ -166,77 +257,135 @@ func Run(ctx context.Context, w io.Writer, cfg Config) ([]Result, error) {
 	if want("chromem") {
 		backends = append(backends, func() (*backend, error) { return chromemBackend(cfg) })
 	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "backend\tingest vec/s\trecall@k\tp50\tp99\tQPS\t")
+	p := &progress{w: w, off: cfg.NoProgress}
 	var results []Result
 	for _, mk := range backends {
 		b, err := mk()
 		if err != nil {
 			return results, err
 		}
-		res, err := measure(ctx, b, d, cfg.K)
+		res, err := measure(ctx, p, b, d, cfg.K)
 		b.close()
 		if err != nil {
 			return results, fmt.Errorf("%s: %w", b.name, err)
 		}
 		results = append(results, res)
-		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%v\t%v\t%.0f\t\n", res.Backend, res.IngestRate, res.Recall,
-			res.P50.Round(time.Microsecond), res.P99.Round(time.Microsecond), res.QPS)
+	}
+	var sqlRes, chromemRes *Result
+	for i := range results {
+		switch {
+		case strings.HasPrefix(results[i].Backend, "pgvector-sql"):
+			sqlRes = &results[i]
+		case strings.HasPrefix(results[i].Backend, "chromem"):
+			chromemRes = &results[i]
+		}
+	}
+	ratio := func(a, b float64) string {
+		if a == 0 || b == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2fx", a/b)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "backend\tingest vec/s\trecall@k\tp50\tp99\tQPS\tQPS/sql\tp50/sql\tvs chromem\trows==k\t")
+	for i := range results {
+		r := &results[i]
+		var vsChromem string
+		if sqlRes != nil {
+			r.QPSVsSQL, r.P50VsSQL = r.QPS/sqlRes.QPS, float64(r.P50)/float64(sqlRes.P50)
+		}
+		if chromemRes != nil && strings.HasPrefix(r.Backend, "localstore") {
+			vsChromem = ratio(float64(chromemRes.P50), float64(r.P50)) + " faster"
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%v\t%v\t%.0f\t%s\t%s\t%s\t\t\n", r.Backend, r.IngestRate, r.Recall,
+			r.P50.Round(time.Microsecond), r.P99.Round(time.Microsecond), r.QPS, ratio(r.QPSVsSQL, 1), ratio(r.P50VsSQL, 1), cmp.Or(vsChromem, "-"))
+		if r.filteredMeasured {
+			var fq, fp float64
+			if sqlRes != nil && sqlRes.filteredMeasured {
+				fq, fp = r.FilteredQPS/sqlRes.FilteredQPS, float64(r.FilteredP50)/float64(sqlRes.FilteredP50)
+			}
+			rowsK := "yes"
+			if !r.FilteredAlwaysK {
+				rowsK = fmt.Sprintf("no (min %d)", r.FilteredMinRows)
+			}
+			fmt.Fprintf(tw, "  filtered %.0f%%\t\t%.3f\t%v\t%v\t%.0f\t%s\t%s\t\t%s\t\n", 100/float64(d.buckets), r.FilteredRecall,
+				r.FilteredP50.Round(time.Microsecond), r.FilteredP99.Round(time.Microsecond), r.FilteredQPS, ratio(fq, 1), ratio(fp, 1), rowsK)
+		}
 	}
 	return results, tw.Flush()
 }
 
-func measure(ctx context.Context, b *backend, d dataset, k int) (Result, error) {
-	start := time.Now()
-	if err := b.ingest(ctx, d.vecs); err != nil {
-		return Result{}, fmt.Errorf("ingest: %w", err)
-	}
-	res := Result{Backend: b.name, IngestRate: float64(len(d.vecs)) / time.Since(start).Seconds()}
-	lat := make([]time.Duration, len(d.queries))
+// runQueries times search over every query and returns recall against truth, latencies sorted, the QPS, and
+// the fewest rows any query returned.
+func runQueries(ctx context.Context, p *progress, label string, search func(ctx context.Context, q []float32, k int) ([]int, error), d dataset, truth [][]int, k int) (recall float64, lat []time.Duration, qps float64, minRows int, err error) {
+	lat = make([]time.Duration, len(d.queries))
 	found := 0
-	start = time.Now()
+	minRows = k
+	p.start(label, len(d.queries))
+	start := time.Now()
 	for qi, q := range d.queries {
 		t0 := time.Now()
-		got, err := b.search(ctx, q, k)
+		got, err := search(ctx, q, k)
 		if err != nil {
-			return Result{}, fmt.Errorf("search: %w", err)
+			return 0, nil, 0, 0, fmt.Errorf("search: %w", err)
 		}
 		lat[qi] = time.Since(t0)
+		minRows = min(minRows, len(got))
 		for _, i := range got {
-			if slices.Contains(d.truth[qi], i) {
+			if slices.Contains(truth[qi], i) {
 				found++
 			}
 		}
+		p.set(qi + 1)
 	}
-	res.QPS = float64(len(d.queries)) / time.Since(start).Seconds()
+	qps = float64(len(d.queries)) / time.Since(start).Seconds()
+	p.end()
 	slices.Sort(lat)
+	return float64(found) / float64(k*len(d.queries)), lat, qps, minRows, nil
+}
+
+func measure(ctx context.Context, p *progress, b *backend, d dataset, k int) (Result, error) {
+	p.start(b.name+" ingest", len(d.vecs))
+	start := time.Now()
+	if err := b.ingest(ctx, d, p.set); err != nil {
+		return Result{}, fmt.Errorf("ingest: %w", err)
+	}
+	p.end()
+	res := Result{Backend: b.name, IngestRate: float64(len(d.vecs)) / time.Since(start).Seconds()}
+	recall, lat, qps, _, err := runQueries(ctx, p, b.name+" search", b.search, d, d.truth, k)
+	if err != nil {
+		return Result{}, err
+	}
+	res.Recall, res.QPS = recall, qps
 	res.P50, res.P99 = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
-	res.Recall = float64(found) / float64(k*len(d.queries))
+	if b.filtered == nil {
+		return res, nil
+	}
+	recall, lat, qps, minRows, err := runQueries(ctx, p, b.name+" filtered search", b.filtered, d, d.ftruth, k)
+	if err != nil {
+		return Result{}, fmt.Errorf("filtered: %w", err)
+	}
+	res.filteredMeasured = true
+	res.FilteredRecall, res.FilteredQPS, res.FilteredMinRows, res.FilteredAlwaysK = recall, qps, minRows, minRows == k
+	res.FilteredP50, res.FilteredP99 = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
 	return res, nil
 }
 
-func storeBackend(name string, s memory.Store, cfg Config, closeFn func()) (*backend, error) {
+// bucketFilter selects records whose bucket is filterBucket.
+var bucketFilter = &memoryv1.Filter{Kind: &memoryv1.Filter_Field{Field: &memoryv1.FieldCondition{Key: "bucket",
+	Op: &memoryv1.FieldCondition_Eq{Eq: &memoryv1.Scalar{Kind: &memoryv1.Scalar_NumberValue{NumberValue: filterBucket}}}}}}
+
+// storeBackend drives a memory.Store in batches of memory.MaxBatch, the RPC's limit. A store with deferred index
+// builds (pgstore) has them run at the end of the load, inside the timed ingest.
+func storeBackend(name string, s memory.Store, cfg Config, kind memory.IndexKind, closeFn func()) (*backend, error) {
 	ctx := context.Background()
-	if _, err := s.CreateNamespace(ctx, "bench", memory.Namespace{Name: "bench", Dimension: cfg.Dim, Metric: memory.MetricCosine, EfSearch: cfg.EfSearch}); err != nil {
+	if _, err := s.CreateNamespace(ctx, "bench", memory.Namespace{Name: "bench", Dimension: cfg.Dim, Metric: memory.MetricCosine, IndexKind: kind, EfSearch: cfg.EfSearch}); err != nil {
 		closeFn()
 		return nil, err
 	}
-	return &backend{
-		name: name,
-		ingest: func(ctx context.Context, vecs [][]float32) error {
-			for startI := 0; startI < len(vecs); startI += 1000 {
-				batch := make([]memory.Record, 0, 1000)
-				for i := startI; i < min(startI+1000, len(vecs)); i++ {
-					batch = append(batch, memory.Record{ID: strconv.Itoa(i), Vector: vecs[i], UpdateTime: time.Now()})
-				}
-				if err := s.Upsert(ctx, "bench", "bench", batch); err != nil {
-					return err
-				}
-			}
-			return nil
-		},
-		search: func(ctx context.Context, q []float32, k int) ([]int, error) {
-			hits, err := s.Search(ctx, "bench", "bench", memory.Query{Vector: q, TopK: k})
+	search := func(filter *memoryv1.Filter) func(ctx context.Context, q []float32, k int) ([]int, error) {
+		return func(ctx context.Context, q []float32, k int) ([]int, error) {
+			hits, err := s.Search(ctx, "bench", "bench", memory.Query{Vector: q, TopK: k, Filter: filter})
 			if err != nil {
 				return nil, err
 			}
@@ -245,12 +394,41 @@ func storeBackend(name string, s memory.Store, cfg Config, closeFn func()) (*bac
 				out[i], _ = strconv.Atoi(h.Record.ID)
 			}
 			return out, nil
+		}
+	}
+	return &backend{
+		name: name,
+		ingest: func(ctx context.Context, d dataset, done func(int)) error {
+			bucket := make([]map[string]*memoryv1.Value, d.buckets)
+			for i := range bucket {
+				bucket[i] = map[string]*memoryv1.Value{"bucket": {Kind: &memoryv1.Value_NumberValue{NumberValue: float64(i)}}}
+			}
+			for startI := 0; startI < len(d.vecs); startI += memory.MaxBatch {
+				batch := make([]memory.Record, 0, memory.MaxBatch)
+				for i := startI; i < min(startI+memory.MaxBatch, len(d.vecs)); i++ {
+					batch = append(batch, memory.Record{ID: strconv.Itoa(i), Vector: d.vecs[i], Metadata: bucket[i%d.buckets], UpdateTime: time.Now()})
+				}
+				if err := s.Upsert(ctx, "bench", "bench", batch); err != nil {
+					return err
+				}
+				done(startI + len(batch))
+			}
+			if b, ok := s.(interface{ BuildIndexes(context.Context) error }); ok {
+				if err := b.BuildIndexes(ctx); err != nil {
+					return err
+				}
+			}
+			// One search builds any index a store makes lazily (localstore's IVF), inside the timed ingest.
+			_, err := s.Search(ctx, "bench", "bench", memory.Query{Vector: d.vecs[0], TopK: 1})
+			return err
 		},
-		close: closeFn,
+		search:   search(nil),
+		filtered: search(bucketFilter),
+		close:    closeFn,
 	}, nil
 }
 
-func localBackend(ctx context.Context, cfg Config) (*backend, error) {
+func localBackend(ctx context.Context, cfg Config, kind memory.IndexKind) (*backend, error) {
 	dir, err := os.MkdirTemp("", "membench-")
 	if err != nil {
 		return nil, err
@@ -260,7 +438,14 @@ func localBackend(ctx context.Context, cfg Config) (*backend, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	return storeBackend("localstore (exact)", s, cfg, func() { s.Close(); os.RemoveAll(dir) })
+	name := "localstore (exact)"
+	switch kind {
+	case memory.IndexDefault:
+		name = fmt.Sprintf("localstore (default: int8+rerank x%d)", localstore.QuantisedRerank)
+	case memory.IndexHNSW:
+		name = "localstore (kind hnsw: ivf+int8)"
+	}
+	return storeBackend(name, s, cfg, kind, func() { s.Close(); os.RemoveAll(dir) })
 }
 
 func pgstoreBackend(ctx context.Context, cfg Config) (*backend, error) {
@@ -269,13 +454,14 @@ func pgstoreBackend(ctx context.Context, cfg Config) (*backend, error) {
 		return nil, err
 	}
 	_ = s.DeleteNamespace(ctx, "bench", "bench")
-	return storeBackend("pgstore (hnsw)", s, cfg, func() {
+	return storeBackend("pgstore (hnsw)", s, cfg, memory.IndexHNSW, func() {
 		_ = s.DeleteNamespace(context.Background(), "bench", "bench")
 		s.Close()
 	})
 }
 
-// sqlBackend is pgvector by hand: COPY into a bare table, then build the HNSW index, then query.
+// sqlBackend is pgvector by hand: COPY into a bare table, then build the HNSW index, then query. Filtered
+// queries use hnsw.iterative_scan = relaxed_order, as pgstore does.
 func sqlBackend(ctx context.Context, cfg Config) (*backend, error) {
 	conn, err := pgx.Connect(ctx, cfg.PostgresURL)
 	if err != nil {
@@ -287,36 +473,49 @@ func sqlBackend(ctx context.Context, cfg Config) (*backend, error) {
 	}
 	for _, q := range []string{
 		"DROP TABLE IF EXISTS membench_items",
-		fmt.Sprintf("CREATE TABLE membench_items (id int PRIMARY KEY, embedding vector(%d))", cfg.Dim),
+		fmt.Sprintf("CREATE TABLE membench_items (id int PRIMARY KEY, bucket int NOT NULL, embedding vector(%d))", cfg.Dim),
 	} {
 		if _, err := conn.Exec(ctx, q); err != nil {
 			conn.Close(ctx)
 			return nil, err
 		}
 	}
+	query := func(where string) func(ctx context.Context, q []float32, k int) ([]int, error) {
+		return func(ctx context.Context, q []float32, k int) ([]int, error) {
+			rows, err := conn.Query(ctx, "SELECT id FROM membench_items "+where+" ORDER BY embedding <=> $1 LIMIT $2", pgvector.NewVector(q), k)
+			if err != nil {
+				return nil, err
+			}
+			return pgx.CollectRows(rows, pgx.RowTo[int])
+		}
+	}
 	return &backend{
 		name: "pgvector-sql (copy, then hnsw)",
-		ingest: func(ctx context.Context, vecs [][]float32) error {
-			rows := make([][]any, len(vecs))
-			for i, v := range vecs {
-				rows[i] = []any{i, pgvector.NewVector(v)}
+		ingest: func(ctx context.Context, d dataset, done func(int)) error {
+			rows := make([][]any, len(d.vecs))
+			for i, v := range d.vecs {
+				rows[i] = []any{i, i % d.buckets, pgvector.NewVector(v)}
 			}
-			if _, err := conn.CopyFrom(ctx, pgx.Identifier{"membench_items"}, []string{"id", "embedding"}, pgx.CopyFromRows(rows)); err != nil {
+			if _, err := conn.CopyFrom(ctx, pgx.Identifier{"membench_items"}, []string{"id", "bucket", "embedding"}, pgx.CopyFromRows(rows)); err != nil {
+				return err
+			}
+			done(len(d.vecs) / 10) // the index build is most of the time
+			// The same build memory as pgstore's, so the graph is built in memory by both.
+			if _, err := conn.Exec(ctx, "SET maintenance_work_mem = '"+pgstore.BuildMemory+"'"); err != nil {
 				return err
 			}
 			if _, err := conn.Exec(ctx, "CREATE INDEX ON membench_items USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"); err != nil {
 				return err
 			}
-			_, err := conn.Exec(ctx, "SET hnsw.ef_search = "+strconv.Itoa(cfg.EfSearch))
-			return err
-		},
-		search: func(ctx context.Context, q []float32, k int) ([]int, error) {
-			rows, err := conn.Query(ctx, "SELECT id FROM membench_items ORDER BY embedding <=> $1 LIMIT $2", pgvector.NewVector(q), k)
-			if err != nil {
-				return nil, err
+			for _, q := range []string{"ANALYZE membench_items", "SET hnsw.ef_search = " + strconv.Itoa(cfg.EfSearch), "SET hnsw.iterative_scan = relaxed_order"} {
+				if _, err := conn.Exec(ctx, q); err != nil {
+					return err
+				}
 			}
-			return pgx.CollectRows(rows, pgx.RowTo[int])
+			return nil
 		},
+		search:   query(""),
+		filtered: query(fmt.Sprintf("WHERE bucket = %d", filterBucket)),
 		close: func() {
 			_, _ = conn.Exec(context.Background(), "DROP TABLE IF EXISTS membench_items")
 			conn.Close(context.Background())
@@ -332,17 +531,9 @@ func chromemBackend(cfg Config) (*backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &backend{
-		name: "chromem-go (exact)",
-		ingest: func(ctx context.Context, vecs [][]float32) error {
-			docs := make([]chromem.Document, len(vecs))
-			for i, v := range vecs {
-				docs[i] = chromem.Document{ID: strconv.Itoa(i), Embedding: v, Content: "x"}
-			}
-			return col.AddDocuments(ctx, docs, 2)
-		},
-		search: func(ctx context.Context, q []float32, k int) ([]int, error) {
-			res, err := col.QueryEmbedding(ctx, q, k, nil, nil)
+	query := func(where map[string]string) func(ctx context.Context, q []float32, k int) ([]int, error) {
+		return func(ctx context.Context, q []float32, k int) ([]int, error) {
+			res, err := col.QueryEmbedding(ctx, q, k, where, nil)
 			if err != nil {
 				return nil, err
 			}
@@ -351,7 +542,19 @@ func chromemBackend(cfg Config) (*backend, error) {
 				out[i], _ = strconv.Atoi(r.ID)
 			}
 			return out, nil
+		}
+	}
+	return &backend{
+		name: "chromem-go (exact)",
+		ingest: func(ctx context.Context, d dataset, done func(int)) error {
+			docs := make([]chromem.Document, len(d.vecs))
+			for i, v := range d.vecs {
+				docs[i] = chromem.Document{ID: strconv.Itoa(i), Embedding: v, Content: "x", Metadata: map[string]string{"bucket": strconv.Itoa(i % d.buckets)}}
+			}
+			return col.AddDocuments(ctx, docs, 2)
 		},
-		close: func() {},
+		search:   query(nil),
+		filtered: query(map[string]string{"bucket": strconv.Itoa(filterBucket)}),
+		close:    func() {},
 	}, nil
 }

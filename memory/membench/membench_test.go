@@ -21,9 +21,12 @@ func TestRunSmall(t *testing.T) {
 		t.Fatalf("Run: %v\n%s", err, out.String())
 	}
 	t.Log("\n" + out.String())
-	wantN := 2
+	if !strings.Contains(out.String(), "\r[") || !strings.Contains(out.String(), "100% localstore (exact) ingest\n") {
+		t.Errorf("no progress bar in the output")
+	}
+	wantN := 4
 	if cfg.PostgresURL != "" {
-		wantN = 4
+		wantN = 6
 	}
 	if len(res) != wantN {
 		t.Fatalf("%d results, want %d", len(res), wantN)
@@ -35,6 +38,9 @@ func TestRunSmall(t *testing.T) {
 		}
 		if r.IngestRate <= 0 || r.QPS <= 0 || r.P99 < r.P50 {
 			t.Errorf("%s: implausible figures %+v", r.Backend, r)
+		}
+		if !r.FilteredAlwaysK || exact && r.FilteredRecall != 1 || r.FilteredRecall < 0.8 {
+			t.Errorf("%s: filtered search: always k %v, recall %.3f", r.Backend, r.FilteredAlwaysK, r.FilteredRecall)
 		}
 	}
 }

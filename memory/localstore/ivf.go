@@ -1,0 +1,243 @@
+package localstore
+
+import (
+	"math"
+	"math/rand/v2"
+	"runtime"
+	"sync"
+
+	"github.com/loom-dev/loom/memory"
+)
+
+// IVF: the embedded store's approximate index, used by namespaces of index kind HNSW from IVFMinRows rows (see
+// QuantisedMinRows for the whole mapping). Vectors are partitioned by k-means (trained on a sample) into about
+// sqrt(n) lists; a search scores the centroids, scans the int8 codes of the IVFProbes nearest lists, keeps
+// top_k x QuantisedRerank candidates and re-ranks them exactly on float32. The index is built by the first
+// search that needs it (and rebuilt when the namespace has doubled since), then maintained by every write. When
+// a filter leaves fewer than top_k matches in the probed lists, the search falls back to the full int8 scan, so
+// it still returns exactly top_k rows when that many match.
+const (
+	// IVFMinRows is the namespace size from which kind HNSW uses the IVF index.
+	IVFMinRows = 20000
+	// IVFProbes is the number of lists a search scans (nprobe); a namespace's ef_search, when set, overrides it
+	// as ef_search / 10.
+	IVFProbes      = 24
+	ivfTrainSample = 16384
+	ivfTrainIters  = 8
+)
+
+// ivf is an inverted-file index over a namespace's slots. Writers (holding the store's write lock) keep it in
+// step with the slots; readers only read it.
+type ivf struct {
+	nlist     int
+	centroids []float32   // nlist x dim, unit length
+	lists     [][]int32   // slots per list
+	codes     [][]int8    // per list, the int8 codes of its slots, in list order (scanned sequentially)
+	factor    [][]float32 // per list, each slot's code scale (times its inverse norm under cosine)
+	where     []int32     // slot -> list
+	pos       []int32     // slot -> index in lists[where[slot]]
+	builtAt   int         // rows when built
+}
+
+// nearest returns the list whose centroid is closest (by inner product) to v.
+func (x *ivf) nearest(v []float32, dim int) int {
+	best, bi := float32(math.Inf(-1)), 0
+	for c := range x.nlist {
+		if s := dot(v, x.centroids[c*dim:(c+1)*dim]); s > best {
+			best, bi = s, c
+		}
+	}
+	return bi
+}
+
+// file appends slot, whose code and scale are current in ns, to list c.
+func (x *ivf) file(ns *namespace, slot, c int) {
+	dim := ns.dim
+	x.where[slot], x.pos[slot] = int32(c), int32(len(x.lists[c]))
+	x.lists[c] = append(x.lists[c], int32(slot))
+	x.codes[c] = append(x.codes[c], ns.qvecs[slot*dim:(slot+1)*dim]...)
+	f := ns.qscale[slot]
+	if ns.meta.Metric == memory.MetricCosine {
+		f *= ns.inv[slot]
+	}
+	x.factor[c] = append(x.factor[c], f)
+}
+
+// add files slot (which must be new, len(where) == slot) under its nearest list.
+func (x *ivf) add(ns *namespace, slot int) {
+	x.where, x.pos = append(x.where, 0), append(x.pos, 0)
+	x.file(ns, slot, x.nearest(ns.vecs[slot*ns.dim:(slot+1)*ns.dim], ns.dim))
+}
+
+// unfile removes slot from its list (its where and pos entries stay, stale).
+func (x *ivf) unfile(slot, dim int) {
+	c, p := x.where[slot], x.pos[slot]
+	l, codes, f := x.lists[c], x.codes[c], x.factor[c]
+	n := len(l) - 1
+	last := l[n]
+	l[p], f[p] = last, f[n]
+	copy(codes[int(p)*dim:(int(p)+1)*dim], codes[n*dim:])
+	x.pos[last] = p
+	x.lists[c], x.codes[c], x.factor[c] = l[:n], codes[:n*dim], f[:n]
+}
+
+// update refiles an existing slot after its vector changed.
+func (x *ivf) update(ns *namespace, slot int) {
+	x.unfile(slot, ns.dim)
+	x.file(ns, slot, x.nearest(ns.vecs[slot*ns.dim:(slot+1)*ns.dim], ns.dim))
+}
+
+// move follows the store's swap-delete: slot from takes the place of slot to, which was unfiled already.
+func (x *ivf) move(from, to int) {
+	c, p := x.where[from], x.pos[from]
+	x.lists[c][p] = int32(to)
+	x.where[to], x.pos[to] = c, p
+	x.where, x.pos = x.where[:from], x.pos[:from]
+}
+
+// trainIVF builds an index over ns by k-means on a sample of its (normalised) vectors.
+func trainIVF(ns *namespace) *ivf {
+	n, dim := len(ns.ids), ns.dim
+	nlist := max(int(math.Sqrt(float64(n))), 1)
+	r := rand.New(rand.NewPCG(uint64(n), 0x1f))
+	sample := r.Perm(n)[:min(n, max(ivfTrainSample, 8*nlist))]
+	unit := func(i int, dst []float32) {
+		v := ns.vecs[i*dim : (i+1)*dim]
+		inv := invNorm(v)
+		for j, f := range v {
+			dst[j] = f * inv
+		}
+	}
+	x := &ivf{nlist: nlist, centroids: make([]float32, nlist*dim), builtAt: n}
+	for c := range nlist {
+		unit(sample[c], x.centroids[c*dim:(c+1)*dim])
+	}
+	assign := make([]int32, len(sample))
+	buf := make([]float32, dim)
+	for range ivfTrainIters {
+		parallelRange(len(sample), func(lo, hi int) {
+			tmp := make([]float32, dim)
+			for s := lo; s < hi; s++ {
+				unit(sample[s], tmp)
+				assign[s] = int32(x.nearest(tmp, dim))
+			}
+		})
+		sums := make([]float32, nlist*dim)
+		counts := make([]int, nlist)
+		for s, c := range assign {
+			unit(sample[s], buf)
+			row := sums[int(c)*dim : int(c+1)*dim]
+			for j, f := range buf {
+				row[j] += f
+			}
+			counts[c]++
+		}
+		for c := range nlist {
+			row := sums[c*dim : (c+1)*dim]
+			if counts[c] == 0 { // an empty list restarts at a random sample
+				unit(sample[r.IntN(len(sample))], row)
+			}
+			if inv := invNorm(row); inv != 0 {
+				for j := range row {
+					row[j] *= inv
+				}
+			}
+			copy(x.centroids[c*dim:(c+1)*dim], row)
+		}
+	}
+	x.lists, x.codes, x.factor = make([][]int32, nlist), make([][]int8, nlist), make([][]float32, nlist)
+	x.where, x.pos = make([]int32, n), make([]int32, n)
+	parallelRange(n, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			x.where[i] = int32(x.nearest(ns.vecs[i*dim:(i+1)*dim], dim))
+		}
+	})
+	for i, c := range x.where {
+		x.file(ns, i, int(c))
+	}
+	return x
+}
+
+// parallelRange splits [0, n) into GOMAXPROCS contiguous chunks run concurrently.
+func parallelRange(n int, f func(lo, hi int)) {
+	workers := runtime.GOMAXPROCS(0)
+	chunk := (n + workers - 1) / workers
+	var wg sync.WaitGroup
+	for lo := 0; lo < n; lo += chunk {
+		wg.Go(func() { f(lo, min(lo+chunk, n)) })
+	}
+	wg.Wait()
+}
+
+// useIVF reports whether searches of ns use the IVF index.
+func (ns *namespace) useIVF() bool {
+	return ns.meta.IndexKind == memory.IndexHNSW && ns.meta.Metric != memory.MetricL2 && len(ns.ids) >= IVFMinRows
+}
+
+// index returns ns's IVF index, building it first when missing or when the namespace has doubled since. The
+// caller holds the store's read lock.
+func (ns *namespace) index() *ivf {
+	if x := ns.ivf.Load(); x != nil && len(ns.ids) < 2*x.builtAt {
+		return x
+	}
+	ns.ivfMu.Lock()
+	defer ns.ivfMu.Unlock()
+	if x := ns.ivf.Load(); x != nil && len(ns.ids) < 2*x.builtAt {
+		return x
+	}
+	x := trainIVF(ns)
+	ns.ivf.Store(x)
+	return x
+}
+
+// ivfSearch returns the k best live, matching slots from the probed lists, or ok=false when fewer than k
+// matched there.
+func (vq *vectorQuery) ivfSearch(k, rerank int) (top []scored, ok bool) {
+	ns := vq.ns
+	dim := ns.dim
+	x := ns.index()
+	probes := IVFProbes
+	if ns.meta.EfSearch > 0 {
+		probes = max(ns.meta.EfSearch/10, 1)
+	}
+	probes = min(probes, x.nlist)
+	lists := newTopK(probes)
+	for c := range x.nlist {
+		lists.offer(scored{c, dot(vq.q, x.centroids[c*dim:(c+1)*dim])})
+	}
+	qq := make([]int8, dim)
+	qs := quantize(qq, vq.q)
+	cosine := ns.meta.Metric == memory.MetricCosine
+	mul := qs
+	if cosine {
+		mul *= vq.qinv
+	}
+	probed, rows := lists.items, 0
+	for _, l := range probed {
+		rows += len(x.lists[l.slot])
+	}
+	// Each probed list's codes are contiguous: a sequential int8 scan, split over goroutines when large.
+	cands := scanChunks(len(probed), rows*dim/max(len(probed), 1), k*rerank, func(lo, hi int, h *topK) {
+		for _, l := range probed[lo:hi] {
+			codes, f := x.codes[l.slot], x.factor[l.slot]
+			for j, slot := range x.lists[l.slot] {
+				s := scored{int(slot), float32(dotInt8(qq, codes[j*dim:(j+1)*dim])) * f[j] * mul}
+				if !h.admits(s) || !vq.keep(s.slot) {
+					continue
+				}
+				h.offer(s)
+			}
+		}
+	})
+	h := newTopK(k)
+	for _, c := range cands {
+		s := scored{c.slot, vq.exactScore(c.slot)}
+		if vq.minScore == nil || s.score >= *vq.minScore {
+			h.offer(s)
+		}
+	}
+	if len(cands) < k {
+		return nil, false
+	}
+	return h.sorted(), true
+}
