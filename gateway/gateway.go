@@ -35,6 +35,7 @@ import (
 
 	"github.com/loom-dev/loom/internal/authn"
 	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/procedure"
 )
 
 // Defaults of [Config].
@@ -316,15 +317,8 @@ func (p *Proxy) tooLarge() *connect.Error {
 
 // serviceOf returns "pkg.Service" from "/pkg.Service/Method".
 func serviceOf(path string) (string, bool) {
-	rest, ok := strings.CutPrefix(path, "/")
-	if !ok {
-		return "", false
-	}
-	service, method, ok := strings.Cut(rest, "/")
-	if !ok || service == "" || method == "" || strings.Contains(method, "/") {
-		return "", false
-	}
-	return service, true
+	service, _, ok := procedure.Split(path)
+	return service, ok
 }
 
 // writeError answers in the caller's protocol (Connect, gRPC or gRPC-Web), or plain HTTP for anything else.

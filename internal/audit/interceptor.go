@@ -3,17 +3,16 @@ package audit
 import (
 	"context"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/descriptorpb"
 
 	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/procedure"
 )
 
 // Appender is what the interceptor records into; *Store implements it.
@@ -33,20 +32,20 @@ type interceptor struct {
 	logger *slog.Logger
 }
 
-func (i *interceptor) record(ctx context.Context, procedure string, req any, err error) {
+func (i *interceptor) record(ctx context.Context, proc string, req any, err error) {
 	p, _ := principal.FromContext(ctx)
 	result := "ok"
 	if err != nil {
 		result = connect.CodeOf(err).String()
 	}
-	e := Event{Time: time.Now().UTC(), Tenant: p.Tenant, Subject: p.Subject, Procedure: procedure, Resource: Resource(req), Result: result}
+	e := Event{Time: time.Now().UTC(), Tenant: p.Tenant, Subject: p.Subject, Procedure: proc, Resource: Resource(req), Result: result}
 	if e.Tenant == "" {
 		return // unauthenticated calls never reach the interceptor chain
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if aerr := i.a.Append(rctx, e); aerr != nil {
-		i.logger.ErrorContext(ctx, "audit event lost", "procedure", procedure, "err", aerr)
+		i.logger.ErrorContext(ctx, "audit event lost", "procedure", proc, "err", aerr)
 	}
 }
 
@@ -101,18 +100,8 @@ func (c *recordingConn) first() any {
 }
 
 // Mutating reports whether procedure may change state: any RPC not declared NO_SIDE_EFFECTS.
-func Mutating(procedure string) bool {
-	name := strings.ReplaceAll(strings.TrimPrefix(procedure, "/"), "/", ".")
-	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name))
-	if err != nil {
-		return true
-	}
-	md, ok := d.(protoreflect.MethodDescriptor)
-	if !ok {
-		return true
-	}
-	opts, _ := md.Options().(*descriptorpb.MethodOptions)
-	return opts.GetIdempotencyLevel() != descriptorpb.MethodOptions_NO_SIDE_EFFECTS
+func Mutating(proc string) bool {
+	return procedure.Idempotency(proc) != descriptorpb.MethodOptions_NO_SIDE_EFFECTS
 }
 
 // resourceFields are the request fields that name a resource, in order of preference. A message field is

@@ -16,6 +16,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/procedure"
 )
 
 // ServiceIssuer is the iss of every service-to-service token.
@@ -200,16 +201,9 @@ func (v *ServiceVerifier) Verify(token, procedure string) (principal.Principal, 
 }
 
 // serviceOf returns "pkg.Service" from "/pkg.Service/Method".
-func serviceOf(procedure string) (string, bool) {
-	rest, ok := strings.CutPrefix(procedure, "/")
-	if !ok {
-		return "", false
-	}
-	service, method, ok := strings.Cut(rest, "/")
-	if !ok || service == "" || method == "" || strings.Contains(method, "/") {
-		return "", false
-	}
-	return service, true
+func serviceOf(path string) (string, bool) {
+	service, _, ok := procedure.Split(path)
+	return service, ok
 }
 
 // ParsePrivateKeyPEM parses an Ed25519 private key from a PKCS #8 "PRIVATE KEY" PEM block (as written by

@@ -32,9 +32,9 @@ import (
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/descriptorpb"
+
+	"github.com/loom-dev/loom/internal/procedure"
 )
 
 // Config describes one target service.
@@ -170,20 +170,7 @@ func resolve(target string) (string, []grpc.DialOption) {
 // Idempotent reports whether the contract marks fullMethod ("/pkg.Service/Method") NO_SIDE_EFFECTS or
 // IDEMPOTENT: only those calls are retried, since a retried call may have reached the server already.
 func Idempotent(fullMethod string) bool {
-	name := strings.ReplaceAll(strings.TrimPrefix(fullMethod, "/"), "/", ".")
-	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name))
-	if err != nil {
-		return false
-	}
-	md, ok := d.(protoreflect.MethodDescriptor)
-	if !ok {
-		return false
-	}
-	opts, ok := md.Options().(*descriptorpb.MethodOptions)
-	if !ok || opts == nil {
-		return false
-	}
-	switch opts.GetIdempotencyLevel() {
+	switch procedure.Idempotency(fullMethod) {
 	case descriptorpb.MethodOptions_NO_SIDE_EFFECTS, descriptorpb.MethodOptions_IDEMPOTENT:
 		return true
 	}

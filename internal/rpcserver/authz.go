@@ -7,22 +7,16 @@ import (
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
 
 	authv1 "github.com/loom-dev/loom/gen/loom/auth/v1"
 	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/procedure"
 )
 
 // RequiredRole returns the role the contract declares for procedure ("/pkg.Service/Method") with the
 // (loom.auth.v1.required_role) method option, or ROLE_UNSPECIFIED when there is none.
-func RequiredRole(procedure string) authv1.Role {
-	name := strings.ReplaceAll(strings.TrimPrefix(procedure, "/"), "/", ".")
-	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name))
-	if err != nil {
-		return authv1.Role_ROLE_UNSPECIFIED
-	}
-	md, ok := d.(protoreflect.MethodDescriptor)
+func RequiredRole(proc string) authv1.Role {
+	md, ok := procedure.Method(proc)
 	if !ok || md.Options() == nil {
 		return authv1.Role_ROLE_UNSPECIFIED
 	}
