@@ -54,7 +54,7 @@ func (s *Server) Run(ctx context.Context, req *connect.Request[agentv1.RunReques
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
-	run, err := s.startRun(ctx, tenant, req.Msg.GetAgent(), req.Msg.GetInput(), req.Msg.GetIdempotencyKey(), nil)
+	run, err := s.startRun(ctx, tenant, req.Msg.GetAgent(), req.Msg.GetInput(), req.Msg.GetAttachments(), req.Msg.GetIdempotencyKey(), nil)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -68,7 +68,7 @@ func (s *Server) RunStream(ctx context.Context, req *connect.Request[agentv1.Run
 	if err != nil {
 		return s.connectError(ctx, err)
 	}
-	_, err = s.startRun(ctx, tenant, req.Msg.GetAgent(), req.Msg.GetInput(), req.Msg.GetIdempotencyKey(), stream.Send)
+	_, err = s.startRun(ctx, tenant, req.Msg.GetAgent(), req.Msg.GetInput(), req.Msg.GetAttachments(), req.Msg.GetIdempotencyKey(), stream.Send)
 	return s.connectError(ctx, err)
 }
 
@@ -159,7 +159,9 @@ func (s *Server) active(tenant, id string) *activeRun {
 
 // startRun runs agentName for a caller, honouring the idempotency key. On success (including a run that failed
 // on a budget) it returns the run and nil; otherwise the error says why, with the run id when one was created.
-func (s *Server) startRun(ctx context.Context, tenant, agentName, input, key string, emit emitFunc) (*agentv1.Run, error) {
+// Attachments go to the model with input but are not stored, so a replay matches on input alone; ones the
+// agent's provider cannot take fail with a *FieldError before the run is recorded or any model is called.
+func (s *Server) startRun(ctx context.Context, tenant, agentName, input string, atts []*agentv1.Attachment, key string, emit emitFunc) (*agentv1.Run, error) {
 	if key != "" {
 		prev, err := s.store.GetRunByIdempotencyKey(ctx, tenant, key)
 		if err == nil {
@@ -173,7 +175,10 @@ func (s *Server) startRun(ctx context.Context, tenant, agentName, input, key str
 	if err != nil {
 		return nil, err
 	}
-	run, err := s.execute(ctx, tenant, a, input, key, []string{a.GetName()}, emit)
+	if err := checkAttachments(a.GetModel().GetProvider(), atts); err != nil {
+		return nil, err
+	}
+	run, err := s.execute(ctx, tenant, a, input, modelAttachments(atts), key, []string{a.GetName()}, emit)
 	if run == nil && key != "" && errors.Is(err, ErrAlreadyExists) {
 		// A concurrent call with the same key won the race.
 		prev, err := s.store.GetRunByIdempotencyKey(ctx, tenant, key)
@@ -219,9 +224,10 @@ func finalEvent(run *agentv1.Run) *agentv1.RunStreamResponse {
 	return &agentv1.RunStreamResponse{RunId: run.GetId(), Event: &agentv1.RunStreamResponse_Failed{Failed: run}}
 }
 
-// execute records a new run of a and drives it to its end. It returns the finished run, or nil when the run could
-// not be recorded; and the error that failed it, or nil when it succeeded or exhausted a budget.
-func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, input, key string, chain []string, emit emitFunc) (*agentv1.Run, error) {
+// execute records a new run of a and drives it to its end; atts go with input to the model and are not recorded.
+// It returns the finished run, or nil when the run could not be recorded; and the error that failed it, or nil
+// when it succeeded or exhausted a budget.
+func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, input string, atts []model.Attachment, key string, chain []string, emit emitFunc) (*agentv1.Run, error) {
 	provider := a.GetModel().GetProvider()
 	if provider == agentv1.Provider_PROVIDER_UNSPECIFIED {
 		provider = agentv1.Provider_PROVIDER_SIM
@@ -273,7 +279,7 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 	}
 	send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Started{Started: &agentv1.RunStarted{AgentVersion: a.GetVersion()}}})
 
-	env := runEnv{tenant: tenant, agent: a, runID: run.GetId(), chain: chain}
+	env := runEnv{tenant: tenant, agent: a, runID: run.GetId(), chain: chain, attachments: atts}
 	loopErr := s.loop(runCtx, env, run, send)
 
 	var budget *budgetError
@@ -329,7 +335,7 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 	req := model.Request{
 		Model: a.GetModel().GetName(), System: system, Tools: toolSpecs(a),
 		Temperature: temperature, MaxOutputTokens: a.GetModel().GetMaxOutputTokens(),
-		Messages: []model.Message{{Role: model.RoleUser, Text: run.GetInput()}},
+		Messages: []model.Message{{Role: model.RoleUser, Text: run.GetInput(), Attachments: env.attachments}},
 	}
 	maxSteps := int(a.GetBudgets().GetMaxSteps())
 	if maxSteps <= 0 {
@@ -469,6 +475,34 @@ func (s *Server) modelFor(ctx context.Context, tenant string, a *agentv1.Agent, 
 		return model.NewOpenAI(cfg), nil
 	}
 	return nil, preconditionError(fmt.Sprintf("unknown model provider %v", a.GetModel().GetProvider()))
+}
+
+// checkAttachments refuses attachments provider cannot take: OpenAI-compatible endpoints take images and only
+// the audio types model.OpenAIAudioFormat knows. The sim and Gemini take every type the contract allows.
+func checkAttachments(provider agentv1.Provider, atts []*agentv1.Attachment) error {
+	if provider != agentv1.Provider_PROVIDER_OPENAI {
+		return nil
+	}
+	for i, a := range atts {
+		mt := a.GetMimeType()
+		if _, ok := model.OpenAIAudioFormat(mt); ok || strings.HasPrefix(mt, "image/") {
+			continue
+		}
+		return &FieldError{Field: fmt.Sprintf("attachments[%d].mime_type", i),
+			Reason: fmt.Sprintf("%q is not supported by OpenAI-compatible models; send audio as audio/wav or audio/mpeg", mt)}
+	}
+	return nil
+}
+
+func modelAttachments(atts []*agentv1.Attachment) []model.Attachment {
+	if len(atts) == 0 {
+		return nil
+	}
+	out := make([]model.Attachment, len(atts))
+	for i, a := range atts {
+		out[i] = model.Attachment{MIMEType: a.GetMimeType(), Data: a.GetData()}
+	}
+	return out
 }
 
 func resultJSON(res *agentv1.ToolResult) string {

@@ -111,6 +111,8 @@ type runEnv struct {
 	agent  *agentv1.Agent
 	runID  string
 	chain  []string // agent names from the top-level run down to this one
+	// attachments go with the input, the first message of every model call; delegated runs have none.
+	attachments []model.Attachment
 }
 
 // callTool executes one tool call. Failures become the result's error, told to the model; they never fail the run.
@@ -217,7 +219,7 @@ func (s *Server) toolDelegate(ctx context.Context, env runEnv, name, input strin
 		}
 		return nil, errors.New("cannot load the agent")
 	}
-	run, err := s.execute(ctx, env.tenant, child, input, "", append(slices.Clip(env.chain), name), nil)
+	run, err := s.execute(ctx, env.tenant, child, input, nil, "", append(slices.Clip(env.chain), name), nil)
 	if err != nil && run == nil {
 		return nil, fmt.Errorf("delegate run failed: %s", publicMessage(err))
 	}

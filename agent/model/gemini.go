@@ -104,7 +104,11 @@ func geminiContents(msgs []Message) []*genai.Content {
 	for i, m := range msgs {
 		switch m.Role {
 		case RoleUser:
-			out = append(out, &genai.Content{Role: genai.RoleUser, Parts: []*genai.Part{{Text: m.Text}}})
+			c := &genai.Content{Role: genai.RoleUser, Parts: []*genai.Part{{Text: m.Text}}}
+			for _, a := range m.Attachments {
+				c.Parts = append(c.Parts, &genai.Part{InlineData: &genai.Blob{MIMEType: a.MIMEType, Data: a.Data}})
+			}
+			out = append(out, c)
 		case RoleAssistant:
 			c := &genai.Content{Role: genai.RoleModel}
 			if m.Text != "" {

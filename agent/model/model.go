@@ -42,6 +42,17 @@ type Message struct {
 	ToolCallID string
 	// ToolName is the tool a RoleTool message comes from.
 	ToolName string
+	// Attachments are images and audio sent inline with a RoleUser message, after its text.
+	Attachments []Attachment
+}
+
+// Attachment is an image or audio clip sent inline to the model.
+type Attachment struct {
+	// MIMEType is the data's type, "image/..." or "audio/...". Gemini takes any; OpenAI-compatible endpoints take
+	// any image type but only the audio types OpenAIAudioFormat knows.
+	MIMEType string
+	// Data is the raw bytes.
+	Data []byte
 }
 
 // ToolCall is the model's request to call a tool.

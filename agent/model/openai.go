@@ -2,11 +2,13 @@ package model
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"iter"
 	"sort"
+	"strings"
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
@@ -39,8 +41,13 @@ func (o *OpenAI) Stream(ctx context.Context, req Request) iter.Seq2[Chunk, error
 		if o.cfg.OpenAIBaseURL != "" {
 			opts = append(opts, option.WithBaseURL(o.cfg.OpenAIBaseURL))
 		}
+		params, err := openaiParams(req)
+		if err != nil {
+			yield(Chunk{}, err)
+			return
+		}
 		client := openai.NewClient(opts...)
-		stream := client.Chat.Completions.NewStreaming(ctx, openaiParams(req))
+		stream := client.Chat.Completions.NewStreaming(ctx, params)
 		defer stream.Close()
 
 		type pending struct {
@@ -103,7 +110,20 @@ func (o *OpenAI) Stream(ctx context.Context, req Request) iter.Seq2[Chunk, error
 	}
 }
 
-func openaiParams(req Request) openai.ChatCompletionNewParams {
+// OpenAIAudioFormat returns the input_audio format of an audio MIME type, and whether OpenAI-compatible
+// endpoints take it: "audio/wav" is "wav" and "audio/mpeg" is "mp3".
+func OpenAIAudioFormat(mimeType string) (string, bool) {
+	switch mimeType {
+	case "audio/wav":
+		return "wav", true
+	case "audio/mpeg":
+		return "mp3", true
+	}
+	return "", false
+}
+
+// openaiParams maps req to a chat completions request. It fails on an attachment the API cannot take.
+func openaiParams(req Request) (openai.ChatCompletionNewParams, error) {
 	name := req.Model
 	if name == "" {
 		name = defaultOpenAIModel
@@ -124,7 +144,15 @@ func openaiParams(req Request) openai.ChatCompletionNewParams {
 	for _, m := range req.Messages {
 		switch m.Role {
 		case RoleUser:
-			p.Messages = append(p.Messages, openai.UserMessage(m.Text))
+			if len(m.Attachments) == 0 {
+				p.Messages = append(p.Messages, openai.UserMessage(m.Text))
+				continue
+			}
+			parts, err := openaiUserParts(m)
+			if err != nil {
+				return openai.ChatCompletionNewParams{}, err
+			}
+			p.Messages = append(p.Messages, openai.UserMessage(parts))
 		case RoleTool:
 			p.Messages = append(p.Messages, openai.ToolMessage(m.Text, m.ToolCallID))
 		case RoleAssistant:
@@ -150,7 +178,28 @@ func openaiParams(req Request) openai.ChatCompletionNewParams {
 			Parameters:  shared.FunctionParameters(t.Parameters),
 		}))
 	}
-	return p
+	return p, nil
+}
+
+// openaiUserParts maps a user message with attachments to content parts: the text, then images as data URLs
+// and audio as input_audio.
+func openaiUserParts(m Message) ([]openai.ChatCompletionContentPartUnionParam, error) {
+	parts := []openai.ChatCompletionContentPartUnionParam{openai.TextContentPart(m.Text)}
+	for i, a := range m.Attachments {
+		data := base64.StdEncoding.EncodeToString(a.Data)
+		if strings.HasPrefix(a.MIMEType, "image/") {
+			parts = append(parts, openai.ImageContentPart(openai.ChatCompletionContentPartImageImageURLParam{
+				URL: "data:" + a.MIMEType + ";base64," + data}))
+			continue
+		}
+		format, ok := OpenAIAudioFormat(a.MIMEType)
+		if !ok {
+			return nil, fmt.Errorf("openai: attachment %d: unsupported type %q", i, a.MIMEType)
+		}
+		parts = append(parts, openai.InputAudioContentPart(openai.ChatCompletionContentPartInputAudioInputAudioParam{
+			Data: data, Format: format}))
+	}
+	return parts, nil
 }
 
 func openaiError(ctx context.Context, err error) error {

@@ -20,9 +20,10 @@ import (
 // Each call answers with the first scripted turn, in order, that has not been used yet and whose when_contains
 // is found in the latest user or tool messages (those after the last assistant message); empty when_contains
 // matches anything. A turn streams its reply as word deltas, then its tool calls. Without a matching turn the
-// sim answers from the input: it echoes the latest user message, or summarises the latest tool result.
+// sim answers from the input: it echoes the latest user message, adding how many attachments came with it
+// ("You said: hi (2 attachments)"), or summarises the latest tool result.
 //
-// Usage counts one token per 4 bytes (rounded up) of everything sent and generated. Latency delays the first
+// Usage counts one token per 4 bytes (rounded up) of everything sent, attachments included, and generated. Latency delays the first
 // chunk; failure_rate fails that fraction of calls with ErrUnavailable, drawn from an RNG seeded by New's seed.
 type Sim struct {
 	script *agentv1.SimScript
@@ -121,10 +122,21 @@ func (m *Sim) answer(req Request) (string, []ToolCall, bool) {
 	case last.Role == RoleTool:
 		return fmt.Sprintf("The %s tool returned: %s", last.ToolName, truncate(last.Text, 400)), nil, false
 	case last.Role == RoleUser:
-		return "You said: " + truncate(last.Text, 400), nil, false
+		return "You said: " + truncate(last.Text, 400) + attachmentNote(len(last.Attachments)), nil, false
 	default:
 		return "Hello.", nil, false
 	}
+}
+
+// attachmentNote tells how many attachments came with a message: "", " (1 attachment)", " (2 attachments)".
+func attachmentNote(n int) string {
+	switch n {
+	case 0:
+		return ""
+	case 1:
+		return " (1 attachment)"
+	}
+	return fmt.Sprintf(" (%d attachments)", n)
 }
 
 // latestInput joins the texts of the messages after the last assistant message, and returns the last message.
@@ -166,6 +178,9 @@ func inputTokens(req Request) int64 {
 	n := tokens(req.System)
 	for _, m := range req.Messages {
 		n += tokens(m.Text)
+		for _, a := range m.Attachments {
+			n += int64(len(a.Data)+3) / 4
+		}
 		for _, tc := range m.ToolCalls {
 			n += tokens(tc.Name) + tokens(argsJSON(tc.Args))
 		}

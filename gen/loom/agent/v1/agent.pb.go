@@ -2103,8 +2103,12 @@ type RunRequest struct {
 	Input string `protobuf:"bytes,2,opt,name=input,proto3" json:"input,omitempty"`
 	// Idempotency key: a second call with the same key returns the first run instead of running again.
 	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Images and audio sent to the model with the input; at most 8. They reach the model but are not stored with
+	// the run, so a repeated idempotency key is matched on agent and input only. OpenAI-compatible providers take
+	// audio only as audio/wav or audio/mpeg; other audio types fail with InvalidArgument before any model call.
+	Attachments   []*Attachment `protobuf:"bytes,4,rep,name=attachments,proto3" json:"attachments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunRequest) Reset() {
@@ -2158,6 +2162,68 @@ func (x *RunRequest) GetIdempotencyKey() string {
 	return ""
 }
 
+func (x *RunRequest) GetAttachments() []*Attachment {
+	if x != nil {
+		return x.Attachments
+	}
+	return nil
+}
+
+// Attachment is an image or audio clip sent inline to the model with a run's input.
+type Attachment struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// MIME type, for example "image/png" or "audio/wav"; images and audio only.
+	MimeType string `protobuf:"bytes,1,opt,name=mime_type,json=mimeType,proto3" json:"mime_type,omitempty"`
+	// The raw bytes, 1 byte to 3 MiB (requests are capped at 4 MiB in all).
+	Data          []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Attachment) Reset() {
+	*x = Attachment{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Attachment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Attachment) ProtoMessage() {}
+
+func (x *Attachment) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Attachment.ProtoReflect.Descriptor instead.
+func (*Attachment) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *Attachment) GetMimeType() string {
+	if x != nil {
+		return x.MimeType
+	}
+	return ""
+}
+
+func (x *Attachment) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 // RunResponse is the response of Run.
 type RunResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2169,7 +2235,7 @@ type RunResponse struct {
 
 func (x *RunResponse) Reset() {
 	*x = RunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2181,7 +2247,7 @@ func (x *RunResponse) String() string {
 func (*RunResponse) ProtoMessage() {}
 
 func (x *RunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2194,7 +2260,7 @@ func (x *RunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunResponse.ProtoReflect.Descriptor instead.
 func (*RunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RunResponse) GetRun() *Run {
@@ -2213,13 +2279,15 @@ type RunStreamRequest struct {
 	Input string `protobuf:"bytes,2,opt,name=input,proto3" json:"input,omitempty"`
 	// Idempotency key, as in RunRequest.
 	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Images and audio sent to the model with the input, as in RunRequest; at most 8.
+	Attachments   []*Attachment `protobuf:"bytes,4,rep,name=attachments,proto3" json:"attachments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunStreamRequest) Reset() {
 	*x = RunStreamRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2231,7 +2299,7 @@ func (x *RunStreamRequest) String() string {
 func (*RunStreamRequest) ProtoMessage() {}
 
 func (x *RunStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2244,7 +2312,7 @@ func (x *RunStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStreamRequest.ProtoReflect.Descriptor instead.
 func (*RunStreamRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RunStreamRequest) GetAgent() string {
@@ -2266,6 +2334,13 @@ func (x *RunStreamRequest) GetIdempotencyKey() string {
 		return x.IdempotencyKey
 	}
 	return ""
+}
+
+func (x *RunStreamRequest) GetAttachments() []*Attachment {
+	if x != nil {
+		return x.Attachments
+	}
+	return nil
 }
 
 // RunStreamResponse is one event of a streamed run.
@@ -2293,7 +2368,7 @@ type RunStreamResponse struct {
 
 func (x *RunStreamResponse) Reset() {
 	*x = RunStreamResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2305,7 +2380,7 @@ func (x *RunStreamResponse) String() string {
 func (*RunStreamResponse) ProtoMessage() {}
 
 func (x *RunStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2318,7 +2393,7 @@ func (x *RunStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStreamResponse.ProtoReflect.Descriptor instead.
 func (*RunStreamResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RunStreamResponse) GetRunId() string {
@@ -2494,7 +2569,7 @@ type RunStarted struct {
 
 func (x *RunStarted) Reset() {
 	*x = RunStarted{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2506,7 +2581,7 @@ func (x *RunStarted) String() string {
 func (*RunStarted) ProtoMessage() {}
 
 func (x *RunStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2519,7 +2594,7 @@ func (x *RunStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStarted.ProtoReflect.Descriptor instead.
 func (*RunStarted) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RunStarted) GetAgentVersion() int64 {
@@ -2540,7 +2615,7 @@ type TextDelta struct {
 
 func (x *TextDelta) Reset() {
 	*x = TextDelta{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2552,7 +2627,7 @@ func (x *TextDelta) String() string {
 func (*TextDelta) ProtoMessage() {}
 
 func (x *TextDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2565,7 +2640,7 @@ func (x *TextDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TextDelta.ProtoReflect.Descriptor instead.
 func (*TextDelta) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{32}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *TextDelta) GetText() string {
@@ -2586,7 +2661,7 @@ type MemoryHits struct {
 
 func (x *MemoryHits) Reset() {
 	*x = MemoryHits{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2598,7 +2673,7 @@ func (x *MemoryHits) String() string {
 func (*MemoryHits) ProtoMessage() {}
 
 func (x *MemoryHits) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2611,7 +2686,7 @@ func (x *MemoryHits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryHits.ProtoReflect.Descriptor instead.
 func (*MemoryHits) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{33}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *MemoryHits) GetHits() []*MemoryHit {
@@ -2636,7 +2711,7 @@ type MemoryHit struct {
 
 func (x *MemoryHit) Reset() {
 	*x = MemoryHit{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2648,7 +2723,7 @@ func (x *MemoryHit) String() string {
 func (*MemoryHit) ProtoMessage() {}
 
 func (x *MemoryHit) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2661,7 +2736,7 @@ func (x *MemoryHit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryHit.ProtoReflect.Descriptor instead.
 func (*MemoryHit) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{34}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *MemoryHit) GetId() string {
@@ -2696,7 +2771,7 @@ type Warning struct {
 
 func (x *Warning) Reset() {
 	*x = Warning{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2708,7 +2783,7 @@ func (x *Warning) String() string {
 func (*Warning) ProtoMessage() {}
 
 func (x *Warning) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2721,7 +2796,7 @@ func (x *Warning) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Warning.ProtoReflect.Descriptor instead.
 func (*Warning) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{35}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Warning) GetMessage() string {
@@ -2742,7 +2817,7 @@ type GetRunRequest struct {
 
 func (x *GetRunRequest) Reset() {
 	*x = GetRunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2754,7 +2829,7 @@ func (x *GetRunRequest) String() string {
 func (*GetRunRequest) ProtoMessage() {}
 
 func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2767,7 +2842,7 @@ func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunRequest.ProtoReflect.Descriptor instead.
 func (*GetRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{36}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetRunRequest) GetId() string {
@@ -2788,7 +2863,7 @@ type GetRunResponse struct {
 
 func (x *GetRunResponse) Reset() {
 	*x = GetRunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2800,7 +2875,7 @@ func (x *GetRunResponse) String() string {
 func (*GetRunResponse) ProtoMessage() {}
 
 func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2813,7 +2888,7 @@ func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunResponse.ProtoReflect.Descriptor instead.
 func (*GetRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{37}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetRunResponse) GetRun() *Run {
@@ -2842,7 +2917,7 @@ type ListRunsRequest struct {
 
 func (x *ListRunsRequest) Reset() {
 	*x = ListRunsRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2854,7 +2929,7 @@ func (x *ListRunsRequest) String() string {
 func (*ListRunsRequest) ProtoMessage() {}
 
 func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2867,7 +2942,7 @@ func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsRequest.ProtoReflect.Descriptor instead.
 func (*ListRunsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{38}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListRunsRequest) GetAgent() string {
@@ -2918,7 +2993,7 @@ type ListRunsResponse struct {
 
 func (x *ListRunsResponse) Reset() {
 	*x = ListRunsResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2930,7 +3005,7 @@ func (x *ListRunsResponse) String() string {
 func (*ListRunsResponse) ProtoMessage() {}
 
 func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2943,7 +3018,7 @@ func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsResponse.ProtoReflect.Descriptor instead.
 func (*ListRunsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{39}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListRunsResponse) GetRuns() []*Run {
@@ -2971,7 +3046,7 @@ type CancelRunRequest struct {
 
 func (x *CancelRunRequest) Reset() {
 	*x = CancelRunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2983,7 +3058,7 @@ func (x *CancelRunRequest) String() string {
 func (*CancelRunRequest) ProtoMessage() {}
 
 func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2996,7 +3071,7 @@ func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunRequest.ProtoReflect.Descriptor instead.
 func (*CancelRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{40}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CancelRunRequest) GetId() string {
@@ -3017,7 +3092,7 @@ type CancelRunResponse struct {
 
 func (x *CancelRunResponse) Reset() {
 	*x = CancelRunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3029,7 +3104,7 @@ func (x *CancelRunResponse) String() string {
 func (*CancelRunResponse) ProtoMessage() {}
 
 func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3042,7 +3117,7 @@ func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunResponse.ProtoReflect.Descriptor instead.
 func (*CancelRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{41}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CancelRunResponse) GetRun() *Run {
@@ -3069,7 +3144,7 @@ type SynthesizeSpeechRequest struct {
 
 func (x *SynthesizeSpeechRequest) Reset() {
 	*x = SynthesizeSpeechRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3081,7 +3156,7 @@ func (x *SynthesizeSpeechRequest) String() string {
 func (*SynthesizeSpeechRequest) ProtoMessage() {}
 
 func (x *SynthesizeSpeechRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3094,7 +3169,7 @@ func (x *SynthesizeSpeechRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SynthesizeSpeechRequest.ProtoReflect.Descriptor instead.
 func (*SynthesizeSpeechRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{42}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SynthesizeSpeechRequest) GetText() string {
@@ -3138,7 +3213,7 @@ type SynthesizeSpeechResponse struct {
 
 func (x *SynthesizeSpeechResponse) Reset() {
 	*x = SynthesizeSpeechResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3150,7 +3225,7 @@ func (x *SynthesizeSpeechResponse) String() string {
 func (*SynthesizeSpeechResponse) ProtoMessage() {}
 
 func (x *SynthesizeSpeechResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3163,7 +3238,7 @@ func (x *SynthesizeSpeechResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SynthesizeSpeechResponse.ProtoReflect.Descriptor instead.
 func (*SynthesizeSpeechResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{43}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SynthesizeSpeechResponse) GetAudio() []byte {
@@ -3197,7 +3272,7 @@ type Video struct {
 
 func (x *Video) Reset() {
 	*x = Video{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3209,7 +3284,7 @@ func (x *Video) String() string {
 func (*Video) ProtoMessage() {}
 
 func (x *Video) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3222,7 +3297,7 @@ func (x *Video) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Video.ProtoReflect.Descriptor instead.
 func (*Video) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{44}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *Video) GetId() string {
@@ -3268,7 +3343,7 @@ type CreateVideoRequest struct {
 
 func (x *CreateVideoRequest) Reset() {
 	*x = CreateVideoRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3280,7 +3355,7 @@ func (x *CreateVideoRequest) String() string {
 func (*CreateVideoRequest) ProtoMessage() {}
 
 func (x *CreateVideoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3293,7 +3368,7 @@ func (x *CreateVideoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVideoRequest.ProtoReflect.Descriptor instead.
 func (*CreateVideoRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{45}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *CreateVideoRequest) GetReplicaId() string {
@@ -3328,7 +3403,7 @@ type CreateVideoResponse struct {
 
 func (x *CreateVideoResponse) Reset() {
 	*x = CreateVideoResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3340,7 +3415,7 @@ func (x *CreateVideoResponse) String() string {
 func (*CreateVideoResponse) ProtoMessage() {}
 
 func (x *CreateVideoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3353,7 +3428,7 @@ func (x *CreateVideoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVideoResponse.ProtoReflect.Descriptor instead.
 func (*CreateVideoResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{46}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *CreateVideoResponse) GetVideo() *Video {
@@ -3374,7 +3449,7 @@ type GetVideoRequest struct {
 
 func (x *GetVideoRequest) Reset() {
 	*x = GetVideoRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3386,7 +3461,7 @@ func (x *GetVideoRequest) String() string {
 func (*GetVideoRequest) ProtoMessage() {}
 
 func (x *GetVideoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3399,7 +3474,7 @@ func (x *GetVideoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVideoRequest.ProtoReflect.Descriptor instead.
 func (*GetVideoRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{47}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GetVideoRequest) GetId() string {
@@ -3420,7 +3495,7 @@ type GetVideoResponse struct {
 
 func (x *GetVideoResponse) Reset() {
 	*x = GetVideoResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3432,7 +3507,7 @@ func (x *GetVideoResponse) String() string {
 func (*GetVideoResponse) ProtoMessage() {}
 
 func (x *GetVideoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3445,7 +3520,7 @@ func (x *GetVideoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVideoResponse.ProtoReflect.Descriptor instead.
 func (*GetVideoResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{48}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GetVideoResponse) GetVideo() *Video {
@@ -3592,18 +3667,24 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x05agent\x18\x01 \x01(\v2\x14.loom.agent.v1.AgentR\x05agent\"H\n" +
 	"\x12DeleteAgentRequest\x122\n" +
 	"\x04name\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x04name\"\x15\n" +
-	"\x13DeleteAgentResponse\"\x98\x01\n" +
+	"\x13DeleteAgentResponse\"\xdf\x01\n" +
 	"\n" +
 	"RunRequest\x124\n" +
 	"\x05agent\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x05agent\x12!\n" +
 	"\x05input\x18\x02 \x01(\tB\v\xbaH\br\x06\x10\x01(\x80\x80\x10R\x05input\x121\n" +
-	"\x0fidempotency_key\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x0eidempotencyKey\"3\n" +
+	"\x0fidempotency_key\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x0eidempotencyKey\x12E\n" +
+	"\vattachments\x18\x04 \x03(\v2\x19.loom.agent.v1.AttachmentB\b\xbaH\x05\x92\x01\x02\x10\bR\vattachments\"p\n" +
+	"\n" +
+	"Attachment\x12@\n" +
+	"\tmime_type\x18\x01 \x01(\tB#\xbaH r\x1e2\x1c^(image|audio)/[a-z0-9.+-]+$R\bmimeType\x12 \n" +
+	"\x04data\x18\x02 \x01(\fB\f\xbaH\tz\a\x10\x01\x18\x80\x80\xc0\x01R\x04data\"3\n" +
 	"\vRunResponse\x12$\n" +
-	"\x03run\x18\x01 \x01(\v2\x12.loom.agent.v1.RunR\x03run\"\x9e\x01\n" +
+	"\x03run\x18\x01 \x01(\v2\x12.loom.agent.v1.RunR\x03run\"\xe5\x01\n" +
 	"\x10RunStreamRequest\x124\n" +
 	"\x05agent\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x05agent\x12!\n" +
 	"\x05input\x18\x02 \x01(\tB\v\xbaH\br\x06\x10\x01(\x80\x80\x10R\x05input\x121\n" +
-	"\x0fidempotency_key\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x0eidempotencyKey\"\x9d\x04\n" +
+	"\x0fidempotency_key\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x0eidempotencyKey\x12E\n" +
+	"\vattachments\x18\x04 \x03(\v2\x19.loom.agent.v1.AttachmentB\b\xbaH\x05\x92\x01\x02\x10\bR\vattachments\"\x9d\x04\n" +
 	"\x11RunStreamResponse\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x125\n" +
 	"\astarted\x18\x02 \x01(\v2\x19.loom.agent.v1.RunStartedH\x00R\astarted\x129\n" +
@@ -3739,7 +3820,7 @@ func file_loom_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_loom_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_loom_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_loom_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_loom_agent_v1_agent_proto_goTypes = []any{
 	(Provider)(0),                    // 0: loom.agent.v1.Provider
 	(VoiceProvider)(0),               // 1: loom.agent.v1.VoiceProvider
@@ -3774,123 +3855,126 @@ var file_loom_agent_v1_agent_proto_goTypes = []any{
 	(*DeleteAgentRequest)(nil),       // 30: loom.agent.v1.DeleteAgentRequest
 	(*DeleteAgentResponse)(nil),      // 31: loom.agent.v1.DeleteAgentResponse
 	(*RunRequest)(nil),               // 32: loom.agent.v1.RunRequest
-	(*RunResponse)(nil),              // 33: loom.agent.v1.RunResponse
-	(*RunStreamRequest)(nil),         // 34: loom.agent.v1.RunStreamRequest
-	(*RunStreamResponse)(nil),        // 35: loom.agent.v1.RunStreamResponse
-	(*RunStarted)(nil),               // 36: loom.agent.v1.RunStarted
-	(*TextDelta)(nil),                // 37: loom.agent.v1.TextDelta
-	(*MemoryHits)(nil),               // 38: loom.agent.v1.MemoryHits
-	(*MemoryHit)(nil),                // 39: loom.agent.v1.MemoryHit
-	(*Warning)(nil),                  // 40: loom.agent.v1.Warning
-	(*GetRunRequest)(nil),            // 41: loom.agent.v1.GetRunRequest
-	(*GetRunResponse)(nil),           // 42: loom.agent.v1.GetRunResponse
-	(*ListRunsRequest)(nil),          // 43: loom.agent.v1.ListRunsRequest
-	(*ListRunsResponse)(nil),         // 44: loom.agent.v1.ListRunsResponse
-	(*CancelRunRequest)(nil),         // 45: loom.agent.v1.CancelRunRequest
-	(*CancelRunResponse)(nil),        // 46: loom.agent.v1.CancelRunResponse
-	(*SynthesizeSpeechRequest)(nil),  // 47: loom.agent.v1.SynthesizeSpeechRequest
-	(*SynthesizeSpeechResponse)(nil), // 48: loom.agent.v1.SynthesizeSpeechResponse
-	(*Video)(nil),                    // 49: loom.agent.v1.Video
-	(*CreateVideoRequest)(nil),       // 50: loom.agent.v1.CreateVideoRequest
-	(*CreateVideoResponse)(nil),      // 51: loom.agent.v1.CreateVideoResponse
-	(*GetVideoRequest)(nil),          // 52: loom.agent.v1.GetVideoRequest
-	(*GetVideoResponse)(nil),         // 53: loom.agent.v1.GetVideoResponse
-	(*durationpb.Duration)(nil),      // 54: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 55: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),          // 56: google.protobuf.Struct
-	(*fieldmaskpb.FieldMask)(nil),    // 57: google.protobuf.FieldMask
+	(*Attachment)(nil),               // 33: loom.agent.v1.Attachment
+	(*RunResponse)(nil),              // 34: loom.agent.v1.RunResponse
+	(*RunStreamRequest)(nil),         // 35: loom.agent.v1.RunStreamRequest
+	(*RunStreamResponse)(nil),        // 36: loom.agent.v1.RunStreamResponse
+	(*RunStarted)(nil),               // 37: loom.agent.v1.RunStarted
+	(*TextDelta)(nil),                // 38: loom.agent.v1.TextDelta
+	(*MemoryHits)(nil),               // 39: loom.agent.v1.MemoryHits
+	(*MemoryHit)(nil),                // 40: loom.agent.v1.MemoryHit
+	(*Warning)(nil),                  // 41: loom.agent.v1.Warning
+	(*GetRunRequest)(nil),            // 42: loom.agent.v1.GetRunRequest
+	(*GetRunResponse)(nil),           // 43: loom.agent.v1.GetRunResponse
+	(*ListRunsRequest)(nil),          // 44: loom.agent.v1.ListRunsRequest
+	(*ListRunsResponse)(nil),         // 45: loom.agent.v1.ListRunsResponse
+	(*CancelRunRequest)(nil),         // 46: loom.agent.v1.CancelRunRequest
+	(*CancelRunResponse)(nil),        // 47: loom.agent.v1.CancelRunResponse
+	(*SynthesizeSpeechRequest)(nil),  // 48: loom.agent.v1.SynthesizeSpeechRequest
+	(*SynthesizeSpeechResponse)(nil), // 49: loom.agent.v1.SynthesizeSpeechResponse
+	(*Video)(nil),                    // 50: loom.agent.v1.Video
+	(*CreateVideoRequest)(nil),       // 51: loom.agent.v1.CreateVideoRequest
+	(*CreateVideoResponse)(nil),      // 52: loom.agent.v1.CreateVideoResponse
+	(*GetVideoRequest)(nil),          // 53: loom.agent.v1.GetVideoRequest
+	(*GetVideoResponse)(nil),         // 54: loom.agent.v1.GetVideoResponse
+	(*durationpb.Duration)(nil),      // 55: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 56: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),          // 57: google.protobuf.Struct
+	(*fieldmaskpb.FieldMask)(nil),    // 58: google.protobuf.FieldMask
 }
 var file_loom_agent_v1_agent_proto_depIdxs = []int32{
 	0,  // 0: loom.agent.v1.Model.provider:type_name -> loom.agent.v1.Provider
 	6,  // 1: loom.agent.v1.Model.sim:type_name -> loom.agent.v1.SimScript
 	7,  // 2: loom.agent.v1.SimScript.turns:type_name -> loom.agent.v1.SimTurn
-	54, // 3: loom.agent.v1.SimScript.latency:type_name -> google.protobuf.Duration
+	55, // 3: loom.agent.v1.SimScript.latency:type_name -> google.protobuf.Duration
 	17, // 4: loom.agent.v1.SimTurn.tool_calls:type_name -> loom.agent.v1.ToolCall
 	9,  // 5: loom.agent.v1.Tool.memory_search:type_name -> loom.agent.v1.MemorySearchTool
 	10, // 6: loom.agent.v1.Tool.memory_save:type_name -> loom.agent.v1.MemorySaveTool
 	11, // 7: loom.agent.v1.Tool.delegate:type_name -> loom.agent.v1.DelegateTool
 	12, // 8: loom.agent.v1.Tool.http_fetch:type_name -> loom.agent.v1.HttpFetchTool
-	54, // 9: loom.agent.v1.Budgets.max_duration:type_name -> google.protobuf.Duration
+	55, // 9: loom.agent.v1.Budgets.max_duration:type_name -> google.protobuf.Duration
 	1,  // 10: loom.agent.v1.Voice.provider:type_name -> loom.agent.v1.VoiceProvider
 	5,  // 11: loom.agent.v1.Agent.model:type_name -> loom.agent.v1.Model
 	8,  // 12: loom.agent.v1.Agent.tools:type_name -> loom.agent.v1.Tool
 	13, // 13: loom.agent.v1.Agent.memory:type_name -> loom.agent.v1.MemoryConfig
 	14, // 14: loom.agent.v1.Agent.budgets:type_name -> loom.agent.v1.Budgets
 	15, // 15: loom.agent.v1.Agent.voice:type_name -> loom.agent.v1.Voice
-	55, // 16: loom.agent.v1.Agent.create_time:type_name -> google.protobuf.Timestamp
-	55, // 17: loom.agent.v1.Agent.update_time:type_name -> google.protobuf.Timestamp
-	56, // 18: loom.agent.v1.ToolCall.arguments:type_name -> google.protobuf.Struct
-	56, // 19: loom.agent.v1.ToolResult.result:type_name -> google.protobuf.Struct
+	56, // 16: loom.agent.v1.Agent.create_time:type_name -> google.protobuf.Timestamp
+	56, // 17: loom.agent.v1.Agent.update_time:type_name -> google.protobuf.Timestamp
+	57, // 18: loom.agent.v1.ToolCall.arguments:type_name -> google.protobuf.Struct
+	57, // 19: loom.agent.v1.ToolResult.result:type_name -> google.protobuf.Struct
 	17, // 20: loom.agent.v1.Step.tool_calls:type_name -> loom.agent.v1.ToolCall
 	18, // 21: loom.agent.v1.Step.tool_results:type_name -> loom.agent.v1.ToolResult
 	19, // 22: loom.agent.v1.Step.usage:type_name -> loom.agent.v1.Usage
-	54, // 23: loom.agent.v1.Step.latency:type_name -> google.protobuf.Duration
+	55, // 23: loom.agent.v1.Step.latency:type_name -> google.protobuf.Duration
 	2,  // 24: loom.agent.v1.Run.state:type_name -> loom.agent.v1.RunState
 	20, // 25: loom.agent.v1.Run.steps:type_name -> loom.agent.v1.Step
 	19, // 26: loom.agent.v1.Run.usage:type_name -> loom.agent.v1.Usage
 	0,  // 27: loom.agent.v1.Run.provider:type_name -> loom.agent.v1.Provider
-	55, // 28: loom.agent.v1.Run.create_time:type_name -> google.protobuf.Timestamp
-	55, // 29: loom.agent.v1.Run.end_time:type_name -> google.protobuf.Timestamp
+	56, // 28: loom.agent.v1.Run.create_time:type_name -> google.protobuf.Timestamp
+	56, // 29: loom.agent.v1.Run.end_time:type_name -> google.protobuf.Timestamp
 	16, // 30: loom.agent.v1.CreateAgentRequest.agent:type_name -> loom.agent.v1.Agent
 	16, // 31: loom.agent.v1.CreateAgentResponse.agent:type_name -> loom.agent.v1.Agent
 	16, // 32: loom.agent.v1.GetAgentResponse.agent:type_name -> loom.agent.v1.Agent
 	16, // 33: loom.agent.v1.ListAgentsResponse.agents:type_name -> loom.agent.v1.Agent
 	16, // 34: loom.agent.v1.UpdateAgentRequest.agent:type_name -> loom.agent.v1.Agent
-	57, // 35: loom.agent.v1.UpdateAgentRequest.update_mask:type_name -> google.protobuf.FieldMask
+	58, // 35: loom.agent.v1.UpdateAgentRequest.update_mask:type_name -> google.protobuf.FieldMask
 	16, // 36: loom.agent.v1.UpdateAgentResponse.agent:type_name -> loom.agent.v1.Agent
-	21, // 37: loom.agent.v1.RunResponse.run:type_name -> loom.agent.v1.Run
-	36, // 38: loom.agent.v1.RunStreamResponse.started:type_name -> loom.agent.v1.RunStarted
-	37, // 39: loom.agent.v1.RunStreamResponse.text_delta:type_name -> loom.agent.v1.TextDelta
-	17, // 40: loom.agent.v1.RunStreamResponse.tool_call:type_name -> loom.agent.v1.ToolCall
-	18, // 41: loom.agent.v1.RunStreamResponse.tool_result:type_name -> loom.agent.v1.ToolResult
-	38, // 42: loom.agent.v1.RunStreamResponse.memory_hits:type_name -> loom.agent.v1.MemoryHits
-	19, // 43: loom.agent.v1.RunStreamResponse.usage:type_name -> loom.agent.v1.Usage
-	40, // 44: loom.agent.v1.RunStreamResponse.warning:type_name -> loom.agent.v1.Warning
-	21, // 45: loom.agent.v1.RunStreamResponse.completed:type_name -> loom.agent.v1.Run
-	21, // 46: loom.agent.v1.RunStreamResponse.failed:type_name -> loom.agent.v1.Run
-	39, // 47: loom.agent.v1.MemoryHits.hits:type_name -> loom.agent.v1.MemoryHit
-	21, // 48: loom.agent.v1.GetRunResponse.run:type_name -> loom.agent.v1.Run
-	55, // 49: loom.agent.v1.ListRunsRequest.start_time:type_name -> google.protobuf.Timestamp
-	55, // 50: loom.agent.v1.ListRunsRequest.end_time:type_name -> google.protobuf.Timestamp
-	21, // 51: loom.agent.v1.ListRunsResponse.runs:type_name -> loom.agent.v1.Run
-	21, // 52: loom.agent.v1.CancelRunResponse.run:type_name -> loom.agent.v1.Run
-	15, // 53: loom.agent.v1.SynthesizeSpeechRequest.voice:type_name -> loom.agent.v1.Voice
-	3,  // 54: loom.agent.v1.SynthesizeSpeechRequest.format:type_name -> loom.agent.v1.AudioFormat
-	4,  // 55: loom.agent.v1.Video.state:type_name -> loom.agent.v1.VideoState
-	55, // 56: loom.agent.v1.Video.create_time:type_name -> google.protobuf.Timestamp
-	49, // 57: loom.agent.v1.CreateVideoResponse.video:type_name -> loom.agent.v1.Video
-	49, // 58: loom.agent.v1.GetVideoResponse.video:type_name -> loom.agent.v1.Video
-	22, // 59: loom.agent.v1.AgentService.CreateAgent:input_type -> loom.agent.v1.CreateAgentRequest
-	24, // 60: loom.agent.v1.AgentService.GetAgent:input_type -> loom.agent.v1.GetAgentRequest
-	26, // 61: loom.agent.v1.AgentService.ListAgents:input_type -> loom.agent.v1.ListAgentsRequest
-	28, // 62: loom.agent.v1.AgentService.UpdateAgent:input_type -> loom.agent.v1.UpdateAgentRequest
-	30, // 63: loom.agent.v1.AgentService.DeleteAgent:input_type -> loom.agent.v1.DeleteAgentRequest
-	32, // 64: loom.agent.v1.AgentService.Run:input_type -> loom.agent.v1.RunRequest
-	34, // 65: loom.agent.v1.AgentService.RunStream:input_type -> loom.agent.v1.RunStreamRequest
-	41, // 66: loom.agent.v1.AgentService.GetRun:input_type -> loom.agent.v1.GetRunRequest
-	43, // 67: loom.agent.v1.AgentService.ListRuns:input_type -> loom.agent.v1.ListRunsRequest
-	45, // 68: loom.agent.v1.AgentService.CancelRun:input_type -> loom.agent.v1.CancelRunRequest
-	47, // 69: loom.agent.v1.AgentService.SynthesizeSpeech:input_type -> loom.agent.v1.SynthesizeSpeechRequest
-	50, // 70: loom.agent.v1.AgentService.CreateVideo:input_type -> loom.agent.v1.CreateVideoRequest
-	52, // 71: loom.agent.v1.AgentService.GetVideo:input_type -> loom.agent.v1.GetVideoRequest
-	23, // 72: loom.agent.v1.AgentService.CreateAgent:output_type -> loom.agent.v1.CreateAgentResponse
-	25, // 73: loom.agent.v1.AgentService.GetAgent:output_type -> loom.agent.v1.GetAgentResponse
-	27, // 74: loom.agent.v1.AgentService.ListAgents:output_type -> loom.agent.v1.ListAgentsResponse
-	29, // 75: loom.agent.v1.AgentService.UpdateAgent:output_type -> loom.agent.v1.UpdateAgentResponse
-	31, // 76: loom.agent.v1.AgentService.DeleteAgent:output_type -> loom.agent.v1.DeleteAgentResponse
-	33, // 77: loom.agent.v1.AgentService.Run:output_type -> loom.agent.v1.RunResponse
-	35, // 78: loom.agent.v1.AgentService.RunStream:output_type -> loom.agent.v1.RunStreamResponse
-	42, // 79: loom.agent.v1.AgentService.GetRun:output_type -> loom.agent.v1.GetRunResponse
-	44, // 80: loom.agent.v1.AgentService.ListRuns:output_type -> loom.agent.v1.ListRunsResponse
-	46, // 81: loom.agent.v1.AgentService.CancelRun:output_type -> loom.agent.v1.CancelRunResponse
-	48, // 82: loom.agent.v1.AgentService.SynthesizeSpeech:output_type -> loom.agent.v1.SynthesizeSpeechResponse
-	51, // 83: loom.agent.v1.AgentService.CreateVideo:output_type -> loom.agent.v1.CreateVideoResponse
-	53, // 84: loom.agent.v1.AgentService.GetVideo:output_type -> loom.agent.v1.GetVideoResponse
-	72, // [72:85] is the sub-list for method output_type
-	59, // [59:72] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	33, // 37: loom.agent.v1.RunRequest.attachments:type_name -> loom.agent.v1.Attachment
+	21, // 38: loom.agent.v1.RunResponse.run:type_name -> loom.agent.v1.Run
+	33, // 39: loom.agent.v1.RunStreamRequest.attachments:type_name -> loom.agent.v1.Attachment
+	37, // 40: loom.agent.v1.RunStreamResponse.started:type_name -> loom.agent.v1.RunStarted
+	38, // 41: loom.agent.v1.RunStreamResponse.text_delta:type_name -> loom.agent.v1.TextDelta
+	17, // 42: loom.agent.v1.RunStreamResponse.tool_call:type_name -> loom.agent.v1.ToolCall
+	18, // 43: loom.agent.v1.RunStreamResponse.tool_result:type_name -> loom.agent.v1.ToolResult
+	39, // 44: loom.agent.v1.RunStreamResponse.memory_hits:type_name -> loom.agent.v1.MemoryHits
+	19, // 45: loom.agent.v1.RunStreamResponse.usage:type_name -> loom.agent.v1.Usage
+	41, // 46: loom.agent.v1.RunStreamResponse.warning:type_name -> loom.agent.v1.Warning
+	21, // 47: loom.agent.v1.RunStreamResponse.completed:type_name -> loom.agent.v1.Run
+	21, // 48: loom.agent.v1.RunStreamResponse.failed:type_name -> loom.agent.v1.Run
+	40, // 49: loom.agent.v1.MemoryHits.hits:type_name -> loom.agent.v1.MemoryHit
+	21, // 50: loom.agent.v1.GetRunResponse.run:type_name -> loom.agent.v1.Run
+	56, // 51: loom.agent.v1.ListRunsRequest.start_time:type_name -> google.protobuf.Timestamp
+	56, // 52: loom.agent.v1.ListRunsRequest.end_time:type_name -> google.protobuf.Timestamp
+	21, // 53: loom.agent.v1.ListRunsResponse.runs:type_name -> loom.agent.v1.Run
+	21, // 54: loom.agent.v1.CancelRunResponse.run:type_name -> loom.agent.v1.Run
+	15, // 55: loom.agent.v1.SynthesizeSpeechRequest.voice:type_name -> loom.agent.v1.Voice
+	3,  // 56: loom.agent.v1.SynthesizeSpeechRequest.format:type_name -> loom.agent.v1.AudioFormat
+	4,  // 57: loom.agent.v1.Video.state:type_name -> loom.agent.v1.VideoState
+	56, // 58: loom.agent.v1.Video.create_time:type_name -> google.protobuf.Timestamp
+	50, // 59: loom.agent.v1.CreateVideoResponse.video:type_name -> loom.agent.v1.Video
+	50, // 60: loom.agent.v1.GetVideoResponse.video:type_name -> loom.agent.v1.Video
+	22, // 61: loom.agent.v1.AgentService.CreateAgent:input_type -> loom.agent.v1.CreateAgentRequest
+	24, // 62: loom.agent.v1.AgentService.GetAgent:input_type -> loom.agent.v1.GetAgentRequest
+	26, // 63: loom.agent.v1.AgentService.ListAgents:input_type -> loom.agent.v1.ListAgentsRequest
+	28, // 64: loom.agent.v1.AgentService.UpdateAgent:input_type -> loom.agent.v1.UpdateAgentRequest
+	30, // 65: loom.agent.v1.AgentService.DeleteAgent:input_type -> loom.agent.v1.DeleteAgentRequest
+	32, // 66: loom.agent.v1.AgentService.Run:input_type -> loom.agent.v1.RunRequest
+	35, // 67: loom.agent.v1.AgentService.RunStream:input_type -> loom.agent.v1.RunStreamRequest
+	42, // 68: loom.agent.v1.AgentService.GetRun:input_type -> loom.agent.v1.GetRunRequest
+	44, // 69: loom.agent.v1.AgentService.ListRuns:input_type -> loom.agent.v1.ListRunsRequest
+	46, // 70: loom.agent.v1.AgentService.CancelRun:input_type -> loom.agent.v1.CancelRunRequest
+	48, // 71: loom.agent.v1.AgentService.SynthesizeSpeech:input_type -> loom.agent.v1.SynthesizeSpeechRequest
+	51, // 72: loom.agent.v1.AgentService.CreateVideo:input_type -> loom.agent.v1.CreateVideoRequest
+	53, // 73: loom.agent.v1.AgentService.GetVideo:input_type -> loom.agent.v1.GetVideoRequest
+	23, // 74: loom.agent.v1.AgentService.CreateAgent:output_type -> loom.agent.v1.CreateAgentResponse
+	25, // 75: loom.agent.v1.AgentService.GetAgent:output_type -> loom.agent.v1.GetAgentResponse
+	27, // 76: loom.agent.v1.AgentService.ListAgents:output_type -> loom.agent.v1.ListAgentsResponse
+	29, // 77: loom.agent.v1.AgentService.UpdateAgent:output_type -> loom.agent.v1.UpdateAgentResponse
+	31, // 78: loom.agent.v1.AgentService.DeleteAgent:output_type -> loom.agent.v1.DeleteAgentResponse
+	34, // 79: loom.agent.v1.AgentService.Run:output_type -> loom.agent.v1.RunResponse
+	36, // 80: loom.agent.v1.AgentService.RunStream:output_type -> loom.agent.v1.RunStreamResponse
+	43, // 81: loom.agent.v1.AgentService.GetRun:output_type -> loom.agent.v1.GetRunResponse
+	45, // 82: loom.agent.v1.AgentService.ListRuns:output_type -> loom.agent.v1.ListRunsResponse
+	47, // 83: loom.agent.v1.AgentService.CancelRun:output_type -> loom.agent.v1.CancelRunResponse
+	49, // 84: loom.agent.v1.AgentService.SynthesizeSpeech:output_type -> loom.agent.v1.SynthesizeSpeechResponse
+	52, // 85: loom.agent.v1.AgentService.CreateVideo:output_type -> loom.agent.v1.CreateVideoResponse
+	54, // 86: loom.agent.v1.AgentService.GetVideo:output_type -> loom.agent.v1.GetVideoResponse
+	74, // [74:87] is the sub-list for method output_type
+	61, // [61:74] is the sub-list for method input_type
+	61, // [61:61] is the sub-list for extension type_name
+	61, // [61:61] is the sub-list for extension extendee
+	0,  // [0:61] is the sub-list for field type_name
 }
 
 func init() { file_loom_agent_v1_agent_proto_init() }
@@ -3906,7 +3990,7 @@ func file_loom_agent_v1_agent_proto_init() {
 		(*Tool_HttpFetch)(nil),
 	}
 	file_loom_agent_v1_agent_proto_msgTypes[8].OneofWrappers = []any{}
-	file_loom_agent_v1_agent_proto_msgTypes[30].OneofWrappers = []any{
+	file_loom_agent_v1_agent_proto_msgTypes[31].OneofWrappers = []any{
 		(*RunStreamResponse_Started)(nil),
 		(*RunStreamResponse_TextDelta)(nil),
 		(*RunStreamResponse_ToolCall)(nil),
@@ -3923,7 +4007,7 @@ func file_loom_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_agent_v1_agent_proto_rawDesc), len(file_loom_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   49,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
