@@ -480,3 +480,32 @@ func TestQueuedWorkSurvivesRestart(t *testing.T) {
 		checkEvents(t, e, run)
 	})
 }
+
+// TestRetryPolicyBoundsAttempts checks that a step that always fails ends after exactly its policy's attempts,
+// although River is allowed more (to survive attempts cut short by crashes).
+func TestRetryPolicyBoundsAttempts(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, d sqldb.Dialect) {
+		agents := &orchestratortest.Agents{Respond: func(context.Context, *agentv1.RunRequest) (string, error) {
+			return "", status.Error(codes.Unavailable, "down")
+		}}
+		e := newEnv(t, d, agents)
+		bp := e.create(t, `
+name: broken
+steps:
+  - id: a
+    retry: {max_attempts: 2, initial_backoff: 10ms, max_backoff: 20ms}
+    agent: {agent: broken, input: "'x'"}
+`)
+		run, err := e.engine.StartRun(context.Background(), tenant, bp, nil, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		run = e.waitFor(t, run.GetId(), orchestratorv1.RunState_RUN_STATE_SUCCEEDED, orchestratorv1.RunState_RUN_STATE_FAILED)
+		if run.GetState() != orchestratorv1.RunState_RUN_STATE_FAILED {
+			t.Fatalf("run = %v, want failed", run)
+		}
+		if n := len(agents.Calls()); n != 2 {
+			t.Errorf("agent calls = %d, want exactly the policy's 2 attempts", n)
+		}
+	})
+}

@@ -34,7 +34,14 @@ type stepArgs struct {
 	TimeoutMS        int64  `json:"timeout_ms,omitempty"`
 	InitialBackoffMS int64  `json:"initial_backoff_ms,omitempty"`
 	MaxBackoffMS     int64  `json:"max_backoff_ms,omitempty"`
+	// Attempts is the step's retry policy: how many failed attempts end it. River's own MaxAttempts is higher
+	// (by crashAllowance), because an attempt cut short by a crash counts for River but records no failure.
+	Attempts int `json:"attempts,omitempty"`
 }
+
+// crashAllowance is how many attempts cut short by a crash (kill -9 mid-step) a step survives beyond its retry
+// policy before River gives up on its job.
+const crashAllowance = 10
 
 // Kind implements river.JobArgs.
 func (stepArgs) Kind() string { return "loom_orchestrator_step" }
@@ -111,7 +118,12 @@ func (w *worker) Work(ctx context.Context, job *river.Job[stepArgs]) error {
 		// already recorded; otherwise River runs the job again.
 		return execErr
 	}
-	final := job.Attempt >= job.MaxAttempts || errors.Is(execErr, errPermanent)
+	// Final when the retry policy is used up by recorded failures (crash-cut attempts record none), when the
+	// error is permanent, or when River would not run the job again anyway.
+	final := errors.Is(execErr, errPermanent) || job.Attempt >= job.MaxAttempts
+	if a.Attempts > 0 {
+		final = final || int(s.failures)+1 >= a.Attempts
+	}
 	var cancel []int64
 	err = e.update(ctx, job, final, func(r *run, st *step, now time.Time) error {
 		if final {

@@ -235,8 +235,8 @@ func (r *run) schedule(s *step, at time.Time, expire bool) {
 	r.jobs = append(r.jobs, pendingJob{
 		step: s,
 		args: stepArgs{RunID: r.id, StepID: s.id, Expire: expire, TimeoutMS: timeout.Milliseconds(),
-			InitialBackoffMS: initial.Milliseconds(), MaxBackoffMS: maxBackoff.Milliseconds()},
-		opts: &river.InsertOpts{MaxAttempts: attempts, ScheduledAt: at},
+			InitialBackoffMS: initial.Milliseconds(), MaxBackoffMS: maxBackoff.Milliseconds(), Attempts: attempts},
+		opts: &river.InsertOpts{MaxAttempts: attempts + crashAllowance, ScheduledAt: at},
 	})
 }
 
