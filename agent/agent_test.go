@@ -531,6 +531,40 @@ func TestDelegate(t *testing.T) {
 		t.Errorf("child run = %v, %v", got, err)
 	}
 
+	// Streamed, the delegated run's events arrive in the parent's stream under the delegated run's id, framed by
+	// the parent's own started and completed events.
+	stream, err := c.RunStream(ctx, &agentv1.RunStreamRequest{Agent: "boss", Input: "a task"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var parentID string
+	var childText strings.Builder
+	var frames []string
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			break
+		}
+		switch {
+		case ev.GetStarted() != nil:
+			frames = append(frames, "started")
+			parentID = ev.GetRunId()
+		case ev.GetCompleted() != nil, ev.GetFailed() != nil:
+			frames = append(frames, "end")
+			if ev.GetRunId() != parentID {
+				t.Errorf("end event of run %s in the parent's stream", ev.GetRunId())
+			}
+		case ev.GetTextDelta() != nil && ev.GetRunId() != parentID:
+			childText.WriteString(ev.GetTextDelta().GetText())
+		}
+	}
+	if strings.Join(frames, ",") != "started,end" {
+		t.Errorf("frames = %v, want only the parent's started and end", frames)
+	}
+	if !strings.Contains(childText.String(), "done by worker") {
+		t.Errorf("delegated text in the parent's stream = %q", childText.String())
+	}
+
 	// ping -> pong -> ping is a cycle: pong's delegation fails, and pong reports it.
 	create(t, ctx, c, simAgent("ping", call("pong"), delegate("pong")))
 	create(t, ctx, c, simAgent("pong", call("ping"), delegate("ping")))

@@ -113,6 +113,8 @@ type runEnv struct {
 	chain  []string // agent names from the top-level run down to this one
 	// attachments go with the input, the first message of every model call; delegated runs have none.
 	attachments []model.Attachment
+	// emit streams events to the caller of RunStream; nil for unary runs.
+	emit emitFunc
 }
 
 // callTool executes one tool call. Failures become the result's error, told to the model; they never fail the run.
@@ -219,7 +221,7 @@ func (s *Server) toolDelegate(ctx context.Context, env runEnv, name, input strin
 		}
 		return nil, errors.New("cannot load the agent")
 	}
-	run, err := s.execute(ctx, env.tenant, child, input, nil, "", append(slices.Clip(env.chain), name), nil)
+	run, err := s.execute(ctx, env.tenant, child, input, nil, "", append(slices.Clip(env.chain), name), delegatedEmit(env.emit))
 	if err != nil && run == nil {
 		return nil, fmt.Errorf("delegate run failed: %s", publicMessage(err))
 	}
@@ -227,6 +229,22 @@ func (s *Server) toolDelegate(ctx context.Context, env runEnv, name, input strin
 		return nil, fmt.Errorf("delegate run %s %s: %s", run.GetId(), strings.TrimPrefix(run.GetState().String(), "RUN_STATE_"), run.GetError())
 	}
 	return map[string]any{"run_id": run.GetId(), "output": run.GetOutput()}, nil
+}
+
+// delegatedEmit forwards a delegated run's events into the parent's stream, carrying the delegated run's id,
+// except the ones that frame a run (started, completed, failed): the parent's own run frames the stream, and the
+// delegated run's outcome comes back as the delegate tool's result.
+func delegatedEmit(parent emitFunc) emitFunc {
+	if parent == nil {
+		return nil
+	}
+	return func(ev *agentv1.RunStreamResponse) error {
+		switch ev.GetEvent().(type) {
+		case *agentv1.RunStreamResponse_Started, *agentv1.RunStreamResponse_Completed, *agentv1.RunStreamResponse_Failed:
+			return nil
+		}
+		return parent(ev)
+	}
 }
 
 // toolHTTPFetch GETs rawURL if its host is allowed, through the guarded transport.

@@ -2343,10 +2343,12 @@ func (x *RunStreamRequest) GetAttachments() []*Attachment {
 	return nil
 }
 
-// RunStreamResponse is one event of a streamed run.
+// RunStreamResponse is one event of a streamed run. Events of runs delegated to other agents (delegate tools)
+// are forwarded too, carrying the delegated run's id; only the streamed run's own started and completed or
+// failed events frame the stream.
 type RunStreamResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Run id.
+	// Run id: the streamed run's, or a delegated run's for the events it forwards.
 	RunId string `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
 	// The event.
 	//

@@ -1119,13 +1119,15 @@ export const RunStreamRequestSchema: GenMessage<RunStreamRequest> = /*@__PURE__*
   messageDesc(file_loom_agent_v1_agent, 30);
 
 /**
- * RunStreamResponse is one event of a streamed run.
+ * RunStreamResponse is one event of a streamed run. Events of runs delegated to other agents (delegate tools)
+ * are forwarded too, carrying the delegated run's id; only the streamed run's own started and completed or
+ * failed events frame the stream.
  *
  * @generated from message loom.agent.v1.RunStreamResponse
  */
 export type RunStreamResponse = Message<"loom.agent.v1.RunStreamResponse"> & {
   /**
-   * Run id.
+   * Run id: the streamed run's, or a delegated run's for the events it forwards.
    *
    * @generated from field: string run_id = 1;
    */
