@@ -10,12 +10,10 @@ package memory
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -23,6 +21,7 @@ import (
 
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/gen/loom/memory/v1/memoryv1connect"
+	"github.com/loom-dev/loom/internal/pagetoken"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/memory/embed"
@@ -180,12 +179,8 @@ func (s *Server) GetNamespace(ctx context.Context, req *connect.Request[memoryv1
 	return connect.NewResponse(&memoryv1.GetNamespaceResponse{Namespace: p}), nil
 }
 
-const pageTokenPrefix = "ns1:"
-
 // EncodePageToken returns the opaque token resuming a listing after name.
-func EncodePageToken(name string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(pageTokenPrefix + name))
-}
+func EncodePageToken(name string) string { return pagetoken.Encode("namespaces", name) }
 
 // DecodePageToken returns the name a token resumes after; "" for an empty token. Errors are *FieldError on
 // "page_token".
@@ -193,12 +188,8 @@ func DecodePageToken(tok string) (string, error) {
 	if tok == "" {
 		return "", nil
 	}
-	b, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil || !strings.HasPrefix(string(b), pageTokenPrefix) {
-		return "", Invalidf("page_token", "not a token from a previous response")
-	}
-	name := strings.TrimPrefix(string(b), pageTokenPrefix)
-	if checkName("page_token", name) != nil {
+	var name string
+	if err := pagetoken.Decode("namespaces", tok, &name); err != nil || checkName("page_token", name) != nil {
 		return "", Invalidf("page_token", "not a token from a previous response")
 	}
 	return name, nil

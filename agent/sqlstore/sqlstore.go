@@ -9,9 +9,7 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"embed"
-	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -24,6 +22,7 @@ import (
 
 	"github.com/loom-dev/loom/agent"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	"github.com/loom-dev/loom/internal/pagetoken"
 	"github.com/loom-dev/loom/internal/sqldb"
 )
 
@@ -121,7 +120,7 @@ func (s *Store) ListAgents(ctx context.Context, tenant string, pageSize int, pag
 	after := ""
 	if pageToken != "" {
 		var tok agentToken
-		if err := decodeToken(pageToken, &tok); err != nil || tok.Name == "" {
+		if err := pagetoken.Decode("agents", pageToken, &tok); err != nil || tok.Name == "" {
 			return nil, "", &agent.FieldError{Field: "page_token", Reason: "malformed page token"}
 		}
 		after = tok.Name
@@ -148,7 +147,7 @@ func (s *Store) ListAgents(ctx context.Context, tenant string, pageSize int, pag
 	next := ""
 	if len(out) > pageSize {
 		out = out[:pageSize]
-		next = encodeToken(agentToken{Name: out[len(out)-1].GetName()})
+		next = pagetoken.Encode("agents", agentToken{Name: out[len(out)-1].GetName()})
 	}
 	return out, next, nil
 }
@@ -303,7 +302,7 @@ func (s *Store) ListRuns(ctx context.Context, tenant string, f agent.RunFilter, 
 	}
 	if pageToken != "" {
 		var tok runToken
-		if err := decodeToken(pageToken, &tok); err != nil || tok.ID == "" {
+		if err := pagetoken.Decode("runs", pageToken, &tok); err != nil || tok.ID == "" {
 			return nil, "", &agent.FieldError{Field: "page_token", Reason: "malformed page token"}
 		}
 		where = append(where, "(create_time < ? OR (create_time = ? AND id < ?))")
@@ -331,7 +330,7 @@ func (s *Store) ListRuns(ctx context.Context, tenant string, f agent.RunFilter, 
 	if len(out) > pageSize {
 		out = out[:pageSize]
 		last := out[len(out)-1]
-		next = encodeToken(runToken{Time: last.GetCreateTime().AsTime().UnixNano(), ID: last.GetId()})
+		next = pagetoken.Encode("runs", runToken{Time: last.GetCreateTime().AsTime().UnixNano(), ID: last.GetId()})
 	}
 	return out, next, nil
 }
@@ -427,24 +426,6 @@ type agentToken struct {
 type runToken struct {
 	Time int64  `json:"t"`
 	ID   string `json:"i"`
-}
-
-// encodeToken makes an opaque page token. Tokens are not secret: they carry only the last key of a page, and
-// every query is tenant-scoped, so a forged token can only skip within the caller's own data.
-func encodeToken(v any) string {
-	b, _ := json.Marshal(v) // plain structs of strings and ints always marshal
-	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-// DecodeToken parses a page token made by encodeToken into v.
-func decodeToken(tok string, v any) error {
-	b, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil {
-		return err
-	}
-	dec := json.NewDecoder(strings.NewReader(string(b)))
-	dec.DisallowUnknownFields()
-	return dec.Decode(v)
 }
 
 func isUniqueViolation(err error) bool {

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/loom-dev/loom/agent"
+	"github.com/loom-dev/loom/internal/pagetoken"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 )
@@ -13,8 +14,8 @@ import (
 // FuzzPageToken feeds arbitrary page tokens to both list methods: they answer a page or a page_token
 // InvalidArgument, never another error or a panic.
 func FuzzPageToken(f *testing.F) {
-	f.Add(encodeToken(runToken{Time: 1, ID: "r"}))
-	f.Add(encodeToken(agentToken{Name: "a"}))
+	f.Add(pagetoken.Encode("runs", runToken{Time: 1, ID: "r"}))
+	f.Add(pagetoken.Encode("agents", agentToken{Name: "a"}))
 	f.Add("")
 	f.Add("e30")
 	f.Add("!!")

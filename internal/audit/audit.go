@@ -8,13 +8,12 @@ package audit
 import (
 	"context"
 	"embed"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io/fs"
-	"strconv"
 	"time"
 
+	"github.com/loom-dev/loom/internal/pagetoken"
 	"github.com/loom-dev/loom/internal/sqldb"
 )
 
@@ -67,16 +66,9 @@ func (s *Store) Append(ctx context.Context, e Event) error {
 
 // List returns tenant's events newest first, a page at a time.
 func (s *Store) List(ctx context.Context, tenant string, pageSize int, pageToken string) ([]Event, string, error) {
-	before := int64(1<<63 - 1)
-	if pageToken != "" {
-		b, err := base64.RawURLEncoding.DecodeString(pageToken)
-		if err != nil {
-			return nil, "", ErrInvalidPageToken
-		}
-		before, err = strconv.ParseInt(string(b), 10, 64)
-		if err != nil || before <= 0 {
-			return nil, "", ErrInvalidPageToken
-		}
+	before := int64(1<<63 - 1) // the sequence number of the previous page's last event
+	if err := pagetoken.Decode("audit", pageToken, &before); err != nil || before <= 0 {
+		return nil, "", ErrInvalidPageToken
 	}
 	rows, err := s.db.QueryContext(ctx, s.db.Rebind(`SELECT id, time_ms, subject, procedure, resource, result
 		FROM audit_events WHERE tenant = ? AND id < ? ORDER BY id DESC LIMIT ?`), tenant, before, pageSize+1)
@@ -100,7 +92,7 @@ func (s *Store) List(ctx context.Context, tenant string, pageSize int, pageToken
 	next := ""
 	if len(out) > pageSize {
 		out = out[:pageSize]
-		next = base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(out[len(out)-1].Seq, 10)))
+		next = pagetoken.Encode("audit", out[len(out)-1].Seq)
 	}
 	return out, next, nil
 }

@@ -21,13 +21,10 @@ package engine
 import (
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -39,6 +36,7 @@ import (
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
+	"github.com/loom-dev/loom/internal/pagetoken"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/orchestrator"
 )
@@ -279,7 +277,7 @@ func (e *Engine) ListRuns(ctx context.Context, tenant, blueprint string, state o
 	if len(out) > pageSize {
 		out = out[:pageSize]
 		last := out[pageSize-1]
-		next = encodeToken("runs", runPage{Time: last.created, ID: last.id})
+		next = pagetoken.Encode("runs", runPage{Time: last.created, ID: last.id})
 	}
 	runs := make([]*orchestratorv1.WorkflowRun, len(out))
 	for i, r := range out {
@@ -422,7 +420,7 @@ func (e *Engine) ListPendingApprovals(ctx context.Context, tenant, runID string,
 	next := ""
 	if len(out) > pageSize {
 		out = out[:pageSize]
-		next = encodeToken("approvals", pages[pageSize-1])
+		next = pagetoken.Encode("approvals", pages[pageSize-1])
 	}
 	return out, next, nil
 }
@@ -476,21 +474,9 @@ func (e *Engine) SubmitApproval(ctx context.Context, tenant, runID, stepID strin
 	return r.proto(), nil
 }
 
-func encodeToken(kind string, v any) string {
-	b, _ := json.Marshal(v)
-	return base64.RawURLEncoding.EncodeToString(append([]byte(kind+":"), b...))
-}
-
+// decodeToken parses a page token of kind into v; a bad token is orchestrator.ErrInvalidPageToken.
 func decodeToken(token, kind string, v any) error {
-	if token == "" {
-		return nil
-	}
-	raw, err := base64.RawURLEncoding.DecodeString(token)
-	if err != nil {
-		return orchestrator.ErrInvalidPageToken
-	}
-	body, ok := strings.CutPrefix(string(raw), kind+":")
-	if !ok || json.Unmarshal([]byte(body), v) != nil {
+	if err := pagetoken.Decode(kind, token, v); err != nil {
 		return orchestrator.ErrInvalidPageToken
 	}
 	return nil

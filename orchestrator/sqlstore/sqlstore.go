@@ -6,17 +6,16 @@ import (
 	"context"
 	"database/sql"
 	"embed"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io/fs"
-	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
+	"github.com/loom-dev/loom/internal/pagetoken"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/orchestrator"
 )
@@ -148,19 +147,12 @@ func (s *Store) GetBlueprint(ctx context.Context, tenant, name string, version i
 	return bp, nil
 }
 
-// pageTokenPrefix marks tokens this store issued; the rest of a token is the last name of the previous page.
-const pageTokenPrefix = "bp1:"
-
 // ListBlueprints implements orchestrator.Store.
 func (s *Store) ListBlueprints(ctx context.Context, tenant string, pageSize int, pageToken string) ([]*orchestratorv1.Blueprint, string, error) {
 	pageSize = max(pageSize, 1)
-	after := ""
-	if pageToken != "" {
-		raw, err := base64.RawURLEncoding.DecodeString(pageToken)
-		if err != nil || !strings.HasPrefix(string(raw), pageTokenPrefix) {
-			return nil, "", fmt.Errorf("list blueprints: %w", orchestrator.ErrInvalidPageToken)
-		}
-		after = strings.TrimPrefix(string(raw), pageTokenPrefix)
+	after := "" // the last name of the previous page
+	if err := pagetoken.Decode("blueprints", pageToken, &after); err != nil {
+		return nil, "", fmt.Errorf("list blueprints: %w", orchestrator.ErrInvalidPageToken)
 	}
 	rows, err := s.db.QueryContext(ctx, s.db.Rebind(
 		`SELECT v.version, v.definition, v.create_time FROM blueprints b
@@ -186,7 +178,7 @@ func (s *Store) ListBlueprints(ctx context.Context, tenant string, pageSize int,
 	next := ""
 	if len(out) > pageSize {
 		out = out[:pageSize]
-		next = base64.RawURLEncoding.EncodeToString([]byte(pageTokenPrefix + out[pageSize-1].GetName()))
+		next = pagetoken.Encode("blueprints", out[pageSize-1].GetName())
 	}
 	return out, next, nil
 }
