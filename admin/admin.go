@@ -49,19 +49,11 @@ func (s *Server) Service() rpcserver.Service {
 	}
 }
 
-func tenant(ctx context.Context) (string, error) {
-	p, ok := principal.FromContext(ctx)
-	if !ok {
-		return "", connect.NewError(connect.CodeUnauthenticated, errors.New("no authenticated caller"))
-	}
-	return p.Tenant, nil
-}
-
 // CreateApiKey creates a key and returns its secret once.
 func (s *Server) CreateApiKey(ctx context.Context, req *connect.Request[adminv1.CreateApiKeyRequest]) (*connect.Response[adminv1.CreateApiKeyResponse], error) {
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.toConnect(ctx, err)
 	}
 	var expires time.Time
 	if req.Msg.GetExpireTime() != nil {
@@ -79,9 +71,9 @@ func (s *Server) CreateApiKey(ctx context.Context, req *connect.Request[adminv1.
 
 // ListApiKeys lists the tenant's keys without secrets.
 func (s *Server) ListApiKeys(ctx context.Context, _ *connect.Request[adminv1.ListApiKeysRequest]) (*connect.Response[adminv1.ListApiKeysResponse], error) {
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.toConnect(ctx, err)
 	}
 	keys, err := s.keys.List(ctx, t)
 	if err != nil {
@@ -96,9 +88,9 @@ func (s *Server) ListApiKeys(ctx context.Context, _ *connect.Request[adminv1.Lis
 
 // RevokeApiKey revokes one of the tenant's keys.
 func (s *Server) RevokeApiKey(ctx context.Context, req *connect.Request[adminv1.RevokeApiKeyRequest]) (*connect.Response[adminv1.RevokeApiKeyResponse], error) {
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.toConnect(ctx, err)
 	}
 	if err := s.keys.Revoke(ctx, t, req.Msg.GetId()); err != nil {
 		return nil, s.toConnect(ctx, err)
@@ -108,9 +100,9 @@ func (s *Server) RevokeApiKey(ctx context.Context, req *connect.Request[adminv1.
 
 // ListAuditEvents lists the tenant's audit trail, newest first.
 func (s *Server) ListAuditEvents(ctx context.Context, req *connect.Request[adminv1.ListAuditEventsRequest]) (*connect.Response[adminv1.ListAuditEventsResponse], error) {
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.toConnect(ctx, err)
 	}
 	size := int(req.Msg.GetPageSize())
 	if size == 0 {
@@ -135,9 +127,9 @@ var errNoMasterKey = connect.NewError(connect.CodeFailedPrecondition, errors.New
 
 // SetProviderKey stores the tenant's key for a provider, encrypted. The key is never returned or logged.
 func (s *Server) SetProviderKey(ctx context.Context, req *connect.Request[adminv1.SetProviderKeyRequest]) (*connect.Response[adminv1.SetProviderKeyResponse], error) {
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.toConnect(ctx, err)
 	}
 	if s.providers == nil {
 		return nil, errNoMasterKey
@@ -151,9 +143,9 @@ func (s *Server) SetProviderKey(ctx context.Context, req *connect.Request[adminv
 
 // DeleteProviderKey deletes the tenant's key for a provider.
 func (s *Server) DeleteProviderKey(ctx context.Context, req *connect.Request[adminv1.DeleteProviderKeyRequest]) (*connect.Response[adminv1.DeleteProviderKeyResponse], error) {
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.toConnect(ctx, err)
 	}
 	if s.providers == nil {
 		return nil, errNoMasterKey
@@ -166,9 +158,9 @@ func (s *Server) DeleteProviderKey(ctx context.Context, req *connect.Request[adm
 
 // ListProviderKeys lists the providers the tenant has a key for, without the keys.
 func (s *Server) ListProviderKeys(ctx context.Context, _ *connect.Request[adminv1.ListProviderKeysRequest]) (*connect.Response[adminv1.ListProviderKeysResponse], error) {
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.toConnect(ctx, err)
 	}
 	if s.providers == nil {
 		return nil, errNoMasterKey
@@ -202,6 +194,8 @@ func toProto(k authn.Key) *adminv1.ApiKey {
 // toConnect maps store errors to codes; anything unexpected is Internal with a generic message, logged here.
 func (s *Server) toConnect(ctx context.Context, err error) error {
 	switch {
+	case errors.Is(err, principal.ErrNoPrincipal):
+		return connect.NewError(connect.CodeUnauthenticated, err)
 	case errors.Is(err, context.Canceled):
 		return connect.NewError(connect.CodeCanceled, err)
 	case errors.Is(err, context.DeadlineExceeded):

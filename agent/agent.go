@@ -182,19 +182,8 @@ func (s *Server) providerKey(ctx context.Context, tenant, provider, fallback str
 	return "", false, fmt.Errorf("tenant key for %s: %w", provider, err)
 }
 
-// errUnauthenticated means the context carries no principal.
-var errUnauthenticated = errors.New("no authenticated principal")
-
 // ErrUnavailable is matched by errors of a speech or video provider that failed or could not be reached.
 var ErrUnavailable = errors.New("provider unavailable")
-
-func tenantOf(ctx context.Context) (string, error) {
-	p, ok := principal.FromContext(ctx)
-	if !ok {
-		return "", errUnauthenticated
-	}
-	return p.Tenant, nil
-}
 
 // connectError maps a domain error to a Connect error. It is the only place that chooses codes. Server faults
 // become Internal with a generic message; their detail is logged here.
@@ -208,7 +197,7 @@ func (s *Server) connectError(ctx context.Context, err error) error {
 	}
 	var code connect.Code
 	switch {
-	case errors.Is(err, errUnauthenticated):
+	case errors.Is(err, principal.ErrNoPrincipal):
 		code = connect.CodeUnauthenticated
 	case errors.Is(err, ErrInvalidArgument):
 		code = connect.CodeInvalidArgument
@@ -253,7 +242,7 @@ func pageSize(n int32) int {
 
 // CreateAgent implements agentv1connect.AgentServiceHandler.
 func (s *Server) CreateAgent(ctx context.Context, req *connect.Request[agentv1.CreateAgentRequest]) (*connect.Response[agentv1.CreateAgentResponse], error) {
-	tenant, err := tenantOf(ctx)
+	tenant, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -269,7 +258,7 @@ func (s *Server) CreateAgent(ctx context.Context, req *connect.Request[agentv1.C
 
 // GetAgent implements agentv1connect.AgentServiceHandler.
 func (s *Server) GetAgent(ctx context.Context, req *connect.Request[agentv1.GetAgentRequest]) (*connect.Response[agentv1.GetAgentResponse], error) {
-	tenant, err := tenantOf(ctx)
+	tenant, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -282,7 +271,7 @@ func (s *Server) GetAgent(ctx context.Context, req *connect.Request[agentv1.GetA
 
 // ListAgents implements agentv1connect.AgentServiceHandler.
 func (s *Server) ListAgents(ctx context.Context, req *connect.Request[agentv1.ListAgentsRequest]) (*connect.Response[agentv1.ListAgentsResponse], error) {
-	tenant, err := tenantOf(ctx)
+	tenant, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -295,7 +284,7 @@ func (s *Server) ListAgents(ctx context.Context, req *connect.Request[agentv1.Li
 
 // UpdateAgent implements agentv1connect.AgentServiceHandler.
 func (s *Server) UpdateAgent(ctx context.Context, req *connect.Request[agentv1.UpdateAgentRequest]) (*connect.Response[agentv1.UpdateAgentResponse], error) {
-	tenant, err := tenantOf(ctx)
+	tenant, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -322,7 +311,7 @@ func (s *Server) UpdateAgent(ctx context.Context, req *connect.Request[agentv1.U
 
 // DeleteAgent implements agentv1connect.AgentServiceHandler.
 func (s *Server) DeleteAgent(ctx context.Context, req *connect.Request[agentv1.DeleteAgentRequest]) (*connect.Response[agentv1.DeleteAgentResponse], error) {
-	tenant, err := tenantOf(ctx)
+	tenant, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/loom-dev/loom/agent/model"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/secrets"
 )
 
@@ -50,7 +51,7 @@ type emitFunc func(*agentv1.RunStreamResponse) error
 // Run implements agentv1connect.AgentServiceHandler. A run that exhausts a budget is returned FAILED; a failing
 // model provider answers Unavailable (the failed run stays readable with GetRun).
 func (s *Server) Run(ctx context.Context, req *connect.Request[agentv1.RunRequest]) (*connect.Response[agentv1.RunResponse], error) {
-	tenant, err := tenantOf(ctx)
+	tenant, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -64,7 +65,7 @@ func (s *Server) Run(ctx context.Context, req *connect.Request[agentv1.RunReques
 // RunStream implements agentv1connect.AgentServiceHandler. Events follow the run: started, memory hits or a
 // warning, then per step text deltas, usage, tool calls and results, and last completed or failed.
 func (s *Server) RunStream(ctx context.Context, req *connect.Request[agentv1.RunStreamRequest], stream *connect.ServerStream[agentv1.RunStreamResponse]) error {
-	tenant, err := tenantOf(ctx)
+	tenant, err := principal.Tenant(ctx)
 	if err != nil {
 		return s.connectError(ctx, err)
 	}
@@ -74,7 +75,7 @@ func (s *Server) RunStream(ctx context.Context, req *connect.Request[agentv1.Run
 
 // GetRun implements agentv1connect.AgentServiceHandler.
 func (s *Server) GetRun(ctx context.Context, req *connect.Request[agentv1.GetRunRequest]) (*connect.Response[agentv1.GetRunResponse], error) {
-	tenant, err := tenantOf(ctx)
+	tenant, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -87,7 +88,7 @@ func (s *Server) GetRun(ctx context.Context, req *connect.Request[agentv1.GetRun
 
 // ListRuns implements agentv1connect.AgentServiceHandler.
 func (s *Server) ListRuns(ctx context.Context, req *connect.Request[agentv1.ListRunsRequest]) (*connect.Response[agentv1.ListRunsResponse], error) {
-	tenant, err := tenantOf(ctx)
+	tenant, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -109,7 +110,7 @@ func (s *Server) ListRuns(ctx context.Context, req *connect.Request[agentv1.List
 // call and tools are cancelled) and waited for; a run recorded as RUNNING but not executing here (another replica,
 // or one that crashed) is marked CANCELLED in the store, and its owner's final write is then refused.
 func (s *Server) CancelRun(ctx context.Context, req *connect.Request[agentv1.CancelRunRequest]) (*connect.Response[agentv1.CancelRunResponse], error) {
-	tenant, err := tenantOf(ctx)
+	tenant, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}

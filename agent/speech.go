@@ -16,6 +16,7 @@ import (
 	"connectrpc.com/connect"
 
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/secrets"
 )
 
@@ -33,7 +34,7 @@ var espeakVoice = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_+-]{0,63}$`)
 // SynthesizeSpeech implements agentv1connect.AgentServiceHandler. The voice is the request's, else the agent's,
 // else espeak-ng's "en-us". espeak-ng produces WAV; ElevenLabs produces MP3.
 func (s *Server) SynthesizeSpeech(ctx context.Context, req *connect.Request[agentv1.SynthesizeSpeechRequest], stream *connect.ServerStream[agentv1.SynthesizeSpeechResponse]) error {
-	tenant, err := tenantOf(ctx)
+	tenant, err := principal.Tenant(ctx)
 	if err != nil {
 		return s.connectError(ctx, err)
 	}

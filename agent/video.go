@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/secrets"
 )
 
@@ -33,7 +34,7 @@ type tavusVideo struct {
 // CreateVideo implements agentv1connect.AgentServiceHandler. Videos are scoped to the tenant through their Tavus
 // video_name, which is prefixed with the tenant; GetVideo answers NotFound for another tenant's video.
 func (s *Server) CreateVideo(ctx context.Context, req *connect.Request[agentv1.CreateVideoRequest]) (*connect.Response[agentv1.CreateVideoResponse], error) {
-	tenant, err := tenantOf(ctx)
+	tenant, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -54,7 +55,7 @@ func (s *Server) CreateVideo(ctx context.Context, req *connect.Request[agentv1.C
 
 // GetVideo implements agentv1connect.AgentServiceHandler.
 func (s *Server) GetVideo(ctx context.Context, req *connect.Request[agentv1.GetVideoRequest]) (*connect.Response[agentv1.GetVideoResponse], error) {
-	tenant, err := tenantOf(ctx)
+	tenant, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}

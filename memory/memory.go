@@ -72,14 +72,6 @@ func (s *Server) Service() rpcserver.Service {
 	}
 }
 
-func tenant(ctx context.Context) (string, error) {
-	p, ok := principal.FromContext(ctx)
-	if !ok {
-		return "", connect.NewError(connect.CodeUnauthenticated, errors.New("no authenticated caller"))
-	}
-	return p.Tenant, nil
-}
-
 // errEmbed marks a failure of an embedding provider.
 type errEmbed struct{ err error }
 
@@ -95,6 +87,8 @@ func (s *Server) toConnect(ctx context.Context, procedure string, err error) err
 	switch {
 	case errors.As(err, &ce):
 		return ce
+	case errors.Is(err, principal.ErrNoPrincipal):
+		return connect.NewError(connect.CodeUnauthenticated, err)
 	case errors.Is(err, context.Canceled):
 		return connect.NewError(connect.CodeCanceled, err)
 	case errors.Is(err, context.DeadlineExceeded):
@@ -120,9 +114,9 @@ func (s *Server) toConnect(ctx context.Context, procedure string, err error) err
 // CreateNamespace implements memoryv1connect.MemoryServiceHandler.
 func (s *Server) CreateNamespace(ctx context.Context, req *connect.Request[memoryv1.CreateNamespaceRequest]) (*connect.Response[memoryv1.CreateNamespaceResponse], error) {
 	const proc = "CreateNamespace"
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.toConnect(ctx, proc, err)
 	}
 	p := req.Msg.GetNamespace()
 	if p == nil {
@@ -166,9 +160,9 @@ func checkName(field, name string) error {
 
 // GetNamespace implements memoryv1connect.MemoryServiceHandler.
 func (s *Server) GetNamespace(ctx context.Context, req *connect.Request[memoryv1.GetNamespaceRequest]) (*connect.Response[memoryv1.GetNamespaceResponse], error) {
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.toConnect(ctx, "GetNamespace", err)
 	}
 	ns, err := s.store.GetNamespace(ctx, t, req.Msg.GetName(), true)
 	if err != nil {
@@ -198,9 +192,9 @@ func DecodePageToken(tok string) (string, error) {
 // ListNamespaces implements memoryv1connect.MemoryServiceHandler.
 func (s *Server) ListNamespaces(ctx context.Context, req *connect.Request[memoryv1.ListNamespacesRequest]) (*connect.Response[memoryv1.ListNamespacesResponse], error) {
 	const proc = "ListNamespaces"
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.toConnect(ctx, proc, err)
 	}
 	size := int(req.Msg.GetPageSize())
 	switch {
@@ -230,9 +224,9 @@ func (s *Server) ListNamespaces(ctx context.Context, req *connect.Request[memory
 
 // DeleteNamespace implements memoryv1connect.MemoryServiceHandler.
 func (s *Server) DeleteNamespace(ctx context.Context, req *connect.Request[memoryv1.DeleteNamespaceRequest]) (*connect.Response[memoryv1.DeleteNamespaceResponse], error) {
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.toConnect(ctx, "DeleteNamespace", err)
 	}
 	if err := s.store.DeleteNamespace(ctx, t, req.Msg.GetName()); err != nil {
 		return nil, s.toConnect(ctx, "DeleteNamespace", err)
@@ -270,9 +264,9 @@ func (s *Server) embed(ctx context.Context, e embed.Embedder, texts []string) ([
 // Upsert implements memoryv1connect.MemoryServiceHandler.
 func (s *Server) Upsert(ctx context.Context, req *connect.Request[memoryv1.UpsertRequest]) (*connect.Response[memoryv1.UpsertResponse], error) {
 	const proc = "Upsert"
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.toConnect(ctx, proc, err)
 	}
 	in := req.Msg.GetRecords()
 	if len(in) == 0 || len(in) > MaxBatch {
@@ -338,9 +332,9 @@ func (s *Server) Upsert(ctx context.Context, req *connect.Request[memoryv1.Upser
 // Search implements memoryv1connect.MemoryServiceHandler.
 func (s *Server) Search(ctx context.Context, req *connect.Request[memoryv1.SearchRequest]) (*connect.Response[memoryv1.SearchResponse], error) {
 	const proc = "Search"
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.toConnect(ctx, proc, err)
 	}
 	m := req.Msg
 	q := Query{TopK: int(m.GetTopK()), Filter: m.GetFilter(), MinScore: m.MinScore, Hybrid: m.GetHybrid(), IncludeVectors: m.GetIncludeVectors()}
@@ -393,9 +387,9 @@ func (s *Server) Search(ctx context.Context, req *connect.Request[memoryv1.Searc
 // Get implements memoryv1connect.MemoryServiceHandler.
 func (s *Server) Get(ctx context.Context, req *connect.Request[memoryv1.GetRequest]) (*connect.Response[memoryv1.GetResponse], error) {
 	const proc = "Get"
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.toConnect(ctx, proc, err)
 	}
 	ids := req.Msg.GetIds()
 	if len(ids) == 0 || len(ids) > MaxBatch {
@@ -422,9 +416,9 @@ func (s *Server) Get(ctx context.Context, req *connect.Request[memoryv1.GetReque
 // Delete implements memoryv1connect.MemoryServiceHandler.
 func (s *Server) Delete(ctx context.Context, req *connect.Request[memoryv1.DeleteRequest]) (*connect.Response[memoryv1.DeleteResponse], error) {
 	const proc = "Delete"
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
-		return nil, err
+		return nil, s.toConnect(ctx, proc, err)
 	}
 	var ids []string
 	var filter *memoryv1.Filter

@@ -12,6 +12,7 @@ import (
 	"connectrpc.com/connect"
 
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
+	"github.com/loom-dev/loom/internal/principal"
 )
 
 func TestConnectError(t *testing.T) {
@@ -30,7 +31,7 @@ func TestConnectError(t *testing.T) {
 		{name: "precondition", err: fmt.Errorf("cancel: %w", ErrFailedPrecondition), code: connect.CodeFailedPrecondition},
 		{name: "canceled", err: fmt.Errorf("query: %w", context.Canceled), code: connect.CodeCanceled},
 		{name: "deadline", err: fmt.Errorf("query: %w", context.DeadlineExceeded), code: connect.CodeDeadlineExceeded},
-		{name: "unauthenticated", err: errUnauthenticated, code: connect.CodeUnauthenticated},
+		{name: "unauthenticated", err: principal.ErrNoPrincipal, code: connect.CodeUnauthenticated},
 		{name: "connect error", err: connect.NewError(connect.CodeUnimplemented, errors.New("later")), code: connect.CodeUnimplemented},
 		{name: "invalid", err: &invalidBlueprintError{errs: []*orchestratorv1.ValidationError{{Path: "steps[0].id", Message: "bad", Line: 3, Column: 5}}},
 			code: connect.CodeInvalidArgument, message: "steps[0].id: bad (line 3, column 5)"},

@@ -87,9 +87,6 @@ func (s *Server) Service() rpcserver.Service {
 	}
 }
 
-// errUnauthenticated: the request context carries no principal with a tenant.
-var errUnauthenticated = errors.New("no authenticated principal")
-
 // invalidBlueprintError carries every validation error of a rejected blueprint.
 type invalidBlueprintError struct {
 	errs []*orchestratorv1.ValidationError
@@ -118,14 +115,6 @@ func (e *invalidBlueprintError) Error() string {
 	return b.String()
 }
 
-func tenant(ctx context.Context) (string, error) {
-	p, ok := principal.FromContext(ctx)
-	if !ok {
-		return "", errUnauthenticated
-	}
-	return p.Tenant, nil
-}
-
 // load turns a source into a valid blueprint, or returns an *invalidBlueprintError.
 func load(src *orchestratorv1.BlueprintSource) (*orchestratorv1.Blueprint, error) {
 	bp, errs := blueprint.Load(src)
@@ -137,7 +126,7 @@ func load(src *orchestratorv1.BlueprintSource) (*orchestratorv1.Blueprint, error
 
 // CreateBlueprint stores version 1 of a blueprint.
 func (s *Server) CreateBlueprint(ctx context.Context, req *connect.Request[orchestratorv1.CreateBlueprintRequest]) (*connect.Response[orchestratorv1.CreateBlueprintResponse], error) {
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -154,7 +143,7 @@ func (s *Server) CreateBlueprint(ctx context.Context, req *connect.Request[orche
 
 // GetBlueprint returns the latest or a given version of a blueprint.
 func (s *Server) GetBlueprint(ctx context.Context, req *connect.Request[orchestratorv1.GetBlueprintRequest]) (*connect.Response[orchestratorv1.GetBlueprintResponse], error) {
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -167,7 +156,7 @@ func (s *Server) GetBlueprint(ctx context.Context, req *connect.Request[orchestr
 
 // ListBlueprints lists the latest versions of blueprints by name.
 func (s *Server) ListBlueprints(ctx context.Context, req *connect.Request[orchestratorv1.ListBlueprintsRequest]) (*connect.Response[orchestratorv1.ListBlueprintsResponse], error) {
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -184,7 +173,7 @@ func (s *Server) ListBlueprints(ctx context.Context, req *connect.Request[orches
 
 // UpdateBlueprint stores a new version of a blueprint.
 func (s *Server) UpdateBlueprint(ctx context.Context, req *connect.Request[orchestratorv1.UpdateBlueprintRequest]) (*connect.Response[orchestratorv1.UpdateBlueprintResponse], error) {
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -207,7 +196,7 @@ func (s *Server) UpdateBlueprint(ctx context.Context, req *connect.Request[orche
 
 // DeleteBlueprint deletes a blueprint and its versions.
 func (s *Server) DeleteBlueprint(ctx context.Context, req *connect.Request[orchestratorv1.DeleteBlueprintRequest]) (*connect.Response[orchestratorv1.DeleteBlueprintResponse], error) {
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -220,7 +209,7 @@ func (s *Server) DeleteBlueprint(ctx context.Context, req *connect.Request[orche
 // ValidateBlueprint reports every error of a blueprint without storing it. An invalid blueprint is a successful
 // response with errors, not an RPC error.
 func (s *Server) ValidateBlueprint(ctx context.Context, req *connect.Request[orchestratorv1.ValidateBlueprintRequest]) (*connect.Response[orchestratorv1.ValidateBlueprintResponse], error) {
-	if _, err := tenant(ctx); err != nil {
+	if _, err := principal.Tenant(ctx); err != nil {
 		return nil, s.connectError(ctx, err)
 	}
 	_, errs := blueprint.Load(req.Msg.GetSource())
@@ -229,7 +218,7 @@ func (s *Server) ValidateBlueprint(ctx context.Context, req *connect.Request[orc
 
 // GenerateCanvas lays out a stored or an inline blueprint. An invalid inline blueprint is InvalidArgument.
 func (s *Server) GenerateCanvas(ctx context.Context, req *connect.Request[orchestratorv1.GenerateCanvasRequest]) (*connect.Response[orchestratorv1.GenerateCanvasResponse], error) {
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -258,7 +247,7 @@ func (s *Server) StartRun(ctx context.Context, req *connect.Request[orchestrator
 	if s.runs == nil {
 		return nil, unimplemented("StartRun")
 	}
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -278,7 +267,7 @@ func (s *Server) GetRun(ctx context.Context, req *connect.Request[orchestratorv1
 	if s.runs == nil {
 		return nil, unimplemented("GetRun")
 	}
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -294,7 +283,7 @@ func (s *Server) ListRuns(ctx context.Context, req *connect.Request[orchestrator
 	if s.runs == nil {
 		return nil, unimplemented("ListRuns")
 	}
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -310,7 +299,7 @@ func (s *Server) CancelRun(ctx context.Context, req *connect.Request[orchestrato
 	if s.runs == nil {
 		return nil, unimplemented("CancelRun")
 	}
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -327,7 +316,7 @@ func (s *Server) WatchRun(ctx context.Context, req *connect.Request[orchestrator
 	if s.runs == nil {
 		return unimplemented("WatchRun")
 	}
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return s.connectError(ctx, err)
 	}
@@ -365,7 +354,7 @@ func (s *Server) ListPendingApprovals(ctx context.Context, req *connect.Request[
 	if s.runs == nil {
 		return nil, unimplemented("ListPendingApprovals")
 	}
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -381,7 +370,7 @@ func (s *Server) SubmitApproval(ctx context.Context, req *connect.Request[orches
 	if s.runs == nil {
 		return nil, unimplemented("SubmitApproval")
 	}
-	t, err := tenant(ctx)
+	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -414,7 +403,7 @@ func (s *Server) connectError(ctx context.Context, err error) error {
 		return connect.NewError(connect.CodeCanceled, err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return connect.NewError(connect.CodeDeadlineExceeded, err)
-	case errors.Is(err, errUnauthenticated):
+	case errors.Is(err, principal.ErrNoPrincipal):
 		return connect.NewError(connect.CodeUnauthenticated, err)
 	case errors.As(err, &invalid):
 		ce := connect.NewError(connect.CodeInvalidArgument, invalid)

@@ -6,6 +6,7 @@ package principal
 
 import (
 	"context"
+	"errors"
 	"slices"
 )
 
@@ -36,4 +37,17 @@ func NewContext(ctx context.Context, p Principal) context.Context {
 func FromContext(ctx context.Context) (Principal, bool) {
 	p, ok := ctx.Value(contextKey{}).(Principal)
 	return p, ok && p.Tenant != ""
+}
+
+// ErrNoPrincipal is returned by [Tenant] when the context carries no authenticated caller. Handlers map it to
+// Unauthenticated.
+var ErrNoPrincipal = errors.New("no authenticated caller")
+
+// Tenant returns the tenant of the caller ctx carries, or ErrNoPrincipal.
+func Tenant(ctx context.Context) (string, error) {
+	p, ok := FromContext(ctx)
+	if !ok {
+		return "", ErrNoPrincipal
+	}
+	return p.Tenant, nil
 }
