@@ -36,6 +36,7 @@ import (
 	"github.com/loom-dev/loom/internal/authn"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/procedure"
+	"github.com/loom-dev/loom/internal/rpcserver"
 )
 
 // Defaults of [Config].
@@ -211,27 +212,27 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	service, ok := serviceOf(r.URL.Path)
 	pl := p.pools[service]
 	if !ok || pl == nil {
-		writeError(w, r, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("unknown procedure %s", r.URL.Path)))
+		rpcserver.WriteError(w, r, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("unknown procedure %s", r.URL.Path)))
 		return
 	}
 	who, ok := principal.FromContext(r.Context())
 	if !ok {
-		writeError(w, r, connect.NewError(connect.CodeUnauthenticated, errors.New("credentials required")))
+		rpcserver.WriteError(w, r, connect.NewError(connect.CodeUnauthenticated, errors.New("credentials required")))
 		return
 	}
 	if r.ContentLength > p.maxBytes {
-		writeError(w, r, p.tooLarge())
+		rpcserver.WriteError(w, r, p.tooLarge())
 		return
 	}
 	b := pl.pick()
 	if b == nil {
-		writeError(w, r, connect.NewError(connect.CodeUnavailable, fmt.Errorf("no healthy backend for %s", service)))
+		rpcserver.WriteError(w, r, connect.NewError(connect.CodeUnavailable, fmt.Errorf("no healthy backend for %s", service)))
 		return
 	}
 	token, err := p.minter.Mint(who, service)
 	if err != nil {
 		p.logger.ErrorContext(r.Context(), "mint service token", "service", service, "err", err)
-		writeError(w, r, connect.NewError(connect.CodeInternal, errors.New("internal error")))
+		rpcserver.WriteError(w, r, connect.NewError(connect.CodeInternal, errors.New("internal error")))
 		return
 	}
 	rt := &route{service: service, backend: b, token: token}
@@ -291,11 +292,11 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe) || (rt != nil && rt.body != nil && rt.body.exceeded.Load()):
-		writeError(w, r, p.tooLarge())
+		rpcserver.WriteError(w, r, p.tooLarge())
 	case errors.Is(r.Context().Err(), context.DeadlineExceeded):
-		writeError(w, r, connect.NewError(connect.CodeDeadlineExceeded, err))
+		rpcserver.WriteError(w, r, connect.NewError(connect.CodeDeadlineExceeded, err))
 	case r.Context().Err() != nil:
-		writeError(w, r, connect.NewError(connect.CodeCanceled, errors.New("call canceled")))
+		rpcserver.WriteError(w, r, connect.NewError(connect.CodeCanceled, errors.New("call canceled")))
 	default:
 		addr := ""
 		if rt != nil {
@@ -307,7 +308,7 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 			}
 		}
 		p.logger.WarnContext(r.Context(), "backend call failed", "procedure", r.URL.Path, "backend", addr, "err", err)
-		writeError(w, r, connect.NewError(connect.CodeUnavailable, errors.New("backend unavailable")))
+		rpcserver.WriteError(w, r, connect.NewError(connect.CodeUnavailable, errors.New("backend unavailable")))
 	}
 }
 
@@ -319,34 +320,6 @@ func (p *Proxy) tooLarge() *connect.Error {
 func serviceOf(path string) (string, bool) {
 	service, _, ok := procedure.Split(path)
 	return service, ok
-}
-
-// writeError answers in the caller's protocol (Connect, gRPC or gRPC-Web), or plain HTTP for anything else.
-func writeError(w http.ResponseWriter, r *http.Request, err *connect.Error) {
-	ew := connect.NewErrorWriter()
-	if ew.IsSupported(r) {
-		_ = ew.Write(w, r, err)
-		return
-	}
-	http.Error(w, err.Message(), httpStatus(err.Code()))
-}
-
-func httpStatus(c connect.Code) int {
-	switch c {
-	case connect.CodeUnauthenticated:
-		return http.StatusUnauthorized
-	case connect.CodeUnimplemented:
-		return http.StatusNotFound
-	case connect.CodeResourceExhausted:
-		return http.StatusRequestEntityTooLarge
-	case connect.CodeUnavailable:
-		return http.StatusServiceUnavailable
-	case connect.CodeDeadlineExceeded:
-		return http.StatusGatewayTimeout
-	case connect.CodeCanceled:
-		return 499
-	}
-	return http.StatusInternalServerError
 }
 
 // limitedBody notes when the request body went over the limit, whatever error the transport turns that into.

@@ -27,7 +27,7 @@ func shedLoad(max int, next http.Handler) http.Handler {
 			defer func() { <-slots }()
 			next.ServeHTTP(w, r)
 		default:
-			writeConnectError(w, r, retryLater(errors.New("server overloaded: too many calls in flight"), 100*time.Millisecond))
+			WriteError(w, r, retryLater(errors.New("server overloaded: too many calls in flight"), 100*time.Millisecond))
 		}
 	})
 }
@@ -98,7 +98,7 @@ func rateLimit(l *rateLimiter, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, _ := principal.FromContext(r.Context())
 		if ok, wait := l.reserve(p.Tenant+"\x00"+p.Subject, time.Now()); !ok {
-			writeConnectError(w, r, retryLater(errors.New("rate limit exceeded for this caller"), wait))
+			WriteError(w, r, retryLater(errors.New("rate limit exceeded for this caller"), wait))
 			return
 		}
 		next.ServeHTTP(w, r)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -149,5 +150,21 @@ func TestHealthIsPublicEverythingElseNeedsCredentials(t *testing.T) {
 	}
 	if status.Code(err) != codes.Unauthenticated {
 		t.Errorf("reflection without credentials: %v, want Unauthenticated", err)
+	}
+}
+
+func TestWriteErrorStatusForPlainHTTP(t *testing.T) {
+	t.Parallel()
+	for code, want := range map[connect.Code]int{
+		connect.CodeResourceExhausted: http.StatusTooManyRequests,
+		connect.CodeUnauthenticated:   http.StatusUnauthorized,
+		connect.CodeUnavailable:       http.StatusServiceUnavailable,
+		connect.CodeInternal:          http.StatusInternalServerError,
+	} {
+		rec := httptest.NewRecorder()
+		rpcserver.WriteError(rec, httptest.NewRequest(http.MethodGet, "/not-an-rpc", nil), connect.NewError(code, errors.New("x")))
+		if rec.Code != want {
+			t.Errorf("%v: status %d, want %d", code, rec.Code, want)
+		}
 	}
 }

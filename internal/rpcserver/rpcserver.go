@@ -302,21 +302,45 @@ func authenticate(auth Authenticator, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, err := auth(r)
 		if err != nil {
-			writeConnectError(w, r, connect.NewError(connect.CodeUnauthenticated, err))
+			WriteError(w, r, connect.NewError(connect.CodeUnauthenticated, err))
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(principal.NewContext(r.Context(), p)))
 	})
 }
 
-// writeConnectError answers in whichever protocol the request speaks (Connect, gRPC or gRPC-Web).
-func writeConnectError(w http.ResponseWriter, r *http.Request, err *connect.Error) {
+// WriteError answers a refused call in the caller's protocol (Connect, gRPC or gRPC-Web), or as plain HTTP
+// with the status the Connect protocol gives the code when the request speaks none of them.
+func WriteError(w http.ResponseWriter, r *http.Request, err *connect.Error) {
 	ew := connect.NewErrorWriter()
-	if !ew.IsSupported(r) {
-		http.Error(w, err.Message(), http.StatusUnauthorized)
+	if ew.IsSupported(r) {
+		_ = ew.Write(w, r, err)
 		return
 	}
-	_ = ew.Write(w, r, err)
+	http.Error(w, err.Message(), httpStatus(err.Code()))
+}
+
+// httpStatus is the HTTP status the Connect protocol uses for a code.
+func httpStatus(c connect.Code) int {
+	switch c {
+	case connect.CodeUnauthenticated:
+		return http.StatusUnauthorized
+	case connect.CodePermissionDenied:
+		return http.StatusForbidden
+	case connect.CodeUnimplemented, connect.CodeNotFound:
+		return http.StatusNotFound
+	case connect.CodeResourceExhausted:
+		return http.StatusTooManyRequests
+	case connect.CodeUnavailable:
+		return http.StatusServiceUnavailable
+	case connect.CodeDeadlineExceeded:
+		return http.StatusGatewayTimeout
+	case connect.CodeCanceled:
+		return 499 // client closed request
+	case connect.CodeInvalidArgument:
+		return http.StatusBadRequest
+	}
+	return http.StatusInternalServerError
 }
 
 func withCORS(origins []string, h http.Handler) http.Handler {
