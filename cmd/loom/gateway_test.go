@@ -24,6 +24,13 @@ import (
 	"github.com/loom-dev/loom/gen/loom/memory/v1/memoryv1connect"
 )
 
+// newServiceTokenKey returns a fresh Ed25519 seed in the form LOOM_SERVICE_TOKEN_KEY takes.
+func newServiceTokenKey() string {
+	seed := make([]byte, 32)
+	_, _ = rand.Read(seed)
+	return base64.StdEncoding.EncodeToString(seed)
+}
+
 // createKey runs `loom keys create` against dataDir and returns the secret.
 func createKey(t *testing.T, loom, dataDir, tenant, roles string) string {
 	t.Helper()
@@ -45,9 +52,8 @@ func createKey(t *testing.T, loom, dataDir, tenant, roles string) string {
 func TestGatewayWithRequiredAuth(t *testing.T) {
 	b := bins(t)
 	dataDir := t.TempDir()
-	seed := make([]byte, 32)
-	_, _ = rand.Read(seed)
-	t.Setenv("LOOM_SERVICE_TOKEN_KEY", base64.StdEncoding.EncodeToString(seed))
+	tokenKey := newServiceTokenKey()
+	t.Setenv("LOOM_SERVICE_TOKEN_KEY", tokenKey)
 
 	adminA := createKey(t, b["loom"], dataDir, "tenant-a", "admin")
 	readerA := createKey(t, b["loom"], dataDir, "tenant-a", "reader")
@@ -119,7 +125,7 @@ func TestGatewayWithRequiredAuth(t *testing.T) {
 		t.Errorf("audit trail lacks the refused delete: %v", events)
 	}
 	for _, p := range []*process{backend, gw} {
-		for _, secret := range []string{adminA, readerA, writerB, base64.StdEncoding.EncodeToString(seed)} {
+		for _, secret := range []string{adminA, readerA, writerB, tokenKey} {
 			if strings.Contains(p.logs.String(), secret) {
 				t.Errorf("a secret appears in the logs")
 			}
@@ -140,9 +146,8 @@ func startLoomIn(t *testing.T, dataDir string, args ...string) *process {
 func TestAgentUsesMemoryWithServiceTokens(t *testing.T) {
 	b := bins(t)
 	dataDir := t.TempDir()
-	seed := make([]byte, 32)
-	_, _ = rand.Read(seed)
-	t.Setenv("LOOM_SERVICE_TOKEN_KEY", base64.StdEncoding.EncodeToString(seed))
+	tokenKey := newServiceTokenKey()
+	t.Setenv("LOOM_SERVICE_TOKEN_KEY", tokenKey)
 	key := createKey(t, b["loom"], dataDir, "tenant-a", "writer")
 	backend := startLoomIn(t, dataDir, "--auth", "required")
 	gw := startLoomIn(t, dataDir, "--auth", "required", "--services", "gateway",

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -83,9 +82,8 @@ func TestEveryProcedureNeedsCredentials(t *testing.T) {
 func TestCrossTenantMatrix(t *testing.T) {
 	b := bins(t)
 	dataDir := t.TempDir()
-	seed := make([]byte, 32)
-	_, _ = rand.Read(seed)
-	t.Setenv("LOOM_SERVICE_TOKEN_KEY", base64.StdEncoding.EncodeToString(seed))
+	tokenKey := newServiceTokenKey()
+	t.Setenv("LOOM_SERVICE_TOKEN_KEY", tokenKey)
 	keyA := createKey(t, b["loom"], dataDir, "tenant-a", "admin")
 	keyB := createKey(t, b["loom"], dataDir, "tenant-b", "admin")
 	p := startLoomIn(t, dataDir, "--auth", "required")
@@ -278,9 +276,7 @@ func fieldMask(paths ...string) *fieldmaskpb.FieldMask { return &fieldmaskpb.Fie
 func TestCanarySecretsStaySecret(t *testing.T) {
 	b := bins(t)
 	dataDir := t.TempDir()
-	seed := make([]byte, 32)
-	_, _ = rand.Read(seed)
-	tokenKey := base64.StdEncoding.EncodeToString(seed)
+	tokenKey := newServiceTokenKey()
 	canaries := map[string]string{
 		"LOOM_OPENAI_API_KEY":     "sk-canary-openai-5b1d",
 		"LOOM_GEMINI_API_KEY":     "canary-gemini-77e0",
