@@ -47,7 +47,8 @@ var _ agent.Store = (*Store)(nil)
 
 // New applies the agent migrations to db and returns a Store over it. db stays owned by the caller.
 func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
-	if err := db.Migrate(ctx, "agent", Migrations()); err != nil {
+	db = db.Component(sqldb.AgentComponent)
+	if err := db.Migrate(ctx, "agent", Migrations(), "agent_versions", "runs(agent)"); err != nil {
 		return nil, fmt.Errorf("agent store: %w", err)
 	}
 	return &Store{db: db}, nil
@@ -70,14 +71,14 @@ func (s *Store) CreateAgent(ctx context.Context, tenant string, a *agentv1.Agent
 	}
 	defer tx.Rollback()
 	var n int
-	if err := tx.QueryRowContext(ctx, s.q("SELECT COUNT(*) FROM agent_versions WHERE tenant = ? AND name = ?"),
+	if err := tx.QueryRowContext(ctx, s.q("SELECT COUNT(*) FROM loom.agent_versions WHERE tenant = ? AND name = ?"),
 		tenant, a.GetName()).Scan(&n); err != nil {
 		return nil, fmt.Errorf("create agent: %w", err)
 	}
 	if n > 0 {
 		return nil, fmt.Errorf("agent %q: %w", a.GetName(), agent.ErrAlreadyExists)
 	}
-	_, err = tx.ExecContext(ctx, s.q("INSERT INTO agent_versions (tenant, "+agentCols+") VALUES (?, ?, ?, ?, ?, ?, ?)"),
+	_, err = tx.ExecContext(ctx, s.q("INSERT INTO loom.agent_versions (tenant, "+agentCols+") VALUES (?, ?, ?, ?, ?, ?, ?)"),
 		tenant, a.GetName(), int64(1), etag, spec, now.UnixNano(), now.UnixNano())
 	if isUniqueViolation(err) {
 		return nil, fmt.Errorf("agent %q: %w", a.GetName(), agent.ErrAlreadyExists)
@@ -98,9 +99,9 @@ func (s *Store) CreateAgent(ctx context.Context, tenant string, a *agentv1.Agent
 func (s *Store) GetAgent(ctx context.Context, tenant, name string, version int64) (*agentv1.Agent, error) {
 	var row *sql.Row
 	if version == 0 {
-		row = s.db.QueryRowContext(ctx, s.q("SELECT "+agentCols+" FROM agent_versions WHERE tenant = ? AND name = ? ORDER BY version DESC LIMIT 1"), tenant, name)
+		row = s.db.QueryRowContext(ctx, s.q("SELECT "+agentCols+" FROM loom.agent_versions WHERE tenant = ? AND name = ? ORDER BY version DESC LIMIT 1"), tenant, name)
 	} else {
-		row = s.db.QueryRowContext(ctx, s.q("SELECT "+agentCols+" FROM agent_versions WHERE tenant = ? AND name = ? AND version = ?"), tenant, name, version)
+		row = s.db.QueryRowContext(ctx, s.q("SELECT "+agentCols+" FROM loom.agent_versions WHERE tenant = ? AND name = ? AND version = ?"), tenant, name, version)
 	}
 	a, err := scanAgent(row)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -125,9 +126,9 @@ func (s *Store) ListAgents(ctx context.Context, tenant string, pageSize int, pag
 		}
 		after = tok.Name
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+agentCols+` FROM agent_versions v
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+agentCols+` FROM loom.agent_versions v
 		WHERE tenant = ? AND name > ?
-		  AND version = (SELECT MAX(version) FROM agent_versions m WHERE m.tenant = v.tenant AND m.name = v.name)
+		  AND version = (SELECT MAX(version) FROM loom.agent_versions m WHERE m.tenant = v.tenant AND m.name = v.name)
 		ORDER BY name LIMIT ?`), tenant, after, pageSize+1)
 	if err != nil {
 		return nil, "", fmt.Errorf("list agents: %w", err)
@@ -160,7 +161,7 @@ func (s *Store) UpdateAgent(ctx context.Context, tenant string, a *agentv1.Agent
 	}
 	defer tx.Rollback()
 	var latest, createTime int64
-	err = tx.QueryRowContext(ctx, s.q("SELECT version, create_time FROM agent_versions WHERE tenant = ? AND name = ? ORDER BY version DESC LIMIT 1"),
+	err = tx.QueryRowContext(ctx, s.q("SELECT version, create_time FROM loom.agent_versions WHERE tenant = ? AND name = ? ORDER BY version DESC LIMIT 1"),
 		tenant, a.GetName()).Scan(&latest, &createTime)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("agent %q: %w", a.GetName(), agent.ErrNotFound)
@@ -177,7 +178,7 @@ func (s *Store) UpdateAgent(ctx context.Context, tenant string, a *agentv1.Agent
 		return nil, fmt.Errorf("update agent: %w", err)
 	}
 	now := time.Now().UTC().UnixNano()
-	_, err = tx.ExecContext(ctx, s.q("INSERT INTO agent_versions (tenant, "+agentCols+") VALUES (?, ?, ?, ?, ?, ?, ?)"),
+	_, err = tx.ExecContext(ctx, s.q("INSERT INTO loom.agent_versions (tenant, "+agentCols+") VALUES (?, ?, ?, ?, ?, ?, ?)"),
 		tenant, a.GetName(), version, etag, spec, createTime, now)
 	if err == nil {
 		err = tx.Commit()
@@ -193,7 +194,7 @@ func (s *Store) UpdateAgent(ctx context.Context, tenant string, a *agentv1.Agent
 
 // DeleteAgent implements agent.Store.
 func (s *Store) DeleteAgent(ctx context.Context, tenant, name string) error {
-	res, err := s.db.ExecContext(ctx, s.q("DELETE FROM agent_versions WHERE tenant = ? AND name = ?"), tenant, name)
+	res, err := s.db.ExecContext(ctx, s.q("DELETE FROM loom.agent_versions WHERE tenant = ? AND name = ?"), tenant, name)
 	if err != nil {
 		return fmt.Errorf("delete agent: %w", err)
 	}
@@ -215,7 +216,7 @@ func (s *Store) CreateRun(ctx context.Context, tenant string, r *agentv1.Run) er
 	if r.GetIdempotencyKey() != "" {
 		key = r.GetIdempotencyKey()
 	}
-	_, err = s.db.ExecContext(ctx, s.q(`INSERT INTO runs (id, tenant, agent, agent_version, state, input, output, provider,
+	_, err = s.db.ExecContext(ctx, s.q(`INSERT INTO loom.runs (id, tenant, agent, agent_version, state, input, output, provider,
 		model, input_tokens, output_tokens, error, idempotency_key, detail, create_time, end_time)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 		r.GetId(), tenant, r.GetAgent(), r.GetAgentVersion(), int64(r.GetState()), r.GetInput(), r.GetOutput(),
@@ -236,7 +237,7 @@ func (s *Store) FinishRun(ctx context.Context, tenant string, r *agentv1.Run) er
 	if err != nil {
 		return fmt.Errorf("finish run: %w", err)
 	}
-	res, err := s.db.ExecContext(ctx, s.q(`UPDATE runs SET state = ?, output = ?, provider = ?, model = ?,
+	res, err := s.db.ExecContext(ctx, s.q(`UPDATE loom.runs SET state = ?, output = ?, provider = ?, model = ?,
 		input_tokens = ?, output_tokens = ?, error = ?, detail = ?, end_time = ?
 		WHERE tenant = ? AND id = ? AND state = ?`),
 		int64(r.GetState()), r.GetOutput(), int64(r.GetProvider()), r.GetModel(), r.GetUsage().GetInputTokens(),
@@ -272,7 +273,7 @@ func (s *Store) GetRunByIdempotencyKey(ctx context.Context, tenant, key string) 
 }
 
 func (s *Store) getRun(ctx context.Context, col, tenant, val string) (*agentv1.Run, error) {
-	row := s.db.QueryRowContext(ctx, s.q("SELECT "+runCols+", detail FROM runs WHERE tenant = ? AND "+col+" = ?"), tenant, val)
+	row := s.db.QueryRowContext(ctx, s.q("SELECT "+runCols+", detail FROM loom.runs WHERE tenant = ? AND "+col+" = ?"), tenant, val)
 	r, err := scanRun(row, true)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("run %q: %w", val, agent.ErrNotFound)
@@ -309,7 +310,7 @@ func (s *Store) ListRuns(ctx context.Context, tenant string, f agent.RunFilter, 
 		args = append(args, tok.Time, tok.Time, tok.ID)
 	}
 	args = append(args, pageSize+1)
-	rows, err := s.db.QueryContext(ctx, s.q("SELECT "+runCols+" FROM runs WHERE "+strings.Join(where, " AND ")+
+	rows, err := s.db.QueryContext(ctx, s.q("SELECT "+runCols+" FROM loom.runs WHERE "+strings.Join(where, " AND ")+
 		" ORDER BY create_time DESC, id DESC LIMIT ?"), args...)
 	if err != nil {
 		return nil, "", fmt.Errorf("list runs: %w", err)

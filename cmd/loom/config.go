@@ -26,6 +26,7 @@ type config struct {
 	DataDir         string
 	Services        []string
 	DatabaseURL     string
+	DatabaseMaxConn int
 	MemoryAddr      string
 	AgentAddr       string
 	TLSCert         string
@@ -92,7 +93,8 @@ var serveFlags = []flagSpec{
 	{"listen", "LOOM_LISTEN", ":8080", "address to serve Connect, gRPC and gRPC-Web on"},
 	{"data-dir", "LOOM_DATA_DIR", "./loom-data", "directory for embedded data (SQLite, the embedded vector store)"},
 	{"services", "LOOM_SERVICES", strings.Join(allServices, ","), "comma-separated services to run: memory, agent, orchestrator, admin; or gateway alone"},
-	{"database-url", "LOOM_DATABASE_URL", "", "PostgreSQL URL (postgres://...); empty uses SQLite and the embedded vector store in --data-dir"},
+	{"database-url", "LOOM_DATABASE_URL", "", "PostgreSQL URL (postgres://...); empty uses SQLite and the embedded vector store in --data-dir. Each component keeps its tables in a schema of its own (loom_memory, loom_agent, loom_orchestrator, loom_admin); ?loom_schema_prefix=NAME replaces \"loom\""},
+	{"database-max-conns", "LOOM_DATABASE_MAX_CONNS", "16", "Postgres: size of the one connection pool shared by every service of the process"},
 	{"memory-addr", "LOOM_MEMORY_ADDR", "", "memory service target for other services: dns:///host:port or host1:port,host2:port; empty calls this process"},
 	{"agent-addr", "LOOM_AGENT_ADDR", "", "agent service target for the orchestrator; empty calls this process"},
 	{"tls-cert", "LOOM_TLS_CERT", "", "TLS certificate file (PEM); with --tls-key enables TLS, otherwise h2c"},
@@ -174,6 +176,7 @@ func parseServe(args []string, getenv func(string) string, out *os.File) (config
 	c.DataDir = get("data-dir")
 	c.Services = splitList(get("services"))
 	c.DatabaseURL = get("database-url")
+	c.DatabaseMaxConn = num("database-max-conns")
 	c.MemoryAddr = get("memory-addr")
 	c.AgentAddr = get("agent-addr")
 	c.TLSCert, c.TLSKey = get("tls-cert"), get("tls-key")
@@ -269,6 +272,7 @@ func (c config) LogValue() slog.Value {
 		slog.String("data_dir", c.DataDir),
 		slog.String("services", strings.Join(c.Services, ",")),
 		slog.String("database_url", maskURL(c.DatabaseURL)),
+		slog.Int("database_max_conns", c.DatabaseMaxConn),
 		slog.String("memory_addr", c.MemoryAddr),
 		slog.String("agent_addr", c.AgentAddr),
 		slog.Bool("tls", c.TLSCert != ""),

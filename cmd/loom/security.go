@@ -34,41 +34,29 @@ type security struct {
 	keys         *authn.KeyStore
 	providerKeys *sealed.ProviderKeys // nil without LOOM_MASTER_KEY
 	trail        *audit.Store
-	db           *sqldb.DB
-}
-
-func (s *security) Close() {
-	if s.db != nil {
-		s.db.Close()
-	}
 }
 
 // buildSecurity opens the key and audit store (the auth database) and builds the authenticator.
-func buildSecurity(ctx context.Context, cfg config, logger *slog.Logger) (*security, error) {
-	db, err := openDB(ctx, cfg, "auth.db")
+func buildSecurity(ctx context.Context, cfg config, logger *slog.Logger, dbs *databases) (*security, error) {
+	db, err := dbs.open(ctx, "auth.db")
 	if err != nil {
 		return nil, fmt.Errorf("auth database: %w", err)
 	}
-	sec := &security{db: db}
+	sec := &security{}
 	if sec.keys, err = authn.NewKeyStore(ctx, db); err != nil {
-		sec.Close()
 		return nil, err
 	}
 	if sec.trail, err = audit.Open(ctx, db); err != nil {
-		sec.Close()
 		return nil, err
 	}
 	if sec.providerKeys, err = providerKeys(ctx, cfg, db); err != nil {
-		sec.Close()
 		return nil, err
 	}
 	priv, err := serviceKey(cfg, logger)
 	if err != nil {
-		sec.Close()
 		return nil, err
 	}
 	if sec.minter, err = authn.NewMinter(priv, 0); err != nil {
-		sec.Close()
 		return nil, err
 	}
 	var served []string
@@ -94,7 +82,6 @@ func buildSecurity(ctx context.Context, cfg config, logger *slog.Logger) (*secur
 	}
 	a, err := authn.New(acfg, sec.keys, logger)
 	if err != nil {
-		sec.Close()
 		return nil, fmt.Errorf("authentication: %w", err)
 	}
 	sec.authenticate = a.Authenticate

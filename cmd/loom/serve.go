@@ -13,8 +13,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"google.golang.org/grpc"
 
 	"github.com/loom-dev/loom/admin"
@@ -55,11 +53,13 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 	}
 	defer ln.Close()
 
-	sec, err := buildSecurity(ctx, cfg, logger)
+	dbs := &databases{cfg: cfg}
+	defer dbs.Close() // after the services and the server, which use it: defers run last-in first-out
+
+	sec, err := buildSecurity(ctx, cfg, logger, dbs)
 	if err != nil {
 		return err
 	}
-	defer sec.Close()
 
 	clients, err := dialClients(cfg, ln.Addr(), sec.minter, logger)
 	if err != nil {
@@ -87,7 +87,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 		if !cfg.runs(name) {
 			continue
 		}
-		svc, closeFn, err := buildService(ctx, name, cfg, logger, clients, sec)
+		svc, closeFn, err := buildService(ctx, name, cfg, logger, clients, sec, dbs)
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
@@ -187,17 +187,17 @@ func selfAddr(addr net.Addr) string {
 }
 
 // buildService constructs one service with its stores. The returned func releases them, after the server stops.
-func buildService(ctx context.Context, name string, cfg config, logger *slog.Logger, c *clients, sec *security) (rpcserver.Service, func(), error) {
+func buildService(ctx context.Context, name string, cfg config, logger *slog.Logger, c *clients, sec *security, dbs *databases) (rpcserver.Service, func(), error) {
 	logger = logger.With("service", name)
 	switch name {
 	case "admin":
 		return admin.New(logger, sec.keys, sec.trail, sec.providerKeys).Service(), nil, nil
 	case "memory":
-		return buildMemory(ctx, cfg, logger)
+		return buildMemory(ctx, cfg, logger, dbs)
 	case "agent":
-		return buildAgent(ctx, cfg, logger, c, sec)
+		return buildAgent(ctx, cfg, logger, c, sec, dbs)
 	case "orchestrator":
-		return buildOrchestrator(ctx, cfg, logger, c)
+		return buildOrchestrator(ctx, cfg, logger, c, dbs)
 	}
 	return rpcserver.Service{}, nil, fmt.Errorf("unknown service %q", name)
 }
@@ -218,11 +218,15 @@ func buildGateway(cfg config, logger *slog.Logger, sec *security) (*gateway.Prox
 }
 
 // buildMemory uses pgvector when a database URL is configured and the embedded store in the data dir otherwise.
-func buildMemory(ctx context.Context, cfg config, logger *slog.Logger) (rpcserver.Service, func(), error) {
+func buildMemory(ctx context.Context, cfg config, logger *slog.Logger, dbs *databases) (rpcserver.Service, func(), error) {
 	var store memory.Store
 	var closeFn func()
 	if cfg.DatabaseURL != "" {
-		s, err := pgstore.Open(ctx, cfg.DatabaseURL)
+		db, err := dbs.open(ctx, "")
+		if err != nil {
+			return rpcserver.Service{}, nil, err
+		}
+		s, err := pgstore.New(ctx, db)
 		if err != nil {
 			return rpcserver.Service{}, nil, err
 		}
@@ -243,14 +247,13 @@ func buildMemory(ctx context.Context, cfg config, logger *slog.Logger) (rpcserve
 }
 
 // buildAgent opens the agent store (SQLite in the data dir, or Postgres) and gives the agent its memory client.
-func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients, sec *security) (rpcserver.Service, func(), error) {
-	db, err := openDB(ctx, cfg, "agent.db")
+func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients, sec *security, dbs *databases) (rpcserver.Service, func(), error) {
+	db, err := dbs.open(ctx, "agent.db")
 	if err != nil {
 		return rpcserver.Service{}, nil, err
 	}
 	store, err := agentsql.New(ctx, db)
 	if err != nil {
-		db.Close()
 		return rpcserver.Service{}, nil, err
 	}
 	acfg := agent.Config{
@@ -266,30 +269,24 @@ func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients
 	}
 	srv, err := agent.New(logger, store, c.memory, acfg)
 	if err != nil {
-		db.Close()
 		return rpcserver.Service{}, nil, err
 	}
-	return srv.Service(), func() { db.Close() }, nil
+	return srv.Service(), nil, nil
 }
 
 // buildOrchestrator opens the blueprint store and the River run engine on SQLite or Postgres.
-func buildOrchestrator(ctx context.Context, cfg config, logger *slog.Logger, c *clients) (rpcserver.Service, func(), error) {
-	db, err := openDB(ctx, cfg, "orchestrator.db")
+func buildOrchestrator(ctx context.Context, cfg config, logger *slog.Logger, c *clients, dbs *databases) (rpcserver.Service, func(), error) {
+	db, err := dbs.open(ctx, "orchestrator.db")
 	if err != nil {
 		return rpcserver.Service{}, nil, err
 	}
 	store, err := orchsql.New(ctx, db)
 	if err != nil {
-		db.Close()
 		return rpcserver.Service{}, nil, err
 	}
 	var eng *engine.Engine
-	var pool *pgxpool.Pool
 	if db.Dialect == sqldb.Postgres {
-		pool, err = pgxpool.New(ctx, cfg.DatabaseURL)
-		if err == nil {
-			eng, err = engine.NewPostgres(ctx, logger, db, pool, c.agent, c.memory, engine.Config{RescueStuckJobsAfter: cfg.RescueAfter})
-		}
+		eng, err = engine.NewPostgres(ctx, logger, db, c.agent, c.memory, engine.Config{RescueStuckJobsAfter: cfg.RescueAfter})
 	} else {
 		eng, err = engine.NewSQLite(ctx, logger, db, c.agent, c.memory, engine.Config{RescueStuckJobsAfter: cfg.RescueAfter})
 	}
@@ -297,10 +294,6 @@ func buildOrchestrator(ctx context.Context, cfg config, logger *slog.Logger, c *
 		err = eng.Start(context.WithoutCancel(ctx))
 	}
 	if err != nil {
-		if pool != nil {
-			pool.Close()
-		}
-		db.Close()
 		return rpcserver.Service{}, nil, fmt.Errorf("run engine: %w", err)
 	}
 	closeFn := func() {
@@ -309,18 +302,50 @@ func buildOrchestrator(ctx context.Context, cfg config, logger *slog.Logger, c *
 		if err := eng.Stop(stopCtx); err != nil {
 			logger.Warn("stop run engine", "err", err)
 		}
-		if pool != nil {
-			pool.Close()
-		}
-		db.Close()
 	}
 	return orchestrator.New(logger, store, c.agent, c.memory, orchestrator.WithRuns(eng)).Service(), closeFn, nil
 }
 
-// openDB opens the Postgres database when configured, or the service's own SQLite file in the data dir.
+// databases are the process's open databases: on Postgres one handle (one pgx pool) shared by every component,
+// each in its own schema; on SQLite one file per component in the data dir. Close closes them all, after every
+// component using them has stopped.
+type databases struct {
+	cfg    config
+	byName map[string]*sqldb.DB // by SQLite file name, or "" for Postgres
+}
+
+// open returns the Postgres database when one is configured, or else the component's own SQLite file in the
+// data dir, opening it on first use.
+func (d *databases) open(ctx context.Context, sqliteFile string) (*sqldb.DB, error) {
+	key := sqliteFile
+	if d.cfg.DatabaseURL != "" {
+		key = ""
+	}
+	if db, ok := d.byName[key]; ok {
+		return db, nil
+	}
+	db, err := openDB(ctx, d.cfg, sqliteFile)
+	if err != nil {
+		return nil, err
+	}
+	if d.byName == nil {
+		d.byName = map[string]*sqldb.DB{}
+	}
+	d.byName[key] = db
+	return db, nil
+}
+
+func (d *databases) Close() {
+	for _, db := range d.byName {
+		db.Close()
+	}
+}
+
+// openDB opens the Postgres database when configured, or the component's own SQLite file in the data dir. The
+// caller closes it.
 func openDB(ctx context.Context, cfg config, sqliteFile string) (*sqldb.DB, error) {
 	if cfg.DatabaseURL != "" {
-		return sqldb.Open(ctx, cfg.DatabaseURL)
+		return sqldb.Open(ctx, cfg.DatabaseURL, sqldb.Options{MaxConns: cfg.DatabaseMaxConn})
 	}
 	return sqldb.Open(ctx, "sqlite:"+filepath.Join(cfg.DataDir, sqliteFile))
 }

@@ -48,7 +48,8 @@ func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := db.Migrate(ctx, "audit", sub); err != nil {
+	db = db.Component(sqldb.AdminComponent)
+	if err := db.Migrate(ctx, "audit", sub, "audit_events"); err != nil {
 		return nil, err
 	}
 	return &Store{db: db}, nil
@@ -56,7 +57,7 @@ func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
 
 // Append records e; the store assigns its sequence number.
 func (s *Store) Append(ctx context.Context, e Event) error {
-	_, err := s.db.ExecContext(ctx, s.db.Rebind(`INSERT INTO audit_events (tenant, time_ms, subject, procedure, resource, result)
+	_, err := s.db.ExecContext(ctx, s.db.Rebind(`INSERT INTO loom.audit_events (tenant, time_ms, subject, procedure, resource, result)
 		VALUES (?, ?, ?, ?, ?, ?)`), e.Tenant, e.Time.UnixMilli(), e.Subject, e.Procedure, e.Resource, e.Result)
 	if err != nil {
 		return fmt.Errorf("append audit event: %w", err)
@@ -71,7 +72,7 @@ func (s *Store) List(ctx context.Context, tenant string, pageSize int, pageToken
 		return nil, "", ErrInvalidPageToken
 	}
 	rows, err := s.db.QueryContext(ctx, s.db.Rebind(`SELECT id, time_ms, subject, procedure, resource, result
-		FROM audit_events WHERE tenant = ? AND id < ? ORDER BY id DESC LIMIT ?`), tenant, before, pageSize+1)
+		FROM loom.audit_events WHERE tenant = ? AND id < ? ORDER BY id DESC LIMIT ?`), tenant, before, pageSize+1)
 	if err != nil {
 		return nil, "", fmt.Errorf("list audit events: %w", err)
 	}

@@ -88,7 +88,8 @@ func NewKeyStore(ctx context.Context, db *sqldb.DB) (*KeyStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("authn key store: %w", err)
 	}
-	if err := db.Migrate(ctx, "authn", fsys); err != nil {
+	db = db.Component(sqldb.AdminComponent)
+	if err := db.Migrate(ctx, "authn", fsys, "authn_api_keys"); err != nil {
 		return nil, fmt.Errorf("authn key store: %w", err)
 	}
 	return &KeyStore{db: db, now: time.Now}, nil
@@ -142,7 +143,7 @@ func (s *KeyStore) Create(ctx context.Context, tenant, name string, roles []stri
 		k.ExpiresAt = expires.UTC().Truncate(time.Millisecond)
 	}
 	_, err = s.db.ExecContext(ctx, s.db.Rebind(
-		`INSERT INTO authn_api_keys (id, tenant, name, roles, secret_hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)`),
+		`INSERT INTO loom.authn_api_keys (id, tenant, name, roles, secret_hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)`),
 		k.ID, k.Tenant, k.Name, strings.Join(k.Roles, " "), hash[:], k.CreatedAt.UnixMilli(), toMillis(k.ExpiresAt))
 	if err != nil {
 		return "", Key{}, fmt.Errorf("create api key: %w", err)
@@ -153,7 +154,7 @@ func (s *KeyStore) Create(ctx context.Context, tenant, name string, roles []stri
 // List returns tenant's keys, revoked and expired ones included, oldest first.
 func (s *KeyStore) List(ctx context.Context, tenant string) ([]Key, error) {
 	rows, err := s.db.QueryContext(ctx, s.db.Rebind(
-		`SELECT id, tenant, name, roles, created_at, expires_at, revoked_at FROM authn_api_keys WHERE tenant = ? ORDER BY created_at, id`),
+		`SELECT id, tenant, name, roles, created_at, expires_at, revoked_at FROM loom.authn_api_keys WHERE tenant = ? ORDER BY created_at, id`),
 		tenant)
 	if err != nil {
 		return nil, fmt.Errorf("list api keys: %w", err)
@@ -176,7 +177,7 @@ func (s *KeyStore) List(ctx context.Context, tenant string) ([]Key, error) {
 // Revoke revokes tenant's key id. Revoking a revoked key succeeds; a key of another tenant is ErrNotFound.
 func (s *KeyStore) Revoke(ctx context.Context, tenant, id string) error {
 	res, err := s.db.ExecContext(ctx, s.db.Rebind(
-		`UPDATE authn_api_keys SET revoked_at = ? WHERE id = ? AND tenant = ? AND revoked_at IS NULL`),
+		`UPDATE loom.authn_api_keys SET revoked_at = ? WHERE id = ? AND tenant = ? AND revoked_at IS NULL`),
 		s.now().UTC().UnixMilli(), id, tenant)
 	if err != nil {
 		return fmt.Errorf("revoke api key: %w", err)
@@ -185,7 +186,7 @@ func (s *KeyStore) Revoke(ctx context.Context, tenant, id string) error {
 		return nil
 	}
 	var one int
-	err = s.db.QueryRowContext(ctx, s.db.Rebind(`SELECT 1 FROM authn_api_keys WHERE id = ? AND tenant = ?`), id, tenant).Scan(&one)
+	err = s.db.QueryRowContext(ctx, s.db.Rebind(`SELECT 1 FROM loom.authn_api_keys WHERE id = ? AND tenant = ?`), id, tenant).Scan(&one)
 	if errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("revoke api key: %w", ErrNotFound)
 	}
@@ -206,7 +207,7 @@ func (s *KeyStore) Lookup(ctx context.Context, id string) (Key, error) {
 
 func (s *KeyStore) lookup(ctx context.Context, id string) (Key, []byte, error) {
 	row := s.db.QueryRowContext(ctx, s.db.Rebind(
-		`SELECT id, tenant, name, roles, created_at, expires_at, revoked_at, secret_hash FROM authn_api_keys WHERE id = ?`), id)
+		`SELECT id, tenant, name, roles, created_at, expires_at, revoked_at, secret_hash FROM loom.authn_api_keys WHERE id = ?`), id)
 	k, hash, err := scanKey(row, true)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Key{}, nil, ErrNotFound

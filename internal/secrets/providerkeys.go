@@ -67,7 +67,8 @@ func NewProviderKeys(ctx context.Context, db *sqldb.DB, box *Box) (*ProviderKeys
 	if err != nil {
 		return nil, fmt.Errorf("secrets provider keys: %w", err)
 	}
-	if err := db.Migrate(ctx, "secrets", fsys); err != nil {
+	db = db.Component(sqldb.AdminComponent)
+	if err := db.Migrate(ctx, "secrets", fsys, "secrets_provider_keys"); err != nil {
 		return nil, fmt.Errorf("secrets provider keys: %w", err)
 	}
 	return &ProviderKeys{db: db, box: box, now: time.Now}, nil
@@ -100,7 +101,7 @@ func (s *ProviderKeys) Set(ctx context.Context, tenant, provider, plaintext stri
 
 func (s *ProviderKeys) put(ctx context.Context, tenant, provider string, sealed []byte, at time.Time) error {
 	_, err := s.db.ExecContext(ctx, s.db.Rebind(
-		`INSERT INTO secrets_provider_keys (tenant, provider, sealed, updated_at) VALUES (?, ?, ?, ?)
+		`INSERT INTO loom.secrets_provider_keys (tenant, provider, sealed, updated_at) VALUES (?, ?, ?, ?)
 		 ON CONFLICT (tenant, provider) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at`),
 		tenant, provider, sealed, at.UnixMilli())
 	return err
@@ -111,7 +112,7 @@ func (s *ProviderKeys) Delete(ctx context.Context, tenant, provider string) erro
 	if err := checkArgs(tenant, provider); err != nil {
 		return fmt.Errorf("delete provider key: %w", err)
 	}
-	res, err := s.db.ExecContext(ctx, s.db.Rebind(`DELETE FROM secrets_provider_keys WHERE tenant = ? AND provider = ?`), tenant, provider)
+	res, err := s.db.ExecContext(ctx, s.db.Rebind(`DELETE FROM loom.secrets_provider_keys WHERE tenant = ? AND provider = ?`), tenant, provider)
 	if err != nil {
 		return fmt.Errorf("delete provider key: %w", err)
 	}
@@ -124,7 +125,7 @@ func (s *ProviderKeys) Delete(ctx context.Context, tenant, provider string) erro
 // List returns which providers tenant has a key for, by provider name, without the keys.
 func (s *ProviderKeys) List(ctx context.Context, tenant string) ([]ProviderKey, error) {
 	rows, err := s.db.QueryContext(ctx, s.db.Rebind(
-		`SELECT provider, updated_at FROM secrets_provider_keys WHERE tenant = ? ORDER BY provider`), tenant)
+		`SELECT provider, updated_at FROM loom.secrets_provider_keys WHERE tenant = ? ORDER BY provider`), tenant)
 	if err != nil {
 		return nil, fmt.Errorf("list provider keys: %w", err)
 	}
@@ -155,7 +156,7 @@ func (s *ProviderKeys) Get(ctx context.Context, tenant, provider string) (string
 	}
 	var sealed []byte
 	err := s.db.QueryRowContext(ctx, s.db.Rebind(
-		`SELECT sealed FROM secrets_provider_keys WHERE tenant = ? AND provider = ?`), tenant, provider).Scan(&sealed)
+		`SELECT sealed FROM loom.secrets_provider_keys WHERE tenant = ? AND provider = ?`), tenant, provider).Scan(&sealed)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", fmt.Errorf("get provider key: %w", ErrNotFound)
 	}
@@ -178,7 +179,7 @@ func (s *ProviderKeys) Reseal(ctx context.Context) (int, error) {
 		sealed           []byte
 		at               int64
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT tenant, provider, sealed, updated_at FROM secrets_provider_keys`)
+	rows, err := s.db.QueryContext(ctx, s.db.Rebind(`SELECT tenant, provider, sealed, updated_at FROM loom.secrets_provider_keys`))
 	if err != nil {
 		return 0, fmt.Errorf("reseal provider keys: %w", err)
 	}
@@ -204,7 +205,7 @@ func (s *ProviderKeys) Reseal(ctx context.Context) (int, error) {
 		}
 		// Only rewrite the row if nobody set a new key meanwhile.
 		_, err = s.db.ExecContext(ctx, s.db.Rebind(
-			`UPDATE secrets_provider_keys SET sealed = ? WHERE tenant = ? AND provider = ? AND sealed = ?`),
+			`UPDATE loom.secrets_provider_keys SET sealed = ? WHERE tenant = ? AND provider = ? AND sealed = ?`),
 			s.box.Seal(r.tenant, r.provider, pt), r.tenant, r.provider, r.sealed)
 		clear(pt)
 		if err != nil {

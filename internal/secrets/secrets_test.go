@@ -169,7 +169,7 @@ func runProviderKeys(t *testing.T, dialect sqldb.Dialect) {
 	}
 
 	t.Run("raw column holds no plaintext", func(t *testing.T) {
-		rows, err := db.QueryContext(ctx, `SELECT tenant, provider, sealed FROM secrets_provider_keys`)
+		rows, err := db.QueryContext(ctx, db.Component(sqldb.AdminComponent).Rebind(`SELECT tenant, provider, sealed FROM loom.secrets_provider_keys`))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -195,7 +195,7 @@ func runProviderKeys(t *testing.T, dialect sqldb.Dialect) {
 
 	t.Run("swapped ciphertext does not open", func(t *testing.T) {
 		// Copy acme's sealed OpenAI key into globex's row, as an attacker with write access to the table could.
-		_, err := db.ExecContext(ctx, db.Rebind(`UPDATE secrets_provider_keys SET sealed = (SELECT sealed FROM secrets_provider_keys WHERE tenant = ? AND provider = ?) WHERE tenant = ? AND provider = ?`),
+		_, err := db.ExecContext(ctx, db.Component(sqldb.AdminComponent).Rebind(`UPDATE loom.secrets_provider_keys SET sealed = (SELECT sealed FROM loom.secrets_provider_keys WHERE tenant = ? AND provider = ?) WHERE tenant = ? AND provider = ?`),
 			"acme", "openai", "globex", "openai")
 		if err != nil {
 			t.Fatal(err)

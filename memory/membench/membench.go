@@ -34,6 +34,7 @@ import (
 	"github.com/philippgille/chromem-go"
 
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/memory"
 	"github.com/loom-dev/loom/memory/localstore"
 	"github.com/loom-dev/loom/memory/pgstore"
@@ -449,14 +450,20 @@ func localBackend(ctx context.Context, cfg Config, kind memory.IndexKind) (*back
 }
 
 func pgstoreBackend(ctx context.Context, cfg Config) (*backend, error) {
-	s, err := pgstore.Open(ctx, cfg.PostgresURL)
+	db, err := sqldb.Open(ctx, cfg.PostgresURL)
 	if err != nil {
+		return nil, err
+	}
+	s, err := pgstore.New(ctx, db)
+	if err != nil {
+		db.Close()
 		return nil, err
 	}
 	_ = s.DeleteNamespace(ctx, "bench", "bench")
 	return storeBackend("pgstore (hnsw)", s, cfg, memory.IndexHNSW, func() {
 		_ = s.DeleteNamespace(context.Background(), "bench", "bench")
 		s.Close()
+		db.Close()
 	})
 }
 

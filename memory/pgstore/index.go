@@ -34,6 +34,7 @@ const (
 // buildLockClass is the first key of the advisory lock held while building a namespace's index.
 const buildLockClass int32 = 74382910
 
+// indexName is the unqualified name of row's HNSW index (an index lives in its table's schema).
 func (r nsRow) indexName() string { return r.table() + "_hnsw" }
 
 // scheduleBuild arms row's background index build IndexDelay from now; rearm pushes back one already pending.
@@ -110,14 +111,14 @@ func (s *Store) buildIndex(ctx context.Context, row nsRow, concurrently bool) er
 		mode = "CONCURRENTLY "
 	}
 	_, err = conn.Exec(ctx, fmt.Sprintf("CREATE INDEX %sIF NOT EXISTS %s ON %s USING hnsw (embedding %s) WITH (m = %d, ef_construction = %d)",
-		mode, row.indexName(), row.table(), opsClass(row.meta.Metric), cmpOr(row.meta.M, DefaultM), cmpOr(row.meta.EfConstruction, DefaultEfConstruction)))
+		mode, row.indexName(), s.records(row), opsClass(row.meta.Metric), cmpOr(row.meta.M, DefaultM), cmpOr(row.meta.EfConstruction, DefaultEfConstruction)))
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // the namespace was deleted
 		return nil
 	}
 	if err != nil {
 		if concurrently { // a failed concurrent build leaves an invalid index behind
-			_, _ = conn.Exec(context.Background(), "DROP INDEX CONCURRENTLY IF EXISTS "+row.indexName())
+			_, _ = conn.Exec(context.Background(), "DROP INDEX CONCURRENTLY IF EXISTS "+s.db.Table(row.indexName()))
 		}
 		return fmt.Errorf("build index: %w", err)
 	}

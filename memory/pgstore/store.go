@@ -40,9 +40,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/pgvector/pgvector-go"
-	pgxvec "github.com/pgvector/pgvector-go/pgx"
 
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/memory"
 )
 
@@ -60,13 +60,19 @@ const (
 )
 
 //go:embed migrations/*.sql
-var migrations embed.FS
+var migrationFiles embed.FS
+
+// migrations is the goose directory of the store's schema.
+var migrations, _ = fs.Sub(migrationFiles, "migrations") // the directory is embedded: Sub cannot fail
 
 var _ memory.Store = (*Store)(nil)
 
 // Store is the Postgres store. It is safe for concurrent use.
 type Store struct {
 	pool *pgxpool.Pool
+	db   *sqldb.DB // the memory component's view: its schema qualifies every table
+	// ns is the qualified name of the namespace catalog table.
+	ns string
 	// nsCache maps tenant\x00name to the namespace's nsRow, for Search.
 	nsCache sync.Map
 	// indexed holds the ids of namespaces whose HNSW index is known to exist.
@@ -83,84 +89,45 @@ type Store struct {
 	indexNow bool
 }
 
-// Open connects to url, applies the store's migrations (which need the vector extension to exist or the right to
-// create it), and returns the store.
-func Open(ctx context.Context, url string) (*Store, error) {
-	if err := migrate(ctx, url); err != nil {
+// New applies the store's migrations to db (a Postgres database; the vector extension must exist or the user
+// must be allowed to create it) in the memory component's schema, and returns the store over db's pool. The
+// caller keeps ownership of db and closes it after the store.
+func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
+	if db.Dialect != sqldb.Postgres {
+		return nil, fmt.Errorf("open pgstore: needs a Postgres database, got %s", db.Dialect)
+	}
+	db = db.Component(sqldb.MemoryComponent)
+	if err := ensureVector(ctx, db); err != nil {
 		return nil, fmt.Errorf("open pgstore: %w", err)
 	}
-	cfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		return nil, fmt.Errorf("open pgstore: %w", err)
-	}
-	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error { return pgxvec.RegisterTypes(ctx, c) }
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("open pgstore: %w", err)
-	}
-	if err := pool.Ping(ctx); err != nil {
-		pool.Close()
+	// The catalog and the records tables of databases made before schemas existed move from public: the
+	// catalog names the legacy layout (its hand-rolled migration table moves along and is then dropped).
+	if err := db.Migrate(ctx, "memory", migrations, "memory_namespaces", "memory_records_%", "memory_schema_migrations"); err != nil {
 		return nil, fmt.Errorf("open pgstore: %w", err)
 	}
 	bctx, cancel := context.WithCancel(context.Background())
-	return &Store{pool: pool, builds: map[int64]*time.Timer{}, buildCtx: bctx, stopBuilds: cancel}, nil
+	return &Store{pool: db.Pool, db: db, ns: db.Table("memory_namespaces"), builds: map[int64]*time.Timer{}, buildCtx: bctx, stopBuilds: cancel}, nil
 }
 
-// migrate applies migrations/NNNN_*.sql in order, each once, recorded in memory_schema_migrations, under an
-// advisory lock so concurrent Opens are safe.
-func migrate(ctx context.Context, url string) error {
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
+// ensureVector creates the vector extension if it is missing, then resets the pool so that every connection
+// registers pgvector's types (connections made before the extension existed do not know them).
+func ensureVector(ctx context.Context, db *sqldb.DB) error {
+	var has bool
+	if err := db.Pool.QueryRow(ctx, "SELECT to_regtype('vector') IS NOT NULL").Scan(&has); err != nil {
+		return fmt.Errorf("check vector extension: %w", err)
 	}
-	defer conn.Close(ctx)
-	names, err := fs.Glob(migrations, "migrations/*.sql")
-	if err != nil {
-		return err
+	if has {
+		return nil
 	}
-	sort.Strings(names)
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
+	if _, err := db.Pool.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS vector"); err != nil {
+		return fmt.Errorf("create vector extension: %w", err)
 	}
-	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(7438291001)"); err != nil {
-		return fmt.Errorf("migrate: lock: %w", err)
-	}
-	if _, err := tx.Exec(ctx, "CREATE TABLE IF NOT EXISTS memory_schema_migrations (version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"); err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
-	for _, name := range names {
-		base := strings.TrimPrefix(name, "migrations/")
-		v, err := strconv.Atoi(strings.SplitN(base, "_", 2)[0])
-		if err != nil {
-			return fmt.Errorf("migrate: bad migration name %s", base)
-		}
-		var done bool
-		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM memory_schema_migrations WHERE version = $1)", v).Scan(&done); err != nil {
-			return fmt.Errorf("migrate: %w", err)
-		}
-		if done {
-			continue
-		}
-		body, err := migrations.ReadFile(name)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, string(body)); err != nil {
-			return fmt.Errorf("migrate %s: %w", base, err)
-		}
-		if _, err := tx.Exec(ctx, "INSERT INTO memory_schema_migrations (version) VALUES ($1)", v); err != nil {
-			return fmt.Errorf("migrate: %w", err)
-		}
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
+	db.Pool.Reset()
 	return nil
 }
 
-// Close stops pending index builds, waits for running ones to be cancelled, and closes the pool.
+// Close stops pending index builds and waits for running ones to be cancelled. The pool stays open: it belongs
+// to the database handle given to New.
 func (s *Store) Close() error {
 	s.buildMu.Lock()
 	s.closed = true
@@ -171,7 +138,6 @@ func (s *Store) Close() error {
 	s.buildMu.Unlock()
 	s.stopBuilds()
 	s.buildWG.Wait()
-	s.pool.Close()
 	return nil
 }
 
@@ -184,7 +150,11 @@ type nsRow struct {
 	meta memory.Namespace
 }
 
+// table is the name of the namespace's records table, unqualified (index names are built from it).
 func (r nsRow) table() string { return "memory_records_" + strconv.FormatInt(r.id, 10) }
+
+// records is the qualified name of row's records table.
+func (s *Store) records(row nsRow) string { return s.db.Table(row.table()) }
 
 const nsColumns = "id, name, dimension, metric, embedder_provider, embedder_model, index_kind, m, ef_construction, ef_search, description, create_time"
 
@@ -203,7 +173,7 @@ func scanNS(row pgx.Row) (nsRow, error) {
 }
 
 func (s *Store) lookup(ctx context.Context, q querier, tenant, name string) (nsRow, error) {
-	r, err := scanNS(q.QueryRow(ctx, "SELECT "+nsColumns+" FROM memory_namespaces WHERE tenant = $1 AND name = $2", tenant, name))
+	r, err := scanNS(q.QueryRow(ctx, "SELECT "+nsColumns+" FROM "+s.ns+" WHERE tenant = $1 AND name = $2", tenant, name))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nsRow{}, fmt.Errorf("namespace %q: %w", name, memory.ErrNotFound)
 	}
@@ -264,7 +234,7 @@ func (s *Store) CreateNamespace(ctx context.Context, tenant string, ns memory.Na
 		return memory.Namespace{}, fmt.Errorf("create namespace: %w", err)
 	}
 	defer tx.Rollback(ctx)
-	row, err := scanNS(tx.QueryRow(ctx, `INSERT INTO memory_namespaces (tenant, name, dimension, metric, embedder_provider, embedder_model, index_kind, m, ef_construction, ef_search, description, create_time)
+	row, err := scanNS(tx.QueryRow(ctx, `INSERT INTO `+s.ns+` (tenant, name, dimension, metric, embedder_provider, embedder_model, index_kind, m, ef_construction, ef_search, description, create_time)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, date_trunc('milliseconds', now()))
 		ON CONFLICT (tenant, name) DO NOTHING RETURNING `+nsColumns,
 		tenant, ns.Name, ns.Dimension, int(ns.Metric), ns.EmbedderProvider, ns.EmbedderModel, int(ns.IndexKind), ns.M, ns.EfConstruction, ns.EfSearch, ns.Description))
@@ -274,7 +244,7 @@ func (s *Store) CreateNamespace(ctx context.Context, tenant string, ns memory.Na
 	if err != nil {
 		return memory.Namespace{}, fmt.Errorf("create namespace: %w", err)
 	}
-	t := row.table()
+	base, t := row.table(), s.records(row)
 	stmts := []string{
 		fmt.Sprintf(`CREATE TABLE %s (
 			id text PRIMARY KEY,
@@ -284,8 +254,8 @@ func (s *Store) CreateNamespace(ctx context.Context, tenant string, ns memory.Na
 			tsv tsvector GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED,
 			expire_time timestamptz,
 			update_time timestamptz NOT NULL)`, t, ns.Dimension),
-		fmt.Sprintf("CREATE INDEX %s_metadata ON %s USING gin (metadata jsonb_path_ops)", t, t),
-		fmt.Sprintf("CREATE INDEX %s_tsv ON %s USING gin (tsv)", t, t),
+		fmt.Sprintf("CREATE INDEX %s_metadata ON %s USING gin (metadata jsonb_path_ops)", base, t),
+		fmt.Sprintf("CREATE INDEX %s_tsv ON %s USING gin (tsv)", base, t),
 	}
 	for _, q := range stmts {
 		if _, err := tx.Exec(ctx, q); err != nil {
@@ -320,7 +290,7 @@ func (s *Store) GetNamespace(ctx context.Context, tenant, name string, withStats
 	if !withStats {
 		return ns, nil
 	}
-	err = tx.QueryRow(ctx, "SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0) FROM "+row.table()+" t WHERE "+alive).
+	err = tx.QueryRow(ctx, "SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0) FROM "+s.records(row)+" t WHERE "+alive).
 		Scan(&ns.Stats.RecordCount, &ns.Stats.SizeBytes)
 	if err != nil {
 		return memory.Namespace{}, fmt.Errorf("get namespace stats: %w", err)
@@ -332,7 +302,7 @@ const alive = "(expire_time IS NULL OR expire_time > now())"
 
 // ListNamespaces implements memory.Store.
 func (s *Store) ListNamespaces(ctx context.Context, tenant, after string, limit int) ([]memory.Namespace, error) {
-	rows, err := s.pool.Query(ctx, "SELECT "+nsColumns+" FROM memory_namespaces WHERE tenant = $1 AND name > $2 ORDER BY name LIMIT $3", tenant, after, limit)
+	rows, err := s.pool.Query(ctx, "SELECT "+nsColumns+" FROM "+s.ns+" WHERE tenant = $1 AND name > $2 ORDER BY name LIMIT $3", tenant, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("list namespaces: %w", err)
 	}
@@ -359,7 +329,7 @@ func (s *Store) DeleteNamespace(ctx context.Context, tenant, name string) error 
 	}
 	defer tx.Rollback(ctx)
 	var id int64
-	err = tx.QueryRow(ctx, "DELETE FROM memory_namespaces WHERE tenant = $1 AND name = $2 RETURNING id", tenant, name).Scan(&id)
+	err = tx.QueryRow(ctx, "DELETE FROM "+s.ns+" WHERE tenant = $1 AND name = $2 RETURNING id", tenant, name).Scan(&id)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("delete namespace %q: %w", name, memory.ErrNotFound)
 	}
@@ -367,7 +337,7 @@ func (s *Store) DeleteNamespace(ctx context.Context, tenant, name string) error 
 		return fmt.Errorf("delete namespace: %w", err)
 	}
 	s.nsCache.Delete(nsKey(tenant, name))
-	if _, err := tx.Exec(ctx, "DROP TABLE IF EXISTS "+nsRow{id: id}.table()); err != nil {
+	if _, err := tx.Exec(ctx, "DROP TABLE IF EXISTS "+s.records(nsRow{id: id})); err != nil {
 		return fmt.Errorf("delete namespace: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -394,7 +364,7 @@ func (s *Store) Upsert(ctx context.Context, tenant, namespace string, records []
 	}
 	defer tx.Rollback(ctx)
 	// FOR SHARE keeps the namespace from being deleted under the batch.
-	row, err := scanNS(tx.QueryRow(ctx, "SELECT "+nsColumns+" FROM memory_namespaces WHERE tenant = $1 AND name = $2 FOR SHARE", tenant, namespace))
+	row, err := scanNS(tx.QueryRow(ctx, "SELECT "+nsColumns+" FROM "+s.ns+" WHERE tenant = $1 AND name = $2 FOR SHARE", tenant, namespace))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("upsert: namespace %q: %w", namespace, memory.ErrNotFound)
 	}
@@ -420,7 +390,7 @@ func (s *Store) Upsert(ctx context.Context, tenant, namespace string, records []
 		}
 		rows = append(rows, []any{r.ID, r.Text, pgvector.NewVector(r.Vector), string(md), nullTime(r.ExpireTime), r.UpdateTime})
 	}
-	t := row.table()
+	t := s.records(row)
 	if len(rows) < copyThreshold {
 		b := &pgx.Batch{}
 		for _, r := range rows {
@@ -499,7 +469,7 @@ func (s *Store) Get(ctx context.Context, tenant, namespace string, ids []string,
 	if includeVectors {
 		cols += ", embedding"
 	}
-	rows, err := tx.Query(ctx, "SELECT "+cols+" FROM "+row.table()+" WHERE id = ANY($1) AND "+alive, ids)
+	rows, err := tx.Query(ctx, "SELECT "+cols+" FROM "+s.records(row)+" WHERE id = ANY($1) AND "+alive, ids)
 	if err != nil {
 		return nil, fmt.Errorf("get: %w", err)
 	}
@@ -551,7 +521,7 @@ func (s *Store) Delete(ctx context.Context, tenant, namespace string, ids []stri
 		return 0, fmt.Errorf("delete: %w", err)
 	}
 	var n int64
-	err = tx.QueryRow(ctx, "WITH d AS (DELETE FROM "+row.table()+" WHERE "+where.String()+" RETURNING expire_time) SELECT count(*) FROM d WHERE "+alive, a...).Scan(&n)
+	err = tx.QueryRow(ctx, "WITH d AS (DELETE FROM "+s.records(row)+" WHERE "+where.String()+" RETURNING expire_time) SELECT count(*) FROM d WHERE "+alive, a...).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("delete: %w", err)
 	}
@@ -636,14 +606,14 @@ func (s *Store) search(ctx context.Context, row nsRow, q memory.Query, where str
 	}
 	op := distanceOp(row.meta.Metric)
 	vsql := fmt.Sprintf(`WITH c AS MATERIALIZED (SELECT %s, embedding %s $1 AS distance FROM %s WHERE %s ORDER BY embedding %s $1 LIMIT %d)
-		SELECT * FROM c ORDER BY distance, id`, cols, op, row.table(), where, op, k)
+		SELECT * FROM c ORDER BY distance, id`, cols, op, s.records(row), where, op, k)
 	var tsql string
 	ta := a
 	if q.Hybrid {
 		ta = append(a[:len(a):len(a)], q.Text)
 		tq := fmt.Sprintf("plainto_tsquery('simple', $%d)", len(ta))
 		tsql = fmt.Sprintf("SELECT %s, ts_rank(tsv, %s)::float8 AS rank FROM %s WHERE tsv @@ %s AND %s AND $1::vector IS NOT NULL ORDER BY rank DESC, id LIMIT %d",
-			cols, tq, row.table(), tq, where, k)
+			cols, tq, s.records(row), tq, where, k)
 	}
 	hnsw := hasHNSW(row.meta)
 	var vhits, thits []memory.Hit

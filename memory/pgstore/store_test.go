@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 	"github.com/loom-dev/loom/memory"
 	"github.com/loom-dev/loom/memory/memorytest"
@@ -11,7 +12,7 @@ import (
 
 func open(t *testing.T) *Store {
 	t.Helper()
-	s, err := Open(context.Background(), sqldbtest.PostgresURL(t))
+	s, err := New(context.Background(), sqldbtest.Open(t, sqldb.Postgres))
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -55,7 +56,7 @@ func TestDeferredIndex(t *testing.T) {
 		t.Fatal("index not marked built")
 	}
 	var valid bool
-	if err := s.pool.QueryRow(ctx, "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", row.indexName()).Scan(&valid); err != nil || !valid {
+	if err := s.pool.QueryRow(ctx, "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", s.db.Table(row.indexName())).Scan(&valid); err != nil || !valid {
 		t.Fatalf("index valid = %v, %v", valid, err)
 	}
 	hits, err := s.Search(ctx, "t", "ns", memory.Query{Vector: []float32{1, 0.1, 0}, TopK: 1})

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/riverdriver/riversqlite"
@@ -48,7 +47,6 @@ var benchConfigs = []struct {
 
 type benchDB struct {
 	db    *sqldb.DB
-	pool  *pgxpool.Pool // Postgres only
 	store *sqlstore.Store
 }
 
@@ -68,12 +66,6 @@ func openBenchDB(b *testing.B, dialect sqldb.Dialect) *benchDB {
 	if out.store, err = sqlstore.New(ctx, db); err != nil {
 		b.Fatal(err)
 	}
-	if dialect == sqldb.Postgres {
-		if out.pool, err = pgxpool.New(ctx, url); err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(out.pool.Close)
-	}
 	return out
 }
 
@@ -84,8 +76,8 @@ func (d *benchDB) engine(b *testing.B, cfg engine.Config) *engine.Engine {
 		err error
 	)
 	agents := &orchestratortest.Agents{}
-	if d.pool != nil {
-		eng, err = engine.NewPostgres(context.Background(), nil, d.db, d.pool, agents, nil, cfg)
+	if d.db.Dialect == sqldb.Postgres {
+		eng, err = engine.NewPostgres(context.Background(), nil, d.db, agents, nil, cfg)
 	} else {
 		eng, err = engine.NewSQLite(context.Background(), nil, d.db, agents, nil, cfg)
 	}
@@ -140,8 +132,8 @@ func (d *benchDB) commitFloor(b *testing.B, n int) time.Duration {
 	for i := range n {
 		start := time.Now()
 		var err error
-		if d.pool != nil {
-			ptx, perr := d.pool.Begin(ctx)
+		if d.db.Pool != nil {
+			ptx, perr := d.db.Pool.Begin(ctx)
 			if err = perr; err == nil {
 				if _, err = ptx.Exec(ctx, `INSERT INTO bench_floor (id, v) VALUES ($1, 'x')`, i); err == nil {
 					err = ptx.Commit(ctx)
@@ -265,9 +257,10 @@ func (d *benchDB) riverBurnDown(b *testing.B, n, workers int, poll, cooldown tim
 		start, stop func(context.Context) error
 		err         error
 	)
-	if d.pool != nil {
+	if d.db.Pool != nil {
 		var c *river.Client[pgx.Tx]
-		if c, err = river.NewClient(riverpgxv5.New(d.pool), cfg); err == nil {
+		cfg.Schema = d.db.Component(sqldb.OrchestratorComponent).Schema // where the engine migrated River
+		if c, err = river.NewClient(riverpgxv5.New(d.db.Pool), cfg); err == nil {
 			_, err = c.InsertMany(ctx, params)
 			start, stop = c.Start, c.Stop
 		}
@@ -318,12 +311,12 @@ func BenchmarkIndependentSteps(b *testing.B) {
 						b.Fatal(err)
 					}
 				}
-				count := `SELECT count(*) FROM runs WHERE state = ?`
+				count := `SELECT count(*) FROM loom.runs WHERE state = ?`
 				b.ResetTimer()
 				startEngine(b, eng)
 				for {
 					var n int
-					if err := d.db.QueryRowContext(ctx, d.db.Rebind(count), int64(orchestratorv1.RunState_RUN_STATE_SUCCEEDED)).Scan(&n); err != nil {
+					if err := d.db.Component(sqldb.OrchestratorComponent).QueryRowContext(ctx, d.db.Component(sqldb.OrchestratorComponent).Rebind(count), int64(orchestratorv1.RunState_RUN_STATE_SUCCEEDED)).Scan(&n); err != nil {
 						b.Fatal(err)
 					}
 					if n == b.N {

@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -106,11 +105,7 @@ func runReplica(url, logPath string) error {
 	cfg := engine.Config{Workers: 4, FetchPollInterval: 50 * time.Millisecond, RescueStuckJobsAfter: crashRescueAfter}
 	var eng *engine.Engine
 	if db.Dialect == sqldb.Postgres {
-		pool, err := pgxpool.New(ctx, url)
-		if err != nil {
-			return err
-		}
-		eng, err = engine.NewPostgres(ctx, logger, db, pool, agents, nil, cfg)
+		eng, err = engine.NewPostgres(ctx, logger, db, agents, nil, cfg)
 		if err != nil {
 			return err
 		}
@@ -212,12 +207,7 @@ func crashRecovery(t *testing.T, dialect sqldb.Dialect, replicas, kills int) {
 		t.Fatal(err)
 	}
 	if dialect == sqldb.Postgres {
-		pool, err := pgxpool.New(ctx, url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(pool.Close)
-		e.engine, err = engine.NewPostgres(ctx, nil, db, pool, nil, nil, engine.Config{})
+		e.engine, err = engine.NewPostgres(ctx, nil, db, nil, nil, engine.Config{})
 	} else {
 		e.engine, err = engine.NewSQLite(ctx, nil, db, nil, nil, engine.Config{})
 	}
@@ -426,7 +416,7 @@ func isEnded(s orchestratorv1.RunState) bool {
 // runningJobs lists the River jobs in the running state.
 func runningJobs(t *testing.T, db *sqldb.DB) []int64 {
 	t.Helper()
-	rs, err := db.QueryContext(context.Background(), `SELECT id FROM river_job WHERE state = 'running'`)
+	rs, err := db.QueryContext(context.Background(), db.Component(sqldb.OrchestratorComponent).Rebind(`SELECT id FROM loom.river_job WHERE state = 'running'`))
 	if err != nil {
 		t.Fatalf("running jobs: %v", err)
 	}
@@ -450,7 +440,7 @@ func waitFinalized(db *sqldb.DB, ids []int64, since time.Time, limit time.Durati
 	for i, id := range ids {
 		args[i] = id
 	}
-	q := db.Rebind(`SELECT count(*) FROM river_job WHERE finalized_at IS NULL AND id IN (` + marks + `)`)
+	q := db.Component(sqldb.OrchestratorComponent).Rebind(`SELECT count(*) FROM loom.river_job WHERE finalized_at IS NULL AND id IN (` + marks + `)`)
 	for time.Since(since) < limit {
 		var n int
 		if err := db.QueryRowContext(context.Background(), q, args...).Scan(&n); err == nil && n == 0 {

@@ -27,7 +27,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -104,14 +103,15 @@ func NewSQLite(ctx context.Context, logger *slog.Logger, db *sqldb.DB, agents ag
 	return e, nil
 }
 
-// NewPostgres returns an Engine over Postgres: db (already migrated by sqlstore.New) serves reads, pool (the
-// same database) carries River and every write transaction.
-func NewPostgres(ctx context.Context, logger *slog.Logger, db *sqldb.DB, pool *pgxpool.Pool, agents agentv1.AgentServiceClient, memory memoryv1.MemoryServiceClient, cfg Config) (*Engine, error) {
+// NewPostgres returns an Engine over Postgres: db (already migrated by sqlstore.New) serves reads through
+// database/sql, and its pgx pool carries River and every write transaction, all in the orchestrator's schema.
+func NewPostgres(ctx context.Context, logger *slog.Logger, db *sqldb.DB, agents agentv1.AgentServiceClient, memory memoryv1.MemoryServiceClient, cfg Config) (*Engine, error) {
 	if db.Dialect != sqldb.Postgres {
 		return nil, fmt.Errorf("engine: NewPostgres needs a Postgres database, got %s", db.Dialect)
 	}
+	db = db.Component(sqldb.OrchestratorComponent)
 	e := newEngine(logger, db, agents, memory, cfg)
-	b, err := newPgxBackend(ctx, db, pool, e.riverConfig())
+	b, err := newPgxBackend(ctx, db, e.riverConfig())
 	if err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
@@ -141,6 +141,8 @@ func (e *Engine) riverConfig() *river.Config {
 		// make River reject a RescueStuckJobsAfter below it.
 		JobTimeout: min(e.cfg.RescueStuckJobsAfter, river.JobTimeoutDefault),
 		Logger:     e.logger,
+		// River's tables live in the orchestrator's schema on Postgres (empty on SQLite: its own file).
+		Schema: e.db.Schema,
 	}
 }
 
@@ -203,7 +205,7 @@ func (e *Engine) StartRun(ctx context.Context, tenant string, bp *orchestratorv1
 
 func (e *Engine) runByKey(ctx context.Context, q querier, tenant, key string) (*orchestratorv1.WorkflowRun, error) {
 	var id string
-	if err := queryRow(ctx, q, `SELECT id FROM runs WHERE tenant = ? AND idempotency_key = ?`, []any{tenant, key}, &id); err != nil {
+	if err := queryRow(ctx, q, `SELECT id FROM loom.runs WHERE tenant = ? AND idempotency_key = ?`, []any{tenant, key}, &id); err != nil {
 		return nil, err
 	}
 	r, err := loadRun(ctx, q, tenant, id, false)
@@ -241,7 +243,7 @@ func (e *Engine) ListRuns(ctx context.Context, tenant, blueprint string, state o
 	if err := decodeToken(pageToken, "runs", &after); err != nil {
 		return nil, "", fmt.Errorf("list runs: %w", err)
 	}
-	q := `SELECT ` + runColumns + ` FROM runs WHERE tenant = ?`
+	q := `SELECT ` + runColumns + ` FROM loom.runs WHERE tenant = ?`
 	args := []any{tenant}
 	if blueprint != "" {
 		q += ` AND blueprint = ?`
@@ -328,11 +330,11 @@ func (e *Engine) cancelJobs(ctx context.Context, ids []int64) {
 // before they were read (so an empty result with ended set means there will be no more).
 func (e *Engine) Events(ctx context.Context, tenant, id string, afterSequence int64, limit int) ([]*orchestratorv1.WatchRunResponse, bool, error) {
 	var state int64
-	if err := queryRow(ctx, e.reader(), `SELECT state FROM runs WHERE id = ? AND tenant = ?`, []any{id, tenant}, &state); err != nil {
+	if err := queryRow(ctx, e.reader(), `SELECT state FROM loom.runs WHERE id = ? AND tenant = ?`, []any{id, tenant}, &state); err != nil {
 		return nil, false, fmt.Errorf("run events %q: %w", id, notFound(err))
 	}
 	rs, done, err := e.reader().query(ctx,
-		`SELECT event FROM run_events WHERE run_id = ? AND sequence > ? ORDER BY sequence LIMIT ?`, id, afterSequence, max(limit, 1))
+		`SELECT event FROM loom.run_events WHERE run_id = ? AND sequence > ? ORDER BY sequence LIMIT ?`, id, afterSequence, max(limit, 1))
 	if err != nil {
 		return nil, false, fmt.Errorf("run events %q: %w", id, err)
 	}
@@ -369,7 +371,7 @@ func (e *Engine) ListPendingApprovals(ctx context.Context, tenant, runID string,
 		return nil, "", fmt.Errorf("list approvals: %w", err)
 	}
 	q := `SELECT s.run_id, s.step_id, s.start_time, s.deadline, r.blueprint, r.definition
-		FROM run_steps s JOIN runs r ON r.id = s.run_id
+		FROM loom.run_steps s JOIN loom.runs r ON r.id = s.run_id
 		WHERE r.tenant = ? AND s.state = ?`
 	args := []any{tenant, int64(orchestratorv1.StepState_STEP_STATE_WAITING)}
 	if runID != "" {

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -68,18 +67,11 @@ func newStoppedEnv(t *testing.T, dialect sqldb.Dialect, agents *orchestratortest
 	if err != nil {
 		t.Fatal(err)
 	}
-	var pool *pgxpool.Pool
-	if dialect == sqldb.Postgres {
-		if pool, err = pgxpool.New(ctx, url); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(pool.Close)
-	}
 	open := func(start bool) *engine.Engine {
 		if dialect == sqldb.SQLite {
 			eng, err = engine.NewSQLite(ctx, nil, db, agents, memory, cfg)
 		} else {
-			eng, err = engine.NewPostgres(ctx, nil, db, pool, agents, memory, cfg)
+			eng, err = engine.NewPostgres(ctx, nil, db, agents, memory, cfg)
 		}
 		if err != nil {
 			t.Fatalf("new engine: %v", err)

@@ -293,7 +293,7 @@ func scanRun(rs interface{ Scan(...any) error }) (*run, error) {
 // lock on Postgres (SQLite transactions already hold the database's write lock), which serialises every change
 // to a run.
 func loadRun(ctx context.Context, q querier, tenant, id string, lock bool) (*run, error) {
-	query := `SELECT ` + runColumns + ` FROM runs WHERE id = ?`
+	query := `SELECT ` + runColumns + ` FROM loom.runs WHERE id = ?`
 	args := []any{id}
 	if tenant != "" {
 		query += ` AND tenant = ?`
@@ -324,7 +324,7 @@ func loadRun(ctx context.Context, q querier, tenant, id string, lock bool) (*run
 		defs[d.GetId()] = d
 	}
 	rs, done, err = q.query(ctx, `SELECT step_id, position, state, attempts, failures, output, error, start_time, end_time, deadline, job_id
-		FROM run_steps WHERE run_id = ? ORDER BY position`, id)
+		FROM loom.run_steps WHERE run_id = ? ORDER BY position`, id)
 	if err != nil {
 		return nil, err
 	}
@@ -375,14 +375,14 @@ func insertRun(ctx context.Context, tx *txn, r *run) error {
 	if err != nil {
 		return err
 	}
-	_, err = tx.exec(ctx, `INSERT INTO runs (id, tenant, blueprint, blueprint_version, definition, state, input, output, idempotency_key, create_time)
+	_, err = tx.exec(ctx, `INSERT INTO loom.runs (id, tenant, blueprint, blueprint_version, definition, state, input, output, idempotency_key, create_time)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		r.id, r.tenant, r.blueprint, r.version, def, int64(r.state), input, []byte{}, r.key, r.created)
 	if err != nil {
 		return err
 	}
 	for _, s := range r.steps {
-		if _, err := tx.exec(ctx, `INSERT INTO run_steps (run_id, step_id, position, state, output) VALUES (?, ?, ?, ?, ?)`,
+		if _, err := tx.exec(ctx, `INSERT INTO loom.run_steps (run_id, step_id, position, state, output) VALUES (?, ?, ?, ?, ?)`,
 			r.id, s.id, int64(s.pos), int64(s.state), []byte{}); err != nil {
 			return err
 		}
@@ -416,7 +416,7 @@ func (e *Engine) save(ctx context.Context, tx *txn, r *run) error {
 		if err != nil {
 			return err
 		}
-		if _, err := tx.exec(ctx, `UPDATE run_steps SET state = ?, attempts = ?, failures = ?, output = ?, error = ?,
+		if _, err := tx.exec(ctx, `UPDATE loom.run_steps SET state = ?, attempts = ?, failures = ?, output = ?, error = ?,
 			start_time = ?, end_time = ?, deadline = ?, job_id = ? WHERE run_id = ? AND step_id = ?`,
 			int64(s.state), s.attempts, s.failures, out, s.err, s.start, s.end, s.deadline, s.jobID, r.id, s.id); err != nil {
 			return err
@@ -428,7 +428,7 @@ func (e *Engine) save(ctx context.Context, tx *txn, r *run) error {
 		if err != nil {
 			return err
 		}
-		if _, err := tx.exec(ctx, `INSERT INTO run_events (run_id, sequence, event) VALUES (?, ?, ?)`, r.id, ev.GetSequence(), b); err != nil {
+		if _, err := tx.exec(ctx, `INSERT INTO loom.run_events (run_id, sequence, event) VALUES (?, ?, ?)`, r.id, ev.GetSequence(), b); err != nil {
 			return err
 		}
 	}
@@ -437,7 +437,7 @@ func (e *Engine) save(ctx context.Context, tx *txn, r *run) error {
 	if err != nil {
 		return err
 	}
-	_, err = tx.exec(ctx, `UPDATE runs SET state = ?, output = ?, error = ?, end_time = ?, last_sequence = ? WHERE id = ?`,
+	_, err = tx.exec(ctx, `UPDATE loom.runs SET state = ?, output = ?, error = ?, end_time = ?, last_sequence = ? WHERE id = ?`,
 		int64(r.state), out, r.err, r.ended, r.lastSeq, r.id)
 	return err
 }

@@ -126,7 +126,7 @@ type sqliteBackend struct {
 
 func newSQLiteBackend(ctx context.Context, db *sqldb.DB, cfg *river.Config) (*sqliteBackend, error) {
 	driver := riversqlite.New(db.DB)
-	if err := migrateRiver(ctx, driver); err != nil {
+	if err := migrateRiver(ctx, driver, ""); err != nil {
 		return nil, err
 	}
 	client, err := river.NewClient(driver, cfg)
@@ -171,9 +171,10 @@ type pgxBackend struct {
 	client *river.Client[pgx.Tx]
 }
 
-func newPgxBackend(ctx context.Context, db *sqldb.DB, pool *pgxpool.Pool, cfg *river.Config) (*pgxBackend, error) {
+func newPgxBackend(ctx context.Context, db *sqldb.DB, cfg *river.Config) (*pgxBackend, error) {
+	pool := db.Pool
 	driver := riverpgxv5.New(pool)
-	if err := migrateRiver(ctx, driver); err != nil {
+	if err := migrateRiver(ctx, driver, db.Schema); err != nil {
 		return nil, err
 	}
 	client, err := river.NewClient(driver, cfg)
@@ -212,8 +213,8 @@ func (b *pgxBackend) cancelJob(ctx context.Context, id int64) error {
 	return err
 }
 
-func migrateRiver[TTx any](ctx context.Context, driver riverdriver.Driver[TTx]) error {
-	m, err := rivermigrate.New(driver, nil)
+func migrateRiver[TTx any](ctx context.Context, driver riverdriver.Driver[TTx], schema string) error {
+	m, err := rivermigrate.New(driver, &rivermigrate.Config{Schema: schema})
 	if err != nil {
 		return fmt.Errorf("river migrations: %w", err)
 	}

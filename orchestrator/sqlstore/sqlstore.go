@@ -39,7 +39,9 @@ func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("orchestrator store: %w", err)
 	}
-	if err := db.Migrate(ctx, "orchestrator", sub); err != nil {
+	db = db.Component(sqldb.OrchestratorComponent)
+	// River's tables, types and functions move too: the engine's River client works in the same schema.
+	if err := db.Migrate(ctx, "orchestrator", sub, "blueprints", "blueprint_versions", "runs(blueprint)", "run_steps", "run_events", "river_%"); err != nil {
 		return nil, fmt.Errorf("orchestrator store: %w", err)
 	}
 	return &Store{db: db, now: time.Now}, nil
@@ -50,7 +52,7 @@ func (s *Store) CreateBlueprint(ctx context.Context, tenant string, bp *orchestr
 	var out *orchestratorv1.Blueprint
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, s.db.Rebind(
-			`INSERT INTO blueprints (tenant, name, latest_version) VALUES (?, ?, 1) ON CONFLICT DO NOTHING`),
+			`INSERT INTO loom.blueprints (tenant, name, latest_version) VALUES (?, ?, 1) ON CONFLICT DO NOTHING`),
 			tenant, bp.GetName())
 		if err != nil {
 			return err
@@ -76,14 +78,14 @@ func (s *Store) UpdateBlueprint(ctx context.Context, tenant string, bp *orchestr
 		// The UPDATE locks the row, so concurrent updates serialise and versions never collide.
 		var version int64
 		err := tx.QueryRowContext(ctx, s.db.Rebind(
-			`UPDATE blueprints SET latest_version = latest_version + 1
+			`UPDATE loom.blueprints SET latest_version = latest_version + 1
 			 WHERE tenant = ? AND name = ? AND (? = 0 OR latest_version = ?)
 			 RETURNING latest_version`),
 			tenant, bp.GetName(), expectedVersion, expectedVersion).Scan(&version)
 		if errors.Is(err, sql.ErrNoRows) {
 			var latest int64
 			err := tx.QueryRowContext(ctx, s.db.Rebind(
-				`SELECT latest_version FROM blueprints WHERE tenant = ? AND name = ?`), tenant, bp.GetName()).Scan(&latest)
+				`SELECT latest_version FROM loom.blueprints WHERE tenant = ? AND name = ?`), tenant, bp.GetName()).Scan(&latest)
 			if errors.Is(err, sql.ErrNoRows) {
 				return fmt.Errorf("blueprint %q: %w", bp.GetName(), orchestrator.ErrNotFound)
 			}
@@ -113,7 +115,7 @@ func (s *Store) insertVersion(ctx context.Context, tx *sql.Tx, tenant string, bp
 	}
 	created := s.now().UTC().Truncate(time.Microsecond)
 	if _, err := tx.ExecContext(ctx, s.db.Rebind(
-		`INSERT INTO blueprint_versions (tenant, name, version, definition, create_time) VALUES (?, ?, ?, ?, ?)`),
+		`INSERT INTO loom.blueprint_versions (tenant, name, version, definition, create_time) VALUES (?, ?, ?, ?, ?)`),
 		tenant, bp.GetName(), version, def, created.UnixMicro()); err != nil {
 		return nil, err
 	}
@@ -126,12 +128,12 @@ func (s *Store) GetBlueprint(ctx context.Context, tenant, name string, version i
 	var row *sql.Row
 	if version == 0 {
 		row = s.db.QueryRowContext(ctx, s.db.Rebind(
-			`SELECT v.version, v.definition, v.create_time FROM blueprints b
-			 JOIN blueprint_versions v ON v.tenant = b.tenant AND v.name = b.name AND v.version = b.latest_version
+			`SELECT v.version, v.definition, v.create_time FROM loom.blueprints b
+			 JOIN loom.blueprint_versions v ON v.tenant = b.tenant AND v.name = b.name AND v.version = b.latest_version
 			 WHERE b.tenant = ? AND b.name = ?`), tenant, name)
 	} else {
 		row = s.db.QueryRowContext(ctx, s.db.Rebind(
-			`SELECT version, definition, create_time FROM blueprint_versions
+			`SELECT version, definition, create_time FROM loom.blueprint_versions
 			 WHERE tenant = ? AND name = ? AND version = ?`), tenant, name, version)
 	}
 	bp, err := scanBlueprint(row)
@@ -155,8 +157,8 @@ func (s *Store) ListBlueprints(ctx context.Context, tenant string, pageSize int,
 		return nil, "", fmt.Errorf("list blueprints: %w", orchestrator.ErrInvalidPageToken)
 	}
 	rows, err := s.db.QueryContext(ctx, s.db.Rebind(
-		`SELECT v.version, v.definition, v.create_time FROM blueprints b
-		 JOIN blueprint_versions v ON v.tenant = b.tenant AND v.name = b.name AND v.version = b.latest_version
+		`SELECT v.version, v.definition, v.create_time FROM loom.blueprints b
+		 JOIN loom.blueprint_versions v ON v.tenant = b.tenant AND v.name = b.name AND v.version = b.latest_version
 		 WHERE b.tenant = ? AND b.name > ?
 		 ORDER BY b.name
 		 LIMIT ?`), tenant, after, pageSize+1)
@@ -189,10 +191,10 @@ func (s *Store) DeleteBlueprint(ctx context.Context, tenant, name string) error 
 		// Versions first: the cascade is declared, but deleting explicitly does not depend on SQLite's
 		// foreign_keys pragma.
 		if _, err := tx.ExecContext(ctx, s.db.Rebind(
-			`DELETE FROM blueprint_versions WHERE tenant = ? AND name = ?`), tenant, name); err != nil {
+			`DELETE FROM loom.blueprint_versions WHERE tenant = ? AND name = ?`), tenant, name); err != nil {
 			return err
 		}
-		res, err := tx.ExecContext(ctx, s.db.Rebind(`DELETE FROM blueprints WHERE tenant = ? AND name = ?`), tenant, name)
+		res, err := tx.ExecContext(ctx, s.db.Rebind(`DELETE FROM loom.blueprints WHERE tenant = ? AND name = ?`), tenant, name)
 		if err != nil {
 			return err
 		}

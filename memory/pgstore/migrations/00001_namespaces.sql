@@ -1,7 +1,8 @@
+-- +goose Up
 -- The catalog of namespaces. Each row owns a records table memory_records_<id>, created and dropped with it.
-CREATE EXTENSION IF NOT EXISTS vector;
-
-CREATE TABLE memory_namespaces (
+-- IF NOT EXISTS: databases made before schemas existed had this table (and a hand-rolled migration table,
+-- memory_schema_migrations) in public; sqldb.Migrate moves them here first.
+CREATE TABLE IF NOT EXISTS memory_namespaces (
     id                bigserial PRIMARY KEY,
     tenant            text        NOT NULL,
     name              text        NOT NULL,
@@ -17,3 +18,7 @@ CREATE TABLE memory_namespaces (
     create_time       timestamptz NOT NULL,
     UNIQUE (tenant, name)
 );
+DROP TABLE IF EXISTS memory_schema_migrations;
+
+-- +goose Down
+DROP TABLE memory_namespaces;

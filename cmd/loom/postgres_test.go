@@ -1,0 +1,321 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	adminv1 "github.com/loom-dev/loom/gen/loom/admin/v1"
+	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
+	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
+)
+
+// clientsFor dials addr with grpc-go and returns the four services' clients.
+type rpcClients struct {
+	memory memoryv1.MemoryServiceClient
+	agent  agentv1.AgentServiceClient
+	orch   orchestratorv1.OrchestratorServiceClient
+	admin  adminv1.AdminServiceClient
+}
+
+func dialAll(t *testing.T, addr string) rpcClients {
+	t.Helper()
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return rpcClients{
+		memory: memoryv1.NewMemoryServiceClient(conn),
+		agent:  agentv1.NewAgentServiceClient(conn),
+		orch:   orchestratorv1.NewOrchestratorServiceClient(conn),
+		admin:  adminv1.NewAdminServiceClient(conn),
+	}
+}
+
+// msg fills m from its JSON form, the way the README's grpcurl examples spell requests.
+func msg[M proto.Message](t *testing.T, m M, js string) M {
+	t.Helper()
+	if err := protojson.Unmarshal([]byte(js), m); err != nil {
+		t.Fatalf("request %s: %v", js, err)
+	}
+	return m
+}
+
+// loomTables lists the tables of the database at url by schema.
+func loomTables(t *testing.T, url string) map[string][]string {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT schemaname, tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]string{}
+	for rows.Next() {
+		var s, tb string
+		if err := rows.Scan(&s, &tb); err != nil {
+			t.Fatal(err)
+		}
+		out[s] = append(out[s], tb)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// restoreDump loads a plain-format pg_dump file (made with --inserts) into the database at url.
+func restoreDump(t *testing.T, url, path string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var script strings.Builder
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<24)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), `\`) { // psql meta-commands (\restrict) are not SQL
+			continue
+		}
+		script.WriteString(sc.Text())
+		script.WriteByte('\n')
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	// The dump creates the extension itself.
+	if _, err := conn.Exec(ctx, "DROP EXTENSION IF EXISTS vector"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, script.String()); err != nil {
+		t.Fatalf("restore %s: %v", path, err)
+	}
+}
+
+// exerciseAll drives every service through one realistic path: memory on pgvector with a filtered search, an
+// agent run, a blueprint run through its approval, and the admin RPCs. It returns the workflow run's id.
+func exerciseAll(t *testing.T, c rpcClients) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := c.memory.CreateNamespace(ctx, msg(t, &memoryv1.CreateNamespaceRequest{}, `{"namespace":{"name":"notes","dimension":4}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.memory.Upsert(ctx, msg(t, &memoryv1.UpsertRequest{}, `{"namespace":"notes","records":[
+		{"id":"n1","text":"the cat sat","vector":[1,0,0,0],"metadata":{"topic":{"stringValue":"pets"}}},
+		{"id":"n2","text":"dogs bark","vector":[0.9,0.1,0,0],"metadata":{"topic":{"stringValue":"pets"}}},
+		{"id":"n3","text":"stocks fell","vector":[1,0,0.1,0],"metadata":{"topic":{"stringValue":"money"}}}]}`)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.memory.Search(ctx, msg(t, &memoryv1.SearchRequest{}, `{"namespace":"notes","vector":{"values":[1,0,0,0]},"topK":5,"filter":{"field":{"key":"topic","eq":{"stringValue":"pets"}}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, h := range res.GetHits() {
+		ids = append(ids, h.GetRecord().GetId())
+	}
+	if !slices.Equal(ids, []string{"n1", "n2"}) {
+		t.Errorf("filtered search = %v, want [n1 n2]", ids)
+	}
+	for _, name := range []string{"researcher", "writer"} {
+		if _, err := c.agent.CreateAgent(ctx, msg(t, &agentv1.CreateAgentRequest{}, `{"agent":{"name":"`+name+`","memory":{"namespace":"notes"}}}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run, err := c.agent.Run(ctx, msg(t, &agentv1.RunRequest{}, `{"agent":"writer","input":"hello there"}`))
+	if err != nil || run.GetRun().GetState() != agentv1.RunState_RUN_STATE_SUCCEEDED {
+		t.Fatalf("agent run: %v %v", run, err)
+	}
+	if _, err := c.memory.CreateNamespace(ctx, msg(t, &memoryv1.CreateNamespaceRequest{}, `{"namespace":{"name":"research","dimension":256}}`)); err != nil {
+		t.Fatal(err)
+	}
+	yaml, err := os.ReadFile("../../examples/research.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.orch.CreateBlueprint(ctx, &orchestratorv1.CreateBlueprintRequest{Source: &orchestratorv1.BlueprintSource{Source: &orchestratorv1.BlueprintSource_Yaml{Yaml: string(yaml)}}}); err != nil {
+		t.Fatal(err)
+	}
+	wr, err := c.orch.StartRun(ctx, msg(t, &orchestratorv1.StartRunRequest{}, `{"blueprint":"research","input":{"topic":"octopus cognition"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	approveAndWait(t, c, wr.GetRun().GetId())
+	if _, err := c.admin.CreateApiKey(ctx, msg(t, &adminv1.CreateApiKeyRequest{}, `{"name":"ci","roles":["reader"]}`)); err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := c.admin.ListAuditEvents(ctx, &adminv1.ListAuditEventsRequest{}); err != nil || len(ev.GetEvents()) == 0 {
+		t.Errorf("audit events: %d, %v", len(ev.GetEvents()), err)
+	}
+}
+
+// approveAndWait approves run's review step once it waits for it, then waits for the run to succeed and checks
+// that its last step remembered the summary in memory.
+func approveAndWait(t *testing.T, c rpcClients, runID string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for {
+		p, err := c.orch.ListPendingApprovals(ctx, &orchestratorv1.ListPendingApprovalsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.ContainsFunc(p.GetApprovals(), func(a *orchestratorv1.Approval) bool { return a.GetRunId() == runID }) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("run %s never waited for approval", runID)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := c.orch.SubmitApproval(ctx, msg(t, &orchestratorv1.SubmitApprovalRequest{}, `{"runId":"`+runID+`","stepId":"review","decision":"DECISION_APPROVE","payload":{"note":"ok"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		r, err := c.orch.GetRun(ctx, &orchestratorv1.GetRunRequest{Id: runID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := r.GetRun().GetState(); s == orchestratorv1.RunState_RUN_STATE_SUCCEEDED {
+			break
+		} else if s != orchestratorv1.RunState_RUN_STATE_RUNNING {
+			t.Fatalf("run %s ended %v: %s", runID, s, r.GetRun().GetError())
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("run %s did not finish", runID)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ns, err := c.memory.GetNamespace(ctx, &memoryv1.GetNamespaceRequest{Name: "research"})
+	if err != nil || ns.GetNamespace().GetStats().GetRecordCount() == 0 {
+		t.Errorf("the run's memory step stored nothing: %v %v", ns, err)
+	}
+}
+
+// TestServeAllServicesOnOneDatabase runs every service on one fresh Postgres database, as compose.yaml does, and
+// checks that each component keeps its tables in its own schema and none in public.
+func TestServeAllServicesOnOneDatabase(t *testing.T) {
+	url := sqldbtest.PostgresURL(t)
+	p := startLoom(t, "--database-url", url, "--database-max-conns", "8")
+	exerciseAll(t, dialAll(t, p.addr))
+
+	tables := loomTables(t, url)
+	if len(tables["public"]) != 0 {
+		t.Errorf("tables in public: %v", tables["public"])
+	}
+	for _, schema := range []string{"loom_memory", "loom_agent", "loom_orchestrator", "loom_admin"} {
+		if len(tables[schema]) == 0 {
+			t.Errorf("schema %s has no tables", schema)
+		}
+	}
+	if !slices.Contains(tables["loom_orchestrator"], "river_job") {
+		t.Errorf("River's tables are not in the orchestrator's schema: %v", tables)
+	}
+	if !slices.Contains(tables["loom_agent"], "runs") || !slices.Contains(tables["loom_orchestrator"], "runs") {
+		t.Errorf("both components' runs tables should exist, each in its schema: %v", tables)
+	}
+
+	// A second installation in the same database, under its own prefix, sees none of the first one's records.
+	other := startLoom(t, "--database-url", url+"&loom_schema_prefix=staging")
+	c := dialAll(t, other.addr)
+	ns, err := c.memory.ListNamespaces(context.Background(), &memoryv1.ListNamespacesRequest{})
+	if err != nil || len(ns.GetNamespaces()) != 0 {
+		t.Errorf("the staging installation sees namespaces %v (%v)", ns.GetNamespaces(), err)
+	}
+	if len(loomTables(t, url)["staging_agent"]) == 0 {
+		t.Error("no tables in staging_agent")
+	}
+}
+
+// TestUpgradeFromPublicSchema starts from databases made by the release before schemas existed (dumps in
+// testdata/upgrade, made with that release: memory, agent and admin in one database, the orchestrator in
+// another, since the release could not share one), and checks that every record survives the move into the
+// components' schemas and that the run left waiting for its approval finishes.
+func TestUpgradeFromPublicSchema(t *testing.T) {
+	urlA, urlB := sqldbtest.PostgresURL(t), sqldbtest.PostgresURL(t)
+	restoreDump(t, urlA, "testdata/upgrade/legacy_a.sql")
+	restoreDump(t, urlB, "testdata/upgrade/legacy_b.sql")
+	mk, err := os.ReadFile("testdata/upgrade/master_key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := append(os.Environ(), "LOOM_MASTER_KEY="+strings.TrimSpace(string(mk)))
+	a := startLoomWith(t, t.TempDir(), env, "--services", "memory,agent,admin", "--database-url", urlA)
+	b := startLoomWith(t, t.TempDir(), env, "--services", "orchestrator", "--database-url", urlB,
+		"--memory-addr", a.addr, "--agent-addr", a.addr)
+	ca, cb := dialAll(t, a.addr), dialAll(t, b.addr)
+	ctx := context.Background()
+
+	res, err := ca.memory.Search(ctx, msg(t, &memoryv1.SearchRequest{}, `{"namespace":"notes","vector":{"values":[1,0,0,0]},"topK":5,"filter":{"field":{"key":"topic","eq":{"stringValue":"pets"}}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.GetHits()) != 2 || res.GetHits()[0].GetRecord().GetId() != "n1" {
+		t.Errorf("search after upgrade: %v", res.GetHits())
+	}
+	got, err := ca.memory.Get(ctx, msg(t, &memoryv1.GetRequest{}, `{"namespace":"notes","ids":["n1","n2","n3"]}`))
+	if err != nil || len(got.GetRecords()) != 3 {
+		t.Errorf("get after upgrade: %v %v", got, err)
+	}
+	agents, err := ca.agent.ListAgents(ctx, &agentv1.ListAgentsRequest{})
+	if err != nil || len(agents.GetAgents()) != 2 {
+		t.Errorf("agents after upgrade: %v %v", agents, err)
+	}
+	runs, err := ca.agent.ListRuns(ctx, &agentv1.ListRunsRequest{})
+	// Three: the run made directly, and the workflow's two agent steps.
+	if err != nil || len(runs.GetRuns()) != 3 || !slices.ContainsFunc(runs.GetRuns(), func(r *agentv1.Run) bool {
+		return r.GetIdempotencyKey() == "legacy-run-1" && r.GetOutput() == "You said: hello there"
+	}) {
+		t.Errorf("agent runs after upgrade: %v %v", runs, err)
+	}
+	keys, err := ca.admin.ListApiKeys(ctx, &adminv1.ListApiKeysRequest{})
+	if err != nil || len(keys.GetKeys()) != 1 || keys.GetKeys()[0].GetId() != "c6ocxrb47s7v76jk" {
+		t.Errorf("API keys after upgrade: %v %v", keys, err)
+	}
+	pk, err := ca.admin.ListProviderKeys(ctx, &adminv1.ListProviderKeysRequest{})
+	if err != nil || len(pk.GetProviderKeys()) != 1 {
+		t.Errorf("provider keys after upgrade: %v %v", pk, err)
+	}
+	audit, err := ca.admin.ListAuditEvents(ctx, &adminv1.ListAuditEventsRequest{})
+	if err != nil || len(audit.GetEvents()) < 8 {
+		t.Errorf("audit events after upgrade: %d %v", len(audit.GetEvents()), err)
+	}
+	bp, err := cb.orch.GetBlueprint(ctx, &orchestratorv1.GetBlueprintRequest{Name: "research"})
+	if err != nil || bp.GetBlueprint().GetVersion() != 1 {
+		t.Errorf("blueprint after upgrade: %v %v", bp, err)
+	}
+	// The run was waiting for its approval when the old release stopped; River's job moved with it.
+	approveAndWait(t, rpcClients{memory: ca.memory, agent: ca.agent, orch: cb.orch, admin: ca.admin}, "run_7629fabd49559ae86bcc78af")
+
+	for _, url := range []string{urlA, urlB} {
+		if pub := loomTables(t, url)["public"]; len(pub) != 0 {
+			t.Errorf("tables left in public after the upgrade: %v", pub)
+		}
+	}
+}
