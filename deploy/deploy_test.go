@@ -11,18 +11,49 @@ import (
 	"github.com/compose-spec/compose-go/v2/types"
 )
 
+func loadComposeEnv(env []string) (*types.Project, error) {
+	opts, err := cli.NewProjectOptions([]string{"../compose.yaml"},
+		cli.WithWorkingDirectory(".."), cli.WithName("loom"), cli.WithEnv(env))
+	if err != nil {
+		return nil, err
+	}
+	return opts.LoadProject(context.Background())
+}
+
 func loadCompose(t *testing.T) *types.Project {
 	t.Helper()
-	opts, err := cli.NewProjectOptions([]string{"../compose.yaml"},
-		cli.WithWorkingDirectory(".."), cli.WithName("loom"), cli.WithEnv([]string{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := opts.LoadProject(context.Background())
+	p, err := loadComposeEnv([]string{"LOOM_SERVICE_TOKEN_KEY=dGVzdA=="})
 	if err != nil {
 		t.Fatalf("compose.yaml does not load: %v", err)
 	}
 	return p
+}
+
+// TestComposeNeedsServiceTokenKey checks that compose.yaml never falls back to a published key.
+func TestComposeNeedsServiceTokenKey(t *testing.T) {
+	_, err := loadComposeEnv(nil)
+	if err == nil || !strings.Contains(err.Error(), "LOOM_SERVICE_TOKEN_KEY") {
+		t.Fatalf("compose.yaml loads without LOOM_SERVICE_TOKEN_KEY: err = %v", err)
+	}
+	b, err := os.ReadFile("../compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "LOOM_SERVICE_TOKEN_KEY:-") {
+		t.Error("compose.yaml has a default service-token key")
+	}
+}
+
+func TestDockerignore(t *testing.T) {
+	b, err := os.ReadFile("../.dockerignore")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{".git", "loom-data", "node_modules"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf(".dockerignore lacks %q", want)
+		}
+	}
 }
 
 func TestComposeSplitDeployment(t *testing.T) {
@@ -87,6 +118,10 @@ func TestComposeSplitDeployment(t *testing.T) {
 	}
 	if len(mem.Ports) != 0 {
 		t.Errorf("memory replicas cannot publish one host port")
+	}
+	orch, _ := p.GetService("orchestrator")
+	if orch.Deploy == nil || orch.Deploy.Replicas == nil || *orch.Deploy.Replicas != 2 {
+		t.Errorf("orchestrator should run two replicas, so a crash fails over")
 	}
 }
 

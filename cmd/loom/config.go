@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"slices"
@@ -90,7 +91,7 @@ type flagSpec struct {
 }
 
 var serveFlags = []flagSpec{
-	{"listen", "LOOM_LISTEN", ":8080", "address to serve Connect, gRPC and gRPC-Web on"},
+	{"listen", "LOOM_LISTEN", ":8080", "address to serve Connect, gRPC and gRPC-Web on; under --auth local, when not set, 127.0.0.1:8080 (loopback only)"},
 	{"data-dir", "LOOM_DATA_DIR", "./loom-data", "directory for embedded data (SQLite, the embedded vector store)"},
 	{"services", "LOOM_SERVICES", strings.Join(allServices, ","), "comma-separated services to run: memory, agent, orchestrator, admin; or gateway alone"},
 	{"database-url", "LOOM_DATABASE_URL", "", "PostgreSQL URL (postgres://...); empty uses SQLite and the embedded vector store in --data-dir. Each component keeps its tables in a schema of its own (loom_memory, loom_agent, loom_orchestrator, loom_admin); ?loom_schema_prefix=NAME replaces \"loom\""},
@@ -99,7 +100,7 @@ var serveFlags = []flagSpec{
 	{"agent-addr", "LOOM_AGENT_ADDR", "", "agent service target for the orchestrator; empty calls this process"},
 	{"tls-cert", "LOOM_TLS_CERT", "", "TLS certificate file (PEM); with --tls-key enables TLS, otherwise h2c"},
 	{"tls-key", "LOOM_TLS_KEY", "", "TLS private key file (PEM)"},
-	{"cors-origins", "LOOM_CORS_ORIGINS", "*", "comma-separated origins allowed to call from browsers; empty disables CORS"},
+	{"cors-origins", "LOOM_CORS_ORIGINS", "*", "comma-separated origins allowed to call from browsers; empty disables CORS. Under --auth local on a non-loopback address, when not set, CORS is off"},
 	{"reflection", "LOOM_REFLECTION", "true", "serve gRPC reflection (v1 and v1alpha)"},
 	{"max-message-bytes", "LOOM_MAX_MESSAGE_BYTES", "4194304", "largest request or response message, after decompression"},
 	{"default-timeout", "LOOM_DEFAULT_TIMEOUT", "30s", "deadline of unary calls that carry none"},
@@ -152,6 +153,7 @@ func parseServe(args []string, getenv func(string) string, out *os.File) (config
 	for _, f := range serveFlags {
 		if v, ok := lookupEnv(getenv, f.env); ok && !set[f.name] {
 			*vals[f.name] = v
+			set[f.name] = true
 		}
 	}
 
@@ -206,6 +208,16 @@ func parseServe(args []string, getenv func(string) string, out *os.File) (config
 	}
 	c.LogFormat = get("log-format")
 	c.Auth = get("auth")
+	if c.Auth == "local" {
+		// Every caller is admin in local mode: only this machine may call unless an address is given, and then no
+		// web page of another origin may call on a visitor's behalf unless origins are given too.
+		if !set["listen"] {
+			c.Listen = "127.0.0.1:8080"
+		}
+		if !set["cors-origins"] && !isLoopback(c.Listen) {
+			c.CORSOrigins = nil
+		}
+	}
 	c.GeminiBaseURL, c.OpenAIBaseURL = get("gemini-base-url"), get("openai-base-url")
 	c.OIDCIssuer, c.OIDCAudience = get("oidc-issuer"), get("oidc-audience")
 	c.OIDCJWKSURL, c.OIDCJWKSFile = get("oidc-jwks-url"), get("oidc-jwks-file")
@@ -328,6 +340,19 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// isLoopback reports whether the listen address addr accepts connections from this machine only.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func lookupEnv(getenv func(string) string, name string) (string, bool) {

@@ -45,6 +45,9 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 	logger.Info("loom starting", "version", buildVersion(), "config", cfg)
 	if cfg.Auth == "local" {
 		logger.Warn("local development mode (--auth local): calls without credentials act as tenant \"local\" with the admin role; deployments use --auth required")
+		if !isLoopback(cfg.Listen) {
+			logger.Warn("--auth local on a non-loopback address: anyone who can reach it acts as admin of tenant \"local\"", "listen", cfg.Listen)
+		}
 	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -76,7 +79,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 		}
 	}()
 	if cfg.runs("gateway") {
-		proxy, err := buildGateway(cfg, logger, sec)
+		proxy, err := buildGateway(ctx, cfg, logger, sec)
 		if err != nil {
 			return err
 		}
@@ -110,6 +113,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 		RateBurst:            cfg.RateBurst,
 		ShutdownGrace:        cfg.ShutdownGrace,
 		CORSOrigins:          cfg.CORSOrigins,
+		AuthMode:             cfg.Auth,
 		Reflection:           cfg.Reflection,
 		Console:              web.Handler(),
 		Audit:                sec.trail,
@@ -204,7 +208,7 @@ func buildService(ctx context.Context, name string, cfg config, logger *slog.Log
 
 // buildGateway builds the proxy that forwards authenticated calls to each service's backends with a service
 // token minted for the caller.
-func buildGateway(cfg config, logger *slog.Logger, sec *security) (*gateway.Proxy, error) {
+func buildGateway(ctx context.Context, cfg config, logger *slog.Logger, sec *security) (*gateway.Proxy, error) {
 	backends := map[string]string{}
 	for name, target := range cfg.GatewayTargets {
 		if target != "" {
@@ -213,6 +217,19 @@ func buildGateway(cfg config, logger *slog.Logger, sec *security) (*gateway.Prox
 	}
 	if len(backends) == 0 {
 		return nil, errors.New("gateway: no backends: set --gateway-memory, --gateway-agent, --gateway-orchestrator or --gateway-admin")
+	}
+	if cfg.Auth == "local" {
+		// Anonymous callers would reach the backends as the development admin; a backend with --auth required
+		// refuses such tokens anyway, but the configuration is a mistake worth stopping at once.
+		checkCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		unreachable, err := gateway.CheckBackendsAllowLocal(checkCtx, backends)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("%w: a gateway with --auth local must not front --auth required backends (run the gateway with --auth required)", err)
+		}
+		if len(unreachable) > 0 {
+			logger.Warn("gateway --auth local: could not ask these backends their auth mode; backends with --auth required refuse its calls", "backends", unreachable)
+		}
 	}
 	return gateway.New(logger.With("service", "gateway"), gateway.Config{Backends: backends, MaxRequestBytes: int64(cfg.MaxMessageBytes) + 1024}, sec.minter)
 }

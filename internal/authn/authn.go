@@ -290,6 +290,11 @@ func (a *Authenticator) authenticate(ctx context.Context, r *http.Request) (kind
 			return "service", principal.Principal{}, errDisabled
 		}
 		p, err := a.services.Verify(cred, r.URL.Path)
+		if err == nil && a.mode == ModeRequired && p.Tenant == principal.Local.Tenant && p.Subject == principal.Local.Subject {
+			// Minted by a process in --auth local mode for an anonymous caller (a gateway in front of us, for
+			// example): this process would never grant that principal itself, so no token may carry it here.
+			return "service", principal.Principal{}, errLocalOnly
+		}
 		return "service", p, err
 	}
 	if a.oidc == nil {

@@ -7,6 +7,8 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"testing"
 	"time"
@@ -178,5 +180,36 @@ func TestKeyLoading(t *testing.T) {
 	rsaDER, _ := x509.MarshalPKCS8PrivateKey(rsaKey1())
 	if _, err := ParsePrivateKeyPEM(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: rsaDER})); err == nil {
 		t.Fatal("ParsePrivateKeyPEM accepted an RSA key")
+	}
+}
+
+// TestLocalPrincipalNeedsLocalMode checks that a service token minted for the anonymous development principal
+// (by a gateway in --auth local mode, say) is refused by a process in --auth required mode and accepted in local
+// mode, while a real tenant's token passes both.
+func TestLocalPrincipalNeedsLocalMode(t *testing.T) {
+	t.Parallel()
+	key := newEd25519(t)
+	m, err := NewMinter(key, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []Mode{ModeRequired, ModeLocal} {
+		a, err := New(Config{Mode: mode, Services: []string{memorySvc}, ServiceKeys: []ed25519.PublicKey{key.Public().(ed25519.PublicKey)}}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range []principal.Principal{principal.Local, {Tenant: "acme", Subject: "alice", Roles: []string{"admin"}}} {
+			tok, err := m.Mint(p, memorySvc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := httptest.NewRequest(http.MethodPost, memoryGet, nil)
+			r.Header.Set("Authorization", "Bearer "+tok)
+			_, err = a.Authenticate(r)
+			refused := mode == ModeRequired && p.Subject == principal.Local.Subject
+			if refused != (err != nil) {
+				t.Errorf("mode %s, principal %s/%s: err = %v, want refused %v", mode, p.Tenant, p.Subject, err, refused)
+			}
+		}
 	}
 }

@@ -32,6 +32,7 @@ const (
 	errDisabled    reason = "credential type not enabled"
 	errAmbiguous   reason = "several credentials"
 	errNoCreds     reason = "no credentials"
+	errLocalOnly   reason = "service token carries the local development principal, which --auth required does not grant"
 )
 
 // maxTokenLen bounds the tokens we parse at all; real ones are a few KiB at most.

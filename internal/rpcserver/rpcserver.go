@@ -61,6 +61,9 @@ type Config struct {
 	CORSOrigins []string
 	// Reflection enables gRPC server reflection (v1 and v1alpha).
 	Reflection bool
+	// AuthMode ("local" or "required") is sent in the AuthModeHeader of /healthz responses, so that a gateway can
+	// refuse to run in local mode in front of a backend that requires credentials. Empty sends nothing.
+	AuthMode string
 	// MaxInFlight bounds calls in progress at once (streams included); calls beyond it are refused at once with
 	// ResourceExhausted instead of queueing. Default 1024.
 	MaxInFlight int
@@ -125,6 +128,9 @@ type Server struct {
 	serving bool
 }
 
+// AuthModeHeader is the /healthz response header naming the server's authentication mode.
+const AuthModeHeader = "Loom-Auth-Mode"
+
 // New builds a server for services. auth runs before every RPC; nil means [LocalAuthenticator].
 func New(logger *slog.Logger, cfg Config, auth Authenticator, services ...Service) (*Server, error) {
 	cfg = cfg.withDefaults()
@@ -178,6 +184,9 @@ func New(logger *slog.Logger, cfg Config, auth Authenticator, services ...Servic
 	mux.Handle("/", shedLoad(cfg.MaxInFlight, authenticate(auth, rateLimit(limiter, rpc))))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if cfg.AuthMode != "" {
+			w.Header().Set(AuthModeHeader, cfg.AuthMode)
+		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
