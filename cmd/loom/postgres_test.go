@@ -179,21 +179,9 @@ func exerciseAll(t *testing.T, c rpcClients) {
 // that its last step remembered the summary in memory.
 func approveAndWait(t *testing.T, c rpcClients, runID string) {
 	t.Helper()
+	waitApproval(t, c, runID)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	for {
-		p, err := c.orch.ListPendingApprovals(ctx, &orchestratorv1.ListPendingApprovalsRequest{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if slices.ContainsFunc(p.GetApprovals(), func(a *orchestratorv1.Approval) bool { return a.GetRunId() == runID }) {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("run %s never waited for approval", runID)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 	if _, err := c.orch.SubmitApproval(ctx, msg(t, &orchestratorv1.SubmitApprovalRequest{}, `{"runId":"`+runID+`","stepId":"review","decision":"DECISION_APPROVE","payload":{"note":"ok"}}`)); err != nil {
 		t.Fatal(err)
 	}
