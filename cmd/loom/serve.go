@@ -195,7 +195,13 @@ func buildService(ctx context.Context, name string, cfg config, logger *slog.Log
 	logger = logger.With("service", name)
 	switch name {
 	case "admin":
-		return admin.New(logger, sec.keys, sec.trail, sec.providerKeys).Service(), nil, nil
+		svc := admin.New(logger, sec.keys, sec.trail, sec.providerKeys).Service()
+		db, err := dbs.open(ctx, "auth.db")
+		if err != nil {
+			return rpcserver.Service{}, nil, err
+		}
+		svc.Ready = db.PingContext // /readyz is false while the database does not answer
+		return svc, nil, nil
 	case "memory":
 		return buildMemory(ctx, cfg, logger, dbs)
 	case "agent":
@@ -288,7 +294,9 @@ func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients
 	if err != nil {
 		return rpcserver.Service{}, nil, err
 	}
-	return srv.Service(), nil, nil
+	svc := srv.Service()
+	svc.Ready = db.PingContext
+	return svc, nil, nil
 }
 
 // buildOrchestrator opens the blueprint store and the River run engine on SQLite or Postgres.
@@ -320,7 +328,9 @@ func buildOrchestrator(ctx context.Context, cfg config, logger *slog.Logger, c *
 			logger.Warn("stop run engine", "err", err)
 		}
 	}
-	return orchestrator.New(logger, store, c.agent, c.memory, orchestrator.WithRuns(eng)).Service(), closeFn, nil
+	svc := orchestrator.New(logger, store, c.agent, c.memory, orchestrator.WithRuns(eng)).Service()
+	svc.Ready = db.PingContext
+	return svc, closeFn, nil
 }
 
 // databases are the process's open databases: on Postgres one handle (one pgx pool) shared by every component,
