@@ -2,6 +2,8 @@
 //
 //	loom serve [flags]      run the services (all of them on embedded defaults, or a subset)
 //	loom keys ...           create, list and revoke API keys
+//	loom backup --to DIR    a consistent copy of the embedded data dir, while serving
+//	loom restore --from DIR restore a backup into an empty data dir
 //	loom bench memory       the memory benchmark (docs/benchmarks.md)
 //	loom version            print the version
 //
@@ -40,6 +42,8 @@ const usage = `Usage: loom <command> [flags]
 Commands:
   serve     run Loom's services on one port (Connect, gRPC and gRPC-Web)
   keys      create, list and revoke API keys
+  backup    back up the embedded data dir, while serve runs: 'loom backup --to DIR'
+  restore   restore a backup into a new or empty data dir: 'loom restore --from DIR'
   bench     benchmarks: 'loom bench memory'
   version   print the version
 
@@ -63,6 +67,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return benchCmd(ctx, args[1:], getenv, stdout, stderr)
 	case "keys":
 		return keysCmd(ctx, args[1:], getenv, stdout, stderr)
+	case "backup":
+		return backupCmd(ctx, args[1:], getenv, stdout, stderr)
+	case "restore":
+		return restoreCmd(ctx, args[1:], getenv, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "loom", buildVersion())
 		return nil
