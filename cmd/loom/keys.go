@@ -10,9 +10,10 @@ import (
 	"time"
 
 	"github.com/loom-dev/loom/internal/authn"
+	"github.com/loom-dev/loom/internal/sqldb"
 )
 
-const keysUsage = `Usage: loom keys <create|list|revoke> [flags]
+const keysUsage = `Usage: loom keys <create|list|revoke|reseal> [flags]
 
 Manages API keys directly in the auth database (the one 'loom serve' uses): how the first admin key of a
 tenant is made. Afterwards admins can use AdminService instead.
@@ -20,6 +21,11 @@ tenant is made. Afterwards admins can use AdminService instead.
   loom keys create --tenant acme --name ci --roles writer [--expires 720h]
   loom keys list   --tenant acme
   loom keys revoke --tenant acme KEY_ID
+  loom keys reseal                       (tenants' provider keys, after a master-key rotation)
+
+reseal re-encrypts every tenant's stored provider key under LOOM_MASTER_KEY that is still sealed under one of
+LOOM_MASTER_KEY_PREVIOUS, then checks that every stored key opens with LOOM_MASTER_KEY alone: after it succeeds,
+the previous keys can be removed. It is safe to run while 'loom serve' runs, and to run again after a failure.
 `
 
 // keysCmd runs `loom keys ...`.
@@ -40,14 +46,17 @@ func keysCmd(ctx context.Context, args []string, getenv func(string) string, std
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	if *tenant == "" {
-		return errors.New("keys: --tenant is required")
-	}
 	db, err := openDB(ctx, config{DataDir: *dataDir, DatabaseURL: *dbURL}, "auth.db")
 	if err != nil {
 		return err
 	}
 	defer db.Close()
+	if args[0] == "reseal" {
+		return resealCmd(ctx, getenv, db, stdout)
+	}
+	if *tenant == "" {
+		return errors.New("keys: --tenant is required")
+	}
 	store, err := authn.NewKeyStore(ctx, db)
 	if err != nil {
 		return err
@@ -98,4 +107,34 @@ func envOr(getenv func(string) string, name, def string) string {
 		return v
 	}
 	return def
+}
+
+// resealCmd runs `loom keys reseal`: re-seal tenants' provider keys under the current master key, then check
+// that every one opens under it alone.
+func resealCmd(ctx context.Context, getenv func(string) string, db *sqldb.DB, stdout io.Writer) error {
+	var cfg config
+	var err error
+	if cfg.Secrets.MasterKey, err = readSecret(getenv, "LOOM_MASTER_KEY"); err != nil {
+		return err
+	}
+	if cfg.Secrets.MasterKeyPrevious, err = readSecret(getenv, "LOOM_MASTER_KEY_PREVIOUS"); err != nil {
+		return err
+	}
+	if cfg.Secrets.MasterKey == "" {
+		return errors.New("keys reseal: LOOM_MASTER_KEY (the new master key) is not set")
+	}
+	store, err := providerKeys(ctx, cfg, db)
+	if err != nil {
+		return fmt.Errorf("keys reseal: %w", err)
+	}
+	n, err := store.Reseal(ctx)
+	if err != nil {
+		return fmt.Errorf("keys reseal: %d resealed before: %w", n, err)
+	}
+	total, err := store.Check(ctx)
+	if err != nil {
+		return fmt.Errorf("keys reseal: %d resealed, but: %w", n, err)
+	}
+	fmt.Fprintf(stdout, "resealed %d provider keys; all %d open with the current master key: LOOM_MASTER_KEY_PREVIOUS can be removed\n", n, total)
+	return nil
 }

@@ -160,3 +160,11 @@ func aad(header []byte, tenant, provider string) []byte {
 	out = binary.AppendUvarint(out, uint64(len(provider)))
 	return append(out, provider...)
 }
+
+// currentOnly returns a Box that opens only values sealed under b's current master key.
+func (b *Box) currentOnly() (*Box, error) {
+	if len(b.keys) == 0 {
+		return nil, errors.New("box has no key")
+	}
+	return &Box{keys: b.keys[:1:1]}, nil
+}

@@ -170,6 +170,36 @@ func (s *ProviderKeys) Get(ctx context.Context, tenant, provider string) (string
 	return string(pt), nil
 }
 
+// Check opens every stored key with the box's current master key alone, and returns how many it opened; the
+// error names the first key that does not open. After [ProviderKeys.Reseal], it proves a retired master key can
+// be dropped.
+func (s *ProviderKeys) Check(ctx context.Context) (int, error) {
+	current, err := s.box.currentOnly()
+	if err != nil {
+		return 0, err
+	}
+	rows, err := s.db.QueryContext(ctx, s.db.Rebind(`SELECT tenant, provider, sealed FROM loom.secrets_provider_keys`))
+	if err != nil {
+		return 0, fmt.Errorf("check provider keys: %w", err)
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		var tenant, provider string
+		var sealed []byte
+		if err := rows.Scan(&tenant, &provider, &sealed); err != nil {
+			return n, fmt.Errorf("check provider keys: %w", err)
+		}
+		pt, err := current.Open(tenant, provider, sealed)
+		if err != nil {
+			return n, fmt.Errorf("check provider key %s for tenant %q: %w", provider, tenant, err)
+		}
+		clear(pt)
+		n++
+	}
+	return n, rows.Err()
+}
+
 // Reseal re-encrypts, under the current master key, every stored key sealed under a previous one, and returns
 // how many it rewrote; after it a retired master key can be dropped. It stops at the first key that does not
 // open. Update times are kept.
