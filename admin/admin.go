@@ -15,6 +15,7 @@ import (
 
 	adminv1 "github.com/loom-dev/loom/gen/loom/admin/v1"
 	"github.com/loom-dev/loom/gen/loom/admin/v1/adminv1connect"
+	"github.com/loom-dev/loom/internal/dberr"
 	"github.com/loom-dev/loom/internal/audit"
 	"github.com/loom-dev/loom/internal/authn"
 	"github.com/loom-dev/loom/internal/principal"
@@ -210,6 +211,9 @@ func (s *Server) toConnect(ctx context.Context, err error) error {
 		return connect.NewError(connect.CodeInvalidArgument, err)
 	case errors.Is(err, audit.ErrInvalidPageToken):
 		return connect.NewError(connect.CodeInvalidArgument, errors.New("page_token: invalid"))
+	case dberr.Unavailable(err):
+		s.logger.WarnContext(ctx, "database unavailable", "error", err)
+		return connect.NewError(connect.CodeUnavailable, errors.New("database unavailable"))
 	}
 	s.logger.ErrorContext(ctx, "admin store failure", "err", err)
 	return connect.NewError(connect.CodeInternal, errors.New("internal error"))

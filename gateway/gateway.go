@@ -276,11 +276,13 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 }
 
 // internalHeader reports whether a client-sent header must not reach a backend: credentials (replaced by the
-// service token), Loom's internal "X-Loom-*" headers, and forwarding headers (rewritten by the gateway).
+// service token), Loom's internal "X-Loom-*" headers, forwarding headers (rewritten by the gateway), and Origin:
+// the gateway answers browsers' CORS itself, and a backend seeing Origin would add its own Access-Control
+// headers, which browsers refuse in duplicate ("*, *").
 func internalHeader(name string) bool {
 	name = http.CanonicalHeaderKey(name)
 	switch name {
-	case "Authorization", "Proxy-Authorization", "X-Api-Key", "Cookie", "Forwarded", "X-Real-Ip":
+	case "Authorization", "Proxy-Authorization", "X-Api-Key", "Cookie", "Forwarded", "X-Real-Ip", "Origin":
 		return true
 	}
 	return strings.HasPrefix(name, "X-Loom-") || strings.HasPrefix(name, "X-Forwarded-")

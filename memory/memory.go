@@ -21,6 +21,7 @@ import (
 
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/gen/loom/memory/v1/memoryv1connect"
+	"github.com/loom-dev/loom/internal/dberr"
 	"github.com/loom-dev/loom/internal/pagetoken"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
@@ -103,6 +104,9 @@ func (s *Server) toConnect(ctx context.Context, procedure string, err error) err
 		return connect.NewError(connect.CodeAlreadyExists, err)
 	case errors.Is(err, ErrFailedPrecondition), errors.Is(err, embed.ErrUnknownProvider):
 		return connect.NewError(connect.CodeFailedPrecondition, err)
+	case dberr.Unavailable(err):
+		s.logger.WarnContext(ctx, "database unavailable", "error", err)
+		return connect.NewError(connect.CodeUnavailable, errors.New("database unavailable"))
 	case errors.As(err, &ee):
 		s.logger.WarnContext(ctx, "embedding failed", "procedure", procedure, "error", err)
 		return connect.NewError(connect.CodeUnavailable, errors.New("embedding provider failed"))

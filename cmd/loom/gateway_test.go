@@ -124,6 +124,16 @@ func TestGatewayWithRequiredAuth(t *testing.T) {
 	if !sawDenied {
 		t.Errorf("audit trail lacks the refused delete: %v", events)
 	}
+	// grpcurl through the gateway: reflection describes the services it forwards to.
+	out, err := exec.Command(b["grpcurl"], "-plaintext", "-H", "authorization: Bearer "+readerA, gw.addr, "list").CombinedOutput()
+	if err != nil {
+		t.Fatalf("grpcurl list through the gateway: %v\n%s", err, out)
+	}
+	for _, svc := range []string{"loom.memory.v1.MemoryService", "loom.agent.v1.AgentService", "loom.orchestrator.v1.OrchestratorService", "loom.admin.v1.AdminService"} {
+		if !strings.Contains(string(out), svc) {
+			t.Errorf("grpcurl list through the gateway lacks %s:\n%s", svc, out)
+		}
+	}
 	for _, p := range []*process{backend, gw} {
 		for _, secret := range []string{adminA, readerA, writerB, tokenKey} {
 			if strings.Contains(p.logs.String(), secret) {

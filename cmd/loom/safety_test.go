@@ -1,12 +1,27 @@
 package main
 
 import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/internal/authn"
 )
 
 // TestLocalModeDefaults checks what --auth local (every caller is admin) does by default: loopback only, and
@@ -65,5 +80,68 @@ func TestLocalGatewayRefusesRequiredBackends(t *testing.T) {
 	}
 	if err == nil || !strings.Contains(string(out), "must not front --auth required backends") {
 		t.Errorf("gateway: err = %v, output:\n%s", err, out)
+	}
+}
+
+// TestCredentialGuessingIsThrottled sends wrong API keys from one address: after the free failures they are
+// refused with ResourceExhausted and a RetryInfo before any key is checked, while a valid key from another
+// address is not slowed, and /metrics counts the refusals.
+func TestCredentialGuessingIsThrottled(t *testing.T) {
+	b := bins(t)
+	dataDir := t.TempDir()
+	t.Setenv("LOOM_SERVICE_TOKEN_KEY", newServiceTokenKey())
+	key := createKey(t, b["loom"], dataDir, "acme", "reader")
+	p := startLoomIn(t, dataDir, "--auth", "required")
+	_, port, _ := net.SplitHostPort(p.addr)
+	dialFrom := func(local string) memoryv1.MemoryServiceClient {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+		conn, err := grpc.NewClient("passthrough:///127.0.0.1:"+port,
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return memoryv1.NewMemoryServiceClient(conn)
+	}
+	attacker, owner := dialFrom("127.0.0.1"), dialFrom("127.0.0.2")
+	call := func(c memoryv1.MemoryServiceClient, cred string) error {
+		ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+cred)
+		_, err := c.ListNamespaces(ctx, &memoryv1.ListNamespacesRequest{})
+		return err
+	}
+	id := strings.Split(key, "_")[1]
+	counts := map[codes.Code]int{}
+	var retryInfo bool
+	const tries = 200
+	for i := range tries {
+		err := call(attacker, fmt.Sprintf("loom_%s_wrongsecret%04d", id, i))
+		st := status.Convert(err)
+		counts[st.Code()]++
+		for _, d := range st.Details() {
+			if _, ok := d.(*errdetails.RetryInfo); ok {
+				retryInfo = true
+			}
+		}
+	}
+	t.Logf("%d wrong keys from one address: %d Unauthenticated (checked), %d ResourceExhausted (refused unchecked)", tries, counts[codes.Unauthenticated], counts[codes.ResourceExhausted])
+	if counts[codes.Unauthenticated] > authn.DefaultFreeFailures+1 || counts[codes.ResourceExhausted] < tries-authn.DefaultFreeFailures-1 || !retryInfo {
+		t.Errorf("guessing not throttled: %v, retry info %v", counts, retryInfo)
+	}
+	start := time.Now()
+	for range 20 {
+		if err := call(owner, key); err != nil {
+			t.Fatalf("the valid key from another address was refused: %v", err)
+		}
+	}
+	t.Logf("valid key from another address: 20 calls in %v", time.Since(start))
+	res, err := http.Get("http://" + p.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if !strings.Contains(string(body), `loom_authn_throttled_total{by="address"}`) || !strings.Contains(string(body), "loom_authn_failures_total") {
+		t.Errorf("/metrics lacks the throttle's counters")
 	}
 }

@@ -4,9 +4,13 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
+
+	"connectrpc.com/connect"
 
 	"github.com/loom-dev/loom/gen/loom/admin/v1/adminv1connect"
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
@@ -14,6 +18,7 @@ import (
 	"github.com/loom-dev/loom/gen/loom/orchestrator/v1/orchestratorv1connect"
 	"github.com/loom-dev/loom/internal/audit"
 	"github.com/loom-dev/loom/internal/authn"
+	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	sealed "github.com/loom-dev/loom/internal/secrets"
 	"github.com/loom-dev/loom/internal/sqldb"
@@ -34,6 +39,7 @@ type security struct {
 	keys         *authn.KeyStore
 	providerKeys *sealed.ProviderKeys // nil without LOOM_MASTER_KEY
 	trail        *audit.Store
+	throttle     *authn.Throttle // slows credential guessing; its metrics go on /metrics
 }
 
 // buildSecurity opens the key and audit store (the auth database) and builds the authenticator.
@@ -80,11 +86,20 @@ func buildSecurity(ctx context.Context, cfg config, logger *slog.Logger, dbs *da
 		acfg.Services = served
 		acfg.ServiceKeys = []ed25519.PublicKey{priv.Public().(ed25519.PublicKey)}
 	}
+	sec.throttle = authn.NewThrottle(authn.ThrottleConfig{})
+	acfg.Throttle = sec.throttle
 	a, err := authn.New(acfg, sec.keys, logger)
 	if err != nil {
 		return nil, fmt.Errorf("authentication: %w", err)
 	}
-	sec.authenticate = a.Authenticate
+	sec.authenticate = func(r *http.Request) (principal.Principal, error) {
+		p, err := a.Authenticate(r)
+		if errors.Is(err, authn.ErrUnavailable) {
+			// The key store did not answer (a database restart): a fault to retry, not a verdict on the key.
+			return p, connect.NewError(connect.CodeUnavailable, err)
+		}
+		return p, err
+	}
 	return sec, nil
 }
 

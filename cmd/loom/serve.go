@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc"
@@ -114,6 +115,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 		ShutdownGrace:        cfg.ShutdownGrace,
 		CORSOrigins:          cfg.CORSOrigins,
 		AuthMode:             cfg.Auth,
+		Reflect:              gatewayServices(cfg),
 		Reflection:           cfg.Reflection,
 		Console:              web.Handler(),
 		Audit:                sec.trail,
@@ -122,6 +124,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
+	srv.Registry().MustRegister(sec.throttle.Collectors()...)
 	return srv.Serve(ctx, ln)
 }
 
@@ -210,6 +213,21 @@ func buildService(ctx context.Context, name string, cfg config, logger *slog.Log
 		return buildOrchestrator(ctx, cfg, logger, c, dbs)
 	}
 	return rpcserver.Service{}, nil, fmt.Errorf("unknown service %q", name)
+}
+
+// gatewayServices are the services a gateway forwards to, which its reflection describes; nil for the services.
+func gatewayServices(cfg config) []string {
+	if !cfg.runs("gateway") {
+		return nil
+	}
+	var out []string
+	for name, target := range cfg.GatewayTargets {
+		if target != "" {
+			out = append(out, serviceNames[name])
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // buildGateway builds the proxy that forwards authenticated calls to each service's backends with a service

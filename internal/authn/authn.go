@@ -59,6 +59,9 @@ const (
 type Config struct {
 	// Mode is ModeRequired (the default when empty) or ModeLocal.
 	Mode Mode
+	// Throttle, when set, slows credential guessing (see [Throttle]); Authenticate then also returns
+	// *ThrottledError.
+	Throttle *Throttle
 
 	// Issuer is the OIDC provider's issuer, matched exactly against iss. Empty disables OIDC tokens. It may not be
 	// "loom-internal".
@@ -158,6 +161,7 @@ type Authenticator struct {
 	keys     *KeyStore
 	oidc     *oidcVerifier
 	services *ServiceVerifier
+	throttle *Throttle
 }
 
 // New returns an Authenticator. keys may be nil (API keys are then refused); logger may be nil (no logs).
@@ -168,7 +172,7 @@ func New(cfg Config, keys *KeyStore, logger *slog.Logger) (*Authenticator, error
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	a := &Authenticator{mode: cfg.Mode, logger: logger, keys: keys}
+	a := &Authenticator{mode: cfg.Mode, logger: logger, keys: keys, throttle: cfg.Throttle}
 	if a.mode == "" {
 		a.mode = ModeRequired
 	}
@@ -220,7 +224,8 @@ func New(cfg Config, keys *KeyStore, logger *slog.Logger) (*Authenticator, error
 // internalHeaderPrefix marks headers Loom's own plumbing may set. They are never trusted from the network.
 const internalHeaderPrefix = "X-Loom-"
 
-// Authenticate returns the principal of r, or ErrNoCredentials, ErrInvalidCredentials or ErrUnavailable. It
+// Authenticate returns the principal of r, or ErrNoCredentials, ErrInvalidCredentials, ErrUnavailable or (with a
+// Throttle) a *ThrottledError. It
 // matches rpcserver.Authenticator. It also deletes every inbound "X-Loom-*" header from r, so nothing downstream
 // can mistake a caller's header for one set by Loom.
 func (a *Authenticator) Authenticate(r *http.Request) (principal.Principal, error) {
@@ -230,6 +235,11 @@ func (a *Authenticator) Authenticate(r *http.Request) (principal.Principal, erro
 		}
 	}
 	ctx := r.Context()
+	if a.throttle != nil {
+		if err := a.throttle.check(r); err != nil {
+			return principal.Principal{}, err
+		}
+	}
 	kind, p, err := a.authenticate(ctx, r)
 	if err == nil {
 		return p, nil
@@ -243,6 +253,9 @@ func (a *Authenticator) Authenticate(r *http.Request) (principal.Principal, erro
 	a.logger.LogAttrs(ctx, slog.LevelInfo, "authentication failed", slog.String("kind", kind), slog.String("reason", string(why)))
 	if why == errNoCreds {
 		return principal.Principal{}, ErrNoCredentials
+	}
+	if a.throttle != nil {
+		a.throttle.fail(r)
 	}
 	return principal.Principal{}, ErrInvalidCredentials
 }

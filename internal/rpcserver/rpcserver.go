@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -61,6 +62,9 @@ type Config struct {
 	CORSOrigins []string
 	// Reflection enables gRPC server reflection (v1 and v1alpha).
 	Reflection bool
+	// Reflect names further services that reflection describes although this server does not mount them: the
+	// gateway's, which it forwards to backends (their descriptors must be linked into the binary).
+	Reflect []string
 	// AuthMode ("local" or "required") is sent in the AuthModeHeader of /healthz responses, so that a gateway can
 	// refuse to run in local mode in front of a backend that requires credentials. Empty sends nothing.
 	AuthMode string
@@ -109,7 +113,8 @@ func (c Config) withDefaults() Config {
 }
 
 // Authenticator turns a request into a principal before its body is read. An error refuses the call with
-// Unauthenticated.
+// Unauthenticated, or with ResourceExhausted and a RetryInfo detail if it has a RetryAfter() time.Duration
+// method (a caller slowed for guessing credentials).
 type Authenticator func(r *http.Request) (principal.Principal, error)
 
 // LocalAuthenticator gives every call [principal.Local]: the embedded development mode.
@@ -169,7 +174,7 @@ func New(logger *slog.Logger, cfg Config, auth Authenticator, services ...Servic
 		rpc.Handle("/", cfg.Fallback)
 	}
 	if cfg.Reflection {
-		reflector := grpcreflect.NewStaticReflector(names...)
+		reflector := grpcreflect.NewStaticReflector(append(slices.Clone(names), cfg.Reflect...)...)
 		rpc.Handle(grpcreflect.NewHandlerV1(reflector, connect.WithReadMaxBytes(cfg.MaxMessageBytes)))
 		rpc.Handle(grpcreflect.NewHandlerV1Alpha(reflector, connect.WithReadMaxBytes(cfg.MaxMessageBytes)))
 	}
@@ -310,6 +315,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 func authenticate(auth Authenticator, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, err := auth(r)
+		var later interface{ RetryAfter() time.Duration }
+		if errors.As(err, &later) {
+			WriteError(w, r, retryLater(err, later.RetryAfter()))
+			return
+		}
+		var ce *connect.Error
+		if errors.As(err, &ce) {
+			WriteError(w, r, ce) // the authenticator chose the code (Unavailable when its store is down)
+			return
+		}
 		if err != nil {
 			WriteError(w, r, connect.NewError(connect.CodeUnauthenticated, err))
 			return
