@@ -25,6 +25,7 @@ import (
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/internal/dberr"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/secrets"
@@ -217,6 +218,9 @@ func (s *Server) connectError(ctx context.Context, err error) error {
 		return connect.NewError(connect.CodeCanceled, errors.New("canceled"))
 	case errors.Is(err, context.DeadlineExceeded):
 		return connect.NewError(connect.CodeDeadlineExceeded, errors.New("deadline exceeded"))
+	case dberr.Unavailable(err):
+		s.logger.WarnContext(ctx, "database unavailable", "error", err)
+		return connect.NewError(connect.CodeUnavailable, errors.New("database unavailable"))
 	default:
 		s.logger.ErrorContext(ctx, "agent: internal error", "err", err)
 		return connect.NewError(connect.CodeInternal, errors.New("internal error"))

@@ -29,6 +29,7 @@ import (
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 	"github.com/loom-dev/loom/gen/loom/orchestrator/v1/orchestratorv1connect"
+	"github.com/loom-dev/loom/internal/dberr"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/orchestrator/blueprint"
@@ -423,6 +424,9 @@ func (s *Server) connectError(ctx context.Context, err error) error {
 		return connect.NewError(connect.CodeInvalidArgument, err)
 	case errors.Is(err, ErrFailedPrecondition):
 		return connect.NewError(connect.CodeFailedPrecondition, err)
+	case dberr.Unavailable(err):
+		s.logger.WarnContext(ctx, "database unavailable", "error", err)
+		return connect.NewError(connect.CodeUnavailable, errors.New("database unavailable"))
 	}
 	s.logger.ErrorContext(ctx, "orchestrator: internal error", slog.Any("error", err))
 	return connect.NewError(connect.CodeInternal, errors.New("internal error"))

@@ -318,6 +318,16 @@ func runGoose(ctx context.Context, dialect goose.Dialect, sqlDB *sql.DB, compone
 // creation and the move from public must not interleave).
 const migrateLock = 7438291002
 
+// Locked runs fn holding the lock under which components migrate (on Postgres; SQLite runs fn as it is), for
+// migrations that sqldb does not run itself, such as River's: replicas starting together then take turns
+// instead of racing to create the same objects.
+func (db *DB) Locked(ctx context.Context, fn func(ctx context.Context) error) error {
+	if db.Dialect != Postgres {
+		return fn(ctx)
+	}
+	return db.withLock(ctx, func(*pgxpool.Conn) error { return fn(ctx) })
+}
+
 func (db *DB) withLock(ctx context.Context, fn func(conn *pgxpool.Conn) error) error {
 	conn, err := db.Pool.Acquire(ctx)
 	if err != nil {

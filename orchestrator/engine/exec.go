@@ -22,6 +22,7 @@ import (
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
+	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/orchestrator/blueprint"
 )
 
@@ -105,6 +106,9 @@ func (w *worker) Work(ctx context.Context, job *river.Job[stepArgs]) error {
 		return err
 	}
 
+	// The step's calls to the agent and memory services act for the run's tenant: the service clients mint
+	// their tokens from this principal (River's job context carries none).
+	ctx = principal.NewContext(ctx, principal.Principal{Tenant: r.tenant, Subject: "workflow:" + r.id, Roles: []string{"writer"}})
 	out, execErr := e.execute(ctx, r, s)
 	if execErr == nil {
 		return e.update(ctx, job, true, func(r *run, st *step, now time.Time) error {
@@ -438,10 +442,16 @@ func (e *Engine) callAgent(ctx context.Context, agent, input, key string) (strin
 	if err != nil {
 		return "", rpcError("agent "+agent, err)
 	}
-	if run := resp.GetRun(); run.GetState() == agentv1.RunState_RUN_STATE_FAILED || run.GetState() == agentv1.RunState_RUN_STATE_CANCELLED {
+	switch run := resp.GetRun(); run.GetState() {
+	case agentv1.RunState_RUN_STATE_SUCCEEDED:
+		return run.GetOutput(), nil
+	case agentv1.RunState_RUN_STATE_FAILED, agentv1.RunState_RUN_STATE_CANCELLED:
 		return "", fmt.Errorf("agent %s run %s: %s %s", agent, run.GetId(), run.GetState(), run.GetError())
+	default:
+		// A replay of the key found the run unfinished (its first attempt was cut off): never take that as a
+		// result; the step is tried again and gets the agent's real one.
+		return "", fmt.Errorf("agent %s run %s is still %s", agent, run.GetId(), run.GetState())
 	}
-	return resp.GetRun().GetOutput(), nil
 }
 
 // rpcError marks errors that retrying will not fix as permanent.

@@ -174,7 +174,8 @@ type pgxBackend struct {
 func newPgxBackend(ctx context.Context, db *sqldb.DB, cfg *river.Config) (*pgxBackend, error) {
 	pool := db.Pool
 	driver := riverpgxv5.New(pool)
-	if err := migrateRiver(ctx, driver, db.Schema); err != nil {
+	// Replicas starting together would race to create River's types and triggers.
+	if err := db.Locked(ctx, func(ctx context.Context) error { return migrateRiver(ctx, driver, db.Schema) }); err != nil {
 		return nil, err
 	}
 	client, err := river.NewClient(driver, cfg)
