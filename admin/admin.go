@@ -15,9 +15,9 @@ import (
 
 	adminv1 "github.com/loom-dev/loom/gen/loom/admin/v1"
 	"github.com/loom-dev/loom/gen/loom/admin/v1/adminv1connect"
-	"github.com/loom-dev/loom/internal/dberr"
 	"github.com/loom-dev/loom/internal/audit"
 	"github.com/loom-dev/loom/internal/authn"
+	"github.com/loom-dev/loom/internal/dberr"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/secrets"
