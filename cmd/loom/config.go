@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/loom-dev/loom/internal/sqldb"
 )
 
 // allServices are the services `loom serve` can run, in start order.
@@ -268,7 +270,7 @@ func (c config) Validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		errs = append(errs, fmt.Errorf("--log-format: want text or json, got %q", c.LogFormat))
 	}
-	if c.DatabaseURL != "" && !strings.HasPrefix(c.DatabaseURL, "postgres://") && !strings.HasPrefix(c.DatabaseURL, "postgresql://") {
+	if c.DatabaseURL != "" && !sqldb.IsPostgres(c.DatabaseURL) {
 		errs = append(errs, errors.New("--database-url: want a postgres:// URL"))
 	}
 	return errors.Join(errs...)

@@ -88,13 +88,7 @@ func TestPostgresBackupAndRestore(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	yaml, err := os.ReadFile("../../examples/research.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.orch.CreateBlueprint(ctx, &orchestratorv1.CreateBlueprintRequest{Source: &orchestratorv1.BlueprintSource{Source: &orchestratorv1.BlueprintSource_Yaml{Yaml: string(yaml)}}}); err != nil {
-		t.Fatal(err)
-	}
+	createResearchBlueprint(t, c)
 	run, err := c.orch.StartRun(ctx, msg(t, &orchestratorv1.StartRunRequest{}, `{"blueprint":"research","input":{"topic":"backups"}}`))
 	if err != nil {
 		t.Fatal(err)

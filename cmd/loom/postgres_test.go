@@ -155,13 +155,7 @@ func exerciseAll(t *testing.T, c rpcClients) {
 	if _, err := c.memory.CreateNamespace(ctx, msg(t, &memoryv1.CreateNamespaceRequest{}, `{"namespace":{"name":"research","dimension":256}}`)); err != nil {
 		t.Fatal(err)
 	}
-	yaml, err := os.ReadFile("../../examples/research.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.orch.CreateBlueprint(ctx, &orchestratorv1.CreateBlueprintRequest{Source: &orchestratorv1.BlueprintSource{Source: &orchestratorv1.BlueprintSource_Yaml{Yaml: string(yaml)}}}); err != nil {
-		t.Fatal(err)
-	}
+	createResearchBlueprint(t, c)
 	wr, err := c.orch.StartRun(ctx, msg(t, &orchestratorv1.StartRunRequest{}, `{"blueprint":"research","input":{"topic":"octopus cognition"}}`))
 	if err != nil {
 		t.Fatal(err)
@@ -172,6 +166,18 @@ func exerciseAll(t *testing.T, c rpcClients) {
 	}
 	if ev, err := c.admin.ListAuditEvents(ctx, &adminv1.ListAuditEventsRequest{}); err != nil || len(ev.GetEvents()) == 0 {
 		t.Errorf("audit events: %d, %v", len(ev.GetEvents()), err)
+	}
+}
+
+// createResearchBlueprint creates examples/research.yaml.
+func createResearchBlueprint(t *testing.T, c rpcClients) {
+	t.Helper()
+	yaml, err := os.ReadFile("../../examples/research.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.orch.CreateBlueprint(context.Background(), &orchestratorv1.CreateBlueprintRequest{Source: &orchestratorv1.BlueprintSource{Source: &orchestratorv1.BlueprintSource_Yaml{Yaml: string(yaml)}}}); err != nil {
+		t.Fatal(err)
 	}
 }
 
