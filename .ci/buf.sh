@@ -19,10 +19,18 @@ fi
 if [ "$(git rev-parse --is-shallow-repository)" = "true" ]; then
   git fetch --quiet --unshallow || true
 fi
+# Each commit's contracts are exported with git archive and compared as directories: buf's own git input clones
+# with a limited depth and cannot resolve an older commit or a "~1" revision.
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+export_tree() { mkdir -p "$2" && git archive "$1" -- buf.yaml proto third_party | tar -x -C "$2"; }
 n=0
 for c in $(git log --format=%H -n 20 -- proto); do
   if git cat-file -e "$c~1:proto" 2>/dev/null; then
-    buf breaking ".git#ref=$c" --against ".git#ref=$c~1"
+    p="$(git rev-parse "$c~1")"
+    export_tree "$c" "$tmp/$c"
+    export_tree "$p" "$tmp/$p.base"
+    buf breaking "$tmp/$c" --against "$tmp/$p.base"
     n=$((n + 1))
   fi
 done
