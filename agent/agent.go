@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"sync"
 	"time"
@@ -26,6 +25,7 @@ import (
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/internal/dberr"
+	"github.com/loom-dev/loom/internal/netguard"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/secrets"
@@ -117,9 +117,9 @@ type Server struct {
 	gemini *model.Gemini
 	openai *model.OpenAI
 
-	// fetchPolicy refuses http_fetch destinations; tests replace it to reach httptest servers.
-	fetchPolicy func(netip.Addr) error
-	fetchTr     *http.Transport // built on first use, guarded by mu
+	// fetchGuard decides http_fetch destinations; tests replace its Check to reach httptest servers.
+	fetchGuard *netguard.Dialer
+	fetchTr    *http.Transport // built on first use, guarded by mu
 
 	mu      sync.Mutex
 	running map[string]*activeRun // by tenant + "/" + run id
@@ -145,15 +145,15 @@ func New(logger *slog.Logger, store Store, memory memoryv1.MemoryServiceClient, 
 	mcfg := model.Config{GeminiAPIKey: cfg.GeminiAPIKey, GeminiBaseURL: cfg.GeminiBaseURL,
 		OpenAIAPIKey: cfg.OpenAIAPIKey, OpenAIBaseURL: cfg.OpenAIBaseURL, HTTPClient: cfg.HTTPClient}
 	return &Server{
-		logger:      logger,
-		store:       store,
-		memory:      memory,
-		cfg:         cfg,
-		mcfg:        mcfg,
-		gemini:      model.NewGemini(mcfg),
-		openai:      model.NewOpenAI(mcfg),
-		fetchPolicy: refuseInternal,
-		running:     map[string]*activeRun{},
+		logger:     logger,
+		store:      store,
+		memory:     memory,
+		cfg:        cfg,
+		mcfg:       mcfg,
+		gemini:     model.NewGemini(mcfg),
+		openai:     model.NewOpenAI(mcfg),
+		fetchGuard: &netguard.Dialer{},
+		running:    map[string]*activeRun{},
 	}, nil
 }
 

@@ -1,9 +1,14 @@
 package agent
 
-import "net/netip"
+import (
+	"net/netip"
 
-// SetFetchPolicy replaces the http_fetch address policy, so tests can reach httptest servers on loopback.
-func SetFetchPolicy(s *Server, policy func(netip.Addr) error) { s.fetchPolicy = policy }
+	"github.com/loom-dev/loom/internal/netguard"
+)
+
+// SetFetchPolicy replaces the http_fetch address policy, so tests can reach httptest servers on loopback. Host
+// names are still checked by netguard (localhost is refused by name): tests use 127.0.0.1.
+func SetFetchPolicy(s *Server, policy func(netip.Addr) error) { s.fetchGuard.Check = policy }
 
 // RefuseInternal exposes the default http_fetch address policy.
-var RefuseInternal = refuseInternal
+var RefuseInternal = netguard.CheckAddr

@@ -19,6 +19,7 @@ import (
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/protolimit"
 	"github.com/loom-dev/loom/internal/secrets"
 )
 
@@ -396,6 +397,9 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 		for _, c := range calls {
 			pc := &agentv1.ToolCall{Id: c.ID, Name: c.Name}
 			pc.Arguments, _ = structpb.NewStruct(c.Args) // arguments that are not JSON stay unset in the record
+			if protolimit.CheckStruct(pc.Arguments, "arguments", protolimit.MaxDepth) != nil {
+				pc.Arguments = nil // nested too deeply to be read back once stored; the tool refuses the call anyway
+			}
 			st.ToolCalls = append(st.ToolCalls, pc)
 			send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_ToolCall{ToolCall: pc}})
 			res := s.callTool(ctx, env, c)

@@ -5,13 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"google.golang.org/grpc/status"
@@ -20,6 +17,7 @@ import (
 	"github.com/loom-dev/loom/agent/model"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/internal/netguard"
 )
 
 // Tool names. A delegate tool is named delegatePrefix + the agent's name.
@@ -247,11 +245,15 @@ func delegatedEmit(parent emitFunc) emitFunc {
 	}
 }
 
-// toolHTTPFetch GETs rawURL if its host is allowed, through the guarded transport.
+// toolHTTPFetch GETs rawURL if its host is allowed, through the guarded transport: netguard refuses numeric
+// host forms before any DNS query and every internal address at dial time, on the first hop and on redirects.
 func (s *Server) toolHTTPFetch(ctx context.Context, allowed []string, rawURL string) (map[string]any, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, errors.New("url must be an absolute http or https URL")
+	}
+	if err := s.fetchGuard.CheckURL(u); err != nil {
+		return nil, fmt.Errorf("url refused: %v", err)
 	}
 	if !hostAllowed(u.Hostname(), allowed) {
 		return nil, fmt.Errorf("host %q is not in the allow-list", truncatePath(u.Hostname()))
@@ -262,6 +264,9 @@ func (s *Server) toolHTTPFetch(ctx context.Context, allowed []string, rawURL str
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if len(via) >= maxFetchRedirects {
 				return errors.New("too many redirects")
+			}
+			if err := s.fetchGuard.CheckURL(req.URL); err != nil {
+				return fmt.Errorf("redirect refused: %w", err)
 			}
 			if !hostAllowed(req.URL.Hostname(), allowed) {
 				return fmt.Errorf("redirect to host %q is not in the allow-list", truncatePath(req.URL.Hostname()))
@@ -321,79 +326,12 @@ func hostAllowed(host string, allowed []string) bool {
 	return false
 }
 
-// fetchTransport dials only addresses fetchPolicy accepts. The check runs on the resolved address at dial time,
-// so it also covers redirects, DNS names pointing inside, and DNS rebinding. No proxy is used.
+// fetchTransport is the http_fetch transport: it dials only through s.fetchGuard and never through a proxy.
 func (s *Server) fetchTransport() *http.Transport {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.fetchTr != nil {
-		return s.fetchTr
-	}
-	policy := s.fetchPolicy
-	dialer := &net.Dialer{
-		Timeout: 10 * time.Second,
-		Control: func(_, address string, _ syscall.RawConn) error {
-			ap, err := netip.ParseAddrPort(address)
-			if err != nil {
-				return fmt.Errorf("refusing to dial %q", address)
-			}
-			return policy(ap.Addr())
-		},
-	}
-	s.fetchTr = &http.Transport{
-		Proxy:                  nil,
-		DialContext:            dialer.DialContext,
-		ForceAttemptHTTP2:      true,
-		TLSHandshakeTimeout:    10 * time.Second,
-		ResponseHeaderTimeout:  15 * time.Second,
-		MaxResponseHeaderBytes: 64 << 10,
-		MaxIdleConns:           16,
-		IdleConnTimeout:        30 * time.Second,
+	if s.fetchTr == nil {
+		s.fetchTr = netguard.NewTransport(s.fetchGuard)
 	}
 	return s.fetchTr
-}
-
-// blockedPrefixes are refused besides what netip classifies as loopback, private, link-local, multicast or
-// unspecified.
-var blockedPrefixes = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),         // "this network"
-	netip.MustParsePrefix("100.64.0.0/10"),     // CGNAT (also Alibaba's metadata 100.100.100.200)
-	netip.MustParsePrefix("192.0.0.0/24"),      // IETF protocol assignments
-	netip.MustParsePrefix("198.18.0.0/15"),     // benchmarking
-	netip.MustParsePrefix("240.0.0.0/4"),       // reserved, broadcast
-	netip.MustParsePrefix("fd00:ec2::254/128"), // AWS IPv6 metadata (inside fc00::/7 too)
-}
-
-var (
-	nat64Prefix = netip.MustParsePrefix("64:ff9b::/96")
-	sixToFour   = netip.MustParsePrefix("2002::/16")
-)
-
-// refuseInternal refuses loopback, private, link-local (incl. cloud metadata 169.254.169.254), CGNAT, multicast
-// and reserved addresses, also when embedded in IPv4-mapped, NAT64 or 6to4 IPv6 addresses.
-func refuseInternal(ip netip.Addr) error {
-	ip = ip.Unmap()
-	if ip.Is6() {
-		b := ip.As16()
-		switch {
-		case nat64Prefix.Contains(ip):
-			if err := refuseInternal(netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})); err != nil {
-				return err
-			}
-		case sixToFour.Contains(ip):
-			if err := refuseInternal(netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]})); err != nil {
-				return err
-			}
-		}
-	}
-	if !ip.IsValid() || ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() ||
-		ip.IsInterfaceLocalMulticast() || ip.IsMulticast() || ip.IsUnspecified() {
-		return fmt.Errorf("address %s is internal and refused", ip)
-	}
-	for _, p := range blockedPrefixes {
-		if p.Contains(ip) {
-			return fmt.Errorf("address %s is internal and refused", ip)
-		}
-	}
-	return nil
 }

@@ -51,6 +51,7 @@ type Server struct {
 	memory    memoryv1.MemoryServiceClient
 	runs      Runs
 	watchPoll time.Duration
+	limits    blueprint.Limits // expression limits checked when a blueprint is saved or validated
 }
 
 // Option configures a Server.
@@ -58,6 +59,11 @@ type Option func(*Server)
 
 // WithRuns enables the run RPCs on runs (an *engine.Engine). Without it they answer Unimplemented.
 func WithRuns(runs Runs) Option { return func(s *Server) { s.runs = runs } }
+
+// WithExpressionLimits sets the limits blueprint expressions are checked against when a blueprint is created,
+// updated, validated or laid out inline; the zero Limits (the default) takes blueprint's defaults. The run engine
+// must evaluate under the same limits.
+func WithExpressionLimits(l blueprint.Limits) Option { return func(s *Server) { s.limits = l } }
 
 // WithWatchPollInterval sets how often WatchRun looks for new events; the default is 250ms.
 func WithWatchPollInterval(d time.Duration) Option { return func(s *Server) { s.watchPoll = d } }
@@ -117,8 +123,8 @@ func (e *invalidBlueprintError) Error() string {
 }
 
 // load turns a source into a valid blueprint, or returns an *invalidBlueprintError.
-func load(src *orchestratorv1.BlueprintSource) (*orchestratorv1.Blueprint, error) {
-	bp, errs := blueprint.Load(src)
+func (s *Server) load(src *orchestratorv1.BlueprintSource) (*orchestratorv1.Blueprint, error) {
+	bp, errs := blueprint.LoadWith(src, s.limits)
 	if len(errs) > 0 {
 		return nil, &invalidBlueprintError{errs: errs}
 	}
@@ -131,7 +137,7 @@ func (s *Server) CreateBlueprint(ctx context.Context, req *connect.Request[orche
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
-	bp, err := load(req.Msg.GetSource())
+	bp, err := s.load(req.Msg.GetSource())
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -178,7 +184,7 @@ func (s *Server) UpdateBlueprint(ctx context.Context, req *connect.Request[orche
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
-	bp, err := load(req.Msg.GetSource())
+	bp, err := s.load(req.Msg.GetSource())
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -213,7 +219,7 @@ func (s *Server) ValidateBlueprint(ctx context.Context, req *connect.Request[orc
 	if _, err := principal.Tenant(ctx); err != nil {
 		return nil, s.connectError(ctx, err)
 	}
-	_, errs := blueprint.Load(req.Msg.GetSource())
+	_, errs := blueprint.LoadWith(req.Msg.GetSource(), s.limits)
 	return connect.NewResponse(&orchestratorv1.ValidateBlueprintResponse{Errors: errs}), nil
 }
 
@@ -228,7 +234,7 @@ func (s *Server) GenerateCanvas(ctx context.Context, req *connect.Request[orches
 	case *orchestratorv1.GenerateCanvasRequest_Ref:
 		bp, err = s.store.GetBlueprint(ctx, t, target.Ref.GetName(), target.Ref.GetVersion())
 	case *orchestratorv1.GenerateCanvasRequest_Source:
-		bp, err = load(target.Source)
+		bp, err = s.load(target.Source)
 	default:
 		err = &invalidBlueprintError{errs: []*orchestratorv1.ValidationError{{Path: "target", Message: "a ref or a source is required"}}}
 	}

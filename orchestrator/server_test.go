@@ -42,6 +42,13 @@ func start(t *testing.T) clients { return startWith(t, nil) }
 // startWith serves an orchestrator; with agents, it has a run engine (SQLite) calling them.
 func startWith(t *testing.T, agents *orchestratortest.Agents) clients {
 	t.Helper()
+	c, _ := startWithURL(t, agents)
+	return c
+}
+
+// startWithURL is startWith, also returning the server's URL for other clients.
+func startWithURL(t *testing.T, agents *orchestratortest.Agents) (clients, string) {
+	t.Helper()
 	ctx := context.Background()
 	db := sqldbtest.Open(t, sqldb.SQLite)
 	store, err := sqlstore.New(ctx, db)
@@ -70,7 +77,7 @@ func startWith(t *testing.T, agents *orchestratortest.Agents) clients {
 	return clients{
 		connect: orchestratorv1connect.NewOrchestratorServiceClient(rpcservertest.HTTPClient(), srv.URL),
 		grpc:    orchestratorv1.NewOrchestratorServiceClient(conn),
-	}
+	}, srv.URL
 }
 
 func request[T any](tenant string, msg *T) *connect.Request[T] {

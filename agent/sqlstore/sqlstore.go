@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -40,18 +41,30 @@ func Migrations() fs.FS {
 
 // Store is an agent.Store over a sqldb.DB. It is safe for concurrent use.
 type Store struct {
-	db *sqldb.DB
+	db     *sqldb.DB
+	logger *slog.Logger
 }
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithLogger sets the logger that records rows a list skipped because they cannot be decoded; the default is
+// slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(s *Store) { s.logger = l } }
 
 var _ agent.Store = (*Store)(nil)
 
 // New applies the agent migrations to db and returns a Store over it. db stays owned by the caller.
-func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
+func New(ctx context.Context, db *sqldb.DB, opts ...Option) (*Store, error) {
 	db = db.Component(sqldb.AgentComponent)
 	if err := db.Migrate(ctx, "agent", Migrations(), "agent_versions", "runs(agent)"); err != nil {
 		return nil, fmt.Errorf("agent store: %w", err)
 	}
-	return &Store{db: db}, nil
+	s := &Store{db: db, logger: slog.Default()}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
 }
 
 const agentCols = "name, version, etag, spec, create_time, update_time"
@@ -134,11 +147,30 @@ func (s *Store) ListAgents(ctx context.Context, tenant string, pageSize int, pag
 		return nil, "", fmt.Errorf("list agents: %w", err)
 	}
 	defer rows.Close()
-	var out []*agentv1.Agent
+	// A row that cannot be decoded (written by a broken or older server) is skipped with a logged error, so one
+	// bad record never takes the whole list down; DeleteAgent still removes it. Pages are cut on the rows read,
+	// decodable or not, so a skipped row never ends a listing early.
+	var (
+		out   []*agentv1.Agent
+		names []string
+	)
 	for rows.Next() {
-		a, err := scanAgent(rows)
-		if err != nil {
+		var (
+			name, etag      string
+			version, ct, ut int64
+			spec            []byte
+		)
+		if err := rows.Scan(&name, &version, &etag, &spec, &ct, &ut); err != nil {
 			return nil, "", fmt.Errorf("list agents: %w", err)
+		}
+		names = append(names, name)
+		if len(names) > pageSize {
+			break
+		}
+		a, err := decodeAgent(name, version, etag, spec, ct, ut)
+		if err != nil {
+			s.logger.ErrorContext(ctx, "agent store: list agents skips an undecodable agent", "tenant", tenant, "agent", name, "version", version, "err", err)
+			continue
 		}
 		out = append(out, a)
 	}
@@ -146,9 +178,8 @@ func (s *Store) ListAgents(ctx context.Context, tenant string, pageSize int, pag
 		return nil, "", fmt.Errorf("list agents: %w", err)
 	}
 	next := ""
-	if len(out) > pageSize {
-		out = out[:pageSize]
-		next = pagetoken.Encode("agents", agentToken{Name: out[len(out)-1].GetName()})
+	if len(names) > pageSize {
+		next = pagetoken.Encode("agents", agentToken{Name: names[pageSize-1]})
 	}
 	return out, next, nil
 }

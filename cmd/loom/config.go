@@ -30,6 +30,8 @@ type config struct {
 	Services        []string
 	DatabaseURL     string
 	DatabaseMaxConn int
+	DatabaseReadURL string
+	ReadMaxLag      time.Duration
 	MemoryAddr      string
 	AgentAddr       string
 	TLSCert         string
@@ -98,6 +100,8 @@ var serveFlags = []flagSpec{
 	{"services", "LOOM_SERVICES", strings.Join(allServices, ","), "comma-separated services to run: memory, agent, orchestrator, admin; or gateway alone"},
 	{"database-url", "LOOM_DATABASE_URL", "", "PostgreSQL URL (postgres://...); empty uses SQLite and the embedded vector store in --data-dir. Each component keeps its tables in a schema of its own (loom_memory, loom_agent, loom_orchestrator, loom_admin); ?loom_schema_prefix=NAME replaces \"loom\""},
 	{"database-max-conns", "LOOM_DATABASE_MAX_CONNS", "16", "Postgres: size of the one connection pool shared by every service of the process"},
+	{"database-read-url", "LOOM_DATABASE_READ_URL", "", "Postgres: a streaming replica of --database-url; memory Search, Get and List and the reads of WatchRun and ListRuns go to it while it is up, within --database-read-max-lag, and has replayed the caller's own writes; otherwise they go to the primary"},
+	{"database-read-max-lag", "LOOM_DATABASE_READ_MAX_LAG", "5s", "Postgres: how far the read replica may lag the primary before reads leave it"},
 	{"memory-addr", "LOOM_MEMORY_ADDR", "", "memory service target for other services: dns:///host:port or host1:port,host2:port; empty calls this process"},
 	{"agent-addr", "LOOM_AGENT_ADDR", "", "agent service target for the orchestrator; empty calls this process"},
 	{"tls-cert", "LOOM_TLS_CERT", "", "TLS certificate file (PEM); with --tls-key enables TLS, otherwise h2c"},
@@ -181,6 +185,8 @@ func parseServe(args []string, getenv func(string) string, out *os.File) (config
 	c.Services = splitList(get("services"))
 	c.DatabaseURL = get("database-url")
 	c.DatabaseMaxConn = num("database-max-conns")
+	c.DatabaseReadURL = get("database-read-url")
+	c.ReadMaxLag = dur("database-read-max-lag")
 	c.MemoryAddr = get("memory-addr")
 	c.AgentAddr = get("agent-addr")
 	c.TLSCert, c.TLSKey = get("tls-cert"), get("tls-key")
@@ -273,6 +279,9 @@ func (c config) Validate() error {
 	if c.DatabaseURL != "" && !sqldb.IsPostgres(c.DatabaseURL) {
 		errs = append(errs, errors.New("--database-url: want a postgres:// URL"))
 	}
+	if c.DatabaseReadURL != "" && (c.DatabaseURL == "" || !sqldb.IsPostgres(c.DatabaseReadURL)) {
+		errs = append(errs, errors.New("--database-read-url: want a postgres:// URL of a replica of --database-url, which must be set"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -287,6 +296,8 @@ func (c config) LogValue() slog.Value {
 		slog.String("services", strings.Join(c.Services, ",")),
 		slog.String("database_url", maskURL(c.DatabaseURL)),
 		slog.Int("database_max_conns", c.DatabaseMaxConn),
+		slog.String("database_read_url", maskURL(c.DatabaseReadURL)),
+		slog.Duration("database_read_max_lag", c.ReadMaxLag),
 		slog.String("memory_addr", c.MemoryAddr),
 		slog.String("agent_addr", c.AgentAddr),
 		slog.Bool("tls", c.TLSCert != ""),

@@ -125,6 +125,9 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 		return err
 	}
 	srv.Registry().MustRegister(sec.throttle.Collectors()...)
+	if db, ok := dbs.byName[""]; ok && cfg.DatabaseReadURL != "" {
+		srv.Registry().MustRegister(db.ReadMetrics())
+	}
 	return srv.Serve(ctx, ln)
 }
 
@@ -390,7 +393,9 @@ func (d *databases) Close() {
 // caller closes it.
 func openDB(ctx context.Context, cfg config, sqliteFile string) (*sqldb.DB, error) {
 	if cfg.DatabaseURL != "" {
-		return sqldb.Open(ctx, cfg.DatabaseURL, sqldb.Options{MaxConns: cfg.DatabaseMaxConn})
+		return sqldb.Open(ctx, cfg.DatabaseURL, sqldb.Options{
+			MaxConns: cfg.DatabaseMaxConn, ReadURL: cfg.DatabaseReadURL, ReadMaxLag: cfg.ReadMaxLag,
+		})
 	}
 	return sqldb.Open(ctx, "sqlite:"+filepath.Join(cfg.DataDir, sqliteFile))
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/loom-dev/loom/internal/audit"
 	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/protolimit"
 )
 
 // Interceptors returns the server interceptor chain. The first listed is the outermost, and every one wraps
@@ -28,7 +29,10 @@ import (
 //     principal's roles; deny by default. After logging and metrics so refusals are seen, before any work.
 //  6. deadlines: gives unary calls without a deadline the default (streams the maximum) and caps the rest at the
 //     maximum, before any work starts.
-//  7. validation: protovalidate rules from the contracts; innermost, so rejected requests are still logged and
+//  7. nesting: refuses requests whose google.protobuf.Struct/Value data nests deeper than protolimit.MaxDepth
+//     (64) JSON levels, naming the field, so nothing is stored that could not be read back; just before
+//     validation, so protovalidate never walks a hostile structure.
+//  8. validation: protovalidate rules from the contracts; innermost, so rejected requests are still logged and
 //     counted, and handlers only ever see valid messages.
 func Interceptors(logger *slog.Logger, m *metrics, trail audit.Appender, defaultTimeout, maxTimeout time.Duration) []connect.Interceptor {
 	chain := []connect.Interceptor{
@@ -42,6 +46,7 @@ func Interceptors(logger *slog.Logger, m *metrics, trail audit.Appender, default
 	return append(chain,
 		authzInterceptor{},
 		&deadlineInterceptor{def: defaultTimeout, max: maxTimeout},
+		protolimit.NewInterceptor(protolimit.MaxDepth),
 		validate.NewInterceptor(),
 	)
 }

@@ -25,6 +25,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -81,8 +82,17 @@ var validPrefix = regexp.MustCompile(`^[a-z][a-z0-9_]{0,39}$`)
 // Options tune Open. The zero value is ready to use.
 type Options struct {
 	// MaxConns bounds the Postgres pool shared by every component of the process; zero means
-	// DefaultMaxConns. SQLite always uses one connection.
+	// DefaultMaxConns. SQLite always uses one connection. A read replica's pool has the same bound.
 	MaxConns int
+	// ReadURL, when set, names a streaming replica of the Postgres database (a "postgres://..." URL of the same
+	// database on the standby; its loom_schema_prefix, if any, must be the primary's). Reads routed through
+	// [DB.Read], [DB.Reader] and [DB.ReadPool] then go to it while it is up, within ReadMaxLag and has replayed
+	// the caller's last write (see replica.go). Open does not wait for the replica: one that is down sends reads
+	// to the primary until it answers. Empty means every read goes to the primary. Postgres only.
+	ReadURL string
+	// ReadMaxLag is how far the replica may lag the primary before reads leave it; zero means
+	// DefaultReadMaxLag.
+	ReadMaxLag time.Duration
 }
 
 // DB is an open database, or one component's view of it (see [DB.Component]). It is safe for concurrent use.
@@ -95,9 +105,10 @@ type DB struct {
 	// Schema is the Postgres schema of the component this view is for; empty for the root handle and on SQLite.
 	Schema string
 
-	prefix string
-	url    string // Postgres: the connection URL without SchemaPrefixParam
-	root   bool
+	prefix  string
+	url     string // Postgres: the connection URL without SchemaPrefixParam
+	root    bool
+	replica *replica // the read replica, shared by every view; nil without Options.ReadURL
 }
 
 // IsPostgres reports whether url names a Postgres database.
@@ -116,6 +127,9 @@ func Open(ctx context.Context, url string, opts ...Options) (*DB, error) {
 	}
 	if IsPostgres(url) {
 		return openPostgres(ctx, url, o)
+	}
+	if o.ReadURL != "" {
+		return nil, errors.New("open sqlite: a read replica (ReadURL) needs Postgres")
 	}
 	path := strings.TrimPrefix(url, "sqlite:")
 	if path == "" {
@@ -144,16 +158,42 @@ func openPostgres(ctx context.Context, rawURL string, o Options) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
-	cfg, err := pgxpool.ParseConfig(connURL)
+	cfg, err := poolConfig(connURL, o.MaxConns)
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open postgres: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("ping postgres: %w", err)
+	}
+	db := &DB{DB: stdlib.OpenDBFromPool(pool), Dialect: Postgres, Pool: pool, prefix: prefix, url: connURL, root: true}
+	if o.ReadURL != "" {
+		if db.replica, err = openReplica(o, pool, prefix); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
+	return db, nil
+}
+
+// poolConfig is the pgx pool configuration of a Postgres URL, for the primary and the read replica alike.
+func poolConfig(connURL string, maxConns int) (*pgxpool.Config, error) {
+	cfg, err := pgxpool.ParseConfig(connURL)
+	if err != nil {
+		return nil, err
+	}
 	cfg.MaxConns = int32(DefaultMaxConns)
-	if o.MaxConns > 0 {
-		cfg.MaxConns = int32(o.MaxConns)
+	if maxConns > 0 {
+		cfg.MaxConns = int32(maxConns)
 	}
 	// pgvector's types are registered on connections to databases that have the extension; the memory component
-	// creates it and then resets the pool (see EnsureVector), so connections made before know it too.
+	// creates it and then resets the pool (see EnsureVector), so connections made before know it too. A replica's
+	// connection made before the replica replayed the extension's creation uses pgvector's text format, which
+	// works as well.
 	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
 		var has bool
 		if err := c.QueryRow(ctx, "SELECT to_regtype('vector') IS NOT NULL").Scan(&has); err != nil {
@@ -164,15 +204,7 @@ func openPostgres(ctx context.Context, rawURL string, o Options) (*DB, error) {
 		}
 		return pgxvec.RegisterTypes(ctx, c)
 	}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("open postgres: %w", err)
-	}
-	if err := pool.Ping(ctx); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("ping postgres: %w", err)
-	}
-	return &DB{DB: stdlib.OpenDBFromPool(pool), Dialect: Postgres, Pool: pool, prefix: prefix, url: connURL, root: true}, nil
+	return cfg, nil
 }
 
 // splitPrefix removes SchemaPrefixParam from a Postgres URL and returns the prefix (DefaultSchemaPrefix when
@@ -216,6 +248,9 @@ func (db *DB) Component(name string) *DB {
 func (db *DB) Close() error {
 	if !db.root {
 		return nil
+	}
+	if db.replica != nil {
+		db.replica.close()
 	}
 	err := db.DB.Close()
 	if db.Pool != nil {

@@ -48,7 +48,7 @@ func TestDeferredIndex(t *testing.T) {
 	if err := s.BuildIndexes(ctx); err != nil {
 		t.Fatal(err)
 	}
-	row, err := s.cachedLookup(ctx, "t", "ns")
+	row, err := s.cachedLookup(ctx, s.pool, "t", "ns")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -65,15 +65,27 @@ type Document struct {
 	Positions map[string]Position
 }
 
-// Validate validates the document's blueprint and attaches source positions to the errors.
+// Validate validates the document's blueprint under the default expression limits and attaches source positions
+// to the errors.
 func (d *Document) Validate() []*orchestratorv1.ValidationError {
-	return validate(d.Blueprint, d.Positions)
+	return d.ValidateWith(Limits{})
+}
+
+// ValidateWith is Validate with expressions checked against limits.
+func (d *Document) ValidateWith(limits Limits) []*orchestratorv1.ValidationError {
+	return validate(d.Blueprint, d.Positions, limits)
 }
 
 // Load turns a source (a message or a YAML/JSON document) into a blueprint and validates it. It returns the
 // blueprint (nil only when the document could not be read at all) and every error, sorted by path; the blueprint
 // is valid if and only if the error list is empty. Output-only fields (version, create_time) are cleared.
+// Expressions are checked against the default limits.
 func Load(src *orchestratorv1.BlueprintSource) (*orchestratorv1.Blueprint, []*orchestratorv1.ValidationError) {
+	return LoadWith(src, Limits{})
+}
+
+// LoadWith is Load with expressions checked against limits.
+func LoadWith(src *orchestratorv1.BlueprintSource, limits Limits) (*orchestratorv1.Blueprint, []*orchestratorv1.ValidationError) {
 	var (
 		bp   *orchestratorv1.Blueprint
 		errs []*orchestratorv1.ValidationError
@@ -84,14 +96,14 @@ func Load(src *orchestratorv1.BlueprintSource) (*orchestratorv1.Blueprint, []*or
 			return nil, []*orchestratorv1.ValidationError{{Path: "blueprint", Message: "blueprint is required"}}
 		}
 		bp = cloneBlueprint(s.Blueprint)
-		errs = Validate(bp)
+		errs = ValidateWith(bp, limits)
 	case *orchestratorv1.BlueprintSource_Yaml:
 		doc, perrs := Parse([]byte(s.Yaml))
 		if doc == nil {
 			return nil, perrs
 		}
 		bp = doc.Blueprint
-		errs = mergeErrors(perrs, doc.Validate())
+		errs = mergeErrors(perrs, doc.ValidateWith(limits))
 	default:
 		return nil, []*orchestratorv1.ValidationError{{Path: "source", Message: "a blueprint or a yaml document is required"}}
 	}
@@ -101,8 +113,14 @@ func Load(src *orchestratorv1.BlueprintSource) (*orchestratorv1.Blueprint, []*or
 }
 
 // Validate validates a blueprint message and returns every error, sorted by path, without positions.
+// Expressions are checked against the default limits.
 func Validate(bp *orchestratorv1.Blueprint) []*orchestratorv1.ValidationError {
-	return validate(bp, nil)
+	return ValidateWith(bp, Limits{})
+}
+
+// ValidateWith is Validate with expressions checked against limits.
+func ValidateWith(bp *orchestratorv1.Blueprint, limits Limits) []*orchestratorv1.ValidationError {
+	return validate(bp, nil, limits)
 }
 
 // mergeErrors joins two sorted error lists, dropping exact duplicates, and sorts the result.

@@ -3,6 +3,7 @@ package blueprint
 import (
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -60,16 +61,17 @@ func NewCELEnv(withItem bool) (*cel.Env, error) {
 }
 
 type validator struct {
-	pos  map[string]Position
-	errs []*orchestratorv1.ValidationError
+	pos    map[string]Position
+	limits Limits
+	errs   []*orchestratorv1.ValidationError
 }
 
 func (v *validator) errorf(path, format string, args ...any) {
 	v.errs = append(v.errs, &orchestratorv1.ValidationError{Path: path, Message: fmt.Sprintf(format, args...)})
 }
 
-func validate(bp *orchestratorv1.Blueprint, pos map[string]Position) []*orchestratorv1.ValidationError {
-	v := &validator{pos: pos}
+func validate(bp *orchestratorv1.Blueprint, pos map[string]Position, limits Limits) []*orchestratorv1.ValidationError {
+	v := &validator{pos: pos, limits: limits.WithDefaults()}
 	if bp == nil {
 		v.errorf("", "blueprint is required")
 		return v.errs
@@ -413,6 +415,7 @@ func (v *validator) expressions(bp *orchestratorv1.Blueprint, index map[string]i
 		if ast == nil {
 			return
 		}
+		v.cost(env, ast, path, step, steps)
 		var before map[int]bool
 		if step >= 0 && acyclic {
 			before = ancestors(preds, step)
@@ -556,4 +559,29 @@ func (v *validator) expression(env *cel.Env, path, expr string, want *types.Type
 	}
 	v.errorf(path, "expression has type %s, want %s", got, want)
 	return nil
+}
+
+// cost refuses an expression whose estimated worst case exceeds the cost limit.
+func (v *validator) cost(env *cel.Env, ast *cel.Ast, path string, step int, steps []*orchestratorv1.Step) {
+	where := "the output expression"
+	if step >= 0 {
+		where = fmt.Sprintf("step %q", steps[step].GetId())
+	}
+	est, err := v.limits.EstimateCost(env, ast)
+	if err != nil {
+		v.errorf(path, "%s: cannot estimate the expression's cost: %v", where, err)
+		return
+	}
+	if est > v.limits.Cost {
+		v.errorf(path, "%s: the expression may cost up to %s units, over the limit of %d (lists, maps and strings "+
+			"from input and steps counted as %d long): nest fewer comprehensions or iterate over less", where,
+			costString(est), v.limits.Cost, v.limits.AssumedSize)
+	}
+}
+
+func costString(c uint64) string {
+	if c == math.MaxUint64 {
+		return "an unbounded number of"
+	}
+	return strconv.FormatUint(c, 10)
 }

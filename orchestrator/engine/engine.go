@@ -155,6 +155,12 @@ func (e *Engine) Stop(ctx context.Context) error { return e.backend.stop(ctx) }
 
 func (e *Engine) reader() querier { return sqlQuerier{db: e.db, q: e.db.DB} }
 
+// replicaReader reads for the caller in ctx from the read replica when it may (see sqldb.DB.Reader): for reads
+// that can be slightly stale, except for the caller's own writes. One per operation.
+func (e *Engine) replicaReader(ctx context.Context) querier {
+	return sqlQuerier{db: e.db, q: e.db.Reader(ctx)}
+}
+
 func (e *Engine) now() time.Time { return e.cfg.Now().UTC() }
 
 func newRunID() string {
@@ -194,12 +200,14 @@ func (e *Engine) StartRun(ctx context.Context, tenant string, bp *orchestratorv1
 	if err != nil && key != "" {
 		// A concurrent StartRun with the same key won the unique index: return its run.
 		if existing, kerr := e.runByKey(ctx, e.reader(), tenant, key); kerr == nil {
+			e.db.Wrote(ctx) // the run is a few moments old: the caller's next reads must see it too
 			return existing, nil
 		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("start run: %w", err)
 	}
+	e.db.Wrote(ctx)
 	return r.proto(), nil
 }
 
@@ -217,7 +225,7 @@ func (e *Engine) runByKey(ctx context.Context, q querier, tenant, key string) (*
 
 // GetRun implements orchestrator.Runs.
 func (e *Engine) GetRun(ctx context.Context, tenant, id string) (*orchestratorv1.WorkflowRun, error) {
-	r, err := loadRun(ctx, e.reader(), tenant, id, false)
+	r, err := loadRun(ctx, e.replicaReader(ctx), tenant, id, false)
 	if err != nil {
 		return nil, fmt.Errorf("get run %q: %w", id, notFound(err))
 	}
@@ -259,7 +267,7 @@ func (e *Engine) ListRuns(ctx context.Context, tenant, blueprint string, state o
 	}
 	q += ` ORDER BY create_time DESC, id DESC LIMIT ?`
 	args = append(args, pageSize+1)
-	rs, done, err := e.reader().query(ctx, q, args...)
+	rs, done, err := e.replicaReader(ctx).query(ctx, q, args...)
 	if err != nil {
 		return nil, "", fmt.Errorf("list runs: %w", err)
 	}
@@ -312,6 +320,7 @@ func (e *Engine) CancelRun(ctx context.Context, tenant, id, reason string) (*orc
 	if err != nil {
 		return nil, fmt.Errorf("cancel run %q: %w", id, err)
 	}
+	e.db.Wrote(ctx)
 	e.cancelJobs(ctx, cancel)
 	return r.proto(), nil
 }
@@ -329,11 +338,13 @@ func (e *Engine) cancelJobs(ctx context.Context, ids []int64) {
 // Events implements orchestrator.Runs: up to limit events after afterSequence, and whether the run had ended
 // before they were read (so an empty result with ended set means there will be no more).
 func (e *Engine) Events(ctx context.Context, tenant, id string, afterSequence int64, limit int) ([]*orchestratorv1.WatchRunResponse, bool, error) {
+	// One reader for both queries: the events are read from the same server as the state, or a newer one.
+	rd := e.replicaReader(ctx)
 	var state int64
-	if err := queryRow(ctx, e.reader(), `SELECT state FROM loom.runs WHERE id = ? AND tenant = ?`, []any{id, tenant}, &state); err != nil {
+	if err := queryRow(ctx, rd, `SELECT state FROM loom.runs WHERE id = ? AND tenant = ?`, []any{id, tenant}, &state); err != nil {
 		return nil, false, fmt.Errorf("run events %q: %w", id, notFound(err))
 	}
-	rs, done, err := e.reader().query(ctx,
+	rs, done, err := rd.query(ctx,
 		`SELECT event FROM loom.run_events WHERE run_id = ? AND sequence > ? ORDER BY sequence LIMIT ?`, id, afterSequence, max(limit, 1))
 	if err != nil {
 		return nil, false, fmt.Errorf("run events %q: %w", id, err)
@@ -472,6 +483,7 @@ func (e *Engine) SubmitApproval(ctx context.Context, tenant, runID, stepID strin
 	if err != nil {
 		return nil, fmt.Errorf("submit approval: %w", err)
 	}
+	e.db.Wrote(ctx)
 	e.cancelJobs(ctx, cancel)
 	return r.proto(), nil
 }

@@ -111,9 +111,13 @@ func (w *worker) Work(ctx context.Context, job *river.Job[stepArgs]) error {
 	ctx = principal.NewContext(ctx, principal.Principal{Tenant: r.tenant, Subject: "workflow:" + r.id, Roles: []string{"writer"}})
 	out, execErr := e.execute(ctx, r, s)
 	if execErr == nil {
+		// Branch conditions and the output expression this success makes ready are evaluated now, outside the
+		// transaction below, which only looks their values up.
+		succeed := func(r *run, st *step, now time.Time) { r.succeed(st, out, now) }
+		memo := e.evaluateAhead(ctx, a.RunID, a.StepID, succeed)
 		return e.update(ctx, job, true, func(r *run, st *step, now time.Time) error {
-			r.succeed(st, out, now)
-			e.advance(r, now)
+			succeed(r, st, now)
+			e.advanceWith(r, now, memo)
 			return nil
 		})
 	}
@@ -208,7 +212,11 @@ func (e *Engine) expire(ctx context.Context, job *river.Job[stepArgs]) error {
 
 // advance starts every step that became ready, skips the ones that can no longer run, decides branch, parallel
 // and approval steps in place, and finishes the run when every step has. It changes r in memory only.
-func (e *Engine) advance(r *run, now time.Time) {
+func (e *Engine) advance(r *run, now time.Time) { e.advanceWith(r, now, nil) }
+
+// advanceWith is advance taking the values of branch conditions and of the output expression from memo when it
+// has them (see evaluateAhead); a nil memo evaluates them all.
+func (e *Engine) advanceWith(r *run, now time.Time, memo *exprMemo) {
 	for changed := true; changed && !r.terminal(); {
 		changed = false
 		for _, s := range r.steps {
@@ -221,7 +229,7 @@ func (e *Engine) advance(r *run, now time.Time) {
 			case skip:
 				s.state, s.end, s.dirty = orchestratorv1.StepState_STEP_STATE_SKIPPED, now.UnixMicro(), true
 			case ready:
-				e.dispatch(r, s, now)
+				e.dispatch(r, s, now, memo)
 			}
 			changed = true
 		}
@@ -244,11 +252,11 @@ func (e *Engine) advance(r *run, now time.Time) {
 	case waiting:
 		r.state = orchestratorv1.RunState_RUN_STATE_WAITING
 	default:
-		e.complete(r, now)
+		e.complete(r, now, memo)
 	}
 }
 
-func (e *Engine) dispatch(r *run, s *step, now time.Time) {
+func (e *Engine) dispatch(r *run, s *step, now time.Time, memo *exprMemo) {
 	started := func(state orchestratorv1.StepState) {
 		r.start(s, state, now)
 		s.attempts = 1
@@ -261,7 +269,7 @@ func (e *Engine) dispatch(r *run, s *step, now time.Time) {
 		r.succeed(s, structpb.NewNullValue(), now)
 	case *orchestratorv1.Step_Branch:
 		started(orchestratorv1.StepState_STEP_STATE_RUNNING)
-		v, err := evaluate(r, k.Branch.GetCondition(), nil, false)
+		v, err := memo.evaluate(r, s.id, k.Branch.GetCondition())
 		if err != nil {
 			r.failStep(s, err.Error(), now)
 			return
@@ -294,10 +302,10 @@ func (e *Engine) dispatch(r *run, s *step, now time.Time) {
 
 // complete finishes a run whose steps have all finished: the output expression, or the outputs of the final
 // steps (one final step: its output; several: an object keyed by step id).
-func (e *Engine) complete(r *run, now time.Time) {
+func (e *Engine) complete(r *run, now time.Time, memo *exprMemo) {
 	var out *structpb.Value
 	if expr := r.bp.GetOutput(); expr != "" {
-		v, err := evaluate(r, expr, nil, false)
+		v, err := memo.evaluate(r, "", expr)
 		if err != nil {
 			r.fail("output: "+err.Error(), now)
 			return
@@ -481,7 +489,8 @@ func evaluate(r *run, expr string, item *structpb.Value, withItem bool) (*struct
 	if iss != nil && iss.Err() != nil {
 		return nil, fmt.Errorf("%w: %v", errPermanent, iss.Err())
 	}
-	prg, err := env.Program(ast)
+	limits := blueprint.DefaultLimits() // TODO(lead): from engine.Config once it has an Expressions field
+	prg, err := limits.Program(env, ast)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errPermanent, err)
 	}
@@ -495,7 +504,10 @@ func evaluate(r *run, expr string, item *structpb.Value, withItem bool) (*struct
 	if item != nil {
 		vars["item"] = item.AsInterface()
 	}
-	val, _, err := prg.Eval(vars)
+	val, err := limits.Eval(context.Background(), prg, vars)
+	if errors.Is(err, blueprint.ErrCostLimit) || errors.Is(err, blueprint.ErrEvalTimeout) {
+		return nil, fmt.Errorf("%w: expression %s %v", errPermanent, quoteShort(expr), err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: evaluate %q: %v", errPermanent, expr, err)
 	}
@@ -524,4 +536,84 @@ func evaluateText(r *run, expr string, item *structpb.Value) (string, error) {
 		return "", err
 	}
 	return string(b), nil
+}
+
+// quoteShort quotes an expression for an error message, cut to 100 bytes.
+func quoteShort(expr string) string {
+	if len(expr) > 100 {
+		return strconv.Quote(expr[:100]) + "..."
+	}
+	return strconv.Quote(expr)
+}
+
+// exprMemo holds values of branch conditions and of the output expression computed before a transaction, so the
+// transaction does not evaluate CEL while it holds the database (a cost-bounded expression still takes up to
+// blueprint.DefaultEvalTimeout, and on SQLite every other tenant's write waits for the transaction). A value is
+// keyed by the step ("" for the output) and by the set of succeeded steps it was computed over: an expression
+// reads only the input and the outputs of succeeded steps, which never change, so a value found under the same
+// key is the value the transaction would compute. A miss (another step finished in between) evaluates in place.
+// A nil *exprMemo evaluates everything. Not safe for concurrent use.
+type exprMemo struct {
+	record bool
+	vals   map[string]exprResult
+}
+
+type exprResult struct {
+	v   *structpb.Value
+	err error
+}
+
+func (m *exprMemo) evaluate(r *run, stepID, expr string) (*structpb.Value, error) {
+	if m == nil {
+		return evaluate(r, expr, nil, false)
+	}
+	key := stepID + "\x00" + succeededKey(r)
+	if res, ok := m.vals[key]; ok {
+		return res.v, res.err
+	}
+	v, err := evaluate(r, expr, nil, false)
+	if m.record {
+		m.vals[key] = exprResult{v: v, err: err}
+	}
+	return v, err
+}
+
+// succeededKey names the set of steps whose outputs an expression can read.
+func succeededKey(r *run) string {
+	var b []byte
+	for _, s := range r.steps {
+		if s.state == orchestratorv1.StepState_STEP_STATE_SUCCEEDED && s.output != nil {
+			b = append(append(b, s.id...), ',')
+		}
+	}
+	return string(b)
+}
+
+// evaluateAhead loads the run outside any transaction, applies change to step stepID as the transaction will,
+// advances it, and returns the values of the expressions that advance evaluated. It returns nil (evaluate in
+// place) when the blueprint has no branch or output expression, or when the run cannot be read.
+func (e *Engine) evaluateAhead(ctx context.Context, runID, stepID string, change func(*run, *step, time.Time)) *exprMemo {
+	r, err := loadRun(ctx, e.reader(), "", runID, false)
+	if err != nil || r.terminal() || r.byID[stepID] == nil || !hasDecisions(r.bp) {
+		return nil
+	}
+	memo := &exprMemo{record: true, vals: map[string]exprResult{}}
+	now := e.now()
+	change(r, r.byID[stepID], now)
+	e.advanceWith(r, now, memo)
+	memo.record = false
+	return memo
+}
+
+// hasDecisions reports whether advance may evaluate an expression for bp: a branch step or an output.
+func hasDecisions(bp *orchestratorv1.Blueprint) bool {
+	if bp.GetOutput() != "" {
+		return true
+	}
+	for _, s := range bp.GetSteps() {
+		if _, ok := s.GetKind().(*orchestratorv1.Step_Branch); ok {
+			return true
+		}
+	}
+	return false
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -27,14 +28,22 @@ var migrations embed.FS
 
 // Store is an orchestrator.Store in a SQL database. It is safe for concurrent use.
 type Store struct {
-	db  *sqldb.DB
-	now func() time.Time
+	db     *sqldb.DB
+	now    func() time.Time
+	logger *slog.Logger
 }
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithLogger sets the logger that records rows a list skipped because they cannot be decoded; the default is
+// slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(s *Store) { s.logger = l } }
 
 var _ orchestrator.Store = (*Store)(nil)
 
 // New migrates db to the current schema and returns a Store over it. The caller keeps ownership of db.
-func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
+func New(ctx context.Context, db *sqldb.DB, opts ...Option) (*Store, error) {
 	sub, err := fs.Sub(migrations, "migrations")
 	if err != nil {
 		return nil, fmt.Errorf("orchestrator store: %w", err)
@@ -44,7 +53,11 @@ func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
 	if err := db.Migrate(ctx, "orchestrator", sub, "blueprints", "blueprint_versions", "runs(blueprint)", "run_steps", "run_events", "river_%"); err != nil {
 		return nil, fmt.Errorf("orchestrator store: %w", err)
 	}
-	return &Store{db: db, now: time.Now}, nil
+	s := &Store{db: db, now: time.Now, logger: slog.Default()}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
 }
 
 // CreateBlueprint implements orchestrator.Store.
@@ -157,7 +170,7 @@ func (s *Store) ListBlueprints(ctx context.Context, tenant string, pageSize int,
 		return nil, "", fmt.Errorf("list blueprints: %w", orchestrator.ErrInvalidPageToken)
 	}
 	rows, err := s.db.QueryContext(ctx, s.db.Rebind(
-		`SELECT v.version, v.definition, v.create_time FROM loom.blueprints b
+		`SELECT b.name, v.version, v.definition, v.create_time FROM loom.blueprints b
 		 JOIN loom.blueprint_versions v ON v.tenant = b.tenant AND v.name = b.name AND v.version = b.latest_version
 		 WHERE b.tenant = ? AND b.name > ?
 		 ORDER BY b.name
@@ -166,21 +179,37 @@ func (s *Store) ListBlueprints(ctx context.Context, tenant string, pageSize int,
 		return nil, "", fmt.Errorf("list blueprints: %w", err)
 	}
 	defer rows.Close()
-	var out []*orchestratorv1.Blueprint
+	// A row that cannot be decoded is skipped with a logged error, so one bad record never takes the whole list
+	// down; DeleteBlueprint still removes it. Pages are cut on the rows read, decodable or not.
+	var (
+		out   []*orchestratorv1.Blueprint
+		names []string
+	)
 	for rows.Next() {
-		bp, err := scanBlueprint(rows)
-		if err != nil {
+		var name string
+		var version, created int64
+		var def []byte
+		if err := rows.Scan(&name, &version, &def, &created); err != nil {
 			return nil, "", fmt.Errorf("list blueprints: %w", err)
 		}
+		names = append(names, name)
+		if len(names) > pageSize {
+			break
+		}
+		bp := &orchestratorv1.Blueprint{}
+		if err := proto.Unmarshal(def, bp); err != nil {
+			s.logger.ErrorContext(ctx, "orchestrator store: list blueprints skips an undecodable blueprint", "tenant", tenant, "blueprint", name, "version", version, "err", err)
+			continue
+		}
+		bp.Version, bp.CreateTime = version, timestamppb.New(time.UnixMicro(created))
 		out = append(out, bp)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, "", fmt.Errorf("list blueprints: %w", err)
 	}
 	next := ""
-	if len(out) > pageSize {
-		out = out[:pageSize]
-		next = pagetoken.Encode("blueprints", out[pageSize-1].GetName())
+	if len(names) > pageSize {
+		next = pagetoken.Encode("blueprints", names[pageSize-1])
 	}
 	return out, next, nil
 }
