@@ -23,6 +23,7 @@ import (
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/internal/authn"
+	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcclient"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/sqldb"
@@ -65,7 +66,11 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 		return err
 	}
 
-	clients, err := dialClients(cfg, ln.Addr(), sec.minter, logger)
+	var tokens rpcclient.TokenMinter = sec.minter
+	if cfg.Auth == "local" {
+		tokens = localTokens{sec.minter}
+	}
+	clients, err := dialClients(cfg, ln.Addr(), tokens, logger)
 	if err != nil {
 		return err
 	}
@@ -146,7 +151,20 @@ func (c *clients) Close() {
 
 // dialClients connects to the memory and agent services: at their configured targets, or at this process's own
 // listener in all-in-one mode, so calls take the same path either way.
-func dialClients(cfg config, self net.Addr, minter *authn.Minter, logger *slog.Logger) (*clients, error) {
+// localTokens, in --auth local mode, sends the calls made for the local tenant without a service token: the
+// service called, also in local mode, grants them the local principal anyway, while a token minted with this
+// process's own key (when no LOOM_SERVICE_TOKEN_KEY is shared) would not verify in another process. Workflow
+// steps act for their run's tenant ("workflow:<run>" subjects), which is "local" for every run in this mode.
+type localTokens struct{ m *authn.Minter }
+
+func (l localTokens) Mint(p principal.Principal, audience string) (string, error) {
+	if p.Tenant == principal.Local.Tenant {
+		return "", nil
+	}
+	return l.m.Mint(p, audience)
+}
+
+func dialClients(cfg config, self net.Addr, minter rpcclient.TokenMinter, logger *slog.Logger) (*clients, error) {
 	selfTarget := selfAddr(self)
 	var tlsConf *tls.Config
 	if cfg.TLSCert != "" {

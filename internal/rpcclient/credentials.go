@@ -10,7 +10,7 @@ import (
 )
 
 // TokenMinter mints a short-lived service token that carries p to the service named audience. *authn.Minter
-// implements it.
+// implements it. An empty token and no error sends the call without one.
 type TokenMinter interface {
 	Mint(p principal.Principal, audience string) (string, error)
 }
@@ -35,6 +35,9 @@ func (s serviceTokens) GetRequestMetadata(ctx context.Context, _ ...string) (map
 	tok, err := s.minter.Mint(p, s.audience)
 	if err != nil {
 		return nil, fmt.Errorf("rpcclient: mint service token: %w", err)
+	}
+	if tok == "" {
+		return nil, nil
 	}
 	return map[string]string{"authorization": "Bearer " + tok}, nil
 }
