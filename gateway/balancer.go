@@ -78,6 +78,7 @@ func (b *backend) setState(s int32) int32 { return b.state.Swap(s) }
 type pool struct {
 	logger  *slog.Logger
 	service string
+	scheme  string // of backend URLs: "http" (h2c) or "https"
 	checker *healthChecker
 	next    atomic.Uint64
 
@@ -86,7 +87,7 @@ type pool struct {
 }
 
 func newPool(logger *slog.Logger, service string, checker *healthChecker) *pool {
-	p := &pool{logger: logger, service: service, checker: checker}
+	p := &pool{logger: logger, service: service, scheme: "http", checker: checker}
 	p.backends.Store(&[]*backend{})
 	return p
 }
@@ -131,7 +132,7 @@ func (p *pool) setAddrs(ctx context.Context, addrs []string, wg *sync.WaitGroup)
 			continue
 		}
 		bctx, cancel := context.WithCancel(ctx)
-		b := &backend{addr: a, url: &url.URL{Scheme: "http", Host: a}, stop: cancel}
+		b := &backend{addr: a, url: &url.URL{Scheme: p.scheme, Host: a}, stop: cancel}
 		next = append(next, b)
 		wg.Go(func() { p.checker.watch(bctx, p.logger, p.service, b) })
 	}

@@ -19,6 +19,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -52,8 +53,11 @@ type Config struct {
 	// Backends maps a service's full name ("loom.memory.v1.MemoryService") to the target serving it: a
 	// comma-separated static list "host1:port,host2:port" (a single "host:port" is a list of one), or
 	// "dns:///host:port", re-resolved every ResolveInterval so that every address the name resolves to gets calls.
-	// Backends speak cleartext HTTP/2 (h2c).
+	// Backends speak cleartext HTTP/2 (h2c) unless TLS is set.
 	Backends map[string]string
+	// TLS, when set, is how the gateway dials backends: HTTPS with HTTP/2, trusting its roots and presenting
+	// its client certificate (mutual TLS; see tlsfiles.Client).
+	TLS *tls.Config
 	// MaxRequestBytes bounds a request body as sent on the wire (for a streaming request, the whole stream).
 	// Larger requests are refused with ResourceExhausted. Default 4 MiB.
 	MaxRequestBytes int64
@@ -138,7 +142,14 @@ func New(logger *slog.Logger, cfg Config, minter *authn.Minter) (*Proxy, error) 
 		// A connection that stops answering pings is closed, so calls and health checks move on.
 		HTTP2: &http.HTTP2Config{SendPingTimeout: 10 * time.Second, PingTimeout: 5 * time.Second},
 	}
-	tr.Protocols.SetUnencryptedHTTP2(true)
+	scheme := "http"
+	if cfg.TLS != nil {
+		tr.TLSClientConfig = cfg.TLS.Clone()
+		tr.Protocols.SetHTTP2(true)
+		scheme = "https"
+	} else {
+		tr.Protocols.SetUnencryptedHTTP2(true)
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{
@@ -160,6 +171,7 @@ func New(logger *slog.Logger, cfg Config, minter *authn.Minter) (*Proxy, error) 
 	for service, target := range cfg.Backends {
 		t, _ := parseTarget(target) // validated above
 		pl := newPool(logger, service, checker)
+		pl.scheme = scheme
 		p.pools[service] = pl
 		if t.dnsHost != "" {
 			p.wg.Go(func() { pl.resolveLoop(ctx, t.dnsHost, t.dnsPort, cfg.ResolveInterval, &p.wg) })

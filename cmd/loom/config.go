@@ -36,6 +36,10 @@ type config struct {
 	AgentAddr       string
 	TLSCert         string
 	TLSKey          string
+	TLSClientCA     string
+	TLSCA           string
+	TLSClientCert   string
+	TLSClientKey    string
 	CORSOrigins     []string
 	Reflection      bool
 	MaxMessageBytes int
@@ -106,6 +110,10 @@ var serveFlags = []flagSpec{
 	{"agent-addr", "LOOM_AGENT_ADDR", "", "agent service target for the orchestrator; empty calls this process"},
 	{"tls-cert", "LOOM_TLS_CERT", "", "TLS certificate file (PEM); with --tls-key enables TLS, otherwise h2c"},
 	{"tls-key", "LOOM_TLS_KEY", "", "TLS private key file (PEM)"},
+	{"tls-client-ca", "LOOM_TLS_CLIENT_CA", "", "mutual TLS: CA certificate (PEM) that signs the certificates of the other Loom services; with it, service-to-service calls are accepted only from a client certificate it verifies (needs --tls-cert)"},
+	{"tls-ca", "LOOM_TLS_CA", "", "CA certificates (PEM) trusted when calling other Loom services over TLS; empty trusts --tls-cert itself (all-in-one) or, with --tls-client-cert, the system roots"},
+	{"tls-client-cert", "LOOM_TLS_CLIENT_CERT", "", "mutual TLS: certificate (PEM) presented when calling other Loom services; with it those calls use TLS"},
+	{"tls-client-key", "LOOM_TLS_CLIENT_KEY", "", "mutual TLS: private key (PEM) of --tls-client-cert"},
 	{"cors-origins", "LOOM_CORS_ORIGINS", "*", "comma-separated origins allowed to call from browsers; empty disables CORS. Under --auth local on a non-loopback address, when not set, CORS is off"},
 	{"reflection", "LOOM_REFLECTION", "true", "serve gRPC reflection (v1 and v1alpha)"},
 	{"max-message-bytes", "LOOM_MAX_MESSAGE_BYTES", "4194304", "largest request or response message, after decompression"},
@@ -190,6 +198,8 @@ func parseServe(args []string, getenv func(string) string, out *os.File) (config
 	c.MemoryAddr = get("memory-addr")
 	c.AgentAddr = get("agent-addr")
 	c.TLSCert, c.TLSKey = get("tls-cert"), get("tls-key")
+	c.TLSClientCA, c.TLSCA = get("tls-client-ca"), get("tls-ca")
+	c.TLSClientCert, c.TLSClientKey = get("tls-client-cert"), get("tls-client-key")
 	c.CORSOrigins = splitList(get("cors-origins"))
 	switch get("reflection") {
 	case "true", "1", "yes":
@@ -270,6 +280,12 @@ func (c config) Validate() error {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))
 	}
+	if (c.TLSClientCert == "") != (c.TLSClientKey == "") {
+		errs = append(errs, errors.New("--tls-client-cert and --tls-client-key go together"))
+	}
+	if c.TLSClientCA != "" && c.TLSCert == "" {
+		errs = append(errs, errors.New("--tls-client-ca needs --tls-cert and --tls-key: client certificates are checked in the TLS handshake"))
+	}
 	if c.DefaultTimeout > c.MaxTimeout {
 		errs = append(errs, errors.New("--default-timeout exceeds --max-timeout"))
 	}
@@ -301,6 +317,8 @@ func (c config) LogValue() slog.Value {
 		slog.String("memory_addr", c.MemoryAddr),
 		slog.String("agent_addr", c.AgentAddr),
 		slog.Bool("tls", c.TLSCert != ""),
+		slog.Bool("mtls", c.TLSClientCA != ""),
+		slog.Bool("tls_client_cert", c.TLSClientCert != ""),
 		slog.String("cors_origins", strings.Join(c.CORSOrigins, ",")),
 		slog.Bool("reflection", c.Reflection),
 		slog.Int("max_message_bytes", c.MaxMessageBytes),

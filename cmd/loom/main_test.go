@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -98,9 +100,15 @@ func startLoomWith(t *testing.T, dataDir string, env []string, args ...string) *
 			t.Logf("loom logs:\n%s", p.logs.String())
 		}
 	})
+	ready, client := "http://"+addr+"/readyz", http.DefaultClient
+	if slices.Contains(args, "--tls-cert") {
+		// Readiness only: the test's own clients check the certificate.
+		ready = "https://" + addr + "/readyz"
+		client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		res, err := http.Get("http://" + addr + "/readyz")
+		res, err := client.Get(ready)
 		if err == nil {
 			res.Body.Close()
 			if res.StatusCode == http.StatusOK {

@@ -85,6 +85,7 @@ func buildSecurity(ctx context.Context, cfg config, logger *slog.Logger, dbs *da
 	if len(served) > 0 { // the gateway serves nothing itself and accepts no service tokens
 		acfg.Services = served
 		acfg.ServiceKeys = []ed25519.PublicKey{priv.Public().(ed25519.PublicKey)}
+		acfg.ServiceClientCert = cfg.TLSClientCA != ""
 	}
 	sec.throttle = authn.NewThrottle(authn.ThrottleConfig{})
 	acfg.Throttle = sec.throttle

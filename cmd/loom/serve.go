@@ -3,13 +3,11 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"time"
@@ -27,6 +25,7 @@ import (
 	"github.com/loom-dev/loom/internal/rpcclient"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/sqldb"
+	"github.com/loom-dev/loom/internal/tlsfiles"
 	"github.com/loom-dev/loom/memory"
 	"github.com/loom-dev/loom/memory/embed"
 	"github.com/loom-dev/loom/memory/embed/gemini"
@@ -110,6 +109,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 		Addr:                 cfg.Listen,
 		TLSCertFile:          cfg.TLSCert,
 		TLSKeyFile:           cfg.TLSKey,
+		TLSClientCAFile:      cfg.TLSClientCA,
 		MaxMessageBytes:      cfg.MaxMessageBytes,
 		DefaultTimeout:       cfg.DefaultTimeout,
 		MaxTimeout:           cfg.MaxTimeout,
@@ -164,17 +164,27 @@ func (l localTokens) Mint(p principal.Principal, audience string) (string, error
 	return l.m.Mint(p, audience)
 }
 
+// clientTLS is how this process calls other Loom services: nil (h2c) unless TLS is configured. With
+// --tls-client-cert it presents that certificate (mutual TLS) and trusts --tls-ca, or the system roots; with only
+// --tls-cert (all-in-one over TLS) it trusts its own certificate. Every file is read again when it changes.
+func clientTLS(cfg config) (*tls.Config, error) {
+	var roots []string
+	switch {
+	case cfg.TLSCA != "":
+		roots = []string{cfg.TLSCA}
+	case cfg.TLSClientCert == "" && cfg.TLSCert != "":
+		roots = []string{cfg.TLSCert}
+	case cfg.TLSClientCert == "":
+		return nil, nil
+	}
+	return tlsfiles.Client(roots, cfg.TLSClientCert, cfg.TLSClientKey)
+}
+
 func dialClients(cfg config, self net.Addr, minter rpcclient.TokenMinter, logger *slog.Logger) (*clients, error) {
 	selfTarget := selfAddr(self)
-	var tlsConf *tls.Config
-	if cfg.TLSCert != "" {
-		pem, err := os.ReadFile(cfg.TLSCert)
-		if err != nil {
-			return nil, fmt.Errorf("read tls cert: %w", err)
-		}
-		pool := x509.NewCertPool()
-		pool.AppendCertsFromPEM(pem)
-		tlsConf = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	tlsConf, err := clientTLS(cfg)
+	if err != nil {
+		return nil, err
 	}
 	c := &clients{}
 	dial := func(target, service string) (*grpc.ClientConn, error) {
@@ -276,7 +286,11 @@ func buildGateway(ctx context.Context, cfg config, logger *slog.Logger, sec *sec
 			logger.Warn("gateway --auth local: could not ask these backends their auth mode; backends with --auth required refuse its calls", "backends", unreachable)
 		}
 	}
-	return gateway.New(logger.With("service", "gateway"), gateway.Config{Backends: backends, MaxRequestBytes: int64(cfg.MaxMessageBytes) + 1024}, sec.minter)
+	tlsConf, err := clientTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return gateway.New(logger.With("service", "gateway"), gateway.Config{Backends: backends, MaxRequestBytes: int64(cfg.MaxMessageBytes) + 1024, TLS: tlsConf}, sec.minter)
 }
 
 // buildMemory uses pgvector when a database URL is configured and the embedded store in the data dir otherwise.

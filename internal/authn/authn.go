@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/tlsfiles"
 )
 
 // Errors returned by [Authenticator.Authenticate]. They say nothing about why a credential was refused.
@@ -96,6 +97,11 @@ type Config struct {
 	Services []string
 	// ServiceKeys verify service tokens (more than one during a rotation). Empty disables service tokens.
 	ServiceKeys []ed25519.PublicKey
+	// ServiceClientCert accepts service tokens only on TLS connections whose client presented a certificate the
+	// server verified (mutual TLS, see rpcserver.Config.TLSClientCAFile): a token captured off the network, or
+	// minted by a process holding the signing key but no certificate, is refused. The token still names the
+	// principal.
+	ServiceClientCert bool
 }
 
 // Validate reports whether c is usable.
@@ -162,6 +168,7 @@ type Authenticator struct {
 	oidc     *oidcVerifier
 	services *ServiceVerifier
 	throttle *Throttle
+	mtls     bool // service tokens need a verified client certificate
 }
 
 // New returns an Authenticator. keys may be nil (API keys are then refused); logger may be nil (no logs).
@@ -172,7 +179,7 @@ func New(cfg Config, keys *KeyStore, logger *slog.Logger) (*Authenticator, error
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	a := &Authenticator{mode: cfg.Mode, logger: logger, keys: keys, throttle: cfg.Throttle}
+	a := &Authenticator{mode: cfg.Mode, logger: logger, keys: keys, throttle: cfg.Throttle, mtls: cfg.ServiceClientCert}
 	if a.mode == "" {
 		a.mode = ModeRequired
 	}
@@ -301,6 +308,9 @@ func (a *Authenticator) authenticate(ctx context.Context, r *http.Request) (kind
 	if iss == ServiceIssuer {
 		if a.services == nil {
 			return "service", principal.Principal{}, errDisabled
+		}
+		if a.mtls && !tlsfiles.Verified(r.TLS) {
+			return "service", principal.Principal{}, errClientCert
 		}
 		p, err := a.services.Verify(cred, r.URL.Path)
 		if err == nil && a.mode == ModeRequired && p.Tenant == principal.Local.Tenant && p.Subject == principal.Local.Subject {

@@ -33,6 +33,7 @@ const (
 	errAmbiguous   reason = "several credentials"
 	errNoCreds     reason = "no credentials"
 	errLocalOnly   reason = "service token carries the local development principal, which --auth required does not grant"
+	errClientCert  reason = "service token without a verified client certificate (mutual TLS is required)"
 )
 
 // maxTokenLen bounds the tokens we parse at all; real ones are a few KiB at most.

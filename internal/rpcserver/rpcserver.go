@@ -9,7 +9,6 @@ package rpcserver
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +29,7 @@ import (
 
 	"github.com/loom-dev/loom/internal/audit"
 	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/tlsfiles"
 )
 
 // Config holds the server's limits and transport settings. Zero values take the defaults documented per field.
@@ -39,6 +39,11 @@ type Config struct {
 	// TLSCertFile and TLSKeyFile enable TLS when both are set; otherwise the server speaks h2c (cleartext HTTP/2
 	// and HTTP/1.1).
 	TLSCertFile, TLSKeyFile string
+	// TLSClientCAFile, with TLS on, lets clients present certificates signed by this CA (PEM); a certificate that
+	// does not verify fails the handshake. Whether a call needs one is the authenticator's decision (service
+	// tokens do when authn.Config.ServiceClientCert is set; see tlsfiles.Verified). Every TLS file is read again
+	// when it changes on disk, so renewed certificates apply without a restart.
+	TLSClientCAFile string
 	// MaxMessageBytes bounds one request or response message after decompression. Default 4 MiB.
 	MaxMessageBytes int
 	// MaxHeaderBytes bounds request headers. Default 64 KiB.
@@ -271,11 +276,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	srv.Protocols.SetHTTP1(true)
 	tlsOn := cfg.TLSCertFile != "" && cfg.TLSKeyFile != ""
 	if tlsOn {
-		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		conf, err := tlsfiles.Server(cfg.TLSCertFile, cfg.TLSKeyFile, cfg.TLSClientCAFile)
 		if err != nil {
-			return fmt.Errorf("load tls key pair: %w", err)
+			return err
 		}
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		srv.TLSConfig = conf
 		srv.Protocols.SetHTTP2(true)
 	} else {
 		srv.Protocols.SetUnencryptedHTTP2(true)

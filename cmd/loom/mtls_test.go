@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+)
+
+// testCA is a certificate authority made for one test.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pem  []byte
+}
+
+func newTestCA(t *testing.T, name string) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	mustT(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	mustT(t, err)
+	cert, err := x509.ParseCertificate(der)
+	mustT(t, err)
+	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+}
+
+// issue writes a certificate for 127.0.0.1, usable by servers and clients, and its key to dir/name.{pem,key}.
+func (ca *testCA) issue(t *testing.T, dir, name string, serial int64) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	mustT(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	mustT(t, err)
+	kder, err := x509.MarshalECPrivateKey(key)
+	mustT(t, err)
+	certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key")
+	// Written under temporary names and renamed, as a certificate manager does, so a reader never sees half a file.
+	for _, f := range []struct {
+		path string
+		data []byte
+	}{
+		{certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})},
+		{keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})},
+	} {
+		mustT(t, os.WriteFile(f.path+".tmp", f.data, 0o600))
+		mustT(t, os.Rename(f.path+".tmp", f.path))
+	}
+	return certFile, keyFile
+}
+
+// TestMutualTLSBetweenServices runs backends that accept service-to-service calls only from certificates their
+// CA signed, behind gateways with and without such a certificate, and renews the backend's certificate on disk.
+func TestMutualTLSBetweenServices(t *testing.T) {
+	b := bins(t)
+	dataDir, pki := t.TempDir(), t.TempDir()
+	t.Setenv("LOOM_SERVICE_TOKEN_KEY", newServiceTokenKey())
+	ca, rogue := newTestCA(t, "loom-test-ca"), newTestCA(t, "rogue-ca")
+	caFile := filepath.Join(pki, "ca.pem")
+	mustT(t, os.WriteFile(caFile, ca.pem, 0o600))
+	srvCert, srvKey := ca.issue(t, pki, "backend", 10)
+	gwCert, gwKey := ca.issue(t, pki, "gateway", 20)
+	rogueCert, rogueKey := rogue.issue(t, pki, "rogue", 30)
+	admin := createKey(t, b["loom"], dataDir, "tenant-a", "admin")
+
+	backend := startLoomIn(t, dataDir, "--auth", "required",
+		"--tls-cert", srvCert, "--tls-key", srvKey, "--tls-client-ca", caFile,
+		"--tls-ca", caFile, "--tls-client-cert", srvCert, "--tls-client-key", srvKey)
+	gateway := func(extra ...string) *process {
+		args := []string{"--auth", "required", "--services", "gateway", "--tls-ca", caFile,
+			"--gateway-memory", backend.addr, "--gateway-agent", backend.addr}
+		return startLoomIn(t, dataDir, append(args, extra...)...)
+	}
+	good := gateway("--tls-client-cert", gwCert, "--tls-client-key", gwKey)
+	noCert := gateway()
+	badCert := gateway("--tls-client-cert", rogueCert, "--tls-client-key", rogueKey)
+
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+admin)
+	call := func(addr string, creds credentials.TransportCredentials, name string) error {
+		conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(creds))
+		mustT(t, err)
+		defer conn.Close()
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		_, err = memoryv1.NewMemoryServiceClient(conn).CreateNamespace(cctx, &memoryv1.CreateNamespaceRequest{
+			Namespace: &memoryv1.Namespace{Name: name, Dimension: 8},
+		})
+		return err
+	}
+	plain := insecure.NewCredentials()
+	if err := call(good.addr, plain, "through-mtls"); err != nil {
+		t.Fatalf("through the gateway with a certificate the CA signed: %v", err)
+	}
+	// The gateway without a certificate still holds the signing key: its tokens are refused anyway.
+	err := call(noCert.addr, plain, "no-cert")
+	if status.Code(err) != codes.Unauthenticated || !strings.Contains(backend.logs.String(), "without a verified client certificate") {
+		t.Fatalf("through the gateway without a client certificate: %v, want Unauthenticated for want of a certificate", err)
+	}
+	// A certificate of another CA fails the handshake: the backend is unreachable for that gateway.
+	if err := call(badCert.addr, plain, "rogue-cert"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("through the gateway with a rogue CA's certificate: %v, want Unavailable", err)
+	}
+	// Callers with API keys need no certificate: the client CA only adds a way to be trusted.
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.cert)
+	direct := credentials.NewTLS(&tls.Config{RootCAs: roots})
+	if err := call(backend.addr, direct, "direct-api-key"); err != nil {
+		t.Fatalf("API key over TLS without a client certificate: %v", err)
+	}
+
+	// Renew the backend's certificate on disk: new handshakes present it without a restart.
+	serial := func() int64 {
+		conn, err := tls.Dial("tcp", backend.addr, &tls.Config{RootCAs: roots, NextProtos: []string{"h2"}})
+		mustT(t, err)
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
+	}
+	if got := serial(); got != 10 {
+		t.Fatalf("backend presents serial %d, want 10", got)
+	}
+	ca.issue(t, pki, "backend", 11)
+	deadline := time.Now().Add(10 * time.Second)
+	for serial() != 11 {
+		if time.Now().After(deadline) {
+			t.Fatal("the renewed certificate was not picked up within 10 s")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err := call(good.addr, plain, "after-renewal"); err != nil {
+		t.Fatalf("through the gateway after the backend's renewal: %v", err)
+	}
+}
