@@ -307,8 +307,12 @@ func TestReplicaLagging(t *testing.T) {
 	}
 	cancel()
 	wg.Wait()
-	if lagged < maxLag {
-		t.Errorf("reads left the replica after %v, before the bound %v", lagged, maxLag)
+	// The lag clock starts at the oldest primary sample the replica has not replayed, which can predate the
+	// pause by the replication delay of that moment (the cluster is shared with other tests, so WAL always moves):
+	// tens of milliseconds on a loaded machine. Leaving well before the bound is the bug this looks for.
+	const slack = 150 * time.Millisecond
+	if lagged < maxLag-slack {
+		t.Errorf("reads left the replica after %v, before the bound %v (less %v of replication delay)", lagged, maxLag, slack)
 	}
 	if got := counts(t, db); got["primary/replica_lagging"] == 0 {
 		t.Errorf("reads = %v, want primary/replica_lagging", got)
