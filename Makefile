@@ -1,8 +1,10 @@
 # The README's two commands: `make run` (the platform on embedded defaults) and `make test` (the whole suite).
 .PHONY: run test gen lint build
 
-run:
-	go run ./cmd/loom serve
+# run builds, then execs the binary, so a signal to make's shell reaches loom itself (go run would leave the
+# server running when the go process is killed).
+run: build
+	exec ./bin/loom serve
 
 test:
 	go vet ./...

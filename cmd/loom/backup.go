@@ -117,22 +117,37 @@ func restoreCmd(ctx context.Context, args []string, getenv func(string) string, 
 // parseCmdFlags parses args: --help prints usage and flags to stdout and returns flag.ErrHelp (exit status 0); a
 // bad flag prints them to stderr and returns the error.
 func parseCmdFlags(fs *flag.FlagSet, usage string, args []string, stdout, stderr io.Writer) error {
+	if err := parseCmdArgs(fs, usage, args, stdout, stderr); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		err := fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
+		printCmdUsage(fs, usage, stderr)
+		return err
+	}
+	return nil
+}
+
+// parseCmdArgs is parseCmdFlags for commands that take arguments after their flags.
+func parseCmdArgs(fs *flag.FlagSet, usage string, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
 	err := fs.Parse(args)
-	if err == nil && fs.NArg() > 0 {
-		err = fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
-	}
 	if err != nil {
 		w := stderr
 		if errors.Is(err, flag.ErrHelp) {
 			w = stdout
 		}
-		fmt.Fprint(w, usage, "\nFlags:\n")
-		fs.SetOutput(w)
-		fs.PrintDefaults()
+		printCmdUsage(fs, usage, w)
 	}
 	return err
+}
+
+func printCmdUsage(fs *flag.FlagSet, usage string, w io.Writer) {
+	fmt.Fprint(w, usage, "\nFlags:\n")
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
 }
 
 // backup copies the data files of dataDir into the new or empty directory to and returns the manifest written

@@ -20,13 +20,15 @@ through the memory store, and chromem-go, in one run. Postgres backends run when
 
 // benchCmd runs `loom bench ...`.
 func benchCmd(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer, stderr *os.File) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help") {
+		fmt.Fprint(stdout, benchUsage)
+		return flag.ErrHelp
+	}
 	if len(args) == 0 || args[0] != "memory" {
 		fmt.Fprint(stderr, benchUsage)
 		return errors.New("bench: want 'loom bench memory'")
 	}
 	fs := flag.NewFlagSet("loom bench memory", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, benchUsage); fs.PrintDefaults() }
 	var cfg membench.Config
 	fs.IntVar(&cfg.N, "n", 100000, "vectors")
 	fs.IntVar(&cfg.Dim, "dim", 768, "dimension")
@@ -37,11 +39,24 @@ func benchCmd(ctx context.Context, args []string, getenv func(string) string, st
 	fs.IntVar(&cfg.EfSearch, "ef-search", 0, "hnsw.ef_search for the pgvector backends; 0 uses the store's default")
 	fs.StringVar(&cfg.PostgresURL, "postgres-url", getenv("LOOM_DATABASE_URL"), "Postgres with pgvector (env LOOM_DATABASE_URL); empty skips the Postgres backends")
 	backends := fs.String("backends", "", "comma-separated subset of localstore, pgstore, pgvector-sql, chromem")
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := parseCmdFlags(fs, benchUsage, args[1:], stdout, stderr); err != nil {
 		return err
+	}
+	// The progress bar redraws one line with \r: on stderr, and only when that is a terminal, so piped or
+	// redirected output holds the results alone.
+	if isTerminal(stderr) {
+		cfg.Progress = stderr
+	} else {
+		cfg.NoProgress = true
 	}
 	cfg.Seed = *seed
 	cfg.Backends = splitList(*backends)
 	_, err := membench.Run(ctx, stdout, cfg)
 	return err
+}
+
+// isTerminal reports whether f is a character device (a terminal), not a file or a pipe.
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

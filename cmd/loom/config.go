@@ -4,11 +4,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -140,24 +142,104 @@ var serveFlags = []flagSpec{
 	{"log-format", "LOOM_LOG_FORMAT", "text", "text or json"},
 }
 
-// parseServe parses `loom serve` arguments with getenv as the environment.
-func parseServe(args []string, getenv func(string) string, out *os.File) (config, error) {
+// flagKinds gives the type of the serve flags whose default does not tell it (see flagKind).
+var flagKinds = map[string]string{"rate-limit": "float"}
+
+// flagKind is the type a serve flag takes: bool, int, float, duration or string, from flagKinds or else from
+// its default value.
+func flagKind(f flagSpec) string {
+	if k, ok := flagKinds[f.name]; ok {
+		return k
+	}
+	switch {
+	case f.def == "true" || f.def == "false":
+		return "bool"
+	case f.def != "" && strings.Trim(f.def, "0123456789") == "":
+		return "int"
+	}
+	if _, err := time.ParseDuration(f.def); err == nil && f.def != "0" {
+		return "duration"
+	}
+	return "string"
+}
+
+// specValue is a serve flag's value: checked against its kind when set, kept as the string the rest of
+// parseServe reads, so flags and environment variables go through the same conversion.
+type specValue struct {
+	kind string
+	s    *string
+}
+
+func (v specValue) String() string {
+	if v.s == nil {
+		return ""
+	}
+	return *v.s
+}
+
+func (v specValue) Set(s string) error {
+	var err error
+	switch v.kind {
+	case "bool":
+		if s != "true" && s != "false" && s != "1" && s != "0" && s != "yes" && s != "no" {
+			err = errors.New("want true or false")
+		}
+	case "int":
+		_, err = strconv.Atoi(s)
+	case "float":
+		_, err = strconv.ParseFloat(s, 64)
+	case "duration":
+		_, err = time.ParseDuration(s)
+	}
+	if err != nil {
+		return err
+	}
+	*v.s = s
+	return nil
+}
+
+// IsBoolFlag lets a bool flag stand alone: --reflection means --reflection=true.
+func (v specValue) IsBoolFlag() bool { return v.kind == "bool" }
+
+// printServeUsage writes the help of `loom serve`: every flag with its type, environment variable and default.
+func printServeUsage(w io.Writer) {
+	fmt.Fprintf(w, "Usage: loom serve [flags]\n\nRuns Loom's services on one port. Precedence: flags > environment > defaults.\n\nFlags:\n")
+	for _, f := range serveFlags {
+		kind := flagKind(f)
+		arg := " " + kind
+		if kind == "bool" {
+			arg = "[=" + kind + "]"
+		}
+		def := ""
+		if f.def != "" {
+			def = fmt.Sprintf(" (default %q)", f.def)
+		}
+		fmt.Fprintf(w, "  --%s%s\n    \t%s (env %s)%s\n", f.name, arg, f.usage, f.env, def)
+	}
+	fmt.Fprintf(w, "\nSecrets (environment only; VAR_FILE reads the value from a file):\n")
+	for _, s := range secretVars {
+		fmt.Fprintf(w, "  %s, %s_FILE\n", s.env, s.env)
+	}
+}
+
+// parseServe parses `loom serve` arguments with getenv as the environment. --help writes the usage to out and
+// returns flag.ErrHelp; a bad flag writes the error and the usage to out.
+func parseServe(args []string, getenv func(string) string, out io.Writer) (config, error) {
 	fs := flag.NewFlagSet("loom serve", flag.ContinueOnError)
 	fs.SetOutput(out)
 	vals := make(map[string]*string, len(serveFlags))
 	for _, f := range serveFlags {
-		vals[f.name] = fs.String(f.name, f.def, fmt.Sprintf("%s (env %s)", f.usage, f.env))
+		v := f.def
+		vals[f.name] = &v
+		fs.Var(specValue{kind: flagKind(f), s: &v}, f.name, f.usage)
 	}
-	fs.Usage = func() {
-		fmt.Fprintf(out, "Usage: loom serve [flags]\n\nRuns Loom's services on one port. Precedence: flags > environment > defaults.\n\nFlags:\n")
-		fs.PrintDefaults()
-		fmt.Fprintf(out, "\nSecrets (environment only; VAR_FILE reads the value from a file):\n")
-		for _, s := range secretVars {
-			fmt.Fprintf(out, "  %s, %s_FILE\n", s.env, s.env)
-		}
-	}
+	fs.Usage = func() { printServeUsage(out) }
 	if err := fs.Parse(args); err != nil {
-		return config{}, err
+		if errors.Is(err, flag.ErrHelp) {
+			return config{}, err
+		}
+		// The flag package names flags with one dash; the help and the docs use two.
+		return config{}, errors.New(strings.Replace(err.Error(), " flag -", " flag --", 1))
 	}
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))

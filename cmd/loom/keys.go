@@ -34,17 +34,27 @@ func keysCmd(ctx context.Context, args []string, getenv func(string) string, std
 		fmt.Fprint(stderr, keysUsage)
 		return errors.New("keys: no subcommand")
 	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, keysUsage)
+		return flag.ErrHelp
+	case "create", "list", "revoke", "reseal":
+	default:
+		fmt.Fprint(stderr, keysUsage)
+		return fmt.Errorf("keys: unknown subcommand %q (want create, list, revoke or reseal)", args[0])
+	}
 	fs := flag.NewFlagSet("loom keys "+args[0], flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, keysUsage); fs.PrintDefaults() }
 	tenant := fs.String("tenant", "", "tenant the key belongs to (required)")
 	name := fs.String("name", "", "create: a name for people")
 	roles := fs.String("roles", "reader", "create: comma-separated roles: reader, writer, admin")
 	expires := fs.Duration("expires", 0, "create: lifetime; 0 means the key never expires")
 	dataDir := fs.String("data-dir", envOr(getenv, "LOOM_DATA_DIR", "./loom-data"), "data directory (env LOOM_DATA_DIR)")
 	dbURL := fs.String("database-url", getenv("LOOM_DATABASE_URL"), "Postgres URL (env LOOM_DATABASE_URL)")
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := parseCmdArgs(fs, keysUsage, args[1:], stdout, stderr); err != nil {
 		return err
+	}
+	if args[0] != "revoke" && fs.NArg() > 0 {
+		return fmt.Errorf("keys %s: unexpected argument %q", args[0], fs.Arg(0))
 	}
 	db, err := openDB(ctx, config{DataDir: *dataDir, DatabaseURL: *dbURL}, "auth.db")
 	if err != nil {

@@ -5,7 +5,8 @@
 //	loom backup --to DIR    a consistent copy of the embedded data dir, while serving
 //	loom restore --from DIR restore a backup into an empty data dir
 //	loom bench memory       the memory benchmark (docs/benchmarks.md)
-//	loom version            print the version
+//	loom version            print the version (also loom --version)
+//	loom completion bash    a bash completion script: source <(loom completion bash)
 //
 // Run `loom serve --help` for every flag and the environment variable behind it.
 package main
@@ -45,7 +46,8 @@ Commands:
   backup    back up the embedded data dir, while serve runs: 'loom backup --to DIR'
   restore   restore a backup into a new or empty data dir: 'loom restore --from DIR'
   bench     benchmarks: 'loom bench memory'
-  version   print the version
+  version   print the version (also: loom --version)
+  completion  shell completion: 'source <(loom completion bash)'
 
 Run 'loom <command> --help' for a command's flags.
 `
@@ -58,7 +60,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	switch args[0] {
 	case "serve":
-		cfg, err := parseServe(args[1:], getenv, stderr)
+		out := stderr
+		if wantsHelp(args[1:]) {
+			out = stdout
+		}
+		cfg, err := parseServe(args[1:], getenv, out)
 		if err != nil {
 			return err
 		}
@@ -71,9 +77,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return backupCmd(ctx, args[1:], getenv, stdout, stderr)
 	case "restore":
 		return restoreCmd(ctx, args[1:], getenv, stdout, stderr)
-	case "version":
+	case "version", "--version", "-version":
+		if wantsHelp(args[1:]) {
+			fmt.Fprint(stdout, "Usage: loom version\n\nPrints the version of this binary (also: loom --version).\n")
+			return flag.ErrHelp
+		}
 		fmt.Fprintln(stdout, "loom", buildVersion())
 		return nil
+	case "completion":
+		return completionCmd(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -81,6 +93,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("unknown command %q", args[0])
 	}
+}
+
+// wantsHelp reports whether args ask for help the way the flag package understands it (-h, -help, --help,
+// before any "--").
+func wantsHelp(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-h", "-help", "--help", "--h":
+			return true
+		}
+	}
+	return false
 }
 
 func buildVersion() string {

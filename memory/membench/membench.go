@@ -57,6 +57,8 @@ type Config struct {
 	Backends []string
 	// NoProgress turns off the progress bar.
 	NoProgress bool
+	// Progress, when set, receives the progress bar instead of Run's writer.
+	Progress io.Writer
 	// Selectivity of the filtered search [0.1]: records carry bucket = i mod round(1/Selectivity) and the filter
 	// is bucket = 3.
 	Selectivity float64
@@ -258,7 +260,11 @@ func Run(ctx context.Context, w io.Writer, cfg Config) ([]Result, error) {
 	if want("chromem") {
 		backends = append(backends, func() (*backend, error) { return chromemBackend(cfg) })
 	}
-	p := &progress{w: w, off: cfg.NoProgress}
+	pw := w
+	if cfg.Progress != nil {
+		pw = cfg.Progress
+	}
+	p := &progress{w: pw, off: cfg.NoProgress}
 	var results []Result
 	for _, mk := range backends {
 		b, err := mk()
