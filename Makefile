@@ -18,5 +18,7 @@ build:
 gen:
 	go tool -modfile=tools/buf/go.mod buf generate
 
+# lint: the contracts (buf) and the Go code (golangci-lint, configured in .golangci.yml, pinned in tools/lint).
 lint:
 	go tool -modfile=tools/buf/go.mod buf lint
+	go tool -modfile=tools/lint/go.mod golangci-lint run ./...

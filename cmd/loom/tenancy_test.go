@@ -256,16 +256,14 @@ func firstOfStream[T proto.Message](s interface{ Recv() (T, error) }, err error)
 	if err != nil {
 		return nil, err
 	}
-	for {
-		msg, err := s.Recv()
-		if err == io.EOF {
-			return nil, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		return msg, nil
+	msg, err := s.Recv()
+	if err == io.EOF {
+		return nil, nil
 	}
+	if err != nil {
+		return nil, err
+	}
+	return msg, nil
 }
 
 func fieldMask(paths ...string) *fieldmaskpb.FieldMask { return &fieldmaskpb.FieldMask{Paths: paths} }

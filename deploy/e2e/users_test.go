@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	adminv1 "github.com/loom-dev/loom/gen/loom/admin/v1"
@@ -388,5 +386,3 @@ func (s *suite) newKey(t *testing.T, name, role string) string {
 	return res.GetSecret()
 }
 
-// isCode reports whether err carries code c.
-func isCode(err error, c codes.Code) bool { return status.Code(err) == c }

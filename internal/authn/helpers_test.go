@@ -57,8 +57,13 @@ func jwkJSON(k testJWK) map[string]any {
 	case *rsa.PublicKey:
 		return map[string]any{"kty": "RSA", "kid": k.kid, "use": "sig", "n": b64(pub.N.Bytes()), "e": b64(big.NewInt(int64(pub.E)).Bytes())}
 	case *ecdsa.PublicKey:
-		size := (pub.Curve.Params().BitSize + 7) / 8
-		return map[string]any{"kty": "EC", "kid": k.kid, "crv": pub.Curve.Params().Name, "x": b64(pub.X.FillBytes(make([]byte, size))), "y": b64(pub.Y.FillBytes(make([]byte, size)))}
+		// The uncompressed point is 0x04 || X || Y, each coordinate the curve's size.
+		raw, err := pub.Bytes()
+		if err != nil {
+			panic(err)
+		}
+		size := (len(raw) - 1) / 2
+		return map[string]any{"kty": "EC", "kid": k.kid, "crv": pub.Curve.Params().Name, "x": b64(raw[1 : 1+size]), "y": b64(raw[1+size:])}
 	}
 	panic("unsupported key")
 }

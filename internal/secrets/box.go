@@ -24,10 +24,12 @@ import (
 // KeySize is the size of a master key in bytes (AES-256).
 const KeySize = 32
 
+// formatV1 is the first byte of every sealed value.
+const formatV1 byte = 1
+
 const (
-	formatV1  byte = 1
-	keyIDSize      = 4
-	nonceSize      = 12
+	keyIDSize = 4
+	nonceSize = 12
 	// headerSize is the format byte and the key id; the header is authenticated with the value.
 	headerSize = 1 + keyIDSize
 )

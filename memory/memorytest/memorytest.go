@@ -577,7 +577,7 @@ func testIdempotentUpsert(t *testing.T, s memory.Store) {
 		{ID: "r0003", Text: "second", Vector: []float32{4, 3, 2, 1}},
 	})
 	got, err := s.Get(ctx, "t1", "ns", []string{"r0003"}, true)
-	if err != nil || len(got) != 1 || got[0].Text != "second" || !slices.Equal(got[0].Vector, []float32{4, 3, 2, 1}) || got[0].Metadata != nil && len(got[0].Metadata) != 0 {
+	if err != nil || len(got) != 1 || got[0].Text != "second" || !slices.Equal(got[0].Vector, []float32{4, 3, 2, 1}) || len(got[0].Metadata) != 0 {
 		t.Errorf("Get after overwrite = %+v, %v", got, err)
 	}
 	if c := count(t, s, "t1", "ns"); c != 50 {

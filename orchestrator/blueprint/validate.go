@@ -200,11 +200,10 @@ func (v *validator) ids(bp *orchestratorv1.Blueprint) map[string]int {
 
 // ref is one reference from a step to another: depends_on, branch targets, parallel members.
 type ref struct {
-	path  string
-	from  int    // referencing step
-	to    int    // referenced step
-	kind  string // "depends_on", "then", "else", "parallel"
-	label string
+	path string
+	from int    // referencing step
+	to   int    // referenced step
+	kind string // "depends_on", "then", "else", "parallel"
 }
 
 // refs returns the resolvable references of bp, reporting unknown ones when report is set.
