@@ -15,10 +15,15 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"regexp"
+	"strings"
 	"sync"
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/google/uuid"
+	"github.com/sony/gobreaker/v2"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/loom-dev/loom/agent/model"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
@@ -28,6 +33,7 @@ import (
 	"github.com/loom-dev/loom/internal/netguard"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
+	"github.com/loom-dev/loom/internal/scrub"
 	"github.com/loom-dev/loom/internal/secrets"
 )
 
@@ -64,6 +70,12 @@ type Config struct {
 	TenantKeys interface {
 		Get(ctx context.Context, tenant, provider string) (string, error)
 	}
+	// RunLease is how long a run stays claimed by the process executing it without a renewal; a RUNNING run whose
+	// claim ended was cut off by a crash and is marked FAILED by Maintain on any replica. 0 means 30 seconds.
+	RunLease time.Duration
+	// ProviderBreakerOpenFor is how long a tenant's breaker for one provider (Gemini, OpenAI, ElevenLabs, Tavus)
+	// stays open after repeated failures, failing that tenant's calls to it at once; 0 means 30 seconds.
+	ProviderBreakerOpenFor time.Duration
 	// HTTPClient is used for model, speech and video providers (not for the http_fetch tool, which has its own
 	// guarded client); nil uses a client without an overall timeout, every call being bounded by its context.
 	HTTPClient *http.Client
@@ -80,6 +92,9 @@ func (c Config) Validate() error {
 		if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
 			return fmt.Errorf("agent config: %s %q is not an http(s) URL", name, u)
 		}
+	}
+	if c.RunLease < 0 {
+		return fmt.Errorf("agent config: RunLease %v is negative", c.RunLease)
 	}
 	if c.MemoryTimeout < 0 {
 		return fmt.Errorf("agent config: MemoryTimeout %v is negative", c.MemoryTimeout)
@@ -109,7 +124,10 @@ func (c Config) LogValue() slog.Value {
 
 // Server implements agentv1connect.AgentServiceHandler. It is safe for concurrent use.
 type Server struct {
-	logger *slog.Logger
+	logger *slog.Logger // scrubs every record with scrub
+	// scrub removes the process's and tenants' provider keys, and anything shaped like a credential, from
+	// provider error text before it reaches a response, a log line, a stream event or a stored run.
+	scrub  *scrub.Scrubber
 	store  Store
 	memory memoryv1.MemoryServiceClient
 	cfg    Config
@@ -120,6 +138,12 @@ type Server struct {
 	// fetchGuard decides http_fetch destinations; tests replace its Check to reach httptest servers.
 	fetchGuard *netguard.Dialer
 	fetchTr    *http.Transport // built on first use, guarded by mu
+
+	// instance names this process as the owner of the runs it executes (see Maintain).
+	instance string
+
+	bmu      sync.Mutex
+	breakers map[string]*gobreaker.TwoStepCircuitBreaker[struct{}] // by tenant + "/" + provider
 
 	mu      sync.Mutex
 	running map[string]*activeRun // by tenant + "/" + run id
@@ -142,10 +166,22 @@ func New(logger *slog.Logger, store Store, memory memoryv1.MemoryServiceClient, 
 	if cfg.MemoryTimeout == 0 {
 		cfg.MemoryTimeout = 2 * time.Second
 	}
+	if cfg.RunLease == 0 {
+		cfg.RunLease = defaultRunLease
+	}
+	if cfg.ProviderBreakerOpenFor <= 0 {
+		cfg.ProviderBreakerOpenFor = defaultProviderBreakerOpenFor
+	}
+	instance, err := uuid.NewV7()
+	if err != nil {
+		return nil, fmt.Errorf("agent: instance id: %w", err)
+	}
 	mcfg := model.Config{GeminiAPIKey: cfg.GeminiAPIKey, GeminiBaseURL: cfg.GeminiBaseURL,
 		OpenAIAPIKey: cfg.OpenAIAPIKey, OpenAIBaseURL: cfg.OpenAIBaseURL, HTTPClient: cfg.HTTPClient}
+	sc := scrub.New(cfg.GeminiAPIKey, cfg.OpenAIAPIKey, cfg.ElevenLabsAPIKey, cfg.TavusAPIKey)
 	return &Server{
-		logger:     logger,
+		logger:     slog.New(scrub.Handler(logger.Handler(), sc)),
+		scrub:      sc,
 		store:      store,
 		memory:     memory,
 		cfg:        cfg,
@@ -153,6 +189,8 @@ func New(logger *slog.Logger, store Store, memory memoryv1.MemoryServiceClient, 
 		gemini:     model.NewGemini(mcfg),
 		openai:     model.NewOpenAI(mcfg),
 		fetchGuard: &netguard.Dialer{},
+		instance:   instance.String(),
+		breakers:   map[string]*gobreaker.TwoStepCircuitBreaker[struct{}]{},
 		running:    map[string]*activeRun{},
 	}, nil
 }
@@ -176,6 +214,7 @@ func (s *Server) providerKey(ctx context.Context, tenant, provider, fallback str
 	key, err = s.cfg.TenantKeys.Get(ctx, tenant, provider)
 	switch {
 	case err == nil && key != "":
+		s.scrub.Add(key) // from now on, never echoed back by a provider's error text
 		return key, true, nil
 	case err == nil, errors.Is(err, secrets.ErrNotFound):
 		return fallback, false, nil
@@ -187,7 +226,8 @@ func (s *Server) providerKey(ctx context.Context, tenant, provider, fallback str
 var ErrUnavailable = errors.New("provider unavailable")
 
 // connectError maps a domain error to a Connect error. It is the only place that chooses codes. Server faults
-// become Internal with a generic message; their detail is logged here.
+// become Internal with a generic message; their detail is logged here. Every message is scrubbed of provider
+// keys and credential-shaped text (provider error text ends up in some of them).
 func (s *Server) connectError(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
@@ -195,6 +235,10 @@ func (s *Server) connectError(ctx context.Context, err error) error {
 	var ce *connect.Error
 	if errors.As(err, &ce) {
 		return err
+	}
+	var pf *providerFault
+	if errors.As(err, &pf) {
+		return providerConnectError(pf, s.scrub.String(err.Error()))
 	}
 	var code connect.Code
 	switch {
@@ -225,7 +269,7 @@ func (s *Server) connectError(ctx context.Context, err error) error {
 		s.logger.ErrorContext(ctx, "agent: internal error", "err", err)
 		return connect.NewError(connect.CodeInternal, errors.New("internal error"))
 	}
-	return connect.NewError(code, errors.New(err.Error()))
+	return connect.NewError(code, errors.New(s.scrub.String(err.Error())))
 }
 
 const (
@@ -250,6 +294,7 @@ func (s *Server) CreateAgent(ctx context.Context, req *connect.Request[agentv1.C
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
+	keepWebhookSecrets(nil, req.Msg.GetAgent()) // clears the output-only signing_secret_set
 	if err := checkAgent(req.Msg.GetAgent(), "agent"); err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -257,7 +302,7 @@ func (s *Server) CreateAgent(ctx context.Context, req *connect.Request[agentv1.C
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
-	return connect.NewResponse(&agentv1.CreateAgentResponse{Agent: a}), nil
+	return connect.NewResponse(&agentv1.CreateAgentResponse{Agent: redactAgent(a)}), nil
 }
 
 // GetAgent implements agentv1connect.AgentServiceHandler.
@@ -270,7 +315,7 @@ func (s *Server) GetAgent(ctx context.Context, req *connect.Request[agentv1.GetA
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
-	return connect.NewResponse(&agentv1.GetAgentResponse{Agent: a}), nil
+	return connect.NewResponse(&agentv1.GetAgentResponse{Agent: redactAgent(a)}), nil
 }
 
 // ListAgents implements agentv1connect.AgentServiceHandler.
@@ -282,6 +327,9 @@ func (s *Server) ListAgents(ctx context.Context, req *connect.Request[agentv1.Li
 	agents, next, err := s.store.ListAgents(ctx, tenant, pageSize(req.Msg.GetPageSize()), req.Msg.GetPageToken())
 	if err != nil {
 		return nil, s.connectError(ctx, err)
+	}
+	for _, a := range agents {
+		redactAgent(a)
 	}
 	return connect.NewResponse(&agentv1.ListAgentsResponse{Agents: agents, NextPageToken: next}), nil
 }
@@ -300,9 +348,11 @@ func (s *Server) UpdateAgent(ctx context.Context, req *connect.Request[agentv1.U
 	if etag := req.Msg.GetEtag(); etag != "" && etag != cur.GetEtag() {
 		return nil, s.connectError(ctx, fmt.Errorf("agent %q changed since etag %q: %w", in.GetName(), etag, ErrConflict))
 	}
+	prev := proto.CloneOf(cur)
 	if err := ApplyMask(cur, in, req.Msg.GetUpdateMask().GetPaths()); err != nil {
 		return nil, s.connectError(ctx, err)
 	}
+	keepWebhookSecrets(prev, cur)
 	if err := checkAgent(cur, "agent"); err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -310,7 +360,7 @@ func (s *Server) UpdateAgent(ctx context.Context, req *connect.Request[agentv1.U
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
-	return connect.NewResponse(&agentv1.UpdateAgentResponse{Agent: a}), nil
+	return connect.NewResponse(&agentv1.UpdateAgentResponse{Agent: redactAgent(a)}), nil
 }
 
 // DeleteAgent implements agentv1connect.AgentServiceHandler.
@@ -325,15 +375,102 @@ func (s *Server) DeleteAgent(ctx context.Context, req *connect.Request[agentv1.D
 	return connect.NewResponse(&agentv1.DeleteAgentResponse{}), nil
 }
 
-// checkAgent checks what protovalidate cannot: tool names are unique.
+// maxSimLatency bounds a sim script's latency. Ten minutes is twice the default run time budget: enough to
+// model any slow provider, while a latency of hours would only hold a run (and a worker of the orchestrator
+// calling it) until its time budget ends.
+const maxSimLatency = 10 * time.Minute
+
+// elevenLabsVoice is what an ElevenLabs voice id looks like: letters and digits (20 of them today), with "_" and
+// "-" allowed inside; nothing that could carry a path, a query or an option.
+var elevenLabsVoice = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+
+// checkAgent checks what protovalidate cannot express, or can only express apart from the rest of the agent:
+// tool names are unique; an agent does not delegate to itself; memory tools need a memory namespace; http_fetch
+// allow-lists hold host names, not wildcards for everything; the sim latency is at most maxSimLatency; the voice
+// id is a plain id for its provider. field is the agent's path in the request ("agent").
 func checkAgent(a *agentv1.Agent, field string) error {
 	seen := map[string]bool{}
 	for i, t := range a.GetTools() {
+		path := fmt.Sprintf("%s.tools[%d]", field, i)
 		name := toolName(t)
 		if seen[name] {
-			return &FieldError{Field: fmt.Sprintf("%s.tools[%d]", field, i), Reason: fmt.Sprintf("duplicate tool %q", name)}
+			return &FieldError{Field: path, Reason: fmt.Sprintf("duplicate tool %q", name)}
 		}
 		seen[name] = true
+		switch k := t.GetKind().(type) {
+		case *agentv1.Tool_Delegate:
+			if k.Delegate.GetAgent() == a.GetName() {
+				return &FieldError{Field: path + ".delegate.agent", Reason: fmt.Sprintf("agent %q cannot delegate to itself", a.GetName())}
+			}
+		case *agentv1.Tool_MemorySearch, *agentv1.Tool_MemorySave:
+			if a.GetMemory().GetNamespace() == "" {
+				return &FieldError{Field: path, Reason: fmt.Sprintf("%s needs a memory namespace: set %s.memory.namespace", name, field)}
+			}
+		case *agentv1.Tool_Webhook:
+			if err := checkWebhook(k.Webhook, path+".webhook"); err != nil {
+				return err
+			}
+		case *agentv1.Tool_Mcp:
+			if err := checkMCP(k.Mcp, path+".mcp"); err != nil {
+				return err
+			}
+		case *agentv1.Tool_HttpFetch:
+			for j, h := range k.HttpFetch.GetAllowedHosts() {
+				if reason := allowedHostProblem(h); reason != "" {
+					return &FieldError{Field: fmt.Sprintf("%s.http_fetch.allowed_hosts[%d]", path, j), Reason: reason}
+				}
+			}
+		}
+	}
+	if d := a.GetModel().GetSim().GetLatency(); d != nil {
+		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 || d.AsDuration() > maxSimLatency {
+			return &FieldError{Field: field + ".model.sim.latency", Reason: fmt.Sprintf("must be between 0 and %v", maxSimLatency)}
+		}
+	}
+	if err := checkVoice(a.GetVoice(), field+".voice"); err != nil {
+		return err
+	}
+	return nil
+}
+
+// allowedHostProblem says what is wrong with an http_fetch allow-list entry, or "" when it is a host name, an IP
+// literal, or "*." followed by a domain of at least two labels. "*", "*.com", "**", "a*.b" and "x.*.y" are refused:
+// they would allow (nearly) every host, which is what the allow-list exists to prevent. Public suffixes of two
+// labels ("*.co.uk") cannot be told apart without the public suffix list and are accepted. Internal addresses
+// and names are refused anyway by the address policy at fetch time, whatever the list says.
+func allowedHostProblem(h string) string {
+	host := strings.TrimSuffix(strings.ToLower(h), ".")
+	rest, wild := strings.CutPrefix(host, "*.")
+	if strings.Contains(rest, "*") || (!wild && strings.Contains(host, "*")) {
+		return `a wildcard is allowed only as a leading "*." before a domain, as in "*.example.com"`
+	}
+	if rest == "" || strings.ContainsAny(rest, " /?#@\\") {
+		return "not a host name"
+	}
+	if wild && strings.Count(rest, ".") < 1 {
+		return fmt.Sprintf("%q would allow every host under %q: name a domain of at least two labels", h, rest)
+	}
+	return ""
+}
+
+// checkVoice refuses a voice id that is not a plain id of its provider, when the agent is saved rather than at
+// synthesis: espeak-ng voice names are letters, digits, "_", "-" and "+" (espeak's own voice+variant syntax, as in
+// "en+f3"; the name is passed as one argument, never through a shell, and may not start with "-" or "+");
+// ElevenLabs voice ids are letters and digits.
+func checkVoice(v *agentv1.Voice, field string) error {
+	id := v.GetVoiceId()
+	if id == "" {
+		return nil
+	}
+	switch v.GetProvider() {
+	case agentv1.VoiceProvider_VOICE_PROVIDER_ELEVENLABS:
+		if !elevenLabsVoice.MatchString(id) {
+			return &FieldError{Field: field + ".voice_id", Reason: "not an ElevenLabs voice id (letters, digits, _ and -, starting with a letter or digit)"}
+		}
+	default:
+		if !espeakVoice.MatchString(id) {
+			return &FieldError{Field: field + ".voice_id", Reason: "not an espeak-ng voice name (letters, digits, _, - and +, not starting with - or +)"}
+		}
 	}
 	return nil
 }

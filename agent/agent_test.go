@@ -434,8 +434,10 @@ func TestBudgets(t *testing.T) {
 	}
 	steps := simAgent("steps", loop(), searchTool)
 	steps.Budgets = &agentv1.Budgets{MaxSteps: 2}
+	steps.Memory = &agentv1.MemoryConfig{Namespace: "empty"} // memory tools need a namespace
 	tokens := simAgent("tokens", loop(), searchTool)
 	tokens.Budgets = &agentv1.Budgets{MaxTokens: 30}
+	tokens.Memory = &agentv1.MemoryConfig{Namespace: "empty"}
 	slow := simAgent("slow", &agentv1.SimScript{Latency: durationpb.New(time.Minute)})
 	slow.Budgets = &agentv1.Budgets{MaxDuration: durationpb.New(200 * time.Millisecond)}
 	for _, tc := range []struct {
@@ -444,7 +446,7 @@ func TestBudgets(t *testing.T) {
 		err   string
 	}{
 		{agent: steps, steps: 2, err: "step budget exhausted"},
-		{agent: tokens, steps: 2, err: "token budget exhausted: 71 tokens used, budget 30"},
+		{agent: tokens, steps: 2, err: "token budget exhausted: 65 tokens used, budget 30"},
 		{agent: slow, steps: 1, err: "time budget of 200ms exhausted"},
 	} {
 		create(t, ctx, c, tc.agent)
@@ -477,6 +479,7 @@ func TestToolErrorsGoToTheModel(t *testing.T) {
 		}},
 		{WhenContains: "error", Reply: "Sorry, my tools failed."},
 	}}, searchTool)
+	a.Memory = &agentv1.MemoryConfig{Namespace: "empty"} // memory tools need a namespace
 	create(t, ctx, c, a)
 	resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: "tooly", Input: "go"})
 	if err != nil {

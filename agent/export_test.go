@@ -12,3 +12,6 @@ func SetFetchPolicy(s *Server, policy func(netip.Addr) error) { s.fetchGuard.Che
 
 // RefuseInternal exposes the default http_fetch address policy.
 var RefuseInternal = netguard.CheckAddr
+
+// FixWAVSizes exposes the WAV header fix for its unit test.
+var FixWAVSizes = fixWAVSizes

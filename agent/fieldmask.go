@@ -14,7 +14,7 @@ import (
 // the times are output only.
 var mutableAgentFields = map[string]bool{
 	"display_name": true, "model": true, "instructions": true, "tools": true, "memory": true, "budgets": true,
-	"voice": true,
+	"voice": true, "chaos": true,
 }
 
 const (

@@ -36,6 +36,8 @@ type harness struct {
 	memory *agenttest.Memory
 	// clients are the same server reached by a Connect client and by a grpc-go client.
 	clients map[string]agentv1.AgentServiceClient
+	// addr is the server's "127.0.0.1:port"; url its base URL.
+	addr, url string
 }
 
 func newHarness(t *testing.T, cfg agent.Config) *harness {
@@ -51,6 +53,12 @@ func newHarnessOn(t *testing.T, dialect sqldb.Dialect, cfg agent.Config) *harnes
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newHarnessWith(t, store, cfg)
+}
+
+// newHarnessWith is newHarness over a given store.
+func newHarnessWith(t *testing.T, store agent.Store, cfg agent.Config) *harness {
+	t.Helper()
 	mem := agenttest.NewMemory()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv, err := agent.New(logger, store, mem, cfg)
@@ -67,7 +75,7 @@ func newHarnessOn(t *testing.T, dialect sqldb.Dialect, cfg agent.Config) *harnes
 	hs := rpcservertest.Start(t, rpcserver.Config{}, auth, srv.Service())
 	conn := hs.GRPCConn(t)
 	cc := agentv1connect.NewAgentServiceClient(rpcservertest.HTTPClient(), hs.URL)
-	return &harness{server: srv, memory: mem, clients: map[string]agentv1.AgentServiceClient{
+	return &harness{server: srv, memory: mem, addr: hs.Addr, url: hs.URL, clients: map[string]agentv1.AgentServiceClient{
 		"connect": connectClient{cc},
 		"grpc":    agentv1.NewAgentServiceClient(conn),
 	}}
@@ -140,6 +148,9 @@ func (c connectClient) ListRuns(ctx context.Context, in *agentv1.ListRunsRequest
 }
 func (c connectClient) CancelRun(ctx context.Context, in *agentv1.CancelRunRequest, _ ...grpc.CallOption) (*agentv1.CancelRunResponse, error) {
 	return unary(ctx, in, c.c.CancelRun)
+}
+func (c connectClient) DeleteRun(ctx context.Context, in *agentv1.DeleteRunRequest, _ ...grpc.CallOption) (*agentv1.DeleteRunResponse, error) {
+	return unary(ctx, in, c.c.DeleteRun)
 }
 func (c connectClient) CreateVideo(ctx context.Context, in *agentv1.CreateVideoRequest, _ ...grpc.CallOption) (*agentv1.CreateVideoResponse, error) {
 	return unary(ctx, in, c.c.CreateVideo)

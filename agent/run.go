@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 
@@ -46,6 +48,14 @@ type budgetError struct{ msg string }
 
 func (e *budgetError) Error() string { return e.msg }
 
+// runOpts are a run request's options beyond its agent and input.
+type runOpts struct {
+	// chaos replaces the agent's chaos when set.
+	chaos *agentv1.Chaos
+	// attempt is the caller's attempt number; 0 counts earlier runs of the agent with the same input.
+	attempt int32
+}
+
 // emitFunc sends one event of a streamed run. Unary runs pass nil.
 type emitFunc func(*agentv1.RunStreamResponse) error
 
@@ -56,7 +66,8 @@ func (s *Server) Run(ctx context.Context, req *connect.Request[agentv1.RunReques
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
-	run, err := s.startRun(ctx, tenant, req.Msg.GetAgent(), req.Msg.GetInput(), req.Msg.GetAttachments(), req.Msg.GetIdempotencyKey(), nil)
+	run, err := s.startRun(ctx, tenant, req.Msg.GetAgent(), req.Msg.GetInput(), req.Msg.GetAttachments(), req.Msg.GetIdempotencyKey(),
+		runOpts{chaos: req.Msg.GetChaos(), attempt: req.Msg.GetAttempt()}, nil)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -70,7 +81,8 @@ func (s *Server) RunStream(ctx context.Context, req *connect.Request[agentv1.Run
 	if err != nil {
 		return s.connectError(ctx, err)
 	}
-	_, err = s.startRun(ctx, tenant, req.Msg.GetAgent(), req.Msg.GetInput(), req.Msg.GetAttachments(), req.Msg.GetIdempotencyKey(), stream.Send)
+	_, err = s.startRun(ctx, tenant, req.Msg.GetAgent(), req.Msg.GetInput(), req.Msg.GetAttachments(), req.Msg.GetIdempotencyKey(),
+		runOpts{chaos: req.Msg.GetChaos(), attempt: req.Msg.GetAttempt()}, stream.Send)
 	return s.connectError(ctx, err)
 }
 
@@ -163,7 +175,7 @@ func (s *Server) active(tenant, id string) *activeRun {
 // on a budget) it returns the run and nil; otherwise the error says why, with the run id when one was created.
 // Attachments go to the model with input but are not stored, so a replay matches on input alone; ones the
 // agent's provider cannot take fail with a *FieldError before the run is recorded or any model is called.
-func (s *Server) startRun(ctx context.Context, tenant, agentName, input string, atts []*agentv1.Attachment, key string, emit emitFunc) (*agentv1.Run, error) {
+func (s *Server) startRun(ctx context.Context, tenant, agentName, input string, atts []*agentv1.Attachment, key string, opts runOpts, emit emitFunc) (*agentv1.Run, error) {
 	if key != "" {
 		prev, err := s.store.GetRunByIdempotencyKey(ctx, tenant, key)
 		if err == nil {
@@ -180,7 +192,7 @@ func (s *Server) startRun(ctx context.Context, tenant, agentName, input string, 
 	if err := checkAttachments(a.GetModel().GetProvider(), atts); err != nil {
 		return nil, err
 	}
-	run, err := s.execute(ctx, tenant, a, input, modelAttachments(atts), key, []string{a.GetName()}, emit)
+	run, err := s.execute(ctx, tenant, a, input, modelAttachments(atts), key, []string{a.GetName()}, opts, emit)
 	if run == nil && key != "" && errors.Is(err, ErrAlreadyExists) {
 		// A concurrent call with the same key won the race.
 		prev, err := s.store.GetRunByIdempotencyKey(ctx, tenant, key)
@@ -200,16 +212,11 @@ func (s *Server) replay(ctx context.Context, tenant string, run *agentv1.Run, ag
 	if run.GetAgent() != agentName || run.GetInput() != input {
 		return nil, &FieldError{Field: "idempotency_key", Reason: "already used for a different agent or input"}
 	}
-	if ar := s.active(tenant, run.GetId()); ar != nil {
-		select {
-		case <-ar.done:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		var err error
-		if run, err = s.store.GetRun(ctx, tenant, run.GetId()); err != nil {
-			return nil, err
-		}
+	// Still running, here or on another replica (or cut off by a crash, until Maintain fails it): wait for its
+	// end, so a caller retrying after a disconnect gets the real result.
+	run, err := s.waitStored(ctx, tenant, run)
+	if err != nil {
+		return nil, err
 	}
 	if emit != nil {
 		_ = emit(&agentv1.RunStreamResponse{RunId: run.GetId(), Event: &agentv1.RunStreamResponse_Started{
@@ -229,7 +236,7 @@ func finalEvent(run *agentv1.Run) *agentv1.RunStreamResponse {
 // execute records a new run of a and drives it to its end; atts go with input to the model and are not recorded.
 // It returns the finished run, or nil when the run could not be recorded; and the error that failed it, or nil
 // when it succeeded or exhausted a budget.
-func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, input string, atts []model.Attachment, key string, chain []string, emit emitFunc) (*agentv1.Run, error) {
+func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, input string, atts []model.Attachment, key string, chain []string, opts runOpts, emit emitFunc) (*agentv1.Run, error) {
 	provider := a.GetModel().GetProvider()
 	if provider == agentv1.Provider_PROVIDER_UNSPECIFIED {
 		provider = agentv1.Provider_PROVIDER_SIM
@@ -245,11 +252,54 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 	run := &agentv1.Run{Id: id.String(), Agent: a.GetName(), AgentVersion: a.GetVersion(),
 		State: agentv1.RunState_RUN_STATE_RUNNING, Input: input, Provider: provider, Model: modelName,
 		Usage: &agentv1.Usage{}, CreateTime: timestamppb.Now(), IdempotencyKey: key}
-	if err := s.store.CreateRun(ctx, tenant, run); err != nil {
+	// Chaos, when asked for: its seed and the attempt, drawn now and recorded as a warning so the run can be
+	// replayed exactly.
+	var chaos *chaosModel
+	attempt := opts.attempt
+	c := chaosFor(a, opts.chaos)
+	if attempt <= 0 && (c != nil || a.GetModel().GetSim().GetFailureRate() > 0) {
+		n, err := s.store.CountRuns(ctx, tenant, a.GetName(), input)
+		if err != nil {
+			return nil, err
+		}
+		attempt = int32(min(n+1, 1<<30))
+	}
+	if c != nil {
+		seed := c.GetSeed()
+		if seed == 0 {
+			seed = rand.Uint64()
+		}
+		chaos = &chaosModel{c: c, seed: seed, attempt: attempt}
+		run.Warnings = append(run.Warnings, fmt.Sprintf("chaos: injecting faults (seed %d, attempt %d)", seed, attempt))
+	}
+	if err := s.store.CreateRun(ctx, tenant, run, s.lease()); err != nil {
 		return nil, err
 	}
 
-	runCtx, cancel := context.WithCancelCause(ctx)
+	// A run with an idempotency key outlives its caller's connection: a caller that went away (an orchestrator
+	// killed mid-step, a dropped stream) retries with the same key and must get this run's real result, not a
+	// CANCELLED run that would make it run the agent, and its tools, again under a new key. Such a run still ends
+	// at the caller's deadline, at its own time budget, or by CancelRun. A run without a key has nobody to come
+	// back for it and stops when its caller goes.
+	base := ctx
+	if key != "" {
+		base = context.WithoutCancel(ctx)
+		if d, ok := ctx.Deadline(); ok {
+			var cancelD context.CancelFunc
+			base, cancelD = context.WithDeadline(base, d)
+			defer cancelD()
+		}
+		if emit != nil {
+			inner, gone := emit, false // emit is only called from this run's goroutine (and its delegations')
+			emit = func(ev *agentv1.RunStreamResponse) error {
+				if !gone && inner(ev) != nil {
+					gone = true // the stream is gone; the run goes on, silently
+				}
+				return nil
+			}
+		}
+	}
+	runCtx, cancel := context.WithCancelCause(base)
 	defer cancel(nil)
 	maxDur := a.GetBudgets().GetMaxDuration().AsDuration()
 	if maxDur <= 0 {
@@ -281,7 +331,10 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 	}
 	send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Started{Started: &agentv1.RunStarted{AgentVersion: a.GetVersion()}}})
 
-	env := runEnv{tenant: tenant, agent: a, runID: run.GetId(), chain: chain, attachments: atts, emit: emit}
+	env := runEnv{tenant: tenant, agent: a, runID: run.GetId(), chain: chain, attachments: atts, emit: emit, chaos: chaos, attempt: attempt}
+	if chaos != nil {
+		send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Warning{Warning: &agentv1.Warning{Message: run.Warnings[len(run.Warnings)-1]}}})
+	}
 	loopErr := s.loop(runCtx, env, run, send)
 
 	var budget *budgetError
@@ -302,6 +355,14 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 		run.State, run.Error, loopErr = agentv1.RunState_RUN_STATE_FAILED, "internal error", errLoggedInternal
 	}
 	run.EndTime = timestamppb.Now()
+	// Provider error text may quote a key: nothing of it is stored, streamed, returned or logged unscrubbed.
+	run.Error = s.scrub.String(run.Error)
+	var pf *providerFault
+	if errors.As(loopErr, &pf) { // chaos, which names its own provider and code
+		loopErr = &providerFault{provider: pf.provider, code: pf.code, err: s.scrub.Err(loopErr)}
+	} else {
+		loopErr = markProvider(providerOf(provider), s.scrub.Err(loopErr))
+	}
 
 	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer fcancel()
@@ -324,18 +385,31 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 	a := env.agent
 	system := a.GetInstructions()
 	if a.GetMemory().GetNamespace() != "" {
-		system += s.retrieve(ctx, a, run, send)
+		system += s.retrieve(ctx, env, a, run, send)
 	}
-	m, err := s.modelFor(ctx, env.tenant, a, run.GetInput())
+	m, err := s.modelFor(ctx, env.tenant, a, run.GetInput(), env.attempt)
 	if err != nil {
 		return err
+	}
+	if env.chaos != nil {
+		env.chaos.m = m
+		m = env.chaos
 	}
 	var temperature *float32
 	if a.GetModel() != nil { // an agent created without a model runs on the sim default
 		temperature = a.GetModel().Temperature
 	}
+	if slices.ContainsFunc(a.GetTools(), func(t *agentv1.Tool) bool { return t.GetMcp() != nil }) {
+		env.mcp = &mcpRun{s: s}
+		defer env.mcp.close()
+		for _, w := range env.mcp.describe(ctx, a) {
+			w = s.scrub.String(w)
+			run.Warnings = append(run.Warnings, w)
+			send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Warning{Warning: &agentv1.Warning{Message: w}}})
+		}
+	}
 	req := model.Request{
-		Model: a.GetModel().GetName(), System: system, Tools: toolSpecs(a),
+		Model: a.GetModel().GetName(), System: system, Tools: toolSpecs(env, a),
 		Temperature: temperature, MaxOutputTokens: a.GetModel().GetMaxOutputTokens(),
 		Messages: []model.Message{{Role: model.RoleUser, Text: run.GetInput(), Attachments: env.attachments}},
 	}
@@ -415,13 +489,18 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 
 // retrieve searches the agent's memory for the run input and returns the context to add to the system
 // instructions. On failure or timeout the run goes on without memory, with a warning.
-func (s *Server) retrieve(ctx context.Context, a *agentv1.Agent, run *agentv1.Run, send func(*agentv1.RunStreamResponse)) string {
+func (s *Server) retrieve(ctx context.Context, env runEnv, a *agentv1.Agent, run *agentv1.Run, send func(*agentv1.RunStreamResponse)) string {
 	warn := func(msg string) {
+		msg = s.scrub.String(msg)
 		run.Warnings = append(run.Warnings, msg)
 		send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Warning{Warning: &agentv1.Warning{Message: msg}}})
 	}
 	if s.memory == nil {
 		warn("memory is not configured on this server; continuing without memory")
+		return ""
+	}
+	if env.chaos.memoryFault() {
+		warn("memory search failed (chaos: injected); continuing without memory")
 		return ""
 	}
 	topK := a.GetMemory().GetTopK()
@@ -457,27 +536,32 @@ func (s *Server) retrieve(ctx context.Context, a *agentv1.Agent, run *agentv1.Ru
 }
 
 // modelFor returns the model of a, with tenant's own provider key when it has one. The sim is made per run and
-// seeded by the input, so a run's behaviour follows from its agent and input.
-func (s *Server) modelFor(ctx context.Context, tenant string, a *agentv1.Agent, input string) (model.Model, error) {
+// seeded by the input and the attempt (attempts after the first draw anew), so a run's behaviour follows from
+// its agent, input and attempt, and a failure_rate fault can recover on a retry.
+func (s *Server) modelFor(ctx context.Context, tenant string, a *agentv1.Agent, input string, attempt int32) (model.Model, error) {
 	switch a.GetModel().GetProvider() {
 	case agentv1.Provider_PROVIDER_UNSPECIFIED, agentv1.Provider_PROVIDER_SIM:
-		return model.NewSim(a.GetModel().GetSim(), model.SeedFrom(input)), nil
+		seed := model.SeedFrom(input)
+		if attempt > 1 {
+			seed ^= uint64(attempt) * 0x9e3779b97f4a7c15
+		}
+		return model.NewSim(a.GetModel().GetSim(), seed), nil
 	case agentv1.Provider_PROVIDER_GEMINI:
 		key, own, err := s.providerKey(ctx, tenant, secrets.ProviderGemini, s.mcfg.GeminiAPIKey)
 		if err != nil || !own {
-			return s.gemini, err
+			return guardedModel{s: s, m: s.gemini, tenant: tenant, provider: "gemini"}, err
 		}
 		cfg := s.mcfg
 		cfg.GeminiAPIKey = key
-		return model.NewGemini(cfg), nil
+		return guardedModel{s: s, m: model.NewGemini(cfg), tenant: tenant, provider: "gemini"}, nil
 	case agentv1.Provider_PROVIDER_OPENAI:
 		key, own, err := s.providerKey(ctx, tenant, secrets.ProviderOpenAI, s.mcfg.OpenAIAPIKey)
 		if err != nil || !own {
-			return s.openai, err
+			return guardedModel{s: s, m: s.openai, tenant: tenant, provider: "openai"}, err
 		}
 		cfg := s.mcfg
 		cfg.OpenAIAPIKey = key
-		return model.NewOpenAI(cfg), nil
+		return guardedModel{s: s, m: model.NewOpenAI(cfg), tenant: tenant, provider: "openai"}, nil
 	}
 	return nil, preconditionError(fmt.Sprintf("unknown model provider %v", a.GetModel().GetProvider()))
 }

@@ -3,10 +3,12 @@ package agent
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"os/exec"
@@ -54,6 +56,9 @@ func (s *Server) SynthesizeSpeech(ctx context.Context, req *connect.Request[agen
 		}
 		return stream.Send(msg)
 	}
+	if err := checkVoice(voice, "voice"); err != nil {
+		return s.connectError(ctx, err)
+	}
 	format := req.Msg.GetFormat()
 	switch voice.GetProvider() {
 	case agentv1.VoiceProvider_VOICE_PROVIDER_UNSPECIFIED, agentv1.VoiceProvider_VOICE_PROVIDER_ESPEAK:
@@ -65,7 +70,9 @@ func (s *Server) SynthesizeSpeech(ctx context.Context, req *connect.Request[agen
 		if format == agentv1.AudioFormat_AUDIO_FORMAT_WAV {
 			return s.connectError(ctx, &FieldError{Field: "format", Reason: "ElevenLabs produces MP3 only; ask for AUDIO_FORMAT_MP3"})
 		}
-		err = s.speakElevenLabs(ctx, tenant, req.Msg.GetText(), voice.GetVoiceId(), send)
+		err = markProvider("elevenlabs", s.guard(ctx, tenant, "elevenlabs", func() error {
+			return s.speakElevenLabs(ctx, tenant, req.Msg.GetText(), voice.GetVoiceId(), send)
+		}))
 	default:
 		err = &FieldError{Field: "voice.provider", Reason: "unknown provider"}
 	}
@@ -99,11 +106,26 @@ func (s *Server) speakEspeak(ctx context.Context, text, voice string, send func(
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("espeak-ng: start: %w", err)
 	}
-	sent, copyErr := streamChunks(out, "audio/wav", send)
-	if copyErr != nil {
+	// espeak-ng writes a WAV header with placeholder sizes (it streams), which strict players and decoders
+	// refuse: the whole output is read (bounded), its RIFF and data sizes set to the real ones, then streamed.
+	wav, readErr := io.ReadAll(io.LimitReader(out, maxWAVBytes+1))
+	if readErr == nil && len(wav) > maxWAVBytes {
+		readErr = &FieldError{Field: "text", Reason: fmt.Sprintf("speech longer than %d MiB of audio", maxWAVBytes>>20)}
+	}
+	if readErr != nil {
 		_ = cmd.Process.Kill() // nobody reads its output any more; Wait would block on the full pipe
 	}
 	waitErr := cmd.Wait()
+	if readErr == nil && len(wav) <= 44 && strings.Contains(stderr.String(), "voice does not exist") {
+		return &FieldError{Field: "voice.voice_id", Reason: fmt.Sprintf("espeak-ng has no voice %q", voice)}
+	}
+	sent, copyErr := 0, readErr
+	if readErr == nil && waitErr == nil && ctx.Err() == nil {
+		if err := fixWAVSizes(wav); err != nil {
+			return fmt.Errorf("espeak-ng: %w", err)
+		}
+		sent, copyErr = streamChunks(bytes.NewReader(wav), "audio/wav", send)
+	}
 	switch {
 	case ctx.Err() != nil:
 		return ctx.Err()
@@ -155,6 +177,35 @@ func (s *Server) speakElevenLabs(ctx context.Context, tenant, text, voiceID stri
 		return ctx.Err()
 	}
 	return err
+}
+
+// maxWAVBytes bounds the audio of one espeak-ng synthesis (16 KiB of text is about 15 minutes, 40 MB).
+const maxWAVBytes = 64 << 20
+
+// fixWAVSizes sets, in place, the RIFF chunk size of a WAV file to len(wav)-8 and its data chunk size to the
+// bytes that follow the data chunk header, replacing the placeholders of a streamed WAV. It fails when wav is not
+// a RIFF/WAVE file with a data chunk.
+func fixWAVSizes(wav []byte) error {
+	if len(wav) < 12 || string(wav[0:4]) != "RIFF" || string(wav[8:12]) != "WAVE" {
+		return errors.New("output is not a WAV file")
+	}
+	if uint64(len(wav))-8 > math.MaxUint32 {
+		return errors.New("WAV output too large")
+	}
+	binary.LittleEndian.PutUint32(wav[4:8], uint32(len(wav)-8))
+	for off := 12; off+8 <= len(wav); {
+		id, size := string(wav[off:off+4]), binary.LittleEndian.Uint32(wav[off+4:off+8])
+		if id == "data" {
+			binary.LittleEndian.PutUint32(wav[off+4:off+8], uint32(len(wav)-off-8))
+			return nil
+		}
+		next := uint64(off) + 8 + uint64(size) + uint64(size&1) // chunks are padded to even sizes
+		if next > uint64(len(wav)) {
+			break
+		}
+		off = int(next)
+	}
+	return errors.New("WAV output has no data chunk")
 }
 
 // streamChunks sends r in audioChunk-sized chunks and returns the bytes sent.

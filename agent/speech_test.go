@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -49,6 +50,16 @@ func TestSynthesizeSpeechEspeak(t *testing.T) {
 		if mime != "audio/wav" || len(chunks) < 2 || !bytes.HasPrefix(wav, []byte("RIFF")) || !bytes.Equal(wav[8:12], []byte("WAVE")) {
 			t.Fatalf("got %d chunks, %d bytes of %q starting %q; want a multi-chunk WAV", len(chunks), len(wav), mime, wav[:min(12, len(wav))])
 		}
+		// The header holds the real sizes, not espeak-ng's streaming placeholders: RIFF = file - 8, and the data
+		// chunk runs exactly to the end of the file.
+		if riff := binary.LittleEndian.Uint32(wav[4:8]); int(riff) != len(wav)-8 {
+			t.Errorf("RIFF size %d, want %d", riff, len(wav)-8)
+		}
+		data := bytes.Index(wav, []byte("data"))
+		if data < 12 || int(binary.LittleEndian.Uint32(wav[data+4:data+8])) != len(wav)-data-8 {
+			t.Errorf("data chunk at %d: size %d, want %d", data, binary.LittleEndian.Uint32(wav[data+4:data+8]), len(wav)-data-8)
+		}
+		t.Logf("WAV: %d bytes, RIFF size %d, data size %d", len(wav), binary.LittleEndian.Uint32(wav[4:8]), binary.LittleEndian.Uint32(wav[data+4:data+8]))
 		_, err = recvAll(c.SynthesizeSpeech(ctx, &agentv1.SynthesizeSpeechRequest{Text: "hi",
 			Voice: &agentv1.Voice{VoiceId: "zzvoice"}}))
 		wantCode(t, err, codes.InvalidArgument, "voice.voice_id")

@@ -71,9 +71,9 @@ type Store interface {
 	// DeleteAgent deletes every version of an agent; its runs stay. ErrNotFound if missing.
 	DeleteAgent(ctx context.Context, tenant, name string) error
 
-	// CreateRun stores a new run (id, agent, version, state, input, idempotency key, create time).
-	// ErrAlreadyExists if its idempotency key is already used in the tenant.
-	CreateRun(ctx context.Context, tenant string, r *agentv1.Run) error
+	// CreateRun stores a new run (id, agent, version, state, input, idempotency key, create time) leased to
+	// lease.Owner until lease.Until. ErrAlreadyExists if its idempotency key is already used in the tenant.
+	CreateRun(ctx context.Context, tenant string, r *agentv1.Run, lease Lease) error
 	// FinishRun stores r's final state, output, steps, usage, error, warnings and end time, only if the stored run
 	// is still RUNNING. ErrConflict if it already finished; ErrNotFound if missing.
 	FinishRun(ctx context.Context, tenant string, r *agentv1.Run) error
@@ -82,6 +82,27 @@ type Store interface {
 	// GetRunByIdempotencyKey returns the run started with key. ErrNotFound if none.
 	GetRunByIdempotencyKey(ctx context.Context, tenant, key string) (*agentv1.Run, error)
 	// ListRuns returns up to pageSize runs matching f, newest first, without steps, and the next page token.
-	// A malformed token is a *FieldError on "page_token".
+	// A malformed token is a *FieldError on "page_token". A stored run that cannot be decoded is skipped (and
+	// logged), never failing the list.
 	ListRuns(ctx context.Context, tenant string, f RunFilter, pageSize int, pageToken string) ([]*agentv1.Run, string, error)
+	// CountRuns counts the runs of agent with exactly this input, in any state.
+	CountRuns(ctx context.Context, tenant, agent, input string) (int64, error)
+	// DeleteRun deletes a run and its steps, in any state, decodable or not. ErrNotFound if missing.
+	DeleteRun(ctx context.Context, tenant, id string) error
+
+	// RenewLeases extends to until the lease of every RUNNING run owned by owner, in every tenant, and returns
+	// how many there were.
+	RenewLeases(ctx context.Context, owner string, until time.Time) (int64, error)
+	// FailExpiredRuns marks FAILED, with reason as the error and now as the end time, every RUNNING run in every
+	// tenant whose lease ended before now (its owner crashed or lost the database for longer than a lease), and
+	// returns how many there were.
+	FailExpiredRuns(ctx context.Context, now time.Time, reason string) (int64, error)
+}
+
+// Lease is the claim of one process on the runs it executes. A RUNNING run whose lease has ended was cut off.
+type Lease struct {
+	// Owner names the process, unique per process start.
+	Owner string
+	// Until is when the claim ends unless renewed; zero means already ended.
+	Until time.Time
 }

@@ -47,8 +47,20 @@ func toolName(t *agentv1.Tool) string {
 		return toolHTTPFetch
 	case *agentv1.Tool_Delegate:
 		return delegatePrefix + k.Delegate.GetAgent()
+	case *agentv1.Tool_Webhook:
+		return k.Webhook.GetName()
+	case *agentv1.Tool_Mcp:
+		return mcpName(k.Mcp)
 	}
 	return ""
+}
+
+// toolSchemaIn is toolSchema, with MCP tools described by their server in env.
+func toolSchemaIn(env runEnv, t *agentv1.Tool) map[string]any {
+	if m := t.GetMcp(); m != nil {
+		return mcpSchema(env.mcp.tool(mcpName(m)))
+	}
+	return toolSchema(t)
 }
 
 // toolSchema is the JSON Schema of a tool's arguments.
@@ -59,7 +71,9 @@ func toolSchema(t *agentv1.Tool) map[string]any {
 	obj := func(props map[string]any, required ...any) map[string]any {
 		return map[string]any{"type": "object", "properties": props, "required": required, "additionalProperties": false}
 	}
-	switch t.GetKind().(type) {
+	switch k := t.GetKind().(type) {
+	case *agentv1.Tool_Webhook:
+		return webhookSchema(k.Webhook)
 	case *agentv1.Tool_MemorySearch:
 		return obj(map[string]any{
 			"query": str("What to look for.", 4096),
@@ -91,14 +105,27 @@ func toolDescription(t *agentv1.Tool) string {
 			return d
 		}
 		return "Ask agent " + k.Delegate.GetAgent() + " to do a task."
+	case *agentv1.Tool_Webhook:
+		return k.Webhook.GetDescription()
+	case *agentv1.Tool_Mcp:
+		return "" // the server's description, see toolSpecs
 	}
 	return ""
 }
 
-func toolSpecs(a *agentv1.Agent) []model.Tool {
+// toolSpecs describes a's tools to the model; MCP tools the run's servers did not describe are left out.
+func toolSpecs(env runEnv, a *agentv1.Agent) []model.Tool {
 	var out []model.Tool
 	for _, t := range a.GetTools() {
-		out = append(out, model.Tool{Name: toolName(t), Description: toolDescription(t), Parameters: toolSchema(t)})
+		desc := toolDescription(t)
+		if m := t.GetMcp(); m != nil {
+			tool := env.mcp.tool(mcpName(m))
+			if tool == nil {
+				continue
+			}
+			desc = truncateBytes(tool.Description, 4096)
+		}
+		out = append(out, model.Tool{Name: toolName(t), Description: desc, Parameters: toolSchemaIn(env, t)})
 	}
 	return out
 }
@@ -113,6 +140,12 @@ type runEnv struct {
 	attachments []model.Attachment
 	// emit streams events to the caller of RunStream; nil for unary runs.
 	emit emitFunc
+	// chaos, when set, wraps the run's model (see chaos.go).
+	chaos *chaosModel
+	// attempt is the run's attempt number (see runOpts); 0 when neither chaos nor a sim failure rate needed it.
+	attempt int32
+	// mcp holds the run's MCP sessions and tool descriptions; nil when the agent has no MCP tool.
+	mcp *mcpRun
 }
 
 // callTool executes one tool call. Failures become the result's error, told to the model; they never fail the run.
@@ -128,7 +161,11 @@ func (s *Server) callTool(ctx context.Context, env runEnv, call model.ToolCall) 
 		return res
 	}
 	tool := env.agent.GetTools()[idx]
-	if err := ValidateArgs(toolSchema(tool), map[string]any(call.Args)); err != nil {
+	if msg := env.chaos.toolFault(call.Name); msg != "" {
+		res.Error = msg
+		return res
+	}
+	if err := ValidateArgs(toolSchemaIn(env, tool), map[string]any(call.Args)); err != nil {
 		res.Error = "invalid arguments: " + err.Error()
 		return res
 	}
@@ -145,9 +182,13 @@ func (s *Server) callTool(ctx context.Context, env runEnv, call model.ToolCall) 
 		out, err = s.toolHTTPFetch(ctx, k.HttpFetch.GetAllowedHosts(), call.Args["url"].(string))
 	case *agentv1.Tool_Delegate:
 		out, err = s.toolDelegate(ctx, env, k.Delegate.GetAgent(), call.Args["input"].(string))
+	case *agentv1.Tool_Webhook:
+		out, err = s.toolWebhook(ctx, env, k.Webhook, call.ID, call.Args)
+	case *agentv1.Tool_Mcp:
+		out, err = s.toolMCP(ctx, env, k.Mcp, call.Args)
 	}
 	if err != nil {
-		res.Error = err.Error()
+		res.Error = s.scrub.String(err.Error())
 		return res
 	}
 	if res.Result, err = structpb.NewStruct(out); err != nil {
@@ -219,7 +260,7 @@ func (s *Server) toolDelegate(ctx context.Context, env runEnv, name, input strin
 		}
 		return nil, errors.New("cannot load the agent")
 	}
-	run, err := s.execute(ctx, env.tenant, child, input, nil, "", append(slices.Clip(env.chain), name), delegatedEmit(env.emit))
+	run, err := s.execute(ctx, env.tenant, child, input, nil, "", append(slices.Clip(env.chain), name), runOpts{}, delegatedEmit(env.emit))
 	if err != nil && run == nil {
 		return nil, fmt.Errorf("delegate run failed: %s", publicMessage(err))
 	}

@@ -91,21 +91,23 @@ func (s *Server) tavus(ctx context.Context, tenant, method, path string, body []
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := s.providerClient().Do(req)
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
+	return markProvider("tavus", s.guard(ctx, tenant, "tavus", func() error {
+		resp, err := s.providerClient().Do(req)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("the Tavus API cannot be reached: %w", ErrUnavailable)
 		}
-		return fmt.Errorf("the Tavus API cannot be reached: %w", ErrUnavailable)
-	}
-	defer resp.Body.Close()
-	if err := providerStatus("Tavus", resp, field); err != nil {
-		return err
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(out); err != nil {
-		return fmt.Errorf("the Tavus API answered malformed JSON: %w", ErrUnavailable)
-	}
-	return nil
+		defer resp.Body.Close()
+		if err := providerStatus("Tavus", resp, field); err != nil {
+			return err
+		}
+		if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(out); err != nil {
+			return fmt.Errorf("the Tavus API answered malformed JSON: %w", ErrUnavailable)
+		}
+		return nil
+	}))
 }
 
 func toVideo(v tavusVideo) *agentv1.Video {

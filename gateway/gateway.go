@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -33,11 +34,18 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	noopmetric "go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/loom-dev/loom/internal/authn"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/procedure"
 	"github.com/loom-dev/loom/internal/rpcserver"
+	"github.com/loom-dev/loom/internal/telemetry"
 )
 
 // Defaults of [Config].
@@ -67,6 +75,17 @@ type Config struct {
 	HealthTimeout time.Duration
 	// ResolveInterval is how often "dns:///" targets are resolved again. Default 10 s.
 	ResolveInterval time.Duration
+	// TracerProvider, when set, traces every forwarded call: a server span continuing the caller's W3C trace
+	// context (traceparent), and inside it a client span for the backend round trip (otelhttp), whose context
+	// the backend receives, so one trace runs caller -> gateway -> backend. Nil means no tracing: the caller's
+	// traceparent then reaches the backend untouched.
+	TracerProvider trace.TracerProvider
+	// LogSampleRate is the fraction of successful calls logged at info, in [0, 1]; the others are logged at
+	// debug. Failed and slow calls are always logged.
+	LogSampleRate float64
+	// SlowCall is the duration from which a unary call is logged at warn whatever its outcome. Default 1 s;
+	// negative turns it off.
+	SlowCall time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -81,6 +100,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ResolveInterval <= 0 {
 		c.ResolveInterval = DefaultResolveInterval
+	}
+	if c.SlowCall == 0 {
+		c.SlowCall = time.Second
 	}
 	return c
 }
@@ -111,6 +133,9 @@ type Proxy struct {
 	pools    map[string]*pool // by service; read-only after New
 	rp       *httputil.ReverseProxy
 	tr       *http.Transport
+	tracer   trace.Tracer // nil when tracing is off
+	sample   float64
+	slow     time.Duration
 
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
@@ -159,10 +184,22 @@ func New(logger *slog.Logger, cfg Config, minter *authn.Minter) (*Proxy, error) 
 		pools:    make(map[string]*pool, len(cfg.Backends)),
 		tr:       tr,
 		stop:     cancel,
+		sample:   cfg.LogSampleRate,
+		slow:     cfg.SlowCall,
+	}
+	var rt http.RoundTripper = tr
+	if cfg.TracerProvider != nil {
+		p.tracer = cfg.TracerProvider.Tracer("github.com/loom-dev/loom/gateway")
+		rt = otelhttp.NewTransport(tr,
+			otelhttp.WithTracerProvider(cfg.TracerProvider),
+			otelhttp.WithPropagators(telemetry.Propagator()),
+			otelhttp.WithMeterProvider(noopmetric.NewMeterProvider()),
+			otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return "proxy " + strings.TrimPrefix(r.URL.Path, "/") }),
+		)
 	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:       p.rewrite,
-		Transport:     tr,
+		Transport:     rt,
 		FlushInterval: -1, // forward every stream message as it arrives
 		ErrorHandler:  p.proxyError,
 		ErrorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
@@ -252,23 +289,92 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rt.body = &limitedBody{ReadCloser: http.MaxBytesReader(w, r.Body, p.maxBytes)}
 		r.Body = rt.body
 	}
-	r = r.WithContext(context.WithValue(r.Context(), routeKey{}, rt))
+	ctx := context.WithValue(r.Context(), routeKey{}, rt)
+	var span trace.Span
+	if p.tracer != nil {
+		ctx, span = p.startSpan(ctx, r, service, b.addr)
+	}
+	r = r.WithContext(ctx)
 
 	sw := &statusWriter{ResponseWriter: w}
 	defer func() {
 		// ReverseProxy aborts with http.ErrAbortHandler when the client goes away mid-stream; log either way.
 		grpcStatus := w.Header().Get("Grpc-Status")
-		p.logger.LogAttrs(r.Context(), slog.LevelInfo, "proxied",
+		elapsed := time.Since(start)
+		failed := sw.status >= 400 || (grpcStatus != "" && grpcStatus != "0")
+		if span != nil {
+			endSpan(span, sw.status, grpcStatus)
+		}
+		level := slog.LevelDebug
+		slow := p.slow > 0 && elapsed >= p.slow && !isStream(r)
+		switch {
+		case failed || slow:
+			level = slog.LevelWarn
+		case p.sample > 0 && (p.sample >= 1 || rand.Float64() < p.sample):
+			level = slog.LevelInfo
+		}
+		if !p.logger.Enabled(ctx, level) {
+			return
+		}
+		p.logger.LogAttrs(ctx, level, "proxied",
 			slog.String("procedure", r.URL.Path),
 			slog.String("backend", b.addr),
 			slog.Int("http_status", sw.status),
 			slog.String("grpc_status", grpcStatus),
-			slog.Duration("duration", time.Since(start)),
+			slog.Duration("duration", elapsed),
+			slog.Bool("slow", slow),
 			slog.String("tenant", who.Tenant),
 			slog.String("subject", who.Subject),
 		)
 	}()
 	p.rp.ServeHTTP(sw, r)
+}
+
+// startSpan starts the gateway's server span for a call, a child of the caller's trace context if it sent one.
+func (p *Proxy) startSpan(ctx context.Context, r *http.Request, service, backend string) (context.Context, trace.Span) {
+	ctx = telemetry.Propagator().Extract(ctx, propagation.HeaderCarrier(r.Header))
+	_, method, _ := procedure.Split(r.URL.Path)
+	return p.tracer.Start(ctx, strings.TrimPrefix(r.URL.Path, "/"),
+		trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(
+			attribute.String("rpc.system", rpcSystem(r)),
+			attribute.String("rpc.service", service),
+			attribute.String("rpc.method", method),
+			attribute.String("loom.gateway.backend", backend),
+		))
+}
+
+// endSpan sets the span's status from the call's outcome and ends it. As for any server span, only the
+// server's faults are errors, not the caller's mistakes.
+func endSpan(span trace.Span, httpStatus int, grpcStatus string) {
+	if grpcStatus != "" {
+		span.SetAttributes(attribute.String("rpc.grpc.status_code", grpcStatus))
+	}
+	span.SetAttributes(attribute.Int("http.response.status_code", httpStatus))
+	switch grpcStatus {
+	case "2", "4", "12", "13", "14", "15": // Unknown, DeadlineExceeded, Unimplemented, Internal, Unavailable, DataLoss
+		span.SetStatus(codes.Error, "grpc-status "+grpcStatus)
+	default:
+		if httpStatus >= 500 {
+			span.SetStatus(codes.Error, http.StatusText(httpStatus))
+		}
+	}
+	span.End()
+}
+
+// rpcSystem is the rpc.system attribute of a request: grpc for gRPC and gRPC-Web, connect_rpc otherwise.
+func rpcSystem(r *http.Request) string {
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		return "grpc"
+	}
+	return "connect_rpc"
+}
+
+// isStream reports whether the call is a streaming one, by the contract; streams are long-lived by design and
+// never "slow".
+func isStream(r *http.Request) bool {
+	md, ok := procedure.Method(r.URL.Path)
+	return ok && (md.IsStreamingClient() || md.IsStreamingServer())
 }
 
 // rewrite prepares the outbound request: backend URL, no client credentials or internal headers, fresh

@@ -18,6 +18,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/gen/loom/memory/v1/memoryv1connect"
@@ -85,6 +86,7 @@ func (s *Server) toConnect(ctx context.Context, procedure string, err error) err
 	var ce *connect.Error
 	var fe *FieldError
 	var ee *errEmbed
+	var qe *QuotaError
 	switch {
 	case errors.As(err, &ce):
 		return ce
@@ -98,6 +100,8 @@ func (s *Server) toConnect(ctx context.Context, procedure string, err error) err
 		return connect.NewError(connect.CodeInvalidArgument, errors.New(fe.Error()))
 	case errors.Is(err, ErrInvalid):
 		return connect.NewError(connect.CodeInvalidArgument, err)
+	case errors.As(err, &qe):
+		return quotaError(ctx, qe)
 	case errors.Is(err, ErrNotFound):
 		return connect.NewError(connect.CodeNotFound, err)
 	case errors.Is(err, ErrAlreadyExists):
@@ -113,6 +117,24 @@ func (s *Server) toConnect(ctx context.Context, procedure string, err error) err
 	}
 	s.logger.ErrorContext(ctx, "internal error", "procedure", procedure, "error", err)
 	return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+}
+
+// quotaError is ResourceExhausted naming the quota, with a google.rpc.QuotaFailure detail whose subject is the
+// caller's tenant.
+func quotaError(ctx context.Context, qe *QuotaError) *connect.Error {
+	cerr := connect.NewError(connect.CodeResourceExhausted, errors.New(qe.Error()))
+	t, _ := principal.Tenant(ctx)
+	if d, err := connect.NewErrorDetail(&errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{
+		Subject:     "tenant:" + t,
+		Description: qe.Error(),
+		ApiService:  memoryv1connect.MemoryServiceName,
+		QuotaMetric: "memory." + qe.Quota, // memory.namespaces, memory.records, memory.bytes
+		QuotaId:     "memory-max-" + qe.Quota,
+		QuotaValue:  qe.Limit,
+	}}}); err == nil {
+		cerr.AddDetail(d)
+	}
+	return cerr
 }
 
 // CreateNamespace implements memoryv1connect.MemoryServiceHandler.

@@ -50,6 +50,9 @@ func call[Req, Resp any](ctx context.Context, f func(context.Context, *connect.R
 	if t, ok := ctx.Value(tenantKey{}).(string); ok {
 		r.Header().Set("x-test-tenant", t)
 	}
+	if s, ok := ctx.Value(subjectKey{}).(string); ok {
+		r.Header().Set("x-test-subject", s)
+	}
 	resp, err := f(ctx, r)
 	if err != nil {
 		return nil, err

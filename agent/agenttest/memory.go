@@ -23,6 +23,13 @@ type Memory struct {
 	records  map[string][]*memoryv1.Record
 	searches int
 	nextID   int
+	// hold, when set, makes every call signal entered and wait for release (see Hold).
+	hold *hold
+}
+
+type hold struct {
+	entered chan struct{}
+	release chan struct{}
 }
 
 var _ memoryv1.MemoryServiceClient = (*Memory)(nil)
@@ -46,10 +53,39 @@ func (m *Memory) Records(ns string) []*memoryv1.Record {
 // Searches returns how many Search calls were answered or failed.
 func (m *Memory) Searches() int { m.mu.Lock(); defer m.mu.Unlock(); return m.searches }
 
+// Hold makes every later call block until release is called (or its context ends); entered receives once per
+// call that blocked. It lets a test act while a run is known to be inside a memory call.
+func (m *Memory) Hold() (entered <-chan struct{}, release func()) {
+	h := &hold{entered: make(chan struct{}, 64), release: make(chan struct{})}
+	m.mu.Lock()
+	m.hold = h
+	m.mu.Unlock()
+	var once sync.Once
+	return h.entered, func() {
+		once.Do(func() {
+			m.mu.Lock()
+			m.hold = nil
+			m.mu.Unlock()
+			close(h.release)
+		})
+	}
+}
+
 func (m *Memory) wait(ctx context.Context) error {
 	m.mu.Lock()
-	lat, down := m.latency, m.down
+	lat, down, h := m.latency, m.down, m.hold
 	m.mu.Unlock()
+	if h != nil {
+		select {
+		case h.entered <- struct{}{}:
+		default:
+		}
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-h.release:
+		}
+	}
 	if lat > 0 {
 		t := time.NewTimer(lat)
 		defer t.Stop()

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -143,14 +144,14 @@ func RunStoreTests(t *testing.T, newStore func(t *testing.T) agent.Store) {
 		}
 		for i, r := range []*agentv1.Run{mk("r1", "a", 1, "k1"), mk("r2", "b", 2, ""), mk("r3", "a", 3, ""),
 			mk("r4", "a", 4, "k4"), mk("r5", "b", 5, "")} {
-			if err := s.CreateRun(ctx, "t1", r); err != nil {
+			if err := s.CreateRun(ctx, "t1", r, agent.Lease{}); err != nil {
 				t.Fatalf("CreateRun %d: %v", i, err)
 			}
 		}
-		if err := s.CreateRun(ctx, "t1", mk("r6", "a", 6, "k1")); !errors.Is(err, agent.ErrAlreadyExists) {
+		if err := s.CreateRun(ctx, "t1", mk("r6", "a", 6, "k1"), agent.Lease{}); !errors.Is(err, agent.ErrAlreadyExists) {
 			t.Fatalf("CreateRun duplicate key: err = %v, want ErrAlreadyExists", err)
 		}
-		if err := s.CreateRun(ctx, "t2", mk("r7", "a", 6, "k1")); err != nil {
+		if err := s.CreateRun(ctx, "t2", mk("r7", "a", 6, "k1"), agent.Lease{}); err != nil {
 			t.Fatalf("CreateRun same key other tenant: %v", err)
 		}
 		byKey, err := s.GetRunByIdempotencyKey(ctx, "t1", "k1")
@@ -231,6 +232,81 @@ func RunStoreTests(t *testing.T, newStore func(t *testing.T) agent.Store) {
 		}
 		if _, _, err := s.ListRuns(ctx, "t1", agent.RunFilter{}, 2, "e30"); !errors.Is(err, agent.ErrInvalidArgument) {
 			t.Errorf("ListRuns bad token: err = %v, want ErrInvalidArgument", err)
+		}
+
+		// DeleteRun removes a run (in any state) and frees its idempotency key; other tenants' runs stay.
+		if err := s.DeleteRun(ctx, "t2", "r1"); !errors.Is(err, agent.ErrNotFound) {
+			t.Errorf("DeleteRun other tenant: err = %v, want ErrNotFound", err)
+		}
+		if err := s.DeleteRun(ctx, "t1", "r1"); err != nil {
+			t.Fatalf("DeleteRun: %v", err)
+		}
+		if _, err := s.GetRun(ctx, "t1", "r1"); !errors.Is(err, agent.ErrNotFound) {
+			t.Errorf("GetRun deleted: err = %v, want ErrNotFound", err)
+		}
+		if err := s.DeleteRun(ctx, "t1", "r1"); !errors.Is(err, agent.ErrNotFound) {
+			t.Errorf("DeleteRun twice: err = %v, want ErrNotFound", err)
+		}
+		if err := s.CreateRun(ctx, "t1", mk("r8", "a", 8, "k1"), agent.Lease{}); err != nil {
+			t.Errorf("CreateRun with a deleted run's key: %v", err)
+		}
+	})
+
+	t.Run("Leases", func(t *testing.T) {
+		t.Parallel()
+		s := newStore(t)
+		now := time.Now()
+		mk := func(id string) *agentv1.Run {
+			return &agentv1.Run{Id: id, Agent: "a", AgentVersion: 1, State: agentv1.RunState_RUN_STATE_RUNNING,
+				Input: "hi", CreateTime: timestamppb.New(now)}
+		}
+		// live: owned by p1, leased ahead; dead: owned by p0, lease ended; other: another tenant, owned by p1;
+		// done: finished, lease ended long ago.
+		for _, c := range []struct {
+			tenant, id string
+			lease      agent.Lease
+		}{
+			{"t1", "live", agent.Lease{Owner: "p1", Until: now.Add(time.Minute)}},
+			{"t1", "dead", agent.Lease{Owner: "p0", Until: now.Add(-time.Second)}},
+			{"t2", "other", agent.Lease{Owner: "p1", Until: now.Add(-time.Second)}},
+			{"t1", "done", agent.Lease{Owner: "p0", Until: now.Add(-time.Hour)}},
+		} {
+			if err := s.CreateRun(ctx, c.tenant, mk(c.id), c.lease); err != nil {
+				t.Fatalf("CreateRun %s: %v", c.id, err)
+			}
+		}
+		done := mk("done")
+		done.State, done.Output, done.EndTime = agentv1.RunState_RUN_STATE_SUCCEEDED, "ok", timestamppb.New(now)
+		if err := s.FinishRun(ctx, "t1", done); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.RenewLeases(ctx, "p1", now.Add(time.Minute)); err != nil || n != 2 {
+			t.Errorf("RenewLeases(p1) = %d, %v; want 2 (live, other)", n, err)
+		}
+		if n, err := s.FailExpiredRuns(ctx, now, "interrupted"); err != nil || n != 1 {
+			t.Errorf("FailExpiredRuns = %d, %v; want 1 (dead)", n, err)
+		}
+		want := map[string]agentv1.RunState{"t1/live": agentv1.RunState_RUN_STATE_RUNNING,
+			"t1/dead": agentv1.RunState_RUN_STATE_FAILED, "t2/other": agentv1.RunState_RUN_STATE_RUNNING,
+			"t1/done": agentv1.RunState_RUN_STATE_SUCCEEDED}
+		for k, state := range want {
+			tenant, id, _ := strings.Cut(k, "/")
+			r, err := s.GetRun(ctx, tenant, id)
+			if err != nil || r.GetState() != state {
+				t.Errorf("run %s = %v, %v; want %v", k, r.GetState(), err, state)
+			}
+			if id == "dead" && (r.GetError() != "interrupted" || r.GetEndTime() == nil) {
+				t.Errorf("failed run = error %q end %v; want the reason and an end time", r.GetError(), r.GetEndTime())
+			}
+		}
+		// A run failed this way can no longer be finished by a late owner.
+		late := mk("dead")
+		late.State = agentv1.RunState_RUN_STATE_SUCCEEDED
+		if err := s.FinishRun(ctx, "t1", late); !errors.Is(err, agent.ErrConflict) {
+			t.Errorf("FinishRun after the sweep: err = %v, want ErrConflict", err)
+		}
+		if n, err := s.FailExpiredRuns(ctx, now.Add(2*time.Minute), "interrupted"); err != nil || n != 2 {
+			t.Errorf("FailExpiredRuns later = %d, %v; want 2", n, err)
 		}
 	})
 }

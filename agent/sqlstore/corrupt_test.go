@@ -8,7 +8,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/loom-dev/loom/agent"
 	"github.com/loom-dev/loom/agent/sqlstore"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/internal/sqldb"
@@ -76,6 +80,76 @@ func TestListSkipsUndecodableAgent(t *testing.T) {
 			if err := s.DeleteAgent(ctx, "t1", "b"); err != nil {
 				t.Errorf("DeleteAgent(corrupt) = %v", err)
 			}
+		})
+	}
+}
+
+// TestListSkipsUndecodableRun corrupts stored runs directly in the database: on both dialects one run's steps
+// (detail) become bytes that are not protobuf; on SQLite, whose columns take any type, one run's input becomes
+// text that is not UTF-8 (a protobuf string must be) and another's token count becomes text. ListRuns, page by
+// page, returns the good runs and logs the bad ones; GetRun reports the undecodable detail; DeleteRun removes
+// every one of them.
+func TestListSkipsUndecodableRun(t *testing.T) {
+	for _, d := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
+		t.Run(fmt.Sprint(d), func(t *testing.T) {
+			ctx := context.Background()
+			db := sqldbtest.Open(t, d)
+			var logs syncBuffer
+			s, err := sqlstore.New(ctx, db, sqlstore.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+			if err != nil {
+				t.Fatal(err)
+			}
+			base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			for i, id := range []string{"r1", "r2", "r3", "r4", "r5"} {
+				r := &agentv1.Run{Id: id, Agent: "a", AgentVersion: 1, State: agentv1.RunState_RUN_STATE_SUCCEEDED,
+					Input: "hi", CreateTime: timestamppb.New(base.Add(time.Duration(i) * time.Minute))}
+				if err := s.CreateRun(ctx, "t1", r, agent.Lease{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cdb := db.Component(sqldb.AgentComponent)
+			exec := func(q string, args ...any) {
+				t.Helper()
+				if _, err := cdb.ExecContext(ctx, cdb.Rebind(q), args...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			exec(`UPDATE loom.runs SET detail = ? WHERE id = ?`, []byte{0xff, 0xff, 0xff, 0xff}, "r2")
+			want, bad := "r5,r4,r3,r2,r1", []string{"r2"} // ListRuns reads no detail
+			if d == sqldb.SQLite {
+				exec(`UPDATE loom.runs SET input = CAST(X'C328FF' AS TEXT) WHERE id = ?`, "r3")
+				exec(`UPDATE loom.runs SET input_tokens = 'many' WHERE id = ?`, "r4")
+				want, bad = "r5,r2,r1", []string{"r2", "r3", "r4"}
+			}
+			var got []string
+			token := ""
+			for pages := 0; pages < 10; pages++ {
+				list, next, err := s.ListRuns(ctx, "t1", agent.RunFilter{}, 2, token)
+				if err != nil {
+					t.Fatalf("ListRuns: %v", err)
+				}
+				for _, r := range list {
+					got = append(got, r.GetId())
+				}
+				if token = next; token == "" {
+					break
+				}
+			}
+			if strings.Join(got, ",") != want {
+				t.Errorf("listed %v, want %s", got, want)
+			}
+			if d == sqldb.SQLite && (!strings.Contains(logs.String(), "skips an undecodable run") || !strings.Contains(logs.String(), "run=r3")) {
+				t.Errorf("log = %q, want the skipped rows", logs.String())
+			}
+			if _, err := s.GetRun(ctx, "t1", "r2"); err == nil {
+				t.Error("GetRun(corrupt detail) succeeded")
+			}
+			for _, id := range bad {
+				if err := s.DeleteRun(ctx, "t1", id); err != nil {
+					t.Errorf("DeleteRun(corrupt %s) = %v", id, err)
+				}
+			}
+			t.Logf("%s: %d corrupt runs, lists broken 0, deleted %d", d, len(bad), len(bad))
 		})
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/protobuf/proto"
@@ -238,7 +239,7 @@ func (s *Store) DeleteAgent(ctx context.Context, tenant, name string) error {
 }
 
 // CreateRun implements agent.Store.
-func (s *Store) CreateRun(ctx context.Context, tenant string, r *agentv1.Run) error {
+func (s *Store) CreateRun(ctx context.Context, tenant string, r *agentv1.Run, lease agent.Lease) error {
 	detail, err := encodeDetail(r)
 	if err != nil {
 		return fmt.Errorf("create run: %w", err)
@@ -247,12 +248,16 @@ func (s *Store) CreateRun(ctx context.Context, tenant string, r *agentv1.Run) er
 	if r.GetIdempotencyKey() != "" {
 		key = r.GetIdempotencyKey()
 	}
+	var until int64
+	if !lease.Until.IsZero() {
+		until = lease.Until.UnixNano()
+	}
 	_, err = s.db.ExecContext(ctx, s.q(`INSERT INTO loom.runs (id, tenant, agent, agent_version, state, input, output, provider,
-		model, input_tokens, output_tokens, error, idempotency_key, detail, create_time, end_time)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		model, input_tokens, output_tokens, error, idempotency_key, detail, create_time, end_time, owner, lease_until)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 		r.GetId(), tenant, r.GetAgent(), r.GetAgentVersion(), int64(r.GetState()), r.GetInput(), r.GetOutput(),
 		int64(r.GetProvider()), r.GetModel(), r.GetUsage().GetInputTokens(), r.GetUsage().GetOutputTokens(),
-		r.GetError(), key, detail, tsNanos(r.GetCreateTime()), tsNanos(r.GetEndTime()))
+		r.GetError(), key, detail, tsNanos(r.GetCreateTime()), tsNanos(r.GetEndTime()), lease.Owner, until)
 	if isUniqueViolation(err) {
 		return fmt.Errorf("run with idempotency key %q: %w", r.GetIdempotencyKey(), agent.ErrAlreadyExists)
 	}
@@ -347,11 +352,33 @@ func (s *Store) ListRuns(ctx context.Context, tenant string, f agent.RunFilter, 
 		return nil, "", fmt.Errorf("list runs: %w", err)
 	}
 	defer rows.Close()
-	var out []*agentv1.Run
+	// A row that cannot be decoded (a column of the wrong type, text that is not UTF-8 and so could never be sent
+	// in a protobuf message) is skipped with a logged error: one bad record never takes the whole list down, and
+	// DeleteRun still removes it. Pages are cut on the rows read, so a skipped row never ends a listing early.
+	var (
+		out  []*agentv1.Run
+		read []runToken
+	)
 	for rows.Next() {
-		r, err := scanRun(rows, false)
-		if err != nil {
+		vals := make([]any, 14) // runCols, scanned loosely so a bad value fails its row, not the list
+		ptrs := make([]any, len(vals))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
 			return nil, "", fmt.Errorf("list runs: %w", err)
+		}
+		id, _ := vals[0].(string)
+		ct, _ := vals[12].(int64)
+		read = append(read, runToken{Time: ct, ID: id})
+		if len(read) > pageSize {
+			break
+		}
+		r, err := decodeListedRun(vals)
+		if err != nil {
+			s.logger.ErrorContext(ctx, "agent store: list runs skips an undecodable run", "tenant", tenant,
+				"run", strings.ToValidUTF8(fmt.Sprint(vals[0]), "?"), "err", err)
+			continue
 		}
 		out = append(out, r)
 	}
@@ -359,12 +386,130 @@ func (s *Store) ListRuns(ctx context.Context, tenant string, f agent.RunFilter, 
 		return nil, "", fmt.Errorf("list runs: %w", err)
 	}
 	next := ""
-	if len(out) > pageSize {
-		out = out[:pageSize]
-		last := out[len(out)-1]
-		next = pagetoken.Encode("runs", runToken{Time: last.GetCreateTime().AsTime().UnixNano(), ID: last.GetId()})
+	if len(read) > pageSize {
+		next = pagetoken.Encode("runs", read[pageSize-1])
 	}
 	return out, next, nil
+}
+
+// CountRuns implements agent.Store.
+func (s *Store) CountRuns(ctx context.Context, tenant, agentName, input string) (int64, error) {
+	var n int64
+	if err := s.db.QueryRowContext(ctx, s.q("SELECT COUNT(*) FROM loom.runs WHERE tenant = ? AND agent = ? AND input = ?"),
+		tenant, agentName, input).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count runs: %w", err)
+	}
+	return n, nil
+}
+
+// DeleteRun implements agent.Store.
+func (s *Store) DeleteRun(ctx context.Context, tenant, id string) error {
+	res, err := s.db.ExecContext(ctx, s.q("DELETE FROM loom.runs WHERE tenant = ? AND id = ?"), tenant, id)
+	if err != nil {
+		return fmt.Errorf("delete run: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("delete run: %w", err)
+	} else if n == 0 {
+		return fmt.Errorf("run %q: %w", id, agent.ErrNotFound)
+	}
+	return nil
+}
+
+// RenewLeases implements agent.Store.
+func (s *Store) RenewLeases(ctx context.Context, owner string, until time.Time) (int64, error) {
+	res, err := s.db.ExecContext(ctx, s.q("UPDATE loom.runs SET lease_until = ? WHERE state = ? AND owner = ?"),
+		until.UnixNano(), int64(agentv1.RunState_RUN_STATE_RUNNING), owner)
+	if err != nil {
+		return 0, fmt.Errorf("renew run leases: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("renew run leases: %w", err)
+	}
+	return n, nil
+}
+
+// FailExpiredRuns implements agent.Store.
+func (s *Store) FailExpiredRuns(ctx context.Context, now time.Time, reason string) (int64, error) {
+	res, err := s.db.ExecContext(ctx, s.q("UPDATE loom.runs SET state = ?, error = ?, end_time = ? WHERE state = ? AND lease_until < ?"),
+		int64(agentv1.RunState_RUN_STATE_FAILED), reason, now.UnixNano(), int64(agentv1.RunState_RUN_STATE_RUNNING), now.UnixNano())
+	if err != nil {
+		return 0, fmt.Errorf("fail expired runs: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("fail expired runs: %w", err)
+	}
+	return n, nil
+}
+
+// decodeListedRun builds a run (without steps) from the runCols of one row scanned into vals. It fails on a
+// value of the wrong type and on text that is not valid UTF-8 (a protobuf string must be).
+func decodeListedRun(vals []any) (*agentv1.Run, error) {
+	str := func(i int, name string, null bool) (string, error) {
+		switch v := vals[i].(type) {
+		case string:
+			if !utf8.ValidString(v) {
+				return "", fmt.Errorf("%s is not valid UTF-8", name)
+			}
+			return v, nil
+		case []byte:
+			if !utf8.Valid(v) {
+				return "", fmt.Errorf("%s is not valid UTF-8", name)
+			}
+			return string(v), nil
+		case nil:
+			if null {
+				return "", nil
+			}
+		}
+		return "", fmt.Errorf("%s has type %T, want text", name, vals[i])
+	}
+	num := func(i int, name string) (int64, error) {
+		if v, ok := vals[i].(int64); ok {
+			return v, nil
+		}
+		return 0, fmt.Errorf("%s has type %T, want an integer", name, vals[i])
+	}
+	var (
+		r    agentv1.Run
+		errs []error
+		n    [6]int64
+	)
+	texts := []struct {
+		dst  *string
+		i    int
+		name string
+		null bool
+	}{{&r.Id, 0, "id", false}, {&r.Agent, 1, "agent", false}, {&r.Input, 4, "input", false},
+		{&r.Output, 5, "output", false}, {&r.Model, 7, "model", false}, {&r.Error, 10, "error", false},
+		{&r.IdempotencyKey, 11, "idempotency_key", true}}
+	for _, t := range texts {
+		v, err := str(t.i, t.name, t.null)
+		*t.dst = v
+		errs = append(errs, err)
+	}
+	for k, c := range []struct {
+		i    int
+		name string
+	}{{2, "agent_version"}, {3, "state"}, {6, "provider"}, {8, "input_tokens"}, {9, "output_tokens"}, {12, "create_time"}} {
+		v, err := num(c.i, c.name)
+		n[k] = v
+		errs = append(errs, err)
+	}
+	et, err := num(13, "end_time")
+	errs = append(errs, err)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	r.AgentVersion, r.State, r.Provider = n[0], agentv1.RunState(n[1]), agentv1.Provider(n[2])
+	r.Usage = &agentv1.Usage{InputTokens: n[3], OutputTokens: n[4]}
+	r.CreateTime = timestamppb.New(time.Unix(0, n[5]).UTC())
+	if et != 0 {
+		r.EndTime = timestamppb.New(time.Unix(0, et).UTC())
+	}
+	return &r, nil
 }
 
 type scanner interface{ Scan(dest ...any) error }

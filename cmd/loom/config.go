@@ -14,7 +14,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/sqldb"
+	"github.com/loom-dev/loom/internal/telemetry"
+	"github.com/loom-dev/loom/memory"
 )
 
 // allServices are the services `loom serve` can run, in start order.
@@ -63,6 +66,18 @@ type config struct {
 	OpenAIBaseURL   string
 	LogLevel        slog.Level
 	LogFormat       string
+	LogRPCSample    float64       // fraction of successful RPCs logged at info (--log-rpc-sample)
+	LogSlow         time.Duration // RPCs at least this long are logged at warn (--log-slow)
+	DebugListen     string        // pprof listener address, empty for none (--debug-listen)
+	// OTel holds the OTEL_* variables tracing is configured by (see telemetry.Setup); obs is what serve builds
+	// from them, not a flag.
+	OTel telemetry.EnvValues
+	obs  observability
+
+	// Fairness bounds each tenant's and principal's unary calls and streams in progress (see --tenant-max-*).
+	Fairness rpcserver.FairnessLimits
+	// MemoryQuota bounds what each tenant keeps in the memory store (0 in a field means no limit).
+	MemoryQuota memory.Quota
 
 	Secrets secrets
 }
@@ -126,6 +141,13 @@ var serveFlags = []flagSpec{
 	{"max-in-flight", "LOOM_MAX_IN_FLIGHT", "1024", "calls in progress at once; more are refused with ResourceExhausted instead of queueing"},
 	{"rate-limit", "LOOM_RATE_LIMIT", "0", "calls per second each principal may make (token bucket); 0 disables"},
 	{"rate-burst", "LOOM_RATE_BURST", "0", "token bucket size for --rate-limit; 0 means the rate"},
+	{"tenant-max-in-flight", "LOOM_TENANT_MAX_IN_FLIGHT", "256", "unary calls one tenant may have in progress at once, apart from --max-in-flight; more are refused with ResourceExhausted; 0 disables"},
+	{"tenant-max-streams", "LOOM_TENANT_MAX_STREAMS", "256", "streams (WatchRun, SynthesizeSpeech...) one tenant may have open at once; 0 disables"},
+	{"principal-max-in-flight", "LOOM_PRINCIPAL_MAX_IN_FLIGHT", "128", "unary calls one principal (a user or API key) may have in progress at once; 0 disables"},
+	{"principal-max-streams", "LOOM_PRINCIPAL_MAX_STREAMS", "128", "streams one principal may have open at once; 0 disables"},
+	{"memory-max-namespaces", "LOOM_MEMORY_MAX_NAMESPACES", "1000", "memory: namespaces per tenant; 0 means no limit"},
+	{"memory-max-records", "LOOM_MEMORY_MAX_RECORDS", "2000000", "memory: records per tenant, over all its namespaces; 0 means no limit"},
+	{"memory-max-bytes", "LOOM_MEMORY_MAX_BYTES", "2147483648", "memory: record bytes (id, text, 4 per vector element, metadata) per tenant; 0 means no limit"},
 	{"auth", "LOOM_AUTH", "local", "local (development: calls without credentials act as tenant \"local\") or required"},
 	{"oidc-issuer", "LOOM_OIDC_ISSUER", "", "OIDC issuer whose JWT bearer tokens are accepted; empty disables OIDC"},
 	{"oidc-audience", "LOOM_OIDC_AUDIENCE", "", "audience OIDC tokens must carry"},
@@ -140,10 +162,13 @@ var serveFlags = []flagSpec{
 	{"rescue-after", "LOOM_RESCUE_AFTER", "1m", "orchestrator: a step job running this long without finishing is taken over by another replica (failover after a crash); a step that legitimately runs longer is re-run with the same idempotency key"},
 	{"log-level", "LOOM_LOG_LEVEL", "info", "debug, info, warn or error"},
 	{"log-format", "LOOM_LOG_FORMAT", "text", "text or json"},
+	{"log-rpc-sample", "LOOM_LOG_RPC_SAMPLE", "0", "fraction (0 to 1) of successful RPCs logged at info; the rest are logged at debug. Failed and slow RPCs are always logged"},
+	{"log-slow", "LOOM_LOG_SLOW", "1s", "unary RPCs taking at least this long are logged at warn, whatever their outcome"},
+	{"debug-listen", "LOOM_DEBUG_LISTEN", "", "address of a separate listener serving pprof under /debug/pprof/ (never the public port); a port alone (6060 or :6060) listens on loopback; empty disables it"},
 }
 
 // flagKinds gives the type of the serve flags whose default does not tell it (see flagKind).
-var flagKinds = map[string]string{"rate-limit": "float"}
+var flagKinds = map[string]string{"rate-limit": "float", "log-rpc-sample": "float"}
 
 // flagKind is the type a serve flag takes: bool, int, float, duration or string, from flagKinds or else from
 // its default value.
@@ -303,10 +328,35 @@ func parseServe(args []string, getenv func(string) string, out io.Writer) (confi
 	if _, err := fmt.Sscan(get("rate-burst"), &c.RateBurst); err != nil || c.RateBurst < 0 {
 		errs = append(errs, fmt.Errorf("--rate-burst: want an integer >= 0, got %q", get("rate-burst")))
 	}
+	count := func(name string) int64 {
+		var n int64
+		if _, err := fmt.Sscan(get(name), &n); err != nil || n < 0 {
+			errs = append(errs, fmt.Errorf("--%s: want an integer >= 0, got %q", name, get(name)))
+		}
+		return n
+	}
+	// In rpcserver a zero limit takes the default and a negative one disables it; on the command line 0 disables.
+	limit := func(name string) int {
+		if n := int(count(name)); n > 0 {
+			return n
+		}
+		return -1
+	}
+	c.Fairness = rpcserver.FairnessLimits{
+		TenantMaxInFlight: limit("tenant-max-in-flight"), TenantMaxStreams: limit("tenant-max-streams"),
+		PrincipalMaxInFlight: limit("principal-max-in-flight"), PrincipalMaxStreams: limit("principal-max-streams"),
+	}
+	c.MemoryQuota = memory.Quota{Namespaces: count("memory-max-namespaces"), Records: count("memory-max-records"), Bytes: count("memory-max-bytes")}
 	if err := c.LogLevel.UnmarshalText([]byte(get("log-level"))); err != nil {
 		errs = append(errs, fmt.Errorf("--log-level: %w", err))
 	}
 	c.LogFormat = get("log-format")
+	if _, err := fmt.Sscan(get("log-rpc-sample"), &c.LogRPCSample); err != nil || !(c.LogRPCSample >= 0 && c.LogRPCSample <= 1) {
+		errs = append(errs, fmt.Errorf("--log-rpc-sample: want a number from 0 to 1, got %q", get("log-rpc-sample")))
+	}
+	c.LogSlow = dur("log-slow")
+	c.DebugListen = telemetry.DebugAddr(get("debug-listen"))
+	c.OTel = telemetry.Env(getenv)
 	c.Auth = get("auth")
 	if c.Auth == "local" {
 		// Every caller is admin in local mode: only this machine may call unless an address is given, and then no
@@ -412,7 +462,12 @@ func (c config) LogValue() slog.Value {
 		slog.Int("max_in_flight", c.MaxInFlight),
 		slog.Float64("rate_limit", c.RateLimit),
 		slog.Int("rate_burst", c.RateBurst),
+		slog.Any("fairness", c.Fairness),
+		slog.Any("memory_quota", c.MemoryQuota),
 		slog.String("log_level", c.LogLevel.String()),
+		slog.Float64("log_rpc_sample", c.LogRPCSample),
+		slog.Duration("log_slow", c.LogSlow),
+		slog.String("debug_listen", c.DebugListen),
 		slog.String("auth", c.Auth),
 		slog.String("oidc_issuer", c.OIDCIssuer),
 		slog.String("gemini_base_url", c.GeminiBaseURL),

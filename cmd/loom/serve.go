@@ -25,6 +25,7 @@ import (
 	"github.com/loom-dev/loom/internal/rpcclient"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/sqldb"
+	"github.com/loom-dev/loom/internal/telemetry"
 	"github.com/loom-dev/loom/internal/tlsfiles"
 	"github.com/loom-dev/loom/memory"
 	"github.com/loom-dev/loom/memory/embed"
@@ -50,6 +51,12 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 			logger.Warn("--auth local on a non-loopback address: anyone who can reach it acts as admin of tenant \"local\"", "listen", cfg.Listen)
 		}
 	}
+
+	cfg, stopTracing, err := setupTracing(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer stopTracing() // last: after the server and the services, whose spans it flushes
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -117,6 +124,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 		MaxInFlight:          cfg.MaxInFlight,
 		RateLimit:            cfg.RateLimit,
 		RateBurst:            cfg.RateBurst,
+		Fairness:             cfg.Fairness,
 		ShutdownGrace:        cfg.ShutdownGrace,
 		CORSOrigins:          cfg.CORSOrigins,
 		AuthMode:             cfg.Auth,
@@ -125,6 +133,9 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 		Console:              web.Handler(),
 		Audit:                sec.trail,
 		Fallback:             fallback,
+		TracerProvider:       cfg.obs.tracer,
+		LogSampleRate:        cfg.LogRPCSample,
+		SlowCall:             cfg.LogSlow,
 	}, sec.authenticate, services...)
 	if err != nil {
 		return err
@@ -132,6 +143,12 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 	srv.Registry().MustRegister(sec.throttle.Collectors()...)
 	if db, ok := dbs.byName[""]; ok && cfg.DatabaseReadURL != "" {
 		srv.Registry().MustRegister(db.ReadMetrics())
+	}
+	registerMetrics(srv, cfg, dbs)
+	if cfg.DebugListen != "" {
+		if err := serveDebug(ctx, cfg.DebugListen, logger); err != nil {
+			return err
+		}
 	}
 	return srv.Serve(ctx, ln)
 }
@@ -191,7 +208,8 @@ func dialClients(cfg config, self net.Addr, minter rpcclient.TokenMinter, logger
 		if target == "" {
 			target = selfTarget
 		}
-		conn, err := rpcclient.Dial(rpcclient.Config{Target: target, Service: service, TLS: tlsConf, Tokens: minter, Logger: logger})
+		conn, err := rpcclient.Dial(rpcclient.Config{Target: target, Service: service, TLS: tlsConf, Tokens: minter, Logger: logger,
+			TracerProvider: cfg.obs.tracer, Metrics: cfg.obs.breakers})
 		if err != nil {
 			return nil, err
 		}
@@ -290,7 +308,8 @@ func buildGateway(ctx context.Context, cfg config, logger *slog.Logger, sec *sec
 	if err != nil {
 		return nil, err
 	}
-	return gateway.New(logger.With("service", "gateway"), gateway.Config{Backends: backends, MaxRequestBytes: int64(cfg.MaxMessageBytes) + 1024, TLS: tlsConf}, sec.minter)
+	return gateway.New(logger.With("service", "gateway"), gateway.Config{Backends: backends, MaxRequestBytes: int64(cfg.MaxMessageBytes) + 1024, TLS: tlsConf,
+		TracerProvider: cfg.obs.tracer, LogSampleRate: cfg.LogRPCSample, SlowCall: cfg.LogSlow}, sec.minter)
 }
 
 // buildMemory uses pgvector when a database URL is configured and the embedded store in the data dir otherwise.
@@ -302,13 +321,13 @@ func buildMemory(ctx context.Context, cfg config, logger *slog.Logger, dbs *data
 		if err != nil {
 			return rpcserver.Service{}, nil, err
 		}
-		s, err := pgstore.New(ctx, db)
+		s, err := pgstore.New(ctx, db, pgstore.WithQuota(cfg.MemoryQuota))
 		if err != nil {
 			return rpcserver.Service{}, nil, err
 		}
 		store, closeFn = s, func() { s.Close() }
 	} else {
-		s, err := localstore.Open(filepath.Join(cfg.DataDir, "memory"))
+		s, err := localstore.Open(filepath.Join(cfg.DataDir, "memory"), localstore.WithQuota(cfg.MemoryQuota))
 		if err != nil {
 			return rpcserver.Service{}, nil, err
 		}
@@ -349,7 +368,11 @@ func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients
 	}
 	svc := srv.Service()
 	svc.Ready = db.PingContext
-	return svc, nil, nil
+	// Maintain renews this process's run leases and fails runs cut off by a crash, until the server has drained.
+	mctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	maintained := make(chan struct{})
+	go func() { defer close(maintained); _ = srv.Maintain(mctx) }()
+	return svc, func() { stop(); <-maintained }, nil
 }
 
 // buildOrchestrator opens the blueprint store and the River run engine on SQLite or Postgres.
@@ -427,6 +450,7 @@ func openDB(ctx context.Context, cfg config, sqliteFile string) (*sqldb.DB, erro
 	if cfg.DatabaseURL != "" {
 		return sqldb.Open(ctx, cfg.DatabaseURL, sqldb.Options{
 			MaxConns: cfg.DatabaseMaxConn, ReadURL: cfg.DatabaseReadURL, ReadMaxLag: cfg.ReadMaxLag,
+			TracerProvider: cfg.obs.tracer,
 		})
 	}
 	return sqldb.Open(ctx, "sqlite:"+filepath.Join(cfg.DataDir, sqliteFile))
@@ -435,9 +459,9 @@ func openDB(ctx context.Context, cfg config, sqliteFile string) (*sqldb.DB, erro
 func newLogger(cfg config, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
 	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(telemetry.LogHandler(slog.NewJSONHandler(w, opts)))
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(telemetry.LogHandler(slog.NewTextHandler(w, opts)))
 }
 
 // configureEmbedders registers the provider embedders: Gemini when its key is set; OpenAI-compatible when its key

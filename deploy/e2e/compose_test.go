@@ -41,6 +41,9 @@ var overlays = map[string]map[string]string{
 	// minutes for River's rescuer, too long for a suite bounded to minutes. 4 s exceeds the failover
 	// blueprint's step timeout (3 s), as River requires.
 	"orchestrator": {"LOOM_RESCUE_AFTER": "4s"},
+	// Successful RPCs are logged at debug by default; the fault steps count the searches each memory replica
+	// served from its log, so every successful call is logged at info here.
+	"memory": {"LOOM_LOG_RPC_SAMPLE": "1"},
 }
 
 // loadProject loads compose.yaml as `docker compose up` would with env as the only variables set (the file's

@@ -252,7 +252,7 @@ var loomHelp = sync.OnceValues(func() (serveHelp, error) {
 var (
 	helpFlagEnv = regexp.MustCompile(`\(env (LOOM_[A-Z0-9_]+)\)`)
 	helpSecret  = regexp.MustCompile(`(?m)^\s+(LOOM_[A-Z0-9_]+), (LOOM_[A-Z0-9_]+_FILE)\s*$`)
-	helpListen  = regexp.MustCompile(`(?m)^\s+-listen string\n.*\(default "([^"]*)"\)\s*$`)
+	helpListen  = regexp.MustCompile(`(?m)^\s+--?listen string\n.*\(default "([^"]*)"\)\s*$`)
 )
 
 func parseHelp(out string) (serveHelp, error) {

@@ -11,11 +11,18 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/loom-dev/loom/internal/upstream"
 )
 
 // serverFault reports whether err is the target's fault (it is down, overloaded or broken) rather than the
-// caller's (a bad request, a missing resource, a cancelled context). Only server faults trip the breaker.
+// caller's (a bad request, a missing resource, a cancelled context) or an upstream provider's that the target
+// reports (an error carrying the upstream.Reason detail: a tenant's model API failing says nothing about the
+// agent service, which every tenant shares). Only server faults trip the breaker.
 func serverFault(err error) bool {
+	if upstream.Is(err) {
+		return false
+	}
 	switch status.Code(err) {
 	case codes.Unavailable, codes.Internal, codes.Unknown, codes.DataLoss, codes.DeadlineExceeded, codes.ResourceExhausted:
 		return true

@@ -3,6 +3,7 @@ package rpcclient_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -18,6 +19,7 @@ import (
 	"github.com/loom-dev/loom/internal/rpcclient"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/rpcserver/rpcservertest"
+	"github.com/loom-dev/loom/internal/upstream"
 )
 
 // flaky fails CreateNamespace with the configured code while broken, and counts the calls that reach it.
@@ -25,13 +27,18 @@ type flaky struct {
 	memoryv1connect.UnimplementedMemoryServiceHandler
 	broken atomic.Bool
 	code   connect.Code
+	mark   atomic.Value // a string: when set, errors carry the upstream provider-fault detail naming it
 	calls  atomic.Int64
 }
 
 func (f *flaky) CreateNamespace(context.Context, *connect.Request[memoryv1.CreateNamespaceRequest]) (*connect.Response[memoryv1.CreateNamespaceResponse], error) {
 	f.calls.Add(1)
 	if f.broken.Load() {
-		return nil, connect.NewError(f.code, errors.New("broken"))
+		err := connect.NewError(f.code, errors.New("broken"))
+		if p, _ := f.mark.Load().(string); p != "" {
+			upstream.Mark(err, p)
+		}
+		return nil, err
 	}
 	return connect.NewResponse(&memoryv1.CreateNamespaceResponse{}), nil
 }
@@ -84,6 +91,39 @@ func TestBreakerOpensOnServerFaultsAndRecovers(t *testing.T) {
 		if _, err := c.CreateNamespace(ctx, ns); err != nil {
 			t.Fatalf("after recovery: %v", err)
 		}
+	}
+}
+
+// TestBreakerIgnoresProviderFaults: UNAVAILABLE errors marked as an upstream provider's fault (what the agent
+// service answers when a tenant's model API fails) never open the breaker: 30 in a row all reach the server, and
+// a healthy call still goes through; the same errors unmarked open it after 5.
+func TestBreakerIgnoresProviderFaults(t *testing.T) {
+	t.Parallel()
+	f := &flaky{code: connect.CodeUnavailable}
+	f.mark.Store("openai")
+	c := dialFlaky(t, f, rpcclient.Config{BreakerOpenFor: time.Hour, MaxRetries: 1})
+	ctx := context.Background()
+	f.broken.Store(true)
+	for range 30 {
+		_, err := c.CreateNamespace(ctx, ns)
+		if status.Code(err) != codes.Unavailable || !upstream.Is(err) {
+			t.Fatalf("got %v, want the provider fault itself", err)
+		}
+	}
+	if f.calls.Load() != 30 {
+		t.Errorf("server saw %d of 30 provider-fault calls: the breaker opened", f.calls.Load())
+	}
+	f.broken.Store(false)
+	if _, err := c.CreateNamespace(ctx, ns); err != nil {
+		t.Errorf("healthy call after 30 provider faults: %v", err)
+	}
+	f.mark.Store("")
+	f.broken.Store(true)
+	for range 5 {
+		c.CreateNamespace(ctx, ns)
+	}
+	if _, err := c.CreateNamespace(ctx, ns); !strings.Contains(fmt.Sprint(err), "circuit breaker open") {
+		t.Errorf("after 5 unmarked Unavailable: %v, want the breaker open", err)
 	}
 }
 

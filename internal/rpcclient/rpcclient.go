@@ -24,6 +24,9 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/retry"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/timeout"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	noopmetric "go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -31,10 +34,12 @@ import (
 	_ "google.golang.org/grpc/health" // enables client-side health checking
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/descriptorpb"
 
 	"github.com/loom-dev/loom/internal/procedure"
+	"github.com/loom-dev/loom/internal/telemetry"
 )
 
 // Config describes one target service.
@@ -61,6 +66,12 @@ type Config struct {
 	// RetryRatio is the retry budget: retries may add at most this fraction of calls (plus a reserve of 10).
 	// Default 0.1.
 	RetryRatio float64
+	// TracerProvider, when set, traces every call (otelgrpc's client stats handler: one client span per
+	// attempt, the W3C trace context sent to the target); grpc.health.v1 checks are not traced. Nil means no
+	// tracing, at no cost.
+	TracerProvider trace.TracerProvider
+	// Metrics, when set, exports the state of this target's circuit breaker (see [Metrics]).
+	Metrics *Metrics
 }
 
 // Dial creates the connection for cfg. It does not block: addresses are connected lazily and re-resolved.
@@ -88,6 +99,7 @@ func Dial(cfg Config) (*grpc.ClientConn, error) {
 		cfg.RetryRatio = 0.1
 	}
 	breaker := newBreaker(cfg.Target, cfg.BreakerOpenFor, cfg.Logger)
+	cfg.Metrics.add(cfg.Target, breaker)
 	budget := newRetryBudget(cfg.RetryRatio, 10)
 
 	target, opts := resolve(cfg.Target)
@@ -120,6 +132,16 @@ func Dial(cfg Config) (*grpc.ClientConn, error) {
 		return Idempotent(c.FullMethod())
 	})
 
+	if cfg.TracerProvider != nil {
+		opts = append(opts, grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+			otelgrpc.WithTracerProvider(cfg.TracerProvider),
+			otelgrpc.WithPropagators(telemetry.Propagator()),
+			otelgrpc.WithMeterProvider(noopmetric.NewMeterProvider()), // metrics are Prometheus, server side
+			otelgrpc.WithFilter(func(info *stats.RPCTagInfo) bool {
+				return !strings.HasPrefix(info.FullMethodName, "/grpc.health.v1.Health/")
+			}),
+		)))
+	}
 	if cfg.Tokens != nil {
 		opts = append(opts, grpc.WithPerRPCCredentials(serviceTokens{minter: cfg.Tokens, audience: cfg.Service, secure: cfg.TLS != nil}))
 	}

@@ -4,9 +4,13 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"slices"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -68,4 +72,65 @@ func BenchmarkUnary(b *testing.B) {
 			b.ReportMetric(ns/bareNs, "x-bare")
 		}
 	})
+}
+
+// BenchmarkTracing measures the p50 of one unary RPC (grpc-go client, whole server) with tracing off (no
+// TracerProvider: no tracing interceptor at all) and on with full sampling (every call a recorded span, batched
+// to an exporter that drops them), alternating the two call by call in the same run so that both see the same
+// machine load. It reports both p50s and their ratio, x-off (target <= 1.05).
+func BenchmarkTracing(b *testing.B) {
+	mem := &fakeMemory{id: "bench"}
+	svc := rpcserver.Service{Name: memoryv1connect.MemoryServiceName,
+		Handler: func(o ...connect.HandlerOption) (string, http.Handler) {
+			return memoryv1connect.NewMemoryServiceHandler(mem, o...)
+		}}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	off := rpcservertest.Start(b, rpcserver.Config{}, nil, svc)
+	on := rpcservertest.Start(b, rpcserver.Config{TracerProvider: tp}, nil, svc)
+
+	client := func(addr string) memoryv1.MemoryServiceClient {
+		conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { conn.Close() })
+		return memoryv1.NewMemoryServiceClient(conn)
+	}
+	clients := [2]memoryv1.MemoryServiceClient{client(off.Addr), client(on.Addr)}
+	req := &memoryv1.GetNamespaceRequest{Name: "docs"}
+	ctx := context.Background()
+	for range 500 { // warm up both connections
+		for _, c := range clients {
+			if _, err := c.GetNamespace(ctx, req); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	var lat [2][]time.Duration
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		k := i % 2
+		i++
+		start := time.Now()
+		if _, err := clients[k].GetNamespace(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+		lat[k] = append(lat[k], time.Since(start))
+	}
+	b.StopTimer()
+	p50 := func(d []time.Duration) float64 {
+		if len(d) == 0 {
+			return 0
+		}
+		slices.Sort(d)
+		return float64(d[len(d)/2].Nanoseconds())
+	}
+	offP50, onP50 := p50(lat[0]), p50(lat[1])
+	b.ReportMetric(offP50, "p50-off-ns")
+	b.ReportMetric(onP50, "p50-on-ns")
+	if offP50 > 0 {
+		b.ReportMetric(onP50/offP50, "x-off")
+	}
 }

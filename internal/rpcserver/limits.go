@@ -2,6 +2,7 @@ package rpcserver
 
 import (
 	"errors"
+	"log/slog"
 	"net/http"
 	"sync"
 	"time"
@@ -16,7 +17,7 @@ import (
 
 // shedLoad refuses calls beyond max in flight at once with ResourceExhausted, immediately, instead of queueing
 // them without bound. Health, metrics and readiness are not counted (they are not routed through it).
-func shedLoad(max int, next http.Handler) http.Handler {
+func shedLoad(max int, ref *refusals, next http.Handler) http.Handler {
 	if max <= 0 {
 		return next
 	}
@@ -27,7 +28,7 @@ func shedLoad(max int, next http.Handler) http.Handler {
 			defer func() { <-slots }()
 			next.ServeHTTP(w, r)
 		default:
-			WriteError(w, r, retryLater(errors.New("server overloaded: too many calls in flight"), 100*time.Millisecond))
+			ref.refuse(w, r, reasonLoadShed, retryLater(errors.New("server overloaded: too many calls in flight"), 100*time.Millisecond))
 		}
 	})
 }
@@ -91,16 +92,55 @@ func (l *rateLimiter) reserve(key string, now time.Time) (bool, time.Duration) {
 }
 
 // rateLimit applies per-principal limits; it runs after authentication, which put the principal in the context.
-func rateLimit(l *rateLimiter, next http.Handler) http.Handler {
+func rateLimit(l *rateLimiter, ref *refusals, next http.Handler) http.Handler {
 	if l == nil {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, _ := principal.FromContext(r.Context())
 		if ok, wait := l.reserve(p.Tenant+"\x00"+p.Subject, time.Now()); !ok {
-			WriteError(w, r, retryLater(errors.New("rate limit exceeded for this caller"), wait))
+			ref.refuse(w, r, reasonRateLimit, retryLater(errors.New("rate limit exceeded for this caller"), wait))
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// Reasons a call is refused before the interceptors, the reason label of loom_rpc_refused_total.
+const (
+	reasonLoadShed        = "load_shed"
+	reasonRateLimit       = "rate_limit"
+	reasonUnauthenticated = "unauthenticated"
+	reasonThrottled       = "throttled"        // credential guessing slowed down (see package authn)
+	reasonAuthUnavailable = "auth_unavailable" // the credential store did not answer
+)
+
+// refusals answers, counts and logs calls refused before the interceptors. Its log lines are sampled (the
+// first few, then one a second per reason), since refusals come in floods; the counter counts every one.
+type refusals struct {
+	m      *metrics
+	logger *slog.Logger
+	mu     sync.Mutex
+	every  map[string]*rate.Sometimes
+}
+
+func (f *refusals) refuse(w http.ResponseWriter, r *http.Request, reason string, err *connect.Error) {
+	f.m.refusal(r, reason, err)
+	f.mu.Lock()
+	if f.every == nil {
+		f.every = map[string]*rate.Sometimes{}
+	}
+	s := f.every[reason] // reasons are the constants above: the map stays small
+	if s == nil {
+		s = &rate.Sometimes{First: 3, Interval: time.Second}
+		f.every[reason] = s
+	}
+	f.mu.Unlock()
+	s.Do(func() {
+		f.logger.LogAttrs(r.Context(), slog.LevelWarn, "rpc refused",
+			slog.String("procedure", r.URL.Path), slog.String("reason", reason),
+			slog.String("code", err.Code().String()), slog.String("peer", r.RemoteAddr),
+			slog.String("err", err.Message()))
+	})
+	WriteError(w, r, err)
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/cors"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/loom-dev/loom/internal/audit"
 	"github.com/loom-dev/loom/internal/principal"
@@ -81,6 +82,10 @@ type Config struct {
 	RateLimit float64
 	// RateBurst is the bucket size; 0 means max(1, RateLimit).
 	RateBurst int
+	// Fairness bounds one tenant's and one principal's unary calls in progress and open streams, apart from
+	// MaxInFlight, so that no caller can take the whole pool (see [FairnessLimits]). A zero field takes its
+	// default (DefaultTenantMaxInFlight and so on); a negative one disables that limit.
+	Fairness FairnessLimits
 	// Audit, when set, receives an event for every mutating RPC (see package audit).
 	Audit audit.Appender
 	// Fallback, when set, receives authenticated, rate-limited calls to procedures no mounted service serves:
@@ -88,6 +93,15 @@ type Config struct {
 	Fallback http.Handler
 	// Console, when set, serves the browser console under /console/ (and / redirects there).
 	Console http.Handler
+	// TracerProvider, when set, traces every RPC (see [Interceptors]); nil means tracing off, with no tracing
+	// interceptor at all.
+	TracerProvider trace.TracerProvider
+	// LogSampleRate is the fraction of successful calls logged at info, in [0, 1]; the others are logged at
+	// debug. 0 (the default) logs none at info. Failed and slow calls are always logged.
+	LogSampleRate float64
+	// SlowCall is the duration from which a unary call is logged at warn whatever its outcome. Default 1 s;
+	// negative turns it off.
+	SlowCall time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -114,6 +128,15 @@ func (c Config) withDefaults() Config {
 	if c.MaxConcurrentStreams <= 0 {
 		c.MaxConcurrentStreams = 250
 	}
+	fair := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	fair(&c.Fairness.TenantMaxInFlight, DefaultTenantMaxInFlight)
+	fair(&c.Fairness.TenantMaxStreams, DefaultTenantMaxStreams)
+	fair(&c.Fairness.PrincipalMaxInFlight, DefaultPrincipalMaxInFlight)
+	fair(&c.Fairness.PrincipalMaxStreams, DefaultPrincipalMaxStreams)
 	return c
 }
 
@@ -164,9 +187,14 @@ func New(logger *slog.Logger, cfg Config, auth Authenticator, services ...Servic
 	}
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := newMetrics(s.registry)
+	chain, err := Interceptors(logger, metrics, cfg)
+	if err != nil {
+		return nil, err
+	}
+	ref := &refusals{m: metrics, logger: logger}
 
 	opts := []connect.HandlerOption{
-		connect.WithInterceptors(Interceptors(logger, metrics, cfg.Audit, cfg.DefaultTimeout, cfg.MaxTimeout)...),
+		connect.WithInterceptors(chain...),
 		connect.WithReadMaxBytes(cfg.MaxMessageBytes),
 		connect.WithSendMaxBytes(cfg.MaxMessageBytes),
 	}
@@ -191,7 +219,7 @@ func New(logger *slog.Logger, cfg Config, auth Authenticator, services ...Servic
 	if cfg.RateLimit > 0 {
 		limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst)
 	}
-	mux.Handle("/", shedLoad(cfg.MaxInFlight, authenticate(auth, rateLimit(limiter, rpc))))
+	mux.Handle("/", shedLoad(cfg.MaxInFlight, ref, authenticate(auth, ref, rateLimit(limiter, ref, rpc))))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if cfg.AuthMode != "" {
@@ -317,21 +345,25 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // authenticate resolves the principal before the request body is read and refuses the call if it cannot.
-func authenticate(auth Authenticator, next http.Handler) http.Handler {
+func authenticate(auth Authenticator, ref *refusals, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, err := auth(r)
 		var later interface{ RetryAfter() time.Duration }
 		if errors.As(err, &later) {
-			WriteError(w, r, retryLater(err, later.RetryAfter()))
+			ref.refuse(w, r, reasonThrottled, retryLater(err, later.RetryAfter()))
 			return
 		}
 		var ce *connect.Error
 		if errors.As(err, &ce) {
-			WriteError(w, r, ce) // the authenticator chose the code (Unavailable when its store is down)
+			reason := reasonUnauthenticated
+			if ce.Code() == connect.CodeUnavailable {
+				reason = reasonAuthUnavailable
+			}
+			ref.refuse(w, r, reason, ce) // the authenticator chose the code (Unavailable when its store is down)
 			return
 		}
 		if err != nil {
-			WriteError(w, r, connect.NewError(connect.CodeUnauthenticated, err))
+			ref.refuse(w, r, reasonUnauthenticated, connect.NewError(connect.CodeUnauthenticated, err))
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(principal.NewContext(r.Context(), p)))

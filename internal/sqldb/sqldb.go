@@ -27,11 +27,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/exaring/otelpgx"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	pgxvec "github.com/pgvector/pgvector-go/pgx"
 	"github.com/pressly/goose/v3"
+	noopmetric "go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/trace"
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 )
 
@@ -93,6 +96,10 @@ type Options struct {
 	// ReadMaxLag is how far the replica may lag the primary before reads leave it; zero means
 	// DefaultReadMaxLag.
 	ReadMaxLag time.Duration
+	// TracerProvider, when set, traces Postgres queries, batches, COPYs and connects (github.com/exaring/otelpgx
+	// on the pool's pgx QueryTracer hook) as children of the span in the query's context; queries outside a traced
+	// call make no spans. Statements are recorded, their arguments never. Nil means no tracing, at no cost.
+	TracerProvider trace.TracerProvider
 }
 
 // DB is an open database, or one component's view of it (see [DB.Component]). It is safe for concurrent use.
@@ -162,6 +169,7 @@ func openPostgres(ctx context.Context, rawURL string, o Options) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
+	cfg.ConnConfig.Tracer = queryTracer(o)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
@@ -178,6 +186,15 @@ func openPostgres(ctx context.Context, rawURL string, o Options) (*DB, error) {
 		}
 	}
 	return db, nil
+}
+
+// queryTracer is the pgx tracer of a pool opened with o: nil without Options.TracerProvider.
+func queryTracer(o Options) pgx.QueryTracer {
+	if o.TracerProvider == nil {
+		return nil
+	}
+	return otelpgx.NewTracer(otelpgx.WithTracerProvider(o.TracerProvider), otelpgx.WithDisableAcquireTracer(),
+		otelpgx.WithMeterProvider(noopmetric.NewMeterProvider()))
 }
 
 // poolConfig is the pgx pool configuration of a Postgres URL, for the primary and the read replica alike.

@@ -12,8 +12,10 @@ import (
 // IVF: the embedded store's approximate index, used by namespaces of index kind HNSW from IVFMinRows rows (see
 // QuantisedMinRows for the whole mapping). Vectors are partitioned by k-means (trained on a sample) into about
 // sqrt(n) lists; a search scores the centroids, scans the int8 codes of the IVFProbes nearest lists, keeps
-// top_k x QuantisedRerank candidates and re-ranks them exactly on float32. The index is built by the first
-// search that needs it (and rebuilt when the namespace has doubled since), then maintained by every write. When
+// top_k x QuantisedRerank candidates and re-ranks them exactly on float32. The index is built in the background
+// when a search first needs it (and rebuilt when the namespace has doubled since), taking its tenant's turn at the
+// scan gate; until it is ready searches use the int8 scan (or the old index), so no search waits for a build and
+// no build holds up another tenant's searches for longer than its turn. Every write then maintains it. When
 // a filter leaves fewer than top_k matches in the probed lists, the search falls back to the full int8 scan, so
 // it still returns exactly top_k rows when that many match.
 const (
@@ -174,28 +176,50 @@ func (ns *namespace) useIVF() bool {
 	return ns.meta.IndexKind == memory.IndexHNSW && ns.meta.Metric != memory.MetricL2 && len(ns.ids) >= IVFMinRows
 }
 
-// index returns ns's IVF index, building it first when missing or when the namespace has doubled since. The
+// staleIndex reports whether ns needs an IVF build: it has none, or it has doubled since the last one. The
 // caller holds the store's read lock.
-func (ns *namespace) index() *ivf {
-	if x := ns.ivf.Load(); x != nil && len(ns.ids) < 2*x.builtAt {
-		return x
-	}
-	ns.ivfMu.Lock()
-	defer ns.ivfMu.Unlock()
-	if x := ns.ivf.Load(); x != nil && len(ns.ids) < 2*x.builtAt {
-		return x
-	}
-	x := trainIVF(ns)
-	ns.ivf.Store(x)
-	return x
+func (ns *namespace) staleIndex() bool {
+	x := ns.ivf.Load()
+	return x == nil || len(ns.ids) >= 2*x.builtAt
 }
 
+// buildIndex starts a background build of ns's IVF index unless one is running. The build waits for tenant's
+// turn at the gate with every slot (k-means runs on every core), then trains under the store's read lock, so no
+// write interleaves and writes after it maintain the new index. The caller holds the read lock.
+func (s *Store) buildIndex(tenant, name string, ns *namespace) {
+	if !ns.building.CompareAndSwap(false, true) {
+		return
+	}
+	s.builds.Add(1)
+	go func() {
+		defer s.builds.Done()
+		defer ns.building.Store(false)
+		release, err := s.gate.acquire(s.buildCtx, tenant, s.gate.size)
+		if err != nil {
+			return // closing
+		}
+		defer release()
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		if s.closed || s.tenants[tenant][name] != ns || !ns.useIVF() || !ns.staleIndex() {
+			return
+		}
+		ns.ivf.Store(trainIVF(ns))
+	}()
+}
+
+// waitIndexes waits for the background index builds started so far (tests).
+func (s *Store) waitIndexes() { s.builds.Wait() }
+
 // ivfSearch returns the k best live, matching slots from the probed lists, or ok=false when fewer than k
-// matched there.
+// matched there or the index is not built yet.
 func (vq *vectorQuery) ivfSearch(k, rerank int) (top []scored, ok bool) {
 	ns := vq.ns
 	dim := ns.dim
-	x := ns.index()
+	x := ns.ivf.Load()
+	if x == nil {
+		return nil, false
+	}
 	probes := IVFProbes
 	if ns.meta.EfSearch > 0 {
 		probes = max(ns.meta.EfSearch/10, 1)

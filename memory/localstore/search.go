@@ -188,6 +188,10 @@ func (h *topK) sorted() []scored {
 // goroutines; below it the goroutine overhead outweighs the gain.
 const parallelMinFloats = 1 << 18
 
+// yieldFloats is how much of a parallel scan (rows x dimension) a goroutine does between yields: 2 MiB of float32,
+// about 0.1 ms here.
+const yieldFloats = 1 << 19
+
 // scanChunks runs work over contiguous chunks of slots [0, n), each chunk filling its own bounded heap of k, and
 // merges the heaps into the k best. Scans of at least parallelMinFloats (n x dim) run one chunk per GOMAXPROCS
 // goroutine; smaller ones run inline.
@@ -208,7 +212,15 @@ func scanChunks(n, dim, k int, work func(lo, hi int, h *topK)) []scored {
 		if lo >= hi {
 			continue
 		}
-		wg.Go(func() { work(lo, hi, h) })
+		wg.Go(func() {
+			// Yield between slices of the chunk: a scan holds every core for milliseconds, and other goroutines
+			// (another tenant's call, the network) would otherwise wait for the scheduler's 10 ms preemption.
+			step := max(1, yieldFloats/dim)
+			for a := lo; a < hi; a += step {
+				work(a, min(a+step, hi), h)
+				runtime.Gosched()
+			}
+		})
 	}
 	wg.Wait()
 	all := newTopK(k)

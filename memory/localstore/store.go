@@ -18,6 +18,12 @@
 // mapping). Text is indexed in a small inverted index scored by BM25 for hybrid search, fused with the vector
 // ranking by reciprocal rank fusion (k = 60). Expired records are never returned and are dropped by compaction.
 //
+// Fairness and quotas. Scans over 16k floats wait at a gate that shares the cores among tenants in turn (see
+// scanGate), outside the store's lock, so one tenant's flood of searches queues behind itself. WithQuota bounds
+// each tenant's namespaces, records and bytes, checked under the writer lock so concurrent writes cannot both
+// pass; a refused batch writes nothing. DeleteNamespace of a namespace holding FreeOSMemoryBytes or more returns
+// the freed memory to the operating system at once.
+//
 // Only one process may open a directory at a time (an flock on DIR/LOCK enforces it on Unix).
 package localstore
 
@@ -29,13 +35,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"google.golang.org/protobuf/proto"
 
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/memory"
@@ -61,7 +67,26 @@ type Store struct {
 	mu      sync.RWMutex
 	tenants map[string]map[string]*namespace
 	closed  bool
+
+	// quota bounds each tenant (see WithQuota); checked under writeMu, so concurrent writes cannot both pass.
+	quota memory.Quota
+	// freeing is set while a goroutine returns freed memory to the OS after a large DeleteNamespace.
+	freeing atomic.Bool
+	// gate shares the cores among tenants' scans (see scanGate).
+	gate *scanGate
+	// builds counts background index builds; buildCtx, cancelled by Close, stops those still waiting.
+	builds     sync.WaitGroup
+	buildCtx   context.Context
+	stopBuilds context.CancelFunc
 }
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithQuota bounds what each tenant may keep: namespaces, records and record bytes ([memory.RecordSize]), over
+// all its namespaces. A write over a quota fails with a *memory.QuotaError and writes nothing. The default is
+// no limit (the zero Quota); `loom serve` passes memory.DefaultQuota unless configured otherwise.
+func WithQuota(q memory.Quota) Option { return func(s *Store) { s.quota = q } }
 
 // namespace is one namespace's live state. Slots 0..len(ids)-1 are dense; deleting swaps the last slot in.
 type namespace struct {
@@ -74,12 +99,12 @@ type namespace struct {
 	qvecs  []int8
 	qscale []float32
 	// ivf is the IVF index (kind HNSW), nil until a search builds it; writers keep it in step.
-	ivf   atomic.Pointer[ivf]
-	ivfMu sync.Mutex // serialises builds
-	recs  []*rec
-	slot  map[string]int
-	text  *textIndex
-	bytes int64
+	ivf      atomic.Pointer[ivf]
+	building atomic.Bool // a background build of ivf is running
+	recs     []*rec
+	slot     map[string]int
+	text     *textIndex
+	bytes    int64
 	// expiring counts records with an expire time; while it is zero, searches skip the expiry check.
 	expiring int
 }
@@ -93,7 +118,7 @@ type rec struct {
 }
 
 // Open opens (creating it if needed) the store in dir and replays its log.
-func Open(dir string) (*Store, error) {
+func Open(dir string, opts ...Option) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("open localstore: %w", err)
 	}
@@ -107,11 +132,15 @@ func Open(dir string) (*Store, error) {
 		return nil, err
 	}
 	s.lock = lock
+	for _, o := range opts {
+		o(s)
+	}
 	return s, nil
 }
 
 func openUnlocked(dir string) (*Store, error) {
-	s := &Store{dir: dir, now: time.Now, tenants: map[string]map[string]*namespace{}}
+	s := &Store{dir: dir, now: time.Now, tenants: map[string]map[string]*namespace{}, gate: newScanGate(runtime.GOMAXPROCS(0))}
+	s.buildCtx, s.stopBuilds = context.WithCancel(context.Background())
 	f, err := os.OpenFile(s.logPath(), os.O_RDWR|os.O_CREATE, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("open localstore: %w", err)
@@ -297,10 +326,7 @@ func (s *Store) apply(e *entry) error {
 }
 
 func (ns *namespace) put(r memory.Record) {
-	size := int64(len(r.ID) + len(r.Text) + 4*len(r.Vector))
-	for k, v := range r.Metadata {
-		size += int64(len(k) + proto.Size(v))
-	}
+	size := memory.RecordSize(r)
 	nr := &rec{text: r.Text, md: r.Metadata, expire: r.ExpireTime, update: r.UpdateTime, size: size}
 	if !r.ExpireTime.IsZero() {
 		ns.expiring++
@@ -483,6 +509,8 @@ func (s *Store) compact() error {
 
 // Close closes the log. The store must not be used afterwards.
 func (s *Store) Close() error {
+	s.stopBuilds()
+	s.builds.Wait() // a build already training finishes (it holds the read lock Close needs anyway)
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	s.mu.Lock()
@@ -535,6 +563,12 @@ func (s *Store) CreateNamespace(ctx context.Context, tenant string, ns memory.Na
 		return memory.Namespace{}, fmt.Errorf("create namespace %q: %w", ns.Name, memory.ErrAlreadyExists)
 	case !errors.Is(err, memory.ErrNotFound):
 		return memory.Namespace{}, err
+	}
+	s.mu.RLock()
+	used := s.usage(tenant)
+	s.mu.RUnlock()
+	if err := s.quota.Check(used, memory.Usage{Namespaces: 1}); err != nil {
+		return memory.Namespace{}, fmt.Errorf("create namespace %q: %w", ns.Name, err)
 	}
 	ns.CreateTime = s.now().UTC().Truncate(time.Microsecond)
 	ns.Stats = memory.NamespaceStats{}
@@ -591,13 +625,129 @@ func (s *Store) DeleteNamespace(ctx context.Context, tenant, name string) error 
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	s.mu.RLock()
-	_, err := s.lookup(tenant, name)
+	ns, err := s.lookup(tenant, name)
+	var held int64
+	if err == nil {
+		held = ns.held()
+	}
 	s.mu.RUnlock()
 	if err != nil {
 		return fmt.Errorf("delete namespace: %w", err)
 	}
 	if err := s.write(&entry{op: opDeleteNamespace, tenant: tenant, namespace: name}); err != nil {
 		return fmt.Errorf("delete namespace %q: %w", name, err)
+	}
+	if held >= FreeOSMemoryBytes {
+		s.freeOSMemory()
+	}
+	return nil
+}
+
+// FreeOSMemoryBytes is the size of a deleted namespace's arrays from which DeleteNamespace returns the freed
+// memory to the operating system at once (debug.FreeOSMemory in the background, one at a time) instead of
+// leaving it to the runtime's gradual scavenger, so the process shrinks after a tenant deletes a large namespace.
+const FreeOSMemoryBytes = 8 << 20
+
+func (s *Store) freeOSMemory() {
+	if !s.freeing.CompareAndSwap(false, true) {
+		return // one is running; it frees this namespace's memory too
+	}
+	go func() {
+		defer s.freeing.Store(false)
+		debug.FreeOSMemory()
+	}()
+}
+
+// held approximates the bytes of a namespace's arrays (capacity, not length). The caller holds mu.
+func (ns *namespace) held() int64 {
+	return int64(4*cap(ns.vecs)+cap(ns.qvecs)+4*(cap(ns.inv)+cap(ns.qscale))) + ns.bytes
+}
+
+// usage is what tenant holds. The caller holds mu.
+func (s *Store) usage(tenant string) memory.Usage {
+	nss := s.tenants[tenant]
+	u := memory.Usage{Namespaces: int64(len(nss))}
+	for _, ns := range nss {
+		u.Records += int64(len(ns.ids))
+		u.Bytes += ns.bytes
+	}
+	return u
+}
+
+// batchUsage is what writing records (checked, to ns) adds to its tenant's usage: new ids count as records,
+// and every record's size less that of the record it replaces. A later record of an id in the batch wins. The
+// caller holds mu.
+func batchUsage(ns *namespace, records []memory.Record) memory.Usage {
+	last := make(map[string]int, len(records))
+	for i, r := range records {
+		last[r.ID] = i
+	}
+	var add memory.Usage
+	for i, r := range records {
+		if last[r.ID] != i {
+			continue
+		}
+		add.Bytes += memory.RecordSize(r)
+		if j, ok := ns.slot[r.ID]; ok {
+			add.Bytes -= ns.recs[j].size
+		} else {
+			add.Records++
+		}
+	}
+	return add
+}
+
+// checkQuota returns a *memory.QuotaError if writing records to namespace would take tenant over its quota.
+// Before refusing, it removes the tenant's expired records (they still count until removed) and checks again.
+// The caller holds writeMu, not mu.
+func (s *Store) checkQuota(tenant, namespace string, records []memory.Record) error {
+	if s.quota == (memory.Quota{}) {
+		return nil
+	}
+	check := func() (expiring bool, err error) {
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		ns, err := s.lookup(tenant, namespace)
+		if err != nil {
+			return false, err
+		}
+		for _, ns := range s.tenants[tenant] {
+			expiring = expiring || ns.expiring > 0
+		}
+		return expiring, s.quota.Check(s.usage(tenant), batchUsage(ns, records))
+	}
+	expiring, err := check()
+	if err == nil || !errors.Is(err, memory.ErrQuotaExceeded) || !expiring {
+		return err
+	}
+	if err := s.purgeExpired(tenant); err != nil {
+		return err
+	}
+	_, err = check()
+	return err
+}
+
+// purgeExpired deletes every expired record of tenant, one logged delete per namespace. The caller holds
+// writeMu, not mu.
+func (s *Store) purgeExpired(tenant string) error {
+	now := s.now()
+	s.mu.RLock()
+	dels := map[string][]string{}
+	for name, ns := range s.tenants[tenant] {
+		if ns.expiring == 0 {
+			continue
+		}
+		for i, id := range ns.ids {
+			if ns.expired(i, now) {
+				dels[name] = append(dels[name], id)
+			}
+		}
+	}
+	s.mu.RUnlock()
+	for name, ids := range dels {
+		if err := s.write(&entry{op: opDelete, tenant: tenant, namespace: name, ids: ids}); err != nil {
+			return fmt.Errorf("remove expired records: %w", err)
+		}
 	}
 	return nil
 }
@@ -620,6 +770,9 @@ func (s *Store) Upsert(ctx context.Context, tenant, namespace string, records []
 		return fmt.Errorf("upsert: %w", err)
 	}
 	if err := memory.CheckRecords(meta, records); err != nil {
+		return fmt.Errorf("upsert: %w", err)
+	}
+	if err := s.checkQuota(tenant, namespace, records); err != nil {
 		return fmt.Errorf("upsert: %w", err)
 	}
 	e := &entry{op: opUpsert, tenant: tenant, namespace: namespace, records: make([]*memoryv1.Record, len(records))}
@@ -720,9 +873,28 @@ func (s *Store) Search(ctx context.Context, tenant, namespace string, q memory.Q
 	if q.Hybrid && q.Text == "" {
 		return nil, memory.Invalidf("hybrid", "needs a text query")
 	}
+	// Scans of any size wait their tenant's turn at the gate, outside the lock, so queued searches never hold
+	// up writers.
+	s.mu.RLock()
+	ns, err := s.lookup(tenant, namespace)
+	var rows, dim int
+	if err == nil {
+		rows, dim = len(ns.ids), ns.dim
+	}
+	s.mu.RUnlock()
+	if err != nil {
+		return nil, fmt.Errorf("search: %w", err)
+	}
+	if rows*dim >= gateMinFloats {
+		release, err := s.gate.acquire(ctx, tenant, scanWeight(rows, dim))
+		if err != nil {
+			return nil, fmt.Errorf("search: %w", err)
+		}
+		defer release()
+	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	ns, err := s.lookup(tenant, namespace)
+	ns, err = s.lookup(tenant, namespace)
 	if err != nil {
 		return nil, fmt.Errorf("search: %w", err)
 	}
@@ -745,6 +917,9 @@ func (s *Store) Search(ctx context.Context, tenant, namespace string, q memory.Q
 	var top []scored
 	ok := false
 	if ns.useIVF() {
+		if ns.staleIndex() {
+			s.buildIndex(tenant, namespace, ns)
+		}
 		top, ok = vq.ivfSearch(k, QuantisedRerank)
 	}
 	if ok {

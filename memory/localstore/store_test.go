@@ -198,3 +198,14 @@ func TestSecondOpenRefused(t *testing.T) {
 	s3 := open(t, dir)
 	s3.Close()
 }
+
+func TestQuotaContract(t *testing.T) {
+	memorytest.RunQuota(t, func(t *testing.T, q memory.Quota) memory.Store {
+		s, err := Open(t.TempDir(), WithQuota(q))
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}

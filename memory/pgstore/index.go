@@ -105,7 +105,9 @@ func (s *Store) buildIndex(ctx context.Context, row nsRow, concurrently bool) er
 	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1, $2)", buildLockClass, int32(row.id)); err != nil {
 		return fmt.Errorf("build index: %w", err)
 	}
-	defer func() { _, _ = conn.Exec(context.Background(), "SELECT pg_advisory_unlock($1, $2)", buildLockClass, int32(row.id)) }()
+	defer func() {
+		_, _ = conn.Exec(context.Background(), "SELECT pg_advisory_unlock($1, $2)", buildLockClass, int32(row.id))
+	}()
 	mode := ""
 	if concurrently {
 		mode = "CONCURRENTLY "

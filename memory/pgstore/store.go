@@ -26,6 +26,11 @@
 // With a read replica (sqldb.Options.ReadURL), Search, Get, GetNamespace and ListNamespaces read from it when the
 // caller may (sqldb.DB.Read: the replica is up, close enough, and has replayed the caller's writes, which every
 // write method records with sqldb.DB.Wrote).
+//
+// Quotas (WithQuota): each catalog row counts its namespace's records and bytes (migration 00002), kept in step
+// by every write in the write's own transaction; a tenant's usage is the sum of its few catalog rows. With a
+// quota, a tenant's writes take a transaction-scoped advisory lock on the tenant, so concurrent writes cannot
+// both pass, and a batch over the quota is rolled back whole.
 package pgstore
 
 import (
@@ -91,12 +96,24 @@ type Store struct {
 	closed     bool
 	// indexNow builds a namespace's index in its first Upsert instead of deferring it (tests).
 	indexNow bool
+	// quota bounds each tenant (see WithQuota).
+	quota memory.Quota
 }
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithQuota bounds what each tenant may keep: namespaces, records and record bytes (as this store counts them:
+// id, text, 4 per vector element and the metadata's JSON text), over all its namespaces. A write over a quota
+// fails with a *memory.QuotaError and writes nothing. With a quota, a tenant's writes that add records or
+// namespaces are serialised (a transaction-scoped advisory lock on the tenant), so concurrent writes cannot
+// both pass. The default is no limit; `loom serve` passes memory.DefaultQuota unless configured otherwise.
+func WithQuota(q memory.Quota) Option { return func(s *Store) { s.quota = q } }
 
 // New applies the store's migrations to db (a Postgres database; the vector extension must exist or the user
 // must be allowed to create it) in the memory component's schema, and returns the store over db's pool. The
 // caller keeps ownership of db and closes it after the store.
-func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
+func New(ctx context.Context, db *sqldb.DB, opts ...Option) (*Store, error) {
 	if db.Dialect != sqldb.Postgres {
 		return nil, fmt.Errorf("open pgstore: needs a Postgres database, got %s", db.Dialect)
 	}
@@ -110,7 +127,103 @@ func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
 		return nil, fmt.Errorf("open pgstore: %w", err)
 	}
 	bctx, cancel := context.WithCancel(context.Background())
-	return &Store{pool: db.Pool, db: db, ns: db.Table("memory_namespaces"), builds: map[int64]*time.Timer{}, buildCtx: bctx, stopBuilds: cancel}, nil
+	s := &Store{pool: db.Pool, db: db, ns: db.Table("memory_namespaces"), builds: map[int64]*time.Timer{}, buildCtx: bctx, stopBuilds: cancel}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
+}
+
+// recordSize is a record's bytes in SQL, over a records table aliased t; the usage counters add it up.
+const recordSize = "(octet_length(t.id) + octet_length(t.text) + 4 * vector_dims(t.embedding) + octet_length(t.metadata::text))"
+
+// lockTenant serialises the tenant's quota-checked writes until tx ends. Without a quota it does nothing.
+func (s *Store) lockTenant(ctx context.Context, tx pgx.Tx, tenant string) error {
+	if s.quota == (memory.Quota{}) {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('loom.memory.quota:' || $1, 0))", tenant); err != nil {
+		return fmt.Errorf("lock tenant usage: %w", err)
+	}
+	return nil
+}
+
+// usage is what tenant holds, read in tx.
+func (s *Store) usage(ctx context.Context, tx pgx.Tx, tenant string) (memory.Usage, error) {
+	var u memory.Usage
+	err := tx.QueryRow(ctx, "SELECT count(*), coalesce(sum(record_count), 0), coalesce(sum(size_bytes), 0) FROM "+s.ns+" WHERE tenant = $1", tenant).
+		Scan(&u.Namespaces, &u.Records, &u.Bytes)
+	if err != nil {
+		return memory.Usage{}, fmt.Errorf("read tenant usage: %w", err)
+	}
+	return u, nil
+}
+
+// Usage returns what tenant holds, as the quota counts it.
+func (s *Store) Usage(ctx context.Context, tenant string) (memory.Usage, error) {
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return memory.Usage{}, fmt.Errorf("usage: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	return s.usage(ctx, tx, tenant)
+}
+
+// purgeExpired deletes tenant's expired records (they count against its quota until removed) and reports
+// whether it deleted any.
+func (s *Store) purgeExpired(ctx context.Context, tenant string) (bool, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return false, fmt.Errorf("remove expired records: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	rows, err := tx.Query(ctx, "SELECT "+nsColumns+" FROM "+s.ns+" WHERE tenant = $1 ORDER BY id FOR UPDATE", tenant)
+	if err != nil {
+		return false, fmt.Errorf("remove expired records: %w", err)
+	}
+	var nss []nsRow
+	for rows.Next() {
+		r, err := scanNS(rows)
+		if err != nil {
+			rows.Close()
+			return false, fmt.Errorf("remove expired records: %w", err)
+		}
+		nss = append(nss, r)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return false, fmt.Errorf("remove expired records: %w", err)
+	}
+	var purged bool
+	for _, r := range nss {
+		var n, b int64
+		err := tx.QueryRow(ctx, "WITH d AS (DELETE FROM "+s.records(r)+" t WHERE NOT "+alive+" RETURNING "+recordSize+" AS size) SELECT count(*), coalesce(sum(size), 0) FROM d").Scan(&n, &b)
+		if err != nil {
+			return false, fmt.Errorf("remove expired records: %w", err)
+		}
+		if n > 0 {
+			purged = true
+			if err := s.addUsage(ctx, tx, r.id, -n, -b); err != nil {
+				return false, err
+			}
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return false, fmt.Errorf("remove expired records: %w", err)
+	}
+	s.db.Wrote(ctx)
+	return purged, nil
+}
+
+// addUsage adds to a namespace's counters in tx.
+func (s *Store) addUsage(ctx context.Context, tx pgx.Tx, id, records, bytes int64) error {
+	if records == 0 && bytes == 0 {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, "UPDATE "+s.ns+" SET record_count = record_count + $2, size_bytes = size_bytes + $3 WHERE id = $1", id, records, bytes); err != nil {
+		return fmt.Errorf("update usage: %w", err)
+	}
+	return nil
 }
 
 // ensureVector creates the vector extension if it is missing, then resets the pool so that every connection
@@ -238,6 +351,18 @@ func (s *Store) CreateNamespace(ctx context.Context, tenant string, ns memory.Na
 		return memory.Namespace{}, fmt.Errorf("create namespace: %w", err)
 	}
 	defer tx.Rollback(ctx)
+	if s.quota.Namespaces > 0 {
+		if err := s.lockTenant(ctx, tx, tenant); err != nil {
+			return memory.Namespace{}, fmt.Errorf("create namespace: %w", err)
+		}
+		used, err := s.usage(ctx, tx, tenant)
+		if err != nil {
+			return memory.Namespace{}, fmt.Errorf("create namespace: %w", err)
+		}
+		if err := s.quota.Check(used, memory.Usage{Namespaces: 1}); err != nil {
+			return memory.Namespace{}, fmt.Errorf("create namespace %q: %w", ns.Name, err)
+		}
+	}
 	row, err := scanNS(tx.QueryRow(ctx, `INSERT INTO `+s.ns+` (tenant, name, dimension, metric, embedder_provider, embedder_model, index_kind, m, ef_construction, ef_search, description, create_time)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, date_trunc('milliseconds', now()))
 		ON CONFLICT (tenant, name) DO NOTHING RETURNING `+nsColumns,
@@ -379,14 +504,35 @@ const upsertSet = ` ON CONFLICT (id) DO UPDATE SET text = excluded.text, embeddi
 	metadata = excluded.metadata, expire_time = excluded.expire_time, update_time = excluded.update_time`
 
 // Upsert implements memory.Store.
+//
+// The batch's effect on the namespace's usage counters is measured in SQL, before and after the write, in the
+// write's transaction; when it would take the tenant over its quota the transaction is rolled back, so nothing
+// of the batch remains. Expired records count until removed: before refusing, Upsert removes the tenant's
+// expired records and tries once more.
 func (s *Store) Upsert(ctx context.Context, tenant, namespace string, records []memory.Record) error {
+	err := s.upsert(ctx, tenant, namespace, records)
+	if errors.Is(err, memory.ErrQuotaExceeded) {
+		if purged, perr := s.purgeExpired(ctx, tenant); perr != nil {
+			return fmt.Errorf("upsert: %w", perr)
+		} else if purged {
+			err = s.upsert(ctx, tenant, namespace, records)
+		}
+	}
+	return err
+}
+
+func (s *Store) upsert(ctx context.Context, tenant, namespace string, records []memory.Record) error {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("upsert: %w", err)
 	}
 	defer tx.Rollback(ctx)
-	// FOR SHARE keeps the namespace from being deleted under the batch.
-	row, err := scanNS(tx.QueryRow(ctx, "SELECT "+nsColumns+" FROM "+s.ns+" WHERE tenant = $1 AND name = $2 FOR SHARE", tenant, namespace))
+	if err := s.lockTenant(ctx, tx, tenant); err != nil {
+		return fmt.Errorf("upsert: %w", err)
+	}
+	// FOR UPDATE keeps the namespace from being deleted under the batch, and orders the writers of its usage
+	// counters.
+	row, err := scanNS(tx.QueryRow(ctx, "SELECT "+nsColumns+" FROM "+s.ns+" WHERE tenant = $1 AND name = $2 FOR UPDATE", tenant, namespace))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("upsert: namespace %q: %w", namespace, memory.ErrNotFound)
 	}
@@ -402,10 +548,12 @@ func (s *Store) Upsert(ctx context.Context, tenant, namespace string, records []
 		last[r.ID] = i
 	}
 	rows := make([][]any, 0, len(last))
+	ids := make([]string, 0, len(last))
 	for i, r := range records {
 		if last[r.ID] != i {
 			continue
 		}
+		ids = append(ids, r.ID)
 		md, err := metadataJSON(r.Metadata)
 		if err != nil {
 			return fmt.Errorf("upsert: records[%d]: %w", i, err)
@@ -413,6 +561,27 @@ func (s *Store) Upsert(ctx context.Context, tenant, namespace string, records []
 		rows = append(rows, []any{r.ID, r.Text, pgvector.NewVector(r.Vector), string(md), nullTime(r.ExpireTime), r.UpdateTime})
 	}
 	t := s.records(row)
+	measure := func() (n, b int64, err error) {
+		err = tx.QueryRow(ctx, "SELECT count(*), coalesce(sum("+recordSize+"), 0) FROM "+t+" t WHERE t.id = ANY($1)", ids).Scan(&n, &b)
+		if err != nil {
+			return 0, 0, fmt.Errorf("upsert: measure: %w", err)
+		}
+		return n, b, nil
+	}
+	oldN, oldB, err := measure()
+	if err != nil {
+		return err
+	}
+	var used memory.Usage
+	if s.quota != (memory.Quota{}) {
+		if used, err = s.usage(ctx, tx, tenant); err != nil {
+			return fmt.Errorf("upsert: %w", err)
+		}
+		// Refuse on the record count before writing anything; bytes are known only after the write.
+		if err := s.quota.Check(used, memory.Usage{Records: int64(len(ids)) - oldN}); err != nil {
+			return fmt.Errorf("upsert: %w", err)
+		}
+	}
 	if len(rows) < copyThreshold {
 		b := &pgx.Batch{}
 		for _, r := range rows {
@@ -435,6 +604,17 @@ func (s *Store) Upsert(ctx context.Context, tenant, namespace string, records []
 		if _, err := tx.Exec(ctx, "INSERT INTO "+t+" (id, text, embedding, metadata, expire_time, update_time) SELECT id, text, embedding, metadata, expire_time, update_time FROM memory_upsert"+upsertSet); err != nil {
 			return fmt.Errorf("upsert: %w", err)
 		}
+	}
+	newN, newB, err := measure()
+	if err != nil {
+		return err
+	}
+	add := memory.Usage{Records: newN - oldN, Bytes: newB - oldB}
+	if err := s.quota.Check(used, add); err != nil {
+		return fmt.Errorf("upsert: %w", err) // the deferred rollback undoes the whole batch
+	}
+	if err := s.addUsage(ctx, tx, row.id, add.Records, add.Bytes); err != nil {
+		return fmt.Errorf("upsert: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("upsert: %w", err)
@@ -547,13 +727,19 @@ func (s *Store) Delete(ctx context.Context, tenant, namespace string, ids []stri
 		return 0, fmt.Errorf("delete: %w", err)
 	}
 	defer tx.Rollback(ctx)
-	row, err := s.lookup(ctx, tx, tenant, namespace)
+	row, err := scanNS(tx.QueryRow(ctx, "SELECT "+nsColumns+" FROM "+s.ns+" WHERE tenant = $1 AND name = $2 FOR UPDATE", tenant, namespace))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("delete: namespace %q: %w", namespace, memory.ErrNotFound)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("delete: %w", err)
 	}
-	var n int64
-	err = tx.QueryRow(ctx, "WITH d AS (DELETE FROM "+s.records(row)+" WHERE "+where.String()+" RETURNING expire_time) SELECT count(*) FROM d WHERE "+alive, a...).Scan(&n)
+	var n, all, b int64
+	err = tx.QueryRow(ctx, "WITH d AS (DELETE FROM "+s.records(row)+" t WHERE "+where.String()+" RETURNING t.expire_time, "+recordSize+" AS size) SELECT count(*) FILTER (WHERE "+alive+"), count(*), coalesce(sum(size), 0) FROM d", a...).Scan(&n, &all, &b)
 	if err != nil {
+		return 0, fmt.Errorf("delete: %w", err)
+	}
+	if err := s.addUsage(ctx, tx, row.id, -all, -b); err != nil {
 		return 0, fmt.Errorf("delete: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {

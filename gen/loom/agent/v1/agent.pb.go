@@ -137,6 +137,67 @@ func (VoiceProvider) EnumDescriptor() ([]byte, []int) {
 	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{1}
 }
 
+// ChaosCode is the status code of an injected failure.
+type ChaosCode int32
+
+const (
+	// Unset; treated as CHAOS_CODE_UNAVAILABLE.
+	ChaosCode_CHAOS_CODE_UNSPECIFIED ChaosCode = 0
+	// UNAVAILABLE: a provider that is down; retryable.
+	ChaosCode_CHAOS_CODE_UNAVAILABLE ChaosCode = 1
+	// RESOURCE_EXHAUSTED: a provider's rate limit.
+	ChaosCode_CHAOS_CODE_RESOURCE_EXHAUSTED ChaosCode = 2
+	// DEADLINE_EXCEEDED: a provider that timed out.
+	ChaosCode_CHAOS_CODE_DEADLINE_EXCEEDED ChaosCode = 3
+	// INTERNAL: a provider that broke.
+	ChaosCode_CHAOS_CODE_INTERNAL ChaosCode = 4
+)
+
+// Enum value maps for ChaosCode.
+var (
+	ChaosCode_name = map[int32]string{
+		0: "CHAOS_CODE_UNSPECIFIED",
+		1: "CHAOS_CODE_UNAVAILABLE",
+		2: "CHAOS_CODE_RESOURCE_EXHAUSTED",
+		3: "CHAOS_CODE_DEADLINE_EXCEEDED",
+		4: "CHAOS_CODE_INTERNAL",
+	}
+	ChaosCode_value = map[string]int32{
+		"CHAOS_CODE_UNSPECIFIED":        0,
+		"CHAOS_CODE_UNAVAILABLE":        1,
+		"CHAOS_CODE_RESOURCE_EXHAUSTED": 2,
+		"CHAOS_CODE_DEADLINE_EXCEEDED":  3,
+		"CHAOS_CODE_INTERNAL":           4,
+	}
+)
+
+func (x ChaosCode) Enum() *ChaosCode {
+	p := new(ChaosCode)
+	*p = x
+	return p
+}
+
+func (x ChaosCode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ChaosCode) Descriptor() protoreflect.EnumDescriptor {
+	return file_loom_agent_v1_agent_proto_enumTypes[2].Descriptor()
+}
+
+func (ChaosCode) Type() protoreflect.EnumType {
+	return &file_loom_agent_v1_agent_proto_enumTypes[2]
+}
+
+func (x ChaosCode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ChaosCode.Descriptor instead.
+func (ChaosCode) EnumDescriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+}
+
 // RunState is the state of a run.
 type RunState int32
 
@@ -182,11 +243,11 @@ func (x RunState) String() string {
 }
 
 func (RunState) Descriptor() protoreflect.EnumDescriptor {
-	return file_loom_agent_v1_agent_proto_enumTypes[2].Descriptor()
+	return file_loom_agent_v1_agent_proto_enumTypes[3].Descriptor()
 }
 
 func (RunState) Type() protoreflect.EnumType {
-	return &file_loom_agent_v1_agent_proto_enumTypes[2]
+	return &file_loom_agent_v1_agent_proto_enumTypes[3]
 }
 
 func (x RunState) Number() protoreflect.EnumNumber {
@@ -195,7 +256,7 @@ func (x RunState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RunState.Descriptor instead.
 func (RunState) EnumDescriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 // AudioFormat is an audio encoding.
@@ -235,11 +296,11 @@ func (x AudioFormat) String() string {
 }
 
 func (AudioFormat) Descriptor() protoreflect.EnumDescriptor {
-	return file_loom_agent_v1_agent_proto_enumTypes[3].Descriptor()
+	return file_loom_agent_v1_agent_proto_enumTypes[4].Descriptor()
 }
 
 func (AudioFormat) Type() protoreflect.EnumType {
-	return &file_loom_agent_v1_agent_proto_enumTypes[3]
+	return &file_loom_agent_v1_agent_proto_enumTypes[4]
 }
 
 func (x AudioFormat) Number() protoreflect.EnumNumber {
@@ -248,7 +309,7 @@ func (x AudioFormat) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AudioFormat.Descriptor instead.
 func (AudioFormat) EnumDescriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 // VideoState is the state of a video.
@@ -292,11 +353,11 @@ func (x VideoState) String() string {
 }
 
 func (VideoState) Descriptor() protoreflect.EnumDescriptor {
-	return file_loom_agent_v1_agent_proto_enumTypes[4].Descriptor()
+	return file_loom_agent_v1_agent_proto_enumTypes[5].Descriptor()
 }
 
 func (VideoState) Type() protoreflect.EnumType {
-	return &file_loom_agent_v1_agent_proto_enumTypes[4]
+	return &file_loom_agent_v1_agent_proto_enumTypes[5]
 }
 
 func (x VideoState) Number() protoreflect.EnumNumber {
@@ -305,7 +366,7 @@ func (x VideoState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use VideoState.Descriptor instead.
 func (VideoState) EnumDescriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 // Model selects and parameterises a model.
@@ -529,6 +590,8 @@ type Tool struct {
 	//	*Tool_MemorySave
 	//	*Tool_Delegate
 	//	*Tool_HttpFetch
+	//	*Tool_Webhook
+	//	*Tool_Mcp
 	Kind          isTool_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -607,6 +670,24 @@ func (x *Tool) GetHttpFetch() *HttpFetchTool {
 	return nil
 }
 
+func (x *Tool) GetWebhook() *WebhookTool {
+	if x != nil {
+		if x, ok := x.Kind.(*Tool_Webhook); ok {
+			return x.Webhook
+		}
+	}
+	return nil
+}
+
+func (x *Tool) GetMcp() *McpTool {
+	if x != nil {
+		if x, ok := x.Kind.(*Tool_Mcp); ok {
+			return x.Mcp
+		}
+	}
+	return nil
+}
+
 type isTool_Kind interface {
 	isTool_Kind()
 }
@@ -631,6 +712,16 @@ type Tool_HttpFetch struct {
 	HttpFetch *HttpFetchTool `protobuf:"bytes,4,opt,name=http_fetch,json=httpFetch,proto3,oneof"`
 }
 
+type Tool_Webhook struct {
+	// Call the user's own HTTP endpoint.
+	Webhook *WebhookTool `protobuf:"bytes,5,opt,name=webhook,proto3,oneof"`
+}
+
+type Tool_Mcp struct {
+	// Call one tool of an MCP server.
+	Mcp *McpTool `protobuf:"bytes,6,opt,name=mcp,proto3,oneof"`
+}
+
 func (*Tool_MemorySearch) isTool_Kind() {}
 
 func (*Tool_MemorySave) isTool_Kind() {}
@@ -638,6 +729,214 @@ func (*Tool_MemorySave) isTool_Kind() {}
 func (*Tool_Delegate) isTool_Kind() {}
 
 func (*Tool_HttpFetch) isTool_Kind() {}
+
+func (*Tool_Webhook) isTool_Kind() {}
+
+func (*Tool_Mcp) isTool_Kind() {}
+
+// McpTool lets the model call one tool of a Model Context Protocol server over streamable HTTP. The tool's
+// description and input schema come from the server (tools/list) when a run starts; the model's arguments are
+// checked against that schema before the call. The address policy of http_fetch applies to the server URL on
+// every hop. A server that cannot be reached at the start of a run leaves the tool out of that run, with a
+// warning.
+type McpTool struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The MCP server's endpoint, an absolute http or https URL.
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// The tool's name on the server.
+	Tool string `protobuf:"bytes,2,opt,name=tool,proto3" json:"tool,omitempty"`
+	// Name the model sees, unique in the agent and not a built-in tool's; empty means tool (which must then fit the
+	// pattern).
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// Time limit of a call (and of reading the tool list); unset means 20 seconds; at most 60 seconds.
+	Timeout *durationpb.Duration `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Largest result passed to the model, in bytes of JSON; 0 means 64 KiB; at most 1 MiB. A larger result is a
+	// tool error.
+	MaxResultBytes int32 `protobuf:"varint,5,opt,name=max_result_bytes,json=maxResultBytes,proto3" json:"max_result_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *McpTool) Reset() {
+	*x = McpTool{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *McpTool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*McpTool) ProtoMessage() {}
+
+func (x *McpTool) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use McpTool.ProtoReflect.Descriptor instead.
+func (*McpTool) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *McpTool) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *McpTool) GetTool() string {
+	if x != nil {
+		return x.Tool
+	}
+	return ""
+}
+
+func (x *McpTool) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *McpTool) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *McpTool) GetMaxResultBytes() int32 {
+	if x != nil {
+		return x.MaxResultBytes
+	}
+	return 0
+}
+
+// WebhookTool lets the model call the user's own HTTP endpoint. A call POSTs a JSON object {"tool", "run_id",
+// "call_id", "arguments"} with headers Loom-Timestamp (unix seconds) and Loom-Signature ("v1=" and the hex
+// HMAC-SHA256, keyed by signing_secret, of the timestamp, ".", and the body); receivers should refuse a
+// timestamp more than 5 minutes old. A 2xx answer whose body is a JSON object is the tool's result; any other
+// answer is a tool error told to the model. The address policy of http_fetch applies (no internal addresses, on
+// any hop); redirects are not followed.
+type WebhookTool struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tool name the model sees, unique in the agent; not a built-in tool's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// What the tool does, told to the model.
+	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// Endpoint, an absolute http or https URL.
+	Url string `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	// JSON Schema of the arguments object; the model's arguments are checked against it before any call. Unset
+	// means any object.
+	Parameters *structpb.Struct `protobuf:"bytes,4,opt,name=parameters,proto3" json:"parameters,omitempty"`
+	// Write-only: the signing secret, 16 to 256 bytes, required when the tool is created. Never returned (reads
+	// leave it empty and set signing_secret_set); an update that leaves it empty keeps the stored one.
+	SigningSecret string `protobuf:"bytes,5,opt,name=signing_secret,json=signingSecret,proto3" json:"signing_secret,omitempty"`
+	// Output only: whether a signing secret is stored.
+	SigningSecretSet bool `protobuf:"varint,6,opt,name=signing_secret_set,json=signingSecretSet,proto3" json:"signing_secret_set,omitempty"`
+	// Time limit of a call; unset means 10 seconds; at most 30 seconds.
+	Timeout *durationpb.Duration `protobuf:"bytes,7,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Largest response body read; 0 means 64 KiB; at most 1 MiB. A larger answer is a tool error.
+	MaxResponseBytes int32 `protobuf:"varint,8,opt,name=max_response_bytes,json=maxResponseBytes,proto3" json:"max_response_bytes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *WebhookTool) Reset() {
+	*x = WebhookTool{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WebhookTool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WebhookTool) ProtoMessage() {}
+
+func (x *WebhookTool) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WebhookTool.ProtoReflect.Descriptor instead.
+func (*WebhookTool) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *WebhookTool) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WebhookTool) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *WebhookTool) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *WebhookTool) GetParameters() *structpb.Struct {
+	if x != nil {
+		return x.Parameters
+	}
+	return nil
+}
+
+func (x *WebhookTool) GetSigningSecret() string {
+	if x != nil {
+		return x.SigningSecret
+	}
+	return ""
+}
+
+func (x *WebhookTool) GetSigningSecretSet() bool {
+	if x != nil {
+		return x.SigningSecretSet
+	}
+	return false
+}
+
+func (x *WebhookTool) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *WebhookTool) GetMaxResponseBytes() int32 {
+	if x != nil {
+		return x.MaxResponseBytes
+	}
+	return 0
+}
 
 // MemorySearchTool lets the model search the agent's memory namespace.
 type MemorySearchTool struct {
@@ -648,7 +947,7 @@ type MemorySearchTool struct {
 
 func (x *MemorySearchTool) Reset() {
 	*x = MemorySearchTool{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -660,7 +959,7 @@ func (x *MemorySearchTool) String() string {
 func (*MemorySearchTool) ProtoMessage() {}
 
 func (x *MemorySearchTool) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +972,7 @@ func (x *MemorySearchTool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemorySearchTool.ProtoReflect.Descriptor instead.
 func (*MemorySearchTool) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 // MemorySaveTool lets the model save text into the agent's memory namespace.
@@ -685,7 +984,7 @@ type MemorySaveTool struct {
 
 func (x *MemorySaveTool) Reset() {
 	*x = MemorySaveTool{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +996,7 @@ func (x *MemorySaveTool) String() string {
 func (*MemorySaveTool) ProtoMessage() {}
 
 func (x *MemorySaveTool) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +1009,7 @@ func (x *MemorySaveTool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemorySaveTool.ProtoReflect.Descriptor instead.
 func (*MemorySaveTool) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 // DelegateTool lets the model run another agent.
@@ -726,7 +1025,7 @@ type DelegateTool struct {
 
 func (x *DelegateTool) Reset() {
 	*x = DelegateTool{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -738,7 +1037,7 @@ func (x *DelegateTool) String() string {
 func (*DelegateTool) ProtoMessage() {}
 
 func (x *DelegateTool) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -751,7 +1050,7 @@ func (x *DelegateTool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DelegateTool.ProtoReflect.Descriptor instead.
 func (*DelegateTool) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DelegateTool) GetAgent() string {
@@ -780,7 +1079,7 @@ type HttpFetchTool struct {
 
 func (x *HttpFetchTool) Reset() {
 	*x = HttpFetchTool{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -792,7 +1091,7 @@ func (x *HttpFetchTool) String() string {
 func (*HttpFetchTool) ProtoMessage() {}
 
 func (x *HttpFetchTool) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -805,7 +1104,7 @@ func (x *HttpFetchTool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HttpFetchTool.ProtoReflect.Descriptor instead.
 func (*HttpFetchTool) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *HttpFetchTool) GetAllowedHosts() []string {
@@ -830,7 +1129,7 @@ type MemoryConfig struct {
 
 func (x *MemoryConfig) Reset() {
 	*x = MemoryConfig{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +1141,7 @@ func (x *MemoryConfig) String() string {
 func (*MemoryConfig) ProtoMessage() {}
 
 func (x *MemoryConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +1154,7 @@ func (x *MemoryConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryConfig.ProtoReflect.Descriptor instead.
 func (*MemoryConfig) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *MemoryConfig) GetNamespace() string {
@@ -894,7 +1193,7 @@ type Budgets struct {
 
 func (x *Budgets) Reset() {
 	*x = Budgets{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -906,7 +1205,7 @@ func (x *Budgets) String() string {
 func (*Budgets) ProtoMessage() {}
 
 func (x *Budgets) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -919,7 +1218,7 @@ func (x *Budgets) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Budgets.ProtoReflect.Descriptor instead.
 func (*Budgets) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Budgets) GetMaxSteps() int32 {
@@ -956,7 +1255,7 @@ type Voice struct {
 
 func (x *Voice) Reset() {
 	*x = Voice{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -968,7 +1267,7 @@ func (x *Voice) String() string {
 func (*Voice) ProtoMessage() {}
 
 func (x *Voice) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -981,7 +1280,7 @@ func (x *Voice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Voice.ProtoReflect.Descriptor instead.
 func (*Voice) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Voice) GetProvider() VoiceProvider {
@@ -1024,14 +1323,17 @@ type Agent struct {
 	// Output only: when the agent was created.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// Output only: when this version was created.
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Faults injected into every run's model calls, for testing callers' retry policies; unset injects nothing.
+	// A run request's chaos replaces it.
+	Chaos         *Chaos `protobuf:"bytes,13,opt,name=chaos,proto3" json:"chaos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1345,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1358,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Agent) GetName() string {
@@ -1143,6 +1445,137 @@ func (x *Agent) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Agent) GetChaos() *Chaos {
+	if x != nil {
+		return x.Chaos
+	}
+	return nil
+}
+
+// Chaos injects faults into a run's model calls (whatever the provider), so callers can test their retry
+// policies. Nothing is injected unless an agent or a run request sets it. Every draw depends only on the seed,
+// the run's attempt and the index of the model call in the run: a run replays exactly with the same seed and
+// attempt, and a new attempt draws anew.
+type Chaos struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Seed of the draws; 0 means a random seed per run (not replayable).
+	Seed uint64 `protobuf:"varint,1,opt,name=seed,proto3" json:"seed,omitempty"`
+	// Probability in [0, 1] that a model call fails with code.
+	FailureRate float32 `protobuf:"fixed32,2,opt,name=failure_rate,json=failureRate,proto3" json:"failure_rate,omitempty"`
+	// A transient fault: attempts 1 to fail_attempts of a run fail on their first model call with code; later
+	// attempts recover (failure_rate still applies). 0 to 100.
+	FailAttempts int32 `protobuf:"varint,3,opt,name=fail_attempts,json=failAttempts,proto3" json:"fail_attempts,omitempty"`
+	// Code of injected failures; unset means UNAVAILABLE. Injected failures carry the provider-fault detail
+	// (provider "chaos"), so service breakers ignore them.
+	Code ChaosCode `protobuf:"varint,4,opt,name=code,proto3,enum=loom.agent.v1.ChaosCode" json:"code,omitempty"`
+	// Latency added before each model call, drawn uniformly from [latency_min, latency_max]; each 0 to 10 minutes.
+	LatencyMin *durationpb.Duration `protobuf:"bytes,5,opt,name=latency_min,json=latencyMin,proto3" json:"latency_min,omitempty"`
+	// Upper bound of the added latency; unset or below latency_min means exactly latency_min.
+	LatencyMax *durationpb.Duration `protobuf:"bytes,6,opt,name=latency_max,json=latencyMax,proto3" json:"latency_max,omitempty"`
+	// Probability in [0, 1] that a model call's stream is cut after its first chunk, failing with code.
+	TruncateRate float32 `protobuf:"fixed32,7,opt,name=truncate_rate,json=truncateRate,proto3" json:"truncate_rate,omitempty"`
+	// Probability in [0, 1] that a tool call fails without running: the model is told the tool failed.
+	ToolFailureRate float32 `protobuf:"fixed32,8,opt,name=tool_failure_rate,json=toolFailureRate,proto3" json:"tool_failure_rate,omitempty"`
+	// Probability in [0, 1] that the memory retrieval before the first model call fails: the run goes on without
+	// memory, with a warning.
+	MemoryFailureRate float32 `protobuf:"fixed32,9,opt,name=memory_failure_rate,json=memoryFailureRate,proto3" json:"memory_failure_rate,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *Chaos) Reset() {
+	*x = Chaos{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Chaos) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Chaos) ProtoMessage() {}
+
+func (x *Chaos) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Chaos.ProtoReflect.Descriptor instead.
+func (*Chaos) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Chaos) GetSeed() uint64 {
+	if x != nil {
+		return x.Seed
+	}
+	return 0
+}
+
+func (x *Chaos) GetFailureRate() float32 {
+	if x != nil {
+		return x.FailureRate
+	}
+	return 0
+}
+
+func (x *Chaos) GetFailAttempts() int32 {
+	if x != nil {
+		return x.FailAttempts
+	}
+	return 0
+}
+
+func (x *Chaos) GetCode() ChaosCode {
+	if x != nil {
+		return x.Code
+	}
+	return ChaosCode_CHAOS_CODE_UNSPECIFIED
+}
+
+func (x *Chaos) GetLatencyMin() *durationpb.Duration {
+	if x != nil {
+		return x.LatencyMin
+	}
+	return nil
+}
+
+func (x *Chaos) GetLatencyMax() *durationpb.Duration {
+	if x != nil {
+		return x.LatencyMax
+	}
+	return nil
+}
+
+func (x *Chaos) GetTruncateRate() float32 {
+	if x != nil {
+		return x.TruncateRate
+	}
+	return 0
+}
+
+func (x *Chaos) GetToolFailureRate() float32 {
+	if x != nil {
+		return x.ToolFailureRate
+	}
+	return 0
+}
+
+func (x *Chaos) GetMemoryFailureRate() float32 {
+	if x != nil {
+		return x.MemoryFailureRate
+	}
+	return 0
+}
+
 // ToolCall is a model's request to call a tool.
 type ToolCall struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1158,7 +1591,7 @@ type ToolCall struct {
 
 func (x *ToolCall) Reset() {
 	*x = ToolCall{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1603,7 @@ func (x *ToolCall) String() string {
 func (*ToolCall) ProtoMessage() {}
 
 func (x *ToolCall) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1616,7 @@ func (x *ToolCall) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToolCall.ProtoReflect.Descriptor instead.
 func (*ToolCall) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ToolCall) GetId() string {
@@ -1224,7 +1657,7 @@ type ToolResult struct {
 
 func (x *ToolResult) Reset() {
 	*x = ToolResult{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1236,7 +1669,7 @@ func (x *ToolResult) String() string {
 func (*ToolResult) ProtoMessage() {}
 
 func (x *ToolResult) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1249,7 +1682,7 @@ func (x *ToolResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToolResult.ProtoReflect.Descriptor instead.
 func (*ToolResult) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ToolResult) GetCallId() string {
@@ -1293,7 +1726,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +1738,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +1751,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Usage) GetInputTokens() int64 {
@@ -1356,7 +1789,7 @@ type Step struct {
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1801,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1814,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Step) GetIndex() int32 {
@@ -1465,7 +1898,7 @@ type Run struct {
 
 func (x *Run) Reset() {
 	*x = Run{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1910,7 @@ func (x *Run) String() string {
 func (*Run) ProtoMessage() {}
 
 func (x *Run) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1923,7 @@ func (x *Run) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Run.ProtoReflect.Descriptor instead.
 func (*Run) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Run) GetId() string {
@@ -1609,7 +2042,7 @@ type CreateAgentRequest struct {
 
 func (x *CreateAgentRequest) Reset() {
 	*x = CreateAgentRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1621,7 +2054,7 @@ func (x *CreateAgentRequest) String() string {
 func (*CreateAgentRequest) ProtoMessage() {}
 
 func (x *CreateAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1634,7 +2067,7 @@ func (x *CreateAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAgentRequest.ProtoReflect.Descriptor instead.
 func (*CreateAgentRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CreateAgentRequest) GetAgent() *Agent {
@@ -1655,7 +2088,7 @@ type CreateAgentResponse struct {
 
 func (x *CreateAgentResponse) Reset() {
 	*x = CreateAgentResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1667,7 +2100,7 @@ func (x *CreateAgentResponse) String() string {
 func (*CreateAgentResponse) ProtoMessage() {}
 
 func (x *CreateAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1680,7 +2113,7 @@ func (x *CreateAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAgentResponse.ProtoReflect.Descriptor instead.
 func (*CreateAgentResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreateAgentResponse) GetAgent() *Agent {
@@ -1703,7 +2136,7 @@ type GetAgentRequest struct {
 
 func (x *GetAgentRequest) Reset() {
 	*x = GetAgentRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1715,7 +2148,7 @@ func (x *GetAgentRequest) String() string {
 func (*GetAgentRequest) ProtoMessage() {}
 
 func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1728,7 +2161,7 @@ func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentRequest.ProtoReflect.Descriptor instead.
 func (*GetAgentRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetAgentRequest) GetName() string {
@@ -1756,7 +2189,7 @@ type GetAgentResponse struct {
 
 func (x *GetAgentResponse) Reset() {
 	*x = GetAgentResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1768,7 +2201,7 @@ func (x *GetAgentResponse) String() string {
 func (*GetAgentResponse) ProtoMessage() {}
 
 func (x *GetAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1781,7 +2214,7 @@ func (x *GetAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentResponse.ProtoReflect.Descriptor instead.
 func (*GetAgentResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetAgentResponse) GetAgent() *Agent {
@@ -1804,7 +2237,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1816,7 +2249,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1829,7 +2262,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListAgentsRequest) GetPageSize() int32 {
@@ -1859,7 +2292,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1871,7 +2304,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1884,7 +2317,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -1916,7 +2349,7 @@ type UpdateAgentRequest struct {
 
 func (x *UpdateAgentRequest) Reset() {
 	*x = UpdateAgentRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1928,7 +2361,7 @@ func (x *UpdateAgentRequest) String() string {
 func (*UpdateAgentRequest) ProtoMessage() {}
 
 func (x *UpdateAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1941,7 +2374,7 @@ func (x *UpdateAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAgentRequest.ProtoReflect.Descriptor instead.
 func (*UpdateAgentRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *UpdateAgentRequest) GetAgent() *Agent {
@@ -1976,7 +2409,7 @@ type UpdateAgentResponse struct {
 
 func (x *UpdateAgentResponse) Reset() {
 	*x = UpdateAgentResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1988,7 +2421,7 @@ func (x *UpdateAgentResponse) String() string {
 func (*UpdateAgentResponse) ProtoMessage() {}
 
 func (x *UpdateAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2001,7 +2434,7 @@ func (x *UpdateAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAgentResponse.ProtoReflect.Descriptor instead.
 func (*UpdateAgentResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *UpdateAgentResponse) GetAgent() *Agent {
@@ -2022,7 +2455,7 @@ type DeleteAgentRequest struct {
 
 func (x *DeleteAgentRequest) Reset() {
 	*x = DeleteAgentRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2034,7 +2467,7 @@ func (x *DeleteAgentRequest) String() string {
 func (*DeleteAgentRequest) ProtoMessage() {}
 
 func (x *DeleteAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2047,7 +2480,7 @@ func (x *DeleteAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAgentRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAgentRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteAgentRequest) GetName() string {
@@ -2066,7 +2499,7 @@ type DeleteAgentResponse struct {
 
 func (x *DeleteAgentResponse) Reset() {
 	*x = DeleteAgentResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2078,7 +2511,7 @@ func (x *DeleteAgentResponse) String() string {
 func (*DeleteAgentResponse) ProtoMessage() {}
 
 func (x *DeleteAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2091,7 +2524,7 @@ func (x *DeleteAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAgentResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAgentResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 // RunRequest is the request of Run.
@@ -2101,19 +2534,27 @@ type RunRequest struct {
 	Agent string `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
 	// Input text, 1 byte to 256 KiB.
 	Input string `protobuf:"bytes,2,opt,name=input,proto3" json:"input,omitempty"`
-	// Idempotency key: a second call with the same key returns the first run instead of running again.
+	// Idempotency key: a second call with the same key returns the first run instead of running again. A run with
+	// a key is not cancelled when its caller goes away (it ends at the caller's deadline, its time budget or
+	// CancelRun): the caller retrying with the key gets its result.
 	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// Images and audio sent to the model with the input; at most 8. They reach the model but are not stored with
 	// the run, so a repeated idempotency key is matched on agent and input only. OpenAI-compatible providers take
 	// audio only as audio/wav or audio/mpeg; other audio types fail with InvalidArgument before any model call.
-	Attachments   []*Attachment `protobuf:"bytes,4,rep,name=attachments,proto3" json:"attachments,omitempty"`
+	Attachments []*Attachment `protobuf:"bytes,4,rep,name=attachments,proto3" json:"attachments,omitempty"`
+	// Faults injected into this run's model calls, replacing the agent's chaos; unset keeps the agent's.
+	Chaos *Chaos `protobuf:"bytes,5,opt,name=chaos,proto3" json:"chaos,omitempty"`
+	// The caller's attempt number of this logical call, 1 for the first; chaos draws depend on it. 0 means 1 plus
+	// the number of earlier runs of the agent with the same input (what a caller retrying with new idempotency
+	// keys gets without counting).
+	Attempt       int32 `protobuf:"varint,6,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunRequest) Reset() {
 	*x = RunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2125,7 +2566,7 @@ func (x *RunRequest) String() string {
 func (*RunRequest) ProtoMessage() {}
 
 func (x *RunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2138,7 +2579,7 @@ func (x *RunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRequest.ProtoReflect.Descriptor instead.
 func (*RunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RunRequest) GetAgent() string {
@@ -2169,6 +2610,20 @@ func (x *RunRequest) GetAttachments() []*Attachment {
 	return nil
 }
 
+func (x *RunRequest) GetChaos() *Chaos {
+	if x != nil {
+		return x.Chaos
+	}
+	return nil
+}
+
+func (x *RunRequest) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
 // Attachment is an image or audio clip sent inline to the model with a run's input.
 type Attachment struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2182,7 +2637,7 @@ type Attachment struct {
 
 func (x *Attachment) Reset() {
 	*x = Attachment{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2194,7 +2649,7 @@ func (x *Attachment) String() string {
 func (*Attachment) ProtoMessage() {}
 
 func (x *Attachment) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2207,7 +2662,7 @@ func (x *Attachment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attachment.ProtoReflect.Descriptor instead.
 func (*Attachment) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Attachment) GetMimeType() string {
@@ -2235,7 +2690,7 @@ type RunResponse struct {
 
 func (x *RunResponse) Reset() {
 	*x = RunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2247,7 +2702,7 @@ func (x *RunResponse) String() string {
 func (*RunResponse) ProtoMessage() {}
 
 func (x *RunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2260,7 +2715,7 @@ func (x *RunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunResponse.ProtoReflect.Descriptor instead.
 func (*RunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RunResponse) GetRun() *Run {
@@ -2280,14 +2735,20 @@ type RunStreamRequest struct {
 	// Idempotency key, as in RunRequest.
 	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// Images and audio sent to the model with the input, as in RunRequest; at most 8.
-	Attachments   []*Attachment `protobuf:"bytes,4,rep,name=attachments,proto3" json:"attachments,omitempty"`
+	Attachments []*Attachment `protobuf:"bytes,4,rep,name=attachments,proto3" json:"attachments,omitempty"`
+	// Faults injected into this run's model calls, replacing the agent's chaos; unset keeps the agent's.
+	Chaos *Chaos `protobuf:"bytes,5,opt,name=chaos,proto3" json:"chaos,omitempty"`
+	// The caller's attempt number of this logical call, 1 for the first; chaos draws depend on it. 0 means 1 plus
+	// the number of earlier runs of the agent with the same input (what a caller retrying with new idempotency
+	// keys gets without counting).
+	Attempt       int32 `protobuf:"varint,6,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunStreamRequest) Reset() {
 	*x = RunStreamRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2299,7 +2760,7 @@ func (x *RunStreamRequest) String() string {
 func (*RunStreamRequest) ProtoMessage() {}
 
 func (x *RunStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2312,7 +2773,7 @@ func (x *RunStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStreamRequest.ProtoReflect.Descriptor instead.
 func (*RunStreamRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RunStreamRequest) GetAgent() string {
@@ -2343,6 +2804,20 @@ func (x *RunStreamRequest) GetAttachments() []*Attachment {
 	return nil
 }
 
+func (x *RunStreamRequest) GetChaos() *Chaos {
+	if x != nil {
+		return x.Chaos
+	}
+	return nil
+}
+
+func (x *RunStreamRequest) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
 // RunStreamResponse is one event of a streamed run. Events of runs delegated to other agents (delegate tools)
 // are forwarded too, carrying the delegated run's id; only the streamed run's own started and completed or
 // failed events frame the stream.
@@ -2370,7 +2845,7 @@ type RunStreamResponse struct {
 
 func (x *RunStreamResponse) Reset() {
 	*x = RunStreamResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2382,7 +2857,7 @@ func (x *RunStreamResponse) String() string {
 func (*RunStreamResponse) ProtoMessage() {}
 
 func (x *RunStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2395,7 +2870,7 @@ func (x *RunStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStreamResponse.ProtoReflect.Descriptor instead.
 func (*RunStreamResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RunStreamResponse) GetRunId() string {
@@ -2571,7 +3046,7 @@ type RunStarted struct {
 
 func (x *RunStarted) Reset() {
 	*x = RunStarted{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2583,7 +3058,7 @@ func (x *RunStarted) String() string {
 func (*RunStarted) ProtoMessage() {}
 
 func (x *RunStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2596,7 +3071,7 @@ func (x *RunStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStarted.ProtoReflect.Descriptor instead.
 func (*RunStarted) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{32}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RunStarted) GetAgentVersion() int64 {
@@ -2617,7 +3092,7 @@ type TextDelta struct {
 
 func (x *TextDelta) Reset() {
 	*x = TextDelta{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2629,7 +3104,7 @@ func (x *TextDelta) String() string {
 func (*TextDelta) ProtoMessage() {}
 
 func (x *TextDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2642,7 +3117,7 @@ func (x *TextDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TextDelta.ProtoReflect.Descriptor instead.
 func (*TextDelta) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{33}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *TextDelta) GetText() string {
@@ -2663,7 +3138,7 @@ type MemoryHits struct {
 
 func (x *MemoryHits) Reset() {
 	*x = MemoryHits{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2675,7 +3150,7 @@ func (x *MemoryHits) String() string {
 func (*MemoryHits) ProtoMessage() {}
 
 func (x *MemoryHits) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2688,7 +3163,7 @@ func (x *MemoryHits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryHits.ProtoReflect.Descriptor instead.
 func (*MemoryHits) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{34}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *MemoryHits) GetHits() []*MemoryHit {
@@ -2713,7 +3188,7 @@ type MemoryHit struct {
 
 func (x *MemoryHit) Reset() {
 	*x = MemoryHit{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2725,7 +3200,7 @@ func (x *MemoryHit) String() string {
 func (*MemoryHit) ProtoMessage() {}
 
 func (x *MemoryHit) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2738,7 +3213,7 @@ func (x *MemoryHit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryHit.ProtoReflect.Descriptor instead.
 func (*MemoryHit) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{35}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *MemoryHit) GetId() string {
@@ -2773,7 +3248,7 @@ type Warning struct {
 
 func (x *Warning) Reset() {
 	*x = Warning{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2785,7 +3260,7 @@ func (x *Warning) String() string {
 func (*Warning) ProtoMessage() {}
 
 func (x *Warning) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2798,7 +3273,7 @@ func (x *Warning) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Warning.ProtoReflect.Descriptor instead.
 func (*Warning) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{36}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Warning) GetMessage() string {
@@ -2819,7 +3294,7 @@ type GetRunRequest struct {
 
 func (x *GetRunRequest) Reset() {
 	*x = GetRunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2831,7 +3306,7 @@ func (x *GetRunRequest) String() string {
 func (*GetRunRequest) ProtoMessage() {}
 
 func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2844,7 +3319,7 @@ func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunRequest.ProtoReflect.Descriptor instead.
 func (*GetRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{37}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetRunRequest) GetId() string {
@@ -2865,7 +3340,7 @@ type GetRunResponse struct {
 
 func (x *GetRunResponse) Reset() {
 	*x = GetRunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2877,7 +3352,7 @@ func (x *GetRunResponse) String() string {
 func (*GetRunResponse) ProtoMessage() {}
 
 func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2890,7 +3365,7 @@ func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunResponse.ProtoReflect.Descriptor instead.
 func (*GetRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{38}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetRunResponse) GetRun() *Run {
@@ -2919,7 +3394,7 @@ type ListRunsRequest struct {
 
 func (x *ListRunsRequest) Reset() {
 	*x = ListRunsRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2931,7 +3406,7 @@ func (x *ListRunsRequest) String() string {
 func (*ListRunsRequest) ProtoMessage() {}
 
 func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2944,7 +3419,7 @@ func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsRequest.ProtoReflect.Descriptor instead.
 func (*ListRunsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{39}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListRunsRequest) GetAgent() string {
@@ -2995,7 +3470,7 @@ type ListRunsResponse struct {
 
 func (x *ListRunsResponse) Reset() {
 	*x = ListRunsResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3007,7 +3482,7 @@ func (x *ListRunsResponse) String() string {
 func (*ListRunsResponse) ProtoMessage() {}
 
 func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3020,7 +3495,7 @@ func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsResponse.ProtoReflect.Descriptor instead.
 func (*ListRunsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{40}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListRunsResponse) GetRuns() []*Run {
@@ -3048,7 +3523,7 @@ type CancelRunRequest struct {
 
 func (x *CancelRunRequest) Reset() {
 	*x = CancelRunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3060,7 +3535,7 @@ func (x *CancelRunRequest) String() string {
 func (*CancelRunRequest) ProtoMessage() {}
 
 func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3073,7 +3548,7 @@ func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunRequest.ProtoReflect.Descriptor instead.
 func (*CancelRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{41}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CancelRunRequest) GetId() string {
@@ -3094,7 +3569,7 @@ type CancelRunResponse struct {
 
 func (x *CancelRunResponse) Reset() {
 	*x = CancelRunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3106,7 +3581,7 @@ func (x *CancelRunResponse) String() string {
 func (*CancelRunResponse) ProtoMessage() {}
 
 func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3119,7 +3594,7 @@ func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunResponse.ProtoReflect.Descriptor instead.
 func (*CancelRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{42}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CancelRunResponse) GetRun() *Run {
@@ -3127,6 +3602,89 @@ func (x *CancelRunResponse) GetRun() *Run {
 		return x.Run
 	}
 	return nil
+}
+
+// DeleteRunRequest is the request of DeleteRun.
+type DeleteRunRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Run id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteRunRequest) Reset() {
+	*x = DeleteRunRequest{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteRunRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteRunRequest) ProtoMessage() {}
+
+func (x *DeleteRunRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteRunRequest.ProtoReflect.Descriptor instead.
+func (*DeleteRunRequest) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *DeleteRunRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// DeleteRunResponse is the response of DeleteRun.
+type DeleteRunResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteRunResponse) Reset() {
+	*x = DeleteRunResponse{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteRunResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteRunResponse) ProtoMessage() {}
+
+func (x *DeleteRunResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteRunResponse.ProtoReflect.Descriptor instead.
+func (*DeleteRunResponse) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{47}
 }
 
 // SynthesizeSpeechRequest is the request of SynthesizeSpeech.
@@ -3146,7 +3704,7 @@ type SynthesizeSpeechRequest struct {
 
 func (x *SynthesizeSpeechRequest) Reset() {
 	*x = SynthesizeSpeechRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3158,7 +3716,7 @@ func (x *SynthesizeSpeechRequest) String() string {
 func (*SynthesizeSpeechRequest) ProtoMessage() {}
 
 func (x *SynthesizeSpeechRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3171,7 +3729,7 @@ func (x *SynthesizeSpeechRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SynthesizeSpeechRequest.ProtoReflect.Descriptor instead.
 func (*SynthesizeSpeechRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{43}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *SynthesizeSpeechRequest) GetText() string {
@@ -3215,7 +3773,7 @@ type SynthesizeSpeechResponse struct {
 
 func (x *SynthesizeSpeechResponse) Reset() {
 	*x = SynthesizeSpeechResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3227,7 +3785,7 @@ func (x *SynthesizeSpeechResponse) String() string {
 func (*SynthesizeSpeechResponse) ProtoMessage() {}
 
 func (x *SynthesizeSpeechResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3240,7 +3798,7 @@ func (x *SynthesizeSpeechResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SynthesizeSpeechResponse.ProtoReflect.Descriptor instead.
 func (*SynthesizeSpeechResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{44}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *SynthesizeSpeechResponse) GetAudio() []byte {
@@ -3274,7 +3832,7 @@ type Video struct {
 
 func (x *Video) Reset() {
 	*x = Video{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3286,7 +3844,7 @@ func (x *Video) String() string {
 func (*Video) ProtoMessage() {}
 
 func (x *Video) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3299,7 +3857,7 @@ func (x *Video) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Video.ProtoReflect.Descriptor instead.
 func (*Video) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{45}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *Video) GetId() string {
@@ -3345,7 +3903,7 @@ type CreateVideoRequest struct {
 
 func (x *CreateVideoRequest) Reset() {
 	*x = CreateVideoRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3357,7 +3915,7 @@ func (x *CreateVideoRequest) String() string {
 func (*CreateVideoRequest) ProtoMessage() {}
 
 func (x *CreateVideoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3370,7 +3928,7 @@ func (x *CreateVideoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVideoRequest.ProtoReflect.Descriptor instead.
 func (*CreateVideoRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{46}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *CreateVideoRequest) GetReplicaId() string {
@@ -3405,7 +3963,7 @@ type CreateVideoResponse struct {
 
 func (x *CreateVideoResponse) Reset() {
 	*x = CreateVideoResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3417,7 +3975,7 @@ func (x *CreateVideoResponse) String() string {
 func (*CreateVideoResponse) ProtoMessage() {}
 
 func (x *CreateVideoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3430,7 +3988,7 @@ func (x *CreateVideoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVideoResponse.ProtoReflect.Descriptor instead.
 func (*CreateVideoResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{47}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *CreateVideoResponse) GetVideo() *Video {
@@ -3451,7 +4009,7 @@ type GetVideoRequest struct {
 
 func (x *GetVideoRequest) Reset() {
 	*x = GetVideoRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3463,7 +4021,7 @@ func (x *GetVideoRequest) String() string {
 func (*GetVideoRequest) ProtoMessage() {}
 
 func (x *GetVideoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3476,7 +4034,7 @@ func (x *GetVideoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVideoRequest.ProtoReflect.Descriptor instead.
 func (*GetVideoRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{48}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *GetVideoRequest) GetId() string {
@@ -3497,7 +4055,7 @@ type GetVideoResponse struct {
 
 func (x *GetVideoResponse) Reset() {
 	*x = GetVideoResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[49]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3509,7 +4067,7 @@ func (x *GetVideoResponse) String() string {
 func (*GetVideoResponse) ProtoMessage() {}
 
 func (x *GetVideoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[49]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3522,7 +4080,7 @@ func (x *GetVideoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVideoResponse.ProtoReflect.Descriptor instead.
 func (*GetVideoResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{49}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GetVideoResponse) GetVideo() *Video {
@@ -3556,15 +4114,37 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\rwhen_contains\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\fwhenContains\x12\x1f\n" +
 	"\x05reply\x18\x02 \x01(\tB\t\xbaH\x06r\x04(\x80\x80\x04R\x05reply\x12@\n" +
 	"\n" +
-	"tool_calls\x18\x03 \x03(\v2\x17.loom.agent.v1.ToolCallB\b\xbaH\x05\x92\x01\x02\x10\x10R\ttoolCalls\"\x99\x02\n" +
+	"tool_calls\x18\x03 \x03(\v2\x17.loom.agent.v1.ToolCallB\b\xbaH\x05\x92\x01\x02\x10\x10R\ttoolCalls\"\xfd\x02\n" +
 	"\x04Tool\x12F\n" +
 	"\rmemory_search\x18\x01 \x01(\v2\x1f.loom.agent.v1.MemorySearchToolH\x00R\fmemorySearch\x12@\n" +
 	"\vmemory_save\x18\x02 \x01(\v2\x1d.loom.agent.v1.MemorySaveToolH\x00R\n" +
 	"memorySave\x129\n" +
 	"\bdelegate\x18\x03 \x01(\v2\x1b.loom.agent.v1.DelegateToolH\x00R\bdelegate\x12=\n" +
 	"\n" +
-	"http_fetch\x18\x04 \x01(\v2\x1c.loom.agent.v1.HttpFetchToolH\x00R\thttpFetchB\r\n" +
-	"\x04kind\x12\x05\xbaH\x02\b\x01\"\x12\n" +
+	"http_fetch\x18\x04 \x01(\v2\x1c.loom.agent.v1.HttpFetchToolH\x00R\thttpFetch\x126\n" +
+	"\awebhook\x18\x05 \x01(\v2\x1a.loom.agent.v1.WebhookToolH\x00R\awebhook\x12*\n" +
+	"\x03mcp\x18\x06 \x01(\v2\x16.loom.agent.v1.McpToolH\x00R\x03mcpB\r\n" +
+	"\x04kind\x12\x05\xbaH\x02\b\x01\"\xf7\x01\n" +
+	"\aMcpTool\x12\x1c\n" +
+	"\x03url\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x10R\x03url\x12\x1e\n" +
+	"\x04tool\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x04tool\x124\n" +
+	"\x04name\x18\x03 \x01(\tB \xbaH\x1dr\x1b2\x19^$|^[a-z][a-z0-9_]{0,47}$R\x04name\x12A\n" +
+	"\atimeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationB\f\xbaH\t\xaa\x01\x06\"\x02\b<2\x00R\atimeout\x125\n" +
+	"\x10max_result_bytes\x18\x05 \x01(\x05B\v\xbaH\b\x1a\x06\x18\x80\x80@(\x00R\x0emaxResultBytes\"\xa0\x03\n" +
+	"\vWebhookTool\x121\n" +
+	"\x04name\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9_]{0,47}$R\x04name\x12*\n" +
+	"\vdescription\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\vdescription\x12\x1c\n" +
+	"\x03url\x18\x03 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x10R\x03url\x127\n" +
+	"\n" +
+	"parameters\x18\x04 \x01(\v2\x17.google.protobuf.StructR\n" +
+	"parameters\x12/\n" +
+	"\x0esigning_secret\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\rsigningSecret\x12,\n" +
+	"\x12signing_secret_set\x18\x06 \x01(\bR\x10signingSecretSet\x12A\n" +
+	"\atimeout\x18\a \x01(\v2\x19.google.protobuf.DurationB\f\xbaH\t\xaa\x01\x06\"\x02\b\x1e2\x00R\atimeout\x129\n" +
+	"\x12max_response_bytes\x18\b \x01(\x05B\v\xbaH\b\x1a\x06\x18\x80\x80@(\x00R\x10maxResponseBytes\"\x12\n" +
 	"\x10MemorySearchTool\"\x10\n" +
 	"\x0eMemorySaveTool\"p\n" +
 	"\fDelegateTool\x124\n" +
@@ -3587,7 +4167,7 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\xaa\x01\a\"\x03\b\x90\x1c2\x00R\vmaxDuration\"p\n" +
 	"\x05Voice\x12B\n" +
 	"\bprovider\x18\x01 \x01(\x0e2\x1c.loom.agent.v1.VoiceProviderB\b\xbaH\x05\x82\x01\x02\x10\x01R\bprovider\x12#\n" +
-	"\bvoice_id\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xc8\x01R\avoiceId\"\xb3\x04\n" +
+	"\bvoice_id\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xc8\x01R\avoiceId\"\xdf\x04\n" +
 	"\x05Agent\x122\n" +
 	"\x04name\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x04name\x12+\n" +
 	"\fdisplay_name\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xc8\x01R\vdisplayName\x12*\n" +
@@ -3603,7 +4183,30 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\vcreate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"y\n" +
+	"updateTime\x12*\n" +
+	"\x05chaos\x18\r \x01(\v2\x14.loom.agent.v1.ChaosR\x05chaos\"\x81\x04\n" +
+	"\x05Chaos\x12\x12\n" +
+	"\x04seed\x18\x01 \x01(\x04R\x04seed\x122\n" +
+	"\ffailure_rate\x18\x02 \x01(\x02B\x0f\xbaH\f\n" +
+	"\n" +
+	"\x1d\x00\x00\x80?-\x00\x00\x00\x00R\vfailureRate\x12.\n" +
+	"\rfail_attempts\x18\x03 \x01(\x05B\t\xbaH\x06\x1a\x04\x18d(\x00R\ffailAttempts\x126\n" +
+	"\x04code\x18\x04 \x01(\x0e2\x18.loom.agent.v1.ChaosCodeB\b\xbaH\x05\x82\x01\x02\x10\x01R\x04code\x12I\n" +
+	"\vlatency_min\x18\x05 \x01(\v2\x19.google.protobuf.DurationB\r\xbaH\n" +
+	"\xaa\x01\a\"\x03\b\xd8\x042\x00R\n" +
+	"latencyMin\x12I\n" +
+	"\vlatency_max\x18\x06 \x01(\v2\x19.google.protobuf.DurationB\r\xbaH\n" +
+	"\xaa\x01\a\"\x03\b\xd8\x042\x00R\n" +
+	"latencyMax\x124\n" +
+	"\rtruncate_rate\x18\a \x01(\x02B\x0f\xbaH\f\n" +
+	"\n" +
+	"\x1d\x00\x00\x80?-\x00\x00\x00\x00R\ftruncateRate\x12;\n" +
+	"\x11tool_failure_rate\x18\b \x01(\x02B\x0f\xbaH\f\n" +
+	"\n" +
+	"\x1d\x00\x00\x80?-\x00\x00\x00\x00R\x0ftoolFailureRate\x12?\n" +
+	"\x13memory_failure_rate\x18\t \x01(\x02B\x0f\xbaH\f\n" +
+	"\n" +
+	"\x1d\x00\x00\x80?-\x00\x00\x00\x00R\x11memoryFailureRate\"y\n" +
 	"\bToolCall\x12\x18\n" +
 	"\x02id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x02id\x12\x1c\n" +
 	"\x04name\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x04name\x125\n" +
@@ -3669,24 +4272,28 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x05agent\x18\x01 \x01(\v2\x14.loom.agent.v1.AgentR\x05agent\"H\n" +
 	"\x12DeleteAgentRequest\x122\n" +
 	"\x04name\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x04name\"\x15\n" +
-	"\x13DeleteAgentResponse\"\xdf\x01\n" +
+	"\x13DeleteAgentResponse\"\xb2\x02\n" +
 	"\n" +
 	"RunRequest\x124\n" +
 	"\x05agent\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x05agent\x12!\n" +
 	"\x05input\x18\x02 \x01(\tB\v\xbaH\br\x06\x10\x01(\x80\x80\x10R\x05input\x121\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x0eidempotencyKey\x12E\n" +
-	"\vattachments\x18\x04 \x03(\v2\x19.loom.agent.v1.AttachmentB\b\xbaH\x05\x92\x01\x02\x10\bR\vattachments\"p\n" +
+	"\vattachments\x18\x04 \x03(\v2\x19.loom.agent.v1.AttachmentB\b\xbaH\x05\x92\x01\x02\x10\bR\vattachments\x12*\n" +
+	"\x05chaos\x18\x05 \x01(\v2\x14.loom.agent.v1.ChaosR\x05chaos\x12%\n" +
+	"\aattempt\x18\x06 \x01(\x05B\v\xbaH\b\x1a\x06\x18\xc0\x84=(\x00R\aattempt\"p\n" +
 	"\n" +
 	"Attachment\x12@\n" +
 	"\tmime_type\x18\x01 \x01(\tB#\xbaH r\x1e2\x1c^(image|audio)/[a-z0-9.+-]+$R\bmimeType\x12 \n" +
 	"\x04data\x18\x02 \x01(\fB\f\xbaH\tz\a\x10\x01\x18\x80\x80\xc0\x01R\x04data\"3\n" +
 	"\vRunResponse\x12$\n" +
-	"\x03run\x18\x01 \x01(\v2\x12.loom.agent.v1.RunR\x03run\"\xe5\x01\n" +
+	"\x03run\x18\x01 \x01(\v2\x12.loom.agent.v1.RunR\x03run\"\xb8\x02\n" +
 	"\x10RunStreamRequest\x124\n" +
 	"\x05agent\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x05agent\x12!\n" +
 	"\x05input\x18\x02 \x01(\tB\v\xbaH\br\x06\x10\x01(\x80\x80\x10R\x05input\x121\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x0eidempotencyKey\x12E\n" +
-	"\vattachments\x18\x04 \x03(\v2\x19.loom.agent.v1.AttachmentB\b\xbaH\x05\x92\x01\x02\x10\bR\vattachments\"\x9d\x04\n" +
+	"\vattachments\x18\x04 \x03(\v2\x19.loom.agent.v1.AttachmentB\b\xbaH\x05\x92\x01\x02\x10\bR\vattachments\x12*\n" +
+	"\x05chaos\x18\x05 \x01(\v2\x14.loom.agent.v1.ChaosR\x05chaos\x12%\n" +
+	"\aattempt\x18\x06 \x01(\x05B\v\xbaH\b\x1a\x06\x18\xc0\x84=(\x00R\aattempt\"\x9d\x04\n" +
 	"\x11RunStreamResponse\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x125\n" +
 	"\astarted\x18\x02 \x01(\v2\x19.loom.agent.v1.RunStartedH\x00R\astarted\x129\n" +
@@ -3738,7 +4345,11 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x02id\"9\n" +
 	"\x11CancelRunResponse\x12$\n" +
-	"\x03run\x18\x01 \x01(\v2\x12.loom.agent.v1.RunR\x03run\"\xdd\x01\n" +
+	"\x03run\x18\x01 \x01(\v2\x12.loom.agent.v1.RunR\x03run\".\n" +
+	"\x10DeleteRunRequest\x12\x1a\n" +
+	"\x02id\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x02id\"\x13\n" +
+	"\x11DeleteRunResponse\"\xdd\x01\n" +
 	"\x17SynthesizeSpeechRequest\x12\x1f\n" +
 	"\x04text\x18\x01 \x01(\tB\v\xbaH\br\x06\x10\x01(\x80\x80\x01R\x04text\x127\n" +
 	"\x05agent\x18\x02 \x01(\tB!\xbaH\x1er\x1c2\x1a^$|^[a-z][a-z0-9_-]{0,62}$R\x05agent\x12*\n" +
@@ -3774,7 +4385,13 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\rVoiceProvider\x12\x1e\n" +
 	"\x1aVOICE_PROVIDER_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VOICE_PROVIDER_ESPEAK\x10\x01\x12\x1d\n" +
-	"\x19VOICE_PROVIDER_ELEVENLABS\x10\x02*\x84\x01\n" +
+	"\x19VOICE_PROVIDER_ELEVENLABS\x10\x02*\xa1\x01\n" +
+	"\tChaosCode\x12\x1a\n" +
+	"\x16CHAOS_CODE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16CHAOS_CODE_UNAVAILABLE\x10\x01\x12!\n" +
+	"\x1dCHAOS_CODE_RESOURCE_EXHAUSTED\x10\x02\x12 \n" +
+	"\x1cCHAOS_CODE_DEADLINE_EXCEEDED\x10\x03\x12\x17\n" +
+	"\x13CHAOS_CODE_INTERNAL\x10\x04*\x84\x01\n" +
 	"\bRunState\x12\x19\n" +
 	"\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11RUN_STATE_RUNNING\x10\x01\x12\x17\n" +
@@ -3790,7 +4407,7 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x17VIDEO_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VIDEO_STATE_RENDERING\x10\x01\x12\x15\n" +
 	"\x11VIDEO_STATE_READY\x10\x02\x12\x16\n" +
-	"\x12VIDEO_STATE_FAILED\x10\x032\x8e\t\n" +
+	"\x12VIDEO_STATE_FAILED\x10\x032\xe7\t\n" +
 	"\fAgentService\x12Z\n" +
 	"\vCreateAgent\x12!.loom.agent.v1.CreateAgentRequest\x1a\".loom.agent.v1.CreateAgentResponse\"\x04\xc8\xf3\x18\x02\x12T\n" +
 	"\bGetAgent\x12\x1e.loom.agent.v1.GetAgentRequest\x1a\x1f.loom.agent.v1.GetAgentResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12Z\n" +
@@ -3802,7 +4419,8 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\tRunStream\x12\x1f.loom.agent.v1.RunStreamRequest\x1a .loom.agent.v1.RunStreamResponse\"\x04\xc8\xf3\x18\x020\x01\x12N\n" +
 	"\x06GetRun\x12\x1c.loom.agent.v1.GetRunRequest\x1a\x1d.loom.agent.v1.GetRunResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12T\n" +
 	"\bListRuns\x12\x1e.loom.agent.v1.ListRunsRequest\x1a\x1f.loom.agent.v1.ListRunsResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12T\n" +
-	"\tCancelRun\x12\x1f.loom.agent.v1.CancelRunRequest\x1a .loom.agent.v1.CancelRunResponse\"\x04\xc8\xf3\x18\x02\x12k\n" +
+	"\tCancelRun\x12\x1f.loom.agent.v1.CancelRunRequest\x1a .loom.agent.v1.CancelRunResponse\"\x04\xc8\xf3\x18\x02\x12W\n" +
+	"\tDeleteRun\x12\x1f.loom.agent.v1.DeleteRunRequest\x1a .loom.agent.v1.DeleteRunResponse\"\a\xc8\xf3\x18\x02\x90\x02\x02\x12k\n" +
 	"\x10SynthesizeSpeech\x12&.loom.agent.v1.SynthesizeSpeechRequest\x1a'.loom.agent.v1.SynthesizeSpeechResponse\"\x04\xc8\xf3\x18\x020\x01\x12Z\n" +
 	"\vCreateVideo\x12!.loom.agent.v1.CreateVideoRequest\x1a\".loom.agent.v1.CreateVideoResponse\"\x04\xc8\xf3\x18\x02\x12T\n" +
 	"\bGetVideo\x12\x1e.loom.agent.v1.GetVideoRequest\x1a\x1f.loom.agent.v1.GetVideoResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01B\xa9\x01\n" +
@@ -3821,162 +4439,181 @@ func file_loom_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_loom_agent_v1_agent_proto_rawDescData
 }
 
-var file_loom_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_loom_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_loom_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_loom_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_loom_agent_v1_agent_proto_goTypes = []any{
 	(Provider)(0),                    // 0: loom.agent.v1.Provider
 	(VoiceProvider)(0),               // 1: loom.agent.v1.VoiceProvider
-	(RunState)(0),                    // 2: loom.agent.v1.RunState
-	(AudioFormat)(0),                 // 3: loom.agent.v1.AudioFormat
-	(VideoState)(0),                  // 4: loom.agent.v1.VideoState
-	(*Model)(nil),                    // 5: loom.agent.v1.Model
-	(*SimScript)(nil),                // 6: loom.agent.v1.SimScript
-	(*SimTurn)(nil),                  // 7: loom.agent.v1.SimTurn
-	(*Tool)(nil),                     // 8: loom.agent.v1.Tool
-	(*MemorySearchTool)(nil),         // 9: loom.agent.v1.MemorySearchTool
-	(*MemorySaveTool)(nil),           // 10: loom.agent.v1.MemorySaveTool
-	(*DelegateTool)(nil),             // 11: loom.agent.v1.DelegateTool
-	(*HttpFetchTool)(nil),            // 12: loom.agent.v1.HttpFetchTool
-	(*MemoryConfig)(nil),             // 13: loom.agent.v1.MemoryConfig
-	(*Budgets)(nil),                  // 14: loom.agent.v1.Budgets
-	(*Voice)(nil),                    // 15: loom.agent.v1.Voice
-	(*Agent)(nil),                    // 16: loom.agent.v1.Agent
-	(*ToolCall)(nil),                 // 17: loom.agent.v1.ToolCall
-	(*ToolResult)(nil),               // 18: loom.agent.v1.ToolResult
-	(*Usage)(nil),                    // 19: loom.agent.v1.Usage
-	(*Step)(nil),                     // 20: loom.agent.v1.Step
-	(*Run)(nil),                      // 21: loom.agent.v1.Run
-	(*CreateAgentRequest)(nil),       // 22: loom.agent.v1.CreateAgentRequest
-	(*CreateAgentResponse)(nil),      // 23: loom.agent.v1.CreateAgentResponse
-	(*GetAgentRequest)(nil),          // 24: loom.agent.v1.GetAgentRequest
-	(*GetAgentResponse)(nil),         // 25: loom.agent.v1.GetAgentResponse
-	(*ListAgentsRequest)(nil),        // 26: loom.agent.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),       // 27: loom.agent.v1.ListAgentsResponse
-	(*UpdateAgentRequest)(nil),       // 28: loom.agent.v1.UpdateAgentRequest
-	(*UpdateAgentResponse)(nil),      // 29: loom.agent.v1.UpdateAgentResponse
-	(*DeleteAgentRequest)(nil),       // 30: loom.agent.v1.DeleteAgentRequest
-	(*DeleteAgentResponse)(nil),      // 31: loom.agent.v1.DeleteAgentResponse
-	(*RunRequest)(nil),               // 32: loom.agent.v1.RunRequest
-	(*Attachment)(nil),               // 33: loom.agent.v1.Attachment
-	(*RunResponse)(nil),              // 34: loom.agent.v1.RunResponse
-	(*RunStreamRequest)(nil),         // 35: loom.agent.v1.RunStreamRequest
-	(*RunStreamResponse)(nil),        // 36: loom.agent.v1.RunStreamResponse
-	(*RunStarted)(nil),               // 37: loom.agent.v1.RunStarted
-	(*TextDelta)(nil),                // 38: loom.agent.v1.TextDelta
-	(*MemoryHits)(nil),               // 39: loom.agent.v1.MemoryHits
-	(*MemoryHit)(nil),                // 40: loom.agent.v1.MemoryHit
-	(*Warning)(nil),                  // 41: loom.agent.v1.Warning
-	(*GetRunRequest)(nil),            // 42: loom.agent.v1.GetRunRequest
-	(*GetRunResponse)(nil),           // 43: loom.agent.v1.GetRunResponse
-	(*ListRunsRequest)(nil),          // 44: loom.agent.v1.ListRunsRequest
-	(*ListRunsResponse)(nil),         // 45: loom.agent.v1.ListRunsResponse
-	(*CancelRunRequest)(nil),         // 46: loom.agent.v1.CancelRunRequest
-	(*CancelRunResponse)(nil),        // 47: loom.agent.v1.CancelRunResponse
-	(*SynthesizeSpeechRequest)(nil),  // 48: loom.agent.v1.SynthesizeSpeechRequest
-	(*SynthesizeSpeechResponse)(nil), // 49: loom.agent.v1.SynthesizeSpeechResponse
-	(*Video)(nil),                    // 50: loom.agent.v1.Video
-	(*CreateVideoRequest)(nil),       // 51: loom.agent.v1.CreateVideoRequest
-	(*CreateVideoResponse)(nil),      // 52: loom.agent.v1.CreateVideoResponse
-	(*GetVideoRequest)(nil),          // 53: loom.agent.v1.GetVideoRequest
-	(*GetVideoResponse)(nil),         // 54: loom.agent.v1.GetVideoResponse
-	(*durationpb.Duration)(nil),      // 55: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 56: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),          // 57: google.protobuf.Struct
-	(*fieldmaskpb.FieldMask)(nil),    // 58: google.protobuf.FieldMask
+	(ChaosCode)(0),                   // 2: loom.agent.v1.ChaosCode
+	(RunState)(0),                    // 3: loom.agent.v1.RunState
+	(AudioFormat)(0),                 // 4: loom.agent.v1.AudioFormat
+	(VideoState)(0),                  // 5: loom.agent.v1.VideoState
+	(*Model)(nil),                    // 6: loom.agent.v1.Model
+	(*SimScript)(nil),                // 7: loom.agent.v1.SimScript
+	(*SimTurn)(nil),                  // 8: loom.agent.v1.SimTurn
+	(*Tool)(nil),                     // 9: loom.agent.v1.Tool
+	(*McpTool)(nil),                  // 10: loom.agent.v1.McpTool
+	(*WebhookTool)(nil),              // 11: loom.agent.v1.WebhookTool
+	(*MemorySearchTool)(nil),         // 12: loom.agent.v1.MemorySearchTool
+	(*MemorySaveTool)(nil),           // 13: loom.agent.v1.MemorySaveTool
+	(*DelegateTool)(nil),             // 14: loom.agent.v1.DelegateTool
+	(*HttpFetchTool)(nil),            // 15: loom.agent.v1.HttpFetchTool
+	(*MemoryConfig)(nil),             // 16: loom.agent.v1.MemoryConfig
+	(*Budgets)(nil),                  // 17: loom.agent.v1.Budgets
+	(*Voice)(nil),                    // 18: loom.agent.v1.Voice
+	(*Agent)(nil),                    // 19: loom.agent.v1.Agent
+	(*Chaos)(nil),                    // 20: loom.agent.v1.Chaos
+	(*ToolCall)(nil),                 // 21: loom.agent.v1.ToolCall
+	(*ToolResult)(nil),               // 22: loom.agent.v1.ToolResult
+	(*Usage)(nil),                    // 23: loom.agent.v1.Usage
+	(*Step)(nil),                     // 24: loom.agent.v1.Step
+	(*Run)(nil),                      // 25: loom.agent.v1.Run
+	(*CreateAgentRequest)(nil),       // 26: loom.agent.v1.CreateAgentRequest
+	(*CreateAgentResponse)(nil),      // 27: loom.agent.v1.CreateAgentResponse
+	(*GetAgentRequest)(nil),          // 28: loom.agent.v1.GetAgentRequest
+	(*GetAgentResponse)(nil),         // 29: loom.agent.v1.GetAgentResponse
+	(*ListAgentsRequest)(nil),        // 30: loom.agent.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),       // 31: loom.agent.v1.ListAgentsResponse
+	(*UpdateAgentRequest)(nil),       // 32: loom.agent.v1.UpdateAgentRequest
+	(*UpdateAgentResponse)(nil),      // 33: loom.agent.v1.UpdateAgentResponse
+	(*DeleteAgentRequest)(nil),       // 34: loom.agent.v1.DeleteAgentRequest
+	(*DeleteAgentResponse)(nil),      // 35: loom.agent.v1.DeleteAgentResponse
+	(*RunRequest)(nil),               // 36: loom.agent.v1.RunRequest
+	(*Attachment)(nil),               // 37: loom.agent.v1.Attachment
+	(*RunResponse)(nil),              // 38: loom.agent.v1.RunResponse
+	(*RunStreamRequest)(nil),         // 39: loom.agent.v1.RunStreamRequest
+	(*RunStreamResponse)(nil),        // 40: loom.agent.v1.RunStreamResponse
+	(*RunStarted)(nil),               // 41: loom.agent.v1.RunStarted
+	(*TextDelta)(nil),                // 42: loom.agent.v1.TextDelta
+	(*MemoryHits)(nil),               // 43: loom.agent.v1.MemoryHits
+	(*MemoryHit)(nil),                // 44: loom.agent.v1.MemoryHit
+	(*Warning)(nil),                  // 45: loom.agent.v1.Warning
+	(*GetRunRequest)(nil),            // 46: loom.agent.v1.GetRunRequest
+	(*GetRunResponse)(nil),           // 47: loom.agent.v1.GetRunResponse
+	(*ListRunsRequest)(nil),          // 48: loom.agent.v1.ListRunsRequest
+	(*ListRunsResponse)(nil),         // 49: loom.agent.v1.ListRunsResponse
+	(*CancelRunRequest)(nil),         // 50: loom.agent.v1.CancelRunRequest
+	(*CancelRunResponse)(nil),        // 51: loom.agent.v1.CancelRunResponse
+	(*DeleteRunRequest)(nil),         // 52: loom.agent.v1.DeleteRunRequest
+	(*DeleteRunResponse)(nil),        // 53: loom.agent.v1.DeleteRunResponse
+	(*SynthesizeSpeechRequest)(nil),  // 54: loom.agent.v1.SynthesizeSpeechRequest
+	(*SynthesizeSpeechResponse)(nil), // 55: loom.agent.v1.SynthesizeSpeechResponse
+	(*Video)(nil),                    // 56: loom.agent.v1.Video
+	(*CreateVideoRequest)(nil),       // 57: loom.agent.v1.CreateVideoRequest
+	(*CreateVideoResponse)(nil),      // 58: loom.agent.v1.CreateVideoResponse
+	(*GetVideoRequest)(nil),          // 59: loom.agent.v1.GetVideoRequest
+	(*GetVideoResponse)(nil),         // 60: loom.agent.v1.GetVideoResponse
+	(*durationpb.Duration)(nil),      // 61: google.protobuf.Duration
+	(*structpb.Struct)(nil),          // 62: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),    // 63: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),    // 64: google.protobuf.FieldMask
 }
 var file_loom_agent_v1_agent_proto_depIdxs = []int32{
 	0,  // 0: loom.agent.v1.Model.provider:type_name -> loom.agent.v1.Provider
-	6,  // 1: loom.agent.v1.Model.sim:type_name -> loom.agent.v1.SimScript
-	7,  // 2: loom.agent.v1.SimScript.turns:type_name -> loom.agent.v1.SimTurn
-	55, // 3: loom.agent.v1.SimScript.latency:type_name -> google.protobuf.Duration
-	17, // 4: loom.agent.v1.SimTurn.tool_calls:type_name -> loom.agent.v1.ToolCall
-	9,  // 5: loom.agent.v1.Tool.memory_search:type_name -> loom.agent.v1.MemorySearchTool
-	10, // 6: loom.agent.v1.Tool.memory_save:type_name -> loom.agent.v1.MemorySaveTool
-	11, // 7: loom.agent.v1.Tool.delegate:type_name -> loom.agent.v1.DelegateTool
-	12, // 8: loom.agent.v1.Tool.http_fetch:type_name -> loom.agent.v1.HttpFetchTool
-	55, // 9: loom.agent.v1.Budgets.max_duration:type_name -> google.protobuf.Duration
-	1,  // 10: loom.agent.v1.Voice.provider:type_name -> loom.agent.v1.VoiceProvider
-	5,  // 11: loom.agent.v1.Agent.model:type_name -> loom.agent.v1.Model
-	8,  // 12: loom.agent.v1.Agent.tools:type_name -> loom.agent.v1.Tool
-	13, // 13: loom.agent.v1.Agent.memory:type_name -> loom.agent.v1.MemoryConfig
-	14, // 14: loom.agent.v1.Agent.budgets:type_name -> loom.agent.v1.Budgets
-	15, // 15: loom.agent.v1.Agent.voice:type_name -> loom.agent.v1.Voice
-	56, // 16: loom.agent.v1.Agent.create_time:type_name -> google.protobuf.Timestamp
-	56, // 17: loom.agent.v1.Agent.update_time:type_name -> google.protobuf.Timestamp
-	57, // 18: loom.agent.v1.ToolCall.arguments:type_name -> google.protobuf.Struct
-	57, // 19: loom.agent.v1.ToolResult.result:type_name -> google.protobuf.Struct
-	17, // 20: loom.agent.v1.Step.tool_calls:type_name -> loom.agent.v1.ToolCall
-	18, // 21: loom.agent.v1.Step.tool_results:type_name -> loom.agent.v1.ToolResult
-	19, // 22: loom.agent.v1.Step.usage:type_name -> loom.agent.v1.Usage
-	55, // 23: loom.agent.v1.Step.latency:type_name -> google.protobuf.Duration
-	2,  // 24: loom.agent.v1.Run.state:type_name -> loom.agent.v1.RunState
-	20, // 25: loom.agent.v1.Run.steps:type_name -> loom.agent.v1.Step
-	19, // 26: loom.agent.v1.Run.usage:type_name -> loom.agent.v1.Usage
-	0,  // 27: loom.agent.v1.Run.provider:type_name -> loom.agent.v1.Provider
-	56, // 28: loom.agent.v1.Run.create_time:type_name -> google.protobuf.Timestamp
-	56, // 29: loom.agent.v1.Run.end_time:type_name -> google.protobuf.Timestamp
-	16, // 30: loom.agent.v1.CreateAgentRequest.agent:type_name -> loom.agent.v1.Agent
-	16, // 31: loom.agent.v1.CreateAgentResponse.agent:type_name -> loom.agent.v1.Agent
-	16, // 32: loom.agent.v1.GetAgentResponse.agent:type_name -> loom.agent.v1.Agent
-	16, // 33: loom.agent.v1.ListAgentsResponse.agents:type_name -> loom.agent.v1.Agent
-	16, // 34: loom.agent.v1.UpdateAgentRequest.agent:type_name -> loom.agent.v1.Agent
-	58, // 35: loom.agent.v1.UpdateAgentRequest.update_mask:type_name -> google.protobuf.FieldMask
-	16, // 36: loom.agent.v1.UpdateAgentResponse.agent:type_name -> loom.agent.v1.Agent
-	33, // 37: loom.agent.v1.RunRequest.attachments:type_name -> loom.agent.v1.Attachment
-	21, // 38: loom.agent.v1.RunResponse.run:type_name -> loom.agent.v1.Run
-	33, // 39: loom.agent.v1.RunStreamRequest.attachments:type_name -> loom.agent.v1.Attachment
-	37, // 40: loom.agent.v1.RunStreamResponse.started:type_name -> loom.agent.v1.RunStarted
-	38, // 41: loom.agent.v1.RunStreamResponse.text_delta:type_name -> loom.agent.v1.TextDelta
-	17, // 42: loom.agent.v1.RunStreamResponse.tool_call:type_name -> loom.agent.v1.ToolCall
-	18, // 43: loom.agent.v1.RunStreamResponse.tool_result:type_name -> loom.agent.v1.ToolResult
-	39, // 44: loom.agent.v1.RunStreamResponse.memory_hits:type_name -> loom.agent.v1.MemoryHits
-	19, // 45: loom.agent.v1.RunStreamResponse.usage:type_name -> loom.agent.v1.Usage
-	41, // 46: loom.agent.v1.RunStreamResponse.warning:type_name -> loom.agent.v1.Warning
-	21, // 47: loom.agent.v1.RunStreamResponse.completed:type_name -> loom.agent.v1.Run
-	21, // 48: loom.agent.v1.RunStreamResponse.failed:type_name -> loom.agent.v1.Run
-	40, // 49: loom.agent.v1.MemoryHits.hits:type_name -> loom.agent.v1.MemoryHit
-	21, // 50: loom.agent.v1.GetRunResponse.run:type_name -> loom.agent.v1.Run
-	56, // 51: loom.agent.v1.ListRunsRequest.start_time:type_name -> google.protobuf.Timestamp
-	56, // 52: loom.agent.v1.ListRunsRequest.end_time:type_name -> google.protobuf.Timestamp
-	21, // 53: loom.agent.v1.ListRunsResponse.runs:type_name -> loom.agent.v1.Run
-	21, // 54: loom.agent.v1.CancelRunResponse.run:type_name -> loom.agent.v1.Run
-	15, // 55: loom.agent.v1.SynthesizeSpeechRequest.voice:type_name -> loom.agent.v1.Voice
-	3,  // 56: loom.agent.v1.SynthesizeSpeechRequest.format:type_name -> loom.agent.v1.AudioFormat
-	4,  // 57: loom.agent.v1.Video.state:type_name -> loom.agent.v1.VideoState
-	56, // 58: loom.agent.v1.Video.create_time:type_name -> google.protobuf.Timestamp
-	50, // 59: loom.agent.v1.CreateVideoResponse.video:type_name -> loom.agent.v1.Video
-	50, // 60: loom.agent.v1.GetVideoResponse.video:type_name -> loom.agent.v1.Video
-	22, // 61: loom.agent.v1.AgentService.CreateAgent:input_type -> loom.agent.v1.CreateAgentRequest
-	24, // 62: loom.agent.v1.AgentService.GetAgent:input_type -> loom.agent.v1.GetAgentRequest
-	26, // 63: loom.agent.v1.AgentService.ListAgents:input_type -> loom.agent.v1.ListAgentsRequest
-	28, // 64: loom.agent.v1.AgentService.UpdateAgent:input_type -> loom.agent.v1.UpdateAgentRequest
-	30, // 65: loom.agent.v1.AgentService.DeleteAgent:input_type -> loom.agent.v1.DeleteAgentRequest
-	32, // 66: loom.agent.v1.AgentService.Run:input_type -> loom.agent.v1.RunRequest
-	35, // 67: loom.agent.v1.AgentService.RunStream:input_type -> loom.agent.v1.RunStreamRequest
-	42, // 68: loom.agent.v1.AgentService.GetRun:input_type -> loom.agent.v1.GetRunRequest
-	44, // 69: loom.agent.v1.AgentService.ListRuns:input_type -> loom.agent.v1.ListRunsRequest
-	46, // 70: loom.agent.v1.AgentService.CancelRun:input_type -> loom.agent.v1.CancelRunRequest
-	48, // 71: loom.agent.v1.AgentService.SynthesizeSpeech:input_type -> loom.agent.v1.SynthesizeSpeechRequest
-	51, // 72: loom.agent.v1.AgentService.CreateVideo:input_type -> loom.agent.v1.CreateVideoRequest
-	53, // 73: loom.agent.v1.AgentService.GetVideo:input_type -> loom.agent.v1.GetVideoRequest
-	23, // 74: loom.agent.v1.AgentService.CreateAgent:output_type -> loom.agent.v1.CreateAgentResponse
-	25, // 75: loom.agent.v1.AgentService.GetAgent:output_type -> loom.agent.v1.GetAgentResponse
-	27, // 76: loom.agent.v1.AgentService.ListAgents:output_type -> loom.agent.v1.ListAgentsResponse
-	29, // 77: loom.agent.v1.AgentService.UpdateAgent:output_type -> loom.agent.v1.UpdateAgentResponse
-	31, // 78: loom.agent.v1.AgentService.DeleteAgent:output_type -> loom.agent.v1.DeleteAgentResponse
-	34, // 79: loom.agent.v1.AgentService.Run:output_type -> loom.agent.v1.RunResponse
-	36, // 80: loom.agent.v1.AgentService.RunStream:output_type -> loom.agent.v1.RunStreamResponse
-	43, // 81: loom.agent.v1.AgentService.GetRun:output_type -> loom.agent.v1.GetRunResponse
-	45, // 82: loom.agent.v1.AgentService.ListRuns:output_type -> loom.agent.v1.ListRunsResponse
-	47, // 83: loom.agent.v1.AgentService.CancelRun:output_type -> loom.agent.v1.CancelRunResponse
-	49, // 84: loom.agent.v1.AgentService.SynthesizeSpeech:output_type -> loom.agent.v1.SynthesizeSpeechResponse
-	52, // 85: loom.agent.v1.AgentService.CreateVideo:output_type -> loom.agent.v1.CreateVideoResponse
-	54, // 86: loom.agent.v1.AgentService.GetVideo:output_type -> loom.agent.v1.GetVideoResponse
-	74, // [74:87] is the sub-list for method output_type
-	61, // [61:74] is the sub-list for method input_type
-	61, // [61:61] is the sub-list for extension type_name
-	61, // [61:61] is the sub-list for extension extendee
-	0,  // [0:61] is the sub-list for field type_name
+	7,  // 1: loom.agent.v1.Model.sim:type_name -> loom.agent.v1.SimScript
+	8,  // 2: loom.agent.v1.SimScript.turns:type_name -> loom.agent.v1.SimTurn
+	61, // 3: loom.agent.v1.SimScript.latency:type_name -> google.protobuf.Duration
+	21, // 4: loom.agent.v1.SimTurn.tool_calls:type_name -> loom.agent.v1.ToolCall
+	12, // 5: loom.agent.v1.Tool.memory_search:type_name -> loom.agent.v1.MemorySearchTool
+	13, // 6: loom.agent.v1.Tool.memory_save:type_name -> loom.agent.v1.MemorySaveTool
+	14, // 7: loom.agent.v1.Tool.delegate:type_name -> loom.agent.v1.DelegateTool
+	15, // 8: loom.agent.v1.Tool.http_fetch:type_name -> loom.agent.v1.HttpFetchTool
+	11, // 9: loom.agent.v1.Tool.webhook:type_name -> loom.agent.v1.WebhookTool
+	10, // 10: loom.agent.v1.Tool.mcp:type_name -> loom.agent.v1.McpTool
+	61, // 11: loom.agent.v1.McpTool.timeout:type_name -> google.protobuf.Duration
+	62, // 12: loom.agent.v1.WebhookTool.parameters:type_name -> google.protobuf.Struct
+	61, // 13: loom.agent.v1.WebhookTool.timeout:type_name -> google.protobuf.Duration
+	61, // 14: loom.agent.v1.Budgets.max_duration:type_name -> google.protobuf.Duration
+	1,  // 15: loom.agent.v1.Voice.provider:type_name -> loom.agent.v1.VoiceProvider
+	6,  // 16: loom.agent.v1.Agent.model:type_name -> loom.agent.v1.Model
+	9,  // 17: loom.agent.v1.Agent.tools:type_name -> loom.agent.v1.Tool
+	16, // 18: loom.agent.v1.Agent.memory:type_name -> loom.agent.v1.MemoryConfig
+	17, // 19: loom.agent.v1.Agent.budgets:type_name -> loom.agent.v1.Budgets
+	18, // 20: loom.agent.v1.Agent.voice:type_name -> loom.agent.v1.Voice
+	63, // 21: loom.agent.v1.Agent.create_time:type_name -> google.protobuf.Timestamp
+	63, // 22: loom.agent.v1.Agent.update_time:type_name -> google.protobuf.Timestamp
+	20, // 23: loom.agent.v1.Agent.chaos:type_name -> loom.agent.v1.Chaos
+	2,  // 24: loom.agent.v1.Chaos.code:type_name -> loom.agent.v1.ChaosCode
+	61, // 25: loom.agent.v1.Chaos.latency_min:type_name -> google.protobuf.Duration
+	61, // 26: loom.agent.v1.Chaos.latency_max:type_name -> google.protobuf.Duration
+	62, // 27: loom.agent.v1.ToolCall.arguments:type_name -> google.protobuf.Struct
+	62, // 28: loom.agent.v1.ToolResult.result:type_name -> google.protobuf.Struct
+	21, // 29: loom.agent.v1.Step.tool_calls:type_name -> loom.agent.v1.ToolCall
+	22, // 30: loom.agent.v1.Step.tool_results:type_name -> loom.agent.v1.ToolResult
+	23, // 31: loom.agent.v1.Step.usage:type_name -> loom.agent.v1.Usage
+	61, // 32: loom.agent.v1.Step.latency:type_name -> google.protobuf.Duration
+	3,  // 33: loom.agent.v1.Run.state:type_name -> loom.agent.v1.RunState
+	24, // 34: loom.agent.v1.Run.steps:type_name -> loom.agent.v1.Step
+	23, // 35: loom.agent.v1.Run.usage:type_name -> loom.agent.v1.Usage
+	0,  // 36: loom.agent.v1.Run.provider:type_name -> loom.agent.v1.Provider
+	63, // 37: loom.agent.v1.Run.create_time:type_name -> google.protobuf.Timestamp
+	63, // 38: loom.agent.v1.Run.end_time:type_name -> google.protobuf.Timestamp
+	19, // 39: loom.agent.v1.CreateAgentRequest.agent:type_name -> loom.agent.v1.Agent
+	19, // 40: loom.agent.v1.CreateAgentResponse.agent:type_name -> loom.agent.v1.Agent
+	19, // 41: loom.agent.v1.GetAgentResponse.agent:type_name -> loom.agent.v1.Agent
+	19, // 42: loom.agent.v1.ListAgentsResponse.agents:type_name -> loom.agent.v1.Agent
+	19, // 43: loom.agent.v1.UpdateAgentRequest.agent:type_name -> loom.agent.v1.Agent
+	64, // 44: loom.agent.v1.UpdateAgentRequest.update_mask:type_name -> google.protobuf.FieldMask
+	19, // 45: loom.agent.v1.UpdateAgentResponse.agent:type_name -> loom.agent.v1.Agent
+	37, // 46: loom.agent.v1.RunRequest.attachments:type_name -> loom.agent.v1.Attachment
+	20, // 47: loom.agent.v1.RunRequest.chaos:type_name -> loom.agent.v1.Chaos
+	25, // 48: loom.agent.v1.RunResponse.run:type_name -> loom.agent.v1.Run
+	37, // 49: loom.agent.v1.RunStreamRequest.attachments:type_name -> loom.agent.v1.Attachment
+	20, // 50: loom.agent.v1.RunStreamRequest.chaos:type_name -> loom.agent.v1.Chaos
+	41, // 51: loom.agent.v1.RunStreamResponse.started:type_name -> loom.agent.v1.RunStarted
+	42, // 52: loom.agent.v1.RunStreamResponse.text_delta:type_name -> loom.agent.v1.TextDelta
+	21, // 53: loom.agent.v1.RunStreamResponse.tool_call:type_name -> loom.agent.v1.ToolCall
+	22, // 54: loom.agent.v1.RunStreamResponse.tool_result:type_name -> loom.agent.v1.ToolResult
+	43, // 55: loom.agent.v1.RunStreamResponse.memory_hits:type_name -> loom.agent.v1.MemoryHits
+	23, // 56: loom.agent.v1.RunStreamResponse.usage:type_name -> loom.agent.v1.Usage
+	45, // 57: loom.agent.v1.RunStreamResponse.warning:type_name -> loom.agent.v1.Warning
+	25, // 58: loom.agent.v1.RunStreamResponse.completed:type_name -> loom.agent.v1.Run
+	25, // 59: loom.agent.v1.RunStreamResponse.failed:type_name -> loom.agent.v1.Run
+	44, // 60: loom.agent.v1.MemoryHits.hits:type_name -> loom.agent.v1.MemoryHit
+	25, // 61: loom.agent.v1.GetRunResponse.run:type_name -> loom.agent.v1.Run
+	63, // 62: loom.agent.v1.ListRunsRequest.start_time:type_name -> google.protobuf.Timestamp
+	63, // 63: loom.agent.v1.ListRunsRequest.end_time:type_name -> google.protobuf.Timestamp
+	25, // 64: loom.agent.v1.ListRunsResponse.runs:type_name -> loom.agent.v1.Run
+	25, // 65: loom.agent.v1.CancelRunResponse.run:type_name -> loom.agent.v1.Run
+	18, // 66: loom.agent.v1.SynthesizeSpeechRequest.voice:type_name -> loom.agent.v1.Voice
+	4,  // 67: loom.agent.v1.SynthesizeSpeechRequest.format:type_name -> loom.agent.v1.AudioFormat
+	5,  // 68: loom.agent.v1.Video.state:type_name -> loom.agent.v1.VideoState
+	63, // 69: loom.agent.v1.Video.create_time:type_name -> google.protobuf.Timestamp
+	56, // 70: loom.agent.v1.CreateVideoResponse.video:type_name -> loom.agent.v1.Video
+	56, // 71: loom.agent.v1.GetVideoResponse.video:type_name -> loom.agent.v1.Video
+	26, // 72: loom.agent.v1.AgentService.CreateAgent:input_type -> loom.agent.v1.CreateAgentRequest
+	28, // 73: loom.agent.v1.AgentService.GetAgent:input_type -> loom.agent.v1.GetAgentRequest
+	30, // 74: loom.agent.v1.AgentService.ListAgents:input_type -> loom.agent.v1.ListAgentsRequest
+	32, // 75: loom.agent.v1.AgentService.UpdateAgent:input_type -> loom.agent.v1.UpdateAgentRequest
+	34, // 76: loom.agent.v1.AgentService.DeleteAgent:input_type -> loom.agent.v1.DeleteAgentRequest
+	36, // 77: loom.agent.v1.AgentService.Run:input_type -> loom.agent.v1.RunRequest
+	39, // 78: loom.agent.v1.AgentService.RunStream:input_type -> loom.agent.v1.RunStreamRequest
+	46, // 79: loom.agent.v1.AgentService.GetRun:input_type -> loom.agent.v1.GetRunRequest
+	48, // 80: loom.agent.v1.AgentService.ListRuns:input_type -> loom.agent.v1.ListRunsRequest
+	50, // 81: loom.agent.v1.AgentService.CancelRun:input_type -> loom.agent.v1.CancelRunRequest
+	52, // 82: loom.agent.v1.AgentService.DeleteRun:input_type -> loom.agent.v1.DeleteRunRequest
+	54, // 83: loom.agent.v1.AgentService.SynthesizeSpeech:input_type -> loom.agent.v1.SynthesizeSpeechRequest
+	57, // 84: loom.agent.v1.AgentService.CreateVideo:input_type -> loom.agent.v1.CreateVideoRequest
+	59, // 85: loom.agent.v1.AgentService.GetVideo:input_type -> loom.agent.v1.GetVideoRequest
+	27, // 86: loom.agent.v1.AgentService.CreateAgent:output_type -> loom.agent.v1.CreateAgentResponse
+	29, // 87: loom.agent.v1.AgentService.GetAgent:output_type -> loom.agent.v1.GetAgentResponse
+	31, // 88: loom.agent.v1.AgentService.ListAgents:output_type -> loom.agent.v1.ListAgentsResponse
+	33, // 89: loom.agent.v1.AgentService.UpdateAgent:output_type -> loom.agent.v1.UpdateAgentResponse
+	35, // 90: loom.agent.v1.AgentService.DeleteAgent:output_type -> loom.agent.v1.DeleteAgentResponse
+	38, // 91: loom.agent.v1.AgentService.Run:output_type -> loom.agent.v1.RunResponse
+	40, // 92: loom.agent.v1.AgentService.RunStream:output_type -> loom.agent.v1.RunStreamResponse
+	47, // 93: loom.agent.v1.AgentService.GetRun:output_type -> loom.agent.v1.GetRunResponse
+	49, // 94: loom.agent.v1.AgentService.ListRuns:output_type -> loom.agent.v1.ListRunsResponse
+	51, // 95: loom.agent.v1.AgentService.CancelRun:output_type -> loom.agent.v1.CancelRunResponse
+	53, // 96: loom.agent.v1.AgentService.DeleteRun:output_type -> loom.agent.v1.DeleteRunResponse
+	55, // 97: loom.agent.v1.AgentService.SynthesizeSpeech:output_type -> loom.agent.v1.SynthesizeSpeechResponse
+	58, // 98: loom.agent.v1.AgentService.CreateVideo:output_type -> loom.agent.v1.CreateVideoResponse
+	60, // 99: loom.agent.v1.AgentService.GetVideo:output_type -> loom.agent.v1.GetVideoResponse
+	86, // [86:100] is the sub-list for method output_type
+	72, // [72:86] is the sub-list for method input_type
+	72, // [72:72] is the sub-list for extension type_name
+	72, // [72:72] is the sub-list for extension extendee
+	0,  // [0:72] is the sub-list for field type_name
 }
 
 func init() { file_loom_agent_v1_agent_proto_init() }
@@ -3990,9 +4627,11 @@ func file_loom_agent_v1_agent_proto_init() {
 		(*Tool_MemorySave)(nil),
 		(*Tool_Delegate)(nil),
 		(*Tool_HttpFetch)(nil),
+		(*Tool_Webhook)(nil),
+		(*Tool_Mcp)(nil),
 	}
-	file_loom_agent_v1_agent_proto_msgTypes[8].OneofWrappers = []any{}
-	file_loom_agent_v1_agent_proto_msgTypes[31].OneofWrappers = []any{
+	file_loom_agent_v1_agent_proto_msgTypes[10].OneofWrappers = []any{}
+	file_loom_agent_v1_agent_proto_msgTypes[34].OneofWrappers = []any{
 		(*RunStreamResponse_Started)(nil),
 		(*RunStreamResponse_TextDelta)(nil),
 		(*RunStreamResponse_ToolCall)(nil),
@@ -4008,8 +4647,8 @@ func file_loom_agent_v1_agent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_agent_v1_agent_proto_rawDesc), len(file_loom_agent_v1_agent_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   50,
+			NumEnums:      6,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,7 @@ const (
 	AgentService_GetRun_FullMethodName           = "/loom.agent.v1.AgentService/GetRun"
 	AgentService_ListRuns_FullMethodName         = "/loom.agent.v1.AgentService/ListRuns"
 	AgentService_CancelRun_FullMethodName        = "/loom.agent.v1.AgentService/CancelRun"
+	AgentService_DeleteRun_FullMethodName        = "/loom.agent.v1.AgentService/DeleteRun"
 	AgentService_SynthesizeSpeech_FullMethodName = "/loom.agent.v1.AgentService/SynthesizeSpeech"
 	AgentService_CreateVideo_FullMethodName      = "/loom.agent.v1.AgentService/CreateVideo"
 	AgentService_GetVideo_FullMethodName         = "/loom.agent.v1.AgentService/GetVideo"
@@ -55,7 +56,8 @@ type AgentServiceClient interface {
 	DeleteAgent(ctx context.Context, in *DeleteAgentRequest, opts ...grpc.CallOption) (*DeleteAgentResponse, error)
 	// Run runs an agent to completion and returns the run.
 	Run(ctx context.Context, in *RunRequest, opts ...grpc.CallOption) (*RunResponse, error)
-	// RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run.
+	// RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run, unless
+	// it has an idempotency key (see RunRequest.idempotency_key).
 	RunStream(ctx context.Context, in *RunStreamRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[RunStreamResponse], error)
 	// GetRun returns a run with its steps.
 	GetRun(ctx context.Context, in *GetRunRequest, opts ...grpc.CallOption) (*GetRunResponse, error)
@@ -63,6 +65,10 @@ type AgentServiceClient interface {
 	ListRuns(ctx context.Context, in *ListRunsRequest, opts ...grpc.CallOption) (*ListRunsResponse, error)
 	// CancelRun cancels a run in progress. FailedPrecondition if it already finished.
 	CancelRun(ctx context.Context, in *CancelRunRequest, opts ...grpc.CallOption) (*CancelRunResponse, error)
+	// DeleteRun deletes a stored run with its steps, in any state, including one that cannot be read back.
+	// FailedPrecondition while the run executes in the answering process (cancel it first); NotFound if missing.
+	// Its idempotency key is then free: a later Run with that key starts a new run.
+	DeleteRun(ctx context.Context, in *DeleteRunRequest, opts ...grpc.CallOption) (*DeleteRunResponse, error)
 	// SynthesizeSpeech turns text into audio, streamed in chunks.
 	SynthesizeSpeech(ctx context.Context, in *SynthesizeSpeechRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SynthesizeSpeechResponse], error)
 	// CreateVideo starts rendering an avatar video. FailedPrecondition when no video provider is configured.
@@ -188,6 +194,16 @@ func (c *agentServiceClient) CancelRun(ctx context.Context, in *CancelRunRequest
 	return out, nil
 }
 
+func (c *agentServiceClient) DeleteRun(ctx context.Context, in *DeleteRunRequest, opts ...grpc.CallOption) (*DeleteRunResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteRunResponse)
+	err := c.cc.Invoke(ctx, AgentService_DeleteRun_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *agentServiceClient) SynthesizeSpeech(ctx context.Context, in *SynthesizeSpeechRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SynthesizeSpeechResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &AgentService_ServiceDesc.Streams[1], AgentService_SynthesizeSpeech_FullMethodName, cOpts...)
@@ -248,7 +264,8 @@ type AgentServiceServer interface {
 	DeleteAgent(context.Context, *DeleteAgentRequest) (*DeleteAgentResponse, error)
 	// Run runs an agent to completion and returns the run.
 	Run(context.Context, *RunRequest) (*RunResponse, error)
-	// RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run.
+	// RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run, unless
+	// it has an idempotency key (see RunRequest.idempotency_key).
 	RunStream(*RunStreamRequest, grpc.ServerStreamingServer[RunStreamResponse]) error
 	// GetRun returns a run with its steps.
 	GetRun(context.Context, *GetRunRequest) (*GetRunResponse, error)
@@ -256,6 +273,10 @@ type AgentServiceServer interface {
 	ListRuns(context.Context, *ListRunsRequest) (*ListRunsResponse, error)
 	// CancelRun cancels a run in progress. FailedPrecondition if it already finished.
 	CancelRun(context.Context, *CancelRunRequest) (*CancelRunResponse, error)
+	// DeleteRun deletes a stored run with its steps, in any state, including one that cannot be read back.
+	// FailedPrecondition while the run executes in the answering process (cancel it first); NotFound if missing.
+	// Its idempotency key is then free: a later Run with that key starts a new run.
+	DeleteRun(context.Context, *DeleteRunRequest) (*DeleteRunResponse, error)
 	// SynthesizeSpeech turns text into audio, streamed in chunks.
 	SynthesizeSpeech(*SynthesizeSpeechRequest, grpc.ServerStreamingServer[SynthesizeSpeechResponse]) error
 	// CreateVideo starts rendering an avatar video. FailedPrecondition when no video provider is configured.
@@ -301,6 +322,9 @@ func (UnimplementedAgentServiceServer) ListRuns(context.Context, *ListRunsReques
 }
 func (UnimplementedAgentServiceServer) CancelRun(context.Context, *CancelRunRequest) (*CancelRunResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelRun not implemented")
+}
+func (UnimplementedAgentServiceServer) DeleteRun(context.Context, *DeleteRunRequest) (*DeleteRunResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteRun not implemented")
 }
 func (UnimplementedAgentServiceServer) SynthesizeSpeech(*SynthesizeSpeechRequest, grpc.ServerStreamingServer[SynthesizeSpeechResponse]) error {
 	return status.Error(codes.Unimplemented, "method SynthesizeSpeech not implemented")
@@ -505,6 +529,24 @@ func _AgentService_CancelRun_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_DeleteRun_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteRunRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).DeleteRun(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_DeleteRun_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).DeleteRun(ctx, req.(*DeleteRunRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AgentService_SynthesizeSpeech_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(SynthesizeSpeechRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -594,6 +636,10 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelRun",
 			Handler:    _AgentService_CancelRun_Handler,
+		},
+		{
+			MethodName: "DeleteRun",
+			Handler:    _AgentService_DeleteRun_Handler,
 		},
 		{
 			MethodName: "CreateVideo",

@@ -56,6 +56,8 @@ const (
 	AgentServiceListRunsProcedure = "/loom.agent.v1.AgentService/ListRuns"
 	// AgentServiceCancelRunProcedure is the fully-qualified name of the AgentService's CancelRun RPC.
 	AgentServiceCancelRunProcedure = "/loom.agent.v1.AgentService/CancelRun"
+	// AgentServiceDeleteRunProcedure is the fully-qualified name of the AgentService's DeleteRun RPC.
+	AgentServiceDeleteRunProcedure = "/loom.agent.v1.AgentService/DeleteRun"
 	// AgentServiceSynthesizeSpeechProcedure is the fully-qualified name of the AgentService's
 	// SynthesizeSpeech RPC.
 	AgentServiceSynthesizeSpeechProcedure = "/loom.agent.v1.AgentService/SynthesizeSpeech"
@@ -81,7 +83,8 @@ type AgentServiceClient interface {
 	DeleteAgent(context.Context, *connect.Request[v1.DeleteAgentRequest]) (*connect.Response[v1.DeleteAgentResponse], error)
 	// Run runs an agent to completion and returns the run.
 	Run(context.Context, *connect.Request[v1.RunRequest]) (*connect.Response[v1.RunResponse], error)
-	// RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run.
+	// RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run, unless
+	// it has an idempotency key (see RunRequest.idempotency_key).
 	RunStream(context.Context, *connect.Request[v1.RunStreamRequest]) (*connect.ServerStreamForClient[v1.RunStreamResponse], error)
 	// GetRun returns a run with its steps.
 	GetRun(context.Context, *connect.Request[v1.GetRunRequest]) (*connect.Response[v1.GetRunResponse], error)
@@ -89,6 +92,10 @@ type AgentServiceClient interface {
 	ListRuns(context.Context, *connect.Request[v1.ListRunsRequest]) (*connect.Response[v1.ListRunsResponse], error)
 	// CancelRun cancels a run in progress. FailedPrecondition if it already finished.
 	CancelRun(context.Context, *connect.Request[v1.CancelRunRequest]) (*connect.Response[v1.CancelRunResponse], error)
+	// DeleteRun deletes a stored run with its steps, in any state, including one that cannot be read back.
+	// FailedPrecondition while the run executes in the answering process (cancel it first); NotFound if missing.
+	// Its idempotency key is then free: a later Run with that key starts a new run.
+	DeleteRun(context.Context, *connect.Request[v1.DeleteRunRequest]) (*connect.Response[v1.DeleteRunResponse], error)
 	// SynthesizeSpeech turns text into audio, streamed in chunks.
 	SynthesizeSpeech(context.Context, *connect.Request[v1.SynthesizeSpeechRequest]) (*connect.ServerStreamForClient[v1.SynthesizeSpeechResponse], error)
 	// CreateVideo starts rendering an avatar video. FailedPrecondition when no video provider is configured.
@@ -173,6 +180,13 @@ func NewAgentServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(agentServiceMethods.ByName("CancelRun")),
 			connect.WithClientOptions(opts...),
 		),
+		deleteRun: connect.NewClient[v1.DeleteRunRequest, v1.DeleteRunResponse](
+			httpClient,
+			baseURL+AgentServiceDeleteRunProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("DeleteRun")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
 		synthesizeSpeech: connect.NewClient[v1.SynthesizeSpeechRequest, v1.SynthesizeSpeechResponse](
 			httpClient,
 			baseURL+AgentServiceSynthesizeSpeechProcedure,
@@ -207,6 +221,7 @@ type agentServiceClient struct {
 	getRun           *connect.Client[v1.GetRunRequest, v1.GetRunResponse]
 	listRuns         *connect.Client[v1.ListRunsRequest, v1.ListRunsResponse]
 	cancelRun        *connect.Client[v1.CancelRunRequest, v1.CancelRunResponse]
+	deleteRun        *connect.Client[v1.DeleteRunRequest, v1.DeleteRunResponse]
 	synthesizeSpeech *connect.Client[v1.SynthesizeSpeechRequest, v1.SynthesizeSpeechResponse]
 	createVideo      *connect.Client[v1.CreateVideoRequest, v1.CreateVideoResponse]
 	getVideo         *connect.Client[v1.GetVideoRequest, v1.GetVideoResponse]
@@ -262,6 +277,11 @@ func (c *agentServiceClient) CancelRun(ctx context.Context, req *connect.Request
 	return c.cancelRun.CallUnary(ctx, req)
 }
 
+// DeleteRun calls loom.agent.v1.AgentService.DeleteRun.
+func (c *agentServiceClient) DeleteRun(ctx context.Context, req *connect.Request[v1.DeleteRunRequest]) (*connect.Response[v1.DeleteRunResponse], error) {
+	return c.deleteRun.CallUnary(ctx, req)
+}
+
 // SynthesizeSpeech calls loom.agent.v1.AgentService.SynthesizeSpeech.
 func (c *agentServiceClient) SynthesizeSpeech(ctx context.Context, req *connect.Request[v1.SynthesizeSpeechRequest]) (*connect.ServerStreamForClient[v1.SynthesizeSpeechResponse], error) {
 	return c.synthesizeSpeech.CallServerStream(ctx, req)
@@ -292,7 +312,8 @@ type AgentServiceHandler interface {
 	DeleteAgent(context.Context, *connect.Request[v1.DeleteAgentRequest]) (*connect.Response[v1.DeleteAgentResponse], error)
 	// Run runs an agent to completion and returns the run.
 	Run(context.Context, *connect.Request[v1.RunRequest]) (*connect.Response[v1.RunResponse], error)
-	// RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run.
+	// RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run, unless
+	// it has an idempotency key (see RunRequest.idempotency_key).
 	RunStream(context.Context, *connect.Request[v1.RunStreamRequest], *connect.ServerStream[v1.RunStreamResponse]) error
 	// GetRun returns a run with its steps.
 	GetRun(context.Context, *connect.Request[v1.GetRunRequest]) (*connect.Response[v1.GetRunResponse], error)
@@ -300,6 +321,10 @@ type AgentServiceHandler interface {
 	ListRuns(context.Context, *connect.Request[v1.ListRunsRequest]) (*connect.Response[v1.ListRunsResponse], error)
 	// CancelRun cancels a run in progress. FailedPrecondition if it already finished.
 	CancelRun(context.Context, *connect.Request[v1.CancelRunRequest]) (*connect.Response[v1.CancelRunResponse], error)
+	// DeleteRun deletes a stored run with its steps, in any state, including one that cannot be read back.
+	// FailedPrecondition while the run executes in the answering process (cancel it first); NotFound if missing.
+	// Its idempotency key is then free: a later Run with that key starts a new run.
+	DeleteRun(context.Context, *connect.Request[v1.DeleteRunRequest]) (*connect.Response[v1.DeleteRunResponse], error)
 	// SynthesizeSpeech turns text into audio, streamed in chunks.
 	SynthesizeSpeech(context.Context, *connect.Request[v1.SynthesizeSpeechRequest], *connect.ServerStream[v1.SynthesizeSpeechResponse]) error
 	// CreateVideo starts rendering an avatar video. FailedPrecondition when no video provider is configured.
@@ -380,6 +405,13 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(agentServiceMethods.ByName("CancelRun")),
 		connect.WithHandlerOptions(opts...),
 	)
+	agentServiceDeleteRunHandler := connect.NewUnaryHandler(
+		AgentServiceDeleteRunProcedure,
+		svc.DeleteRun,
+		connect.WithSchema(agentServiceMethods.ByName("DeleteRun")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
 	agentServiceSynthesizeSpeechHandler := connect.NewServerStreamHandler(
 		AgentServiceSynthesizeSpeechProcedure,
 		svc.SynthesizeSpeech,
@@ -421,6 +453,8 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 			agentServiceListRunsHandler.ServeHTTP(w, r)
 		case AgentServiceCancelRunProcedure:
 			agentServiceCancelRunHandler.ServeHTTP(w, r)
+		case AgentServiceDeleteRunProcedure:
+			agentServiceDeleteRunHandler.ServeHTTP(w, r)
 		case AgentServiceSynthesizeSpeechProcedure:
 			agentServiceSynthesizeSpeechHandler.ServeHTTP(w, r)
 		case AgentServiceCreateVideoProcedure:
@@ -474,6 +508,10 @@ func (UnimplementedAgentServiceHandler) ListRuns(context.Context, *connect.Reque
 
 func (UnimplementedAgentServiceHandler) CancelRun(context.Context, *connect.Request[v1.CancelRunRequest]) (*connect.Response[v1.CancelRunResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.agent.v1.AgentService.CancelRun is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) DeleteRun(context.Context, *connect.Request[v1.DeleteRunRequest]) (*connect.Response[v1.DeleteRunResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.agent.v1.AgentService.DeleteRun is not implemented"))
 }
 
 func (UnimplementedAgentServiceHandler) SynthesizeSpeech(context.Context, *connect.Request[v1.SynthesizeSpeechRequest], *connect.ServerStream[v1.SynthesizeSpeechResponse]) error {

@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file loom/agent/v1/agent.proto.
  */
 export const file_loom_agent_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("Chlsb29tL2FnZW50L3YxL2FnZW50LnByb3RvEg1sb29tLmFnZW50LnYxIt4BCgVNb2RlbBIzCghwcm92aWRlchgBIAEoDjIXLmxvb20uYWdlbnQudjEuUHJvdmlkZXJCCLpIBYIBAhABEhYKBG5hbWUYAiABKAlCCLpIBXIDGMgBEikKC3RlbXBlcmF0dXJlGAMgASgCQg+6SAwKCh0AAABALQAAAABIAIgBARImChFtYXhfb3V0cHV0X3Rva2VucxgEIAEoBUILukgIGgYYwIQ9KAASJQoDc2ltGAUgASgLMhgubG9vbS5hZ2VudC52MS5TaW1TY3JpcHRCDgoMX3RlbXBlcmF0dXJlIo8BCglTaW1TY3JpcHQSLwoFdHVybnMYASADKAsyFi5sb29tLmFnZW50LnYxLlNpbVR1cm5CCLpIBZIBAhBkEioKB2xhdGVuY3kYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJQoMZmFpbHVyZV9yYXRlGAMgASgCQg+6SAwKCh0AAIA/LQAAAAAiewoHU2ltVHVybhIfCg13aGVuX2NvbnRhaW5zGAEgASgJQgi6SAVyAxjoBxIYCgVyZXBseRgCIAEoCUIJukgGcgQogIAEEjUKCnRvb2xfY2FsbHMYAyADKAsyFy5sb29tLmFnZW50LnYxLlRvb2xDYWxsQgi6SAWSAQIQECLqAQoEVG9vbBI4Cg1tZW1vcnlfc2VhcmNoGAEgASgLMh8ubG9vbS5hZ2VudC52MS5NZW1vcnlTZWFyY2hUb29sSAASNAoLbWVtb3J5X3NhdmUYAiABKAsyHS5sb29tLmFnZW50LnYxLk1lbW9yeVNhdmVUb29sSAASLwoIZGVsZWdhdGUYAyABKAsyGy5sb29tLmFnZW50LnYxLkRlbGVnYXRlVG9vbEgAEjIKCmh0dHBfZmV0Y2gYBCABKAsyHC5sb29tLmFnZW50LnYxLkh0dHBGZXRjaFRvb2xIAEINCgRraW5kEgW6SAIIASISChBNZW1vcnlTZWFyY2hUb29sIhAKDk1lbW9yeVNhdmVUb29sIlwKDERlbGVnYXRlVG9vbBItCgVhZ2VudBgBIAEoCUIeukgbchkyF15bYS16XVthLXowLTlfLV17MCw2Mn0kEh0KC2Rlc2NyaXB0aW9uGAIgASgJQgi6SAVyAxjoByI7Cg1IdHRwRmV0Y2hUb29sEioKDWFsbG93ZWRfaG9zdHMYASADKAlCE7pIEJIBDQgBEEAiB3IFEAEY/QEijQEKDE1lbW9yeUNvbmZpZxI0CgluYW1lc3BhY2UYASABKAlCIbpIHnIcMhpeJHxeW2Etel1bYS16MC05Xy1dezAsNjJ9JBIYCgV0b3BfaxgCIAEoBUIJukgGGgQYMigAEh8KCW1pbl9zY29yZRgDIAEoAkIHukgECgJAAUgAiAEBQgwKCl9taW5fc2NvcmUihAEKB0J1ZGdldHMSHAoJbWF4X3N0ZXBzGAEgASgFQgm6SAYaBBhkKAASGwoKbWF4X3Rva2VucxgCIAEoA0IHukgEIgIoABI+CgxtYXhfZHVyYXRpb24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CDbpICqoBByIDCJAcMgAiXQoFVm9pY2USOAoIcHJvdmlkZXIYASABKA4yHC5sb29tLmFnZW50LnYxLlZvaWNlUHJvdmlkZXJCCLpIBYIBAhABEhoKCHZvaWNlX2lkGAIgASgJQgi6SAVyAxjIASLFAwoFQWdlbnQSLAoEbmFtZRgBIAEoCUIeukgbchkyF15bYS16XVthLXowLTlfLV17MCw2Mn0kEh4KDGRpc3BsYXlfbmFtZRgCIAEoCUIIukgFcgMYyAESIwoFbW9kZWwYAyABKAsyFC5sb29tLmFnZW50LnYxLk1vZGVsEh8KDGluc3RydWN0aW9ucxgEIAEoCUIJukgGcgQogIAEEiwKBXRvb2xzGAUgAygLMhMubG9vbS5hZ2VudC52MS5Ub29sQgi6SAWSAQIQIBIrCgZtZW1vcnkYBiABKAsyGy5sb29tLmFnZW50LnYxLk1lbW9yeUNvbmZpZxInCgdidWRnZXRzGAcgASgLMhYubG9vbS5hZ2VudC52MS5CdWRnZXRzEiMKBXZvaWNlGAggASgLMhQubG9vbS5hZ2VudC52MS5Wb2ljZRIPCgd2ZXJzaW9uGAkgASgDEgwKBGV0YWcYCiABKAkSLwoLY3JlYXRlX3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJkCghUb29sQ2FsbBIUCgJpZBgBIAEoCUIIukgFcgMYgAESFgoEbmFtZRgCIAEoCUIIukgFcgMYgAESKgoJYXJndW1lbnRzGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCJjCgpUb29sUmVzdWx0Eg8KB2NhbGxfaWQYASABKAkSDAoEbmFtZRgCIAEoCRInCgZyZXN1bHQYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg0KBWVycm9yGAQgASgJIjQKBVVzYWdlEhQKDGlucHV0X3Rva2VucxgBIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAIgASgDItIBCgRTdGVwEg0KBWluZGV4GAEgASgFEgwKBHRleHQYAiABKAkSKwoKdG9vbF9jYWxscxgDIAMoCzIXLmxvb20uYWdlbnQudjEuVG9vbENhbGwSLwoMdG9vbF9yZXN1bHRzGAQgAygLMhkubG9vbS5hZ2VudC52MS5Ub29sUmVzdWx0EiMKBXVzYWdlGAUgASgLMhQubG9vbS5hZ2VudC52MS5Vc2FnZRIqCgdsYXRlbmN5GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIpoDCgNSdW4SCgoCaWQYASABKAkSDQoFYWdlbnQYAiABKAkSFQoNYWdlbnRfdmVyc2lvbhgDIAEoAxImCgVzdGF0ZRgEIAEoDjIXLmxvb20uYWdlbnQudjEuUnVuU3RhdGUSDQoFaW5wdXQYBSABKAkSDgoGb3V0cHV0GAYgASgJEiIKBXN0ZXBzGAcgAygLMhMubG9vbS5hZ2VudC52MS5TdGVwEiMKBXVzYWdlGAggASgLMhQubG9vbS5hZ2VudC52MS5Vc2FnZRIpCghwcm92aWRlchgJIAEoDjIXLmxvb20uYWdlbnQudjEuUHJvdmlkZXISDQoFbW9kZWwYCiABKAkSDQoFZXJyb3IYCyABKAkSEAoId2FybmluZ3MYDCADKAkSLwoLY3JlYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9pZGVtcG90ZW5jeV9rZXkYDyABKAkiQQoSQ3JlYXRlQWdlbnRSZXF1ZXN0EisKBWFnZW50GAEgASgLMhQubG9vbS5hZ2VudC52MS5BZ2VudEIGukgDyAEBIjoKE0NyZWF0ZUFnZW50UmVzcG9uc2USIwoFYWdlbnQYASABKAsyFC5sb29tLmFnZW50LnYxLkFnZW50IlkKD0dldEFnZW50UmVxdWVzdBIsCgRuYW1lGAEgASgJQh66SBtyGTIXXlthLXpdW2EtejAtOV8tXXswLDYyfSQSGAoHdmVyc2lvbhgCIAEoA0IHukgEIgIoACI3ChBHZXRBZ2VudFJlc3BvbnNlEiMKBWFnZW50GAEgASgLMhQubG9vbS5hZ2VudC52MS5BZ2VudCJQChFMaXN0QWdlbnRzUmVxdWVzdBIdCglwYWdlX3NpemUYASABKAVCCrpIBxoFGOgHKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMogAgiUwoSTGlzdEFnZW50c1Jlc3BvbnNlEiQKBmFnZW50cxgBIAMoCzIULmxvb20uYWdlbnQudjEuQWdlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIpIBChJVcGRhdGVBZ2VudFJlcXVlc3QSKwoFYWdlbnQYASABKAsyFC5sb29tLmFnZW50LnYxLkFnZW50Qga6SAPIAQESNwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrQga6SAPIAQESFgoEZXRhZxgDIAEoCUIIukgFcgMYgAEiOgoTVXBkYXRlQWdlbnRSZXNwb25zZRIjCgVhZ2VudBgBIAEoCzIULmxvb20uYWdlbnQudjEuQWdlbnQiQgoSRGVsZXRlQWdlbnRSZXF1ZXN0EiwKBG5hbWUYASABKAlCHrpIG3IZMhdeW2Etel1bYS16MC05Xy1dezAsNjJ9JCIVChNEZWxldGVBZ2VudFJlc3BvbnNlIrQBCgpSdW5SZXF1ZXN0Ei0KBWFnZW50GAEgASgJQh66SBtyGTIXXlthLXpdW2EtejAtOV8tXXswLDYyfSQSGgoFaW5wdXQYAiABKAlCC7pICHIGEAEogIAQEiEKD2lkZW1wb3RlbmN5X2tleRgDIAEoCUIIukgFcgMYgAESOAoLYXR0YWNobWVudHMYBCADKAsyGS5sb29tLmFnZW50LnYxLkF0dGFjaG1lbnRCCLpIBZIBAhAIImAKCkF0dGFjaG1lbnQSNgoJbWltZV90eXBlGAEgASgJQiO6SCByHjIcXihpbWFnZXxhdWRpbykvW2EtejAtOS4rLV0rJBIaCgRkYXRhGAIgASgMQgy6SAl6BxABGICAwAEiLgoLUnVuUmVzcG9uc2USHwoDcnVuGAEgASgLMhIubG9vbS5hZ2VudC52MS5SdW4iugEKEFJ1blN0cmVhbVJlcXVlc3QSLQoFYWdlbnQYASABKAlCHrpIG3IZMhdeW2Etel1bYS16MC05Xy1dezAsNjJ9JBIaCgVpbnB1dBgCIAEoCUILukgIcgYQASiAgBASIQoPaWRlbXBvdGVuY3lfa2V5GAMgASgJQgi6SAVyAxiAARI4CgthdHRhY2htZW50cxgEIAMoCzIZLmxvb20uYWdlbnQudjEuQXR0YWNobWVudEIIukgFkgECEAgivQMKEVJ1blN0cmVhbVJlc3BvbnNlEg4KBnJ1bl9pZBgBIAEoCRIsCgdzdGFydGVkGAIgASgLMhkubG9vbS5hZ2VudC52MS5SdW5TdGFydGVkSAASLgoKdGV4dF9kZWx0YRgDIAEoCzIYLmxvb20uYWdlbnQudjEuVGV4dERlbHRhSAASLAoJdG9vbF9jYWxsGAQgASgLMhcubG9vbS5hZ2VudC52MS5Ub29sQ2FsbEgAEjAKC3Rvb2xfcmVzdWx0GAUgASgLMhkubG9vbS5hZ2VudC52MS5Ub29sUmVzdWx0SAASMAoLbWVtb3J5X2hpdHMYBiABKAsyGS5sb29tLmFnZW50LnYxLk1lbW9yeUhpdHNIABIlCgV1c2FnZRgHIAEoCzIULmxvb20uYWdlbnQudjEuVXNhZ2VIABIpCgd3YXJuaW5nGAggASgLMhYubG9vbS5hZ2VudC52MS5XYXJuaW5nSAASJwoJY29tcGxldGVkGAkgASgLMhIubG9vbS5hZ2VudC52MS5SdW5IABIkCgZmYWlsZWQYCiABKAsyEi5sb29tLmFnZW50LnYxLlJ1bkgAQgcKBWV2ZW50IiMKClJ1blN0YXJ0ZWQSFQoNYWdlbnRfdmVyc2lvbhgBIAEoAyIZCglUZXh0RGVsdGESDAoEdGV4dBgBIAEoCSI0CgpNZW1vcnlIaXRzEiYKBGhpdHMYASADKAsyGC5sb29tLmFnZW50LnYxLk1lbW9yeUhpdCI0CglNZW1vcnlIaXQSCgoCaWQYASABKAkSDAoEdGV4dBgCIAEoCRINCgVzY29yZRgDIAEoAiIaCgdXYXJuaW5nEg8KB21lc3NhZ2UYASABKAkiJwoNR2V0UnVuUmVxdWVzdBIWCgJpZBgBIAEoCUIKukgHcgUQARiAASIxCg5HZXRSdW5SZXNwb25zZRIfCgNydW4YASABKAsyEi5sb29tLmFnZW50LnYxLlJ1biLeAQoPTGlzdFJ1bnNSZXF1ZXN0EjAKBWFnZW50GAEgASgJQiG6SB5yHDIaXiR8XlthLXpdW2EtejAtOV8tXXswLDYyfSQSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh0KCXBhZ2Vfc2l6ZRgEIAEoBUIKukgHGgUY6AcoABIcCgpwYWdlX3Rva2VuGAUgASgJQgi6SAVyAyiACCJNChBMaXN0UnVuc1Jlc3BvbnNlEiAKBHJ1bnMYASADKAsyEi5sb29tLmFnZW50LnYxLlJ1bhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiKgoQQ2FuY2VsUnVuUmVxdWVzdBIWCgJpZBgBIAEoCUIKukgHcgUQARiAASI0ChFDYW5jZWxSdW5SZXNwb25zZRIfCgNydW4YASABKAsyEi5sb29tLmFnZW50LnYxLlJ1biLBAQoXU3ludGhlc2l6ZVNwZWVjaFJlcXVlc3QSGQoEdGV4dBgBIAEoCUILukgIcgYQASiAgAESMAoFYWdlbnQYAiABKAlCIbpIHnIcMhpeJHxeW2Etel1bYS16MC05Xy1dezAsNjJ9JBIjCgV2b2ljZRgDIAEoCzIULmxvb20uYWdlbnQudjEuVm9pY2USNAoGZm9ybWF0GAQgASgOMhoubG9vbS5hZ2VudC52MS5BdWRpb0Zvcm1hdEIIukgFggECEAEiPAoYU3ludGhlc2l6ZVNwZWVjaFJlc3BvbnNlEg0KBWF1ZGlvGAEgASgMEhEKCW1pbWVfdHlwZRgCIAEoCSJ7CgVWaWRlbxIKCgJpZBgBIAEoCRIoCgVzdGF0ZRgCIAEoDjIZLmxvb20uYWdlbnQudjEuVmlkZW9TdGF0ZRILCgN1cmwYAyABKAkSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImkKEkNyZWF0ZVZpZGVvUmVxdWVzdBIeCgpyZXBsaWNhX2lkGAEgASgJQgq6SAdyBRABGIABEhsKBnNjcmlwdBgCIAEoCUILukgIcgYQASiAgAESFgoEbmFtZRgDIAEoCUIIukgFcgMYyAEiOgoTQ3JlYXRlVmlkZW9SZXNwb25zZRIjCgV2aWRlbxgBIAEoCzIULmxvb20uYWdlbnQudjEuVmlkZW8iKQoPR2V0VmlkZW9SZXF1ZXN0EhYKAmlkGAEgASgJQgq6SAdyBRABGIABIjcKEEdldFZpZGVvUmVzcG9uc2USIwoFdmlkZW8YASABKAsyFC5sb29tLmFnZW50LnYxLlZpZGVvKmAKCFByb3ZpZGVyEhgKFFBST1ZJREVSX1VOU1BFQ0lGSUVEEAASEAoMUFJPVklERVJfU0lNEAESEwoPUFJPVklERVJfR0VNSU5JEAISEwoPUFJPVklERVJfT1BFTkFJEAMqaQoNVm9pY2VQcm92aWRlchIeChpWT0lDRV9QUk9WSURFUl9VTlNQRUNJRklFRBAAEhkKFVZPSUNFX1BST1ZJREVSX0VTUEVBSxABEh0KGVZPSUNFX1BST1ZJREVSX0VMRVZFTkxBQlMQAiqEAQoIUnVuU3RhdGUSGQoVUlVOX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRUlVOX1NUQVRFX1JVTk5JTkcQARIXChNSVU5fU1RBVEVfU1VDQ0VFREVEEAISFAoQUlVOX1NUQVRFX0ZBSUxFRBADEhcKE1JVTl9TVEFURV9DQU5DRUxMRUQQBCpXCgtBdWRpb0Zvcm1hdBIcChhBVURJT19GT1JNQVRfVU5TUEVDSUZJRUQQABIUChBBVURJT19GT1JNQVRfV0FWEAESFAoQQVVESU9fRk9STUFUX01QMxACKnMKClZpZGVvU3RhdGUSGwoXVklERU9fU1RBVEVfVU5TUEVDSUZJRUQQABIZChVWSURFT19TVEFURV9SRU5ERVJJTkcQARIVChFWSURFT19TVEFURV9SRUFEWRACEhYKElZJREVPX1NUQVRFX0ZBSUxFRBADMo4JCgxBZ2VudFNlcnZpY2USWgoLQ3JlYXRlQWdlbnQSIS5sb29tLmFnZW50LnYxLkNyZWF0ZUFnZW50UmVxdWVzdBoiLmxvb20uYWdlbnQudjEuQ3JlYXRlQWdlbnRSZXNwb25zZSIEyPMYAhJUCghHZXRBZ2VudBIeLmxvb20uYWdlbnQudjEuR2V0QWdlbnRSZXF1ZXN0Gh8ubG9vbS5hZ2VudC52MS5HZXRBZ2VudFJlc3BvbnNlIgeQAgHI8xgBEloKCkxpc3RBZ2VudHMSIC5sb29tLmFnZW50LnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiEubG9vbS5hZ2VudC52MS5MaXN0QWdlbnRzUmVzcG9uc2UiB5ACAcjzGAESWgoLVXBkYXRlQWdlbnQSIS5sb29tLmFnZW50LnYxLlVwZGF0ZUFnZW50UmVxdWVzdBoiLmxvb20uYWdlbnQudjEuVXBkYXRlQWdlbnRSZXNwb25zZSIEyPMYAhJdCgtEZWxldGVBZ2VudBIhLmxvb20uYWdlbnQudjEuRGVsZXRlQWdlbnRSZXF1ZXN0GiIubG9vbS5hZ2VudC52MS5EZWxldGVBZ2VudFJlc3BvbnNlIgeQAgLI8xgCEkIKA1J1bhIZLmxvb20uYWdlbnQudjEuUnVuUmVxdWVzdBoaLmxvb20uYWdlbnQudjEuUnVuUmVzcG9uc2UiBMjzGAISVgoJUnVuU3RyZWFtEh8ubG9vbS5hZ2VudC52MS5SdW5TdHJlYW1SZXF1ZXN0GiAubG9vbS5hZ2VudC52MS5SdW5TdHJlYW1SZXNwb25zZSIEyPMYAjABEk4KBkdldFJ1bhIcLmxvb20uYWdlbnQudjEuR2V0UnVuUmVxdWVzdBodLmxvb20uYWdlbnQudjEuR2V0UnVuUmVzcG9uc2UiB5ACAcjzGAESVAoITGlzdFJ1bnMSHi5sb29tLmFnZW50LnYxLkxpc3RSdW5zUmVxdWVzdBofLmxvb20uYWdlbnQudjEuTGlzdFJ1bnNSZXNwb25zZSIHkAIByPMYARJUCglDYW5jZWxSdW4SHy5sb29tLmFnZW50LnYxLkNhbmNlbFJ1blJlcXVlc3QaIC5sb29tLmFnZW50LnYxLkNhbmNlbFJ1blJlc3BvbnNlIgTI8xgCEmsKEFN5bnRoZXNpemVTcGVlY2gSJi5sb29tLmFnZW50LnYxLlN5bnRoZXNpemVTcGVlY2hSZXF1ZXN0GicubG9vbS5hZ2VudC52MS5TeW50aGVzaXplU3BlZWNoUmVzcG9uc2UiBMjzGAIwARJaCgtDcmVhdGVWaWRlbxIhLmxvb20uYWdlbnQudjEuQ3JlYXRlVmlkZW9SZXF1ZXN0GiIubG9vbS5hZ2VudC52MS5DcmVhdGVWaWRlb1Jlc3BvbnNlIgTI8xgCElQKCEdldFZpZGVvEh4ubG9vbS5hZ2VudC52MS5HZXRWaWRlb1JlcXVlc3QaHy5sb29tLmFnZW50LnYxLkdldFZpZGVvUmVzcG9uc2UiB5ACAcjzGAFCqQEKEWNvbS5sb29tLmFnZW50LnYxQgpBZ2VudFByb3RvUAFaMmdpdGh1Yi5jb20vbG9vbS1kZXYvbG9vbS9nZW4vbG9vbS9hZ2VudC92MTthZ2VudHYxogIDTEFYqgINTG9vbS5BZ2VudC5WMcoCDUxvb21cQWdlbnRcVjHiAhlMb29tXEFnZW50XFYxXEdQQk1ldGFkYXRh6gIPTG9vbTo6QWdlbnQ6OlYxYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_loom_auth_v1_auth]);
+  fileDesc("Chlsb29tL2FnZW50L3YxL2FnZW50LnByb3RvEg1sb29tLmFnZW50LnYxIt4BCgVNb2RlbBIzCghwcm92aWRlchgBIAEoDjIXLmxvb20uYWdlbnQudjEuUHJvdmlkZXJCCLpIBYIBAhABEhYKBG5hbWUYAiABKAlCCLpIBXIDGMgBEikKC3RlbXBlcmF0dXJlGAMgASgCQg+6SAwKCh0AAABALQAAAABIAIgBARImChFtYXhfb3V0cHV0X3Rva2VucxgEIAEoBUILukgIGgYYwIQ9KAASJQoDc2ltGAUgASgLMhgubG9vbS5hZ2VudC52MS5TaW1TY3JpcHRCDgoMX3RlbXBlcmF0dXJlIo8BCglTaW1TY3JpcHQSLwoFdHVybnMYASADKAsyFi5sb29tLmFnZW50LnYxLlNpbVR1cm5CCLpIBZIBAhBkEioKB2xhdGVuY3kYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJQoMZmFpbHVyZV9yYXRlGAMgASgCQg+6SAwKCh0AAIA/LQAAAAAiewoHU2ltVHVybhIfCg13aGVuX2NvbnRhaW5zGAEgASgJQgi6SAVyAxjoBxIYCgVyZXBseRgCIAEoCUIJukgGcgQogIAEEjUKCnRvb2xfY2FsbHMYAyADKAsyFy5sb29tLmFnZW50LnYxLlRvb2xDYWxsQgi6SAWSAQIQECLAAgoEVG9vbBI4Cg1tZW1vcnlfc2VhcmNoGAEgASgLMh8ubG9vbS5hZ2VudC52MS5NZW1vcnlTZWFyY2hUb29sSAASNAoLbWVtb3J5X3NhdmUYAiABKAsyHS5sb29tLmFnZW50LnYxLk1lbW9yeVNhdmVUb29sSAASLwoIZGVsZWdhdGUYAyABKAsyGy5sb29tLmFnZW50LnYxLkRlbGVnYXRlVG9vbEgAEjIKCmh0dHBfZmV0Y2gYBCABKAsyHC5sb29tLmFnZW50LnYxLkh0dHBGZXRjaFRvb2xIABItCgd3ZWJob29rGAUgASgLMhoubG9vbS5hZ2VudC52MS5XZWJob29rVG9vbEgAEiUKA21jcBgGIAEoCzIWLmxvb20uYWdlbnQudjEuTWNwVG9vbEgAQg0KBGtpbmQSBbpIAggBIs0BCgdNY3BUb29sEhcKA3VybBgBIAEoCUIKukgHcgUQARiAEBIYCgR0b29sGAIgASgJQgq6SAdyBRABGIABEi4KBG5hbWUYAyABKAlCILpIHXIbMhleJHxeW2Etel1bYS16MC05X117MCw0N30kEjgKB3RpbWVvdXQYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CDLpICaoBBiICCDwyABIlChBtYXhfcmVzdWx0X2J5dGVzGAUgASgFQgu6SAgaBhiAgEAoACLAAgoLV2ViaG9va1Rvb2wSKwoEbmFtZRgBIAEoCUIdukgachgyFl5bYS16XVthLXowLTlfXXswLDQ3fSQSHQoLZGVzY3JpcHRpb24YAiABKAlCCLpIBXIDGOgHEhcKA3VybBgDIAEoCUIKukgHcgUQARiAEBIrCgpwYXJhbWV0ZXJzGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIgCg5zaWduaW5nX3NlY3JldBgFIAEoCUIIukgFcgMYgAISGgoSc2lnbmluZ19zZWNyZXRfc2V0GAYgASgIEjgKB3RpbWVvdXQYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CDLpICaoBBiICCB4yABInChJtYXhfcmVzcG9uc2VfYnl0ZXMYCCABKAVCC7pICBoGGICAQCgAIhIKEE1lbW9yeVNlYXJjaFRvb2wiEAoOTWVtb3J5U2F2ZVRvb2wiXAoMRGVsZWdhdGVUb29sEi0KBWFnZW50GAEgASgJQh66SBtyGTIXXlthLXpdW2EtejAtOV8tXXswLDYyfSQSHQoLZGVzY3JpcHRpb24YAiABKAlCCLpIBXIDGOgHIjsKDUh0dHBGZXRjaFRvb2wSKgoNYWxsb3dlZF9ob3N0cxgBIAMoCUITukgQkgENCAEQQCIHcgUQARj9ASKNAQoMTWVtb3J5Q29uZmlnEjQKCW5hbWVzcGFjZRgBIAEoCUIhukgechwyGl4kfF5bYS16XVthLXowLTlfLV17MCw2Mn0kEhgKBXRvcF9rGAIgASgFQgm6SAYaBBgyKAASHwoJbWluX3Njb3JlGAMgASgCQge6SAQKAkABSACIAQFCDAoKX21pbl9zY29yZSKEAQoHQnVkZ2V0cxIcCgltYXhfc3RlcHMYASABKAVCCbpIBhoEGGQoABIbCgptYXhfdG9rZW5zGAIgASgDQge6SAQiAigAEj4KDG1heF9kdXJhdGlvbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkINukgKqgEHIgMIkBwyACJdCgVWb2ljZRI4Cghwcm92aWRlchgBIAEoDjIcLmxvb20uYWdlbnQudjEuVm9pY2VQcm92aWRlckIIukgFggECEAESGgoIdm9pY2VfaWQYAiABKAlCCLpIBXIDGMgBIuoDCgVBZ2VudBIsCgRuYW1lGAEgASgJQh66SBtyGTIXXlthLXpdW2EtejAtOV8tXXswLDYyfSQSHgoMZGlzcGxheV9uYW1lGAIgASgJQgi6SAVyAxjIARIjCgVtb2RlbBgDIAEoCzIULmxvb20uYWdlbnQudjEuTW9kZWwSHwoMaW5zdHJ1Y3Rpb25zGAQgASgJQgm6SAZyBCiAgAQSLAoFdG9vbHMYBSADKAsyEy5sb29tLmFnZW50LnYxLlRvb2xCCLpIBZIBAhAgEisKBm1lbW9yeRgGIAEoCzIbLmxvb20uYWdlbnQudjEuTWVtb3J5Q29uZmlnEicKB2J1ZGdldHMYByABKAsyFi5sb29tLmFnZW50LnYxLkJ1ZGdldHMSIwoFdm9pY2UYCCABKAsyFC5sb29tLmFnZW50LnYxLlZvaWNlEg8KB3ZlcnNpb24YCSABKAMSDAoEZXRhZxgKIAEoCRIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiMKBWNoYW9zGA0gASgLMhQubG9vbS5hZ2VudC52MS5DaGFvcyKQAwoFQ2hhb3MSDAoEc2VlZBgBIAEoBBIlCgxmYWlsdXJlX3JhdGUYAiABKAJCD7pIDAoKHQAAgD8tAAAAABIgCg1mYWlsX2F0dGVtcHRzGAMgASgFQgm6SAYaBBhkKAASMAoEY29kZRgEIAEoDjIYLmxvb20uYWdlbnQudjEuQ2hhb3NDb2RlQgi6SAWCAQIQARI9CgtsYXRlbmN5X21pbhgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkINukgKqgEHIgMI2AQyABI9CgtsYXRlbmN5X21heBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkINukgKqgEHIgMI2AQyABImCg10cnVuY2F0ZV9yYXRlGAcgASgCQg+6SAwKCh0AAIA/LQAAAAASKgoRdG9vbF9mYWlsdXJlX3JhdGUYCCABKAJCD7pIDAoKHQAAgD8tAAAAABIsChNtZW1vcnlfZmFpbHVyZV9yYXRlGAkgASgCQg+6SAwKCh0AAIA/LQAAAAAiZAoIVG9vbENhbGwSFAoCaWQYASABKAlCCLpIBXIDGIABEhYKBG5hbWUYAiABKAlCCLpIBXIDGIABEioKCWFyZ3VtZW50cxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiYwoKVG9vbFJlc3VsdBIPCgdjYWxsX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSJwoGcmVzdWx0GAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBINCgVlcnJvchgEIAEoCSI0CgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAMSFQoNb3V0cHV0X3Rva2VucxgCIAEoAyLSAQoEU3RlcBINCgVpbmRleBgBIAEoBRIMCgR0ZXh0GAIgASgJEisKCnRvb2xfY2FsbHMYAyADKAsyFy5sb29tLmFnZW50LnYxLlRvb2xDYWxsEi8KDHRvb2xfcmVzdWx0cxgEIAMoCzIZLmxvb20uYWdlbnQudjEuVG9vbFJlc3VsdBIjCgV1c2FnZRgFIAEoCzIULmxvb20uYWdlbnQudjEuVXNhZ2USKgoHbGF0ZW5jeRgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKaAwoDUnVuEgoKAmlkGAEgASgJEg0KBWFnZW50GAIgASgJEhUKDWFnZW50X3ZlcnNpb24YAyABKAMSJgoFc3RhdGUYBCABKA4yFy5sb29tLmFnZW50LnYxLlJ1blN0YXRlEg0KBWlucHV0GAUgASgJEg4KBm91dHB1dBgGIAEoCRIiCgVzdGVwcxgHIAMoCzITLmxvb20uYWdlbnQudjEuU3RlcBIjCgV1c2FnZRgIIAEoCzIULmxvb20uYWdlbnQudjEuVXNhZ2USKQoIcHJvdmlkZXIYCSABKA4yFy5sb29tLmFnZW50LnYxLlByb3ZpZGVyEg0KBW1vZGVsGAogASgJEg0KBWVycm9yGAsgASgJEhAKCHdhcm5pbmdzGAwgAygJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPaWRlbXBvdGVuY3lfa2V5GA8gASgJIkEKEkNyZWF0ZUFnZW50UmVxdWVzdBIrCgVhZ2VudBgBIAEoCzIULmxvb20uYWdlbnQudjEuQWdlbnRCBrpIA8gBASI6ChNDcmVhdGVBZ2VudFJlc3BvbnNlEiMKBWFnZW50GAEgASgLMhQubG9vbS5hZ2VudC52MS5BZ2VudCJZCg9HZXRBZ2VudFJlcXVlc3QSLAoEbmFtZRgBIAEoCUIeukgbchkyF15bYS16XVthLXowLTlfLV17MCw2Mn0kEhgKB3ZlcnNpb24YAiABKANCB7pIBCICKAAiNwoQR2V0QWdlbnRSZXNwb25zZRIjCgVhZ2VudBgBIAEoCzIULmxvb20uYWdlbnQudjEuQWdlbnQiUAoRTGlzdEFnZW50c1JlcXVlc3QSHQoJcGFnZV9zaXplGAEgASgFQgq6SAcaBRjoBygAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDKIAIIlMKEkxpc3RBZ2VudHNSZXNwb25zZRIkCgZhZ2VudHMYASADKAsyFC5sb29tLmFnZW50LnYxLkFnZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKSAQoSVXBkYXRlQWdlbnRSZXF1ZXN0EisKBWFnZW50GAEgASgLMhQubG9vbS5hZ2VudC52MS5BZ2VudEIGukgDyAEBEjcKC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IGukgDyAEBEhYKBGV0YWcYAyABKAlCCLpIBXIDGIABIjoKE1VwZGF0ZUFnZW50UmVzcG9uc2USIwoFYWdlbnQYASABKAsyFC5sb29tLmFnZW50LnYxLkFnZW50IkIKEkRlbGV0ZUFnZW50UmVxdWVzdBIsCgRuYW1lGAEgASgJQh66SBtyGTIXXlthLXpdW2EtejAtOV8tXXswLDYyfSQiFQoTRGVsZXRlQWdlbnRSZXNwb25zZSL3AQoKUnVuUmVxdWVzdBItCgVhZ2VudBgBIAEoCUIeukgbchkyF15bYS16XVthLXowLTlfLV17MCw2Mn0kEhoKBWlucHV0GAIgASgJQgu6SAhyBhABKICAEBIhCg9pZGVtcG90ZW5jeV9rZXkYAyABKAlCCLpIBXIDGIABEjgKC2F0dGFjaG1lbnRzGAQgAygLMhkubG9vbS5hZ2VudC52MS5BdHRhY2htZW50Qgi6SAWSAQIQCBIjCgVjaGFvcxgFIAEoCzIULmxvb20uYWdlbnQudjEuQ2hhb3MSHAoHYXR0ZW1wdBgGIAEoBUILukgIGgYYwIQ9KAAiYAoKQXR0YWNobWVudBI2CgltaW1lX3R5cGUYASABKAlCI7pIIHIeMhxeKGltYWdlfGF1ZGlvKS9bYS16MC05ListXSskEhoKBGRhdGEYAiABKAxCDLpICXoHEAEYgIDAASIuCgtSdW5SZXNwb25zZRIfCgNydW4YASABKAsyEi5sb29tLmFnZW50LnYxLlJ1biL9AQoQUnVuU3RyZWFtUmVxdWVzdBItCgVhZ2VudBgBIAEoCUIeukgbchkyF15bYS16XVthLXowLTlfLV17MCw2Mn0kEhoKBWlucHV0GAIgASgJQgu6SAhyBhABKICAEBIhCg9pZGVtcG90ZW5jeV9rZXkYAyABKAlCCLpIBXIDGIABEjgKC2F0dGFjaG1lbnRzGAQgAygLMhkubG9vbS5hZ2VudC52MS5BdHRhY2htZW50Qgi6SAWSAQIQCBIjCgVjaGFvcxgFIAEoCzIULmxvb20uYWdlbnQudjEuQ2hhb3MSHAoHYXR0ZW1wdBgGIAEoBUILukgIGgYYwIQ9KAAivQMKEVJ1blN0cmVhbVJlc3BvbnNlEg4KBnJ1bl9pZBgBIAEoCRIsCgdzdGFydGVkGAIgASgLMhkubG9vbS5hZ2VudC52MS5SdW5TdGFydGVkSAASLgoKdGV4dF9kZWx0YRgDIAEoCzIYLmxvb20uYWdlbnQudjEuVGV4dERlbHRhSAASLAoJdG9vbF9jYWxsGAQgASgLMhcubG9vbS5hZ2VudC52MS5Ub29sQ2FsbEgAEjAKC3Rvb2xfcmVzdWx0GAUgASgLMhkubG9vbS5hZ2VudC52MS5Ub29sUmVzdWx0SAASMAoLbWVtb3J5X2hpdHMYBiABKAsyGS5sb29tLmFnZW50LnYxLk1lbW9yeUhpdHNIABIlCgV1c2FnZRgHIAEoCzIULmxvb20uYWdlbnQudjEuVXNhZ2VIABIpCgd3YXJuaW5nGAggASgLMhYubG9vbS5hZ2VudC52MS5XYXJuaW5nSAASJwoJY29tcGxldGVkGAkgASgLMhIubG9vbS5hZ2VudC52MS5SdW5IABIkCgZmYWlsZWQYCiABKAsyEi5sb29tLmFnZW50LnYxLlJ1bkgAQgcKBWV2ZW50IiMKClJ1blN0YXJ0ZWQSFQoNYWdlbnRfdmVyc2lvbhgBIAEoAyIZCglUZXh0RGVsdGESDAoEdGV4dBgBIAEoCSI0CgpNZW1vcnlIaXRzEiYKBGhpdHMYASADKAsyGC5sb29tLmFnZW50LnYxLk1lbW9yeUhpdCI0CglNZW1vcnlIaXQSCgoCaWQYASABKAkSDAoEdGV4dBgCIAEoCRINCgVzY29yZRgDIAEoAiIaCgdXYXJuaW5nEg8KB21lc3NhZ2UYASABKAkiJwoNR2V0UnVuUmVxdWVzdBIWCgJpZBgBIAEoCUIKukgHcgUQARiAASIxCg5HZXRSdW5SZXNwb25zZRIfCgNydW4YASABKAsyEi5sb29tLmFnZW50LnYxLlJ1biLeAQoPTGlzdFJ1bnNSZXF1ZXN0EjAKBWFnZW50GAEgASgJQiG6SB5yHDIaXiR8XlthLXpdW2EtejAtOV8tXXswLDYyfSQSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh0KCXBhZ2Vfc2l6ZRgEIAEoBUIKukgHGgUY6AcoABIcCgpwYWdlX3Rva2VuGAUgASgJQgi6SAVyAyiACCJNChBMaXN0UnVuc1Jlc3BvbnNlEiAKBHJ1bnMYASADKAsyEi5sb29tLmFnZW50LnYxLlJ1bhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiKgoQQ2FuY2VsUnVuUmVxdWVzdBIWCgJpZBgBIAEoCUIKukgHcgUQARiAASI0ChFDYW5jZWxSdW5SZXNwb25zZRIfCgNydW4YASABKAsyEi5sb29tLmFnZW50LnYxLlJ1biIqChBEZWxldGVSdW5SZXF1ZXN0EhYKAmlkGAEgASgJQgq6SAdyBRABGIABIhMKEURlbGV0ZVJ1blJlc3BvbnNlIsEBChdTeW50aGVzaXplU3BlZWNoUmVxdWVzdBIZCgR0ZXh0GAEgASgJQgu6SAhyBhABKICAARIwCgVhZ2VudBgCIAEoCUIhukgechwyGl4kfF5bYS16XVthLXowLTlfLV17MCw2Mn0kEiMKBXZvaWNlGAMgASgLMhQubG9vbS5hZ2VudC52MS5Wb2ljZRI0CgZmb3JtYXQYBCABKA4yGi5sb29tLmFnZW50LnYxLkF1ZGlvRm9ybWF0Qgi6SAWCAQIQASI8ChhTeW50aGVzaXplU3BlZWNoUmVzcG9uc2USDQoFYXVkaW8YASABKAwSEQoJbWltZV90eXBlGAIgASgJInsKBVZpZGVvEgoKAmlkGAEgASgJEigKBXN0YXRlGAIgASgOMhkubG9vbS5hZ2VudC52MS5WaWRlb1N0YXRlEgsKA3VybBgDIAEoCRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiaQoSQ3JlYXRlVmlkZW9SZXF1ZXN0Eh4KCnJlcGxpY2FfaWQYASABKAlCCrpIB3IFEAEYgAESGwoGc2NyaXB0GAIgASgJQgu6SAhyBhABKICAARIWCgRuYW1lGAMgASgJQgi6SAVyAxjIASI6ChNDcmVhdGVWaWRlb1Jlc3BvbnNlEiMKBXZpZGVvGAEgASgLMhQubG9vbS5hZ2VudC52MS5WaWRlbyIpCg9HZXRWaWRlb1JlcXVlc3QSFgoCaWQYASABKAlCCrpIB3IFEAEYgAEiNwoQR2V0VmlkZW9SZXNwb25zZRIjCgV2aWRlbxgBIAEoCzIULmxvb20uYWdlbnQudjEuVmlkZW8qYAoIUHJvdmlkZXISGAoUUFJPVklERVJfVU5TUEVDSUZJRUQQABIQCgxQUk9WSURFUl9TSU0QARITCg9QUk9WSURFUl9HRU1JTkkQAhITCg9QUk9WSURFUl9PUEVOQUkQAyppCg1Wb2ljZVByb3ZpZGVyEh4KGlZPSUNFX1BST1ZJREVSX1VOU1BFQ0lGSUVEEAASGQoVVk9JQ0VfUFJPVklERVJfRVNQRUFLEAESHQoZVk9JQ0VfUFJPVklERVJfRUxFVkVOTEFCUxACKqEBCglDaGFvc0NvZGUSGgoWQ0hBT1NfQ09ERV9VTlNQRUNJRklFRBAAEhoKFkNIQU9TX0NPREVfVU5BVkFJTEFCTEUQARIhCh1DSEFPU19DT0RFX1JFU09VUkNFX0VYSEFVU1RFRBACEiAKHENIQU9TX0NPREVfREVBRExJTkVfRVhDRUVERUQQAxIXChNDSEFPU19DT0RFX0lOVEVSTkFMEAQqhAEKCFJ1blN0YXRlEhkKFVJVTl9TVEFURV9VTlNQRUNJRklFRBAAEhUKEVJVTl9TVEFURV9SVU5OSU5HEAESFwoTUlVOX1NUQVRFX1NVQ0NFRURFRBACEhQKEFJVTl9TVEFURV9GQUlMRUQQAxIXChNSVU5fU1RBVEVfQ0FOQ0VMTEVEEAQqVwoLQXVkaW9Gb3JtYXQSHAoYQVVESU9fRk9STUFUX1VOU1BFQ0lGSUVEEAASFAoQQVVESU9fRk9STUFUX1dBVhABEhQKEEFVRElPX0ZPUk1BVF9NUDMQAipzCgpWaWRlb1N0YXRlEhsKF1ZJREVPX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVVklERU9fU1RBVEVfUkVOREVSSU5HEAESFQoRVklERU9fU1RBVEVfUkVBRFkQAhIWChJWSURFT19TVEFURV9GQUlMRUQQAzLnCQoMQWdlbnRTZXJ2aWNlEloKC0NyZWF0ZUFnZW50EiEubG9vbS5hZ2VudC52MS5DcmVhdGVBZ2VudFJlcXVlc3QaIi5sb29tLmFnZW50LnYxLkNyZWF0ZUFnZW50UmVzcG9uc2UiBMjzGAISVAoIR2V0QWdlbnQSHi5sb29tLmFnZW50LnYxLkdldEFnZW50UmVxdWVzdBofLmxvb20uYWdlbnQudjEuR2V0QWdlbnRSZXNwb25zZSIHkAIByPMYARJaCgpMaXN0QWdlbnRzEiAubG9vbS5hZ2VudC52MS5MaXN0QWdlbnRzUmVxdWVzdBohLmxvb20uYWdlbnQudjEuTGlzdEFnZW50c1Jlc3BvbnNlIgeQAgHI8xgBEloKC1VwZGF0ZUFnZW50EiEubG9vbS5hZ2VudC52MS5VcGRhdGVBZ2VudFJlcXVlc3QaIi5sb29tLmFnZW50LnYxLlVwZGF0ZUFnZW50UmVzcG9uc2UiBMjzGAISXQoLRGVsZXRlQWdlbnQSIS5sb29tLmFnZW50LnYxLkRlbGV0ZUFnZW50UmVxdWVzdBoiLmxvb20uYWdlbnQudjEuRGVsZXRlQWdlbnRSZXNwb25zZSIHkAICyPMYAhJCCgNSdW4SGS5sb29tLmFnZW50LnYxLlJ1blJlcXVlc3QaGi5sb29tLmFnZW50LnYxLlJ1blJlc3BvbnNlIgTI8xgCElYKCVJ1blN0cmVhbRIfLmxvb20uYWdlbnQudjEuUnVuU3RyZWFtUmVxdWVzdBogLmxvb20uYWdlbnQudjEuUnVuU3RyZWFtUmVzcG9uc2UiBMjzGAIwARJOCgZHZXRSdW4SHC5sb29tLmFnZW50LnYxLkdldFJ1blJlcXVlc3QaHS5sb29tLmFnZW50LnYxLkdldFJ1blJlc3BvbnNlIgeQAgHI8xgBElQKCExpc3RSdW5zEh4ubG9vbS5hZ2VudC52MS5MaXN0UnVuc1JlcXVlc3QaHy5sb29tLmFnZW50LnYxLkxpc3RSdW5zUmVzcG9uc2UiB5ACAcjzGAESVAoJQ2FuY2VsUnVuEh8ubG9vbS5hZ2VudC52MS5DYW5jZWxSdW5SZXF1ZXN0GiAubG9vbS5hZ2VudC52MS5DYW5jZWxSdW5SZXNwb25zZSIEyPMYAhJXCglEZWxldGVSdW4SHy5sb29tLmFnZW50LnYxLkRlbGV0ZVJ1blJlcXVlc3QaIC5sb29tLmFnZW50LnYxLkRlbGV0ZVJ1blJlc3BvbnNlIgeQAgLI8xgCEmsKEFN5bnRoZXNpemVTcGVlY2gSJi5sb29tLmFnZW50LnYxLlN5bnRoZXNpemVTcGVlY2hSZXF1ZXN0GicubG9vbS5hZ2VudC52MS5TeW50aGVzaXplU3BlZWNoUmVzcG9uc2UiBMjzGAIwARJaCgtDcmVhdGVWaWRlbxIhLmxvb20uYWdlbnQudjEuQ3JlYXRlVmlkZW9SZXF1ZXN0GiIubG9vbS5hZ2VudC52MS5DcmVhdGVWaWRlb1Jlc3BvbnNlIgTI8xgCElQKCEdldFZpZGVvEh4ubG9vbS5hZ2VudC52MS5HZXRWaWRlb1JlcXVlc3QaHy5sb29tLmFnZW50LnYxLkdldFZpZGVvUmVzcG9uc2UiB5ACAcjzGAFCqQEKEWNvbS5sb29tLmFnZW50LnYxQgpBZ2VudFByb3RvUAFaMmdpdGh1Yi5jb20vbG9vbS1kZXYvbG9vbS9nZW4vbG9vbS9hZ2VudC92MTthZ2VudHYxogIDTEFYqgINTG9vbS5BZ2VudC5WMcoCDUxvb21cQWdlbnRcVjHiAhlMb29tXEFnZW50XFYxXEdQQk1ldGFkYXRh6gIPTG9vbTo6QWdlbnQ6OlYxYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_loom_auth_v1_auth]);
 
 /**
  * Model selects and parameterises a model.
@@ -178,6 +178,22 @@ export type Tool = Message<"loom.agent.v1.Tool"> & {
      */
     value: HttpFetchTool;
     case: "httpFetch";
+  } | {
+    /**
+     * Call the user's own HTTP endpoint.
+     *
+     * @generated from field: loom.agent.v1.WebhookTool webhook = 5;
+     */
+    value: WebhookTool;
+    case: "webhook";
+  } | {
+    /**
+     * Call one tool of an MCP server.
+     *
+     * @generated from field: loom.agent.v1.McpTool mcp = 6;
+     */
+    value: McpTool;
+    case: "mcp";
   } | { case: undefined; value?: undefined };
 };
 
@@ -187,6 +203,138 @@ export type Tool = Message<"loom.agent.v1.Tool"> & {
  */
 export const ToolSchema: GenMessage<Tool> = /*@__PURE__*/
   messageDesc(file_loom_agent_v1_agent, 3);
+
+/**
+ * McpTool lets the model call one tool of a Model Context Protocol server over streamable HTTP. The tool's
+ * description and input schema come from the server (tools/list) when a run starts; the model's arguments are
+ * checked against that schema before the call. The address policy of http_fetch applies to the server URL on
+ * every hop. A server that cannot be reached at the start of a run leaves the tool out of that run, with a
+ * warning.
+ *
+ * @generated from message loom.agent.v1.McpTool
+ */
+export type McpTool = Message<"loom.agent.v1.McpTool"> & {
+  /**
+   * The MCP server's endpoint, an absolute http or https URL.
+   *
+   * @generated from field: string url = 1;
+   */
+  url: string;
+
+  /**
+   * The tool's name on the server.
+   *
+   * @generated from field: string tool = 2;
+   */
+  tool: string;
+
+  /**
+   * Name the model sees, unique in the agent and not a built-in tool's; empty means tool (which must then fit the
+   * pattern).
+   *
+   * @generated from field: string name = 3;
+   */
+  name: string;
+
+  /**
+   * Time limit of a call (and of reading the tool list); unset means 20 seconds; at most 60 seconds.
+   *
+   * @generated from field: google.protobuf.Duration timeout = 4;
+   */
+  timeout?: Duration | undefined;
+
+  /**
+   * Largest result passed to the model, in bytes of JSON; 0 means 64 KiB; at most 1 MiB. A larger result is a
+   * tool error.
+   *
+   * @generated from field: int32 max_result_bytes = 5;
+   */
+  maxResultBytes: number;
+};
+
+/**
+ * Describes the message loom.agent.v1.McpTool.
+ * Use `create(McpToolSchema)` to create a new message.
+ */
+export const McpToolSchema: GenMessage<McpTool> = /*@__PURE__*/
+  messageDesc(file_loom_agent_v1_agent, 4);
+
+/**
+ * WebhookTool lets the model call the user's own HTTP endpoint. A call POSTs a JSON object {"tool", "run_id",
+ * "call_id", "arguments"} with headers Loom-Timestamp (unix seconds) and Loom-Signature ("v1=" and the hex
+ * HMAC-SHA256, keyed by signing_secret, of the timestamp, ".", and the body); receivers should refuse a
+ * timestamp more than 5 minutes old. A 2xx answer whose body is a JSON object is the tool's result; any other
+ * answer is a tool error told to the model. The address policy of http_fetch applies (no internal addresses, on
+ * any hop); redirects are not followed.
+ *
+ * @generated from message loom.agent.v1.WebhookTool
+ */
+export type WebhookTool = Message<"loom.agent.v1.WebhookTool"> & {
+  /**
+   * Tool name the model sees, unique in the agent; not a built-in tool's name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * What the tool does, told to the model.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * Endpoint, an absolute http or https URL.
+   *
+   * @generated from field: string url = 3;
+   */
+  url: string;
+
+  /**
+   * JSON Schema of the arguments object; the model's arguments are checked against it before any call. Unset
+   * means any object.
+   *
+   * @generated from field: google.protobuf.Struct parameters = 4;
+   */
+  parameters?: JsonObject | undefined;
+
+  /**
+   * Write-only: the signing secret, 16 to 256 bytes, required when the tool is created. Never returned (reads
+   * leave it empty and set signing_secret_set); an update that leaves it empty keeps the stored one.
+   *
+   * @generated from field: string signing_secret = 5;
+   */
+  signingSecret: string;
+
+  /**
+   * Output only: whether a signing secret is stored.
+   *
+   * @generated from field: bool signing_secret_set = 6;
+   */
+  signingSecretSet: boolean;
+
+  /**
+   * Time limit of a call; unset means 10 seconds; at most 30 seconds.
+   *
+   * @generated from field: google.protobuf.Duration timeout = 7;
+   */
+  timeout?: Duration | undefined;
+
+  /**
+   * Largest response body read; 0 means 64 KiB; at most 1 MiB. A larger answer is a tool error.
+   *
+   * @generated from field: int32 max_response_bytes = 8;
+   */
+  maxResponseBytes: number;
+};
+
+/**
+ * Describes the message loom.agent.v1.WebhookTool.
+ * Use `create(WebhookToolSchema)` to create a new message.
+ */
+export const WebhookToolSchema: GenMessage<WebhookTool> = /*@__PURE__*/
+  messageDesc(file_loom_agent_v1_agent, 5);
 
 /**
  * MemorySearchTool lets the model search the agent's memory namespace.
@@ -201,7 +349,7 @@ export type MemorySearchTool = Message<"loom.agent.v1.MemorySearchTool"> & {
  * Use `create(MemorySearchToolSchema)` to create a new message.
  */
 export const MemorySearchToolSchema: GenMessage<MemorySearchTool> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 4);
+  messageDesc(file_loom_agent_v1_agent, 6);
 
 /**
  * MemorySaveTool lets the model save text into the agent's memory namespace.
@@ -216,7 +364,7 @@ export type MemorySaveTool = Message<"loom.agent.v1.MemorySaveTool"> & {
  * Use `create(MemorySaveToolSchema)` to create a new message.
  */
 export const MemorySaveToolSchema: GenMessage<MemorySaveTool> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 5);
+  messageDesc(file_loom_agent_v1_agent, 7);
 
 /**
  * DelegateTool lets the model run another agent.
@@ -244,7 +392,7 @@ export type DelegateTool = Message<"loom.agent.v1.DelegateTool"> & {
  * Use `create(DelegateToolSchema)` to create a new message.
  */
 export const DelegateToolSchema: GenMessage<DelegateTool> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 6);
+  messageDesc(file_loom_agent_v1_agent, 8);
 
 /**
  * HttpFetchTool lets the model fetch URLs from an allow-list. Loopback, private, link-local and
@@ -266,7 +414,7 @@ export type HttpFetchTool = Message<"loom.agent.v1.HttpFetchTool"> & {
  * Use `create(HttpFetchToolSchema)` to create a new message.
  */
 export const HttpFetchToolSchema: GenMessage<HttpFetchTool> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 7);
+  messageDesc(file_loom_agent_v1_agent, 9);
 
 /**
  * MemoryConfig connects an agent to a memory namespace.
@@ -301,7 +449,7 @@ export type MemoryConfig = Message<"loom.agent.v1.MemoryConfig"> & {
  * Use `create(MemoryConfigSchema)` to create a new message.
  */
 export const MemoryConfigSchema: GenMessage<MemoryConfig> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 8);
+  messageDesc(file_loom_agent_v1_agent, 10);
 
 /**
  * Budgets bound a run. Zero values take the defaults.
@@ -336,7 +484,7 @@ export type Budgets = Message<"loom.agent.v1.Budgets"> & {
  * Use `create(BudgetsSchema)` to create a new message.
  */
 export const BudgetsSchema: GenMessage<Budgets> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 9);
+  messageDesc(file_loom_agent_v1_agent, 11);
 
 /**
  * Voice configures speech synthesis.
@@ -364,7 +512,7 @@ export type Voice = Message<"loom.agent.v1.Voice"> & {
  * Use `create(VoiceSchema)` to create a new message.
  */
 export const VoiceSchema: GenMessage<Voice> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 10);
+  messageDesc(file_loom_agent_v1_agent, 12);
 
 /**
  * Agent is a configured agent. Every update creates a new version.
@@ -455,6 +603,14 @@ export type Agent = Message<"loom.agent.v1.Agent"> & {
    * @generated from field: google.protobuf.Timestamp update_time = 12;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * Faults injected into every run's model calls, for testing callers' retry policies; unset injects nothing.
+   * A run request's chaos replaces it.
+   *
+   * @generated from field: loom.agent.v1.Chaos chaos = 13;
+   */
+  chaos?: Chaos | undefined;
 };
 
 /**
@@ -462,7 +618,90 @@ export type Agent = Message<"loom.agent.v1.Agent"> & {
  * Use `create(AgentSchema)` to create a new message.
  */
 export const AgentSchema: GenMessage<Agent> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 11);
+  messageDesc(file_loom_agent_v1_agent, 13);
+
+/**
+ * Chaos injects faults into a run's model calls (whatever the provider), so callers can test their retry
+ * policies. Nothing is injected unless an agent or a run request sets it. Every draw depends only on the seed,
+ * the run's attempt and the index of the model call in the run: a run replays exactly with the same seed and
+ * attempt, and a new attempt draws anew.
+ *
+ * @generated from message loom.agent.v1.Chaos
+ */
+export type Chaos = Message<"loom.agent.v1.Chaos"> & {
+  /**
+   * Seed of the draws; 0 means a random seed per run (not replayable).
+   *
+   * @generated from field: uint64 seed = 1;
+   */
+  seed: bigint;
+
+  /**
+   * Probability in [0, 1] that a model call fails with code.
+   *
+   * @generated from field: float failure_rate = 2;
+   */
+  failureRate: number;
+
+  /**
+   * A transient fault: attempts 1 to fail_attempts of a run fail on their first model call with code; later
+   * attempts recover (failure_rate still applies). 0 to 100.
+   *
+   * @generated from field: int32 fail_attempts = 3;
+   */
+  failAttempts: number;
+
+  /**
+   * Code of injected failures; unset means UNAVAILABLE. Injected failures carry the provider-fault detail
+   * (provider "chaos"), so service breakers ignore them.
+   *
+   * @generated from field: loom.agent.v1.ChaosCode code = 4;
+   */
+  code: ChaosCode;
+
+  /**
+   * Latency added before each model call, drawn uniformly from [latency_min, latency_max]; each 0 to 10 minutes.
+   *
+   * @generated from field: google.protobuf.Duration latency_min = 5;
+   */
+  latencyMin?: Duration | undefined;
+
+  /**
+   * Upper bound of the added latency; unset or below latency_min means exactly latency_min.
+   *
+   * @generated from field: google.protobuf.Duration latency_max = 6;
+   */
+  latencyMax?: Duration | undefined;
+
+  /**
+   * Probability in [0, 1] that a model call's stream is cut after its first chunk, failing with code.
+   *
+   * @generated from field: float truncate_rate = 7;
+   */
+  truncateRate: number;
+
+  /**
+   * Probability in [0, 1] that a tool call fails without running: the model is told the tool failed.
+   *
+   * @generated from field: float tool_failure_rate = 8;
+   */
+  toolFailureRate: number;
+
+  /**
+   * Probability in [0, 1] that the memory retrieval before the first model call fails: the run goes on without
+   * memory, with a warning.
+   *
+   * @generated from field: float memory_failure_rate = 9;
+   */
+  memoryFailureRate: number;
+};
+
+/**
+ * Describes the message loom.agent.v1.Chaos.
+ * Use `create(ChaosSchema)` to create a new message.
+ */
+export const ChaosSchema: GenMessage<Chaos> = /*@__PURE__*/
+  messageDesc(file_loom_agent_v1_agent, 14);
 
 /**
  * ToolCall is a model's request to call a tool.
@@ -497,7 +736,7 @@ export type ToolCall = Message<"loom.agent.v1.ToolCall"> & {
  * Use `create(ToolCallSchema)` to create a new message.
  */
 export const ToolCallSchema: GenMessage<ToolCall> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 12);
+  messageDesc(file_loom_agent_v1_agent, 15);
 
 /**
  * ToolResult is the outcome of a tool call.
@@ -539,7 +778,7 @@ export type ToolResult = Message<"loom.agent.v1.ToolResult"> & {
  * Use `create(ToolResultSchema)` to create a new message.
  */
 export const ToolResultSchema: GenMessage<ToolResult> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 13);
+  messageDesc(file_loom_agent_v1_agent, 16);
 
 /**
  * Usage counts tokens.
@@ -567,7 +806,7 @@ export type Usage = Message<"loom.agent.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 14);
+  messageDesc(file_loom_agent_v1_agent, 17);
 
 /**
  * Step is one model call of a run, with the tool calls it asked for.
@@ -623,7 +862,7 @@ export type Step = Message<"loom.agent.v1.Step"> & {
  * Use `create(StepSchema)` to create a new message.
  */
 export const StepSchema: GenMessage<Step> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 15);
+  messageDesc(file_loom_agent_v1_agent, 18);
 
 /**
  * Run is one execution of an agent.
@@ -742,7 +981,7 @@ export type Run = Message<"loom.agent.v1.Run"> & {
  * Use `create(RunSchema)` to create a new message.
  */
 export const RunSchema: GenMessage<Run> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 16);
+  messageDesc(file_loom_agent_v1_agent, 19);
 
 /**
  * CreateAgentRequest is the request of CreateAgent.
@@ -763,7 +1002,7 @@ export type CreateAgentRequest = Message<"loom.agent.v1.CreateAgentRequest"> & {
  * Use `create(CreateAgentRequestSchema)` to create a new message.
  */
 export const CreateAgentRequestSchema: GenMessage<CreateAgentRequest> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 17);
+  messageDesc(file_loom_agent_v1_agent, 20);
 
 /**
  * CreateAgentResponse is the response of CreateAgent.
@@ -784,7 +1023,7 @@ export type CreateAgentResponse = Message<"loom.agent.v1.CreateAgentResponse"> &
  * Use `create(CreateAgentResponseSchema)` to create a new message.
  */
 export const CreateAgentResponseSchema: GenMessage<CreateAgentResponse> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 18);
+  messageDesc(file_loom_agent_v1_agent, 21);
 
 /**
  * GetAgentRequest is the request of GetAgent.
@@ -812,7 +1051,7 @@ export type GetAgentRequest = Message<"loom.agent.v1.GetAgentRequest"> & {
  * Use `create(GetAgentRequestSchema)` to create a new message.
  */
 export const GetAgentRequestSchema: GenMessage<GetAgentRequest> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 19);
+  messageDesc(file_loom_agent_v1_agent, 22);
 
 /**
  * GetAgentResponse is the response of GetAgent.
@@ -833,7 +1072,7 @@ export type GetAgentResponse = Message<"loom.agent.v1.GetAgentResponse"> & {
  * Use `create(GetAgentResponseSchema)` to create a new message.
  */
 export const GetAgentResponseSchema: GenMessage<GetAgentResponse> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 20);
+  messageDesc(file_loom_agent_v1_agent, 23);
 
 /**
  * ListAgentsRequest is the request of ListAgents.
@@ -861,7 +1100,7 @@ export type ListAgentsRequest = Message<"loom.agent.v1.ListAgentsRequest"> & {
  * Use `create(ListAgentsRequestSchema)` to create a new message.
  */
 export const ListAgentsRequestSchema: GenMessage<ListAgentsRequest> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 21);
+  messageDesc(file_loom_agent_v1_agent, 24);
 
 /**
  * ListAgentsResponse is the response of ListAgents.
@@ -889,7 +1128,7 @@ export type ListAgentsResponse = Message<"loom.agent.v1.ListAgentsResponse"> & {
  * Use `create(ListAgentsResponseSchema)` to create a new message.
  */
 export const ListAgentsResponseSchema: GenMessage<ListAgentsResponse> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 22);
+  messageDesc(file_loom_agent_v1_agent, 25);
 
 /**
  * UpdateAgentRequest is the request of UpdateAgent.
@@ -924,7 +1163,7 @@ export type UpdateAgentRequest = Message<"loom.agent.v1.UpdateAgentRequest"> & {
  * Use `create(UpdateAgentRequestSchema)` to create a new message.
  */
 export const UpdateAgentRequestSchema: GenMessage<UpdateAgentRequest> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 23);
+  messageDesc(file_loom_agent_v1_agent, 26);
 
 /**
  * UpdateAgentResponse is the response of UpdateAgent.
@@ -945,7 +1184,7 @@ export type UpdateAgentResponse = Message<"loom.agent.v1.UpdateAgentResponse"> &
  * Use `create(UpdateAgentResponseSchema)` to create a new message.
  */
 export const UpdateAgentResponseSchema: GenMessage<UpdateAgentResponse> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 24);
+  messageDesc(file_loom_agent_v1_agent, 27);
 
 /**
  * DeleteAgentRequest is the request of DeleteAgent.
@@ -966,7 +1205,7 @@ export type DeleteAgentRequest = Message<"loom.agent.v1.DeleteAgentRequest"> & {
  * Use `create(DeleteAgentRequestSchema)` to create a new message.
  */
 export const DeleteAgentRequestSchema: GenMessage<DeleteAgentRequest> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 25);
+  messageDesc(file_loom_agent_v1_agent, 28);
 
 /**
  * DeleteAgentResponse is the response of DeleteAgent.
@@ -981,7 +1220,7 @@ export type DeleteAgentResponse = Message<"loom.agent.v1.DeleteAgentResponse"> &
  * Use `create(DeleteAgentResponseSchema)` to create a new message.
  */
 export const DeleteAgentResponseSchema: GenMessage<DeleteAgentResponse> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 26);
+  messageDesc(file_loom_agent_v1_agent, 29);
 
 /**
  * RunRequest is the request of Run.
@@ -1004,7 +1243,9 @@ export type RunRequest = Message<"loom.agent.v1.RunRequest"> & {
   input: string;
 
   /**
-   * Idempotency key: a second call with the same key returns the first run instead of running again.
+   * Idempotency key: a second call with the same key returns the first run instead of running again. A run with
+   * a key is not cancelled when its caller goes away (it ends at the caller's deadline, its time budget or
+   * CancelRun): the caller retrying with the key gets its result.
    *
    * @generated from field: string idempotency_key = 3;
    */
@@ -1018,6 +1259,22 @@ export type RunRequest = Message<"loom.agent.v1.RunRequest"> & {
    * @generated from field: repeated loom.agent.v1.Attachment attachments = 4;
    */
   attachments: Attachment[];
+
+  /**
+   * Faults injected into this run's model calls, replacing the agent's chaos; unset keeps the agent's.
+   *
+   * @generated from field: loom.agent.v1.Chaos chaos = 5;
+   */
+  chaos?: Chaos | undefined;
+
+  /**
+   * The caller's attempt number of this logical call, 1 for the first; chaos draws depend on it. 0 means 1 plus
+   * the number of earlier runs of the agent with the same input (what a caller retrying with new idempotency
+   * keys gets without counting).
+   *
+   * @generated from field: int32 attempt = 6;
+   */
+  attempt: number;
 };
 
 /**
@@ -1025,7 +1282,7 @@ export type RunRequest = Message<"loom.agent.v1.RunRequest"> & {
  * Use `create(RunRequestSchema)` to create a new message.
  */
 export const RunRequestSchema: GenMessage<RunRequest> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 27);
+  messageDesc(file_loom_agent_v1_agent, 30);
 
 /**
  * Attachment is an image or audio clip sent inline to the model with a run's input.
@@ -1053,7 +1310,7 @@ export type Attachment = Message<"loom.agent.v1.Attachment"> & {
  * Use `create(AttachmentSchema)` to create a new message.
  */
 export const AttachmentSchema: GenMessage<Attachment> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 28);
+  messageDesc(file_loom_agent_v1_agent, 31);
 
 /**
  * RunResponse is the response of Run.
@@ -1074,7 +1331,7 @@ export type RunResponse = Message<"loom.agent.v1.RunResponse"> & {
  * Use `create(RunResponseSchema)` to create a new message.
  */
 export const RunResponseSchema: GenMessage<RunResponse> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 29);
+  messageDesc(file_loom_agent_v1_agent, 32);
 
 /**
  * RunStreamRequest is the request of RunStream.
@@ -1109,6 +1366,22 @@ export type RunStreamRequest = Message<"loom.agent.v1.RunStreamRequest"> & {
    * @generated from field: repeated loom.agent.v1.Attachment attachments = 4;
    */
   attachments: Attachment[];
+
+  /**
+   * Faults injected into this run's model calls, replacing the agent's chaos; unset keeps the agent's.
+   *
+   * @generated from field: loom.agent.v1.Chaos chaos = 5;
+   */
+  chaos?: Chaos | undefined;
+
+  /**
+   * The caller's attempt number of this logical call, 1 for the first; chaos draws depend on it. 0 means 1 plus
+   * the number of earlier runs of the agent with the same input (what a caller retrying with new idempotency
+   * keys gets without counting).
+   *
+   * @generated from field: int32 attempt = 6;
+   */
+  attempt: number;
 };
 
 /**
@@ -1116,7 +1389,7 @@ export type RunStreamRequest = Message<"loom.agent.v1.RunStreamRequest"> & {
  * Use `create(RunStreamRequestSchema)` to create a new message.
  */
 export const RunStreamRequestSchema: GenMessage<RunStreamRequest> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 30);
+  messageDesc(file_loom_agent_v1_agent, 33);
 
 /**
  * RunStreamResponse is one event of a streamed run. Events of runs delegated to other agents (delegate tools)
@@ -1218,7 +1491,7 @@ export type RunStreamResponse = Message<"loom.agent.v1.RunStreamResponse"> & {
  * Use `create(RunStreamResponseSchema)` to create a new message.
  */
 export const RunStreamResponseSchema: GenMessage<RunStreamResponse> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 31);
+  messageDesc(file_loom_agent_v1_agent, 34);
 
 /**
  * RunStarted announces a run.
@@ -1239,7 +1512,7 @@ export type RunStarted = Message<"loom.agent.v1.RunStarted"> & {
  * Use `create(RunStartedSchema)` to create a new message.
  */
 export const RunStartedSchema: GenMessage<RunStarted> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 32);
+  messageDesc(file_loom_agent_v1_agent, 35);
 
 /**
  * TextDelta is a piece of model output.
@@ -1260,7 +1533,7 @@ export type TextDelta = Message<"loom.agent.v1.TextDelta"> & {
  * Use `create(TextDeltaSchema)` to create a new message.
  */
 export const TextDeltaSchema: GenMessage<TextDelta> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 33);
+  messageDesc(file_loom_agent_v1_agent, 36);
 
 /**
  * MemoryHits lists memories retrieved into context.
@@ -1281,7 +1554,7 @@ export type MemoryHits = Message<"loom.agent.v1.MemoryHits"> & {
  * Use `create(MemoryHitsSchema)` to create a new message.
  */
 export const MemoryHitsSchema: GenMessage<MemoryHits> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 34);
+  messageDesc(file_loom_agent_v1_agent, 37);
 
 /**
  * MemoryHit is one retrieved memory.
@@ -1316,7 +1589,7 @@ export type MemoryHit = Message<"loom.agent.v1.MemoryHit"> & {
  * Use `create(MemoryHitSchema)` to create a new message.
  */
 export const MemoryHitSchema: GenMessage<MemoryHit> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 35);
+  messageDesc(file_loom_agent_v1_agent, 38);
 
 /**
  * Warning reports a degradation.
@@ -1337,7 +1610,7 @@ export type Warning = Message<"loom.agent.v1.Warning"> & {
  * Use `create(WarningSchema)` to create a new message.
  */
 export const WarningSchema: GenMessage<Warning> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 36);
+  messageDesc(file_loom_agent_v1_agent, 39);
 
 /**
  * GetRunRequest is the request of GetRun.
@@ -1358,7 +1631,7 @@ export type GetRunRequest = Message<"loom.agent.v1.GetRunRequest"> & {
  * Use `create(GetRunRequestSchema)` to create a new message.
  */
 export const GetRunRequestSchema: GenMessage<GetRunRequest> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 37);
+  messageDesc(file_loom_agent_v1_agent, 40);
 
 /**
  * GetRunResponse is the response of GetRun.
@@ -1379,7 +1652,7 @@ export type GetRunResponse = Message<"loom.agent.v1.GetRunResponse"> & {
  * Use `create(GetRunResponseSchema)` to create a new message.
  */
 export const GetRunResponseSchema: GenMessage<GetRunResponse> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 38);
+  messageDesc(file_loom_agent_v1_agent, 41);
 
 /**
  * ListRunsRequest is the request of ListRuns.
@@ -1428,7 +1701,7 @@ export type ListRunsRequest = Message<"loom.agent.v1.ListRunsRequest"> & {
  * Use `create(ListRunsRequestSchema)` to create a new message.
  */
 export const ListRunsRequestSchema: GenMessage<ListRunsRequest> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 39);
+  messageDesc(file_loom_agent_v1_agent, 42);
 
 /**
  * ListRunsResponse is the response of ListRuns.
@@ -1456,7 +1729,7 @@ export type ListRunsResponse = Message<"loom.agent.v1.ListRunsResponse"> & {
  * Use `create(ListRunsResponseSchema)` to create a new message.
  */
 export const ListRunsResponseSchema: GenMessage<ListRunsResponse> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 40);
+  messageDesc(file_loom_agent_v1_agent, 43);
 
 /**
  * CancelRunRequest is the request of CancelRun.
@@ -1477,7 +1750,7 @@ export type CancelRunRequest = Message<"loom.agent.v1.CancelRunRequest"> & {
  * Use `create(CancelRunRequestSchema)` to create a new message.
  */
 export const CancelRunRequestSchema: GenMessage<CancelRunRequest> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 41);
+  messageDesc(file_loom_agent_v1_agent, 44);
 
 /**
  * CancelRunResponse is the response of CancelRun.
@@ -1498,7 +1771,43 @@ export type CancelRunResponse = Message<"loom.agent.v1.CancelRunResponse"> & {
  * Use `create(CancelRunResponseSchema)` to create a new message.
  */
 export const CancelRunResponseSchema: GenMessage<CancelRunResponse> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 42);
+  messageDesc(file_loom_agent_v1_agent, 45);
+
+/**
+ * DeleteRunRequest is the request of DeleteRun.
+ *
+ * @generated from message loom.agent.v1.DeleteRunRequest
+ */
+export type DeleteRunRequest = Message<"loom.agent.v1.DeleteRunRequest"> & {
+  /**
+   * Run id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message loom.agent.v1.DeleteRunRequest.
+ * Use `create(DeleteRunRequestSchema)` to create a new message.
+ */
+export const DeleteRunRequestSchema: GenMessage<DeleteRunRequest> = /*@__PURE__*/
+  messageDesc(file_loom_agent_v1_agent, 46);
+
+/**
+ * DeleteRunResponse is the response of DeleteRun.
+ *
+ * @generated from message loom.agent.v1.DeleteRunResponse
+ */
+export type DeleteRunResponse = Message<"loom.agent.v1.DeleteRunResponse"> & {
+};
+
+/**
+ * Describes the message loom.agent.v1.DeleteRunResponse.
+ * Use `create(DeleteRunResponseSchema)` to create a new message.
+ */
+export const DeleteRunResponseSchema: GenMessage<DeleteRunResponse> = /*@__PURE__*/
+  messageDesc(file_loom_agent_v1_agent, 47);
 
 /**
  * SynthesizeSpeechRequest is the request of SynthesizeSpeech.
@@ -1540,7 +1849,7 @@ export type SynthesizeSpeechRequest = Message<"loom.agent.v1.SynthesizeSpeechReq
  * Use `create(SynthesizeSpeechRequestSchema)` to create a new message.
  */
 export const SynthesizeSpeechRequestSchema: GenMessage<SynthesizeSpeechRequest> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 43);
+  messageDesc(file_loom_agent_v1_agent, 48);
 
 /**
  * SynthesizeSpeechResponse is one chunk of audio.
@@ -1568,7 +1877,7 @@ export type SynthesizeSpeechResponse = Message<"loom.agent.v1.SynthesizeSpeechRe
  * Use `create(SynthesizeSpeechResponseSchema)` to create a new message.
  */
 export const SynthesizeSpeechResponseSchema: GenMessage<SynthesizeSpeechResponse> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 44);
+  messageDesc(file_loom_agent_v1_agent, 49);
 
 /**
  * Video is an avatar video.
@@ -1610,7 +1919,7 @@ export type Video = Message<"loom.agent.v1.Video"> & {
  * Use `create(VideoSchema)` to create a new message.
  */
 export const VideoSchema: GenMessage<Video> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 45);
+  messageDesc(file_loom_agent_v1_agent, 50);
 
 /**
  * CreateVideoRequest is the request of CreateVideo.
@@ -1645,7 +1954,7 @@ export type CreateVideoRequest = Message<"loom.agent.v1.CreateVideoRequest"> & {
  * Use `create(CreateVideoRequestSchema)` to create a new message.
  */
 export const CreateVideoRequestSchema: GenMessage<CreateVideoRequest> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 46);
+  messageDesc(file_loom_agent_v1_agent, 51);
 
 /**
  * CreateVideoResponse is the response of CreateVideo.
@@ -1666,7 +1975,7 @@ export type CreateVideoResponse = Message<"loom.agent.v1.CreateVideoResponse"> &
  * Use `create(CreateVideoResponseSchema)` to create a new message.
  */
 export const CreateVideoResponseSchema: GenMessage<CreateVideoResponse> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 47);
+  messageDesc(file_loom_agent_v1_agent, 52);
 
 /**
  * GetVideoRequest is the request of GetVideo.
@@ -1687,7 +1996,7 @@ export type GetVideoRequest = Message<"loom.agent.v1.GetVideoRequest"> & {
  * Use `create(GetVideoRequestSchema)` to create a new message.
  */
 export const GetVideoRequestSchema: GenMessage<GetVideoRequest> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 48);
+  messageDesc(file_loom_agent_v1_agent, 53);
 
 /**
  * GetVideoResponse is the response of GetVideo.
@@ -1708,7 +2017,7 @@ export type GetVideoResponse = Message<"loom.agent.v1.GetVideoResponse"> & {
  * Use `create(GetVideoResponseSchema)` to create a new message.
  */
 export const GetVideoResponseSchema: GenMessage<GetVideoResponse> = /*@__PURE__*/
-  messageDesc(file_loom_agent_v1_agent, 49);
+  messageDesc(file_loom_agent_v1_agent, 54);
 
 /**
  * Provider is a model provider.
@@ -1786,6 +2095,54 @@ export const VoiceProviderSchema: GenEnum<VoiceProvider> = /*@__PURE__*/
   enumDesc(file_loom_agent_v1_agent, 1);
 
 /**
+ * ChaosCode is the status code of an injected failure.
+ *
+ * @generated from enum loom.agent.v1.ChaosCode
+ */
+export enum ChaosCode {
+  /**
+   * Unset; treated as CHAOS_CODE_UNAVAILABLE.
+   *
+   * @generated from enum value: CHAOS_CODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * UNAVAILABLE: a provider that is down; retryable.
+   *
+   * @generated from enum value: CHAOS_CODE_UNAVAILABLE = 1;
+   */
+  UNAVAILABLE = 1,
+
+  /**
+   * RESOURCE_EXHAUSTED: a provider's rate limit.
+   *
+   * @generated from enum value: CHAOS_CODE_RESOURCE_EXHAUSTED = 2;
+   */
+  RESOURCE_EXHAUSTED = 2,
+
+  /**
+   * DEADLINE_EXCEEDED: a provider that timed out.
+   *
+   * @generated from enum value: CHAOS_CODE_DEADLINE_EXCEEDED = 3;
+   */
+  DEADLINE_EXCEEDED = 3,
+
+  /**
+   * INTERNAL: a provider that broke.
+   *
+   * @generated from enum value: CHAOS_CODE_INTERNAL = 4;
+   */
+  INTERNAL = 4,
+}
+
+/**
+ * Describes the enum loom.agent.v1.ChaosCode.
+ */
+export const ChaosCodeSchema: GenEnum<ChaosCode> = /*@__PURE__*/
+  enumDesc(file_loom_agent_v1_agent, 2);
+
+/**
  * RunState is the state of a run.
  *
  * @generated from enum loom.agent.v1.RunState
@@ -1831,7 +2188,7 @@ export enum RunState {
  * Describes the enum loom.agent.v1.RunState.
  */
 export const RunStateSchema: GenEnum<RunState> = /*@__PURE__*/
-  enumDesc(file_loom_agent_v1_agent, 2);
+  enumDesc(file_loom_agent_v1_agent, 3);
 
 /**
  * AudioFormat is an audio encoding.
@@ -1865,7 +2222,7 @@ export enum AudioFormat {
  * Describes the enum loom.agent.v1.AudioFormat.
  */
 export const AudioFormatSchema: GenEnum<AudioFormat> = /*@__PURE__*/
-  enumDesc(file_loom_agent_v1_agent, 3);
+  enumDesc(file_loom_agent_v1_agent, 4);
 
 /**
  * VideoState is the state of a video.
@@ -1906,7 +2263,7 @@ export enum VideoState {
  * Describes the enum loom.agent.v1.VideoState.
  */
 export const VideoStateSchema: GenEnum<VideoState> = /*@__PURE__*/
-  enumDesc(file_loom_agent_v1_agent, 4);
+  enumDesc(file_loom_agent_v1_agent, 5);
 
 /**
  * AgentService manages agents and runs them: a loop of memory retrieval, model calls and tool calls, streamed as
@@ -1978,7 +2335,8 @@ export const AgentService: GenService<{
     output: typeof RunResponseSchema;
   },
   /**
-   * RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run.
+   * RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run, unless
+   * it has an idempotency key (see RunRequest.idempotency_key).
    *
    * @generated from rpc loom.agent.v1.AgentService.RunStream
    */
@@ -2016,6 +2374,18 @@ export const AgentService: GenService<{
     methodKind: "unary";
     input: typeof CancelRunRequestSchema;
     output: typeof CancelRunResponseSchema;
+  },
+  /**
+   * DeleteRun deletes a stored run with its steps, in any state, including one that cannot be read back.
+   * FailedPrecondition while the run executes in the answering process (cancel it first); NotFound if missing.
+   * Its idempotency key is then free: a later Run with that key starts a new run.
+   *
+   * @generated from rpc loom.agent.v1.AgentService.DeleteRun
+   */
+  deleteRun: {
+    methodKind: "unary";
+    input: typeof DeleteRunRequestSchema;
+    output: typeof DeleteRunResponseSchema;
   },
   /**
    * SynthesizeSpeech turns text into audio, streamed in chunks.

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/loom-dev/loom/internal/rpcclient"
+	"github.com/loom-dev/loom/internal/rpcserver"
+	"github.com/loom-dev/loom/internal/telemetry"
+)
+
+// observability is what serve builds for tracing and metrics before the services, carried to them in config.
+type observability struct {
+	tracer   trace.TracerProvider // nil: tracing off
+	breakers *rpcclient.Metrics
+}
+
+// setupTracing starts tracing as the OTEL_* variables say (off unless configured) and returns cfg carrying it,
+// and the function that flushes and stops it.
+func setupTracing(ctx context.Context, cfg config, logger *slog.Logger) (config, func(), error) {
+	tracing, err := telemetry.Setup(ctx, cfg.OTel.Get, "loom", buildVersion())
+	if err != nil {
+		return cfg, nil, fmt.Errorf("tracing: %w", err)
+	}
+	cfg.obs = observability{tracer: tracing.TracerProvider, breakers: rpcclient.NewMetrics()}
+	if tracing.Enabled() {
+		logger.Info("tracing on", "exporter", tracing.Exporter, "sampler", tracing.Sampler)
+	}
+	return cfg, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tracing.Shutdown(ctx); err != nil {
+			logger.Warn("tracing: flush spans at exit", "err", err)
+		}
+	}, nil
+}
+
+// registerMetrics adds the breaker states and the pool statistics of the shared Postgres database to the
+// server's /metrics.
+func registerMetrics(srv *rpcserver.Server, cfg config, dbs *databases) {
+	srv.Registry().MustRegister(cfg.obs.breakers)
+	if db, ok := dbs.byName[""]; ok && db.Pool != nil {
+		pools := map[string]*pgxpool.Pool{"primary": db.Pool}
+		srv.Registry().MustRegister(telemetry.PoolCollector(pools))
+	}
+}
+
+// serveDebug serves pprof on addr (never the public port) until ctx is done. It returns once listening, or
+// with the listen error.
+func serveDebug(ctx context.Context, addr string, logger *slog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("debug listener: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           telemetry.DebugHandler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		// No WriteTimeout: /debug/pprof/profile and trace stream for as many seconds as asked.
+		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Warn("debug listener", "err", err)
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	logger.Info("debug listener (pprof)", "addr", ln.Addr().String())
+	return nil
+}
