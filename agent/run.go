@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -23,6 +24,7 @@ import (
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/protolimit"
 	"github.com/loom-dev/loom/internal/secrets"
+	"github.com/loom-dev/loom/internal/telemetry"
 )
 
 const (
@@ -430,9 +432,12 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 			calls []model.ToolCall
 		)
 		start := time.Now()
-		for c, err := range m.Stream(ctx, req) {
+		// One span per model call, in the GenAI semantic conventions (a no-op outside a traced call).
+		mctx, call := telemetry.StartModelCall(ctx, genAISystem(a.GetModel().GetProvider()), cmp.Or(req.Model, "sim"))
+		for c, err := range m.Stream(mctx, req) {
 			if err != nil {
 				st.Text, st.Latency = text.String(), durationpb.New(time.Since(start))
+				call.End(-1, -1, err)
 				if ctx.Err() != nil {
 					return context.Cause(ctx)
 				}
@@ -454,6 +459,7 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 			}
 		}
 		st.Text, st.Latency = text.String(), durationpb.New(time.Since(start))
+		call.End(st.Usage.GetInputTokens(), st.Usage.GetOutputTokens(), nil)
 		run.Usage.InputTokens += st.Usage.GetInputTokens()
 		run.Usage.OutputTokens += st.Usage.GetOutputTokens()
 		send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Usage{Usage: st.Usage}})
@@ -538,6 +544,17 @@ func (s *Server) retrieve(ctx context.Context, env runEnv, a *agentv1.Agent, run
 // modelFor returns the model of a, with tenant's own provider key when it has one. The sim is made per run and
 // seeded by the input and the attempt (attempts after the first draw anew), so a run's behaviour follows from
 // its agent, input and attempt, and a failure_rate fault can recover on a retry.
+// genAISystem is a provider's gen_ai.system value (OpenTelemetry GenAI semantic conventions).
+func genAISystem(p agentv1.Provider) string {
+	switch p {
+	case agentv1.Provider_PROVIDER_GEMINI:
+		return "gcp.gemini"
+	case agentv1.Provider_PROVIDER_OPENAI:
+		return "openai"
+	}
+	return "loom.sim"
+}
+
 func (s *Server) modelFor(ctx context.Context, tenant string, a *agentv1.Agent, input string, attempt int32) (model.Model, error) {
 	switch a.GetModel().GetProvider() {
 	case agentv1.Provider_PROVIDER_UNSPECIFIED, agentv1.Provider_PROVIDER_SIM:

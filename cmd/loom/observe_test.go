@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -232,6 +233,31 @@ func TestRunStreamTraceThroughGateway(t *testing.T) {
 		return s.GetKind() == tracepb.Span_SPAN_KIND_CLIENT && strings.HasPrefix(s.GetName(), "SELECT")
 	}) {
 		t.Errorf("no database span in the RunStream trace")
+	}
+	// The model call and the memory search have spans of their own, with the GenAI and search attributes.
+	attrs := func(sp *tracepb.Span) map[string]string {
+		m := map[string]string{}
+		for _, kv := range sp.GetAttributes() {
+			v := kv.GetValue()
+			m[kv.GetKey()] = v.GetStringValue()
+			if m[kv.GetKey()] == "" {
+				m[kv.GetKey()] = strconv.FormatInt(v.GetIntValue(), 10)
+			}
+		}
+		return m
+	}
+	var sawModel, sawSearch bool
+	for _, sp := range trace {
+		a := attrs(sp)
+		if strings.HasPrefix(sp.GetName(), "chat ") && a["gen_ai.system"] == "loom.sim" && a["gen_ai.usage.input_tokens"] != "" {
+			sawModel = true
+		}
+		if sp.GetName() == "memory.search" && a["loom.memory.namespace"] != "" {
+			sawSearch = true
+		}
+	}
+	if !sawModel || !sawSearch {
+		t.Errorf("model call span %v, memory search span %v; want both in the RunStream trace", sawModel, sawSearch)
 	}
 	if !strings.Contains(backend.logs.String(), "trace_id="+hex.EncodeToString(trace[0].GetTraceId())) {
 		t.Errorf("the backend's log lines of the traced call carry no trace_id")

@@ -44,6 +44,7 @@ import (
 	"time"
 
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/internal/telemetry"
 	"github.com/loom-dev/loom/memory"
 )
 
@@ -914,6 +915,16 @@ func (s *Store) Search(ctx context.Context, tenant, namespace string, q memory.Q
 	if !q.Hybrid {
 		vq.minScore = q.MinScore
 	}
+	mode := "exact"
+	switch {
+	case q.Hybrid:
+		mode = "hybrid"
+	case ns.useIVF():
+		mode = "ivf"
+	case ns.useQuantised():
+		mode = "int8"
+	}
+	_, span := telemetry.StartMemorySearch(ctx, namespace, mode, q.TopK)
 	var top []scored
 	ok := false
 	if ns.useIVF() {
@@ -929,6 +940,7 @@ func (s *Store) Search(ctx context.Context, tenant, namespace string, q memory.Q
 	} else {
 		top = vq.exact(k)
 	}
+	span.End(len(top), nil)
 	if !q.Hybrid {
 		hits := make([]memory.Hit, len(top))
 		for j, c := range top {

@@ -52,6 +52,7 @@ import (
 
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/internal/sqldb"
+	"github.com/loom-dev/loom/internal/telemetry"
 	"github.com/loom-dev/loom/memory"
 )
 
@@ -784,7 +785,15 @@ func (s *Store) Search(ctx context.Context, tenant, namespace string, q memory.Q
 			if err != nil {
 				return fmt.Errorf("search: %w", err)
 			}
-			hits, err = s.search(ctx, pool, row, q, where.String(), a)
+			mode := "exact"
+			if q.Hybrid {
+				mode = "hybrid"
+			} else if hasHNSW(row.meta) {
+				mode = "hnsw"
+			}
+			sctx, span := telemetry.StartMemorySearch(ctx, namespace, mode, q.TopK)
+			hits, err = s.search(sctx, pool, row, q, where.String(), a)
+			span.End(len(hits), err)
 			var pgErr *pgconn.PgError
 			if attempt == 0 && errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table: stale cache
 				s.nsCache.Delete(nsKey(tenant, namespace))
