@@ -706,7 +706,9 @@ type Record struct {
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Text. Embedded into the vector when vector is empty. At most 64 KiB.
 	Text string `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
-	// Vector, of the namespace's dimension. Every element must be finite.
+	// Vector, of the namespace's dimension. Every element must be finite: the store checks that with the
+	// dimension, in one pass (InvalidArgument naming records[i].vector[j]), rather than a per-element rule here,
+	// which cost about 0.5 ms of CPU for each 768-element vector.
 	Vector []float32 `protobuf:"fixed32,3,rep,packed,name=vector,proto3" json:"vector,omitempty"`
 	// Metadata, at most 64 keys. Keys: letters, digits, '_', '.', '-'.
 	Metadata map[string]*Value `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
@@ -1810,7 +1812,8 @@ func (*SearchRequest_Vector) isSearchRequest_Query() {}
 // Vector is a dense vector.
 type Vector struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Elements; every one finite.
+	// Elements; every one finite (checked by the store with the namespace's dimension, in one pass:
+	// InvalidArgument naming vector[j]).
 	Values        []float32 `protobuf:"fixed32,1,rep,packed,name=values,proto3" json:"values,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2307,12 +2310,11 @@ const file_loom_memory_v1_memory_proto_rawDesc = "" +
 	"\x04kind\x12\x05\xbaH\x02\b\x01\"G\n" +
 	"\n" +
 	"ScalarList\x129\n" +
-	"\x06values\x18\x01 \x03(\v2\x16.loom.memory.v1.ScalarB\t\xbaH\x06\x92\x01\x03\x10\x80\x02R\x06values\"\xfe\x03\n" +
+	"\x06values\x18\x01 \x03(\v2\x16.loom.memory.v1.ScalarB\t\xbaH\x06\x92\x01\x03\x10\x80\x02R\x06values\"\xf8\x03\n" +
 	"\x06Record\x124\n" +
 	"\x02id\x18\x01 \x01(\tB$\xbaH!r\x1f2\x1d^$|^[A-Za-z0-9._:@/-]{1,128}$R\x02id\x12\x1d\n" +
-	"\x04text\x18\x02 \x01(\tB\t\xbaH\x06r\x04(\x80\x80\x04R\x04text\x12'\n" +
-	"\x06vector\x18\x03 \x03(\x02B\x0f\xbaH\f\x92\x01\t\x10\x80 \"\x04\n" +
-	"\x02@\x01R\x06vector\x12o\n" +
+	"\x04text\x18\x02 \x01(\tB\t\xbaH\x06r\x04(\x80\x80\x04R\x04text\x12!\n" +
+	"\x06vector\x18\x03 \x03(\x02B\t\xbaH\x06\x92\x01\x03\x10\x80 R\x06vector\x12o\n" +
 	"\bmetadata\x18\x04 \x03(\v2$.loom.memory.v1.Record.MetadataEntryB-\xbaH*\x9a\x01'\x10@\"#r!2\x1f^[A-Za-z_][A-Za-z0-9_.-]{0,63}$R\bmetadata\x127\n" +
 	"\x03ttl\x18\x05 \x01(\v2\x19.google.protobuf.DurationB\n" +
 	"\xbaH\a\xaa\x01\x042\x02\b\x01R\x03ttl\x12;\n" +
@@ -2389,10 +2391,9 @@ const file_loom_memory_v1_memory_proto_rawDesc = "" +
 	"\x0finclude_vectors\x18\b \x01(\bR\x0eincludeVectorsB\x0e\n" +
 	"\x05query\x12\x05\xbaH\x02\b\x01B\f\n" +
 	"\n" +
-	"_min_score\"3\n" +
-	"\x06Vector\x12)\n" +
-	"\x06values\x18\x01 \x03(\x02B\x11\xbaH\x0e\x92\x01\v\b\x01\x10\x80 \"\x04\n" +
-	"\x02@\x01R\x06values\"9\n" +
+	"_min_score\"-\n" +
+	"\x06Vector\x12#\n" +
+	"\x06values\x18\x01 \x03(\x02B\v\xbaH\b\x92\x01\x05\b\x01\x10\x80 R\x06values\"9\n" +
 	"\x0eSearchResponse\x12'\n" +
 	"\x04hits\x18\x01 \x03(\v2\x13.loom.memory.v1.HitR\x04hits\"K\n" +
 	"\x03Hit\x12.\n" +
