@@ -317,6 +317,21 @@ func (s *Server) CancelRun(ctx context.Context, req *connect.Request[orchestrato
 	return connect.NewResponse(&orchestratorv1.CancelRunResponse{Run: run}), nil
 }
 
+// DeleteRun deletes a finished run.
+func (s *Server) DeleteRun(ctx context.Context, req *connect.Request[orchestratorv1.DeleteRunRequest]) (*connect.Response[orchestratorv1.DeleteRunResponse], error) {
+	if s.runs == nil {
+		return nil, unimplemented("DeleteRun")
+	}
+	t, err := principal.Tenant(ctx)
+	if err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	if err := s.runs.DeleteRun(ctx, t, req.Msg.GetId()); err != nil {
+		return nil, s.connectError(ctx, err)
+	}
+	return connect.NewResponse(&orchestratorv1.DeleteRunResponse{}), nil
+}
+
 // WatchRun sends the run's events after after_sequence, then polls for new ones until the run has ended and
 // every event has been sent, or the client goes away.
 func (s *Server) WatchRun(ctx context.Context, req *connect.Request[orchestratorv1.WatchRunRequest], stream *connect.ServerStream[orchestratorv1.WatchRunResponse]) error {

@@ -49,6 +49,12 @@ func startWith(t *testing.T, agents *orchestratortest.Agents) clients {
 // startWithURL is startWith, also returning the server's URL for other clients.
 func startWithURL(t *testing.T, agents *orchestratortest.Agents) (clients, string) {
 	t.Helper()
+	return startWithEngine(t, agents, engine.Config{FetchPollInterval: 50 * time.Millisecond})
+}
+
+// startWithEngine is startWithURL with the engine's configuration given.
+func startWithEngine(t *testing.T, agents *orchestratortest.Agents, cfg engine.Config) (clients, string) {
+	t.Helper()
 	ctx := context.Background()
 	db := sqldbtest.Open(t, sqldb.SQLite)
 	store, err := sqlstore.New(ctx, db)
@@ -57,7 +63,7 @@ func startWithURL(t *testing.T, agents *orchestratortest.Agents) (clients, strin
 	}
 	var opts []orchestrator.Option
 	if agents != nil {
-		eng, err := engine.NewSQLite(ctx, nil, db, agents, &orchestratortest.Memory{}, engine.Config{FetchPollInterval: 50 * time.Millisecond})
+		eng, err := engine.NewSQLite(ctx, nil, db, agents, &orchestratortest.Memory{}, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -48,7 +48,8 @@ type Store interface {
 // are safe for concurrent use and return the sentinels above, possibly wrapped.
 type Runs interface {
 	// StartRun starts a run of bp (a stored version) with input. A non-empty idempotencyKey already used in the
-	// tenant returns that run instead. ErrInvalidInput if input does not match the input schema.
+	// tenant returns that run instead when the request is the same (blueprint, version and input), and
+	// ErrAlreadyExists naming the key when it is not. ErrInvalidInput if input does not match the input schema.
 	StartRun(ctx context.Context, tenant string, bp *orchestratorv1.Blueprint, input *structpb.Struct, idempotencyKey string) (*orchestratorv1.WorkflowRun, error)
 	// GetRun returns a run with its steps. ErrNotFound if absent.
 	GetRun(ctx context.Context, tenant, id string) (*orchestratorv1.WorkflowRun, error)
@@ -56,6 +57,9 @@ type Runs interface {
 	ListRuns(ctx context.Context, tenant, blueprint string, state orchestratorv1.RunState, pageSize int, pageToken string) ([]*orchestratorv1.WorkflowRun, string, error)
 	// CancelRun cancels a run. ErrFailedPrecondition if it already ended.
 	CancelRun(ctx context.Context, tenant, id, reason string) (*orchestratorv1.WorkflowRun, error)
+	// DeleteRun deletes a run that has ended, with its steps and events, even one whose record no longer
+	// decodes. ErrNotFound if absent; ErrFailedPrecondition if it has not ended (cancel it first).
+	DeleteRun(ctx context.Context, tenant, id string) error
 	// Events returns up to limit events with sequence numbers after afterSequence, in order, and whether the run
 	// had ended before they were read: when it had and no events are returned, there will be no more.
 	Events(ctx context.Context, tenant, id string, afterSequence int64, limit int) ([]*orchestratorv1.WatchRunResponse, bool, error)

@@ -30,8 +30,9 @@ type asset struct {
 // Handler returns a handler that serves the embedded console: index.html at "/" (and "/index.html"), the other
 // files of dist by name, and 404 for anything else. Every response carries `Cache-Control: no-cache` and a
 // strong ETag (the files' names are not content-hashed, so clients must revalidate; a matching If-None-Match
-// answers 304). index.html also carries a Content-Security-Policy that limits the page to its own origin.
-// Only GET and HEAD are allowed. The handler is safe for concurrent use.
+// answers 304). index.html also carries a Content-Security-Policy that limits the page to its own origin, plus
+// blob: media (the console plays synthesized speech from a blob URL). Only GET and HEAD are allowed. The handler
+// is safe for concurrent use.
 func Handler() http.Handler {
 	assets, err := load(dist)
 	if err != nil {
@@ -59,7 +60,7 @@ func Handler() http.Handler {
 		h.Set("ETag", a.etag)
 		h.Set("X-Content-Type-Options", "nosniff")
 		if name == "index.html" {
-			h.Set("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'; base-uri 'none'")
+			h.Set("Content-Security-Policy", "default-src 'self'; media-src 'self' blob:; frame-ancestors 'none'; base-uri 'none'")
 		}
 		http.ServeContent(w, r, name, time.Time{}, bytes.NewReader(a.data))
 	})

@@ -62,6 +62,7 @@ type config struct {
 	OIDCJWKSFile    string
 	GatewayTargets  map[string]string
 	RescueAfter     time.Duration
+	RunLease        time.Duration // orchestrator run lease (--orchestrator-lease)
 	GeminiBaseURL   string
 	OpenAIBaseURL   string
 	LogLevel        slog.Level
@@ -159,7 +160,8 @@ var serveFlags = []flagSpec{
 	{"gateway-admin", "LOOM_GATEWAY_ADMIN", "", "gateway: admin backends"},
 	{"gemini-base-url", "LOOM_GEMINI_BASE_URL", "", "Gemini API base URL; empty uses Google's"},
 	{"openai-base-url", "LOOM_OPENAI_BASE_URL", "", "OpenAI-compatible base URL (OpenAI, Ollama, vLLM, llama.cpp), e.g. http://localhost:11434/v1"},
-	{"rescue-after", "LOOM_RESCUE_AFTER", "1m", "orchestrator: a step job running this long without finishing is taken over by another replica (failover after a crash); a step that legitimately runs longer is re-run with the same idempotency key"},
+	{"rescue-after", "LOOM_RESCUE_AFTER", "1m", "deprecated and ignored: the orchestrator's run lease decides failover (see --orchestrator-lease)"},
+	{"orchestrator-lease", "LOOM_ORCHESTRATOR_LEASE", "3s", "orchestrator: a replica owns each run it executes under a lease it renews every third of this; after a crash another replica resumes the run once the lease lapses (a slow step on a live replica is never taken over)"},
 	{"log-level", "LOOM_LOG_LEVEL", "info", "debug, info, warn or error"},
 	{"log-format", "LOOM_LOG_FORMAT", "text", "text or json"},
 	{"log-rpc-sample", "LOOM_LOG_RPC_SAMPLE", "0", "fraction (0 to 1) of successful RPCs logged at info; the rest are logged at debug. Failed and slow RPCs are always logged"},
@@ -320,6 +322,7 @@ func parseServe(args []string, getenv func(string) string, out io.Writer) (confi
 	c.MaxTimeout = dur("max-timeout")
 	c.ShutdownGrace = dur("shutdown-grace")
 	c.RescueAfter = dur("rescue-after")
+	c.RunLease = dur("orchestrator-lease")
 	c.MaxStreams = num("max-concurrent-streams")
 	c.MaxInFlight = num("max-in-flight")
 	if _, err := fmt.Sscan(get("rate-limit"), &c.RateLimit); err != nil || c.RateLimit < 0 || c.RateLimit != c.RateLimit {
@@ -458,6 +461,7 @@ func (c config) LogValue() slog.Value {
 		slog.Duration("max_timeout", c.MaxTimeout),
 		slog.Duration("shutdown_grace", c.ShutdownGrace),
 		slog.Duration("rescue_after", c.RescueAfter),
+		slog.Duration("orchestrator_lease", c.RunLease),
 		slog.Int("max_concurrent_streams", c.MaxStreams),
 		slog.Int("max_in_flight", c.MaxInFlight),
 		slog.Float64("rate_limit", c.RateLimit),

@@ -251,10 +251,38 @@ func TestServeAllServicesOnOneDatabase(t *testing.T) {
 // testdata/upgrade, made with that release: memory, agent and admin in one database, the orchestrator in
 // another, since the release could not share one), and checks that every record survives the move into the
 // components' schemas and that the run left waiting for its approval finishes.
+// shiftRunClock moves every time of the legacy dump's workflow runs forward by the age of its newest run.
+func shiftRunClock(t *testing.T, url string) {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var newest int64
+	if err := conn.QueryRow(context.Background(), `SELECT max(create_time) FROM public.runs`).Scan(&newest); err != nil {
+		t.Fatal(err)
+	}
+	shift := time.Now().UnixMicro() - newest
+	for _, q := range []string{
+		`UPDATE public.runs SET create_time = create_time + $1, end_time = CASE WHEN end_time > 0 THEN end_time + $1 ELSE 0 END`,
+		`UPDATE public.run_steps SET start_time = CASE WHEN start_time > 0 THEN start_time + $1 ELSE 0 END,
+			end_time = CASE WHEN end_time > 0 THEN end_time + $1 ELSE 0 END, deadline = CASE WHEN deadline > 0 THEN deadline + $1 ELSE 0 END`,
+	} {
+		if _, err := conn.Exec(context.Background(), q, shift); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func TestUpgradeFromPublicSchema(t *testing.T) {
 	urlA, urlB := sqldbtest.PostgresURL(t), sqldbtest.PostgresURL(t)
 	restoreDump(t, urlA, "testdata/upgrade/legacy_a.sql")
 	restoreDump(t, urlB, "testdata/upgrade/legacy_b.sql")
+	// The dump holds a run waiting for its approval, made when the dump was (its clock: create_time). Move its
+	// times to now, as if the upgrade happened moments after the dump, so the run's own deadlines (2 h for the
+	// run, the approval's timeout) have not passed when the new release picks it up.
+	shiftRunClock(t, urlB)
 	mk, err := os.ReadFile("testdata/upgrade/master_key")
 	if err != nil {
 		t.Fatal(err)

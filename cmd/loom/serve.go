@@ -375,7 +375,7 @@ func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients
 	return svc, func() { stop(); <-maintained }, nil
 }
 
-// buildOrchestrator opens the blueprint store and the River run engine on SQLite or Postgres.
+// buildOrchestrator opens the blueprint store and the run engine (leased runs) on SQLite or Postgres.
 func buildOrchestrator(ctx context.Context, cfg config, logger *slog.Logger, c *clients, dbs *databases) (rpcserver.Service, func(), error) {
 	db, err := dbs.open(ctx, "orchestrator.db")
 	if err != nil {
@@ -387,9 +387,9 @@ func buildOrchestrator(ctx context.Context, cfg config, logger *slog.Logger, c *
 	}
 	var eng *engine.Engine
 	if db.Dialect == sqldb.Postgres {
-		eng, err = engine.NewPostgres(ctx, logger, db, c.agent, c.memory, engine.Config{RescueStuckJobsAfter: cfg.RescueAfter})
+		eng, err = engine.NewPostgres(ctx, logger, db, c.agent, c.memory, engine.Config{LeaseDuration: cfg.RunLease})
 	} else {
-		eng, err = engine.NewSQLite(ctx, logger, db, c.agent, c.memory, engine.Config{RescueStuckJobsAfter: cfg.RescueAfter})
+		eng, err = engine.NewSQLite(ctx, logger, db, c.agent, c.memory, engine.Config{LeaseDuration: cfg.RunLease})
 	}
 	if err == nil {
 		err = eng.Start(context.WithoutCancel(ctx))

@@ -37,10 +37,6 @@ var replacedServices = []string{"postgres"}
 // overlays are environment variables the suite adds to a service on top of compose.yaml's, each with its
 // reason. They are logged at startup.
 var overlays = map[string]map[string]string{
-	// compose.yaml leaves --rescue-after at its default of 1 m: a step job of a crashed replica would wait 1-1.5
-	// minutes for River's rescuer, too long for a suite bounded to minutes. 4 s exceeds the failover
-	// blueprint's step timeout (3 s), as River requires.
-	"orchestrator": {"LOOM_RESCUE_AFTER": "4s"},
 	// Successful RPCs are logged at debug by default; the fault steps count the searches each memory replica
 	// served from its log, so every successful call is logged at info here.
 	"memory": {"LOOM_LOG_RPC_SAMPLE": "1"},

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -150,7 +151,7 @@ func (s *suite) testKillMemoryReplica(t *testing.T) {
 }
 
 // failoverBlueprint is three sequential agent steps on a slow simulated model, then a memory write: each run
-// takes a few seconds, so a kill lands mid-run. Step timeouts stay below the orchestrator's --rescue-after.
+// takes a few seconds, so a kill lands mid-run. Takeover is decided by the orchestrator's run lease (default 3 s).
 const failoverBlueprint = `
 name: failover
 input_schema: {type: object, required: [label], properties: {label: {type: string}}}
@@ -354,8 +355,8 @@ func (s *suite) testKillOrchestratorReplica(t *testing.T) {
 			checkOutputs(t, r)
 		}
 	}
-	// Takeover: for each run, the first event after the kill. Runs the survivor held go on at once; runs whose
-	// step job died with the victim wait for River's rescuer.
+	// Takeover: for each run, the first event after the kill. Runs the survivor held go on at once; runs the
+	// victim owned wait for its lease to expire.
 	var takeover time.Duration
 	var resumed []string
 	stuck := 0
@@ -378,8 +379,8 @@ func (s *suite) testKillOrchestratorReplica(t *testing.T) {
 		}
 	}
 	fx := s.checkSideEffects(t, ctx, labels, int64(len(labels)))
-	s.figure(t, "kill -9 %s with %d runs in flight (rescue-after %s): %d lost, %d duplicated side effects (agent steps that succeeded twice), %d memory records for %d runs; %d agent runs for %d agent steps (%d cut off by the kill and run again); every run done %v after the kill",
-		victim.name, len(ids), overlays["orchestrator"]["LOOM_RESCUE_AFTER"], lost, fx.duplicated, fx.records, len(ids),
+	s.figure(t, "kill -9 %s with %d runs in flight (orchestrator lease %s, the default): %d lost, %d duplicated side effects (agent steps that succeeded twice), %d memory records for %d runs; %d agent runs for %d agent steps (%d cut off by the kill and run again); every run done %v after the kill",
+		victim.name, len(ids), cmp.Or(overlays["orchestrator"]["LOOM_ORCHESTRATOR_LEASE"], "3s"), lost, fx.duplicated, fx.records, len(ids),
 		fx.agentRuns, 3*len(ids), fx.interrupted, allDone.Round(100*time.Millisecond))
 	s.figure(t, "orchestrator takeover time (kill -> the last held run moves again): %v; %d runs waited for the rescue; per run first event after the kill: %s",
 		takeover.Round(100*time.Millisecond), stuck, strings.Join(resumed, " "))

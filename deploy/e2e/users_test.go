@@ -385,4 +385,3 @@ func (s *suite) newKey(t *testing.T, name, role string) string {
 	}
 	return res.GetSecret()
 }
-

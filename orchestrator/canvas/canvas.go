@@ -2,7 +2,8 @@
 //
 // The layout is layered, left to right, and deterministic: the same blueprint always gives the same canvas.
 //   - Layers: a step's layer is the length of the longest dependency path that reaches it (depends_on, branch
-//     targets and parallel members all count as dependencies).
+//     targets and parallel members all count as dependencies; depending on a parallel step means depending on
+//     its members too, so the step is drawn after the block's group box).
 //   - Order within a layer: layer 0 by step id; every later layer by the barycenter (mean position) of each
 //     step's predecessors, ties broken by step id.
 //   - Geometry: fixed node sizes on a grid (see the constants); edges are orthogonal polylines from the right
@@ -51,7 +52,7 @@ func Generate(bp *orchestratorv1.Blueprint) *orchestratorv1.Canvas {
 	for _, e := range edges {
 		preds[e.to] = append(preds[e.to], e.from)
 	}
-	layer := layers(steps, index, preds)
+	layer := layers(steps, index, blockPreds(steps, index, preds))
 
 	// Group by layer, then order each layer.
 	maxLayer := 0
@@ -153,6 +154,38 @@ func Generate(bp *orchestratorv1.Blueprint) *orchestratorv1.Canvas {
 		c.Groups = append(c.Groups, group(s.GetId(), members, nodes))
 	}
 	return c
+}
+
+// blockPreds returns preds extended for layering: a step that depends on a parallel step waits for its members
+// too (recursively), so it is laid out after the whole block and outside its group box.
+func blockPreds(steps []*orchestratorv1.Step, index map[string]int, preds [][]int) [][]int {
+	var members func(i int, seen map[int]bool, out []int) []int
+	members = func(i int, seen map[int]bool, out []int) []int {
+		for _, id := range steps[i].GetParallel().GetSteps() {
+			if j, ok := index[id]; ok && !seen[j] {
+				seen[j] = true
+				out = members(j, seen, append(out, j))
+			}
+		}
+		return out
+	}
+	out := make([][]int, len(steps))
+	for i, s := range steps {
+		out[i] = slices.Clone(preds[i])
+		if !isNode(steps, index, i) {
+			continue
+		}
+		for _, id := range s.GetDependsOn() {
+			if j, ok := index[id]; ok && steps[j].GetParallel() != nil {
+				for _, m := range members(j, map[int]bool{j: true}, nil) {
+					if m != i && !slices.Contains(out[i], m) {
+						out[i] = append(out[i], m)
+					}
+				}
+			}
+		}
+	}
+	return out
 }
 
 // isNode reports whether step i is drawn: the first step with each id.

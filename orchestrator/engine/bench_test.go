@@ -12,8 +12,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/riverdriver/riversqlite"
+	"github.com/riverqueue/river/rivermigrate"
 
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 	"github.com/loom-dev/loom/internal/sqldb"
@@ -28,10 +30,12 @@ import (
 // ratios do not depend on the machine:
 //
 //	BenchmarkSequentialStep:  per-step latency of a chain of durable agent steps vs one durable commit (a
-//	                          single-row INSERT in its own transaction). Targets: p50 <= 1.2 ms on Postgres,
-//	                          <= 0.5 ms on SQLite.
+//	                          single-row INSERT in its own transaction, measured between the runs so both see
+//	                          the same load). Target: p50 <= 1.5x a commit (p50/floor).
 //	BenchmarkIndependentSteps: burn-down of one-step runs vs River's own burn-down of as many no-op jobs with
 //	                          the same worker count and fetch settings. Target: >= 1.0x River.
+//	BenchmarkParallelJoin:    a 100-way parallel step of agent steps and a join step after it, from StartRun to
+//	                          the run's end, in durable commits. Target: <= 20 commits.
 //
 // Run: LOOM_TEST_DATABASE_URL=... go test ./orchestrator/engine -run '^$' -bench . -benchtime 3s
 
@@ -46,8 +50,9 @@ var benchConfigs = []struct {
 }
 
 type benchDB struct {
-	db    *sqldb.DB
-	store *sqlstore.Store
+	db      *sqldb.DB
+	store   *sqlstore.Store
+	floorID int64
 }
 
 func openBenchDB(b *testing.B, dialect sqldb.Dialect) *benchDB {
@@ -120,29 +125,31 @@ func (d *benchDB) blueprint(b *testing.B, name string, steps int) *orchestratorv
 	return stored
 }
 
-// commitFloor measures n durable commits of a single-row INSERT, each in its own transaction, through the same
-// path the engine writes with (the pgx pool on Postgres, database/sql on SQLite). It returns the median.
-func (d *benchDB) commitFloor(b *testing.B, n int) time.Duration {
+// commits performs n floor commits and returns their latencies. Benchmarks interleave them with the work they
+// measure, so that both see the same load on a shared machine.
+func (d *benchDB) commits(b *testing.B, n int) []time.Duration {
 	b.Helper()
 	ctx := context.Background()
-	if _, err := d.db.ExecContext(ctx, `CREATE TABLE bench_floor (id BIGINT PRIMARY KEY, v TEXT NOT NULL)`); err != nil {
+	if _, err := d.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS bench_floor (id BIGINT PRIMARY KEY, v TEXT NOT NULL)`); err != nil {
 		b.Fatal(err)
 	}
 	lat := make([]time.Duration, n)
 	for i := range n {
+		d.floorID++
+		id := d.floorID
 		start := time.Now()
 		var err error
 		if d.db.Pool != nil {
 			ptx, perr := d.db.Pool.Begin(ctx)
 			if err = perr; err == nil {
-				if _, err = ptx.Exec(ctx, `INSERT INTO bench_floor (id, v) VALUES ($1, 'x')`, i); err == nil {
+				if _, err = ptx.Exec(ctx, `INSERT INTO bench_floor (id, v) VALUES ($1, 'x')`, id); err == nil {
 					err = ptx.Commit(ctx)
 				}
 			}
 		} else {
 			stx, serr := d.db.BeginTx(ctx, nil)
 			if err = serr; err == nil {
-				if _, err = stx.ExecContext(ctx, `INSERT INTO bench_floor (id, v) VALUES (?, 'x')`, i); err == nil {
+				if _, err = stx.ExecContext(ctx, `INSERT INTO bench_floor (id, v) VALUES (?, 'x')`, id); err == nil {
 					err = stx.Commit()
 				}
 			}
@@ -152,7 +159,27 @@ func (d *benchDB) commitFloor(b *testing.B, n int) time.Duration {
 		}
 		lat[i] = time.Since(start)
 	}
-	return percentile(lat, 50)
+	return lat
+}
+
+// waitEnded polls the run's state with one small query (on SQLite every read takes the one connection the
+// engine commits on: reading the whole run each time would slow what is measured).
+func (d *benchDB) waitEnded(b *testing.B, id string, every time.Duration) {
+	b.Helper()
+	db := d.db.Component(sqldb.OrchestratorComponent)
+	q := db.Rebind(`SELECT end_time FROM loom.runs WHERE id = ?`)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(every) {
+		var ended int64
+		if err := db.QueryRowContext(context.Background(), q, id).Scan(&ended); err != nil {
+			b.Fatal(err)
+		}
+		if ended != 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("run %s did not end", id)
+		}
+	}
 }
 
 func percentile(ds []time.Duration, p int) time.Duration {
@@ -175,7 +202,7 @@ func BenchmarkSequentialStep(b *testing.B) {
 					target = 1200 * time.Microsecond
 				}
 				d := openBenchDB(b, dialect)
-				floor := d.commitFloor(b, 300)
+				floors := d.commits(b, 100)
 				eng := d.engine(b, c.cfg)
 				startEngine(b, eng)
 				const chain = 20
@@ -196,11 +223,9 @@ func BenchmarkSequentialStep(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					for !isEnded(r.GetState()) {
-						time.Sleep(time.Millisecond)
-						if r, err = eng.GetRun(ctx, tenant, r.GetId()); err != nil {
-							b.Fatal(err)
-						}
+					d.waitEnded(b, r.GetId(), time.Millisecond)
+					if r, err = eng.GetRun(ctx, tenant, r.GetId()); err != nil {
+						b.Fatal(err)
 					}
 					if r.GetState() != orchestratorv1.RunState_RUN_STATE_SUCCEEDED {
 						b.Fatalf("run = %v", r)
@@ -210,8 +235,12 @@ func BenchmarkSequentialStep(b *testing.B) {
 						perStep = append(perStep, s.GetEndTime().AsTime().Sub(s.GetStartTime().AsTime()))
 					}
 					done += len(r.GetSteps())
+					b.StopTimer()
+					floors = append(floors, d.commits(b, len(r.GetSteps()))...) // the baseline under the same load
+					b.StartTimer()
 				}
 				b.StopTimer()
+				floor := percentile(floors, 50)
 				wall := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
 				p50 := percentile(perStep, 50)
 				b.ReportMetric(wall, "ns/step")
@@ -222,6 +251,18 @@ func BenchmarkSequentialStep(b *testing.B) {
 				b.ReportMetric(float64(p50)/float64(target), "p50/target")
 			})
 		}
+	}
+}
+
+// migrateRiver applies River's migrations: the engine does not use River, its baseline does.
+func migrateRiver[TTx any](b *testing.B, driver riverdriver.Driver[TTx], schema string) {
+	b.Helper()
+	m, err := rivermigrate.New(driver, &rivermigrate.Config{Schema: schema})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := m.Migrate(context.Background(), rivermigrate.DirectionUp, nil); err != nil {
+		b.Fatal(err)
 	}
 }
 
@@ -259,14 +300,18 @@ func (d *benchDB) riverBurnDown(b *testing.B, n, workers int, poll, cooldown tim
 	)
 	if d.db.Pool != nil {
 		var c *river.Client[pgx.Tx]
-		cfg.Schema = d.db.Component(sqldb.OrchestratorComponent).Schema // where the engine migrated River
-		if c, err = river.NewClient(riverpgxv5.New(d.db.Pool), cfg); err == nil {
+		cfg.Schema = d.db.Component(sqldb.OrchestratorComponent).Schema
+		driver := riverpgxv5.New(d.db.Pool)
+		migrateRiver(b, driver, cfg.Schema)
+		if c, err = river.NewClient(driver, cfg); err == nil {
 			_, err = c.InsertMany(ctx, params)
 			start, stop = c.Start, c.Stop
 		}
 	} else {
 		var c *river.Client[*sql.Tx]
-		if c, err = river.NewClient(riversqlite.New(d.db.DB), cfg); err == nil {
+		driver := riversqlite.New(d.db.DB)
+		migrateRiver(b, driver, "")
+		if c, err = river.NewClient(driver, cfg); err == nil {
 			_, err = c.InsertMany(ctx, params)
 			start, stop = c.Start, c.Stop
 		}
@@ -300,8 +345,9 @@ func BenchmarkIndependentSteps(b *testing.B) {
 				d := openBenchDB(b, dialect)
 				eng := d.engine(b, c.cfg) // also applies River's migrations
 				bp := d.blueprint(b, "one", 1)
-				workers := 16 // engine.Config default
-				poll := 200 * time.Millisecond
+				// River with the engine's worker count and fetch poll (its own defaults otherwise).
+				workers := 128 // engine.Config default
+				poll := time.Second
 				if c.cfg.FetchPollInterval > 0 {
 					poll = c.cfg.FetchPollInterval
 				}
@@ -332,5 +378,71 @@ func BenchmarkIndependentSteps(b *testing.B) {
 				b.ReportMetric(engineRate/riverRate, "x-river")
 			})
 		}
+	}
+}
+
+// BenchmarkParallelJoin runs a 100-way parallel block of agent steps (an instant agent; two parallel steps of 50
+// under one, as a parallel step holds at most 64) and a join step after it, one run at a time. Its cost is the run's span (from the StartRun commit's clock to the clock of the commit
+// that ends the run, both taken before their commits) plus one commit, in durable commits of the same database
+// measured between the runs.
+func BenchmarkParallelJoin(b *testing.B) {
+	for _, dialect := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
+		b.Run(string(dialect), func(b *testing.B) {
+			const width = 100
+			d := openBenchDB(b, dialect)
+			floors := d.commits(b, 50)
+			eng := d.engine(b, engine.Config{})
+			startEngine(b, eng)
+			var src strings.Builder
+			members := make([]string, width)
+			for i := range members {
+				members[i] = fmt.Sprintf("p%d", i)
+			}
+			// A parallel step holds at most 64 members: two groups of 50 under one.
+			fmt.Fprintf(&src, "name: wide\nsteps:\n  - id: fan\n    parallel: {steps: [g0, g1]}\n")
+			fmt.Fprintf(&src, "  - id: g0\n    parallel: {steps: [%s]}\n", strings.Join(members[:width/2], ", "))
+			fmt.Fprintf(&src, "  - id: g1\n    parallel: {steps: [%s]}\n", strings.Join(members[width/2:], ", "))
+			for _, m := range members {
+				fmt.Fprintf(&src, "  - id: %s\n    agent: {agent: a, input: \"'x'\"}\n", m)
+			}
+			src.WriteString("  - id: join\n    depends_on: [fan]\n    agent: {agent: a, input: \"string(size(steps))\"}\n")
+			bp, errs := blueprint.Load(&orchestratorv1.BlueprintSource{Source: &orchestratorv1.BlueprintSource_Yaml{Yaml: src.String()}})
+			if len(errs) > 0 {
+				b.Fatalf("blueprint: %v", errs)
+			}
+			stored, err := d.store.CreateBlueprint(context.Background(), tenant, bp)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			var spans []time.Duration
+			b.ResetTimer()
+			for range b.N {
+				r, err := eng.StartRun(ctx, tenant, stored, nil, "")
+				if err != nil {
+					b.Fatal(err)
+				}
+				d.waitEnded(b, r.GetId(), 2*time.Millisecond)
+				if r, err = eng.GetRun(ctx, tenant, r.GetId()); err != nil {
+					b.Fatal(err)
+				}
+				if r.GetState() != orchestratorv1.RunState_RUN_STATE_SUCCEEDED {
+					b.Fatalf("run = %v", r)
+				}
+				if got := stepState(r, "join").GetStartTime().AsTime(); got.Before(stepState(r, "fan").GetEndTime().AsTime()) {
+					b.Fatalf("join started before the parallel step ended")
+				}
+				spans = append(spans, r.GetEndTime().AsTime().Sub(r.GetCreateTime().AsTime()))
+				b.StopTimer()
+				floors = append(floors, d.commits(b, 10)...)
+				b.StartTimer()
+			}
+			b.StopTimer()
+			floor := percentile(floors, 50)
+			p50 := percentile(spans, 50) + floor // the last commit is not in the span
+			b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms/run")
+			b.ReportMetric(float64(floor.Microseconds())/1000, "floor-ms/commit")
+			b.ReportMetric(float64(p50)/float64(floor), "commits/run")
+		})
 	}
 }

@@ -37,12 +37,7 @@ const (
 	envCrashSeed   = "LOOM_CRASH_SEED"   // replays a failing schedule
 )
 
-// crashRescueAfter is the replicas' RescueStuckJobsAfter. Steps time out after crashStepTimeout, which must be
-// shorter: River's rescuer leaves a running job alone until its own timeout has passed as well.
-const (
-	crashRescueAfter = 3 * time.Second
-	crashStepTimeout = 2 * time.Second
-)
+// The replicas run the engine's default settings (engine.Config{}): failover is decided by the lease alone.
 
 var (
 	crashSequential = []string{"s1", "s2", "s3", "s4", "s5"}
@@ -59,7 +54,7 @@ func crashBlueprint() string {
 	var b strings.Builder
 	b.WriteString("name: crash\ninput_schema: {type: object, required: [label], properties: {label: {type: string}}}\nsteps:\n")
 	agentStep := func(id, dep string) {
-		fmt.Fprintf(&b, "  - id: %s\n    timeout: %s\n    retry: {max_attempts: 3, initial_backoff: 100ms, max_backoff: 1s}\n", id, crashStepTimeout)
+		fmt.Fprintf(&b, "  - id: %s\n    retry: {max_attempts: 3, initial_backoff: 100ms, max_backoff: 1s}\n", id)
 		if dep != "" {
 			fmt.Fprintf(&b, "    depends_on: [%s]\n", dep)
 		}
@@ -78,8 +73,8 @@ func crashBlueprint() string {
 	return b.String()
 }
 
-// TestHelperProcess is not a test: it is a replica of the crash test, started by it in a child process. It works
-// jobs until it is killed.
+// TestHelperProcess is not a test: it is a replica of the crash test, started by it in a child process. It
+// executes runs until it is killed.
 func TestHelperProcess(t *testing.T) {
 	if os.Getenv(envCrashHelper) != "1" {
 		return
@@ -102,7 +97,7 @@ func runReplica(url, logPath string) error {
 	if err != nil {
 		return err
 	}
-	cfg := engine.Config{Workers: 4, FetchPollInterval: 50 * time.Millisecond, RescueStuckJobsAfter: crashRescueAfter}
+	cfg := engine.Config{} // the defaults: what `loom serve` runs
 	var eng *engine.Engine
 	if db.Dialect == sqldb.Postgres {
 		eng, err = engine.NewPostgres(ctx, logger, db, agents, nil, cfg)
@@ -157,8 +152,9 @@ func (a *sideEffectAgents) log(kind string, req *agentv1.RunRequest) error {
 
 // TestCrashRecovery kills replicas with SIGKILL at random moments in the middle of runs, restarts them, and
 // checks that every run still succeeds with every step done exactly once: no lost step, no step whose side
-// effect happened under two idempotency keys. SQLite runs one replica (embedded mode); Postgres runs two and
-// measures how long the survivor takes to pick up the dead one's jobs. Set LOOM_CRASH_SEED to replay a schedule.
+// effect happened under two idempotency keys. SQLite runs one replica (embedded mode, restarted after each
+// kill); Postgres runs two. Both print the failover time: from the kill until every step that was running at
+// that moment has been resumed (a new attempt recorded) or has finished. Set LOOM_CRASH_SEED to replay a schedule.
 func TestCrashRecovery(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kills child processes for about a minute; skipped with -short")
@@ -285,21 +281,21 @@ func crashRecovery(t *testing.T, dialect sqldb.Dialect, replicas, kills int) {
 		startRuns((runs/2 + kills - 1) / kills)
 		time.Sleep(time.Duration(300+rng.IntN(1700)) * time.Millisecond)
 		// Kill in the middle of a step: wait (briefly) for work in flight, then a random jitter more.
-		for wait := time.Now().Add(2 * time.Second); len(runningJobs(t, db)) == 0 && time.Now().Before(wait); {
+		for wait := time.Now().Add(2 * time.Second); len(runningSteps(t, db)) == 0 && time.Now().Before(wait); {
 			time.Sleep(10 * time.Millisecond)
 		}
 		time.Sleep(time.Duration(rng.IntN(100)) * time.Millisecond)
 		victim := rng.IntN(replicas)
 		kill(victim)
 		killed := time.Now()
-		// The jobs running at the moment of the kill: the dead replica's are stuck until rescued.
-		stuck := runningJobs(t, db)
+		// The steps running at the moment of the kill: the dead replica's wait for another owner.
+		stuck := runningSteps(t, db)
 		done++
 		if len(stuck) > 0 {
 			watchers.Add(1)
 			go func() {
 				defer watchers.Done()
-				if d, ok := waitFinalized(db, stuck, killed, 80*time.Second); ok {
+				if d, ok := waitResumed(db, stuck, killed, 80*time.Second); ok {
 					mu.Lock()
 					failovers = append(failovers, d)
 					mu.Unlock()
@@ -398,13 +394,16 @@ func crashRecovery(t *testing.T, dialect sqldb.Dialect, replicas, kills int) {
 	nCalls, nEffects := countCalls(calls)
 	t.Logf("kills=%d replicas=%d runs=%d steps=%d agent_calls=%d effects=%d calls_repeated_with_same_key=%d failed_runs=%d lost=%d duplicated=%d",
 		done, replicas, runs, steps, nCalls, nEffects, replays, failedRuns, lost, duplicated)
-	t.Logf("failover (kill -> every job running at the kill finalized) over %d kills: %v; worst %v (rescue after %v)",
-		len(failovers), roundAll(failovers), worst.Round(100*time.Millisecond), crashRescueAfter)
-	// The bound: River's rescuer runs every 30 s (fixed), only on the leader, whose lease outlives a dead
-	// leader by up to 15 s + a 5-6 s election interval; rescued jobs wait for the 5 s scheduler. Beyond it, a
-	// job is stuck, not slow.
-	if bound := crashRescueAfter + 30*time.Second + 21*time.Second + 6*time.Second; worst > bound {
-		t.Errorf("worst failover %v exceeds %v", worst, bound)
+	var p50 time.Duration
+	if len(failovers) > 0 {
+		p50 = failovers[len(failovers)/2]
+	}
+	t.Logf("failover (kill -> every step running at the kill resumed or finished) over %d kills: %v; p50 %v, worst %v (target p50 <= 5s; default lease %v)",
+		len(failovers), roundAll(failovers), p50.Round(10*time.Millisecond), worst.Round(10*time.Millisecond), 3*time.Second)
+	// Not a timing assertion: beyond this a step is stuck, not slow (a lease lapses after 3 s, a claim polls
+	// every second).
+	if bound := 60 * time.Second; worst > bound {
+		t.Errorf("worst failover %v exceeds %v: a step was stranded", worst, bound)
 	}
 }
 
@@ -413,40 +412,53 @@ func isEnded(s orchestratorv1.RunState) bool {
 		s == orchestratorv1.RunState_RUN_STATE_CANCELLED
 }
 
-// runningJobs lists the River jobs in the running state.
-func runningJobs(t *testing.T, db *sqldb.DB) []int64 {
-	t.Helper()
-	rs, err := db.QueryContext(context.Background(), db.Component(sqldb.OrchestratorComponent).Rebind(`SELECT id FROM loom.river_job WHERE state = 'running'`))
-	if err != nil {
-		t.Fatalf("running jobs: %v", err)
-	}
-	defer rs.Close()
-	var ids []int64
-	for rs.Next() {
-		var id int64
-		if err := rs.Scan(&id); err != nil {
-			t.Fatalf("running jobs: %v", err)
-		}
-		ids = append(ids, id)
-	}
-	return ids
+// stepAttempt is a running step and the attempts recorded for it.
+type stepAttempt struct {
+	run, step string
+	attempts  int64
 }
 
-// waitFinalized waits until every job in ids is finalized (completed, cancelled or discarded) and returns how
-// long after since that was.
-func waitFinalized(db *sqldb.DB, ids []int64, since time.Time, limit time.Duration) (time.Duration, bool) {
-	marks := strings.TrimSuffix(strings.Repeat("?,", len(ids)), ",")
-	args := make([]any, len(ids))
-	for i, id := range ids {
-		args[i] = id
+// runningSteps lists the steps in the running state.
+func runningSteps(t *testing.T, db *sqldb.DB) []stepAttempt {
+	t.Helper()
+	odb := db.Component(sqldb.OrchestratorComponent)
+	rs, err := db.QueryContext(context.Background(), odb.Rebind(`SELECT run_id, step_id, attempts FROM loom.run_steps WHERE state = ?`),
+		int64(orchestratorv1.StepState_STEP_STATE_RUNNING))
+	if err != nil {
+		t.Fatalf("running steps: %v", err)
 	}
-	q := db.Component(sqldb.OrchestratorComponent).Rebind(`SELECT count(*) FROM loom.river_job WHERE finalized_at IS NULL AND id IN (` + marks + `)`)
+	defer rs.Close()
+	var out []stepAttempt
+	for rs.Next() {
+		var s stepAttempt
+		if err := rs.Scan(&s.run, &s.step, &s.attempts); err != nil {
+			t.Fatalf("running steps: %v", err)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// waitResumed waits until every step in steps has finished or has recorded a new attempt (another owner resumed
+// it), and returns how long after since that was.
+func waitResumed(db *sqldb.DB, steps []stepAttempt, since time.Time, limit time.Duration) (time.Duration, bool) {
+	q := db.Component(sqldb.OrchestratorComponent).Rebind(`SELECT state, attempts FROM loom.run_steps WHERE run_id = ? AND step_id = ?`)
+	pending := slices.Clone(steps)
 	for time.Since(since) < limit {
-		var n int
-		if err := db.QueryRowContext(context.Background(), q, args...).Scan(&n); err == nil && n == 0 {
+		pending = slices.DeleteFunc(pending, func(s stepAttempt) bool {
+			var (
+				state    int64
+				attempts int64
+			)
+			if err := db.QueryRowContext(context.Background(), q, s.run, s.step).Scan(&state, &attempts); err != nil {
+				return false
+			}
+			return orchestratorv1.StepState(state) != orchestratorv1.StepState_STEP_STATE_RUNNING || attempts > s.attempts
+		})
+		if len(pending) == 0 {
 			return time.Since(since), true
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
 	return 0, false
 }

@@ -1,19 +1,23 @@
-// Package engine runs blueprints durably on River job queues: runs survive crashes and are shared between
-// replicas.
+// Package engine runs blueprints durably: runs survive crashes and are shared between replicas.
 //
-// A run is a row, one row per step, and an append-only event log whose per-run sequence has no gaps (it is
-// allocated from the run row in the same transaction that appends the event). Each ready step that does work
-// (agent, memory_search, memory_upsert, map, delay) is one River job. A step's outcome, the run state, the events
-// and the jobs of the steps it makes ready are written in one transaction that also completes the step's job
-// (river.JobCompleteTx), so a crash at any point neither loses a completed step nor runs its successors twice.
-// A job that is rescued after a crash re-executes its step; agent calls carry an idempotency key made of the run,
-// the step and the count of recorded failures (not River's attempt counter), so the agent service returns the
-// first result instead of running again. Branch, parallel and approval steps are decided inside the transaction
-// that makes them ready; approvals wait for [Engine.SubmitApproval] or their deadline (an expiry job).
+// A run is a row, one row per step, and an append-only event log whose per-run sequence has no gaps. One replica
+// owns an unfinished run at a time, under a lease it heartbeats (runs.owner, runs.lease_until), and executes its
+// blueprint in memory: ready steps run as goroutines of the owner, and each batch of outcomes (a step's output or
+// failure, the steps it makes ready, their events and the run state) is one transaction, fenced on the owner and
+// the run's last sequence so a replica that lost its lease writes nothing. A group committer writes the
+// outcomes of concurrent runs in one transaction. Branch conditions and the output expression are evaluated by
+// the owner, never inside a transaction.
 //
-// SQLite (embedded) uses River's riversqlite driver on the same database/sql handle; Postgres uses riverpgxv5
-// on a pgx pool. Both need the orchestrator schema applied first (sqlstore.New migrates it); New applies River's
-// own migrations.
+// The runs table is the queue. A replica claims runs that are due and whose lease has lapsed (after a crash),
+// in batches; it wakes on its own writes (StartRun, SubmitApproval) and polls as a fallback. A run with nothing
+// to do for a while (an approval, a long delay or backoff) is released with a due time and claimed again then.
+// A step found running when a run is claimed (its attempt was cut short) runs again: agent calls carry an
+// idempotency key made of the run, the step and the count of recorded failures, so the agent service returns
+// the first result instead of running again.
+//
+// SQLite (embedded) serves one process: at Start it takes over every unfinished run at once. Postgres serves any
+// number of replicas. Both need the orchestrator schema applied first (sqlstore.New migrates it); New keeps
+// River's tables migrated for a rollback to the release that queued steps as River jobs.
 //
 // This package does not import connect: errors are the orchestrator package's sentinels.
 package engine
@@ -21,13 +25,18 @@ package engine
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
-	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/riverdriver/riversqlite"
+	"github.com/riverqueue/river/rivermigrate"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -38,34 +47,50 @@ import (
 	"github.com/loom-dev/loom/internal/pagetoken"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/orchestrator"
+	"github.com/loom-dev/loom/orchestrator/blueprint"
 )
 
 // Config tunes an Engine. The zero value is usable: every zero field takes its default.
 type Config struct {
-	// Workers is how many step jobs run at once in this process; 0 means 16.
+	// Workers is how many steps (agent, memory and map calls) execute at once in this process; 0 means 128.
 	Workers int
-	// FetchPollInterval is how often idle workers look for jobs; 0 means 200ms on Postgres (where new jobs also
-	// wake workers through LISTEN/NOTIFY) and 50ms on SQLite (which has no notifications, so the poll interval
-	// bounds the latency between steps). Lower means less latency and more idle CPU: on SQLite 10ms costs about
-	// 11% of a core while idle, 50ms about 4%.
+	// MaxRuns is how many unfinished runs this process owns at once; 0 means 1000. Runs beyond it wait in the
+	// database for this or another replica.
+	MaxRuns int
+	// FetchPollInterval is how often the engine looks for runs to claim when nothing woke it: runs started by
+	// other processes, released runs that came due, and runs whose owner died; 0 means 1s. A run started or
+	// approved in this process is claimed at once.
 	FetchPollInterval time.Duration
-	// RescueStuckJobsAfter is how long a running job may go without finishing before another process takes it
-	// over (after a crash); 0 means 15 minutes. It must exceed the longest step timeout.
+	// LeaseDuration is how long a replica owns a run without renewing its lease; 0 means 3s. The lease is
+	// renewed every third of it while the replica lives, however long a step takes, so only a dead (or
+	// partitioned) replica loses its runs: another one resumes them after at most LeaseDuration plus
+	// FetchPollInterval.
+	LeaseDuration time.Duration
+	// RescueStuckJobsAfter is ignored: the lease decides failover. It is kept so older configuration compiles.
+	//
+	// Deprecated: use LeaseDuration.
 	RescueStuckJobsAfter time.Duration
+	// Expressions bounds what each blueprint expression may cost at run time; the zero value takes every default
+	// (blueprint.DefaultLimits).
+	Expressions blueprint.Limits
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
 
 func (c Config) withDefaults() Config {
 	if c.Workers <= 0 {
-		c.Workers = 16
+		c.Workers = 128
+	}
+	if c.MaxRuns <= 0 {
+		c.MaxRuns = 1000
 	}
 	if c.FetchPollInterval <= 0 {
-		c.FetchPollInterval = 200 * time.Millisecond
+		c.FetchPollInterval = time.Second
 	}
-	if c.RescueStuckJobsAfter <= 0 {
-		c.RescueStuckJobsAfter = 15 * time.Minute
+	if c.LeaseDuration <= 0 {
+		c.LeaseDuration = 3 * time.Second
 	}
+	c.Expressions = c.Expressions.WithDefaults()
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -73,87 +98,147 @@ func (c Config) withDefaults() Config {
 }
 
 // Engine executes runs. It implements orchestrator.Runs and is safe for concurrent use. Call Start to begin
-// working jobs and Stop to finish.
+// executing runs and Stop to finish.
 type Engine struct {
-	logger  *slog.Logger
-	db      *sqldb.DB
-	agents  agentv1.AgentServiceClient
-	memory  memoryv1.MemoryServiceClient
-	cfg     Config
-	backend backend
+	logger *slog.Logger
+	db     *sqldb.DB
+	agents agentv1.AgentServiceClient
+	memory memoryv1.MemoryServiceClient
+	cfg    Config
+	// id names this replica in runs.owner.
+	id string
+
+	progs programs
+	stmts stmtCache
+	wake  chan struct{}
+
+	commitMu      sync.Mutex
+	queue         []*commitReq // waiting for a leader
+	committing    int          // transactions open
+	maxCommitters int
+	sem           chan struct{}
+
+	mu       sync.Mutex
+	owned    map[string]*ownedRun
+	started  bool
+	draining chan struct{} // closed by Stop
+	stopped  bool
+	cancel   context.CancelFunc // of every loop and step
+	loops    sync.WaitGroup     // claim and heartbeat loops
+	actors   sync.WaitGroup     // owned runs
+	base     context.Context    // of the loops and steps
 }
 
 var _ orchestrator.Runs = (*Engine)(nil)
 
-// NewSQLite returns an Engine that keeps runs and jobs in the SQLite database db (already migrated by
-// sqlstore.New) and works them with River's riversqlite driver.
+// NewSQLite returns an Engine that keeps runs in the SQLite database db (already migrated by sqlstore.New).
 func NewSQLite(ctx context.Context, logger *slog.Logger, db *sqldb.DB, agents agentv1.AgentServiceClient, memory memoryv1.MemoryServiceClient, cfg Config) (*Engine, error) {
 	if db.Dialect != sqldb.SQLite {
 		return nil, fmt.Errorf("engine: NewSQLite needs a SQLite database, got %s", db.Dialect)
 	}
-	if cfg.FetchPollInterval <= 0 {
-		cfg.FetchPollInterval = 50 * time.Millisecond
-	}
-	e := newEngine(logger, db, agents, memory, cfg)
-	b, err := newSQLiteBackend(ctx, db, e.riverConfig())
-	if err != nil {
+	if err := migrateRiver(ctx, riversqlite.New(db.DB), ""); err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
-	e.backend = b
-	return e, nil
+	return newEngine(logger, db, agents, memory, cfg), nil
 }
 
 // NewPostgres returns an Engine over Postgres: db (already migrated by sqlstore.New) serves reads through
-// database/sql, and its pgx pool carries River and every write transaction, all in the orchestrator's schema.
+// database/sql, and its pgx pool carries every write, all in the orchestrator's schema.
 func NewPostgres(ctx context.Context, logger *slog.Logger, db *sqldb.DB, agents agentv1.AgentServiceClient, memory memoryv1.MemoryServiceClient, cfg Config) (*Engine, error) {
 	if db.Dialect != sqldb.Postgres {
 		return nil, fmt.Errorf("engine: NewPostgres needs a Postgres database, got %s", db.Dialect)
 	}
 	db = db.Component(sqldb.OrchestratorComponent)
-	e := newEngine(logger, db, agents, memory, cfg)
-	b, err := newPgxBackend(ctx, db, e.riverConfig())
-	if err != nil {
+	// Replicas starting together would race to create River's types and triggers.
+	if err := db.Locked(ctx, func(ctx context.Context) error { return migrateRiver(ctx, riverpgxv5.New(db.Pool), db.Schema) }); err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
-	e.backend = b
-	return e, nil
+	return newEngine(logger, db, agents, memory, cfg), nil
+}
+
+// migrateRiver keeps River's tables at their current version, although the engine no longer queues steps as
+// River jobs: the release before this one did, and a rollback to it needs them (its queued jobs stay there).
+func migrateRiver[TTx any](ctx context.Context, driver riverdriver.Driver[TTx], schema string) error {
+	m, err := rivermigrate.New(driver, &rivermigrate.Config{Schema: schema})
+	if err != nil {
+		return fmt.Errorf("river migrations: %w", err)
+	}
+	if _, err := m.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
+		return fmt.Errorf("river migrations: %w", err)
+	}
+	return nil
 }
 
 func newEngine(logger *slog.Logger, db *sqldb.DB, agents agentv1.AgentServiceClient, memory memoryv1.MemoryServiceClient, cfg Config) *Engine {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Engine{logger: logger, db: db, agents: agents, memory: memory, cfg: cfg.withDefaults()}
-}
-
-func (e *Engine) riverConfig() *river.Config {
-	workers := river.NewWorkers()
-	river.AddWorker(workers, &worker{e: e})
-	return &river.Config{
-		Queues:            map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: e.cfg.Workers}},
-		Workers:           workers,
-		FetchPollInterval: e.cfg.FetchPollInterval,
-		// River fetches at most once per cooldown when woken by an insert or a notification; a short one lets a
-		// step start as soon as the step before it committed. The poll interval only matters while idle.
-		FetchCooldown:        min(2*time.Millisecond, e.cfg.FetchPollInterval),
-		RescueStuckJobsAfter: e.cfg.RescueStuckJobsAfter,
-		// Every step job sets its own timeout (worker.Timeout); River's client-wide default (1 minute) would only
-		// make River reject a RescueStuckJobsAfter below it.
-		JobTimeout: min(e.cfg.RescueStuckJobsAfter, river.JobTimeoutDefault),
-		Logger:     e.logger,
-		// River's tables live in the orchestrator's schema on Postgres (empty on SQLite: its own file).
-		Schema: e.db.Schema,
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	cfg = cfg.withDefaults()
+	e := &Engine{logger: logger, db: db, agents: agents, memory: memory, cfg: cfg, id: "r-" + hex.EncodeToString(b[:]),
+		wake: make(chan struct{}, 1), sem: make(chan struct{}, cfg.Workers),
+		owned: map[string]*ownedRun{}, draining: make(chan struct{}), maxCommitters: 1}
+	if db.Dialect == sqldb.Postgres {
+		e.maxCommitters = 4 // SQLite has one connection; Postgres overlaps four transactions
 	}
+	return e
 }
 
-// Start begins working jobs; it returns once the workers have started. Runs make progress only while some
+// Start begins claiming and executing runs, starting with the unfinished runs it finds (on SQLite all of them,
+// at once; on Postgres those whose lease has lapsed). It returns at once. Runs make progress only while some
 // process has a started Engine over the same database.
-func (e *Engine) Start(ctx context.Context) error { return e.backend.start(ctx) }
+func (e *Engine) Start(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.started {
+		return errors.New("engine: already started")
+	}
+	e.started = true
+	e.base, e.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	e.loops.Add(2)
+	go e.claimLoop(e.base)
+	go e.heartbeatLoop(e.base)
+	return nil
+}
 
-// Stop stops fetching jobs and waits for running ones to finish or ctx to end.
-func (e *Engine) Stop(ctx context.Context) error { return e.backend.stop(ctx) }
+// Stop stops claiming runs, lets the steps in flight finish until ctx ends (then cancels them), and releases
+// this replica's leases so another replica resumes its runs at once.
+func (e *Engine) Stop(ctx context.Context) error {
+	e.mu.Lock()
+	if !e.started || e.stopped {
+		e.mu.Unlock()
+		return nil
+	}
+	e.stopped = true
+	close(e.draining)
+	e.mu.Unlock()
+	done := make(chan struct{})
+	go func() { e.actors.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	e.cancel()
+	<-done
+	e.loops.Wait()
+	relCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := e.writer().exec(relCtx, `UPDATE loom.runs SET owner = '', lease_until = 0 WHERE owner = ? AND end_time = 0`, e.id); err != nil {
+		return fmt.Errorf("engine: release leases: %w", err)
+	}
+	return nil
+}
 
 func (e *Engine) reader() querier { return sqlQuerier{db: e.db, q: e.db.DB} }
+
+// writer runs single statements outside a transaction: on the pgx pool on Postgres.
+func (e *Engine) writer() querier {
+	if e.db.Dialect == sqldb.Postgres {
+		return pgxQuerier{db: e.db, tx: e.db.Pool}
+	}
+	return sqlQuerier{db: e.db, q: e.db.DB}
+}
 
 // replicaReader reads for the caller in ctx from the read replica when it may (see sqldb.DB.Reader): for reads
 // that can be slightly stale, except for the caller's own writes. One per operation.
@@ -169,7 +254,22 @@ func newRunID() string {
 	return "run_" + hex.EncodeToString(b[:])
 }
 
-// StartRun implements orchestrator.Runs.
+// requestHash identifies what a StartRun asked for: the blueprint, its version and the input.
+func requestHash(bp *orchestratorv1.Blueprint, input *structpb.Struct) (string, error) {
+	in, err := marshal(input)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%d\x00", bp.GetName(), bp.GetVersion())
+	h.Write(in)
+	return hex.EncodeToString(h.Sum(nil)[:16]), nil
+}
+
+// StartRun implements orchestrator.Runs. The first steps are dispatched in the transaction that creates the run;
+// a started Engine owns the run from that commit on and executes it at once. A reused idempotency key returns
+// the first run when the request is the same (blueprint, version and input), and ErrAlreadyExists naming the key
+// when it is not.
 func (e *Engine) StartRun(ctx context.Context, tenant string, bp *orchestratorv1.Blueprint, input *structpb.Struct, key string) (*orchestratorv1.WorkflowRun, error) {
 	if input == nil {
 		input = &structpb.Struct{}
@@ -177,48 +277,74 @@ func (e *Engine) StartRun(ctx context.Context, tenant string, bp *orchestratorv1
 	if err := checkSchema(bp.GetInputSchema(), structpb.NewStructValue(input), "input"); err != nil {
 		return nil, fmt.Errorf("start run: %w: %w", orchestrator.ErrInvalidInput, err)
 	}
+	hash, err := requestHash(bp, input)
+	if err != nil {
+		return nil, fmt.Errorf("start run: %w", err)
+	}
 	if key != "" {
-		if r, err := e.runByKey(ctx, e.reader(), tenant, key); err == nil {
-			return r, nil
-		} else if !errors.Is(err, errNoRows) {
-			return nil, fmt.Errorf("start run: %w", err)
+		if r, err := e.runByKey(ctx, e.reader(), tenant, key, hash); err == nil || !errors.Is(err, errNoRows) {
+			return r, err
 		}
 	}
 	now := e.now()
 	r := newRun(newRunID(), tenant, bp, input, key, now)
+	r.requestHash = hash
 	r.emit("", &orchestratorv1.WatchRunResponse{Event: &orchestratorv1.WatchRunResponse_RunStarted{
 		RunStarted: &orchestratorv1.RunStarted{BlueprintVersion: bp.GetVersion()}}}, now)
-	r.jobs = append(r.jobs, pendingJob{args: stepArgs{RunID: r.id, Expire: true}, opts: &river.InsertOpts{
-		MaxAttempts: defaultAttempts, ScheduledAt: now.Add(durationOr(bp.GetRunDeadline(), defaultRunDeadline))}})
-	e.advance(r, now)
-	err := e.backend.inTx(ctx, func(tx *txn) error {
-		if err := insertRun(ctx, tx, r); err != nil {
+	e.advance(r, now) // expressions are evaluated here, before the transaction
+	own := e.accepting()
+	var lease int64
+	if own {
+		// This process executes the first steps as soon as the run is committed: their attempts go in the same
+		// transaction. Otherwise whoever claims the run records them.
+		r.leaseOwner, lease = e.id, now.Add(e.cfg.LeaseDuration).UnixMicro()
+		e.recordAttempts(r, now)
+	}
+	err = e.inTx(ctx, func(tx *txn) error {
+		if err := insertRun(ctx, tx, r, lease); err != nil {
 			return err
 		}
-		return e.save(ctx, tx, r)
+		stmts, err := r.changes(tx.dialect())
+		if err != nil {
+			return err
+		}
+		return tx.execAll(ctx, stmts)
 	})
 	if err != nil && key != "" {
 		// A concurrent StartRun with the same key won the unique index: return its run.
-		if existing, kerr := e.runByKey(ctx, e.reader(), tenant, key); kerr == nil {
+		if existing, kerr := e.runByKey(ctx, e.reader(), tenant, key, hash); kerr == nil || errors.Is(kerr, orchestrator.ErrAlreadyExists) {
 			e.db.Wrote(ctx) // the run is a few moments old: the caller's next reads must see it too
-			return existing, nil
+			return existing, kerr
 		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("start run: %w", err)
 	}
+	r.savedSeq = r.lastSeq
 	e.db.Wrote(ctx)
-	return r.proto(), nil
+	out := r.proto()
+	if own {
+		e.adopt(r)
+	} else {
+		e.signal()
+	}
+	return out, nil
 }
 
-func (e *Engine) runByKey(ctx context.Context, q querier, tenant, key string) (*orchestratorv1.WorkflowRun, error) {
-	var id string
-	if err := queryRow(ctx, q, `SELECT id FROM loom.runs WHERE tenant = ? AND idempotency_key = ?`, []any{tenant, key}, &id); err != nil {
-		return nil, err
+func (e *Engine) runByKey(ctx context.Context, q querier, tenant, key, hash string) (*orchestratorv1.WorkflowRun, error) {
+	var id, stored string
+	if err := queryRow(ctx, q, `SELECT id, request_hash FROM loom.runs WHERE tenant = ? AND idempotency_key = ?`, []any{tenant, key}, &id, &stored); err != nil {
+		if errors.Is(err, errNoRows) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("start run: %w", err)
+	}
+	if stored != "" && stored != hash {
+		return nil, fmt.Errorf("start run: idempotency key %q was used by a run of another blueprint, version or input: %w", key, orchestrator.ErrAlreadyExists)
 	}
 	r, err := loadRun(ctx, q, tenant, id, false)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("start run: %w", err)
 	}
 	return r.proto(), nil
 }
@@ -272,12 +398,23 @@ func (e *Engine) ListRuns(ctx context.Context, tenant, blueprint string, state o
 		return nil, "", fmt.Errorf("list runs: %w", err)
 	}
 	defer done()
-	var out []*run
+	var (
+		out  []*run
+		keys []runPage // of every row read, decodable or not
+	)
 	for rs.Next() {
 		r, err := scanRun(rs)
+		if errors.Is(err, errCorrupt) {
+			// One undecodable record must not take the tenant's whole list down: skip it (DeleteRun removes it).
+			e.logger.ErrorContext(ctx, "engine: list runs: skipping a stored run", slog.String("run", r.id), slog.Any("error", err))
+			keys = append(keys, runPage{Time: r.created, ID: r.id})
+			out = append(out, nil)
+			continue
+		}
 		if err != nil {
 			return nil, "", fmt.Errorf("list runs: %w", err)
 		}
+		keys = append(keys, runPage{Time: r.created, ID: r.id})
 		out = append(out, r)
 	}
 	if err := rs.Err(); err != nil {
@@ -286,23 +423,23 @@ func (e *Engine) ListRuns(ctx context.Context, tenant, blueprint string, state o
 	next := ""
 	if len(out) > pageSize {
 		out = out[:pageSize]
-		last := out[pageSize-1]
-		next = pagetoken.Encode("runs", runPage{Time: last.created, ID: last.id})
+		next = pagetoken.Encode("runs", keys[pageSize-1])
 	}
-	runs := make([]*orchestratorv1.WorkflowRun, len(out))
-	for i, r := range out {
-		runs[i] = r.proto()
+	runs := make([]*orchestratorv1.WorkflowRun, 0, len(out))
+	for _, r := range out {
+		if r != nil {
+			runs = append(runs, r.proto())
+		}
 	}
 	return runs, next, nil
 }
 
-// CancelRun implements orchestrator.Runs. ErrFailedPrecondition if the run already finished.
+// CancelRun implements orchestrator.Runs. ErrFailedPrecondition if the run already finished. The owner
+// cancels the steps in flight when it sees the run ended: at once in this process, within a heartbeat
+// (LeaseDuration/3) on another replica.
 func (e *Engine) CancelRun(ctx context.Context, tenant, id, reason string) (*orchestratorv1.WorkflowRun, error) {
-	var (
-		r      *run
-		cancel []int64
-	)
-	err := e.backend.inTx(ctx, func(tx *txn) error {
+	var r *run
+	err := e.inTx(ctx, func(tx *txn) error {
 		var err error
 		r, err = loadRun(ctx, tx, tenant, id, true)
 		if err != nil {
@@ -312,27 +449,45 @@ func (e *Engine) CancelRun(ctx context.Context, tenant, id, reason string) (*orc
 			return fmt.Errorf("run %q already ended (%s): %w", id, r.state, orchestrator.ErrFailedPrecondition)
 		}
 		now := e.now()
-		cancel = r.end(orchestratorv1.RunState_RUN_STATE_CANCELLED, reason, now)
+		r.end(orchestratorv1.RunState_RUN_STATE_CANCELLED, reason, now)
 		r.emit("", &orchestratorv1.WatchRunResponse{Event: &orchestratorv1.WatchRunResponse_RunCancelled{
 			RunCancelled: &orchestratorv1.RunCancelled{Reason: reason}}}, now)
-		return e.save(ctx, tx, r)
+		return save(ctx, tx, r, false)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cancel run %q: %w", id, err)
 	}
 	e.db.Wrote(ctx)
-	e.cancelJobs(ctx, cancel)
+	e.poke(id)
 	return r.proto(), nil
 }
 
-// cancelJobs cancels in-flight jobs after their run ended; a job that is not running anywhere is harmless to
-// cancel, and a job that escapes cancellation finds its step no longer running and does nothing.
-func (e *Engine) cancelJobs(ctx context.Context, ids []int64) {
-	for _, id := range ids {
-		if err := e.backend.cancelJob(ctx, id); err != nil {
-			e.logger.WarnContext(ctx, "engine: cancel job", slog.Int64("job", id), slog.Any("error", err))
+// DeleteRun deletes a finished run with its steps and events. ErrNotFound if absent; ErrFailedPrecondition if
+// the run has not ended (cancel it first). A run whose stored record no longer decodes can be deleted too.
+func (e *Engine) DeleteRun(ctx context.Context, tenant, id string) error {
+	err := e.inTx(ctx, func(tx *txn) error {
+		lock := ""
+		if tx.dialect() == sqldb.Postgres {
+			lock = " FOR UPDATE"
 		}
+		var state, ended int64
+		if err := queryRow(ctx, tx, `SELECT state, end_time FROM loom.runs WHERE id = ? AND tenant = ?`+lock, []any{id, tenant}, &state, &ended); err != nil {
+			return notFound(err)
+		}
+		if !isTerminal(orchestratorv1.RunState(state)) && ended == 0 {
+			return fmt.Errorf("run %q is %s: cancel it first: %w", id, orchestratorv1.RunState(state), orchestrator.ErrFailedPrecondition)
+		}
+		return tx.execAll(ctx, []stmt{
+			{`DELETE FROM loom.run_events WHERE run_id = ?`, []any{id}},
+			{`DELETE FROM loom.run_steps WHERE run_id = ?`, []any{id}},
+			{`DELETE FROM loom.runs WHERE id = ?`, []any{id}},
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("delete run %q: %w", id, err)
 	}
+	e.db.Wrote(ctx)
+	return nil
 }
 
 // Events implements orchestrator.Runs: up to limit events after afterSequence, and whether the run had ended
@@ -439,13 +594,12 @@ func (e *Engine) ListPendingApprovals(ctx context.Context, tenant, runID string,
 }
 
 // SubmitApproval implements orchestrator.Runs. ErrFailedPrecondition if the step is not waiting;
-// ErrInvalidInput if an approval's payload does not match the step's schema.
+// ErrInvalidInput if an approval's payload does not match the step's schema. It records the decision and makes
+// the run due; the run's owner then starts what the approval made ready, evaluating any expressions outside this
+// transaction.
 func (e *Engine) SubmitApproval(ctx context.Context, tenant, runID, stepID string, decision orchestratorv1.Decision, payload *structpb.Struct, comment string) (*orchestratorv1.WorkflowRun, error) {
-	var (
-		r      *run
-		cancel []int64
-	)
-	err := e.backend.inTx(ctx, func(tx *txn) error {
+	var r *run
+	err := e.inTx(ctx, func(tx *txn) error {
 		var err error
 		r, err = loadRun(ctx, tx, tenant, runID, true)
 		if err != nil {
@@ -468,23 +622,23 @@ func (e *Engine) SubmitApproval(ctx context.Context, tenant, runID, stepID strin
 				return fmt.Errorf("%w: %w", orchestrator.ErrInvalidInput, err)
 			}
 			r.succeed(s, structpb.NewStructValue(payload), now)
-			e.advance(r, now)
+			r.state = orchestratorv1.RunState_RUN_STATE_RUNNING
 		case orchestratorv1.Decision_DECISION_REJECT:
 			msg := "rejected"
 			if comment != "" {
 				msg += ": " + comment
 			}
-			cancel = r.failStep(s, msg, now)
+			r.failStep(s, msg, now)
 		default:
 			return fmt.Errorf("decision %s: %w", decision, orchestrator.ErrInvalidInput)
 		}
-		return e.save(ctx, tx, r)
+		return save(ctx, tx, r, true)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("submit approval: %w", err)
 	}
 	e.db.Wrote(ctx)
-	e.cancelJobs(ctx, cancel)
+	e.poke(runID)
 	return r.proto(), nil
 }
 

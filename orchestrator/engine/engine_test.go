@@ -1,9 +1,12 @@
 package engine_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +28,7 @@ import (
 const tenant = "acme"
 
 type env struct {
+	db     *sqldb.DB
 	engine *engine.Engine
 	store  orchestrator.Store
 	agents *orchestratortest.Agents
@@ -89,7 +93,43 @@ func newStoppedEnv(t *testing.T, dialect sqldb.Dialect, agents *orchestratortest
 		})
 		return eng
 	}
-	return &env{store: store, agents: agents, memory: memory}, open
+	return &env{db: db, store: store, agents: agents, memory: memory}, open
+}
+
+// reopen returns another engine over e's database (not started), logging to logger.
+func (e *env) reopen(t *testing.T, dialect sqldb.Dialect, logger *slog.Logger) *engine.Engine {
+	t.Helper()
+	var (
+		eng *engine.Engine
+		err error
+	)
+	if dialect == sqldb.SQLite {
+		eng, err = engine.NewSQLite(context.Background(), logger, e.db, e.agents, e.memory, engine.Config{})
+	} else {
+		eng, err = engine.NewPostgres(context.Background(), logger, e.db, e.agents, e.memory, engine.Config{})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return eng
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes (a log sink).
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func forEachDialect(t *testing.T, fn func(t *testing.T, dialect sqldb.Dialect)) {
@@ -474,7 +514,7 @@ func TestQueuedWorkSurvivesRestart(t *testing.T) {
 }
 
 // TestRetryPolicyBoundsAttempts checks that a step that always fails ends after exactly its policy's attempts,
-// although River is allowed more (to survive attempts cut short by crashes).
+// although more are allowed for attempts cut short by crashes.
 func TestRetryPolicyBoundsAttempts(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, d sqldb.Dialect) {
 		agents := &orchestratortest.Agents{Respond: func(context.Context, *agentv1.RunRequest) (string, error) {

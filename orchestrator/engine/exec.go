@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/riverqueue/river"
+	"cel.dev/cel-go/cel"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -26,201 +26,133 @@ import (
 	"github.com/loom-dev/loom/orchestrator/blueprint"
 )
 
-// stepArgs is the River job of one step attempt, of an approval's expiry (Expire with a step), or of a run's
-// deadline (Expire without a step). Retry settings travel with the job so NextRetry and Timeout need no query.
-type stepArgs struct {
-	RunID            string `json:"run_id"`
-	StepID           string `json:"step_id,omitempty"`
-	Expire           bool   `json:"expire,omitempty"`
-	TimeoutMS        int64  `json:"timeout_ms,omitempty"`
-	InitialBackoffMS int64  `json:"initial_backoff_ms,omitempty"`
-	MaxBackoffMS     int64  `json:"max_backoff_ms,omitempty"`
-	// Attempts is the step's retry policy: how many failed attempts end it. River's own MaxAttempts is higher
-	// (by crashAllowance), because an attempt cut short by a crash counts for River but records no failure.
-	Attempts int `json:"attempts,omitempty"`
-}
-
-// crashAllowance is how many attempts cut short by a crash (kill -9 mid-step) a step survives beyond its retry
-// policy before River gives up on its job.
+// crashAllowance is how many attempts cut short by a crash (kill -9 mid-step), or answered by an agent run that
+// had not finished, a step survives beyond its retry policy before it fails.
 const crashAllowance = 10
 
-// Kind implements river.JobArgs.
-func (stepArgs) Kind() string { return "loom_orchestrator_step" }
-
-type worker struct {
-	river.WorkerDefaults[stepArgs]
-	e *Engine
-}
-
-// Timeout is the step's attempt timeout.
-func (w *worker) Timeout(job *river.Job[stepArgs]) time.Duration {
-	if job.Args.TimeoutMS > 0 {
-		return time.Duration(job.Args.TimeoutMS) * time.Millisecond
+// backoff is the wait before the attempt after attempt: initial, doubled after each attempt, capped at max.
+func backoff(d *orchestratorv1.Step, attempt int64) time.Duration {
+	_, initial, limit := retryPolicy(d)
+	b := initial
+	for i := int64(1); i < attempt && b < limit; i++ {
+		b *= 2
 	}
-	return defaultStepTimeout
-}
-
-// NextRetry applies the step's backoff: initial, doubled after each attempt, capped at max.
-func (w *worker) NextRetry(job *river.Job[stepArgs]) time.Time {
-	return time.Now().Add(backoff(job.Args, job.Attempt))
-}
-
-func backoff(a stepArgs, attempt int) time.Duration {
-	d := time.Duration(a.InitialBackoffMS) * time.Millisecond
-	limit := time.Duration(a.MaxBackoffMS) * time.Millisecond
-	for i := 1; i < attempt && d < limit; i++ {
-		d *= 2
-	}
-	return min(d, limit)
+	return min(b, limit)
 }
 
 // errPermanent marks failures that retrying cannot fix.
 var errPermanent = errors.New("permanent")
 
-func (w *worker) Work(ctx context.Context, job *river.Job[stepArgs]) error {
-	e, a := w.e, job.Args
-	if a.Expire {
-		return e.expire(ctx, job)
-	}
-	r, err := loadRun(ctx, e.reader(), "", a.RunID, false)
-	if errors.Is(err, errNoRows) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if s := r.byID[a.StepID]; r.terminal() || s == nil || s.state != orchestratorv1.StepState_STEP_STATE_RUNNING || s.jobID != job.ID {
-		return nil // stale: the run ended or the step moved on
-	}
+// errUnfinished marks an agent run that a replayed idempotency key found still unfinished (its first call was
+// cut off): the step is tried again with the same key, without counting a failure, and gets the agent's real
+// result.
+var errUnfinished = errors.New("agent run unfinished")
 
-	// Record the attempt.
-	var s *step
-	err = e.update(ctx, job, false, func(r *run, st *step, now time.Time) error {
-		s = st
-		st.attempts, st.dirty = int64(job.Attempt), true
-		r.emit(st.id, &orchestratorv1.WatchRunResponse{Event: &orchestratorv1.WatchRunResponse_StepStarted{
-			StepStarted: &orchestratorv1.StepStarted{Attempt: int32(job.Attempt)}}}, now)
-		return nil
-	})
-	if err != nil || s == nil {
-		return err
+// hasWork reports whether a step kind calls out (agent, map, memory): the kinds executed in goroutines.
+func hasWork(d *orchestratorv1.Step) bool {
+	switch d.GetKind().(type) {
+	case *orchestratorv1.Step_Agent, *orchestratorv1.Step_Map, *orchestratorv1.Step_MemorySearch, *orchestratorv1.Step_MemoryUpsert:
+		return true
 	}
+	return false
+}
 
-	// The step's calls to the agent and memory services act for the run's tenant: the service clients mint
-	// their tokens from this principal (River's job context carries none).
-	ctx = principal.NewContext(ctx, principal.Principal{Tenant: r.tenant, Subject: "workflow:" + r.id, Roles: []string{"writer"}})
-	out, execErr := e.execute(ctx, r, s)
-	if execErr == nil {
-		// Branch conditions and the output expression this success makes ready are evaluated now, outside the
-		// transaction below, which only looks their values up.
-		succeed := func(r *run, st *step, now time.Time) { r.succeed(st, out, now) }
-		memo := e.evaluateAhead(ctx, a.RunID, a.StepID, succeed)
-		return e.update(ctx, job, true, func(r *run, st *step, now time.Time) error {
-			succeed(r, st, now)
-			e.advanceWith(r, now, memo)
-			return nil
-		})
+// applyResult records the outcome of one step attempt: its output, a retry after a backoff, or the step's (and
+// the run's) failure. An outcome for a step that is no longer running is dropped.
+func (e *Engine) applyResult(r *run, res result, now time.Time) {
+	s := r.byID[res.step]
+	if r.terminal() || s == nil || s.state != orchestratorv1.StepState_STEP_STATE_RUNNING || s.needsAttempt {
+		return
 	}
-	if errors.Is(ctx.Err(), context.Canceled) {
-		// Cancelled (the run was cancelled, or the process is stopping): record nothing. A cancelled run is
-		// already recorded; otherwise River runs the job again.
-		return execErr
+	if res.err == nil {
+		r.succeed(s, res.out, now)
+		return
 	}
-	// Final when the retry policy is used up by recorded failures (crash-cut attempts record none), when the
-	// error is permanent, or when River would not run the job again anyway.
-	final := errors.Is(execErr, errPermanent) || job.Attempt >= job.MaxAttempts
-	if a.Attempts > 0 {
-		final = final || int(s.failures)+1 >= a.Attempts
+	attempts, _, _ := retryPolicy(s.def)
+	unfinished := errors.Is(res.err, errUnfinished)
+	final := errors.Is(res.err, errPermanent) || int(s.attempts) >= attempts+crashAllowance
+	if !unfinished {
+		final = final || int(s.failures)+1 >= attempts
 	}
-	var cancel []int64
-	err = e.update(ctx, job, final, func(r *run, st *step, now time.Time) error {
-		if final {
-			cancel = r.failStep(st, execErr.Error(), now)
-			return nil
-		}
-		st.failures++
-		st.err, st.dirty = execErr.Error(), true
-		r.emit(st.id, &orchestratorv1.WatchRunResponse{Event: &orchestratorv1.WatchRunResponse_StepRetry{
-			StepRetry: &orchestratorv1.StepRetry{Attempt: int32(job.Attempt), Error: execErr.Error(),
-				Backoff: durationpb.New(backoff(job.Args, job.Attempt))}}}, now)
-		return nil
-	})
-	e.cancelJobs(context.WithoutCancel(ctx), cancel)
-	if err != nil {
-		return err
-	}
+	msg := res.err.Error()
 	if final {
-		return nil
+		r.failStep(s, msg, now)
+		return
 	}
-	return execErr
+	if !unfinished {
+		s.failures++ // the next attempt is a new call: a new idempotency key
+	}
+	wait := backoff(s.def, s.attempts)
+	s.err, s.deadline, s.needsAttempt, s.dirty = msg, now.Add(wait).UnixMicro(), true, true
+	r.emit(s.id, &orchestratorv1.WatchRunResponse{Event: &orchestratorv1.WatchRunResponse_StepRetry{
+		StepRetry: &orchestratorv1.StepRetry{Attempt: int32(s.attempts), Error: msg, Backoff: durationpb.New(wait)}}}, now)
 }
 
-// update changes a running step in a transaction, after checking under the run's lock that the job is still the
-// step's current one; with complete it also completes the job in that transaction.
-func (e *Engine) update(ctx context.Context, job *river.Job[stepArgs], complete bool, fn func(*run, *step, time.Time) error) error {
-	// The outcome must be recorded even if the attempt's context just ran out.
-	ctx = context.WithoutCancel(ctx)
-	return e.backend.inTx(ctx, func(tx *txn) error {
-		r, err := loadRun(ctx, tx, "", job.Args.RunID, true)
-		if err != nil {
-			return err
+// fireTimers acts on what came due: a delay's end, an approval's deadline, the run's deadline.
+func (e *Engine) fireTimers(r *run, now time.Time) {
+	if r.terminal() {
+		return
+	}
+	if now.After(time.UnixMicro(r.created).Add(durationOr(r.bp.GetRunDeadline(), defaultRunDeadline))) {
+		r.fail("run deadline exceeded", now)
+		return
+	}
+	for _, s := range r.steps {
+		if r.terminal() {
+			return
 		}
-		s := r.byID[job.Args.StepID]
-		if !r.terminal() && s != nil && s.state == orchestratorv1.StepState_STEP_STATE_RUNNING && s.jobID == job.ID {
-			if err := fn(r, s, e.now()); err != nil {
-				return err
-			}
-			if err := e.save(ctx, tx, r); err != nil {
-				return err
-			}
+		if s.deadline == 0 || s.deadline > now.UnixMicro() {
+			continue
 		}
-		if complete {
-			return tx.complete(ctx, job)
+		switch {
+		case s.state == orchestratorv1.StepState_STEP_STATE_RUNNING && s.def.GetDelay() != nil:
+			r.succeed(s, structpb.NewNullValue(), now)
+		case s.state == orchestratorv1.StepState_STEP_STATE_WAITING:
+			r.failStep(s, "approval deadline exceeded", now)
 		}
-		return nil
-	})
+	}
 }
 
-// expire fails an approval still waiting at its deadline, or a run still going at its deadline.
-func (e *Engine) expire(ctx context.Context, job *river.Job[stepArgs]) error {
-	var cancel []int64
-	err := e.backend.inTx(ctx, func(tx *txn) error {
-		r, err := loadRun(ctx, tx, "", job.Args.RunID, true)
-		if errors.Is(err, errNoRows) {
-			return tx.complete(ctx, job)
+// recordAttempts records the start of every attempt that is due (newly dispatched steps, retries after their
+// backoff, steps found running when the run was loaded), in the commit before the attempt runs.
+func (e *Engine) recordAttempts(r *run, now time.Time) {
+	for _, s := range r.steps {
+		if r.terminal() {
+			return
 		}
-		if err != nil {
-			return err
+		if s.state != orchestratorv1.StepState_STEP_STATE_RUNNING || !hasWork(s.def) || !s.needsAttempt || s.deadline > now.UnixMicro() {
+			continue
 		}
-		if !r.terminal() {
-			now := e.now()
-			switch s := r.byID[job.Args.StepID]; {
-			case job.Args.StepID == "":
-				cancel = r.fail("run deadline exceeded", now)
-			case s != nil && s.state == orchestratorv1.StepState_STEP_STATE_WAITING:
-				cancel = r.failStep(s, "approval deadline exceeded", now)
-			}
-			if err := e.save(ctx, tx, r); err != nil {
-				return err
-			}
+		if attempts, _, _ := retryPolicy(s.def); int(s.attempts) >= attempts+crashAllowance {
+			r.failStep(s, fmt.Sprintf("gave up after %d attempts that did not finish", s.attempts), now)
+			return
 		}
-		return tx.complete(ctx, job)
-	})
-	e.cancelJobs(ctx, cancel)
-	return err
+		s.attempts++
+		s.needsAttempt, s.deadline, s.dirty = false, 0, true
+		r.emit(s.id, &orchestratorv1.WatchRunResponse{Event: &orchestratorv1.WatchRunResponse_StepStarted{
+			StepStarted: &orchestratorv1.StepStarted{Attempt: int32(s.attempts)}}}, now)
+	}
 }
 
 // advance starts every step that became ready, skips the ones that can no longer run, decides branch, parallel
-// and approval steps in place, and finishes the run when every step has. It changes r in memory only.
-func (e *Engine) advance(r *run, now time.Time) { e.advanceWith(r, now, nil) }
-
-// advanceWith is advance taking the values of branch conditions and of the output expression from memo when it
-// has them (see evaluateAhead); a nil memo evaluates them all.
-func (e *Engine) advanceWith(r *run, now time.Time, memo *exprMemo) {
+// and approval steps in place, and finishes the run when every step has. It changes r in memory only, and
+// evaluates branch conditions and the output expression: it is never called inside a transaction.
+func (e *Engine) advance(r *run, now time.Time) {
 	for changed := true; changed && !r.terminal(); {
 		changed = false
 		for _, s := range r.steps {
-			if s.state != orchestratorv1.StepState_STEP_STATE_PENDING || r.terminal() {
+			if r.terminal() {
+				break
+			}
+			if s.state == orchestratorv1.StepState_STEP_STATE_RUNNING && s.def.GetParallel() != nil {
+				// A parallel step finishes when all its members have.
+				if r.membersDone(s) {
+					r.succeed(s, structpb.NewNullValue(), now)
+					changed = true
+				}
+				continue
+			}
+			if s.state != orchestratorv1.StepState_STEP_STATE_PENDING {
 				continue
 			}
 			switch r.readiness(s) {
@@ -229,7 +161,7 @@ func (e *Engine) advanceWith(r *run, now time.Time, memo *exprMemo) {
 			case skip:
 				s.state, s.end, s.dirty = orchestratorv1.StepState_STEP_STATE_SKIPPED, now.UnixMicro(), true
 			case ready:
-				e.dispatch(r, s, now, memo)
+				e.dispatch(r, s, now)
 			}
 			changed = true
 		}
@@ -252,11 +184,25 @@ func (e *Engine) advanceWith(r *run, now time.Time, memo *exprMemo) {
 	case waiting:
 		r.state = orchestratorv1.RunState_RUN_STATE_WAITING
 	default:
-		e.complete(r, now, memo)
+		e.complete(r, now)
 	}
 }
 
-func (e *Engine) dispatch(r *run, s *step, now time.Time, memo *exprMemo) {
+// membersDone reports whether every member of parallel step p has finished.
+func (r *run) membersDone(p *step) bool {
+	members := r.expand(p.id)
+	if len(members) == 0 {
+		return true
+	}
+	for _, m := range members[1:] {
+		if !stepDone(m.state) {
+			return false
+		}
+	}
+	return true
+}
+
+func (e *Engine) dispatch(r *run, s *step, now time.Time) {
 	started := func(state orchestratorv1.StepState) {
 		r.start(s, state, now)
 		s.attempts = 1
@@ -266,10 +212,9 @@ func (e *Engine) dispatch(r *run, s *step, now time.Time, memo *exprMemo) {
 	switch k := s.def.GetKind().(type) {
 	case *orchestratorv1.Step_Parallel:
 		started(orchestratorv1.StepState_STEP_STATE_RUNNING)
-		r.succeed(s, structpb.NewNullValue(), now)
 	case *orchestratorv1.Step_Branch:
 		started(orchestratorv1.StepState_STEP_STATE_RUNNING)
-		v, err := memo.evaluate(r, s.id, k.Branch.GetCondition())
+		v, err := e.evaluate(r, k.Branch.GetCondition(), nil)
 		if err != nil {
 			r.failStep(s, err.Error(), now)
 			return
@@ -285,27 +230,23 @@ func (e *Engine) dispatch(r *run, s *step, now time.Time, memo *exprMemo) {
 		s.deadline = deadline.UnixMicro()
 		r.emit(s.id, &orchestratorv1.WatchRunResponse{Event: &orchestratorv1.WatchRunResponse_WaitingForApproval{
 			WaitingForApproval: &orchestratorv1.WaitingForApproval{Prompt: k.Approval.GetPrompt(), Deadline: timestamppb.New(deadline)}}}, now)
-		r.schedule(s, deadline, true)
 	case *orchestratorv1.Step_Delay:
-		// The job, due when the delay ends, records the attempt like any other.
-		r.start(s, orchestratorv1.StepState_STEP_STATE_RUNNING, now)
-		at := now.Add(k.Delay.GetDuration().AsDuration())
-		if k.Delay.GetDuration().AsDuration() <= 0 {
-			at = time.Time{}
-		}
-		r.schedule(s, at, false)
+		started(orchestratorv1.StepState_STEP_STATE_RUNNING)
+		s.deadline = now.Add(max(k.Delay.GetDuration().AsDuration(), 0)).UnixMicro()
 	default:
+		// The attempt is recorded (recordAttempts) by whoever executes it, in the same commit when that is the
+		// owner dispatching it.
 		r.start(s, orchestratorv1.StepState_STEP_STATE_RUNNING, now)
-		r.schedule(s, time.Time{}, false)
+		s.needsAttempt = true
 	}
 }
 
 // complete finishes a run whose steps have all finished: the output expression, or the outputs of the final
 // steps (one final step: its output; several: an object keyed by step id).
-func (e *Engine) complete(r *run, now time.Time, memo *exprMemo) {
+func (e *Engine) complete(r *run, now time.Time) {
 	var out *structpb.Value
 	if expr := r.bp.GetOutput(); expr != "" {
-		v, err := memo.evaluate(r, "", expr)
+		v, err := e.evaluate(r, expr, nil)
 		if err != nil {
 			r.fail("output: "+err.Error(), now)
 			return
@@ -339,26 +280,48 @@ func (e *Engine) complete(r *run, now time.Time, memo *exprMemo) {
 		RunCompleted: &orchestratorv1.RunCompleted{Output: out}}}, now)
 }
 
-// execute performs the work of an agent, memory or delay step and returns its output.
-func (e *Engine) execute(ctx context.Context, r *run, s *step) (*structpb.Value, error) {
+// prepare evaluates the expressions of an agent, map or memory step (in the owner, outside any transaction) and
+// returns the call that performs it, which is safe to run in a goroutine of its own.
+func (e *Engine) prepare(r *run, s *step) (func(context.Context) (*structpb.Value, error), error) {
 	key := idempotencyKey(r.id, s.id, s.failures)
+	// The step's calls to the agent and memory services act for the run's tenant: the service clients mint
+	// their tokens from this principal.
+	who := principal.Principal{Tenant: r.tenant, Subject: "workflow:" + r.id, Roles: []string{"writer"}}
 	switch k := s.def.GetKind().(type) {
-	case *orchestratorv1.Step_Delay:
-		return structpb.NewNullValue(), nil
 	case *orchestratorv1.Step_Agent:
-		input, err := evaluateText(r, k.Agent.GetInput(), nil)
+		input, err := e.evaluateText(r, k.Agent.GetInput(), nil)
 		if err != nil {
 			return nil, err
 		}
-		text, err := e.callAgent(ctx, k.Agent.GetAgent(), input, key)
-		if err != nil {
-			return nil, err
-		}
-		return structpb.NewStringValue(text), nil
+		agent := k.Agent.GetAgent()
+		return func(ctx context.Context) (*structpb.Value, error) {
+			text, err := e.callAgent(principal.NewContext(ctx, who), agent, input, key)
+			if err != nil {
+				return nil, err
+			}
+			return structpb.NewStringValue(text), nil
+		}, nil
 	case *orchestratorv1.Step_Map:
-		return e.executeMap(ctx, r, k.Map, key)
+		items, err := e.evaluate(r, k.Map.GetItems(), nil)
+		if err != nil {
+			return nil, err
+		}
+		list := items.GetListValue()
+		if list == nil {
+			return nil, fmt.Errorf("%w: items is not a list", errPermanent)
+		}
+		inputs := make([]string, len(list.GetValues()))
+		for i, item := range list.GetValues() {
+			if inputs[i], err = e.evaluateText(r, k.Map.GetInput(), item); err != nil {
+				return nil, fmt.Errorf("item %d: %w", i, err)
+			}
+		}
+		m := k.Map
+		return func(ctx context.Context) (*structpb.Value, error) {
+			return e.executeMap(principal.NewContext(ctx, who), m, inputs, key)
+		}, nil
 	case *orchestratorv1.Step_MemorySearch:
-		query, err := evaluateText(r, k.MemorySearch.GetQuery(), nil)
+		query, err := e.evaluateText(r, k.MemorySearch.GetQuery(), nil)
 		if err != nil {
 			return nil, err
 		}
@@ -366,56 +329,54 @@ func (e *Engine) execute(ctx context.Context, r *run, s *step) (*structpb.Value,
 		if topK == 0 {
 			topK = 5
 		}
-		resp, err := e.memory.Search(ctx, &memoryv1.SearchRequest{Namespace: k.MemorySearch.GetNamespace(),
-			Query: &memoryv1.SearchRequest_Text{Text: query}, TopK: topK})
-		if err != nil {
-			return nil, rpcError("memory search", err)
-		}
-		hits := &structpb.ListValue{}
-		for _, h := range resp.GetHits() {
-			hits.Values = append(hits.Values, structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
-				"id":    structpb.NewStringValue(h.GetRecord().GetId()),
-				"text":  structpb.NewStringValue(h.GetRecord().GetText()),
-				"score": structpb.NewNumberValue(float64(h.GetScore())),
-			}}))
-		}
-		return structpb.NewListValue(hits), nil
+		ns := k.MemorySearch.GetNamespace()
+		return func(ctx context.Context) (*structpb.Value, error) {
+			resp, err := e.memory.Search(principal.NewContext(ctx, who), &memoryv1.SearchRequest{Namespace: ns,
+				Query: &memoryv1.SearchRequest_Text{Text: query}, TopK: topK})
+			if err != nil {
+				return nil, rpcError("memory search", err)
+			}
+			hits := &structpb.ListValue{}
+			for _, h := range resp.GetHits() {
+				hits.Values = append(hits.Values, structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
+					"id":    structpb.NewStringValue(h.GetRecord().GetId()),
+					"text":  structpb.NewStringValue(h.GetRecord().GetText()),
+					"score": structpb.NewNumberValue(float64(h.GetScore())),
+				}}))
+			}
+			return structpb.NewListValue(hits), nil
+		}, nil
 	case *orchestratorv1.Step_MemoryUpsert:
-		text, err := evaluateText(r, k.MemoryUpsert.GetText(), nil)
+		text, err := e.evaluateText(r, k.MemoryUpsert.GetText(), nil)
 		if err != nil {
 			return nil, err
 		}
 		// The record id is derived from the run and step, so a repeated attempt overwrites instead of adding.
 		id := idempotencyKey(r.id, s.id, 0)
-		if _, err := e.memory.Upsert(ctx, &memoryv1.UpsertRequest{Namespace: k.MemoryUpsert.GetNamespace(),
-			Records: []*memoryv1.Record{{Id: id, Text: text}}}); err != nil {
-			return nil, rpcError("memory upsert", err)
-		}
-		return structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{"id": structpb.NewStringValue(id)}}), nil
+		ns := k.MemoryUpsert.GetNamespace()
+		return func(ctx context.Context) (*structpb.Value, error) {
+			if _, err := e.memory.Upsert(principal.NewContext(ctx, who), &memoryv1.UpsertRequest{Namespace: ns,
+				Records: []*memoryv1.Record{{Id: id, Text: text}}}); err != nil {
+				return nil, rpcError("memory upsert", err)
+			}
+			return structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{"id": structpb.NewStringValue(id)}}), nil
+		}, nil
 	}
 	return nil, fmt.Errorf("%w: step kind %T has no work", errPermanent, s.def.GetKind())
 }
 
-func (e *Engine) executeMap(ctx context.Context, r *run, m *orchestratorv1.MapStep, key string) (*structpb.Value, error) {
-	items, err := evaluate(r, m.GetItems(), nil, false)
-	if err != nil {
-		return nil, err
-	}
-	list := items.GetListValue()
-	if list == nil {
-		return nil, fmt.Errorf("%w: items is not a list", errPermanent)
-	}
+func (e *Engine) executeMap(ctx context.Context, m *orchestratorv1.MapStep, inputs []string, key string) (*structpb.Value, error) {
 	concurrency := int(m.GetConcurrency())
 	if concurrency == 0 {
 		concurrency = 4
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	outs := make([]*structpb.Value, len(list.GetValues()))
+	outs := make([]*structpb.Value, len(inputs))
 	errs := make([]error, len(outs))
 	sem := make(chan struct{}, concurrency)
 	var wg sync.WaitGroup
-	for i, item := range list.GetValues() {
+	for i, input := range inputs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -426,12 +387,8 @@ func (e *Engine) executeMap(ctx context.Context, r *run, m *orchestratorv1.MapSt
 				errs[i] = ctx.Err()
 				return
 			}
-			input, err := evaluateText(r, m.GetInput(), item)
-			if err == nil {
-				var text string
-				text, err = e.callAgent(ctx, m.GetAgent(), input, key+"-"+strconv.Itoa(i))
-				outs[i] = structpb.NewStringValue(text)
-			}
+			text, err := e.callAgent(ctx, m.GetAgent(), input, key+"-"+strconv.Itoa(i))
+			outs[i] = structpb.NewStringValue(text)
 			if err != nil {
 				errs[i] = fmt.Errorf("item %d: %w", i, err)
 				cancel()
@@ -457,8 +414,8 @@ func (e *Engine) callAgent(ctx context.Context, agent, input, key string) (strin
 		return "", fmt.Errorf("agent %s run %s: %s %s", agent, run.GetId(), run.GetState(), run.GetError())
 	default:
 		// A replay of the key found the run unfinished (its first attempt was cut off): never take that as a
-		// result; the step is tried again and gets the agent's real one.
-		return "", fmt.Errorf("agent %s run %s is still %s", agent, run.GetId(), run.GetState())
+		// result; the step is tried again with the same key and gets the agent's real one.
+		return "", fmt.Errorf("agent %s run %s is still %s: %w", agent, run.GetId(), run.GetState(), errUnfinished)
 	}
 }
 
@@ -479,21 +436,14 @@ func idempotencyKey(runID, stepID string, failures int64) string {
 	return "orch-" + hex.EncodeToString(sum[:16])
 }
 
-// evaluate runs a CEL expression over the run input, the outputs of finished steps and, for map inputs, item.
-func evaluate(r *run, expr string, item *structpb.Value, withItem bool) (*structpb.Value, error) {
-	env, err := blueprint.NewCELEnv(withItem || item != nil)
+// evaluate runs a CEL expression over the run input, the outputs of finished steps and, for map inputs, item,
+// within the engine's expression limits.
+func (e *Engine) evaluate(r *run, expr string, item *structpb.Value) (*structpb.Value, error) {
+	prg, err := e.program(expr, item != nil)
 	if err != nil {
 		return nil, err
 	}
-	ast, iss := env.Compile(expr)
-	if iss != nil && iss.Err() != nil {
-		return nil, fmt.Errorf("%w: %v", errPermanent, iss.Err())
-	}
-	limits := blueprint.DefaultLimits() // TODO(lead): from engine.Config once it has an Expressions field
-	prg, err := limits.Program(env, ast)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errPermanent, err)
-	}
+	limits := e.cfg.Expressions
 	steps := map[string]any{}
 	for _, s := range r.steps {
 		if s.state == orchestratorv1.StepState_STEP_STATE_SUCCEEDED && s.output != nil {
@@ -522,9 +472,61 @@ func evaluate(r *run, expr string, item *structpb.Value, withItem bool) (*struct
 	return v, nil
 }
 
+// programs caches compiled expressions (compiling one costs more than a durable commit); it is emptied when it
+// holds maxPrograms.
+type programs struct {
+	mu sync.Mutex
+	m  map[string]compiled
+}
+
+type compiled struct {
+	prg cel.Program
+	err error
+}
+
+const maxPrograms = 4096
+
+// program compiles expr (with or without the map item variable) once; a cel.Program is safe for concurrent use.
+func (e *Engine) program(expr string, withItem bool) (cel.Program, error) {
+	key := expr
+	if withItem {
+		key = "\x00item\x00" + expr
+	}
+	e.progs.mu.Lock()
+	c, ok := e.progs.m[key]
+	e.progs.mu.Unlock()
+	if ok {
+		return c.prg, c.err
+	}
+	c.prg, c.err = e.compile(expr, withItem)
+	e.progs.mu.Lock()
+	if e.progs.m == nil || len(e.progs.m) >= maxPrograms {
+		e.progs.m = make(map[string]compiled)
+	}
+	e.progs.m[key] = c
+	e.progs.mu.Unlock()
+	return c.prg, c.err
+}
+
+func (e *Engine) compile(expr string, withItem bool) (cel.Program, error) {
+	env, err := blueprint.NewCELEnv(withItem)
+	if err != nil {
+		return nil, err
+	}
+	ast, iss := env.Compile(expr)
+	if iss != nil && iss.Err() != nil {
+		return nil, fmt.Errorf("%w: %v", errPermanent, iss.Err())
+	}
+	prg, err := e.cfg.Expressions.Program(env, ast)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errPermanent, err)
+	}
+	return prg, nil
+}
+
 // evaluateText evaluates an expression whose value is sent as text: strings as they are, anything else as JSON.
-func evaluateText(r *run, expr string, item *structpb.Value) (string, error) {
-	v, err := evaluate(r, expr, item, item != nil)
+func (e *Engine) evaluateText(r *run, expr string, item *structpb.Value) (string, error) {
+	v, err := e.evaluate(r, expr, item)
 	if err != nil {
 		return "", err
 	}
@@ -544,76 +546,4 @@ func quoteShort(expr string) string {
 		return strconv.Quote(expr[:100]) + "..."
 	}
 	return strconv.Quote(expr)
-}
-
-// exprMemo holds values of branch conditions and of the output expression computed before a transaction, so the
-// transaction does not evaluate CEL while it holds the database (a cost-bounded expression still takes up to
-// blueprint.DefaultEvalTimeout, and on SQLite every other tenant's write waits for the transaction). A value is
-// keyed by the step ("" for the output) and by the set of succeeded steps it was computed over: an expression
-// reads only the input and the outputs of succeeded steps, which never change, so a value found under the same
-// key is the value the transaction would compute. A miss (another step finished in between) evaluates in place.
-// A nil *exprMemo evaluates everything. Not safe for concurrent use.
-type exprMemo struct {
-	record bool
-	vals   map[string]exprResult
-}
-
-type exprResult struct {
-	v   *structpb.Value
-	err error
-}
-
-func (m *exprMemo) evaluate(r *run, stepID, expr string) (*structpb.Value, error) {
-	if m == nil {
-		return evaluate(r, expr, nil, false)
-	}
-	key := stepID + "\x00" + succeededKey(r)
-	if res, ok := m.vals[key]; ok {
-		return res.v, res.err
-	}
-	v, err := evaluate(r, expr, nil, false)
-	if m.record {
-		m.vals[key] = exprResult{v: v, err: err}
-	}
-	return v, err
-}
-
-// succeededKey names the set of steps whose outputs an expression can read.
-func succeededKey(r *run) string {
-	var b []byte
-	for _, s := range r.steps {
-		if s.state == orchestratorv1.StepState_STEP_STATE_SUCCEEDED && s.output != nil {
-			b = append(append(b, s.id...), ',')
-		}
-	}
-	return string(b)
-}
-
-// evaluateAhead loads the run outside any transaction, applies change to step stepID as the transaction will,
-// advances it, and returns the values of the expressions that advance evaluated. It returns nil (evaluate in
-// place) when the blueprint has no branch or output expression, or when the run cannot be read.
-func (e *Engine) evaluateAhead(ctx context.Context, runID, stepID string, change func(*run, *step, time.Time)) *exprMemo {
-	r, err := loadRun(ctx, e.reader(), "", runID, false)
-	if err != nil || r.terminal() || r.byID[stepID] == nil || !hasDecisions(r.bp) {
-		return nil
-	}
-	memo := &exprMemo{record: true, vals: map[string]exprResult{}}
-	now := e.now()
-	change(r, r.byID[stepID], now)
-	e.advanceWith(r, now, memo)
-	memo.record = false
-	return memo
-}
-
-// hasDecisions reports whether advance may evaluate an expression for bp: a branch step or an output.
-func hasDecisions(bp *orchestratorv1.Blueprint) bool {
-	if bp.GetOutput() != "" {
-		return true
-	}
-	for _, s := range bp.GetSteps() {
-		if _, ok := s.GetKind().(*orchestratorv1.Step_Branch); ok {
-			return true
-		}
-	}
-	return false
 }

@@ -2,11 +2,11 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"slices"
+	"strings"
 	"time"
 
-	"github.com/riverqueue/river"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -25,41 +25,45 @@ const (
 
 // run is a run loaded into memory for one transaction (or one read).
 type run struct {
-	id, tenant, blueprint string
-	version               int64
-	bp                    *orchestratorv1.Blueprint
-	state                 orchestratorv1.RunState
-	input                 *structpb.Struct
-	output                *structpb.Value
-	err, key              string
-	created, ended        int64
-	lastSeq               int64
+	id, tenant, blueprint   string
+	version                 int64
+	bp                      *orchestratorv1.Blueprint
+	state                   orchestratorv1.RunState
+	input                   *structpb.Struct
+	output                  *structpb.Value
+	err, key                string
+	created, ended          int64
+	lastSeq                 int64
+	leaseOwner, requestHash string
 
 	steps []*step
 	byID  map[string]*step
+	defs  map[string]*orchestratorv1.Step // while loading
+	// The blueprint's structure, built by graph on first use.
+	owners   map[string]ownerRef
+	expanded map[string][]*step
 
+	// savedSeq is lastSeq as last written (or read): the owner's commits are fenced on it.
+	savedSeq int64
 	// Changes not yet written by save.
 	events []*orchestratorv1.WatchRunResponse
-	jobs   []pendingJob
 }
 
 type step struct {
-	id                   string
-	pos                  int
-	def                  *orchestratorv1.Step
-	state                orchestratorv1.StepState
-	attempts, failures   int64
-	output               *structpb.Value
-	err                  string
+	id                 string
+	pos                int
+	def                *orchestratorv1.Step
+	state              orchestratorv1.StepState
+	attempts, failures int64
+	output             *structpb.Value
+	err                string
+	// deadline is when a running step is next due (a delay's end, a retry after its backoff; 0: now), or when a
+	// waiting approval expires.
 	start, end, deadline int64
-	jobID                int64
 	dirty                bool
-}
-
-type pendingJob struct {
-	step *step
-	args stepArgs
-	opts *river.InsertOpts
+	// needsAttempt: the step's next attempt is not recorded yet (after a retry's backoff, or a step found running
+	// when a run is loaded, whose attempt a crash may have cut short). In memory only.
+	needsAttempt bool
 }
 
 func newRun(id, tenant string, bp *orchestratorv1.Blueprint, input *structpb.Struct, key string, now time.Time) *run {
@@ -106,69 +110,96 @@ func (r *run) succeed(s *step, out *structpb.Value, now time.Time) {
 		StepOutput: &orchestratorv1.StepOutput{Output: out}}}, now)
 }
 
-// failStep fails a step and with it the run. It returns the jobs to cancel.
-func (r *run) failStep(s *step, msg string, now time.Time) []int64 {
+// failStep fails a step and with it the run.
+func (r *run) failStep(s *step, msg string, now time.Time) {
 	s.state, s.err, s.end, s.dirty = orchestratorv1.StepState_STEP_STATE_FAILED, msg, now.UnixMicro(), true
-	return r.fail(fmt.Sprintf("step %q failed: %s", s.id, msg), now)
+	r.fail(fmt.Sprintf("step %q failed: %s", s.id, msg), now)
 }
 
-func (r *run) fail(msg string, now time.Time) []int64 {
-	cancel := r.end(orchestratorv1.RunState_RUN_STATE_FAILED, msg, now)
+func (r *run) fail(msg string, now time.Time) {
+	r.end(orchestratorv1.RunState_RUN_STATE_FAILED, msg, now)
 	r.emit("", &orchestratorv1.WatchRunResponse{Event: &orchestratorv1.WatchRunResponse_RunFailed{
 		RunFailed: &orchestratorv1.RunFailed{Error: msg}}}, now)
-	return cancel
 }
 
-// end finishes the run in state, skipping every unfinished step, and returns the jobs of running steps.
-func (r *run) end(state orchestratorv1.RunState, msg string, now time.Time) []int64 {
+// end finishes the run in state, skipping every unfinished step. The owner cancels what still runs in memory
+// when it sees the run ended.
+func (r *run) end(state orchestratorv1.RunState, msg string, now time.Time) {
 	r.state, r.err, r.ended = state, msg, now.UnixMicro()
-	var cancel []int64
 	for _, s := range r.steps {
 		if stepDone(s.state) {
 			continue
 		}
-		if s.state == orchestratorv1.StepState_STEP_STATE_RUNNING && s.jobID != 0 {
-			cancel = append(cancel, s.jobID)
-		}
 		s.state, s.end, s.dirty = orchestratorv1.StepState_STEP_STATE_SKIPPED, now.UnixMicro(), true
 	}
-	return cancel
+}
+
+// ownerRef is the branch or parallel step that contains a step, and the side ("then", "else", "parallel").
+type ownerRef struct {
+	step *step
+	side string
+}
+
+// graph indexes the blueprint's structure once per loaded run: each step's owner, and what depending on a step
+// waits for (the step and, for a parallel step, its members, recursively).
+func (r *run) graph() {
+	if r.owners != nil {
+		return
+	}
+	r.owners = make(map[string]ownerRef, len(r.steps))
+	for _, o := range r.steps {
+		switch k := o.def.GetKind().(type) {
+		case *orchestratorv1.Step_Branch:
+			for _, id := range k.Branch.GetThenSteps() {
+				if _, ok := r.owners[id]; !ok {
+					r.owners[id] = ownerRef{o, "then"}
+				}
+			}
+			for _, id := range k.Branch.GetElseSteps() {
+				if _, ok := r.owners[id]; !ok {
+					r.owners[id] = ownerRef{o, "else"}
+				}
+			}
+		case *orchestratorv1.Step_Parallel:
+			for _, id := range k.Parallel.GetSteps() {
+				if _, ok := r.owners[id]; !ok {
+					r.owners[id] = ownerRef{o, "parallel"}
+				}
+			}
+		}
+	}
+	r.expanded = make(map[string][]*step, len(r.steps))
+	var expand func(id string, seen map[string]bool, out []*step) []*step
+	expand = func(id string, seen map[string]bool, out []*step) []*step {
+		s := r.byID[id]
+		if s == nil || seen[id] {
+			return out
+		}
+		seen[id] = true
+		out = append(out, s)
+		if p := s.def.GetParallel(); p != nil {
+			for _, m := range p.GetSteps() {
+				out = expand(m, seen, out)
+			}
+		}
+		return out
+	}
+	for _, s := range r.steps {
+		r.expanded[s.id] = expand(s.id, map[string]bool{}, nil)
+	}
 }
 
 // owner returns the branch or parallel step that contains s, and the side ("then", "else", "parallel").
 func (r *run) owner(s *step) (*step, string) {
-	for _, o := range r.steps {
-		switch k := o.def.GetKind().(type) {
-		case *orchestratorv1.Step_Branch:
-			if slices.Contains(k.Branch.GetThenSteps(), s.id) {
-				return o, "then"
-			}
-			if slices.Contains(k.Branch.GetElseSteps(), s.id) {
-				return o, "else"
-			}
-		case *orchestratorv1.Step_Parallel:
-			if slices.Contains(k.Parallel.GetSteps(), s.id) {
-				return o, "parallel"
-			}
-		}
-	}
-	return nil, ""
+	r.graph()
+	o := r.owners[s.id]
+	return o.step, o.side
 }
 
 // expand returns id and, for a parallel step, its members (recursively): what "depends on id" waits for.
-func (r *run) expand(id string, seen map[string]bool, out []*step) []*step {
-	s := r.byID[id]
-	if s == nil || seen[id] {
-		return out
-	}
-	seen[id] = true
-	out = append(out, s)
-	if p := s.def.GetParallel(); p != nil {
-		for _, m := range p.GetSteps() {
-			out = r.expand(m, seen, out)
-		}
-	}
-	return out
+func (r *run) expand(id string) []*step {
+	r.graph()
+	return r.expanded[id]
 }
 
 type readiness int
@@ -181,7 +212,7 @@ const (
 
 func (r *run) readiness(s *step) readiness {
 	for _, dep := range s.def.GetDependsOn() {
-		for _, d := range r.expand(dep, map[string]bool{}, nil) {
+		for _, d := range r.expand(dep) {
 			switch d.state {
 			case orchestratorv1.StepState_STEP_STATE_SKIPPED, orchestratorv1.StepState_STEP_STATE_FAILED:
 				return skip
@@ -196,6 +227,12 @@ func (r *run) readiness(s *step) readiness {
 		case orchestratorv1.StepState_STEP_STATE_SKIPPED, orchestratorv1.StepState_STEP_STATE_FAILED:
 			return skip
 		case orchestratorv1.StepState_STEP_STATE_SUCCEEDED:
+		case orchestratorv1.StepState_STEP_STATE_RUNNING:
+			// A parallel step runs while its members do: they start when it does, and it finishes after them.
+			if side != "parallel" {
+				return wait
+			}
+			return ready
 		default:
 			return wait
 		}
@@ -221,25 +258,6 @@ func retryPolicy(d *orchestratorv1.Step) (attempts int, initial, maxBackoff time
 	return max(attempts, 1), initial, max(maxBackoff, initial)
 }
 
-// schedule queues a job for s: at a time, or at once when at is zero. (River moves future jobs to the queue on
-// its scheduler's interval, about 5 seconds, so delays and retries have that granularity.)
-func (r *run) schedule(s *step, at time.Time, expire bool) {
-	attempts, initial, maxBackoff := retryPolicy(s.def)
-	timeout := defaultStepTimeout
-	if s.def.GetTimeout() != nil {
-		timeout = s.def.GetTimeout().AsDuration()
-	}
-	if expire || s.def.GetDelay() != nil {
-		attempts, timeout = defaultAttempts, time.Minute
-	}
-	r.jobs = append(r.jobs, pendingJob{
-		step: s,
-		args: stepArgs{RunID: r.id, StepID: s.id, Expire: expire, TimeoutMS: timeout.Milliseconds(),
-			InitialBackoffMS: initial.Milliseconds(), MaxBackoffMS: maxBackoff.Milliseconds(), Attempts: attempts},
-		opts: &river.InsertOpts{MaxAttempts: attempts + crashAllowance, ScheduledAt: at},
-	})
-}
-
 func (r *run) start(s *step, state orchestratorv1.StepState, now time.Time) {
 	s.state, s.start, s.dirty = state, now.UnixMicro(), true
 }
@@ -259,7 +277,10 @@ func (r *run) proto() *orchestratorv1.WorkflowRun {
 	return w
 }
 
-const runColumns = `id, tenant, blueprint, blueprint_version, definition, state, input, output, error, idempotency_key, create_time, end_time, last_sequence`
+const runColumns = `id, tenant, blueprint, blueprint_version, definition, state, input, output, error, idempotency_key, create_time, end_time, last_sequence, owner, request_hash`
+
+// errCorrupt marks a stored record that no longer decodes.
+var errCorrupt = errors.New("stored record does not decode")
 
 func scanRun(rs interface{ Scan(...any) error }) (*run, error) {
 	var (
@@ -268,21 +289,22 @@ func scanRun(rs interface{ Scan(...any) error }) (*run, error) {
 		state              int64
 	)
 	if err := rs.Scan(&r.id, &r.tenant, &r.blueprint, &r.version, &def, &state, &input, &output, &r.err, &r.key,
-		&r.created, &r.ended, &r.lastSeq); err != nil {
+		&r.created, &r.ended, &r.lastSeq, &r.leaseOwner, &r.requestHash); err != nil {
 		return nil, err
 	}
+	r.savedSeq = r.lastSeq
 	r.state = orchestratorv1.RunState(state)
 	r.bp, r.input = &orchestratorv1.Blueprint{}, &structpb.Struct{}
 	if err := proto.Unmarshal(def, r.bp); err != nil {
-		return nil, fmt.Errorf("decode blueprint: %w", err)
+		return &r, fmt.Errorf("run %s: decode blueprint: %w: %w", r.id, errCorrupt, err)
 	}
 	if err := proto.Unmarshal(input, r.input); err != nil {
-		return nil, fmt.Errorf("decode input: %w", err)
+		return &r, fmt.Errorf("run %s: decode input: %w: %w", r.id, errCorrupt, err)
 	}
 	if len(output) > 0 {
 		r.output = &structpb.Value{}
 		if err := proto.Unmarshal(output, r.output); err != nil {
-			return nil, fmt.Errorf("decode output: %w", err)
+			return &r, fmt.Errorf("run %s: decode output: %w: %w", r.id, errCorrupt, err)
 		}
 	}
 	r.index()
@@ -319,40 +341,55 @@ func loadRun(ctx context.Context, q querier, tenant, id string, lock bool) (*run
 	if err != nil {
 		return nil, err
 	}
-	defs := make(map[string]*orchestratorv1.Step, len(r.bp.GetSteps()))
-	for _, d := range r.bp.GetSteps() {
-		defs[d.GetId()] = d
-	}
-	rs, done, err = q.query(ctx, `SELECT step_id, position, state, attempts, failures, output, error, start_time, end_time, deadline, job_id
-		FROM loom.run_steps WHERE run_id = ? ORDER BY position`, id)
+	rs, done, err = q.query(ctx, `SELECT `+stepColumns+` FROM loom.run_steps WHERE run_id = ? ORDER BY position`, id)
 	if err != nil {
 		return nil, err
 	}
 	defer done()
+	if err := scanSteps(rs, map[string]*run{id: r}); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+const stepColumns = `run_id, step_id, position, state, attempts, failures, output, error, start_time, end_time, deadline`
+
+// scanSteps reads step rows (stepColumns, ordered by position within a run) into their runs.
+func scanSteps(rs rows, runs map[string]*run) error {
 	for rs.Next() {
 		var (
-			s     step
-			pos   int64
-			state int64
-			out   []byte
+			s          step
+			runID      string
+			pos, state int64
+			out        []byte
 		)
-		if err := rs.Scan(&s.id, &pos, &state, &s.attempts, &s.failures, &out, &s.err, &s.start, &s.end, &s.deadline, &s.jobID); err != nil {
-			return nil, err
+		if err := rs.Scan(&runID, &s.id, &pos, &state, &s.attempts, &s.failures, &out, &s.err, &s.start, &s.end, &s.deadline); err != nil {
+			return err
 		}
-		s.pos, s.state, s.def = int(pos), orchestratorv1.StepState(state), defs[s.id]
+		r := runs[runID]
+		if r == nil {
+			continue
+		}
+		if r.defs == nil {
+			r.defs = make(map[string]*orchestratorv1.Step, len(r.bp.GetSteps()))
+			for _, d := range r.bp.GetSteps() {
+				r.defs[d.GetId()] = d
+			}
+		}
+		s.pos, s.state, s.def = int(pos), orchestratorv1.StepState(state), r.defs[s.id]
 		if s.def == nil {
-			return nil, fmt.Errorf("run %s: step %q is not in its blueprint", id, s.id)
+			return fmt.Errorf("run %s: step %q is not in its blueprint: %w", runID, s.id, errCorrupt)
 		}
 		if len(out) > 0 {
 			s.output = &structpb.Value{}
 			if err := proto.Unmarshal(out, s.output); err != nil {
-				return nil, fmt.Errorf("decode step output: %w", err)
+				return fmt.Errorf("run %s: decode step output: %w: %w", runID, errCorrupt, err)
 			}
 		}
 		r.steps = append(r.steps, &s)
 		r.byID[s.id] = &s
 	}
-	return r, rs.Err()
+	return rs.Err()
 }
 
 func marshal(m proto.Message) ([]byte, error) {
@@ -366,7 +403,7 @@ func marshal(m proto.Message) ([]byte, error) {
 	return b, err
 }
 
-func insertRun(ctx context.Context, tx *txn, r *run) error {
+func insertRun(ctx context.Context, tx *txn, r *run, leaseUntil int64) error {
 	def, err := marshal(r.bp)
 	if err != nil {
 		return err
@@ -375,71 +412,124 @@ func insertRun(ctx context.Context, tx *txn, r *run) error {
 	if err != nil {
 		return err
 	}
-	_, err = tx.exec(ctx, `INSERT INTO loom.runs (id, tenant, blueprint, blueprint_version, definition, state, input, output, idempotency_key, create_time)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		r.id, r.tenant, r.blueprint, r.version, def, int64(r.state), input, []byte{}, r.key, r.created)
-	if err != nil {
-		return err
-	}
-	for _, s := range r.steps {
-		if _, err := tx.exec(ctx, `INSERT INTO loom.run_steps (run_id, step_id, position, state, output) VALUES (?, ?, ?, ?, ?)`,
-			r.id, s.id, int64(s.pos), int64(s.state), []byte{}); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// save writes what changed: jobs first (their ids go into the step rows), then steps, events and the run row.
-func (e *Engine) save(ctx context.Context, tx *txn, r *run) error {
-	if len(r.jobs) > 0 {
-		params := make([]river.InsertManyParams, len(r.jobs))
-		for i, j := range r.jobs {
-			params[i] = river.InsertManyParams{Args: j.args, InsertOpts: j.opts}
-		}
-		ids, err := tx.insert(ctx, params)
-		if err != nil {
-			return fmt.Errorf("insert jobs: %w", err)
-		}
-		for i, j := range r.jobs {
-			if !j.args.Expire {
-				j.step.jobID, j.step.dirty = ids[i], true
-			}
-		}
-		r.jobs = nil
-	}
-	for _, s := range r.steps {
-		if !s.dirty {
-			continue
-		}
-		out, err := marshal(s.output)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.exec(ctx, `UPDATE loom.run_steps SET state = ?, attempts = ?, failures = ?, output = ?, error = ?,
-			start_time = ?, end_time = ?, deadline = ?, job_id = ? WHERE run_id = ? AND step_id = ?`,
-			int64(s.state), s.attempts, s.failures, out, s.err, s.start, s.end, s.deadline, s.jobID, r.id, s.id); err != nil {
-			return err
-		}
-		s.dirty = false
-	}
-	for _, ev := range r.events {
-		b, err := marshal(ev)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.exec(ctx, `INSERT INTO loom.run_events (run_id, sequence, event) VALUES (?, ?, ?)`, r.id, ev.GetSequence(), b); err != nil {
-			return err
-		}
-	}
-	r.events = nil
 	out, err := marshal(r.output)
 	if err != nil {
 		return err
 	}
-	_, err = tx.exec(ctx, `UPDATE loom.runs SET state = ?, output = ?, error = ?, end_time = ?, last_sequence = ? WHERE id = ?`,
-		int64(r.state), out, r.err, r.ended, r.lastSeq, r.id)
-	return err
+	stmts := []stmt{{`INSERT INTO loom.runs (id, tenant, blueprint, blueprint_version, definition, state, input, output, error, idempotency_key, create_time, end_time, last_sequence, owner, lease_until, request_hash)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		[]any{r.id, r.tenant, r.blueprint, r.version, def, int64(r.state), input, out, r.err, r.key, r.created, r.ended, r.lastSeq, r.leaseOwner, leaseUntil, r.requestHash}}}
+	// Steps in multi-row INSERTs of 50 rows (500 parameters).
+	for i := 0; i < len(r.steps); i += 50 {
+		chunk := r.steps[i:min(len(r.steps), i+50)]
+		q := `INSERT INTO loom.run_steps (run_id, step_id, position, state, attempts, output, error, start_time, end_time, deadline) VALUES `
+		args := make([]any, 0, 10*len(chunk))
+		for j, s := range chunk {
+			so, err := marshal(s.output)
+			if err != nil {
+				return err
+			}
+			if j > 0 {
+				q += ", "
+			}
+			q += "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+			args = append(args, r.id, s.id, int64(s.pos), int64(s.state), s.attempts, so, s.err, s.start, s.end, s.deadline)
+			s.dirty = false
+		}
+		stmts = append(stmts, stmt{q, args})
+	}
+	return tx.execAll(ctx, stmts)
+}
+
+// changes returns the statements that write what changed in r (steps and events; not the run row) and marks
+// them written.
+func (r *run) changes(dialect sqldb.Dialect) ([]stmt, error) {
+	var (
+		stmts []stmt
+		dirty []*step
+	)
+	for _, s := range r.steps {
+		if s.dirty {
+			dirty = append(dirty, s)
+			s.dirty = false
+		}
+	}
+	// Several steps in one statement per 50 (a parallel block starts and ends 50 or more at once): an UPDATE
+	// from a VALUES list, typed for Postgres.
+	cast := func(v, typ string) string {
+		if dialect == sqldb.Postgres {
+			return "CAST(" + v + " AS " + typ + ")"
+		}
+		return v
+	}
+	row := "(" + strings.Join([]string{"?", cast("?", "BIGINT"), cast("?", "BIGINT"), cast("?", "BIGINT"), cast("?", "BYTEA"),
+		"?", cast("?", "BIGINT"), cast("?", "BIGINT"), cast("?", "BIGINT")}, ", ") + ")"
+	for i := 0; i < len(dirty); {
+		chunk := dirty[i:min(len(dirty), i+50)]
+		i += len(chunk)
+		var args []any
+		for _, s := range chunk {
+			out, err := marshal(s.output)
+			if err != nil {
+				return nil, err
+			}
+			args = append(args, s.id, int64(s.state), s.attempts, s.failures, out, s.err, s.start, s.end, s.deadline)
+		}
+		if len(chunk) == 1 {
+			stmts = append(stmts, stmt{`UPDATE loom.run_steps SET state = ?, attempts = ?, failures = ?, output = ?, error = ?,
+				start_time = ?, end_time = ?, deadline = ? WHERE step_id = ? AND run_id = ?`, append(args[1:], args[0], r.id)})
+			continue
+		}
+		rows := strings.TrimSuffix(strings.Repeat(row+", ", len(chunk)), ", ")
+		stmts = append(stmts, stmt{`WITH v (step_id, state, attempts, failures, output, error, start_time, end_time, deadline) AS (VALUES ` + rows + `)
+			UPDATE loom.run_steps SET state = v.state, attempts = v.attempts, failures = v.failures, output = v.output, error = v.error,
+			start_time = v.start_time, end_time = v.end_time, deadline = v.deadline FROM v
+			WHERE loom.run_steps.run_id = ? AND loom.run_steps.step_id = v.step_id`, append(args, r.id)})
+	}
+	// Events in multi-row INSERTs, 100 rows (300 parameters) each.
+	for i := 0; i < len(r.events); i += 100 {
+		chunk := r.events[i:min(len(r.events), i+100)]
+		q := `INSERT INTO loom.run_events (run_id, sequence, event) VALUES `
+		args := make([]any, 0, 3*len(chunk))
+		for j, ev := range chunk {
+			b, err := marshal(ev)
+			if err != nil {
+				return nil, err
+			}
+			if j > 0 {
+				q += ", "
+			}
+			q += "(?, ?, ?)"
+			args = append(args, r.id, ev.GetSequence(), b)
+		}
+		stmts = append(stmts, stmt{q, args})
+	}
+	r.events = nil
+	return stmts, nil
+}
+
+// save writes what changed in r under a lock the caller holds (loadRun with lock): steps, events and the run
+// row, whose due_time it sets (0 with due: the run needs its owner now).
+func save(ctx context.Context, tx *txn, r *run, due bool) error {
+	stmts, err := r.changes(tx.dialect())
+	if err != nil {
+		return err
+	}
+	out, err := marshal(r.output)
+	if err != nil {
+		return err
+	}
+	q := `UPDATE loom.runs SET state = ?, output = ?, error = ?, end_time = ?, last_sequence = ?`
+	args := []any{int64(r.state), out, r.err, r.ended, r.lastSeq}
+	if due {
+		q += `, due_time = 0`
+	}
+	stmts = append(stmts, stmt{q + ` WHERE id = ?`, append(args, r.id)})
+	if err := tx.execAll(ctx, stmts); err != nil {
+		return err
+	}
+	r.savedSeq = r.lastSeq
+	return nil
 }
 
 func durationOr(d *durationpb.Duration, def time.Duration) time.Duration {

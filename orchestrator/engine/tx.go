@@ -4,16 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"fmt"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
-	"github.com/riverqueue/river/riverdriver/riversqlite"
-	"github.com/riverqueue/river/rivermigrate"
-	"github.com/riverqueue/river/rivertype"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/loom-dev/loom/internal/sqldb"
 )
@@ -59,11 +53,24 @@ type sqlDBQuerier interface {
 type sqlQuerier struct {
 	db *sqldb.DB
 	q  sqlDBQuerier
+	// tx and stmts, when set (SQLite write transactions), run writes as statements prepared once: parsing them
+	// again for every commit costs about as much as the statements themselves.
+	tx    *sql.Tx
+	stmts *stmtCache
 }
 
 func (s sqlQuerier) dialect() sqldb.Dialect { return s.db.Dialect }
 
 func (s sqlQuerier) exec(ctx context.Context, query string, args ...any) (int64, error) {
+	if s.tx != nil && s.stmts != nil {
+		if st := s.stmts.get(query); st != nil {
+			res, err := s.tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+			if err != nil {
+				return 0, err
+			}
+			return res.RowsAffected()
+		}
+	}
 	res, err := s.q.ExecContext(ctx, s.db.Rebind(query), args...)
 	if err != nil {
 		return 0, err
@@ -79,10 +86,54 @@ func (s sqlQuerier) query(ctx context.Context, query string, args ...any) (rows,
 	return rs, func() { rs.Close() }, nil
 }
 
-// pgxQuerier runs queries in a pgx transaction (Postgres writes, which share the transaction with River).
+// stmtCache holds prepared statements by query text (SQLite: one connection, so each is prepared once).
+type stmtCache struct {
+	mu sync.Mutex
+	m  map[string]*sql.Stmt
+}
+
+const maxStmts = 256
+
+// get returns the prepared statement of query, or nil when it is not prepared yet. It never prepares: inside a
+// transaction that would wait for the connection the transaction holds.
+func (c *stmtCache) get(query string) *sql.Stmt {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[query]
+}
+
+// prepare prepares the queries not prepared yet. Call it outside any transaction.
+func (c *stmtCache) prepare(ctx context.Context, db *sqldb.DB, queries []string) {
+	for _, q := range queries {
+		if c.get(q) != nil {
+			continue
+		}
+		st, err := db.PrepareContext(ctx, db.Rebind(q))
+		if err != nil {
+			continue // run it unprepared; its error surfaces there
+		}
+		c.mu.Lock()
+		if c.m == nil || len(c.m) >= maxStmts {
+			for _, old := range c.m {
+				_ = old.Close()
+			}
+			c.m = make(map[string]*sql.Stmt)
+		}
+		if prev := c.m[q]; prev != nil {
+			_ = prev.Close()
+		}
+		c.m[q] = st
+		c.mu.Unlock()
+	}
+}
+
+// pgxQuerier runs queries on the pgx pool or in a pgx transaction (Postgres writes).
 type pgxQuerier struct {
 	db *sqldb.DB // for Rebind
-	tx pgx.Tx
+	tx interface {
+		Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+		Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	}
 }
 
 func (p pgxQuerier) dialect() sqldb.Dialect { return sqldb.Postgres }
@@ -103,135 +154,126 @@ func (p pgxQuerier) query(ctx context.Context, query string, args ...any) (rows,
 	return rs, rs.Close, nil
 }
 
-// txn is one write transaction: the queries, the River jobs inserted with them and the job completed with them
-// all commit or roll back together.
+// stmt is one statement of a batch.
+type stmt struct {
+	query string
+	args  []any
+}
+
+// txn is one write transaction.
 type txn struct {
 	querier
-	insert   func(ctx context.Context, params []river.InsertManyParams) ([]int64, error)
-	complete func(ctx context.Context, job *river.Job[stepArgs]) error
+	db *sqldb.DB
+	pg pgx.Tx // nil on SQLite
 }
 
-// backend is the River client and transaction plumbing of one driver.
-type backend interface {
-	inTx(ctx context.Context, fn func(tx *txn) error) error
-	start(ctx context.Context) error
-	stop(ctx context.Context) error
-	cancelJob(ctx context.Context, id int64) error
-}
-
-type sqliteBackend struct {
-	db     *sqldb.DB
-	client *river.Client[*sql.Tx]
-}
-
-func newSQLiteBackend(ctx context.Context, db *sqldb.DB, cfg *river.Config) (*sqliteBackend, error) {
-	driver := riversqlite.New(db.DB)
-	if err := migrateRiver(ctx, driver, ""); err != nil {
-		return nil, err
+// execAll runs statements in order: on Postgres in one round trip (a pgx batch), on SQLite one by one (they are
+// in-process calls).
+func (t *txn) execAll(ctx context.Context, stmts []stmt) error {
+	if len(stmts) == 0 {
+		return nil
 	}
-	client, err := river.NewClient(driver, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("river client: %w", err)
+	if t.pg == nil {
+		for _, s := range stmts {
+			if _, err := t.exec(ctx, s.query, s.args...); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
-	return &sqliteBackend{db: db, client: client}, nil
+	b := &pgx.Batch{}
+	for _, s := range stmts {
+		b.Queue(t.db.Rebind(s.query), s.args...)
+	}
+	res := t.pg.SendBatch(ctx, b)
+	for range stmts {
+		if _, err := res.Exec(); err != nil {
+			_ = res.Close()
+			return err
+		}
+	}
+	return res.Close()
 }
 
-func (b *sqliteBackend) inTx(ctx context.Context, fn func(tx *txn) error) error {
-	tx, err := b.db.BeginTx(ctx, nil)
+// execCounts runs statements (on Postgres in one round trip) and returns how many rows each changed.
+func (t *txn) execCounts(ctx context.Context, stmts []stmt) ([]int64, error) {
+	counts := make([]int64, len(stmts))
+	if t.pg == nil {
+		for i, s := range stmts {
+			n, err := t.exec(ctx, s.query, s.args...)
+			if err != nil {
+				return nil, err
+			}
+			counts[i] = n
+		}
+		return counts, nil
+	}
+	b := &pgx.Batch{}
+	for _, s := range stmts {
+		b.Queue(t.db.Rebind(s.query), s.args...)
+	}
+	res := t.pg.SendBatch(ctx, b)
+	for i := range stmts {
+		tag, err := res.Exec()
+		if err != nil {
+			_ = res.Close()
+			return nil, err
+		}
+		counts[i] = tag.RowsAffected()
+	}
+	return counts, res.Close()
+}
+
+// execFirst runs statements in one round trip on Postgres (on SQLite one by one) and returns how many rows the
+// first one changed.
+func (t *txn) execFirst(ctx context.Context, stmts []stmt) (int64, error) {
+	if t.pg == nil {
+		n, err := t.exec(ctx, stmts[0].query, stmts[0].args...)
+		if err != nil || n == 0 {
+			return n, err
+		}
+		return n, t.execAll(ctx, stmts[1:])
+	}
+	b := &pgx.Batch{}
+	for _, s := range stmts {
+		b.Queue(t.db.Rebind(s.query), s.args...)
+	}
+	res := t.pg.SendBatch(ctx, b)
+	var first int64
+	for i := range stmts {
+		tag, err := res.Exec()
+		if err != nil {
+			_ = res.Close()
+			return 0, err
+		}
+		if i == 0 {
+			first = tag.RowsAffected()
+		}
+	}
+	return first, res.Close()
+}
+
+// inTx runs fn in a write transaction: through the pgx pool on Postgres, database/sql on SQLite (whose
+// transactions take the write lock at BEGIN).
+func (e *Engine) inTx(ctx context.Context, fn func(tx *txn) error) error {
+	if e.db.Dialect == sqldb.Postgres {
+		tx, err := e.db.Pool.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		if err := fn(&txn{querier: pgxQuerier{db: e.db, tx: tx}, db: e.db, pg: tx}); err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+			return err
+		}
+		return tx.Commit(ctx)
+	}
+	tx, err := e.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
-	t := &txn{
-		querier: sqlQuerier{db: b.db, q: tx},
-		insert: func(ctx context.Context, params []river.InsertManyParams) ([]int64, error) {
-			return insertedIDs(b.client.InsertManyTx(ctx, tx, params))
-		},
-		complete: func(ctx context.Context, job *river.Job[stepArgs]) error {
-			_, err := river.JobCompleteTx[*riversqlite.Driver](ctx, tx, job)
-			return err
-		},
-	}
-	if err := fn(t); err != nil {
+	if err := fn(&txn{querier: sqlQuerier{db: e.db, q: tx, tx: tx, stmts: &e.stmts}, db: e.db}); err != nil {
 		_ = tx.Rollback()
 		return err
 	}
 	return tx.Commit()
-}
-
-func (b *sqliteBackend) start(ctx context.Context) error { return b.client.Start(ctx) }
-func (b *sqliteBackend) stop(ctx context.Context) error  { return b.client.Stop(ctx) }
-func (b *sqliteBackend) cancelJob(ctx context.Context, id int64) error {
-	_, err := b.client.JobCancel(ctx, id)
-	return err
-}
-
-type pgxBackend struct {
-	db     *sqldb.DB
-	pool   *pgxpool.Pool
-	client *river.Client[pgx.Tx]
-}
-
-func newPgxBackend(ctx context.Context, db *sqldb.DB, cfg *river.Config) (*pgxBackend, error) {
-	pool := db.Pool
-	driver := riverpgxv5.New(pool)
-	// Replicas starting together would race to create River's types and triggers.
-	if err := db.Locked(ctx, func(ctx context.Context) error { return migrateRiver(ctx, driver, db.Schema) }); err != nil {
-		return nil, err
-	}
-	client, err := river.NewClient(driver, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("river client: %w", err)
-	}
-	return &pgxBackend{db: db, pool: pool, client: client}, nil
-}
-
-func (b *pgxBackend) inTx(ctx context.Context, fn func(tx *txn) error) error {
-	tx, err := b.pool.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	t := &txn{
-		querier: pgxQuerier{db: b.db, tx: tx},
-		insert: func(ctx context.Context, params []river.InsertManyParams) ([]int64, error) {
-			return insertedIDs(b.client.InsertManyTx(ctx, tx, params))
-		},
-		complete: func(ctx context.Context, job *river.Job[stepArgs]) error {
-			_, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
-			return err
-		},
-	}
-	if err := fn(t); err != nil {
-		_ = tx.Rollback(ctx)
-		return err
-	}
-	return tx.Commit(ctx)
-}
-
-func (b *pgxBackend) start(ctx context.Context) error { return b.client.Start(ctx) }
-func (b *pgxBackend) stop(ctx context.Context) error  { return b.client.Stop(ctx) }
-func (b *pgxBackend) cancelJob(ctx context.Context, id int64) error {
-	_, err := b.client.JobCancel(ctx, id)
-	return err
-}
-
-func migrateRiver[TTx any](ctx context.Context, driver riverdriver.Driver[TTx], schema string) error {
-	m, err := rivermigrate.New(driver, &rivermigrate.Config{Schema: schema})
-	if err != nil {
-		return fmt.Errorf("river migrations: %w", err)
-	}
-	if _, err := m.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
-		return fmt.Errorf("river migrations: %w", err)
-	}
-	return nil
-}
-
-func insertedIDs(res []*rivertype.JobInsertResult, err error) ([]int64, error) {
-	if err != nil {
-		return nil, err
-	}
-	ids := make([]int64, len(res))
-	for i, r := range res {
-		ids[i] = r.Job.ID
-	}
-	return ids, nil
 }

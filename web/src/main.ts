@@ -1,27 +1,106 @@
-// The Loom console: a plain-DOM page that talks to the server it is served from with Connect-Web.
+// The Loom console: a single page on Connect-Web, routed by the URL's hash (#/blueprints, #/runs/<id>, ...).
 
-import { createConnectTransport } from "@connectrpc/connect-web";
-import { mountAgents } from "./agents";
-import { mountMemory } from "./memory";
-import { mountOrchestrator } from "./orchestrator";
-import { byTestId } from "./status";
+import { newApp, type App, type View } from "./app";
+import { adminView } from "./admin";
+import { agentsView } from "./agents";
+import { blueprintsView } from "./blueprints";
+import { h, show, status, byTestId } from "./dom";
+import { memoryView } from "./memory";
+import { approvalsView, runsView } from "./runs";
+import { newSession } from "./session";
 
-/**
- * apiBaseUrl is the origin of the Loom server. The embedded console is served by that server, so it is this page's
- * origin; a copy of the page hosted elsewhere may name the server with <meta name="loom-api" content="https://...">.
- */
-function apiBaseUrl(): string {
-  const meta = document.querySelector<HTMLMetaElement>('meta[name="loom-api"]');
-  return meta?.content || window.location.origin;
+const ROUTES: { path: string; title: string; view: View; role?: "admin" }[] = [
+  { path: "blueprints", title: "Blueprints", view: blueprintsView },
+  { path: "runs", title: "Runs", view: runsView },
+  { path: "approvals", title: "Approvals", view: approvalsView },
+  { path: "agents", title: "Agents", view: agentsView },
+  { path: "memory", title: "Memory", view: memoryView },
+  { path: "admin", title: "Admin", view: adminView, role: "admin" },
+];
+
+function renderNav(app: App, nav: HTMLElement, current: string): void {
+  nav.replaceChildren(
+    h("ul", null, ...ROUTES.filter((r) => !r.role || app.can(r.role)).map((r) =>
+      h("li", null, h("a", { href: `#/${r.path}`, "data-testid": `nav-${r.path}`, "aria-current": r.path === current ? "page" : false }, r.title)),
+    )),
+  );
 }
 
-function main(): void {
-  const transport = createConnectTransport({ baseUrl: apiBaseUrl() });
-  mountMemory(transport);
-  mountAgents(transport);
-  mountOrchestrator(transport);
-  byTestId("app-ready").hidden = false;
+function renderSession(app: App, box: HTMLElement): void {
+  const s = app.session;
+  const id = s.identity;
+  const who = h("span", { class: "whoami", "data-testid": "whoami", "data-kind": id.kind, "data-tenant": id.tenant, "data-roles": id.roles.join(",") },
+    id.kind === "none"
+      ? h("span", null, "Not signed in")
+      : [
+          h("span", null, "tenant ", h("b", { "data-testid": "whoami-tenant" }, id.tenant || "(not reported)")),
+          " · ",
+          h("span", null, "roles ", h("b", { "data-testid": "whoami-roles" }, id.roles.join(", ") || "none")),
+          id.kind === "local" ? h("span", { class: "badge", "data-testid": "local-mode" }, "local mode") : null,
+        ],
+  );
+  const note = h("p", { class: "note", "data-testid": "whoami-note" }, id.note);
+  const st = status("signin-status");
+  const form = h("form", { class: "signin", "data-testid": "signin-form" },
+    h("label", null, h("span", { class: "lbl" }, "API key or OIDC token"),
+      h("input", { type: "password", name: "credential", autocomplete: "off", "data-testid": "signin-credential", placeholder: "loom_… or eyJ…" })),
+    h("button", { type: "submit", "data-testid": "signin-submit" }, "Sign in"),
+  );
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const c = (form.elements.namedItem("credential") as HTMLInputElement).value.trim();
+    if (!c) return show(st, "error", "Paste an API key or token first.");
+    show(st, "busy", "checking…");
+    void s.signIn(c);
+  });
+  const out = h("button", { type: "button", "data-testid": "signout", onclick: () => void s.signOut() }, "Sign out");
+  box.replaceChildren(
+    h("details", { class: "session", open: id.kind === "none" },
+      h("summary", null, who),
+      note,
+      id.kind !== "none" && s.credential() ? out : form,
+      st,
+    ),
+  );
+}
+
+async function main(): Promise<void> {
+  const session = await newSession();
+  const app = newApp(session);
+  const nav = document.getElementById("nav")!;
+  const sess = document.getElementById("session")!;
+  const root = document.getElementById("view")!;
+  let ctrl = new AbortController();
+
+  let first = true;
+  const route = () => {
+    ctrl.abort();
+    ctrl = new AbortController();
+    const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent).filter(Boolean);
+    const r = ROUTES.find((x) => x.path === parts[0]) ?? ROUTES[0];
+    renderNav(app, nav, r.path);
+    renderSession(app, sess);
+    root.replaceChildren();
+    root.dataset.view = r.path;
+    document.title = `${r.title} · Loom console`;
+    if (session.identity.kind === "none") {
+      root.append(h("section", { class: "panel" }, h("h2", { tabindex: -1 }, r.title),
+        h("p", { class: "empty", "data-testid": "signin-needed" }, session.identity.note || "Sign in with an API key or token to use the console.")));
+      if (!first) byTestId<HTMLInputElement>("signin-credential")?.focus();
+      first = false;
+      return;
+    }
+    void r.view(app, root, parts.slice(1), ctrl.signal);
+    // After navigating, move focus to the view's heading so keyboard and screen-reader users land on it; on the
+    // first load leave it at the top, where the skip link is.
+    if (!first) root.querySelector<HTMLElement>("h2")?.focus({ preventScroll: true });
+    first = false;
+  };
+  session.onChange(route);
+  window.addEventListener("hashchange", route);
+  route();
+  document.getElementById("app-ready")!.hidden = false;
   document.body.dataset.ready = "true";
 }
 
-main();
+void main();

@@ -849,7 +849,9 @@ func (x *BranchStep) GetElseSteps() []string {
 	return nil
 }
 
-// ParallelStep groups steps that run concurrently; it finishes when all have.
+// ParallelStep groups steps that run concurrently. It is RUNNING from when its members start (its StepStarted
+// event) until all of them have finished; then it records a null output (its StepOutput event, and its end_time)
+// and the steps that depend on it start. When a member fails, the run fails.
 type ParallelStep struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Steps in the group, 2 to 64.
@@ -2449,7 +2451,7 @@ type StepRun struct {
 	StepId string `protobuf:"bytes,1,opt,name=step_id,json=stepId,proto3" json:"step_id,omitempty"`
 	// State.
 	State StepState `protobuf:"varint,2,opt,name=state,proto3,enum=loom.orchestrator.v1.StepState" json:"state,omitempty"`
-	// Attempts made.
+	// Attempts started, those cut short by a crash of the replica executing them included.
 	Attempts int32 `protobuf:"varint,3,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	// Output, when finished.
 	Output *structpb.Value `protobuf:"bytes,4,opt,name=output,proto3" json:"output,omitempty"`
@@ -2696,7 +2698,8 @@ type StartRunRequest struct {
 	Version int64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
 	// Input, checked against the blueprint's input schema.
 	Input *structpb.Struct `protobuf:"bytes,3,opt,name=input,proto3" json:"input,omitempty"`
-	// Idempotency key: the same key returns the same run.
+	// Idempotency key: the same key with the same request (blueprint, resolved version and input) returns the
+	// first run; the same key with a different request fails with AlreadyExists naming the key.
 	IdempotencyKey string `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -3127,6 +3130,89 @@ func (x *CancelRunResponse) GetRun() *WorkflowRun {
 	return nil
 }
 
+// DeleteRunRequest is the request of DeleteRun.
+type DeleteRunRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Run id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteRunRequest) Reset() {
+	*x = DeleteRunRequest{}
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteRunRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteRunRequest) ProtoMessage() {}
+
+func (x *DeleteRunRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteRunRequest.ProtoReflect.Descriptor instead.
+func (*DeleteRunRequest) Descriptor() ([]byte, []int) {
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *DeleteRunRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// DeleteRunResponse is the response of DeleteRun.
+type DeleteRunResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteRunResponse) Reset() {
+	*x = DeleteRunResponse{}
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteRunResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteRunResponse) ProtoMessage() {}
+
+func (x *DeleteRunResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteRunResponse.ProtoReflect.Descriptor instead.
+func (*DeleteRunResponse) Descriptor() ([]byte, []int) {
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{44}
+}
+
 // WatchRunRequest is the request of WatchRun.
 type WatchRunRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3140,7 +3226,7 @@ type WatchRunRequest struct {
 
 func (x *WatchRunRequest) Reset() {
 	*x = WatchRunRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[43]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3152,7 +3238,7 @@ func (x *WatchRunRequest) String() string {
 func (*WatchRunRequest) ProtoMessage() {}
 
 func (x *WatchRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[43]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3165,7 +3251,7 @@ func (x *WatchRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRunRequest.ProtoReflect.Descriptor instead.
 func (*WatchRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{43}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *WatchRunRequest) GetId() string {
@@ -3211,7 +3297,7 @@ type WatchRunResponse struct {
 
 func (x *WatchRunResponse) Reset() {
 	*x = WatchRunResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[44]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3223,7 +3309,7 @@ func (x *WatchRunResponse) String() string {
 func (*WatchRunResponse) ProtoMessage() {}
 
 func (x *WatchRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[44]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3236,7 +3322,7 @@ func (x *WatchRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRunResponse.ProtoReflect.Descriptor instead.
 func (*WatchRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{44}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *WatchRunResponse) GetSequence() int64 {
@@ -3378,7 +3464,7 @@ type WatchRunResponse_WaitingForApproval struct {
 }
 
 type WatchRunResponse_AgentTextDelta struct {
-	// An agent step produced text.
+	// An agent step produced text (not emitted yet; see AgentTextDelta).
 	AgentTextDelta *AgentTextDelta `protobuf:"bytes,15,opt,name=agent_text_delta,json=agentTextDelta,proto3,oneof"`
 }
 
@@ -3426,7 +3512,7 @@ type RunStarted struct {
 
 func (x *RunStarted) Reset() {
 	*x = RunStarted{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[45]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3438,7 +3524,7 @@ func (x *RunStarted) String() string {
 func (*RunStarted) ProtoMessage() {}
 
 func (x *RunStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[45]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3451,7 +3537,7 @@ func (x *RunStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStarted.ProtoReflect.Descriptor instead.
 func (*RunStarted) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{45}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RunStarted) GetBlueprintVersion() int64 {
@@ -3472,7 +3558,7 @@ type StepStarted struct {
 
 func (x *StepStarted) Reset() {
 	*x = StepStarted{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[46]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3484,7 +3570,7 @@ func (x *StepStarted) String() string {
 func (*StepStarted) ProtoMessage() {}
 
 func (x *StepStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[46]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3497,7 +3583,7 @@ func (x *StepStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepStarted.ProtoReflect.Descriptor instead.
 func (*StepStarted) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{46}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *StepStarted) GetAttempt() int32 {
@@ -3518,7 +3604,7 @@ type StepOutput struct {
 
 func (x *StepOutput) Reset() {
 	*x = StepOutput{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[47]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3530,7 +3616,7 @@ func (x *StepOutput) String() string {
 func (*StepOutput) ProtoMessage() {}
 
 func (x *StepOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[47]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3543,7 +3629,7 @@ func (x *StepOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepOutput.ProtoReflect.Descriptor instead.
 func (*StepOutput) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{47}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *StepOutput) GetOutput() *structpb.Value {
@@ -3568,7 +3654,7 @@ type StepRetry struct {
 
 func (x *StepRetry) Reset() {
 	*x = StepRetry{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[48]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3580,7 +3666,7 @@ func (x *StepRetry) String() string {
 func (*StepRetry) ProtoMessage() {}
 
 func (x *StepRetry) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[48]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3593,7 +3679,7 @@ func (x *StepRetry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepRetry.ProtoReflect.Descriptor instead.
 func (*StepRetry) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{48}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *StepRetry) GetAttempt() int32 {
@@ -3630,7 +3716,7 @@ type WaitingForApproval struct {
 
 func (x *WaitingForApproval) Reset() {
 	*x = WaitingForApproval{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[49]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3642,7 +3728,7 @@ func (x *WaitingForApproval) String() string {
 func (*WaitingForApproval) ProtoMessage() {}
 
 func (x *WaitingForApproval) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[49]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3655,7 +3741,7 @@ func (x *WaitingForApproval) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitingForApproval.ProtoReflect.Descriptor instead.
 func (*WaitingForApproval) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{49}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *WaitingForApproval) GetPrompt() string {
@@ -3672,7 +3758,11 @@ func (x *WaitingForApproval) GetDeadline() *timestamppb.Timestamp {
 	return nil
 }
 
-// AgentTextDelta is a piece of an agent step's output.
+// AgentTextDelta is a piece of an agent step's output. Not emitted yet: agent steps call the agent service's unary
+// Run, and a step's text arrives whole in its StepOutput event, which is what is stored. When deltas are
+// streamed they will be live-only: sent to watchers of the replica executing the step, never stored, carrying
+// the sequence of the last stored event (so stored sequences stay gap-free and a resumed watch replays only
+// stored events), with the final text stored in StepOutput as now.
 type AgentTextDelta struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The text.
@@ -3683,7 +3773,7 @@ type AgentTextDelta struct {
 
 func (x *AgentTextDelta) Reset() {
 	*x = AgentTextDelta{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[50]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3695,7 +3785,7 @@ func (x *AgentTextDelta) String() string {
 func (*AgentTextDelta) ProtoMessage() {}
 
 func (x *AgentTextDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[50]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3708,7 +3798,7 @@ func (x *AgentTextDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentTextDelta.ProtoReflect.Descriptor instead.
 func (*AgentTextDelta) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{50}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *AgentTextDelta) GetText() string {
@@ -3729,7 +3819,7 @@ type RunCompleted struct {
 
 func (x *RunCompleted) Reset() {
 	*x = RunCompleted{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[51]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3741,7 +3831,7 @@ func (x *RunCompleted) String() string {
 func (*RunCompleted) ProtoMessage() {}
 
 func (x *RunCompleted) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[51]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3754,7 +3844,7 @@ func (x *RunCompleted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunCompleted.ProtoReflect.Descriptor instead.
 func (*RunCompleted) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{51}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RunCompleted) GetOutput() *structpb.Value {
@@ -3775,7 +3865,7 @@ type RunFailed struct {
 
 func (x *RunFailed) Reset() {
 	*x = RunFailed{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[52]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3787,7 +3877,7 @@ func (x *RunFailed) String() string {
 func (*RunFailed) ProtoMessage() {}
 
 func (x *RunFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[52]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3800,7 +3890,7 @@ func (x *RunFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunFailed.ProtoReflect.Descriptor instead.
 func (*RunFailed) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{52}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *RunFailed) GetError() string {
@@ -3821,7 +3911,7 @@ type RunCancelled struct {
 
 func (x *RunCancelled) Reset() {
 	*x = RunCancelled{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[53]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3833,7 +3923,7 @@ func (x *RunCancelled) String() string {
 func (*RunCancelled) ProtoMessage() {}
 
 func (x *RunCancelled) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[53]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3846,7 +3936,7 @@ func (x *RunCancelled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunCancelled.ProtoReflect.Descriptor instead.
 func (*RunCancelled) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{53}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *RunCancelled) GetReason() string {
@@ -3879,7 +3969,7 @@ type Approval struct {
 
 func (x *Approval) Reset() {
 	*x = Approval{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[54]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3891,7 +3981,7 @@ func (x *Approval) String() string {
 func (*Approval) ProtoMessage() {}
 
 func (x *Approval) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[54]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3904,7 +3994,7 @@ func (x *Approval) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Approval.ProtoReflect.Descriptor instead.
 func (*Approval) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{54}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *Approval) GetRunId() string {
@@ -3971,7 +4061,7 @@ type ListPendingApprovalsRequest struct {
 
 func (x *ListPendingApprovalsRequest) Reset() {
 	*x = ListPendingApprovalsRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[55]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3983,7 +4073,7 @@ func (x *ListPendingApprovalsRequest) String() string {
 func (*ListPendingApprovalsRequest) ProtoMessage() {}
 
 func (x *ListPendingApprovalsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[55]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3996,7 +4086,7 @@ func (x *ListPendingApprovalsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPendingApprovalsRequest.ProtoReflect.Descriptor instead.
 func (*ListPendingApprovalsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{55}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ListPendingApprovalsRequest) GetRunId() string {
@@ -4033,7 +4123,7 @@ type ListPendingApprovalsResponse struct {
 
 func (x *ListPendingApprovalsResponse) Reset() {
 	*x = ListPendingApprovalsResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[56]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4045,7 +4135,7 @@ func (x *ListPendingApprovalsResponse) String() string {
 func (*ListPendingApprovalsResponse) ProtoMessage() {}
 
 func (x *ListPendingApprovalsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[56]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4058,7 +4148,7 @@ func (x *ListPendingApprovalsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPendingApprovalsResponse.ProtoReflect.Descriptor instead.
 func (*ListPendingApprovalsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{56}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ListPendingApprovalsResponse) GetApprovals() []*Approval {
@@ -4094,7 +4184,7 @@ type SubmitApprovalRequest struct {
 
 func (x *SubmitApprovalRequest) Reset() {
 	*x = SubmitApprovalRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[57]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4106,7 +4196,7 @@ func (x *SubmitApprovalRequest) String() string {
 func (*SubmitApprovalRequest) ProtoMessage() {}
 
 func (x *SubmitApprovalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[57]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4119,7 +4209,7 @@ func (x *SubmitApprovalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitApprovalRequest.ProtoReflect.Descriptor instead.
 func (*SubmitApprovalRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{57}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *SubmitApprovalRequest) GetRunId() string {
@@ -4168,7 +4258,7 @@ type SubmitApprovalResponse struct {
 
 func (x *SubmitApprovalResponse) Reset() {
 	*x = SubmitApprovalResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[58]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4180,7 +4270,7 @@ func (x *SubmitApprovalResponse) String() string {
 func (*SubmitApprovalResponse) ProtoMessage() {}
 
 func (x *SubmitApprovalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[58]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4193,7 +4283,7 @@ func (x *SubmitApprovalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitApprovalResponse.ProtoReflect.Descriptor instead.
 func (*SubmitApprovalResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{58}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *SubmitApprovalResponse) GetRun() *WorkflowRun {
@@ -4409,7 +4499,11 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x02id\x12 \n" +
 	"\x06reason\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\x06reason\"H\n" +
 	"\x11CancelRunResponse\x123\n" +
-	"\x03run\x18\x01 \x01(\v2!.loom.orchestrator.v1.WorkflowRunR\x03run\"]\n" +
+	"\x03run\x18\x01 \x01(\v2!.loom.orchestrator.v1.WorkflowRunR\x03run\".\n" +
+	"\x10DeleteRunRequest\x12\x1a\n" +
+	"\x02id\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x02id\"\x13\n" +
+	"\x11DeleteRunResponse\"]\n" +
 	"\x0fWatchRunRequest\x12\x1a\n" +
 	"\x02id\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x02id\x12.\n" +
@@ -4502,7 +4596,7 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\bDecision\x12\x18\n" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10DECISION_APPROVE\x10\x01\x12\x13\n" +
-	"\x0fDECISION_REJECT\x10\x022\xbb\f\n" +
+	"\x0fDECISION_REJECT\x10\x022\xa2\r\n" +
 	"\x13OrchestratorService\x12t\n" +
 	"\x0fCreateBlueprint\x12,.loom.orchestrator.v1.CreateBlueprintRequest\x1a-.loom.orchestrator.v1.CreateBlueprintResponse\"\x04\xc8\xf3\x18\x02\x12n\n" +
 	"\fGetBlueprint\x12).loom.orchestrator.v1.GetBlueprintRequest\x1a*.loom.orchestrator.v1.GetBlueprintResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12t\n" +
@@ -4514,7 +4608,8 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\bStartRun\x12%.loom.orchestrator.v1.StartRunRequest\x1a&.loom.orchestrator.v1.StartRunResponse\"\x04\xc8\xf3\x18\x02\x12\\\n" +
 	"\x06GetRun\x12#.loom.orchestrator.v1.GetRunRequest\x1a$.loom.orchestrator.v1.GetRunResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12b\n" +
 	"\bListRuns\x12%.loom.orchestrator.v1.ListRunsRequest\x1a&.loom.orchestrator.v1.ListRunsResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12b\n" +
-	"\tCancelRun\x12&.loom.orchestrator.v1.CancelRunRequest\x1a'.loom.orchestrator.v1.CancelRunResponse\"\x04\xc8\xf3\x18\x02\x12a\n" +
+	"\tCancelRun\x12&.loom.orchestrator.v1.CancelRunRequest\x1a'.loom.orchestrator.v1.CancelRunResponse\"\x04\xc8\xf3\x18\x02\x12e\n" +
+	"\tDeleteRun\x12&.loom.orchestrator.v1.DeleteRunRequest\x1a'.loom.orchestrator.v1.DeleteRunResponse\"\a\xc8\xf3\x18\x02\x90\x02\x02\x12a\n" +
 	"\bWatchRun\x12%.loom.orchestrator.v1.WatchRunRequest\x1a&.loom.orchestrator.v1.WatchRunResponse\"\x04\xc8\xf3\x18\x010\x01\x12\x86\x01\n" +
 	"\x14ListPendingApprovals\x121.loom.orchestrator.v1.ListPendingApprovalsRequest\x1a2.loom.orchestrator.v1.ListPendingApprovalsResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12q\n" +
 	"\x0eSubmitApproval\x12+.loom.orchestrator.v1.SubmitApprovalRequest\x1a,.loom.orchestrator.v1.SubmitApprovalResponse\"\x04\xc8\xf3\x18\x02B\xe1\x01\n" +
@@ -4533,7 +4628,7 @@ func file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP() []byte {
 }
 
 var file_loom_orchestrator_v1_orchestrator_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_loom_orchestrator_v1_orchestrator_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
+var file_loom_orchestrator_v1_orchestrator_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
 var file_loom_orchestrator_v1_orchestrator_proto_goTypes = []any{
 	(RunState)(0),                        // 0: loom.orchestrator.v1.RunState
 	(StepState)(0),                       // 1: loom.orchestrator.v1.StepState
@@ -4581,34 +4676,36 @@ var file_loom_orchestrator_v1_orchestrator_proto_goTypes = []any{
 	(*ListRunsResponse)(nil),             // 43: loom.orchestrator.v1.ListRunsResponse
 	(*CancelRunRequest)(nil),             // 44: loom.orchestrator.v1.CancelRunRequest
 	(*CancelRunResponse)(nil),            // 45: loom.orchestrator.v1.CancelRunResponse
-	(*WatchRunRequest)(nil),              // 46: loom.orchestrator.v1.WatchRunRequest
-	(*WatchRunResponse)(nil),             // 47: loom.orchestrator.v1.WatchRunResponse
-	(*RunStarted)(nil),                   // 48: loom.orchestrator.v1.RunStarted
-	(*StepStarted)(nil),                  // 49: loom.orchestrator.v1.StepStarted
-	(*StepOutput)(nil),                   // 50: loom.orchestrator.v1.StepOutput
-	(*StepRetry)(nil),                    // 51: loom.orchestrator.v1.StepRetry
-	(*WaitingForApproval)(nil),           // 52: loom.orchestrator.v1.WaitingForApproval
-	(*AgentTextDelta)(nil),               // 53: loom.orchestrator.v1.AgentTextDelta
-	(*RunCompleted)(nil),                 // 54: loom.orchestrator.v1.RunCompleted
-	(*RunFailed)(nil),                    // 55: loom.orchestrator.v1.RunFailed
-	(*RunCancelled)(nil),                 // 56: loom.orchestrator.v1.RunCancelled
-	(*Approval)(nil),                     // 57: loom.orchestrator.v1.Approval
-	(*ListPendingApprovalsRequest)(nil),  // 58: loom.orchestrator.v1.ListPendingApprovalsRequest
-	(*ListPendingApprovalsResponse)(nil), // 59: loom.orchestrator.v1.ListPendingApprovalsResponse
-	(*SubmitApprovalRequest)(nil),        // 60: loom.orchestrator.v1.SubmitApprovalRequest
-	(*SubmitApprovalResponse)(nil),       // 61: loom.orchestrator.v1.SubmitApprovalResponse
-	(*structpb.Struct)(nil),              // 62: google.protobuf.Struct
-	(*durationpb.Duration)(nil),          // 63: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),        // 64: google.protobuf.Timestamp
-	(*structpb.Value)(nil),               // 65: google.protobuf.Value
+	(*DeleteRunRequest)(nil),             // 46: loom.orchestrator.v1.DeleteRunRequest
+	(*DeleteRunResponse)(nil),            // 47: loom.orchestrator.v1.DeleteRunResponse
+	(*WatchRunRequest)(nil),              // 48: loom.orchestrator.v1.WatchRunRequest
+	(*WatchRunResponse)(nil),             // 49: loom.orchestrator.v1.WatchRunResponse
+	(*RunStarted)(nil),                   // 50: loom.orchestrator.v1.RunStarted
+	(*StepStarted)(nil),                  // 51: loom.orchestrator.v1.StepStarted
+	(*StepOutput)(nil),                   // 52: loom.orchestrator.v1.StepOutput
+	(*StepRetry)(nil),                    // 53: loom.orchestrator.v1.StepRetry
+	(*WaitingForApproval)(nil),           // 54: loom.orchestrator.v1.WaitingForApproval
+	(*AgentTextDelta)(nil),               // 55: loom.orchestrator.v1.AgentTextDelta
+	(*RunCompleted)(nil),                 // 56: loom.orchestrator.v1.RunCompleted
+	(*RunFailed)(nil),                    // 57: loom.orchestrator.v1.RunFailed
+	(*RunCancelled)(nil),                 // 58: loom.orchestrator.v1.RunCancelled
+	(*Approval)(nil),                     // 59: loom.orchestrator.v1.Approval
+	(*ListPendingApprovalsRequest)(nil),  // 60: loom.orchestrator.v1.ListPendingApprovalsRequest
+	(*ListPendingApprovalsResponse)(nil), // 61: loom.orchestrator.v1.ListPendingApprovalsResponse
+	(*SubmitApprovalRequest)(nil),        // 62: loom.orchestrator.v1.SubmitApprovalRequest
+	(*SubmitApprovalResponse)(nil),       // 63: loom.orchestrator.v1.SubmitApprovalResponse
+	(*structpb.Struct)(nil),              // 64: google.protobuf.Struct
+	(*durationpb.Duration)(nil),          // 65: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),        // 66: google.protobuf.Timestamp
+	(*structpb.Value)(nil),               // 67: google.protobuf.Value
 }
 var file_loom_orchestrator_v1_orchestrator_proto_depIdxs = []int32{
-	62, // 0: loom.orchestrator.v1.Blueprint.input_schema:type_name -> google.protobuf.Struct
+	64, // 0: loom.orchestrator.v1.Blueprint.input_schema:type_name -> google.protobuf.Struct
 	4,  // 1: loom.orchestrator.v1.Blueprint.steps:type_name -> loom.orchestrator.v1.Step
-	63, // 2: loom.orchestrator.v1.Blueprint.run_deadline:type_name -> google.protobuf.Duration
-	64, // 3: loom.orchestrator.v1.Blueprint.create_time:type_name -> google.protobuf.Timestamp
+	65, // 2: loom.orchestrator.v1.Blueprint.run_deadline:type_name -> google.protobuf.Duration
+	66, // 3: loom.orchestrator.v1.Blueprint.create_time:type_name -> google.protobuf.Timestamp
 	5,  // 4: loom.orchestrator.v1.Step.retry:type_name -> loom.orchestrator.v1.RetryPolicy
-	63, // 5: loom.orchestrator.v1.Step.timeout:type_name -> google.protobuf.Duration
+	65, // 5: loom.orchestrator.v1.Step.timeout:type_name -> google.protobuf.Duration
 	6,  // 6: loom.orchestrator.v1.Step.agent:type_name -> loom.orchestrator.v1.AgentStep
 	7,  // 7: loom.orchestrator.v1.Step.memory_search:type_name -> loom.orchestrator.v1.MemorySearchStep
 	8,  // 8: loom.orchestrator.v1.Step.memory_upsert:type_name -> loom.orchestrator.v1.MemoryUpsertStep
@@ -4617,11 +4714,11 @@ var file_loom_orchestrator_v1_orchestrator_proto_depIdxs = []int32{
 	11, // 11: loom.orchestrator.v1.Step.map:type_name -> loom.orchestrator.v1.MapStep
 	12, // 12: loom.orchestrator.v1.Step.approval:type_name -> loom.orchestrator.v1.ApprovalStep
 	13, // 13: loom.orchestrator.v1.Step.delay:type_name -> loom.orchestrator.v1.DelayStep
-	63, // 14: loom.orchestrator.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	63, // 15: loom.orchestrator.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	62, // 16: loom.orchestrator.v1.ApprovalStep.payload_schema:type_name -> google.protobuf.Struct
-	63, // 17: loom.orchestrator.v1.ApprovalStep.deadline:type_name -> google.protobuf.Duration
-	63, // 18: loom.orchestrator.v1.DelayStep.duration:type_name -> google.protobuf.Duration
+	65, // 14: loom.orchestrator.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	65, // 15: loom.orchestrator.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	64, // 16: loom.orchestrator.v1.ApprovalStep.payload_schema:type_name -> google.protobuf.Struct
+	65, // 17: loom.orchestrator.v1.ApprovalStep.deadline:type_name -> google.protobuf.Duration
+	65, // 18: loom.orchestrator.v1.DelayStep.duration:type_name -> google.protobuf.Duration
 	3,  // 19: loom.orchestrator.v1.BlueprintSource.blueprint:type_name -> loom.orchestrator.v1.Blueprint
 	15, // 20: loom.orchestrator.v1.CreateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
 	3,  // 21: loom.orchestrator.v1.CreateBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
@@ -4640,41 +4737,41 @@ var file_loom_orchestrator_v1_orchestrator_proto_depIdxs = []int32{
 	3,  // 34: loom.orchestrator.v1.Canvas.blueprint:type_name -> loom.orchestrator.v1.Blueprint
 	34, // 35: loom.orchestrator.v1.Edge.points:type_name -> loom.orchestrator.v1.Point
 	1,  // 36: loom.orchestrator.v1.StepRun.state:type_name -> loom.orchestrator.v1.StepState
-	65, // 37: loom.orchestrator.v1.StepRun.output:type_name -> google.protobuf.Value
-	64, // 38: loom.orchestrator.v1.StepRun.start_time:type_name -> google.protobuf.Timestamp
-	64, // 39: loom.orchestrator.v1.StepRun.end_time:type_name -> google.protobuf.Timestamp
+	67, // 37: loom.orchestrator.v1.StepRun.output:type_name -> google.protobuf.Value
+	66, // 38: loom.orchestrator.v1.StepRun.start_time:type_name -> google.protobuf.Timestamp
+	66, // 39: loom.orchestrator.v1.StepRun.end_time:type_name -> google.protobuf.Timestamp
 	0,  // 40: loom.orchestrator.v1.WorkflowRun.state:type_name -> loom.orchestrator.v1.RunState
-	62, // 41: loom.orchestrator.v1.WorkflowRun.input:type_name -> google.protobuf.Struct
-	65, // 42: loom.orchestrator.v1.WorkflowRun.output:type_name -> google.protobuf.Value
+	64, // 41: loom.orchestrator.v1.WorkflowRun.input:type_name -> google.protobuf.Struct
+	67, // 42: loom.orchestrator.v1.WorkflowRun.output:type_name -> google.protobuf.Value
 	36, // 43: loom.orchestrator.v1.WorkflowRun.steps:type_name -> loom.orchestrator.v1.StepRun
-	64, // 44: loom.orchestrator.v1.WorkflowRun.create_time:type_name -> google.protobuf.Timestamp
-	64, // 45: loom.orchestrator.v1.WorkflowRun.end_time:type_name -> google.protobuf.Timestamp
-	62, // 46: loom.orchestrator.v1.StartRunRequest.input:type_name -> google.protobuf.Struct
+	66, // 44: loom.orchestrator.v1.WorkflowRun.create_time:type_name -> google.protobuf.Timestamp
+	66, // 45: loom.orchestrator.v1.WorkflowRun.end_time:type_name -> google.protobuf.Timestamp
+	64, // 46: loom.orchestrator.v1.StartRunRequest.input:type_name -> google.protobuf.Struct
 	37, // 47: loom.orchestrator.v1.StartRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
 	37, // 48: loom.orchestrator.v1.GetRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
 	0,  // 49: loom.orchestrator.v1.ListRunsRequest.state:type_name -> loom.orchestrator.v1.RunState
 	37, // 50: loom.orchestrator.v1.ListRunsResponse.runs:type_name -> loom.orchestrator.v1.WorkflowRun
 	37, // 51: loom.orchestrator.v1.CancelRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
-	64, // 52: loom.orchestrator.v1.WatchRunResponse.time:type_name -> google.protobuf.Timestamp
-	48, // 53: loom.orchestrator.v1.WatchRunResponse.run_started:type_name -> loom.orchestrator.v1.RunStarted
-	49, // 54: loom.orchestrator.v1.WatchRunResponse.step_started:type_name -> loom.orchestrator.v1.StepStarted
-	50, // 55: loom.orchestrator.v1.WatchRunResponse.step_output:type_name -> loom.orchestrator.v1.StepOutput
-	51, // 56: loom.orchestrator.v1.WatchRunResponse.step_retry:type_name -> loom.orchestrator.v1.StepRetry
-	52, // 57: loom.orchestrator.v1.WatchRunResponse.waiting_for_approval:type_name -> loom.orchestrator.v1.WaitingForApproval
-	53, // 58: loom.orchestrator.v1.WatchRunResponse.agent_text_delta:type_name -> loom.orchestrator.v1.AgentTextDelta
-	54, // 59: loom.orchestrator.v1.WatchRunResponse.run_completed:type_name -> loom.orchestrator.v1.RunCompleted
-	55, // 60: loom.orchestrator.v1.WatchRunResponse.run_failed:type_name -> loom.orchestrator.v1.RunFailed
-	56, // 61: loom.orchestrator.v1.WatchRunResponse.run_cancelled:type_name -> loom.orchestrator.v1.RunCancelled
-	65, // 62: loom.orchestrator.v1.StepOutput.output:type_name -> google.protobuf.Value
-	63, // 63: loom.orchestrator.v1.StepRetry.backoff:type_name -> google.protobuf.Duration
-	64, // 64: loom.orchestrator.v1.WaitingForApproval.deadline:type_name -> google.protobuf.Timestamp
-	65, // 65: loom.orchestrator.v1.RunCompleted.output:type_name -> google.protobuf.Value
-	62, // 66: loom.orchestrator.v1.Approval.payload_schema:type_name -> google.protobuf.Struct
-	64, // 67: loom.orchestrator.v1.Approval.deadline:type_name -> google.protobuf.Timestamp
-	64, // 68: loom.orchestrator.v1.Approval.create_time:type_name -> google.protobuf.Timestamp
-	57, // 69: loom.orchestrator.v1.ListPendingApprovalsResponse.approvals:type_name -> loom.orchestrator.v1.Approval
+	66, // 52: loom.orchestrator.v1.WatchRunResponse.time:type_name -> google.protobuf.Timestamp
+	50, // 53: loom.orchestrator.v1.WatchRunResponse.run_started:type_name -> loom.orchestrator.v1.RunStarted
+	51, // 54: loom.orchestrator.v1.WatchRunResponse.step_started:type_name -> loom.orchestrator.v1.StepStarted
+	52, // 55: loom.orchestrator.v1.WatchRunResponse.step_output:type_name -> loom.orchestrator.v1.StepOutput
+	53, // 56: loom.orchestrator.v1.WatchRunResponse.step_retry:type_name -> loom.orchestrator.v1.StepRetry
+	54, // 57: loom.orchestrator.v1.WatchRunResponse.waiting_for_approval:type_name -> loom.orchestrator.v1.WaitingForApproval
+	55, // 58: loom.orchestrator.v1.WatchRunResponse.agent_text_delta:type_name -> loom.orchestrator.v1.AgentTextDelta
+	56, // 59: loom.orchestrator.v1.WatchRunResponse.run_completed:type_name -> loom.orchestrator.v1.RunCompleted
+	57, // 60: loom.orchestrator.v1.WatchRunResponse.run_failed:type_name -> loom.orchestrator.v1.RunFailed
+	58, // 61: loom.orchestrator.v1.WatchRunResponse.run_cancelled:type_name -> loom.orchestrator.v1.RunCancelled
+	67, // 62: loom.orchestrator.v1.StepOutput.output:type_name -> google.protobuf.Value
+	65, // 63: loom.orchestrator.v1.StepRetry.backoff:type_name -> google.protobuf.Duration
+	66, // 64: loom.orchestrator.v1.WaitingForApproval.deadline:type_name -> google.protobuf.Timestamp
+	67, // 65: loom.orchestrator.v1.RunCompleted.output:type_name -> google.protobuf.Value
+	64, // 66: loom.orchestrator.v1.Approval.payload_schema:type_name -> google.protobuf.Struct
+	66, // 67: loom.orchestrator.v1.Approval.deadline:type_name -> google.protobuf.Timestamp
+	66, // 68: loom.orchestrator.v1.Approval.create_time:type_name -> google.protobuf.Timestamp
+	59, // 69: loom.orchestrator.v1.ListPendingApprovalsResponse.approvals:type_name -> loom.orchestrator.v1.Approval
 	2,  // 70: loom.orchestrator.v1.SubmitApprovalRequest.decision:type_name -> loom.orchestrator.v1.Decision
-	62, // 71: loom.orchestrator.v1.SubmitApprovalRequest.payload:type_name -> google.protobuf.Struct
+	64, // 71: loom.orchestrator.v1.SubmitApprovalRequest.payload:type_name -> google.protobuf.Struct
 	37, // 72: loom.orchestrator.v1.SubmitApprovalResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
 	16, // 73: loom.orchestrator.v1.OrchestratorService.CreateBlueprint:input_type -> loom.orchestrator.v1.CreateBlueprintRequest
 	18, // 74: loom.orchestrator.v1.OrchestratorService.GetBlueprint:input_type -> loom.orchestrator.v1.GetBlueprintRequest
@@ -4687,25 +4784,27 @@ var file_loom_orchestrator_v1_orchestrator_proto_depIdxs = []int32{
 	40, // 81: loom.orchestrator.v1.OrchestratorService.GetRun:input_type -> loom.orchestrator.v1.GetRunRequest
 	42, // 82: loom.orchestrator.v1.OrchestratorService.ListRuns:input_type -> loom.orchestrator.v1.ListRunsRequest
 	44, // 83: loom.orchestrator.v1.OrchestratorService.CancelRun:input_type -> loom.orchestrator.v1.CancelRunRequest
-	46, // 84: loom.orchestrator.v1.OrchestratorService.WatchRun:input_type -> loom.orchestrator.v1.WatchRunRequest
-	58, // 85: loom.orchestrator.v1.OrchestratorService.ListPendingApprovals:input_type -> loom.orchestrator.v1.ListPendingApprovalsRequest
-	60, // 86: loom.orchestrator.v1.OrchestratorService.SubmitApproval:input_type -> loom.orchestrator.v1.SubmitApprovalRequest
-	17, // 87: loom.orchestrator.v1.OrchestratorService.CreateBlueprint:output_type -> loom.orchestrator.v1.CreateBlueprintResponse
-	19, // 88: loom.orchestrator.v1.OrchestratorService.GetBlueprint:output_type -> loom.orchestrator.v1.GetBlueprintResponse
-	21, // 89: loom.orchestrator.v1.OrchestratorService.ListBlueprints:output_type -> loom.orchestrator.v1.ListBlueprintsResponse
-	23, // 90: loom.orchestrator.v1.OrchestratorService.UpdateBlueprint:output_type -> loom.orchestrator.v1.UpdateBlueprintResponse
-	25, // 91: loom.orchestrator.v1.OrchestratorService.DeleteBlueprint:output_type -> loom.orchestrator.v1.DeleteBlueprintResponse
-	27, // 92: loom.orchestrator.v1.OrchestratorService.ValidateBlueprint:output_type -> loom.orchestrator.v1.ValidateBlueprintResponse
-	30, // 93: loom.orchestrator.v1.OrchestratorService.GenerateCanvas:output_type -> loom.orchestrator.v1.GenerateCanvasResponse
-	39, // 94: loom.orchestrator.v1.OrchestratorService.StartRun:output_type -> loom.orchestrator.v1.StartRunResponse
-	41, // 95: loom.orchestrator.v1.OrchestratorService.GetRun:output_type -> loom.orchestrator.v1.GetRunResponse
-	43, // 96: loom.orchestrator.v1.OrchestratorService.ListRuns:output_type -> loom.orchestrator.v1.ListRunsResponse
-	45, // 97: loom.orchestrator.v1.OrchestratorService.CancelRun:output_type -> loom.orchestrator.v1.CancelRunResponse
-	47, // 98: loom.orchestrator.v1.OrchestratorService.WatchRun:output_type -> loom.orchestrator.v1.WatchRunResponse
-	59, // 99: loom.orchestrator.v1.OrchestratorService.ListPendingApprovals:output_type -> loom.orchestrator.v1.ListPendingApprovalsResponse
-	61, // 100: loom.orchestrator.v1.OrchestratorService.SubmitApproval:output_type -> loom.orchestrator.v1.SubmitApprovalResponse
-	87, // [87:101] is the sub-list for method output_type
-	73, // [73:87] is the sub-list for method input_type
+	46, // 84: loom.orchestrator.v1.OrchestratorService.DeleteRun:input_type -> loom.orchestrator.v1.DeleteRunRequest
+	48, // 85: loom.orchestrator.v1.OrchestratorService.WatchRun:input_type -> loom.orchestrator.v1.WatchRunRequest
+	60, // 86: loom.orchestrator.v1.OrchestratorService.ListPendingApprovals:input_type -> loom.orchestrator.v1.ListPendingApprovalsRequest
+	62, // 87: loom.orchestrator.v1.OrchestratorService.SubmitApproval:input_type -> loom.orchestrator.v1.SubmitApprovalRequest
+	17, // 88: loom.orchestrator.v1.OrchestratorService.CreateBlueprint:output_type -> loom.orchestrator.v1.CreateBlueprintResponse
+	19, // 89: loom.orchestrator.v1.OrchestratorService.GetBlueprint:output_type -> loom.orchestrator.v1.GetBlueprintResponse
+	21, // 90: loom.orchestrator.v1.OrchestratorService.ListBlueprints:output_type -> loom.orchestrator.v1.ListBlueprintsResponse
+	23, // 91: loom.orchestrator.v1.OrchestratorService.UpdateBlueprint:output_type -> loom.orchestrator.v1.UpdateBlueprintResponse
+	25, // 92: loom.orchestrator.v1.OrchestratorService.DeleteBlueprint:output_type -> loom.orchestrator.v1.DeleteBlueprintResponse
+	27, // 93: loom.orchestrator.v1.OrchestratorService.ValidateBlueprint:output_type -> loom.orchestrator.v1.ValidateBlueprintResponse
+	30, // 94: loom.orchestrator.v1.OrchestratorService.GenerateCanvas:output_type -> loom.orchestrator.v1.GenerateCanvasResponse
+	39, // 95: loom.orchestrator.v1.OrchestratorService.StartRun:output_type -> loom.orchestrator.v1.StartRunResponse
+	41, // 96: loom.orchestrator.v1.OrchestratorService.GetRun:output_type -> loom.orchestrator.v1.GetRunResponse
+	43, // 97: loom.orchestrator.v1.OrchestratorService.ListRuns:output_type -> loom.orchestrator.v1.ListRunsResponse
+	45, // 98: loom.orchestrator.v1.OrchestratorService.CancelRun:output_type -> loom.orchestrator.v1.CancelRunResponse
+	47, // 99: loom.orchestrator.v1.OrchestratorService.DeleteRun:output_type -> loom.orchestrator.v1.DeleteRunResponse
+	49, // 100: loom.orchestrator.v1.OrchestratorService.WatchRun:output_type -> loom.orchestrator.v1.WatchRunResponse
+	61, // 101: loom.orchestrator.v1.OrchestratorService.ListPendingApprovals:output_type -> loom.orchestrator.v1.ListPendingApprovalsResponse
+	63, // 102: loom.orchestrator.v1.OrchestratorService.SubmitApproval:output_type -> loom.orchestrator.v1.SubmitApprovalResponse
+	88, // [88:103] is the sub-list for method output_type
+	73, // [73:88] is the sub-list for method input_type
 	73, // [73:73] is the sub-list for extension type_name
 	73, // [73:73] is the sub-list for extension extendee
 	0,  // [0:73] is the sub-list for field type_name
@@ -4734,7 +4833,7 @@ func file_loom_orchestrator_v1_orchestrator_proto_init() {
 		(*GenerateCanvasRequest_Ref)(nil),
 		(*GenerateCanvasRequest_Source)(nil),
 	}
-	file_loom_orchestrator_v1_orchestrator_proto_msgTypes[44].OneofWrappers = []any{
+	file_loom_orchestrator_v1_orchestrator_proto_msgTypes[46].OneofWrappers = []any{
 		(*WatchRunResponse_RunStarted)(nil),
 		(*WatchRunResponse_StepStarted)(nil),
 		(*WatchRunResponse_StepOutput)(nil),
@@ -4751,7 +4850,7 @@ func file_loom_orchestrator_v1_orchestrator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_orchestrator_v1_orchestrator_proto_rawDesc), len(file_loom_orchestrator_v1_orchestrator_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   59,
+			NumMessages:   61,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,7 @@ const (
 	OrchestratorService_GetRun_FullMethodName               = "/loom.orchestrator.v1.OrchestratorService/GetRun"
 	OrchestratorService_ListRuns_FullMethodName             = "/loom.orchestrator.v1.OrchestratorService/ListRuns"
 	OrchestratorService_CancelRun_FullMethodName            = "/loom.orchestrator.v1.OrchestratorService/CancelRun"
+	OrchestratorService_DeleteRun_FullMethodName            = "/loom.orchestrator.v1.OrchestratorService/DeleteRun"
 	OrchestratorService_WatchRun_FullMethodName             = "/loom.orchestrator.v1.OrchestratorService/WatchRun"
 	OrchestratorService_ListPendingApprovals_FullMethodName = "/loom.orchestrator.v1.OrchestratorService/ListPendingApprovals"
 	OrchestratorService_SubmitApproval_FullMethodName       = "/loom.orchestrator.v1.OrchestratorService/SubmitApproval"
@@ -57,7 +58,8 @@ type OrchestratorServiceClient interface {
 	ValidateBlueprint(ctx context.Context, in *ValidateBlueprintRequest, opts ...grpc.CallOption) (*ValidateBlueprintResponse, error)
 	// GenerateCanvas lays out a blueprint as a canvas for visual editors. Deterministic.
 	GenerateCanvas(ctx context.Context, in *GenerateCanvasRequest, opts ...grpc.CallOption) (*GenerateCanvasResponse, error)
-	// StartRun starts a durable run. A second call with the same idempotency key returns the same run.
+	// StartRun starts a durable run. A second call with the same idempotency key and the same request returns the
+	// same run; with a different request, AlreadyExists.
 	StartRun(ctx context.Context, in *StartRunRequest, opts ...grpc.CallOption) (*StartRunResponse, error)
 	// GetRun returns a run with its steps.
 	GetRun(ctx context.Context, in *GetRunRequest, opts ...grpc.CallOption) (*GetRunResponse, error)
@@ -65,6 +67,10 @@ type OrchestratorServiceClient interface {
 	ListRuns(ctx context.Context, in *ListRunsRequest, opts ...grpc.CallOption) (*ListRunsResponse, error)
 	// CancelRun cancels a run, in-flight agent calls included. FailedPrecondition if it already finished.
 	CancelRun(ctx context.Context, in *CancelRunRequest, opts ...grpc.CallOption) (*CancelRunResponse, error)
+	// DeleteRun deletes a finished run (succeeded, failed or cancelled) with its steps and events, including a run
+	// whose stored record no longer decodes. FailedPrecondition if the run has not ended: cancel it first (a run
+	// still executing is never deleted from under its owner). NotFound if there is no such run.
+	DeleteRun(ctx context.Context, in *DeleteRunRequest, opts ...grpc.CallOption) (*DeleteRunResponse, error)
 	// WatchRun streams a run's events from after_sequence on, then follows new ones until the run ends.
 	WatchRun(ctx context.Context, in *WatchRunRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRunResponse], error)
 	// ListPendingApprovals lists approval steps waiting for a person.
@@ -191,6 +197,16 @@ func (c *orchestratorServiceClient) CancelRun(ctx context.Context, in *CancelRun
 	return out, nil
 }
 
+func (c *orchestratorServiceClient) DeleteRun(ctx context.Context, in *DeleteRunRequest, opts ...grpc.CallOption) (*DeleteRunResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteRunResponse)
+	err := c.cc.Invoke(ctx, OrchestratorService_DeleteRun_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *orchestratorServiceClient) WatchRun(ctx context.Context, in *WatchRunRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRunResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &OrchestratorService_ServiceDesc.Streams[0], OrchestratorService_WatchRun_FullMethodName, cOpts...)
@@ -252,7 +268,8 @@ type OrchestratorServiceServer interface {
 	ValidateBlueprint(context.Context, *ValidateBlueprintRequest) (*ValidateBlueprintResponse, error)
 	// GenerateCanvas lays out a blueprint as a canvas for visual editors. Deterministic.
 	GenerateCanvas(context.Context, *GenerateCanvasRequest) (*GenerateCanvasResponse, error)
-	// StartRun starts a durable run. A second call with the same idempotency key returns the same run.
+	// StartRun starts a durable run. A second call with the same idempotency key and the same request returns the
+	// same run; with a different request, AlreadyExists.
 	StartRun(context.Context, *StartRunRequest) (*StartRunResponse, error)
 	// GetRun returns a run with its steps.
 	GetRun(context.Context, *GetRunRequest) (*GetRunResponse, error)
@@ -260,6 +277,10 @@ type OrchestratorServiceServer interface {
 	ListRuns(context.Context, *ListRunsRequest) (*ListRunsResponse, error)
 	// CancelRun cancels a run, in-flight agent calls included. FailedPrecondition if it already finished.
 	CancelRun(context.Context, *CancelRunRequest) (*CancelRunResponse, error)
+	// DeleteRun deletes a finished run (succeeded, failed or cancelled) with its steps and events, including a run
+	// whose stored record no longer decodes. FailedPrecondition if the run has not ended: cancel it first (a run
+	// still executing is never deleted from under its owner). NotFound if there is no such run.
+	DeleteRun(context.Context, *DeleteRunRequest) (*DeleteRunResponse, error)
 	// WatchRun streams a run's events from after_sequence on, then follows new ones until the run ends.
 	WatchRun(*WatchRunRequest, grpc.ServerStreamingServer[WatchRunResponse]) error
 	// ListPendingApprovals lists approval steps waiting for a person.
@@ -308,6 +329,9 @@ func (UnimplementedOrchestratorServiceServer) ListRuns(context.Context, *ListRun
 }
 func (UnimplementedOrchestratorServiceServer) CancelRun(context.Context, *CancelRunRequest) (*CancelRunResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelRun not implemented")
+}
+func (UnimplementedOrchestratorServiceServer) DeleteRun(context.Context, *DeleteRunRequest) (*DeleteRunResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteRun not implemented")
 }
 func (UnimplementedOrchestratorServiceServer) WatchRun(*WatchRunRequest, grpc.ServerStreamingServer[WatchRunResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchRun not implemented")
@@ -537,6 +561,24 @@ func _OrchestratorService_CancelRun_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OrchestratorService_DeleteRun_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteRunRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OrchestratorServiceServer).DeleteRun(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OrchestratorService_DeleteRun_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OrchestratorServiceServer).DeleteRun(ctx, req.(*DeleteRunRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _OrchestratorService_WatchRun_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchRunRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -634,6 +676,10 @@ var OrchestratorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelRun",
 			Handler:    _OrchestratorService_CancelRun_Handler,
+		},
+		{
+			MethodName: "DeleteRun",
+			Handler:    _OrchestratorService_DeleteRun_Handler,
 		},
 		{
 			MethodName: "ListPendingApprovals",

@@ -66,6 +66,9 @@ const (
 	// OrchestratorServiceCancelRunProcedure is the fully-qualified name of the OrchestratorService's
 	// CancelRun RPC.
 	OrchestratorServiceCancelRunProcedure = "/loom.orchestrator.v1.OrchestratorService/CancelRun"
+	// OrchestratorServiceDeleteRunProcedure is the fully-qualified name of the OrchestratorService's
+	// DeleteRun RPC.
+	OrchestratorServiceDeleteRunProcedure = "/loom.orchestrator.v1.OrchestratorService/DeleteRun"
 	// OrchestratorServiceWatchRunProcedure is the fully-qualified name of the OrchestratorService's
 	// WatchRun RPC.
 	OrchestratorServiceWatchRunProcedure = "/loom.orchestrator.v1.OrchestratorService/WatchRun"
@@ -93,7 +96,8 @@ type OrchestratorServiceClient interface {
 	ValidateBlueprint(context.Context, *connect.Request[v1.ValidateBlueprintRequest]) (*connect.Response[v1.ValidateBlueprintResponse], error)
 	// GenerateCanvas lays out a blueprint as a canvas for visual editors. Deterministic.
 	GenerateCanvas(context.Context, *connect.Request[v1.GenerateCanvasRequest]) (*connect.Response[v1.GenerateCanvasResponse], error)
-	// StartRun starts a durable run. A second call with the same idempotency key returns the same run.
+	// StartRun starts a durable run. A second call with the same idempotency key and the same request returns the
+	// same run; with a different request, AlreadyExists.
 	StartRun(context.Context, *connect.Request[v1.StartRunRequest]) (*connect.Response[v1.StartRunResponse], error)
 	// GetRun returns a run with its steps.
 	GetRun(context.Context, *connect.Request[v1.GetRunRequest]) (*connect.Response[v1.GetRunResponse], error)
@@ -101,6 +105,10 @@ type OrchestratorServiceClient interface {
 	ListRuns(context.Context, *connect.Request[v1.ListRunsRequest]) (*connect.Response[v1.ListRunsResponse], error)
 	// CancelRun cancels a run, in-flight agent calls included. FailedPrecondition if it already finished.
 	CancelRun(context.Context, *connect.Request[v1.CancelRunRequest]) (*connect.Response[v1.CancelRunResponse], error)
+	// DeleteRun deletes a finished run (succeeded, failed or cancelled) with its steps and events, including a run
+	// whose stored record no longer decodes. FailedPrecondition if the run has not ended: cancel it first (a run
+	// still executing is never deleted from under its owner). NotFound if there is no such run.
+	DeleteRun(context.Context, *connect.Request[v1.DeleteRunRequest]) (*connect.Response[v1.DeleteRunResponse], error)
 	// WatchRun streams a run's events from after_sequence on, then follows new ones until the run ends.
 	WatchRun(context.Context, *connect.Request[v1.WatchRunRequest]) (*connect.ServerStreamForClient[v1.WatchRunResponse], error)
 	// ListPendingApprovals lists approval steps waiting for a person.
@@ -193,6 +201,13 @@ func NewOrchestratorServiceClient(httpClient connect.HTTPClient, baseURL string,
 			connect.WithSchema(orchestratorServiceMethods.ByName("CancelRun")),
 			connect.WithClientOptions(opts...),
 		),
+		deleteRun: connect.NewClient[v1.DeleteRunRequest, v1.DeleteRunResponse](
+			httpClient,
+			baseURL+OrchestratorServiceDeleteRunProcedure,
+			connect.WithSchema(orchestratorServiceMethods.ByName("DeleteRun")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
 		watchRun: connect.NewClient[v1.WatchRunRequest, v1.WatchRunResponse](
 			httpClient,
 			baseURL+OrchestratorServiceWatchRunProcedure,
@@ -228,6 +243,7 @@ type orchestratorServiceClient struct {
 	getRun               *connect.Client[v1.GetRunRequest, v1.GetRunResponse]
 	listRuns             *connect.Client[v1.ListRunsRequest, v1.ListRunsResponse]
 	cancelRun            *connect.Client[v1.CancelRunRequest, v1.CancelRunResponse]
+	deleteRun            *connect.Client[v1.DeleteRunRequest, v1.DeleteRunResponse]
 	watchRun             *connect.Client[v1.WatchRunRequest, v1.WatchRunResponse]
 	listPendingApprovals *connect.Client[v1.ListPendingApprovalsRequest, v1.ListPendingApprovalsResponse]
 	submitApproval       *connect.Client[v1.SubmitApprovalRequest, v1.SubmitApprovalResponse]
@@ -288,6 +304,11 @@ func (c *orchestratorServiceClient) CancelRun(ctx context.Context, req *connect.
 	return c.cancelRun.CallUnary(ctx, req)
 }
 
+// DeleteRun calls loom.orchestrator.v1.OrchestratorService.DeleteRun.
+func (c *orchestratorServiceClient) DeleteRun(ctx context.Context, req *connect.Request[v1.DeleteRunRequest]) (*connect.Response[v1.DeleteRunResponse], error) {
+	return c.deleteRun.CallUnary(ctx, req)
+}
+
 // WatchRun calls loom.orchestrator.v1.OrchestratorService.WatchRun.
 func (c *orchestratorServiceClient) WatchRun(ctx context.Context, req *connect.Request[v1.WatchRunRequest]) (*connect.ServerStreamForClient[v1.WatchRunResponse], error) {
 	return c.watchRun.CallServerStream(ctx, req)
@@ -320,7 +341,8 @@ type OrchestratorServiceHandler interface {
 	ValidateBlueprint(context.Context, *connect.Request[v1.ValidateBlueprintRequest]) (*connect.Response[v1.ValidateBlueprintResponse], error)
 	// GenerateCanvas lays out a blueprint as a canvas for visual editors. Deterministic.
 	GenerateCanvas(context.Context, *connect.Request[v1.GenerateCanvasRequest]) (*connect.Response[v1.GenerateCanvasResponse], error)
-	// StartRun starts a durable run. A second call with the same idempotency key returns the same run.
+	// StartRun starts a durable run. A second call with the same idempotency key and the same request returns the
+	// same run; with a different request, AlreadyExists.
 	StartRun(context.Context, *connect.Request[v1.StartRunRequest]) (*connect.Response[v1.StartRunResponse], error)
 	// GetRun returns a run with its steps.
 	GetRun(context.Context, *connect.Request[v1.GetRunRequest]) (*connect.Response[v1.GetRunResponse], error)
@@ -328,6 +350,10 @@ type OrchestratorServiceHandler interface {
 	ListRuns(context.Context, *connect.Request[v1.ListRunsRequest]) (*connect.Response[v1.ListRunsResponse], error)
 	// CancelRun cancels a run, in-flight agent calls included. FailedPrecondition if it already finished.
 	CancelRun(context.Context, *connect.Request[v1.CancelRunRequest]) (*connect.Response[v1.CancelRunResponse], error)
+	// DeleteRun deletes a finished run (succeeded, failed or cancelled) with its steps and events, including a run
+	// whose stored record no longer decodes. FailedPrecondition if the run has not ended: cancel it first (a run
+	// still executing is never deleted from under its owner). NotFound if there is no such run.
+	DeleteRun(context.Context, *connect.Request[v1.DeleteRunRequest]) (*connect.Response[v1.DeleteRunResponse], error)
 	// WatchRun streams a run's events from after_sequence on, then follows new ones until the run ends.
 	WatchRun(context.Context, *connect.Request[v1.WatchRunRequest], *connect.ServerStream[v1.WatchRunResponse]) error
 	// ListPendingApprovals lists approval steps waiting for a person.
@@ -416,6 +442,13 @@ func NewOrchestratorServiceHandler(svc OrchestratorServiceHandler, opts ...conne
 		connect.WithSchema(orchestratorServiceMethods.ByName("CancelRun")),
 		connect.WithHandlerOptions(opts...),
 	)
+	orchestratorServiceDeleteRunHandler := connect.NewUnaryHandler(
+		OrchestratorServiceDeleteRunProcedure,
+		svc.DeleteRun,
+		connect.WithSchema(orchestratorServiceMethods.ByName("DeleteRun")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
 	orchestratorServiceWatchRunHandler := connect.NewServerStreamHandler(
 		OrchestratorServiceWatchRunProcedure,
 		svc.WatchRun,
@@ -459,6 +492,8 @@ func NewOrchestratorServiceHandler(svc OrchestratorServiceHandler, opts ...conne
 			orchestratorServiceListRunsHandler.ServeHTTP(w, r)
 		case OrchestratorServiceCancelRunProcedure:
 			orchestratorServiceCancelRunHandler.ServeHTTP(w, r)
+		case OrchestratorServiceDeleteRunProcedure:
+			orchestratorServiceDeleteRunHandler.ServeHTTP(w, r)
 		case OrchestratorServiceWatchRunProcedure:
 			orchestratorServiceWatchRunHandler.ServeHTTP(w, r)
 		case OrchestratorServiceListPendingApprovalsProcedure:
@@ -516,6 +551,10 @@ func (UnimplementedOrchestratorServiceHandler) ListRuns(context.Context, *connec
 
 func (UnimplementedOrchestratorServiceHandler) CancelRun(context.Context, *connect.Request[v1.CancelRunRequest]) (*connect.Response[v1.CancelRunResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.orchestrator.v1.OrchestratorService.CancelRun is not implemented"))
+}
+
+func (UnimplementedOrchestratorServiceHandler) DeleteRun(context.Context, *connect.Request[v1.DeleteRunRequest]) (*connect.Response[v1.DeleteRunResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.orchestrator.v1.OrchestratorService.DeleteRun is not implemented"))
 }
 
 func (UnimplementedOrchestratorServiceHandler) WatchRun(context.Context, *connect.Request[v1.WatchRunRequest], *connect.ServerStream[v1.WatchRunResponse]) error {
