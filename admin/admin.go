@@ -1,6 +1,6 @@
-// Package admin is Loom's admin service: a tenant's API keys, its model provider keys and its audit trail. Every RPC needs the admin role
-// (declared in the contract and enforced by the server's authorization interceptor) and acts on the caller's own
-// tenant only.
+// Package admin is Loom's admin service: a tenant's API keys, its model provider keys and its audit trail, and
+// WhoAmI. Every RPC needs the admin role, except WhoAmI (reader); roles are declared in the contract and enforced by
+// the server's authorization interceptor. Every RPC acts on the caller's own tenant only.
 package admin
 
 import (
@@ -8,6 +8,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -32,12 +33,18 @@ type Server struct {
 	trail  *audit.Store
 	// providers is nil when no master key is configured.
 	providers *secrets.ProviderKeys
+	// mode is the server's auth mode, reported by WhoAmI; never empty.
+	mode authn.Mode
 }
 
 // New returns a server over the key store, the audit store and the provider key store. providers may be nil (no
-// master key configured): the provider key RPCs then answer FailedPrecondition.
-func New(logger *slog.Logger, keys *authn.KeyStore, trail *audit.Store, providers *secrets.ProviderKeys) *Server {
-	return &Server{logger: logger, keys: keys, trail: trail, providers: providers}
+// master key configured): the provider key RPCs then answer FailedPrecondition. mode is the auth mode the server's
+// authenticator runs in, reported by WhoAmI; empty means [authn.ModeRequired], as in [authn.Config].
+func New(logger *slog.Logger, keys *authn.KeyStore, trail *audit.Store, providers *secrets.ProviderKeys, mode authn.Mode) *Server {
+	if mode == "" {
+		mode = authn.ModeRequired
+	}
+	return &Server{logger: logger, keys: keys, trail: trail, providers: providers, mode: mode}
 }
 
 // Service returns the service for the RPC server.
@@ -175,6 +182,34 @@ func (s *Server) ListProviderKeys(ctx context.Context, _ *connect.Request[adminv
 		res.ProviderKeys = append(res.ProviderKeys, providerKeyProto(k))
 	}
 	return connect.NewResponse(res), nil
+}
+
+// WhoAmI reports the caller's principal and the server's auth mode.
+func (s *Server) WhoAmI(ctx context.Context, _ *connect.Request[adminv1.WhoAmIRequest]) (*connect.Response[adminv1.WhoAmIResponse], error) {
+	p, ok := principal.FromContext(ctx)
+	if !ok {
+		return nil, s.toConnect(ctx, principal.ErrNoPrincipal)
+	}
+	return connect.NewResponse(&adminv1.WhoAmIResponse{
+		Tenant:         p.Tenant,
+		Subject:        p.Subject,
+		Roles:          p.Roles,
+		AuthMode:       string(s.mode),
+		CredentialKind: s.credentialKind(p),
+	}), nil
+}
+
+// credentialKind tells what credential made p, where the principal shows it: authn names an API key's principal
+// "apikey:<id>", and gives calls without credentials in local mode [principal.Local]. OIDC and service tokens carry
+// the token's subject, so they are not told apart: "".
+func (s *Server) credentialKind(p principal.Principal) string {
+	switch {
+	case strings.HasPrefix(p.Subject, "apikey:"):
+		return "api_key"
+	case s.mode == authn.ModeLocal && p.Tenant == principal.Local.Tenant && p.Subject == principal.Local.Subject:
+		return "none"
+	}
+	return ""
 }
 
 func providerKeyProto(k secrets.ProviderKey) *adminv1.ProviderKey {

@@ -50,7 +50,7 @@ func newClient(t *testing.T, withMasterKey bool) (adminv1.AdminServiceClient, *s
 			t.Fatal(err)
 		}
 	}
-	svc := admin.New(slog.New(slog.NewTextHandler(io.Discard, nil)), keys, trail, providers)
+	svc := admin.New(slog.New(slog.NewTextHandler(io.Discard, nil)), keys, trail, providers, authn.ModeRequired)
 	srv := rpcservertest.Start(t, rpcserver.Config{}, rpcservertest.TenantAuthenticator, svc.Service())
 	return adminv1.NewAdminServiceClient(srv.GRPCConn(t)), providers
 }

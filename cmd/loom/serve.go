@@ -247,7 +247,7 @@ func buildService(ctx context.Context, name string, cfg config, logger *slog.Log
 	logger = logger.With("service", name)
 	switch name {
 	case "admin":
-		svc := admin.New(logger, sec.keys, sec.trail, sec.providerKeys).Service()
+		svc := admin.New(logger, sec.keys, sec.trail, sec.providerKeys, authn.Mode(cfg.Auth)).Service() // cfg.Validate allows only "local" and "required"
 		db, err := dbs.open(ctx, "auth.db")
 		if err != nil {
 			return rpcserver.Service{}, nil, err

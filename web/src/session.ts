@@ -1,23 +1,15 @@
 // The session: the credential the user pasted (an API key "loom_<id>_<secret>" or an OIDC bearer token), kept in
 // sessionStorage only (gone when the tab closes), sent as "Authorization: Bearer ...", and who it makes the
-// caller: tenant and roles.
-//
-// The contracts have no "who am I" RPC, so the console works the identity out without side effects where it
-// can: the server's auth mode from /healthz (header Loom-Auth-Mode); for an OIDC token, the tenant and roles
-// claims it carries (display only: the server verifies the token on every call); for an API key, the roles by
-// asking AdminService.ListApiKeys (admin only; it also names the key), and failing that an empty, invalid
-// CreateNamespace request, which the server refuses before any work: PermissionDenied for a reader,
-// InvalidArgument for a writer. The tenant of an API key is not reported by any RPC.
+// caller: tenant, subject and roles, and the server's auth mode, as AdminService.WhoAmI reports them (any role may
+// call it; it has no side effects). Only when WhoAmI fails for a reason other than a refused credential does the
+// console fall back to the tenant and roles claims of an OIDC token, for display only: the server verifies the
+// token on every call.
 
 import { Code, ConnectError, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { AdminService } from "../../gen/ts/loom/admin/v1/admin_pb";
-import { MemoryService } from "../../gen/ts/loom/memory/v1/memory_pb";
 
 const KEY = "loom.credential";
-// The identity found for the stored credential, kept beside it so a reload does not probe again (the probe of a
-// non-admin key is an audited, refused call). Written and removed together with the credential.
-const IDENTITY = "loom.identity";
 
 export type Role = "reader" | "writer" | "admin";
 const RANK: Record<Role, number> = { reader: 1, writer: 2, admin: 3 };
@@ -32,13 +24,14 @@ export interface Identity {
   roles: Role[];
   /** A line for people: how the identity was found. */
   note: string;
-  /** Subject (key id or token subject), when known. */
+  /** Subject as the server reports it ("apikey:<id>", a token's subject, "local-dev"), when known. */
   subject: string;
 }
 
 export interface Session {
   baseUrl: string;
   transport: Transport;
+  /** The server's auth mode, "local" or "required", as WhoAmI reports it; empty when unknown. */
   authMode: string;
   identity: Identity;
   /** can reports whether the caller's roles include role (roles are ordered: admin > writer > reader). */
@@ -92,27 +85,25 @@ export async function newSession(): Promise<Session> {
   };
   const transport = createConnectTransport({ baseUrl, interceptors: [auth] });
 
-  let authMode = "";
-  try {
-    const res = await fetch(`${baseUrl}/healthz`, { cache: "no-store" });
-    authMode = res.headers.get("Loom-Auth-Mode") ?? "";
-  } catch {
-    // Unknown mode: the identity probe below still tells signed-in from refused.
-  }
-
   const forget = () => {
     cred = "";
     try {
       sessionStorage.removeItem(KEY);
-      sessionStorage.removeItem(IDENTITY);
     } catch {
       // Storage disabled: nothing was kept.
     }
   };
+  // refresh asks the server who the current credential makes the caller, and forgets a refused credential.
+  const refresh = async () => {
+    const r = await identify(transport, cred, session.authMode);
+    session.identity = r.identity;
+    session.authMode = r.authMode;
+    if (cred && r.identity.kind === "none") forget();
+  };
   const session: Session = {
     baseUrl,
     transport,
-    authMode,
+    authMode: "",
     identity: { kind: "none", tenant: "", roles: [], note: "", subject: "" },
     can(role) {
       return session.identity.roles.some((r) => RANK[r] >= RANK[role]);
@@ -125,101 +116,68 @@ export async function newSession(): Promise<Session> {
       } catch {
         // Storage disabled: the credential lives until reload.
       }
-      session.identity = await identify(transport, cred, authMode);
-      if (session.identity.kind === "none") forget(); // never keep a refused credential
-      else remember(session.identity);
+      await refresh();
       listeners.forEach((f) => f());
     },
     async signOut() {
       forget();
-      session.identity = await identify(transport, cred, authMode);
+      await refresh();
       listeners.forEach((f) => f());
     },
     onChange(fn) {
       listeners.push(fn);
     },
   };
-  session.identity = (cred && cached()) || (await identify(transport, cred, authMode));
-  if (cred && session.identity.kind === "none") forget();
-  else if (cred) remember(session.identity);
+  await refresh();
   return session;
 }
 
-function remember(id: Identity): void {
-  try {
-    sessionStorage.setItem(IDENTITY, JSON.stringify(id));
-  } catch {
-    // Storage disabled: identify again next time.
-  }
-}
-
-function cached(): Identity | null {
-  try {
-    const id = JSON.parse(sessionStorage.getItem(IDENTITY) ?? "null") as Identity | null;
-    return id && (id.kind === "key" || id.kind === "token") && Array.isArray(id.roles) ? id : null;
-  } catch {
-    return null;
-  }
-}
-
-/** identify works out who the credential makes the caller (see the file comment). It throws nothing. */
-async function identify(transport: Transport, cred: string, authMode: string): Promise<Identity> {
-  if (!cred) {
-    if (authMode === "required") {
-      return { kind: "none", tenant: "", roles: [], subject: "", note: "Sign in: this server requires an API key or token (--auth required)." };
-    }
-    return {
-      kind: "local",
-      tenant: "local",
-      roles: ["admin"],
-      subject: "local-dev",
-      note: "Local mode (--auth local): calls without credentials act as tenant \"local\" with every role.",
-    };
-  }
+/** identify asks the server who the credential makes the caller (AdminService.WhoAmI). It throws nothing. */
+async function identify(transport: Transport, cred: string, authMode: string): Promise<{ identity: Identity; authMode: string }> {
   const admin = createClient(AdminService, transport);
-  const memory = createClient(MemoryService, transport);
   const claims = cred.startsWith("loom_") ? null : decodeJWT(cred);
   const keyId = cred.startsWith("loom_") ? cred.split("_")[1] ?? "" : "";
-  let roles: Role[] = [];
-  let note = "";
+  const none = (note: string, mode = authMode) => ({ identity: { kind: "none" as const, tenant: "", roles: [], subject: "", note }, authMode: mode });
+  let me;
   try {
-    const res = await admin.listApiKeys({});
-    const mine = res.keys.find((k) => k.id === keyId);
-    roles = mine ? asRoles(mine.roles) : ["admin"];
-    if (!roles.includes("admin")) roles.push("admin");
-    note = mine ? `API key "${mine.name}" (${mine.id})` : "";
+    me = await admin.whoAmI({});
   } catch (err) {
     const ce = ConnectError.from(err);
     if (ce.code === Code.Unauthenticated) {
-      return { kind: "none", tenant: "", roles: [], subject: "", note: `Signed out: the server refused this credential (${ce.rawMessage}).` };
+      if (!cred) return none("Sign in: this server requires an API key or token (--auth required).", "required");
+      return none(`Signed out: the server refused this credential (${ce.rawMessage}).`);
     }
-    if (ce.code !== Code.PermissionDenied) {
-      return { kind: "none", tenant: "", roles: [], subject: "", note: `Could not check the credential: ${ce.rawMessage}` };
+    // Fallback, display only (the server checks every call): the claims an OIDC token carries.
+    if (claims) {
+      const identity: Identity = {
+        kind: "token",
+        tenant: String(claims["loom_tenant"] ?? ""),
+        roles: asRoles(claims["loom_roles"]),
+        subject: String(claims["sub"] ?? ""),
+        note: `OIDC token${claims["iss"] ? ` from ${claims["iss"]}` : ""} (claims not confirmed by the server: ${ce.rawMessage})`,
+      };
+      return { identity, authMode };
     }
-    try {
-      await memory.createNamespace({});
-      roles = ["writer"];
-    } catch (err2) {
-      const c2 = ConnectError.from(err2);
-      roles = c2.code === Code.PermissionDenied ? ["reader"] : ["writer"];
-    }
+    return none(`Could not check the credential: ${ce.rawMessage}`);
+  }
+  const mode = me.authMode || authMode;
+  const id = { tenant: me.tenant, roles: asRoles(me.roles), subject: me.subject };
+  if (!cred) {
+    const note = `Local mode (--auth local): calls without credentials act as tenant "${me.tenant}" with every role.`;
+    return { identity: { ...id, kind: "local", note }, authMode: mode };
   }
   if (claims) {
-    const tenant = String(claims["loom_tenant"] ?? "");
-    const claimed = asRoles(claims["loom_roles"]);
-    return {
-      kind: "token",
-      tenant,
-      roles: roles.length ? roles : claimed,
-      subject: String(claims["sub"] ?? ""),
-      note: `OIDC token${claims["iss"] ? ` from ${claims["iss"]}` : ""}`,
-    };
+    return { identity: { ...id, kind: "token", note: `OIDC token${claims["iss"] ? ` from ${claims["iss"]}` : ""}` }, authMode: mode };
   }
-  return {
-    kind: "key",
-    tenant: "",
-    roles,
-    subject: keyId,
-    note: note || `API key ${keyId}` + " (the server does not report a key's tenant)",
-  };
+  // An admin may list the tenant's keys, so the note can name the key; nobody else is asked.
+  let note = `API key ${keyId}`;
+  if (id.roles.includes("admin")) {
+    try {
+      const mine = (await admin.listApiKeys({})).keys.find((k) => k.id === keyId);
+      if (mine) note = `API key "${mine.name}" (${mine.id})`;
+    } catch {
+      // The name is decoration: the identity above is the server's.
+    }
+  }
+  return { identity: { ...id, kind: "key", note }, authMode: mode };
 }

@@ -670,6 +670,9 @@ describe("console through the gateway with --auth required and API keys", () => 
     await page.waitForFunction(() => /refused/.test(document.querySelector('[data-testid="whoami-note"]')?.textContent ?? ""));
 
     await signIn(page, keys.writer);
+    // Tenant and roles are the ones the server's WhoAmI reports for the key (the key names no tenant itself).
+    assert.equal(await page.getByTestId("whoami").getAttribute("data-tenant"), "acme");
+    assert.equal(await page.getByTestId("whoami-tenant").textContent(), "acme");
     assert.equal(await page.getByTestId("whoami").getAttribute("data-roles"), "writer");
     assert.equal(await page.evaluate(() => localStorage.length), 0);
     assert.equal(await page.evaluate(() => document.cookie), "");
@@ -700,6 +703,7 @@ describe("console through the gateway with --auth required and API keys", () => 
   it("hides write controls from a reader key", async () => {
     const page = await context.newPage();
     await signIn(page, keys.reader);
+    assert.equal(await page.getByTestId("whoami").getAttribute("data-tenant"), "acme");
     assert.equal(await page.getByTestId("whoami").getAttribute("data-roles"), "reader");
     await page.locator('[data-testid="ns-item"][data-name="acme-notes"] a').click();
     await page.getByTestId("ns-title").waitFor();
@@ -730,6 +734,7 @@ describe("console through the gateway with --auth required and API keys", () => 
     const who = page.getByTestId("whoami");
     assert.equal(await who.getAttribute("data-tenant"), "acme");
     assert.equal(await who.getAttribute("data-roles"), "writer");
+    assert.doesNotMatch(await page.getByTestId("whoami-note").textContent(), /not confirmed/, "WhoAmI answered, not the claims fallback");
     // Same tenant as the API keys: the namespace the writer key made is there.
     await page.locator('[data-testid="ns-item"][data-name="acme-notes"]').waitFor();
     assert.equal(await page.getByTestId("ns-create-form").count(), 1);

@@ -923,6 +923,128 @@ func (x *ListProviderKeysResponse) GetProviderKeys() []*ProviderKey {
 	return nil
 }
 
+// WhoAmIRequest is the request of WhoAmI.
+type WhoAmIRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WhoAmIRequest) Reset() {
+	*x = WhoAmIRequest{}
+	mi := &file_loom_admin_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WhoAmIRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WhoAmIRequest) ProtoMessage() {}
+
+func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_admin_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WhoAmIRequest.ProtoReflect.Descriptor instead.
+func (*WhoAmIRequest) Descriptor() ([]byte, []int) {
+	return file_loom_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+// WhoAmIResponse is the response of WhoAmI: the caller as the server authenticated it.
+type WhoAmIResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tenant that scopes every resource the caller can see; "local" for a call without credentials in local mode.
+	Tenant string `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// Subject naming the caller within its tenant: "apikey:<key id>" for an API key, the token's subject for an OIDC
+	// or service token, "local-dev" for a call without credentials in local mode.
+	Subject string `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	// Roles the caller holds: "reader", "writer" or "admin".
+	Roles []string `protobuf:"bytes,3,rep,name=roles,proto3" json:"roles,omitempty"`
+	// The server's auth mode: "local" (calls without credentials act as tenant "local" with every role) or
+	// "required" (every call needs credentials).
+	AuthMode string `protobuf:"bytes,4,opt,name=auth_mode,json=authMode,proto3" json:"auth_mode,omitempty"`
+	// Kind of credential the call carried, when the server can tell: "api_key" for an API key, "none" for a call
+	// without credentials in local mode; empty when unknown (OIDC and service tokens are not told apart).
+	CredentialKind string `protobuf:"bytes,5,opt,name=credential_kind,json=credentialKind,proto3" json:"credential_kind,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *WhoAmIResponse) Reset() {
+	*x = WhoAmIResponse{}
+	mi := &file_loom_admin_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WhoAmIResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WhoAmIResponse) ProtoMessage() {}
+
+func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_admin_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WhoAmIResponse.ProtoReflect.Descriptor instead.
+func (*WhoAmIResponse) Descriptor() ([]byte, []int) {
+	return file_loom_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *WhoAmIResponse) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *WhoAmIResponse) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *WhoAmIResponse) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *WhoAmIResponse) GetAuthMode() string {
+	if x != nil {
+		return x.AuthMode
+	}
+	return ""
+}
+
+func (x *WhoAmIResponse) GetCredentialKind() string {
+	if x != nil {
+		return x.CredentialKind
+	}
+	return ""
+}
+
 var File_loom_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_loom_admin_v1_admin_proto_rawDesc = "" +
@@ -987,7 +1109,14 @@ const file_loom_admin_v1_admin_proto_rawDesc = "" +
 	"\x19DeleteProviderKeyResponse\"\x19\n" +
 	"\x17ListProviderKeysRequest\"[\n" +
 	"\x18ListProviderKeysResponse\x12?\n" +
-	"\rprovider_keys\x18\x01 \x03(\v2\x1a.loom.admin.v1.ProviderKeyR\fproviderKeys2\xe0\x05\n" +
+	"\rprovider_keys\x18\x01 \x03(\v2\x1a.loom.admin.v1.ProviderKeyR\fproviderKeys\"\x0f\n" +
+	"\rWhoAmIRequest\"\x9e\x01\n" +
+	"\x0eWhoAmIResponse\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x18\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\x12\x14\n" +
+	"\x05roles\x18\x03 \x03(\tR\x05roles\x12\x1b\n" +
+	"\tauth_mode\x18\x04 \x01(\tR\bauthMode\x12'\n" +
+	"\x0fcredential_kind\x18\x05 \x01(\tR\x0ecredentialKind2\xb0\x06\n" +
 	"\fAdminService\x12]\n" +
 	"\fCreateApiKey\x12\".loom.admin.v1.CreateApiKeyRequest\x1a#.loom.admin.v1.CreateApiKeyResponse\"\x04\xc8\xf3\x18\x03\x12]\n" +
 	"\vListApiKeys\x12!.loom.admin.v1.ListApiKeysRequest\x1a\".loom.admin.v1.ListApiKeysResponse\"\a\xc8\xf3\x18\x03\x90\x02\x01\x12`\n" +
@@ -995,7 +1124,8 @@ const file_loom_admin_v1_admin_proto_rawDesc = "" +
 	"\x0fListAuditEvents\x12%.loom.admin.v1.ListAuditEventsRequest\x1a&.loom.admin.v1.ListAuditEventsResponse\"\a\xc8\xf3\x18\x03\x90\x02\x01\x12f\n" +
 	"\x0eSetProviderKey\x12$.loom.admin.v1.SetProviderKeyRequest\x1a%.loom.admin.v1.SetProviderKeyResponse\"\a\xc8\xf3\x18\x03\x90\x02\x02\x12o\n" +
 	"\x11DeleteProviderKey\x12'.loom.admin.v1.DeleteProviderKeyRequest\x1a(.loom.admin.v1.DeleteProviderKeyResponse\"\a\xc8\xf3\x18\x03\x90\x02\x02\x12l\n" +
-	"\x10ListProviderKeys\x12&.loom.admin.v1.ListProviderKeysRequest\x1a'.loom.admin.v1.ListProviderKeysResponse\"\a\xc8\xf3\x18\x03\x90\x02\x01B\xa9\x01\n" +
+	"\x10ListProviderKeys\x12&.loom.admin.v1.ListProviderKeysRequest\x1a'.loom.admin.v1.ListProviderKeysResponse\"\a\xc8\xf3\x18\x03\x90\x02\x01\x12N\n" +
+	"\x06WhoAmI\x12\x1c.loom.admin.v1.WhoAmIRequest\x1a\x1d.loom.admin.v1.WhoAmIResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01B\xa9\x01\n" +
 	"\x11com.loom.admin.v1B\n" +
 	"AdminProtoP\x01Z2github.com/loom-dev/loom/gen/loom/admin/v1;adminv1\xa2\x02\x03LAX\xaa\x02\rLoom.Admin.V1\xca\x02\rLoom\\Admin\\V1\xe2\x02\x19Loom\\Admin\\V1\\GPBMetadata\xea\x02\x0fLoom::Admin::V1b\x06proto3"
 
@@ -1011,7 +1141,7 @@ func file_loom_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_loom_admin_v1_admin_proto_rawDescData
 }
 
-var file_loom_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_loom_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_loom_admin_v1_admin_proto_goTypes = []any{
 	(*ApiKey)(nil),                    // 0: loom.admin.v1.ApiKey
 	(*CreateApiKeyRequest)(nil),       // 1: loom.admin.v1.CreateApiKeyRequest
@@ -1030,18 +1160,20 @@ var file_loom_admin_v1_admin_proto_goTypes = []any{
 	(*DeleteProviderKeyResponse)(nil), // 14: loom.admin.v1.DeleteProviderKeyResponse
 	(*ListProviderKeysRequest)(nil),   // 15: loom.admin.v1.ListProviderKeysRequest
 	(*ListProviderKeysResponse)(nil),  // 16: loom.admin.v1.ListProviderKeysResponse
-	(*timestamppb.Timestamp)(nil),     // 17: google.protobuf.Timestamp
+	(*WhoAmIRequest)(nil),             // 17: loom.admin.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),            // 18: loom.admin.v1.WhoAmIResponse
+	(*timestamppb.Timestamp)(nil),     // 19: google.protobuf.Timestamp
 }
 var file_loom_admin_v1_admin_proto_depIdxs = []int32{
-	17, // 0: loom.admin.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
-	17, // 1: loom.admin.v1.ApiKey.expire_time:type_name -> google.protobuf.Timestamp
-	17, // 2: loom.admin.v1.ApiKey.revoke_time:type_name -> google.protobuf.Timestamp
-	17, // 3: loom.admin.v1.CreateApiKeyRequest.expire_time:type_name -> google.protobuf.Timestamp
+	19, // 0: loom.admin.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
+	19, // 1: loom.admin.v1.ApiKey.expire_time:type_name -> google.protobuf.Timestamp
+	19, // 2: loom.admin.v1.ApiKey.revoke_time:type_name -> google.protobuf.Timestamp
+	19, // 3: loom.admin.v1.CreateApiKeyRequest.expire_time:type_name -> google.protobuf.Timestamp
 	0,  // 4: loom.admin.v1.CreateApiKeyResponse.key:type_name -> loom.admin.v1.ApiKey
 	0,  // 5: loom.admin.v1.ListApiKeysResponse.keys:type_name -> loom.admin.v1.ApiKey
-	17, // 6: loom.admin.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	19, // 6: loom.admin.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
 	7,  // 7: loom.admin.v1.ListAuditEventsResponse.events:type_name -> loom.admin.v1.AuditEvent
-	17, // 8: loom.admin.v1.ProviderKey.update_time:type_name -> google.protobuf.Timestamp
+	19, // 8: loom.admin.v1.ProviderKey.update_time:type_name -> google.protobuf.Timestamp
 	10, // 9: loom.admin.v1.SetProviderKeyResponse.provider_key:type_name -> loom.admin.v1.ProviderKey
 	10, // 10: loom.admin.v1.ListProviderKeysResponse.provider_keys:type_name -> loom.admin.v1.ProviderKey
 	1,  // 11: loom.admin.v1.AdminService.CreateApiKey:input_type -> loom.admin.v1.CreateApiKeyRequest
@@ -1051,15 +1183,17 @@ var file_loom_admin_v1_admin_proto_depIdxs = []int32{
 	11, // 15: loom.admin.v1.AdminService.SetProviderKey:input_type -> loom.admin.v1.SetProviderKeyRequest
 	13, // 16: loom.admin.v1.AdminService.DeleteProviderKey:input_type -> loom.admin.v1.DeleteProviderKeyRequest
 	15, // 17: loom.admin.v1.AdminService.ListProviderKeys:input_type -> loom.admin.v1.ListProviderKeysRequest
-	2,  // 18: loom.admin.v1.AdminService.CreateApiKey:output_type -> loom.admin.v1.CreateApiKeyResponse
-	4,  // 19: loom.admin.v1.AdminService.ListApiKeys:output_type -> loom.admin.v1.ListApiKeysResponse
-	6,  // 20: loom.admin.v1.AdminService.RevokeApiKey:output_type -> loom.admin.v1.RevokeApiKeyResponse
-	9,  // 21: loom.admin.v1.AdminService.ListAuditEvents:output_type -> loom.admin.v1.ListAuditEventsResponse
-	12, // 22: loom.admin.v1.AdminService.SetProviderKey:output_type -> loom.admin.v1.SetProviderKeyResponse
-	14, // 23: loom.admin.v1.AdminService.DeleteProviderKey:output_type -> loom.admin.v1.DeleteProviderKeyResponse
-	16, // 24: loom.admin.v1.AdminService.ListProviderKeys:output_type -> loom.admin.v1.ListProviderKeysResponse
-	18, // [18:25] is the sub-list for method output_type
-	11, // [11:18] is the sub-list for method input_type
+	17, // 18: loom.admin.v1.AdminService.WhoAmI:input_type -> loom.admin.v1.WhoAmIRequest
+	2,  // 19: loom.admin.v1.AdminService.CreateApiKey:output_type -> loom.admin.v1.CreateApiKeyResponse
+	4,  // 20: loom.admin.v1.AdminService.ListApiKeys:output_type -> loom.admin.v1.ListApiKeysResponse
+	6,  // 21: loom.admin.v1.AdminService.RevokeApiKey:output_type -> loom.admin.v1.RevokeApiKeyResponse
+	9,  // 22: loom.admin.v1.AdminService.ListAuditEvents:output_type -> loom.admin.v1.ListAuditEventsResponse
+	12, // 23: loom.admin.v1.AdminService.SetProviderKey:output_type -> loom.admin.v1.SetProviderKeyResponse
+	14, // 24: loom.admin.v1.AdminService.DeleteProviderKey:output_type -> loom.admin.v1.DeleteProviderKeyResponse
+	16, // 25: loom.admin.v1.AdminService.ListProviderKeys:output_type -> loom.admin.v1.ListProviderKeysResponse
+	18, // 26: loom.admin.v1.AdminService.WhoAmI:output_type -> loom.admin.v1.WhoAmIResponse
+	19, // [19:27] is the sub-list for method output_type
+	11, // [11:19] is the sub-list for method input_type
 	11, // [11:11] is the sub-list for extension type_name
 	11, // [11:11] is the sub-list for extension extendee
 	0,  // [0:11] is the sub-list for field type_name
@@ -1076,7 +1210,7 @@ func file_loom_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_admin_v1_admin_proto_rawDesc), len(file_loom_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

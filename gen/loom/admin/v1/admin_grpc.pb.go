@@ -26,14 +26,15 @@ const (
 	AdminService_SetProviderKey_FullMethodName    = "/loom.admin.v1.AdminService/SetProviderKey"
 	AdminService_DeleteProviderKey_FullMethodName = "/loom.admin.v1.AdminService/DeleteProviderKey"
 	AdminService_ListProviderKeys_FullMethodName  = "/loom.admin.v1.AdminService/ListProviderKeys"
+	AdminService_WhoAmI_FullMethodName            = "/loom.admin.v1.AdminService/WhoAmI"
 )
 
 // AdminServiceClient is the client API for AdminService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AdminService manages a tenant's API keys and model provider keys, and reads its audit trail. Every RPC needs the admin role, and acts
-// on the caller's own tenant only.
+// AdminService manages a tenant's API keys and model provider keys, and reads its audit trail. Every RPC needs the
+// admin role, except WhoAmI (reader), and acts on the caller's own tenant only.
 type AdminServiceClient interface {
 	// CreateApiKey creates an API key. The secret is returned once, here, and never again.
 	CreateApiKey(ctx context.Context, in *CreateApiKeyRequest, opts ...grpc.CallOption) (*CreateApiKeyResponse, error)
@@ -52,6 +53,9 @@ type AdminServiceClient interface {
 	DeleteProviderKey(ctx context.Context, in *DeleteProviderKeyRequest, opts ...grpc.CallOption) (*DeleteProviderKeyResponse, error)
 	// ListProviderKeys lists which providers the tenant has a key for, without the keys.
 	ListProviderKeys(ctx context.Context, in *ListProviderKeysRequest, opts ...grpc.CallOption) (*ListProviderKeysResponse, error)
+	// WhoAmI reports who the server takes the caller to be: the tenant, subject and roles of the authenticated
+	// principal, and the server's auth mode. It has no side effects and is not audited.
+	WhoAmI(ctx context.Context, in *WhoAmIRequest, opts ...grpc.CallOption) (*WhoAmIResponse, error)
 }
 
 type adminServiceClient struct {
@@ -132,12 +136,22 @@ func (c *adminServiceClient) ListProviderKeys(ctx context.Context, in *ListProvi
 	return out, nil
 }
 
+func (c *adminServiceClient) WhoAmI(ctx context.Context, in *WhoAmIRequest, opts ...grpc.CallOption) (*WhoAmIResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WhoAmIResponse)
+	err := c.cc.Invoke(ctx, AdminService_WhoAmI_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
 //
-// AdminService manages a tenant's API keys and model provider keys, and reads its audit trail. Every RPC needs the admin role, and acts
-// on the caller's own tenant only.
+// AdminService manages a tenant's API keys and model provider keys, and reads its audit trail. Every RPC needs the
+// admin role, except WhoAmI (reader), and acts on the caller's own tenant only.
 type AdminServiceServer interface {
 	// CreateApiKey creates an API key. The secret is returned once, here, and never again.
 	CreateApiKey(context.Context, *CreateApiKeyRequest) (*CreateApiKeyResponse, error)
@@ -156,6 +170,9 @@ type AdminServiceServer interface {
 	DeleteProviderKey(context.Context, *DeleteProviderKeyRequest) (*DeleteProviderKeyResponse, error)
 	// ListProviderKeys lists which providers the tenant has a key for, without the keys.
 	ListProviderKeys(context.Context, *ListProviderKeysRequest) (*ListProviderKeysResponse, error)
+	// WhoAmI reports who the server takes the caller to be: the tenant, subject and roles of the authenticated
+	// principal, and the server's auth mode. It has no side effects and is not audited.
+	WhoAmI(context.Context, *WhoAmIRequest) (*WhoAmIResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -186,6 +203,9 @@ func (UnimplementedAdminServiceServer) DeleteProviderKey(context.Context, *Delet
 }
 func (UnimplementedAdminServiceServer) ListProviderKeys(context.Context, *ListProviderKeysRequest) (*ListProviderKeysResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListProviderKeys not implemented")
+}
+func (UnimplementedAdminServiceServer) WhoAmI(context.Context, *WhoAmIRequest) (*WhoAmIResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method WhoAmI not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -334,6 +354,24 @@ func _AdminService_ListProviderKeys_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_WhoAmI_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WhoAmIRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).WhoAmI(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_WhoAmI_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).WhoAmI(ctx, req.(*WhoAmIRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -368,6 +406,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListProviderKeys",
 			Handler:    _AdminService_ListProviderKeys_Handler,
+		},
+		{
+			MethodName: "WhoAmI",
+			Handler:    _AdminService_WhoAmI_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -54,6 +54,8 @@ const (
 	// AdminServiceListProviderKeysProcedure is the fully-qualified name of the AdminService's
 	// ListProviderKeys RPC.
 	AdminServiceListProviderKeysProcedure = "/loom.admin.v1.AdminService/ListProviderKeys"
+	// AdminServiceWhoAmIProcedure is the fully-qualified name of the AdminService's WhoAmI RPC.
+	AdminServiceWhoAmIProcedure = "/loom.admin.v1.AdminService/WhoAmI"
 )
 
 // AdminServiceClient is a client for the loom.admin.v1.AdminService service.
@@ -75,6 +77,9 @@ type AdminServiceClient interface {
 	DeleteProviderKey(context.Context, *connect.Request[v1.DeleteProviderKeyRequest]) (*connect.Response[v1.DeleteProviderKeyResponse], error)
 	// ListProviderKeys lists which providers the tenant has a key for, without the keys.
 	ListProviderKeys(context.Context, *connect.Request[v1.ListProviderKeysRequest]) (*connect.Response[v1.ListProviderKeysResponse], error)
+	// WhoAmI reports who the server takes the caller to be: the tenant, subject and roles of the authenticated
+	// principal, and the server's auth mode. It has no side effects and is not audited.
+	WhoAmI(context.Context, *connect.Request[v1.WhoAmIRequest]) (*connect.Response[v1.WhoAmIResponse], error)
 }
 
 // NewAdminServiceClient constructs a client for the loom.admin.v1.AdminService service. By default,
@@ -136,6 +141,13 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		whoAmI: connect.NewClient[v1.WhoAmIRequest, v1.WhoAmIResponse](
+			httpClient,
+			baseURL+AdminServiceWhoAmIProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("WhoAmI")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -148,6 +160,7 @@ type adminServiceClient struct {
 	setProviderKey    *connect.Client[v1.SetProviderKeyRequest, v1.SetProviderKeyResponse]
 	deleteProviderKey *connect.Client[v1.DeleteProviderKeyRequest, v1.DeleteProviderKeyResponse]
 	listProviderKeys  *connect.Client[v1.ListProviderKeysRequest, v1.ListProviderKeysResponse]
+	whoAmI            *connect.Client[v1.WhoAmIRequest, v1.WhoAmIResponse]
 }
 
 // CreateApiKey calls loom.admin.v1.AdminService.CreateApiKey.
@@ -185,6 +198,11 @@ func (c *adminServiceClient) ListProviderKeys(ctx context.Context, req *connect.
 	return c.listProviderKeys.CallUnary(ctx, req)
 }
 
+// WhoAmI calls loom.admin.v1.AdminService.WhoAmI.
+func (c *adminServiceClient) WhoAmI(ctx context.Context, req *connect.Request[v1.WhoAmIRequest]) (*connect.Response[v1.WhoAmIResponse], error) {
+	return c.whoAmI.CallUnary(ctx, req)
+}
+
 // AdminServiceHandler is an implementation of the loom.admin.v1.AdminService service.
 type AdminServiceHandler interface {
 	// CreateApiKey creates an API key. The secret is returned once, here, and never again.
@@ -204,6 +222,9 @@ type AdminServiceHandler interface {
 	DeleteProviderKey(context.Context, *connect.Request[v1.DeleteProviderKeyRequest]) (*connect.Response[v1.DeleteProviderKeyResponse], error)
 	// ListProviderKeys lists which providers the tenant has a key for, without the keys.
 	ListProviderKeys(context.Context, *connect.Request[v1.ListProviderKeysRequest]) (*connect.Response[v1.ListProviderKeysResponse], error)
+	// WhoAmI reports who the server takes the caller to be: the tenant, subject and roles of the authenticated
+	// principal, and the server's auth mode. It has no side effects and is not audited.
+	WhoAmI(context.Context, *connect.Request[v1.WhoAmIRequest]) (*connect.Response[v1.WhoAmIResponse], error)
 }
 
 // NewAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -261,6 +282,13 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceWhoAmIHandler := connect.NewUnaryHandler(
+		AdminServiceWhoAmIProcedure,
+		svc.WhoAmI,
+		connect.WithSchema(adminServiceMethods.ByName("WhoAmI")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/loom.admin.v1.AdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AdminServiceCreateApiKeyProcedure:
@@ -277,6 +305,8 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 			adminServiceDeleteProviderKeyHandler.ServeHTTP(w, r)
 		case AdminServiceListProviderKeysProcedure:
 			adminServiceListProviderKeysHandler.ServeHTTP(w, r)
+		case AdminServiceWhoAmIProcedure:
+			adminServiceWhoAmIHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -312,4 +342,8 @@ func (UnimplementedAdminServiceHandler) DeleteProviderKey(context.Context, *conn
 
 func (UnimplementedAdminServiceHandler) ListProviderKeys(context.Context, *connect.Request[v1.ListProviderKeysRequest]) (*connect.Response[v1.ListProviderKeysResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.admin.v1.AdminService.ListProviderKeys is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) WhoAmI(context.Context, *connect.Request[v1.WhoAmIRequest]) (*connect.Response[v1.WhoAmIResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.admin.v1.AdminService.WhoAmI is not implemented"))
 }

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file loom/admin/v1/admin.proto.
  */
 export const file_loom_admin_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("Chlsb29tL2FkbWluL3YxL2FkbWluLnByb3RvEg1sb29tLmFkbWluLnYxIsQBCgZBcGlLZXkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRINCgVyb2xlcxgDIAMoCRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3Jldm9rZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKWAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIYCgRuYW1lGAEgASgJQgq6SAdyBRABGMgBEjQKBXJvbGVzGAIgAygJQiW6SCKSAR8IARADIhlyF1IGcmVhZGVyUgZ3cml0ZXJSBWFkbWluEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJKChRDcmVhdGVBcGlLZXlSZXNwb25zZRIiCgNrZXkYASABKAsyFS5sb29tLmFkbWluLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiFAoSTGlzdEFwaUtleXNSZXF1ZXN0IjoKE0xpc3RBcGlLZXlzUmVzcG9uc2USIwoEa2V5cxgBIAMoCzIVLmxvb20uYWRtaW4udjEuQXBpS2V5Ii0KE1Jldm9rZUFwaUtleVJlcXVlc3QSFgoCaWQYASABKAlCCrpIB3IFEAEYgAEiFgoUUmV2b2tlQXBpS2V5UmVzcG9uc2UiiAEKCkF1ZGl0RXZlbnQSCgoCaWQYASABKAMSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHc3ViamVjdBgDIAEoCRIRCglwcm9jZWR1cmUYBCABKAkSEAoIcmVzb3VyY2UYBSABKAkSDgoGcmVzdWx0GAYgASgJIlUKFkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QSHQoJcGFnZV9zaXplGAEgASgFQgq6SAcaBRjoBygAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDKIAIIl0KF0xpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEikKBmV2ZW50cxgBIAMoCzIZLmxvb20uYWRtaW4udjEuQXVkaXRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiUAoLUHJvdmlkZXJLZXkSEAoIcHJvdmlkZXIYASABKAkSLwoLdXBkYXRlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImwKFVNldFByb3ZpZGVyS2V5UmVxdWVzdBI6Cghwcm92aWRlchgBIAEoCUIoukglciNSBmdlbWluaVIGb3BlbmFpUgplbGV2ZW5sYWJzUgV0YXZ1cxIXCgNrZXkYAiABKAlCCrpIB3IFIAEogCAiSgoWU2V0UHJvdmlkZXJLZXlSZXNwb25zZRIwCgxwcm92aWRlcl9rZXkYASABKAsyGi5sb29tLmFkbWluLnYxLlByb3ZpZGVyS2V5IlYKGERlbGV0ZVByb3ZpZGVyS2V5UmVxdWVzdBI6Cghwcm92aWRlchgBIAEoCUIoukglciNSBmdlbWluaVIGb3BlbmFpUgplbGV2ZW5sYWJzUgV0YXZ1cyIbChlEZWxldGVQcm92aWRlcktleVJlc3BvbnNlIhkKF0xpc3RQcm92aWRlcktleXNSZXF1ZXN0Ik0KGExpc3RQcm92aWRlcktleXNSZXNwb25zZRIxCg1wcm92aWRlcl9rZXlzGAEgAygLMhoubG9vbS5hZG1pbi52MS5Qcm92aWRlcktleTLgBQoMQWRtaW5TZXJ2aWNlEl0KDENyZWF0ZUFwaUtleRIiLmxvb20uYWRtaW4udjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBojLmxvb20uYWRtaW4udjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2UiBMjzGAMSXQoLTGlzdEFwaUtleXMSIS5sb29tLmFkbWluLnYxLkxpc3RBcGlLZXlzUmVxdWVzdBoiLmxvb20uYWRtaW4udjEuTGlzdEFwaUtleXNSZXNwb25zZSIHkAIByPMYAxJgCgxSZXZva2VBcGlLZXkSIi5sb29tLmFkbWluLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaIy5sb29tLmFkbWluLnYxLlJldm9rZUFwaUtleVJlc3BvbnNlIgeQAgLI8xgDEmkKD0xpc3RBdWRpdEV2ZW50cxIlLmxvb20uYWRtaW4udjEuTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBomLmxvb20uYWRtaW4udjEuTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2UiB5ACAcjzGAMSZgoOU2V0UHJvdmlkZXJLZXkSJC5sb29tLmFkbWluLnYxLlNldFByb3ZpZGVyS2V5UmVxdWVzdBolLmxvb20uYWRtaW4udjEuU2V0UHJvdmlkZXJLZXlSZXNwb25zZSIHkAICyPMYAxJvChFEZWxldGVQcm92aWRlcktleRInLmxvb20uYWRtaW4udjEuRGVsZXRlUHJvdmlkZXJLZXlSZXF1ZXN0GigubG9vbS5hZG1pbi52MS5EZWxldGVQcm92aWRlcktleVJlc3BvbnNlIgeQAgLI8xgDEmwKEExpc3RQcm92aWRlcktleXMSJi5sb29tLmFkbWluLnYxLkxpc3RQcm92aWRlcktleXNSZXF1ZXN0GicubG9vbS5hZG1pbi52MS5MaXN0UHJvdmlkZXJLZXlzUmVzcG9uc2UiB5ACAcjzGANCqQEKEWNvbS5sb29tLmFkbWluLnYxQgpBZG1pblByb3RvUAFaMmdpdGh1Yi5jb20vbG9vbS1kZXYvbG9vbS9nZW4vbG9vbS9hZG1pbi92MTthZG1pbnYxogIDTEFYqgINTG9vbS5BZG1pbi5WMcoCDUxvb21cQWRtaW5cVjHiAhlMb29tXEFkbWluXFYxXEdQQk1ldGFkYXRh6gIPTG9vbTo6QWRtaW46OlYxYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_timestamp, file_loom_auth_v1_auth]);
+  fileDesc("Chlsb29tL2FkbWluL3YxL2FkbWluLnByb3RvEg1sb29tLmFkbWluLnYxIsQBCgZBcGlLZXkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRINCgVyb2xlcxgDIAMoCRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3Jldm9rZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKWAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIYCgRuYW1lGAEgASgJQgq6SAdyBRABGMgBEjQKBXJvbGVzGAIgAygJQiW6SCKSAR8IARADIhlyF1IGcmVhZGVyUgZ3cml0ZXJSBWFkbWluEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJKChRDcmVhdGVBcGlLZXlSZXNwb25zZRIiCgNrZXkYASABKAsyFS5sb29tLmFkbWluLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiFAoSTGlzdEFwaUtleXNSZXF1ZXN0IjoKE0xpc3RBcGlLZXlzUmVzcG9uc2USIwoEa2V5cxgBIAMoCzIVLmxvb20uYWRtaW4udjEuQXBpS2V5Ii0KE1Jldm9rZUFwaUtleVJlcXVlc3QSFgoCaWQYASABKAlCCrpIB3IFEAEYgAEiFgoUUmV2b2tlQXBpS2V5UmVzcG9uc2UiiAEKCkF1ZGl0RXZlbnQSCgoCaWQYASABKAMSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHc3ViamVjdBgDIAEoCRIRCglwcm9jZWR1cmUYBCABKAkSEAoIcmVzb3VyY2UYBSABKAkSDgoGcmVzdWx0GAYgASgJIlUKFkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QSHQoJcGFnZV9zaXplGAEgASgFQgq6SAcaBRjoBygAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDKIAIIl0KF0xpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEikKBmV2ZW50cxgBIAMoCzIZLmxvb20uYWRtaW4udjEuQXVkaXRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiUAoLUHJvdmlkZXJLZXkSEAoIcHJvdmlkZXIYASABKAkSLwoLdXBkYXRlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImwKFVNldFByb3ZpZGVyS2V5UmVxdWVzdBI6Cghwcm92aWRlchgBIAEoCUIoukglciNSBmdlbWluaVIGb3BlbmFpUgplbGV2ZW5sYWJzUgV0YXZ1cxIXCgNrZXkYAiABKAlCCrpIB3IFIAEogCAiSgoWU2V0UHJvdmlkZXJLZXlSZXNwb25zZRIwCgxwcm92aWRlcl9rZXkYASABKAsyGi5sb29tLmFkbWluLnYxLlByb3ZpZGVyS2V5IlYKGERlbGV0ZVByb3ZpZGVyS2V5UmVxdWVzdBI6Cghwcm92aWRlchgBIAEoCUIoukglciNSBmdlbWluaVIGb3BlbmFpUgplbGV2ZW5sYWJzUgV0YXZ1cyIbChlEZWxldGVQcm92aWRlcktleVJlc3BvbnNlIhkKF0xpc3RQcm92aWRlcktleXNSZXF1ZXN0Ik0KGExpc3RQcm92aWRlcktleXNSZXNwb25zZRIxCg1wcm92aWRlcl9rZXlzGAEgAygLMhoubG9vbS5hZG1pbi52MS5Qcm92aWRlcktleSIPCg1XaG9BbUlSZXF1ZXN0ImwKDldob0FtSVJlc3BvbnNlEg4KBnRlbmFudBgBIAEoCRIPCgdzdWJqZWN0GAIgASgJEg0KBXJvbGVzGAMgAygJEhEKCWF1dGhfbW9kZRgEIAEoCRIXCg9jcmVkZW50aWFsX2tpbmQYBSABKAkysAYKDEFkbWluU2VydmljZRJdCgxDcmVhdGVBcGlLZXkSIi5sb29tLmFkbWluLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaIy5sb29tLmFkbWluLnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlIgTI8xgDEl0KC0xpc3RBcGlLZXlzEiEubG9vbS5hZG1pbi52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIi5sb29tLmFkbWluLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2UiB5ACAcjzGAMSYAoMUmV2b2tlQXBpS2V5EiIubG9vbS5hZG1pbi52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiMubG9vbS5hZG1pbi52MS5SZXZva2VBcGlLZXlSZXNwb25zZSIHkAICyPMYAxJpCg9MaXN0QXVkaXRFdmVudHMSJS5sb29tLmFkbWluLnYxLkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QaJi5sb29tLmFkbWluLnYxLkxpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlIgeQAgHI8xgDEmYKDlNldFByb3ZpZGVyS2V5EiQubG9vbS5hZG1pbi52MS5TZXRQcm92aWRlcktleVJlcXVlc3QaJS5sb29tLmFkbWluLnYxLlNldFByb3ZpZGVyS2V5UmVzcG9uc2UiB5ACAsjzGAMSbwoRRGVsZXRlUHJvdmlkZXJLZXkSJy5sb29tLmFkbWluLnYxLkRlbGV0ZVByb3ZpZGVyS2V5UmVxdWVzdBooLmxvb20uYWRtaW4udjEuRGVsZXRlUHJvdmlkZXJLZXlSZXNwb25zZSIHkAICyPMYAxJsChBMaXN0UHJvdmlkZXJLZXlzEiYubG9vbS5hZG1pbi52MS5MaXN0UHJvdmlkZXJLZXlzUmVxdWVzdBonLmxvb20uYWRtaW4udjEuTGlzdFByb3ZpZGVyS2V5c1Jlc3BvbnNlIgeQAgHI8xgDEk4KBldob0FtSRIcLmxvb20uYWRtaW4udjEuV2hvQW1JUmVxdWVzdBodLmxvb20uYWRtaW4udjEuV2hvQW1JUmVzcG9uc2UiB5ACAcjzGAFCqQEKEWNvbS5sb29tLmFkbWluLnYxQgpBZG1pblByb3RvUAFaMmdpdGh1Yi5jb20vbG9vbS1kZXYvbG9vbS9nZW4vbG9vbS9hZG1pbi92MTthZG1pbnYxogIDTEFYqgINTG9vbS5BZG1pbi5WMcoCDUxvb21cQWRtaW5cVjHiAhlMb29tXEFkbWluXFYxXEdQQk1ldGFkYXRh6gIPTG9vbTo6QWRtaW46OlYxYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_timestamp, file_loom_auth_v1_auth]);
 
 /**
  * ApiKey describes an API key. It never carries the secret.
@@ -469,8 +469,75 @@ export const ListProviderKeysResponseSchema: GenMessage<ListProviderKeysResponse
   messageDesc(file_loom_admin_v1_admin, 16);
 
 /**
- * AdminService manages a tenant's API keys and model provider keys, and reads its audit trail. Every RPC needs the admin role, and acts
- * on the caller's own tenant only.
+ * WhoAmIRequest is the request of WhoAmI.
+ *
+ * @generated from message loom.admin.v1.WhoAmIRequest
+ */
+export type WhoAmIRequest = Message<"loom.admin.v1.WhoAmIRequest"> & {
+};
+
+/**
+ * Describes the message loom.admin.v1.WhoAmIRequest.
+ * Use `create(WhoAmIRequestSchema)` to create a new message.
+ */
+export const WhoAmIRequestSchema: GenMessage<WhoAmIRequest> = /*@__PURE__*/
+  messageDesc(file_loom_admin_v1_admin, 17);
+
+/**
+ * WhoAmIResponse is the response of WhoAmI: the caller as the server authenticated it.
+ *
+ * @generated from message loom.admin.v1.WhoAmIResponse
+ */
+export type WhoAmIResponse = Message<"loom.admin.v1.WhoAmIResponse"> & {
+  /**
+   * Tenant that scopes every resource the caller can see; "local" for a call without credentials in local mode.
+   *
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * Subject naming the caller within its tenant: "apikey:<key id>" for an API key, the token's subject for an OIDC
+   * or service token, "local-dev" for a call without credentials in local mode.
+   *
+   * @generated from field: string subject = 2;
+   */
+  subject: string;
+
+  /**
+   * Roles the caller holds: "reader", "writer" or "admin".
+   *
+   * @generated from field: repeated string roles = 3;
+   */
+  roles: string[];
+
+  /**
+   * The server's auth mode: "local" (calls without credentials act as tenant "local" with every role) or
+   * "required" (every call needs credentials).
+   *
+   * @generated from field: string auth_mode = 4;
+   */
+  authMode: string;
+
+  /**
+   * Kind of credential the call carried, when the server can tell: "api_key" for an API key, "none" for a call
+   * without credentials in local mode; empty when unknown (OIDC and service tokens are not told apart).
+   *
+   * @generated from field: string credential_kind = 5;
+   */
+  credentialKind: string;
+};
+
+/**
+ * Describes the message loom.admin.v1.WhoAmIResponse.
+ * Use `create(WhoAmIResponseSchema)` to create a new message.
+ */
+export const WhoAmIResponseSchema: GenMessage<WhoAmIResponse> = /*@__PURE__*/
+  messageDesc(file_loom_admin_v1_admin, 18);
+
+/**
+ * AdminService manages a tenant's API keys and model provider keys, and reads its audit trail. Every RPC needs the
+ * admin role, except WhoAmI (reader), and acts on the caller's own tenant only.
  *
  * @generated from service loom.admin.v1.AdminService
  */
@@ -547,6 +614,17 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ListProviderKeysRequestSchema;
     output: typeof ListProviderKeysResponseSchema;
+  },
+  /**
+   * WhoAmI reports who the server takes the caller to be: the tenant, subject and roles of the authenticated
+   * principal, and the server's auth mode. It has no side effects and is not audited.
+   *
+   * @generated from rpc loom.admin.v1.AdminService.WhoAmI
+   */
+  whoAmI: {
+    methodKind: "unary";
+    input: typeof WhoAmIRequestSchema;
+    output: typeof WhoAmIResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_loom_admin_v1_admin, 0);
