@@ -15,12 +15,14 @@ import (
 	"github.com/loom-dev/loom/internal/rpcclient"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/telemetry"
+	"github.com/loom-dev/loom/orchestrator/engine"
 )
 
 // observability is what serve builds for tracing and metrics before the services, carried to them in config.
 type observability struct {
-	tracer   trace.TracerProvider // nil: tracing off
-	breakers *rpcclient.Metrics
+	tracer    trace.TracerProvider // nil: tracing off
+	breakers  *rpcclient.Metrics
+	workflows *engine.Metrics // the run engine's, registered when the orchestrator runs here
 }
 
 // setupTracing starts tracing as the OTEL_* variables say (off unless configured) and returns cfg carrying it,
@@ -30,7 +32,7 @@ func setupTracing(ctx context.Context, cfg config, logger *slog.Logger) (config,
 	if err != nil {
 		return cfg, nil, fmt.Errorf("tracing: %w", err)
 	}
-	cfg.obs = observability{tracer: tracing.TracerProvider, breakers: rpcclient.NewMetrics()}
+	cfg.obs = observability{tracer: tracing.TracerProvider, breakers: rpcclient.NewMetrics(), workflows: engine.NewMetrics()}
 	if tracing.Enabled() {
 		logger.Info("tracing on", "exporter", tracing.Exporter, "sampler", tracing.Sampler)
 	}
@@ -43,10 +45,13 @@ func setupTracing(ctx context.Context, cfg config, logger *slog.Logger) (config,
 	}, nil
 }
 
-// registerMetrics adds the breaker states and the pool statistics of the shared Postgres database to the
-// server's /metrics.
+// registerMetrics adds the breaker states, the run engine's metrics (when the orchestrator runs here) and the
+// pool statistics of the shared Postgres database to the server's /metrics.
 func registerMetrics(srv *rpcserver.Server, cfg config, dbs *databases) {
 	srv.Registry().MustRegister(cfg.obs.breakers)
+	if cfg.runs("orchestrator") && cfg.obs.workflows != nil {
+		srv.Registry().MustRegister(cfg.obs.workflows)
+	}
 	if db, ok := dbs.byName[""]; ok && db.Pool != nil {
 		pools := map[string]*pgxpool.Pool{"primary": db.Pool}
 		srv.Registry().MustRegister(telemetry.PoolCollector(pools))

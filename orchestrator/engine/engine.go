@@ -37,6 +37,7 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/riverdriver/riversqlite"
 	"github.com/riverqueue/river/rivermigrate"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -46,6 +47,7 @@ import (
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 	"github.com/loom-dev/loom/internal/pagetoken"
 	"github.com/loom-dev/loom/internal/sqldb"
+	"github.com/loom-dev/loom/internal/telemetry"
 	"github.com/loom-dev/loom/orchestrator"
 	"github.com/loom-dev/loom/orchestrator/blueprint"
 )
@@ -75,6 +77,14 @@ type Config struct {
 	Expressions blueprint.Limits
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// TracerProvider traces the execution of steps: each attempt of an agent, map or memory step is a span
+	// "step <kind>" in the trace of the StartRun call that created the run (its context is stored with the run,
+	// so this holds on whichever replica executes the step, also after a takeover), and the step's calls are its
+	// children. Nil means no tracing, at no cost.
+	TracerProvider trace.TracerProvider
+	// Metrics, when not nil, count finished runs and time steps, and read the queue lag and the pending
+	// approvals from this Engine's database (see [Metrics]). Nil means no metrics.
+	Metrics *Metrics
 }
 
 func (c Config) withDefaults() Config {
@@ -182,6 +192,7 @@ func newEngine(logger *slog.Logger, db *sqldb.DB, agents agentv1.AgentServiceCli
 	if db.Dialect == sqldb.Postgres {
 		e.maxCommitters = 4 // SQLite has one connection; Postgres overlaps four transactions
 	}
+	cfg.Metrics.bind(e)
 	return e
 }
 
@@ -224,7 +235,8 @@ func (e *Engine) Stop(ctx context.Context) error {
 	e.loops.Wait()
 	relCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := e.writer().exec(relCtx, `UPDATE loom.runs SET owner = '', lease_until = 0 WHERE owner = ? AND end_time = 0`, e.id); err != nil {
+	// lease_until becomes the time of the release: claimable at once, and what the queue lag counts from.
+	if _, err := e.writer().exec(relCtx, `UPDATE loom.runs SET owner = '', lease_until = ? WHERE owner = ? AND end_time = 0`, e.now().UnixMicro(), e.id); err != nil {
 		return fmt.Errorf("engine: release leases: %w", err)
 	}
 	return nil
@@ -289,6 +301,9 @@ func (e *Engine) StartRun(ctx context.Context, tenant string, bp *orchestratorv1
 	now := e.now()
 	r := newRun(newRunID(), tenant, bp, input, key, now)
 	r.requestHash = hash
+	if err := r.setTraceContext(telemetry.Inject(ctx)); err != nil {
+		return nil, fmt.Errorf("start run: %w", err)
+	}
 	r.emit("", &orchestratorv1.WatchRunResponse{Event: &orchestratorv1.WatchRunResponse_RunStarted{
 		RunStarted: &orchestratorv1.RunStarted{BlueprintVersion: bp.GetVersion()}}}, now)
 	e.advance(r, now) // expressions are evaluated here, before the transaction
@@ -322,6 +337,9 @@ func (e *Engine) StartRun(ctx context.Context, tenant string, bp *orchestratorv1
 	}
 	r.savedSeq = r.lastSeq
 	e.db.Wrote(ctx)
+	if r.terminal() {
+		e.cfg.Metrics.runFinished(r.state) // it ended in advance, before any step ran
+	}
 	out := r.proto()
 	if own {
 		e.adopt(r)
@@ -452,12 +470,13 @@ func (e *Engine) CancelRun(ctx context.Context, tenant, id, reason string) (*orc
 		r.end(orchestratorv1.RunState_RUN_STATE_CANCELLED, reason, now)
 		r.emit("", &orchestratorv1.WatchRunResponse{Event: &orchestratorv1.WatchRunResponse_RunCancelled{
 			RunCancelled: &orchestratorv1.RunCancelled{Reason: reason}}}, now)
-		return save(ctx, tx, r, false)
+		return save(ctx, tx, r, time.Time{})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cancel run %q: %w", id, err)
 	}
 	e.db.Wrote(ctx)
+	e.cfg.Metrics.runFinished(r.state)
 	e.poke(id)
 	return r.proto(), nil
 }
@@ -632,12 +651,15 @@ func (e *Engine) SubmitApproval(ctx context.Context, tenant, runID, stepID strin
 		default:
 			return fmt.Errorf("decision %s: %w", decision, orchestrator.ErrInvalidInput)
 		}
-		return save(ctx, tx, r, true)
+		return save(ctx, tx, r, now)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("submit approval: %w", err)
 	}
 	e.db.Wrote(ctx)
+	if r.terminal() {
+		e.cfg.Metrics.runFinished(r.state) // rejected
+	}
 	e.poke(runID)
 	return r.proto(), nil
 }

@@ -35,23 +35,27 @@ type env struct {
 	memory *orchestratortest.Memory
 }
 
-// newEnv opens a fresh database of the dialect, migrates it and starts an engine over fakes.
-func newEnv(t *testing.T, dialect sqldb.Dialect, agents *orchestratortest.Agents) *env {
+// newEnv opens a fresh database of the dialect, migrates it and starts an engine over fakes; configure, if any,
+// change the engine's configuration.
+func newEnv(t *testing.T, dialect sqldb.Dialect, agents *orchestratortest.Agents, configure ...func(*engine.Config)) *env {
 	t.Helper()
 	if agents == nil {
 		agents = &orchestratortest.Agents{}
 	}
-	e, open := newStoppedEnv(t, dialect, agents)
+	e, open := newStoppedEnv(t, dialect, agents, configure...)
 	e.engine = open(true)
 	return e
 }
 
 // newStoppedEnv prepares a database; open makes an engine over it (another "process"), started or not.
-func newStoppedEnv(t *testing.T, dialect sqldb.Dialect, agents *orchestratortest.Agents) (*env, func(start bool) *engine.Engine) {
+func newStoppedEnv(t *testing.T, dialect sqldb.Dialect, agents *orchestratortest.Agents, configure ...func(*engine.Config)) (*env, func(start bool) *engine.Engine) {
 	t.Helper()
 	ctx := context.Background()
 	memory := &orchestratortest.Memory{}
 	cfg := engine.Config{FetchPollInterval: 50 * time.Millisecond, Workers: 4}
+	for _, c := range configure {
+		c(&cfg)
+	}
 	var (
 		db  *sqldb.DB
 		eng *engine.Engine

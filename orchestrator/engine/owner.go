@@ -9,10 +9,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 	"github.com/loom-dev/loom/internal/sqldb"
+	"github.com/loom-dev/loom/internal/telemetry"
 )
 
 // claimBatch is the most runs one claim takes.
@@ -258,6 +262,9 @@ func (o *ownedRun) settle(results []result) bool {
 				}
 				continue
 			}
+			if r.terminal() {
+				e.cfg.Metrics.runFinished(r.state) // the fence let only this write end the run
+			}
 		}
 		if r.terminal() || release {
 			return false
@@ -328,27 +335,45 @@ func (o *ownedRun) startable(s *step, now time.Time) bool {
 		!s.needsAttempt && s.deadline <= now.UnixMicro()
 }
 
-// launch starts every step that is due, each in a goroutine of its own.
+// launch starts every step that is due, each in a goroutine of its own. With tracing on, each attempt is a span
+// in the run's stored trace context, from its launch (the wait for a worker included) to its outcome.
 func (o *ownedRun) launch(r *run, now time.Time) {
+	e := o.e
 	for _, s := range r.steps {
 		if !o.startable(s, now) {
 			continue
 		}
-		call, err := o.e.prepare(r, s)
+		call, err := e.prepare(r, s)
+		kind := stepKind(s.def)
 		timeout := durationOr(s.def.GetTimeout(), defaultStepTimeout)
 		ctx, cancel := context.WithTimeout(o.ctx, timeout)
+		var span trace.Span
+		if tp := e.cfg.TracerProvider; tp != nil {
+			ctx, span = telemetry.StartSpan(telemetry.Extract(ctx, r.traceCarrier()), tp, "step "+kind,
+				attribute.String("loom.run.id", r.id), attribute.String("loom.step.id", s.id),
+				attribute.Int64("loom.step.attempt", s.attempts))
+		}
 		o.inflight[s.id] = cancel
 		go func(id string) {
 			defer cancel()
 			var out *structpb.Value
 			if err == nil {
 				select {
-				case o.e.sem <- struct{}{}:
+				case e.sem <- struct{}{}:
+					start := time.Now()
 					out, err = call(ctx)
-					<-o.e.sem
+					e.cfg.Metrics.stepDone(kind, time.Since(start))
+					<-e.sem
 				case <-ctx.Done():
 					err = ctx.Err()
 				}
+			}
+			if span != nil {
+				if err != nil {
+					span.RecordError(err)
+					span.SetStatus(codes.Error, err.Error())
+				}
+				span.End()
 			}
 			select {
 			case o.inbox <- result{step: id, out: out, err: err}:

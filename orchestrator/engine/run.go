@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -35,6 +36,10 @@ type run struct {
 	created, ended          int64
 	lastSeq                 int64
 	leaseOwner, requestHash string
+	// traceContext is the trace context of the StartRun call, a JSON object of W3C headers ('' when it was
+	// not traced); carrier is it decoded, on first use.
+	traceContext string
+	carrier      map[string]string
 
 	steps []*step
 	byID  map[string]*step
@@ -262,6 +267,30 @@ func (r *run) start(s *step, state orchestratorv1.StepState, now time.Time) {
 	s.state, s.start, s.dirty = state, now.UnixMicro(), true
 }
 
+// setTraceContext stores carrier (telemetry.Inject of the StartRun call; nil when it was not traced) with r.
+func (r *run) setTraceContext(carrier map[string]string) error {
+	if len(carrier) == 0 {
+		return nil
+	}
+	b, err := json.Marshal(carrier)
+	if err != nil {
+		return fmt.Errorf("trace context: %w", err)
+	}
+	r.traceContext, r.carrier = string(b), carrier
+	return nil
+}
+
+// traceCarrier returns the stored trace context for telemetry.Extract: nil when there is none, or when it does
+// not decode (the steps are then traced as a trace of their own rather than not run).
+func (r *run) traceCarrier() map[string]string {
+	if r.carrier == nil && r.traceContext != "" {
+		if err := json.Unmarshal([]byte(r.traceContext), &r.carrier); err != nil {
+			r.carrier = map[string]string{}
+		}
+	}
+	return r.carrier
+}
+
 func (r *run) proto() *orchestratorv1.WorkflowRun {
 	w := &orchestratorv1.WorkflowRun{
 		Id: r.id, Blueprint: r.blueprint, BlueprintVersion: r.version, State: r.state, Input: r.input,
@@ -277,7 +306,7 @@ func (r *run) proto() *orchestratorv1.WorkflowRun {
 	return w
 }
 
-const runColumns = `id, tenant, blueprint, blueprint_version, definition, state, input, output, error, idempotency_key, create_time, end_time, last_sequence, owner, request_hash`
+const runColumns = `id, tenant, blueprint, blueprint_version, definition, state, input, output, error, idempotency_key, create_time, end_time, last_sequence, owner, request_hash, trace_context`
 
 // errCorrupt marks a stored record that no longer decodes.
 var errCorrupt = errors.New("stored record does not decode")
@@ -289,7 +318,7 @@ func scanRun(rs interface{ Scan(...any) error }) (*run, error) {
 		state              int64
 	)
 	if err := rs.Scan(&r.id, &r.tenant, &r.blueprint, &r.version, &def, &state, &input, &output, &r.err, &r.key,
-		&r.created, &r.ended, &r.lastSeq, &r.leaseOwner, &r.requestHash); err != nil {
+		&r.created, &r.ended, &r.lastSeq, &r.leaseOwner, &r.requestHash, &r.traceContext); err != nil {
 		return nil, err
 	}
 	r.savedSeq = r.lastSeq
@@ -416,9 +445,9 @@ func insertRun(ctx context.Context, tx *txn, r *run, leaseUntil int64) error {
 	if err != nil {
 		return err
 	}
-	stmts := []stmt{{`INSERT INTO loom.runs (id, tenant, blueprint, blueprint_version, definition, state, input, output, error, idempotency_key, create_time, end_time, last_sequence, owner, lease_until, request_hash)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		[]any{r.id, r.tenant, r.blueprint, r.version, def, int64(r.state), input, out, r.err, r.key, r.created, r.ended, r.lastSeq, r.leaseOwner, leaseUntil, r.requestHash}}}
+	stmts := []stmt{{`INSERT INTO loom.runs (id, tenant, blueprint, blueprint_version, definition, state, input, output, error, idempotency_key, create_time, end_time, last_sequence, owner, lease_until, request_hash, trace_context)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		[]any{r.id, r.tenant, r.blueprint, r.version, def, int64(r.state), input, out, r.err, r.key, r.created, r.ended, r.lastSeq, r.leaseOwner, leaseUntil, r.requestHash, r.traceContext}}}
 	// Steps in multi-row INSERTs of 50 rows (500 parameters).
 	for i := 0; i < len(r.steps); i += 50 {
 		chunk := r.steps[i:min(len(r.steps), i+50)]
@@ -509,8 +538,9 @@ func (r *run) changes(dialect sqldb.Dialect) ([]stmt, error) {
 }
 
 // save writes what changed in r under a lock the caller holds (loadRun with lock): steps, events and the run
-// row, whose due_time it sets (0 with due: the run needs its owner now).
-func save(ctx context.Context, tx *txn, r *run, due bool) error {
+// row, whose due_time it sets to due unless that is zero (the run needs its owner from then, and the queue lag
+// counts from then).
+func save(ctx context.Context, tx *txn, r *run, due time.Time) error {
 	stmts, err := r.changes(tx.dialect())
 	if err != nil {
 		return err
@@ -521,8 +551,9 @@ func save(ctx context.Context, tx *txn, r *run, due bool) error {
 	}
 	q := `UPDATE loom.runs SET state = ?, output = ?, error = ?, end_time = ?, last_sequence = ?`
 	args := []any{int64(r.state), out, r.err, r.ended, r.lastSeq}
-	if due {
-		q += `, due_time = 0`
+	if !due.IsZero() {
+		q += `, due_time = ?`
+		args = append(args, due.UnixMicro())
 	}
 	stmts = append(stmts, stmt{q + ` WHERE id = ?`, append(args, r.id)})
 	if err := tx.execAll(ctx, stmts); err != nil {
