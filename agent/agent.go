@@ -35,6 +35,7 @@ import (
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/scrub"
 	"github.com/loom-dev/loom/internal/secrets"
+	"github.com/loom-dev/loom/internal/telemetry"
 )
 
 // Config configures the agent service's providers. The zero value works offline: the sim model, espeak-ng from
@@ -70,6 +71,8 @@ type Config struct {
 	TenantKeys interface {
 		Get(ctx context.Context, tenant, provider string) (string, error)
 	}
+	// Metrics counts the tokens of every model call (loom_model_tokens_total); nil counts nothing.
+	Metrics *telemetry.ModelMetrics
 	// RunLease is how long a run stays claimed by the process executing it without a renewal; a RUNNING run whose
 	// claim ended was cut off by a crash and is marked FAILED by Maintain on any replica. 0 means 30 seconds.
 	RunLease time.Duration

@@ -460,6 +460,7 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 		}
 		st.Text, st.Latency = text.String(), durationpb.New(time.Since(start))
 		call.End(st.Usage.GetInputTokens(), st.Usage.GetOutputTokens(), nil)
+		s.cfg.Metrics.AddTokens(env.tenant, providerOf(a.GetModel().GetProvider()), cmp.Or(req.Model, "sim"), st.Usage.GetInputTokens(), st.Usage.GetOutputTokens())
 		run.Usage.InputTokens += st.Usage.GetInputTokens()
 		run.Usage.OutputTokens += st.Usage.GetOutputTokens()
 		send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Usage{Usage: st.Usage}})

@@ -70,6 +70,8 @@ type config struct {
 	LogRPCSample    float64       // fraction of successful RPCs logged at info (--log-rpc-sample)
 	LogSlow         time.Duration // RPCs at least this long are logged at warn (--log-slow)
 	DebugListen     string        // pprof listener address, empty for none (--debug-listen)
+	// MetricsTenantLabels adds a tenant label to the per-tenant metrics (--metrics-tenant-labels).
+	MetricsTenantLabels bool
 	// OTel holds the OTEL_* variables tracing is configured by (see telemetry.Setup); obs is what serve builds
 	// from them, not a flag.
 	OTel telemetry.EnvValues
@@ -166,6 +168,7 @@ var serveFlags = []flagSpec{
 	{"log-format", "LOOM_LOG_FORMAT", "text", "text or json"},
 	{"log-rpc-sample", "LOOM_LOG_RPC_SAMPLE", "0", "fraction (0 to 1) of successful RPCs logged at info; the rest are logged at debug. Failed and slow RPCs are always logged"},
 	{"log-slow", "LOOM_LOG_SLOW", "1s", "unary RPCs taking at least this long are logged at warn, whatever their outcome"},
+	{"metrics-tenant-labels", "LOOM_METRICS_TENANT_LABELS", "false", "add a tenant label to per-tenant metrics (loom_model_tokens_total); off by default, since every tenant is then a series of its own"},
 	{"debug-listen", "LOOM_DEBUG_LISTEN", "", "address of a separate listener serving pprof under /debug/pprof/ (never the public port); a port alone (6060 or :6060) listens on loopback; empty disables it"},
 }
 
@@ -359,6 +362,13 @@ func parseServe(args []string, getenv func(string) string, out io.Writer) (confi
 	}
 	c.LogSlow = dur("log-slow")
 	c.DebugListen = telemetry.DebugAddr(get("debug-listen"))
+	switch get("metrics-tenant-labels") {
+	case "true", "1", "yes":
+		c.MetricsTenantLabels = true
+	case "false", "0", "no":
+	default:
+		errs = append(errs, fmt.Errorf("--metrics-tenant-labels: want true or false, got %q", get("metrics-tenant-labels")))
+	}
 	c.OTel = telemetry.Env(getenv)
 	c.Auth = get("auth")
 	if c.Auth == "local" {

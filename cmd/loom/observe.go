@@ -22,7 +22,9 @@ import (
 type observability struct {
 	tracer    trace.TracerProvider // nil: tracing off
 	breakers  *rpcclient.Metrics
-	workflows *engine.Metrics // the run engine's, registered when the orchestrator runs here
+	workflows *engine.Metrics          // the run engine's, registered when the orchestrator runs here
+	models    *telemetry.ModelMetrics  // model-call tokens, registered when the agent runs here
+	memory    *telemetry.MemoryMetrics // search durations and the embedding cache, when memory runs here
 }
 
 // setupTracing starts tracing as the OTEL_* variables say (off unless configured) and returns cfg carrying it,
@@ -32,7 +34,10 @@ func setupTracing(ctx context.Context, cfg config, logger *slog.Logger) (config,
 	if err != nil {
 		return cfg, nil, fmt.Errorf("tracing: %w", err)
 	}
-	cfg.obs = observability{tracer: tracing.TracerProvider, breakers: rpcclient.NewMetrics(), workflows: engine.NewMetrics()}
+	cfg.obs = observability{
+		tracer: tracing.TracerProvider, breakers: rpcclient.NewMetrics(), workflows: engine.NewMetrics(),
+		models: telemetry.NewModelMetrics(cfg.MetricsTenantLabels), memory: telemetry.NewMemoryMetrics(),
+	}
 	if tracing.Enabled() {
 		logger.Info("tracing on", "exporter", tracing.Exporter, "sampler", tracing.Sampler)
 	}
@@ -51,6 +56,12 @@ func registerMetrics(srv *rpcserver.Server, cfg config, dbs *databases) {
 	srv.Registry().MustRegister(cfg.obs.breakers)
 	if cfg.runs("orchestrator") && cfg.obs.workflows != nil {
 		srv.Registry().MustRegister(cfg.obs.workflows)
+	}
+	if cfg.runs("agent") && cfg.obs.models != nil {
+		srv.Registry().MustRegister(cfg.obs.models)
+	}
+	if cfg.runs("memory") && cfg.obs.memory != nil {
+		srv.Registry().MustRegister(cfg.obs.memory)
 	}
 	if db, ok := dbs.byName[""]; ok && db.Pool != nil {
 		pools := map[string]*pgxpool.Pool{"primary": db.Pool}

@@ -321,19 +321,20 @@ func buildMemory(ctx context.Context, cfg config, logger *slog.Logger, dbs *data
 		if err != nil {
 			return rpcserver.Service{}, nil, err
 		}
-		s, err := pgstore.New(ctx, db, pgstore.WithQuota(cfg.MemoryQuota))
+		s, err := pgstore.New(ctx, db, pgstore.WithQuota(cfg.MemoryQuota), pgstore.WithMetrics(cfg.obs.memory))
 		if err != nil {
 			return rpcserver.Service{}, nil, err
 		}
 		store, closeFn = s, func() { s.Close() }
 	} else {
-		s, err := localstore.Open(filepath.Join(cfg.DataDir, "memory"), localstore.WithQuota(cfg.MemoryQuota))
+		s, err := localstore.Open(filepath.Join(cfg.DataDir, "memory"), localstore.WithQuota(cfg.MemoryQuota), localstore.WithMetrics(cfg.obs.memory))
 		if err != nil {
 			return rpcserver.Service{}, nil, err
 		}
 		store, closeFn = s, func() { s.Close() }
 	}
 	embedders := embed.NewRegistry(10000)
+	cfg.obs.memory.SetCacheStats(embedders.CacheStats)
 	if err := configureEmbedders(embedders, cfg); err != nil {
 		closeFn()
 		return rpcserver.Service{}, nil, err
@@ -352,6 +353,7 @@ func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients
 		return rpcserver.Service{}, nil, err
 	}
 	acfg := agent.Config{
+		Metrics:          cfg.obs.models,
 		GeminiAPIKey:     cfg.Secrets.GeminiAPIKey,
 		GeminiBaseURL:    cfg.GeminiBaseURL,
 		OpenAIAPIKey:     cfg.Secrets.OpenAIAPIKey,

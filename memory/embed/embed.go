@@ -13,6 +13,7 @@ import (
 	"math"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unicode"
 )
 
@@ -99,6 +100,8 @@ type Cache struct {
 	max   int
 	ll    *list.List
 	items map[[32]byte]*list.Element
+
+	hits, misses atomic.Uint64 // texts answered from the cache, and texts the embedder had to embed
 }
 
 type cacheEntry struct {
@@ -150,6 +153,9 @@ func (c *Cache) put(k [32]byte, v []float32) {
 	}
 }
 
+// Stats returns how many texts were answered from the cache (hits) and how many went to an embedder (misses).
+func (c *Cache) Stats() (hits, misses uint64) { return c.hits.Load(), c.misses.Load() }
+
 // Len returns the number of cached vectors.
 func (c *Cache) Len() int {
 	c.mu.Lock()
@@ -176,8 +182,10 @@ func (c *cached) Embed(ctx context.Context, texts []string) ([][]float32, error)
 		keys[i] = cacheKey(c.model, t)
 		if v, ok := c.c.get(keys[i]); ok {
 			out[i] = v
+			c.c.hits.Add(1)
 			continue
 		}
+		c.c.misses.Add(1)
 		missIdx = append(missIdx, i)
 		miss = append(miss, t)
 	}
@@ -216,6 +224,9 @@ func NewRegistry(cacheSize int) *Registry {
 	r.Register("local", func(_ string, dim int) (Embedder, error) { return NewLocal(dim), nil })
 	return r
 }
+
+// CacheStats returns the hits and misses of the registry's embedding cache (see [Cache.Stats]).
+func (r *Registry) CacheStats() (hits, misses uint64) { return r.cache.Stats() }
 
 // Register sets the factory of provider. Call it before the registry is used.
 func (r *Registry) Register(provider string, f Factory) { r.factories[provider] = f }

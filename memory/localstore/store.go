@@ -70,7 +70,8 @@ type Store struct {
 	closed  bool
 
 	// quota bounds each tenant (see WithQuota); checked under writeMu, so concurrent writes cannot both pass.
-	quota memory.Quota
+	quota   memory.Quota
+	metrics *telemetry.MemoryMetrics // search durations by mode; nil records nothing
 	// freeing is set while a goroutine returns freed memory to the OS after a large DeleteNamespace.
 	freeing atomic.Bool
 	// gate shares the cores among tenants' scans (see scanGate).
@@ -88,6 +89,9 @@ type Option func(*Store)
 // all its namespaces. A write over a quota fails with a *memory.QuotaError and writes nothing. The default is
 // no limit (the zero Quota); `loom serve` passes memory.DefaultQuota unless configured otherwise.
 func WithQuota(q memory.Quota) Option { return func(s *Store) { s.quota = q } }
+
+// WithMetrics records each search's duration by mode in m.
+func WithMetrics(m *telemetry.MemoryMetrics) Option { return func(s *Store) { s.metrics = m } }
 
 // namespace is one namespace's live state. Slots 0..len(ids)-1 are dense; deleting swaps the last slot in.
 type namespace struct {
@@ -925,6 +929,7 @@ func (s *Store) Search(ctx context.Context, tenant, namespace string, q memory.Q
 		mode = "int8"
 	}
 	_, span := telemetry.StartMemorySearch(ctx, namespace, mode, q.TopK)
+	began := time.Now()
 	var top []scored
 	ok := false
 	if ns.useIVF() {
@@ -941,6 +946,7 @@ func (s *Store) Search(ctx context.Context, tenant, namespace string, q memory.Q
 		top = vq.exact(k)
 	}
 	span.End(len(top), nil)
+	s.metrics.ObserveSearch(mode, time.Since(began))
 	if !q.Hybrid {
 		hits := make([]memory.Hit, len(top))
 		for j, c := range top {

@@ -98,7 +98,8 @@ type Store struct {
 	// indexNow builds a namespace's index in its first Upsert instead of deferring it (tests).
 	indexNow bool
 	// quota bounds each tenant (see WithQuota).
-	quota memory.Quota
+	quota   memory.Quota
+	metrics *telemetry.MemoryMetrics // search durations by mode; nil records nothing
 }
 
 // Option configures a Store.
@@ -110,6 +111,9 @@ type Option func(*Store)
 // namespaces are serialised (a transaction-scoped advisory lock on the tenant), so concurrent writes cannot
 // both pass. The default is no limit; `loom serve` passes memory.DefaultQuota unless configured otherwise.
 func WithQuota(q memory.Quota) Option { return func(s *Store) { s.quota = q } }
+
+// WithMetrics records each search's duration by mode in m.
+func WithMetrics(m *telemetry.MemoryMetrics) Option { return func(s *Store) { s.metrics = m } }
 
 // New applies the store's migrations to db (a Postgres database; the vector extension must exist or the user
 // must be allowed to create it) in the memory component's schema, and returns the store over db's pool. The
@@ -792,8 +796,12 @@ func (s *Store) Search(ctx context.Context, tenant, namespace string, q memory.Q
 				mode = "hnsw"
 			}
 			sctx, span := telemetry.StartMemorySearch(ctx, namespace, mode, q.TopK)
+			began := time.Now()
 			hits, err = s.search(sctx, pool, row, q, where.String(), a)
 			span.End(len(hits), err)
+			if err == nil {
+				s.metrics.ObserveSearch(mode, time.Since(began))
+			}
 			var pgErr *pgconn.PgError
 			if attempt == 0 && errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table: stale cache
 				s.nsCache.Delete(nsKey(tenant, namespace))
