@@ -547,13 +547,14 @@ func (s *Server) retrieve(ctx context.Context, env runEnv, a *agentv1.Agent, run
 // its agent, input and attempt, and a failure_rate fault can recover on a retry.
 // genAISystem is a provider's gen_ai.system value (OpenTelemetry GenAI semantic conventions).
 func genAISystem(p agentv1.Provider) string {
-	switch p {
-	case agentv1.Provider_PROVIDER_GEMINI:
+	switch name := providerOf(p); name {
+	case "gemini":
 		return "gcp.gemini"
-	case agentv1.Provider_PROVIDER_OPENAI:
-		return "openai"
+	case "sim":
+		return "loom.sim"
+	default:
+		return name
 	}
-	return "loom.sim"
 }
 
 func (s *Server) modelFor(ctx context.Context, tenant string, a *agentv1.Agent, input string, attempt int32) (model.Model, error) {

@@ -13,8 +13,8 @@ import (
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 )
 
-// scrape returns the value of every sample on addr's /metrics whose name and labels match re's whole line.
-func scrape(t *testing.T, addr string, re *regexp.Regexp) []float64 {
+// metricsText returns addr's /metrics.
+func metricsText(t *testing.T, addr string) string {
 	t.Helper()
 	res, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
@@ -23,8 +23,14 @@ func scrape(t *testing.T, addr string, re *regexp.Regexp) []float64 {
 	defer res.Body.Close()
 	body, err := io.ReadAll(res.Body)
 	mustT(t, err)
+	return string(body)
+}
+
+// scrape returns the value of every sample on addr's /metrics whose name and labels match re's whole line.
+func scrape(t *testing.T, addr string, re *regexp.Regexp) []float64 {
+	t.Helper()
 	var vals []float64
-	for _, m := range re.FindAllStringSubmatch(string(body), -1) {
+	for _, m := range re.FindAllStringSubmatch(metricsText(t, addr), -1) {
 		v, err := strconv.ParseFloat(m[1], 64)
 		mustT(t, err)
 		vals = append(vals, v)

@@ -50,8 +50,8 @@ func setupTracing(ctx context.Context, cfg config, logger *slog.Logger) (config,
 	}, nil
 }
 
-// registerMetrics adds the breaker states, the run engine's metrics (when the orchestrator runs here) and the
-// pool statistics of the shared Postgres database to the server's /metrics.
+// registerMetrics adds the breaker states, the metrics of the services this process runs, and the pool
+// statistics and read-replica routing of the shared Postgres database to the server's /metrics.
 func registerMetrics(srv *rpcserver.Server, cfg config, dbs *databases) {
 	srv.Registry().MustRegister(cfg.obs.breakers)
 	if cfg.runs("orchestrator") && cfg.obs.workflows != nil {
@@ -66,6 +66,9 @@ func registerMetrics(srv *rpcserver.Server, cfg config, dbs *databases) {
 	if db, ok := dbs.byName[""]; ok && db.Pool != nil {
 		pools := map[string]*pgxpool.Pool{"primary": db.Pool}
 		srv.Registry().MustRegister(telemetry.PoolCollector(pools))
+		if cfg.DatabaseReadURL != "" {
+			srv.Registry().MustRegister(db.ReadMetrics())
+		}
 	}
 }
 

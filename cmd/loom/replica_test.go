@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
-	"net/http"
 	"regexp"
 	"strconv"
 	"testing"
@@ -18,16 +16,10 @@ func TestMain(m *testing.M) { sqldbtest.Main(m) }
 // readCounts scrapes loom_db_reads_total from addr's /metrics, by "target/reason".
 func readCounts(t *testing.T, addr string) map[string]float64 {
 	t.Helper()
-	res, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	body, err := io.ReadAll(res.Body)
-	mustT(t, err)
+	body := metricsText(t, addr)
 	counts := map[string]float64{}
 	re := regexp.MustCompile(`(?m)^loom_db_reads_total\{reason="([a-z_]+)",target="([a-z]+)"\} (\S+)$`)
-	for _, m := range re.FindAllStringSubmatch(string(body), -1) {
+	for _, m := range re.FindAllStringSubmatch(body, -1) {
 		v, _ := strconv.ParseFloat(m[3], 64)
 		counts[m[2]+"/"+m[1]] = v
 	}

@@ -141,9 +141,6 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 		return err
 	}
 	srv.Registry().MustRegister(sec.throttle.Collectors()...)
-	if db, ok := dbs.byName[""]; ok && cfg.DatabaseReadURL != "" {
-		srv.Registry().MustRegister(db.ReadMetrics())
-	}
 	registerMetrics(srv, cfg, dbs)
 	if cfg.DebugListen != "" {
 		if err := serveDebug(ctx, cfg.DebugListen, logger); err != nil {
