@@ -18,8 +18,8 @@ import (
 	"github.com/loom-dev/loom/gen/loom/admin/v1/adminv1connect"
 	"github.com/loom-dev/loom/internal/audit"
 	"github.com/loom-dev/loom/internal/authn"
-	"github.com/loom-dev/loom/internal/dberr"
 	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/rpcerr"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/secrets"
 )
@@ -34,7 +34,8 @@ type Server struct {
 	// providers is nil when no master key is configured.
 	providers *secrets.ProviderKeys
 	// mode is the server's auth mode, reported by WhoAmI; never empty.
-	mode authn.Mode
+	mode   authn.Mode
+	errors *rpcerr.Mapper
 }
 
 // New returns a server over the key store, the audit store and the provider key store. providers may be nil (no
@@ -44,7 +45,7 @@ func New(logger *slog.Logger, keys *authn.KeyStore, trail *audit.Store, provider
 	if mode == "" {
 		mode = authn.ModeRequired
 	}
-	return &Server{logger: logger, keys: keys, trail: trail, providers: providers, mode: mode}
+	return &Server{logger: logger, keys: keys, trail: trail, providers: providers, mode: mode, errors: newErrors(logger)}
 }
 
 // Service returns the service for the RPC server.
@@ -227,29 +228,24 @@ func toProto(k authn.Key) *adminv1.ApiKey {
 	return out
 }
 
-// toConnect maps store errors to codes; anything unexpected is Internal with a generic message, logged here.
-func (s *Server) toConnect(ctx context.Context, err error) error {
-	switch {
-	case errors.Is(err, principal.ErrNoPrincipal):
-		return connect.NewError(connect.CodeUnauthenticated, err)
-	case errors.Is(err, context.Canceled):
-		return connect.NewError(connect.CodeCanceled, err)
-	case errors.Is(err, context.DeadlineExceeded):
-		return connect.NewError(connect.CodeDeadlineExceeded, err)
-	case errors.Is(err, authn.ErrNotFound):
-		return connect.NewError(connect.CodeNotFound, errors.New("api key not found"))
-	case errors.Is(err, authn.ErrInvalidRole), errors.Is(err, authn.ErrInvalidArgument):
-		return connect.NewError(connect.CodeInvalidArgument, err)
-	case errors.Is(err, secrets.ErrNotFound):
-		return connect.NewError(connect.CodeNotFound, errors.New("provider key not found"))
-	case errors.Is(err, secrets.ErrInvalidArgument):
-		return connect.NewError(connect.CodeInvalidArgument, err)
-	case errors.Is(err, audit.ErrInvalidPageToken):
-		return connect.NewError(connect.CodeInvalidArgument, errors.New("page_token: invalid"))
-	case dberr.Unavailable(err):
-		s.logger.WarnContext(ctx, "database unavailable", "error", err)
-		return connect.NewError(connect.CodeUnavailable, errors.New("database unavailable"))
+// errors maps the admin service's errors to codes (internal/rpcerr holds the shared rules): not-found answers
+// name the kind of key and nothing else, the stores' client mistakes keep their message.
+func newErrors(logger *slog.Logger) *rpcerr.Mapper {
+	fixed := func(target error, code connect.Code, msg string) rpcerr.Rule {
+		return func(_ context.Context, err error) *connect.Error {
+			if errors.Is(err, target) {
+				return connect.NewError(code, errors.New(msg))
+			}
+			return nil
+		}
 	}
-	s.logger.ErrorContext(ctx, "admin store failure", "err", err)
-	return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+	return &rpcerr.Mapper{Logger: logger, Service: "admin", Rules: []rpcerr.Rule{
+		fixed(authn.ErrNotFound, connect.CodeNotFound, "api key not found"),
+		fixed(secrets.ErrNotFound, connect.CodeNotFound, "provider key not found"),
+		fixed(audit.ErrInvalidPageToken, connect.CodeInvalidArgument, "page_token: invalid"),
+		rpcerr.Is(authn.ErrInvalidRole, connect.CodeInvalidArgument),
+	}}
 }
+
+// toConnect maps err to a Connect error.
+func (s *Server) toConnect(ctx context.Context, err error) error { return s.errors.Error(ctx, "", err) }

@@ -10,6 +10,7 @@ import (
 	"encoding/base32"
 	"errors"
 	"fmt"
+	"github.com/loom-dev/loom/internal/fault"
 	"io/fs"
 	"slices"
 	"strings"
@@ -28,7 +29,7 @@ var (
 	// ErrInvalidRole means a role is not one of "reader", "writer", "admin".
 	ErrInvalidRole = errors.New("invalid role")
 	// ErrInvalidArgument means a tenant, name or expiry is missing or out of range.
-	ErrInvalidArgument = errors.New("invalid argument")
+	ErrInvalidArgument = fault.ErrInvalidArgument
 )
 
 // The roles a principal may hold.

@@ -6,6 +6,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"github.com/loom-dev/loom/internal/fault"
 	"io/fs"
 	"slices"
 	"time"
@@ -39,7 +40,7 @@ var (
 	// ErrNotFound means the tenant has no key for that provider.
 	ErrNotFound = errors.New("provider key not found")
 	// ErrInvalidArgument means an empty tenant, an unknown provider, or a key empty or over MaxKeyBytes.
-	ErrInvalidArgument = errors.New("invalid argument")
+	ErrInvalidArgument = fault.ErrInvalidArgument
 )
 
 // ProviderKey describes a stored provider key. It never holds the key.
