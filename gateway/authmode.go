@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/loom-dev/loom/internal/rpcclient"
 	"github.com/loom-dev/loom/internal/rpcserver"
 )
 
@@ -23,19 +24,19 @@ var ErrBackendRequiresAuth = errors.New("backend requires credentials")
 func CheckBackendsAllowLocal(ctx context.Context, backends map[string]string) (unreachable []string, err error) {
 	client := &http.Client{Timeout: time.Second}
 	for service, target := range backends {
-		t, err := parseTarget(target)
+		t, err := rpcclient.ParseTarget(target)
 		if err != nil {
 			return nil, fmt.Errorf("gateway: backend of %s: %w", service, err)
 		}
-		addrs := t.addrs
-		if t.dnsHost != "" {
-			ips, err := net.DefaultResolver.LookupHost(ctx, t.dnsHost)
+		addrs := t.Addrs
+		if t.DNSHost != "" {
+			ips, err := net.DefaultResolver.LookupHost(ctx, t.DNSHost)
 			if err != nil {
 				unreachable = append(unreachable, target)
 				continue
 			}
 			for _, ip := range ips {
-				addrs = append(addrs, net.JoinHostPort(ip, t.dnsPort))
+				addrs = append(addrs, net.JoinHostPort(ip, t.DNSPort))
 			}
 		}
 		for _, addr := range addrs {

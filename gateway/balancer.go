@@ -2,14 +2,11 @@ package gateway
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,45 +14,6 @@ import (
 	"connectrpc.com/connect"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
-
-// target is a parsed Config.Backends value: either a static address list or a DNS name to resolve.
-type target struct {
-	addrs            []string
-	dnsHost, dnsPort string
-}
-
-// parseTarget parses "host1:port,host2:port" or "dns:///host:port".
-func parseTarget(s string) (target, error) {
-	s = strings.TrimSpace(s)
-	if rest, ok := strings.CutPrefix(s, "dns:///"); ok {
-		host, port, err := net.SplitHostPort(rest)
-		if err != nil || host == "" || port == "" {
-			return target{}, fmt.Errorf("bad dns target %q: want dns:///host:port", s)
-		}
-		return target{dnsHost: host, dnsPort: port}, nil
-	}
-	if strings.Contains(s, "://") {
-		return target{}, fmt.Errorf("bad target %q: only dns:/// or host:port lists", s)
-	}
-	var t target
-	for a := range strings.SplitSeq(s, ",") {
-		a = strings.TrimSpace(a)
-		if a == "" {
-			continue
-		}
-		host, port, err := net.SplitHostPort(a)
-		if err != nil || host == "" || port == "" {
-			return target{}, fmt.Errorf("bad address %q: want host:port", a)
-		}
-		if !slices.Contains(t.addrs, a) {
-			t.addrs = append(t.addrs, a)
-		}
-	}
-	if len(t.addrs) == 0 {
-		return target{}, errors.New("empty target")
-	}
-	return t, nil
-}
 
 // Health states of a backend.
 const (

@@ -44,6 +44,7 @@ import (
 	"github.com/loom-dev/loom/internal/authn"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/procedure"
+	"github.com/loom-dev/loom/internal/rpcclient"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/telemetry"
 )
@@ -116,7 +117,7 @@ func (c Config) Validate() error {
 		if service == "" || strings.ContainsAny(service, "/ ") || !strings.Contains(service, ".") {
 			return fmt.Errorf("gateway: %q is not a full service name", service)
 		}
-		if _, err := parseTarget(target); err != nil {
+		if _, err := rpcclient.ParseTarget(target); err != nil {
 			return fmt.Errorf("gateway: backend of %s: %w", service, err)
 		}
 	}
@@ -206,14 +207,14 @@ func New(logger *slog.Logger, cfg Config, minter *authn.Minter) (*Proxy, error) 
 	}
 	checker := &healthChecker{client: &http.Client{Transport: tr}, interval: cfg.HealthInterval, timeout: cfg.HealthTimeout}
 	for service, target := range cfg.Backends {
-		t, _ := parseTarget(target) // validated above
+		t, _ := rpcclient.ParseTarget(target) // validated above
 		pl := newPool(logger, service, checker)
 		pl.scheme = scheme
 		p.pools[service] = pl
-		if t.dnsHost != "" {
-			p.wg.Go(func() { pl.resolveLoop(ctx, t.dnsHost, t.dnsPort, cfg.ResolveInterval, &p.wg) })
+		if t.DNSHost != "" {
+			p.wg.Go(func() { pl.resolveLoop(ctx, t.DNSHost, t.DNSPort, cfg.ResolveInterval, &p.wg) })
 		} else {
-			pl.setAddrs(ctx, t.addrs, &p.wg)
+			pl.setAddrs(ctx, t.Addrs, &p.wg)
 		}
 	}
 	return p, nil

@@ -10,12 +10,12 @@ import (
 	"encoding/base32"
 	"errors"
 	"fmt"
-	"github.com/loom-dev/loom/internal/fault"
 	"io/fs"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/loom-dev/loom/internal/fault"
 	"github.com/loom-dev/loom/internal/sqldb"
 )
 

@@ -238,19 +238,3 @@ func PrivateKeyFromSeed(b64 string) (ed25519.PrivateKey, error) {
 	return ed25519.NewKeyFromSeed(seed), nil
 }
 
-// ParsePublicKeyPEM parses an Ed25519 public key from a PKIX "PUBLIC KEY" PEM block.
-func ParsePublicKeyPEM(data []byte) (ed25519.PublicKey, error) {
-	block, _ := pem.Decode(data)
-	if block == nil || block.Type != "PUBLIC KEY" {
-		return nil, errors.New("authn: no PUBLIC KEY PEM block")
-	}
-	k, err := x509.ParsePKIXPublicKey(block.Bytes)
-	if err != nil {
-		return nil, errors.New("authn: bad PKIX public key")
-	}
-	ek, ok := k.(ed25519.PublicKey)
-	if !ok {
-		return nil, errors.New("authn: public key is not Ed25519")
-	}
-	return ek, nil
-}

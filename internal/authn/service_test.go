@@ -163,11 +163,6 @@ func TestKeyLoading(t *testing.T) {
 	if err != nil || !got.Equal(key) {
 		t.Fatalf("ParsePrivateKeyPEM: %v", err)
 	}
-	pubDER, _ := x509.MarshalPKIXPublicKey(key.Public())
-	pub, err := ParsePublicKeyPEM(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}))
-	if err != nil || !pub.Equal(key.Public()) {
-		t.Fatalf("ParsePublicKeyPEM: %v", err)
-	}
 	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawURLEncoding} {
 		got, err := PrivateKeyFromSeed(enc.EncodeToString(key.Seed()))
 		if err != nil || !got.Equal(key) {

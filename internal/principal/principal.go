@@ -7,7 +7,6 @@ package principal
 import (
 	"context"
 	"errors"
-	"slices"
 )
 
 // Principal is an authenticated caller. The zero value is not a valid principal.
@@ -23,8 +22,6 @@ type Principal struct {
 // Local is the principal that the embedded development mode assigns to every call.
 var Local = Principal{Tenant: "local", Subject: "local-dev", Roles: []string{"admin"}}
 
-// HasRole reports whether p holds role.
-func (p Principal) HasRole(role string) bool { return slices.Contains(p.Roles, role) }
 
 type contextKey struct{}
 

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"time"
 
@@ -102,7 +103,10 @@ func Dial(cfg Config) (*grpc.ClientConn, error) {
 	cfg.Metrics.add(cfg.Target, breaker)
 	budget := newRetryBudget(cfg.RetryRatio, 10)
 
-	target, opts := resolve(cfg.Target)
+	target, opts, err := resolve(cfg.Target)
+	if err != nil {
+		return nil, fmt.Errorf("rpcclient: target: %w", err)
+	}
 	creds := insecure.NewCredentials()
 	if cfg.TLS != nil {
 		creds = credentials.NewTLS(cfg.TLS)
@@ -169,24 +173,26 @@ func Dial(cfg Config) (*grpc.ClientConn, error) {
 	return conn, nil
 }
 
-// resolve turns a target into a grpc-go target and the dial options it needs.
-func resolve(target string) (string, []grpc.DialOption) {
-	if strings.Contains(target, ":///") {
-		return target, nil
+// resolve turns a target into a grpc-go target and the dial options it needs: a DNS name or a single address
+// is resolved (and re-resolved) through DNS, a list gets a static resolver of its own.
+func resolve(target string) (string, []grpc.DialOption, error) {
+	t, err := ParseTarget(target)
+	if err != nil {
+		return "", nil, err
 	}
-	addrs := strings.Split(target, ",")
-	if len(addrs) == 1 {
-		return "dns:///" + strings.TrimSpace(addrs[0]), nil
+	switch {
+	case t.DNSHost != "":
+		return "dns:///" + net.JoinHostPort(t.DNSHost, t.DNSPort), nil, nil
+	case len(t.Addrs) == 1:
+		return "dns:///" + t.Addrs[0], nil, nil
 	}
 	r := manual.NewBuilderWithScheme("loom-static")
 	state := resolver.State{}
-	for _, a := range addrs {
-		if a = strings.TrimSpace(a); a != "" {
-			state.Addresses = append(state.Addresses, resolver.Address{Addr: a})
-		}
+	for _, a := range t.Addrs {
+		state.Addresses = append(state.Addresses, resolver.Address{Addr: a})
 	}
 	r.InitialState(state)
-	return "loom-static:///" + target, []grpc.DialOption{grpc.WithResolvers(r)}
+	return "loom-static:///" + strings.Join(t.Addrs, ","), []grpc.DialOption{grpc.WithResolvers(r)}, nil
 }
 
 // Idempotent reports whether the contract marks fullMethod ("/pkg.Service/Method") NO_SIDE_EFFECTS or

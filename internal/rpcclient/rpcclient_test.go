@@ -1,6 +1,7 @@
 package rpcclient
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -29,9 +30,9 @@ func TestResolve(t *testing.T) {
 		"memory:8080":        "dns:///memory:8080",
 		"a:1,b:2":            "loom-static:///a:1,b:2",
 	} {
-		got, opts := resolve(in)
-		if got != want {
-			t.Errorf("resolve(%q) = %q, want %q", in, got, want)
+		got, opts, err := resolve(in)
+		if err != nil || got != want {
+			t.Errorf("resolve(%q) = %q, %v, want %q", in, got, err, want)
 		}
 		if strings.HasPrefix(want, "loom-static") != (len(opts) == 1) {
 			t.Errorf("resolve(%q): a static list needs its own resolver", in)
@@ -45,9 +46,29 @@ func FuzzResolve(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, target string) {
-		_, _ = resolve(target)
+		_, _, _ = resolve(target)
 		if conn, err := Dial(Config{Target: target, Service: "loom.memory.v1.MemoryService"}); err == nil {
 			conn.Close()
 		}
 	})
+}
+
+func TestParseTarget(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]Target{
+		"dns:///memory:8080":  {DNSHost: "memory", DNSPort: "8080"},
+		"memory:8080":         {Addrs: []string{"memory:8080"}},
+		" a:1, b:2 ,a:1,":     {Addrs: []string{"a:1", "b:2"}},
+		"[::1]:9,127.0.0.1:9": {Addrs: []string{"[::1]:9", "127.0.0.1:9"}},
+	} {
+		got, err := ParseTarget(in)
+		if err != nil || !slices.Equal(got.Addrs, want.Addrs) || got.DNSHost != want.DNSHost || got.DNSPort != want.DNSPort {
+			t.Errorf("ParseTarget(%q) = %+v, %v, want %+v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", ",,", "dns:///memory", "dns:///:80", "unix:///tmp/s", "http://a:1", "a", "a:1,b", ":80"} {
+		if got, err := ParseTarget(in); err == nil {
+			t.Errorf("ParseTarget(%q) = %+v, want an error", in, got)
+		}
+	}
 }

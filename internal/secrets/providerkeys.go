@@ -6,11 +6,11 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"github.com/loom-dev/loom/internal/fault"
 	"io/fs"
 	"slices"
 	"time"
 
+	"github.com/loom-dev/loom/internal/fault"
 	"github.com/loom-dev/loom/internal/sqldb"
 )
 
