@@ -154,7 +154,7 @@ var serveFlags = []flagSpec{
 	{"auth", "LOOM_AUTH", "local", "local (development: calls without credentials act as tenant \"local\") or required"},
 	{"oidc-issuer", "LOOM_OIDC_ISSUER", "", "OIDC issuer whose JWT bearer tokens are accepted; empty disables OIDC"},
 	{"oidc-audience", "LOOM_OIDC_AUDIENCE", "", "audience OIDC tokens must carry"},
-	{"oidc-jwks-url", "LOOM_OIDC_JWKS_URL", "", "URL of the issuer's JWKS"},
+	{"oidc-jwks-url", "LOOM_OIDC_JWKS_URL", "", "URL of the issuer's JWKS; empty: found through the issuer's OIDC discovery document"},
 	{"oidc-jwks-file", "LOOM_OIDC_JWKS_FILE", "", "file holding the issuer's JWKS (instead of a URL)"},
 	{"gateway-memory", "LOOM_GATEWAY_MEMORY", "", "gateway: memory backends (host:port list or dns:///host:port)"},
 	{"gateway-agent", "LOOM_GATEWAY_AGENT", "", "gateway: agent backends"},
@@ -419,8 +419,8 @@ func (c config) Validate() error {
 	if c.Auth != "local" && c.Auth != "required" {
 		errs = append(errs, fmt.Errorf("--auth: want local or required, got %q", c.Auth))
 	}
-	if c.OIDCIssuer != "" && (c.OIDCAudience == "" || (c.OIDCJWKSURL == "") == (c.OIDCJWKSFile == "")) {
-		errs = append(errs, errors.New("--oidc-issuer needs --oidc-audience and one of --oidc-jwks-url, --oidc-jwks-file"))
+	if c.OIDCIssuer != "" && (c.OIDCAudience == "" || (c.OIDCJWKSURL != "" && c.OIDCJWKSFile != "")) {
+		errs = append(errs, errors.New("--oidc-issuer needs --oidc-audience and at most one of --oidc-jwks-url, --oidc-jwks-file (neither: discovered from the issuer)"))
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))

@@ -69,8 +69,9 @@ type Config struct {
 	Issuer string
 	// Audience must be one of a token's aud values. Required with Issuer.
 	Audience string
-	// JWKSURL is where the provider's key set is fetched (https, or http to a loopback address only). Exactly one
-	// of JWKSURL and JWKSFile is required with Issuer.
+	// JWKSURL is where the provider's key set is fetched (https, or http to a loopback address only). With
+	// neither JWKSURL nor JWKSFile, the key set's URL is discovered from the issuer's
+	// /.well-known/openid-configuration (OpenID Connect Discovery 1.0), whose "issuer" must equal Issuer.
 	JWKSURL string
 	// JWKSFile is a file holding the provider's key set.
 	JWKSFile string
@@ -120,12 +121,17 @@ func (c Config) Validate() error {
 		if c.Audience == "" {
 			return errors.New("authn: OIDC needs an audience")
 		}
-		if (c.JWKSURL == "") == (c.JWKSFile == "") {
-			return errors.New("authn: OIDC needs exactly one of JWKSURL and JWKSFile")
-		}
-		if c.JWKSURL != "" {
+		switch {
+		case c.JWKSURL != "" && c.JWKSFile != "":
+			return errors.New("authn: OIDC takes at most one of JWKSURL and JWKSFile")
+		case c.JWKSURL != "":
 			if err := checkJWKSURL(c.JWKSURL); err != nil {
 				return err
+			}
+		case c.JWKSFile == "":
+			// The key set is discovered from the issuer, which must then be a URL fit to fetch.
+			if err := checkJWKSURL(c.Issuer); err != nil {
+				return errors.New("authn: without JWKSURL or JWKSFile the issuer must be an https URL (OIDC discovery)")
 			}
 		}
 		for _, alg := range c.Algorithms {
@@ -213,7 +219,7 @@ func New(cfg Config, keys *KeyStore, logger *slog.Logger) (*Authenticator, error
 			leeway:      cfg.Leeway,
 			now:         time.Now,
 			keys: &keySet{
-				file: cfg.JWKSFile, url: cfg.JWKSURL, client: client,
+				file: cfg.JWKSFile, url: cfg.JWKSURL, issuer: cfg.Issuer, client: client,
 				timeout: cfg.JWKSTimeout, maxAge: cfg.JWKSMaxAge, now: time.Now,
 			},
 		}

@@ -13,12 +13,14 @@ import (
 	"math/big"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
 
 const (
 	maxJWKSBytes       = 1 << 20
+	maxDiscoveryBytes  = 64 << 10
 	minRSABits         = 2048
 	refetchMinPeriod   = 30 * time.Second
 	defaultJWKSMaxAge  = time.Hour
@@ -136,8 +138,10 @@ func parseJWKS(data []byte) ([]jwk, error) {
 
 // keySet loads a JWKS from a file or URL and caches it. It is safe for concurrent use.
 type keySet struct {
-	file    string
-	url     string
+	file string
+	url  string // empty: discovered from issuer
+	// issuer is the OIDC issuer whose discovery document names the key set's URL when url is empty.
+	issuer  string
 	client  *http.Client
 	timeout time.Duration
 	maxAge  time.Duration
@@ -150,6 +154,8 @@ type keySet struct {
 	loadedAt  time.Time
 	lastFetch time.Time // last load attempt, successful or not
 	lastErr   error     // error of the last load attempt
+
+	discovered string // the jwks_uri of the issuer's discovery document; guarded by fetchMu
 }
 
 // get returns the cached keys, loading them on first use or when older than maxAge. A failed refresh keeps the
@@ -224,25 +230,72 @@ func (s *keySet) read(ctx context.Context) ([]byte, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
+	u := s.url
+	if u == "" {
+		var err error
+		if u, err = s.discover(ctx); err != nil {
+			return nil, err
+		}
+	}
+	data, err := s.fetch(ctx, u, maxJWKSBytes)
 	if err != nil {
+		if s.url == "" {
+			s.discovered = "" // the provider may have moved its key set: discover again next time
+		}
 		return nil, fmt.Errorf("fetch jwks: %w", err)
+	}
+	return data, nil
+}
+
+// discover returns the jwks_uri of the issuer's OpenID Connect discovery document, fetched once and kept until
+// a fetch of the key set fails. The document's issuer must be the configured one exactly (OpenID Connect
+// Discovery 1.0, section 4.3), and its jwks_uri must pass the same checks as a configured JWKS URL.
+func (s *keySet) discover(ctx context.Context) (string, error) {
+	if s.discovered != "" {
+		return s.discovered, nil
+	}
+	data, err := s.fetch(ctx, strings.TrimSuffix(s.issuer, "/")+"/.well-known/openid-configuration", maxDiscoveryBytes)
+	if err != nil {
+		return "", fmt.Errorf("oidc discovery: %w", err)
+	}
+	var doc struct {
+		Issuer  string `json:"issuer"`
+		JWKSURI string `json:"jwks_uri"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return "", errors.New("oidc discovery: document is not JSON")
+	}
+	if doc.Issuer != s.issuer {
+		return "", fmt.Errorf("oidc discovery: document names issuer %q, want %q", doc.Issuer, s.issuer)
+	}
+	if err := checkJWKSURL(doc.JWKSURI); err != nil {
+		return "", fmt.Errorf("oidc discovery: jwks_uri: %w", err)
+	}
+	s.discovered = doc.JWKSURI
+	return doc.JWKSURI, nil
+}
+
+// fetch GETs u as JSON, reading at most limit bytes.
+func (s *keySet) fetch(ctx context.Context, u string, limit int64) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
 	}
 	req.Header.Set("Accept", "application/json")
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("fetch jwks: %w", err)
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("fetch jwks: status %d", resp.StatusCode)
+		return nil, fmt.Errorf("status %d", resp.StatusCode)
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxJWKSBytes+1))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
-		return nil, fmt.Errorf("fetch jwks: %w", err)
+		return nil, err
 	}
-	if len(data) > maxJWKSBytes {
-		return nil, errors.New("fetch jwks: response too large")
+	if int64(len(data)) > limit {
+		return nil, errors.New("response too large")
 	}
 	return data, nil
 }

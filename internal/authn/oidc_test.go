@@ -208,7 +208,9 @@ func TestConfigValidate(t *testing.T) {
 		{"leeway max", func(c *Config) { c.Leeway = 60 * time.Second }, true},
 		{"no audience", func(c *Config) { c.Audience = "" }, false},
 		{"both file and url", func(c *Config) { c.JWKSURL = "https://idp.example.com/jwks" }, false},
-		{"neither file nor url", func(c *Config) { c.JWKSFile = "" }, false},
+		{"neither file nor url: discovery", func(c *Config) { c.JWKSFile = "" }, true},
+		{"discovery from a plain http issuer", func(c *Config) { c.JWKSFile, c.Issuer = "", "http://idp.example.com" }, false},
+		{"discovery from an issuer that is no URL", func(c *Config) { c.JWKSFile, c.Issuer = "", "acme-idp" }, false},
 		{"plain http url", func(c *Config) { c.JWKSFile, c.JWKSURL = "", "http://idp.example.com/jwks" }, false},
 		{"http loopback url", func(c *Config) { c.JWKSFile, c.JWKSURL = "", "http://127.0.0.1:8080/jwks" }, true},
 		{"issuer loom-internal", func(c *Config) { c.Issuer = ServiceIssuer }, false},
@@ -349,4 +351,90 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// TestOIDCDiscovery checks that without a JWKS URL or file the key set is found through the issuer's discovery
+// document, that a document naming another issuer or a key set on plain http is refused, and that a failing key
+// set URL is discovered again.
+func TestOIDCDiscovery(t *testing.T) {
+	t.Parallel()
+	key := rsaKey1()
+	var (
+		mu        sync.Mutex
+		issuer    string
+		jwksPath  = "/keys"
+		docHits   atomic.Int32
+		keyHits   atomic.Int32
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case strings.HasSuffix(r.URL.Path, "/.well-known/openid-configuration"): // any issuer path gets the one document
+			docHits.Add(1)
+			_ = json.NewEncoder(w).Encode(map[string]string{"issuer": issuer, "jwks_uri": issuer + jwksPath})
+		case r.URL.Path == jwksPath:
+			keyHits.Add(1)
+			_, _ = w.Write(jwksJSON(testJWK{"k1", &key.PublicKey}))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	issuer = srv.URL
+	a, err := New(Config{Issuer: issuer, Audience: testAudience}, nil, nil)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	claims := validClaims()
+	claims["iss"] = issuer
+	token := sign(t, jwt.SigningMethodRS256, key, map[string]any{"kid": "k1"}, claims)
+	authenticate := func() (principal.Principal, error) {
+		r := httptest.NewRequest(http.MethodPost, "/loom.memory.v1.MemoryService/Get", nil)
+		r.Header.Set("Authorization", "Bearer "+token)
+		return a.Authenticate(r)
+	}
+	if p, err := authenticate(); err != nil || p.Tenant != "acme" {
+		t.Fatalf("token through discovery: %+v, %v", p, err)
+	}
+	if docHits.Load() != 1 || keyHits.Load() != 1 {
+		t.Errorf("discovery fetched %d times, key set %d times; want 1 and 1", docHits.Load(), keyHits.Load())
+	}
+
+	// The document must name the configured issuer: a provider that answers for another issuer is refused.
+	b, err := New(Config{Issuer: issuer + "/other", Audience: testAudience}, nil, nil)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	other := validClaims()
+	other["iss"] = issuer + "/other"
+	r := httptest.NewRequest(http.MethodPost, "/loom.memory.v1.MemoryService/Get", nil)
+	r.Header.Set("Authorization", "Bearer "+sign(t, jwt.SigningMethodRS256, key, map[string]any{"kid": "k1"}, other))
+	if _, err := b.Authenticate(r); err == nil {
+		t.Fatal("a discovery document naming another issuer was trusted")
+	}
+	if keyHits.Load() != 1 {
+		t.Errorf("the key set was fetched for a document with the wrong issuer")
+	}
+
+	// A key set that moves is found again: the old URL fails, the next load discovers the new one.
+	mu.Lock()
+	jwksPath = "/keys-v2"
+	mu.Unlock()
+	docsBefore := docHits.Load()
+	a.oidc.keys.mu.Lock()
+	a.oidc.keys.loadedAt = time.Time{}.Add(time.Nanosecond) // expire the cached set
+	a.oidc.keys.mu.Unlock()
+	if _, err := a.oidc.keys.get(t.Context()); err != nil {
+		t.Fatalf("reload with a stale discovered URL: %v", err)
+	}
+	a.oidc.keys.mu.Lock()
+	a.oidc.keys.loadedAt, a.oidc.keys.lastErr, a.oidc.keys.lastFetch = time.Time{}.Add(time.Nanosecond), nil, time.Time{}
+	a.oidc.keys.mu.Unlock()
+	if _, err := authenticate(); err != nil {
+		t.Fatalf("token after the key set moved: %v", err)
+	}
+	if n := docHits.Load() - docsBefore; n != 1 {
+		t.Errorf("discovery fetched %d times after the key set moved, want 1", n)
+	}
 }

@@ -237,4 +237,3 @@ func PrivateKeyFromSeed(b64 string) (ed25519.PrivateKey, error) {
 	}
 	return ed25519.NewKeyFromSeed(seed), nil
 }
-
