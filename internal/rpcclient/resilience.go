@@ -64,6 +64,11 @@ func breakerInterceptor(cb *gobreaker.CircuitBreaker[any]) grpc.UnaryClientInter
 
 // retryBudget caps retries at a fraction of recent calls, so that when a target struggles, retries cannot
 // multiply the load on it: each call earns ratio tokens (up to max), each retry spends one.
+//
+// It is the token bucket of grpc-go's retryThrottling (gRFC A6), which cannot be used here: grpc-go applies
+// retryThrottling only to its own service-config retryPolicy, and the retries are go-grpc-middleware's
+// (retry.UnaryClientInterceptor), which decides per call from the contract's idempotency level, so the budget
+// is checked in its retry predicate instead.
 type retryBudget struct {
 	mu     sync.Mutex
 	tokens float64
