@@ -17,7 +17,7 @@ func TestStore(t *testing.T) {
 		t.Run(string(dialect), func(t *testing.T) {
 			t.Parallel()
 			orchestratortest.RunStore(t, func(t *testing.T) orchestrator.Store {
-				s, err := sqlstore.New(context.Background(), sqldbtest.Open(t, dialect))
+				s, err := sqlstore.New(context.Background(), sqldbtest.OpenMigrated(t, dialect, "orchestrator", migrate))
 				if err != nil {
 					t.Fatalf("sqlstore.New() error = %v", err)
 				}
@@ -25,4 +25,10 @@ func TestStore(t *testing.T) {
 			})
 		})
 	}
+}
+
+// migrate applies the store's migrations: the template every Postgres test database is cloned from.
+func migrate(ctx context.Context, db *sqldb.DB) error {
+	_, err := sqlstore.New(ctx, db)
+	return err
 }
