@@ -360,11 +360,11 @@ func TestOIDCDiscovery(t *testing.T) {
 	t.Parallel()
 	key := rsaKey1()
 	var (
-		mu        sync.Mutex
-		issuer    string
-		jwksPath  = "/keys"
-		docHits   atomic.Int32
-		keyHits   atomic.Int32
+		mu       sync.Mutex
+		issuer   string
+		jwksPath = "/keys"
+		docHits  atomic.Int32
+		keyHits  atomic.Int32
 	)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()

@@ -22,7 +22,6 @@ type Principal struct {
 // Local is the principal that the embedded development mode assigns to every call.
 var Local = Principal{Tenant: "local", Subject: "local-dev", Roles: []string{"admin"}}
 
-
 type contextKey struct{}
 
 // NewContext returns a copy of ctx that carries p.
