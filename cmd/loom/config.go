@@ -47,6 +47,7 @@ type config struct {
 	TLSClientKey    string
 	CORSOrigins     []string
 	Reflection      bool
+	MCP             bool
 	MaxMessageBytes int
 	DefaultTimeout  time.Duration
 	MaxTimeout      time.Duration
@@ -136,6 +137,7 @@ var serveFlags = []flagSpec{
 	{"tls-client-key", "LOOM_TLS_CLIENT_KEY", "", "mutual TLS: private key (PEM) of --tls-client-cert"},
 	{"cors-origins", "LOOM_CORS_ORIGINS", "*", "comma-separated origins allowed to call from browsers; empty disables CORS. Under --auth local on a non-loopback address, when not set, CORS is off"},
 	{"reflection", "LOOM_REFLECTION", "true", "serve gRPC reflection (v1 and v1alpha)"},
+	{"mcp", "LOOM_MCP", "true", "serve memory search and save, agent runs and workflow runs as MCP tools at /mcp (streamable HTTP, under the caller's own credentials)"},
 	{"max-message-bytes", "LOOM_MAX_MESSAGE_BYTES", "4194304", "largest request or response message, after decompression"},
 	{"default-timeout", "LOOM_DEFAULT_TIMEOUT", "30s", "deadline of unary calls that carry none"},
 	{"max-timeout", "LOOM_MAX_TIMEOUT", "1h", "cap on every call's deadline (streams included)"},
@@ -320,6 +322,13 @@ func parseServe(args []string, getenv func(string) string, out io.Writer) (confi
 	default:
 		errs = append(errs, fmt.Errorf("--reflection: want true or false, got %q", get("reflection")))
 	}
+	switch get("mcp") {
+	case "true", "1", "yes":
+		c.MCP = true
+	case "false", "0", "no":
+	default:
+		errs = append(errs, fmt.Errorf("--mcp: want true or false, got %q", get("mcp")))
+	}
 	c.MaxMessageBytes = num("max-message-bytes")
 	c.DefaultTimeout = dur("default-timeout")
 	c.MaxTimeout = dur("max-timeout")
@@ -466,6 +475,7 @@ func (c config) LogValue() slog.Value {
 		slog.Bool("tls_client_cert", c.TLSClientCert != ""),
 		slog.String("cors_origins", strings.Join(c.CORSOrigins, ",")),
 		slog.Bool("reflection", c.Reflection),
+		slog.Bool("mcp", c.MCP),
 		slog.Int("max_message_bytes", c.MaxMessageBytes),
 		slog.Duration("default_timeout", c.DefaultTimeout),
 		slog.Duration("max_timeout", c.MaxTimeout),

@@ -23,6 +23,7 @@ import (
 	"github.com/loom-dev/loom/internal/authn"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcclient"
+	"github.com/loom-dev/loom/internal/mcpserver"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/telemetry"
@@ -112,6 +113,10 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 		}
 	}
 
+	var mcp *mcpserver.Handler
+	if cfg.MCP {
+		mcp = mcpserver.New(mcpserver.Config{Version: buildVersion(), Logger: logger, MaxBodyBytes: int64(cfg.MaxMessageBytes)})
+	}
 	srv, err := rpcserver.New(logger, rpcserver.Config{
 		Addr:                 cfg.Listen,
 		TLSCertFile:          cfg.TLSCert,
@@ -131,6 +136,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 		Reflect:              gatewayServices(cfg),
 		Reflection:           cfg.Reflection,
 		Console:              web.Handler(),
+		MCP:                  httpHandler(mcp),
 		Audit:                sec.trail,
 		Fallback:             fallback,
 		TracerProvider:       cfg.obs.tracer,
@@ -139,6 +145,9 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 	}, sec.authenticate, services...)
 	if err != nil {
 		return err
+	}
+	if mcp != nil {
+		mcp.SetDispatch(srv.Handler()) // each tool call is an RPC through the whole server, as the caller
 	}
 	srv.Registry().MustRegister(sec.throttle.Collectors()...)
 	registerMetrics(srv, cfg, dbs)
@@ -474,4 +483,12 @@ func configureEmbedders(r *embed.Registry, cfg config) error {
 		r.Register("openai", openai.Factory(openai.Config{APIKey: cfg.Secrets.OpenAIAPIKey, BaseURL: cfg.OpenAIBaseURL}))
 	}
 	return nil
+}
+
+// httpHandler is h as an http.Handler, nil when h is nil (a nil *mcpserver.Handler in the interface would not be).
+func httpHandler(h *mcpserver.Handler) http.Handler {
+	if h == nil {
+		return nil
+	}
+	return h
 }

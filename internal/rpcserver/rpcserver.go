@@ -93,6 +93,9 @@ type Config struct {
 	Fallback http.Handler
 	// Console, when set, serves the browser console under /console/ (and / redirects there).
 	Console http.Handler
+	// MCP, when set, serves the Model Context Protocol endpoint at /mcp, behind the same load shedding,
+	// authentication and rate limit as the RPCs (see package mcpserver).
+	MCP http.Handler
 	// TracerProvider, when set, traces every RPC (see [Interceptors]); nil means tracing off, with no tracing
 	// interceptor at all.
 	TracerProvider trace.TracerProvider
@@ -220,6 +223,9 @@ func New(logger *slog.Logger, cfg Config, auth Authenticator, services ...Servic
 		limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst)
 	}
 	mux.Handle("/", shedLoad(cfg.MaxInFlight, ref, authenticate(auth, ref, rateLimit(limiter, ref, rpc))))
+	if cfg.MCP != nil {
+		mux.Handle("/mcp", shedLoad(cfg.MaxInFlight, ref, authenticate(auth, ref, rateLimit(limiter, ref, cfg.MCP))))
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if cfg.AuthMode != "" {
