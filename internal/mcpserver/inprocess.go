@@ -5,14 +5,25 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"sync/atomic"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
 // inProcess is an http.RoundTripper that serves each request with handler in this process, for unary Connect
 // calls: the request goes through the handler exactly as one from the network would, with header added (the MCP
 // caller's credentials), and the response is buffered.
 type inProcess struct {
-	handler http.Handler
-	header  http.Header
+	handler atomic.Pointer[dispatch]
+}
+
+type dispatch struct{ http.Handler }
+
+type headerKey struct{}
+
+// withHeader carries the headers the RPCs of one tool call forward from its MCP request (see forwarded).
+func withHeader(ctx context.Context, req *mcp.CallToolRequest) context.Context {
+	return context.WithValue(ctx, headerKey{}, forwarded(req))
 }
 
 type peerKey struct{}
@@ -24,12 +35,15 @@ func withPeer(ctx context.Context, addr string) context.Context {
 }
 
 func (t *inProcess) RoundTrip(req *http.Request) (*http.Response, error) {
-	if t.handler == nil {
+	d := t.handler.Load()
+	if d == nil || d.Handler == nil {
 		return nil, errNoDispatch
 	}
 	r := req.Clone(req.Context())
-	for k, v := range t.header {
-		r.Header[k] = v
+	if h, ok := req.Context().Value(headerKey{}).(http.Header); ok {
+		for k, v := range h {
+			r.Header[k] = v
+		}
 	}
 	r.RequestURI = req.URL.RequestURI()
 	r.RemoteAddr = "127.0.0.1:0"
@@ -40,7 +54,7 @@ func (t *inProcess) RoundTrip(req *http.Request) (*http.Response, error) {
 		r.Body = http.NoBody
 	}
 	w := &recorder{header: http.Header{}}
-	t.handler.ServeHTTP(w, r)
+	d.ServeHTTP(w, r)
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}

@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"sync"
 
 	"connectrpc.com/connect"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -58,11 +57,11 @@ type Config struct {
 // Handler is the MCP endpoint. It must be mounted behind authentication, so that the request's context carries
 // its principal.
 type Handler struct {
-	mu       sync.RWMutex
-	dispatch http.Handler
-	maxBody  int64
-	http     http.Handler
-	servers  map[authv1.Role]*mcp.Server // one server per role rank: the tools that rank may call
+	transport *inProcess
+	rpc       clients
+	maxBody   int64
+	http      http.Handler
+	servers   map[authv1.Role]*mcp.Server // one server per role rank: the tools that rank may call
 }
 
 // New returns the handler.
@@ -70,7 +69,9 @@ func New(cfg Config) *Handler {
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 4 << 20
 	}
-	h := &Handler{dispatch: cfg.Dispatch, maxBody: cfg.MaxBodyBytes, servers: map[authv1.Role]*mcp.Server{}}
+	t := &inProcess{}
+	t.handler.Store(&dispatch{cfg.Dispatch})
+	h := &Handler{transport: t, rpc: newClients(t), maxBody: cfg.MaxBodyBytes, servers: map[authv1.Role]*mcp.Server{}}
 	for _, rank := range []authv1.Role{authv1.Role_ROLE_READER, authv1.Role_ROLE_WRITER, authv1.Role_ROLE_ADMIN} {
 		h.servers[rank] = h.newServer(cfg.Version, principal.Principal{Roles: []string{roleName(rank)}})
 	}
@@ -86,11 +87,7 @@ func New(cfg Config) *Handler {
 
 // SetDispatch sets the handler RPCs are dispatched to, for a server whose root handler exists only after the
 // MCP handler was given to it.
-func (h *Handler) SetDispatch(d http.Handler) {
-	h.mu.Lock()
-	h.dispatch = d
-	h.mu.Unlock()
-}
+func (h *Handler) SetDispatch(d http.Handler) { h.transport.handler.Store(&dispatch{d}) }
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -120,7 +117,8 @@ func rank(p principal.Principal) authv1.Role {
 	return best
 }
 
-// clients are Loom's RPC clients for one tool call, carrying its caller's credentials.
+// clients are Loom's RPC clients, made once; each call carries its MCP caller's credentials in its context (see
+// [withHeader]).
 type clients struct {
 	memory       memoryv1connect.MemoryServiceClient
 	agent        agentv1connect.AgentServiceClient
@@ -130,12 +128,9 @@ type clients struct {
 // base is the URL the in-process clients address; only its path reaches the dispatch handler.
 const base = "http://loom.mcp.internal"
 
-func (h *Handler) clients(req *mcp.CallToolRequest) clients {
-	h.mu.RLock()
-	d := h.dispatch
-	h.mu.RUnlock()
-	hc := &http.Client{Transport: &inProcess{handler: d, header: forwarded(req)}}
+func newClients(t *inProcess) clients {
 	// The Connect protocol with the binary codec: no HTTP/2 needed in process.
+	hc := &http.Client{Transport: t}
 	return clients{
 		memory:       memoryv1connect.NewMemoryServiceClient(hc, base),
 		agent:        agentv1connect.NewAgentServiceClient(hc, base),
@@ -258,7 +253,7 @@ func (h *Handler) tools() []tool {
 						}
 						msg.Filter = f
 					}
-					resp, err := h.clients(req).memory.Search(ctx, connect.NewRequest(msg))
+					resp, err := h.rpc.memory.Search(withHeader(ctx, req), connect.NewRequest(msg))
 					if err != nil {
 						return errorResult(err), nil, nil
 					}
@@ -273,7 +268,7 @@ func (h *Handler) tools() []tool {
 					if err != nil {
 						return errorResult(err), nil, nil
 					}
-					resp, err := h.clients(req).memory.Upsert(ctx, connect.NewRequest(&memoryv1.UpsertRequest{
+					resp, err := h.rpc.memory.Upsert(withHeader(ctx, req), connect.NewRequest(&memoryv1.UpsertRequest{
 						Namespace: in.Namespace, Records: []*memoryv1.Record{{Id: in.ID, Text: in.Text, Metadata: md}},
 					}))
 					if err != nil {
@@ -285,7 +280,7 @@ func (h *Handler) tools() []tool {
 		{agentv1connect.AgentServiceRunProcedure, func(s *mcp.Server) {
 			mcp.AddTool(s, &mcp.Tool{Name: "run_agent", Description: "Run a Loom agent on an input and wait for it to finish; returns the run with its output, steps and token usage."},
 				func(ctx context.Context, req *mcp.CallToolRequest, in RunAgentArgs) (*mcp.CallToolResult, any, error) {
-					resp, err := h.clients(req).agent.Run(ctx, connect.NewRequest(&agentv1.RunRequest{Agent: in.Agent, Input: in.Input, IdempotencyKey: in.IdempotencyKey}))
+					resp, err := h.rpc.agent.Run(withHeader(ctx, req), connect.NewRequest(&agentv1.RunRequest{Agent: in.Agent, Input: in.Input, IdempotencyKey: in.IdempotencyKey}))
 					if err != nil {
 						return errorResult(err), nil, nil
 					}
@@ -303,7 +298,7 @@ func (h *Handler) tools() []tool {
 						}
 						msg.Input = input
 					}
-					resp, err := h.clients(req).orchestrator.StartRun(ctx, connect.NewRequest(msg))
+					resp, err := h.rpc.orchestrator.StartRun(withHeader(ctx, req), connect.NewRequest(msg))
 					if err != nil {
 						return errorResult(err), nil, nil
 					}
@@ -314,7 +309,7 @@ func (h *Handler) tools() []tool {
 			mcp.AddTool(s, &mcp.Tool{Name: "get_workflow_run", Description: "Read a Loom workflow run: its state, steps, outputs and any pending approval.",
 				Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true}},
 				func(ctx context.Context, req *mcp.CallToolRequest, in GetWorkflowRunArgs) (*mcp.CallToolResult, any, error) {
-					resp, err := h.clients(req).orchestrator.GetRun(ctx, connect.NewRequest(&orchestratorv1.GetRunRequest{Id: in.ID}))
+					resp, err := h.rpc.orchestrator.GetRun(withHeader(ctx, req), connect.NewRequest(&orchestratorv1.GetRunRequest{Id: in.ID}))
 					if err != nil {
 						return errorResult(err), nil, nil
 					}
