@@ -10,7 +10,7 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/loom ./cmd/loom \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates espeak-ng \
+ && apt-get install -y --no-install-recommends ca-certificates espeak-ng ffmpeg \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home /var/lib/loom --create-home loom
 COPY --from=build /out/loom /out/grpc-health-probe /usr/local/bin/

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests use, skipping the apt round trip when they are all present.
 set -euo pipefail
-pkgs=(espeak-ng chromium make gcc git prometheus)
+pkgs=(espeak-ng ffmpeg chromium make gcc git prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -62,6 +62,9 @@ type Config struct {
 	TavusBaseURL string
 	// EspeakPath is the espeak-ng binary; empty means "espeak-ng" looked up in PATH.
 	EspeakPath string
+	// FFmpegPath is the ffmpeg binary that transcodes speech to a format its provider does not produce; empty
+	// means "ffmpeg" looked up in PATH.
+	FFmpegPath string
 	// MemoryTimeout bounds the memory search before a run's first model call; 0 means 2 seconds.
 	MemoryTimeout time.Duration
 	// TenantKeys holds tenants' own provider keys, by provider "gemini", "openai", "elevenlabs" or "tavus"

@@ -34,7 +34,7 @@ const (
 var espeakVoice = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_+-]{0,63}$`)
 
 // SynthesizeSpeech implements agentv1connect.AgentServiceHandler. The voice is the request's, else the agent's,
-// else espeak-ng's "en-us". espeak-ng produces WAV; ElevenLabs produces MP3.
+// else espeak-ng's "en-us". espeak-ng produces WAV and ElevenLabs MP3; other formats are transcoded with ffmpeg.
 func (s *Server) SynthesizeSpeech(ctx context.Context, req *connect.Request[agentv1.SynthesizeSpeechRequest], stream *connect.ServerStream[agentv1.SynthesizeSpeechResponse]) error {
 	tenant, err := principal.Tenant(ctx)
 	if err != nil {
@@ -59,22 +59,46 @@ func (s *Server) SynthesizeSpeech(ctx context.Context, req *connect.Request[agen
 	if err := checkVoice(voice, "voice"); err != nil {
 		return s.connectError(ctx, err)
 	}
+	// Each provider has a native format; another is transcoded with ffmpeg from the provider's whole output
+	// (bounded), so its chunks start after synthesis instead of as it goes.
+	nativeFormat := agentv1.AudioFormat_AUDIO_FORMAT_WAV
+	if voice.GetProvider() == agentv1.VoiceProvider_VOICE_PROVIDER_ELEVENLABS {
+		nativeFormat = agentv1.AudioFormat_AUDIO_FORMAT_MP3
+	}
 	format := req.Msg.GetFormat()
+	if format == agentv1.AudioFormat_AUDIO_FORMAT_UNSPECIFIED {
+		format = nativeFormat
+	}
+	var ffmpeg string
+	var nativeBuf bytes.Buffer
+	out := send
+	if format != nativeFormat {
+		if ffmpeg, err = s.ffmpeg(format); err != nil {
+			return s.connectError(ctx, err)
+		}
+		out = func(b []byte, _ string) error {
+			if nativeBuf.Len()+len(b) > maxWAVBytes {
+				return &FieldError{Field: "text", Reason: fmt.Sprintf("speech longer than %d MiB of audio", maxWAVBytes>>20)}
+			}
+			nativeBuf.Write(b)
+			return nil
+		}
+	}
 	switch voice.GetProvider() {
 	case agentv1.VoiceProvider_VOICE_PROVIDER_UNSPECIFIED, agentv1.VoiceProvider_VOICE_PROVIDER_ESPEAK:
-		if format == agentv1.AudioFormat_AUDIO_FORMAT_MP3 {
-			return s.connectError(ctx, &FieldError{Field: "format", Reason: "espeak-ng produces WAV only"})
-		}
-		err = s.speakEspeak(ctx, req.Msg.GetText(), voice.GetVoiceId(), send)
+		err = s.speakEspeak(ctx, req.Msg.GetText(), voice.GetVoiceId(), out)
 	case agentv1.VoiceProvider_VOICE_PROVIDER_ELEVENLABS:
-		if format == agentv1.AudioFormat_AUDIO_FORMAT_WAV {
-			return s.connectError(ctx, &FieldError{Field: "format", Reason: "ElevenLabs produces MP3 only; ask for AUDIO_FORMAT_MP3"})
-		}
 		err = markProvider("elevenlabs", s.guard(ctx, tenant, "elevenlabs", func() error {
-			return s.speakElevenLabs(ctx, tenant, req.Msg.GetText(), voice.GetVoiceId(), send)
+			return s.speakElevenLabs(ctx, tenant, req.Msg.GetText(), voice.GetVoiceId(), out)
 		}))
 	default:
 		err = &FieldError{Field: "voice.provider", Reason: "unknown provider"}
+	}
+	if err == nil && ffmpeg != "" {
+		var audio []byte
+		if audio, err = transcode(ctx, ffmpeg, nativeBuf.Bytes(), nativeFormat, format); err == nil {
+			_, err = streamChunks(bytes.NewReader(audio), audioMIME[format], send)
+		}
 	}
 	return s.connectError(ctx, err)
 }

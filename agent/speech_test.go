@@ -63,9 +63,11 @@ func TestSynthesizeSpeechEspeak(t *testing.T) {
 		_, err = recvAll(c.SynthesizeSpeech(ctx, &agentv1.SynthesizeSpeechRequest{Text: "hi",
 			Voice: &agentv1.Voice{VoiceId: "zzvoice"}}))
 		wantCode(t, err, codes.InvalidArgument, "voice.voice_id")
-		_, err = recvAll(c.SynthesizeSpeech(ctx, &agentv1.SynthesizeSpeechRequest{Text: "hi", Format: agentv1.AudioFormat_AUDIO_FORMAT_MP3}))
-		wantCode(t, err, codes.InvalidArgument, "format")
 	})
+	// MP3 from espeak-ng needs ffmpeg: a server without it says which field to change.
+	noFFmpeg := newHarness(t, agent.Config{FFmpegPath: "/nonexistent/ffmpeg"})
+	_, err := recvAll(noFFmpeg.clients["grpc"].SynthesizeSpeech(testCtx(t), &agentv1.SynthesizeSpeechRequest{Text: "hi", Format: agentv1.AudioFormat_AUDIO_FORMAT_MP3}))
+	wantCode(t, err, codes.InvalidArgument, "format")
 }
 
 func TestSynthesizeSpeechEspeakMissing(t *testing.T) {
@@ -116,7 +118,9 @@ func TestSynthesizeSpeechElevenLabs(t *testing.T) {
 	if mime != "audio/mpeg" || !bytes.Equal(got, mp3) {
 		t.Errorf("got %d bytes of %q, want the %d bytes served as audio/mpeg", len(got), mime, len(mp3))
 	}
-	_, err = recvAll(c.SynthesizeSpeech(ctx, &agentv1.SynthesizeSpeechRequest{Text: "hello", Agent: "speaker", Format: agentv1.AudioFormat_AUDIO_FORMAT_WAV}))
+	noFFmpeg := newHarness(t, agent.Config{ElevenLabsAPIKey: "el-key", ElevenLabsBaseURL: el.URL, FFmpegPath: "/nonexistent/ffmpeg"})
+	create(t, ctx, noFFmpeg.clients["connect"], a)
+	_, err = recvAll(noFFmpeg.clients["connect"].SynthesizeSpeech(ctx, &agentv1.SynthesizeSpeechRequest{Text: "hello", Agent: "speaker", Format: agentv1.AudioFormat_AUDIO_FORMAT_WAV}))
 	wantCode(t, err, codes.InvalidArgument, "format")
 
 	bad := newHarness(t, agent.Config{ElevenLabsAPIKey: "wrong", ElevenLabsBaseURL: el.URL})

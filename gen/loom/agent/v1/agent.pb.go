@@ -259,16 +259,20 @@ func (RunState) EnumDescriptor() ([]byte, []int) {
 	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
-// AudioFormat is an audio encoding.
+// AudioFormat is an audio encoding. Each voice provider has a native one (espeak-ng: WAV, ElevenLabs: MP3); any
+// other is transcoded with ffmpeg on the server, and asking for one on a server without ffmpeg is
+// InvalidArgument naming the format.
 type AudioFormat int32
 
 const (
-	// Unset; treated as AUDIO_FORMAT_WAV.
+	// Unset: the provider's native format (WAV for espeak-ng, MP3 for ElevenLabs).
 	AudioFormat_AUDIO_FORMAT_UNSPECIFIED AudioFormat = 0
-	// WAV (PCM).
+	// WAV (16-bit PCM), audio/wav, with the real RIFF and data sizes in its header.
 	AudioFormat_AUDIO_FORMAT_WAV AudioFormat = 1
-	// MP3.
+	// MP3, audio/mpeg.
 	AudioFormat_AUDIO_FORMAT_MP3 AudioFormat = 2
+	// Opus in an Ogg container, audio/ogg.
+	AudioFormat_AUDIO_FORMAT_OGG_OPUS AudioFormat = 3
 )
 
 // Enum value maps for AudioFormat.
@@ -277,11 +281,13 @@ var (
 		0: "AUDIO_FORMAT_UNSPECIFIED",
 		1: "AUDIO_FORMAT_WAV",
 		2: "AUDIO_FORMAT_MP3",
+		3: "AUDIO_FORMAT_OGG_OPUS",
 	}
 	AudioFormat_value = map[string]int32{
 		"AUDIO_FORMAT_UNSPECIFIED": 0,
 		"AUDIO_FORMAT_WAV":         1,
 		"AUDIO_FORMAT_MP3":         2,
+		"AUDIO_FORMAT_OGG_OPUS":    3,
 	}
 )
 
@@ -4397,11 +4403,12 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x11RUN_STATE_RUNNING\x10\x01\x12\x17\n" +
 	"\x13RUN_STATE_SUCCEEDED\x10\x02\x12\x14\n" +
 	"\x10RUN_STATE_FAILED\x10\x03\x12\x17\n" +
-	"\x13RUN_STATE_CANCELLED\x10\x04*W\n" +
+	"\x13RUN_STATE_CANCELLED\x10\x04*r\n" +
 	"\vAudioFormat\x12\x1c\n" +
 	"\x18AUDIO_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10AUDIO_FORMAT_WAV\x10\x01\x12\x14\n" +
-	"\x10AUDIO_FORMAT_MP3\x10\x02*s\n" +
+	"\x10AUDIO_FORMAT_MP3\x10\x02\x12\x19\n" +
+	"\x15AUDIO_FORMAT_OGG_OPUS\x10\x03*s\n" +
 	"\n" +
 	"VideoState\x12\x1b\n" +
 	"\x17VIDEO_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
