@@ -268,6 +268,7 @@ func (d *decoder) blueprint(n *yaml.Node, bp *orchestratorv1.Blueprint) {
 		"input_schema": func(p string, v *yaml.Node) { bp.InputSchema = d.structValue(p, v) },
 		"run_deadline": func(p string, v *yaml.Node) { bp.RunDeadline = d.duration(p, v) },
 		"output":       func(p string, v *yaml.Node) { bp.Output = d.str(p, v) },
+		"layout":       func(p string, v *yaml.Node) { bp.Layout = d.layout(p, v) },
 		"steps": func(p string, v *yaml.Node) {
 			if !d.resolved(p, v) || isNull(v) {
 				return
@@ -283,6 +284,42 @@ func (d *decoder) blueprint(n *yaml.Node, bp *orchestratorv1.Blueprint) {
 			}
 		},
 	})
+}
+
+// layout decodes "layout: {step_id: {x: 40, y: 160}, ...}", the positions an editor saved.
+func (d *decoder) layout(path string, n *yaml.Node) map[string]*orchestratorv1.Point {
+	if !d.resolved(path, n) || isNull(n) {
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		d.errorf(path, n, "must map step ids to positions {x, y}")
+		return nil
+	}
+	out := map[string]*orchestratorv1.Point{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		p := join(path, k.Value)
+		pt := &orchestratorv1.Point{}
+		d.mapping(p, v, map[string]func(string, *yaml.Node){
+			"x": func(p string, v *yaml.Node) { pt.X = d.float(p, v) },
+			"y": func(p string, v *yaml.Node) { pt.Y = d.float(p, v) },
+		})
+		out[k.Value] = pt
+	}
+	return out
+}
+
+// float decodes a finite number.
+func (d *decoder) float(path string, n *yaml.Node) float64 {
+	if !d.resolved(path, n) || isNull(n) {
+		return 0
+	}
+	var v float64
+	if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!float") || n.Decode(&v) != nil || math.IsNaN(v) || math.IsInf(v, 0) {
+		d.errorf(path, n, "must be a number")
+		return 0
+	}
+	return v
 }
 
 func (d *decoder) step(path string, n *yaml.Node) *orchestratorv1.Step {

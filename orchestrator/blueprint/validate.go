@@ -80,6 +80,7 @@ func validate(bp *orchestratorv1.Blueprint, pos map[string]Position, limits Limi
 	v.durations(bp)
 	index := v.ids(bp)
 	v.references(bp, index)
+	v.layout(bp, index)
 	// Graph and expression checks grow faster than linearly; past the step limit (already reported by the field
 	// rules) they are skipped so hostile documents stay cheap.
 	if len(bp.GetSteps()) <= maxSteps {
@@ -583,4 +584,19 @@ func costString(c uint64) string {
 		return "an unbounded number of"
 	}
 	return strconv.FormatUint(c, 10)
+}
+
+// layout checks that every saved position belongs to a step, and is within the canvas's bounds.
+func (v *validator) layout(bp *orchestratorv1.Blueprint, index map[string]int) {
+	for id, p := range bp.GetLayout() {
+		path := "layout." + id
+		if _, ok := index[id]; !ok {
+			v.errorf(path, "no step %q: a position needs its step", id)
+		}
+		for _, c := range []float64{p.GetX(), p.GetY()} {
+			if math.IsNaN(c) || math.Abs(c) > 1e6 {
+				v.errorf(path, "position must be within +-1e6")
+			}
+		}
+	}
 }

@@ -9,6 +9,8 @@
 //   - Geometry: fixed node sizes on a grid (see the constants); edges are orthogonal polylines from the right
 //     middle of the source to the left middle of the target, bending in the gap before the target's column.
 //   - Branch edges are labelled "then" or "else"; parallel and map steps get a group box around their block.
+//   - Steps with a position in the blueprint's layout (saved by an editor, see [Blueprint]) are drawn there; the
+//     edges and group boxes follow them.
 //
 // The canvas embeds the blueprint, so an editor can rebuild it.
 package canvas
@@ -121,6 +123,14 @@ func Generate(bp *orchestratorv1.Blueprint) *orchestratorv1.Canvas {
 	if len(steps) > 0 {
 		c.Width = 2*Margin + float64(len(rows))*(NodeWidth+LayerGap) - LayerGap
 		c.Height = 2*Margin + float64(maxRows)*(NodeHeight+RowGap) - RowGap
+	}
+	// Positions an editor saved win over the layout; the canvas grows to hold them.
+	for _, n := range c.Nodes {
+		if p, ok := bp.GetLayout()[n.GetId()]; ok {
+			n.X, n.Y = p.GetX(), p.GetY()
+			c.Width = max(c.Width, n.X+n.Width+Margin)
+			c.Height = max(c.Height, n.Y+n.Height+Margin)
+		}
 	}
 	for _, e := range edges {
 		from, to := nodes[e.from], nodes[e.to]

@@ -198,6 +198,24 @@ async function showBlueprint(app: App, box: HTMLElement, name: string, version: 
       stepInfo.replaceChildren(h("h4", null, `Step ${id}`), h("pre", { class: "json" }, step ? json({ kind: step.kind.case, depends_on: step.dependsOn, ...(step.kind.value ? { ...step.kind.value, $typeName: undefined } : {}) }) : ""));
     });
     canvasBox.replaceChildren(view.svg);
+    if (app.can("writer") && isLatest) {
+      // Dragged positions are saved as a new version (SaveCanvas keeps the steps and stores the layout).
+      const lst = status("canvas-save-status");
+      const saveLayout = h("button", {
+        type: "button", "data-testid": "canvas-save", disabled: true,
+        onclick: async () => {
+          show(lst, "busy", "saving the layout…");
+          try {
+            const saved = await app.orch.saveCanvas({ name, canvas: view.edited(), expectedVersion: latest!.version });
+            app.go(`#/blueprints/${encodeURIComponent(name)}/${saved.blueprint!.version}`);
+          } catch (err) {
+            showError(lst, err);
+          }
+        },
+      }, `Save layout as v${latest.version + 1n}`) as HTMLButtonElement;
+      view.onMove = () => (saveLayout.disabled = false);
+      canvasBox.append(h("div", { class: "row" }, saveLayout, lst));
+    }
   } catch (err) {
     showError(cst, err);
   }

@@ -1,15 +1,22 @@
 // The blueprint graph: GenerateCanvas's laid-out nodes, edges and groups drawn as SVG. Nodes are coloured by
 // kind, and by step state when a run is shown (data-state on each node); they can be focused with Tab, chosen
-// with Enter or a click, and dragged (the moved layout stays in the page: the orchestrator has no RPC yet to
-// store a canvas).
+// with Enter or a click, and dragged; edited() gives the canvas with the moved positions, which SaveCanvas stores
+// as a new blueprint version.
 
-import type { Canvas } from "../../gen/ts/loom/orchestrator/v1/orchestrator_pb";
+import { clone } from "@bufbuild/protobuf";
+import { CanvasSchema, type Canvas } from "../../gen/ts/loom/orchestrator/v1/orchestrator_pb";
 import { s } from "./dom";
 
 export interface CanvasView {
   svg: SVGSVGElement;
   /** setState colours a node by step state ("pending", "running", "waiting", "succeeded", "failed", "skipped"). */
   setState(stepId: string, state: string): void;
+  /** moved reports whether a node has been dragged since the canvas was drawn. */
+  moved(): boolean;
+  /** edited is the canvas with every node where it now is. */
+  edited(): Canvas;
+  /** onMove is called after each drag. */
+  onMove?: () => void;
 }
 
 const PAD = 16;
@@ -52,6 +59,26 @@ export function drawCanvas(canvas: Canvas, onSelect?: (stepId: string) => void):
     svg.append(g);
   }
   const nodes = new Map<string, SVGElement>();
+  let dragged = false;
+  const view: CanvasView = {
+    svg,
+    setState(stepId, state) {
+      const g = nodes.get(stepId);
+      if (!g) return;
+      g.dataset.state = state;
+      // The state is written on the node too, so it is not shown by colour alone (and is part of its name).
+      g.querySelector(".node-kind")!.textContent = `${g.dataset.kind} · ${state}`;
+    },
+    moved: () => dragged,
+    edited() {
+      const out = clone(CanvasSchema, canvas);
+      for (const n of out.nodes) {
+        const p = pos.get(n.id);
+        if (p) [n.x, n.y] = [Math.round(p.x), Math.round(p.y)];
+      }
+      return out;
+    },
+  };
   for (const n of canvas.nodes) {
     const g = s("g", {
       class: `node kind-${n.kind}`,
@@ -74,20 +101,14 @@ export function drawCanvas(canvas: Canvas, onSelect?: (stepId: string) => void):
         onSelect?.(n.id);
       }
     });
-    drag(svg, g, n.id, pos, edgeEls, () => onSelect?.(n.id));
+    drag(svg, g, n.id, pos, edgeEls, () => onSelect?.(n.id), () => {
+      dragged = true;
+      view.onMove?.();
+    });
     nodes.set(n.id, g);
     svg.append(g);
   }
-  return {
-    svg,
-    setState(stepId, state) {
-      const g = nodes.get(stepId);
-      if (!g) return;
-      g.dataset.state = state;
-      // The state is written on the node too, so it is not shown by colour alone (and is part of its name).
-      g.querySelector(".node-kind")!.textContent = `${g.dataset.kind} · ${state}`;
-    },
-  };
+  return view;
 }
 
 function clip(t: string, width: number): string {
@@ -103,7 +124,7 @@ function straight(a?: Box, b?: Box): { x: number; y: number }[] {
 }
 
 /** drag moves a node with the pointer and re-routes its edges straight; a press without a move is a click. */
-function drag(svg: SVGSVGElement, g: SVGElement, id: string, pos: Map<string, Box>, edges: { from: string; to: string; path: SVGElement; label?: SVGElement }[], click: () => void): void {
+function drag(svg: SVGSVGElement, g: SVGElement, id: string, pos: Map<string, Box>, edges: { from: string; to: string; path: SVGElement; label?: SVGElement }[], click: () => void, done: () => void): void {
   let start: { px: number; py: number; x: number; y: number } | null = null;
   let moved = false;
   const scale = () => {
@@ -142,6 +163,7 @@ function drag(svg: SVGSVGElement, g: SVGElement, id: string, pos: Map<string, Bo
   });
   const end = () => {
     if (start && !moved) click();
+    if (start && moved) done();
     start = null;
   };
   g.addEventListener("pointerup", end);

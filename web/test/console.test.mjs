@@ -436,8 +436,18 @@ describe("console on the embedded defaults (--auth local)", () => {
     await page.mouse.down();
     await page.mouse.move(box.x + box.width / 2 + 10, box.y + box.height / 2 + 60, { steps: 5 });
     await page.mouse.up();
-    assert.notEqual(await node.getAttribute("transform"), t0);
+    const t1 = await node.getAttribute("transform");
+    assert.notEqual(t1, t0);
     assert.notEqual(await edge.getAttribute("points"), e0);
+    // Save the layout: a new version, whose canvas draws the node where it was dropped.
+    await page.getByTestId("canvas-save").click();
+    await page.getByTestId("bp-title").filter({ hasText: "fanout v2" }).waitFor();
+    await page.locator('[data-testid="canvas-node"][data-id="start"]').waitFor();
+    const xy = (t) => t.match(/translate\(([-\d.]+),([-\d.]+)\)/).slice(1).map(Number);
+    const [x1, y1] = xy(t1);
+    const [x2, y2] = xy(await page.locator('[data-testid="canvas-node"][data-id="start"]').getAttribute("transform"));
+    assert.ok(Math.abs(x2 - x1) <= 1 && Math.abs(y2 - y1) <= 1, `saved at (${x2}, ${y2}), dropped at (${x1}, ${y1})`);
+    assert.ok((await page.getByTestId("bp-yaml").inputValue()).includes("layout:"), "the new version's YAML holds the layout");
     await page.close();
   });
 

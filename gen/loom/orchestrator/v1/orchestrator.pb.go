@@ -231,7 +231,10 @@ type Blueprint struct {
 	// Output only: when this version was created.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// CEL expression for the run output; unset means the outputs of the final steps.
-	Output        string `protobuf:"bytes,8,opt,name=output,proto3" json:"output,omitempty"`
+	Output string `protobuf:"bytes,8,opt,name=output,proto3" json:"output,omitempty"`
+	// Where an editor placed steps on the canvas, by step id (the node's top-left corner), as SaveCanvas stores
+	// them. GenerateCanvas draws these steps there and lays out the others. The engine ignores it.
+	Layout        map[string]*Point `protobuf:"bytes,9,rep,name=layout,proto3" json:"layout,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -320,6 +323,13 @@ func (x *Blueprint) GetOutput() string {
 		return x.Output
 	}
 	return ""
+}
+
+func (x *Blueprint) GetLayout() map[string]*Point {
+	if x != nil {
+		return x.Layout
+	}
+	return nil
 }
 
 // Step is one node of a blueprint.
@@ -1915,6 +1925,129 @@ func (*GenerateCanvasRequest_Ref) isGenerateCanvasRequest_Target() {}
 
 func (*GenerateCanvasRequest_Source) isGenerateCanvasRequest_Target() {}
 
+// SaveCanvasRequest is the request of SaveCanvas.
+type SaveCanvasRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name of the blueprint; must be canvas.blueprint's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The edited canvas, as GenerateCanvas returned it and an editor changed it. Its nodes are the steps (one
+	// node per step of canvas.blueprint, with its position); its edges are the dependencies: an edge labelled
+	// "then" or "else" is a branch target of its source, an unlabelled edge from a parallel step to a node inside
+	// that step's group is a member of the block, and any other edge means its target depends on its source.
+	// Points, sizes, layers and group boxes are ignored (they are recomputed).
+	Canvas *Canvas `protobuf:"bytes,2,opt,name=canvas,proto3" json:"canvas,omitempty"`
+	// When non-zero, the save fails with Aborted unless the latest version is this one.
+	ExpectedVersion int64 `protobuf:"varint,3,opt,name=expected_version,json=expectedVersion,proto3" json:"expected_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *SaveCanvasRequest) Reset() {
+	*x = SaveCanvasRequest{}
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SaveCanvasRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SaveCanvasRequest) ProtoMessage() {}
+
+func (x *SaveCanvasRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SaveCanvasRequest.ProtoReflect.Descriptor instead.
+func (*SaveCanvasRequest) Descriptor() ([]byte, []int) {
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *SaveCanvasRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SaveCanvasRequest) GetCanvas() *Canvas {
+	if x != nil {
+		return x.Canvas
+	}
+	return nil
+}
+
+func (x *SaveCanvasRequest) GetExpectedVersion() int64 {
+	if x != nil {
+		return x.ExpectedVersion
+	}
+	return 0
+}
+
+// SaveCanvasResponse is the response of SaveCanvas.
+type SaveCanvasResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new version.
+	Blueprint *Blueprint `protobuf:"bytes,1,opt,name=blueprint,proto3" json:"blueprint,omitempty"`
+	// Its canvas, laid out from the saved positions.
+	Canvas        *Canvas `protobuf:"bytes,2,opt,name=canvas,proto3" json:"canvas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SaveCanvasResponse) Reset() {
+	*x = SaveCanvasResponse{}
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SaveCanvasResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SaveCanvasResponse) ProtoMessage() {}
+
+func (x *SaveCanvasResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SaveCanvasResponse.ProtoReflect.Descriptor instead.
+func (*SaveCanvasResponse) Descriptor() ([]byte, []int) {
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *SaveCanvasResponse) GetBlueprint() *Blueprint {
+	if x != nil {
+		return x.Blueprint
+	}
+	return nil
+}
+
+func (x *SaveCanvasResponse) GetCanvas() *Canvas {
+	if x != nil {
+		return x.Canvas
+	}
+	return nil
+}
+
 // BlueprintRef names a stored blueprint version.
 type BlueprintRef struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1928,7 +2061,7 @@ type BlueprintRef struct {
 
 func (x *BlueprintRef) Reset() {
 	*x = BlueprintRef{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[26]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1940,7 +2073,7 @@ func (x *BlueprintRef) String() string {
 func (*BlueprintRef) ProtoMessage() {}
 
 func (x *BlueprintRef) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[26]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1953,7 +2086,7 @@ func (x *BlueprintRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlueprintRef.ProtoReflect.Descriptor instead.
 func (*BlueprintRef) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{26}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *BlueprintRef) GetName() string {
@@ -1981,7 +2114,7 @@ type GenerateCanvasResponse struct {
 
 func (x *GenerateCanvasResponse) Reset() {
 	*x = GenerateCanvasResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[27]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1993,7 +2126,7 @@ func (x *GenerateCanvasResponse) String() string {
 func (*GenerateCanvasResponse) ProtoMessage() {}
 
 func (x *GenerateCanvasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[27]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2006,7 +2139,7 @@ func (x *GenerateCanvasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateCanvasResponse.ProtoReflect.Descriptor instead.
 func (*GenerateCanvasResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{27}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GenerateCanvasResponse) GetCanvas() *Canvas {
@@ -2037,7 +2170,7 @@ type Canvas struct {
 
 func (x *Canvas) Reset() {
 	*x = Canvas{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[28]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2049,7 +2182,7 @@ func (x *Canvas) String() string {
 func (*Canvas) ProtoMessage() {}
 
 func (x *Canvas) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[28]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2062,7 +2195,7 @@ func (x *Canvas) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Canvas.ProtoReflect.Descriptor instead.
 func (*Canvas) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{28}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Canvas) GetNodes() []*Node {
@@ -2132,7 +2265,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[29]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2144,7 +2277,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[29]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2157,7 +2290,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{29}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Node) GetId() string {
@@ -2235,7 +2368,7 @@ type Edge struct {
 
 func (x *Edge) Reset() {
 	*x = Edge{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[30]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2247,7 +2380,7 @@ func (x *Edge) String() string {
 func (*Edge) ProtoMessage() {}
 
 func (x *Edge) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[30]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2260,7 +2393,7 @@ func (x *Edge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Edge.ProtoReflect.Descriptor instead.
 func (*Edge) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{30}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Edge) GetId() string {
@@ -2301,9 +2434,9 @@ func (x *Edge) GetLabel() string {
 // Point is a point on the canvas.
 type Point struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// X.
+	// X, within +-1e6.
 	X float64 `protobuf:"fixed64,1,opt,name=x,proto3" json:"x,omitempty"`
-	// Y.
+	// Y, within +-1e6.
 	Y             float64 `protobuf:"fixed64,2,opt,name=y,proto3" json:"y,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2311,7 +2444,7 @@ type Point struct {
 
 func (x *Point) Reset() {
 	*x = Point{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[31]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2323,7 +2456,7 @@ func (x *Point) String() string {
 func (*Point) ProtoMessage() {}
 
 func (x *Point) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[31]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2336,7 +2469,7 @@ func (x *Point) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Point.ProtoReflect.Descriptor instead.
 func (*Point) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{31}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Point) GetX() float64 {
@@ -2374,7 +2507,7 @@ type Group struct {
 
 func (x *Group) Reset() {
 	*x = Group{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[32]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2386,7 +2519,7 @@ func (x *Group) String() string {
 func (*Group) ProtoMessage() {}
 
 func (x *Group) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[32]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2399,7 +2532,7 @@ func (x *Group) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Group.ProtoReflect.Descriptor instead.
 func (*Group) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{32}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Group) GetId() string {
@@ -2467,7 +2600,7 @@ type StepRun struct {
 
 func (x *StepRun) Reset() {
 	*x = StepRun{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[33]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2479,7 +2612,7 @@ func (x *StepRun) String() string {
 func (*StepRun) ProtoMessage() {}
 
 func (x *StepRun) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[33]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2492,7 +2625,7 @@ func (x *StepRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepRun.ProtoReflect.Descriptor instead.
 func (*StepRun) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{33}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StepRun) GetStepId() string {
@@ -2577,7 +2710,7 @@ type WorkflowRun struct {
 
 func (x *WorkflowRun) Reset() {
 	*x = WorkflowRun{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[34]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2589,7 +2722,7 @@ func (x *WorkflowRun) String() string {
 func (*WorkflowRun) ProtoMessage() {}
 
 func (x *WorkflowRun) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[34]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2602,7 +2735,7 @@ func (x *WorkflowRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkflowRun.ProtoReflect.Descriptor instead.
 func (*WorkflowRun) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{34}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *WorkflowRun) GetId() string {
@@ -2707,7 +2840,7 @@ type StartRunRequest struct {
 
 func (x *StartRunRequest) Reset() {
 	*x = StartRunRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[35]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2719,7 +2852,7 @@ func (x *StartRunRequest) String() string {
 func (*StartRunRequest) ProtoMessage() {}
 
 func (x *StartRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[35]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2732,7 +2865,7 @@ func (x *StartRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRunRequest.ProtoReflect.Descriptor instead.
 func (*StartRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{35}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *StartRunRequest) GetBlueprint() string {
@@ -2774,7 +2907,7 @@ type StartRunResponse struct {
 
 func (x *StartRunResponse) Reset() {
 	*x = StartRunResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[36]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2786,7 +2919,7 @@ func (x *StartRunResponse) String() string {
 func (*StartRunResponse) ProtoMessage() {}
 
 func (x *StartRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[36]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2799,7 +2932,7 @@ func (x *StartRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRunResponse.ProtoReflect.Descriptor instead.
 func (*StartRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{36}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *StartRunResponse) GetRun() *WorkflowRun {
@@ -2820,7 +2953,7 @@ type GetRunRequest struct {
 
 func (x *GetRunRequest) Reset() {
 	*x = GetRunRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[37]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2832,7 +2965,7 @@ func (x *GetRunRequest) String() string {
 func (*GetRunRequest) ProtoMessage() {}
 
 func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[37]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2845,7 +2978,7 @@ func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunRequest.ProtoReflect.Descriptor instead.
 func (*GetRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{37}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetRunRequest) GetId() string {
@@ -2866,7 +2999,7 @@ type GetRunResponse struct {
 
 func (x *GetRunResponse) Reset() {
 	*x = GetRunResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[38]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2878,7 +3011,7 @@ func (x *GetRunResponse) String() string {
 func (*GetRunResponse) ProtoMessage() {}
 
 func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[38]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2891,7 +3024,7 @@ func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunResponse.ProtoReflect.Descriptor instead.
 func (*GetRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{38}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetRunResponse) GetRun() *WorkflowRun {
@@ -2918,7 +3051,7 @@ type ListRunsRequest struct {
 
 func (x *ListRunsRequest) Reset() {
 	*x = ListRunsRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[39]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2930,7 +3063,7 @@ func (x *ListRunsRequest) String() string {
 func (*ListRunsRequest) ProtoMessage() {}
 
 func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[39]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2943,7 +3076,7 @@ func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsRequest.ProtoReflect.Descriptor instead.
 func (*ListRunsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{39}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListRunsRequest) GetBlueprint() string {
@@ -2987,7 +3120,7 @@ type ListRunsResponse struct {
 
 func (x *ListRunsResponse) Reset() {
 	*x = ListRunsResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[40]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2999,7 +3132,7 @@ func (x *ListRunsResponse) String() string {
 func (*ListRunsResponse) ProtoMessage() {}
 
 func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[40]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3012,7 +3145,7 @@ func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsResponse.ProtoReflect.Descriptor instead.
 func (*ListRunsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{40}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListRunsResponse) GetRuns() []*WorkflowRun {
@@ -3042,7 +3175,7 @@ type CancelRunRequest struct {
 
 func (x *CancelRunRequest) Reset() {
 	*x = CancelRunRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[41]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3054,7 +3187,7 @@ func (x *CancelRunRequest) String() string {
 func (*CancelRunRequest) ProtoMessage() {}
 
 func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[41]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3067,7 +3200,7 @@ func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunRequest.ProtoReflect.Descriptor instead.
 func (*CancelRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{41}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *CancelRunRequest) GetId() string {
@@ -3095,7 +3228,7 @@ type CancelRunResponse struct {
 
 func (x *CancelRunResponse) Reset() {
 	*x = CancelRunResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[42]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3107,7 +3240,7 @@ func (x *CancelRunResponse) String() string {
 func (*CancelRunResponse) ProtoMessage() {}
 
 func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[42]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3120,7 +3253,7 @@ func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunResponse.ProtoReflect.Descriptor instead.
 func (*CancelRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{42}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CancelRunResponse) GetRun() *WorkflowRun {
@@ -3141,7 +3274,7 @@ type DeleteRunRequest struct {
 
 func (x *DeleteRunRequest) Reset() {
 	*x = DeleteRunRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[43]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3153,7 +3286,7 @@ func (x *DeleteRunRequest) String() string {
 func (*DeleteRunRequest) ProtoMessage() {}
 
 func (x *DeleteRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[43]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3166,7 +3299,7 @@ func (x *DeleteRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRunRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{43}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *DeleteRunRequest) GetId() string {
@@ -3185,7 +3318,7 @@ type DeleteRunResponse struct {
 
 func (x *DeleteRunResponse) Reset() {
 	*x = DeleteRunResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[44]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3197,7 +3330,7 @@ func (x *DeleteRunResponse) String() string {
 func (*DeleteRunResponse) ProtoMessage() {}
 
 func (x *DeleteRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[44]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3210,7 +3343,7 @@ func (x *DeleteRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRunResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{44}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{46}
 }
 
 // WatchRunRequest is the request of WatchRun.
@@ -3226,7 +3359,7 @@ type WatchRunRequest struct {
 
 func (x *WatchRunRequest) Reset() {
 	*x = WatchRunRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[45]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3238,7 +3371,7 @@ func (x *WatchRunRequest) String() string {
 func (*WatchRunRequest) ProtoMessage() {}
 
 func (x *WatchRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[45]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3251,7 +3384,7 @@ func (x *WatchRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRunRequest.ProtoReflect.Descriptor instead.
 func (*WatchRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{45}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *WatchRunRequest) GetId() string {
@@ -3297,7 +3430,7 @@ type WatchRunResponse struct {
 
 func (x *WatchRunResponse) Reset() {
 	*x = WatchRunResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[46]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3309,7 +3442,7 @@ func (x *WatchRunResponse) String() string {
 func (*WatchRunResponse) ProtoMessage() {}
 
 func (x *WatchRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[46]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3322,7 +3455,7 @@ func (x *WatchRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRunResponse.ProtoReflect.Descriptor instead.
 func (*WatchRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{46}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *WatchRunResponse) GetSequence() int64 {
@@ -3512,7 +3645,7 @@ type RunStarted struct {
 
 func (x *RunStarted) Reset() {
 	*x = RunStarted{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[47]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3524,7 +3657,7 @@ func (x *RunStarted) String() string {
 func (*RunStarted) ProtoMessage() {}
 
 func (x *RunStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[47]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3537,7 +3670,7 @@ func (x *RunStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStarted.ProtoReflect.Descriptor instead.
 func (*RunStarted) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{47}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RunStarted) GetBlueprintVersion() int64 {
@@ -3558,7 +3691,7 @@ type StepStarted struct {
 
 func (x *StepStarted) Reset() {
 	*x = StepStarted{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[48]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3570,7 +3703,7 @@ func (x *StepStarted) String() string {
 func (*StepStarted) ProtoMessage() {}
 
 func (x *StepStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[48]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3583,7 +3716,7 @@ func (x *StepStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepStarted.ProtoReflect.Descriptor instead.
 func (*StepStarted) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{48}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *StepStarted) GetAttempt() int32 {
@@ -3604,7 +3737,7 @@ type StepOutput struct {
 
 func (x *StepOutput) Reset() {
 	*x = StepOutput{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[49]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3616,7 +3749,7 @@ func (x *StepOutput) String() string {
 func (*StepOutput) ProtoMessage() {}
 
 func (x *StepOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[49]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3629,7 +3762,7 @@ func (x *StepOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepOutput.ProtoReflect.Descriptor instead.
 func (*StepOutput) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{49}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *StepOutput) GetOutput() *structpb.Value {
@@ -3654,7 +3787,7 @@ type StepRetry struct {
 
 func (x *StepRetry) Reset() {
 	*x = StepRetry{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[50]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3666,7 +3799,7 @@ func (x *StepRetry) String() string {
 func (*StepRetry) ProtoMessage() {}
 
 func (x *StepRetry) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[50]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3679,7 +3812,7 @@ func (x *StepRetry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepRetry.ProtoReflect.Descriptor instead.
 func (*StepRetry) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{50}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *StepRetry) GetAttempt() int32 {
@@ -3716,7 +3849,7 @@ type WaitingForApproval struct {
 
 func (x *WaitingForApproval) Reset() {
 	*x = WaitingForApproval{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[51]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3728,7 +3861,7 @@ func (x *WaitingForApproval) String() string {
 func (*WaitingForApproval) ProtoMessage() {}
 
 func (x *WaitingForApproval) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[51]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3741,7 +3874,7 @@ func (x *WaitingForApproval) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitingForApproval.ProtoReflect.Descriptor instead.
 func (*WaitingForApproval) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{51}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *WaitingForApproval) GetPrompt() string {
@@ -3773,7 +3906,7 @@ type AgentTextDelta struct {
 
 func (x *AgentTextDelta) Reset() {
 	*x = AgentTextDelta{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[52]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3785,7 +3918,7 @@ func (x *AgentTextDelta) String() string {
 func (*AgentTextDelta) ProtoMessage() {}
 
 func (x *AgentTextDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[52]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3798,7 +3931,7 @@ func (x *AgentTextDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentTextDelta.ProtoReflect.Descriptor instead.
 func (*AgentTextDelta) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{52}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *AgentTextDelta) GetText() string {
@@ -3819,7 +3952,7 @@ type RunCompleted struct {
 
 func (x *RunCompleted) Reset() {
 	*x = RunCompleted{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[53]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3831,7 +3964,7 @@ func (x *RunCompleted) String() string {
 func (*RunCompleted) ProtoMessage() {}
 
 func (x *RunCompleted) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[53]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3844,7 +3977,7 @@ func (x *RunCompleted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunCompleted.ProtoReflect.Descriptor instead.
 func (*RunCompleted) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{53}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *RunCompleted) GetOutput() *structpb.Value {
@@ -3865,7 +3998,7 @@ type RunFailed struct {
 
 func (x *RunFailed) Reset() {
 	*x = RunFailed{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[54]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3877,7 +4010,7 @@ func (x *RunFailed) String() string {
 func (*RunFailed) ProtoMessage() {}
 
 func (x *RunFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[54]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3890,7 +4023,7 @@ func (x *RunFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunFailed.ProtoReflect.Descriptor instead.
 func (*RunFailed) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{54}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *RunFailed) GetError() string {
@@ -3911,7 +4044,7 @@ type RunCancelled struct {
 
 func (x *RunCancelled) Reset() {
 	*x = RunCancelled{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[55]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3923,7 +4056,7 @@ func (x *RunCancelled) String() string {
 func (*RunCancelled) ProtoMessage() {}
 
 func (x *RunCancelled) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[55]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3936,7 +4069,7 @@ func (x *RunCancelled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunCancelled.ProtoReflect.Descriptor instead.
 func (*RunCancelled) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{55}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *RunCancelled) GetReason() string {
@@ -3969,7 +4102,7 @@ type Approval struct {
 
 func (x *Approval) Reset() {
 	*x = Approval{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[56]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3981,7 +4114,7 @@ func (x *Approval) String() string {
 func (*Approval) ProtoMessage() {}
 
 func (x *Approval) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[56]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3994,7 +4127,7 @@ func (x *Approval) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Approval.ProtoReflect.Descriptor instead.
 func (*Approval) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{56}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *Approval) GetRunId() string {
@@ -4061,7 +4194,7 @@ type ListPendingApprovalsRequest struct {
 
 func (x *ListPendingApprovalsRequest) Reset() {
 	*x = ListPendingApprovalsRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[57]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4073,7 +4206,7 @@ func (x *ListPendingApprovalsRequest) String() string {
 func (*ListPendingApprovalsRequest) ProtoMessage() {}
 
 func (x *ListPendingApprovalsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[57]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4086,7 +4219,7 @@ func (x *ListPendingApprovalsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPendingApprovalsRequest.ProtoReflect.Descriptor instead.
 func (*ListPendingApprovalsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{57}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ListPendingApprovalsRequest) GetRunId() string {
@@ -4123,7 +4256,7 @@ type ListPendingApprovalsResponse struct {
 
 func (x *ListPendingApprovalsResponse) Reset() {
 	*x = ListPendingApprovalsResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[58]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4135,7 +4268,7 @@ func (x *ListPendingApprovalsResponse) String() string {
 func (*ListPendingApprovalsResponse) ProtoMessage() {}
 
 func (x *ListPendingApprovalsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[58]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4148,7 +4281,7 @@ func (x *ListPendingApprovalsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPendingApprovalsResponse.ProtoReflect.Descriptor instead.
 func (*ListPendingApprovalsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{58}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ListPendingApprovalsResponse) GetApprovals() []*Approval {
@@ -4184,7 +4317,7 @@ type SubmitApprovalRequest struct {
 
 func (x *SubmitApprovalRequest) Reset() {
 	*x = SubmitApprovalRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[59]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4196,7 +4329,7 @@ func (x *SubmitApprovalRequest) String() string {
 func (*SubmitApprovalRequest) ProtoMessage() {}
 
 func (x *SubmitApprovalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[59]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4209,7 +4342,7 @@ func (x *SubmitApprovalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitApprovalRequest.ProtoReflect.Descriptor instead.
 func (*SubmitApprovalRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{59}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *SubmitApprovalRequest) GetRunId() string {
@@ -4258,7 +4391,7 @@ type SubmitApprovalResponse struct {
 
 func (x *SubmitApprovalResponse) Reset() {
 	*x = SubmitApprovalResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[60]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4270,7 +4403,7 @@ func (x *SubmitApprovalResponse) String() string {
 func (*SubmitApprovalResponse) ProtoMessage() {}
 
 func (x *SubmitApprovalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[60]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4283,7 +4416,7 @@ func (x *SubmitApprovalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitApprovalResponse.ProtoReflect.Descriptor instead.
 func (*SubmitApprovalResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{60}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *SubmitApprovalResponse) GetRun() *WorkflowRun {
@@ -4297,7 +4430,7 @@ var File_loom_orchestrator_v1_orchestrator_proto protoreflect.FileDescriptor
 
 const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\n" +
-	"'loom/orchestrator/v1/orchestrator.proto\x12\x14loom.orchestrator.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17loom/auth/v1/auth.proto\"\x9d\x03\n" +
+	"'loom/orchestrator/v1/orchestrator.proto\x12\x14loom.orchestrator.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17loom/auth/v1/auth.proto\"\xe1\x04\n" +
 	"\tBlueprint\x122\n" +
 	"\x04name\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12*\n" +
@@ -4307,7 +4440,11 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\frun_deadline\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\vrunDeadline\x12;\n" +
 	"\vcreate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12 \n" +
-	"\x06output\x18\b \x01(\tB\b\xbaH\x05r\x03(\x80 R\x06output\"\xfa\x05\n" +
+	"\x06output\x18\b \x01(\tB\b\xbaH\x05r\x03(\x80 R\x06output\x12j\n" +
+	"\x06layout\x18\t \x03(\v2+.loom.orchestrator.v1.Blueprint.LayoutEntryB%\xbaH\"\x9a\x01\x1f\x10\x80\x02\"\x1ar\x182\x16^[a-z][a-z0-9_]{0,62}$R\x06layout\x1aV\n" +
+	"\vLayoutEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x121\n" +
+	"\x05value\x18\x02 \x01(\v2\x1b.loom.orchestrator.v1.PointR\x05value:\x028\x01\"\xfa\x05\n" +
 	"\x04Step\x12-\n" +
 	"\x02id\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9_]{0,62}$R\x02id\x12C\n" +
 	"\n" +
@@ -4410,16 +4547,24 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\x15GenerateCanvasRequest\x126\n" +
 	"\x03ref\x18\x01 \x01(\v2\".loom.orchestrator.v1.BlueprintRefH\x00R\x03ref\x12?\n" +
 	"\x06source\x18\x02 \x01(\v2%.loom.orchestrator.v1.BlueprintSourceH\x00R\x06sourceB\x0f\n" +
-	"\x06target\x12\x05\xbaH\x02\b\x01\"e\n" +
+	"\x06target\x12\x05\xbaH\x02\b\x01\"\xb9\x01\n" +
+	"\x11SaveCanvasRequest\x122\n" +
+	"\x04name\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x04name\x12<\n" +
+	"\x06canvas\x18\x02 \x01(\v2\x1c.loom.orchestrator.v1.CanvasB\x06\xbaH\x03\xc8\x01\x01R\x06canvas\x122\n" +
+	"\x10expected_version\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\x0fexpectedVersion\"\x89\x01\n" +
+	"\x12SaveCanvasResponse\x12=\n" +
+	"\tblueprint\x18\x01 \x01(\v2\x1f.loom.orchestrator.v1.BlueprintR\tblueprint\x124\n" +
+	"\x06canvas\x18\x02 \x01(\v2\x1c.loom.orchestrator.v1.CanvasR\x06canvas\"e\n" +
 	"\fBlueprintRef\x122\n" +
 	"\x04name\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x04name\x12!\n" +
 	"\aversion\x18\x02 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\aversion\"N\n" +
 	"\x16GenerateCanvasResponse\x124\n" +
-	"\x06canvas\x18\x01 \x01(\v2\x1c.loom.orchestrator.v1.CanvasR\x06canvas\"\x8e\x02\n" +
-	"\x06Canvas\x120\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x1a.loom.orchestrator.v1.NodeR\x05nodes\x120\n" +
-	"\x05edges\x18\x02 \x03(\v2\x1a.loom.orchestrator.v1.EdgeR\x05edges\x123\n" +
-	"\x06groups\x18\x03 \x03(\v2\x1b.loom.orchestrator.v1.GroupR\x06groups\x12\x14\n" +
+	"\x06canvas\x18\x01 \x01(\v2\x1c.loom.orchestrator.v1.CanvasR\x06canvas\"\xb0\x02\n" +
+	"\x06Canvas\x12;\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x1a.loom.orchestrator.v1.NodeB\t\xbaH\x06\x92\x01\x03\x10\x80\x02R\x05nodes\x12<\n" +
+	"\x05edges\x18\x02 \x03(\v2\x1a.loom.orchestrator.v1.EdgeB\n" +
+	"\xbaH\a\x92\x01\x04\x10\x80\x80\x01R\x05edges\x12>\n" +
+	"\x06groups\x18\x03 \x03(\v2\x1b.loom.orchestrator.v1.GroupB\t\xbaH\x06\x92\x01\x03\x10\x80\x02R\x06groups\x12\x14\n" +
 	"\x05width\x18\x04 \x01(\x01R\x05width\x12\x16\n" +
 	"\x06height\x18\x05 \x01(\x01R\x06height\x12=\n" +
 	"\tblueprint\x18\x06 \x01(\v2\x1f.loom.orchestrator.v1.BlueprintR\tblueprint\"\xa0\x01\n" +
@@ -4437,10 +4582,10 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +
 	"\x02to\x18\x03 \x01(\tR\x02to\x123\n" +
 	"\x06points\x18\x04 \x03(\v2\x1b.loom.orchestrator.v1.PointR\x06points\x12\x14\n" +
-	"\x05label\x18\x05 \x01(\tR\x05label\"#\n" +
-	"\x05Point\x12\f\n" +
-	"\x01x\x18\x01 \x01(\x01R\x01x\x12\f\n" +
-	"\x01y\x18\x02 \x01(\x01R\x01y\"|\n" +
+	"\x05label\x18\x05 \x01(\tR\x05label\"U\n" +
+	"\x05Point\x12%\n" +
+	"\x01x\x18\x01 \x01(\x01B\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x80\x84.A)\x00\x00\x00\x00\x80\x84.\xc1R\x01x\x12%\n" +
+	"\x01y\x18\x02 \x01(\x01B\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x80\x84.A)\x00\x00\x00\x00\x80\x84.\xc1R\x01y\"|\n" +
 	"\x05Group\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\bnode_ids\x18\x02 \x03(\tR\anodeIds\x12\f\n" +
@@ -4596,7 +4741,7 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\bDecision\x12\x18\n" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10DECISION_APPROVE\x10\x01\x12\x13\n" +
-	"\x0fDECISION_REJECT\x10\x022\xa2\r\n" +
+	"\x0fDECISION_REJECT\x10\x022\x89\x0e\n" +
 	"\x13OrchestratorService\x12t\n" +
 	"\x0fCreateBlueprint\x12,.loom.orchestrator.v1.CreateBlueprintRequest\x1a-.loom.orchestrator.v1.CreateBlueprintResponse\"\x04\xc8\xf3\x18\x02\x12n\n" +
 	"\fGetBlueprint\x12).loom.orchestrator.v1.GetBlueprintRequest\x1a*.loom.orchestrator.v1.GetBlueprintResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12t\n" +
@@ -4604,7 +4749,9 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\x0fUpdateBlueprint\x12,.loom.orchestrator.v1.UpdateBlueprintRequest\x1a-.loom.orchestrator.v1.UpdateBlueprintResponse\"\x04\xc8\xf3\x18\x02\x12w\n" +
 	"\x0fDeleteBlueprint\x12,.loom.orchestrator.v1.DeleteBlueprintRequest\x1a-.loom.orchestrator.v1.DeleteBlueprintResponse\"\a\xc8\xf3\x18\x02\x90\x02\x02\x12}\n" +
 	"\x11ValidateBlueprint\x12..loom.orchestrator.v1.ValidateBlueprintRequest\x1a/.loom.orchestrator.v1.ValidateBlueprintResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12t\n" +
-	"\x0eGenerateCanvas\x12+.loom.orchestrator.v1.GenerateCanvasRequest\x1a,.loom.orchestrator.v1.GenerateCanvasResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12_\n" +
+	"\x0eGenerateCanvas\x12+.loom.orchestrator.v1.GenerateCanvasRequest\x1a,.loom.orchestrator.v1.GenerateCanvasResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12e\n" +
+	"\n" +
+	"SaveCanvas\x12'.loom.orchestrator.v1.SaveCanvasRequest\x1a(.loom.orchestrator.v1.SaveCanvasResponse\"\x04\xc8\xf3\x18\x02\x12_\n" +
 	"\bStartRun\x12%.loom.orchestrator.v1.StartRunRequest\x1a&.loom.orchestrator.v1.StartRunResponse\"\x04\xc8\xf3\x18\x02\x12\\\n" +
 	"\x06GetRun\x12#.loom.orchestrator.v1.GetRunRequest\x1a$.loom.orchestrator.v1.GetRunResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12b\n" +
 	"\bListRuns\x12%.loom.orchestrator.v1.ListRunsRequest\x1a&.loom.orchestrator.v1.ListRunsResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12b\n" +
@@ -4628,7 +4775,7 @@ func file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP() []byte {
 }
 
 var file_loom_orchestrator_v1_orchestrator_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_loom_orchestrator_v1_orchestrator_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
+var file_loom_orchestrator_v1_orchestrator_proto_msgTypes = make([]protoimpl.MessageInfo, 64)
 var file_loom_orchestrator_v1_orchestrator_proto_goTypes = []any{
 	(RunState)(0),                        // 0: loom.orchestrator.v1.RunState
 	(StepState)(0),                       // 1: loom.orchestrator.v1.StepState
@@ -4659,155 +4806,165 @@ var file_loom_orchestrator_v1_orchestrator_proto_goTypes = []any{
 	(*ValidateBlueprintRequest)(nil),     // 26: loom.orchestrator.v1.ValidateBlueprintRequest
 	(*ValidateBlueprintResponse)(nil),    // 27: loom.orchestrator.v1.ValidateBlueprintResponse
 	(*GenerateCanvasRequest)(nil),        // 28: loom.orchestrator.v1.GenerateCanvasRequest
-	(*BlueprintRef)(nil),                 // 29: loom.orchestrator.v1.BlueprintRef
-	(*GenerateCanvasResponse)(nil),       // 30: loom.orchestrator.v1.GenerateCanvasResponse
-	(*Canvas)(nil),                       // 31: loom.orchestrator.v1.Canvas
-	(*Node)(nil),                         // 32: loom.orchestrator.v1.Node
-	(*Edge)(nil),                         // 33: loom.orchestrator.v1.Edge
-	(*Point)(nil),                        // 34: loom.orchestrator.v1.Point
-	(*Group)(nil),                        // 35: loom.orchestrator.v1.Group
-	(*StepRun)(nil),                      // 36: loom.orchestrator.v1.StepRun
-	(*WorkflowRun)(nil),                  // 37: loom.orchestrator.v1.WorkflowRun
-	(*StartRunRequest)(nil),              // 38: loom.orchestrator.v1.StartRunRequest
-	(*StartRunResponse)(nil),             // 39: loom.orchestrator.v1.StartRunResponse
-	(*GetRunRequest)(nil),                // 40: loom.orchestrator.v1.GetRunRequest
-	(*GetRunResponse)(nil),               // 41: loom.orchestrator.v1.GetRunResponse
-	(*ListRunsRequest)(nil),              // 42: loom.orchestrator.v1.ListRunsRequest
-	(*ListRunsResponse)(nil),             // 43: loom.orchestrator.v1.ListRunsResponse
-	(*CancelRunRequest)(nil),             // 44: loom.orchestrator.v1.CancelRunRequest
-	(*CancelRunResponse)(nil),            // 45: loom.orchestrator.v1.CancelRunResponse
-	(*DeleteRunRequest)(nil),             // 46: loom.orchestrator.v1.DeleteRunRequest
-	(*DeleteRunResponse)(nil),            // 47: loom.orchestrator.v1.DeleteRunResponse
-	(*WatchRunRequest)(nil),              // 48: loom.orchestrator.v1.WatchRunRequest
-	(*WatchRunResponse)(nil),             // 49: loom.orchestrator.v1.WatchRunResponse
-	(*RunStarted)(nil),                   // 50: loom.orchestrator.v1.RunStarted
-	(*StepStarted)(nil),                  // 51: loom.orchestrator.v1.StepStarted
-	(*StepOutput)(nil),                   // 52: loom.orchestrator.v1.StepOutput
-	(*StepRetry)(nil),                    // 53: loom.orchestrator.v1.StepRetry
-	(*WaitingForApproval)(nil),           // 54: loom.orchestrator.v1.WaitingForApproval
-	(*AgentTextDelta)(nil),               // 55: loom.orchestrator.v1.AgentTextDelta
-	(*RunCompleted)(nil),                 // 56: loom.orchestrator.v1.RunCompleted
-	(*RunFailed)(nil),                    // 57: loom.orchestrator.v1.RunFailed
-	(*RunCancelled)(nil),                 // 58: loom.orchestrator.v1.RunCancelled
-	(*Approval)(nil),                     // 59: loom.orchestrator.v1.Approval
-	(*ListPendingApprovalsRequest)(nil),  // 60: loom.orchestrator.v1.ListPendingApprovalsRequest
-	(*ListPendingApprovalsResponse)(nil), // 61: loom.orchestrator.v1.ListPendingApprovalsResponse
-	(*SubmitApprovalRequest)(nil),        // 62: loom.orchestrator.v1.SubmitApprovalRequest
-	(*SubmitApprovalResponse)(nil),       // 63: loom.orchestrator.v1.SubmitApprovalResponse
-	(*structpb.Struct)(nil),              // 64: google.protobuf.Struct
-	(*durationpb.Duration)(nil),          // 65: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),        // 66: google.protobuf.Timestamp
-	(*structpb.Value)(nil),               // 67: google.protobuf.Value
+	(*SaveCanvasRequest)(nil),            // 29: loom.orchestrator.v1.SaveCanvasRequest
+	(*SaveCanvasResponse)(nil),           // 30: loom.orchestrator.v1.SaveCanvasResponse
+	(*BlueprintRef)(nil),                 // 31: loom.orchestrator.v1.BlueprintRef
+	(*GenerateCanvasResponse)(nil),       // 32: loom.orchestrator.v1.GenerateCanvasResponse
+	(*Canvas)(nil),                       // 33: loom.orchestrator.v1.Canvas
+	(*Node)(nil),                         // 34: loom.orchestrator.v1.Node
+	(*Edge)(nil),                         // 35: loom.orchestrator.v1.Edge
+	(*Point)(nil),                        // 36: loom.orchestrator.v1.Point
+	(*Group)(nil),                        // 37: loom.orchestrator.v1.Group
+	(*StepRun)(nil),                      // 38: loom.orchestrator.v1.StepRun
+	(*WorkflowRun)(nil),                  // 39: loom.orchestrator.v1.WorkflowRun
+	(*StartRunRequest)(nil),              // 40: loom.orchestrator.v1.StartRunRequest
+	(*StartRunResponse)(nil),             // 41: loom.orchestrator.v1.StartRunResponse
+	(*GetRunRequest)(nil),                // 42: loom.orchestrator.v1.GetRunRequest
+	(*GetRunResponse)(nil),               // 43: loom.orchestrator.v1.GetRunResponse
+	(*ListRunsRequest)(nil),              // 44: loom.orchestrator.v1.ListRunsRequest
+	(*ListRunsResponse)(nil),             // 45: loom.orchestrator.v1.ListRunsResponse
+	(*CancelRunRequest)(nil),             // 46: loom.orchestrator.v1.CancelRunRequest
+	(*CancelRunResponse)(nil),            // 47: loom.orchestrator.v1.CancelRunResponse
+	(*DeleteRunRequest)(nil),             // 48: loom.orchestrator.v1.DeleteRunRequest
+	(*DeleteRunResponse)(nil),            // 49: loom.orchestrator.v1.DeleteRunResponse
+	(*WatchRunRequest)(nil),              // 50: loom.orchestrator.v1.WatchRunRequest
+	(*WatchRunResponse)(nil),             // 51: loom.orchestrator.v1.WatchRunResponse
+	(*RunStarted)(nil),                   // 52: loom.orchestrator.v1.RunStarted
+	(*StepStarted)(nil),                  // 53: loom.orchestrator.v1.StepStarted
+	(*StepOutput)(nil),                   // 54: loom.orchestrator.v1.StepOutput
+	(*StepRetry)(nil),                    // 55: loom.orchestrator.v1.StepRetry
+	(*WaitingForApproval)(nil),           // 56: loom.orchestrator.v1.WaitingForApproval
+	(*AgentTextDelta)(nil),               // 57: loom.orchestrator.v1.AgentTextDelta
+	(*RunCompleted)(nil),                 // 58: loom.orchestrator.v1.RunCompleted
+	(*RunFailed)(nil),                    // 59: loom.orchestrator.v1.RunFailed
+	(*RunCancelled)(nil),                 // 60: loom.orchestrator.v1.RunCancelled
+	(*Approval)(nil),                     // 61: loom.orchestrator.v1.Approval
+	(*ListPendingApprovalsRequest)(nil),  // 62: loom.orchestrator.v1.ListPendingApprovalsRequest
+	(*ListPendingApprovalsResponse)(nil), // 63: loom.orchestrator.v1.ListPendingApprovalsResponse
+	(*SubmitApprovalRequest)(nil),        // 64: loom.orchestrator.v1.SubmitApprovalRequest
+	(*SubmitApprovalResponse)(nil),       // 65: loom.orchestrator.v1.SubmitApprovalResponse
+	nil,                                  // 66: loom.orchestrator.v1.Blueprint.LayoutEntry
+	(*structpb.Struct)(nil),              // 67: google.protobuf.Struct
+	(*durationpb.Duration)(nil),          // 68: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),        // 69: google.protobuf.Timestamp
+	(*structpb.Value)(nil),               // 70: google.protobuf.Value
 }
 var file_loom_orchestrator_v1_orchestrator_proto_depIdxs = []int32{
-	64, // 0: loom.orchestrator.v1.Blueprint.input_schema:type_name -> google.protobuf.Struct
+	67, // 0: loom.orchestrator.v1.Blueprint.input_schema:type_name -> google.protobuf.Struct
 	4,  // 1: loom.orchestrator.v1.Blueprint.steps:type_name -> loom.orchestrator.v1.Step
-	65, // 2: loom.orchestrator.v1.Blueprint.run_deadline:type_name -> google.protobuf.Duration
-	66, // 3: loom.orchestrator.v1.Blueprint.create_time:type_name -> google.protobuf.Timestamp
-	5,  // 4: loom.orchestrator.v1.Step.retry:type_name -> loom.orchestrator.v1.RetryPolicy
-	65, // 5: loom.orchestrator.v1.Step.timeout:type_name -> google.protobuf.Duration
-	6,  // 6: loom.orchestrator.v1.Step.agent:type_name -> loom.orchestrator.v1.AgentStep
-	7,  // 7: loom.orchestrator.v1.Step.memory_search:type_name -> loom.orchestrator.v1.MemorySearchStep
-	8,  // 8: loom.orchestrator.v1.Step.memory_upsert:type_name -> loom.orchestrator.v1.MemoryUpsertStep
-	9,  // 9: loom.orchestrator.v1.Step.branch:type_name -> loom.orchestrator.v1.BranchStep
-	10, // 10: loom.orchestrator.v1.Step.parallel:type_name -> loom.orchestrator.v1.ParallelStep
-	11, // 11: loom.orchestrator.v1.Step.map:type_name -> loom.orchestrator.v1.MapStep
-	12, // 12: loom.orchestrator.v1.Step.approval:type_name -> loom.orchestrator.v1.ApprovalStep
-	13, // 13: loom.orchestrator.v1.Step.delay:type_name -> loom.orchestrator.v1.DelayStep
-	65, // 14: loom.orchestrator.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	65, // 15: loom.orchestrator.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	64, // 16: loom.orchestrator.v1.ApprovalStep.payload_schema:type_name -> google.protobuf.Struct
-	65, // 17: loom.orchestrator.v1.ApprovalStep.deadline:type_name -> google.protobuf.Duration
-	65, // 18: loom.orchestrator.v1.DelayStep.duration:type_name -> google.protobuf.Duration
-	3,  // 19: loom.orchestrator.v1.BlueprintSource.blueprint:type_name -> loom.orchestrator.v1.Blueprint
-	15, // 20: loom.orchestrator.v1.CreateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
-	3,  // 21: loom.orchestrator.v1.CreateBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
-	3,  // 22: loom.orchestrator.v1.GetBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
-	3,  // 23: loom.orchestrator.v1.ListBlueprintsResponse.blueprints:type_name -> loom.orchestrator.v1.Blueprint
-	15, // 24: loom.orchestrator.v1.UpdateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
-	3,  // 25: loom.orchestrator.v1.UpdateBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
-	15, // 26: loom.orchestrator.v1.ValidateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
-	14, // 27: loom.orchestrator.v1.ValidateBlueprintResponse.errors:type_name -> loom.orchestrator.v1.ValidationError
-	29, // 28: loom.orchestrator.v1.GenerateCanvasRequest.ref:type_name -> loom.orchestrator.v1.BlueprintRef
-	15, // 29: loom.orchestrator.v1.GenerateCanvasRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
-	31, // 30: loom.orchestrator.v1.GenerateCanvasResponse.canvas:type_name -> loom.orchestrator.v1.Canvas
-	32, // 31: loom.orchestrator.v1.Canvas.nodes:type_name -> loom.orchestrator.v1.Node
-	33, // 32: loom.orchestrator.v1.Canvas.edges:type_name -> loom.orchestrator.v1.Edge
-	35, // 33: loom.orchestrator.v1.Canvas.groups:type_name -> loom.orchestrator.v1.Group
-	3,  // 34: loom.orchestrator.v1.Canvas.blueprint:type_name -> loom.orchestrator.v1.Blueprint
-	34, // 35: loom.orchestrator.v1.Edge.points:type_name -> loom.orchestrator.v1.Point
-	1,  // 36: loom.orchestrator.v1.StepRun.state:type_name -> loom.orchestrator.v1.StepState
-	67, // 37: loom.orchestrator.v1.StepRun.output:type_name -> google.protobuf.Value
-	66, // 38: loom.orchestrator.v1.StepRun.start_time:type_name -> google.protobuf.Timestamp
-	66, // 39: loom.orchestrator.v1.StepRun.end_time:type_name -> google.protobuf.Timestamp
-	0,  // 40: loom.orchestrator.v1.WorkflowRun.state:type_name -> loom.orchestrator.v1.RunState
-	64, // 41: loom.orchestrator.v1.WorkflowRun.input:type_name -> google.protobuf.Struct
-	67, // 42: loom.orchestrator.v1.WorkflowRun.output:type_name -> google.protobuf.Value
-	36, // 43: loom.orchestrator.v1.WorkflowRun.steps:type_name -> loom.orchestrator.v1.StepRun
-	66, // 44: loom.orchestrator.v1.WorkflowRun.create_time:type_name -> google.protobuf.Timestamp
-	66, // 45: loom.orchestrator.v1.WorkflowRun.end_time:type_name -> google.protobuf.Timestamp
-	64, // 46: loom.orchestrator.v1.StartRunRequest.input:type_name -> google.protobuf.Struct
-	37, // 47: loom.orchestrator.v1.StartRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
-	37, // 48: loom.orchestrator.v1.GetRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
-	0,  // 49: loom.orchestrator.v1.ListRunsRequest.state:type_name -> loom.orchestrator.v1.RunState
-	37, // 50: loom.orchestrator.v1.ListRunsResponse.runs:type_name -> loom.orchestrator.v1.WorkflowRun
-	37, // 51: loom.orchestrator.v1.CancelRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
-	66, // 52: loom.orchestrator.v1.WatchRunResponse.time:type_name -> google.protobuf.Timestamp
-	50, // 53: loom.orchestrator.v1.WatchRunResponse.run_started:type_name -> loom.orchestrator.v1.RunStarted
-	51, // 54: loom.orchestrator.v1.WatchRunResponse.step_started:type_name -> loom.orchestrator.v1.StepStarted
-	52, // 55: loom.orchestrator.v1.WatchRunResponse.step_output:type_name -> loom.orchestrator.v1.StepOutput
-	53, // 56: loom.orchestrator.v1.WatchRunResponse.step_retry:type_name -> loom.orchestrator.v1.StepRetry
-	54, // 57: loom.orchestrator.v1.WatchRunResponse.waiting_for_approval:type_name -> loom.orchestrator.v1.WaitingForApproval
-	55, // 58: loom.orchestrator.v1.WatchRunResponse.agent_text_delta:type_name -> loom.orchestrator.v1.AgentTextDelta
-	56, // 59: loom.orchestrator.v1.WatchRunResponse.run_completed:type_name -> loom.orchestrator.v1.RunCompleted
-	57, // 60: loom.orchestrator.v1.WatchRunResponse.run_failed:type_name -> loom.orchestrator.v1.RunFailed
-	58, // 61: loom.orchestrator.v1.WatchRunResponse.run_cancelled:type_name -> loom.orchestrator.v1.RunCancelled
-	67, // 62: loom.orchestrator.v1.StepOutput.output:type_name -> google.protobuf.Value
-	65, // 63: loom.orchestrator.v1.StepRetry.backoff:type_name -> google.protobuf.Duration
-	66, // 64: loom.orchestrator.v1.WaitingForApproval.deadline:type_name -> google.protobuf.Timestamp
-	67, // 65: loom.orchestrator.v1.RunCompleted.output:type_name -> google.protobuf.Value
-	64, // 66: loom.orchestrator.v1.Approval.payload_schema:type_name -> google.protobuf.Struct
-	66, // 67: loom.orchestrator.v1.Approval.deadline:type_name -> google.protobuf.Timestamp
-	66, // 68: loom.orchestrator.v1.Approval.create_time:type_name -> google.protobuf.Timestamp
-	59, // 69: loom.orchestrator.v1.ListPendingApprovalsResponse.approvals:type_name -> loom.orchestrator.v1.Approval
-	2,  // 70: loom.orchestrator.v1.SubmitApprovalRequest.decision:type_name -> loom.orchestrator.v1.Decision
-	64, // 71: loom.orchestrator.v1.SubmitApprovalRequest.payload:type_name -> google.protobuf.Struct
-	37, // 72: loom.orchestrator.v1.SubmitApprovalResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
-	16, // 73: loom.orchestrator.v1.OrchestratorService.CreateBlueprint:input_type -> loom.orchestrator.v1.CreateBlueprintRequest
-	18, // 74: loom.orchestrator.v1.OrchestratorService.GetBlueprint:input_type -> loom.orchestrator.v1.GetBlueprintRequest
-	20, // 75: loom.orchestrator.v1.OrchestratorService.ListBlueprints:input_type -> loom.orchestrator.v1.ListBlueprintsRequest
-	22, // 76: loom.orchestrator.v1.OrchestratorService.UpdateBlueprint:input_type -> loom.orchestrator.v1.UpdateBlueprintRequest
-	24, // 77: loom.orchestrator.v1.OrchestratorService.DeleteBlueprint:input_type -> loom.orchestrator.v1.DeleteBlueprintRequest
-	26, // 78: loom.orchestrator.v1.OrchestratorService.ValidateBlueprint:input_type -> loom.orchestrator.v1.ValidateBlueprintRequest
-	28, // 79: loom.orchestrator.v1.OrchestratorService.GenerateCanvas:input_type -> loom.orchestrator.v1.GenerateCanvasRequest
-	38, // 80: loom.orchestrator.v1.OrchestratorService.StartRun:input_type -> loom.orchestrator.v1.StartRunRequest
-	40, // 81: loom.orchestrator.v1.OrchestratorService.GetRun:input_type -> loom.orchestrator.v1.GetRunRequest
-	42, // 82: loom.orchestrator.v1.OrchestratorService.ListRuns:input_type -> loom.orchestrator.v1.ListRunsRequest
-	44, // 83: loom.orchestrator.v1.OrchestratorService.CancelRun:input_type -> loom.orchestrator.v1.CancelRunRequest
-	46, // 84: loom.orchestrator.v1.OrchestratorService.DeleteRun:input_type -> loom.orchestrator.v1.DeleteRunRequest
-	48, // 85: loom.orchestrator.v1.OrchestratorService.WatchRun:input_type -> loom.orchestrator.v1.WatchRunRequest
-	60, // 86: loom.orchestrator.v1.OrchestratorService.ListPendingApprovals:input_type -> loom.orchestrator.v1.ListPendingApprovalsRequest
-	62, // 87: loom.orchestrator.v1.OrchestratorService.SubmitApproval:input_type -> loom.orchestrator.v1.SubmitApprovalRequest
-	17, // 88: loom.orchestrator.v1.OrchestratorService.CreateBlueprint:output_type -> loom.orchestrator.v1.CreateBlueprintResponse
-	19, // 89: loom.orchestrator.v1.OrchestratorService.GetBlueprint:output_type -> loom.orchestrator.v1.GetBlueprintResponse
-	21, // 90: loom.orchestrator.v1.OrchestratorService.ListBlueprints:output_type -> loom.orchestrator.v1.ListBlueprintsResponse
-	23, // 91: loom.orchestrator.v1.OrchestratorService.UpdateBlueprint:output_type -> loom.orchestrator.v1.UpdateBlueprintResponse
-	25, // 92: loom.orchestrator.v1.OrchestratorService.DeleteBlueprint:output_type -> loom.orchestrator.v1.DeleteBlueprintResponse
-	27, // 93: loom.orchestrator.v1.OrchestratorService.ValidateBlueprint:output_type -> loom.orchestrator.v1.ValidateBlueprintResponse
-	30, // 94: loom.orchestrator.v1.OrchestratorService.GenerateCanvas:output_type -> loom.orchestrator.v1.GenerateCanvasResponse
-	39, // 95: loom.orchestrator.v1.OrchestratorService.StartRun:output_type -> loom.orchestrator.v1.StartRunResponse
-	41, // 96: loom.orchestrator.v1.OrchestratorService.GetRun:output_type -> loom.orchestrator.v1.GetRunResponse
-	43, // 97: loom.orchestrator.v1.OrchestratorService.ListRuns:output_type -> loom.orchestrator.v1.ListRunsResponse
-	45, // 98: loom.orchestrator.v1.OrchestratorService.CancelRun:output_type -> loom.orchestrator.v1.CancelRunResponse
-	47, // 99: loom.orchestrator.v1.OrchestratorService.DeleteRun:output_type -> loom.orchestrator.v1.DeleteRunResponse
-	49, // 100: loom.orchestrator.v1.OrchestratorService.WatchRun:output_type -> loom.orchestrator.v1.WatchRunResponse
-	61, // 101: loom.orchestrator.v1.OrchestratorService.ListPendingApprovals:output_type -> loom.orchestrator.v1.ListPendingApprovalsResponse
-	63, // 102: loom.orchestrator.v1.OrchestratorService.SubmitApproval:output_type -> loom.orchestrator.v1.SubmitApprovalResponse
-	88, // [88:103] is the sub-list for method output_type
-	73, // [73:88] is the sub-list for method input_type
-	73, // [73:73] is the sub-list for extension type_name
-	73, // [73:73] is the sub-list for extension extendee
-	0,  // [0:73] is the sub-list for field type_name
+	68, // 2: loom.orchestrator.v1.Blueprint.run_deadline:type_name -> google.protobuf.Duration
+	69, // 3: loom.orchestrator.v1.Blueprint.create_time:type_name -> google.protobuf.Timestamp
+	66, // 4: loom.orchestrator.v1.Blueprint.layout:type_name -> loom.orchestrator.v1.Blueprint.LayoutEntry
+	5,  // 5: loom.orchestrator.v1.Step.retry:type_name -> loom.orchestrator.v1.RetryPolicy
+	68, // 6: loom.orchestrator.v1.Step.timeout:type_name -> google.protobuf.Duration
+	6,  // 7: loom.orchestrator.v1.Step.agent:type_name -> loom.orchestrator.v1.AgentStep
+	7,  // 8: loom.orchestrator.v1.Step.memory_search:type_name -> loom.orchestrator.v1.MemorySearchStep
+	8,  // 9: loom.orchestrator.v1.Step.memory_upsert:type_name -> loom.orchestrator.v1.MemoryUpsertStep
+	9,  // 10: loom.orchestrator.v1.Step.branch:type_name -> loom.orchestrator.v1.BranchStep
+	10, // 11: loom.orchestrator.v1.Step.parallel:type_name -> loom.orchestrator.v1.ParallelStep
+	11, // 12: loom.orchestrator.v1.Step.map:type_name -> loom.orchestrator.v1.MapStep
+	12, // 13: loom.orchestrator.v1.Step.approval:type_name -> loom.orchestrator.v1.ApprovalStep
+	13, // 14: loom.orchestrator.v1.Step.delay:type_name -> loom.orchestrator.v1.DelayStep
+	68, // 15: loom.orchestrator.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	68, // 16: loom.orchestrator.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	67, // 17: loom.orchestrator.v1.ApprovalStep.payload_schema:type_name -> google.protobuf.Struct
+	68, // 18: loom.orchestrator.v1.ApprovalStep.deadline:type_name -> google.protobuf.Duration
+	68, // 19: loom.orchestrator.v1.DelayStep.duration:type_name -> google.protobuf.Duration
+	3,  // 20: loom.orchestrator.v1.BlueprintSource.blueprint:type_name -> loom.orchestrator.v1.Blueprint
+	15, // 21: loom.orchestrator.v1.CreateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
+	3,  // 22: loom.orchestrator.v1.CreateBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
+	3,  // 23: loom.orchestrator.v1.GetBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
+	3,  // 24: loom.orchestrator.v1.ListBlueprintsResponse.blueprints:type_name -> loom.orchestrator.v1.Blueprint
+	15, // 25: loom.orchestrator.v1.UpdateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
+	3,  // 26: loom.orchestrator.v1.UpdateBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
+	15, // 27: loom.orchestrator.v1.ValidateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
+	14, // 28: loom.orchestrator.v1.ValidateBlueprintResponse.errors:type_name -> loom.orchestrator.v1.ValidationError
+	31, // 29: loom.orchestrator.v1.GenerateCanvasRequest.ref:type_name -> loom.orchestrator.v1.BlueprintRef
+	15, // 30: loom.orchestrator.v1.GenerateCanvasRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
+	33, // 31: loom.orchestrator.v1.SaveCanvasRequest.canvas:type_name -> loom.orchestrator.v1.Canvas
+	3,  // 32: loom.orchestrator.v1.SaveCanvasResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
+	33, // 33: loom.orchestrator.v1.SaveCanvasResponse.canvas:type_name -> loom.orchestrator.v1.Canvas
+	33, // 34: loom.orchestrator.v1.GenerateCanvasResponse.canvas:type_name -> loom.orchestrator.v1.Canvas
+	34, // 35: loom.orchestrator.v1.Canvas.nodes:type_name -> loom.orchestrator.v1.Node
+	35, // 36: loom.orchestrator.v1.Canvas.edges:type_name -> loom.orchestrator.v1.Edge
+	37, // 37: loom.orchestrator.v1.Canvas.groups:type_name -> loom.orchestrator.v1.Group
+	3,  // 38: loom.orchestrator.v1.Canvas.blueprint:type_name -> loom.orchestrator.v1.Blueprint
+	36, // 39: loom.orchestrator.v1.Edge.points:type_name -> loom.orchestrator.v1.Point
+	1,  // 40: loom.orchestrator.v1.StepRun.state:type_name -> loom.orchestrator.v1.StepState
+	70, // 41: loom.orchestrator.v1.StepRun.output:type_name -> google.protobuf.Value
+	69, // 42: loom.orchestrator.v1.StepRun.start_time:type_name -> google.protobuf.Timestamp
+	69, // 43: loom.orchestrator.v1.StepRun.end_time:type_name -> google.protobuf.Timestamp
+	0,  // 44: loom.orchestrator.v1.WorkflowRun.state:type_name -> loom.orchestrator.v1.RunState
+	67, // 45: loom.orchestrator.v1.WorkflowRun.input:type_name -> google.protobuf.Struct
+	70, // 46: loom.orchestrator.v1.WorkflowRun.output:type_name -> google.protobuf.Value
+	38, // 47: loom.orchestrator.v1.WorkflowRun.steps:type_name -> loom.orchestrator.v1.StepRun
+	69, // 48: loom.orchestrator.v1.WorkflowRun.create_time:type_name -> google.protobuf.Timestamp
+	69, // 49: loom.orchestrator.v1.WorkflowRun.end_time:type_name -> google.protobuf.Timestamp
+	67, // 50: loom.orchestrator.v1.StartRunRequest.input:type_name -> google.protobuf.Struct
+	39, // 51: loom.orchestrator.v1.StartRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
+	39, // 52: loom.orchestrator.v1.GetRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
+	0,  // 53: loom.orchestrator.v1.ListRunsRequest.state:type_name -> loom.orchestrator.v1.RunState
+	39, // 54: loom.orchestrator.v1.ListRunsResponse.runs:type_name -> loom.orchestrator.v1.WorkflowRun
+	39, // 55: loom.orchestrator.v1.CancelRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
+	69, // 56: loom.orchestrator.v1.WatchRunResponse.time:type_name -> google.protobuf.Timestamp
+	52, // 57: loom.orchestrator.v1.WatchRunResponse.run_started:type_name -> loom.orchestrator.v1.RunStarted
+	53, // 58: loom.orchestrator.v1.WatchRunResponse.step_started:type_name -> loom.orchestrator.v1.StepStarted
+	54, // 59: loom.orchestrator.v1.WatchRunResponse.step_output:type_name -> loom.orchestrator.v1.StepOutput
+	55, // 60: loom.orchestrator.v1.WatchRunResponse.step_retry:type_name -> loom.orchestrator.v1.StepRetry
+	56, // 61: loom.orchestrator.v1.WatchRunResponse.waiting_for_approval:type_name -> loom.orchestrator.v1.WaitingForApproval
+	57, // 62: loom.orchestrator.v1.WatchRunResponse.agent_text_delta:type_name -> loom.orchestrator.v1.AgentTextDelta
+	58, // 63: loom.orchestrator.v1.WatchRunResponse.run_completed:type_name -> loom.orchestrator.v1.RunCompleted
+	59, // 64: loom.orchestrator.v1.WatchRunResponse.run_failed:type_name -> loom.orchestrator.v1.RunFailed
+	60, // 65: loom.orchestrator.v1.WatchRunResponse.run_cancelled:type_name -> loom.orchestrator.v1.RunCancelled
+	70, // 66: loom.orchestrator.v1.StepOutput.output:type_name -> google.protobuf.Value
+	68, // 67: loom.orchestrator.v1.StepRetry.backoff:type_name -> google.protobuf.Duration
+	69, // 68: loom.orchestrator.v1.WaitingForApproval.deadline:type_name -> google.protobuf.Timestamp
+	70, // 69: loom.orchestrator.v1.RunCompleted.output:type_name -> google.protobuf.Value
+	67, // 70: loom.orchestrator.v1.Approval.payload_schema:type_name -> google.protobuf.Struct
+	69, // 71: loom.orchestrator.v1.Approval.deadline:type_name -> google.protobuf.Timestamp
+	69, // 72: loom.orchestrator.v1.Approval.create_time:type_name -> google.protobuf.Timestamp
+	61, // 73: loom.orchestrator.v1.ListPendingApprovalsResponse.approvals:type_name -> loom.orchestrator.v1.Approval
+	2,  // 74: loom.orchestrator.v1.SubmitApprovalRequest.decision:type_name -> loom.orchestrator.v1.Decision
+	67, // 75: loom.orchestrator.v1.SubmitApprovalRequest.payload:type_name -> google.protobuf.Struct
+	39, // 76: loom.orchestrator.v1.SubmitApprovalResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
+	36, // 77: loom.orchestrator.v1.Blueprint.LayoutEntry.value:type_name -> loom.orchestrator.v1.Point
+	16, // 78: loom.orchestrator.v1.OrchestratorService.CreateBlueprint:input_type -> loom.orchestrator.v1.CreateBlueprintRequest
+	18, // 79: loom.orchestrator.v1.OrchestratorService.GetBlueprint:input_type -> loom.orchestrator.v1.GetBlueprintRequest
+	20, // 80: loom.orchestrator.v1.OrchestratorService.ListBlueprints:input_type -> loom.orchestrator.v1.ListBlueprintsRequest
+	22, // 81: loom.orchestrator.v1.OrchestratorService.UpdateBlueprint:input_type -> loom.orchestrator.v1.UpdateBlueprintRequest
+	24, // 82: loom.orchestrator.v1.OrchestratorService.DeleteBlueprint:input_type -> loom.orchestrator.v1.DeleteBlueprintRequest
+	26, // 83: loom.orchestrator.v1.OrchestratorService.ValidateBlueprint:input_type -> loom.orchestrator.v1.ValidateBlueprintRequest
+	28, // 84: loom.orchestrator.v1.OrchestratorService.GenerateCanvas:input_type -> loom.orchestrator.v1.GenerateCanvasRequest
+	29, // 85: loom.orchestrator.v1.OrchestratorService.SaveCanvas:input_type -> loom.orchestrator.v1.SaveCanvasRequest
+	40, // 86: loom.orchestrator.v1.OrchestratorService.StartRun:input_type -> loom.orchestrator.v1.StartRunRequest
+	42, // 87: loom.orchestrator.v1.OrchestratorService.GetRun:input_type -> loom.orchestrator.v1.GetRunRequest
+	44, // 88: loom.orchestrator.v1.OrchestratorService.ListRuns:input_type -> loom.orchestrator.v1.ListRunsRequest
+	46, // 89: loom.orchestrator.v1.OrchestratorService.CancelRun:input_type -> loom.orchestrator.v1.CancelRunRequest
+	48, // 90: loom.orchestrator.v1.OrchestratorService.DeleteRun:input_type -> loom.orchestrator.v1.DeleteRunRequest
+	50, // 91: loom.orchestrator.v1.OrchestratorService.WatchRun:input_type -> loom.orchestrator.v1.WatchRunRequest
+	62, // 92: loom.orchestrator.v1.OrchestratorService.ListPendingApprovals:input_type -> loom.orchestrator.v1.ListPendingApprovalsRequest
+	64, // 93: loom.orchestrator.v1.OrchestratorService.SubmitApproval:input_type -> loom.orchestrator.v1.SubmitApprovalRequest
+	17, // 94: loom.orchestrator.v1.OrchestratorService.CreateBlueprint:output_type -> loom.orchestrator.v1.CreateBlueprintResponse
+	19, // 95: loom.orchestrator.v1.OrchestratorService.GetBlueprint:output_type -> loom.orchestrator.v1.GetBlueprintResponse
+	21, // 96: loom.orchestrator.v1.OrchestratorService.ListBlueprints:output_type -> loom.orchestrator.v1.ListBlueprintsResponse
+	23, // 97: loom.orchestrator.v1.OrchestratorService.UpdateBlueprint:output_type -> loom.orchestrator.v1.UpdateBlueprintResponse
+	25, // 98: loom.orchestrator.v1.OrchestratorService.DeleteBlueprint:output_type -> loom.orchestrator.v1.DeleteBlueprintResponse
+	27, // 99: loom.orchestrator.v1.OrchestratorService.ValidateBlueprint:output_type -> loom.orchestrator.v1.ValidateBlueprintResponse
+	32, // 100: loom.orchestrator.v1.OrchestratorService.GenerateCanvas:output_type -> loom.orchestrator.v1.GenerateCanvasResponse
+	30, // 101: loom.orchestrator.v1.OrchestratorService.SaveCanvas:output_type -> loom.orchestrator.v1.SaveCanvasResponse
+	41, // 102: loom.orchestrator.v1.OrchestratorService.StartRun:output_type -> loom.orchestrator.v1.StartRunResponse
+	43, // 103: loom.orchestrator.v1.OrchestratorService.GetRun:output_type -> loom.orchestrator.v1.GetRunResponse
+	45, // 104: loom.orchestrator.v1.OrchestratorService.ListRuns:output_type -> loom.orchestrator.v1.ListRunsResponse
+	47, // 105: loom.orchestrator.v1.OrchestratorService.CancelRun:output_type -> loom.orchestrator.v1.CancelRunResponse
+	49, // 106: loom.orchestrator.v1.OrchestratorService.DeleteRun:output_type -> loom.orchestrator.v1.DeleteRunResponse
+	51, // 107: loom.orchestrator.v1.OrchestratorService.WatchRun:output_type -> loom.orchestrator.v1.WatchRunResponse
+	63, // 108: loom.orchestrator.v1.OrchestratorService.ListPendingApprovals:output_type -> loom.orchestrator.v1.ListPendingApprovalsResponse
+	65, // 109: loom.orchestrator.v1.OrchestratorService.SubmitApproval:output_type -> loom.orchestrator.v1.SubmitApprovalResponse
+	94, // [94:110] is the sub-list for method output_type
+	78, // [78:94] is the sub-list for method input_type
+	78, // [78:78] is the sub-list for extension type_name
+	78, // [78:78] is the sub-list for extension extendee
+	0,  // [0:78] is the sub-list for field type_name
 }
 
 func init() { file_loom_orchestrator_v1_orchestrator_proto_init() }
@@ -4833,7 +4990,7 @@ func file_loom_orchestrator_v1_orchestrator_proto_init() {
 		(*GenerateCanvasRequest_Ref)(nil),
 		(*GenerateCanvasRequest_Source)(nil),
 	}
-	file_loom_orchestrator_v1_orchestrator_proto_msgTypes[46].OneofWrappers = []any{
+	file_loom_orchestrator_v1_orchestrator_proto_msgTypes[48].OneofWrappers = []any{
 		(*WatchRunResponse_RunStarted)(nil),
 		(*WatchRunResponse_StepStarted)(nil),
 		(*WatchRunResponse_StepOutput)(nil),
@@ -4850,7 +5007,7 @@ func file_loom_orchestrator_v1_orchestrator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_orchestrator_v1_orchestrator_proto_rawDesc), len(file_loom_orchestrator_v1_orchestrator_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   61,
+			NumMessages:   64,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	OrchestratorService_DeleteBlueprint_FullMethodName      = "/loom.orchestrator.v1.OrchestratorService/DeleteBlueprint"
 	OrchestratorService_ValidateBlueprint_FullMethodName    = "/loom.orchestrator.v1.OrchestratorService/ValidateBlueprint"
 	OrchestratorService_GenerateCanvas_FullMethodName       = "/loom.orchestrator.v1.OrchestratorService/GenerateCanvas"
+	OrchestratorService_SaveCanvas_FullMethodName           = "/loom.orchestrator.v1.OrchestratorService/SaveCanvas"
 	OrchestratorService_StartRun_FullMethodName             = "/loom.orchestrator.v1.OrchestratorService/StartRun"
 	OrchestratorService_GetRun_FullMethodName               = "/loom.orchestrator.v1.OrchestratorService/GetRun"
 	OrchestratorService_ListRuns_FullMethodName             = "/loom.orchestrator.v1.OrchestratorService/ListRuns"
@@ -58,6 +59,12 @@ type OrchestratorServiceClient interface {
 	ValidateBlueprint(ctx context.Context, in *ValidateBlueprintRequest, opts ...grpc.CallOption) (*ValidateBlueprintResponse, error)
 	// GenerateCanvas lays out a blueprint as a canvas for visual editors. Deterministic.
 	GenerateCanvas(ctx context.Context, in *GenerateCanvasRequest, opts ...grpc.CallOption) (*GenerateCanvasResponse, error)
+	// SaveCanvas stores an edited canvas as a new version of its blueprint: the steps of canvas.blueprint (added,
+	// removed or changed there), their dependencies, branch targets and parallel members from the canvas's edges
+	// and groups, and every node's position in the blueprint's layout. An edit that does not make a valid
+	// blueprint is InvalidArgument naming the node, edge or step; a blueprint that moved on since
+	// expected_version is Aborted.
+	SaveCanvas(ctx context.Context, in *SaveCanvasRequest, opts ...grpc.CallOption) (*SaveCanvasResponse, error)
 	// StartRun starts a durable run. A second call with the same idempotency key and the same request returns the
 	// same run; with a different request, AlreadyExists.
 	StartRun(ctx context.Context, in *StartRunRequest, opts ...grpc.CallOption) (*StartRunResponse, error)
@@ -151,6 +158,16 @@ func (c *orchestratorServiceClient) GenerateCanvas(ctx context.Context, in *Gene
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GenerateCanvasResponse)
 	err := c.cc.Invoke(ctx, OrchestratorService_GenerateCanvas_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *orchestratorServiceClient) SaveCanvas(ctx context.Context, in *SaveCanvasRequest, opts ...grpc.CallOption) (*SaveCanvasResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SaveCanvasResponse)
+	err := c.cc.Invoke(ctx, OrchestratorService_SaveCanvas_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -268,6 +285,12 @@ type OrchestratorServiceServer interface {
 	ValidateBlueprint(context.Context, *ValidateBlueprintRequest) (*ValidateBlueprintResponse, error)
 	// GenerateCanvas lays out a blueprint as a canvas for visual editors. Deterministic.
 	GenerateCanvas(context.Context, *GenerateCanvasRequest) (*GenerateCanvasResponse, error)
+	// SaveCanvas stores an edited canvas as a new version of its blueprint: the steps of canvas.blueprint (added,
+	// removed or changed there), their dependencies, branch targets and parallel members from the canvas's edges
+	// and groups, and every node's position in the blueprint's layout. An edit that does not make a valid
+	// blueprint is InvalidArgument naming the node, edge or step; a blueprint that moved on since
+	// expected_version is Aborted.
+	SaveCanvas(context.Context, *SaveCanvasRequest) (*SaveCanvasResponse, error)
 	// StartRun starts a durable run. A second call with the same idempotency key and the same request returns the
 	// same run; with a different request, AlreadyExists.
 	StartRun(context.Context, *StartRunRequest) (*StartRunResponse, error)
@@ -317,6 +340,9 @@ func (UnimplementedOrchestratorServiceServer) ValidateBlueprint(context.Context,
 }
 func (UnimplementedOrchestratorServiceServer) GenerateCanvas(context.Context, *GenerateCanvasRequest) (*GenerateCanvasResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GenerateCanvas not implemented")
+}
+func (UnimplementedOrchestratorServiceServer) SaveCanvas(context.Context, *SaveCanvasRequest) (*SaveCanvasResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SaveCanvas not implemented")
 }
 func (UnimplementedOrchestratorServiceServer) StartRun(context.Context, *StartRunRequest) (*StartRunResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method StartRun not implemented")
@@ -485,6 +511,24 @@ func _OrchestratorService_GenerateCanvas_Handler(srv interface{}, ctx context.Co
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(OrchestratorServiceServer).GenerateCanvas(ctx, req.(*GenerateCanvasRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OrchestratorService_SaveCanvas_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SaveCanvasRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OrchestratorServiceServer).SaveCanvas(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OrchestratorService_SaveCanvas_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OrchestratorServiceServer).SaveCanvas(ctx, req.(*SaveCanvasRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -660,6 +704,10 @@ var OrchestratorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GenerateCanvas",
 			Handler:    _OrchestratorService_GenerateCanvas_Handler,
+		},
+		{
+			MethodName: "SaveCanvas",
+			Handler:    _OrchestratorService_SaveCanvas_Handler,
 		},
 		{
 			MethodName: "StartRun",

@@ -54,6 +54,9 @@ const (
 	// OrchestratorServiceGenerateCanvasProcedure is the fully-qualified name of the
 	// OrchestratorService's GenerateCanvas RPC.
 	OrchestratorServiceGenerateCanvasProcedure = "/loom.orchestrator.v1.OrchestratorService/GenerateCanvas"
+	// OrchestratorServiceSaveCanvasProcedure is the fully-qualified name of the OrchestratorService's
+	// SaveCanvas RPC.
+	OrchestratorServiceSaveCanvasProcedure = "/loom.orchestrator.v1.OrchestratorService/SaveCanvas"
 	// OrchestratorServiceStartRunProcedure is the fully-qualified name of the OrchestratorService's
 	// StartRun RPC.
 	OrchestratorServiceStartRunProcedure = "/loom.orchestrator.v1.OrchestratorService/StartRun"
@@ -96,6 +99,12 @@ type OrchestratorServiceClient interface {
 	ValidateBlueprint(context.Context, *connect.Request[v1.ValidateBlueprintRequest]) (*connect.Response[v1.ValidateBlueprintResponse], error)
 	// GenerateCanvas lays out a blueprint as a canvas for visual editors. Deterministic.
 	GenerateCanvas(context.Context, *connect.Request[v1.GenerateCanvasRequest]) (*connect.Response[v1.GenerateCanvasResponse], error)
+	// SaveCanvas stores an edited canvas as a new version of its blueprint: the steps of canvas.blueprint (added,
+	// removed or changed there), their dependencies, branch targets and parallel members from the canvas's edges
+	// and groups, and every node's position in the blueprint's layout. An edit that does not make a valid
+	// blueprint is InvalidArgument naming the node, edge or step; a blueprint that moved on since
+	// expected_version is Aborted.
+	SaveCanvas(context.Context, *connect.Request[v1.SaveCanvasRequest]) (*connect.Response[v1.SaveCanvasResponse], error)
 	// StartRun starts a durable run. A second call with the same idempotency key and the same request returns the
 	// same run; with a different request, AlreadyExists.
 	StartRun(context.Context, *connect.Request[v1.StartRunRequest]) (*connect.Response[v1.StartRunResponse], error)
@@ -175,6 +184,12 @@ func NewOrchestratorServiceClient(httpClient connect.HTTPClient, baseURL string,
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		saveCanvas: connect.NewClient[v1.SaveCanvasRequest, v1.SaveCanvasResponse](
+			httpClient,
+			baseURL+OrchestratorServiceSaveCanvasProcedure,
+			connect.WithSchema(orchestratorServiceMethods.ByName("SaveCanvas")),
+			connect.WithClientOptions(opts...),
+		),
 		startRun: connect.NewClient[v1.StartRunRequest, v1.StartRunResponse](
 			httpClient,
 			baseURL+OrchestratorServiceStartRunProcedure,
@@ -239,6 +254,7 @@ type orchestratorServiceClient struct {
 	deleteBlueprint      *connect.Client[v1.DeleteBlueprintRequest, v1.DeleteBlueprintResponse]
 	validateBlueprint    *connect.Client[v1.ValidateBlueprintRequest, v1.ValidateBlueprintResponse]
 	generateCanvas       *connect.Client[v1.GenerateCanvasRequest, v1.GenerateCanvasResponse]
+	saveCanvas           *connect.Client[v1.SaveCanvasRequest, v1.SaveCanvasResponse]
 	startRun             *connect.Client[v1.StartRunRequest, v1.StartRunResponse]
 	getRun               *connect.Client[v1.GetRunRequest, v1.GetRunResponse]
 	listRuns             *connect.Client[v1.ListRunsRequest, v1.ListRunsResponse]
@@ -282,6 +298,11 @@ func (c *orchestratorServiceClient) ValidateBlueprint(ctx context.Context, req *
 // GenerateCanvas calls loom.orchestrator.v1.OrchestratorService.GenerateCanvas.
 func (c *orchestratorServiceClient) GenerateCanvas(ctx context.Context, req *connect.Request[v1.GenerateCanvasRequest]) (*connect.Response[v1.GenerateCanvasResponse], error) {
 	return c.generateCanvas.CallUnary(ctx, req)
+}
+
+// SaveCanvas calls loom.orchestrator.v1.OrchestratorService.SaveCanvas.
+func (c *orchestratorServiceClient) SaveCanvas(ctx context.Context, req *connect.Request[v1.SaveCanvasRequest]) (*connect.Response[v1.SaveCanvasResponse], error) {
+	return c.saveCanvas.CallUnary(ctx, req)
 }
 
 // StartRun calls loom.orchestrator.v1.OrchestratorService.StartRun.
@@ -341,6 +362,12 @@ type OrchestratorServiceHandler interface {
 	ValidateBlueprint(context.Context, *connect.Request[v1.ValidateBlueprintRequest]) (*connect.Response[v1.ValidateBlueprintResponse], error)
 	// GenerateCanvas lays out a blueprint as a canvas for visual editors. Deterministic.
 	GenerateCanvas(context.Context, *connect.Request[v1.GenerateCanvasRequest]) (*connect.Response[v1.GenerateCanvasResponse], error)
+	// SaveCanvas stores an edited canvas as a new version of its blueprint: the steps of canvas.blueprint (added,
+	// removed or changed there), their dependencies, branch targets and parallel members from the canvas's edges
+	// and groups, and every node's position in the blueprint's layout. An edit that does not make a valid
+	// blueprint is InvalidArgument naming the node, edge or step; a blueprint that moved on since
+	// expected_version is Aborted.
+	SaveCanvas(context.Context, *connect.Request[v1.SaveCanvasRequest]) (*connect.Response[v1.SaveCanvasResponse], error)
 	// StartRun starts a durable run. A second call with the same idempotency key and the same request returns the
 	// same run; with a different request, AlreadyExists.
 	StartRun(context.Context, *connect.Request[v1.StartRunRequest]) (*connect.Response[v1.StartRunResponse], error)
@@ -416,6 +443,12 @@ func NewOrchestratorServiceHandler(svc OrchestratorServiceHandler, opts ...conne
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	orchestratorServiceSaveCanvasHandler := connect.NewUnaryHandler(
+		OrchestratorServiceSaveCanvasProcedure,
+		svc.SaveCanvas,
+		connect.WithSchema(orchestratorServiceMethods.ByName("SaveCanvas")),
+		connect.WithHandlerOptions(opts...),
+	)
 	orchestratorServiceStartRunHandler := connect.NewUnaryHandler(
 		OrchestratorServiceStartRunProcedure,
 		svc.StartRun,
@@ -484,6 +517,8 @@ func NewOrchestratorServiceHandler(svc OrchestratorServiceHandler, opts ...conne
 			orchestratorServiceValidateBlueprintHandler.ServeHTTP(w, r)
 		case OrchestratorServiceGenerateCanvasProcedure:
 			orchestratorServiceGenerateCanvasHandler.ServeHTTP(w, r)
+		case OrchestratorServiceSaveCanvasProcedure:
+			orchestratorServiceSaveCanvasHandler.ServeHTTP(w, r)
 		case OrchestratorServiceStartRunProcedure:
 			orchestratorServiceStartRunHandler.ServeHTTP(w, r)
 		case OrchestratorServiceGetRunProcedure:
@@ -535,6 +570,10 @@ func (UnimplementedOrchestratorServiceHandler) ValidateBlueprint(context.Context
 
 func (UnimplementedOrchestratorServiceHandler) GenerateCanvas(context.Context, *connect.Request[v1.GenerateCanvasRequest]) (*connect.Response[v1.GenerateCanvasResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.orchestrator.v1.OrchestratorService.GenerateCanvas is not implemented"))
+}
+
+func (UnimplementedOrchestratorServiceHandler) SaveCanvas(context.Context, *connect.Request[v1.SaveCanvasRequest]) (*connect.Response[v1.SaveCanvasResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.orchestrator.v1.OrchestratorService.SaveCanvas is not implemented"))
 }
 
 func (UnimplementedOrchestratorServiceHandler) StartRun(context.Context, *connect.Request[v1.StartRunRequest]) (*connect.Response[v1.StartRunResponse], error) {
