@@ -1,0 +1,125 @@
+package sqldb
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"sync"
+)
+
+// maxGroup bounds the writes of one group commit.
+const maxGroup = 256
+
+// Group commits the small writes of concurrent callers together: one transaction, so one durable commit, for
+// every write waiting at the moment it starts. A lone caller pays one commit with no goroutine hand-off: the
+// first caller to arrive while no group is committing leads, writes what is queued (its own included), then
+// what queued meanwhile, and the others wait for their outcome. A write that fails fails alone: when a group's
+// transaction fails, each of its writes is tried again in a transaction of its own. It is safe for concurrent
+// use.
+//
+// Use it for writes whose cost is the commit (a row per call, an fsync each on SQLite with synchronous=FULL);
+// not for long transactions, which would hold up everyone queued behind them.
+type Group struct {
+	db *DB
+
+	mu      sync.Mutex
+	queue   []*groupWrite
+	leading bool
+}
+
+type groupWrite struct {
+	ctx  context.Context
+	fn   func(ctx context.Context, tx *sql.Tx) error
+	done chan error
+}
+
+// NewGroup returns a group committer writing to db.
+func NewGroup(db *DB) *Group { return &Group{db: db} }
+
+// Exec runs fn in a transaction shared with other callers' writes and returns once that transaction has
+// committed (nil) or fn's own error. fn must only write, and may run twice (once in the group, and again alone
+// when the group's transaction failed), so it must not have effects outside tx. A cancelled ctx returns at once;
+// its write may still commit.
+func (g *Group) Exec(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	w := &groupWrite{ctx: context.WithoutCancel(ctx), fn: fn, done: make(chan error, 1)}
+	g.mu.Lock()
+	g.queue = append(g.queue, w)
+	if g.leading {
+		g.mu.Unlock()
+		select {
+		case err := <-w.done:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	g.leading = true
+	for len(g.queue) > 0 {
+		n := min(len(g.queue), maxGroup)
+		batch := g.queue[:n:n]
+		g.queue = g.queue[n:]
+		g.mu.Unlock()
+		g.commit(batch)
+		g.mu.Lock()
+		if len(w.done) > 0 && len(g.queue) > 0 {
+			// Ours is written; hand the rest to a new leader so this caller can return.
+			go g.drain()
+			break
+		}
+	}
+	if len(g.queue) == 0 {
+		g.leading = false
+	}
+	g.mu.Unlock()
+	return <-w.done
+}
+
+// drain leads the groups left queued when their leader returned; it keeps g.leading set until the queue empties.
+func (g *Group) drain() {
+	g.mu.Lock()
+	for len(g.queue) > 0 {
+		n := min(len(g.queue), maxGroup)
+		batch := g.queue[:n:n]
+		g.queue = g.queue[n:]
+		g.mu.Unlock()
+		g.commit(batch)
+		g.mu.Lock()
+	}
+	g.leading = false
+	g.mu.Unlock()
+}
+
+func (g *Group) commit(batch []*groupWrite) {
+	errs := make([]error, len(batch))
+	err := g.tx(batch[0].ctx, func(tx *sql.Tx) error {
+		for i, w := range batch {
+			if errs[i] = w.fn(w.ctx, tx); errs[i] != nil {
+				return errs[i]
+			}
+		}
+		return nil
+	})
+	if err != nil && len(batch) > 1 {
+		for _, w := range batch {
+			w.done <- g.tx(w.ctx, func(tx *sql.Tx) error { return w.fn(w.ctx, tx) })
+		}
+		return
+	}
+	for _, w := range batch {
+		w.done <- err
+	}
+}
+
+func (g *Group) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := g.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		if rerr := tx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
+			return errors.Join(err, rerr)
+		}
+		return err
+	}
+	return tx.Commit()
+}
