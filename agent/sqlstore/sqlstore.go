@@ -44,6 +44,9 @@ func Migrations() fs.FS {
 type Store struct {
 	db     *sqldb.DB
 	logger *slog.Logger
+	// runs group-commits the run records of concurrent runs (CreateRun, FinishRun): one durable commit for every
+	// run that starts or ends at the same moment.
+	runs *sqldb.Group
 }
 
 // Option configures a Store.
@@ -61,7 +64,7 @@ func New(ctx context.Context, db *sqldb.DB, opts ...Option) (*Store, error) {
 	if err := db.Migrate(ctx, "agent", Migrations(), "agent_versions", "runs(agent)"); err != nil {
 		return nil, fmt.Errorf("agent store: %w", err)
 	}
-	s := &Store{db: db, logger: slog.Default()}
+	s := &Store{db: db, logger: slog.Default(), runs: sqldb.NewGroup(db)}
 	for _, o := range opts {
 		o(s)
 	}
@@ -252,12 +255,15 @@ func (s *Store) CreateRun(ctx context.Context, tenant string, r *agentv1.Run, le
 	if !lease.Until.IsZero() {
 		until = lease.Until.UnixNano()
 	}
-	_, err = s.db.ExecContext(ctx, s.q(`INSERT INTO loom.runs (id, tenant, agent, agent_version, state, input, output, provider,
+	err = s.runs.Exec(ctx, func(ctx context.Context, tx sqldb.Execer) error {
+		_, err := tx.ExecContext(ctx, s.q(`INSERT INTO loom.runs (id, tenant, agent, agent_version, state, input, output, provider,
 		model, input_tokens, output_tokens, error, idempotency_key, detail, create_time, end_time, owner, lease_until)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
-		r.GetId(), tenant, r.GetAgent(), r.GetAgentVersion(), int64(r.GetState()), r.GetInput(), r.GetOutput(),
-		int64(r.GetProvider()), r.GetModel(), r.GetUsage().GetInputTokens(), r.GetUsage().GetOutputTokens(),
-		r.GetError(), key, detail, tsNanos(r.GetCreateTime()), tsNanos(r.GetEndTime()), lease.Owner, until)
+			r.GetId(), tenant, r.GetAgent(), r.GetAgentVersion(), int64(r.GetState()), r.GetInput(), r.GetOutput(),
+			int64(r.GetProvider()), r.GetModel(), r.GetUsage().GetInputTokens(), r.GetUsage().GetOutputTokens(),
+			r.GetError(), key, detail, tsNanos(r.GetCreateTime()), tsNanos(r.GetEndTime()), lease.Owner, until)
+		return err
+	})
 	if isUniqueViolation(err) {
 		return fmt.Errorf("run with idempotency key %q: %w", r.GetIdempotencyKey(), agent.ErrAlreadyExists)
 	}
@@ -273,16 +279,20 @@ func (s *Store) FinishRun(ctx context.Context, tenant string, r *agentv1.Run) er
 	if err != nil {
 		return fmt.Errorf("finish run: %w", err)
 	}
-	res, err := s.db.ExecContext(ctx, s.q(`UPDATE loom.runs SET state = ?, output = ?, provider = ?, model = ?,
+	var n int64
+	err = s.runs.Exec(ctx, func(ctx context.Context, tx sqldb.Execer) error {
+		res, err := tx.ExecContext(ctx, s.q(`UPDATE loom.runs SET state = ?, output = ?, provider = ?, model = ?,
 		input_tokens = ?, output_tokens = ?, error = ?, detail = ?, end_time = ?
 		WHERE tenant = ? AND id = ? AND state = ?`),
-		int64(r.GetState()), r.GetOutput(), int64(r.GetProvider()), r.GetModel(), r.GetUsage().GetInputTokens(),
-		r.GetUsage().GetOutputTokens(), r.GetError(), detail, tsNanos(r.GetEndTime()),
-		tenant, r.GetId(), int64(agentv1.RunState_RUN_STATE_RUNNING))
-	if err != nil {
-		return fmt.Errorf("finish run: %w", err)
-	}
-	n, err := res.RowsAffected()
+			int64(r.GetState()), r.GetOutput(), int64(r.GetProvider()), r.GetModel(), r.GetUsage().GetInputTokens(),
+			r.GetUsage().GetOutputTokens(), r.GetError(), detail, tsNanos(r.GetEndTime()),
+			tenant, r.GetId(), int64(agentv1.RunState_RUN_STATE_RUNNING))
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("finish run: %w", err)
 	}

@@ -2,7 +2,6 @@ package sqldb_test
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"sync"
@@ -27,7 +26,7 @@ func TestGroup(t *testing.T) {
 			}
 			g := sqldb.NewGroup(db)
 			insert := func(id int, v string) error {
-				return g.Exec(ctx, func(ctx context.Context, tx *sql.Tx) error {
+				return g.Exec(ctx, func(ctx context.Context, tx sqldb.Execer) error {
 					_, err := tx.ExecContext(ctx, db.Rebind("INSERT INTO g (id, v) VALUES (?, ?)"), id, v)
 					return err
 				})
@@ -64,14 +63,14 @@ func TestGroup(t *testing.T) {
 			// A cancelled caller returns at once; the group goes on.
 			cctx, cancel := context.WithCancel(ctx)
 			cancel()
-			_ = g.Exec(cctx, func(ctx context.Context, tx *sql.Tx) error {
+			_ = g.Exec(cctx, func(ctx context.Context, tx sqldb.Execer) error {
 				_, err := tx.ExecContext(ctx, db.Rebind("INSERT INTO g (id, v) VALUES (?, ?)"), 10_000, "late")
 				return err
 			})
 			if err := insert(10_001, "after"); err != nil {
 				t.Errorf("write after a cancelled one: %v", err)
 			}
-			if err := g.Exec(ctx, func(context.Context, *sql.Tx) error { return errBoom }); !errors.Is(err, errBoom) {
+			if err := g.Exec(ctx, func(context.Context, sqldb.Execer) error { return errBoom }); !errors.Is(err, errBoom) {
 				t.Errorf("fn's own error = %v, want it returned", err)
 			}
 		})
@@ -109,7 +108,7 @@ func BenchmarkGroup(b *testing.B) {
 						for range perWorker {
 							var err error
 							if grouped {
-								err = g.Exec(ctx, func(ctx context.Context, tx *sql.Tx) error {
+								err = g.Exec(ctx, func(ctx context.Context, tx sqldb.Execer) error {
 									_, err := tx.ExecContext(ctx, q, id(), "x")
 									return err
 								})
