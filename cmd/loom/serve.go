@@ -385,7 +385,7 @@ func buildOrchestrator(ctx context.Context, cfg config, logger *slog.Logger, c *
 		return rpcserver.Service{}, nil, err
 	}
 	var eng *engine.Engine
-	ecfg := engine.Config{LeaseDuration: cfg.RunLease, TracerProvider: cfg.obs.tracer, Metrics: cfg.obs.workflows}
+	ecfg := engine.Config{LeaseDuration: cfg.RunLease, EventRetention: cfg.RunEventRetention, TracerProvider: cfg.obs.tracer, Metrics: cfg.obs.workflows}
 	if db.Dialect == sqldb.Postgres {
 		eng, err = engine.NewPostgres(ctx, logger, db, c.agent, c.memory, ecfg)
 	} else {

@@ -82,6 +82,14 @@ type Config struct {
 	// so this holds on whichever replica executes the step, also after a takeover), and the step's calls are its
 	// children. Nil means no tracing, at no cost.
 	TracerProvider trace.TracerProvider
+	// EventRetention is how long run events are kept; 0 keeps them forever. Events of unfinished runs are never
+	// removed: see [Engine.MaintainEvents]. On Postgres whole partitions (UTC days) are dropped, so an event may
+	// outlive the bound by up to a day; on SQLite old events are deleted in batches. A value below
+	// MinEventRetention is raised to it.
+	EventRetention time.Duration
+	// EventMaintenanceInterval is how often a started engine makes the coming days' event partitions (Postgres)
+	// and applies EventRetention; 0 means 1h.
+	EventMaintenanceInterval time.Duration
 	// Metrics, when not nil, count finished runs and time steps, and read the queue lag and the pending
 	// approvals from this Engine's database (see [Metrics]). Nil means no metrics.
 	Metrics *Metrics
@@ -99,6 +107,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.LeaseDuration <= 0 {
 		c.LeaseDuration = 3 * time.Second
+	}
+	if c.EventRetention > 0 {
+		c.EventRetention = max(c.EventRetention, MinEventRetention)
+	}
+	if c.EventMaintenanceInterval <= 0 {
+		c.EventMaintenanceInterval = time.Hour
 	}
 	c.Expressions = c.Expressions.WithDefaults()
 	if c.Now == nil {
@@ -163,7 +177,12 @@ func NewPostgres(ctx context.Context, logger *slog.Logger, db *sqldb.DB, agents 
 	if err := db.Locked(ctx, func(ctx context.Context) error { return migrateRiver(ctx, riverpgxv5.New(db.Pool), db.Schema) }); err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
-	return newEngine(logger, db, agents, memory, cfg), nil
+	e := newEngine(logger, db, agents, memory, cfg)
+	// The partitions of today and the coming days exist before the first event is written.
+	if _, err := e.MaintainEvents(ctx); err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
+	}
+	return e, nil
 }
 
 // migrateRiver keeps River's tables at their current version, although the engine no longer queues steps as
@@ -207,9 +226,10 @@ func (e *Engine) Start(ctx context.Context) error {
 	}
 	e.started = true
 	e.base, e.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	e.loops.Add(2)
+	e.loops.Add(3)
 	go e.claimLoop(e.base)
 	go e.heartbeatLoop(e.base)
+	go e.maintainLoop(e.base)
 	return nil
 }
 
@@ -489,15 +509,15 @@ func (e *Engine) DeleteRun(ctx context.Context, tenant, id string) error {
 		if tx.dialect() == sqldb.Postgres {
 			lock = " FOR UPDATE"
 		}
-		var state, ended int64
-		if err := queryRow(ctx, tx, `SELECT state, end_time FROM loom.runs WHERE id = ? AND tenant = ?`+lock, []any{id, tenant}, &state, &ended); err != nil {
+		var state, ended, created int64
+		if err := queryRow(ctx, tx, `SELECT state, end_time, create_time FROM loom.runs WHERE id = ? AND tenant = ?`+lock, []any{id, tenant}, &state, &ended, &created); err != nil {
 			return notFound(err)
 		}
 		if !isTerminal(orchestratorv1.RunState(state)) && ended == 0 {
 			return fmt.Errorf("run %q is %s: cancel it first: %w", id, orchestratorv1.RunState(state), orchestrator.ErrFailedPrecondition)
 		}
 		return tx.execAll(ctx, []stmt{
-			{`DELETE FROM loom.run_events WHERE run_id = ?`, []any{id}},
+			{`DELETE FROM loom.run_events WHERE run_id = ? AND event_time >= ?`, []any{id, created}},
 			{`DELETE FROM loom.run_steps WHERE run_id = ?`, []any{id}},
 			{`DELETE FROM loom.runs WHERE id = ?`, []any{id}},
 		})
@@ -514,12 +534,14 @@ func (e *Engine) DeleteRun(ctx context.Context, tenant, id string) error {
 func (e *Engine) Events(ctx context.Context, tenant, id string, afterSequence int64, limit int) ([]*orchestratorv1.WatchRunResponse, bool, error) {
 	// One reader for both queries: the events are read from the same server as the state, or a newer one.
 	rd := e.replicaReader(ctx)
-	var state int64
-	if err := queryRow(ctx, rd, `SELECT state FROM loom.runs WHERE id = ? AND tenant = ?`, []any{id, tenant}, &state); err != nil {
+	var state, created int64
+	if err := queryRow(ctx, rd, `SELECT state, create_time FROM loom.runs WHERE id = ? AND tenant = ?`, []any{id, tenant}, &state, &created); err != nil {
 		return nil, false, fmt.Errorf("run events %q: %w", id, notFound(err))
 	}
+	// No event of a run is older than the run (see run.changes): on Postgres the bound skips the partitions of
+	// the days before it.
 	rs, done, err := rd.query(ctx,
-		`SELECT event FROM loom.run_events WHERE run_id = ? AND sequence > ? ORDER BY sequence LIMIT ?`, id, afterSequence, max(limit, 1))
+		`SELECT event FROM loom.run_events WHERE run_id = ? AND event_time >= ? AND sequence > ? ORDER BY sequence LIMIT ?`, id, created, afterSequence, max(limit, 1))
 	if err != nil {
 		return nil, false, fmt.Errorf("run events %q: %w", id, err)
 	}
