@@ -134,7 +134,10 @@ type Engine struct {
 
 	progs programs
 	stmts stmtCache
-	wake  chan struct{}
+	// upgradedUntil is the end of the range of the partition run_events_upgraded (Postgres; 0 without one): the
+	// events stored before partitions existed have that partition's time, whatever their run's.
+	upgradedUntil int64
+	wake          chan struct{}
 
 	commitMu      sync.Mutex
 	queue         []*commitReq // waiting for a leader
@@ -173,6 +176,7 @@ func NewPostgres(ctx context.Context, logger *slog.Logger, db *sqldb.DB, agents 
 		return nil, fmt.Errorf("engine: NewPostgres needs a Postgres database, got %s", db.Dialect)
 	}
 	db = db.Component(sqldb.OrchestratorComponent)
+	var err error
 	// Replicas starting together would race to create River's types and triggers.
 	if err := db.Locked(ctx, func(ctx context.Context) error { return migrateRiver(ctx, riverpgxv5.New(db.Pool), db.Schema) }); err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
@@ -180,6 +184,9 @@ func NewPostgres(ctx context.Context, logger *slog.Logger, db *sqldb.DB, agents 
 	e := newEngine(logger, db, agents, memory, cfg)
 	// The partitions of today and the coming days exist before the first event is written.
 	if _, err := e.MaintainEvents(ctx); err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
+	}
+	if e.upgradedUntil, err = e.upgradedPartitionEnd(ctx); err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
 	return e, nil
@@ -534,14 +541,15 @@ func (e *Engine) DeleteRun(ctx context.Context, tenant, id string) error {
 func (e *Engine) Events(ctx context.Context, tenant, id string, afterSequence int64, limit int) ([]*orchestratorv1.WatchRunResponse, bool, error) {
 	// One reader for both queries: the events are read from the same server as the state, or a newer one.
 	rd := e.replicaReader(ctx)
-	var state, created int64
-	if err := queryRow(ctx, rd, `SELECT state, create_time FROM loom.runs WHERE id = ? AND tenant = ?`, []any{id, tenant}, &state, &created); err != nil {
+	var state, created, ended int64
+	if err := queryRow(ctx, rd, `SELECT state, create_time, end_time FROM loom.runs WHERE id = ? AND tenant = ?`, []any{id, tenant}, &state, &created, &ended); err != nil {
 		return nil, false, fmt.Errorf("run events %q: %w", id, notFound(err))
 	}
-	// No event of a run is older than the run (see run.changes): on Postgres the bound skips the partitions of
-	// the days before it.
+	// On Postgres the time bounds skip the partitions of the days outside the run's life (see eventTimeRange).
+	from, to := e.eventTimeRange(created, ended)
 	rs, done, err := rd.query(ctx,
-		`SELECT event FROM loom.run_events WHERE run_id = ? AND event_time >= ? AND sequence > ? ORDER BY sequence LIMIT ?`, id, created, afterSequence, max(limit, 1))
+		`SELECT event FROM loom.run_events WHERE run_id = ? AND event_time >= ? AND event_time <= ? AND sequence > ? ORDER BY sequence LIMIT ?`,
+		id, from, to, afterSequence, max(limit, 1))
 	if err != nil {
 		return nil, false, fmt.Errorf("run events %q: %w", id, err)
 	}

@@ -50,6 +50,40 @@ type EventMaintenance struct {
 	Bound time.Time
 }
 
+// eventClockSlack is how far apart the clocks of two replicas may be for reads of a finished run's events to
+// find them all: an event's time comes from the clock of the replica that wrote it, the run's end time from the
+// one that ended it. Leases already need the clocks within a fraction of LeaseDuration; this is far wider.
+const eventClockSlack = time.Hour
+
+// eventTimeRange bounds the event_time of a run's events, from the run's creation and end (0: not ended), so
+// that reads on Postgres skip the partitions of other days: no event is older than its run (run.changes clamps
+// it), none newer than its end (or, while it runs, now) plus eventClockSlack, except those stored before
+// partitions, which lie in run_events_upgraded.
+func (e *Engine) eventTimeRange(created, ended int64) (int64, int64) {
+	if ended == 0 {
+		// Nothing written yet is newer than now, give or take the slack; skips the partitions made ahead.
+		return created, max(e.now().Add(eventClockSlack).UnixMicro(), e.upgradedUntil)
+	}
+	return created, max(ended+eventClockSlack.Microseconds(), e.upgradedUntil)
+}
+
+// upgradedPartitionEnd reads the end of run_events_upgraded's range from the catalog, 0 when there is none.
+func (e *Engine) upgradedPartitionEnd(ctx context.Context) (int64, error) {
+	var bound *string
+	if err := e.db.Pool.QueryRow(ctx, `SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_class c WHERE c.oid = to_regclass($1)`,
+		e.db.Table("run_events_upgraded")).Scan(&bound); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("run_events_upgraded: %w", err)
+	}
+	if bound == nil {
+		return 0, nil
+	}
+	m := boundRE.FindStringSubmatch(*bound)
+	if m == nil {
+		return 0, fmt.Errorf("run_events_upgraded: unexpected bound %q", *bound)
+	}
+	return parseBound(m[2])
+}
+
 // MaintainEvents makes the partitions of the next days (Postgres) and applies Config.EventRetention, once. The
 // engine runs it when it is made and every Config.EventMaintenanceInterval while started; replicas on one
 // database take turns (a pass that finds another replica's pass running does nothing).
