@@ -404,7 +404,7 @@ func buildOrchestrator(ctx context.Context, cfg config, logger *slog.Logger, c *
 			logger.Warn("stop run engine", "err", err)
 		}
 	}
-	svc := orchestrator.New(logger, store, c.agent, c.memory, orchestrator.WithRuns(eng)).Service()
+	svc := orchestrator.New(logger, store, eng).Service()
 	svc.Ready = db.PingContext
 	return svc, closeFn, nil
 }
