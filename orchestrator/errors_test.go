@@ -41,7 +41,7 @@ func TestConnectError(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			var logs bytes.Buffer
-			s := New(slog.New(slog.NewTextHandler(&logs, nil)), nil, nil, nil)
+			s := New(slog.New(slog.NewTextHandler(&logs, nil)), nil, nil)
 			got := s.connectError(context.Background(), tt.err)
 			var ce *connect.Error
 			if !errors.As(got, &ce) || ce.Code() != tt.code {

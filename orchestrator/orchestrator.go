@@ -6,9 +6,8 @@
 // connect handler at the edge: it reads the caller's tenant from the context (internal/principal), calls the
 // domain and maps errors to connect codes in one place ([Server.connectError]).
 //
-// Durable runs (StartRun, GetRun, ListRuns, CancelRun, WatchRun, ListPendingApprovals, SubmitApproval) are
-// served by a [Runs] implementation, orchestrator/engine, given with [WithRuns]; without one those RPCs answer
-// Unimplemented.
+// Durable runs (StartRun, GetRun, ListRuns, CancelRun, DeleteRun, WatchRun, ListPendingApprovals,
+// SubmitApproval) are served by the [Runs] implementation given to [New], orchestrator/engine.
 //
 // [blueprint]: github.com/loom-dev/loom/orchestrator/blueprint
 // [canvas]: github.com/loom-dev/loom/orchestrator/canvas
@@ -25,8 +24,6 @@ import (
 
 	"connectrpc.com/connect"
 
-	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
-	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 	"github.com/loom-dev/loom/gen/loom/orchestrator/v1/orchestratorv1connect"
 	"github.com/loom-dev/loom/internal/dberr"
@@ -47,8 +44,6 @@ const maxErrorsInMessage = 20
 type Server struct {
 	logger    *slog.Logger
 	store     Store
-	agents    agentv1.AgentServiceClient
-	memory    memoryv1.MemoryServiceClient
 	runs      Runs
 	watchPoll time.Duration
 	limits    blueprint.Limits // expression limits checked when a blueprint is saved or validated
@@ -56,9 +51,6 @@ type Server struct {
 
 // Option configures a Server.
 type Option func(*Server)
-
-// WithRuns enables the run RPCs on runs (an *engine.Engine). Without it they answer Unimplemented.
-func WithRuns(runs Runs) Option { return func(s *Server) { s.runs = runs } }
 
 // WithExpressionLimits sets the limits blueprint expressions are checked against when a blueprint is created,
 // updated, validated or laid out inline; the zero Limits (the default) takes blueprint's defaults. The run engine
@@ -70,14 +62,13 @@ func WithWatchPollInterval(d time.Duration) Option { return func(s *Server) { s.
 
 var _ orchestratorv1connect.OrchestratorServiceHandler = (*Server)(nil)
 
-// New returns a Server over store. agents and memory are the clients of the agent and memory services; the run
-// engine (WithRuns) is built over the same clients and is what calls them, so they may be nil when runs are
-// disabled. A nil logger discards.
-func New(logger *slog.Logger, store Store, agents agentv1.AgentServiceClient, memory memoryv1.MemoryServiceClient, opts ...Option) *Server {
+// New returns a Server keeping blueprints in store and serving the run RPCs with runs (an *engine.Engine, which
+// calls the agent and memory services); neither may be nil. A nil logger discards.
+func New(logger *slog.Logger, store Store, runs Runs, opts ...Option) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{logger: logger, store: store, agents: agents, memory: memory, watchPoll: 250 * time.Millisecond}
+	s := &Server{logger: logger, store: store, runs: runs, watchPoll: 250 * time.Millisecond}
 	for _, o := range opts {
 		o(s)
 	}
@@ -244,16 +235,8 @@ func (s *Server) GenerateCanvas(ctx context.Context, req *connect.Request[orches
 	return connect.NewResponse(&orchestratorv1.GenerateCanvasResponse{Canvas: canvas.Generate(bp)}), nil
 }
 
-func unimplemented(rpc string) error {
-	return connect.NewError(connect.CodeUnimplemented,
-		fmt.Errorf("%s is not available: this orchestrator was built without a run engine (orchestrator.WithRuns)", rpc))
-}
-
 // StartRun starts a durable run of a stored blueprint version.
 func (s *Server) StartRun(ctx context.Context, req *connect.Request[orchestratorv1.StartRunRequest]) (*connect.Response[orchestratorv1.StartRunResponse], error) {
-	if s.runs == nil {
-		return nil, unimplemented("StartRun")
-	}
 	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -271,9 +254,6 @@ func (s *Server) StartRun(ctx context.Context, req *connect.Request[orchestrator
 
 // GetRun returns a run with its steps.
 func (s *Server) GetRun(ctx context.Context, req *connect.Request[orchestratorv1.GetRunRequest]) (*connect.Response[orchestratorv1.GetRunResponse], error) {
-	if s.runs == nil {
-		return nil, unimplemented("GetRun")
-	}
 	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -287,9 +267,6 @@ func (s *Server) GetRun(ctx context.Context, req *connect.Request[orchestratorv1
 
 // ListRuns lists runs, newest first, without their steps.
 func (s *Server) ListRuns(ctx context.Context, req *connect.Request[orchestratorv1.ListRunsRequest]) (*connect.Response[orchestratorv1.ListRunsResponse], error) {
-	if s.runs == nil {
-		return nil, unimplemented("ListRuns")
-	}
 	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -303,9 +280,6 @@ func (s *Server) ListRuns(ctx context.Context, req *connect.Request[orchestrator
 
 // CancelRun cancels a run.
 func (s *Server) CancelRun(ctx context.Context, req *connect.Request[orchestratorv1.CancelRunRequest]) (*connect.Response[orchestratorv1.CancelRunResponse], error) {
-	if s.runs == nil {
-		return nil, unimplemented("CancelRun")
-	}
 	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -319,9 +293,6 @@ func (s *Server) CancelRun(ctx context.Context, req *connect.Request[orchestrato
 
 // DeleteRun deletes a finished run.
 func (s *Server) DeleteRun(ctx context.Context, req *connect.Request[orchestratorv1.DeleteRunRequest]) (*connect.Response[orchestratorv1.DeleteRunResponse], error) {
-	if s.runs == nil {
-		return nil, unimplemented("DeleteRun")
-	}
 	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -335,9 +306,6 @@ func (s *Server) DeleteRun(ctx context.Context, req *connect.Request[orchestrato
 // WatchRun sends the run's events after after_sequence, then polls for new ones until the run has ended and
 // every event has been sent, or the client goes away.
 func (s *Server) WatchRun(ctx context.Context, req *connect.Request[orchestratorv1.WatchRunRequest], stream *connect.ServerStream[orchestratorv1.WatchRunResponse]) error {
-	if s.runs == nil {
-		return unimplemented("WatchRun")
-	}
 	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return s.connectError(ctx, err)
@@ -373,9 +341,6 @@ const watchBatch = 100
 
 // ListPendingApprovals lists approval steps waiting for a person, oldest first.
 func (s *Server) ListPendingApprovals(ctx context.Context, req *connect.Request[orchestratorv1.ListPendingApprovalsRequest]) (*connect.Response[orchestratorv1.ListPendingApprovalsResponse], error) {
-	if s.runs == nil {
-		return nil, unimplemented("ListPendingApprovals")
-	}
 	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -389,9 +354,6 @@ func (s *Server) ListPendingApprovals(ctx context.Context, req *connect.Request[
 
 // SubmitApproval approves or rejects a waiting approval step.
 func (s *Server) SubmitApproval(ctx context.Context, req *connect.Request[orchestratorv1.SubmitApprovalRequest]) (*connect.Response[orchestratorv1.SubmitApprovalResponse], error) {
-	if s.runs == nil {
-		return nil, unimplemented("SubmitApproval")
-	}
 	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.connectError(ctx, err)

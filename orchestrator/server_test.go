@@ -39,7 +39,7 @@ type clients struct {
 // start serves an orchestrator on the real server (interceptors, limits) and returns Connect and grpc-go clients.
 func start(t *testing.T) clients { return startWith(t, nil) }
 
-// startWith serves an orchestrator; with agents, it has a run engine (SQLite) calling them.
+// startWith serves an orchestrator whose run engine (SQLite) calls agents (nil: fakes that answer at once).
 func startWith(t *testing.T, agents *orchestratortest.Agents) clients {
 	t.Helper()
 	c, _ := startWithURL(t, agents)
@@ -61,23 +61,22 @@ func startWithEngine(t *testing.T, agents *orchestratortest.Agents, cfg engine.C
 	if err != nil {
 		t.Fatal(err)
 	}
-	var opts []orchestrator.Option
-	if agents != nil {
-		eng, err := engine.NewSQLite(ctx, nil, db, agents, &orchestratortest.Memory{}, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := eng.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			_ = eng.Stop(ctx)
-		})
-		opts = append(opts, orchestrator.WithRuns(eng), orchestrator.WithWatchPollInterval(20*time.Millisecond))
+	if agents == nil {
+		agents = &orchestratortest.Agents{}
 	}
-	svc := orchestrator.New(nil, store, agents, nil, opts...).Service()
+	eng, err := engine.NewSQLite(ctx, nil, db, agents, &orchestratortest.Memory{}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := eng.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = eng.Stop(ctx)
+	})
+	svc := orchestrator.New(nil, store, eng, orchestrator.WithWatchPollInterval(20*time.Millisecond)).Service()
 	srv := rpcservertest.Start(t, rpcserver.Config{}, rpcservertest.TenantAuthenticator, svc)
 	conn := srv.GRPCConn(t)
 	return clients{
@@ -242,56 +241,6 @@ func TestRequestsAreCheckedConnect(t *testing.T) {
 	wantCode(t, err, connect.CodeUnauthenticated)
 }
 
-func TestRunRPCsAreUnimplementedConnect(t *testing.T) {
-	t.Parallel()
-	c := start(t).connect
-	ctx := context.Background()
-	calls := map[string]func() error{
-		"StartRun": func() error {
-			_, err := c.StartRun(ctx, request("acme", &orchestratorv1.StartRunRequest{Blueprint: "alpha"}))
-			return err
-		},
-		"GetRun": func() error {
-			_, err := c.GetRun(ctx, request("acme", &orchestratorv1.GetRunRequest{Id: "r1"}))
-			return err
-		},
-		"ListRuns": func() error {
-			_, err := c.ListRuns(ctx, request("acme", &orchestratorv1.ListRunsRequest{}))
-			return err
-		},
-		"CancelRun": func() error {
-			_, err := c.CancelRun(ctx, request("acme", &orchestratorv1.CancelRunRequest{Id: "r1"}))
-			return err
-		},
-		"ListPendingApprovals": func() error {
-			_, err := c.ListPendingApprovals(ctx, request("acme", &orchestratorv1.ListPendingApprovalsRequest{}))
-			return err
-		},
-		"SubmitApproval": func() error {
-			_, err := c.SubmitApproval(ctx, request("acme", &orchestratorv1.SubmitApprovalRequest{
-				RunId: "r1", StepId: "a", Decision: orchestratorv1.Decision_DECISION_APPROVE,
-			}))
-			return err
-		},
-		"WatchRun": func() error {
-			stream, err := c.WatchRun(ctx, request("acme", &orchestratorv1.WatchRunRequest{Id: "r1"}))
-			if err != nil {
-				return err
-			}
-			defer stream.Close()
-			for stream.Receive() {
-			}
-			return stream.Err()
-		},
-	}
-	for name, call := range calls {
-		ce := wantCode(t, call(), connect.CodeUnimplemented)
-		if ce != nil && !strings.Contains(ce.Message(), name) {
-			t.Errorf("%s message = %q, want it to name the RPC", name, ce.Message())
-		}
-	}
-}
-
 func TestGRPCClient(t *testing.T) {
 	t.Parallel()
 	c := start(t).grpc
@@ -342,15 +291,19 @@ func TestGRPCClient(t *testing.T) {
 	if _, err := c.GetBlueprint(grpcCtx(t, "intruder"), &orchestratorv1.GetBlueprintRequest{Name: "viagrpc"}); status.Code(err) != codes.NotFound {
 		t.Errorf("GetBlueprint(other tenant) code = %v, want NotFound", status.Code(err))
 	}
-	if _, err := c.StartRun(ctx, &orchestratorv1.StartRunRequest{Blueprint: "viagrpc"}); status.Code(err) != codes.Unimplemented {
-		t.Errorf("StartRun() code = %v, want Unimplemented", status.Code(err))
+	// The run RPCs over grpc-go: a run starts and its events stream.
+	in, _ := structpb.NewStruct(map[string]any{"q": "hi"})
+	run, err := c.StartRun(ctx, &orchestratorv1.StartRunRequest{Blueprint: "viagrpc", Input: in})
+	if err != nil {
+		t.Fatalf("StartRun() error = %v", err)
 	}
-	stream, err := c.WatchRun(ctx, &orchestratorv1.WatchRunRequest{Id: "r1"})
+	stream, err := c.WatchRun(ctx, &orchestratorv1.WatchRunRequest{Id: run.GetRun().GetId()})
+	var ev *orchestratorv1.WatchRunResponse
 	if err == nil {
-		_, err = stream.Recv()
+		ev, err = stream.Recv()
 	}
-	if status.Code(err) != codes.Unimplemented {
-		t.Errorf("WatchRun() code = %v, want Unimplemented", status.Code(err))
+	if err != nil || ev.GetRunStarted() == nil {
+		t.Errorf("WatchRun() first event = %v, %v, want RunStarted", ev, err)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/telemetry"
 	"github.com/loom-dev/loom/memory"
+	"github.com/loom-dev/loom/orchestrator/engine"
 )
 
 // allServices are the services `loom serve` can run, in start order.
@@ -73,6 +74,8 @@ type config struct {
 	DebugListen     string        // pprof listener address, empty for none (--debug-listen)
 	// MetricsTenantLabels adds a tenant label to the per-tenant metrics (--metrics-tenant-labels).
 	MetricsTenantLabels bool
+	// RunEventRetention is how long the orchestrator keeps run events; 0 keeps them forever (--run-event-retention).
+	RunEventRetention time.Duration
 	// OTel holds the OTEL_* variables tracing is configured by (see telemetry.Setup); obs is what serve builds
 	// from them, not a flag.
 	OTel telemetry.EnvValues
@@ -166,6 +169,7 @@ var serveFlags = []flagSpec{
 	{"openai-base-url", "LOOM_OPENAI_BASE_URL", "", "OpenAI-compatible base URL (OpenAI, Ollama, vLLM, llama.cpp), e.g. http://localhost:11434/v1"},
 	{"rescue-after", "LOOM_RESCUE_AFTER", "1m", "deprecated and ignored: the orchestrator's run lease decides failover (see --orchestrator-lease)"},
 	{"orchestrator-lease", "LOOM_ORCHESTRATOR_LEASE", "3s", "orchestrator: a replica owns each run it executes under a lease it renews every third of this; after a crash another replica resumes the run once the lease lapses (a slow step on a live replica is never taken over)"},
+	{"run-event-retention", "LOOM_RUN_EVENT_RETENTION", "0", "orchestrator: how long run events (what WatchRun replays) are kept, e.g. 720h; 0 keeps them forever. Events of unfinished runs are never removed. Postgres drops whole daily partitions, SQLite deletes in batches; at least 1h"},
 	{"log-level", "LOOM_LOG_LEVEL", "info", "debug, info, warn or error"},
 	{"log-format", "LOOM_LOG_FORMAT", "text", "text or json"},
 	{"log-rpc-sample", "LOOM_LOG_RPC_SAMPLE", "0", "fraction (0 to 1) of successful RPCs logged at info; the rest are logged at debug. Failed and slow RPCs are always logged"},
@@ -175,7 +179,7 @@ var serveFlags = []flagSpec{
 }
 
 // flagKinds gives the type of the serve flags whose default does not tell it (see flagKind).
-var flagKinds = map[string]string{"rate-limit": "float", "log-rpc-sample": "float"}
+var flagKinds = map[string]string{"rate-limit": "float", "log-rpc-sample": "float", "run-event-retention": "duration"}
 
 // flagKind is the type a serve flag takes: bool, int, float, duration or string, from flagKinds or else from
 // its default value.
@@ -335,6 +339,11 @@ func parseServe(args []string, getenv func(string) string, out io.Writer) (confi
 	c.ShutdownGrace = dur("shutdown-grace")
 	c.RescueAfter = dur("rescue-after")
 	c.RunLease = dur("orchestrator-lease")
+	if d, err := time.ParseDuration(get("run-event-retention")); err != nil || (d != 0 && d < engine.MinEventRetention) {
+		errs = append(errs, fmt.Errorf("--run-event-retention: want 0 (keep forever) or a duration of at least %s such as 720h, got %q", engine.MinEventRetention, get("run-event-retention")))
+	} else {
+		c.RunEventRetention = d
+	}
 	c.MaxStreams = num("max-concurrent-streams")
 	c.MaxInFlight = num("max-in-flight")
 	if _, err := fmt.Sscan(get("rate-limit"), &c.RateLimit); err != nil || c.RateLimit < 0 || c.RateLimit != c.RateLimit {
@@ -482,6 +491,7 @@ func (c config) LogValue() slog.Value {
 		slog.Duration("shutdown_grace", c.ShutdownGrace),
 		slog.Duration("rescue_after", c.RescueAfter),
 		slog.Duration("orchestrator_lease", c.RunLease),
+		slog.Duration("run_event_retention", c.RunEventRetention),
 		slog.Int("max_concurrent_streams", c.MaxStreams),
 		slog.Int("max_in_flight", c.MaxInFlight),
 		slog.Float64("rate_limit", c.RateLimit),

@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
+	"io"
 	"os"
 	"slices"
 	"strings"
@@ -275,6 +277,58 @@ func shiftRunClock(t *testing.T, url string) {
 	}
 }
 
+// watchSequences watches runID from after and returns the sequences received: n of them, or (n = 0) all until
+// the run ends.
+func watchSequences(t *testing.T, c orchestratorv1.OrchestratorServiceClient, runID string, after int64, n int) []int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := c.WatchRun(ctx, &orchestratorv1.WatchRunRequest{Id: runID, AfterSequence: after})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int64
+	for n == 0 || len(out) < n {
+		ev, err := s.Recv()
+		if err != nil {
+			if n != 0 || !errors.Is(err, io.EOF) {
+				t.Fatalf("WatchRun(%s, after %d): %v after %v", runID, after, err, out)
+			}
+			break
+		}
+		out = append(out, ev.GetSequence())
+	}
+	return out
+}
+
+func seqRange(from, to int64) []int64 {
+	var out []int64
+	for i := from; i <= to; i++ {
+		out = append(out, i)
+	}
+	return out
+}
+
+// eventPartitions lists the partitions of the orchestrator's run_events in the database at url (pg_inherits).
+func eventPartitions(t *testing.T, url string) []string {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(context.Background(), `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		WHERE i.inhparent = 'loom_orchestrator.run_events'::regclass ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
 func TestUpgradeFromPublicSchema(t *testing.T) {
 	urlA, urlB := sqldbtest.PostgresURL(t), sqldbtest.PostgresURL(t)
 	restoreDump(t, urlA, "testdata/upgrade/legacy_a.sql")
@@ -332,8 +386,21 @@ func TestUpgradeFromPublicSchema(t *testing.T) {
 	if err != nil || bp.GetBlueprint().GetVersion() != 1 {
 		t.Errorf("blueprint after upgrade: %v %v", bp, err)
 	}
+	// The run's seven events moved into the partitioned event table (its partition run_events_upgraded) and are
+	// watched from the start.
+	const legacyRun = "run_7629fabd49559ae86bcc78af"
+	if got := watchSequences(t, cb.orch, legacyRun, 0, 7); !slices.Equal(got, []int64{1, 2, 3, 4, 5, 6, 7}) {
+		t.Errorf("WatchRun of the upgraded run = %v, want its 7 stored events", got)
+	}
+	if got := eventPartitions(t, urlB); !slices.Contains(got, "run_events_upgraded") || len(got) < 2 {
+		t.Errorf("partitions of loom_orchestrator.run_events = %v, want run_events_upgraded and the coming days'", got)
+	}
 	// The run was waiting for its approval when the old release stopped; River's job moved with it.
-	approveAndWait(t, rpcClients{memory: ca.memory, agent: ca.agent, orch: cb.orch, admin: ca.admin}, "run_7629fabd49559ae86bcc78af")
+	approveAndWait(t, rpcClients{memory: ca.memory, agent: ca.agent, orch: cb.orch, admin: ca.admin}, legacyRun)
+	// A watcher resuming after event 5 gets the stored events 6 and 7, then the new ones, in sequence, to the end.
+	if got := watchSequences(t, cb.orch, legacyRun, 5, 0); len(got) < 4 || !slices.Equal(got, seqRange(6, int64(5+len(got)))) {
+		t.Errorf("WatchRun after 5 = %v, want 6, 7 and the events after the approval, to the end", got)
+	}
 
 	for _, url := range []string{urlA, urlB} {
 		if pub := loomTables(t, url)["public"]; len(pub) != 0 {

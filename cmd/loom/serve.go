@@ -394,7 +394,7 @@ func buildOrchestrator(ctx context.Context, cfg config, logger *slog.Logger, c *
 		return rpcserver.Service{}, nil, err
 	}
 	var eng *engine.Engine
-	ecfg := engine.Config{LeaseDuration: cfg.RunLease, TracerProvider: cfg.obs.tracer, Metrics: cfg.obs.workflows}
+	ecfg := engine.Config{LeaseDuration: cfg.RunLease, EventRetention: cfg.RunEventRetention, TracerProvider: cfg.obs.tracer, Metrics: cfg.obs.workflows}
 	if db.Dialect == sqldb.Postgres {
 		eng, err = engine.NewPostgres(ctx, logger, db, c.agent, c.memory, ecfg)
 	} else {
@@ -413,7 +413,7 @@ func buildOrchestrator(ctx context.Context, cfg config, logger *slog.Logger, c *
 			logger.Warn("stop run engine", "err", err)
 		}
 	}
-	svc := orchestrator.New(logger, store, c.agent, c.memory, orchestrator.WithRuns(eng)).Service()
+	svc := orchestrator.New(logger, store, eng).Service()
 	svc.Ready = db.PingContext
 	return svc, closeFn, nil
 }

@@ -82,6 +82,14 @@ type Config struct {
 	// so this holds on whichever replica executes the step, also after a takeover), and the step's calls are its
 	// children. Nil means no tracing, at no cost.
 	TracerProvider trace.TracerProvider
+	// EventRetention is how long run events are kept; 0 keeps them forever. Events of unfinished runs are never
+	// removed: see [Engine.MaintainEvents]. On Postgres whole partitions (UTC days) are dropped, so an event may
+	// outlive the bound by up to a day; on SQLite old events are deleted in batches. A value below
+	// MinEventRetention is raised to it.
+	EventRetention time.Duration
+	// EventMaintenanceInterval is how often a started engine makes the coming days' event partitions (Postgres)
+	// and applies EventRetention; 0 means 1h.
+	EventMaintenanceInterval time.Duration
 	// Metrics, when not nil, count finished runs and time steps, and read the queue lag and the pending
 	// approvals from this Engine's database (see [Metrics]). Nil means no metrics.
 	Metrics *Metrics
@@ -99,6 +107,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.LeaseDuration <= 0 {
 		c.LeaseDuration = 3 * time.Second
+	}
+	if c.EventRetention > 0 {
+		c.EventRetention = max(c.EventRetention, MinEventRetention)
+	}
+	if c.EventMaintenanceInterval <= 0 {
+		c.EventMaintenanceInterval = time.Hour
 	}
 	c.Expressions = c.Expressions.WithDefaults()
 	if c.Now == nil {
@@ -120,7 +134,10 @@ type Engine struct {
 
 	progs programs
 	stmts stmtCache
-	wake  chan struct{}
+	// upgradedUntil is the end of the range of the partition run_events_upgraded (Postgres; 0 without one): the
+	// events stored before partitions existed have that partition's time, whatever their run's.
+	upgradedUntil int64
+	wake          chan struct{}
 
 	commitMu      sync.Mutex
 	queue         []*commitReq // waiting for a leader
@@ -159,11 +176,20 @@ func NewPostgres(ctx context.Context, logger *slog.Logger, db *sqldb.DB, agents 
 		return nil, fmt.Errorf("engine: NewPostgres needs a Postgres database, got %s", db.Dialect)
 	}
 	db = db.Component(sqldb.OrchestratorComponent)
+	var err error
 	// Replicas starting together would race to create River's types and triggers.
 	if err := db.Locked(ctx, func(ctx context.Context) error { return migrateRiver(ctx, riverpgxv5.New(db.Pool), db.Schema) }); err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
-	return newEngine(logger, db, agents, memory, cfg), nil
+	e := newEngine(logger, db, agents, memory, cfg)
+	// The partitions of today and the coming days exist before the first event is written.
+	if _, err := e.MaintainEvents(ctx); err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
+	}
+	if e.upgradedUntil, err = e.upgradedPartitionEnd(ctx); err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
+	}
+	return e, nil
 }
 
 // migrateRiver keeps River's tables at their current version, although the engine no longer queues steps as
@@ -207,9 +233,10 @@ func (e *Engine) Start(ctx context.Context) error {
 	}
 	e.started = true
 	e.base, e.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	e.loops.Add(2)
+	e.loops.Add(3)
 	go e.claimLoop(e.base)
 	go e.heartbeatLoop(e.base)
+	go e.maintainLoop(e.base)
 	return nil
 }
 
@@ -489,15 +516,15 @@ func (e *Engine) DeleteRun(ctx context.Context, tenant, id string) error {
 		if tx.dialect() == sqldb.Postgres {
 			lock = " FOR UPDATE"
 		}
-		var state, ended int64
-		if err := queryRow(ctx, tx, `SELECT state, end_time FROM loom.runs WHERE id = ? AND tenant = ?`+lock, []any{id, tenant}, &state, &ended); err != nil {
+		var state, ended, created int64
+		if err := queryRow(ctx, tx, `SELECT state, end_time, create_time FROM loom.runs WHERE id = ? AND tenant = ?`+lock, []any{id, tenant}, &state, &ended, &created); err != nil {
 			return notFound(err)
 		}
 		if !isTerminal(orchestratorv1.RunState(state)) && ended == 0 {
 			return fmt.Errorf("run %q is %s: cancel it first: %w", id, orchestratorv1.RunState(state), orchestrator.ErrFailedPrecondition)
 		}
 		return tx.execAll(ctx, []stmt{
-			{`DELETE FROM loom.run_events WHERE run_id = ?`, []any{id}},
+			{`DELETE FROM loom.run_events WHERE run_id = ? AND event_time >= ?`, []any{id, created}},
 			{`DELETE FROM loom.run_steps WHERE run_id = ?`, []any{id}},
 			{`DELETE FROM loom.runs WHERE id = ?`, []any{id}},
 		})
@@ -514,12 +541,15 @@ func (e *Engine) DeleteRun(ctx context.Context, tenant, id string) error {
 func (e *Engine) Events(ctx context.Context, tenant, id string, afterSequence int64, limit int) ([]*orchestratorv1.WatchRunResponse, bool, error) {
 	// One reader for both queries: the events are read from the same server as the state, or a newer one.
 	rd := e.replicaReader(ctx)
-	var state int64
-	if err := queryRow(ctx, rd, `SELECT state FROM loom.runs WHERE id = ? AND tenant = ?`, []any{id, tenant}, &state); err != nil {
+	var state, created, ended int64
+	if err := queryRow(ctx, rd, `SELECT state, create_time, end_time FROM loom.runs WHERE id = ? AND tenant = ?`, []any{id, tenant}, &state, &created, &ended); err != nil {
 		return nil, false, fmt.Errorf("run events %q: %w", id, notFound(err))
 	}
+	// On Postgres the time bounds skip the partitions of the days outside the run's life (see eventTimeRange).
+	from, to := e.eventTimeRange(created, ended)
 	rs, done, err := rd.query(ctx,
-		`SELECT event FROM loom.run_events WHERE run_id = ? AND sequence > ? ORDER BY sequence LIMIT ?`, id, afterSequence, max(limit, 1))
+		`SELECT event FROM loom.run_events WHERE run_id = ? AND event_time >= ? AND event_time <= ? AND sequence > ? ORDER BY sequence LIMIT ?`,
+		id, from, to, afterSequence, max(limit, 1))
 	if err != nil {
 		return nil, false, fmt.Errorf("run events %q: %w", id, err)
 	}

@@ -233,11 +233,14 @@ func (e *Engine) dispatch(r *run, s *step, now time.Time) {
 	case *orchestratorv1.Step_Delay:
 		started(orchestratorv1.StepState_STEP_STATE_RUNNING)
 		s.deadline = now.Add(max(k.Delay.GetDuration().AsDuration(), 0)).UnixMicro()
-	default:
+	case *orchestratorv1.Step_Agent, *orchestratorv1.Step_Map, *orchestratorv1.Step_MemorySearch, *orchestratorv1.Step_MemoryUpsert:
 		// The attempt is recorded (recordAttempts) by whoever executes it, in the same commit when that is the
 		// owner dispatching it.
 		r.start(s, orchestratorv1.StepState_STEP_STATE_RUNNING, now)
 		s.needsAttempt = true
+	default:
+		// A kind added to the contract and not here (TestEveryStepKindIsExecuted catches it).
+		r.failStep(s, fmt.Sprintf("step kind %T is not executed by this engine", k), now)
 	}
 }
 

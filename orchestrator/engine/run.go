@@ -515,11 +515,13 @@ func (r *run) changes(dialect sqldb.Dialect) ([]stmt, error) {
 			start_time = v.start_time, end_time = v.end_time, deadline = v.deadline FROM v
 			WHERE loom.run_steps.run_id = ? AND loom.run_steps.step_id = v.step_id`, append(args, r.id)})
 	}
-	// Events in multi-row INSERTs, 100 rows (300 parameters) each.
+	// Events in multi-row INSERTs, 100 rows (400 parameters) each. event_time, the key of the partitions on
+	// Postgres and of retention, is the event's time, but never before the run's creation (a replica's clock may
+	// lag the one that started the run): reads of a run's events look only from its creation on.
 	for i := 0; i < len(r.events); i += 100 {
 		chunk := r.events[i:min(len(r.events), i+100)]
-		q := `INSERT INTO loom.run_events (run_id, sequence, event) VALUES `
-		args := make([]any, 0, 3*len(chunk))
+		q := `INSERT INTO loom.run_events (run_id, sequence, event_time, event) VALUES `
+		args := make([]any, 0, 4*len(chunk))
 		for j, ev := range chunk {
 			b, err := marshal(ev)
 			if err != nil {
@@ -528,8 +530,8 @@ func (r *run) changes(dialect sqldb.Dialect) ([]stmt, error) {
 			if j > 0 {
 				q += ", "
 			}
-			q += "(?, ?, ?)"
-			args = append(args, r.id, ev.GetSequence(), b)
+			q += "(?, ?, ?, ?)"
+			args = append(args, r.id, ev.GetSequence(), max(ev.GetTime().AsTime().UnixMicro(), r.created), b)
 		}
 		stmts = append(stmts, stmt{q, args})
 	}

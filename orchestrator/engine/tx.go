@@ -170,33 +170,15 @@ type txn struct {
 // execAll runs statements in order: on Postgres in one round trip (a pgx batch), on SQLite one by one (they are
 // in-process calls).
 func (t *txn) execAll(ctx context.Context, stmts []stmt) error {
-	if len(stmts) == 0 {
-		return nil
-	}
-	if t.pg == nil {
-		for _, s := range stmts {
-			if _, err := t.exec(ctx, s.query, s.args...); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	b := &pgx.Batch{}
-	for _, s := range stmts {
-		b.Queue(t.db.Rebind(s.query), s.args...)
-	}
-	res := t.pg.SendBatch(ctx, b)
-	for range stmts {
-		if _, err := res.Exec(); err != nil {
-			_ = res.Close()
-			return err
-		}
-	}
-	return res.Close()
+	_, err := t.execCounts(ctx, stmts)
+	return err
 }
 
 // execCounts runs statements (on Postgres in one round trip) and returns how many rows each changed.
 func (t *txn) execCounts(ctx context.Context, stmts []stmt) ([]int64, error) {
+	if len(stmts) == 0 {
+		return nil, nil
+	}
 	counts := make([]int64, len(stmts))
 	if t.pg == nil {
 		for i, s := range stmts {
@@ -224,8 +206,8 @@ func (t *txn) execCounts(ctx context.Context, stmts []stmt) ([]int64, error) {
 	return counts, res.Close()
 }
 
-// execFirst runs statements in one round trip on Postgres (on SQLite one by one) and returns how many rows the
-// first one changed.
+// execFirst runs statements in one round trip on Postgres (on SQLite one by one, stopping when the first changes
+// nothing) and returns how many rows the first one changed.
 func (t *txn) execFirst(ctx context.Context, stmts []stmt) (int64, error) {
 	if t.pg == nil {
 		n, err := t.exec(ctx, stmts[0].query, stmts[0].args...)
@@ -234,23 +216,11 @@ func (t *txn) execFirst(ctx context.Context, stmts []stmt) (int64, error) {
 		}
 		return n, t.execAll(ctx, stmts[1:])
 	}
-	b := &pgx.Batch{}
-	for _, s := range stmts {
-		b.Queue(t.db.Rebind(s.query), s.args...)
+	counts, err := t.execCounts(ctx, stmts)
+	if err != nil {
+		return 0, err
 	}
-	res := t.pg.SendBatch(ctx, b)
-	var first int64
-	for i := range stmts {
-		tag, err := res.Exec()
-		if err != nil {
-			_ = res.Close()
-			return 0, err
-		}
-		if i == 0 {
-			first = tag.RowsAffected()
-		}
-	}
-	return first, res.Close()
+	return counts[0], nil
 }
 
 // inTx runs fn in a write transaction: through the pgx pool on Postgres, database/sql on SQLite (whose
