@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -78,32 +79,46 @@ func checkMessage(m protoreflect.Message, path string, max, depth int) error {
 	if depth > msgDepthLimit {
 		return fmt.Errorf("%s: messages nested deeper than %d levels: %w", orRoot(path), msgDepthLimit, ErrTooDeep)
 	}
-	var err error
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd.Message() == nil {
-			return true
+	// Fields in declaration order and map entries by key, so the error reported (the first found) is always the
+	// same one: Range's order is undefined.
+	fields := m.Descriptor().Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		if fd.Message() == nil || !m.Has(fd) {
+			continue
 		}
+		v := m.Get(fd)
 		p := join(path, string(fd.Name()))
 		switch {
 		case fd.IsList():
 			l := v.List()
-			for i := 0; i < l.Len() && err == nil; i++ {
-				err = checkMessage(l.Get(i).Message(), p+"["+strconv.Itoa(i)+"]", max, depth+1)
+			for i := 0; i < l.Len(); i++ {
+				if err := checkMessage(l.Get(i).Message(), p+"["+strconv.Itoa(i)+"]", max, depth+1); err != nil {
+					return err
+				}
 			}
 		case fd.IsMap():
 			if fd.MapValue().Message() == nil {
-				return true
+				continue
 			}
-			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
-				err = checkMessage(mv.Message(), p+"["+strconv.Quote(k.String())+"]", max, depth+1)
-				return err == nil
+			var keys []protoreflect.MapKey
+			v.Map().Range(func(k protoreflect.MapKey, _ protoreflect.Value) bool {
+				keys = append(keys, k)
+				return true
 			})
+			slices.SortFunc(keys, func(a, b protoreflect.MapKey) int { return strings.Compare(a.String(), b.String()) })
+			for _, k := range keys {
+				if err := checkMessage(v.Map().Get(k).Message(), p+"["+strconv.Quote(k.String())+"]", max, depth+1); err != nil {
+					return err
+				}
+			}
 		default:
-			err = checkMessage(v.Message(), p, max, depth+1)
+			if err := checkMessage(v.Message(), p, max, depth+1); err != nil {
+				return err
+			}
 		}
-		return err == nil
-	})
-	return err
+	}
+	return nil
 }
 
 // jsonDepth returns the JSON nesting of a Struct, Value or ListValue, or stop once it reaches stop.
