@@ -32,6 +32,7 @@ import (
 	"github.com/loom-dev/loom/memory/embed/gemini"
 	"github.com/loom-dev/loom/memory/embed/openai"
 	"github.com/loom-dev/loom/memory/localstore"
+	"github.com/loom-dev/loom/memory/memoryrpc"
 	"github.com/loom-dev/loom/memory/pgstore"
 	"github.com/loom-dev/loom/orchestrator"
 	"github.com/loom-dev/loom/orchestrator/engine"
@@ -318,13 +319,13 @@ func buildMemory(ctx context.Context, cfg config, logger *slog.Logger, dbs *data
 		if err != nil {
 			return rpcserver.Service{}, nil, err
 		}
-		s, err := pgstore.New(ctx, db, pgstore.WithQuota(cfg.MemoryQuota), pgstore.WithMetrics(cfg.obs.memory))
+		s, err := pgstore.New(ctx, db, pgstore.WithQuota(cfg.MemoryQuota), pgstore.WithObserver(memoryrpc.SearchTelemetry(cfg.obs.memory)))
 		if err != nil {
 			return rpcserver.Service{}, nil, err
 		}
 		store, closeFn = s, func() { s.Close() }
 	} else {
-		s, err := localstore.Open(filepath.Join(cfg.DataDir, "memory"), localstore.WithQuota(cfg.MemoryQuota), localstore.WithMetrics(cfg.obs.memory))
+		s, err := localstore.Open(filepath.Join(cfg.DataDir, "memory"), localstore.WithQuota(cfg.MemoryQuota), localstore.WithObserver(memoryrpc.SearchTelemetry(cfg.obs.memory)))
 		if err != nil {
 			return rpcserver.Service{}, nil, err
 		}
@@ -336,7 +337,7 @@ func buildMemory(ctx context.Context, cfg config, logger *slog.Logger, dbs *data
 		closeFn()
 		return rpcserver.Service{}, nil, err
 	}
-	return memory.New(logger, store, embedders).Service(), closeFn, nil
+	return memoryrpc.New(logger, store, embedders).Service(), closeFn, nil
 }
 
 // buildAgent opens the agent store (SQLite in the data dir, or Postgres) and gives the agent its memory client.

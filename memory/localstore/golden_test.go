@@ -13,9 +13,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"google.golang.org/protobuf/testing/protocmp"
 
-	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/memory"
 )
 
@@ -63,26 +61,24 @@ func TestGoldenLogOpens(t *testing.T) {
 		t.Errorf("deleted namespace: %v, want ErrNotFound", err)
 	}
 
-	str := func(s string) *memoryv1.Value { return &memoryv1.Value{Kind: &memoryv1.Value_StringValue{StringValue: s}} }
-	num := func(f float64) *memoryv1.Value { return &memoryv1.Value{Kind: &memoryv1.Value_NumberValue{NumberValue: f}} }
 	got, err := s.Get(ctx, "acme", "docs", []string{"a", "b/c:d@e.f-g_h", "no-text", "old"}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []memory.Record{
 		{ID: "a", Text: "the cat sat on the mat, again", Vector: []float32{0.1, -0.2, 0.4}, UpdateTime: upd.Add(time.Second),
-			Metadata: map[string]*memoryv1.Value{"kind": str("pet"), "v": num(2)}},
+			Metadata: map[string]memory.Value{"kind": memory.StringValue("pet"), "v": memory.NumberValue(2)}},
 		{ID: "b/c:d@e.f-g_h", Text: "日本語のテキスト", Vector: []float32{-1e-30, 3.4e38, 1}, UpdateTime: upd,
 			ExpireTime: time.Date(2030, 1, 2, 3, 4, 5, 6000, time.UTC)},
 		{ID: "no-text", Vector: []float32{0, 0, 1}, UpdateTime: time.Unix(1, 0).UTC()},
 	}
-	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("acme/docs records (-want +got):\n%s", diff)
 	}
 	if got, _ := s.Get(ctx, "acme", "l2", []string{"p", "q"}, true); len(got) != 1 || got[0].ID != "p" || !slices.Equal(got[0].Vector, []float32{3, 4}) {
 		t.Errorf("acme/l2 = %+v, want p only", got)
 	}
-	if got, _ := s.Get(ctx, "other", "docs", []string{"a"}, false); len(got) != 1 || got[0].Text != "other tenant" || got[0].Metadata["k"].GetStringValue() != "v" {
+	if got, _ := s.Get(ctx, "other", "docs", []string{"a"}, false); len(got) != 1 || got[0].Text != "other tenant" || got[0].Metadata["k"].Str != "v" {
 		t.Errorf("other/docs/a = %+v", got)
 	}
 }
