@@ -333,10 +333,7 @@ func buildMemory(ctx context.Context, cfg config, logger *slog.Logger, dbs *data
 	}
 	embedders := embed.NewRegistry(10000)
 	cfg.obs.memory.SetCacheStats(embedders.CacheStats)
-	if err := configureEmbedders(embedders, cfg); err != nil {
-		closeFn()
-		return rpcserver.Service{}, nil, err
-	}
+	configureEmbedders(embedders, cfg)
 	return memoryrpc.New(logger, store, embedders).Service(), closeFn, nil
 }
 
@@ -467,12 +464,11 @@ func newLogger(cfg config, w io.Writer) *slog.Logger {
 
 // configureEmbedders registers the provider embedders: Gemini when its key is set; OpenAI-compatible when its key
 // or a base URL is set (local servers such as Ollama need no key). "local" is always there.
-func configureEmbedders(r *embed.Registry, cfg config) error {
+func configureEmbedders(r *embed.Registry, cfg config) {
 	if cfg.Secrets.GeminiAPIKey != "" {
 		r.Register("gemini", gemini.Factory(gemini.Config{APIKey: cfg.Secrets.GeminiAPIKey, BaseURL: cfg.GeminiBaseURL}))
 	}
 	if cfg.Secrets.OpenAIAPIKey != "" || cfg.OpenAIBaseURL != "" {
 		r.Register("openai", openai.Factory(openai.Config{APIKey: cfg.Secrets.OpenAIAPIKey, BaseURL: cfg.OpenAIBaseURL}))
 	}
-	return nil
 }
