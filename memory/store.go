@@ -260,13 +260,6 @@ func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
 
 func checkValue(field string, v Value) error {
 	switch v.Kind {
-	case KindString, KindBool:
-		return nil
-	case KindNumber:
-		if !finite(v.Num) {
-			return Invalidf(field+".number_value", "must be finite")
-		}
-		return nil
 	case KindList:
 		for i, s := range v.List {
 			if err := checkScalar(fmt.Sprintf("%s.list_value.values[%d]", field, i), s); err != nil {
@@ -274,8 +267,10 @@ func checkValue(field string, v Value) error {
 			}
 		}
 		return nil
+	case KindNone:
+		return Invalidf(field, "a string, number, bool or list value is required")
 	}
-	return Invalidf(field, "a string, number, bool or list value is required")
+	return checkScalar(field, v.Scalar)
 }
 
 func checkScalar(field string, s Scalar) error {

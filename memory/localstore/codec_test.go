@@ -13,10 +13,10 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/memory"
+	"github.com/loom-dev/loom/memory/memoryrpc"
 )
 
 // The tests here hold the codec to the generated code: what the store logged before it had its own codec was
@@ -25,6 +25,7 @@ import (
 // cmpNaN compares records and namespaces with NaN equal to NaN (bit patterns aside).
 var cmpNaN = cmp.Options{
 	cmpopts.EquateNaNs(),
+	cmpopts.EquateEmpty(),
 	cmp.Comparer(func(a, b memory.Scalar) bool { return sameScalar(a, b) }),
 	cmp.Comparer(func(a, b memory.Value) bool {
 		return sameScalar(a.Scalar, b.Scalar) && slices.EqualFunc(a.List, b.List, sameScalar)
@@ -35,113 +36,14 @@ func sameScalar(a, b memory.Scalar) bool {
 	return a.Kind == b.Kind && a.Str == b.Str && a.Bool == b.Bool && (a.Num == b.Num || math.IsNaN(a.Num) && math.IsNaN(b.Num))
 }
 
-// The generated messages of domain values, as the store built them for its log.
+// What the store logged was memoryrpc.RecordProto(r, true) and memoryrpc.NamespaceProto(ns, false), and what it
+// read back memoryrpc.RecordFromProto; so the conversions of the transport stand for the store's old ones.
 
-func scalarProto(s memory.Scalar) *memoryv1.Scalar {
-	switch s.Kind {
-	case memory.KindString:
-		return &memoryv1.Scalar{Kind: &memoryv1.Scalar_StringValue{StringValue: s.Str}}
-	case memory.KindNumber:
-		return &memoryv1.Scalar{Kind: &memoryv1.Scalar_NumberValue{NumberValue: s.Num}}
-	case memory.KindBool:
-		return &memoryv1.Scalar{Kind: &memoryv1.Scalar_BoolValue{BoolValue: s.Bool}}
-	}
-	return &memoryv1.Scalar{}
-}
-
-func valueProto(v memory.Value) *memoryv1.Value {
-	if v.Kind == memory.KindList {
-		l := &memoryv1.ScalarList{}
-		for _, s := range v.List {
-			l.Values = append(l.Values, scalarProto(s))
-		}
-		return &memoryv1.Value{Kind: &memoryv1.Value_ListValue{ListValue: l}}
-	}
-	switch s := scalarProto(v.Scalar).GetKind().(type) {
-	case *memoryv1.Scalar_StringValue:
-		return &memoryv1.Value{Kind: &memoryv1.Value_StringValue{StringValue: s.StringValue}}
-	case *memoryv1.Scalar_NumberValue:
-		return &memoryv1.Value{Kind: &memoryv1.Value_NumberValue{NumberValue: s.NumberValue}}
-	case *memoryv1.Scalar_BoolValue:
-		return &memoryv1.Value{Kind: &memoryv1.Value_BoolValue{BoolValue: s.BoolValue}}
-	}
-	return &memoryv1.Value{}
-}
-
-func tsProto(t time.Time) *timestamppb.Timestamp {
-	if t.IsZero() {
-		return nil
-	}
-	return timestamppb.New(t)
-}
-
-func recordProto(r memory.Record) *memoryv1.Record {
-	p := &memoryv1.Record{Id: r.ID, Text: r.Text, Vector: r.Vector, ExpireTime: tsProto(r.ExpireTime), UpdateTime: tsProto(r.UpdateTime)}
-	if r.Metadata != nil {
-		p.Metadata = map[string]*memoryv1.Value{}
-		for k, v := range r.Metadata {
-			p.Metadata[k] = valueProto(v)
-		}
-	}
-	return p
-}
-
-func namespaceProto(ns memory.Namespace) *memoryv1.Namespace {
-	return &memoryv1.Namespace{
-		Name: ns.Name, Dimension: int32(ns.Dimension), Metric: memoryv1.Metric(ns.Metric),
-		Embedder:    &memoryv1.Embedder{Provider: ns.EmbedderProvider, Model: ns.EmbedderModel},
-		Index:       &memoryv1.IndexConfig{Kind: memoryv1.IndexKind(ns.IndexKind), M: int32(ns.M), EfConstruction: int32(ns.EfConstruction), EfSearch: int32(ns.EfSearch)},
-		Description: ns.Description, CreateTime: tsProto(ns.CreateTime),
-	}
-}
-
-// The domain values of generated messages, as the store read them back from its log.
-
-func scalarFromProto(s *memoryv1.Scalar) memory.Scalar {
-	switch k := s.GetKind().(type) {
-	case *memoryv1.Scalar_StringValue:
-		return memory.String(k.StringValue)
-	case *memoryv1.Scalar_NumberValue:
-		return memory.Number(k.NumberValue)
-	case *memoryv1.Scalar_BoolValue:
-		return memory.Bool(k.BoolValue)
-	}
-	return memory.Scalar{}
-}
-
-func recordFromProto(p *memoryv1.Record) memory.Record {
-	r := memory.Record{ID: p.GetId(), Text: p.GetText(), Vector: p.GetVector()}
-	if p.GetExpireTime() != nil {
-		r.ExpireTime = p.GetExpireTime().AsTime()
-	}
-	if p.GetUpdateTime() != nil {
-		r.UpdateTime = p.GetUpdateTime().AsTime()
-	}
-	if len(r.Vector) == 0 {
-		r.Vector = nil
-	}
-	for k, v := range p.GetMetadata() {
-		if r.Metadata == nil {
-			r.Metadata = map[string]memory.Value{}
-		}
-		var dv memory.Value
-		switch x := v.GetKind().(type) {
-		case *memoryv1.Value_StringValue:
-			dv = memory.StringValue(x.StringValue)
-		case *memoryv1.Value_NumberValue:
-			dv = memory.NumberValue(x.NumberValue)
-		case *memoryv1.Value_BoolValue:
-			dv = memory.BoolValue(x.BoolValue)
-		case *memoryv1.Value_ListValue:
-			dv = memory.ListValue()
-			for _, s := range x.ListValue.GetValues() {
-				dv.List = append(dv.List, scalarFromProto(s))
-			}
-		}
-		r.Metadata[k] = dv
-	}
-	return r
-}
+var (
+	recordProto     = func(r memory.Record) *memoryv1.Record { return memoryrpc.RecordProto(r, true) }
+	namespaceProto  = func(ns memory.Namespace) *memoryv1.Namespace { return memoryrpc.NamespaceProto(ns, false) }
+	recordFromProto = memoryrpc.RecordFromProto
+)
 
 func randScalar(r *rand.Rand) memory.Scalar {
 	switch r.IntN(7) {
@@ -314,7 +216,7 @@ func TestDecodeOtherEncodings(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("decodeRecord (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(recordFromProto(&p), got); diff != "" {
+	if diff := cmp.Diff(recordFromProto(&p), got, cmpopts.EquateEmpty()); diff != "" {
 		t.Errorf("decodeRecord against proto.Unmarshal (-proto +codec):\n%s", diff)
 	}
 	if _, err := decodeRecord([]byte{0x12, 0x02, 0xff, 0xfe}); err == nil {

@@ -11,8 +11,8 @@ import (
 // protovalidate would refuse still converts (an unset oneof to a zero Kind or Op, which the domain refuses), so
 // a handler never panics on one.
 
-// namespaceProto returns ns as the contract's message, stats included when withStats is set.
-func namespaceProto(ns memory.Namespace, withStats bool) *memoryv1.Namespace {
+// NamespaceProto returns ns as the contract's message, stats included when withStats is set.
+func NamespaceProto(ns memory.Namespace, withStats bool) *memoryv1.Namespace {
 	p := &memoryv1.Namespace{
 		Name:      ns.Name,
 		Dimension: int32(ns.Dimension),
@@ -35,7 +35,7 @@ func namespaceProto(ns memory.Namespace, withStats bool) *memoryv1.Namespace {
 	return p
 }
 
-// namespaceFromProto is the inverse of namespaceProto, without the output-only fields (create_time, stats).
+// namespaceFromProto is the inverse of NamespaceProto, without the output-only fields (create_time, stats).
 func namespaceFromProto(p *memoryv1.Namespace) memory.Namespace {
 	return memory.Namespace{
 		Name:             p.GetName(),
@@ -51,8 +51,8 @@ func namespaceFromProto(p *memoryv1.Namespace) memory.Namespace {
 	}
 }
 
-// recordProto returns r as the contract's message; the vector is included only when includeVector is set.
-func recordProto(r memory.Record, includeVector bool) *memoryv1.Record {
+// RecordProto returns r as the contract's message; the vector is included only when includeVector is set.
+func RecordProto(r memory.Record, includeVector bool) *memoryv1.Record {
 	p := &memoryv1.Record{Id: r.ID, Text: r.Text, Metadata: metadataProto(r.Metadata)}
 	if includeVector {
 		p.Vector = r.Vector
@@ -105,6 +105,19 @@ func scalarProto(s memory.Scalar) *memoryv1.Scalar {
 		return &memoryv1.Scalar{Kind: &memoryv1.Scalar_BoolValue{BoolValue: s.Bool}}
 	}
 	return &memoryv1.Scalar{}
+}
+
+// RecordFromProto returns the record a message describes: id, text, vector, metadata, expire_time and
+// update_time (ttl is the handler's to resolve).
+func RecordFromProto(p *memoryv1.Record) memory.Record {
+	r := memory.Record{ID: p.GetId(), Text: p.GetText(), Vector: p.GetVector(), Metadata: metadataFromProto(p.GetMetadata())}
+	if p.GetExpireTime() != nil {
+		r.ExpireTime = p.GetExpireTime().AsTime()
+	}
+	if p.GetUpdateTime() != nil {
+		r.UpdateTime = p.GetUpdateTime().AsTime()
+	}
+	return r
 }
 
 func metadataFromProto(md map[string]*memoryv1.Value) map[string]memory.Value {

@@ -159,7 +159,7 @@ func (s *Server) CreateNamespace(ctx context.Context, req *connect.Request[memor
 	if err != nil {
 		return nil, s.toConnect(ctx, proc, err)
 	}
-	return connect.NewResponse(&memoryv1.CreateNamespaceResponse{Namespace: namespaceProto(created, false)}), nil
+	return connect.NewResponse(&memoryv1.CreateNamespaceResponse{Namespace: NamespaceProto(created, false)}), nil
 }
 
 // GetNamespace implements memoryv1connect.MemoryServiceHandler.
@@ -172,7 +172,7 @@ func (s *Server) GetNamespace(ctx context.Context, req *connect.Request[memoryv1
 	if err != nil {
 		return nil, s.toConnect(ctx, "GetNamespace", err)
 	}
-	return connect.NewResponse(&memoryv1.GetNamespaceResponse{Namespace: namespaceProto(ns, true)}), nil
+	return connect.NewResponse(&memoryv1.GetNamespaceResponse{Namespace: NamespaceProto(ns, true)}), nil
 }
 
 // EncodePageToken returns the opaque token resuming a listing after name.
@@ -217,7 +217,7 @@ func (s *Server) ListNamespaces(ctx context.Context, req *connect.Request[memory
 		resp.NextPageToken = EncodePageToken(nss[size-1].Name)
 	}
 	for _, ns := range nss {
-		resp.Namespaces = append(resp.Namespaces, namespaceProto(ns, false))
+		resp.Namespaces = append(resp.Namespaces, NamespaceProto(ns, false))
 	}
 	return connect.NewResponse(resp), nil
 }
@@ -278,15 +278,13 @@ func (s *Server) Upsert(ctx context.Context, req *connect.Request[memoryv1.Upser
 		if p.GetTtl() != nil && p.GetExpireTime() != nil {
 			return nil, s.toConnect(ctx, proc, memory.Invalidf(f+".ttl", "mutually exclusive with expire_time"))
 		}
-		r := memory.Record{ID: p.GetId(), Text: p.GetText(), Vector: p.GetVector(), Metadata: metadataFromProto(p.GetMetadata()), UpdateTime: now}
+		r := RecordFromProto(p)
+		r.UpdateTime = now // update_time is output only
 		if r.ID == "" {
 			r.ID = uuid.NewString()
 		}
-		switch {
-		case p.GetTtl() != nil:
+		if p.GetTtl() != nil {
 			r.ExpireTime = now.Add(p.GetTtl().AsDuration())
-		case p.GetExpireTime() != nil:
-			r.ExpireTime = p.GetExpireTime().AsTime()
 		}
 		if len(r.Vector) == 0 {
 			needText = append(needText, i)
@@ -360,7 +358,7 @@ func (s *Server) Search(ctx context.Context, req *connect.Request[memoryv1.Searc
 	}
 	resp := &memoryv1.SearchResponse{Hits: make([]*memoryv1.Hit, len(hits))}
 	for i, h := range hits {
-		resp.Hits[i] = &memoryv1.Hit{Record: recordProto(h.Record, q.IncludeVectors), Score: h.Score}
+		resp.Hits[i] = &memoryv1.Hit{Record: RecordProto(h.Record, q.IncludeVectors), Score: h.Score}
 	}
 	return connect.NewResponse(resp), nil
 }
@@ -381,7 +379,7 @@ func (s *Server) Get(ctx context.Context, req *connect.Request[memoryv1.GetReque
 	found := make(map[string]bool, len(recs))
 	for _, r := range recs {
 		found[r.ID] = true
-		resp.Records = append(resp.Records, recordProto(r, req.Msg.GetIncludeVectors()))
+		resp.Records = append(resp.Records, RecordProto(r, req.Msg.GetIncludeVectors()))
 	}
 	for _, id := range ids {
 		if !found[id] {
