@@ -1,228 +1,256 @@
 package memory
 
-import (
-	"fmt"
-	"math"
-
-	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
-)
+import "fmt"
 
 // MaxFilterDepth is the deepest nesting of all/any/not a filter may have; a lone field condition has depth 1.
 const MaxFilterDepth = 8
 
-// ValidateFilter checks f beyond the contract's field rules: nesting depth at most MaxFilterDepth, every oneof
-// set, finite numbers, non-empty lists, an "in" list of a single type, a range with at least one bound. field
-// names f in the request ("filter"); the returned error is a *FieldError naming the exact sub-field, for example
-// "filter.all.filters[1].field.range: ...". A nil filter is valid.
-func ValidateFilter(field string, f *memoryv1.Filter) error {
+// FilterOp is what a Filter node does.
+type FilterOp uint8
+
+// The filter operators. The zero FilterOp is no operator, which ValidateFilter refuses.
+const (
+	FilterNone FilterOp = iota
+	// FilterField tests one metadata key: Filter.Cond.
+	FilterField
+	// FilterAll is true when every one of Filter.Filters is (true for none).
+	FilterAll
+	// FilterAny is true when one of Filter.Filters is (false for none).
+	FilterAny
+	// FilterNot is true when Filter.Not is false.
+	FilterNot
+)
+
+// Filter is a typed predicate over record metadata, the domain form of the contract's Filter: a condition on
+// one key, or all/any of a list of filters, or the negation of one. Only the fields of its Op are meaningful.
+// A nil *Filter matches every record.
+type Filter struct {
+	Op FilterOp
+	// Cond is the condition of a FilterField.
+	Cond Condition
+	// Filters are the operands of FilterAll and FilterAny.
+	Filters []*Filter
+	// Not is the operand of FilterNot.
+	Not *Filter
+}
+
+// CondOp is the operator of a Condition.
+type CondOp uint8
+
+// The condition operators. The zero CondOp is no operator, which ValidateFilter refuses.
+const (
+	CondNone CondOp = iota
+	// CondEq: the stored scalar equals Condition.Value (same type); a stored list matches when it contains it.
+	CondEq
+	// CondNe: exactly "not CondEq", so a missing key or a value of another type matches.
+	CondNe
+	// CondIn: CondEq for any of Condition.Values.
+	CondIn
+	// CondRange: a stored number within every bound of Condition.Range, or a stored list with such an element.
+	CondRange
+	// CondExists: the key is present (Condition.Exists true) or absent (false).
+	CondExists
+)
+
+// Condition tests one metadata key. Only the operand of its Op is meaningful.
+type Condition struct {
+	Key string
+	Op  CondOp
+	// Value is the operand of CondEq and CondNe.
+	Value Scalar
+	// Values are the operands of CondIn.
+	Values []Scalar
+	// Range is the operand of CondRange.
+	Range Range
+	// Exists is the operand of CondExists.
+	Exists bool
+}
+
+// Range bounds a number; nil bounds are open.
+type Range struct {
+	Gt, Gte, Lt, Lte *float64
+}
+
+// Eq returns the filter key == s.
+func Eq(key string, s Scalar) *Filter {
+	return &Filter{Op: FilterField, Cond: Condition{Key: key, Op: CondEq, Value: s}}
+}
+
+// Ne returns the filter key != s.
+func Ne(key string, s Scalar) *Filter {
+	return &Filter{Op: FilterField, Cond: Condition{Key: key, Op: CondNe, Value: s}}
+}
+
+// In returns the filter key in ss.
+func In(key string, ss ...Scalar) *Filter {
+	return &Filter{Op: FilterField, Cond: Condition{Key: key, Op: CondIn, Values: ss}}
+}
+
+// InRange returns the filter key within r.
+func InRange(key string, r Range) *Filter {
+	return &Filter{Op: FilterField, Cond: Condition{Key: key, Op: CondRange, Range: r}}
+}
+
+// Exists returns the filter "key is present" (exists true) or "key is absent" (false).
+func Exists(key string, exists bool) *Filter {
+	return &Filter{Op: FilterField, Cond: Condition{Key: key, Op: CondExists, Exists: exists}}
+}
+
+// All returns the conjunction of fs.
+func All(fs ...*Filter) *Filter { return &Filter{Op: FilterAll, Filters: fs} }
+
+// Any returns the disjunction of fs.
+func Any(fs ...*Filter) *Filter { return &Filter{Op: FilterAny, Filters: fs} }
+
+// Not returns the negation of f.
+func Not(f *Filter) *Filter { return &Filter{Op: FilterNot, Not: f} }
+
+// ValidateFilter checks what the contract's rules (protovalidate, in proto/loom/memory/v1/memory.proto) cannot
+// express: nesting at most MaxFilterDepth deep, an "in" list that is non-empty and of a single type, and a range
+// with at least one bound; and that every node is set, which only a filter built in Go can miss. Key patterns,
+// list sizes and finite numbers are the contract's. Every store calls it once per filtered call. field names f
+// in the request ("filter"); the error is a *FieldError naming the exact sub-field in the contract's terms, for
+// example "filter.all.filters[1].field.in.values[1]: ...". A nil filter is valid.
+func ValidateFilter(field string, f *Filter) error {
 	if f == nil {
 		return nil
 	}
 	return validateFilter(field, f, 1)
 }
 
-func validateFilter(field string, f *memoryv1.Filter, depth int) error {
+func validateFilter(field string, f *Filter, depth int) error {
 	if f == nil {
 		return Invalidf(field, "filter must be set")
 	}
 	if depth > MaxFilterDepth {
 		return Invalidf(field, "filter nesting deeper than %d", MaxFilterDepth)
 	}
-	switch k := f.GetKind().(type) {
-	case *memoryv1.Filter_Field:
-		return validateCondition(field+".field", k.Field)
-	case *memoryv1.Filter_All:
-		return validateList(field+".all", k.All, depth)
-	case *memoryv1.Filter_Any:
-		return validateList(field+".any", k.Any, depth)
-	case *memoryv1.Filter_Not:
-		return validateFilter(field+".not", k.Not, depth+1)
-	default:
-		return Invalidf(field, "one of field, all, any, not must be set")
+	switch f.Op {
+	case FilterField:
+		return validateCondition(field+".field", f.Cond)
+	case FilterAll:
+		return validateList(field+".all.filters", f.Filters, depth)
+	case FilterAny:
+		return validateList(field+".any.filters", f.Filters, depth)
+	case FilterNot:
+		return validateFilter(field+".not", f.Not, depth+1)
 	}
+	return Invalidf(field, "one of field, all, any, not must be set")
 }
 
-func validateList(field string, l *memoryv1.FilterList, depth int) error {
-	fs := l.GetFilters()
-	if len(fs) == 0 {
-		return Invalidf(field+".filters", "at least one filter is required")
-	}
-	if len(fs) > 64 {
-		return Invalidf(field+".filters", "at most 64 filters, got %d", len(fs))
-	}
+func validateList(field string, fs []*Filter, depth int) error {
 	for i, sub := range fs {
-		if err := validateFilter(fmt.Sprintf("%s.filters[%d]", field, i), sub, depth+1); err != nil {
+		if err := validateFilter(fmt.Sprintf("%s[%d]", field, i), sub, depth+1); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func validateCondition(field string, c *memoryv1.FieldCondition) error {
-	if c == nil {
-		return Invalidf(field, "condition must be set")
-	}
-	if c.GetKey() == "" {
-		return Invalidf(field+".key", "must not be empty")
-	}
-	switch op := c.GetOp().(type) {
-	case *memoryv1.FieldCondition_Eq:
-		return checkScalar(field+".eq", op.Eq)
-	case *memoryv1.FieldCondition_Ne:
-		return checkScalar(field+".ne", op.Ne)
-	case *memoryv1.FieldCondition_In:
-		vs := op.In.GetValues()
-		if len(vs) == 0 {
+func validateCondition(field string, c Condition) error {
+	switch c.Op {
+	case CondExists:
+		return nil
+	case CondEq:
+		return checkScalarKind(field+".eq", c.Value)
+	case CondNe:
+		return checkScalarKind(field+".ne", c.Value)
+	case CondIn:
+		if len(c.Values) == 0 {
 			return Invalidf(field+".in.values", "at least one value is required")
 		}
-		var first string
-		for i, v := range vs {
+		for i, v := range c.Values {
 			f := fmt.Sprintf("%s.in.values[%d]", field, i)
-			if err := checkScalar(f, v); err != nil {
+			if err := checkScalarKind(f, v); err != nil {
 				return err
 			}
-			if i == 0 {
-				first = scalarType(v)
-			} else if t := scalarType(v); t != first {
-				return Invalidf(f, "type mismatch: %s in a list of %s", t, first)
+			if first := c.Values[0].Kind; v.Kind != first {
+				return Invalidf(f, "type mismatch: %s in a list of %s", v.Kind, first)
 			}
 		}
 		return nil
-	case *memoryv1.FieldCondition_Range:
-		r := op.Range
-		if r == nil || (r.Gt == nil && r.Gte == nil && r.Lt == nil && r.Lte == nil) {
+	case CondRange:
+		r := c.Range
+		if r.Gt == nil && r.Gte == nil && r.Lt == nil && r.Lte == nil {
 			return Invalidf(field+".range", "at least one of gt, gte, lt, lte is required")
 		}
-		names := [...]string{"gt", "gte", "lt", "lte"}
-		for i, b := range [...]*float64{r.Gt, r.Gte, r.Lt, r.Lte} {
-			if b != nil && !finite(*b) {
-				return Invalidf(field+".range."+names[i], "must be finite")
-			}
-		}
 		return nil
-	case *memoryv1.FieldCondition_Exists:
-		return nil
-	default:
-		return Invalidf(field, "one of eq, ne, in, range, exists must be set")
 	}
+	return Invalidf(field, "one of eq, ne, in, range, exists must be set")
 }
 
-func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
-
-func scalarType(s *memoryv1.Scalar) string {
-	switch s.GetKind().(type) {
-	case *memoryv1.Scalar_StringValue:
-		return "string"
-	case *memoryv1.Scalar_NumberValue:
-		return "number"
-	case *memoryv1.Scalar_BoolValue:
-		return "bool"
-	}
-	return "unset"
-}
-
-func checkScalar(field string, s *memoryv1.Scalar) error {
-	switch k := s.GetKind().(type) {
-	case *memoryv1.Scalar_StringValue, *memoryv1.Scalar_BoolValue:
-		return nil
-	case *memoryv1.Scalar_NumberValue:
-		if !finite(k.NumberValue) {
-			return Invalidf(field+".number_value", "must be finite")
-		}
+// checkScalarKind refuses a scalar of no kind (or of KindList), which only Go code can build.
+func checkScalarKind(field string, s Scalar) error {
+	switch s.Kind {
+	case KindString, KindNumber, KindBool:
 		return nil
 	}
 	return Invalidf(field, "a string, number or bool value is required")
 }
 
-func checkValue(field string, v *memoryv1.Value) error {
-	switch k := v.GetKind().(type) {
-	case *memoryv1.Value_StringValue, *memoryv1.Value_BoolValue:
-		return nil
-	case *memoryv1.Value_NumberValue:
-		if !finite(k.NumberValue) {
-			return Invalidf(field+".number_value", "must be finite")
-		}
-		return nil
-	case *memoryv1.Value_ListValue:
-		for i, s := range k.ListValue.GetValues() {
-			if err := checkScalar(fmt.Sprintf("%s.list_value.values[%d]", field, i), s); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	return Invalidf(field, "a string, number, bool or list value is required")
-}
-
 // MatchFilter reports whether metadata md satisfies f (nil matches everything). It is the reference semantics
-// every store implements:
-//   - eq: the stored scalar equals the operand, of the same type; a stored list matches when it contains it.
-//   - ne: exactly "not eq", so a missing key or a value of another type matches.
-//   - in: eq for any operand.
-//   - range: numeric only; a stored number within every bound, or a stored list with such an element.
-//     Other types are false.
-//   - exists: the key is present (true) or absent (false).
-//
-// f must have passed ValidateFilter; an unset oneof evaluates to false.
-func MatchFilter(f *memoryv1.Filter, md map[string]*memoryv1.Value) bool {
+// every store implements (see CondOp's values): comparisons with a value of another type are false, and
+// comparisons with a stored list test its elements. Range is numeric only. f should have passed
+// ValidateFilter; an unset operator evaluates to false.
+func MatchFilter(f *Filter, md map[string]Value) bool {
 	if f == nil {
 		return true
 	}
-	switch k := f.GetKind().(type) {
-	case *memoryv1.Filter_Field:
-		return matchCondition(k.Field, md)
-	case *memoryv1.Filter_All:
-		for _, sub := range k.All.GetFilters() {
+	switch f.Op {
+	case FilterField:
+		return matchCondition(f.Cond, md)
+	case FilterAll:
+		for _, sub := range f.Filters {
 			if !MatchFilter(sub, md) {
 				return false
 			}
 		}
 		return true
-	case *memoryv1.Filter_Any:
-		for _, sub := range k.Any.GetFilters() {
+	case FilterAny:
+		for _, sub := range f.Filters {
 			if MatchFilter(sub, md) {
 				return true
 			}
 		}
 		return false
-	case *memoryv1.Filter_Not:
-		if k.Not == nil {
+	case FilterNot:
+		if f.Not == nil {
 			return false
 		}
-		return !MatchFilter(k.Not, md)
+		return !MatchFilter(f.Not, md)
 	}
 	return false
 }
 
-func matchCondition(c *memoryv1.FieldCondition, md map[string]*memoryv1.Value) bool {
-	v, ok := md[c.GetKey()]
-	switch op := c.GetOp().(type) {
-	case *memoryv1.FieldCondition_Exists:
-		return ok == op.Exists
-	case *memoryv1.FieldCondition_Eq:
-		return ok && valueEq(v, op.Eq)
-	case *memoryv1.FieldCondition_Ne:
-		return !ok || !valueEq(v, op.Ne)
-	case *memoryv1.FieldCondition_In:
+func matchCondition(c Condition, md map[string]Value) bool {
+	v, ok := md[c.Key]
+	switch c.Op {
+	case CondExists:
+		return ok == c.Exists
+	case CondEq:
+		return ok && valueEq(v, c.Value)
+	case CondNe:
+		return !ok || !valueEq(v, c.Value)
+	case CondIn:
 		if !ok {
 			return false
 		}
-		for _, s := range op.In.GetValues() {
+		for _, s := range c.Values {
 			if valueEq(v, s) {
 				return true
 			}
 		}
 		return false
-	case *memoryv1.FieldCondition_Range:
+	case CondRange:
 		if !ok {
 			return false
 		}
-		switch k := v.GetKind().(type) {
-		case *memoryv1.Value_NumberValue:
-			return inRange(k.NumberValue, op.Range)
-		case *memoryv1.Value_ListValue:
-			for _, s := range k.ListValue.GetValues() {
-				if n, isNum := s.GetKind().(*memoryv1.Scalar_NumberValue); isNum && inRange(n.NumberValue, op.Range) {
+		switch v.Kind {
+		case KindNumber:
+			return inRange(v.Num, c.Range)
+		case KindList:
+			for _, s := range v.List {
+				if s.Kind == KindNumber && inRange(s.Num, c.Range) {
 					return true
 				}
 			}
@@ -232,10 +260,7 @@ func matchCondition(c *memoryv1.FieldCondition, md map[string]*memoryv1.Value) b
 	return false
 }
 
-func inRange(x float64, r *memoryv1.Range) bool {
-	if r == nil {
-		return false
-	}
+func inRange(x float64, r Range) bool {
 	if r.Gt != nil && !(x > *r.Gt) {
 		return false
 	}
@@ -251,38 +276,15 @@ func inRange(x float64, r *memoryv1.Range) bool {
 	return true
 }
 
-func valueEq(v *memoryv1.Value, s *memoryv1.Scalar) bool {
-	switch k := v.GetKind().(type) {
-	case *memoryv1.Value_StringValue:
-		sv, ok := s.GetKind().(*memoryv1.Scalar_StringValue)
-		return ok && sv.StringValue == k.StringValue
-	case *memoryv1.Value_NumberValue:
-		n, ok := s.GetKind().(*memoryv1.Scalar_NumberValue)
-		return ok && n.NumberValue == k.NumberValue
-	case *memoryv1.Value_BoolValue:
-		b, ok := s.GetKind().(*memoryv1.Scalar_BoolValue)
-		return ok && b.BoolValue == k.BoolValue
-	case *memoryv1.Value_ListValue:
-		for _, e := range k.ListValue.GetValues() {
-			if scalarEq(e, s) {
-				return true
-			}
-		}
+// valueEq reports whether a stored value equals the scalar s, or, for a list, contains it.
+func valueEq(v Value, s Scalar) bool {
+	if v.Kind != KindList {
+		return v.Scalar.Equal(s)
 	}
-	return false
-}
-
-func scalarEq(a, b *memoryv1.Scalar) bool {
-	switch ka := a.GetKind().(type) {
-	case *memoryv1.Scalar_StringValue:
-		kb, ok := b.GetKind().(*memoryv1.Scalar_StringValue)
-		return ok && ka.StringValue == kb.StringValue
-	case *memoryv1.Scalar_NumberValue:
-		kb, ok := b.GetKind().(*memoryv1.Scalar_NumberValue)
-		return ok && ka.NumberValue == kb.NumberValue
-	case *memoryv1.Scalar_BoolValue:
-		kb, ok := b.GetKind().(*memoryv1.Scalar_BoolValue)
-		return ok && ka.BoolValue == kb.BoolValue
+	for _, e := range v.List {
+		if e.Equal(s) {
+			return true
+		}
 	}
 	return false
 }

@@ -3,8 +3,6 @@ package memory
 import (
 	"errors"
 	"fmt"
-
-	"google.golang.org/protobuf/proto"
 )
 
 // ErrQuotaExceeded: a write would take the tenant over one of its quotas. Errors wrapping it are *QuotaError.
@@ -18,7 +16,8 @@ type Quota struct {
 	Namespaces int64
 	// Records bounds the tenant's records, over all its namespaces.
 	Records int64
-	// Bytes bounds the tenant's record bytes, over all its namespaces, as [RecordSize] counts them.
+	// Bytes bounds the tenant's record bytes, over all its namespaces, as the store measures a record (see each
+	// store's WithQuota).
 	Bytes int64
 }
 
@@ -64,14 +63,4 @@ func (q Quota) Check(used, add Usage) error {
 		return err
 	}
 	return over("bytes", q.Bytes, used.Bytes, add.Bytes)
-}
-
-// RecordSize is the bytes a record counts for in the embedded store's stats and quota: its id, text, vector
-// (4 bytes an element) and metadata (keys and the wire size of values).
-func RecordSize(r Record) int64 {
-	size := int64(len(r.ID) + len(r.Text) + 4*len(r.Vector))
-	for k, v := range r.Metadata {
-		size += int64(len(k) + proto.Size(v))
-	}
-	return size
 }

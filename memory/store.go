@@ -6,13 +6,10 @@ import (
 	"fmt"
 	"math"
 	"time"
-
-	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// Sentinel errors returned (wrapped with what was being attempted) by every Store. The server maps them to
-// connect codes in one place.
+// Sentinel errors returned (wrapped with what was being attempted) by every Store. The transport
+// (memory/memoryrpc) maps them to connect codes in one place.
 var (
 	// ErrNotFound: the namespace does not exist in the tenant.
 	ErrNotFound = errors.New("not found")
@@ -49,21 +46,30 @@ func Invalidf(field, format string, args ...any) error {
 // Metric is the similarity a namespace ranks by. Scores are always "higher is closer".
 type Metric int
 
-// The metrics. The zero value is not valid; the server fills MetricCosine as the default.
+// The metrics, numbered as the contract's enum Metric (the stores persist the numbers). The zero value is not
+// valid; the server fills MetricCosine as the default.
 const (
-	MetricCosine     Metric = Metric(memoryv1.Metric_METRIC_COSINE)
-	MetricDotProduct Metric = Metric(memoryv1.Metric_METRIC_DOT_PRODUCT)
-	MetricL2         Metric = Metric(memoryv1.Metric_METRIC_L2)
+	MetricCosine     Metric = 1
+	MetricDotProduct Metric = 2
+	MetricL2         Metric = 3
 )
 
 // IndexKind selects how a namespace is searched. Zero means the store's default.
 type IndexKind int
 
-// The index kinds.
+// The index kinds, numbered as the contract's enum IndexKind (the stores persist the numbers).
 const (
 	IndexDefault IndexKind = 0
-	IndexExact   IndexKind = IndexKind(memoryv1.IndexKind_INDEX_KIND_EXACT)
-	IndexHNSW    IndexKind = IndexKind(memoryv1.IndexKind_INDEX_KIND_HNSW)
+	IndexExact   IndexKind = 1
+	IndexHNSW    IndexKind = 2
+)
+
+// Limits of the contract that the domain relies on.
+const (
+	// MaxDimension is the largest vector dimension of a namespace.
+	MaxDimension = 4096
+	// MaxBatch is the most records one Upsert takes over the RPC (the contract's max_items).
+	MaxBatch = 1000
 )
 
 // Namespace is a named collection of records of one vector dimension, within a tenant.
@@ -94,13 +100,13 @@ type NamespaceStats struct {
 	SizeBytes int64
 }
 
-// Record is one memory. Metadata values use the contract's typed value; a record's metadata must not be
-// mutated after it is handed to a Store.
+// Record is one memory. A record's metadata (and the lists in it) must not be mutated after it is handed to a
+// Store.
 type Record struct {
 	ID       string
 	Text     string
 	Vector   []float32
-	Metadata map[string]*memoryv1.Value
+	Metadata map[string]Value
 	// ExpireTime is when the record stops being visible; zero means never.
 	ExpireTime time.Time
 	// UpdateTime is when the record was written; set by the caller of Upsert (the server), stored as given.
@@ -114,8 +120,12 @@ func (r *Record) Expired(now time.Time) bool {
 
 // Query is a search.
 type Query struct {
-	// Vector is the query vector, of the namespace's dimension. Required.
+	// Vector is the query vector, of the namespace's dimension. When it is nil, the store calls Embed.
 	Vector []float32
+	// Embed, used when Vector is nil, returns the query vector for the namespace as the store read it (its
+	// embedder, its dimension), so a text search reads the namespace once. The store calls it at most once per
+	// namespace it reads, outside its locks and transactions, and returns its error wrapped.
+	Embed func(ctx context.Context, ns Namespace) ([]float32, error)
 	// Text is the query text; used for the full-text side of a hybrid search.
 	Text string
 	// Hybrid fuses vector and full-text results by reciprocal rank fusion (k = RRFK). Needs Text.
@@ -124,7 +134,7 @@ type Query struct {
 	// returned (fewer only when MinScore cuts them).
 	TopK int
 	// Filter restricts results to records whose metadata matches; nil matches all.
-	Filter *memoryv1.Filter
+	Filter *Filter
 	// MinScore, when non-nil, drops results scoring below it. Ignored in hybrid mode.
 	MinScore *float32
 	// IncludeVectors returns each record's vector.
@@ -168,11 +178,37 @@ type Store interface {
 	Get(ctx context.Context, tenant, namespace string, ids []string, includeVectors bool) ([]Record, error)
 	// Delete removes the records with the given ids, or, when ids is empty, every record matching filter
 	// (which must then be non-nil), and returns how many live records it removed.
-	Delete(ctx context.Context, tenant, namespace string, ids []string, filter *memoryv1.Filter) (int64, error)
+	Delete(ctx context.Context, tenant, namespace string, ids []string, filter *Filter) (int64, error)
 	// Ping reports whether the store can serve requests.
 	Ping(ctx context.Context) error
 	// Close releases the store's resources.
 	Close() error
+}
+
+// SearchObserver watches the searches a store runs, for traces and metrics (the stores take one as an option;
+// memoryrpc.SearchTelemetry is the server's). Implementations are safe for concurrent use.
+type SearchObserver interface {
+	// StartSearch is called when a store starts a search of namespace in mode ("exact", "int8", "ivf", "hnsw" or
+	// "hybrid") for k results, after any wait for its turn. It returns the context the search runs in and a
+	// function the store calls once, with the number of results and the search's error, when the search ends.
+	StartSearch(ctx context.Context, namespace, mode string, k int) (context.Context, func(results int, err error))
+}
+
+// StartSearch calls o.StartSearch, or does nothing when o is nil.
+func StartSearch(ctx context.Context, o SearchObserver, namespace, mode string, k int) (context.Context, func(results int, err error)) {
+	if o == nil {
+		return ctx, func(int, error) {}
+	}
+	return o.StartSearch(ctx, namespace, mode, k)
+}
+
+// CheckNamespace reports an ErrInvalid when ns cannot be stored: a dimension outside [1, MaxDimension]. Every
+// store checks it on CreateNamespace.
+func CheckNamespace(ns Namespace) error {
+	if ns.Dimension < 1 || ns.Dimension > MaxDimension {
+		return Invalidf("namespace.dimension", "must be in [1, %d], got %d", MaxDimension, ns.Dimension)
+	}
+	return nil
 }
 
 // CheckVector reports an ErrInvalid naming field when v does not have dimension dim, has a non-finite element,
@@ -196,8 +232,10 @@ func CheckVector(field string, v []float32, dim int, metric Metric) error {
 	return nil
 }
 
-// CheckRecords validates a batch against ns: ids present, vectors of the right dimension and finite, metadata
-// values well typed. It is the one check shared by every store before it writes anything.
+// CheckRecords validates a batch against ns: ids present, vectors of the right dimension and finite (rules the
+// contract leaves to the stores, which know the dimension), and metadata values set and finite (which the
+// contract checks on the wire, and a store needs of everything it keeps, since it must read it back). It is the
+// one check shared by every store before it writes anything.
 func CheckRecords(ns Namespace, records []Record) error {
 	if len(records) == 0 {
 		return Invalidf("records", "at least one record is required")
@@ -218,72 +256,32 @@ func CheckRecords(ns Namespace, records []Record) error {
 	return nil
 }
 
-// Proto returns ns as the contract's message (stats included when set).
-func (ns Namespace) Proto() *memoryv1.Namespace {
-	p := &memoryv1.Namespace{
-		Name:      ns.Name,
-		Dimension: int32(ns.Dimension),
-		Metric:    memoryv1.Metric(ns.Metric),
-		Embedder:  &memoryv1.Embedder{Provider: ns.EmbedderProvider, Model: ns.EmbedderModel},
-		Index: &memoryv1.IndexConfig{
-			Kind:           memoryv1.IndexKind(ns.IndexKind),
-			M:              int32(ns.M),
-			EfConstruction: int32(ns.EfConstruction),
-			EfSearch:       int32(ns.EfSearch),
-		},
-		Description: ns.Description,
+func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
+
+func checkValue(field string, v Value) error {
+	switch v.Kind {
+	case KindList:
+		for i, s := range v.List {
+			if err := checkScalar(fmt.Sprintf("%s.list_value.values[%d]", field, i), s); err != nil {
+				return err
+			}
+		}
+		return nil
+	case KindNone:
+		return Invalidf(field, "a string, number, bool or list value is required")
 	}
-	if !ns.CreateTime.IsZero() {
-		p.CreateTime = timestamppb.New(ns.CreateTime)
-	}
-	return p
+	return checkScalar(field, v.Scalar)
 }
 
-// NamespaceFromProto is the inverse of Namespace.Proto, without stats.
-func NamespaceFromProto(p *memoryv1.Namespace) Namespace {
-	ns := Namespace{
-		Name:             p.GetName(),
-		Dimension:        int(p.GetDimension()),
-		Metric:           Metric(p.GetMetric()),
-		EmbedderProvider: p.GetEmbedder().GetProvider(),
-		EmbedderModel:    p.GetEmbedder().GetModel(),
-		IndexKind:        IndexKind(p.GetIndex().GetKind()),
-		M:                int(p.GetIndex().GetM()),
-		EfConstruction:   int(p.GetIndex().GetEfConstruction()),
-		EfSearch:         int(p.GetIndex().GetEfSearch()),
-		Description:      p.GetDescription(),
+func checkScalar(field string, s Scalar) error {
+	switch s.Kind {
+	case KindString, KindBool:
+		return nil
+	case KindNumber:
+		if !finite(s.Num) {
+			return Invalidf(field+".number_value", "must be finite")
+		}
+		return nil
 	}
-	if p.GetCreateTime() != nil {
-		ns.CreateTime = p.GetCreateTime().AsTime()
-	}
-	return ns
-}
-
-// Proto returns r as the contract's message; the vector is included only when includeVector is true. The
-// metadata map is shared, not copied.
-func (r Record) Proto(includeVector bool) *memoryv1.Record {
-	p := &memoryv1.Record{Id: r.ID, Text: r.Text, Metadata: r.Metadata}
-	if includeVector {
-		p.Vector = r.Vector
-	}
-	if !r.ExpireTime.IsZero() {
-		p.ExpireTime = timestamppb.New(r.ExpireTime)
-	}
-	if !r.UpdateTime.IsZero() {
-		p.UpdateTime = timestamppb.New(r.UpdateTime)
-	}
-	return p
-}
-
-// RecordFromProto converts a stored record message (id, text, vector, metadata, expire_time, update_time) back;
-// ttl is ignored (the server resolves it to expire_time before storing).
-func RecordFromProto(p *memoryv1.Record) Record {
-	r := Record{ID: p.GetId(), Text: p.GetText(), Vector: p.GetVector(), Metadata: p.GetMetadata()}
-	if p.GetExpireTime() != nil {
-		r.ExpireTime = p.GetExpireTime().AsTime()
-	}
-	if p.GetUpdateTime() != nil {
-		r.UpdateTime = p.GetUpdateTime().AsTime()
-	}
-	return r
+	return Invalidf(field, "a string, number or bool value is required")
 }

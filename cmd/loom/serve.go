@@ -33,6 +33,7 @@ import (
 	"github.com/loom-dev/loom/memory/embed/gemini"
 	"github.com/loom-dev/loom/memory/embed/openai"
 	"github.com/loom-dev/loom/memory/localstore"
+	"github.com/loom-dev/loom/memory/memoryrpc"
 	"github.com/loom-dev/loom/memory/pgstore"
 	"github.com/loom-dev/loom/orchestrator"
 	"github.com/loom-dev/loom/orchestrator/engine"
@@ -327,13 +328,13 @@ func buildMemory(ctx context.Context, cfg config, logger *slog.Logger, dbs *data
 		if err != nil {
 			return rpcserver.Service{}, nil, err
 		}
-		s, err := pgstore.New(ctx, db, pgstore.WithQuota(cfg.MemoryQuota), pgstore.WithMetrics(cfg.obs.memory))
+		s, err := pgstore.New(ctx, db, pgstore.WithQuota(cfg.MemoryQuota), pgstore.WithObserver(memoryrpc.SearchTelemetry(cfg.obs.memory)))
 		if err != nil {
 			return rpcserver.Service{}, nil, err
 		}
 		store, closeFn = s, func() { s.Close() }
 	} else {
-		s, err := localstore.Open(filepath.Join(cfg.DataDir, "memory"), localstore.WithQuota(cfg.MemoryQuota), localstore.WithMetrics(cfg.obs.memory))
+		s, err := localstore.Open(filepath.Join(cfg.DataDir, "memory"), localstore.WithQuota(cfg.MemoryQuota), localstore.WithObserver(memoryrpc.SearchTelemetry(cfg.obs.memory)))
 		if err != nil {
 			return rpcserver.Service{}, nil, err
 		}
@@ -341,11 +342,8 @@ func buildMemory(ctx context.Context, cfg config, logger *slog.Logger, dbs *data
 	}
 	embedders := embed.NewRegistry(10000)
 	cfg.obs.memory.SetCacheStats(embedders.CacheStats)
-	if err := configureEmbedders(embedders, cfg); err != nil {
-		closeFn()
-		return rpcserver.Service{}, nil, err
-	}
-	return memory.New(logger, store, embedders).Service(), closeFn, nil
+	configureEmbedders(embedders, cfg)
+	return memoryrpc.New(logger, store, embedders).Service(), closeFn, nil
 }
 
 // buildAgent opens the agent store (SQLite in the data dir, or Postgres) and gives the agent its memory client.
@@ -475,14 +473,13 @@ func newLogger(cfg config, w io.Writer) *slog.Logger {
 
 // configureEmbedders registers the provider embedders: Gemini when its key is set; OpenAI-compatible when its key
 // or a base URL is set (local servers such as Ollama need no key). "local" is always there.
-func configureEmbedders(r *embed.Registry, cfg config) error {
+func configureEmbedders(r *embed.Registry, cfg config) {
 	if cfg.Secrets.GeminiAPIKey != "" {
 		r.Register("gemini", gemini.Factory(gemini.Config{APIKey: cfg.Secrets.GeminiAPIKey, BaseURL: cfg.GeminiBaseURL}))
 	}
 	if cfg.Secrets.OpenAIAPIKey != "" || cfg.OpenAIBaseURL != "" {
 		r.Register("openai", openai.Factory(openai.Config{APIKey: cfg.Secrets.OpenAIAPIKey, BaseURL: cfg.OpenAIBaseURL}))
 	}
-	return nil
 }
 
 // httpHandler is h as an http.Handler, nil when h is nil (a nil *mcpserver.Handler in the interface would not be).

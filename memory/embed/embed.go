@@ -4,7 +4,6 @@
 package embed
 
 import (
-	"container/list"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -15,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"unicode"
+
+	lru "github.com/hashicorp/golang-lru/v2"
 )
 
 // Embedder turns texts into vectors of Dimension elements. Implementations are safe for concurrent use.
@@ -93,25 +94,21 @@ func (l *Local) embed(text string) []float32 {
 	return v
 }
 
-// Cache is an LRU cache of vectors keyed by a model key and the SHA-256 of the text. It is safe for concurrent
-// use.
+// Cache is an LRU cache of vectors keyed by a model key and the SHA-256 of the text
+// (github.com/hashicorp/golang-lru/v2), counting hits and misses. It is safe for concurrent use.
 type Cache struct {
-	mu    sync.Mutex
-	max   int
-	ll    *list.List
-	items map[[32]byte]*list.Element
+	lru *lru.Cache[[32]byte, []float32] // nil: caching is off
 
 	hits, misses atomic.Uint64 // texts answered from the cache, and texts the embedder had to embed
 }
 
-type cacheEntry struct {
-	key [32]byte
-	vec []float32
-}
-
 // NewCache returns a cache holding at most max vectors (max <= 0 disables caching).
 func NewCache(max int) *Cache {
-	return &Cache{max: max, ll: list.New(), items: map[[32]byte]*list.Element{}}
+	c := &Cache{}
+	if max > 0 {
+		c.lru, _ = lru.New[[32]byte, []float32](max) // fails only for a size <= 0
+	}
+	return c
 }
 
 func cacheKey(model, text string) [32]byte {
@@ -125,31 +122,15 @@ func cacheKey(model, text string) [32]byte {
 }
 
 func (c *Cache) get(k [32]byte) ([]float32, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.items[k]
-	if !ok {
+	if c.lru == nil {
 		return nil, false
 	}
-	c.ll.MoveToFront(e)
-	return e.Value.(*cacheEntry).vec, true
+	return c.lru.Get(k)
 }
 
 func (c *Cache) put(k [32]byte, v []float32) {
-	if c.max <= 0 {
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := c.items[k]; ok {
-		c.ll.MoveToFront(e)
-		return
-	}
-	c.items[k] = c.ll.PushFront(&cacheEntry{k, v})
-	for c.ll.Len() > c.max {
-		last := c.ll.Back()
-		c.ll.Remove(last)
-		delete(c.items, last.Value.(*cacheEntry).key)
+	if c.lru != nil {
+		c.lru.Add(k, v)
 	}
 }
 
@@ -158,9 +139,10 @@ func (c *Cache) Stats() (hits, misses uint64) { return c.hits.Load(), c.misses.L
 
 // Len returns the number of cached vectors.
 func (c *Cache) Len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.ll.Len()
+	if c.lru == nil {
+		return 0
+	}
+	return c.lru.Len()
 }
 
 // Cached wraps e so texts already embedded under model are served from c. Cached vectors are shared: callers

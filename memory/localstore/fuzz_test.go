@@ -6,15 +6,16 @@ import (
 	"path/filepath"
 	"testing"
 
-	"google.golang.org/protobuf/proto"
+	"github.com/google/go-cmp/cmp"
 
-	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/memory"
 )
 
 func seedEntries() []*entry {
 	return []*entry{
-		{op: opCreateNamespace, tenant: "t", namespace: "ns", ns: &memoryv1.Namespace{Name: "ns", Dimension: 2, Metric: memoryv1.Metric_METRIC_COSINE}},
-		{op: opUpsert, tenant: "t", namespace: "ns", records: []*memoryv1.Record{{Id: "a", Text: "x", Vector: []float32{1, 2}}}},
+		{op: opCreateNamespace, tenant: "t", namespace: "ns", ns: memory.Namespace{Name: "ns", Dimension: 2, Metric: memory.MetricCosine}},
+		{op: opUpsert, tenant: "t", namespace: "ns", records: []memory.Record{{ID: "a", Text: "x", Vector: []float32{1, 2},
+			Metadata: map[string]memory.Value{"k": memory.ListValue(memory.String("s"), memory.Number(1), memory.Bool(true)), "n": memory.NumberValue(2)}}}},
 		{op: opDelete, tenant: "t", namespace: "ns", ids: []string{"a", "b"}},
 		{op: opDeleteNamespace, tenant: "t", namespace: "ns"},
 	}
@@ -46,9 +47,12 @@ func FuzzDecodeEntry(f *testing.F) {
 		if e.op != e2.op || e.tenant != e2.tenant || e.namespace != e2.namespace || len(e.records) != len(e2.records) || len(e.ids) != len(e2.ids) {
 			t.Fatalf("round trip changed the entry: %+v vs %+v", e, e2)
 		}
+		if diff := cmp.Diff(e.ns, e2.ns); diff != "" {
+			t.Fatalf("namespace changed (-first +second):\n%s", diff)
+		}
 		for i := range e.records {
-			if !proto.Equal(e.records[i], e2.records[i]) {
-				t.Fatalf("record %d changed", i)
+			if diff := cmp.Diff(e.records[i], e2.records[i], cmpNaN); diff != "" {
+				t.Fatalf("record %d changed (-first +second):\n%s", i, diff)
 			}
 		}
 	})

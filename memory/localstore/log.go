@@ -8,14 +8,17 @@ import (
 	"io"
 
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 
-	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/memory"
 )
 
 // The log is a sequence of frames: a 4-byte little-endian payload length, a 4-byte CRC-32C of the payload, then
 // the payload (one entry). One acknowledged write is one frame, appended and fsynced before the write returns,
 // so a crash can tear only the last, unacknowledged frame.
+//
+// A payload is the op byte, the tenant and the namespace name (each a protobuf varint length and the bytes),
+// then, by op: a Namespace message (length first); nothing; a count and that many Record messages (each length
+// first); a count and that many ids (each length first). See codec.go for the messages.
 
 const (
 	frameHeader = 8
@@ -44,9 +47,9 @@ type entry struct {
 	tenant    string
 	namespace string
 	// ns is set for opCreateNamespace.
-	ns *memoryv1.Namespace
+	ns memory.Namespace
 	// records is set for opUpsert.
-	records []*memoryv1.Record
+	records []memory.Record
 	// ids is set for opDelete.
 	ids []string
 }
@@ -61,13 +64,12 @@ func appendFrame(buf []byte, e *entry) ([]byte, error) {
 	var err error
 	switch e.op {
 	case opCreateNamespace:
-		buf, err = proto.MarshalOptions{Deterministic: true}.MarshalAppend(protowire.AppendVarint(buf, uint64(proto.Size(e.ns))), e.ns)
+		buf, err = appendLengthPrefixed(buf, func(b []byte) ([]byte, error) { return appendNamespace(b, e.ns) })
 	case opDeleteNamespace:
 	case opUpsert:
 		buf = protowire.AppendVarint(buf, uint64(len(e.records)))
-		for _, r := range e.records {
-			buf = protowire.AppendVarint(buf, uint64(proto.Size(r)))
-			if buf, err = (proto.MarshalOptions{Deterministic: true}).MarshalAppend(buf, r); err != nil {
+		for i := range e.records {
+			if buf, err = appendLengthPrefixed(buf, func(b []byte) ([]byte, error) { return appendRecord(b, &e.records[i]) }); err != nil {
 				break
 			}
 		}
@@ -88,6 +90,27 @@ func appendFrame(buf []byte, e *entry) ([]byte, error) {
 	}
 	binary.LittleEndian.PutUint32(buf[start:], uint32(len(payload)))
 	binary.LittleEndian.PutUint32(buf[start+4:], crc32.Checksum(payload, crcTable))
+	return buf, nil
+}
+
+// appendLengthPrefixed appends what body appends, preceded by its length as a varint. The length is written
+// in the one byte reserved for it when it fits, and the body moved along otherwise.
+func appendLengthPrefixed(buf []byte, body func([]byte) ([]byte, error)) ([]byte, error) {
+	at := len(buf)
+	buf, err := body(append(buf, 0))
+	if err != nil {
+		return nil, err
+	}
+	n := len(buf) - at - 1
+	if n < 0x80 {
+		buf[at] = byte(n)
+		return buf, nil
+	}
+	var lenBuf [binary.MaxVarintLen64]byte
+	l := protowire.AppendVarint(lenBuf[:0], uint64(n))
+	buf = append(buf, l[1:]...) // room for the rest of the length
+	copy(buf[at+len(l):], buf[at+1:at+1+n])
+	copy(buf[at:], l)
 	return buf, nil
 }
 
@@ -146,9 +169,8 @@ func decodeEntry(b []byte) (*entry, error) {
 		if s, b, err = consumeBytes(b); err != nil {
 			return nil, fmt.Errorf("decode namespace: %w", err)
 		}
-		e.ns = &memoryv1.Namespace{}
-		if err := proto.Unmarshal(s, e.ns); err != nil {
-			return nil, fmt.Errorf("decode namespace: %w", err)
+		if e.ns, err = decodeNamespace(s); err != nil {
+			return nil, err
 		}
 	case opDeleteNamespace:
 	case opUpsert, opDelete:
@@ -165,9 +187,9 @@ func decodeEntry(b []byte) (*entry, error) {
 				e.ids = append(e.ids, string(s))
 				continue
 			}
-			r := &memoryv1.Record{}
-			if err := proto.Unmarshal(s, r); err != nil {
-				return nil, fmt.Errorf("decode record: %w", err)
+			r, err := decodeRecord(s)
+			if err != nil {
+				return nil, err
 			}
 			e.records = append(e.records, r)
 		}

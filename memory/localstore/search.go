@@ -232,17 +232,6 @@ func scanChunks(n, dim, k int, work func(lo, hi int, h *topK)) []scored {
 	return all.sorted()
 }
 
-// scan scores slots [0, n) with score (which returns ok=false to skip a slot) and keeps the k best.
-func scan(n, dim, k int, score func(slot int) (float32, bool)) []scored {
-	return scanChunks(n, dim, k, func(lo, hi int, h *topK) {
-		for i := lo; i < hi; i++ {
-			if s, ok := score(i); ok {
-				h.offer(scored{i, s})
-			}
-		}
-	})
-}
-
 // vectorQuery is one nearest-neighbour pass over a namespace. keep (expiry and filter) and minScore are
 // evaluated only for rows whose score could enter a heap, so the hot loop is the kernel alone.
 type vectorQuery struct {

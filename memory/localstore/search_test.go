@@ -24,7 +24,13 @@ func TestScanParallel(t *testing.T) {
 		scores[i] = float32(r.IntN(1000)) // many ties
 	}
 	for _, k := range []int{1, 10, 999, n + 5} {
-		got := scan(n, dim, k, func(i int) (float32, bool) { return scores[i], i%7 != 0 })
+		got := scanChunks(n, dim, k, func(lo, hi int, h *topK) {
+			for i := lo; i < hi; i++ {
+				if i%7 != 0 {
+					h.offer(scored{i, scores[i]})
+				}
+			}
+		})
 		var want []scored
 		for i, s := range scores {
 			if i%7 != 0 {

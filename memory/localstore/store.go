@@ -43,8 +43,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
-	"github.com/loom-dev/loom/internal/telemetry"
 	"github.com/loom-dev/loom/memory"
 )
 
@@ -70,8 +68,9 @@ type Store struct {
 	closed  bool
 
 	// quota bounds each tenant (see WithQuota); checked under writeMu, so concurrent writes cannot both pass.
-	quota   memory.Quota
-	metrics *telemetry.MemoryMetrics // search durations by mode; nil records nothing
+	quota memory.Quota
+	// observer is told of every search (see WithObserver); nil observes nothing.
+	observer memory.SearchObserver
 	// freeing is set while a goroutine returns freed memory to the OS after a large DeleteNamespace.
 	freeing atomic.Bool
 	// gate shares the cores among tenants' scans (see scanGate).
@@ -85,13 +84,14 @@ type Store struct {
 // Option configures a Store.
 type Option func(*Store)
 
-// WithQuota bounds what each tenant may keep: namespaces, records and record bytes ([memory.RecordSize]), over
+// WithQuota bounds what each tenant may keep: namespaces, records and record bytes ([RecordSize]), over
 // all its namespaces. A write over a quota fails with a *memory.QuotaError and writes nothing. The default is
 // no limit (the zero Quota); `loom serve` passes memory.DefaultQuota unless configured otherwise.
 func WithQuota(q memory.Quota) Option { return func(s *Store) { s.quota = q } }
 
-// WithMetrics records each search's duration by mode in m.
-func WithMetrics(m *telemetry.MemoryMetrics) Option { return func(s *Store) { s.metrics = m } }
+// WithObserver has o told of every search, with its mode ("exact", "int8", "ivf" or "hybrid"), for traces and
+// metrics. The observed span covers the scan, not the wait at the scan gate.
+func WithObserver(o memory.SearchObserver) Option { return func(s *Store) { s.observer = o } }
 
 // namespace is one namespace's live state. Slots 0..len(ids)-1 are dense; deleting swaps the last slot in.
 type namespace struct {
@@ -116,7 +116,7 @@ type namespace struct {
 
 type rec struct {
 	text   string
-	md     map[string]*memoryv1.Value
+	md     map[string]memory.Value
 	expire time.Time
 	update time.Time
 	size   int64
@@ -293,7 +293,7 @@ func (s *Store) apply(e *entry) error {
 			nss = map[string]*namespace{}
 			s.tenants[e.tenant] = nss
 		}
-		meta := memory.NamespaceFromProto(e.ns)
+		meta := e.ns
 		if meta.Dimension <= 0 || meta.Dimension > 1<<16 {
 			return fmt.Errorf("namespace %q: bad dimension %d", meta.Name, meta.Dimension)
 		}
@@ -308,13 +308,13 @@ func (s *Store) apply(e *entry) error {
 		if ns == nil {
 			return fmt.Errorf("upsert into unknown namespace %q", e.namespace)
 		}
-		for _, p := range e.records {
-			if len(p.GetVector()) != ns.dim {
-				return fmt.Errorf("record %q: dimension %d, namespace has %d", p.GetId(), len(p.GetVector()), ns.dim)
+		for _, r := range e.records {
+			if len(r.Vector) != ns.dim {
+				return fmt.Errorf("record %q: dimension %d, namespace has %d", r.ID, len(r.Vector), ns.dim)
 			}
 		}
-		for _, p := range e.records {
-			ns.put(memory.RecordFromProto(p))
+		for _, r := range e.records {
+			ns.put(r)
 		}
 	case opDelete:
 		ns := nss[e.namespace]
@@ -331,8 +331,9 @@ func (s *Store) apply(e *entry) error {
 }
 
 func (ns *namespace) put(r memory.Record) {
-	size := memory.RecordSize(r)
-	nr := &rec{text: r.Text, md: r.Metadata, expire: r.ExpireTime, update: r.UpdateTime, size: size}
+	size := RecordSize(r)
+	// Times are kept in UTC, as the log gives them back after a restart.
+	nr := &rec{text: r.Text, md: r.Metadata, expire: r.ExpireTime.UTC(), update: r.UpdateTime.UTC(), size: size}
 	if !r.ExpireTime.IsZero() {
 		ns.expiring++
 	}
@@ -466,14 +467,13 @@ func (s *Store) compact() error {
 	err = func() error {
 		for tenant, nss := range s.tenants {
 			for name, ns := range nss {
-				if err := emit(&entry{op: opCreateNamespace, tenant: tenant, namespace: name, ns: ns.meta.Proto()}); err != nil {
+				if err := emit(&entry{op: opCreateNamespace, tenant: tenant, namespace: name, ns: ns.meta}); err != nil {
 					return err
 				}
 				batch := &entry{op: opUpsert, tenant: tenant, namespace: name}
 				for i := range ns.ids {
 					if ns.recs[i].expire.IsZero() || now.Before(ns.recs[i].expire) {
-						r := ns.record(i, true)
-						batch.records = append(batch.records, r.Proto(true))
+						batch.records = append(batch.records, ns.record(i, true))
 					}
 					if len(batch.records) == 256 || (i == len(ns.ids)-1 && len(batch.records) > 0) {
 						if err := emit(batch); err != nil {
@@ -555,8 +555,8 @@ func (s *Store) lookup(tenant, name string) (*namespace, error) {
 
 // CreateNamespace implements memory.Store.
 func (s *Store) CreateNamespace(ctx context.Context, tenant string, ns memory.Namespace) (memory.Namespace, error) {
-	if ns.Dimension < 1 || ns.Dimension > 4096 {
-		return memory.Namespace{}, memory.Invalidf("namespace.dimension", "must be in [1, 4096], got %d", ns.Dimension)
+	if err := memory.CheckNamespace(ns); err != nil {
+		return memory.Namespace{}, err
 	}
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
@@ -577,7 +577,7 @@ func (s *Store) CreateNamespace(ctx context.Context, tenant string, ns memory.Na
 	}
 	ns.CreateTime = s.now().UTC().Truncate(time.Microsecond)
 	ns.Stats = memory.NamespaceStats{}
-	if err := s.write(&entry{op: opCreateNamespace, tenant: tenant, namespace: ns.Name, ns: ns.Proto()}); err != nil {
+	if err := s.write(&entry{op: opCreateNamespace, tenant: tenant, namespace: ns.Name, ns: ns}); err != nil {
 		return memory.Namespace{}, fmt.Errorf("create namespace %q: %w", ns.Name, err)
 	}
 	return ns, nil
@@ -692,7 +692,7 @@ func batchUsage(ns *namespace, records []memory.Record) memory.Usage {
 		if last[r.ID] != i {
 			continue
 		}
-		add.Bytes += memory.RecordSize(r)
+		add.Bytes += RecordSize(r)
 		if j, ok := ns.slot[r.ID]; ok {
 			add.Bytes -= ns.recs[j].size
 		} else {
@@ -780,11 +780,7 @@ func (s *Store) Upsert(ctx context.Context, tenant, namespace string, records []
 	if err := s.checkQuota(tenant, namespace, records); err != nil {
 		return fmt.Errorf("upsert: %w", err)
 	}
-	e := &entry{op: opUpsert, tenant: tenant, namespace: namespace, records: make([]*memoryv1.Record, len(records))}
-	for i, r := range records {
-		e.records[i] = r.Proto(true)
-	}
-	if err := s.write(e); err != nil {
+	if err := s.write(&entry{op: opUpsert, tenant: tenant, namespace: namespace, records: records}); err != nil {
 		return fmt.Errorf("upsert: %w", err)
 	}
 	return nil
@@ -816,7 +812,7 @@ func (ns *namespace) expired(i int, now time.Time) bool {
 }
 
 // Delete implements memory.Store.
-func (s *Store) Delete(ctx context.Context, tenant, namespace string, ids []string, filter *memoryv1.Filter) (int64, error) {
+func (s *Store) Delete(ctx context.Context, tenant, namespace string, ids []string, filter *memory.Filter) (int64, error) {
 	if len(ids) == 0 {
 		if filter == nil {
 			return 0, memory.Invalidf("selector", "ids or filter is required")
@@ -883,12 +879,18 @@ func (s *Store) Search(ctx context.Context, tenant, namespace string, q memory.Q
 	s.mu.RLock()
 	ns, err := s.lookup(tenant, namespace)
 	var rows, dim int
+	var meta memory.Namespace
 	if err == nil {
-		rows, dim = len(ns.ids), ns.dim
+		rows, dim, meta = len(ns.ids), ns.dim, ns.meta
 	}
 	s.mu.RUnlock()
 	if err != nil {
 		return nil, fmt.Errorf("search: %w", err)
+	}
+	if q.Vector == nil && q.Embed != nil {
+		if q.Vector, err = q.Embed(ctx, meta); err != nil {
+			return nil, fmt.Errorf("search: %w", err)
+		}
 	}
 	if rows*dim >= gateMinFloats {
 		release, err := s.gate.acquire(ctx, tenant, scanWeight(rows, dim))
@@ -928,8 +930,7 @@ func (s *Store) Search(ctx context.Context, tenant, namespace string, q memory.Q
 	case ns.useQuantised():
 		mode = "int8"
 	}
-	_, span := telemetry.StartMemorySearch(ctx, namespace, mode, q.TopK)
-	began := time.Now()
+	_, end := memory.StartSearch(ctx, s.observer, namespace, mode, q.TopK)
 	var top []scored
 	ok := false
 	if ns.useIVF() {
@@ -945,8 +946,7 @@ func (s *Store) Search(ctx context.Context, tenant, namespace string, q memory.Q
 	} else {
 		top = vq.exact(k)
 	}
-	span.End(len(top), nil)
-	s.metrics.ObserveSearch(mode, time.Since(began))
+	end(len(top), nil)
 	if !q.Hybrid {
 		hits := make([]memory.Hit, len(top))
 		for j, c := range top {

@@ -7,7 +7,6 @@ import (
 	"slices"
 	"testing"
 
-	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/memory"
 	"github.com/loom-dev/loom/memory/memorytest"
 )
@@ -39,11 +38,11 @@ func TestContractAfterReopen(t *testing.T) {
 	for i := range 50 {
 		id := string(rune('a'+i%26)) + string(rune('a'+i/26))
 		want = append(want, id)
-		if err := s.Upsert(ctx, "t", "ns", []memory.Record{{ID: id, Text: "t " + id, Vector: []float32{1, float32(i)}, Metadata: map[string]*memoryv1.Value{"i": {Kind: &memoryv1.Value_NumberValue{NumberValue: float64(i)}}}}}); err != nil {
+		if err := s.Upsert(ctx, "t", "ns", []memory.Record{{ID: id, Text: "t " + id, Vector: []float32{1, float32(i)}, Metadata: map[string]memory.Value{"i": memory.NumberValue(float64(i))}}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if n, err := s.Delete(ctx, "t", "ns", nil, &memoryv1.Filter{Kind: &memoryv1.Filter_Field{Field: &memoryv1.FieldCondition{Key: "i", Op: &memoryv1.FieldCondition_Range{Range: &memoryv1.Range{Lt: ptr(10.0)}}}}}); err != nil || n != 10 {
+	if n, err := s.Delete(ctx, "t", "ns", nil, memory.InRange("i", memory.Range{Lt: ptr(10.0)})); err != nil || n != 10 {
 		t.Fatalf("Delete = %d, %v", n, err)
 	}
 	want = want[10:]

@@ -3,14 +3,17 @@
 // recall@k against the ground truth, query latency p50/p99 and single-client QPS. It backs `loom bench memory`.
 //
 // Backends: the embedded localstore (exact float32 scan; the default int8 quantised scan with exact re-ranking;
-// the IVF index over int8 codes that IndexConfig kind HNSW selects), pgstore (through memory.Store: COPY-staged batches, HNSW index built after the
-// load by BuildIndexes), pgvector by direct SQL (COPY first, HNSW index built after: the best case for ingest),
-// and chromem-go (an in-process brute-force library) for reference.
+// the IVF index over int8 codes that IndexConfig kind HNSW selects), pgstore (through memory.Store: COPY-staged
+// batches, HNSW index built after the load by BuildIndexes), and pgvector by direct SQL (COPY first, HNSW index
+// built after: the best case for ingest). chromem-go (an in-process brute-force library) is a reference run by
+// the package's tests only (chromem_test.go, TestRunSized), so that `loom`, which runs this package as
+// `loom bench memory`, does not carry it.
 //
 // Each backend also runs a filtered search at 10% selectivity (metadata bucket = 3 of 0..9), scored against the
 // exact filtered top k; "rows==k" says whether every query returned exactly k rows. The table gives each
-// backend's QPS and p50 as ratios to the pgvector direct-SQL baseline, and localstore's speed-up over chromem-go
-// (chromem p50 / localstore p50). Progress is drawn on w as a throttled bar, one line per phase.
+// backend's QPS and p50 as ratios to the pgvector direct-SQL baseline, and, when chromem-go ran, localstore's
+// speed-up over it (chromem p50 / localstore p50). Progress is drawn on w as a throttled bar, one line per
+// phase.
 package membench
 
 import (
@@ -18,6 +21,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -31,9 +35,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/pgvector/pgvector-go"
 	pgxvec "github.com/pgvector/pgvector-go/pgx"
-	"github.com/philippgille/chromem-go"
 
-	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/memory"
 	"github.com/loom-dev/loom/memory/localstore"
@@ -53,7 +55,7 @@ type Config struct {
 	EfSearch int
 	// EfSearch zero uses pgstore.DefaultEfSearch, for pgstore and the direct-SQL baseline alike.
 	// Backends limits the run to these names ("localstore", "localstore-int8", "localstore-ivf", "pgstore",
-	// "pgvector-sql", "chromem"); empty runs all available.
+	// "pgvector-sql", and those of extra); empty runs all available.
 	Backends []string
 	// NoProgress turns off the progress bar.
 	NoProgress bool
@@ -62,6 +64,9 @@ type Config struct {
 	// Selectivity of the filtered search [0.1]: records carry bucket = i mod round(1/Selectivity) and the filter
 	// is bucket = 3.
 	Selectivity float64
+
+	// extra are more backends by name, run after the others: the tests' chromem-go reference.
+	extra map[string]func(Config) (*backend, error)
 }
 
 func (c *Config) defaults() {
@@ -257,8 +262,10 @@ func Run(ctx context.Context, w io.Writer, cfg Config) ([]Result, error) {
 	if cfg.PostgresURL != "" && want("pgvector-sql") {
 		backends = append(backends, func() (*backend, error) { return sqlBackend(ctx, cfg) })
 	}
-	if want("chromem") {
-		backends = append(backends, func() (*backend, error) { return chromemBackend(cfg) })
+	for _, name := range slices.Sorted(maps.Keys(cfg.extra)) {
+		if want(name) {
+			backends = append(backends, func() (*backend, error) { return cfg.extra[name](cfg) })
+		}
 	}
 	pw := w
 	if cfg.Progress != nil {
@@ -379,8 +386,7 @@ func measure(ctx context.Context, p *progress, b *backend, d dataset, k int) (Re
 }
 
 // bucketFilter selects records whose bucket is filterBucket.
-var bucketFilter = &memoryv1.Filter{Kind: &memoryv1.Filter_Field{Field: &memoryv1.FieldCondition{Key: "bucket",
-	Op: &memoryv1.FieldCondition_Eq{Eq: &memoryv1.Scalar{Kind: &memoryv1.Scalar_NumberValue{NumberValue: filterBucket}}}}}}
+var bucketFilter = memory.Eq("bucket", memory.Number(filterBucket))
 
 // storeBackend drives a memory.Store in batches of memory.MaxBatch, the RPC's limit. A store with deferred index
 // builds (pgstore) has them run at the end of the load, inside the timed ingest.
@@ -390,7 +396,7 @@ func storeBackend(name string, s memory.Store, cfg Config, kind memory.IndexKind
 		closeFn()
 		return nil, err
 	}
-	search := func(filter *memoryv1.Filter) func(ctx context.Context, q []float32, k int) ([]int, error) {
+	search := func(filter *memory.Filter) func(ctx context.Context, q []float32, k int) ([]int, error) {
 		return func(ctx context.Context, q []float32, k int) ([]int, error) {
 			hits, err := s.Search(ctx, "bench", "bench", memory.Query{Vector: q, TopK: k, Filter: filter})
 			if err != nil {
@@ -406,9 +412,9 @@ func storeBackend(name string, s memory.Store, cfg Config, kind memory.IndexKind
 	return &backend{
 		name: name,
 		ingest: func(ctx context.Context, d dataset, done func(int)) error {
-			bucket := make([]map[string]*memoryv1.Value, d.buckets)
+			bucket := make([]map[string]memory.Value, d.buckets)
 			for i := range bucket {
-				bucket[i] = map[string]*memoryv1.Value{"bucket": {Kind: &memoryv1.Value_NumberValue{NumberValue: float64(i)}}}
+				bucket[i] = map[string]memory.Value{"bucket": memory.NumberValue(float64(i))}
 			}
 			for startI := 0; startI < len(d.vecs); startI += memory.MaxBatch {
 				batch := make([]memory.Record, 0, memory.MaxBatch)
@@ -533,41 +539,5 @@ func sqlBackend(ctx context.Context, cfg Config) (*backend, error) {
 			_, _ = conn.Exec(context.Background(), "DROP TABLE IF EXISTS membench_items")
 			conn.Close(context.Background())
 		},
-	}, nil
-}
-
-func chromemBackend(cfg Config) (*backend, error) {
-	db := chromem.NewDB()
-	col, err := db.CreateCollection("bench", nil, func(context.Context, string) ([]float32, error) {
-		return nil, fmt.Errorf("membench: no embedding function")
-	})
-	if err != nil {
-		return nil, err
-	}
-	query := func(where map[string]string) func(ctx context.Context, q []float32, k int) ([]int, error) {
-		return func(ctx context.Context, q []float32, k int) ([]int, error) {
-			res, err := col.QueryEmbedding(ctx, q, k, where, nil)
-			if err != nil {
-				return nil, err
-			}
-			out := make([]int, len(res))
-			for i, r := range res {
-				out[i], _ = strconv.Atoi(r.ID)
-			}
-			return out, nil
-		}
-	}
-	return &backend{
-		name: "chromem-go (exact)",
-		ingest: func(ctx context.Context, d dataset, done func(int)) error {
-			docs := make([]chromem.Document, len(d.vecs))
-			for i, v := range d.vecs {
-				docs[i] = chromem.Document{ID: strconv.Itoa(i), Embedding: v, Content: "x", Metadata: map[string]string{"bucket": strconv.Itoa(i % d.buckets)}}
-			}
-			return col.AddDocuments(ctx, docs, 2)
-		},
-		search:   query(nil),
-		filtered: query(map[string]string{"bucket": strconv.Itoa(filterBucket)}),
-		close:    func() {},
 	}, nil
 }

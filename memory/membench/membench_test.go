@@ -11,7 +11,7 @@ import (
 )
 
 func TestRunSmall(t *testing.T) {
-	cfg := Config{N: 600, Dim: 32, Clusters: 8, Queries: 20, K: 10}
+	cfg := withChromem(Config{N: 600, Dim: 32, Clusters: 8, Queries: 20, K: 10})
 	if os.Getenv(sqldbtest.EnvURL) != "" {
 		cfg.PostgresURL = sqldbtest.PostgresURL(t)
 	}
@@ -53,7 +53,7 @@ func TestRunSized(t *testing.T) {
 	if n == 0 {
 		t.Skip("MEMBENCH_N is not set")
 	}
-	cfg := Config{N: n, Queries: 100}
+	cfg := withChromem(Config{N: n, Queries: 100})
 	if os.Getenv(sqldbtest.EnvURL) != "" {
 		cfg.PostgresURL = sqldbtest.PostgresURL(t)
 	}

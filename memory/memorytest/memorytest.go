@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/memory"
 )
 
@@ -224,7 +223,7 @@ func dataset(seed uint64, n, dim int) []memory.Record {
 			ID:     fmt.Sprintf("r%04d", i),
 			Text:   fmt.Sprintf("record number %d", i),
 			Vector: randVec(r, dim),
-			Metadata: map[string]*memoryv1.Value{
+			Metadata: map[string]memory.Value{
 				"n":    num(float64(i)),
 				"mod":  num(float64(i % 10)),
 				"rare": boolean(i%41 == 0),
@@ -301,71 +300,40 @@ func testDefaultIndexRecall(t *testing.T, s memory.Store) {
 	}
 }
 
-func num(f float64) *memoryv1.Value {
-	return &memoryv1.Value{Kind: &memoryv1.Value_NumberValue{NumberValue: f}}
-}
-func str(s string) *memoryv1.Value {
-	return &memoryv1.Value{Kind: &memoryv1.Value_StringValue{StringValue: s}}
-}
-func boolean(b bool) *memoryv1.Value {
-	return &memoryv1.Value{Kind: &memoryv1.Value_BoolValue{BoolValue: b}}
-}
-func list(ss ...*memoryv1.Scalar) *memoryv1.Value {
-	return &memoryv1.Value{Kind: &memoryv1.Value_ListValue{ListValue: &memoryv1.ScalarList{Values: ss}}}
-}
-func sS(s string) *memoryv1.Scalar {
-	return &memoryv1.Scalar{Kind: &memoryv1.Scalar_StringValue{StringValue: s}}
-}
-func sN(f float64) *memoryv1.Scalar {
-	return &memoryv1.Scalar{Kind: &memoryv1.Scalar_NumberValue{NumberValue: f}}
-}
-func sB(b bool) *memoryv1.Scalar {
-	return &memoryv1.Scalar{Kind: &memoryv1.Scalar_BoolValue{BoolValue: b}}
-}
+func num(f float64) memory.Value            { return memory.NumberValue(f) }
+func str(s string) memory.Value             { return memory.StringValue(s) }
+func boolean(b bool) memory.Value           { return memory.BoolValue(b) }
+func list(ss ...memory.Scalar) memory.Value { return memory.ListValue(ss...) }
+func sS(s string) memory.Scalar             { return memory.String(s) }
+func sN(f float64) memory.Scalar            { return memory.Number(f) }
+func sB(b bool) memory.Scalar               { return memory.Bool(b) }
 
-func field(key string, c *memoryv1.FieldCondition) *memoryv1.Filter {
-	c.Key = key
-	return &memoryv1.Filter{Kind: &memoryv1.Filter_Field{Field: c}}
-}
-func eq(key string, s *memoryv1.Scalar) *memoryv1.Filter {
-	return field(key, &memoryv1.FieldCondition{Op: &memoryv1.FieldCondition_Eq{Eq: s}})
-}
-func ne(key string, s *memoryv1.Scalar) *memoryv1.Filter {
-	return field(key, &memoryv1.FieldCondition{Op: &memoryv1.FieldCondition_Ne{Ne: s}})
-}
-func in(key string, ss ...*memoryv1.Scalar) *memoryv1.Filter {
-	return field(key, &memoryv1.FieldCondition{Op: &memoryv1.FieldCondition_In{In: &memoryv1.ScalarList{Values: ss}}})
-}
-func rng(key string, r *memoryv1.Range) *memoryv1.Filter {
-	return field(key, &memoryv1.FieldCondition{Op: &memoryv1.FieldCondition_Range{Range: r}})
-}
-func exists(key string, b bool) *memoryv1.Filter {
-	return field(key, &memoryv1.FieldCondition{Op: &memoryv1.FieldCondition_Exists{Exists: b}})
-}
-func all(fs ...*memoryv1.Filter) *memoryv1.Filter {
-	return &memoryv1.Filter{Kind: &memoryv1.Filter_All{All: &memoryv1.FilterList{Filters: fs}}}
-}
-func anyOf(fs ...*memoryv1.Filter) *memoryv1.Filter {
-	return &memoryv1.Filter{Kind: &memoryv1.Filter_Any{Any: &memoryv1.FilterList{Filters: fs}}}
-}
-func not(f *memoryv1.Filter) *memoryv1.Filter {
-	return &memoryv1.Filter{Kind: &memoryv1.Filter_Not{Not: f}}
-}
+var (
+	eq     = memory.Eq
+	ne     = memory.Ne
+	in     = memory.In
+	rng    = memory.InRange
+	exists = memory.Exists
+	all    = memory.All
+	anyOf  = memory.Any
+	not    = memory.Not
+)
+
 func fp(f float64) *float64 { return &f }
 
 func testFilters(t *testing.T, s memory.Store) {
 	mustCreate(t, s, "t1", memory.Namespace{Name: "f", Dimension: 2})
 	v := []float32{1, 1}
 	mustUpsert(t, s, "t1", "f", []memory.Record{
-		{ID: "a", Vector: v, Metadata: map[string]*memoryv1.Value{"color": str("red"), "size": num(1), "ok": boolean(true)}},
-		{ID: "b", Vector: v, Metadata: map[string]*memoryv1.Value{"color": str("blue"), "size": num(2.5), "ok": boolean(false)}},
-		{ID: "c", Vector: v, Metadata: map[string]*memoryv1.Value{"color": str("red"), "size": str("2"), "tags": list(sS("x"), sS("y"))}},
-		{ID: "d", Vector: v, Metadata: map[string]*memoryv1.Value{"tags": list(sS("y"), sN(7)), "size": num(10)}},
+		{ID: "a", Vector: v, Metadata: map[string]memory.Value{"color": str("red"), "size": num(1), "ok": boolean(true)}},
+		{ID: "b", Vector: v, Metadata: map[string]memory.Value{"color": str("blue"), "size": num(2.5), "ok": boolean(false)}},
+		{ID: "c", Vector: v, Metadata: map[string]memory.Value{"color": str("red"), "size": str("2"), "tags": list(sS("x"), sS("y"))}},
+		{ID: "d", Vector: v, Metadata: map[string]memory.Value{"tags": list(sS("y"), sN(7)), "size": num(10)}},
 		{ID: "e", Vector: v},
 	})
 	tests := []struct {
 		name   string
-		filter *memoryv1.Filter
+		filter *memory.Filter
 		want   []string
 	}{
 		{"eq string", eq("color", sS("red")), []string{"a", "c"}},
@@ -379,16 +347,16 @@ func testFilters(t *testing.T, s memory.Store) {
 		{"ne list", ne("tags", sS("x")), []string{"a", "b", "d", "e"}},
 		{"in", in("color", sS("blue"), sS("green")), []string{"b"}},
 		{"in list", in("tags", sS("x"), sS("nope")), []string{"c"}},
-		{"range gt", rng("size", &memoryv1.Range{Gt: fp(1)}), []string{"b", "d"}},
-		{"range gte lte", rng("size", &memoryv1.Range{Gte: fp(1), Lte: fp(2.5)}), []string{"a", "b"}},
-		{"range lt", rng("size", &memoryv1.Range{Lt: fp(2.5)}), []string{"a"}},
-		{"range list element", rng("tags", &memoryv1.Range{Gt: fp(5)}), []string{"d"}},
+		{"range gt", rng("size", memory.Range{Gt: fp(1)}), []string{"b", "d"}},
+		{"range gte lte", rng("size", memory.Range{Gte: fp(1), Lte: fp(2.5)}), []string{"a", "b"}},
+		{"range lt", rng("size", memory.Range{Lt: fp(2.5)}), []string{"a"}},
+		{"range list element", rng("tags", memory.Range{Gt: fp(5)}), []string{"d"}},
 		{"exists", exists("tags", true), []string{"c", "d"}},
 		{"not exists", exists("color", false), []string{"d", "e"}},
 		{"all", all(eq("color", sS("red")), exists("ok", true)), []string{"a"}},
 		{"any", anyOf(eq("color", sS("blue")), eq("tags", sN(7))), []string{"b", "d"}},
 		{"not", not(eq("color", sS("red"))), []string{"b", "d", "e"}},
-		{"nested", all(not(exists("ok", true)), anyOf(eq("tags", sS("x")), rng("size", &memoryv1.Range{Gte: fp(10)}))), []string{"c", "d"}},
+		{"nested", all(not(exists("ok", true)), anyOf(eq("tags", sS("x")), rng("size", memory.Range{Gte: fp(10)}))), []string{"c", "d"}},
 	}
 	for _, tc := range tests {
 		hits, err := s.Search(ctx, "t1", "f", memory.Query{Vector: v, TopK: 10, Filter: tc.filter})
@@ -402,7 +370,7 @@ func testFilters(t *testing.T, s memory.Store) {
 			t.Errorf("%s: got %v, want %v", tc.name, got, tc.want)
 		}
 	}
-	if _, err := s.Search(ctx, "t1", "f", memory.Query{Vector: v, TopK: 1, Filter: rng("size", &memoryv1.Range{})}); !errors.Is(err, memory.ErrInvalid) {
+	if _, err := s.Search(ctx, "t1", "f", memory.Query{Vector: v, TopK: 1, Filter: rng("size", memory.Range{})}); !errors.Is(err, memory.ErrInvalid) {
 		t.Errorf("Search(empty range) = %v, want ErrInvalid", err)
 	}
 }
@@ -415,9 +383,9 @@ func testSelectiveFilter(t *testing.T, s memory.Store) {
 		mustUpsert(t, s, "t1", "ns", recs[i:i+500])
 	}
 	q := randVec(rand.New(rand.NewPCG(5, 5)), dim)
-	filters := map[string]*memoryv1.Filter{
+	filters := map[string]*memory.Filter{
 		"rare (49 match)":     eq("rare", sB(true)),
-		"n < 12 (12 match)":   rng("n", &memoryv1.Range{Lt: fp(12)}),
+		"n < 12 (12 match)":   rng("n", memory.Range{Lt: fp(12)}),
 		"n in 3 (3 match)":    in("n", sN(5), sN(500), sN(1999)),
 		"mod 3 (200 match)":   eq("mod", sN(3)),
 		"not mod (1800)":      not(in("mod", sN(1), sN(2))),
@@ -467,7 +435,7 @@ func testGet(t *testing.T, s memory.Store) {
 	mustCreate(t, s, "t1", memory.Namespace{Name: "ns", Dimension: 3})
 	upd := time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC)
 	in := []memory.Record{
-		{ID: "a", Text: "alpha", Vector: []float32{0.1, 0.2, 0.3}, Metadata: map[string]*memoryv1.Value{"k": list(sS("x"), sN(1.5), sB(true))}, UpdateTime: upd},
+		{ID: "a", Text: "alpha", Vector: []float32{0.1, 0.2, 0.3}, Metadata: map[string]memory.Value{"k": list(sS("x"), sN(1.5), sB(true))}, UpdateTime: upd},
 		{ID: "b/c:d@e.f-g_h", Text: "beta", Vector: []float32{-1e-30, 3.4e38, 1}, UpdateTime: upd},
 	}
 	mustUpsert(t, s, "t1", "ns", in)
@@ -484,7 +452,7 @@ func testGet(t *testing.T, s memory.Store) {
 			t.Errorf("Get(%s) = %+v, want %+v", want.ID, g, want)
 		}
 	}
-	if l := got[1].Metadata["k"].GetListValue().GetValues(); len(l) != 3 || l[0].GetStringValue() != "x" || l[1].GetNumberValue() != 1.5 || !l[2].GetBoolValue() {
+	if l := got[1].Metadata["k"].List; len(l) != 3 || l[0].Str != "x" || l[1].Num != 1.5 || !l[2].Bool {
 		t.Errorf("list metadata round trip = %v", l)
 	}
 	noVec, _ := s.Get(ctx, "t1", "ns", []string{"a"}, false)
@@ -513,7 +481,7 @@ func testDelete(t *testing.T, s memory.Store) {
 		t.Fatal(err)
 	}
 	for _, h := range hits {
-		if h.Record.ID == "r0001" || h.Record.ID == "r0002" || h.Record.Metadata["mod"].GetNumberValue() == 5 {
+		if h.Record.ID == "r0001" || h.Record.ID == "r0002" || h.Record.Metadata["mod"].Num == 5 {
 			t.Errorf("deleted record %s returned", h.Record.ID)
 		}
 	}
@@ -522,7 +490,7 @@ func testDelete(t *testing.T, s memory.Store) {
 	}
 	// Deleted slots are reused correctly: the remaining records still score exactly.
 	remaining := slices.DeleteFunc(slices.Clone(recs), func(r memory.Record) bool {
-		return r.ID == "r0001" || r.ID == "r0002" || r.Metadata["mod"].GetNumberValue() == 5
+		return r.ID == "r0001" || r.ID == "r0002" || r.Metadata["mod"].Num == 5
 	})
 	checkHits(t, "after delete", hits[:10], brute(memory.MetricCosine, remaining, recs[0].Vector, 10, nil))
 }
@@ -598,7 +566,7 @@ func testRejectedBatch(t *testing.T, s memory.Store) {
 		"inf":       {ID: "bad", Vector: []float32{1, float32(math.Inf(1)), 3}},
 		"zero":      {ID: "bad", Vector: []float32{0, 0, 0}},
 		"no id":     {Vector: []float32{1, 2, 3}},
-		"metadata":  {ID: "bad", Vector: []float32{1, 2, 3}, Metadata: map[string]*memoryv1.Value{"x": num(math.NaN())}},
+		"metadata":  {ID: "bad", Vector: []float32{1, 2, 3}, Metadata: map[string]memory.Value{"x": num(math.NaN())}},
 	}
 	for name, b := range bad {
 		err := s.Upsert(ctx, "t1", "ns", []memory.Record{good, b})
@@ -655,7 +623,7 @@ func testConcurrent(t *testing.T, s memory.Store) {
 			for b := range batches {
 				recs := make([]memory.Record, per)
 				for i := range recs {
-					recs[i] = memory.Record{ID: fmt.Sprintf("w%d-%d-%d", w, b, i), Text: "concurrent", Vector: randVec(r, dim), Metadata: map[string]*memoryv1.Value{"w": num(float64(w))}}
+					recs[i] = memory.Record{ID: fmt.Sprintf("w%d-%d-%d", w, b, i), Text: "concurrent", Vector: randVec(r, dim), Metadata: map[string]memory.Value{"w": num(float64(w))}}
 				}
 				if err := s.Upsert(ctx, "t1", "ns", recs); err != nil {
 					errs <- err
@@ -673,7 +641,7 @@ func testConcurrent(t *testing.T, s memory.Store) {
 					return
 				}
 				for _, h := range hits {
-					if h.Record.Metadata["w"].GetNumberValue() != 1 {
+					if h.Record.Metadata["w"].Num != 1 {
 						errs <- fmt.Errorf("hit %s breaks the filter", h.Record.ID)
 					}
 				}

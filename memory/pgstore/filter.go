@@ -3,10 +3,10 @@ package pgstore
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
-	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/memory"
 )
 
@@ -27,17 +27,22 @@ func (a *args) add(v any) string {
 //   - in: OR of eq.
 //   - range: some element of the value (the value itself when not an array) is a JSON number within bounds.
 //   - exists: metadata ? key.
-func compileFilter(sb *strings.Builder, a *args, f *memoryv1.Filter) error {
-	switch k := f.GetKind().(type) {
-	case *memoryv1.Filter_Field:
-		return compileCondition(sb, a, k.Field)
-	case *memoryv1.Filter_All, *memoryv1.Filter_Any:
-		list, op := f.GetAll(), " AND "
-		if list == nil {
-			list, op = f.GetAny(), " OR "
+//   - all of none is true, any of none is false, as for memory.MatchFilter.
+func compileFilter(sb *strings.Builder, a *args, f *memory.Filter) error {
+	switch f.Op {
+	case memory.FilterField:
+		return compileCondition(sb, a, f.Cond)
+	case memory.FilterAll, memory.FilterAny:
+		op, empty := " AND ", "true"
+		if f.Op == memory.FilterAny {
+			op, empty = " OR ", "false"
+		}
+		if len(f.Filters) == 0 {
+			sb.WriteString(empty)
+			return nil
 		}
 		sb.WriteByte('(')
-		for i, sub := range list.GetFilters() {
+		for i, sub := range f.Filters {
 			if i > 0 {
 				sb.WriteString(op)
 			}
@@ -47,9 +52,9 @@ func compileFilter(sb *strings.Builder, a *args, f *memoryv1.Filter) error {
 		}
 		sb.WriteByte(')')
 		return nil
-	case *memoryv1.Filter_Not:
+	case memory.FilterNot:
 		sb.WriteString("(NOT ")
-		if err := compileFilter(sb, a, k.Not); err != nil {
+		if err := compileFilter(sb, a, f.Not); err != nil {
 			return err
 		}
 		sb.WriteByte(')')
@@ -58,109 +63,113 @@ func compileFilter(sb *strings.Builder, a *args, f *memoryv1.Filter) error {
 	return memory.Invalidf("filter", "unset filter")
 }
 
-func compileCondition(sb *strings.Builder, a *args, c *memoryv1.FieldCondition) error {
-	key := c.GetKey()
-	switch op := c.GetOp().(type) {
-	case *memoryv1.FieldCondition_Eq:
-		return compileEq(sb, a, key, op.Eq)
-	case *memoryv1.FieldCondition_Ne:
+func compileCondition(sb *strings.Builder, a *args, c memory.Condition) error {
+	switch c.Op {
+	case memory.CondEq:
+		return compileEq(sb, a, c.Key, c.Value)
+	case memory.CondNe:
 		sb.WriteString("(NOT ")
-		if err := compileEq(sb, a, key, op.Ne); err != nil {
+		if err := compileEq(sb, a, c.Key, c.Value); err != nil {
 			return err
 		}
 		sb.WriteByte(')')
 		return nil
-	case *memoryv1.FieldCondition_In:
+	case memory.CondIn:
 		sb.WriteByte('(')
-		for i, s := range op.In.GetValues() {
+		for i, s := range c.Values {
 			if i > 0 {
 				sb.WriteString(" OR ")
 			}
-			if err := compileEq(sb, a, key, s); err != nil {
+			if err := compileEq(sb, a, c.Key, s); err != nil {
 				return err
 			}
 		}
 		sb.WriteByte(')')
 		return nil
-	case *memoryv1.FieldCondition_Range:
-		k := a.add(key)
+	case memory.CondRange:
+		k := a.add(c.Key)
 		fmt.Fprintf(sb, "EXISTS (SELECT 1 FROM jsonb_array_elements(CASE jsonb_typeof(metadata->%[1]s::text) "+
 			"WHEN 'array' THEN metadata->%[1]s::text ELSE jsonb_build_array(metadata->%[1]s::text) END) AS e(v) "+
 			"WHERE CASE WHEN jsonb_typeof(e.v) = 'number' THEN true", k)
-		r := op.Range
+		r := c.Range
 		for _, b := range []struct {
 			v  *float64
 			op string
 		}{{r.Gt, ">"}, {r.Gte, ">="}, {r.Lt, "<"}, {r.Lte, "<="}} {
 			if b.v != nil {
+				// SQL orders NaN above every number, where memory.MatchFilter finds every comparison false; the
+				// contract refuses non-finite bounds, and so does this store for callers in Go.
+				if math.IsNaN(*b.v) || math.IsInf(*b.v, 0) {
+					return memory.Invalidf("filter.field.range", "bounds must be finite")
+				}
 				fmt.Fprintf(sb, " AND (e.v)::float8 %s %s::float8", b.op, a.add(*b.v))
 			}
 		}
 		sb.WriteString(" ELSE false END)")
 		return nil
-	case *memoryv1.FieldCondition_Exists:
-		if !op.Exists {
+	case memory.CondExists:
+		if !c.Exists {
 			sb.WriteString("NOT ")
 		}
-		fmt.Fprintf(sb, "(metadata ? %s::text)", a.add(key))
+		fmt.Fprintf(sb, "(metadata ? %s::text)", a.add(c.Key))
 		return nil
 	}
 	return memory.Invalidf("filter.field", "unset operator")
 }
 
-func compileEq(sb *strings.Builder, a *args, key string, s *memoryv1.Scalar) error {
+func compileEq(sb *strings.Builder, a *args, key string, s memory.Scalar) error {
 	v, err := scalarJSON(s)
 	if err != nil {
 		return err
 	}
-	scalar, _ := json.Marshal(map[string]any{key: v})
+	scalar, err := json.Marshal(map[string]any{key: v})
+	if err != nil {
+		return memory.Invalidf("filter.field", "%v", err) // a number JSON cannot hold (NaN, infinities)
+	}
 	inList, _ := json.Marshal(map[string]any{key: []any{v}})
 	fmt.Fprintf(sb, "(metadata @> %s::jsonb OR metadata @> %s::jsonb)", a.add(string(scalar)), a.add(string(inList)))
 	return nil
 }
 
-func scalarJSON(s *memoryv1.Scalar) (any, error) {
-	switch k := s.GetKind().(type) {
-	case *memoryv1.Scalar_StringValue:
-		return k.StringValue, nil
-	case *memoryv1.Scalar_NumberValue:
-		return k.NumberValue, nil
-	case *memoryv1.Scalar_BoolValue:
-		return k.BoolValue, nil
+func scalarJSON(s memory.Scalar) (any, error) {
+	switch s.Kind {
+	case memory.KindString:
+		return s.Str, nil
+	case memory.KindNumber:
+		return s.Num, nil
+	case memory.KindBool:
+		return s.Bool, nil
 	}
 	return nil, memory.Invalidf("filter", "unset scalar")
 }
 
 // metadataJSON encodes metadata as a JSON object: strings, numbers, booleans and arrays of them.
-func metadataJSON(md map[string]*memoryv1.Value) ([]byte, error) {
+func metadataJSON(md map[string]memory.Value) ([]byte, error) {
 	m := make(map[string]any, len(md))
 	for k, v := range md {
-		switch x := v.GetKind().(type) {
-		case *memoryv1.Value_StringValue:
-			m[k] = x.StringValue
-		case *memoryv1.Value_NumberValue:
-			m[k] = x.NumberValue
-		case *memoryv1.Value_BoolValue:
-			m[k] = x.BoolValue
-		case *memoryv1.Value_ListValue:
-			l := make([]any, 0, len(x.ListValue.GetValues()))
-			for _, s := range x.ListValue.GetValues() {
-				sv, err := scalarJSON(s)
-				if err != nil {
-					return nil, err
-				}
-				l = append(l, sv)
+		if v.Kind != memory.KindList {
+			sv, err := scalarJSON(v.Scalar)
+			if err != nil {
+				return nil, memory.Invalidf("metadata["+strconv.Quote(k)+"]", "unset value")
 			}
-			m[k] = l
-		default:
-			return nil, memory.Invalidf("metadata["+strconv.Quote(k)+"]", "unset value")
+			m[k] = sv
+			continue
 		}
+		l := make([]any, 0, len(v.List))
+		for _, s := range v.List {
+			sv, err := scalarJSON(s)
+			if err != nil {
+				return nil, err
+			}
+			l = append(l, sv)
+		}
+		m[k] = l
 	}
 	return json.Marshal(m)
 }
 
 // metadataFromJSON decodes what metadataJSON encoded. An empty object gives nil.
-func metadataFromJSON(b []byte) (map[string]*memoryv1.Value, error) {
+func metadataFromJSON(b []byte) (map[string]memory.Value, error) {
 	var m map[string]any
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("decode metadata: %w", err)
@@ -168,40 +177,37 @@ func metadataFromJSON(b []byte) (map[string]*memoryv1.Value, error) {
 	if len(m) == 0 {
 		return nil, nil
 	}
-	out := make(map[string]*memoryv1.Value, len(m))
+	out := make(map[string]memory.Value, len(m))
 	for k, v := range m {
-		switch x := v.(type) {
-		case []any:
-			l := &memoryv1.ScalarList{Values: make([]*memoryv1.Scalar, 0, len(x))}
+		if x, ok := v.([]any); ok {
+			l := make([]memory.Scalar, 0, len(x))
 			for _, e := range x {
 				s, err := toScalar(e)
 				if err != nil {
-					return nil, err
+					return nil, fmt.Errorf("decode metadata %q: list element: %w", k, err)
 				}
-				l.Values = append(l.Values, s)
+				l = append(l, s)
 			}
-			out[k] = &memoryv1.Value{Kind: &memoryv1.Value_ListValue{ListValue: l}}
-		case string:
-			out[k] = &memoryv1.Value{Kind: &memoryv1.Value_StringValue{StringValue: x}}
-		case float64:
-			out[k] = &memoryv1.Value{Kind: &memoryv1.Value_NumberValue{NumberValue: x}}
-		case bool:
-			out[k] = &memoryv1.Value{Kind: &memoryv1.Value_BoolValue{BoolValue: x}}
-		default:
-			return nil, fmt.Errorf("decode metadata %q: unexpected %T", k, v)
+			out[k] = memory.ListValue(l...)
+			continue
 		}
+		s, err := toScalar(v)
+		if err != nil {
+			return nil, fmt.Errorf("decode metadata %q: %w", k, err)
+		}
+		out[k] = memory.Value{Scalar: s}
 	}
 	return out, nil
 }
 
-func toScalar(v any) (*memoryv1.Scalar, error) {
+func toScalar(v any) (memory.Scalar, error) {
 	switch x := v.(type) {
 	case string:
-		return &memoryv1.Scalar{Kind: &memoryv1.Scalar_StringValue{StringValue: x}}, nil
+		return memory.String(x), nil
 	case float64:
-		return &memoryv1.Scalar{Kind: &memoryv1.Scalar_NumberValue{NumberValue: x}}, nil
+		return memory.Number(x), nil
 	case bool:
-		return &memoryv1.Scalar{Kind: &memoryv1.Scalar_BoolValue{BoolValue: x}}, nil
+		return memory.Bool(x), nil
 	}
-	return nil, fmt.Errorf("decode metadata: unexpected list element %T", v)
+	return memory.Scalar{}, fmt.Errorf("unexpected %T", v)
 }

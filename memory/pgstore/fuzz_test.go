@@ -6,15 +6,18 @@ import (
 	"strings"
 	"testing"
 
+	"buf.build/go/protovalidate"
 	"google.golang.org/protobuf/proto"
 
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/memory"
+	"github.com/loom-dev/loom/memory/memoryrpc"
 )
 
 var placeholder = regexp.MustCompile(`\$(\d+)`)
 
-// FuzzCompileFilter checks that every valid filter compiles without panicking, that user values only ever travel
+// FuzzCompileFilter checks that every filter a request can carry (wire bytes that pass protovalidate and
+// memory.ValidateFilter) compiles without panicking, that user values only ever travel
 // as parameters (every $n is bound, and no key or string value appears in the SQL text), and that parentheses
 // balance.
 func FuzzCompileFilter(f *testing.F) {
@@ -27,14 +30,22 @@ func FuzzCompileFilter(f *testing.F) {
 		b, _ := proto.Marshal(flt)
 		f.Add(b)
 	}
+	v, err := protovalidate.New()
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var flt memoryv1.Filter
-		if proto.Unmarshal(b, &flt) != nil || memory.ValidateFilter("filter", &flt) != nil {
+		var pf memoryv1.Filter
+		if proto.Unmarshal(b, &pf) != nil || v.Validate(&pf) != nil {
+			return
+		}
+		flt := memoryrpc.FilterFromProto(&pf)
+		if memory.ValidateFilter("filter", flt) != nil {
 			return
 		}
 		var sb strings.Builder
 		var a args
-		if err := compileFilter(&sb, &a, &flt); err != nil {
+		if err := compileFilter(&sb, &a, flt); err != nil {
 			t.Fatalf("valid filter does not compile: %v", err)
 		}
 		sql := sb.String()

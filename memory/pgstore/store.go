@@ -50,9 +50,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/pgvector/pgvector-go"
 
-	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/internal/sqldb"
-	"github.com/loom-dev/loom/internal/telemetry"
 	"github.com/loom-dev/loom/memory"
 )
 
@@ -98,8 +96,9 @@ type Store struct {
 	// indexNow builds a namespace's index in its first Upsert instead of deferring it (tests).
 	indexNow bool
 	// quota bounds each tenant (see WithQuota).
-	quota   memory.Quota
-	metrics *telemetry.MemoryMetrics // search durations by mode; nil records nothing
+	quota memory.Quota
+	// observer is told of every search (see WithObserver); nil observes nothing.
+	observer memory.SearchObserver
 }
 
 // Option configures a Store.
@@ -112,8 +111,9 @@ type Option func(*Store)
 // both pass. The default is no limit; `loom serve` passes memory.DefaultQuota unless configured otherwise.
 func WithQuota(q memory.Quota) Option { return func(s *Store) { s.quota = q } }
 
-// WithMetrics records each search's duration by mode in m.
-func WithMetrics(m *telemetry.MemoryMetrics) Option { return func(s *Store) { s.metrics = m } }
+// WithObserver has o told of every search, with its mode ("exact", "hnsw" or "hybrid"), for traces and
+// metrics; the search's queries run in the context o returns.
+func WithObserver(o memory.SearchObserver) Option { return func(s *Store) { s.observer = o } }
 
 // New applies the store's migrations to db (a Postgres database; the vector extension must exist or the user
 // must be allowed to create it) in the memory component's schema, and returns the store over db's pool. The
@@ -340,8 +340,8 @@ func hasHNSW(ns memory.Namespace) bool {
 
 // CreateNamespace implements memory.Store.
 func (s *Store) CreateNamespace(ctx context.Context, tenant string, ns memory.Namespace) (memory.Namespace, error) {
-	if ns.Dimension < 1 || ns.Dimension > 4096 {
-		return memory.Namespace{}, memory.Invalidf("namespace.dimension", "must be in [1, 4096], got %d", ns.Dimension)
+	if err := memory.CheckNamespace(ns); err != nil {
+		return memory.Namespace{}, err
 	}
 	if ns.IndexKind == memory.IndexDefault {
 		ns.IndexKind = memory.IndexHNSW
@@ -711,7 +711,7 @@ func (s *Store) get(ctx context.Context, pool *pgxpool.Pool, tenant, namespace s
 }
 
 // Delete implements memory.Store.
-func (s *Store) Delete(ctx context.Context, tenant, namespace string, ids []string, filter *memoryv1.Filter) (int64, error) {
+func (s *Store) Delete(ctx context.Context, tenant, namespace string, ids []string, filter *memory.Filter) (int64, error) {
 	var where strings.Builder
 	var a args
 	if len(ids) > 0 {
@@ -781,49 +781,62 @@ func (s *Store) Search(ctx context.Context, tenant, namespace string, q memory.Q
 			return nil, fmt.Errorf("search: %w", err)
 		}
 	}
-	a[0] = pgvector.NewVector(q.Vector)
+	// The namespace's row comes from the cache, or a read; the query vector is computed (by q.Embed for a text
+	// search) outside any read, so an embedding provider's failure is never taken for the replica's.
 	var hits []memory.Hit
-	err := s.db.Read(ctx, func(pool *pgxpool.Pool) error {
-		for attempt := 0; ; attempt++ {
-			row, err := s.cachedLookup(ctx, pool, tenant, namespace)
-			if err != nil {
-				return fmt.Errorf("search: %w", err)
-			}
-			mode := "exact"
-			if q.Hybrid {
-				mode = "hybrid"
-			} else if hasHNSW(row.meta) {
-				mode = "hnsw"
-			}
-			sctx, span := telemetry.StartMemorySearch(ctx, namespace, mode, q.TopK)
-			began := time.Now()
-			hits, err = s.search(sctx, pool, row, q, where.String(), a)
-			span.End(len(hits), err)
-			if err == nil {
-				s.metrics.ObserveSearch(mode, time.Since(began))
-			}
-			var pgErr *pgconn.PgError
-			if attempt == 0 && errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table: stale cache
-				s.nsCache.Delete(nsKey(tenant, namespace))
-				continue
-			}
-			if err != nil {
-				return fmt.Errorf("search: %w", err)
-			}
-			return nil
+	var embeddedFor int64 // the namespace id q.Vector was embedded for
+	embedded := false
+	for attempt := 0; ; attempt++ {
+		row, err := s.cachedLookup(ctx, tenant, namespace)
+		if err != nil {
+			return nil, fmt.Errorf("search: %w", err)
 		}
-	})
-	return hits, err
+		if q.Embed != nil && (q.Vector == nil || embedded && embeddedFor != row.id) {
+			if q.Vector, err = q.Embed(ctx, row.meta); err != nil {
+				return nil, fmt.Errorf("search: %w", err)
+			}
+			embedded, embeddedFor = true, row.id
+		}
+		a[0] = pgvector.NewVector(q.Vector)
+		mode := "exact"
+		if q.Hybrid {
+			mode = "hybrid"
+		} else if hasHNSW(row.meta) {
+			mode = "hnsw"
+		}
+		err = s.db.Read(ctx, func(pool *pgxpool.Pool) error {
+			sctx, end := memory.StartSearch(ctx, s.observer, namespace, mode, q.TopK)
+			var err error
+			hits, err = s.search(sctx, pool, row, q, where.String(), a)
+			end(len(hits), err)
+			return err
+		})
+		var pgErr *pgconn.PgError
+		if attempt == 0 && errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table: stale cache
+			s.nsCache.Delete(nsKey(tenant, namespace))
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("search: %w", err)
+		}
+		return hits, nil
+	}
 }
 
 func nsKey(tenant, name string) string { return tenant + "\x00" + name }
 
-// cachedLookup returns a namespace's catalog row from the cache, or looks it up with q and caches it.
-func (s *Store) cachedLookup(ctx context.Context, q querier, tenant, name string) (nsRow, error) {
+// cachedLookup returns a namespace's catalog row from the cache, or looks it up (on the read replica when the
+// caller may) and caches it.
+func (s *Store) cachedLookup(ctx context.Context, tenant, name string) (nsRow, error) {
 	if v, ok := s.nsCache.Load(nsKey(tenant, name)); ok {
 		return v.(nsRow), nil
 	}
-	row, err := s.lookup(ctx, q, tenant, name)
+	var row nsRow
+	err := s.db.Read(ctx, func(pool *pgxpool.Pool) error {
+		var err error
+		row, err = s.lookup(ctx, pool, tenant, name)
+		return err
+	})
 	if err != nil {
 		return nsRow{}, err
 	}

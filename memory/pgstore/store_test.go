@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
-
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 	"github.com/loom-dev/loom/memory"
@@ -53,7 +51,7 @@ func TestDeferredIndex(t *testing.T) {
 	if err := s.BuildIndexes(ctx); err != nil {
 		t.Fatal(err)
 	}
-	row, err := s.cachedLookup(ctx, s.pool, "t", "ns")
+	row, err := s.cachedLookup(ctx, "t", "ns")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +94,7 @@ func TestUsageCounters(t *testing.T) {
 	var recs []memory.Record
 	for i := range 300 { // past the COPY threshold
 		recs = append(recs, memory.Record{ID: fmt.Sprint("r", i), Text: strings.Repeat("x", i), Vector: []float32{1, float32(i), 0},
-			Metadata: map[string]*memoryv1.Value{"i": {Kind: &memoryv1.Value_NumberValue{NumberValue: float64(i)}}}})
+			Metadata: map[string]memory.Value{"i": memory.NumberValue(float64(i))}})
 	}
 	recs[0].ExpireTime = time.Now().Add(-time.Hour)
 	if err := s.Upsert(ctx, "t", "ns", recs); err != nil {

@@ -1,12 +1,14 @@
-// Package memory is Loom's memory service: semantic memory for agents. Namespaces hold records (text, a vector,
-// typed metadata, an optional expiry) searched by vector similarity, optionally filtered by metadata and fused
-// with full-text ranking (hybrid search).
+// Package memoryrpc is the memory service's Connect handler: it reads the caller's tenant from the principal,
+// converts the contract's messages (loom.memory.v1) to the domain's types (package memory) and back, calls a
+// memory.Store, and maps the domain's errors to connect codes in one place.
 //
-// The package holds the domain: the Store interface its backends implement (memory/localstore, the embedded
-// default, and memory/pgstore, PostgreSQL + pgvector), the filter semantics, and Server, the thin Connect
-// handler. Every call is scoped to the caller's tenant, taken from the principal in the request context and never
-// from a request field.
-package memory
+// Validation has one owner per rule. The contract's rules (proto/loom/memory/v1/memory.proto: name patterns,
+// ranges of dimension, page_size and top_k, oneofs, list sizes, finite numbers) are protovalidate's, run by the
+// RPC server's validation interceptor before a handler is called; the handler does not repeat them. What the
+// contract cannot express belongs to the domain (memory.ValidateFilter, memory.CheckRecords and the stores), or,
+// for what only concerns the request's shape (a record needs text or a vector; ttl and expire_time exclude each
+// other), to the handler here.
+package memoryrpc
 
 import (
 	"context"
@@ -26,16 +28,14 @@ import (
 	"github.com/loom-dev/loom/internal/pagetoken"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
+	"github.com/loom-dev/loom/memory"
 	"github.com/loom-dev/loom/memory/embed"
 )
 
-// Defaults applied by the server.
+// Defaults the server applies to fields left at zero.
 const (
 	DefaultTopK     = 10
 	DefaultPageSize = 50
-	MaxBatch        = 1000
-	MaxTopK         = 1000
-	MaxPageSize     = 1000
 )
 
 // Embedders hands out the embedder of a namespace. *embed.Registry implements it.
@@ -47,16 +47,16 @@ type Embedders interface {
 
 var _ memoryv1connect.MemoryServiceHandler = (*Server)(nil)
 
-// Server implements memoryv1connect.MemoryServiceHandler over a Store. It is safe for concurrent use.
+// Server implements memoryv1connect.MemoryServiceHandler over a memory.Store. It is safe for concurrent use.
 type Server struct {
 	logger    *slog.Logger
-	store     Store
+	store     memory.Store
 	embedders Embedders
 	now       func() time.Time
 }
 
 // New returns a server. A nil embedders means only the built-in "local" embedder (with a 10,000-vector cache).
-func New(logger *slog.Logger, store Store, embedders Embedders) *Server {
+func New(logger *slog.Logger, store memory.Store, embedders Embedders) *Server {
 	if embedders == nil {
 		embedders = embed.NewRegistry(10000)
 	}
@@ -84,9 +84,9 @@ func (e *errEmbed) Unwrap() error { return e.err }
 // their message (naming the field); server faults are logged and answered with a generic Internal.
 func (s *Server) toConnect(ctx context.Context, procedure string, err error) error {
 	var ce *connect.Error
-	var fe *FieldError
+	var fe *memory.FieldError
 	var ee *errEmbed
-	var qe *QuotaError
+	var qe *memory.QuotaError
 	switch {
 	case errors.As(err, &ce):
 		return ce
@@ -98,15 +98,15 @@ func (s *Server) toConnect(ctx context.Context, procedure string, err error) err
 		return connect.NewError(connect.CodeDeadlineExceeded, err)
 	case errors.As(err, &fe):
 		return connect.NewError(connect.CodeInvalidArgument, errors.New(fe.Error()))
-	case errors.Is(err, ErrInvalid):
+	case errors.Is(err, memory.ErrInvalid):
 		return connect.NewError(connect.CodeInvalidArgument, err)
 	case errors.As(err, &qe):
 		return quotaError(ctx, qe)
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, memory.ErrNotFound):
 		return connect.NewError(connect.CodeNotFound, err)
-	case errors.Is(err, ErrAlreadyExists):
+	case errors.Is(err, memory.ErrAlreadyExists):
 		return connect.NewError(connect.CodeAlreadyExists, err)
-	case errors.Is(err, ErrFailedPrecondition), errors.Is(err, embed.ErrUnknownProvider):
+	case errors.Is(err, memory.ErrFailedPrecondition), errors.Is(err, embed.ErrUnknownProvider):
 		return connect.NewError(connect.CodeFailedPrecondition, err)
 	case dberr.Unavailable(err):
 		s.logger.WarnContext(ctx, "database unavailable", "error", err)
@@ -121,7 +121,7 @@ func (s *Server) toConnect(ctx context.Context, procedure string, err error) err
 
 // quotaError is ResourceExhausted naming the quota, with a google.rpc.QuotaFailure detail whose subject is the
 // caller's tenant.
-func quotaError(ctx context.Context, qe *QuotaError) *connect.Error {
+func quotaError(ctx context.Context, qe *memory.QuotaError) *connect.Error {
 	cerr := connect.NewError(connect.CodeResourceExhausted, errors.New(qe.Error()))
 	t, _ := principal.Tenant(ctx)
 	if d, err := connect.NewErrorDetail(&errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{
@@ -137,30 +137,20 @@ func quotaError(ctx context.Context, qe *QuotaError) *connect.Error {
 	return cerr
 }
 
-// CreateNamespace implements memoryv1connect.MemoryServiceHandler.
+// CreateNamespace implements memoryv1connect.MemoryServiceHandler. It fills the defaults (metric cosine,
+// embedder "local") and checks that the namespace's embedder is configured here.
 func (s *Server) CreateNamespace(ctx context.Context, req *connect.Request[memoryv1.CreateNamespaceRequest]) (*connect.Response[memoryv1.CreateNamespaceResponse], error) {
 	const proc = "CreateNamespace"
 	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return nil, s.toConnect(ctx, proc, err)
 	}
-	p := req.Msg.GetNamespace()
-	if p == nil {
-		return nil, s.toConnect(ctx, proc, Invalidf("namespace", "is required"))
-	}
-	ns := NamespaceFromProto(p)
-	ns.CreateTime, ns.Stats = time.Time{}, NamespaceStats{}
+	ns := namespaceFromProto(req.Msg.GetNamespace())
 	if ns.Metric == 0 {
-		ns.Metric = MetricCosine
+		ns.Metric = memory.MetricCosine
 	}
 	if ns.EmbedderProvider == "" {
 		ns.EmbedderProvider = "local"
-	}
-	if err := checkName("namespace.name", ns.Name); err != nil {
-		return nil, s.toConnect(ctx, proc, err)
-	}
-	if ns.Dimension < 1 || ns.Dimension > 4096 {
-		return nil, s.toConnect(ctx, proc, Invalidf("namespace.dimension", "must be in [1, 4096], got %d", ns.Dimension))
 	}
 	if _, err := s.embedders.Embedder(ns.EmbedderProvider, ns.EmbedderModel, ns.Dimension); err != nil {
 		return nil, s.toConnect(ctx, proc, fmt.Errorf("namespace.embedder.provider: %w", err))
@@ -169,19 +159,7 @@ func (s *Server) CreateNamespace(ctx context.Context, req *connect.Request[memor
 	if err != nil {
 		return nil, s.toConnect(ctx, proc, err)
 	}
-	return connect.NewResponse(&memoryv1.CreateNamespaceResponse{Namespace: created.Proto()}), nil
-}
-
-func checkName(field, name string) error {
-	if name == "" || len(name) > 63 || name[0] < 'a' || name[0] > 'z' {
-		return Invalidf(field, "must match ^[a-z][a-z0-9_-]{0,62}$")
-	}
-	for _, c := range name {
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			return Invalidf(field, "must match ^[a-z][a-z0-9_-]{0,62}$")
-		}
-	}
-	return nil
+	return connect.NewResponse(&memoryv1.CreateNamespaceResponse{Namespace: NamespaceProto(created, false)}), nil
 }
 
 // GetNamespace implements memoryv1connect.MemoryServiceHandler.
@@ -194,23 +172,22 @@ func (s *Server) GetNamespace(ctx context.Context, req *connect.Request[memoryv1
 	if err != nil {
 		return nil, s.toConnect(ctx, "GetNamespace", err)
 	}
-	p := ns.Proto()
-	p.Stats = &memoryv1.NamespaceStats{RecordCount: ns.Stats.RecordCount, SizeBytes: ns.Stats.SizeBytes}
-	return connect.NewResponse(&memoryv1.GetNamespaceResponse{Namespace: p}), nil
+	return connect.NewResponse(&memoryv1.GetNamespaceResponse{Namespace: NamespaceProto(ns, true)}), nil
 }
 
 // EncodePageToken returns the opaque token resuming a listing after name.
 func EncodePageToken(name string) string { return pagetoken.Encode("namespaces", name) }
 
-// DecodePageToken returns the name a token resumes after; "" for an empty token. Errors are *FieldError on
-// "page_token".
+// DecodePageToken returns the name a token resumes after; "" for an empty token. Errors are *memory.FieldError
+// on "page_token". A token carries a name of the caller's own (every listing is tenant-scoped), so a forged one
+// can only skip within the caller's namespaces.
 func DecodePageToken(tok string) (string, error) {
 	if tok == "" {
 		return "", nil
 	}
 	var name string
-	if err := pagetoken.Decode("namespaces", tok, &name); err != nil || checkName("page_token", name) != nil {
-		return "", Invalidf("page_token", "not a token from a previous response")
+	if err := pagetoken.Decode("namespaces", tok, &name); err != nil || name == "" {
+		return "", memory.Invalidf("page_token", "not a token from a previous response")
 	}
 	return name, nil
 }
@@ -223,11 +200,8 @@ func (s *Server) ListNamespaces(ctx context.Context, req *connect.Request[memory
 		return nil, s.toConnect(ctx, proc, err)
 	}
 	size := int(req.Msg.GetPageSize())
-	switch {
-	case size == 0:
+	if size <= 0 { // 0 asks for the default; the contract refuses negative sizes and sizes over 1000
 		size = DefaultPageSize
-	case size < 0 || size > MaxPageSize:
-		return nil, s.toConnect(ctx, proc, Invalidf("page_size", "must be in [0, %d]", MaxPageSize))
 	}
 	after, err := DecodePageToken(req.Msg.GetPageToken())
 	if err != nil {
@@ -243,7 +217,7 @@ func (s *Server) ListNamespaces(ctx context.Context, req *connect.Request[memory
 		resp.NextPageToken = EncodePageToken(nss[size-1].Name)
 	}
 	for _, ns := range nss {
-		resp.Namespaces = append(resp.Namespaces, ns.Proto())
+		resp.Namespaces = append(resp.Namespaces, NamespaceProto(ns, false))
 	}
 	return connect.NewResponse(resp), nil
 }
@@ -260,15 +234,11 @@ func (s *Server) DeleteNamespace(ctx context.Context, req *connect.Request[memor
 	return connect.NewResponse(&memoryv1.DeleteNamespaceResponse{}), nil
 }
 
-// embedder returns the embedder of a namespace.
-func (s *Server) embedder(ctx context.Context, t, name string) (embed.Embedder, error) {
-	ns, err := s.store.GetNamespace(ctx, t, name, false)
-	if err != nil {
-		return nil, err
-	}
+// embedder returns the embedder of ns.
+func (s *Server) embedder(ns memory.Namespace) (embed.Embedder, error) {
 	e, err := s.embedders.Embedder(ns.EmbedderProvider, ns.EmbedderModel, ns.Dimension)
 	if err != nil {
-		return nil, fmt.Errorf("namespace %q embedder: %w", name, err)
+		return nil, fmt.Errorf("namespace %q embedder: %w", ns.Name, err)
 	}
 	return e, nil
 }
@@ -287,7 +257,9 @@ func (s *Server) embed(ctx context.Context, e embed.Embedder, texts []string) ([
 	return vs, nil
 }
 
-// Upsert implements memoryv1connect.MemoryServiceHandler.
+// Upsert implements memoryv1connect.MemoryServiceHandler. It checks what the contract cannot say of a record (it
+// needs text or a vector; ttl and expire_time exclude each other), generates missing ids, resolves ttl to an
+// expiry, and embeds the records given as text only.
 func (s *Server) Upsert(ctx context.Context, req *connect.Request[memoryv1.UpsertRequest]) (*connect.Response[memoryv1.UpsertResponse], error) {
 	const proc = "Upsert"
 	t, err := principal.Tenant(ctx)
@@ -295,33 +267,24 @@ func (s *Server) Upsert(ctx context.Context, req *connect.Request[memoryv1.Upser
 		return nil, s.toConnect(ctx, proc, err)
 	}
 	in := req.Msg.GetRecords()
-	if len(in) == 0 || len(in) > MaxBatch {
-		return nil, s.toConnect(ctx, proc, Invalidf("records", "must hold 1 to %d records, got %d", MaxBatch, len(in)))
-	}
 	now := s.now().UTC()
-	recs := make([]Record, len(in))
+	recs := make([]memory.Record, len(in))
 	var needText []int
 	for i, p := range in {
 		f := fmt.Sprintf("records[%d]", i)
 		if p.GetText() == "" && len(p.GetVector()) == 0 {
-			return nil, s.toConnect(ctx, proc, Invalidf(f, "text or vector is required"))
+			return nil, s.toConnect(ctx, proc, memory.Invalidf(f, "text or vector is required"))
 		}
 		if p.GetTtl() != nil && p.GetExpireTime() != nil {
-			return nil, s.toConnect(ctx, proc, Invalidf(f+".ttl", "mutually exclusive with expire_time"))
+			return nil, s.toConnect(ctx, proc, memory.Invalidf(f+".ttl", "mutually exclusive with expire_time"))
 		}
-		r := Record{ID: p.GetId(), Text: p.GetText(), Vector: p.GetVector(), Metadata: p.GetMetadata(), UpdateTime: now}
+		r := RecordFromProto(p)
+		r.UpdateTime = now // update_time is output only
 		if r.ID == "" {
 			r.ID = uuid.NewString()
 		}
-		switch {
-		case p.GetTtl() != nil:
-			d := p.GetTtl().AsDuration()
-			if d < time.Second {
-				return nil, s.toConnect(ctx, proc, Invalidf(f+".ttl", "must be at least 1s"))
-			}
-			r.ExpireTime = now.Add(d)
-		case p.GetExpireTime() != nil:
-			r.ExpireTime = p.GetExpireTime().AsTime()
+		if p.GetTtl() != nil {
+			r.ExpireTime = now.Add(p.GetTtl().AsDuration())
 		}
 		if len(r.Vector) == 0 {
 			needText = append(needText, i)
@@ -329,7 +292,11 @@ func (s *Server) Upsert(ctx context.Context, req *connect.Request[memoryv1.Upser
 		recs[i] = r
 	}
 	if len(needText) > 0 {
-		e, err := s.embedder(ctx, t, req.Msg.GetNamespace())
+		ns, err := s.store.GetNamespace(ctx, t, req.Msg.GetNamespace(), false)
+		if err != nil {
+			return nil, s.toConnect(ctx, proc, err)
+		}
+		e, err := s.embedder(ns)
 		if err != nil {
 			return nil, s.toConnect(ctx, proc, err)
 		}
@@ -355,7 +322,8 @@ func (s *Server) Upsert(ctx context.Context, req *connect.Request[memoryv1.Upser
 	return connect.NewResponse(&memoryv1.UpsertResponse{Ids: ids}), nil
 }
 
-// Search implements memoryv1connect.MemoryServiceHandler.
+// Search implements memoryv1connect.MemoryServiceHandler. A text query is embedded with the namespace's
+// embedder by the store's call of Query.Embed, so the namespace is read once.
 func (s *Server) Search(ctx context.Context, req *connect.Request[memoryv1.SearchRequest]) (*connect.Response[memoryv1.SearchResponse], error) {
 	const proc = "Search"
 	t, err := principal.Tenant(ctx)
@@ -363,41 +331,26 @@ func (s *Server) Search(ctx context.Context, req *connect.Request[memoryv1.Searc
 		return nil, s.toConnect(ctx, proc, err)
 	}
 	m := req.Msg
-	q := Query{TopK: int(m.GetTopK()), Filter: m.GetFilter(), MinScore: m.MinScore, Hybrid: m.GetHybrid(), IncludeVectors: m.GetIncludeVectors()}
-	switch {
-	case q.TopK == 0:
+	q := memory.Query{TopK: int(m.GetTopK()), Filter: FilterFromProto(m.GetFilter()), MinScore: m.MinScore, Hybrid: m.GetHybrid(), IncludeVectors: m.GetIncludeVectors()}
+	if q.TopK == 0 {
 		q.TopK = DefaultTopK
-	case q.TopK < 0 || q.TopK > MaxTopK:
-		return nil, s.toConnect(ctx, proc, Invalidf("top_k", "must be in [0, %d]", MaxTopK))
-	}
-	if err := ValidateFilter("filter", q.Filter); err != nil {
-		return nil, s.toConnect(ctx, proc, err)
 	}
 	switch query := m.GetQuery().(type) {
 	case *memoryv1.SearchRequest_Vector:
-		if len(query.Vector.GetValues()) == 0 {
-			return nil, s.toConnect(ctx, proc, Invalidf("vector.values", "must not be empty"))
-		}
 		q.Vector = query.Vector.GetValues()
-		if q.Hybrid {
-			return nil, s.toConnect(ctx, proc, Invalidf("hybrid", "needs a text query"))
-		}
 	case *memoryv1.SearchRequest_Text:
-		if query.Text == "" {
-			return nil, s.toConnect(ctx, proc, Invalidf("text", "must not be empty"))
-		}
 		q.Text = query.Text
-		e, err := s.embedder(ctx, t, m.GetNamespace())
-		if err != nil {
-			return nil, s.toConnect(ctx, proc, err)
+		q.Embed = func(ctx context.Context, ns memory.Namespace) ([]float32, error) {
+			e, err := s.embedder(ns)
+			if err != nil {
+				return nil, err
+			}
+			vs, err := s.embed(ctx, e, []string{query.Text})
+			if err != nil {
+				return nil, err
+			}
+			return vs[0], nil
 		}
-		vs, err := s.embed(ctx, e, []string{q.Text})
-		if err != nil {
-			return nil, s.toConnect(ctx, proc, err)
-		}
-		q.Vector = vs[0]
-	default:
-		return nil, s.toConnect(ctx, proc, Invalidf("query", "text or vector is required"))
 	}
 	hits, err := s.store.Search(ctx, t, m.GetNamespace(), q)
 	if err != nil {
@@ -405,7 +358,7 @@ func (s *Server) Search(ctx context.Context, req *connect.Request[memoryv1.Searc
 	}
 	resp := &memoryv1.SearchResponse{Hits: make([]*memoryv1.Hit, len(hits))}
 	for i, h := range hits {
-		resp.Hits[i] = &memoryv1.Hit{Record: h.Record.Proto(q.IncludeVectors), Score: h.Score}
+		resp.Hits[i] = &memoryv1.Hit{Record: RecordProto(h.Record, q.IncludeVectors), Score: h.Score}
 	}
 	return connect.NewResponse(resp), nil
 }
@@ -418,9 +371,6 @@ func (s *Server) Get(ctx context.Context, req *connect.Request[memoryv1.GetReque
 		return nil, s.toConnect(ctx, proc, err)
 	}
 	ids := req.Msg.GetIds()
-	if len(ids) == 0 || len(ids) > MaxBatch {
-		return nil, s.toConnect(ctx, proc, Invalidf("ids", "must hold 1 to %d ids, got %d", MaxBatch, len(ids)))
-	}
 	recs, err := s.store.Get(ctx, t, req.Msg.GetNamespace(), ids, req.Msg.GetIncludeVectors())
 	if err != nil {
 		return nil, s.toConnect(ctx, proc, err)
@@ -429,7 +379,7 @@ func (s *Server) Get(ctx context.Context, req *connect.Request[memoryv1.GetReque
 	found := make(map[string]bool, len(recs))
 	for _, r := range recs {
 		found[r.ID] = true
-		resp.Records = append(resp.Records, r.Proto(req.Msg.GetIncludeVectors()))
+		resp.Records = append(resp.Records, RecordProto(r, req.Msg.GetIncludeVectors()))
 	}
 	for _, id := range ids {
 		if !found[id] {
@@ -447,23 +397,12 @@ func (s *Server) Delete(ctx context.Context, req *connect.Request[memoryv1.Delet
 		return nil, s.toConnect(ctx, proc, err)
 	}
 	var ids []string
-	var filter *memoryv1.Filter
+	var filter *memory.Filter
 	switch sel := req.Msg.GetSelector().(type) {
 	case *memoryv1.DeleteRequest_Ids:
 		ids = sel.Ids.GetIds()
-		if len(ids) == 0 || len(ids) > MaxBatch {
-			return nil, s.toConnect(ctx, proc, Invalidf("ids.ids", "must hold 1 to %d ids, got %d", MaxBatch, len(ids)))
-		}
 	case *memoryv1.DeleteRequest_Filter:
-		filter = sel.Filter
-		if filter == nil {
-			return nil, s.toConnect(ctx, proc, Invalidf("filter", "is required"))
-		}
-		if err := ValidateFilter("filter", filter); err != nil {
-			return nil, s.toConnect(ctx, proc, err)
-		}
-	default:
-		return nil, s.toConnect(ctx, proc, Invalidf("selector", "ids or filter is required"))
+		filter = FilterFromProto(sel.Filter)
 	}
 	n, err := s.store.Delete(ctx, t, req.Msg.GetNamespace(), ids, filter)
 	if err != nil {

@@ -1,4 +1,4 @@
-package memory_test
+package memoryrpc_test
 
 import (
 	"context"
@@ -30,13 +30,14 @@ import (
 	"github.com/loom-dev/loom/internal/rpcserver/rpcservertest"
 	"github.com/loom-dev/loom/memory"
 	"github.com/loom-dev/loom/memory/localstore"
+	"github.com/loom-dev/loom/memory/memoryrpc"
 )
 
 // serveStore serves store through the real server (default limits, fairness included), the tenant taken from
 // the test header, and returns a Connect client and a grpc-go client.
 func serveStore(t *testing.T, store memory.Store) (connectClient, grpcClient) {
 	t.Helper()
-	srv := memory.New(slog.New(slog.NewTextHandler(io.Discard, nil)), store, nil)
+	srv := memoryrpc.New(slog.New(slog.NewTextHandler(io.Discard, nil)), store, nil)
 	// The subject comes from X-Test-Subject when set, so one tenant can call with several keys.
 	auth := func(r *http.Request) (principal.Principal, error) {
 		p, err := rpcservertest.TenantAuthenticator(r)

@@ -1,4 +1,4 @@
-package memory_test
+package memoryrpc_test
 
 import (
 	"math/rand/v2"

@@ -1,4 +1,4 @@
-package memory_test
+package memoryrpc_test
 
 import (
 	"context"
@@ -25,8 +25,8 @@ import (
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/rpcserver/rpcservertest"
-	"github.com/loom-dev/loom/memory"
 	"github.com/loom-dev/loom/memory/localstore"
+	"github.com/loom-dev/loom/memory/memoryrpc"
 )
 
 // client is the subset of the service the tests call, implemented over a Connect client and a grpc-go client.
@@ -135,7 +135,7 @@ func serve(t *testing.T) map[string]client {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	srv := memory.New(slog.New(slog.NewTextHandler(io.Discard, nil)), store, nil)
+	srv := memoryrpc.New(slog.New(slog.NewTextHandler(io.Discard, nil)), store, nil)
 	svc := srv.Service()
 	// The real server (interceptors, limits); the tenant comes from a test header: none means the local
 	// development principal, "-" an unauthenticated call.

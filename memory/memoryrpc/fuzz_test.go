@@ -1,11 +1,13 @@
-package memory
+package memoryrpc
 
 import (
 	"testing"
 
+	"buf.build/go/protovalidate"
 	"google.golang.org/protobuf/proto"
 
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/memory"
 )
 
 func seedFilters() []*memoryv1.Filter {
@@ -23,15 +25,20 @@ func seedFilters() []*memoryv1.Filter {
 	}
 }
 
-var fuzzMetadata = []map[string]*memoryv1.Value{
+var fuzzMetadata = []map[string]memory.Value{
 	nil,
-	{"a": {Kind: &memoryv1.Value_StringValue{StringValue: "x"}}, "n": {Kind: &memoryv1.Value_NumberValue{NumberValue: 2}}},
-	{"b": {Kind: &memoryv1.Value_ListValue{ListValue: &memoryv1.ScalarList{Values: []*memoryv1.Scalar{{Kind: &memoryv1.Scalar_NumberValue{NumberValue: 1}}, {}}}}}, "c": {}},
+	{"a": memory.StringValue("x"), "n": memory.NumberValue(2)},
+	{"b": memory.ListValue(memory.Number(1), memory.Scalar{}), "c": {}},
 }
 
-// FuzzValidateFilter feeds arbitrary wire bytes as a Filter: validation and evaluation must never panic, and a
-// filter that validates evaluates deterministically and respects NOT.
+// FuzzValidateFilter feeds arbitrary wire bytes as a Filter through what a request's filter goes through:
+// protovalidate (the contract's rules), the conversion to the domain's filter, and memory.ValidateFilter (the
+// rest). None of it may panic, and a filter that passes evaluates deterministically and respects NOT.
 func FuzzValidateFilter(f *testing.F) {
+	v, err := protovalidate.New()
+	if err != nil {
+		f.Fatal(err)
+	}
 	for _, s := range seedFilters() {
 		b, _ := proto.Marshal(s)
 		f.Add(b)
@@ -41,16 +48,20 @@ func FuzzValidateFilter(f *testing.F) {
 		if proto.Unmarshal(b, &flt) != nil {
 			return
 		}
-		err := ValidateFilter("filter", &flt)
+		err := v.Validate(&flt)
+		df := FilterFromProto(&flt)
+		if err == nil {
+			err = memory.ValidateFilter("filter", df)
+		}
 		for _, md := range fuzzMetadata {
-			got := MatchFilter(&flt, md)
+			got := memory.MatchFilter(df, md)
 			if err != nil {
 				continue
 			}
-			if MatchFilter(&flt, md) != got {
+			if memory.MatchFilter(df, md) != got {
 				t.Fatal("MatchFilter is not deterministic")
 			}
-			if MatchFilter(&memoryv1.Filter{Kind: &memoryv1.Filter_Not{Not: &flt}}, md) == got {
+			if memory.MatchFilter(memory.Not(df), md) == got {
 				t.Fatal("NOT filter does not negate")
 			}
 		}
