@@ -24,7 +24,9 @@ type spend struct {
 	cost    pricing.Nanos
 }
 
-func (a spend) plus(b spend) spend { return spend{a.in + b.in, a.out + b.out, pricing.Add(a.cost, b.cost)} }
+func (a spend) plus(b spend) spend {
+	return spend{a.in + b.in, a.out + b.out, pricing.Add(a.cost, b.cost)}
+}
 
 // tokens is what token budgets count: input and output.
 func (a spend) tokens() int64 { return a.in + a.out }
