@@ -81,15 +81,18 @@ type budgets struct {
 type tenantSpend struct {
 	mu     sync.Mutex
 	loaded time.Time // zero: load before use
+	// expires is when the loaded figures must be read again: Refresh after loading, or the next UTC midnight.
+	expires time.Time
 	day    time.Time // midnight UTC of the day counted
 	month  time.Time // first of the month counted
 	limits limits
 	budget *agentv1.TenantBudget
 	// stored is the finished runs' spend read from the store at load; finished is what runs of this process
-	// finished since; inflight is the spend of runs executing here, by run id.
+	// finished since; inflight is the spend of runs executing here, by run id, and inflightSum its sum.
 	storedDay, storedMonth     spend
 	finishedDay, finishedMonth spend
 	inflight                   map[string]spend
+	inflightSum                spend
 }
 
 func newBudgets(store Store, refresh time.Duration, currency string) *budgets {
@@ -111,12 +114,13 @@ func (b *budgets) tenant(tenant string) *tenantSpend {
 func (b *budgets) current(ctx context.Context, tenant string) (*tenantSpend, error) {
 	t := b.tenant(tenant)
 	t.mu.Lock()
-	now := b.now().UTC()
-	day := time.Date(now.Year(), now.Month(), now.Day(), 0, 0, 0, 0, time.UTC)
-	month := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
-	if !t.loaded.IsZero() && now.Sub(t.loaded) < b.refresh && t.day.Equal(day) {
+	now := b.now()
+	if !t.loaded.IsZero() && now.Before(t.expires) {
 		return t, nil
 	}
+	now = now.UTC()
+	day := time.Date(now.Year(), now.Month(), now.Day(), 0, 0, 0, 0, time.UTC)
+	month := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
 	bud, err := b.store.GetTenantBudget(ctx, tenant)
 	if err != nil {
 		t.mu.Unlock()
@@ -141,23 +145,19 @@ func (b *budgets) current(ctx context.Context, tenant string) (*tenantSpend, err
 		m = UsageSum{InputTokens: m.InputTokens + d.InputTokens, OutputTokens: m.OutputTokens + d.OutputTokens, Cost: pricing.Add(m.Cost, d.Cost)}
 	}
 	t.budget, t.limits, t.loaded, t.day, t.month = bud, l, now, day, month
+	t.expires = now.Add(b.refresh)
+	if next := day.AddDate(0, 0, 1); next.Before(t.expires) {
+		t.expires = next
+	}
 	t.storedDay = spend{d.InputTokens, d.OutputTokens, d.Cost}
 	t.storedMonth = spend{m.InputTokens, m.OutputTokens, m.Cost}
 	t.finishedDay, t.finishedMonth = spend{}, spend{}
 	return t, nil
 }
 
-func (t *tenantSpend) inflightSum() spend {
-	var s spend
-	for _, v := range t.inflight {
-		s = s.plus(v)
-	}
-	return s
-}
-
 // totals is the tenant's spend in the day and the month, the runs executing here included.
 func (t *tenantSpend) totals() (day, month spend) {
-	in := t.inflightSum()
+	in := t.inflightSum
 	return t.storedDay.plus(t.finishedDay).plus(in), t.storedMonth.plus(t.finishedMonth).plus(in)
 }
 
@@ -173,6 +173,7 @@ func (b *budgets) check(ctx context.Context, tenant, runID string, own spend, to
 	defer t.mu.Unlock()
 	if own != (spend{}) {
 		t.inflight[runID] = t.inflight[runID].plus(own)
+		t.inflightSum = t.inflightSum.plus(own)
 	}
 	if t.limits.none() {
 		return nil
@@ -210,6 +211,7 @@ func (b *budgets) finish(tenant, runID string) {
 		return
 	}
 	delete(t.inflight, runID)
+	t.inflightSum = spend{t.inflightSum.in - s.in, t.inflightSum.out - s.out, t.inflightSum.cost - s.cost}
 	t.finishedDay, t.finishedMonth = t.finishedDay.plus(s), t.finishedMonth.plus(s)
 }
 

@@ -389,8 +389,8 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 			run = stored
 		}
 	}
-	if spent != nil {
-		spent.run = run
+	if spent != nil { // our own message, nothing to scrub; the handler edge reads the budget and the run from it
+		spent.run, loopErr = run, spent
 	}
 	send(finalEvent(run))
 	return run, loopErr

@@ -95,8 +95,9 @@ type Store interface {
 	// how many there were.
 	RenewLeases(ctx context.Context, owner string, until time.Time) (int64, error)
 	// UsageRows returns up to pageSize rows of the own usage (OwnUsage) of runs created in [start, end), one per UTC
-	// day, agent, blueprint, provider and model in that order, after pageToken, and the next page's token. A
-	// malformed token is a *FieldError on "page_token".
+	// day, agent, blueprint, provider and model in that order, after pageToken, and the next page's token. A token
+	// carries the range of the first page, which later pages keep. A malformed token is a *FieldError on
+	// "page_token".
 	UsageRows(ctx context.Context, tenant string, start, end time.Time, pageSize int, pageToken string) ([]UsageRow, string, error)
 	// UsageTotal sums the own usage of runs created at or after start and, unless end is zero, before end.
 	UsageTotal(ctx context.Context, tenant string, start, end time.Time) (UsageSum, error)

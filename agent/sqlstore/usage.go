@@ -39,9 +39,12 @@ func (s *Store) UsageRows(ctx context.Context, tenant string, start, end time.Ti
 	after := ""
 	if pageToken != "" {
 		var tok usageToken
-		if err := pagetoken.Decode("usage", pageToken, &tok); err != nil || tok.Start != start.UnixNano() || tok.End != end.UnixNano() {
-			return nil, "", &agent.FieldError{Field: "page_token", Reason: "malformed page token, or one for another time range"}
+		if err := pagetoken.Decode("usage", pageToken, &tok); err != nil || tok.End <= tok.Start {
+			return nil, "", &agent.FieldError{Field: "page_token", Reason: "malformed page token"}
 		}
+		// The range is the first page's: later pages of a range ending "now" must not move with the clock.
+		start, end = time.Unix(0, tok.Start), time.Unix(0, tok.End)
+		args[1], args[2] = tok.Start, tok.End
 		after = ` WHERE (g.day > ?) OR (g.day = ? AND (g.agent > ? OR (g.agent = ? AND (g.blueprint > ? OR (g.blueprint = ? AND
 			(g.provider > ? OR (g.provider = ? AND g.model > ?)))))))`
 		args = append(args, tok.Day, tok.Day, tok.Agent, tok.Agent, tok.Blueprint, tok.Blueprint, tok.Provider, tok.Provider, tok.Model)
