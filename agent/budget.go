@@ -83,10 +83,10 @@ type tenantSpend struct {
 	loaded time.Time // zero: load before use
 	// expires is when the loaded figures must be read again: Refresh after loading, or the next UTC midnight.
 	expires time.Time
-	day    time.Time // midnight UTC of the day counted
-	month  time.Time // first of the month counted
-	limits limits
-	budget *agentv1.TenantBudget
+	day     time.Time // midnight UTC of the day counted
+	month   time.Time // first of the month counted
+	limits  limits
+	budget  *agentv1.TenantBudget
 	// stored is the finished runs' spend read from the store at load; finished is what runs of this process
 	// finished since; inflight is the spend of runs executing here, by run id, and inflightSum its sum.
 	storedDay, storedMonth     spend

@@ -92,7 +92,7 @@ func BenchmarkBudgetCheckOverhead(b *testing.B) {
 	b.ReportMetric(float64(without.Nanoseconds())/n, "ns/step-without")
 	b.ReportMetric(float64(with.Nanoseconds())/n, "ns/step-with")
 	b.ReportMetric(float64(with)/float64(without), "ratio")
-	b.ReportMetric(float64((with - without).Nanoseconds())/n, "overhead-ns/call")
+	b.ReportMetric(float64((with-without).Nanoseconds())/n, "overhead-ns/call")
 	if b.N > 1 {
 		fmt.Printf("budget check overhead: %.4fx the run without budgets; %.0f ns per model call (N=%d, %d calls each)\n",
 			float64(with)/float64(without), float64((with-without).Nanoseconds())/n, b.N, int(n))
