@@ -21,6 +21,7 @@ import (
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/internal/authn"
+	"github.com/loom-dev/loom/internal/pricing"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcclient"
 	"github.com/loom-dev/loom/internal/rpcserver"
@@ -349,7 +350,12 @@ func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients
 	if err != nil {
 		return rpcserver.Service{}, nil, err
 	}
+	prices, err := priceTable(cfg)
+	if err != nil {
+		return rpcserver.Service{}, nil, err
+	}
 	acfg := agent.Config{
+		Prices:           prices,
 		Metrics:          cfg.obs.models,
 		GeminiAPIKey:     cfg.Secrets.GeminiAPIKey,
 		GeminiBaseURL:    cfg.GeminiBaseURL,
@@ -474,4 +480,16 @@ func configureEmbedders(r *embed.Registry, cfg config) error {
 		r.Register("openai", openai.Factory(openai.Config{APIKey: cfg.Secrets.OpenAIAPIKey, BaseURL: cfg.OpenAIBaseURL}))
 	}
 	return nil
+}
+
+// priceTable is the price table of --price-table with --prices applied; the default table without either.
+func priceTable(cfg config) (*pricing.Table, error) {
+	t := pricing.Default()
+	if cfg.PriceTable != "" {
+		var err error
+		if t, err = pricing.Load(cfg.PriceTable); err != nil {
+			return nil, fmt.Errorf("--price-table: %w", err)
+		}
+	}
+	return t.WithFlag(cfg.Prices)
 }
