@@ -65,14 +65,14 @@ type config struct {
 	RunLease        time.Duration // orchestrator run lease (--orchestrator-lease)
 	GeminiBaseURL   string
 	// PriceTable is the price table file (--price-table) and Prices the per-model overrides (--prices).
-	PriceTable string
-	Prices     string
-	OpenAIBaseURL   string
-	LogLevel        slog.Level
-	LogFormat       string
-	LogRPCSample    float64       // fraction of successful RPCs logged at info (--log-rpc-sample)
-	LogSlow         time.Duration // RPCs at least this long are logged at warn (--log-slow)
-	DebugListen     string        // pprof listener address, empty for none (--debug-listen)
+	PriceTable    string
+	Prices        string
+	OpenAIBaseURL string
+	LogLevel      slog.Level
+	LogFormat     string
+	LogRPCSample  float64       // fraction of successful RPCs logged at info (--log-rpc-sample)
+	LogSlow       time.Duration // RPCs at least this long are logged at warn (--log-slow)
+	DebugListen   string        // pprof listener address, empty for none (--debug-listen)
 	// MetricsTenantLabels adds a tenant label to the per-tenant metrics (--metrics-tenant-labels).
 	MetricsTenantLabels bool
 	// OTel holds the OTEL_* variables tracing is configured by (see telemetry.Setup); obs is what serve builds
