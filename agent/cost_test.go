@@ -11,11 +11,14 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/loom-dev/loom/agent"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	authv1 "github.com/loom-dev/loom/gen/loom/auth/v1"
 	costv1 "github.com/loom-dev/loom/gen/loom/cost/v1"
 	"github.com/loom-dev/loom/internal/pricing"
 	"github.com/loom-dev/loom/internal/sqldb"
@@ -313,4 +316,62 @@ func checkExhausted(t *testing.T, c agentv1.AgentServiceClient, ctx context.Cont
 		t.Fatalf("stored run %s: %v %q", run.GetId(), got.GetRun().GetState(), got.GetRun().GetError())
 	}
 	return got.GetRun()
+}
+
+// TestEstimateAgentRun: no history answers no_history with the bounds of the agent's and the tenant's budgets;
+// after runs, the quantiles over them with the sample size.
+func TestEstimateAgentRun(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, agent.Config{Prices: pricedSim(t)})
+	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
+		ctx := asTenant(testCtx(t), "est-"+t.Name())
+		a := simAgent("est", &agentv1.SimScript{Turns: []*agentv1.SimTurn{{Reply: "an answer"}}})
+		a.Budgets = &agentv1.Budgets{MaxTokens: 5000, MaxCost: pricing.Money(3*pricing.NanosPerUnit, "USD")}
+		create(t, ctx, c, a)
+		if _, err := c.SetTenantBudget(ctx, &agentv1.SetTenantBudgetRequest{Budget: &agentv1.TenantBudget{
+			MaxTokensPerRun: 4000, MaxCostPerRun: pricing.Money(5*pricing.NanosPerUnit, "USD")}}); err != nil {
+			t.Fatal(err)
+		}
+		est, err := c.EstimateRun(ctx, &agentv1.EstimateRunRequest{Agent: "est"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := est.GetEstimate()
+		if !e.GetNoHistory() || e.GetSampleSize() != 0 || e.GetBounds().GetMaxTokens() != 4000 ||
+			nanos(t, e.GetBounds().GetMaxCost()) != 3*pricing.NanosPerUnit || e.GetBounds().GetMaxDuration().AsDuration() != 5*time.Minute {
+			t.Fatalf("estimate without history = %v", e)
+		}
+		var costs []pricing.Nanos
+		for i := range 5 {
+			r, err := c.Run(ctx, &agentv1.RunRequest{Agent: "est", Input: strings.Repeat("word ", i+1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			costs = append(costs, nanos(t, r.GetRun().GetUsage().GetCost()))
+		}
+		est, err = c.EstimateRun(ctx, &agentv1.EstimateRunRequest{Agent: "est"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e = est.GetEstimate()
+		// Inputs of 1 to 5 words: costs rise with the input, so p50 is the third and p90 the fifth.
+		if e.GetNoHistory() || e.GetSampleSize() != 5 || nanos(t, e.GetCostP50()) != costs[2] || nanos(t, e.GetCostP90()) != costs[4] ||
+			e.GetDurationP90().AsDuration() <= 0 {
+			t.Fatalf("estimate after 5 runs (costs %v) = %v", costs, e)
+		}
+	})
+}
+
+// TestUsageRoles: the contract gives GetUsage, GetTenantBudget and EstimateRun to readers and SetTenantBudget to
+// admins only; the authorization interceptor enforces what it declares.
+func TestUsageRoles(t *testing.T) {
+	t.Parallel()
+	sd := agentv1.File_loom_agent_v1_agent_proto.Services().ByName("AgentService")
+	for name, want := range map[string]authv1.Role{"GetUsage": authv1.Role_ROLE_READER, "GetTenantBudget": authv1.Role_ROLE_READER,
+		"EstimateRun": authv1.Role_ROLE_READER, "SetTenantBudget": authv1.Role_ROLE_ADMIN} {
+		m := sd.Methods().ByName(protoreflect.Name(name))
+		if got := proto.GetExtension(m.Options(), authv1.E_RequiredRole).(authv1.Role); got != want {
+			t.Errorf("%s requires %v, want %v", name, got, want)
+		}
+	}
 }
