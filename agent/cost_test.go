@@ -216,7 +216,15 @@ func TestUnknownModelIsNotGuessed(t *testing.T) {
 // on. Through both clients (each with tenants of its own).
 func TestSpendBudgets(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, agent.Config{Prices: pricedSim(t)})
+	for _, d := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+			spendBudgets(t, newHarnessOn(t, d, agent.Config{Prices: pricedSim(t)}))
+		})
+	}
+}
+
+func spendBudgets(t *testing.T, h *harness) {
 	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
 		kind := "connect"
 		if _, ok := c.(connectClient); !ok {
