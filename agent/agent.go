@@ -31,6 +31,7 @@ import (
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/internal/dberr"
 	"github.com/loom-dev/loom/internal/netguard"
+	"github.com/loom-dev/loom/internal/pricing"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/scrub"
@@ -74,8 +75,16 @@ type Config struct {
 	TenantKeys interface {
 		Get(ctx context.Context, tenant, provider string) (string, error)
 	}
-	// Metrics counts the tokens of every model call (loom_model_tokens_total); nil counts nothing.
+	// Metrics counts the tokens and cost of every model call (loom_model_tokens_total, loom_model_cost_total);
+	// nil counts nothing.
 	Metrics *telemetry.ModelMetrics
+	// Prices is the price table model calls are charged at; nil means pricing.Default() (the sim at zero, every
+	// other model's cost unknown).
+	Prices *pricing.Table
+	// BudgetRefresh is how long a tenant's budget and its day's and month's spend, read from the store, are used
+	// before they are read again: spend on other replicas and budget changes made there count within it. Checks
+	// in between are in memory. 0 means 30 seconds.
+	BudgetRefresh time.Duration
 	// RunLease is how long a run stays claimed by the process executing it without a renewal; a RUNNING run whose
 	// claim ended was cut off by a crash and is marked FAILED by Maintain on any replica. 0 means 30 seconds.
 	RunLease time.Duration
@@ -101,6 +110,9 @@ func (c Config) Validate() error {
 	}
 	if c.RunLease < 0 {
 		return fmt.Errorf("agent config: RunLease %v is negative", c.RunLease)
+	}
+	if c.BudgetRefresh < 0 {
+		return fmt.Errorf("agent config: BudgetRefresh %v is negative", c.BudgetRefresh)
 	}
 	if c.MemoryTimeout < 0 {
 		return fmt.Errorf("agent config: MemoryTimeout %v is negative", c.MemoryTimeout)
@@ -140,6 +152,9 @@ type Server struct {
 	mcfg   model.Config // the process's model configuration, copied with a tenant's key for its runs
 	gemini *model.Gemini
 	openai *model.OpenAI
+	// prices charges model calls; budgets holds tenants' budgets and spend in memory.
+	prices  *pricing.Table
+	budgets *budgets
 
 	// fetchGuard decides http_fetch destinations; tests replace its Check to reach httptest servers.
 	fetchGuard *netguard.Dialer
@@ -185,6 +200,12 @@ func New(logger *slog.Logger, store Store, memory memoryv1.MemoryServiceClient, 
 	mcfg := model.Config{GeminiAPIKey: cfg.GeminiAPIKey, GeminiBaseURL: cfg.GeminiBaseURL,
 		OpenAIAPIKey: cfg.OpenAIAPIKey, OpenAIBaseURL: cfg.OpenAIBaseURL, HTTPClient: cfg.HTTPClient}
 	sc := scrub.New(cfg.GeminiAPIKey, cfg.OpenAIAPIKey, cfg.ElevenLabsAPIKey, cfg.TavusAPIKey)
+	if cfg.Prices == nil {
+		cfg.Prices = pricing.Default()
+	}
+	if cfg.BudgetRefresh == 0 {
+		cfg.BudgetRefresh = defaultBudgetRefresh
+	}
 	return &Server{
 		logger:     slog.New(scrub.Handler(logger.Handler(), sc)),
 		scrub:      sc,
@@ -194,6 +215,8 @@ func New(logger *slog.Logger, store Store, memory memoryv1.MemoryServiceClient, 
 		mcfg:       mcfg,
 		gemini:     model.NewGemini(mcfg),
 		openai:     model.NewOpenAI(mcfg),
+		prices:     cfg.Prices,
+		budgets:    newBudgets(store, cfg.BudgetRefresh, cfg.Prices.Currency()),
 		fetchGuard: &netguard.Dialer{},
 		instance:   instance.String(),
 		breakers:   map[string]*gobreaker.TwoStepCircuitBreaker[struct{}]{},
@@ -258,6 +281,8 @@ func (s *Server) connectError(ctx context.Context, err error) error {
 		code = connect.CodeAlreadyExists
 	case errors.Is(err, ErrConflict):
 		code = connect.CodeAborted
+	case errors.Is(err, ErrResourceExhausted):
+		return exhaustedConnectError(err)
 	case errors.Is(err, ErrFailedPrecondition), errors.Is(err, model.ErrNotConfigured):
 		code = connect.CodeFailedPrecondition
 	case errors.Is(err, model.ErrUnavailable), errors.Is(err, ErrUnavailable):

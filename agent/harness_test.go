@@ -233,3 +233,15 @@ func testCtx(t *testing.T) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+func (c connectClient) GetUsage(ctx context.Context, in *agentv1.GetUsageRequest, _ ...grpc.CallOption) (*agentv1.GetUsageResponse, error) {
+	return unary(ctx, in, c.c.GetUsage)
+}
+func (c connectClient) SetTenantBudget(ctx context.Context, in *agentv1.SetTenantBudgetRequest, _ ...grpc.CallOption) (*agentv1.SetTenantBudgetResponse, error) {
+	return unary(ctx, in, c.c.SetTenantBudget)
+}
+func (c connectClient) GetTenantBudget(ctx context.Context, in *agentv1.GetTenantBudgetRequest, _ ...grpc.CallOption) (*agentv1.GetTenantBudgetResponse, error) {
+	return unary(ctx, in, c.c.GetTenantBudget)
+}
+func (c connectClient) EstimateRun(ctx context.Context, in *agentv1.EstimateRunRequest, _ ...grpc.CallOption) (*agentv1.EstimateRunResponse, error) {
+	return unary(ctx, in, c.c.EstimateRun)
+}

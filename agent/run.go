@@ -14,6 +14,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -56,6 +57,8 @@ type runOpts struct {
 	chaos *agentv1.Chaos
 	// attempt is the caller's attempt number; 0 counts earlier runs of the agent with the same input.
 	attempt int32
+	// blueprint is the workflow's blueprint that started the run (usage accounting only).
+	blueprint string
 }
 
 // emitFunc sends one event of a streamed run. Unary runs pass nil.
@@ -69,7 +72,7 @@ func (s *Server) Run(ctx context.Context, req *connect.Request[agentv1.RunReques
 		return nil, s.connectError(ctx, err)
 	}
 	run, err := s.startRun(ctx, tenant, req.Msg.GetAgent(), req.Msg.GetInput(), req.Msg.GetAttachments(), req.Msg.GetIdempotencyKey(),
-		runOpts{chaos: req.Msg.GetChaos(), attempt: req.Msg.GetAttempt()}, nil)
+		runOpts{chaos: req.Msg.GetChaos(), attempt: req.Msg.GetAttempt(), blueprint: req.Msg.GetBlueprint()}, nil)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -251,9 +254,11 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 	if err != nil {
 		return nil, fmt.Errorf("run id: %w", err)
 	}
+	mtr := s.meterFor(provider, modelName)
 	run := &agentv1.Run{Id: id.String(), Agent: a.GetName(), AgentVersion: a.GetVersion(),
 		State: agentv1.RunState_RUN_STATE_RUNNING, Input: input, Provider: provider, Model: modelName,
-		Usage: &agentv1.Usage{}, CreateTime: timestamppb.Now(), IdempotencyKey: key}
+		Usage: mtr.usage(model.Usage{}), CreateTime: timestamppb.Now(), IdempotencyKey: key, Blueprint: opts.blueprint,
+		Price: mtr.priceProto()}
 	// Chaos, when asked for: its seed and the attempt, drawn now and recorded as a warning so the run can be
 	// replayed exactly.
 	var chaos *chaosModel
@@ -333,16 +338,23 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 	}
 	send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Started{Started: &agentv1.RunStarted{AgentVersion: a.GetVersion()}}})
 
-	env := runEnv{tenant: tenant, agent: a, runID: run.GetId(), chain: chain, attachments: atts, emit: emit, chaos: chaos, attempt: attempt}
+	env := runEnv{tenant: tenant, agent: a, runID: run.GetId(), chain: chain, attachments: atts, emit: emit, chaos: chaos, attempt: attempt, meter: mtr}
+	defer s.budgets.finish(tenant, run.GetId())
 	if chaos != nil {
 		send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Warning{Warning: &agentv1.Warning{Message: run.Warnings[len(run.Warnings)-1]}}})
 	}
 	loopErr := s.loop(runCtx, env, run, send)
 
-	var budget *budgetError
+	var (
+		budget *budgetError
+		spent  *exhaustedError
+	)
 	switch {
 	case loopErr == nil:
 		run.State = agentv1.RunState_RUN_STATE_SUCCEEDED
+	case errors.As(loopErr, &spent):
+		run.State, run.Error = agentv1.RunState_RUN_STATE_FAILED, spent.msg
+		s.cfg.Metrics.BudgetExhausted(tenant, spent.budget)
 	case errors.As(loopErr, &budget):
 		run.State, run.Error, loopErr = agentv1.RunState_RUN_STATE_FAILED, budget.msg, nil
 	case errors.Is(loopErr, context.Canceled), errors.Is(loopErr, context.DeadlineExceeded):
@@ -376,6 +388,9 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 		if stored, err := s.store.GetRun(fctx, tenant, run.GetId()); err == nil {
 			run = stored
 		}
+	}
+	if spent != nil { // our own message, nothing to scrub; the handler edge reads the budget and the run from it
+		spent.run, loopErr = run, spent
 	}
 	send(finalEvent(run))
 	return run, loopErr
@@ -425,7 +440,10 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 		if step >= maxSteps {
 			return &budgetError{fmt.Sprintf("step budget exhausted: %d model calls without a final answer", maxSteps)}
 		}
-		st := &agentv1.Step{Index: int32(step), Usage: &agentv1.Usage{}}
+		if err := s.checkBudgets(ctx, env, run, nil, true); err != nil {
+			return err
+		}
+		st := &agentv1.Step{Index: int32(step), Usage: env.meter.usage(model.Usage{})}
 		run.Steps = append(run.Steps, st)
 		var (
 			text  strings.Builder
@@ -455,17 +473,20 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 				seen[tc.ID] = true
 				calls = append(calls, tc)
 			case model.ChunkUsage:
-				st.Usage = &agentv1.Usage{InputTokens: c.Usage.InputTokens, OutputTokens: c.Usage.OutputTokens}
+				st.Usage = env.meter.usage(c.Usage)
 			}
 		}
 		st.Text, st.Latency = text.String(), durationpb.New(time.Since(start))
 		call.End(st.Usage.GetInputTokens(), st.Usage.GetOutputTokens(), nil)
 		s.cfg.Metrics.AddTokens(env.tenant, providerOf(a.GetModel().GetProvider()), cmp.Or(req.Model, "sim"), st.Usage.GetInputTokens(), st.Usage.GetOutputTokens())
-		run.Usage.InputTokens += st.Usage.GetInputTokens()
-		run.Usage.OutputTokens += st.Usage.GetOutputTokens()
-		send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Usage{Usage: st.Usage}})
+		s.countCost(env.tenant, a, cmp.Or(req.Model, "sim"), st.Usage)
+		addUsage(run.Usage, st.Usage)
+		send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Usage{Usage: st.Usage}, RunUsage: proto.CloneOf(run.Usage)})
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
+		}
+		if err := s.checkBudgets(ctx, env, run, st.Usage, false); err != nil {
+			return err
 		}
 		if total := run.Usage.InputTokens + run.Usage.OutputTokens; maxTokens > 0 && total > maxTokens {
 			return &budgetError{fmt.Sprintf("token budget exhausted: %d tokens used, budget %d", total, maxTokens)}
@@ -488,8 +509,20 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 				return context.Cause(ctx)
 			}
 			st.ToolResults = append(st.ToolResults, res)
+			if u := res.GetUsage(); u != nil { // a delegated run's, rolled up into this step and the run
+				if st.DelegatedUsage == nil {
+					st.DelegatedUsage = env.meter.usage(model.Usage{})
+				}
+				addUsage(st.DelegatedUsage, u)
+				addUsage(run.Usage, u)
+			}
 			send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_ToolResult{ToolResult: res}})
 			req.Messages = append(req.Messages, model.Message{Role: model.RoleTool, ToolCallID: c.ID, ToolName: c.Name, Text: resultJSON(res)})
+		}
+		if st.DelegatedUsage != nil {
+			if err := s.checkBudgets(ctx, env, run, nil, false); err != nil {
+				return err
+			}
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	"github.com/loom-dev/loom/internal/pricing"
 )
 
 // Sentinel errors returned (wrapped) by a Store and by the Server's domain code. The handler edge maps them to
@@ -93,10 +94,31 @@ type Store interface {
 	// RenewLeases extends to until the lease of every RUNNING run owned by owner, in every tenant, and returns
 	// how many there were.
 	RenewLeases(ctx context.Context, owner string, until time.Time) (int64, error)
+	// UsageRows returns up to pageSize rows of the own usage (OwnUsage) of runs created in [start, end), one per UTC
+	// day, agent, blueprint, provider and model in that order, after pageToken, and the next page's token. A token
+	// carries the range of the first page, which later pages keep. A malformed token is a *FieldError on
+	// "page_token".
+	UsageRows(ctx context.Context, tenant string, start, end time.Time, pageSize int, pageToken string) ([]UsageRow, string, error)
+	// UsageTotal sums the own usage of runs created at or after start and, unless end is zero, before end.
+	UsageTotal(ctx context.Context, tenant string, start, end time.Time) (UsageSum, error)
+	// RecentRuns returns the duration and rolled-up cost (nano-units) of up to n of the latest SUCCEEDED runs of an
+	// agent version, newest first.
+	RecentRuns(ctx context.Context, tenant, agent string, version int64, n int) ([]RunSample, error)
+	// GetTenantBudget returns the tenant's budget, empty when none is set.
+	GetTenantBudget(ctx context.Context, tenant string) (*agentv1.TenantBudget, error)
+	// SetTenantBudget replaces the tenant's budget.
+	SetTenantBudget(ctx context.Context, tenant string, b *agentv1.TenantBudget) error
+
 	// FailExpiredRuns marks FAILED, with reason as the error and now as the end time, every RUNNING run in every
 	// tenant whose lease ended before now (its owner crashed or lost the database for longer than a lease), and
 	// returns how many there were.
 	FailExpiredRuns(ctx context.Context, now time.Time, reason string) (int64, error)
+}
+
+// RunSample is one finished run's duration and cost, for forecasts.
+type RunSample struct {
+	Duration time.Duration
+	Cost     pricing.Nanos
 }
 
 // Lease is the claim of one process on the runs it executes. A RUNNING run whose lease has ended was cut off.

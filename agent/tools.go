@@ -146,6 +146,8 @@ type runEnv struct {
 	attempt int32
 	// mcp holds the run's MCP sessions and tool descriptions; nil when the agent has no MCP tool.
 	mcp *mcpRun
+	// meter prices the run's model calls.
+	meter meter
 }
 
 // callTool executes one tool call. Failures become the result's error, told to the model; they never fail the run.
@@ -181,7 +183,7 @@ func (s *Server) callTool(ctx context.Context, env runEnv, call model.ToolCall) 
 	case *agentv1.Tool_HttpFetch:
 		out, err = s.toolHTTPFetch(ctx, k.HttpFetch.GetAllowedHosts(), call.Args["url"].(string))
 	case *agentv1.Tool_Delegate:
-		out, err = s.toolDelegate(ctx, env, k.Delegate.GetAgent(), call.Args["input"].(string))
+		out, res.Usage, err = s.toolDelegate(ctx, env, k.Delegate.GetAgent(), call.Args["input"].(string))
 	case *agentv1.Tool_Webhook:
 		out, err = s.toolWebhook(ctx, env, k.Webhook, call.ID, call.Args)
 	case *agentv1.Tool_Mcp:
@@ -246,28 +248,30 @@ func (s *Server) toolMemorySave(ctx context.Context, env runEnv, args map[string
 	return map[string]any{"id": id}, nil
 }
 
-func (s *Server) toolDelegate(ctx context.Context, env runEnv, name, input string) (map[string]any, error) {
+// toolDelegate runs agent name on input as a delegated run and returns its output, and its rolled-up usage (also
+// when it failed; nil when it never started).
+func (s *Server) toolDelegate(ctx context.Context, env runEnv, name, input string) (map[string]any, *agentv1.Usage, error) {
 	if slices.Contains(env.chain, name) {
-		return nil, fmt.Errorf("delegation cycle: %s -> %s", strings.Join(env.chain, " -> "), name)
+		return nil, nil, fmt.Errorf("delegation cycle: %s -> %s", strings.Join(env.chain, " -> "), name)
 	}
 	if len(env.chain) > maxDelegationDepth {
-		return nil, fmt.Errorf("delegation depth limit (%d) reached", maxDelegationDepth)
+		return nil, nil, fmt.Errorf("delegation depth limit (%d) reached", maxDelegationDepth)
 	}
 	child, err := s.store.GetAgent(ctx, env.tenant, name, 0)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
-			return nil, fmt.Errorf("agent %q does not exist", name)
+			return nil, nil, fmt.Errorf("agent %q does not exist", name)
 		}
-		return nil, errors.New("cannot load the agent")
+		return nil, nil, errors.New("cannot load the agent")
 	}
 	run, err := s.execute(ctx, env.tenant, child, input, nil, "", append(slices.Clip(env.chain), name), runOpts{}, delegatedEmit(env.emit))
 	if err != nil && run == nil {
-		return nil, fmt.Errorf("delegate run failed: %s", publicMessage(err))
+		return nil, nil, fmt.Errorf("delegate run failed: %s", publicMessage(err))
 	}
 	if run.GetState() != agentv1.RunState_RUN_STATE_SUCCEEDED {
-		return nil, fmt.Errorf("delegate run %s %s: %s", run.GetId(), strings.TrimPrefix(run.GetState().String(), "RUN_STATE_"), run.GetError())
+		return nil, run.GetUsage(), fmt.Errorf("delegate run %s %s: %s", run.GetId(), strings.TrimPrefix(run.GetState().String(), "RUN_STATE_"), run.GetError())
 	}
-	return map[string]any{"run_id": run.GetId(), "output": run.GetOutput()}, nil
+	return map[string]any{"run_id": run.GetId(), "output": run.GetOutput()}, run.GetUsage(), nil
 }
 
 // delegatedEmit forwards a delegated run's events into the parent's stream, carrying the delegated run's id,

@@ -24,6 +24,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 	"github.com/loom-dev/loom/gen/loom/orchestrator/v1/orchestratorv1connect"
 	"github.com/loom-dev/loom/internal/dberr"
@@ -42,6 +43,7 @@ const maxErrorsInMessage = 20
 
 // Server implements the OrchestratorService. It is safe for concurrent use.
 type Server struct {
+	agents    agentv1.AgentServiceClient // nil: estimates without agent budgets
 	logger    *slog.Logger
 	store     Store
 	runs      Runs
@@ -59,6 +61,10 @@ func WithExpressionLimits(l blueprint.Limits) Option { return func(s *Server) { 
 
 // WithWatchPollInterval sets how often WatchRun looks for new events; the default is 250ms.
 func WithWatchPollInterval(d time.Duration) Option { return func(s *Server) { s.watchPoll = d } }
+
+// WithAgents gives EstimateRun the agent service's client, to read each agent step's configured budget (the
+// bound when a blueprint has no history). Without it, estimates carry no budgets.
+func WithAgents(c agentv1.AgentServiceClient) Option { return func(s *Server) { s.agents = c } }
 
 var _ orchestratorv1connect.OrchestratorServiceHandler = (*Server)(nil)
 

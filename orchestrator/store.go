@@ -68,4 +68,7 @@ type Runs interface {
 	// SubmitApproval approves (payload checked against the step's schema: ErrInvalidInput) or rejects a waiting
 	// approval step. ErrFailedPrecondition if the step is not waiting.
 	SubmitApproval(ctx context.Context, tenant, runID, stepID string, decision orchestratorv1.Decision, payload *structpb.Struct, comment string) (*orchestratorv1.WorkflowRun, error)
+	// Forecast forecasts a run of bp (a stored version) in total and per step from up to window of the version's
+	// latest successful runs; the step forecasts carry no budgets.
+	Forecast(ctx context.Context, tenant string, bp *orchestratorv1.Blueprint, window int) (*orchestratorv1.EstimateRunResponse, error)
 }

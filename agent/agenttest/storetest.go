@@ -22,6 +22,7 @@ import (
 func RunStoreTests(t *testing.T, newStore func(t *testing.T) agent.Store) {
 	t.Helper()
 	ctx := context.Background()
+	runUsageTests(t, newStore)
 
 	t.Run("AgentVersions", func(t *testing.T) {
 		t.Parallel()

@@ -51,7 +51,8 @@ func (g *Gemini) Stream(ctx context.Context, req Request) iter.Seq2[Chunk, error
 			}
 			if md := resp.UsageMetadata; md != nil {
 				usage = Usage{InputTokens: int64(md.PromptTokenCount),
-					OutputTokens: int64(md.CandidatesTokenCount) + int64(md.ThoughtsTokenCount)}
+					OutputTokens:      int64(md.CandidatesTokenCount) + int64(md.ThoughtsTokenCount),
+					CachedInputTokens: int64(md.CachedContentTokenCount)}
 			}
 			if len(resp.Candidates) == 0 || resp.Candidates[0].Content == nil {
 				continue

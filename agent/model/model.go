@@ -97,6 +97,8 @@ type Usage struct {
 	InputTokens int64
 	// OutputTokens counts generated tokens.
 	OutputTokens int64
+	// CachedInputTokens counts the input tokens the provider served from its cache (part of InputTokens).
+	CachedInputTokens int64
 }
 
 // ChunkKind tells which field of a Chunk is set.

@@ -58,7 +58,8 @@ func (o *OpenAI) Stream(ctx context.Context, req Request) iter.Seq2[Chunk, error
 		for stream.Next() {
 			chunk := stream.Current()
 			if chunk.JSON.Usage.Valid() && (chunk.Usage.PromptTokens != 0 || chunk.Usage.CompletionTokens != 0) {
-				usage = Usage{InputTokens: chunk.Usage.PromptTokens, OutputTokens: chunk.Usage.CompletionTokens}
+				usage = Usage{InputTokens: chunk.Usage.PromptTokens, OutputTokens: chunk.Usage.CompletionTokens,
+					CachedInputTokens: chunk.Usage.PromptTokensDetails.CachedTokens}
 			}
 			for _, choice := range chunk.Choices {
 				if choice.Delta.Content != "" {

@@ -1,7 +1,8 @@
 // Package sqlstore is the agent.Store over internal/sqldb: one implementation for SQLite and PostgreSQL.
 //
 // Agents are stored one row per version, their spec as protobuf binary; runs keep their queryable fields in
-// columns and their steps and warnings as protobuf binary. Times are unix nanoseconds.
+// columns (their own usage and cost among them, which GetUsage and the tenant budgets sum) and their steps,
+// warnings, unit prices and rolled-up usage as protobuf binary. Times are unix nanoseconds.
 package sqlstore
 
 import (
@@ -255,13 +256,20 @@ func (s *Store) CreateRun(ctx context.Context, tenant string, r *agentv1.Run, le
 	if !lease.Until.IsZero() {
 		until = lease.Until.UnixNano()
 	}
+	own := agent.OwnUsage(r)
+	usage, err := marshalUsage(r.GetUsage())
+	if err != nil {
+		return fmt.Errorf("create run: %w", err)
+	}
 	err = s.runs.Exec(ctx, func(ctx context.Context, tx sqldb.Execer) error {
 		_, err := tx.ExecContext(ctx, s.q(`INSERT INTO loom.runs (id, tenant, agent, agent_version, state, input, output, provider,
-		model, input_tokens, output_tokens, error, idempotency_key, detail, create_time, end_time, owner, lease_until)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		model, input_tokens, output_tokens, error, idempotency_key, detail, create_time, end_time, owner, lease_until,
+		cached_tokens, cost_nanos, cost_unknown, price_version, blueprint, usage)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 			r.GetId(), tenant, r.GetAgent(), r.GetAgentVersion(), int64(r.GetState()), r.GetInput(), r.GetOutput(),
-			int64(r.GetProvider()), r.GetModel(), r.GetUsage().GetInputTokens(), r.GetUsage().GetOutputTokens(),
-			r.GetError(), key, detail, tsNanos(r.GetCreateTime()), tsNanos(r.GetEndTime()), lease.Owner, until)
+			int64(r.GetProvider()), r.GetModel(), own.InputTokens, own.OutputTokens,
+			r.GetError(), key, detail, tsNanos(r.GetCreateTime()), tsNanos(r.GetEndTime()), lease.Owner, until,
+			own.CachedInputTokens, int64(own.Cost), boolInt(own.CostUnknown), r.GetUsage().GetPriceVersion(), r.GetBlueprint(), usage)
 		return err
 	})
 	if isUniqueViolation(err) {
@@ -279,13 +287,20 @@ func (s *Store) FinishRun(ctx context.Context, tenant string, r *agentv1.Run) er
 	if err != nil {
 		return fmt.Errorf("finish run: %w", err)
 	}
+	own := agent.OwnUsage(r)
+	usage, err := marshalUsage(r.GetUsage())
+	if err != nil {
+		return fmt.Errorf("finish run: %w", err)
+	}
 	var n int64
 	err = s.runs.Exec(ctx, func(ctx context.Context, tx sqldb.Execer) error {
 		res, err := tx.ExecContext(ctx, s.q(`UPDATE loom.runs SET state = ?, output = ?, provider = ?, model = ?,
-		input_tokens = ?, output_tokens = ?, error = ?, detail = ?, end_time = ?
+		input_tokens = ?, output_tokens = ?, error = ?, detail = ?, end_time = ?,
+		cached_tokens = ?, cost_nanos = ?, cost_unknown = ?, price_version = ?, usage = ?
 		WHERE tenant = ? AND id = ? AND state = ?`),
-			int64(r.GetState()), r.GetOutput(), int64(r.GetProvider()), r.GetModel(), r.GetUsage().GetInputTokens(),
-			r.GetUsage().GetOutputTokens(), r.GetError(), detail, tsNanos(r.GetEndTime()),
+			int64(r.GetState()), r.GetOutput(), int64(r.GetProvider()), r.GetModel(), own.InputTokens,
+			own.OutputTokens, r.GetError(), detail, tsNanos(r.GetEndTime()),
+			own.CachedInputTokens, int64(own.Cost), boolInt(own.CostUnknown), r.GetUsage().GetPriceVersion(), usage,
 			tenant, r.GetId(), int64(agentv1.RunState_RUN_STATE_RUNNING))
 		if err != nil {
 			return err
@@ -306,7 +321,7 @@ func (s *Store) FinishRun(ctx context.Context, tenant string, r *agentv1.Run) er
 }
 
 const runCols = `id, agent, agent_version, state, input, output, provider, model, input_tokens, output_tokens, error,
-	idempotency_key, create_time, end_time`
+	idempotency_key, create_time, end_time, blueprint, usage`
 
 // GetRun implements agent.Store.
 func (s *Store) GetRun(ctx context.Context, tenant, id string) (*agentv1.Run, error) {
@@ -370,7 +385,7 @@ func (s *Store) ListRuns(ctx context.Context, tenant string, f agent.RunFilter, 
 		read []runToken
 	)
 	for rows.Next() {
-		vals := make([]any, 14) // runCols, scanned loosely so a bad value fails its row, not the list
+		vals := make([]any, 16) // runCols, scanned loosely so a bad value fails its row, not the list
 		ptrs := make([]any, len(vals))
 		for i := range vals {
 			ptrs[i] = &vals[i]
@@ -510,11 +525,28 @@ func decodeListedRun(vals []any) (*agentv1.Run, error) {
 	}
 	et, err := num(13, "end_time")
 	errs = append(errs, err)
+	r.Blueprint, err = str(14, "blueprint", false)
+	errs = append(errs, err)
+	var usage []byte
+	switch v := vals[15].(type) {
+	case []byte:
+		usage = v
+	case string:
+		usage = []byte(v)
+	case nil:
+	default:
+		errs = append(errs, fmt.Errorf("usage has type %T, want bytes", v))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	r.AgentVersion, r.State, r.Provider = n[0], agentv1.RunState(n[1]), agentv1.Provider(n[2])
 	r.Usage = &agentv1.Usage{InputTokens: n[3], OutputTokens: n[4]}
+	if len(usage) > 0 {
+		if err := proto.Unmarshal(usage, r.Usage); err != nil {
+			return nil, fmt.Errorf("decode usage: %w", err)
+		}
+	}
 	r.CreateTime = timestamppb.New(time.Unix(0, n[5]).UTC())
 	if et != 0 {
 		r.EndTime = timestamppb.New(time.Unix(0, et).UTC())
@@ -542,10 +574,10 @@ func scanRun(row scanner, withDetail bool) (*agentv1.Run, error) {
 		state, provider int64
 		in, out, ct, et int64
 		key             sql.NullString
-		detail          []byte
+		detail, usage   []byte
 	)
 	dest := []any{&r.Id, &r.Agent, &r.AgentVersion, &state, &r.Input, &r.Output, &provider, &r.Model, &in, &out,
-		&r.Error, &key, &ct, &et}
+		&r.Error, &key, &ct, &et, &r.Blueprint, &usage}
 	if withDetail {
 		dest = append(dest, &detail)
 	}
@@ -557,11 +589,16 @@ func scanRun(row scanner, withDetail bool) (*agentv1.Run, error) {
 		if err := proto.Unmarshal(detail, &d); err != nil {
 			return nil, fmt.Errorf("decode run detail: %w", err)
 		}
-		r.Steps, r.Warnings = d.Steps, d.Warnings
+		r.Steps, r.Warnings, r.Price = d.Steps, d.Warnings, d.Price
 	}
 	r.State = agentv1.RunState(state)
 	r.Provider = agentv1.Provider(provider)
 	r.Usage = &agentv1.Usage{InputTokens: in, OutputTokens: out}
+	if len(usage) > 0 { // the rolled-up usage; runs stored before it have only their own tokens
+		if err := proto.Unmarshal(usage, r.Usage); err != nil {
+			return nil, fmt.Errorf("decode run usage: %w", err)
+		}
+	}
 	r.IdempotencyKey = key.String
 	r.CreateTime = timestamppb.New(time.Unix(0, ct).UTC())
 	if et != 0 {
@@ -596,7 +633,21 @@ func decodeAgent(name string, version int64, etag string, spec []byte, ct, ut in
 }
 
 func encodeDetail(r *agentv1.Run) ([]byte, error) {
-	return proto.Marshal(&agentv1.Run{Steps: r.GetSteps(), Warnings: r.GetWarnings()})
+	return proto.Marshal(&agentv1.Run{Steps: r.GetSteps(), Warnings: r.GetWarnings(), Price: r.GetPrice()})
+}
+
+func marshalUsage(u *agentv1.Usage) ([]byte, error) {
+	if u == nil {
+		return nil, nil
+	}
+	return proto.Marshal(u)
+}
+
+func boolInt(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func tsNanos(ts *timestamppb.Timestamp) int64 {

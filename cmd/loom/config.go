@@ -66,12 +66,15 @@ type config struct {
 	RescueAfter     time.Duration
 	RunLease        time.Duration // orchestrator run lease (--orchestrator-lease)
 	GeminiBaseURL   string
-	OpenAIBaseURL   string
-	LogLevel        slog.Level
-	LogFormat       string
-	LogRPCSample    float64       // fraction of successful RPCs logged at info (--log-rpc-sample)
-	LogSlow         time.Duration // RPCs at least this long are logged at warn (--log-slow)
-	DebugListen     string        // pprof listener address, empty for none (--debug-listen)
+	// PriceTable is the price table file (--price-table) and Prices the per-model overrides (--prices).
+	PriceTable    string
+	Prices        string
+	OpenAIBaseURL string
+	LogLevel      slog.Level
+	LogFormat     string
+	LogRPCSample  float64       // fraction of successful RPCs logged at info (--log-rpc-sample)
+	LogSlow       time.Duration // RPCs at least this long are logged at warn (--log-slow)
+	DebugListen   string        // pprof listener address, empty for none (--debug-listen)
 	// MetricsTenantLabels adds a tenant label to the per-tenant metrics (--metrics-tenant-labels).
 	MetricsTenantLabels bool
 	// RunEventRetention is how long the orchestrator keeps run events; 0 keeps them forever (--run-event-retention).
@@ -167,6 +170,8 @@ var serveFlags = []flagSpec{
 	{"gateway-admin", "LOOM_GATEWAY_ADMIN", "", "gateway: admin backends"},
 	{"gemini-base-url", "LOOM_GEMINI_BASE_URL", "", "Gemini API base URL; empty uses Google's"},
 	{"openai-base-url", "LOOM_OPENAI_BASE_URL", "", "OpenAI-compatible base URL (OpenAI, Ollama, vLLM, llama.cpp), e.g. http://localhost:11434/v1"},
+	{"price-table", "LOOM_PRICE_TABLE", "", "agent: price table file (YAML or JSON, see README) the cost of model calls is computed with; empty prices the sim at zero and every other model as unknown"},
+	{"prices", "LOOM_PRICES", "", "agent: model prices added to the price table, per million tokens: provider/model=input:output[:cached],... e.g. gemini/gemini-2.5-flash=0.30:2.50:0.075"},
 	{"rescue-after", "LOOM_RESCUE_AFTER", "1m", "deprecated and ignored: the orchestrator's run lease decides failover (see --orchestrator-lease)"},
 	{"orchestrator-lease", "LOOM_ORCHESTRATOR_LEASE", "3s", "orchestrator: a replica owns each run it executes under a lease it renews every third of this; after a crash another replica resumes the run once the lease lapses (a slow step on a live replica is never taken over)"},
 	{"run-event-retention", "LOOM_RUN_EVENT_RETENTION", "0", "orchestrator: how long run events (what WatchRun replays) are kept, e.g. 720h; 0 keeps them forever. Events of unfinished runs are never removed. Postgres drops whole daily partitions, SQLite deletes in batches; at least 1h"},
@@ -400,6 +405,7 @@ func parseServe(args []string, getenv func(string) string, out io.Writer) (confi
 		}
 	}
 	c.GeminiBaseURL, c.OpenAIBaseURL = get("gemini-base-url"), get("openai-base-url")
+	c.PriceTable, c.Prices = get("price-table"), get("prices")
 	c.OIDCIssuer, c.OIDCAudience = get("oidc-issuer"), get("oidc-audience")
 	c.OIDCJWKSURL, c.OIDCJWKSFile = get("oidc-jwks-url"), get("oidc-jwks-file")
 	c.GatewayTargets = map[string]string{
@@ -505,6 +511,7 @@ func (c config) LogValue() slog.Value {
 		slog.String("auth", c.Auth),
 		slog.String("oidc_issuer", c.OIDCIssuer),
 		slog.String("gemini_base_url", c.GeminiBaseURL),
+		slog.String("price_table", c.PriceTable), slog.String("prices", c.Prices),
 		slog.String("openai_base_url", c.OpenAIBaseURL),
 		slog.String("service_token_key", mask(c.Secrets.ServiceTokenKey)),
 		slog.String("master_key", mask(c.Secrets.MasterKey)),

@@ -38,11 +38,11 @@ func scrape(t *testing.T, addr string, re *regexp.Regexp) []float64 {
 	return vals
 }
 
-// TestDomainMetrics runs an agent and text searches on loom serve and reads the token, search and embedding
+// TestDomainMetrics runs an agent and text searches on loom serve and reads the token, cost, search and embedding
 // cache metrics they leave on /metrics, with and without tenant labels.
 func TestDomainMetrics(t *testing.T) {
 	for _, tenantLabels := range []bool{false, true} {
-		p := startLoom(t, "--metrics-tenant-labels="+strconv.FormatBool(tenantLabels))
+		p := startLoom(t, "--metrics-tenant-labels="+strconv.FormatBool(tenantLabels), "--prices", "sim/*=1:2")
 		c := dialAll(t, p.addr)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -69,6 +69,10 @@ func TestDomainMetrics(t *testing.T) {
 			tenant = `,tenant="local"`
 		}
 		tokens := scrape(t, p.addr, regexp.MustCompile(`(?m)^loom_model_tokens_total\{direction="input",model="sim",provider="sim"`+tenant+`\} (\S+)$`))
+		cost := scrape(t, p.addr, regexp.MustCompile(`(?m)^loom_model_cost_total\{currency="USD",model="sim",provider="sim"`+tenant+`\} (\S+)$`))
+		if len(cost) != 1 || cost[0] <= 0 || cost[0] > 0.01 {
+			t.Errorf("loom_model_cost_total (tenant labels %v) = %v, want one small positive series", tenantLabels, cost)
+		}
 		searches := scrape(t, p.addr, regexp.MustCompile(`(?m)^loom_memory_search_duration_seconds_count\{mode="exact"\} (\S+)$`))
 		hits := scrape(t, p.addr, regexp.MustCompile(`(?m)^loom_memory_embed_cache_hits_total (\S+)$`))
 		misses := scrape(t, p.addr, regexp.MustCompile(`(?m)^loom_memory_embed_cache_misses_total (\S+)$`))

@@ -21,9 +21,10 @@ import (
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/internal/authn"
+	"github.com/loom-dev/loom/internal/mcpserver"
+	"github.com/loom-dev/loom/internal/pricing"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcclient"
-	"github.com/loom-dev/loom/internal/mcpserver"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/telemetry"
@@ -356,7 +357,12 @@ func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients
 	if err != nil {
 		return rpcserver.Service{}, nil, err
 	}
+	prices, err := priceTable(cfg)
+	if err != nil {
+		return rpcserver.Service{}, nil, err
+	}
 	acfg := agent.Config{
+		Prices:           prices,
 		Metrics:          cfg.obs.models,
 		GeminiAPIKey:     cfg.Secrets.GeminiAPIKey,
 		GeminiBaseURL:    cfg.GeminiBaseURL,
@@ -411,7 +417,7 @@ func buildOrchestrator(ctx context.Context, cfg config, logger *slog.Logger, c *
 			logger.Warn("stop run engine", "err", err)
 		}
 	}
-	svc := orchestrator.New(logger, store, eng).Service()
+	svc := orchestrator.New(logger, store, eng, orchestrator.WithAgents(c.agent)).Service()
 	svc.Ready = db.PingContext
 	return svc, closeFn, nil
 }
@@ -488,4 +494,16 @@ func httpHandler(h *mcpserver.Handler) http.Handler {
 		return nil
 	}
 	return h
+}
+
+// priceTable is the price table of --price-table with --prices applied; the default table without either.
+func priceTable(cfg config) (*pricing.Table, error) {
+	t := pricing.Default()
+	if cfg.PriceTable != "" {
+		var err error
+		if t, err = pricing.Load(cfg.PriceTable); err != nil {
+			return nil, fmt.Errorf("--price-table: %w", err)
+		}
+	}
+	return t.WithFlag(cfg.Prices)
 }

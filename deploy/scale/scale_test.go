@@ -25,7 +25,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 	"github.com/loom-dev/loom/memory"
@@ -329,7 +328,7 @@ func BenchmarkMemoryRecordsAtScale(b *testing.B) {
 			for range k {
 				next++
 				batch = append(batch, memory.Record{ID: "r" + strconv.Itoa(next), Text: "record " + strconv.Itoa(next), Vector: vec(),
-					Metadata:   map[string]*memoryv1.Value{"topic": {Kind: &memoryv1.Value_StringValue{StringValue: strconv.Itoa(next % 10)}}},
+					Metadata:   map[string]memory.Value{"topic": memory.StringValue(strconv.Itoa(next % 10))},
 					UpdateTime: time.Now()})
 				if len(batch) == cap(batch) {
 					if err := store.Upsert(ctx, "t", name, batch); err != nil {

@@ -10,9 +10,17 @@ import (
 // ModelMetrics count the tokens of model calls: loom_model_tokens_total{provider, model, direction} (direction
 // "input" or "output"), with a tenant label too when made with tenant labels (installations with many tenants
 // leave it off: every tenant is a series). A nil *ModelMetrics records nothing. Safe for concurrent use.
+//
+// The same switch labels loom_model_cost_total{provider, model, currency} (the cost of priced calls, in units of
+// the currency: a float, for dashboards; the exact figures are the runs' and GetUsage's),
+// loom_model_calls_unpriced_total{provider, model} (calls of models the price table does not price) and
+// loom_budget_exhausted_total{budget} (runs stopped by a budget).
 type ModelMetrics struct {
-	tokens  *prometheus.CounterVec
-	tenants bool
+	tokens    *prometheus.CounterVec
+	cost      *prometheus.CounterVec
+	unpriced  *prometheus.CounterVec
+	exhausted *prometheus.CounterVec
+	tenants   bool
 }
 
 // NewModelMetrics returns the model-call metrics; tenantLabels adds the tenant to every series.
@@ -21,10 +29,57 @@ func NewModelMetrics(tenantLabels bool) *ModelMetrics {
 	if tenantLabels {
 		labels = append(labels, "tenant")
 	}
+	with := func(l ...string) []string {
+		if tenantLabels {
+			return append(l, "tenant")
+		}
+		return l
+	}
 	return &ModelMetrics{tenants: tenantLabels, tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "loom_model_tokens_total",
 		Help: "Tokens of model calls, by provider, model and direction (input or output), and by tenant when tenant labels are on.",
-	}, labels)}
+	}, labels),
+		cost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loom_model_cost_total",
+			Help: "Cost of priced model calls in units of the currency, by provider, model and currency, and by tenant when tenant labels are on.",
+		}, with("provider", "model", "currency")),
+		unpriced: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loom_model_calls_unpriced_total",
+			Help: "Model calls of models the price table does not price (their cost is unknown), by provider and model.",
+		}, with("provider", "model")),
+		exhausted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loom_budget_exhausted_total",
+			Help: "Agent runs stopped by a budget, by budget (for example tenant.max_cost_per_day).",
+		}, with("budget")),
+	}
+}
+
+func (m *ModelMetrics) labels(tenant string, lv ...string) []string {
+	if m.tenants {
+		return append(lv, tenant)
+	}
+	return lv
+}
+
+// AddCost counts one model call's cost, nanos nano-units (10^-9) of currency; unknown counts it as unpriced.
+func (m *ModelMetrics) AddCost(tenant, provider, model, currency string, nanos int64, unknown bool) {
+	if m == nil {
+		return
+	}
+	if unknown {
+		m.unpriced.WithLabelValues(m.labels(tenant, provider, model)...).Inc()
+	}
+	if nanos > 0 {
+		m.cost.WithLabelValues(m.labels(tenant, provider, model, currency)...).Add(float64(nanos) / 1e9)
+	}
+}
+
+// BudgetExhausted counts a run stopped by budget.
+func (m *ModelMetrics) BudgetExhausted(tenant, budget string) {
+	if m == nil {
+		return
+	}
+	m.exhausted.WithLabelValues(m.labels(tenant, budget)...).Inc()
 }
 
 // AddTokens counts one model call's tokens.
@@ -48,10 +103,20 @@ func (m *ModelMetrics) AddTokens(tenant, provider, model string, input, output i
 }
 
 // Describe implements prometheus.Collector.
-func (m *ModelMetrics) Describe(ch chan<- *prometheus.Desc) { m.tokens.Describe(ch) }
+func (m *ModelMetrics) Describe(ch chan<- *prometheus.Desc) {
+	m.tokens.Describe(ch)
+	m.cost.Describe(ch)
+	m.unpriced.Describe(ch)
+	m.exhausted.Describe(ch)
+}
 
 // Collect implements prometheus.Collector.
-func (m *ModelMetrics) Collect(ch chan<- prometheus.Metric) { m.tokens.Collect(ch) }
+func (m *ModelMetrics) Collect(ch chan<- prometheus.Metric) {
+	m.tokens.Collect(ch)
+	m.cost.Collect(ch)
+	m.unpriced.Collect(ch)
+	m.exhausted.Collect(ch)
+}
 
 // MemoryMetrics are the memory service's: loom_memory_search_duration_seconds{mode} (exact, int8, ivf, hnsw,
 // hybrid) and the embedding cache's loom_memory_embed_cache_hits_total and _misses_total. A nil *MemoryMetrics

@@ -496,7 +496,7 @@ func (e *Engine) CancelRun(ctx context.Context, tenant, id, reason string) (*orc
 		now := e.now()
 		r.end(orchestratorv1.RunState_RUN_STATE_CANCELLED, reason, now)
 		r.emit("", &orchestratorv1.WatchRunResponse{Event: &orchestratorv1.WatchRunResponse_RunCancelled{
-			RunCancelled: &orchestratorv1.RunCancelled{Reason: reason}}}, now)
+			RunCancelled: &orchestratorv1.RunCancelled{Reason: reason, Usage: r.usage()}}}, now)
 		return save(ctx, tx, r, time.Time{})
 	})
 	if err != nil {

@@ -64,6 +64,7 @@ func (e *Engine) applyResult(r *run, res result, now time.Time) {
 	if r.terminal() || s == nil || s.state != orchestratorv1.StepState_STEP_STATE_RUNNING || s.needsAttempt {
 		return
 	}
+	s.addUsage(res.usage)
 	if res.err == nil {
 		r.succeed(s, res.out, now)
 		return
@@ -85,7 +86,7 @@ func (e *Engine) applyResult(r *run, res result, now time.Time) {
 	wait := backoff(s.def, s.attempts)
 	s.err, s.deadline, s.needsAttempt, s.dirty = msg, now.Add(wait).UnixMicro(), true, true
 	r.emit(s.id, &orchestratorv1.WatchRunResponse{Event: &orchestratorv1.WatchRunResponse_StepRetry{
-		StepRetry: &orchestratorv1.StepRetry{Attempt: int32(s.attempts), Error: msg, Backoff: durationpb.New(wait)}}}, now)
+		StepRetry: &orchestratorv1.StepRetry{Attempt: int32(s.attempts), Error: msg, Backoff: durationpb.New(wait), Usage: res.usage}}}, now)
 }
 
 // fireTimers acts on what came due: a delay's end, an approval's deadline, the run's deadline.
@@ -280,12 +281,12 @@ func (e *Engine) complete(r *run, now time.Time) {
 	}
 	r.output, r.state, r.ended = out, orchestratorv1.RunState_RUN_STATE_SUCCEEDED, now.UnixMicro()
 	r.emit("", &orchestratorv1.WatchRunResponse{Event: &orchestratorv1.WatchRunResponse_RunCompleted{
-		RunCompleted: &orchestratorv1.RunCompleted{Output: out}}}, now)
+		RunCompleted: &orchestratorv1.RunCompleted{Output: out, Usage: r.usage()}}}, now)
 }
 
 // prepare evaluates the expressions of an agent, map or memory step (in the owner, outside any transaction) and
 // returns the call that performs it, which is safe to run in a goroutine of its own.
-func (e *Engine) prepare(r *run, s *step) (func(context.Context) (*structpb.Value, error), error) {
+func (e *Engine) prepare(r *run, s *step) (func(context.Context) (*structpb.Value, *orchestratorv1.Usage, error), error) {
 	key := idempotencyKey(r.id, s.id, s.failures)
 	// The step's calls to the agent and memory services act for the run's tenant: the service clients mint
 	// their tokens from this principal.
@@ -296,13 +297,13 @@ func (e *Engine) prepare(r *run, s *step) (func(context.Context) (*structpb.Valu
 		if err != nil {
 			return nil, err
 		}
-		agent := k.Agent.GetAgent()
-		return func(ctx context.Context) (*structpb.Value, error) {
-			text, err := e.callAgent(principal.NewContext(ctx, who), agent, input, key)
+		agent, bp := k.Agent.GetAgent(), r.blueprint
+		return func(ctx context.Context) (*structpb.Value, *orchestratorv1.Usage, error) {
+			text, usage, err := e.callAgent(principal.NewContext(ctx, who), agent, input, key, bp)
 			if err != nil {
-				return nil, err
+				return nil, usage, err
 			}
-			return structpb.NewStringValue(text), nil
+			return structpb.NewStringValue(text), usage, nil
 		}, nil
 	case *orchestratorv1.Step_Map:
 		items, err := e.evaluate(r, k.Map.GetItems(), nil)
@@ -319,9 +320,9 @@ func (e *Engine) prepare(r *run, s *step) (func(context.Context) (*structpb.Valu
 				return nil, fmt.Errorf("item %d: %w", i, err)
 			}
 		}
-		m := k.Map
-		return func(ctx context.Context) (*structpb.Value, error) {
-			return e.executeMap(principal.NewContext(ctx, who), m, inputs, key)
+		m, bp := k.Map, r.blueprint
+		return func(ctx context.Context) (*structpb.Value, *orchestratorv1.Usage, error) {
+			return e.executeMap(principal.NewContext(ctx, who), m, inputs, key, bp)
 		}, nil
 	case *orchestratorv1.Step_MemorySearch:
 		query, err := e.evaluateText(r, k.MemorySearch.GetQuery(), nil)
@@ -333,11 +334,11 @@ func (e *Engine) prepare(r *run, s *step) (func(context.Context) (*structpb.Valu
 			topK = 5
 		}
 		ns := k.MemorySearch.GetNamespace()
-		return func(ctx context.Context) (*structpb.Value, error) {
+		return func(ctx context.Context) (*structpb.Value, *orchestratorv1.Usage, error) {
 			resp, err := e.memory.Search(principal.NewContext(ctx, who), &memoryv1.SearchRequest{Namespace: ns,
 				Query: &memoryv1.SearchRequest_Text{Text: query}, TopK: topK})
 			if err != nil {
-				return nil, rpcError("memory search", err)
+				return nil, nil, rpcError("memory search", err)
 			}
 			hits := &structpb.ListValue{}
 			for _, h := range resp.GetHits() {
@@ -347,7 +348,7 @@ func (e *Engine) prepare(r *run, s *step) (func(context.Context) (*structpb.Valu
 					"score": structpb.NewNumberValue(float64(h.GetScore())),
 				}}))
 			}
-			return structpb.NewListValue(hits), nil
+			return structpb.NewListValue(hits), nil, nil
 		}, nil
 	case *orchestratorv1.Step_MemoryUpsert:
 		text, err := e.evaluateText(r, k.MemoryUpsert.GetText(), nil)
@@ -357,18 +358,18 @@ func (e *Engine) prepare(r *run, s *step) (func(context.Context) (*structpb.Valu
 		// The record id is derived from the run and step, so a repeated attempt overwrites instead of adding.
 		id := idempotencyKey(r.id, s.id, 0)
 		ns := k.MemoryUpsert.GetNamespace()
-		return func(ctx context.Context) (*structpb.Value, error) {
+		return func(ctx context.Context) (*structpb.Value, *orchestratorv1.Usage, error) {
 			if _, err := e.memory.Upsert(principal.NewContext(ctx, who), &memoryv1.UpsertRequest{Namespace: ns,
 				Records: []*memoryv1.Record{{Id: id, Text: text}}}); err != nil {
-				return nil, rpcError("memory upsert", err)
+				return nil, nil, rpcError("memory upsert", err)
 			}
-			return structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{"id": structpb.NewStringValue(id)}}), nil
+			return structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{"id": structpb.NewStringValue(id)}}), nil, nil
 		}, nil
 	}
 	return nil, fmt.Errorf("%w: step kind %T has no work", errPermanent, s.def.GetKind())
 }
 
-func (e *Engine) executeMap(ctx context.Context, m *orchestratorv1.MapStep, inputs []string, key string) (*structpb.Value, error) {
+func (e *Engine) executeMap(ctx context.Context, m *orchestratorv1.MapStep, inputs []string, key, bp string) (*structpb.Value, *orchestratorv1.Usage, error) {
 	concurrency := int(m.GetConcurrency())
 	if concurrency == 0 {
 		concurrency = 4
@@ -377,6 +378,7 @@ func (e *Engine) executeMap(ctx context.Context, m *orchestratorv1.MapStep, inpu
 	defer cancel()
 	outs := make([]*structpb.Value, len(inputs))
 	errs := make([]error, len(outs))
+	usages := make([]*orchestratorv1.Usage, len(outs))
 	sem := make(chan struct{}, concurrency)
 	var wg sync.WaitGroup
 	for i, input := range inputs {
@@ -390,8 +392,8 @@ func (e *Engine) executeMap(ctx context.Context, m *orchestratorv1.MapStep, inpu
 				errs[i] = ctx.Err()
 				return
 			}
-			text, err := e.callAgent(ctx, m.GetAgent(), input, key+"-"+strconv.Itoa(i))
-			outs[i] = structpb.NewStringValue(text)
+			text, usage, err := e.callAgent(ctx, m.GetAgent(), input, key+"-"+strconv.Itoa(i), bp)
+			outs[i], usages[i] = structpb.NewStringValue(text), usage
 			if err != nil {
 				errs[i] = fmt.Errorf("item %d: %w", i, err)
 				cancel()
@@ -399,26 +401,32 @@ func (e *Engine) executeMap(ctx context.Context, m *orchestratorv1.MapStep, inpu
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
+	var total *orchestratorv1.Usage
+	for _, u := range usages {
+		total = addUsage(total, u)
 	}
-	return structpb.NewListValue(&structpb.ListValue{Values: outs}), nil
+	if err := errors.Join(errs...); err != nil {
+		return nil, total, err
+	}
+	return structpb.NewListValue(&structpb.ListValue{Values: outs}), total, nil
 }
 
-func (e *Engine) callAgent(ctx context.Context, agent, input, key string) (string, error) {
-	resp, err := e.agents.Run(ctx, &agentv1.RunRequest{Agent: agent, Input: input, IdempotencyKey: key})
+// callAgent runs agent on input under key, for blueprint bp, and returns its output and what it used and cost:
+// also when it failed, from the run in the error's details when the agent service sends one (a budget).
+func (e *Engine) callAgent(ctx context.Context, agent, input, key, bp string) (string, *orchestratorv1.Usage, error) {
+	resp, err := e.agents.Run(ctx, &agentv1.RunRequest{Agent: agent, Input: input, IdempotencyKey: key, Blueprint: bp})
 	if err != nil {
-		return "", rpcError("agent "+agent, err)
+		return "", usageInError(err), rpcError("agent "+agent, err)
 	}
 	switch run := resp.GetRun(); run.GetState() {
 	case agentv1.RunState_RUN_STATE_SUCCEEDED:
-		return run.GetOutput(), nil
+		return run.GetOutput(), agentUsage(run.GetUsage()), nil
 	case agentv1.RunState_RUN_STATE_FAILED, agentv1.RunState_RUN_STATE_CANCELLED:
-		return "", fmt.Errorf("agent %s run %s: %s %s", agent, run.GetId(), run.GetState(), run.GetError())
+		return "", agentUsage(run.GetUsage()), fmt.Errorf("agent %s run %s: %s %s", agent, run.GetId(), run.GetState(), run.GetError())
 	default:
 		// A replay of the key found the run unfinished (its first attempt was cut off): never take that as a
 		// result; the step is tried again with the same key and gets the agent's real one.
-		return "", fmt.Errorf("agent %s run %s is still %s: %w", agent, run.GetId(), run.GetState(), errUnfinished)
+		return "", nil, fmt.Errorf("agent %s run %s is still %s: %w", agent, run.GetId(), run.GetState(), errUnfinished)
 	}
 }
 
@@ -428,6 +436,10 @@ func rpcError(what string, err error) error {
 	case codes.InvalidArgument, codes.NotFound, codes.PermissionDenied, codes.Unauthenticated,
 		codes.FailedPrecondition, codes.Unimplemented, codes.OutOfRange:
 		return fmt.Errorf("%s: %w: %w", what, errPermanent, err)
+	case codes.ResourceExhausted:
+		if budgetExhausted(err) { // a spending budget, not a rate limit: retrying spends more or fails again
+			return fmt.Errorf("%s: %w: %w", what, errPermanent, err)
+		}
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }

@@ -22,14 +22,17 @@ import (
 //     their outcome; the wait for a free worker is not included;
 //   - loom_workflow_queue_lag_seconds: how long the oldest run that is due and owned by no replica (never
 //     claimed, released, or whose owner's lease lapsed) has waited for one; 0 when none waits;
-//   - loom_workflow_pending_approvals: approval steps waiting for a decision.
+//   - loom_workflow_pending_approvals: approval steps waiting for a decision;
+//   - loom_workflow_run_anomalies_total{kind}: finished runs whose cost or duration ("cost", "duration") was above
+//     the p99 forecast from their blueprint version's earlier runs.
 //
 // The counter and the histogram are this process's; the two gauges are read from the database at scrape time
 // (one query, bounded by 2 s), so every replica reports the same values. Create Metrics with [NewMetrics], pass
 // them to one Engine in Config.Metrics and register them with a Prometheus registry. Safe for concurrent use.
 type Metrics struct {
-	finished *prometheus.CounterVec
-	steps    *prometheus.HistogramVec
+	finished  *prometheus.CounterVec
+	steps     *prometheus.HistogramVec
+	anomalies *prometheus.CounterVec
 
 	mu sync.Mutex
 	e  *Engine // whose database the gauges read; nil until an Engine is built with these Metrics
@@ -58,7 +61,13 @@ func NewMetrics() *Metrics {
 			Help:    "Duration of one attempt of a workflow step's call (agent, map, memory_search, memory_upsert), by step kind, whatever its outcome.",
 			Buckets: []float64{0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600},
 		}, []string{"kind"}),
+		anomalies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loom_workflow_run_anomalies_total",
+			Help: "Finished workflow runs whose cost or duration (kind) was above the p99 forecast from their blueprint version's earlier runs.",
+		}, []string{"kind"}),
 	}
+	m.anomalies.WithLabelValues("cost")
+	m.anomalies.WithLabelValues("duration")
 	// Every state from 0, so that rate() sees the first run of each.
 	for _, s := range []orchestratorv1.RunState{orchestratorv1.RunState_RUN_STATE_SUCCEEDED,
 		orchestratorv1.RunState_RUN_STATE_FAILED, orchestratorv1.RunState_RUN_STATE_CANCELLED} {
@@ -71,6 +80,7 @@ func NewMetrics() *Metrics {
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.finished.Describe(ch)
 	m.steps.Describe(ch)
+	m.anomalies.Describe(ch)
 	ch <- descQueueLag
 	ch <- descPendingApprovals
 }
@@ -80,6 +90,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.finished.Collect(ch)
 	m.steps.Collect(ch)
+	m.anomalies.Collect(ch)
 	m.mu.Lock()
 	e := m.e
 	m.mu.Unlock()

@@ -78,6 +78,8 @@ type result struct {
 	step string
 	out  *structpb.Value
 	err  error
+	// usage is what the attempt's agent runs used and cost, also when it failed; nil for none.
+	usage *orchestratorv1.Usage
 }
 
 // adopt starts owning r (just created by this process, already committed with this replica as owner).
@@ -264,6 +266,7 @@ func (o *ownedRun) settle(results []result) bool {
 			}
 			if r.terminal() {
 				e.cfg.Metrics.runFinished(r.state) // the fence let only this write end the run
+				e.flagAnomaly(ctx, r)
 			}
 		}
 		if r.terminal() || release {
@@ -356,12 +359,15 @@ func (o *ownedRun) launch(r *run, now time.Time) {
 		o.inflight[s.id] = cancel
 		go func(id string) {
 			defer cancel()
-			var out *structpb.Value
+			var (
+				out   *structpb.Value
+				usage *orchestratorv1.Usage
+			)
 			if err == nil {
 				select {
 				case e.sem <- struct{}{}:
 					start := time.Now()
-					out, err = call(ctx)
+					out, usage, err = call(ctx)
 					e.cfg.Metrics.stepDone(kind, time.Since(start))
 					<-e.sem
 				case <-ctx.Done():
@@ -376,7 +382,7 @@ func (o *ownedRun) launch(r *run, now time.Time) {
 				span.End()
 			}
 			select {
-			case o.inbox <- result{step: id, out: out, err: err}:
+			case o.inbox <- result{step: id, out: out, err: err, usage: usage}:
 			case <-o.done:
 			}
 		}(s.id)

@@ -40,6 +40,8 @@ type run struct {
 	// not traced); carrier is it decoded, on first use.
 	traceContext string
 	carrier      map[string]string
+	// anomaly is the stored anomaly flag, nil when none.
+	anomaly *orchestratorv1.Anomaly
 
 	steps []*step
 	byID  map[string]*step
@@ -69,6 +71,9 @@ type step struct {
 	// needsAttempt: the step's next attempt is not recorded yet (after a retry's backoff, or a step found running
 	// when a run is loaded, whose attempt a crash may have cut short). In memory only.
 	needsAttempt bool
+	// usage is the agent runs' usage of all attempts (nil: none); usageDirty when it changed since written.
+	usage      *orchestratorv1.Usage
+	usageDirty bool
 }
 
 func newRun(id, tenant string, bp *orchestratorv1.Blueprint, input *structpb.Struct, key string, now time.Time) *run {
@@ -112,7 +117,7 @@ func (r *run) succeed(s *step, out *structpb.Value, now time.Time) {
 	}
 	s.state, s.output, s.end, s.err, s.dirty = orchestratorv1.StepState_STEP_STATE_SUCCEEDED, out, now.UnixMicro(), "", true
 	r.emit(s.id, &orchestratorv1.WatchRunResponse{Event: &orchestratorv1.WatchRunResponse_StepOutput{
-		StepOutput: &orchestratorv1.StepOutput{Output: out}}}, now)
+		StepOutput: &orchestratorv1.StepOutput{Output: out, Usage: s.usage, RunUsage: r.usage()}}}, now)
 }
 
 // failStep fails a step and with it the run.
@@ -124,7 +129,7 @@ func (r *run) failStep(s *step, msg string, now time.Time) {
 func (r *run) fail(msg string, now time.Time) {
 	r.end(orchestratorv1.RunState_RUN_STATE_FAILED, msg, now)
 	r.emit("", &orchestratorv1.WatchRunResponse{Event: &orchestratorv1.WatchRunResponse_RunFailed{
-		RunFailed: &orchestratorv1.RunFailed{Error: msg}}}, now)
+		RunFailed: &orchestratorv1.RunFailed{Error: msg, Usage: r.usage()}}}, now)
 }
 
 // end finishes the run in state, skipping every unfinished step. The owner cancels what still runs in memory
@@ -295,18 +300,18 @@ func (r *run) proto() *orchestratorv1.WorkflowRun {
 	w := &orchestratorv1.WorkflowRun{
 		Id: r.id, Blueprint: r.blueprint, BlueprintVersion: r.version, State: r.state, Input: r.input,
 		Output: r.output, Error: r.err, IdempotencyKey: r.key, CreateTime: micros(r.created),
-		EndTime: micros(r.ended), LastSequence: r.lastSeq,
+		EndTime: micros(r.ended), LastSequence: r.lastSeq, Usage: r.usage(), Anomaly: r.anomaly,
 	}
 	for _, s := range r.steps {
 		w.Steps = append(w.Steps, &orchestratorv1.StepRun{
 			StepId: s.id, State: s.state, Attempts: int32(s.attempts), Output: s.output, Error: s.err,
-			StartTime: micros(s.start), EndTime: micros(s.end),
+			StartTime: micros(s.start), EndTime: micros(s.end), Usage: s.usage,
 		})
 	}
 	return w
 }
 
-const runColumns = `id, tenant, blueprint, blueprint_version, definition, state, input, output, error, idempotency_key, create_time, end_time, last_sequence, owner, request_hash, trace_context`
+const runColumns = `id, tenant, blueprint, blueprint_version, definition, state, input, output, error, idempotency_key, create_time, end_time, last_sequence, owner, request_hash, trace_context, anomaly`
 
 // errCorrupt marks a stored record that no longer decodes.
 var errCorrupt = errors.New("stored record does not decode")
@@ -315,11 +320,18 @@ func scanRun(rs interface{ Scan(...any) error }) (*run, error) {
 	var (
 		r                  run
 		def, input, output []byte
+		anomaly            []byte
 		state              int64
 	)
 	if err := rs.Scan(&r.id, &r.tenant, &r.blueprint, &r.version, &def, &state, &input, &output, &r.err, &r.key,
-		&r.created, &r.ended, &r.lastSeq, &r.leaseOwner, &r.requestHash, &r.traceContext); err != nil {
+		&r.created, &r.ended, &r.lastSeq, &r.leaseOwner, &r.requestHash, &r.traceContext, &anomaly); err != nil {
 		return nil, err
+	}
+	if len(anomaly) > 0 {
+		r.anomaly = &orchestratorv1.Anomaly{}
+		if err := proto.Unmarshal(anomaly, r.anomaly); err != nil {
+			r.anomaly = nil // a flag that does not decode is no flag; the run itself is intact
+		}
 	}
 	r.savedSeq = r.lastSeq
 	r.state = orchestratorv1.RunState(state)
@@ -381,7 +393,7 @@ func loadRun(ctx context.Context, q querier, tenant, id string, lock bool) (*run
 	return r, nil
 }
 
-const stepColumns = `run_id, step_id, position, state, attempts, failures, output, error, start_time, end_time, deadline`
+const stepColumns = `run_id, step_id, position, state, attempts, failures, output, error, start_time, end_time, deadline, usage`
 
 // scanSteps reads step rows (stepColumns, ordered by position within a run) into their runs.
 func scanSteps(rs rows, runs map[string]*run) error {
@@ -390,10 +402,16 @@ func scanSteps(rs rows, runs map[string]*run) error {
 			s          step
 			runID      string
 			pos, state int64
-			out        []byte
+			out, usage []byte
 		)
-		if err := rs.Scan(&runID, &s.id, &pos, &state, &s.attempts, &s.failures, &out, &s.err, &s.start, &s.end, &s.deadline); err != nil {
+		if err := rs.Scan(&runID, &s.id, &pos, &state, &s.attempts, &s.failures, &out, &s.err, &s.start, &s.end, &s.deadline, &usage); err != nil {
 			return err
+		}
+		if len(usage) > 0 {
+			s.usage = &orchestratorv1.Usage{}
+			if err := proto.Unmarshal(usage, s.usage); err != nil {
+				return fmt.Errorf("run %s: decode step usage: %w: %w", runID, errCorrupt, err)
+			}
 		}
 		r := runs[runID]
 		if r == nil {
@@ -515,6 +533,7 @@ func (r *run) changes(dialect sqldb.Dialect) ([]stmt, error) {
 			start_time = v.start_time, end_time = v.end_time, deadline = v.deadline FROM v
 			WHERE loom.run_steps.run_id = ? AND loom.run_steps.step_id = v.step_id`, append(args, r.id)})
 	}
+	stmts = append(stmts, r.usageChanges()...)
 	// Events in multi-row INSERTs, 100 rows (400 parameters) each. event_time, the key of the partitions on
 	// Postgres and of retention, is the event's time, but never before the run's creation (a replica's clock may
 	// lag the one that started the run): reads of a run's events look only from its creation on.

@@ -19,6 +19,8 @@ type Agents struct {
 
 	// Respond computes the output of a call; an error fails the RPC. It may block on ctx.
 	Respond func(ctx context.Context, req *agentv1.RunRequest) (string, error)
+	// Usage, when set, gives each new run its usage and cost.
+	Usage func(req *agentv1.RunRequest) *agentv1.Usage
 
 	mu    sync.Mutex
 	calls []*agentv1.RunRequest
@@ -33,7 +35,7 @@ func (a *Agents) Run(ctx context.Context, req *agentv1.RunRequest, _ ...grpc.Cal
 		a.mu.Unlock()
 		return &agentv1.RunResponse{Run: r}, nil
 	}
-	respond := a.Respond
+	respond, usage := a.Respond, a.Usage
 	a.mu.Unlock()
 	out := req.GetAgent() + ": " + req.GetInput()
 	if respond != nil {
@@ -44,6 +46,9 @@ func (a *Agents) Run(ctx context.Context, req *agentv1.RunRequest, _ ...grpc.Cal
 	}
 	r := &agentv1.Run{Id: "agent-run-" + req.GetIdempotencyKey(), Agent: req.GetAgent(), Input: req.GetInput(),
 		Output: out, State: agentv1.RunState_RUN_STATE_SUCCEEDED, IdempotencyKey: req.GetIdempotencyKey()}
+	if usage != nil {
+		r.Usage = usage(req)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.runs == nil {

@@ -16,6 +16,7 @@ import {
 import type { App, View } from "./app";
 import { empty, field, fmtTime, h, json, onSubmit, select, show, status, checked, fill } from "./dom";
 import { clearFieldErrors, showError } from "./errors";
+import { fmtCost, fmtUsage } from "./cost";
 
 const PAGE = 20;
 
@@ -231,7 +232,6 @@ function playground(app: App, a: Agent, signal: AbortSignal, ran: () => void): H
     audio.replaceChildren();
     clearFieldErrors(form);
     show(st, "busy", "running…");
-    let inTok = 0n, outTok = 0n;
     try {
       let runId = "";
       for await (const ev of app.agents.runStream({ agent: a.name, input: input.value.trim() }, { signal })) {
@@ -244,13 +244,13 @@ function playground(app: App, a: Agent, signal: AbortSignal, ran: () => void): H
           case "toolCall": note("tool call", `${ev.event.value.name}(${json(ev.event.value.arguments ?? {})})`); break;
           case "toolResult": note("tool result", `${ev.event.value.name}: ${ev.event.value.error || json(ev.event.value.result ?? {})}`); break;
           case "memoryHits": note("memory", ev.event.value.hits.map((x) => `${x.id} (${x.score.toFixed(3)}): ${x.text.slice(0, 80)}`).join("; ") || "no hits"); break;
-          case "usage": inTok += ev.event.value.inputTokens; outTok += ev.event.value.outputTokens; usage.textContent = `usage: ${inTok} input, ${outTok} output tokens`; break;
+          case "usage": if (!sub) usage.textContent = fmtUsage(ev.runUsage); break;
           case "warning": note("warning", ev.event.value.message); break;
           case "completed":
           case "failed": {
             if (sub) break;
             const run = ev.event.value;
-            usage.textContent = `usage: ${run.usage?.inputTokens ?? 0n} input, ${run.usage?.outputTokens ?? 0n} output tokens`;
+            usage.textContent = fmtUsage(run.usage);
             if (run.state === RunState.SUCCEEDED) show(st, "ok", `run ${run.id} succeeded`);
             else show(st, "error", `run ${run.id} ${RunState[run.state]?.toLowerCase() ?? "failed"}: ${run.error}`);
             break;
@@ -281,10 +281,10 @@ function history(app: App, name: string): { el: HTMLElement; reload: () => void 
       body.replaceChildren(
         res.runs.length
           ? h("table", { class: "table" },
-              h("thead", null, h("tr", null, ...["Run", "State", "Created", "Tokens", "Input", ""].map((t) => h("th", null, t)))),
+              h("thead", null, h("tr", null, ...["Run", "State", "Created", "Tokens", "Cost", "Input", ""].map((t) => h("th", null, t)))),
               h("tbody", null, ...res.runs.map((r) => h("tr", { "data-testid": "agent-run-row" },
                 h("td", null, h("code", null, r.id)), h("td", null, h("span", { class: `pill st-${RunState[r.state]?.toLowerCase()}` }, RunState[r.state]?.toLowerCase())),
-                h("td", null, fmtTime(r.createTime)), h("td", null, `${r.usage?.inputTokens ?? 0n}/${r.usage?.outputTokens ?? 0n}`), h("td", null, r.input.slice(0, 80)),
+                h("td", null, fmtTime(r.createTime)), h("td", null, `${r.usage?.inputTokens ?? 0n}/${r.usage?.outputTokens ?? 0n}`), h("td", { "data-testid": "agent-run-cost" }, fmtCost(r.usage)), h("td", null, r.input.slice(0, 80)),
                 h("td", null, app.can("writer") && r.state !== RunState.RUNNING ? h("button", { type: "button", class: "link danger", "aria-label": `delete run ${r.id}`, onclick: async () => {
                   if (!confirm(`Delete run ${r.id}?`)) return;
                   try {

@@ -17,6 +17,7 @@ import { drawCanvas, type CanvasView } from "./canvas";
 import { empty, fmtMs, fmtTime, h, json, onSubmit, select, show, status, field, fill } from "./dom";
 import { showError, clearFieldErrors } from "./errors";
 import { markErrors, schemaForm } from "./schema";
+import { fmtCost, fmtMoney, fmtUsage } from "./cost";
 
 const PAGE = 20;
 
@@ -95,9 +96,11 @@ async function startForm(app: App, root: HTMLElement, name: string): Promise<voi
   const pick = select({ name: "blueprint", "data-testid": "start-blueprint", "data-field": "blueprint" }, bps.map((b) => [b.name, `${b.name} (v${b.version})`]), name || bps[0].name);
   const inputBox = h("fieldset", { class: "input" }, h("legend", null, "Input"));
   const key = h("input", { name: "idempotencyKey", "data-testid": "start-key", "data-field": "idempotency_key", value: crypto.randomUUID() });
+  const estimate = h("div", { class: "usage", "data-testid": "start-estimate", "aria-live": "polite" });
   const form = h("form", { "data-testid": "start-form", novalidate: true },
     h("label", null, h("span", { class: "lbl" }, "Blueprint"), pick),
     inputBox,
+    estimate,
     h("label", null, h("span", { class: "lbl" }, "Idempotency key"), key, h("small", { class: "hint" }, "Starting twice with the same key returns the same run.")),
     h("button", { type: "submit", "data-testid": "start-run" }, "Start"),
     st,
@@ -107,6 +110,7 @@ async function startForm(app: App, root: HTMLElement, name: string): Promise<voi
     const bp = bps.find((b) => b.name === pick.value);
     sf = schemaForm(bp?.inputSchema, "input", "start-input");
     inputBox.replaceChildren(h("legend", null, "Input"), sf.el);
+    void showEstimate(app, estimate, pick.value);
   };
   pick.addEventListener("change", fill);
   fill();
@@ -168,6 +172,9 @@ async function runDetail(app: App, root: HTMLElement, id: string, signal: AbortS
       h("p", null, "State ", h("span", { class: `pill st-${runStateName(run.state)}`, "data-testid": "run-state" }, runStateName(run.state)),
         " · blueprint ", h("a", { href: `#/blueprints/${encodeURIComponent(run.blueprint)}/${run.blueprintVersion}` }, `${run.blueprint} v${run.blueprintVersion}`),
         ` · created ${fmtTime(run.createTime)}`, run.endTime ? ` · ended ${fmtTime(run.endTime)}` : ""),
+      h("p", { class: "usage", "data-testid": "wf-run-usage" }, fmtUsage(run.usage),
+        run.anomaly ? h("span", { class: "pill st-failed", "data-testid": "run-anomaly" },
+          `anomaly: ${[run.anomaly.cost ? `cost above p99 ${fmtMoney(run.anomaly.costP99)}` : "", run.anomaly.duration ? "duration above p99" : ""].filter(Boolean).join(", ")}`) : null),
       run.error ? h("p", { class: "error-text", "data-testid": "run-error" }, run.error) : null,
       run.output !== undefined ? h("details", { open: true }, h("summary", null, "Output"), h("pre", { class: "json", "data-testid": "run-output" }, json(run.output))) : null,
       run.input ? h("details", null, h("summary", null, "Input"), h("pre", { class: "json" }, json(run.input))) : null,
@@ -179,7 +186,7 @@ async function runDetail(app: App, root: HTMLElement, id: string, signal: AbortS
     for (const s of run.steps) graph?.setState(s.stepId, stepStateName(s.state));
     stepsBox.replaceChildren(
       h("table", { class: "table" },
-        h("thead", null, h("tr", null, ...["Step", "State", "Attempts", "Duration", "Error", "Output"].map((t) => h("th", null, t)))),
+        h("thead", null, h("tr", null, ...["Step", "State", "Attempts", "Duration", "Cost", "Error", "Output"].map((t) => h("th", null, t)))),
         h("tbody", null, ...run.steps.map((s) => {
           const start = s.startTime ? Number(s.startTime.seconds) * 1000 + s.startTime.nanos / 1e6 : 0;
           const end = s.endTime ? Number(s.endTime.seconds) * 1000 + s.endTime.nanos / 1e6 : 0;
@@ -188,6 +195,7 @@ async function runDetail(app: App, root: HTMLElement, id: string, signal: AbortS
             h("td", null, h("span", { class: `pill st-${stepStateName(s.state)}` }, stepStateName(s.state))),
             h("td", null, s.attempts),
             h("td", null, start && end ? fmtMs(end - start) : ""),
+            h("td", { "data-testid": "step-cost" }, s.usage ? fmtCost(s.usage) : ""),
             h("td", { class: "error-text" }, s.error),
             h("td", null, s.output !== undefined ? h("details", null, h("summary", null, "show"), h("pre", { class: "json" }, json(s.output))) : ""));
         }))),
@@ -267,7 +275,7 @@ async function runDetail(app: App, root: HTMLElement, id: string, signal: AbortS
     switch (ev.event.case) {
       case "runStarted": text = `run started (blueprint v${ev.event.value.blueprintVersion})`; break;
       case "stepStarted": text = `attempt ${ev.event.value.attempt} started`; graph?.setState(step, "running"); break;
-      case "stepOutput": text = "finished"; graph?.setState(step, "succeeded"); void refresh(); break;
+      case "stepOutput": text = ev.event.value.usage ? `finished · cost ${fmtCost(ev.event.value.usage)}` : "finished"; graph?.setState(step, "succeeded"); void refresh(); break;
       case "stepRetry": text = `attempt ${ev.event.value.attempt} failed: ${ev.event.value.error}; retrying`; break;
       case "waitingForApproval": text = `waiting for approval: ${ev.event.value.prompt}`; graph?.setState(step, "waiting"); void refresh(); break;
       case "agentTextDelta": {
@@ -281,7 +289,7 @@ async function runDetail(app: App, root: HTMLElement, id: string, signal: AbortS
         box.append(ev.event.value.text);
         return; // deltas are not timeline entries: they stream into the step's text
       }
-      case "runCompleted": text = "run succeeded"; void refresh(); break;
+      case "runCompleted": text = `run succeeded · cost ${fmtCost(ev.event.value.usage)}`; void refresh(); break;
       case "runFailed": text = `run failed: ${ev.event.value.error}`; void refresh(); break;
       case "runCancelled": text = `run cancelled: ${ev.event.value.reason}`; void refresh(); break;
       default: text = "event";
@@ -388,3 +396,26 @@ export const approvalsView: View = async (app, root) => {
   };
   await load(0);
 };
+
+/** showEstimate fills box with EstimateRun's forecast of a run of blueprint: p50 and p90 of cost and duration
+ * over its recent runs, or, without history, the agents' budgets that bound it. */
+async function showEstimate(app: App, box: HTMLElement, blueprint: string): Promise<void> {
+  box.textContent = "estimating…";
+  try {
+    const est = await app.orch.estimateRun({ blueprint });
+    const t = est.total;
+    if (!t || t.noHistory) {
+      const bounds = est.steps.filter((s) => s.budget).map((s) => {
+        const b = s.budget!;
+        const cost = b.maxCost ? fmtMoney(b.maxCost) : "no cost limit";
+        return `${s.stepId} (${b.agent}): ${cost}, ${b.maxDuration ? fmtMs(Number(b.maxDuration.seconds) * 1000) : "no time limit"}`;
+      });
+      box.textContent = `Estimate: no history for v${est.blueprintVersion} yet.` + (bounds.length ? ` Bounded by the agents' budgets: ${bounds.join("; ")}.` : "");
+      return;
+    }
+    const d = (x?: { seconds: bigint; nanos: number }) => (x ? fmtMs(Number(x.seconds) * 1000 + x.nanos / 1e6) : "?");
+    box.textContent = `Estimate from the last ${t.sampleSize} runs of v${est.blueprintVersion}: cost p50 ${fmtMoney(t.costP50)}, p90 ${fmtMoney(t.costP90)}; duration p50 ${d(t.durationP50)}, p90 ${d(t.durationP90)}.`;
+  } catch (err) {
+    box.textContent = `Estimate unavailable: ${err instanceof Error ? err.message : String(err)}`;
+  }
+}

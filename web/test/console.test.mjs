@@ -217,7 +217,7 @@ describe("console on the embedded defaults (--auth local)", () => {
   let loom, context, crossOrigin;
 
   before(async () => {
-    loom = await startLoom(bin, join(tmp, "local-data"));
+    loom = await startLoom(bin, join(tmp, "local-data"), ["--prices", "sim/*=1:2"]);
     const consolePage = await fetch(`${loom.base}/console/`);
     if (consolePage.status !== 200) {
       throw new Error(`GET /console/: ${consolePage.status}; loom serve must set rpcserver.Config.Console = web.Handler()`);
@@ -365,7 +365,8 @@ describe("console on the embedded defaults (--auth local)", () => {
     assert.match(await page.getByTestId("run-output").textContent(), /seven threads/);
     const deltas = await page.evaluate(() => window.__deltas);
     assert.ok(deltas >= 2, `want several streamed deltas, saw ${deltas} DOM appends`);
-    assert.match(await page.getByTestId("run-usage").textContent(), /usage: [1-9]\d* input, [1-9]\d* output tokens/);
+    assert.match(await page.getByTestId("run-usage").textContent(), /usage: [1-9]\d* input, [1-9]\d* output tokens · cost 0\.\d+ USD/);
+    await page.getByTestId("agent-run-cost").first().filter({ hasText: /USD/ }).waitFor();
     await page.getByTestId("agent-run-row").first().waitFor();
 
     // Speech: SynthesizeSpeech streamed into a blob the page can play (the page's CSP allows blob: media).
@@ -488,6 +489,8 @@ describe("console on the embedded defaults (--auth local)", () => {
     await page.getByTestId("start-run").click();
     assert.equal(await page.locator('[data-testid="field-error"][data-field="input.topic"]').count(), 1, "a required input is refused in the page");
     await page.getByTestId("start-input-topic").fill("octopus cognition");
+    // EstimateRun before starting: this version has no history yet, so the estimate says so.
+    await page.getByTestId("start-estimate").filter({ hasText: /Estimate: no history for v2/ }).waitFor();
     const runId = await startRun(page);
 
     // Watched live: the agent steps turn green, the approval step waits.
@@ -524,6 +527,10 @@ describe("console on the embedded defaults (--auth local)", () => {
     assert.deepEqual(seqs, [...seqs].sort((a, b) => a - b));
     assert.ok(await page.getByTestId("run-output").isVisible());
     assert.equal(await page.locator('[data-testid="step-row"][data-step="review"]').getAttribute("data-state"), "succeeded");
+    // Cost where usage is shown: the run's, each agent step's, and the completion event's, priced by --prices.
+    await page.getByTestId("wf-run-usage").filter({ hasText: /cost 0\.\d+ USD/ }).waitFor();
+    assert.match(await page.locator('[data-testid="step-row"][data-step="research"] [data-testid="step-cost"]').textContent(), /^0\.\d+ USD$/);
+    assert.match(await page.locator('[data-testid="event"][data-kind="runCompleted"]').textContent(), /cost 0\.\d+ USD/);
 
     // The runs list, filtered by blueprint and state.
     await page.goto(`${loom.base}/console/#/runs`);

@@ -9,6 +9,7 @@ package agentv1
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	_ "github.com/loom-dev/loom/gen/loom/auth/v1"
+	v1 "github.com/loom-dev/loom/gen/loom/cost/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -1192,7 +1193,10 @@ type Budgets struct {
 	// Total tokens (in + out) per run; 0 means unlimited.
 	MaxTokens int64 `protobuf:"varint,2,opt,name=max_tokens,json=maxTokens,proto3" json:"max_tokens,omitempty"`
 	// Wall time per run; unset means 5 minutes.
-	MaxDuration   *durationpb.Duration `protobuf:"bytes,3,opt,name=max_duration,json=maxDuration,proto3" json:"max_duration,omitempty"`
+	MaxDuration *durationpb.Duration `protobuf:"bytes,3,opt,name=max_duration,json=maxDuration,proto3" json:"max_duration,omitempty"`
+	// Cost per run (delegated runs included), in the price table's currency; unset means unlimited. A run that
+	// reaches it stops with ResourceExhausted naming this budget, and is stored FAILED with what it spent.
+	MaxCost       *v1.Money `protobuf:"bytes,4,opt,name=max_cost,json=maxCost,proto3" json:"max_cost,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1244,6 +1248,13 @@ func (x *Budgets) GetMaxTokens() int64 {
 func (x *Budgets) GetMaxDuration() *durationpb.Duration {
 	if x != nil {
 		return x.MaxDuration
+	}
+	return nil
+}
+
+func (x *Budgets) GetMaxCost() *v1.Money {
+	if x != nil {
+		return x.MaxCost
 	}
 	return nil
 }
@@ -1656,7 +1667,9 @@ type ToolResult struct {
 	// Result as a JSON object.
 	Result *structpb.Struct `protobuf:"bytes,3,opt,name=result,proto3" json:"result,omitempty"`
 	// Error, when the tool failed; the model is told.
-	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// For a delegate tool: the delegated run's usage, rolled up, also when it failed.
+	Usage         *Usage `protobuf:"bytes,5,opt,name=usage,proto3" json:"usage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1719,13 +1732,30 @@ func (x *ToolResult) GetError() string {
 	return ""
 }
 
-// Usage counts tokens.
+func (x *ToolResult) GetUsage() *Usage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+// Usage counts tokens and what they cost.
 type Usage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Input tokens.
 	InputTokens int64 `protobuf:"varint,1,opt,name=input_tokens,json=inputTokens,proto3" json:"input_tokens,omitempty"`
 	// Output tokens.
-	OutputTokens  int64 `protobuf:"varint,2,opt,name=output_tokens,json=outputTokens,proto3" json:"output_tokens,omitempty"`
+	OutputTokens int64 `protobuf:"varint,2,opt,name=output_tokens,json=outputTokens,proto3" json:"output_tokens,omitempty"`
+	// Of the input tokens, those the provider served from its cache (priced at the cached rate).
+	CachedInputTokens int64 `protobuf:"varint,3,opt,name=cached_input_tokens,json=cachedInputTokens,proto3" json:"cached_input_tokens,omitempty"`
+	// Cost at the price table's unit prices when the tokens were used; never recomputed. Only priced usage counts:
+	// see cost_unknown.
+	Cost *v1.Money `protobuf:"bytes,4,opt,name=cost,proto3" json:"cost,omitempty"`
+	// Some of the usage was of a model the price table does not price: its cost is unknown (never guessed) and is
+	// not in cost.
+	CostUnknown bool `protobuf:"varint,5,opt,name=cost_unknown,json=costUnknown,proto3" json:"cost_unknown,omitempty"`
+	// Version of the price table the usage was priced with; empty when nothing was priced.
+	PriceVersion  string `protobuf:"bytes,6,opt,name=price_version,json=priceVersion,proto3" json:"price_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1774,6 +1804,34 @@ func (x *Usage) GetOutputTokens() int64 {
 	return 0
 }
 
+func (x *Usage) GetCachedInputTokens() int64 {
+	if x != nil {
+		return x.CachedInputTokens
+	}
+	return 0
+}
+
+func (x *Usage) GetCost() *v1.Money {
+	if x != nil {
+		return x.Cost
+	}
+	return nil
+}
+
+func (x *Usage) GetCostUnknown() bool {
+	if x != nil {
+		return x.CostUnknown
+	}
+	return false
+}
+
+func (x *Usage) GetPriceVersion() string {
+	if x != nil {
+		return x.PriceVersion
+	}
+	return ""
+}
+
 // Step is one model call of a run, with the tool calls it asked for.
 type Step struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1788,9 +1846,12 @@ type Step struct {
 	// Tokens of this model call.
 	Usage *Usage `protobuf:"bytes,5,opt,name=usage,proto3" json:"usage,omitempty"`
 	// Model call latency.
-	Latency       *durationpb.Duration `protobuf:"bytes,6,opt,name=latency,proto3" json:"latency,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Latency *durationpb.Duration `protobuf:"bytes,6,opt,name=latency,proto3" json:"latency,omitempty"`
+	// Usage of the runs this step's tool calls delegated to other agents, rolled up. A run's usage is the sum of
+	// its steps' usage and delegated_usage.
+	DelegatedUsage *Usage `protobuf:"bytes,7,opt,name=delegated_usage,json=delegatedUsage,proto3" json:"delegated_usage,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Step) Reset() {
@@ -1865,6 +1926,13 @@ func (x *Step) GetLatency() *durationpb.Duration {
 	return nil
 }
 
+func (x *Step) GetDelegatedUsage() *Usage {
+	if x != nil {
+		return x.DelegatedUsage
+	}
+	return nil
+}
+
 // Run is one execution of an agent.
 type Run struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1882,7 +1950,7 @@ type Run struct {
 	Output string `protobuf:"bytes,6,opt,name=output,proto3" json:"output,omitempty"`
 	// Steps.
 	Steps []*Step `protobuf:"bytes,7,rep,name=steps,proto3" json:"steps,omitempty"`
-	// Total tokens.
+	// Total usage and cost: the run's own model calls and the runs it delegated to, rolled up.
 	Usage *Usage `protobuf:"bytes,8,opt,name=usage,proto3" json:"usage,omitempty"`
 	// Provider and model used.
 	Provider Provider `protobuf:"varint,9,opt,name=provider,proto3,enum=loom.agent.v1.Provider" json:"provider,omitempty"`
@@ -1898,8 +1966,12 @@ type Run struct {
 	EndTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// Idempotency key the run was started with.
 	IdempotencyKey string `protobuf:"bytes,15,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Blueprint whose workflow step started the run (RunRequest.blueprint), for usage accounting; empty otherwise.
+	Blueprint string `protobuf:"bytes,16,opt,name=blueprint,proto3" json:"blueprint,omitempty"`
+	// The unit prices the run's model calls were charged at; unset when the model is not in the price table.
+	Price         *Price `protobuf:"bytes,17,opt,name=price,proto3" json:"price,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Run) Reset() {
@@ -2037,6 +2109,93 @@ func (x *Run) GetIdempotencyKey() string {
 	return ""
 }
 
+func (x *Run) GetBlueprint() string {
+	if x != nil {
+		return x.Blueprint
+	}
+	return ""
+}
+
+func (x *Run) GetPrice() *Price {
+	if x != nil {
+		return x.Price
+	}
+	return nil
+}
+
+// Price is one model's unit prices in a price table version. Amounts are per million tokens.
+type Price struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Version of the price table.
+	Version string `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// Input tokens, per million.
+	InputPerMillion *v1.Money `protobuf:"bytes,2,opt,name=input_per_million,json=inputPerMillion,proto3" json:"input_per_million,omitempty"`
+	// Output tokens, per million.
+	OutputPerMillion *v1.Money `protobuf:"bytes,3,opt,name=output_per_million,json=outputPerMillion,proto3" json:"output_per_million,omitempty"`
+	// Cached input tokens, per million.
+	CachedInputPerMillion *v1.Money `protobuf:"bytes,4,opt,name=cached_input_per_million,json=cachedInputPerMillion,proto3" json:"cached_input_per_million,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *Price) Reset() {
+	*x = Price{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Price) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Price) ProtoMessage() {}
+
+func (x *Price) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Price.ProtoReflect.Descriptor instead.
+func (*Price) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Price) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Price) GetInputPerMillion() *v1.Money {
+	if x != nil {
+		return x.InputPerMillion
+	}
+	return nil
+}
+
+func (x *Price) GetOutputPerMillion() *v1.Money {
+	if x != nil {
+		return x.OutputPerMillion
+	}
+	return nil
+}
+
+func (x *Price) GetCachedInputPerMillion() *v1.Money {
+	if x != nil {
+		return x.CachedInputPerMillion
+	}
+	return nil
+}
+
 // CreateAgentRequest is the request of CreateAgent.
 type CreateAgentRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2048,7 +2207,7 @@ type CreateAgentRequest struct {
 
 func (x *CreateAgentRequest) Reset() {
 	*x = CreateAgentRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2060,7 +2219,7 @@ func (x *CreateAgentRequest) String() string {
 func (*CreateAgentRequest) ProtoMessage() {}
 
 func (x *CreateAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2073,7 +2232,7 @@ func (x *CreateAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAgentRequest.ProtoReflect.Descriptor instead.
 func (*CreateAgentRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreateAgentRequest) GetAgent() *Agent {
@@ -2094,7 +2253,7 @@ type CreateAgentResponse struct {
 
 func (x *CreateAgentResponse) Reset() {
 	*x = CreateAgentResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2106,7 +2265,7 @@ func (x *CreateAgentResponse) String() string {
 func (*CreateAgentResponse) ProtoMessage() {}
 
 func (x *CreateAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2119,7 +2278,7 @@ func (x *CreateAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAgentResponse.ProtoReflect.Descriptor instead.
 func (*CreateAgentResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreateAgentResponse) GetAgent() *Agent {
@@ -2142,7 +2301,7 @@ type GetAgentRequest struct {
 
 func (x *GetAgentRequest) Reset() {
 	*x = GetAgentRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2154,7 +2313,7 @@ func (x *GetAgentRequest) String() string {
 func (*GetAgentRequest) ProtoMessage() {}
 
 func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2167,7 +2326,7 @@ func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentRequest.ProtoReflect.Descriptor instead.
 func (*GetAgentRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetAgentRequest) GetName() string {
@@ -2195,7 +2354,7 @@ type GetAgentResponse struct {
 
 func (x *GetAgentResponse) Reset() {
 	*x = GetAgentResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2207,7 +2366,7 @@ func (x *GetAgentResponse) String() string {
 func (*GetAgentResponse) ProtoMessage() {}
 
 func (x *GetAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2220,7 +2379,7 @@ func (x *GetAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentResponse.ProtoReflect.Descriptor instead.
 func (*GetAgentResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetAgentResponse) GetAgent() *Agent {
@@ -2243,7 +2402,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2255,7 +2414,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2268,7 +2427,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListAgentsRequest) GetPageSize() int32 {
@@ -2298,7 +2457,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2310,7 +2469,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2323,7 +2482,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -2355,7 +2514,7 @@ type UpdateAgentRequest struct {
 
 func (x *UpdateAgentRequest) Reset() {
 	*x = UpdateAgentRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2367,7 +2526,7 @@ func (x *UpdateAgentRequest) String() string {
 func (*UpdateAgentRequest) ProtoMessage() {}
 
 func (x *UpdateAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2380,7 +2539,7 @@ func (x *UpdateAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAgentRequest.ProtoReflect.Descriptor instead.
 func (*UpdateAgentRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *UpdateAgentRequest) GetAgent() *Agent {
@@ -2415,7 +2574,7 @@ type UpdateAgentResponse struct {
 
 func (x *UpdateAgentResponse) Reset() {
 	*x = UpdateAgentResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2427,7 +2586,7 @@ func (x *UpdateAgentResponse) String() string {
 func (*UpdateAgentResponse) ProtoMessage() {}
 
 func (x *UpdateAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2440,7 +2599,7 @@ func (x *UpdateAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAgentResponse.ProtoReflect.Descriptor instead.
 func (*UpdateAgentResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *UpdateAgentResponse) GetAgent() *Agent {
@@ -2461,7 +2620,7 @@ type DeleteAgentRequest struct {
 
 func (x *DeleteAgentRequest) Reset() {
 	*x = DeleteAgentRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2473,7 +2632,7 @@ func (x *DeleteAgentRequest) String() string {
 func (*DeleteAgentRequest) ProtoMessage() {}
 
 func (x *DeleteAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2486,7 +2645,7 @@ func (x *DeleteAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAgentRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAgentRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeleteAgentRequest) GetName() string {
@@ -2505,7 +2664,7 @@ type DeleteAgentResponse struct {
 
 func (x *DeleteAgentResponse) Reset() {
 	*x = DeleteAgentResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2517,7 +2676,7 @@ func (x *DeleteAgentResponse) String() string {
 func (*DeleteAgentResponse) ProtoMessage() {}
 
 func (x *DeleteAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2530,7 +2689,7 @@ func (x *DeleteAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAgentResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAgentResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 // RunRequest is the request of Run.
@@ -2553,14 +2712,17 @@ type RunRequest struct {
 	// The caller's attempt number of this logical call, 1 for the first; chaos draws depend on it. 0 means 1 plus
 	// the number of earlier runs of the agent with the same input (what a caller retrying with new idempotency
 	// keys gets without counting).
-	Attempt       int32 `protobuf:"varint,6,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Attempt int32 `protobuf:"varint,6,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// Blueprint whose workflow step makes this call, set by the orchestrator; recorded with the run for usage
+	// accounting (GetUsage) and nothing else.
+	Blueprint     string `protobuf:"bytes,7,opt,name=blueprint,proto3" json:"blueprint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunRequest) Reset() {
 	*x = RunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2572,7 +2734,7 @@ func (x *RunRequest) String() string {
 func (*RunRequest) ProtoMessage() {}
 
 func (x *RunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2585,7 +2747,7 @@ func (x *RunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRequest.ProtoReflect.Descriptor instead.
 func (*RunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RunRequest) GetAgent() string {
@@ -2630,6 +2792,13 @@ func (x *RunRequest) GetAttempt() int32 {
 	return 0
 }
 
+func (x *RunRequest) GetBlueprint() string {
+	if x != nil {
+		return x.Blueprint
+	}
+	return ""
+}
+
 // Attachment is an image or audio clip sent inline to the model with a run's input.
 type Attachment struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2643,7 +2812,7 @@ type Attachment struct {
 
 func (x *Attachment) Reset() {
 	*x = Attachment{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2655,7 +2824,7 @@ func (x *Attachment) String() string {
 func (*Attachment) ProtoMessage() {}
 
 func (x *Attachment) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2668,7 +2837,7 @@ func (x *Attachment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attachment.ProtoReflect.Descriptor instead.
 func (*Attachment) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Attachment) GetMimeType() string {
@@ -2696,7 +2865,7 @@ type RunResponse struct {
 
 func (x *RunResponse) Reset() {
 	*x = RunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2708,7 +2877,7 @@ func (x *RunResponse) String() string {
 func (*RunResponse) ProtoMessage() {}
 
 func (x *RunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2721,7 +2890,7 @@ func (x *RunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunResponse.ProtoReflect.Descriptor instead.
 func (*RunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{32}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RunResponse) GetRun() *Run {
@@ -2754,7 +2923,7 @@ type RunStreamRequest struct {
 
 func (x *RunStreamRequest) Reset() {
 	*x = RunStreamRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2766,7 +2935,7 @@ func (x *RunStreamRequest) String() string {
 func (*RunStreamRequest) ProtoMessage() {}
 
 func (x *RunStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2779,7 +2948,7 @@ func (x *RunStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStreamRequest.ProtoReflect.Descriptor instead.
 func (*RunStreamRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{33}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RunStreamRequest) GetAgent() string {
@@ -2844,14 +3013,17 @@ type RunStreamResponse struct {
 	//	*RunStreamResponse_Warning
 	//	*RunStreamResponse_Completed
 	//	*RunStreamResponse_Failed
-	Event         isRunStreamResponse_Event `protobuf_oneof:"event"`
+	Event isRunStreamResponse_Event `protobuf_oneof:"event"`
+	// On usage events: the streamed run's usage so far, delegated runs included (on a delegated run's usage event,
+	// that delegated run's usage so far).
+	RunUsage      *Usage `protobuf:"bytes,11,opt,name=run_usage,json=runUsage,proto3" json:"run_usage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunStreamResponse) Reset() {
 	*x = RunStreamResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2863,7 +3035,7 @@ func (x *RunStreamResponse) String() string {
 func (*RunStreamResponse) ProtoMessage() {}
 
 func (x *RunStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2876,7 +3048,7 @@ func (x *RunStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStreamResponse.ProtoReflect.Descriptor instead.
 func (*RunStreamResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{34}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RunStreamResponse) GetRunId() string {
@@ -2974,6 +3146,13 @@ func (x *RunStreamResponse) GetFailed() *Run {
 	return nil
 }
 
+func (x *RunStreamResponse) GetRunUsage() *Usage {
+	if x != nil {
+		return x.RunUsage
+	}
+	return nil
+}
+
 type isRunStreamResponse_Event interface {
 	isRunStreamResponse_Event()
 }
@@ -3052,7 +3231,7 @@ type RunStarted struct {
 
 func (x *RunStarted) Reset() {
 	*x = RunStarted{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3064,7 +3243,7 @@ func (x *RunStarted) String() string {
 func (*RunStarted) ProtoMessage() {}
 
 func (x *RunStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3077,7 +3256,7 @@ func (x *RunStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStarted.ProtoReflect.Descriptor instead.
 func (*RunStarted) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{35}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RunStarted) GetAgentVersion() int64 {
@@ -3098,7 +3277,7 @@ type TextDelta struct {
 
 func (x *TextDelta) Reset() {
 	*x = TextDelta{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3110,7 +3289,7 @@ func (x *TextDelta) String() string {
 func (*TextDelta) ProtoMessage() {}
 
 func (x *TextDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3123,7 +3302,7 @@ func (x *TextDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TextDelta.ProtoReflect.Descriptor instead.
 func (*TextDelta) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{36}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *TextDelta) GetText() string {
@@ -3144,7 +3323,7 @@ type MemoryHits struct {
 
 func (x *MemoryHits) Reset() {
 	*x = MemoryHits{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3156,7 +3335,7 @@ func (x *MemoryHits) String() string {
 func (*MemoryHits) ProtoMessage() {}
 
 func (x *MemoryHits) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3169,7 +3348,7 @@ func (x *MemoryHits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryHits.ProtoReflect.Descriptor instead.
 func (*MemoryHits) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{37}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *MemoryHits) GetHits() []*MemoryHit {
@@ -3194,7 +3373,7 @@ type MemoryHit struct {
 
 func (x *MemoryHit) Reset() {
 	*x = MemoryHit{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3206,7 +3385,7 @@ func (x *MemoryHit) String() string {
 func (*MemoryHit) ProtoMessage() {}
 
 func (x *MemoryHit) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3219,7 +3398,7 @@ func (x *MemoryHit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryHit.ProtoReflect.Descriptor instead.
 func (*MemoryHit) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{38}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *MemoryHit) GetId() string {
@@ -3254,7 +3433,7 @@ type Warning struct {
 
 func (x *Warning) Reset() {
 	*x = Warning{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3266,7 +3445,7 @@ func (x *Warning) String() string {
 func (*Warning) ProtoMessage() {}
 
 func (x *Warning) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3279,7 +3458,7 @@ func (x *Warning) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Warning.ProtoReflect.Descriptor instead.
 func (*Warning) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{39}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Warning) GetMessage() string {
@@ -3300,7 +3479,7 @@ type GetRunRequest struct {
 
 func (x *GetRunRequest) Reset() {
 	*x = GetRunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3312,7 +3491,7 @@ func (x *GetRunRequest) String() string {
 func (*GetRunRequest) ProtoMessage() {}
 
 func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3325,7 +3504,7 @@ func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunRequest.ProtoReflect.Descriptor instead.
 func (*GetRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{40}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetRunRequest) GetId() string {
@@ -3346,7 +3525,7 @@ type GetRunResponse struct {
 
 func (x *GetRunResponse) Reset() {
 	*x = GetRunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3358,7 +3537,7 @@ func (x *GetRunResponse) String() string {
 func (*GetRunResponse) ProtoMessage() {}
 
 func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3371,7 +3550,7 @@ func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunResponse.ProtoReflect.Descriptor instead.
 func (*GetRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{41}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetRunResponse) GetRun() *Run {
@@ -3400,7 +3579,7 @@ type ListRunsRequest struct {
 
 func (x *ListRunsRequest) Reset() {
 	*x = ListRunsRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3412,7 +3591,7 @@ func (x *ListRunsRequest) String() string {
 func (*ListRunsRequest) ProtoMessage() {}
 
 func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3425,7 +3604,7 @@ func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsRequest.ProtoReflect.Descriptor instead.
 func (*ListRunsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{42}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListRunsRequest) GetAgent() string {
@@ -3476,7 +3655,7 @@ type ListRunsResponse struct {
 
 func (x *ListRunsResponse) Reset() {
 	*x = ListRunsResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3488,7 +3667,7 @@ func (x *ListRunsResponse) String() string {
 func (*ListRunsResponse) ProtoMessage() {}
 
 func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3501,7 +3680,7 @@ func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsResponse.ProtoReflect.Descriptor instead.
 func (*ListRunsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{43}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListRunsResponse) GetRuns() []*Run {
@@ -3529,7 +3708,7 @@ type CancelRunRequest struct {
 
 func (x *CancelRunRequest) Reset() {
 	*x = CancelRunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3541,7 +3720,7 @@ func (x *CancelRunRequest) String() string {
 func (*CancelRunRequest) ProtoMessage() {}
 
 func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3554,7 +3733,7 @@ func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunRequest.ProtoReflect.Descriptor instead.
 func (*CancelRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{44}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CancelRunRequest) GetId() string {
@@ -3575,7 +3754,7 @@ type CancelRunResponse struct {
 
 func (x *CancelRunResponse) Reset() {
 	*x = CancelRunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3587,7 +3766,7 @@ func (x *CancelRunResponse) String() string {
 func (*CancelRunResponse) ProtoMessage() {}
 
 func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3600,7 +3779,7 @@ func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunResponse.ProtoReflect.Descriptor instead.
 func (*CancelRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{45}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *CancelRunResponse) GetRun() *Run {
@@ -3621,7 +3800,7 @@ type DeleteRunRequest struct {
 
 func (x *DeleteRunRequest) Reset() {
 	*x = DeleteRunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3633,7 +3812,7 @@ func (x *DeleteRunRequest) String() string {
 func (*DeleteRunRequest) ProtoMessage() {}
 
 func (x *DeleteRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3646,7 +3825,7 @@ func (x *DeleteRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRunRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{46}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DeleteRunRequest) GetId() string {
@@ -3665,7 +3844,7 @@ type DeleteRunResponse struct {
 
 func (x *DeleteRunResponse) Reset() {
 	*x = DeleteRunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3677,7 +3856,7 @@ func (x *DeleteRunResponse) String() string {
 func (*DeleteRunResponse) ProtoMessage() {}
 
 func (x *DeleteRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3690,7 +3869,7 @@ func (x *DeleteRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRunResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{47}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{48}
 }
 
 // SynthesizeSpeechRequest is the request of SynthesizeSpeech.
@@ -3710,7 +3889,7 @@ type SynthesizeSpeechRequest struct {
 
 func (x *SynthesizeSpeechRequest) Reset() {
 	*x = SynthesizeSpeechRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3722,7 +3901,7 @@ func (x *SynthesizeSpeechRequest) String() string {
 func (*SynthesizeSpeechRequest) ProtoMessage() {}
 
 func (x *SynthesizeSpeechRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3735,7 +3914,7 @@ func (x *SynthesizeSpeechRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SynthesizeSpeechRequest.ProtoReflect.Descriptor instead.
 func (*SynthesizeSpeechRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{48}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *SynthesizeSpeechRequest) GetText() string {
@@ -3779,7 +3958,7 @@ type SynthesizeSpeechResponse struct {
 
 func (x *SynthesizeSpeechResponse) Reset() {
 	*x = SynthesizeSpeechResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[49]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3791,7 +3970,7 @@ func (x *SynthesizeSpeechResponse) String() string {
 func (*SynthesizeSpeechResponse) ProtoMessage() {}
 
 func (x *SynthesizeSpeechResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[49]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3804,7 +3983,7 @@ func (x *SynthesizeSpeechResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SynthesizeSpeechResponse.ProtoReflect.Descriptor instead.
 func (*SynthesizeSpeechResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{49}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *SynthesizeSpeechResponse) GetAudio() []byte {
@@ -3838,7 +4017,7 @@ type Video struct {
 
 func (x *Video) Reset() {
 	*x = Video{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[50]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3850,7 +4029,7 @@ func (x *Video) String() string {
 func (*Video) ProtoMessage() {}
 
 func (x *Video) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[50]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3863,7 +4042,7 @@ func (x *Video) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Video.ProtoReflect.Descriptor instead.
 func (*Video) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{50}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *Video) GetId() string {
@@ -3909,7 +4088,7 @@ type CreateVideoRequest struct {
 
 func (x *CreateVideoRequest) Reset() {
 	*x = CreateVideoRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[51]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3921,7 +4100,7 @@ func (x *CreateVideoRequest) String() string {
 func (*CreateVideoRequest) ProtoMessage() {}
 
 func (x *CreateVideoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[51]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3934,7 +4113,7 @@ func (x *CreateVideoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVideoRequest.ProtoReflect.Descriptor instead.
 func (*CreateVideoRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{51}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *CreateVideoRequest) GetReplicaId() string {
@@ -3969,7 +4148,7 @@ type CreateVideoResponse struct {
 
 func (x *CreateVideoResponse) Reset() {
 	*x = CreateVideoResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[52]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3981,7 +4160,7 @@ func (x *CreateVideoResponse) String() string {
 func (*CreateVideoResponse) ProtoMessage() {}
 
 func (x *CreateVideoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[52]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3994,7 +4173,7 @@ func (x *CreateVideoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVideoResponse.ProtoReflect.Descriptor instead.
 func (*CreateVideoResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{52}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *CreateVideoResponse) GetVideo() *Video {
@@ -4015,7 +4194,7 @@ type GetVideoRequest struct {
 
 func (x *GetVideoRequest) Reset() {
 	*x = GetVideoRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[53]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4027,7 +4206,7 @@ func (x *GetVideoRequest) String() string {
 func (*GetVideoRequest) ProtoMessage() {}
 
 func (x *GetVideoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[53]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4040,7 +4219,7 @@ func (x *GetVideoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVideoRequest.ProtoReflect.Descriptor instead.
 func (*GetVideoRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{53}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GetVideoRequest) GetId() string {
@@ -4061,7 +4240,7 @@ type GetVideoResponse struct {
 
 func (x *GetVideoResponse) Reset() {
 	*x = GetVideoResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[54]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4073,7 +4252,7 @@ func (x *GetVideoResponse) String() string {
 func (*GetVideoResponse) ProtoMessage() {}
 
 func (x *GetVideoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[54]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4086,7 +4265,7 @@ func (x *GetVideoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVideoResponse.ProtoReflect.Descriptor instead.
 func (*GetVideoResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{54}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *GetVideoResponse) GetVideo() *Video {
@@ -4096,11 +4275,827 @@ func (x *GetVideoResponse) GetVideo() *Video {
 	return nil
 }
 
+// GetUsageRequest is the request of GetUsage.
+type GetUsageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Runs created at or after this time; unset means 30 days before end_time.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// Runs created before this time; unset means now.
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Maximum rows; 0 means 100; at most 1000.
+	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Token from a previous response.
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUsageRequest) Reset() {
+	*x = GetUsageRequest{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUsageRequest) ProtoMessage() {}
+
+func (x *GetUsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUsageRequest.ProtoReflect.Descriptor instead.
+func (*GetUsageRequest) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *GetUsageRequest) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *GetUsageRequest) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *GetUsageRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *GetUsageRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// UsageRow totals the usage of one UTC day, agent, blueprint, provider and model.
+type UsageRow struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The UTC day, as "YYYY-MM-DD".
+	Day string `protobuf:"bytes,1,opt,name=day,proto3" json:"day,omitempty"`
+	// Agent name.
+	Agent string `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
+	// Blueprint whose workflow runs made the calls; empty for runs not started by a workflow.
+	Blueprint string `protobuf:"bytes,3,opt,name=blueprint,proto3" json:"blueprint,omitempty"`
+	// Provider.
+	Provider Provider `protobuf:"varint,4,opt,name=provider,proto3,enum=loom.agent.v1.Provider" json:"provider,omitempty"`
+	// Model name ("sim" for the sim provider).
+	Model string `protobuf:"bytes,5,opt,name=model,proto3" json:"model,omitempty"`
+	// Runs counted.
+	Runs int64 `protobuf:"varint,6,opt,name=runs,proto3" json:"runs,omitempty"`
+	// Their own usage and cost (not rolled up: a delegated run is a row of its own).
+	Usage         *Usage `protobuf:"bytes,7,opt,name=usage,proto3" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageRow) Reset() {
+	*x = UsageRow{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageRow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageRow) ProtoMessage() {}
+
+func (x *UsageRow) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageRow.ProtoReflect.Descriptor instead.
+func (*UsageRow) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *UsageRow) GetDay() string {
+	if x != nil {
+		return x.Day
+	}
+	return ""
+}
+
+func (x *UsageRow) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *UsageRow) GetBlueprint() string {
+	if x != nil {
+		return x.Blueprint
+	}
+	return ""
+}
+
+func (x *UsageRow) GetProvider() Provider {
+	if x != nil {
+		return x.Provider
+	}
+	return Provider_PROVIDER_UNSPECIFIED
+}
+
+func (x *UsageRow) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *UsageRow) GetRuns() int64 {
+	if x != nil {
+		return x.Runs
+	}
+	return 0
+}
+
+func (x *UsageRow) GetUsage() *Usage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+// GetUsageResponse is the response of GetUsage.
+type GetUsageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Rows ordered by day, agent, blueprint, provider and model.
+	Rows []*UsageRow `protobuf:"bytes,1,rep,name=rows,proto3" json:"rows,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// Totals over the whole range (every page), on every page.
+	Total         *Usage `protobuf:"bytes,3,opt,name=total,proto3" json:"total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUsageResponse) Reset() {
+	*x = GetUsageResponse{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUsageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUsageResponse) ProtoMessage() {}
+
+func (x *GetUsageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUsageResponse.ProtoReflect.Descriptor instead.
+func (*GetUsageResponse) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *GetUsageResponse) GetRows() []*UsageRow {
+	if x != nil {
+		return x.Rows
+	}
+	return nil
+}
+
+func (x *GetUsageResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *GetUsageResponse) GetTotal() *Usage {
+	if x != nil {
+		return x.Total
+	}
+	return nil
+}
+
+// TenantBudget bounds what a tenant's agent runs spend. Zero or unset fields do not limit. Cost limits are in
+// the price table's currency; usage the price table cannot price counts its tokens but no cost. Days and months
+// are UTC calendar days and months.
+type TenantBudget struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tokens (in + out) per run, delegated runs included.
+	MaxTokensPerRun int64 `protobuf:"varint,1,opt,name=max_tokens_per_run,json=maxTokensPerRun,proto3" json:"max_tokens_per_run,omitempty"`
+	// Cost per run, delegated runs included.
+	MaxCostPerRun *v1.Money `protobuf:"bytes,2,opt,name=max_cost_per_run,json=maxCostPerRun,proto3" json:"max_cost_per_run,omitempty"`
+	// Tokens per day, over all the tenant's runs.
+	MaxTokensPerDay int64 `protobuf:"varint,3,opt,name=max_tokens_per_day,json=maxTokensPerDay,proto3" json:"max_tokens_per_day,omitempty"`
+	// Cost per day.
+	MaxCostPerDay *v1.Money `protobuf:"bytes,4,opt,name=max_cost_per_day,json=maxCostPerDay,proto3" json:"max_cost_per_day,omitempty"`
+	// Tokens per month.
+	MaxTokensPerMonth int64 `protobuf:"varint,5,opt,name=max_tokens_per_month,json=maxTokensPerMonth,proto3" json:"max_tokens_per_month,omitempty"`
+	// Cost per month.
+	MaxCostPerMonth *v1.Money `protobuf:"bytes,6,opt,name=max_cost_per_month,json=maxCostPerMonth,proto3" json:"max_cost_per_month,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *TenantBudget) Reset() {
+	*x = TenantBudget{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TenantBudget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TenantBudget) ProtoMessage() {}
+
+func (x *TenantBudget) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TenantBudget.ProtoReflect.Descriptor instead.
+func (*TenantBudget) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *TenantBudget) GetMaxTokensPerRun() int64 {
+	if x != nil {
+		return x.MaxTokensPerRun
+	}
+	return 0
+}
+
+func (x *TenantBudget) GetMaxCostPerRun() *v1.Money {
+	if x != nil {
+		return x.MaxCostPerRun
+	}
+	return nil
+}
+
+func (x *TenantBudget) GetMaxTokensPerDay() int64 {
+	if x != nil {
+		return x.MaxTokensPerDay
+	}
+	return 0
+}
+
+func (x *TenantBudget) GetMaxCostPerDay() *v1.Money {
+	if x != nil {
+		return x.MaxCostPerDay
+	}
+	return nil
+}
+
+func (x *TenantBudget) GetMaxTokensPerMonth() int64 {
+	if x != nil {
+		return x.MaxTokensPerMonth
+	}
+	return 0
+}
+
+func (x *TenantBudget) GetMaxCostPerMonth() *v1.Money {
+	if x != nil {
+		return x.MaxCostPerMonth
+	}
+	return nil
+}
+
+// SetTenantBudgetRequest is the request of SetTenantBudget.
+type SetTenantBudgetRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The budget; unset removes every limit.
+	Budget        *TenantBudget `protobuf:"bytes,1,opt,name=budget,proto3" json:"budget,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTenantBudgetRequest) Reset() {
+	*x = SetTenantBudgetRequest{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTenantBudgetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTenantBudgetRequest) ProtoMessage() {}
+
+func (x *SetTenantBudgetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTenantBudgetRequest.ProtoReflect.Descriptor instead.
+func (*SetTenantBudgetRequest) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *SetTenantBudgetRequest) GetBudget() *TenantBudget {
+	if x != nil {
+		return x.Budget
+	}
+	return nil
+}
+
+// SetTenantBudgetResponse is the response of SetTenantBudget.
+type SetTenantBudgetResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The budget as stored.
+	Budget        *TenantBudget `protobuf:"bytes,1,opt,name=budget,proto3" json:"budget,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTenantBudgetResponse) Reset() {
+	*x = SetTenantBudgetResponse{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTenantBudgetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTenantBudgetResponse) ProtoMessage() {}
+
+func (x *SetTenantBudgetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTenantBudgetResponse.ProtoReflect.Descriptor instead.
+func (*SetTenantBudgetResponse) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *SetTenantBudgetResponse) GetBudget() *TenantBudget {
+	if x != nil {
+		return x.Budget
+	}
+	return nil
+}
+
+// GetTenantBudgetRequest is the request of GetTenantBudget.
+type GetTenantBudgetRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTenantBudgetRequest) Reset() {
+	*x = GetTenantBudgetRequest{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTenantBudgetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTenantBudgetRequest) ProtoMessage() {}
+
+func (x *GetTenantBudgetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTenantBudgetRequest.ProtoReflect.Descriptor instead.
+func (*GetTenantBudgetRequest) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{62}
+}
+
+// GetTenantBudgetResponse is the response of GetTenantBudget.
+type GetTenantBudgetResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The budget; empty when none is set.
+	Budget *TenantBudget `protobuf:"bytes,1,opt,name=budget,proto3" json:"budget,omitempty"`
+	// What the tenant spent in the current UTC day, as this server counts it.
+	Day *Usage `protobuf:"bytes,2,opt,name=day,proto3" json:"day,omitempty"`
+	// What the tenant spent in the current UTC month, as this server counts it.
+	Month         *Usage `protobuf:"bytes,3,opt,name=month,proto3" json:"month,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTenantBudgetResponse) Reset() {
+	*x = GetTenantBudgetResponse{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTenantBudgetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTenantBudgetResponse) ProtoMessage() {}
+
+func (x *GetTenantBudgetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTenantBudgetResponse.ProtoReflect.Descriptor instead.
+func (*GetTenantBudgetResponse) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *GetTenantBudgetResponse) GetBudget() *TenantBudget {
+	if x != nil {
+		return x.Budget
+	}
+	return nil
+}
+
+func (x *GetTenantBudgetResponse) GetDay() *Usage {
+	if x != nil {
+		return x.Day
+	}
+	return nil
+}
+
+func (x *GetTenantBudgetResponse) GetMonth() *Usage {
+	if x != nil {
+		return x.Month
+	}
+	return nil
+}
+
+// EstimateRunRequest is the request of EstimateRun.
+type EstimateRunRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Agent name.
+	Agent string `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	// Input text the run would get. The estimate is quantiles over recent runs and does not depend on it yet.
+	Input string `protobuf:"bytes,2,opt,name=input,proto3" json:"input,omitempty"`
+	// Recent finished runs of the agent's latest version to estimate from; 0 means 200; at most 1000.
+	Window        int32 `protobuf:"varint,3,opt,name=window,proto3" json:"window,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EstimateRunRequest) Reset() {
+	*x = EstimateRunRequest{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EstimateRunRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EstimateRunRequest) ProtoMessage() {}
+
+func (x *EstimateRunRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EstimateRunRequest.ProtoReflect.Descriptor instead.
+func (*EstimateRunRequest) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *EstimateRunRequest) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *EstimateRunRequest) GetInput() string {
+	if x != nil {
+		return x.Input
+	}
+	return ""
+}
+
+func (x *EstimateRunRequest) GetWindow() int32 {
+	if x != nil {
+		return x.Window
+	}
+	return 0
+}
+
+// EstimateRunResponse is the response of EstimateRun.
+type EstimateRunResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The forecast.
+	Estimate      *Estimate `protobuf:"bytes,1,opt,name=estimate,proto3" json:"estimate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EstimateRunResponse) Reset() {
+	*x = EstimateRunResponse{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EstimateRunResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EstimateRunResponse) ProtoMessage() {}
+
+func (x *EstimateRunResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EstimateRunResponse.ProtoReflect.Descriptor instead.
+func (*EstimateRunResponse) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *EstimateRunResponse) GetEstimate() *Estimate {
+	if x != nil {
+		return x.Estimate
+	}
+	return nil
+}
+
+// Estimate forecasts cost and duration as quantiles over a window of recent successful runs of the same version.
+type Estimate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Runs the quantiles are taken over; 0 means no history.
+	SampleSize int32 `protobuf:"varint,1,opt,name=sample_size,json=sampleSize,proto3" json:"sample_size,omitempty"`
+	// No finished run to estimate from: the quantiles are unset and the bounds below are all there is.
+	NoHistory bool `protobuf:"varint,2,opt,name=no_history,json=noHistory,proto3" json:"no_history,omitempty"`
+	// Median cost.
+	CostP50 *v1.Money `protobuf:"bytes,3,opt,name=cost_p50,json=costP50,proto3" json:"cost_p50,omitempty"`
+	// 90th percentile of cost.
+	CostP90 *v1.Money `protobuf:"bytes,4,opt,name=cost_p90,json=costP90,proto3" json:"cost_p90,omitempty"`
+	// 99th percentile of cost (the anomaly threshold).
+	CostP99 *v1.Money `protobuf:"bytes,5,opt,name=cost_p99,json=costP99,proto3" json:"cost_p99,omitempty"`
+	// Median duration.
+	DurationP50 *durationpb.Duration `protobuf:"bytes,6,opt,name=duration_p50,json=durationP50,proto3" json:"duration_p50,omitempty"`
+	// 90th percentile of duration.
+	DurationP90 *durationpb.Duration `protobuf:"bytes,7,opt,name=duration_p90,json=durationP90,proto3" json:"duration_p90,omitempty"`
+	// 99th percentile of duration.
+	DurationP99 *durationpb.Duration `protobuf:"bytes,8,opt,name=duration_p99,json=durationP99,proto3" json:"duration_p99,omitempty"`
+	// The configured budgets that bound a run: the agent's and the tenant's per-run limits, whichever is lower.
+	// Unset fields are unbounded.
+	Bounds        *Bounds `protobuf:"bytes,9,opt,name=bounds,proto3" json:"bounds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Estimate) Reset() {
+	*x = Estimate{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Estimate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Estimate) ProtoMessage() {}
+
+func (x *Estimate) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Estimate.ProtoReflect.Descriptor instead.
+func (*Estimate) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *Estimate) GetSampleSize() int32 {
+	if x != nil {
+		return x.SampleSize
+	}
+	return 0
+}
+
+func (x *Estimate) GetNoHistory() bool {
+	if x != nil {
+		return x.NoHistory
+	}
+	return false
+}
+
+func (x *Estimate) GetCostP50() *v1.Money {
+	if x != nil {
+		return x.CostP50
+	}
+	return nil
+}
+
+func (x *Estimate) GetCostP90() *v1.Money {
+	if x != nil {
+		return x.CostP90
+	}
+	return nil
+}
+
+func (x *Estimate) GetCostP99() *v1.Money {
+	if x != nil {
+		return x.CostP99
+	}
+	return nil
+}
+
+func (x *Estimate) GetDurationP50() *durationpb.Duration {
+	if x != nil {
+		return x.DurationP50
+	}
+	return nil
+}
+
+func (x *Estimate) GetDurationP90() *durationpb.Duration {
+	if x != nil {
+		return x.DurationP90
+	}
+	return nil
+}
+
+func (x *Estimate) GetDurationP99() *durationpb.Duration {
+	if x != nil {
+		return x.DurationP99
+	}
+	return nil
+}
+
+func (x *Estimate) GetBounds() *Bounds {
+	if x != nil {
+		return x.Bounds
+	}
+	return nil
+}
+
+// Bounds are the configured upper limits of one run.
+type Bounds struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Cost per run; unset means unbounded.
+	MaxCost *v1.Money `protobuf:"bytes,1,opt,name=max_cost,json=maxCost,proto3" json:"max_cost,omitempty"`
+	// Tokens per run; 0 means unbounded.
+	MaxTokens int64 `protobuf:"varint,2,opt,name=max_tokens,json=maxTokens,proto3" json:"max_tokens,omitempty"`
+	// Wall time per run.
+	MaxDuration   *durationpb.Duration `protobuf:"bytes,3,opt,name=max_duration,json=maxDuration,proto3" json:"max_duration,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Bounds) Reset() {
+	*x = Bounds{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Bounds) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Bounds) ProtoMessage() {}
+
+func (x *Bounds) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Bounds.ProtoReflect.Descriptor instead.
+func (*Bounds) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *Bounds) GetMaxCost() *v1.Money {
+	if x != nil {
+		return x.MaxCost
+	}
+	return nil
+}
+
+func (x *Bounds) GetMaxTokens() int64 {
+	if x != nil {
+		return x.MaxTokens
+	}
+	return 0
+}
+
+func (x *Bounds) GetMaxDuration() *durationpb.Duration {
+	if x != nil {
+		return x.MaxDuration
+	}
+	return nil
+}
+
 var File_loom_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x19loom/agent/v1/agent.proto\x12\rloom.agent.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17loom/auth/v1/auth.proto\"\x91\x02\n" +
+	"\x19loom/agent/v1/agent.proto\x12\rloom.agent.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17loom/auth/v1/auth.proto\x1a\x17loom/cost/v1/cost.proto\"\x91\x02\n" +
 	"\x05Model\x12=\n" +
 	"\bprovider\x18\x01 \x01(\x0e2\x17.loom.agent.v1.ProviderB\b\xbaH\x05\x82\x01\x02\x10\x01R\bprovider\x12\x1c\n" +
 	"\x04name\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xc8\x01R\x04name\x126\n" +
@@ -4164,13 +5159,14 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\tmin_score\x18\x03 \x01(\x02B\a\xbaH\x04\n" +
 	"\x02@\x01H\x00R\bminScore\x88\x01\x01B\f\n" +
 	"\n" +
-	"_min_score\"\xa6\x01\n" +
+	"_min_score\"\xd6\x01\n" +
 	"\aBudgets\x12&\n" +
 	"\tmax_steps\x18\x01 \x01(\x05B\t\xbaH\x06\x1a\x04\x18d(\x00R\bmaxSteps\x12&\n" +
 	"\n" +
 	"max_tokens\x18\x02 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\tmaxTokens\x12K\n" +
 	"\fmax_duration\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\r\xbaH\n" +
-	"\xaa\x01\a\"\x03\b\x90\x1c2\x00R\vmaxDuration\"p\n" +
+	"\xaa\x01\a\"\x03\b\x90\x1c2\x00R\vmaxDuration\x12.\n" +
+	"\bmax_cost\x18\x04 \x01(\v2\x13.loom.cost.v1.MoneyR\amaxCost\"p\n" +
 	"\x05Voice\x12B\n" +
 	"\bprovider\x18\x01 \x01(\x0e2\x1c.loom.agent.v1.VoiceProviderB\b\xbaH\x05\x82\x01\x02\x10\x01R\bprovider\x12#\n" +
 	"\bvoice_id\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xc8\x01R\avoiceId\"\xdf\x04\n" +
@@ -4216,16 +5212,21 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\bToolCall\x12\x18\n" +
 	"\x02id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x02id\x12\x1c\n" +
 	"\x04name\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x04name\x125\n" +
-	"\targuments\x18\x03 \x01(\v2\x17.google.protobuf.StructR\targuments\"\x80\x01\n" +
+	"\targuments\x18\x03 \x01(\v2\x17.google.protobuf.StructR\targuments\"\xac\x01\n" +
 	"\n" +
 	"ToolResult\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\tR\x06callId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12/\n" +
 	"\x06result\x18\x03 \x01(\v2\x17.google.protobuf.StructR\x06result\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"O\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12*\n" +
+	"\x05usage\x18\x05 \x01(\v2\x14.loom.agent.v1.UsageR\x05usage\"\xf0\x01\n" +
 	"\x05Usage\x12!\n" +
 	"\finput_tokens\x18\x01 \x01(\x03R\vinputTokens\x12#\n" +
-	"\routput_tokens\x18\x02 \x01(\x03R\foutputTokens\"\x87\x02\n" +
+	"\routput_tokens\x18\x02 \x01(\x03R\foutputTokens\x12.\n" +
+	"\x13cached_input_tokens\x18\x03 \x01(\x03R\x11cachedInputTokens\x12'\n" +
+	"\x04cost\x18\x04 \x01(\v2\x13.loom.cost.v1.MoneyR\x04cost\x12!\n" +
+	"\fcost_unknown\x18\x05 \x01(\bR\vcostUnknown\x12#\n" +
+	"\rprice_version\x18\x06 \x01(\tR\fpriceVersion\"\xc6\x02\n" +
 	"\x04Step\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x126\n" +
@@ -4233,7 +5234,8 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"tool_calls\x18\x03 \x03(\v2\x17.loom.agent.v1.ToolCallR\ttoolCalls\x12<\n" +
 	"\ftool_results\x18\x04 \x03(\v2\x19.loom.agent.v1.ToolResultR\vtoolResults\x12*\n" +
 	"\x05usage\x18\x05 \x01(\v2\x14.loom.agent.v1.UsageR\x05usage\x123\n" +
-	"\alatency\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\alatency\"\x9e\x04\n" +
+	"\alatency\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\alatency\x12=\n" +
+	"\x0fdelegated_usage\x18\a \x01(\v2\x14.loom.agent.v1.UsageR\x0edelegatedUsage\"\xe8\x04\n" +
 	"\x03Run\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05agent\x18\x02 \x01(\tR\x05agent\x12#\n" +
@@ -4251,7 +5253,14 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\vcreate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x125\n" +
 	"\bend_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12'\n" +
-	"\x0fidempotency_key\x18\x0f \x01(\tR\x0eidempotencyKey\"H\n" +
+	"\x0fidempotency_key\x18\x0f \x01(\tR\x0eidempotencyKey\x12\x1c\n" +
+	"\tblueprint\x18\x10 \x01(\tR\tblueprint\x12*\n" +
+	"\x05price\x18\x11 \x01(\v2\x14.loom.agent.v1.PriceR\x05price\"\xf3\x01\n" +
+	"\x05Price\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x12?\n" +
+	"\x11input_per_million\x18\x02 \x01(\v2\x13.loom.cost.v1.MoneyR\x0finputPerMillion\x12A\n" +
+	"\x12output_per_million\x18\x03 \x01(\v2\x13.loom.cost.v1.MoneyR\x10outputPerMillion\x12L\n" +
+	"\x18cached_input_per_million\x18\x04 \x01(\v2\x13.loom.cost.v1.MoneyR\x15cachedInputPerMillion\"H\n" +
 	"\x12CreateAgentRequest\x122\n" +
 	"\x05agent\x18\x01 \x01(\v2\x14.loom.agent.v1.AgentB\x06\xbaH\x03\xc8\x01\x01R\x05agent\"A\n" +
 	"\x13CreateAgentResponse\x12*\n" +
@@ -4278,7 +5287,7 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x05agent\x18\x01 \x01(\v2\x14.loom.agent.v1.AgentR\x05agent\"H\n" +
 	"\x12DeleteAgentRequest\x122\n" +
 	"\x04name\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x04name\"\x15\n" +
-	"\x13DeleteAgentResponse\"\xb2\x02\n" +
+	"\x13DeleteAgentResponse\"\xf3\x02\n" +
 	"\n" +
 	"RunRequest\x124\n" +
 	"\x05agent\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x05agent\x12!\n" +
@@ -4286,7 +5295,8 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x0fidempotency_key\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x0eidempotencyKey\x12E\n" +
 	"\vattachments\x18\x04 \x03(\v2\x19.loom.agent.v1.AttachmentB\b\xbaH\x05\x92\x01\x02\x10\bR\vattachments\x12*\n" +
 	"\x05chaos\x18\x05 \x01(\v2\x14.loom.agent.v1.ChaosR\x05chaos\x12%\n" +
-	"\aattempt\x18\x06 \x01(\x05B\v\xbaH\b\x1a\x06\x18\xc0\x84=(\x00R\aattempt\"p\n" +
+	"\aattempt\x18\x06 \x01(\x05B\v\xbaH\b\x1a\x06\x18\xc0\x84=(\x00R\aattempt\x12?\n" +
+	"\tblueprint\x18\a \x01(\tB!\xbaH\x1er\x1c2\x1a^$|^[a-z][a-z0-9_-]{0,62}$R\tblueprint\"p\n" +
 	"\n" +
 	"Attachment\x12@\n" +
 	"\tmime_type\x18\x01 \x01(\tB#\xbaH r\x1e2\x1c^(image|audio)/[a-z0-9.+-]+$R\bmimeType\x12 \n" +
@@ -4299,7 +5309,7 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x0fidempotency_key\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x0eidempotencyKey\x12E\n" +
 	"\vattachments\x18\x04 \x03(\v2\x19.loom.agent.v1.AttachmentB\b\xbaH\x05\x92\x01\x02\x10\bR\vattachments\x12*\n" +
 	"\x05chaos\x18\x05 \x01(\v2\x14.loom.agent.v1.ChaosR\x05chaos\x12%\n" +
-	"\aattempt\x18\x06 \x01(\x05B\v\xbaH\b\x1a\x06\x18\xc0\x84=(\x00R\aattempt\"\x9d\x04\n" +
+	"\aattempt\x18\x06 \x01(\x05B\v\xbaH\b\x1a\x06\x18\xc0\x84=(\x00R\aattempt\"\xd0\x04\n" +
 	"\x11RunStreamResponse\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x125\n" +
 	"\astarted\x18\x02 \x01(\v2\x19.loom.agent.v1.RunStartedH\x00R\astarted\x129\n" +
@@ -4314,7 +5324,8 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\awarning\x18\b \x01(\v2\x16.loom.agent.v1.WarningH\x00R\awarning\x122\n" +
 	"\tcompleted\x18\t \x01(\v2\x12.loom.agent.v1.RunH\x00R\tcompleted\x12,\n" +
 	"\x06failed\x18\n" +
-	" \x01(\v2\x12.loom.agent.v1.RunH\x00R\x06failedB\a\n" +
+	" \x01(\v2\x12.loom.agent.v1.RunH\x00R\x06failed\x121\n" +
+	"\trun_usage\x18\v \x01(\v2\x14.loom.agent.v1.UsageR\brunUsageB\a\n" +
 	"\x05event\"1\n" +
 	"\n" +
 	"RunStarted\x12#\n" +
@@ -4382,7 +5393,67 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x02id\">\n" +
 	"\x10GetVideoResponse\x12*\n" +
-	"\x05video\x18\x01 \x01(\v2\x14.loom.agent.v1.VideoR\x05video*`\n" +
+	"\x05video\x18\x01 \x01(\v2\x14.loom.agent.v1.VideoR\x05video\"\xd5\x01\n" +
+	"\x0fGetUsageRequest\x129\n" +
+	"\n" +
+	"start_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12'\n" +
+	"\tpage_size\x18\x03 \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12'\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tB\b\xbaH\x05r\x03(\x80\bR\tpageToken\"\xdb\x01\n" +
+	"\bUsageRow\x12\x10\n" +
+	"\x03day\x18\x01 \x01(\tR\x03day\x12\x14\n" +
+	"\x05agent\x18\x02 \x01(\tR\x05agent\x12\x1c\n" +
+	"\tblueprint\x18\x03 \x01(\tR\tblueprint\x123\n" +
+	"\bprovider\x18\x04 \x01(\x0e2\x17.loom.agent.v1.ProviderR\bprovider\x12\x14\n" +
+	"\x05model\x18\x05 \x01(\tR\x05model\x12\x12\n" +
+	"\x04runs\x18\x06 \x01(\x03R\x04runs\x12*\n" +
+	"\x05usage\x18\a \x01(\v2\x14.loom.agent.v1.UsageR\x05usage\"\x93\x01\n" +
+	"\x10GetUsageResponse\x12+\n" +
+	"\x04rows\x18\x01 \x03(\v2\x17.loom.agent.v1.UsageRowR\x04rows\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12*\n" +
+	"\x05total\x18\x03 \x01(\v2\x14.loom.agent.v1.UsageR\x05total\"\xf2\x02\n" +
+	"\fTenantBudget\x124\n" +
+	"\x12max_tokens_per_run\x18\x01 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\x0fmaxTokensPerRun\x12<\n" +
+	"\x10max_cost_per_run\x18\x02 \x01(\v2\x13.loom.cost.v1.MoneyR\rmaxCostPerRun\x124\n" +
+	"\x12max_tokens_per_day\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\x0fmaxTokensPerDay\x12<\n" +
+	"\x10max_cost_per_day\x18\x04 \x01(\v2\x13.loom.cost.v1.MoneyR\rmaxCostPerDay\x128\n" +
+	"\x14max_tokens_per_month\x18\x05 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\x11maxTokensPerMonth\x12@\n" +
+	"\x12max_cost_per_month\x18\x06 \x01(\v2\x13.loom.cost.v1.MoneyR\x0fmaxCostPerMonth\"M\n" +
+	"\x16SetTenantBudgetRequest\x123\n" +
+	"\x06budget\x18\x01 \x01(\v2\x1b.loom.agent.v1.TenantBudgetR\x06budget\"N\n" +
+	"\x17SetTenantBudgetResponse\x123\n" +
+	"\x06budget\x18\x01 \x01(\v2\x1b.loom.agent.v1.TenantBudgetR\x06budget\"\x18\n" +
+	"\x16GetTenantBudgetRequest\"\xa2\x01\n" +
+	"\x17GetTenantBudgetResponse\x123\n" +
+	"\x06budget\x18\x01 \x01(\v2\x1b.loom.agent.v1.TenantBudgetR\x06budget\x12&\n" +
+	"\x03day\x18\x02 \x01(\v2\x14.loom.agent.v1.UsageR\x03day\x12*\n" +
+	"\x05month\x18\x03 \x01(\v2\x14.loom.agent.v1.UsageR\x05month\"\x8f\x01\n" +
+	"\x12EstimateRunRequest\x124\n" +
+	"\x05agent\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x05agent\x12\x1f\n" +
+	"\x05input\x18\x02 \x01(\tB\t\xbaH\x06r\x04(\x80\x80\x10R\x05input\x12\"\n" +
+	"\x06window\x18\x03 \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\x06window\"J\n" +
+	"\x13EstimateRunResponse\x123\n" +
+	"\bestimate\x18\x01 \x01(\v2\x17.loom.agent.v1.EstimateR\bestimate\"\xc3\x03\n" +
+	"\bEstimate\x12\x1f\n" +
+	"\vsample_size\x18\x01 \x01(\x05R\n" +
+	"sampleSize\x12\x1d\n" +
+	"\n" +
+	"no_history\x18\x02 \x01(\bR\tnoHistory\x12.\n" +
+	"\bcost_p50\x18\x03 \x01(\v2\x13.loom.cost.v1.MoneyR\acostP50\x12.\n" +
+	"\bcost_p90\x18\x04 \x01(\v2\x13.loom.cost.v1.MoneyR\acostP90\x12.\n" +
+	"\bcost_p99\x18\x05 \x01(\v2\x13.loom.cost.v1.MoneyR\acostP99\x12<\n" +
+	"\fduration_p50\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\vdurationP50\x12<\n" +
+	"\fduration_p90\x18\a \x01(\v2\x19.google.protobuf.DurationR\vdurationP90\x12<\n" +
+	"\fduration_p99\x18\b \x01(\v2\x19.google.protobuf.DurationR\vdurationP99\x12-\n" +
+	"\x06bounds\x18\t \x01(\v2\x15.loom.agent.v1.BoundsR\x06bounds\"\x95\x01\n" +
+	"\x06Bounds\x12.\n" +
+	"\bmax_cost\x18\x01 \x01(\v2\x13.loom.cost.v1.MoneyR\amaxCost\x12\x1d\n" +
+	"\n" +
+	"max_tokens\x18\x02 \x01(\x03R\tmaxTokens\x12<\n" +
+	"\fmax_duration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vmaxDuration*`\n" +
 	"\bProvider\x12\x18\n" +
 	"\x14PROVIDER_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPROVIDER_SIM\x10\x01\x12\x13\n" +
@@ -4414,7 +5485,7 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x17VIDEO_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VIDEO_STATE_RENDERING\x10\x01\x12\x15\n" +
 	"\x11VIDEO_STATE_READY\x10\x02\x12\x16\n" +
-	"\x12VIDEO_STATE_FAILED\x10\x032\xe7\t\n" +
+	"\x12VIDEO_STATE_FAILED\x10\x032\xf2\f\n" +
 	"\fAgentService\x12Z\n" +
 	"\vCreateAgent\x12!.loom.agent.v1.CreateAgentRequest\x1a\".loom.agent.v1.CreateAgentResponse\"\x04\xc8\xf3\x18\x02\x12T\n" +
 	"\bGetAgent\x12\x1e.loom.agent.v1.GetAgentRequest\x1a\x1f.loom.agent.v1.GetAgentResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12Z\n" +
@@ -4430,7 +5501,11 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\tDeleteRun\x12\x1f.loom.agent.v1.DeleteRunRequest\x1a .loom.agent.v1.DeleteRunResponse\"\a\xc8\xf3\x18\x02\x90\x02\x02\x12k\n" +
 	"\x10SynthesizeSpeech\x12&.loom.agent.v1.SynthesizeSpeechRequest\x1a'.loom.agent.v1.SynthesizeSpeechResponse\"\x04\xc8\xf3\x18\x020\x01\x12Z\n" +
 	"\vCreateVideo\x12!.loom.agent.v1.CreateVideoRequest\x1a\".loom.agent.v1.CreateVideoResponse\"\x04\xc8\xf3\x18\x02\x12T\n" +
-	"\bGetVideo\x12\x1e.loom.agent.v1.GetVideoRequest\x1a\x1f.loom.agent.v1.GetVideoResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01B\xa9\x01\n" +
+	"\bGetVideo\x12\x1e.loom.agent.v1.GetVideoRequest\x1a\x1f.loom.agent.v1.GetVideoResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12T\n" +
+	"\bGetUsage\x12\x1e.loom.agent.v1.GetUsageRequest\x1a\x1f.loom.agent.v1.GetUsageResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12i\n" +
+	"\x0fSetTenantBudget\x12%.loom.agent.v1.SetTenantBudgetRequest\x1a&.loom.agent.v1.SetTenantBudgetResponse\"\a\xc8\xf3\x18\x03\x90\x02\x02\x12i\n" +
+	"\x0fGetTenantBudget\x12%.loom.agent.v1.GetTenantBudgetRequest\x1a&.loom.agent.v1.GetTenantBudgetResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12]\n" +
+	"\vEstimateRun\x12!.loom.agent.v1.EstimateRunRequest\x1a\".loom.agent.v1.EstimateRunResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01B\xa9\x01\n" +
 	"\x11com.loom.agent.v1B\n" +
 	"AgentProtoP\x01Z2github.com/loom-dev/loom/gen/loom/agent/v1;agentv1\xa2\x02\x03LAX\xaa\x02\rLoom.Agent.V1\xca\x02\rLoom\\Agent\\V1\xe2\x02\x19Loom\\Agent\\V1\\GPBMetadata\xea\x02\x0fLoom::Agent::V1b\x06proto3"
 
@@ -4447,7 +5522,7 @@ func file_loom_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_loom_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_loom_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_loom_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 68)
 var file_loom_agent_v1_agent_proto_goTypes = []any{
 	(Provider)(0),                    // 0: loom.agent.v1.Provider
 	(VoiceProvider)(0),               // 1: loom.agent.v1.VoiceProvider
@@ -4475,152 +5550,207 @@ var file_loom_agent_v1_agent_proto_goTypes = []any{
 	(*Usage)(nil),                    // 23: loom.agent.v1.Usage
 	(*Step)(nil),                     // 24: loom.agent.v1.Step
 	(*Run)(nil),                      // 25: loom.agent.v1.Run
-	(*CreateAgentRequest)(nil),       // 26: loom.agent.v1.CreateAgentRequest
-	(*CreateAgentResponse)(nil),      // 27: loom.agent.v1.CreateAgentResponse
-	(*GetAgentRequest)(nil),          // 28: loom.agent.v1.GetAgentRequest
-	(*GetAgentResponse)(nil),         // 29: loom.agent.v1.GetAgentResponse
-	(*ListAgentsRequest)(nil),        // 30: loom.agent.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),       // 31: loom.agent.v1.ListAgentsResponse
-	(*UpdateAgentRequest)(nil),       // 32: loom.agent.v1.UpdateAgentRequest
-	(*UpdateAgentResponse)(nil),      // 33: loom.agent.v1.UpdateAgentResponse
-	(*DeleteAgentRequest)(nil),       // 34: loom.agent.v1.DeleteAgentRequest
-	(*DeleteAgentResponse)(nil),      // 35: loom.agent.v1.DeleteAgentResponse
-	(*RunRequest)(nil),               // 36: loom.agent.v1.RunRequest
-	(*Attachment)(nil),               // 37: loom.agent.v1.Attachment
-	(*RunResponse)(nil),              // 38: loom.agent.v1.RunResponse
-	(*RunStreamRequest)(nil),         // 39: loom.agent.v1.RunStreamRequest
-	(*RunStreamResponse)(nil),        // 40: loom.agent.v1.RunStreamResponse
-	(*RunStarted)(nil),               // 41: loom.agent.v1.RunStarted
-	(*TextDelta)(nil),                // 42: loom.agent.v1.TextDelta
-	(*MemoryHits)(nil),               // 43: loom.agent.v1.MemoryHits
-	(*MemoryHit)(nil),                // 44: loom.agent.v1.MemoryHit
-	(*Warning)(nil),                  // 45: loom.agent.v1.Warning
-	(*GetRunRequest)(nil),            // 46: loom.agent.v1.GetRunRequest
-	(*GetRunResponse)(nil),           // 47: loom.agent.v1.GetRunResponse
-	(*ListRunsRequest)(nil),          // 48: loom.agent.v1.ListRunsRequest
-	(*ListRunsResponse)(nil),         // 49: loom.agent.v1.ListRunsResponse
-	(*CancelRunRequest)(nil),         // 50: loom.agent.v1.CancelRunRequest
-	(*CancelRunResponse)(nil),        // 51: loom.agent.v1.CancelRunResponse
-	(*DeleteRunRequest)(nil),         // 52: loom.agent.v1.DeleteRunRequest
-	(*DeleteRunResponse)(nil),        // 53: loom.agent.v1.DeleteRunResponse
-	(*SynthesizeSpeechRequest)(nil),  // 54: loom.agent.v1.SynthesizeSpeechRequest
-	(*SynthesizeSpeechResponse)(nil), // 55: loom.agent.v1.SynthesizeSpeechResponse
-	(*Video)(nil),                    // 56: loom.agent.v1.Video
-	(*CreateVideoRequest)(nil),       // 57: loom.agent.v1.CreateVideoRequest
-	(*CreateVideoResponse)(nil),      // 58: loom.agent.v1.CreateVideoResponse
-	(*GetVideoRequest)(nil),          // 59: loom.agent.v1.GetVideoRequest
-	(*GetVideoResponse)(nil),         // 60: loom.agent.v1.GetVideoResponse
-	(*durationpb.Duration)(nil),      // 61: google.protobuf.Duration
-	(*structpb.Struct)(nil),          // 62: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil),    // 63: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),    // 64: google.protobuf.FieldMask
+	(*Price)(nil),                    // 26: loom.agent.v1.Price
+	(*CreateAgentRequest)(nil),       // 27: loom.agent.v1.CreateAgentRequest
+	(*CreateAgentResponse)(nil),      // 28: loom.agent.v1.CreateAgentResponse
+	(*GetAgentRequest)(nil),          // 29: loom.agent.v1.GetAgentRequest
+	(*GetAgentResponse)(nil),         // 30: loom.agent.v1.GetAgentResponse
+	(*ListAgentsRequest)(nil),        // 31: loom.agent.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),       // 32: loom.agent.v1.ListAgentsResponse
+	(*UpdateAgentRequest)(nil),       // 33: loom.agent.v1.UpdateAgentRequest
+	(*UpdateAgentResponse)(nil),      // 34: loom.agent.v1.UpdateAgentResponse
+	(*DeleteAgentRequest)(nil),       // 35: loom.agent.v1.DeleteAgentRequest
+	(*DeleteAgentResponse)(nil),      // 36: loom.agent.v1.DeleteAgentResponse
+	(*RunRequest)(nil),               // 37: loom.agent.v1.RunRequest
+	(*Attachment)(nil),               // 38: loom.agent.v1.Attachment
+	(*RunResponse)(nil),              // 39: loom.agent.v1.RunResponse
+	(*RunStreamRequest)(nil),         // 40: loom.agent.v1.RunStreamRequest
+	(*RunStreamResponse)(nil),        // 41: loom.agent.v1.RunStreamResponse
+	(*RunStarted)(nil),               // 42: loom.agent.v1.RunStarted
+	(*TextDelta)(nil),                // 43: loom.agent.v1.TextDelta
+	(*MemoryHits)(nil),               // 44: loom.agent.v1.MemoryHits
+	(*MemoryHit)(nil),                // 45: loom.agent.v1.MemoryHit
+	(*Warning)(nil),                  // 46: loom.agent.v1.Warning
+	(*GetRunRequest)(nil),            // 47: loom.agent.v1.GetRunRequest
+	(*GetRunResponse)(nil),           // 48: loom.agent.v1.GetRunResponse
+	(*ListRunsRequest)(nil),          // 49: loom.agent.v1.ListRunsRequest
+	(*ListRunsResponse)(nil),         // 50: loom.agent.v1.ListRunsResponse
+	(*CancelRunRequest)(nil),         // 51: loom.agent.v1.CancelRunRequest
+	(*CancelRunResponse)(nil),        // 52: loom.agent.v1.CancelRunResponse
+	(*DeleteRunRequest)(nil),         // 53: loom.agent.v1.DeleteRunRequest
+	(*DeleteRunResponse)(nil),        // 54: loom.agent.v1.DeleteRunResponse
+	(*SynthesizeSpeechRequest)(nil),  // 55: loom.agent.v1.SynthesizeSpeechRequest
+	(*SynthesizeSpeechResponse)(nil), // 56: loom.agent.v1.SynthesizeSpeechResponse
+	(*Video)(nil),                    // 57: loom.agent.v1.Video
+	(*CreateVideoRequest)(nil),       // 58: loom.agent.v1.CreateVideoRequest
+	(*CreateVideoResponse)(nil),      // 59: loom.agent.v1.CreateVideoResponse
+	(*GetVideoRequest)(nil),          // 60: loom.agent.v1.GetVideoRequest
+	(*GetVideoResponse)(nil),         // 61: loom.agent.v1.GetVideoResponse
+	(*GetUsageRequest)(nil),          // 62: loom.agent.v1.GetUsageRequest
+	(*UsageRow)(nil),                 // 63: loom.agent.v1.UsageRow
+	(*GetUsageResponse)(nil),         // 64: loom.agent.v1.GetUsageResponse
+	(*TenantBudget)(nil),             // 65: loom.agent.v1.TenantBudget
+	(*SetTenantBudgetRequest)(nil),   // 66: loom.agent.v1.SetTenantBudgetRequest
+	(*SetTenantBudgetResponse)(nil),  // 67: loom.agent.v1.SetTenantBudgetResponse
+	(*GetTenantBudgetRequest)(nil),   // 68: loom.agent.v1.GetTenantBudgetRequest
+	(*GetTenantBudgetResponse)(nil),  // 69: loom.agent.v1.GetTenantBudgetResponse
+	(*EstimateRunRequest)(nil),       // 70: loom.agent.v1.EstimateRunRequest
+	(*EstimateRunResponse)(nil),      // 71: loom.agent.v1.EstimateRunResponse
+	(*Estimate)(nil),                 // 72: loom.agent.v1.Estimate
+	(*Bounds)(nil),                   // 73: loom.agent.v1.Bounds
+	(*durationpb.Duration)(nil),      // 74: google.protobuf.Duration
+	(*structpb.Struct)(nil),          // 75: google.protobuf.Struct
+	(*v1.Money)(nil),                 // 76: loom.cost.v1.Money
+	(*timestamppb.Timestamp)(nil),    // 77: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),    // 78: google.protobuf.FieldMask
 }
 var file_loom_agent_v1_agent_proto_depIdxs = []int32{
-	0,  // 0: loom.agent.v1.Model.provider:type_name -> loom.agent.v1.Provider
-	7,  // 1: loom.agent.v1.Model.sim:type_name -> loom.agent.v1.SimScript
-	8,  // 2: loom.agent.v1.SimScript.turns:type_name -> loom.agent.v1.SimTurn
-	61, // 3: loom.agent.v1.SimScript.latency:type_name -> google.protobuf.Duration
-	21, // 4: loom.agent.v1.SimTurn.tool_calls:type_name -> loom.agent.v1.ToolCall
-	12, // 5: loom.agent.v1.Tool.memory_search:type_name -> loom.agent.v1.MemorySearchTool
-	13, // 6: loom.agent.v1.Tool.memory_save:type_name -> loom.agent.v1.MemorySaveTool
-	14, // 7: loom.agent.v1.Tool.delegate:type_name -> loom.agent.v1.DelegateTool
-	15, // 8: loom.agent.v1.Tool.http_fetch:type_name -> loom.agent.v1.HttpFetchTool
-	11, // 9: loom.agent.v1.Tool.webhook:type_name -> loom.agent.v1.WebhookTool
-	10, // 10: loom.agent.v1.Tool.mcp:type_name -> loom.agent.v1.McpTool
-	61, // 11: loom.agent.v1.McpTool.timeout:type_name -> google.protobuf.Duration
-	62, // 12: loom.agent.v1.WebhookTool.parameters:type_name -> google.protobuf.Struct
-	61, // 13: loom.agent.v1.WebhookTool.timeout:type_name -> google.protobuf.Duration
-	61, // 14: loom.agent.v1.Budgets.max_duration:type_name -> google.protobuf.Duration
-	1,  // 15: loom.agent.v1.Voice.provider:type_name -> loom.agent.v1.VoiceProvider
-	6,  // 16: loom.agent.v1.Agent.model:type_name -> loom.agent.v1.Model
-	9,  // 17: loom.agent.v1.Agent.tools:type_name -> loom.agent.v1.Tool
-	16, // 18: loom.agent.v1.Agent.memory:type_name -> loom.agent.v1.MemoryConfig
-	17, // 19: loom.agent.v1.Agent.budgets:type_name -> loom.agent.v1.Budgets
-	18, // 20: loom.agent.v1.Agent.voice:type_name -> loom.agent.v1.Voice
-	63, // 21: loom.agent.v1.Agent.create_time:type_name -> google.protobuf.Timestamp
-	63, // 22: loom.agent.v1.Agent.update_time:type_name -> google.protobuf.Timestamp
-	20, // 23: loom.agent.v1.Agent.chaos:type_name -> loom.agent.v1.Chaos
-	2,  // 24: loom.agent.v1.Chaos.code:type_name -> loom.agent.v1.ChaosCode
-	61, // 25: loom.agent.v1.Chaos.latency_min:type_name -> google.protobuf.Duration
-	61, // 26: loom.agent.v1.Chaos.latency_max:type_name -> google.protobuf.Duration
-	62, // 27: loom.agent.v1.ToolCall.arguments:type_name -> google.protobuf.Struct
-	62, // 28: loom.agent.v1.ToolResult.result:type_name -> google.protobuf.Struct
-	21, // 29: loom.agent.v1.Step.tool_calls:type_name -> loom.agent.v1.ToolCall
-	22, // 30: loom.agent.v1.Step.tool_results:type_name -> loom.agent.v1.ToolResult
-	23, // 31: loom.agent.v1.Step.usage:type_name -> loom.agent.v1.Usage
-	61, // 32: loom.agent.v1.Step.latency:type_name -> google.protobuf.Duration
-	3,  // 33: loom.agent.v1.Run.state:type_name -> loom.agent.v1.RunState
-	24, // 34: loom.agent.v1.Run.steps:type_name -> loom.agent.v1.Step
-	23, // 35: loom.agent.v1.Run.usage:type_name -> loom.agent.v1.Usage
-	0,  // 36: loom.agent.v1.Run.provider:type_name -> loom.agent.v1.Provider
-	63, // 37: loom.agent.v1.Run.create_time:type_name -> google.protobuf.Timestamp
-	63, // 38: loom.agent.v1.Run.end_time:type_name -> google.protobuf.Timestamp
-	19, // 39: loom.agent.v1.CreateAgentRequest.agent:type_name -> loom.agent.v1.Agent
-	19, // 40: loom.agent.v1.CreateAgentResponse.agent:type_name -> loom.agent.v1.Agent
-	19, // 41: loom.agent.v1.GetAgentResponse.agent:type_name -> loom.agent.v1.Agent
-	19, // 42: loom.agent.v1.ListAgentsResponse.agents:type_name -> loom.agent.v1.Agent
-	19, // 43: loom.agent.v1.UpdateAgentRequest.agent:type_name -> loom.agent.v1.Agent
-	64, // 44: loom.agent.v1.UpdateAgentRequest.update_mask:type_name -> google.protobuf.FieldMask
-	19, // 45: loom.agent.v1.UpdateAgentResponse.agent:type_name -> loom.agent.v1.Agent
-	37, // 46: loom.agent.v1.RunRequest.attachments:type_name -> loom.agent.v1.Attachment
-	20, // 47: loom.agent.v1.RunRequest.chaos:type_name -> loom.agent.v1.Chaos
-	25, // 48: loom.agent.v1.RunResponse.run:type_name -> loom.agent.v1.Run
-	37, // 49: loom.agent.v1.RunStreamRequest.attachments:type_name -> loom.agent.v1.Attachment
-	20, // 50: loom.agent.v1.RunStreamRequest.chaos:type_name -> loom.agent.v1.Chaos
-	41, // 51: loom.agent.v1.RunStreamResponse.started:type_name -> loom.agent.v1.RunStarted
-	42, // 52: loom.agent.v1.RunStreamResponse.text_delta:type_name -> loom.agent.v1.TextDelta
-	21, // 53: loom.agent.v1.RunStreamResponse.tool_call:type_name -> loom.agent.v1.ToolCall
-	22, // 54: loom.agent.v1.RunStreamResponse.tool_result:type_name -> loom.agent.v1.ToolResult
-	43, // 55: loom.agent.v1.RunStreamResponse.memory_hits:type_name -> loom.agent.v1.MemoryHits
-	23, // 56: loom.agent.v1.RunStreamResponse.usage:type_name -> loom.agent.v1.Usage
-	45, // 57: loom.agent.v1.RunStreamResponse.warning:type_name -> loom.agent.v1.Warning
-	25, // 58: loom.agent.v1.RunStreamResponse.completed:type_name -> loom.agent.v1.Run
-	25, // 59: loom.agent.v1.RunStreamResponse.failed:type_name -> loom.agent.v1.Run
-	44, // 60: loom.agent.v1.MemoryHits.hits:type_name -> loom.agent.v1.MemoryHit
-	25, // 61: loom.agent.v1.GetRunResponse.run:type_name -> loom.agent.v1.Run
-	63, // 62: loom.agent.v1.ListRunsRequest.start_time:type_name -> google.protobuf.Timestamp
-	63, // 63: loom.agent.v1.ListRunsRequest.end_time:type_name -> google.protobuf.Timestamp
-	25, // 64: loom.agent.v1.ListRunsResponse.runs:type_name -> loom.agent.v1.Run
-	25, // 65: loom.agent.v1.CancelRunResponse.run:type_name -> loom.agent.v1.Run
-	18, // 66: loom.agent.v1.SynthesizeSpeechRequest.voice:type_name -> loom.agent.v1.Voice
-	4,  // 67: loom.agent.v1.SynthesizeSpeechRequest.format:type_name -> loom.agent.v1.AudioFormat
-	5,  // 68: loom.agent.v1.Video.state:type_name -> loom.agent.v1.VideoState
-	63, // 69: loom.agent.v1.Video.create_time:type_name -> google.protobuf.Timestamp
-	56, // 70: loom.agent.v1.CreateVideoResponse.video:type_name -> loom.agent.v1.Video
-	56, // 71: loom.agent.v1.GetVideoResponse.video:type_name -> loom.agent.v1.Video
-	26, // 72: loom.agent.v1.AgentService.CreateAgent:input_type -> loom.agent.v1.CreateAgentRequest
-	28, // 73: loom.agent.v1.AgentService.GetAgent:input_type -> loom.agent.v1.GetAgentRequest
-	30, // 74: loom.agent.v1.AgentService.ListAgents:input_type -> loom.agent.v1.ListAgentsRequest
-	32, // 75: loom.agent.v1.AgentService.UpdateAgent:input_type -> loom.agent.v1.UpdateAgentRequest
-	34, // 76: loom.agent.v1.AgentService.DeleteAgent:input_type -> loom.agent.v1.DeleteAgentRequest
-	36, // 77: loom.agent.v1.AgentService.Run:input_type -> loom.agent.v1.RunRequest
-	39, // 78: loom.agent.v1.AgentService.RunStream:input_type -> loom.agent.v1.RunStreamRequest
-	46, // 79: loom.agent.v1.AgentService.GetRun:input_type -> loom.agent.v1.GetRunRequest
-	48, // 80: loom.agent.v1.AgentService.ListRuns:input_type -> loom.agent.v1.ListRunsRequest
-	50, // 81: loom.agent.v1.AgentService.CancelRun:input_type -> loom.agent.v1.CancelRunRequest
-	52, // 82: loom.agent.v1.AgentService.DeleteRun:input_type -> loom.agent.v1.DeleteRunRequest
-	54, // 83: loom.agent.v1.AgentService.SynthesizeSpeech:input_type -> loom.agent.v1.SynthesizeSpeechRequest
-	57, // 84: loom.agent.v1.AgentService.CreateVideo:input_type -> loom.agent.v1.CreateVideoRequest
-	59, // 85: loom.agent.v1.AgentService.GetVideo:input_type -> loom.agent.v1.GetVideoRequest
-	27, // 86: loom.agent.v1.AgentService.CreateAgent:output_type -> loom.agent.v1.CreateAgentResponse
-	29, // 87: loom.agent.v1.AgentService.GetAgent:output_type -> loom.agent.v1.GetAgentResponse
-	31, // 88: loom.agent.v1.AgentService.ListAgents:output_type -> loom.agent.v1.ListAgentsResponse
-	33, // 89: loom.agent.v1.AgentService.UpdateAgent:output_type -> loom.agent.v1.UpdateAgentResponse
-	35, // 90: loom.agent.v1.AgentService.DeleteAgent:output_type -> loom.agent.v1.DeleteAgentResponse
-	38, // 91: loom.agent.v1.AgentService.Run:output_type -> loom.agent.v1.RunResponse
-	40, // 92: loom.agent.v1.AgentService.RunStream:output_type -> loom.agent.v1.RunStreamResponse
-	47, // 93: loom.agent.v1.AgentService.GetRun:output_type -> loom.agent.v1.GetRunResponse
-	49, // 94: loom.agent.v1.AgentService.ListRuns:output_type -> loom.agent.v1.ListRunsResponse
-	51, // 95: loom.agent.v1.AgentService.CancelRun:output_type -> loom.agent.v1.CancelRunResponse
-	53, // 96: loom.agent.v1.AgentService.DeleteRun:output_type -> loom.agent.v1.DeleteRunResponse
-	55, // 97: loom.agent.v1.AgentService.SynthesizeSpeech:output_type -> loom.agent.v1.SynthesizeSpeechResponse
-	58, // 98: loom.agent.v1.AgentService.CreateVideo:output_type -> loom.agent.v1.CreateVideoResponse
-	60, // 99: loom.agent.v1.AgentService.GetVideo:output_type -> loom.agent.v1.GetVideoResponse
-	86, // [86:100] is the sub-list for method output_type
-	72, // [72:86] is the sub-list for method input_type
-	72, // [72:72] is the sub-list for extension type_name
-	72, // [72:72] is the sub-list for extension extendee
-	0,  // [0:72] is the sub-list for field type_name
+	0,   // 0: loom.agent.v1.Model.provider:type_name -> loom.agent.v1.Provider
+	7,   // 1: loom.agent.v1.Model.sim:type_name -> loom.agent.v1.SimScript
+	8,   // 2: loom.agent.v1.SimScript.turns:type_name -> loom.agent.v1.SimTurn
+	74,  // 3: loom.agent.v1.SimScript.latency:type_name -> google.protobuf.Duration
+	21,  // 4: loom.agent.v1.SimTurn.tool_calls:type_name -> loom.agent.v1.ToolCall
+	12,  // 5: loom.agent.v1.Tool.memory_search:type_name -> loom.agent.v1.MemorySearchTool
+	13,  // 6: loom.agent.v1.Tool.memory_save:type_name -> loom.agent.v1.MemorySaveTool
+	14,  // 7: loom.agent.v1.Tool.delegate:type_name -> loom.agent.v1.DelegateTool
+	15,  // 8: loom.agent.v1.Tool.http_fetch:type_name -> loom.agent.v1.HttpFetchTool
+	11,  // 9: loom.agent.v1.Tool.webhook:type_name -> loom.agent.v1.WebhookTool
+	10,  // 10: loom.agent.v1.Tool.mcp:type_name -> loom.agent.v1.McpTool
+	74,  // 11: loom.agent.v1.McpTool.timeout:type_name -> google.protobuf.Duration
+	75,  // 12: loom.agent.v1.WebhookTool.parameters:type_name -> google.protobuf.Struct
+	74,  // 13: loom.agent.v1.WebhookTool.timeout:type_name -> google.protobuf.Duration
+	74,  // 14: loom.agent.v1.Budgets.max_duration:type_name -> google.protobuf.Duration
+	76,  // 15: loom.agent.v1.Budgets.max_cost:type_name -> loom.cost.v1.Money
+	1,   // 16: loom.agent.v1.Voice.provider:type_name -> loom.agent.v1.VoiceProvider
+	6,   // 17: loom.agent.v1.Agent.model:type_name -> loom.agent.v1.Model
+	9,   // 18: loom.agent.v1.Agent.tools:type_name -> loom.agent.v1.Tool
+	16,  // 19: loom.agent.v1.Agent.memory:type_name -> loom.agent.v1.MemoryConfig
+	17,  // 20: loom.agent.v1.Agent.budgets:type_name -> loom.agent.v1.Budgets
+	18,  // 21: loom.agent.v1.Agent.voice:type_name -> loom.agent.v1.Voice
+	77,  // 22: loom.agent.v1.Agent.create_time:type_name -> google.protobuf.Timestamp
+	77,  // 23: loom.agent.v1.Agent.update_time:type_name -> google.protobuf.Timestamp
+	20,  // 24: loom.agent.v1.Agent.chaos:type_name -> loom.agent.v1.Chaos
+	2,   // 25: loom.agent.v1.Chaos.code:type_name -> loom.agent.v1.ChaosCode
+	74,  // 26: loom.agent.v1.Chaos.latency_min:type_name -> google.protobuf.Duration
+	74,  // 27: loom.agent.v1.Chaos.latency_max:type_name -> google.protobuf.Duration
+	75,  // 28: loom.agent.v1.ToolCall.arguments:type_name -> google.protobuf.Struct
+	75,  // 29: loom.agent.v1.ToolResult.result:type_name -> google.protobuf.Struct
+	23,  // 30: loom.agent.v1.ToolResult.usage:type_name -> loom.agent.v1.Usage
+	76,  // 31: loom.agent.v1.Usage.cost:type_name -> loom.cost.v1.Money
+	21,  // 32: loom.agent.v1.Step.tool_calls:type_name -> loom.agent.v1.ToolCall
+	22,  // 33: loom.agent.v1.Step.tool_results:type_name -> loom.agent.v1.ToolResult
+	23,  // 34: loom.agent.v1.Step.usage:type_name -> loom.agent.v1.Usage
+	74,  // 35: loom.agent.v1.Step.latency:type_name -> google.protobuf.Duration
+	23,  // 36: loom.agent.v1.Step.delegated_usage:type_name -> loom.agent.v1.Usage
+	3,   // 37: loom.agent.v1.Run.state:type_name -> loom.agent.v1.RunState
+	24,  // 38: loom.agent.v1.Run.steps:type_name -> loom.agent.v1.Step
+	23,  // 39: loom.agent.v1.Run.usage:type_name -> loom.agent.v1.Usage
+	0,   // 40: loom.agent.v1.Run.provider:type_name -> loom.agent.v1.Provider
+	77,  // 41: loom.agent.v1.Run.create_time:type_name -> google.protobuf.Timestamp
+	77,  // 42: loom.agent.v1.Run.end_time:type_name -> google.protobuf.Timestamp
+	26,  // 43: loom.agent.v1.Run.price:type_name -> loom.agent.v1.Price
+	76,  // 44: loom.agent.v1.Price.input_per_million:type_name -> loom.cost.v1.Money
+	76,  // 45: loom.agent.v1.Price.output_per_million:type_name -> loom.cost.v1.Money
+	76,  // 46: loom.agent.v1.Price.cached_input_per_million:type_name -> loom.cost.v1.Money
+	19,  // 47: loom.agent.v1.CreateAgentRequest.agent:type_name -> loom.agent.v1.Agent
+	19,  // 48: loom.agent.v1.CreateAgentResponse.agent:type_name -> loom.agent.v1.Agent
+	19,  // 49: loom.agent.v1.GetAgentResponse.agent:type_name -> loom.agent.v1.Agent
+	19,  // 50: loom.agent.v1.ListAgentsResponse.agents:type_name -> loom.agent.v1.Agent
+	19,  // 51: loom.agent.v1.UpdateAgentRequest.agent:type_name -> loom.agent.v1.Agent
+	78,  // 52: loom.agent.v1.UpdateAgentRequest.update_mask:type_name -> google.protobuf.FieldMask
+	19,  // 53: loom.agent.v1.UpdateAgentResponse.agent:type_name -> loom.agent.v1.Agent
+	38,  // 54: loom.agent.v1.RunRequest.attachments:type_name -> loom.agent.v1.Attachment
+	20,  // 55: loom.agent.v1.RunRequest.chaos:type_name -> loom.agent.v1.Chaos
+	25,  // 56: loom.agent.v1.RunResponse.run:type_name -> loom.agent.v1.Run
+	38,  // 57: loom.agent.v1.RunStreamRequest.attachments:type_name -> loom.agent.v1.Attachment
+	20,  // 58: loom.agent.v1.RunStreamRequest.chaos:type_name -> loom.agent.v1.Chaos
+	42,  // 59: loom.agent.v1.RunStreamResponse.started:type_name -> loom.agent.v1.RunStarted
+	43,  // 60: loom.agent.v1.RunStreamResponse.text_delta:type_name -> loom.agent.v1.TextDelta
+	21,  // 61: loom.agent.v1.RunStreamResponse.tool_call:type_name -> loom.agent.v1.ToolCall
+	22,  // 62: loom.agent.v1.RunStreamResponse.tool_result:type_name -> loom.agent.v1.ToolResult
+	44,  // 63: loom.agent.v1.RunStreamResponse.memory_hits:type_name -> loom.agent.v1.MemoryHits
+	23,  // 64: loom.agent.v1.RunStreamResponse.usage:type_name -> loom.agent.v1.Usage
+	46,  // 65: loom.agent.v1.RunStreamResponse.warning:type_name -> loom.agent.v1.Warning
+	25,  // 66: loom.agent.v1.RunStreamResponse.completed:type_name -> loom.agent.v1.Run
+	25,  // 67: loom.agent.v1.RunStreamResponse.failed:type_name -> loom.agent.v1.Run
+	23,  // 68: loom.agent.v1.RunStreamResponse.run_usage:type_name -> loom.agent.v1.Usage
+	45,  // 69: loom.agent.v1.MemoryHits.hits:type_name -> loom.agent.v1.MemoryHit
+	25,  // 70: loom.agent.v1.GetRunResponse.run:type_name -> loom.agent.v1.Run
+	77,  // 71: loom.agent.v1.ListRunsRequest.start_time:type_name -> google.protobuf.Timestamp
+	77,  // 72: loom.agent.v1.ListRunsRequest.end_time:type_name -> google.protobuf.Timestamp
+	25,  // 73: loom.agent.v1.ListRunsResponse.runs:type_name -> loom.agent.v1.Run
+	25,  // 74: loom.agent.v1.CancelRunResponse.run:type_name -> loom.agent.v1.Run
+	18,  // 75: loom.agent.v1.SynthesizeSpeechRequest.voice:type_name -> loom.agent.v1.Voice
+	4,   // 76: loom.agent.v1.SynthesizeSpeechRequest.format:type_name -> loom.agent.v1.AudioFormat
+	5,   // 77: loom.agent.v1.Video.state:type_name -> loom.agent.v1.VideoState
+	77,  // 78: loom.agent.v1.Video.create_time:type_name -> google.protobuf.Timestamp
+	57,  // 79: loom.agent.v1.CreateVideoResponse.video:type_name -> loom.agent.v1.Video
+	57,  // 80: loom.agent.v1.GetVideoResponse.video:type_name -> loom.agent.v1.Video
+	77,  // 81: loom.agent.v1.GetUsageRequest.start_time:type_name -> google.protobuf.Timestamp
+	77,  // 82: loom.agent.v1.GetUsageRequest.end_time:type_name -> google.protobuf.Timestamp
+	0,   // 83: loom.agent.v1.UsageRow.provider:type_name -> loom.agent.v1.Provider
+	23,  // 84: loom.agent.v1.UsageRow.usage:type_name -> loom.agent.v1.Usage
+	63,  // 85: loom.agent.v1.GetUsageResponse.rows:type_name -> loom.agent.v1.UsageRow
+	23,  // 86: loom.agent.v1.GetUsageResponse.total:type_name -> loom.agent.v1.Usage
+	76,  // 87: loom.agent.v1.TenantBudget.max_cost_per_run:type_name -> loom.cost.v1.Money
+	76,  // 88: loom.agent.v1.TenantBudget.max_cost_per_day:type_name -> loom.cost.v1.Money
+	76,  // 89: loom.agent.v1.TenantBudget.max_cost_per_month:type_name -> loom.cost.v1.Money
+	65,  // 90: loom.agent.v1.SetTenantBudgetRequest.budget:type_name -> loom.agent.v1.TenantBudget
+	65,  // 91: loom.agent.v1.SetTenantBudgetResponse.budget:type_name -> loom.agent.v1.TenantBudget
+	65,  // 92: loom.agent.v1.GetTenantBudgetResponse.budget:type_name -> loom.agent.v1.TenantBudget
+	23,  // 93: loom.agent.v1.GetTenantBudgetResponse.day:type_name -> loom.agent.v1.Usage
+	23,  // 94: loom.agent.v1.GetTenantBudgetResponse.month:type_name -> loom.agent.v1.Usage
+	72,  // 95: loom.agent.v1.EstimateRunResponse.estimate:type_name -> loom.agent.v1.Estimate
+	76,  // 96: loom.agent.v1.Estimate.cost_p50:type_name -> loom.cost.v1.Money
+	76,  // 97: loom.agent.v1.Estimate.cost_p90:type_name -> loom.cost.v1.Money
+	76,  // 98: loom.agent.v1.Estimate.cost_p99:type_name -> loom.cost.v1.Money
+	74,  // 99: loom.agent.v1.Estimate.duration_p50:type_name -> google.protobuf.Duration
+	74,  // 100: loom.agent.v1.Estimate.duration_p90:type_name -> google.protobuf.Duration
+	74,  // 101: loom.agent.v1.Estimate.duration_p99:type_name -> google.protobuf.Duration
+	73,  // 102: loom.agent.v1.Estimate.bounds:type_name -> loom.agent.v1.Bounds
+	76,  // 103: loom.agent.v1.Bounds.max_cost:type_name -> loom.cost.v1.Money
+	74,  // 104: loom.agent.v1.Bounds.max_duration:type_name -> google.protobuf.Duration
+	27,  // 105: loom.agent.v1.AgentService.CreateAgent:input_type -> loom.agent.v1.CreateAgentRequest
+	29,  // 106: loom.agent.v1.AgentService.GetAgent:input_type -> loom.agent.v1.GetAgentRequest
+	31,  // 107: loom.agent.v1.AgentService.ListAgents:input_type -> loom.agent.v1.ListAgentsRequest
+	33,  // 108: loom.agent.v1.AgentService.UpdateAgent:input_type -> loom.agent.v1.UpdateAgentRequest
+	35,  // 109: loom.agent.v1.AgentService.DeleteAgent:input_type -> loom.agent.v1.DeleteAgentRequest
+	37,  // 110: loom.agent.v1.AgentService.Run:input_type -> loom.agent.v1.RunRequest
+	40,  // 111: loom.agent.v1.AgentService.RunStream:input_type -> loom.agent.v1.RunStreamRequest
+	47,  // 112: loom.agent.v1.AgentService.GetRun:input_type -> loom.agent.v1.GetRunRequest
+	49,  // 113: loom.agent.v1.AgentService.ListRuns:input_type -> loom.agent.v1.ListRunsRequest
+	51,  // 114: loom.agent.v1.AgentService.CancelRun:input_type -> loom.agent.v1.CancelRunRequest
+	53,  // 115: loom.agent.v1.AgentService.DeleteRun:input_type -> loom.agent.v1.DeleteRunRequest
+	55,  // 116: loom.agent.v1.AgentService.SynthesizeSpeech:input_type -> loom.agent.v1.SynthesizeSpeechRequest
+	58,  // 117: loom.agent.v1.AgentService.CreateVideo:input_type -> loom.agent.v1.CreateVideoRequest
+	60,  // 118: loom.agent.v1.AgentService.GetVideo:input_type -> loom.agent.v1.GetVideoRequest
+	62,  // 119: loom.agent.v1.AgentService.GetUsage:input_type -> loom.agent.v1.GetUsageRequest
+	66,  // 120: loom.agent.v1.AgentService.SetTenantBudget:input_type -> loom.agent.v1.SetTenantBudgetRequest
+	68,  // 121: loom.agent.v1.AgentService.GetTenantBudget:input_type -> loom.agent.v1.GetTenantBudgetRequest
+	70,  // 122: loom.agent.v1.AgentService.EstimateRun:input_type -> loom.agent.v1.EstimateRunRequest
+	28,  // 123: loom.agent.v1.AgentService.CreateAgent:output_type -> loom.agent.v1.CreateAgentResponse
+	30,  // 124: loom.agent.v1.AgentService.GetAgent:output_type -> loom.agent.v1.GetAgentResponse
+	32,  // 125: loom.agent.v1.AgentService.ListAgents:output_type -> loom.agent.v1.ListAgentsResponse
+	34,  // 126: loom.agent.v1.AgentService.UpdateAgent:output_type -> loom.agent.v1.UpdateAgentResponse
+	36,  // 127: loom.agent.v1.AgentService.DeleteAgent:output_type -> loom.agent.v1.DeleteAgentResponse
+	39,  // 128: loom.agent.v1.AgentService.Run:output_type -> loom.agent.v1.RunResponse
+	41,  // 129: loom.agent.v1.AgentService.RunStream:output_type -> loom.agent.v1.RunStreamResponse
+	48,  // 130: loom.agent.v1.AgentService.GetRun:output_type -> loom.agent.v1.GetRunResponse
+	50,  // 131: loom.agent.v1.AgentService.ListRuns:output_type -> loom.agent.v1.ListRunsResponse
+	52,  // 132: loom.agent.v1.AgentService.CancelRun:output_type -> loom.agent.v1.CancelRunResponse
+	54,  // 133: loom.agent.v1.AgentService.DeleteRun:output_type -> loom.agent.v1.DeleteRunResponse
+	56,  // 134: loom.agent.v1.AgentService.SynthesizeSpeech:output_type -> loom.agent.v1.SynthesizeSpeechResponse
+	59,  // 135: loom.agent.v1.AgentService.CreateVideo:output_type -> loom.agent.v1.CreateVideoResponse
+	61,  // 136: loom.agent.v1.AgentService.GetVideo:output_type -> loom.agent.v1.GetVideoResponse
+	64,  // 137: loom.agent.v1.AgentService.GetUsage:output_type -> loom.agent.v1.GetUsageResponse
+	67,  // 138: loom.agent.v1.AgentService.SetTenantBudget:output_type -> loom.agent.v1.SetTenantBudgetResponse
+	69,  // 139: loom.agent.v1.AgentService.GetTenantBudget:output_type -> loom.agent.v1.GetTenantBudgetResponse
+	71,  // 140: loom.agent.v1.AgentService.EstimateRun:output_type -> loom.agent.v1.EstimateRunResponse
+	123, // [123:141] is the sub-list for method output_type
+	105, // [105:123] is the sub-list for method input_type
+	105, // [105:105] is the sub-list for extension type_name
+	105, // [105:105] is the sub-list for extension extendee
+	0,   // [0:105] is the sub-list for field type_name
 }
 
 func init() { file_loom_agent_v1_agent_proto_init() }
@@ -4638,7 +5768,7 @@ func file_loom_agent_v1_agent_proto_init() {
 		(*Tool_Mcp)(nil),
 	}
 	file_loom_agent_v1_agent_proto_msgTypes[10].OneofWrappers = []any{}
-	file_loom_agent_v1_agent_proto_msgTypes[34].OneofWrappers = []any{
+	file_loom_agent_v1_agent_proto_msgTypes[35].OneofWrappers = []any{
 		(*RunStreamResponse_Started)(nil),
 		(*RunStreamResponse_TextDelta)(nil),
 		(*RunStreamResponse_ToolCall)(nil),
@@ -4655,7 +5785,7 @@ func file_loom_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_agent_v1_agent_proto_rawDesc), len(file_loom_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   55,
+			NumMessages:   68,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

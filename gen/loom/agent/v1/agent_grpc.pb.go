@@ -33,6 +33,10 @@ const (
 	AgentService_SynthesizeSpeech_FullMethodName = "/loom.agent.v1.AgentService/SynthesizeSpeech"
 	AgentService_CreateVideo_FullMethodName      = "/loom.agent.v1.AgentService/CreateVideo"
 	AgentService_GetVideo_FullMethodName         = "/loom.agent.v1.AgentService/GetVideo"
+	AgentService_GetUsage_FullMethodName         = "/loom.agent.v1.AgentService/GetUsage"
+	AgentService_SetTenantBudget_FullMethodName  = "/loom.agent.v1.AgentService/SetTenantBudget"
+	AgentService_GetTenantBudget_FullMethodName  = "/loom.agent.v1.AgentService/GetTenantBudget"
+	AgentService_EstimateRun_FullMethodName      = "/loom.agent.v1.AgentService/EstimateRun"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -75,6 +79,17 @@ type AgentServiceClient interface {
 	CreateVideo(ctx context.Context, in *CreateVideoRequest, opts ...grpc.CallOption) (*CreateVideoResponse, error)
 	// GetVideo returns a video's status and, once ready, its URL.
 	GetVideo(ctx context.Context, in *GetVideoRequest, opts ...grpc.CallOption) (*GetVideoResponse, error)
+	// GetUsage totals the tenant's model usage and cost over a time range, one row per UTC day, agent, blueprint,
+	// provider and model, paginated. Every run counts its own model calls once (a delegated run is its own row).
+	GetUsage(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*GetUsageResponse, error)
+	// SetTenantBudget replaces the tenant's budget. A run that would exceed it stops with ResourceExhausted naming
+	// the budget; an empty budget removes every limit.
+	SetTenantBudget(ctx context.Context, in *SetTenantBudgetRequest, opts ...grpc.CallOption) (*SetTenantBudgetResponse, error)
+	// GetTenantBudget returns the tenant's budget and what it spent in the current UTC day and month.
+	GetTenantBudget(ctx context.Context, in *GetTenantBudgetRequest, opts ...grpc.CallOption) (*GetTenantBudgetResponse, error)
+	// EstimateRun forecasts a run of an agent from its latest version's recent finished runs: p50 and p90 of cost
+	// and duration, with the sample size. Without history it says so and returns the budgets that bound the run.
+	EstimateRun(ctx context.Context, in *EstimateRunRequest, opts ...grpc.CallOption) (*EstimateRunResponse, error)
 }
 
 type agentServiceClient struct {
@@ -243,6 +258,46 @@ func (c *agentServiceClient) GetVideo(ctx context.Context, in *GetVideoRequest, 
 	return out, nil
 }
 
+func (c *agentServiceClient) GetUsage(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*GetUsageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetUsageResponse)
+	err := c.cc.Invoke(ctx, AgentService_GetUsage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) SetTenantBudget(ctx context.Context, in *SetTenantBudgetRequest, opts ...grpc.CallOption) (*SetTenantBudgetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetTenantBudgetResponse)
+	err := c.cc.Invoke(ctx, AgentService_SetTenantBudget_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) GetTenantBudget(ctx context.Context, in *GetTenantBudgetRequest, opts ...grpc.CallOption) (*GetTenantBudgetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetTenantBudgetResponse)
+	err := c.cc.Invoke(ctx, AgentService_GetTenantBudget_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) EstimateRun(ctx context.Context, in *EstimateRunRequest, opts ...grpc.CallOption) (*EstimateRunResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EstimateRunResponse)
+	err := c.cc.Invoke(ctx, AgentService_EstimateRun_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -283,6 +338,17 @@ type AgentServiceServer interface {
 	CreateVideo(context.Context, *CreateVideoRequest) (*CreateVideoResponse, error)
 	// GetVideo returns a video's status and, once ready, its URL.
 	GetVideo(context.Context, *GetVideoRequest) (*GetVideoResponse, error)
+	// GetUsage totals the tenant's model usage and cost over a time range, one row per UTC day, agent, blueprint,
+	// provider and model, paginated. Every run counts its own model calls once (a delegated run is its own row).
+	GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error)
+	// SetTenantBudget replaces the tenant's budget. A run that would exceed it stops with ResourceExhausted naming
+	// the budget; an empty budget removes every limit.
+	SetTenantBudget(context.Context, *SetTenantBudgetRequest) (*SetTenantBudgetResponse, error)
+	// GetTenantBudget returns the tenant's budget and what it spent in the current UTC day and month.
+	GetTenantBudget(context.Context, *GetTenantBudgetRequest) (*GetTenantBudgetResponse, error)
+	// EstimateRun forecasts a run of an agent from its latest version's recent finished runs: p50 and p90 of cost
+	// and duration, with the sample size. Without history it says so and returns the budgets that bound the run.
+	EstimateRun(context.Context, *EstimateRunRequest) (*EstimateRunResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -334,6 +400,18 @@ func (UnimplementedAgentServiceServer) CreateVideo(context.Context, *CreateVideo
 }
 func (UnimplementedAgentServiceServer) GetVideo(context.Context, *GetVideoRequest) (*GetVideoResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetVideo not implemented")
+}
+func (UnimplementedAgentServiceServer) GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetUsage not implemented")
+}
+func (UnimplementedAgentServiceServer) SetTenantBudget(context.Context, *SetTenantBudgetRequest) (*SetTenantBudgetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetTenantBudget not implemented")
+}
+func (UnimplementedAgentServiceServer) GetTenantBudget(context.Context, *GetTenantBudgetRequest) (*GetTenantBudgetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetTenantBudget not implemented")
+}
+func (UnimplementedAgentServiceServer) EstimateRun(context.Context, *EstimateRunRequest) (*EstimateRunResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EstimateRun not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -594,6 +672,78 @@ func _AgentService_GetVideo_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_GetUsage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetUsageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).GetUsage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_GetUsage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).GetUsage(ctx, req.(*GetUsageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_SetTenantBudget_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetTenantBudgetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).SetTenantBudget(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_SetTenantBudget_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).SetTenantBudget(ctx, req.(*SetTenantBudgetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_GetTenantBudget_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetTenantBudgetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).GetTenantBudget(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_GetTenantBudget_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).GetTenantBudget(ctx, req.(*GetTenantBudgetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_EstimateRun_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EstimateRunRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).EstimateRun(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_EstimateRun_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).EstimateRun(ctx, req.(*EstimateRunRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -648,6 +798,22 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetVideo",
 			Handler:    _AgentService_GetVideo_Handler,
+		},
+		{
+			MethodName: "GetUsage",
+			Handler:    _AgentService_GetUsage_Handler,
+		},
+		{
+			MethodName: "SetTenantBudget",
+			Handler:    _AgentService_SetTenantBudget_Handler,
+		},
+		{
+			MethodName: "GetTenantBudget",
+			Handler:    _AgentService_GetTenantBudget_Handler,
+		},
+		{
+			MethodName: "EstimateRun",
+			Handler:    _AgentService_EstimateRun_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

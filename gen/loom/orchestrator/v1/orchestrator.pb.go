@@ -9,6 +9,7 @@ package orchestratorv1
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	_ "github.com/loom-dev/loom/gen/loom/auth/v1"
+	v1 "github.com/loom-dev/loom/gen/loom/cost/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -2593,7 +2594,9 @@ type StepRun struct {
 	// When it started.
 	StartTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	// When it finished.
-	EndTime       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Usage and cost of the agent runs of every attempt (map items included), as the agent service reported them.
+	Usage         *Usage `protobuf:"bytes,8,opt,name=usage,proto3" json:"usage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2677,6 +2680,187 @@ func (x *StepRun) GetEndTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *StepRun) GetUsage() *Usage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+// Usage is what agent runs used and cost, rolled up.
+type Usage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Input tokens.
+	InputTokens int64 `protobuf:"varint,1,opt,name=input_tokens,json=inputTokens,proto3" json:"input_tokens,omitempty"`
+	// Output tokens.
+	OutputTokens int64 `protobuf:"varint,2,opt,name=output_tokens,json=outputTokens,proto3" json:"output_tokens,omitempty"`
+	// Of the input tokens, those served from the provider's cache.
+	CachedInputTokens int64 `protobuf:"varint,3,opt,name=cached_input_tokens,json=cachedInputTokens,proto3" json:"cached_input_tokens,omitempty"`
+	// Cost of the priced usage; see cost_unknown.
+	Cost *v1.Money `protobuf:"bytes,4,opt,name=cost,proto3" json:"cost,omitempty"`
+	// Some usage was of a model the price table does not price; its cost is not in cost.
+	CostUnknown bool `protobuf:"varint,5,opt,name=cost_unknown,json=costUnknown,proto3" json:"cost_unknown,omitempty"`
+	// Agent runs counted.
+	AgentRuns     int64 `protobuf:"varint,6,opt,name=agent_runs,json=agentRuns,proto3" json:"agent_runs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Usage) Reset() {
+	*x = Usage{}
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Usage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Usage) ProtoMessage() {}
+
+func (x *Usage) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Usage.ProtoReflect.Descriptor instead.
+func (*Usage) Descriptor() ([]byte, []int) {
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *Usage) GetInputTokens() int64 {
+	if x != nil {
+		return x.InputTokens
+	}
+	return 0
+}
+
+func (x *Usage) GetOutputTokens() int64 {
+	if x != nil {
+		return x.OutputTokens
+	}
+	return 0
+}
+
+func (x *Usage) GetCachedInputTokens() int64 {
+	if x != nil {
+		return x.CachedInputTokens
+	}
+	return 0
+}
+
+func (x *Usage) GetCost() *v1.Money {
+	if x != nil {
+		return x.Cost
+	}
+	return nil
+}
+
+func (x *Usage) GetCostUnknown() bool {
+	if x != nil {
+		return x.CostUnknown
+	}
+	return false
+}
+
+func (x *Usage) GetAgentRuns() int64 {
+	if x != nil {
+		return x.AgentRuns
+	}
+	return 0
+}
+
+// Anomaly marks a finished run whose cost or duration exceeded the p99 forecast from the runs of its version
+// that finished before it.
+type Anomaly struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Cost was above cost_p99.
+	Cost bool `protobuf:"varint,1,opt,name=cost,proto3" json:"cost,omitempty"`
+	// Duration was above duration_p99.
+	Duration bool `protobuf:"varint,2,opt,name=duration,proto3" json:"duration,omitempty"`
+	// The forecast's p99 of cost.
+	CostP99 *v1.Money `protobuf:"bytes,3,opt,name=cost_p99,json=costP99,proto3" json:"cost_p99,omitempty"`
+	// The forecast's p99 of duration.
+	DurationP99 *durationpb.Duration `protobuf:"bytes,4,opt,name=duration_p99,json=durationP99,proto3" json:"duration_p99,omitempty"`
+	// Runs the forecast was taken over.
+	SampleSize    int32 `protobuf:"varint,5,opt,name=sample_size,json=sampleSize,proto3" json:"sample_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Anomaly) Reset() {
+	*x = Anomaly{}
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Anomaly) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Anomaly) ProtoMessage() {}
+
+func (x *Anomaly) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Anomaly.ProtoReflect.Descriptor instead.
+func (*Anomaly) Descriptor() ([]byte, []int) {
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *Anomaly) GetCost() bool {
+	if x != nil {
+		return x.Cost
+	}
+	return false
+}
+
+func (x *Anomaly) GetDuration() bool {
+	if x != nil {
+		return x.Duration
+	}
+	return false
+}
+
+func (x *Anomaly) GetCostP99() *v1.Money {
+	if x != nil {
+		return x.CostP99
+	}
+	return nil
+}
+
+func (x *Anomaly) GetDurationP99() *durationpb.Duration {
+	if x != nil {
+		return x.DurationP99
+	}
+	return nil
+}
+
+func (x *Anomaly) GetSampleSize() int32 {
+	if x != nil {
+		return x.SampleSize
+	}
+	return 0
+}
+
 // WorkflowRun is one durable execution of a blueprint version.
 type WorkflowRun struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2703,14 +2887,19 @@ type WorkflowRun struct {
 	// When it finished.
 	EndTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// Sequence number of the latest event.
-	LastSequence  int64 `protobuf:"varint,12,opt,name=last_sequence,json=lastSequence,proto3" json:"last_sequence,omitempty"`
+	LastSequence int64 `protobuf:"varint,12,opt,name=last_sequence,json=lastSequence,proto3" json:"last_sequence,omitempty"`
+	// Usage and cost: the sum of the steps' usage.
+	Usage *Usage `protobuf:"bytes,13,opt,name=usage,proto3" json:"usage,omitempty"`
+	// Set on a finished run whose cost or duration was above its forecast's p99; unset otherwise (and while it
+	// runs, or when there was too little history to tell).
+	Anomaly       *Anomaly `protobuf:"bytes,14,opt,name=anomaly,proto3" json:"anomaly,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WorkflowRun) Reset() {
 	*x = WorkflowRun{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[36]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2722,7 +2911,7 @@ func (x *WorkflowRun) String() string {
 func (*WorkflowRun) ProtoMessage() {}
 
 func (x *WorkflowRun) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[36]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2735,7 +2924,7 @@ func (x *WorkflowRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkflowRun.ProtoReflect.Descriptor instead.
 func (*WorkflowRun) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{36}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *WorkflowRun) GetId() string {
@@ -2822,6 +3011,20 @@ func (x *WorkflowRun) GetLastSequence() int64 {
 	return 0
 }
 
+func (x *WorkflowRun) GetUsage() *Usage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+func (x *WorkflowRun) GetAnomaly() *Anomaly {
+	if x != nil {
+		return x.Anomaly
+	}
+	return nil
+}
+
 // StartRunRequest is the request of StartRun.
 type StartRunRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2840,7 +3043,7 @@ type StartRunRequest struct {
 
 func (x *StartRunRequest) Reset() {
 	*x = StartRunRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[37]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2852,7 +3055,7 @@ func (x *StartRunRequest) String() string {
 func (*StartRunRequest) ProtoMessage() {}
 
 func (x *StartRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[37]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2865,7 +3068,7 @@ func (x *StartRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRunRequest.ProtoReflect.Descriptor instead.
 func (*StartRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{37}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *StartRunRequest) GetBlueprint() string {
@@ -2907,7 +3110,7 @@ type StartRunResponse struct {
 
 func (x *StartRunResponse) Reset() {
 	*x = StartRunResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[38]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2919,7 +3122,7 @@ func (x *StartRunResponse) String() string {
 func (*StartRunResponse) ProtoMessage() {}
 
 func (x *StartRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[38]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2932,7 +3135,7 @@ func (x *StartRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRunResponse.ProtoReflect.Descriptor instead.
 func (*StartRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{38}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *StartRunResponse) GetRun() *WorkflowRun {
@@ -2953,7 +3156,7 @@ type GetRunRequest struct {
 
 func (x *GetRunRequest) Reset() {
 	*x = GetRunRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[39]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2965,7 +3168,7 @@ func (x *GetRunRequest) String() string {
 func (*GetRunRequest) ProtoMessage() {}
 
 func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[39]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2978,7 +3181,7 @@ func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunRequest.ProtoReflect.Descriptor instead.
 func (*GetRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{39}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetRunRequest) GetId() string {
@@ -2999,7 +3202,7 @@ type GetRunResponse struct {
 
 func (x *GetRunResponse) Reset() {
 	*x = GetRunResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[40]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3011,7 +3214,7 @@ func (x *GetRunResponse) String() string {
 func (*GetRunResponse) ProtoMessage() {}
 
 func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[40]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3024,7 +3227,7 @@ func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunResponse.ProtoReflect.Descriptor instead.
 func (*GetRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{40}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetRunResponse) GetRun() *WorkflowRun {
@@ -3051,7 +3254,7 @@ type ListRunsRequest struct {
 
 func (x *ListRunsRequest) Reset() {
 	*x = ListRunsRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[41]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3063,7 +3266,7 @@ func (x *ListRunsRequest) String() string {
 func (*ListRunsRequest) ProtoMessage() {}
 
 func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[41]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3076,7 +3279,7 @@ func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsRequest.ProtoReflect.Descriptor instead.
 func (*ListRunsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{41}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListRunsRequest) GetBlueprint() string {
@@ -3120,7 +3323,7 @@ type ListRunsResponse struct {
 
 func (x *ListRunsResponse) Reset() {
 	*x = ListRunsResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[42]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3132,7 +3335,7 @@ func (x *ListRunsResponse) String() string {
 func (*ListRunsResponse) ProtoMessage() {}
 
 func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[42]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3145,7 +3348,7 @@ func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsResponse.ProtoReflect.Descriptor instead.
 func (*ListRunsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{42}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListRunsResponse) GetRuns() []*WorkflowRun {
@@ -3175,7 +3378,7 @@ type CancelRunRequest struct {
 
 func (x *CancelRunRequest) Reset() {
 	*x = CancelRunRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[43]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3187,7 +3390,7 @@ func (x *CancelRunRequest) String() string {
 func (*CancelRunRequest) ProtoMessage() {}
 
 func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[43]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3200,7 +3403,7 @@ func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunRequest.ProtoReflect.Descriptor instead.
 func (*CancelRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{43}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CancelRunRequest) GetId() string {
@@ -3228,7 +3431,7 @@ type CancelRunResponse struct {
 
 func (x *CancelRunResponse) Reset() {
 	*x = CancelRunResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[44]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3240,7 +3443,7 @@ func (x *CancelRunResponse) String() string {
 func (*CancelRunResponse) ProtoMessage() {}
 
 func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[44]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3253,7 +3456,7 @@ func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunResponse.ProtoReflect.Descriptor instead.
 func (*CancelRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{44}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *CancelRunResponse) GetRun() *WorkflowRun {
@@ -3274,7 +3477,7 @@ type DeleteRunRequest struct {
 
 func (x *DeleteRunRequest) Reset() {
 	*x = DeleteRunRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[45]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3286,7 +3489,7 @@ func (x *DeleteRunRequest) String() string {
 func (*DeleteRunRequest) ProtoMessage() {}
 
 func (x *DeleteRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[45]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3299,7 +3502,7 @@ func (x *DeleteRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRunRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{45}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DeleteRunRequest) GetId() string {
@@ -3318,7 +3521,7 @@ type DeleteRunResponse struct {
 
 func (x *DeleteRunResponse) Reset() {
 	*x = DeleteRunResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[46]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3330,7 +3533,7 @@ func (x *DeleteRunResponse) String() string {
 func (*DeleteRunResponse) ProtoMessage() {}
 
 func (x *DeleteRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[46]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3343,7 +3546,7 @@ func (x *DeleteRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRunResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{46}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{48}
 }
 
 // WatchRunRequest is the request of WatchRun.
@@ -3359,7 +3562,7 @@ type WatchRunRequest struct {
 
 func (x *WatchRunRequest) Reset() {
 	*x = WatchRunRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[47]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3371,7 +3574,7 @@ func (x *WatchRunRequest) String() string {
 func (*WatchRunRequest) ProtoMessage() {}
 
 func (x *WatchRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[47]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3384,7 +3587,7 @@ func (x *WatchRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRunRequest.ProtoReflect.Descriptor instead.
 func (*WatchRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{47}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *WatchRunRequest) GetId() string {
@@ -3430,7 +3633,7 @@ type WatchRunResponse struct {
 
 func (x *WatchRunResponse) Reset() {
 	*x = WatchRunResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[48]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3442,7 +3645,7 @@ func (x *WatchRunResponse) String() string {
 func (*WatchRunResponse) ProtoMessage() {}
 
 func (x *WatchRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[48]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3455,7 +3658,7 @@ func (x *WatchRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRunResponse.ProtoReflect.Descriptor instead.
 func (*WatchRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{48}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *WatchRunResponse) GetSequence() int64 {
@@ -3645,7 +3848,7 @@ type RunStarted struct {
 
 func (x *RunStarted) Reset() {
 	*x = RunStarted{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[49]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3657,7 +3860,7 @@ func (x *RunStarted) String() string {
 func (*RunStarted) ProtoMessage() {}
 
 func (x *RunStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[49]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3670,7 +3873,7 @@ func (x *RunStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStarted.ProtoReflect.Descriptor instead.
 func (*RunStarted) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{49}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RunStarted) GetBlueprintVersion() int64 {
@@ -3691,7 +3894,7 @@ type StepStarted struct {
 
 func (x *StepStarted) Reset() {
 	*x = StepStarted{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[50]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3703,7 +3906,7 @@ func (x *StepStarted) String() string {
 func (*StepStarted) ProtoMessage() {}
 
 func (x *StepStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[50]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3716,7 +3919,7 @@ func (x *StepStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepStarted.ProtoReflect.Descriptor instead.
 func (*StepStarted) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{50}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *StepStarted) GetAttempt() int32 {
@@ -3730,14 +3933,18 @@ func (x *StepStarted) GetAttempt() int32 {
 type StepOutput struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The output.
-	Output        *structpb.Value `protobuf:"bytes,1,opt,name=output,proto3" json:"output,omitempty"`
+	Output *structpb.Value `protobuf:"bytes,1,opt,name=output,proto3" json:"output,omitempty"`
+	// The step's usage and cost, every attempt included.
+	Usage *Usage `protobuf:"bytes,2,opt,name=usage,proto3" json:"usage,omitempty"`
+	// The run's usage and cost so far.
+	RunUsage      *Usage `protobuf:"bytes,3,opt,name=run_usage,json=runUsage,proto3" json:"run_usage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StepOutput) Reset() {
 	*x = StepOutput{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[51]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3749,7 +3956,7 @@ func (x *StepOutput) String() string {
 func (*StepOutput) ProtoMessage() {}
 
 func (x *StepOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[51]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3762,12 +3969,26 @@ func (x *StepOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepOutput.ProtoReflect.Descriptor instead.
 func (*StepOutput) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{51}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *StepOutput) GetOutput() *structpb.Value {
 	if x != nil {
 		return x.Output
+	}
+	return nil
+}
+
+func (x *StepOutput) GetUsage() *Usage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+func (x *StepOutput) GetRunUsage() *Usage {
+	if x != nil {
+		return x.RunUsage
 	}
 	return nil
 }
@@ -3780,14 +4001,16 @@ type StepRetry struct {
 	// Its error.
 	Error string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
 	// Backoff before the next attempt.
-	Backoff       *durationpb.Duration `protobuf:"bytes,3,opt,name=backoff,proto3" json:"backoff,omitempty"`
+	Backoff *durationpb.Duration `protobuf:"bytes,3,opt,name=backoff,proto3" json:"backoff,omitempty"`
+	// What the failed attempt's agent runs used and cost.
+	Usage         *Usage `protobuf:"bytes,4,opt,name=usage,proto3" json:"usage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StepRetry) Reset() {
 	*x = StepRetry{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[52]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3799,7 +4022,7 @@ func (x *StepRetry) String() string {
 func (*StepRetry) ProtoMessage() {}
 
 func (x *StepRetry) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[52]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3812,7 +4035,7 @@ func (x *StepRetry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepRetry.ProtoReflect.Descriptor instead.
 func (*StepRetry) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{52}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *StepRetry) GetAttempt() int32 {
@@ -3836,6 +4059,13 @@ func (x *StepRetry) GetBackoff() *durationpb.Duration {
 	return nil
 }
 
+func (x *StepRetry) GetUsage() *Usage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
 // WaitingForApproval reports an approval step waiting.
 type WaitingForApproval struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3849,7 +4079,7 @@ type WaitingForApproval struct {
 
 func (x *WaitingForApproval) Reset() {
 	*x = WaitingForApproval{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[53]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3861,7 +4091,7 @@ func (x *WaitingForApproval) String() string {
 func (*WaitingForApproval) ProtoMessage() {}
 
 func (x *WaitingForApproval) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[53]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3874,7 +4104,7 @@ func (x *WaitingForApproval) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitingForApproval.ProtoReflect.Descriptor instead.
 func (*WaitingForApproval) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{53}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *WaitingForApproval) GetPrompt() string {
@@ -3906,7 +4136,7 @@ type AgentTextDelta struct {
 
 func (x *AgentTextDelta) Reset() {
 	*x = AgentTextDelta{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[54]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3918,7 +4148,7 @@ func (x *AgentTextDelta) String() string {
 func (*AgentTextDelta) ProtoMessage() {}
 
 func (x *AgentTextDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[54]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3931,7 +4161,7 @@ func (x *AgentTextDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentTextDelta.ProtoReflect.Descriptor instead.
 func (*AgentTextDelta) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{54}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *AgentTextDelta) GetText() string {
@@ -3945,14 +4175,16 @@ func (x *AgentTextDelta) GetText() string {
 type RunCompleted struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The run output.
-	Output        *structpb.Value `protobuf:"bytes,1,opt,name=output,proto3" json:"output,omitempty"`
+	Output *structpb.Value `protobuf:"bytes,1,opt,name=output,proto3" json:"output,omitempty"`
+	// The run's usage and cost.
+	Usage         *Usage `protobuf:"bytes,2,opt,name=usage,proto3" json:"usage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunCompleted) Reset() {
 	*x = RunCompleted{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[55]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3964,7 +4196,7 @@ func (x *RunCompleted) String() string {
 func (*RunCompleted) ProtoMessage() {}
 
 func (x *RunCompleted) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[55]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3977,7 +4209,7 @@ func (x *RunCompleted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunCompleted.ProtoReflect.Descriptor instead.
 func (*RunCompleted) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{55}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *RunCompleted) GetOutput() *structpb.Value {
@@ -3987,18 +4219,27 @@ func (x *RunCompleted) GetOutput() *structpb.Value {
 	return nil
 }
 
+func (x *RunCompleted) GetUsage() *Usage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
 // RunFailed reports failure.
 type RunFailed struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The error.
-	Error         string `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
+	// The run's usage and cost, the failed step's included.
+	Usage         *Usage `protobuf:"bytes,2,opt,name=usage,proto3" json:"usage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunFailed) Reset() {
 	*x = RunFailed{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[56]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4010,7 +4251,7 @@ func (x *RunFailed) String() string {
 func (*RunFailed) ProtoMessage() {}
 
 func (x *RunFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[56]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4023,7 +4264,7 @@ func (x *RunFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunFailed.ProtoReflect.Descriptor instead.
 func (*RunFailed) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{56}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *RunFailed) GetError() string {
@@ -4033,18 +4274,27 @@ func (x *RunFailed) GetError() string {
 	return ""
 }
 
+func (x *RunFailed) GetUsage() *Usage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
 // RunCancelled reports cancellation.
 type RunCancelled struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The reason given.
-	Reason        string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The run's usage and cost as recorded when it was cancelled.
+	Usage         *Usage `protobuf:"bytes,2,opt,name=usage,proto3" json:"usage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunCancelled) Reset() {
 	*x = RunCancelled{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[57]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4056,7 +4306,7 @@ func (x *RunCancelled) String() string {
 func (*RunCancelled) ProtoMessage() {}
 
 func (x *RunCancelled) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[57]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4069,7 +4319,7 @@ func (x *RunCancelled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunCancelled.ProtoReflect.Descriptor instead.
 func (*RunCancelled) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{57}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *RunCancelled) GetReason() string {
@@ -4077,6 +4327,13 @@ func (x *RunCancelled) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *RunCancelled) GetUsage() *Usage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
 }
 
 // Approval is an approval step waiting for a person.
@@ -4102,7 +4359,7 @@ type Approval struct {
 
 func (x *Approval) Reset() {
 	*x = Approval{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[58]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4114,7 +4371,7 @@ func (x *Approval) String() string {
 func (*Approval) ProtoMessage() {}
 
 func (x *Approval) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[58]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4127,7 +4384,7 @@ func (x *Approval) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Approval.ProtoReflect.Descriptor instead.
 func (*Approval) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{58}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *Approval) GetRunId() string {
@@ -4194,7 +4451,7 @@ type ListPendingApprovalsRequest struct {
 
 func (x *ListPendingApprovalsRequest) Reset() {
 	*x = ListPendingApprovalsRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[59]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4206,7 +4463,7 @@ func (x *ListPendingApprovalsRequest) String() string {
 func (*ListPendingApprovalsRequest) ProtoMessage() {}
 
 func (x *ListPendingApprovalsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[59]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4219,7 +4476,7 @@ func (x *ListPendingApprovalsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPendingApprovalsRequest.ProtoReflect.Descriptor instead.
 func (*ListPendingApprovalsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{59}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ListPendingApprovalsRequest) GetRunId() string {
@@ -4256,7 +4513,7 @@ type ListPendingApprovalsResponse struct {
 
 func (x *ListPendingApprovalsResponse) Reset() {
 	*x = ListPendingApprovalsResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[60]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4268,7 +4525,7 @@ func (x *ListPendingApprovalsResponse) String() string {
 func (*ListPendingApprovalsResponse) ProtoMessage() {}
 
 func (x *ListPendingApprovalsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[60]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4281,7 +4538,7 @@ func (x *ListPendingApprovalsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPendingApprovalsResponse.ProtoReflect.Descriptor instead.
 func (*ListPendingApprovalsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{60}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ListPendingApprovalsResponse) GetApprovals() []*Approval {
@@ -4317,7 +4574,7 @@ type SubmitApprovalRequest struct {
 
 func (x *SubmitApprovalRequest) Reset() {
 	*x = SubmitApprovalRequest{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[61]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4329,7 +4586,7 @@ func (x *SubmitApprovalRequest) String() string {
 func (*SubmitApprovalRequest) ProtoMessage() {}
 
 func (x *SubmitApprovalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[61]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4342,7 +4599,7 @@ func (x *SubmitApprovalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitApprovalRequest.ProtoReflect.Descriptor instead.
 func (*SubmitApprovalRequest) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{61}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *SubmitApprovalRequest) GetRunId() string {
@@ -4391,7 +4648,7 @@ type SubmitApprovalResponse struct {
 
 func (x *SubmitApprovalResponse) Reset() {
 	*x = SubmitApprovalResponse{}
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[62]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4403,7 +4660,7 @@ func (x *SubmitApprovalResponse) String() string {
 func (*SubmitApprovalResponse) ProtoMessage() {}
 
 func (x *SubmitApprovalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[62]
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4416,7 +4673,7 @@ func (x *SubmitApprovalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitApprovalResponse.ProtoReflect.Descriptor instead.
 func (*SubmitApprovalResponse) Descriptor() ([]byte, []int) {
-	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{62}
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *SubmitApprovalResponse) GetRun() *WorkflowRun {
@@ -4426,11 +4683,395 @@ func (x *SubmitApprovalResponse) GetRun() *WorkflowRun {
 	return nil
 }
 
+// EstimateRunRequest is the request of EstimateRun.
+type EstimateRunRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Blueprint name.
+	Blueprint string `protobuf:"bytes,1,opt,name=blueprint,proto3" json:"blueprint,omitempty"`
+	// Version; 0 means the latest.
+	Version int64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// Input the run would get. The estimate is quantiles over recent runs and does not depend on it yet.
+	Input *structpb.Struct `protobuf:"bytes,3,opt,name=input,proto3" json:"input,omitempty"`
+	// Recent successful runs of the version to estimate from; 0 means 200; at most 1000.
+	Window        int32 `protobuf:"varint,4,opt,name=window,proto3" json:"window,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EstimateRunRequest) Reset() {
+	*x = EstimateRunRequest{}
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EstimateRunRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EstimateRunRequest) ProtoMessage() {}
+
+func (x *EstimateRunRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EstimateRunRequest.ProtoReflect.Descriptor instead.
+func (*EstimateRunRequest) Descriptor() ([]byte, []int) {
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *EstimateRunRequest) GetBlueprint() string {
+	if x != nil {
+		return x.Blueprint
+	}
+	return ""
+}
+
+func (x *EstimateRunRequest) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *EstimateRunRequest) GetInput() *structpb.Struct {
+	if x != nil {
+		return x.Input
+	}
+	return nil
+}
+
+func (x *EstimateRunRequest) GetWindow() int32 {
+	if x != nil {
+		return x.Window
+	}
+	return 0
+}
+
+// EstimateRunResponse is the response of EstimateRun.
+type EstimateRunResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The blueprint version estimated.
+	BlueprintVersion int64 `protobuf:"varint,1,opt,name=blueprint_version,json=blueprintVersion,proto3" json:"blueprint_version,omitempty"`
+	// The whole run.
+	Total *Forecast `protobuf:"bytes,2,opt,name=total,proto3" json:"total,omitempty"`
+	// Per step, in blueprint order.
+	Steps         []*StepForecast `protobuf:"bytes,3,rep,name=steps,proto3" json:"steps,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EstimateRunResponse) Reset() {
+	*x = EstimateRunResponse{}
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EstimateRunResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EstimateRunResponse) ProtoMessage() {}
+
+func (x *EstimateRunResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EstimateRunResponse.ProtoReflect.Descriptor instead.
+func (*EstimateRunResponse) Descriptor() ([]byte, []int) {
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *EstimateRunResponse) GetBlueprintVersion() int64 {
+	if x != nil {
+		return x.BlueprintVersion
+	}
+	return 0
+}
+
+func (x *EstimateRunResponse) GetTotal() *Forecast {
+	if x != nil {
+		return x.Total
+	}
+	return nil
+}
+
+func (x *EstimateRunResponse) GetSteps() []*StepForecast {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+// Forecast is p50, p90 and p99 of cost and duration over a window of runs.
+type Forecast struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Runs the quantiles are taken over; 0 means no history.
+	SampleSize int32 `protobuf:"varint,1,opt,name=sample_size,json=sampleSize,proto3" json:"sample_size,omitempty"`
+	// No run to estimate from: the quantiles are unset; see the steps' budgets.
+	NoHistory bool `protobuf:"varint,2,opt,name=no_history,json=noHistory,proto3" json:"no_history,omitempty"`
+	// Median cost.
+	CostP50 *v1.Money `protobuf:"bytes,3,opt,name=cost_p50,json=costP50,proto3" json:"cost_p50,omitempty"`
+	// 90th percentile of cost.
+	CostP90 *v1.Money `protobuf:"bytes,4,opt,name=cost_p90,json=costP90,proto3" json:"cost_p90,omitempty"`
+	// 99th percentile of cost (the anomaly threshold).
+	CostP99 *v1.Money `protobuf:"bytes,5,opt,name=cost_p99,json=costP99,proto3" json:"cost_p99,omitempty"`
+	// Median duration.
+	DurationP50 *durationpb.Duration `protobuf:"bytes,6,opt,name=duration_p50,json=durationP50,proto3" json:"duration_p50,omitempty"`
+	// 90th percentile of duration.
+	DurationP90 *durationpb.Duration `protobuf:"bytes,7,opt,name=duration_p90,json=durationP90,proto3" json:"duration_p90,omitempty"`
+	// 99th percentile of duration.
+	DurationP99   *durationpb.Duration `protobuf:"bytes,8,opt,name=duration_p99,json=durationP99,proto3" json:"duration_p99,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Forecast) Reset() {
+	*x = Forecast{}
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Forecast) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Forecast) ProtoMessage() {}
+
+func (x *Forecast) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Forecast.ProtoReflect.Descriptor instead.
+func (*Forecast) Descriptor() ([]byte, []int) {
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *Forecast) GetSampleSize() int32 {
+	if x != nil {
+		return x.SampleSize
+	}
+	return 0
+}
+
+func (x *Forecast) GetNoHistory() bool {
+	if x != nil {
+		return x.NoHistory
+	}
+	return false
+}
+
+func (x *Forecast) GetCostP50() *v1.Money {
+	if x != nil {
+		return x.CostP50
+	}
+	return nil
+}
+
+func (x *Forecast) GetCostP90() *v1.Money {
+	if x != nil {
+		return x.CostP90
+	}
+	return nil
+}
+
+func (x *Forecast) GetCostP99() *v1.Money {
+	if x != nil {
+		return x.CostP99
+	}
+	return nil
+}
+
+func (x *Forecast) GetDurationP50() *durationpb.Duration {
+	if x != nil {
+		return x.DurationP50
+	}
+	return nil
+}
+
+func (x *Forecast) GetDurationP90() *durationpb.Duration {
+	if x != nil {
+		return x.DurationP90
+	}
+	return nil
+}
+
+func (x *Forecast) GetDurationP99() *durationpb.Duration {
+	if x != nil {
+		return x.DurationP99
+	}
+	return nil
+}
+
+// StepForecast is one step's forecast.
+type StepForecast struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Step id.
+	StepId string `protobuf:"bytes,1,opt,name=step_id,json=stepId,proto3" json:"step_id,omitempty"`
+	// The forecast over the step's runs in the window (skipped steps are not counted).
+	Forecast *Forecast `protobuf:"bytes,2,opt,name=forecast,proto3" json:"forecast,omitempty"`
+	// For agent and map steps: the agent's configured per-run budget (cost, tokens, wall time), the bound to fall
+	// back on without history; a map step runs the agent once per item.
+	Budget        *AgentBudget `protobuf:"bytes,3,opt,name=budget,proto3" json:"budget,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StepForecast) Reset() {
+	*x = StepForecast{}
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StepForecast) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StepForecast) ProtoMessage() {}
+
+func (x *StepForecast) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StepForecast.ProtoReflect.Descriptor instead.
+func (*StepForecast) Descriptor() ([]byte, []int) {
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *StepForecast) GetStepId() string {
+	if x != nil {
+		return x.StepId
+	}
+	return ""
+}
+
+func (x *StepForecast) GetForecast() *Forecast {
+	if x != nil {
+		return x.Forecast
+	}
+	return nil
+}
+
+func (x *StepForecast) GetBudget() *AgentBudget {
+	if x != nil {
+		return x.Budget
+	}
+	return nil
+}
+
+// AgentBudget is an agent's configured per-run limits.
+type AgentBudget struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Agent name.
+	Agent string `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	// Cost per run; unset means unbounded.
+	MaxCost *v1.Money `protobuf:"bytes,2,opt,name=max_cost,json=maxCost,proto3" json:"max_cost,omitempty"`
+	// Tokens per run; 0 means unbounded.
+	MaxTokens int64 `protobuf:"varint,3,opt,name=max_tokens,json=maxTokens,proto3" json:"max_tokens,omitempty"`
+	// Wall time per run.
+	MaxDuration   *durationpb.Duration `protobuf:"bytes,4,opt,name=max_duration,json=maxDuration,proto3" json:"max_duration,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentBudget) Reset() {
+	*x = AgentBudget{}
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentBudget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentBudget) ProtoMessage() {}
+
+func (x *AgentBudget) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_orchestrator_v1_orchestrator_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentBudget.ProtoReflect.Descriptor instead.
+func (*AgentBudget) Descriptor() ([]byte, []int) {
+	return file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *AgentBudget) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *AgentBudget) GetMaxCost() *v1.Money {
+	if x != nil {
+		return x.MaxCost
+	}
+	return nil
+}
+
+func (x *AgentBudget) GetMaxTokens() int64 {
+	if x != nil {
+		return x.MaxTokens
+	}
+	return 0
+}
+
+func (x *AgentBudget) GetMaxDuration() *durationpb.Duration {
+	if x != nil {
+		return x.MaxDuration
+	}
+	return nil
+}
+
 var File_loom_orchestrator_v1_orchestrator_proto protoreflect.FileDescriptor
 
 const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\n" +
-	"'loom/orchestrator/v1/orchestrator.proto\x12\x14loom.orchestrator.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17loom/auth/v1/auth.proto\"\xe1\x04\n" +
+	"'loom/orchestrator/v1/orchestrator.proto\x12\x14loom.orchestrator.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17loom/auth/v1/auth.proto\x1a\x17loom/cost/v1/cost.proto\"\xe1\x04\n" +
 	"\tBlueprint\x122\n" +
 	"\x04name\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12*\n" +
@@ -4592,7 +5233,7 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\x01x\x18\x03 \x01(\x01R\x01x\x12\f\n" +
 	"\x01y\x18\x04 \x01(\x01R\x01y\x12\x14\n" +
 	"\x05width\x18\x05 \x01(\x01R\x05width\x12\x16\n" +
-	"\x06height\x18\x06 \x01(\x01R\x06height\"\xad\x02\n" +
+	"\x06height\x18\x06 \x01(\x01R\x06height\"\xe0\x02\n" +
 	"\aStepRun\x12\x17\n" +
 	"\astep_id\x18\x01 \x01(\tR\x06stepId\x125\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1f.loom.orchestrator.v1.StepStateR\x05state\x12\x1a\n" +
@@ -4601,7 +5242,23 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x129\n" +
 	"\n" +
 	"start_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
-	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"\x8a\x04\n" +
+	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x121\n" +
+	"\x05usage\x18\b \x01(\v2\x1b.loom.orchestrator.v1.UsageR\x05usage\"\xea\x01\n" +
+	"\x05Usage\x12!\n" +
+	"\finput_tokens\x18\x01 \x01(\x03R\vinputTokens\x12#\n" +
+	"\routput_tokens\x18\x02 \x01(\x03R\foutputTokens\x12.\n" +
+	"\x13cached_input_tokens\x18\x03 \x01(\x03R\x11cachedInputTokens\x12'\n" +
+	"\x04cost\x18\x04 \x01(\v2\x13.loom.cost.v1.MoneyR\x04cost\x12!\n" +
+	"\fcost_unknown\x18\x05 \x01(\bR\vcostUnknown\x12\x1d\n" +
+	"\n" +
+	"agent_runs\x18\x06 \x01(\x03R\tagentRuns\"\xc8\x01\n" +
+	"\aAnomaly\x12\x12\n" +
+	"\x04cost\x18\x01 \x01(\bR\x04cost\x12\x1a\n" +
+	"\bduration\x18\x02 \x01(\bR\bduration\x12.\n" +
+	"\bcost_p99\x18\x03 \x01(\v2\x13.loom.cost.v1.MoneyR\acostP99\x12<\n" +
+	"\fduration_p99\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vdurationP99\x12\x1f\n" +
+	"\vsample_size\x18\x05 \x01(\x05R\n" +
+	"sampleSize\"\xf6\x04\n" +
 	"\vWorkflowRun\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
 	"\tblueprint\x18\x02 \x01(\tR\tblueprint\x12+\n" +
@@ -4616,7 +5273,9 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x125\n" +
 	"\bend_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12#\n" +
-	"\rlast_sequence\x18\f \x01(\x03R\flastSequence\"\xd4\x01\n" +
+	"\rlast_sequence\x18\f \x01(\x03R\flastSequence\x121\n" +
+	"\x05usage\x18\r \x01(\v2\x1b.loom.orchestrator.v1.UsageR\x05usage\x127\n" +
+	"\aanomaly\x18\x0e \x01(\v2\x1d.loom.orchestrator.v1.AnomalyR\aanomaly\"\xd4\x01\n" +
 	"\x0fStartRunRequest\x12<\n" +
 	"\tblueprint\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\tblueprint\x12!\n" +
 	"\aversion\x18\x02 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\aversion\x12-\n" +
@@ -4676,25 +5335,31 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"RunStarted\x12+\n" +
 	"\x11blueprint_version\x18\x01 \x01(\x03R\x10blueprintVersion\"'\n" +
 	"\vStepStarted\x12\x18\n" +
-	"\aattempt\x18\x01 \x01(\x05R\aattempt\"<\n" +
+	"\aattempt\x18\x01 \x01(\x05R\aattempt\"\xa9\x01\n" +
 	"\n" +
 	"StepOutput\x12.\n" +
-	"\x06output\x18\x01 \x01(\v2\x16.google.protobuf.ValueR\x06output\"p\n" +
+	"\x06output\x18\x01 \x01(\v2\x16.google.protobuf.ValueR\x06output\x121\n" +
+	"\x05usage\x18\x02 \x01(\v2\x1b.loom.orchestrator.v1.UsageR\x05usage\x128\n" +
+	"\trun_usage\x18\x03 \x01(\v2\x1b.loom.orchestrator.v1.UsageR\brunUsage\"\xa3\x01\n" +
 	"\tStepRetry\x12\x18\n" +
 	"\aattempt\x18\x01 \x01(\x05R\aattempt\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x123\n" +
-	"\abackoff\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\abackoff\"d\n" +
+	"\abackoff\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\abackoff\x121\n" +
+	"\x05usage\x18\x04 \x01(\v2\x1b.loom.orchestrator.v1.UsageR\x05usage\"d\n" +
 	"\x12WaitingForApproval\x12\x16\n" +
 	"\x06prompt\x18\x01 \x01(\tR\x06prompt\x126\n" +
 	"\bdeadline\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\"$\n" +
 	"\x0eAgentTextDelta\x12\x12\n" +
-	"\x04text\x18\x01 \x01(\tR\x04text\">\n" +
+	"\x04text\x18\x01 \x01(\tR\x04text\"q\n" +
 	"\fRunCompleted\x12.\n" +
-	"\x06output\x18\x01 \x01(\v2\x16.google.protobuf.ValueR\x06output\"!\n" +
+	"\x06output\x18\x01 \x01(\v2\x16.google.protobuf.ValueR\x06output\x121\n" +
+	"\x05usage\x18\x02 \x01(\v2\x1b.loom.orchestrator.v1.UsageR\x05usage\"T\n" +
 	"\tRunFailed\x12\x14\n" +
-	"\x05error\x18\x01 \x01(\tR\x05error\"&\n" +
+	"\x05error\x18\x01 \x01(\tR\x05error\x121\n" +
+	"\x05usage\x18\x02 \x01(\v2\x1b.loom.orchestrator.v1.UsageR\x05usage\"Y\n" +
 	"\fRunCancelled\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"\xa5\x02\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x121\n" +
+	"\x05usage\x18\x02 \x01(\v2\x1b.loom.orchestrator.v1.UsageR\x05usage\"\xa5\x02\n" +
 	"\bApproval\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x17\n" +
 	"\astep_id\x18\x02 \x01(\tR\x06stepId\x12\x1c\n" +
@@ -4722,7 +5387,38 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\apayload\x18\x04 \x01(\v2\x17.google.protobuf.StructR\apayload\x12\"\n" +
 	"\acomment\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\acomment\"M\n" +
 	"\x16SubmitApprovalResponse\x123\n" +
-	"\x03run\x18\x01 \x01(\v2!.loom.orchestrator.v1.WorkflowRunR\x03run*\x9b\x01\n" +
+	"\x03run\x18\x01 \x01(\v2!.loom.orchestrator.v1.WorkflowRunR\x03run\"\xc8\x01\n" +
+	"\x12EstimateRunRequest\x12<\n" +
+	"\tblueprint\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\tblueprint\x12!\n" +
+	"\aversion\x18\x02 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\aversion\x12-\n" +
+	"\x05input\x18\x03 \x01(\v2\x17.google.protobuf.StructR\x05input\x12\"\n" +
+	"\x06window\x18\x04 \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\x06window\"\xb2\x01\n" +
+	"\x13EstimateRunResponse\x12+\n" +
+	"\x11blueprint_version\x18\x01 \x01(\x03R\x10blueprintVersion\x124\n" +
+	"\x05total\x18\x02 \x01(\v2\x1e.loom.orchestrator.v1.ForecastR\x05total\x128\n" +
+	"\x05steps\x18\x03 \x03(\v2\".loom.orchestrator.v1.StepForecastR\x05steps\"\x94\x03\n" +
+	"\bForecast\x12\x1f\n" +
+	"\vsample_size\x18\x01 \x01(\x05R\n" +
+	"sampleSize\x12\x1d\n" +
+	"\n" +
+	"no_history\x18\x02 \x01(\bR\tnoHistory\x12.\n" +
+	"\bcost_p50\x18\x03 \x01(\v2\x13.loom.cost.v1.MoneyR\acostP50\x12.\n" +
+	"\bcost_p90\x18\x04 \x01(\v2\x13.loom.cost.v1.MoneyR\acostP90\x12.\n" +
+	"\bcost_p99\x18\x05 \x01(\v2\x13.loom.cost.v1.MoneyR\acostP99\x12<\n" +
+	"\fduration_p50\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\vdurationP50\x12<\n" +
+	"\fduration_p90\x18\a \x01(\v2\x19.google.protobuf.DurationR\vdurationP90\x12<\n" +
+	"\fduration_p99\x18\b \x01(\v2\x19.google.protobuf.DurationR\vdurationP99\"\x9e\x01\n" +
+	"\fStepForecast\x12\x17\n" +
+	"\astep_id\x18\x01 \x01(\tR\x06stepId\x12:\n" +
+	"\bforecast\x18\x02 \x01(\v2\x1e.loom.orchestrator.v1.ForecastR\bforecast\x129\n" +
+	"\x06budget\x18\x03 \x01(\v2!.loom.orchestrator.v1.AgentBudgetR\x06budget\"\xb0\x01\n" +
+	"\vAgentBudget\x12\x14\n" +
+	"\x05agent\x18\x01 \x01(\tR\x05agent\x12.\n" +
+	"\bmax_cost\x18\x02 \x01(\v2\x13.loom.cost.v1.MoneyR\amaxCost\x12\x1d\n" +
+	"\n" +
+	"max_tokens\x18\x03 \x01(\x03R\tmaxTokens\x12<\n" +
+	"\fmax_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vmaxDuration*\x9b\x01\n" +
 	"\bRunState\x12\x19\n" +
 	"\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11RUN_STATE_RUNNING\x10\x01\x12\x15\n" +
@@ -4741,7 +5437,7 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\bDecision\x12\x18\n" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10DECISION_APPROVE\x10\x01\x12\x13\n" +
-	"\x0fDECISION_REJECT\x10\x022\x89\x0e\n" +
+	"\x0fDECISION_REJECT\x10\x022\xf6\x0e\n" +
 	"\x13OrchestratorService\x12t\n" +
 	"\x0fCreateBlueprint\x12,.loom.orchestrator.v1.CreateBlueprintRequest\x1a-.loom.orchestrator.v1.CreateBlueprintResponse\"\x04\xc8\xf3\x18\x02\x12n\n" +
 	"\fGetBlueprint\x12).loom.orchestrator.v1.GetBlueprintRequest\x1a*.loom.orchestrator.v1.GetBlueprintResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12t\n" +
@@ -4759,7 +5455,8 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\tDeleteRun\x12&.loom.orchestrator.v1.DeleteRunRequest\x1a'.loom.orchestrator.v1.DeleteRunResponse\"\a\xc8\xf3\x18\x02\x90\x02\x02\x12a\n" +
 	"\bWatchRun\x12%.loom.orchestrator.v1.WatchRunRequest\x1a&.loom.orchestrator.v1.WatchRunResponse\"\x04\xc8\xf3\x18\x010\x01\x12\x86\x01\n" +
 	"\x14ListPendingApprovals\x121.loom.orchestrator.v1.ListPendingApprovalsRequest\x1a2.loom.orchestrator.v1.ListPendingApprovalsResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12q\n" +
-	"\x0eSubmitApproval\x12+.loom.orchestrator.v1.SubmitApprovalRequest\x1a,.loom.orchestrator.v1.SubmitApprovalResponse\"\x04\xc8\xf3\x18\x02B\xe1\x01\n" +
+	"\x0eSubmitApproval\x12+.loom.orchestrator.v1.SubmitApprovalRequest\x1a,.loom.orchestrator.v1.SubmitApprovalResponse\"\x04\xc8\xf3\x18\x02\x12k\n" +
+	"\vEstimateRun\x12(.loom.orchestrator.v1.EstimateRunRequest\x1a).loom.orchestrator.v1.EstimateRunResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01B\xe1\x01\n" +
 	"\x18com.loom.orchestrator.v1B\x11OrchestratorProtoP\x01Z@github.com/loom-dev/loom/gen/loom/orchestrator/v1;orchestratorv1\xa2\x02\x03LOX\xaa\x02\x14Loom.Orchestrator.V1\xca\x02\x14Loom\\Orchestrator\\V1\xe2\x02 Loom\\Orchestrator\\V1\\GPBMetadata\xea\x02\x16Loom::Orchestrator::V1b\x06proto3"
 
 var (
@@ -4775,7 +5472,7 @@ func file_loom_orchestrator_v1_orchestrator_proto_rawDescGZIP() []byte {
 }
 
 var file_loom_orchestrator_v1_orchestrator_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_loom_orchestrator_v1_orchestrator_proto_msgTypes = make([]protoimpl.MessageInfo, 64)
+var file_loom_orchestrator_v1_orchestrator_proto_msgTypes = make([]protoimpl.MessageInfo, 71)
 var file_loom_orchestrator_v1_orchestrator_proto_goTypes = []any{
 	(RunState)(0),                        // 0: loom.orchestrator.v1.RunState
 	(StepState)(0),                       // 1: loom.orchestrator.v1.StepState
@@ -4816,155 +5513,190 @@ var file_loom_orchestrator_v1_orchestrator_proto_goTypes = []any{
 	(*Point)(nil),                        // 36: loom.orchestrator.v1.Point
 	(*Group)(nil),                        // 37: loom.orchestrator.v1.Group
 	(*StepRun)(nil),                      // 38: loom.orchestrator.v1.StepRun
-	(*WorkflowRun)(nil),                  // 39: loom.orchestrator.v1.WorkflowRun
-	(*StartRunRequest)(nil),              // 40: loom.orchestrator.v1.StartRunRequest
-	(*StartRunResponse)(nil),             // 41: loom.orchestrator.v1.StartRunResponse
-	(*GetRunRequest)(nil),                // 42: loom.orchestrator.v1.GetRunRequest
-	(*GetRunResponse)(nil),               // 43: loom.orchestrator.v1.GetRunResponse
-	(*ListRunsRequest)(nil),              // 44: loom.orchestrator.v1.ListRunsRequest
-	(*ListRunsResponse)(nil),             // 45: loom.orchestrator.v1.ListRunsResponse
-	(*CancelRunRequest)(nil),             // 46: loom.orchestrator.v1.CancelRunRequest
-	(*CancelRunResponse)(nil),            // 47: loom.orchestrator.v1.CancelRunResponse
-	(*DeleteRunRequest)(nil),             // 48: loom.orchestrator.v1.DeleteRunRequest
-	(*DeleteRunResponse)(nil),            // 49: loom.orchestrator.v1.DeleteRunResponse
-	(*WatchRunRequest)(nil),              // 50: loom.orchestrator.v1.WatchRunRequest
-	(*WatchRunResponse)(nil),             // 51: loom.orchestrator.v1.WatchRunResponse
-	(*RunStarted)(nil),                   // 52: loom.orchestrator.v1.RunStarted
-	(*StepStarted)(nil),                  // 53: loom.orchestrator.v1.StepStarted
-	(*StepOutput)(nil),                   // 54: loom.orchestrator.v1.StepOutput
-	(*StepRetry)(nil),                    // 55: loom.orchestrator.v1.StepRetry
-	(*WaitingForApproval)(nil),           // 56: loom.orchestrator.v1.WaitingForApproval
-	(*AgentTextDelta)(nil),               // 57: loom.orchestrator.v1.AgentTextDelta
-	(*RunCompleted)(nil),                 // 58: loom.orchestrator.v1.RunCompleted
-	(*RunFailed)(nil),                    // 59: loom.orchestrator.v1.RunFailed
-	(*RunCancelled)(nil),                 // 60: loom.orchestrator.v1.RunCancelled
-	(*Approval)(nil),                     // 61: loom.orchestrator.v1.Approval
-	(*ListPendingApprovalsRequest)(nil),  // 62: loom.orchestrator.v1.ListPendingApprovalsRequest
-	(*ListPendingApprovalsResponse)(nil), // 63: loom.orchestrator.v1.ListPendingApprovalsResponse
-	(*SubmitApprovalRequest)(nil),        // 64: loom.orchestrator.v1.SubmitApprovalRequest
-	(*SubmitApprovalResponse)(nil),       // 65: loom.orchestrator.v1.SubmitApprovalResponse
-	nil,                                  // 66: loom.orchestrator.v1.Blueprint.LayoutEntry
-	(*structpb.Struct)(nil),              // 67: google.protobuf.Struct
-	(*durationpb.Duration)(nil),          // 68: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),        // 69: google.protobuf.Timestamp
-	(*structpb.Value)(nil),               // 70: google.protobuf.Value
+	(*Usage)(nil),                        // 39: loom.orchestrator.v1.Usage
+	(*Anomaly)(nil),                      // 40: loom.orchestrator.v1.Anomaly
+	(*WorkflowRun)(nil),                  // 41: loom.orchestrator.v1.WorkflowRun
+	(*StartRunRequest)(nil),              // 42: loom.orchestrator.v1.StartRunRequest
+	(*StartRunResponse)(nil),             // 43: loom.orchestrator.v1.StartRunResponse
+	(*GetRunRequest)(nil),                // 44: loom.orchestrator.v1.GetRunRequest
+	(*GetRunResponse)(nil),               // 45: loom.orchestrator.v1.GetRunResponse
+	(*ListRunsRequest)(nil),              // 46: loom.orchestrator.v1.ListRunsRequest
+	(*ListRunsResponse)(nil),             // 47: loom.orchestrator.v1.ListRunsResponse
+	(*CancelRunRequest)(nil),             // 48: loom.orchestrator.v1.CancelRunRequest
+	(*CancelRunResponse)(nil),            // 49: loom.orchestrator.v1.CancelRunResponse
+	(*DeleteRunRequest)(nil),             // 50: loom.orchestrator.v1.DeleteRunRequest
+	(*DeleteRunResponse)(nil),            // 51: loom.orchestrator.v1.DeleteRunResponse
+	(*WatchRunRequest)(nil),              // 52: loom.orchestrator.v1.WatchRunRequest
+	(*WatchRunResponse)(nil),             // 53: loom.orchestrator.v1.WatchRunResponse
+	(*RunStarted)(nil),                   // 54: loom.orchestrator.v1.RunStarted
+	(*StepStarted)(nil),                  // 55: loom.orchestrator.v1.StepStarted
+	(*StepOutput)(nil),                   // 56: loom.orchestrator.v1.StepOutput
+	(*StepRetry)(nil),                    // 57: loom.orchestrator.v1.StepRetry
+	(*WaitingForApproval)(nil),           // 58: loom.orchestrator.v1.WaitingForApproval
+	(*AgentTextDelta)(nil),               // 59: loom.orchestrator.v1.AgentTextDelta
+	(*RunCompleted)(nil),                 // 60: loom.orchestrator.v1.RunCompleted
+	(*RunFailed)(nil),                    // 61: loom.orchestrator.v1.RunFailed
+	(*RunCancelled)(nil),                 // 62: loom.orchestrator.v1.RunCancelled
+	(*Approval)(nil),                     // 63: loom.orchestrator.v1.Approval
+	(*ListPendingApprovalsRequest)(nil),  // 64: loom.orchestrator.v1.ListPendingApprovalsRequest
+	(*ListPendingApprovalsResponse)(nil), // 65: loom.orchestrator.v1.ListPendingApprovalsResponse
+	(*SubmitApprovalRequest)(nil),        // 66: loom.orchestrator.v1.SubmitApprovalRequest
+	(*SubmitApprovalResponse)(nil),       // 67: loom.orchestrator.v1.SubmitApprovalResponse
+	(*EstimateRunRequest)(nil),           // 68: loom.orchestrator.v1.EstimateRunRequest
+	(*EstimateRunResponse)(nil),          // 69: loom.orchestrator.v1.EstimateRunResponse
+	(*Forecast)(nil),                     // 70: loom.orchestrator.v1.Forecast
+	(*StepForecast)(nil),                 // 71: loom.orchestrator.v1.StepForecast
+	(*AgentBudget)(nil),                  // 72: loom.orchestrator.v1.AgentBudget
+	nil,                                  // 73: loom.orchestrator.v1.Blueprint.LayoutEntry
+	(*structpb.Struct)(nil),              // 74: google.protobuf.Struct
+	(*durationpb.Duration)(nil),          // 75: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),        // 76: google.protobuf.Timestamp
+	(*structpb.Value)(nil),               // 77: google.protobuf.Value
+	(*v1.Money)(nil),                     // 78: loom.cost.v1.Money
 }
 var file_loom_orchestrator_v1_orchestrator_proto_depIdxs = []int32{
-	67, // 0: loom.orchestrator.v1.Blueprint.input_schema:type_name -> google.protobuf.Struct
-	4,  // 1: loom.orchestrator.v1.Blueprint.steps:type_name -> loom.orchestrator.v1.Step
-	68, // 2: loom.orchestrator.v1.Blueprint.run_deadline:type_name -> google.protobuf.Duration
-	69, // 3: loom.orchestrator.v1.Blueprint.create_time:type_name -> google.protobuf.Timestamp
-	66, // 4: loom.orchestrator.v1.Blueprint.layout:type_name -> loom.orchestrator.v1.Blueprint.LayoutEntry
-	5,  // 5: loom.orchestrator.v1.Step.retry:type_name -> loom.orchestrator.v1.RetryPolicy
-	68, // 6: loom.orchestrator.v1.Step.timeout:type_name -> google.protobuf.Duration
-	6,  // 7: loom.orchestrator.v1.Step.agent:type_name -> loom.orchestrator.v1.AgentStep
-	7,  // 8: loom.orchestrator.v1.Step.memory_search:type_name -> loom.orchestrator.v1.MemorySearchStep
-	8,  // 9: loom.orchestrator.v1.Step.memory_upsert:type_name -> loom.orchestrator.v1.MemoryUpsertStep
-	9,  // 10: loom.orchestrator.v1.Step.branch:type_name -> loom.orchestrator.v1.BranchStep
-	10, // 11: loom.orchestrator.v1.Step.parallel:type_name -> loom.orchestrator.v1.ParallelStep
-	11, // 12: loom.orchestrator.v1.Step.map:type_name -> loom.orchestrator.v1.MapStep
-	12, // 13: loom.orchestrator.v1.Step.approval:type_name -> loom.orchestrator.v1.ApprovalStep
-	13, // 14: loom.orchestrator.v1.Step.delay:type_name -> loom.orchestrator.v1.DelayStep
-	68, // 15: loom.orchestrator.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	68, // 16: loom.orchestrator.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	67, // 17: loom.orchestrator.v1.ApprovalStep.payload_schema:type_name -> google.protobuf.Struct
-	68, // 18: loom.orchestrator.v1.ApprovalStep.deadline:type_name -> google.protobuf.Duration
-	68, // 19: loom.orchestrator.v1.DelayStep.duration:type_name -> google.protobuf.Duration
-	3,  // 20: loom.orchestrator.v1.BlueprintSource.blueprint:type_name -> loom.orchestrator.v1.Blueprint
-	15, // 21: loom.orchestrator.v1.CreateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
-	3,  // 22: loom.orchestrator.v1.CreateBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
-	3,  // 23: loom.orchestrator.v1.GetBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
-	3,  // 24: loom.orchestrator.v1.ListBlueprintsResponse.blueprints:type_name -> loom.orchestrator.v1.Blueprint
-	15, // 25: loom.orchestrator.v1.UpdateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
-	3,  // 26: loom.orchestrator.v1.UpdateBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
-	15, // 27: loom.orchestrator.v1.ValidateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
-	14, // 28: loom.orchestrator.v1.ValidateBlueprintResponse.errors:type_name -> loom.orchestrator.v1.ValidationError
-	31, // 29: loom.orchestrator.v1.GenerateCanvasRequest.ref:type_name -> loom.orchestrator.v1.BlueprintRef
-	15, // 30: loom.orchestrator.v1.GenerateCanvasRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
-	33, // 31: loom.orchestrator.v1.SaveCanvasRequest.canvas:type_name -> loom.orchestrator.v1.Canvas
-	3,  // 32: loom.orchestrator.v1.SaveCanvasResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
-	33, // 33: loom.orchestrator.v1.SaveCanvasResponse.canvas:type_name -> loom.orchestrator.v1.Canvas
-	33, // 34: loom.orchestrator.v1.GenerateCanvasResponse.canvas:type_name -> loom.orchestrator.v1.Canvas
-	34, // 35: loom.orchestrator.v1.Canvas.nodes:type_name -> loom.orchestrator.v1.Node
-	35, // 36: loom.orchestrator.v1.Canvas.edges:type_name -> loom.orchestrator.v1.Edge
-	37, // 37: loom.orchestrator.v1.Canvas.groups:type_name -> loom.orchestrator.v1.Group
-	3,  // 38: loom.orchestrator.v1.Canvas.blueprint:type_name -> loom.orchestrator.v1.Blueprint
-	36, // 39: loom.orchestrator.v1.Edge.points:type_name -> loom.orchestrator.v1.Point
-	1,  // 40: loom.orchestrator.v1.StepRun.state:type_name -> loom.orchestrator.v1.StepState
-	70, // 41: loom.orchestrator.v1.StepRun.output:type_name -> google.protobuf.Value
-	69, // 42: loom.orchestrator.v1.StepRun.start_time:type_name -> google.protobuf.Timestamp
-	69, // 43: loom.orchestrator.v1.StepRun.end_time:type_name -> google.protobuf.Timestamp
-	0,  // 44: loom.orchestrator.v1.WorkflowRun.state:type_name -> loom.orchestrator.v1.RunState
-	67, // 45: loom.orchestrator.v1.WorkflowRun.input:type_name -> google.protobuf.Struct
-	70, // 46: loom.orchestrator.v1.WorkflowRun.output:type_name -> google.protobuf.Value
-	38, // 47: loom.orchestrator.v1.WorkflowRun.steps:type_name -> loom.orchestrator.v1.StepRun
-	69, // 48: loom.orchestrator.v1.WorkflowRun.create_time:type_name -> google.protobuf.Timestamp
-	69, // 49: loom.orchestrator.v1.WorkflowRun.end_time:type_name -> google.protobuf.Timestamp
-	67, // 50: loom.orchestrator.v1.StartRunRequest.input:type_name -> google.protobuf.Struct
-	39, // 51: loom.orchestrator.v1.StartRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
-	39, // 52: loom.orchestrator.v1.GetRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
-	0,  // 53: loom.orchestrator.v1.ListRunsRequest.state:type_name -> loom.orchestrator.v1.RunState
-	39, // 54: loom.orchestrator.v1.ListRunsResponse.runs:type_name -> loom.orchestrator.v1.WorkflowRun
-	39, // 55: loom.orchestrator.v1.CancelRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
-	69, // 56: loom.orchestrator.v1.WatchRunResponse.time:type_name -> google.protobuf.Timestamp
-	52, // 57: loom.orchestrator.v1.WatchRunResponse.run_started:type_name -> loom.orchestrator.v1.RunStarted
-	53, // 58: loom.orchestrator.v1.WatchRunResponse.step_started:type_name -> loom.orchestrator.v1.StepStarted
-	54, // 59: loom.orchestrator.v1.WatchRunResponse.step_output:type_name -> loom.orchestrator.v1.StepOutput
-	55, // 60: loom.orchestrator.v1.WatchRunResponse.step_retry:type_name -> loom.orchestrator.v1.StepRetry
-	56, // 61: loom.orchestrator.v1.WatchRunResponse.waiting_for_approval:type_name -> loom.orchestrator.v1.WaitingForApproval
-	57, // 62: loom.orchestrator.v1.WatchRunResponse.agent_text_delta:type_name -> loom.orchestrator.v1.AgentTextDelta
-	58, // 63: loom.orchestrator.v1.WatchRunResponse.run_completed:type_name -> loom.orchestrator.v1.RunCompleted
-	59, // 64: loom.orchestrator.v1.WatchRunResponse.run_failed:type_name -> loom.orchestrator.v1.RunFailed
-	60, // 65: loom.orchestrator.v1.WatchRunResponse.run_cancelled:type_name -> loom.orchestrator.v1.RunCancelled
-	70, // 66: loom.orchestrator.v1.StepOutput.output:type_name -> google.protobuf.Value
-	68, // 67: loom.orchestrator.v1.StepRetry.backoff:type_name -> google.protobuf.Duration
-	69, // 68: loom.orchestrator.v1.WaitingForApproval.deadline:type_name -> google.protobuf.Timestamp
-	70, // 69: loom.orchestrator.v1.RunCompleted.output:type_name -> google.protobuf.Value
-	67, // 70: loom.orchestrator.v1.Approval.payload_schema:type_name -> google.protobuf.Struct
-	69, // 71: loom.orchestrator.v1.Approval.deadline:type_name -> google.protobuf.Timestamp
-	69, // 72: loom.orchestrator.v1.Approval.create_time:type_name -> google.protobuf.Timestamp
-	61, // 73: loom.orchestrator.v1.ListPendingApprovalsResponse.approvals:type_name -> loom.orchestrator.v1.Approval
-	2,  // 74: loom.orchestrator.v1.SubmitApprovalRequest.decision:type_name -> loom.orchestrator.v1.Decision
-	67, // 75: loom.orchestrator.v1.SubmitApprovalRequest.payload:type_name -> google.protobuf.Struct
-	39, // 76: loom.orchestrator.v1.SubmitApprovalResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
-	36, // 77: loom.orchestrator.v1.Blueprint.LayoutEntry.value:type_name -> loom.orchestrator.v1.Point
-	16, // 78: loom.orchestrator.v1.OrchestratorService.CreateBlueprint:input_type -> loom.orchestrator.v1.CreateBlueprintRequest
-	18, // 79: loom.orchestrator.v1.OrchestratorService.GetBlueprint:input_type -> loom.orchestrator.v1.GetBlueprintRequest
-	20, // 80: loom.orchestrator.v1.OrchestratorService.ListBlueprints:input_type -> loom.orchestrator.v1.ListBlueprintsRequest
-	22, // 81: loom.orchestrator.v1.OrchestratorService.UpdateBlueprint:input_type -> loom.orchestrator.v1.UpdateBlueprintRequest
-	24, // 82: loom.orchestrator.v1.OrchestratorService.DeleteBlueprint:input_type -> loom.orchestrator.v1.DeleteBlueprintRequest
-	26, // 83: loom.orchestrator.v1.OrchestratorService.ValidateBlueprint:input_type -> loom.orchestrator.v1.ValidateBlueprintRequest
-	28, // 84: loom.orchestrator.v1.OrchestratorService.GenerateCanvas:input_type -> loom.orchestrator.v1.GenerateCanvasRequest
-	29, // 85: loom.orchestrator.v1.OrchestratorService.SaveCanvas:input_type -> loom.orchestrator.v1.SaveCanvasRequest
-	40, // 86: loom.orchestrator.v1.OrchestratorService.StartRun:input_type -> loom.orchestrator.v1.StartRunRequest
-	42, // 87: loom.orchestrator.v1.OrchestratorService.GetRun:input_type -> loom.orchestrator.v1.GetRunRequest
-	44, // 88: loom.orchestrator.v1.OrchestratorService.ListRuns:input_type -> loom.orchestrator.v1.ListRunsRequest
-	46, // 89: loom.orchestrator.v1.OrchestratorService.CancelRun:input_type -> loom.orchestrator.v1.CancelRunRequest
-	48, // 90: loom.orchestrator.v1.OrchestratorService.DeleteRun:input_type -> loom.orchestrator.v1.DeleteRunRequest
-	50, // 91: loom.orchestrator.v1.OrchestratorService.WatchRun:input_type -> loom.orchestrator.v1.WatchRunRequest
-	62, // 92: loom.orchestrator.v1.OrchestratorService.ListPendingApprovals:input_type -> loom.orchestrator.v1.ListPendingApprovalsRequest
-	64, // 93: loom.orchestrator.v1.OrchestratorService.SubmitApproval:input_type -> loom.orchestrator.v1.SubmitApprovalRequest
-	17, // 94: loom.orchestrator.v1.OrchestratorService.CreateBlueprint:output_type -> loom.orchestrator.v1.CreateBlueprintResponse
-	19, // 95: loom.orchestrator.v1.OrchestratorService.GetBlueprint:output_type -> loom.orchestrator.v1.GetBlueprintResponse
-	21, // 96: loom.orchestrator.v1.OrchestratorService.ListBlueprints:output_type -> loom.orchestrator.v1.ListBlueprintsResponse
-	23, // 97: loom.orchestrator.v1.OrchestratorService.UpdateBlueprint:output_type -> loom.orchestrator.v1.UpdateBlueprintResponse
-	25, // 98: loom.orchestrator.v1.OrchestratorService.DeleteBlueprint:output_type -> loom.orchestrator.v1.DeleteBlueprintResponse
-	27, // 99: loom.orchestrator.v1.OrchestratorService.ValidateBlueprint:output_type -> loom.orchestrator.v1.ValidateBlueprintResponse
-	32, // 100: loom.orchestrator.v1.OrchestratorService.GenerateCanvas:output_type -> loom.orchestrator.v1.GenerateCanvasResponse
-	30, // 101: loom.orchestrator.v1.OrchestratorService.SaveCanvas:output_type -> loom.orchestrator.v1.SaveCanvasResponse
-	41, // 102: loom.orchestrator.v1.OrchestratorService.StartRun:output_type -> loom.orchestrator.v1.StartRunResponse
-	43, // 103: loom.orchestrator.v1.OrchestratorService.GetRun:output_type -> loom.orchestrator.v1.GetRunResponse
-	45, // 104: loom.orchestrator.v1.OrchestratorService.ListRuns:output_type -> loom.orchestrator.v1.ListRunsResponse
-	47, // 105: loom.orchestrator.v1.OrchestratorService.CancelRun:output_type -> loom.orchestrator.v1.CancelRunResponse
-	49, // 106: loom.orchestrator.v1.OrchestratorService.DeleteRun:output_type -> loom.orchestrator.v1.DeleteRunResponse
-	51, // 107: loom.orchestrator.v1.OrchestratorService.WatchRun:output_type -> loom.orchestrator.v1.WatchRunResponse
-	63, // 108: loom.orchestrator.v1.OrchestratorService.ListPendingApprovals:output_type -> loom.orchestrator.v1.ListPendingApprovalsResponse
-	65, // 109: loom.orchestrator.v1.OrchestratorService.SubmitApproval:output_type -> loom.orchestrator.v1.SubmitApprovalResponse
-	94, // [94:110] is the sub-list for method output_type
-	78, // [78:94] is the sub-list for method input_type
-	78, // [78:78] is the sub-list for extension type_name
-	78, // [78:78] is the sub-list for extension extendee
-	0,  // [0:78] is the sub-list for field type_name
+	74,  // 0: loom.orchestrator.v1.Blueprint.input_schema:type_name -> google.protobuf.Struct
+	4,   // 1: loom.orchestrator.v1.Blueprint.steps:type_name -> loom.orchestrator.v1.Step
+	75,  // 2: loom.orchestrator.v1.Blueprint.run_deadline:type_name -> google.protobuf.Duration
+	76,  // 3: loom.orchestrator.v1.Blueprint.create_time:type_name -> google.protobuf.Timestamp
+	73,  // 4: loom.orchestrator.v1.Blueprint.layout:type_name -> loom.orchestrator.v1.Blueprint.LayoutEntry
+	5,   // 5: loom.orchestrator.v1.Step.retry:type_name -> loom.orchestrator.v1.RetryPolicy
+	75,  // 6: loom.orchestrator.v1.Step.timeout:type_name -> google.protobuf.Duration
+	6,   // 7: loom.orchestrator.v1.Step.agent:type_name -> loom.orchestrator.v1.AgentStep
+	7,   // 8: loom.orchestrator.v1.Step.memory_search:type_name -> loom.orchestrator.v1.MemorySearchStep
+	8,   // 9: loom.orchestrator.v1.Step.memory_upsert:type_name -> loom.orchestrator.v1.MemoryUpsertStep
+	9,   // 10: loom.orchestrator.v1.Step.branch:type_name -> loom.orchestrator.v1.BranchStep
+	10,  // 11: loom.orchestrator.v1.Step.parallel:type_name -> loom.orchestrator.v1.ParallelStep
+	11,  // 12: loom.orchestrator.v1.Step.map:type_name -> loom.orchestrator.v1.MapStep
+	12,  // 13: loom.orchestrator.v1.Step.approval:type_name -> loom.orchestrator.v1.ApprovalStep
+	13,  // 14: loom.orchestrator.v1.Step.delay:type_name -> loom.orchestrator.v1.DelayStep
+	75,  // 15: loom.orchestrator.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	75,  // 16: loom.orchestrator.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	74,  // 17: loom.orchestrator.v1.ApprovalStep.payload_schema:type_name -> google.protobuf.Struct
+	75,  // 18: loom.orchestrator.v1.ApprovalStep.deadline:type_name -> google.protobuf.Duration
+	75,  // 19: loom.orchestrator.v1.DelayStep.duration:type_name -> google.protobuf.Duration
+	3,   // 20: loom.orchestrator.v1.BlueprintSource.blueprint:type_name -> loom.orchestrator.v1.Blueprint
+	15,  // 21: loom.orchestrator.v1.CreateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
+	3,   // 22: loom.orchestrator.v1.CreateBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
+	3,   // 23: loom.orchestrator.v1.GetBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
+	3,   // 24: loom.orchestrator.v1.ListBlueprintsResponse.blueprints:type_name -> loom.orchestrator.v1.Blueprint
+	15,  // 25: loom.orchestrator.v1.UpdateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
+	3,   // 26: loom.orchestrator.v1.UpdateBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
+	15,  // 27: loom.orchestrator.v1.ValidateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
+	14,  // 28: loom.orchestrator.v1.ValidateBlueprintResponse.errors:type_name -> loom.orchestrator.v1.ValidationError
+	31,  // 29: loom.orchestrator.v1.GenerateCanvasRequest.ref:type_name -> loom.orchestrator.v1.BlueprintRef
+	15,  // 30: loom.orchestrator.v1.GenerateCanvasRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
+	33,  // 31: loom.orchestrator.v1.SaveCanvasRequest.canvas:type_name -> loom.orchestrator.v1.Canvas
+	3,   // 32: loom.orchestrator.v1.SaveCanvasResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
+	33,  // 33: loom.orchestrator.v1.SaveCanvasResponse.canvas:type_name -> loom.orchestrator.v1.Canvas
+	33,  // 34: loom.orchestrator.v1.GenerateCanvasResponse.canvas:type_name -> loom.orchestrator.v1.Canvas
+	34,  // 35: loom.orchestrator.v1.Canvas.nodes:type_name -> loom.orchestrator.v1.Node
+	35,  // 36: loom.orchestrator.v1.Canvas.edges:type_name -> loom.orchestrator.v1.Edge
+	37,  // 37: loom.orchestrator.v1.Canvas.groups:type_name -> loom.orchestrator.v1.Group
+	3,   // 38: loom.orchestrator.v1.Canvas.blueprint:type_name -> loom.orchestrator.v1.Blueprint
+	36,  // 39: loom.orchestrator.v1.Edge.points:type_name -> loom.orchestrator.v1.Point
+	1,   // 40: loom.orchestrator.v1.StepRun.state:type_name -> loom.orchestrator.v1.StepState
+	77,  // 41: loom.orchestrator.v1.StepRun.output:type_name -> google.protobuf.Value
+	76,  // 42: loom.orchestrator.v1.StepRun.start_time:type_name -> google.protobuf.Timestamp
+	76,  // 43: loom.orchestrator.v1.StepRun.end_time:type_name -> google.protobuf.Timestamp
+	39,  // 44: loom.orchestrator.v1.StepRun.usage:type_name -> loom.orchestrator.v1.Usage
+	78,  // 45: loom.orchestrator.v1.Usage.cost:type_name -> loom.cost.v1.Money
+	78,  // 46: loom.orchestrator.v1.Anomaly.cost_p99:type_name -> loom.cost.v1.Money
+	75,  // 47: loom.orchestrator.v1.Anomaly.duration_p99:type_name -> google.protobuf.Duration
+	0,   // 48: loom.orchestrator.v1.WorkflowRun.state:type_name -> loom.orchestrator.v1.RunState
+	74,  // 49: loom.orchestrator.v1.WorkflowRun.input:type_name -> google.protobuf.Struct
+	77,  // 50: loom.orchestrator.v1.WorkflowRun.output:type_name -> google.protobuf.Value
+	38,  // 51: loom.orchestrator.v1.WorkflowRun.steps:type_name -> loom.orchestrator.v1.StepRun
+	76,  // 52: loom.orchestrator.v1.WorkflowRun.create_time:type_name -> google.protobuf.Timestamp
+	76,  // 53: loom.orchestrator.v1.WorkflowRun.end_time:type_name -> google.protobuf.Timestamp
+	39,  // 54: loom.orchestrator.v1.WorkflowRun.usage:type_name -> loom.orchestrator.v1.Usage
+	40,  // 55: loom.orchestrator.v1.WorkflowRun.anomaly:type_name -> loom.orchestrator.v1.Anomaly
+	74,  // 56: loom.orchestrator.v1.StartRunRequest.input:type_name -> google.protobuf.Struct
+	41,  // 57: loom.orchestrator.v1.StartRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
+	41,  // 58: loom.orchestrator.v1.GetRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
+	0,   // 59: loom.orchestrator.v1.ListRunsRequest.state:type_name -> loom.orchestrator.v1.RunState
+	41,  // 60: loom.orchestrator.v1.ListRunsResponse.runs:type_name -> loom.orchestrator.v1.WorkflowRun
+	41,  // 61: loom.orchestrator.v1.CancelRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
+	76,  // 62: loom.orchestrator.v1.WatchRunResponse.time:type_name -> google.protobuf.Timestamp
+	54,  // 63: loom.orchestrator.v1.WatchRunResponse.run_started:type_name -> loom.orchestrator.v1.RunStarted
+	55,  // 64: loom.orchestrator.v1.WatchRunResponse.step_started:type_name -> loom.orchestrator.v1.StepStarted
+	56,  // 65: loom.orchestrator.v1.WatchRunResponse.step_output:type_name -> loom.orchestrator.v1.StepOutput
+	57,  // 66: loom.orchestrator.v1.WatchRunResponse.step_retry:type_name -> loom.orchestrator.v1.StepRetry
+	58,  // 67: loom.orchestrator.v1.WatchRunResponse.waiting_for_approval:type_name -> loom.orchestrator.v1.WaitingForApproval
+	59,  // 68: loom.orchestrator.v1.WatchRunResponse.agent_text_delta:type_name -> loom.orchestrator.v1.AgentTextDelta
+	60,  // 69: loom.orchestrator.v1.WatchRunResponse.run_completed:type_name -> loom.orchestrator.v1.RunCompleted
+	61,  // 70: loom.orchestrator.v1.WatchRunResponse.run_failed:type_name -> loom.orchestrator.v1.RunFailed
+	62,  // 71: loom.orchestrator.v1.WatchRunResponse.run_cancelled:type_name -> loom.orchestrator.v1.RunCancelled
+	77,  // 72: loom.orchestrator.v1.StepOutput.output:type_name -> google.protobuf.Value
+	39,  // 73: loom.orchestrator.v1.StepOutput.usage:type_name -> loom.orchestrator.v1.Usage
+	39,  // 74: loom.orchestrator.v1.StepOutput.run_usage:type_name -> loom.orchestrator.v1.Usage
+	75,  // 75: loom.orchestrator.v1.StepRetry.backoff:type_name -> google.protobuf.Duration
+	39,  // 76: loom.orchestrator.v1.StepRetry.usage:type_name -> loom.orchestrator.v1.Usage
+	76,  // 77: loom.orchestrator.v1.WaitingForApproval.deadline:type_name -> google.protobuf.Timestamp
+	77,  // 78: loom.orchestrator.v1.RunCompleted.output:type_name -> google.protobuf.Value
+	39,  // 79: loom.orchestrator.v1.RunCompleted.usage:type_name -> loom.orchestrator.v1.Usage
+	39,  // 80: loom.orchestrator.v1.RunFailed.usage:type_name -> loom.orchestrator.v1.Usage
+	39,  // 81: loom.orchestrator.v1.RunCancelled.usage:type_name -> loom.orchestrator.v1.Usage
+	74,  // 82: loom.orchestrator.v1.Approval.payload_schema:type_name -> google.protobuf.Struct
+	76,  // 83: loom.orchestrator.v1.Approval.deadline:type_name -> google.protobuf.Timestamp
+	76,  // 84: loom.orchestrator.v1.Approval.create_time:type_name -> google.protobuf.Timestamp
+	63,  // 85: loom.orchestrator.v1.ListPendingApprovalsResponse.approvals:type_name -> loom.orchestrator.v1.Approval
+	2,   // 86: loom.orchestrator.v1.SubmitApprovalRequest.decision:type_name -> loom.orchestrator.v1.Decision
+	74,  // 87: loom.orchestrator.v1.SubmitApprovalRequest.payload:type_name -> google.protobuf.Struct
+	41,  // 88: loom.orchestrator.v1.SubmitApprovalResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
+	74,  // 89: loom.orchestrator.v1.EstimateRunRequest.input:type_name -> google.protobuf.Struct
+	70,  // 90: loom.orchestrator.v1.EstimateRunResponse.total:type_name -> loom.orchestrator.v1.Forecast
+	71,  // 91: loom.orchestrator.v1.EstimateRunResponse.steps:type_name -> loom.orchestrator.v1.StepForecast
+	78,  // 92: loom.orchestrator.v1.Forecast.cost_p50:type_name -> loom.cost.v1.Money
+	78,  // 93: loom.orchestrator.v1.Forecast.cost_p90:type_name -> loom.cost.v1.Money
+	78,  // 94: loom.orchestrator.v1.Forecast.cost_p99:type_name -> loom.cost.v1.Money
+	75,  // 95: loom.orchestrator.v1.Forecast.duration_p50:type_name -> google.protobuf.Duration
+	75,  // 96: loom.orchestrator.v1.Forecast.duration_p90:type_name -> google.protobuf.Duration
+	75,  // 97: loom.orchestrator.v1.Forecast.duration_p99:type_name -> google.protobuf.Duration
+	70,  // 98: loom.orchestrator.v1.StepForecast.forecast:type_name -> loom.orchestrator.v1.Forecast
+	72,  // 99: loom.orchestrator.v1.StepForecast.budget:type_name -> loom.orchestrator.v1.AgentBudget
+	78,  // 100: loom.orchestrator.v1.AgentBudget.max_cost:type_name -> loom.cost.v1.Money
+	75,  // 101: loom.orchestrator.v1.AgentBudget.max_duration:type_name -> google.protobuf.Duration
+	36,  // 102: loom.orchestrator.v1.Blueprint.LayoutEntry.value:type_name -> loom.orchestrator.v1.Point
+	16,  // 103: loom.orchestrator.v1.OrchestratorService.CreateBlueprint:input_type -> loom.orchestrator.v1.CreateBlueprintRequest
+	18,  // 104: loom.orchestrator.v1.OrchestratorService.GetBlueprint:input_type -> loom.orchestrator.v1.GetBlueprintRequest
+	20,  // 105: loom.orchestrator.v1.OrchestratorService.ListBlueprints:input_type -> loom.orchestrator.v1.ListBlueprintsRequest
+	22,  // 106: loom.orchestrator.v1.OrchestratorService.UpdateBlueprint:input_type -> loom.orchestrator.v1.UpdateBlueprintRequest
+	24,  // 107: loom.orchestrator.v1.OrchestratorService.DeleteBlueprint:input_type -> loom.orchestrator.v1.DeleteBlueprintRequest
+	26,  // 108: loom.orchestrator.v1.OrchestratorService.ValidateBlueprint:input_type -> loom.orchestrator.v1.ValidateBlueprintRequest
+	28,  // 109: loom.orchestrator.v1.OrchestratorService.GenerateCanvas:input_type -> loom.orchestrator.v1.GenerateCanvasRequest
+	29,  // 110: loom.orchestrator.v1.OrchestratorService.SaveCanvas:input_type -> loom.orchestrator.v1.SaveCanvasRequest
+	42,  // 111: loom.orchestrator.v1.OrchestratorService.StartRun:input_type -> loom.orchestrator.v1.StartRunRequest
+	44,  // 112: loom.orchestrator.v1.OrchestratorService.GetRun:input_type -> loom.orchestrator.v1.GetRunRequest
+	46,  // 113: loom.orchestrator.v1.OrchestratorService.ListRuns:input_type -> loom.orchestrator.v1.ListRunsRequest
+	48,  // 114: loom.orchestrator.v1.OrchestratorService.CancelRun:input_type -> loom.orchestrator.v1.CancelRunRequest
+	50,  // 115: loom.orchestrator.v1.OrchestratorService.DeleteRun:input_type -> loom.orchestrator.v1.DeleteRunRequest
+	52,  // 116: loom.orchestrator.v1.OrchestratorService.WatchRun:input_type -> loom.orchestrator.v1.WatchRunRequest
+	64,  // 117: loom.orchestrator.v1.OrchestratorService.ListPendingApprovals:input_type -> loom.orchestrator.v1.ListPendingApprovalsRequest
+	66,  // 118: loom.orchestrator.v1.OrchestratorService.SubmitApproval:input_type -> loom.orchestrator.v1.SubmitApprovalRequest
+	68,  // 119: loom.orchestrator.v1.OrchestratorService.EstimateRun:input_type -> loom.orchestrator.v1.EstimateRunRequest
+	17,  // 120: loom.orchestrator.v1.OrchestratorService.CreateBlueprint:output_type -> loom.orchestrator.v1.CreateBlueprintResponse
+	19,  // 121: loom.orchestrator.v1.OrchestratorService.GetBlueprint:output_type -> loom.orchestrator.v1.GetBlueprintResponse
+	21,  // 122: loom.orchestrator.v1.OrchestratorService.ListBlueprints:output_type -> loom.orchestrator.v1.ListBlueprintsResponse
+	23,  // 123: loom.orchestrator.v1.OrchestratorService.UpdateBlueprint:output_type -> loom.orchestrator.v1.UpdateBlueprintResponse
+	25,  // 124: loom.orchestrator.v1.OrchestratorService.DeleteBlueprint:output_type -> loom.orchestrator.v1.DeleteBlueprintResponse
+	27,  // 125: loom.orchestrator.v1.OrchestratorService.ValidateBlueprint:output_type -> loom.orchestrator.v1.ValidateBlueprintResponse
+	32,  // 126: loom.orchestrator.v1.OrchestratorService.GenerateCanvas:output_type -> loom.orchestrator.v1.GenerateCanvasResponse
+	30,  // 127: loom.orchestrator.v1.OrchestratorService.SaveCanvas:output_type -> loom.orchestrator.v1.SaveCanvasResponse
+	43,  // 128: loom.orchestrator.v1.OrchestratorService.StartRun:output_type -> loom.orchestrator.v1.StartRunResponse
+	45,  // 129: loom.orchestrator.v1.OrchestratorService.GetRun:output_type -> loom.orchestrator.v1.GetRunResponse
+	47,  // 130: loom.orchestrator.v1.OrchestratorService.ListRuns:output_type -> loom.orchestrator.v1.ListRunsResponse
+	49,  // 131: loom.orchestrator.v1.OrchestratorService.CancelRun:output_type -> loom.orchestrator.v1.CancelRunResponse
+	51,  // 132: loom.orchestrator.v1.OrchestratorService.DeleteRun:output_type -> loom.orchestrator.v1.DeleteRunResponse
+	53,  // 133: loom.orchestrator.v1.OrchestratorService.WatchRun:output_type -> loom.orchestrator.v1.WatchRunResponse
+	65,  // 134: loom.orchestrator.v1.OrchestratorService.ListPendingApprovals:output_type -> loom.orchestrator.v1.ListPendingApprovalsResponse
+	67,  // 135: loom.orchestrator.v1.OrchestratorService.SubmitApproval:output_type -> loom.orchestrator.v1.SubmitApprovalResponse
+	69,  // 136: loom.orchestrator.v1.OrchestratorService.EstimateRun:output_type -> loom.orchestrator.v1.EstimateRunResponse
+	120, // [120:137] is the sub-list for method output_type
+	103, // [103:120] is the sub-list for method input_type
+	103, // [103:103] is the sub-list for extension type_name
+	103, // [103:103] is the sub-list for extension extendee
+	0,   // [0:103] is the sub-list for field type_name
 }
 
 func init() { file_loom_orchestrator_v1_orchestrator_proto_init() }
@@ -4990,7 +5722,7 @@ func file_loom_orchestrator_v1_orchestrator_proto_init() {
 		(*GenerateCanvasRequest_Ref)(nil),
 		(*GenerateCanvasRequest_Source)(nil),
 	}
-	file_loom_orchestrator_v1_orchestrator_proto_msgTypes[48].OneofWrappers = []any{
+	file_loom_orchestrator_v1_orchestrator_proto_msgTypes[50].OneofWrappers = []any{
 		(*WatchRunResponse_RunStarted)(nil),
 		(*WatchRunResponse_StepStarted)(nil),
 		(*WatchRunResponse_StepOutput)(nil),
@@ -5007,7 +5739,7 @@ func file_loom_orchestrator_v1_orchestrator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_orchestrator_v1_orchestrator_proto_rawDesc), len(file_loom_orchestrator_v1_orchestrator_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   64,
+			NumMessages:   71,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

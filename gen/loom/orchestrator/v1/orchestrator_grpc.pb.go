@@ -35,6 +35,7 @@ const (
 	OrchestratorService_WatchRun_FullMethodName             = "/loom.orchestrator.v1.OrchestratorService/WatchRun"
 	OrchestratorService_ListPendingApprovals_FullMethodName = "/loom.orchestrator.v1.OrchestratorService/ListPendingApprovals"
 	OrchestratorService_SubmitApproval_FullMethodName       = "/loom.orchestrator.v1.OrchestratorService/SubmitApproval"
+	OrchestratorService_EstimateRun_FullMethodName          = "/loom.orchestrator.v1.OrchestratorService/EstimateRun"
 )
 
 // OrchestratorServiceClient is the client API for OrchestratorService service.
@@ -84,6 +85,10 @@ type OrchestratorServiceClient interface {
 	ListPendingApprovals(ctx context.Context, in *ListPendingApprovalsRequest, opts ...grpc.CallOption) (*ListPendingApprovalsResponse, error)
 	// SubmitApproval approves or rejects a waiting approval step.
 	SubmitApproval(ctx context.Context, in *SubmitApprovalRequest, opts ...grpc.CallOption) (*SubmitApprovalResponse, error)
+	// EstimateRun forecasts a run of a blueprint version before it starts: p50 and p90 (and p99) of cost and
+	// duration, per step and in total, as quantiles over that version's recent successful runs, with the sample
+	// size. Without history it says so and returns, per agent step, the agent's configured budgets.
+	EstimateRun(ctx context.Context, in *EstimateRunRequest, opts ...grpc.CallOption) (*EstimateRunResponse, error)
 }
 
 type orchestratorServiceClient struct {
@@ -263,6 +268,16 @@ func (c *orchestratorServiceClient) SubmitApproval(ctx context.Context, in *Subm
 	return out, nil
 }
 
+func (c *orchestratorServiceClient) EstimateRun(ctx context.Context, in *EstimateRunRequest, opts ...grpc.CallOption) (*EstimateRunResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EstimateRunResponse)
+	err := c.cc.Invoke(ctx, OrchestratorService_EstimateRun_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OrchestratorServiceServer is the server API for OrchestratorService service.
 // All implementations must embed UnimplementedOrchestratorServiceServer
 // for forward compatibility.
@@ -310,6 +325,10 @@ type OrchestratorServiceServer interface {
 	ListPendingApprovals(context.Context, *ListPendingApprovalsRequest) (*ListPendingApprovalsResponse, error)
 	// SubmitApproval approves or rejects a waiting approval step.
 	SubmitApproval(context.Context, *SubmitApprovalRequest) (*SubmitApprovalResponse, error)
+	// EstimateRun forecasts a run of a blueprint version before it starts: p50 and p90 (and p99) of cost and
+	// duration, per step and in total, as quantiles over that version's recent successful runs, with the sample
+	// size. Without history it says so and returns, per agent step, the agent's configured budgets.
+	EstimateRun(context.Context, *EstimateRunRequest) (*EstimateRunResponse, error)
 	mustEmbedUnimplementedOrchestratorServiceServer()
 }
 
@@ -367,6 +386,9 @@ func (UnimplementedOrchestratorServiceServer) ListPendingApprovals(context.Conte
 }
 func (UnimplementedOrchestratorServiceServer) SubmitApproval(context.Context, *SubmitApprovalRequest) (*SubmitApprovalResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SubmitApproval not implemented")
+}
+func (UnimplementedOrchestratorServiceServer) EstimateRun(context.Context, *EstimateRunRequest) (*EstimateRunResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EstimateRun not implemented")
 }
 func (UnimplementedOrchestratorServiceServer) mustEmbedUnimplementedOrchestratorServiceServer() {}
 func (UnimplementedOrchestratorServiceServer) testEmbeddedByValue()                             {}
@@ -670,6 +692,24 @@ func _OrchestratorService_SubmitApproval_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OrchestratorService_EstimateRun_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EstimateRunRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OrchestratorServiceServer).EstimateRun(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OrchestratorService_EstimateRun_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OrchestratorServiceServer).EstimateRun(ctx, req.(*EstimateRunRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // OrchestratorService_ServiceDesc is the grpc.ServiceDesc for OrchestratorService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -736,6 +776,10 @@ var OrchestratorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SubmitApproval",
 			Handler:    _OrchestratorService_SubmitApproval_Handler,
+		},
+		{
+			MethodName: "EstimateRun",
+			Handler:    _OrchestratorService_EstimateRun_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

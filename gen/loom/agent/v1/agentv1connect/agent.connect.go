@@ -66,6 +66,17 @@ const (
 	AgentServiceCreateVideoProcedure = "/loom.agent.v1.AgentService/CreateVideo"
 	// AgentServiceGetVideoProcedure is the fully-qualified name of the AgentService's GetVideo RPC.
 	AgentServiceGetVideoProcedure = "/loom.agent.v1.AgentService/GetVideo"
+	// AgentServiceGetUsageProcedure is the fully-qualified name of the AgentService's GetUsage RPC.
+	AgentServiceGetUsageProcedure = "/loom.agent.v1.AgentService/GetUsage"
+	// AgentServiceSetTenantBudgetProcedure is the fully-qualified name of the AgentService's
+	// SetTenantBudget RPC.
+	AgentServiceSetTenantBudgetProcedure = "/loom.agent.v1.AgentService/SetTenantBudget"
+	// AgentServiceGetTenantBudgetProcedure is the fully-qualified name of the AgentService's
+	// GetTenantBudget RPC.
+	AgentServiceGetTenantBudgetProcedure = "/loom.agent.v1.AgentService/GetTenantBudget"
+	// AgentServiceEstimateRunProcedure is the fully-qualified name of the AgentService's EstimateRun
+	// RPC.
+	AgentServiceEstimateRunProcedure = "/loom.agent.v1.AgentService/EstimateRun"
 )
 
 // AgentServiceClient is a client for the loom.agent.v1.AgentService service.
@@ -102,6 +113,17 @@ type AgentServiceClient interface {
 	CreateVideo(context.Context, *connect.Request[v1.CreateVideoRequest]) (*connect.Response[v1.CreateVideoResponse], error)
 	// GetVideo returns a video's status and, once ready, its URL.
 	GetVideo(context.Context, *connect.Request[v1.GetVideoRequest]) (*connect.Response[v1.GetVideoResponse], error)
+	// GetUsage totals the tenant's model usage and cost over a time range, one row per UTC day, agent, blueprint,
+	// provider and model, paginated. Every run counts its own model calls once (a delegated run is its own row).
+	GetUsage(context.Context, *connect.Request[v1.GetUsageRequest]) (*connect.Response[v1.GetUsageResponse], error)
+	// SetTenantBudget replaces the tenant's budget. A run that would exceed it stops with ResourceExhausted naming
+	// the budget; an empty budget removes every limit.
+	SetTenantBudget(context.Context, *connect.Request[v1.SetTenantBudgetRequest]) (*connect.Response[v1.SetTenantBudgetResponse], error)
+	// GetTenantBudget returns the tenant's budget and what it spent in the current UTC day and month.
+	GetTenantBudget(context.Context, *connect.Request[v1.GetTenantBudgetRequest]) (*connect.Response[v1.GetTenantBudgetResponse], error)
+	// EstimateRun forecasts a run of an agent from its latest version's recent finished runs: p50 and p90 of cost
+	// and duration, with the sample size. Without history it says so and returns the budgets that bound the run.
+	EstimateRun(context.Context, *connect.Request[v1.EstimateRunRequest]) (*connect.Response[v1.EstimateRunResponse], error)
 }
 
 // NewAgentServiceClient constructs a client for the loom.agent.v1.AgentService service. By default,
@@ -206,6 +228,34 @@ func NewAgentServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		getUsage: connect.NewClient[v1.GetUsageRequest, v1.GetUsageResponse](
+			httpClient,
+			baseURL+AgentServiceGetUsageProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("GetUsage")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		setTenantBudget: connect.NewClient[v1.SetTenantBudgetRequest, v1.SetTenantBudgetResponse](
+			httpClient,
+			baseURL+AgentServiceSetTenantBudgetProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("SetTenantBudget")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
+		getTenantBudget: connect.NewClient[v1.GetTenantBudgetRequest, v1.GetTenantBudgetResponse](
+			httpClient,
+			baseURL+AgentServiceGetTenantBudgetProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("GetTenantBudget")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		estimateRun: connect.NewClient[v1.EstimateRunRequest, v1.EstimateRunResponse](
+			httpClient,
+			baseURL+AgentServiceEstimateRunProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("EstimateRun")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -225,6 +275,10 @@ type agentServiceClient struct {
 	synthesizeSpeech *connect.Client[v1.SynthesizeSpeechRequest, v1.SynthesizeSpeechResponse]
 	createVideo      *connect.Client[v1.CreateVideoRequest, v1.CreateVideoResponse]
 	getVideo         *connect.Client[v1.GetVideoRequest, v1.GetVideoResponse]
+	getUsage         *connect.Client[v1.GetUsageRequest, v1.GetUsageResponse]
+	setTenantBudget  *connect.Client[v1.SetTenantBudgetRequest, v1.SetTenantBudgetResponse]
+	getTenantBudget  *connect.Client[v1.GetTenantBudgetRequest, v1.GetTenantBudgetResponse]
+	estimateRun      *connect.Client[v1.EstimateRunRequest, v1.EstimateRunResponse]
 }
 
 // CreateAgent calls loom.agent.v1.AgentService.CreateAgent.
@@ -297,6 +351,26 @@ func (c *agentServiceClient) GetVideo(ctx context.Context, req *connect.Request[
 	return c.getVideo.CallUnary(ctx, req)
 }
 
+// GetUsage calls loom.agent.v1.AgentService.GetUsage.
+func (c *agentServiceClient) GetUsage(ctx context.Context, req *connect.Request[v1.GetUsageRequest]) (*connect.Response[v1.GetUsageResponse], error) {
+	return c.getUsage.CallUnary(ctx, req)
+}
+
+// SetTenantBudget calls loom.agent.v1.AgentService.SetTenantBudget.
+func (c *agentServiceClient) SetTenantBudget(ctx context.Context, req *connect.Request[v1.SetTenantBudgetRequest]) (*connect.Response[v1.SetTenantBudgetResponse], error) {
+	return c.setTenantBudget.CallUnary(ctx, req)
+}
+
+// GetTenantBudget calls loom.agent.v1.AgentService.GetTenantBudget.
+func (c *agentServiceClient) GetTenantBudget(ctx context.Context, req *connect.Request[v1.GetTenantBudgetRequest]) (*connect.Response[v1.GetTenantBudgetResponse], error) {
+	return c.getTenantBudget.CallUnary(ctx, req)
+}
+
+// EstimateRun calls loom.agent.v1.AgentService.EstimateRun.
+func (c *agentServiceClient) EstimateRun(ctx context.Context, req *connect.Request[v1.EstimateRunRequest]) (*connect.Response[v1.EstimateRunResponse], error) {
+	return c.estimateRun.CallUnary(ctx, req)
+}
+
 // AgentServiceHandler is an implementation of the loom.agent.v1.AgentService service.
 type AgentServiceHandler interface {
 	// CreateAgent creates an agent at version 1. AlreadyExists if the name is taken.
@@ -331,6 +405,17 @@ type AgentServiceHandler interface {
 	CreateVideo(context.Context, *connect.Request[v1.CreateVideoRequest]) (*connect.Response[v1.CreateVideoResponse], error)
 	// GetVideo returns a video's status and, once ready, its URL.
 	GetVideo(context.Context, *connect.Request[v1.GetVideoRequest]) (*connect.Response[v1.GetVideoResponse], error)
+	// GetUsage totals the tenant's model usage and cost over a time range, one row per UTC day, agent, blueprint,
+	// provider and model, paginated. Every run counts its own model calls once (a delegated run is its own row).
+	GetUsage(context.Context, *connect.Request[v1.GetUsageRequest]) (*connect.Response[v1.GetUsageResponse], error)
+	// SetTenantBudget replaces the tenant's budget. A run that would exceed it stops with ResourceExhausted naming
+	// the budget; an empty budget removes every limit.
+	SetTenantBudget(context.Context, *connect.Request[v1.SetTenantBudgetRequest]) (*connect.Response[v1.SetTenantBudgetResponse], error)
+	// GetTenantBudget returns the tenant's budget and what it spent in the current UTC day and month.
+	GetTenantBudget(context.Context, *connect.Request[v1.GetTenantBudgetRequest]) (*connect.Response[v1.GetTenantBudgetResponse], error)
+	// EstimateRun forecasts a run of an agent from its latest version's recent finished runs: p50 and p90 of cost
+	// and duration, with the sample size. Without history it says so and returns the budgets that bound the run.
+	EstimateRun(context.Context, *connect.Request[v1.EstimateRunRequest]) (*connect.Response[v1.EstimateRunResponse], error)
 }
 
 // NewAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -431,6 +516,34 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	agentServiceGetUsageHandler := connect.NewUnaryHandler(
+		AgentServiceGetUsageProcedure,
+		svc.GetUsage,
+		connect.WithSchema(agentServiceMethods.ByName("GetUsage")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	agentServiceSetTenantBudgetHandler := connect.NewUnaryHandler(
+		AgentServiceSetTenantBudgetProcedure,
+		svc.SetTenantBudget,
+		connect.WithSchema(agentServiceMethods.ByName("SetTenantBudget")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
+	agentServiceGetTenantBudgetHandler := connect.NewUnaryHandler(
+		AgentServiceGetTenantBudgetProcedure,
+		svc.GetTenantBudget,
+		connect.WithSchema(agentServiceMethods.ByName("GetTenantBudget")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	agentServiceEstimateRunHandler := connect.NewUnaryHandler(
+		AgentServiceEstimateRunProcedure,
+		svc.EstimateRun,
+		connect.WithSchema(agentServiceMethods.ByName("EstimateRun")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/loom.agent.v1.AgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AgentServiceCreateAgentProcedure:
@@ -461,6 +574,14 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 			agentServiceCreateVideoHandler.ServeHTTP(w, r)
 		case AgentServiceGetVideoProcedure:
 			agentServiceGetVideoHandler.ServeHTTP(w, r)
+		case AgentServiceGetUsageProcedure:
+			agentServiceGetUsageHandler.ServeHTTP(w, r)
+		case AgentServiceSetTenantBudgetProcedure:
+			agentServiceSetTenantBudgetHandler.ServeHTTP(w, r)
+		case AgentServiceGetTenantBudgetProcedure:
+			agentServiceGetTenantBudgetHandler.ServeHTTP(w, r)
+		case AgentServiceEstimateRunProcedure:
+			agentServiceEstimateRunHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -524,4 +645,20 @@ func (UnimplementedAgentServiceHandler) CreateVideo(context.Context, *connect.Re
 
 func (UnimplementedAgentServiceHandler) GetVideo(context.Context, *connect.Request[v1.GetVideoRequest]) (*connect.Response[v1.GetVideoResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.agent.v1.AgentService.GetVideo is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) GetUsage(context.Context, *connect.Request[v1.GetUsageRequest]) (*connect.Response[v1.GetUsageResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.agent.v1.AgentService.GetUsage is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) SetTenantBudget(context.Context, *connect.Request[v1.SetTenantBudgetRequest]) (*connect.Response[v1.SetTenantBudgetResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.agent.v1.AgentService.SetTenantBudget is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) GetTenantBudget(context.Context, *connect.Request[v1.GetTenantBudgetRequest]) (*connect.Response[v1.GetTenantBudgetResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.agent.v1.AgentService.GetTenantBudget is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) EstimateRun(context.Context, *connect.Request[v1.EstimateRunRequest]) (*connect.Response[v1.EstimateRunResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.agent.v1.AgentService.EstimateRun is not implemented"))
 }

@@ -81,6 +81,9 @@ const (
 	// OrchestratorServiceSubmitApprovalProcedure is the fully-qualified name of the
 	// OrchestratorService's SubmitApproval RPC.
 	OrchestratorServiceSubmitApprovalProcedure = "/loom.orchestrator.v1.OrchestratorService/SubmitApproval"
+	// OrchestratorServiceEstimateRunProcedure is the fully-qualified name of the OrchestratorService's
+	// EstimateRun RPC.
+	OrchestratorServiceEstimateRunProcedure = "/loom.orchestrator.v1.OrchestratorService/EstimateRun"
 )
 
 // OrchestratorServiceClient is a client for the loom.orchestrator.v1.OrchestratorService service.
@@ -124,6 +127,10 @@ type OrchestratorServiceClient interface {
 	ListPendingApprovals(context.Context, *connect.Request[v1.ListPendingApprovalsRequest]) (*connect.Response[v1.ListPendingApprovalsResponse], error)
 	// SubmitApproval approves or rejects a waiting approval step.
 	SubmitApproval(context.Context, *connect.Request[v1.SubmitApprovalRequest]) (*connect.Response[v1.SubmitApprovalResponse], error)
+	// EstimateRun forecasts a run of a blueprint version before it starts: p50 and p90 (and p99) of cost and
+	// duration, per step and in total, as quantiles over that version's recent successful runs, with the sample
+	// size. Without history it says so and returns, per agent step, the agent's configured budgets.
+	EstimateRun(context.Context, *connect.Request[v1.EstimateRunRequest]) (*connect.Response[v1.EstimateRunResponse], error)
 }
 
 // NewOrchestratorServiceClient constructs a client for the loom.orchestrator.v1.OrchestratorService
@@ -242,6 +249,13 @@ func NewOrchestratorServiceClient(httpClient connect.HTTPClient, baseURL string,
 			connect.WithSchema(orchestratorServiceMethods.ByName("SubmitApproval")),
 			connect.WithClientOptions(opts...),
 		),
+		estimateRun: connect.NewClient[v1.EstimateRunRequest, v1.EstimateRunResponse](
+			httpClient,
+			baseURL+OrchestratorServiceEstimateRunProcedure,
+			connect.WithSchema(orchestratorServiceMethods.ByName("EstimateRun")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -263,6 +277,7 @@ type orchestratorServiceClient struct {
 	watchRun             *connect.Client[v1.WatchRunRequest, v1.WatchRunResponse]
 	listPendingApprovals *connect.Client[v1.ListPendingApprovalsRequest, v1.ListPendingApprovalsResponse]
 	submitApproval       *connect.Client[v1.SubmitApprovalRequest, v1.SubmitApprovalResponse]
+	estimateRun          *connect.Client[v1.EstimateRunRequest, v1.EstimateRunResponse]
 }
 
 // CreateBlueprint calls loom.orchestrator.v1.OrchestratorService.CreateBlueprint.
@@ -345,6 +360,11 @@ func (c *orchestratorServiceClient) SubmitApproval(ctx context.Context, req *con
 	return c.submitApproval.CallUnary(ctx, req)
 }
 
+// EstimateRun calls loom.orchestrator.v1.OrchestratorService.EstimateRun.
+func (c *orchestratorServiceClient) EstimateRun(ctx context.Context, req *connect.Request[v1.EstimateRunRequest]) (*connect.Response[v1.EstimateRunResponse], error) {
+	return c.estimateRun.CallUnary(ctx, req)
+}
+
 // OrchestratorServiceHandler is an implementation of the loom.orchestrator.v1.OrchestratorService
 // service.
 type OrchestratorServiceHandler interface {
@@ -387,6 +407,10 @@ type OrchestratorServiceHandler interface {
 	ListPendingApprovals(context.Context, *connect.Request[v1.ListPendingApprovalsRequest]) (*connect.Response[v1.ListPendingApprovalsResponse], error)
 	// SubmitApproval approves or rejects a waiting approval step.
 	SubmitApproval(context.Context, *connect.Request[v1.SubmitApprovalRequest]) (*connect.Response[v1.SubmitApprovalResponse], error)
+	// EstimateRun forecasts a run of a blueprint version before it starts: p50 and p90 (and p99) of cost and
+	// duration, per step and in total, as quantiles over that version's recent successful runs, with the sample
+	// size. Without history it says so and returns, per agent step, the agent's configured budgets.
+	EstimateRun(context.Context, *connect.Request[v1.EstimateRunRequest]) (*connect.Response[v1.EstimateRunResponse], error)
 }
 
 // NewOrchestratorServiceHandler builds an HTTP handler from the service implementation. It returns
@@ -501,6 +525,13 @@ func NewOrchestratorServiceHandler(svc OrchestratorServiceHandler, opts ...conne
 		connect.WithSchema(orchestratorServiceMethods.ByName("SubmitApproval")),
 		connect.WithHandlerOptions(opts...),
 	)
+	orchestratorServiceEstimateRunHandler := connect.NewUnaryHandler(
+		OrchestratorServiceEstimateRunProcedure,
+		svc.EstimateRun,
+		connect.WithSchema(orchestratorServiceMethods.ByName("EstimateRun")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/loom.orchestrator.v1.OrchestratorService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case OrchestratorServiceCreateBlueprintProcedure:
@@ -535,6 +566,8 @@ func NewOrchestratorServiceHandler(svc OrchestratorServiceHandler, opts ...conne
 			orchestratorServiceListPendingApprovalsHandler.ServeHTTP(w, r)
 		case OrchestratorServiceSubmitApprovalProcedure:
 			orchestratorServiceSubmitApprovalHandler.ServeHTTP(w, r)
+		case OrchestratorServiceEstimateRunProcedure:
+			orchestratorServiceEstimateRunHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -606,4 +639,8 @@ func (UnimplementedOrchestratorServiceHandler) ListPendingApprovals(context.Cont
 
 func (UnimplementedOrchestratorServiceHandler) SubmitApproval(context.Context, *connect.Request[v1.SubmitApprovalRequest]) (*connect.Response[v1.SubmitApprovalResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.orchestrator.v1.OrchestratorService.SubmitApproval is not implemented"))
+}
+
+func (UnimplementedOrchestratorServiceHandler) EstimateRun(context.Context, *connect.Request[v1.EstimateRunRequest]) (*connect.Response[v1.EstimateRunResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.orchestrator.v1.OrchestratorService.EstimateRun is not implemented"))
 }
