@@ -2,41 +2,32 @@ package memory
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/loom-dev/loom/internal/fault"
 )
 
-// Sentinel errors returned (wrapped with what was being attempted) by every Store. The transport
-// (memory/memoryrpc) maps them to connect codes in one place.
+// Sentinel errors returned (wrapped with what was being attempted) by every Store: the kinds every service
+// shares (internal/fault), under the names memory's callers use. The transport (memory/memoryrpc) maps them to
+// connect codes through internal/rpcerr.
 var (
 	// ErrNotFound: the namespace does not exist in the tenant.
-	ErrNotFound = errors.New("not found")
+	ErrNotFound = fault.ErrNotFound
 	// ErrAlreadyExists: a namespace of that name already exists in the tenant.
-	ErrAlreadyExists = errors.New("already exists")
-	// ErrInvalid: the caller's input is wrong (dimension mismatch, zero vector under cosine, bad filter...).
-	// Errors wrapping ErrInvalid carry a message naming the offending field.
-	ErrInvalid = errors.New("invalid argument")
+	ErrAlreadyExists = fault.ErrAlreadyExists
+	// ErrInvalidArgument: the caller's input is wrong (dimension mismatch, zero vector under cosine, bad
+	// filter...). Errors wrapping it carry a message naming the offending field.
+	ErrInvalidArgument = fault.ErrInvalidArgument
 	// ErrFailedPrecondition: the request is well formed but the system is not in a state to run it (for example
 	// an embedder that is not configured on this server).
-	ErrFailedPrecondition = errors.New("failed precondition")
+	ErrFailedPrecondition = fault.ErrFailedPrecondition
 )
 
-// FieldError is an ErrInvalid naming the offending request field, for example
+// FieldError is an ErrInvalidArgument naming the offending request field, for example
 // "records[3].vector: dimension 5, namespace wants 4".
-type FieldError struct {
-	// Field is the request path, for example "filter.all.filters[1].field.range".
-	Field string
-	// Reason says what is wrong.
-	Reason string
-}
-
-// Error implements error.
-func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
-
-// Is makes errors.Is(err, ErrInvalid) true for every FieldError.
-func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
+type FieldError = fault.FieldError
 
 // Invalidf returns a *FieldError for field.
 func Invalidf(field, format string, args ...any) error {
@@ -155,7 +146,7 @@ type Hit struct {
 
 // Store keeps namespaces and records. Every method takes the caller's tenant explicitly and never reads or writes
 // outside it: tenant B never sees tenant A's namespaces or records. Implementations are safe for concurrent use.
-// Errors wrap ErrNotFound, ErrAlreadyExists, ErrInvalid or ErrFailedPrecondition when the caller is at fault;
+// Errors wrap ErrNotFound, ErrAlreadyExists, ErrInvalidArgument or ErrFailedPrecondition when the caller is at fault;
 // anything else is a server fault.
 type Store interface {
 	// CreateNamespace creates ns (defaults already filled by the caller) and returns it as stored, with
@@ -202,7 +193,7 @@ func StartSearch(ctx context.Context, o SearchObserver, namespace, mode string, 
 	return o.StartSearch(ctx, namespace, mode, k)
 }
 
-// CheckNamespace reports an ErrInvalid when ns cannot be stored: a dimension outside [1, MaxDimension]. Every
+// CheckNamespace reports an ErrInvalidArgument when ns cannot be stored: a dimension outside [1, MaxDimension]. Every
 // store checks it on CreateNamespace.
 func CheckNamespace(ns Namespace) error {
 	if ns.Dimension < 1 || ns.Dimension > MaxDimension {
@@ -211,7 +202,7 @@ func CheckNamespace(ns Namespace) error {
 	return nil
 }
 
-// CheckVector reports an ErrInvalid naming field when v does not have dimension dim, has a non-finite element,
+// CheckVector reports an ErrInvalidArgument naming field when v does not have dimension dim, has a non-finite element,
 // or is the zero vector under the cosine metric (it has no direction). Stores and the server share it.
 func CheckVector(field string, v []float32, dim int, metric Metric) error {
 	if len(v) != dim {

@@ -85,6 +85,10 @@ func (m *Mapper) Error(ctx context.Context, procedure string, err error) error {
 			return ce
 		}
 	}
+	var fe *fault.FieldError
+	if errors.As(err, &fe) {
+		return m.client(connect.CodeInvalidArgument, fe) // the field first, without what was being attempted
+	}
 	for _, k := range kinds {
 		if errors.Is(err, k.err) {
 			return m.client(k.code, err)

@@ -47,7 +47,7 @@ func TestMapper(t *testing.T) {
 		{"no principal", fmt.Errorf("ctx: %w", principal.ErrNoPrincipal), connect.CodeUnauthenticated, "", false},
 		{"canceled", fmt.Errorf("query: %w", context.Canceled), connect.CodeCanceled, "canceled", false},
 		{"deadline", fmt.Errorf("query: %w", context.DeadlineExceeded), connect.CodeDeadlineExceeded, "deadline exceeded", false},
-		{"field error", fmt.Errorf("validate: %w", fault.Field("filter.and[2].field", "must not be empty")), connect.CodeInvalidArgument, "validate: filter.and[2].field: must not be empty", false},
+		{"field error", fmt.Errorf("validate: %w", fault.Field("filter.and[2].field", "must not be empty")), connect.CodeInvalidArgument, "filter.and[2].field: must not be empty", false},
 		{"not found", fmt.Errorf("%w: namespace %q", fault.ErrNotFound, "docs"), connect.CodeNotFound, `not found: namespace "docs"`, false},
 		{"already exists", fault.ErrAlreadyExists, connect.CodeAlreadyExists, "", false},
 		{"conflict", fault.ErrConflict, connect.CodeAborted, "", false},

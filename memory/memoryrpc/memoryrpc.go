@@ -24,9 +24,9 @@ import (
 
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/gen/loom/memory/v1/memoryv1connect"
-	"github.com/loom-dev/loom/internal/dberr"
 	"github.com/loom-dev/loom/internal/pagetoken"
 	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/rpcerr"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/memory"
 	"github.com/loom-dev/loom/memory/embed"
@@ -50,6 +50,7 @@ var _ memoryv1connect.MemoryServiceHandler = (*Server)(nil)
 // Server implements memoryv1connect.MemoryServiceHandler over a memory.Store. It is safe for concurrent use.
 type Server struct {
 	logger    *slog.Logger
+	errors    *rpcerr.Mapper
 	store     memory.Store
 	embedders Embedders
 	now       func() time.Time
@@ -60,7 +61,7 @@ func New(logger *slog.Logger, store memory.Store, embedders Embedders) *Server {
 	if embedders == nil {
 		embedders = embed.NewRegistry(10000)
 	}
-	return &Server{logger: logger, store: store, embedders: embedders, now: time.Now}
+	return &Server{logger: logger, errors: newErrors(logger), store: store, embedders: embedders, now: time.Now}
 }
 
 // Service returns the service for the RPC server; Ready pings the store.
@@ -80,43 +81,35 @@ type errEmbed struct{ err error }
 func (e *errEmbed) Error() string { return "embed: " + e.err.Error() }
 func (e *errEmbed) Unwrap() error { return e.err }
 
-// toConnect maps a domain error to a connect error; it is the one place codes are chosen. Client mistakes carry
-// their message (naming the field); server faults are logged and answered with a generic Internal.
+// toConnect maps a domain error to a connect error through the shared mapping (internal/rpcerr); memory adds
+// its quotas (ResourceExhausted with a QuotaFailure detail), embedding failures (Unavailable, logged) and an
+// unknown embedding provider (FailedPrecondition).
 func (s *Server) toConnect(ctx context.Context, procedure string, err error) error {
-	var ce *connect.Error
-	var fe *memory.FieldError
-	var ee *errEmbed
-	var qe *memory.QuotaError
-	switch {
-	case errors.As(err, &ce):
-		return ce
-	case errors.Is(err, principal.ErrNoPrincipal):
-		return connect.NewError(connect.CodeUnauthenticated, err)
-	case errors.Is(err, context.Canceled):
-		return connect.NewError(connect.CodeCanceled, err)
-	case errors.Is(err, context.DeadlineExceeded):
-		return connect.NewError(connect.CodeDeadlineExceeded, err)
-	case errors.As(err, &fe):
-		return connect.NewError(connect.CodeInvalidArgument, errors.New(fe.Error()))
-	case errors.Is(err, memory.ErrInvalid):
-		return connect.NewError(connect.CodeInvalidArgument, err)
-	case errors.As(err, &qe):
-		return quotaError(ctx, qe)
-	case errors.Is(err, memory.ErrNotFound):
-		return connect.NewError(connect.CodeNotFound, err)
-	case errors.Is(err, memory.ErrAlreadyExists):
-		return connect.NewError(connect.CodeAlreadyExists, err)
-	case errors.Is(err, memory.ErrFailedPrecondition), errors.Is(err, embed.ErrUnknownProvider):
-		return connect.NewError(connect.CodeFailedPrecondition, err)
-	case dberr.Unavailable(err):
-		s.logger.WarnContext(ctx, "database unavailable", "error", err)
-		return connect.NewError(connect.CodeUnavailable, errors.New("database unavailable"))
-	case errors.As(err, &ee):
-		s.logger.WarnContext(ctx, "embedding failed", "procedure", procedure, "error", err)
-		return connect.NewError(connect.CodeUnavailable, errors.New("embedding provider failed"))
+	return s.errors.Error(ctx, procedure, err)
+}
+
+func newErrors(logger *slog.Logger) *rpcerr.Mapper {
+	if logger == nil {
+		logger = slog.Default()
 	}
-	s.logger.ErrorContext(ctx, "internal error", "procedure", procedure, "error", err)
-	return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+	return &rpcerr.Mapper{Logger: logger, Service: "memory", Rules: []rpcerr.Rule{
+		func(ctx context.Context, err error) *connect.Error {
+			var qe *memory.QuotaError
+			if errors.As(err, &qe) {
+				return quotaError(ctx, qe)
+			}
+			return nil
+		},
+		rpcerr.Is(embed.ErrUnknownProvider, connect.CodeFailedPrecondition),
+		func(ctx context.Context, err error) *connect.Error {
+			var ee *errEmbed
+			if errors.As(err, &ee) {
+				logger.WarnContext(ctx, "embedding failed", "error", err)
+				return connect.NewError(connect.CodeUnavailable, errors.New("embedding provider failed"))
+			}
+			return nil
+		},
+	}}
 }
 
 // quotaError is ResourceExhausted naming the quota, with a google.rpc.QuotaFailure detail whose subject is the

@@ -266,8 +266,8 @@ func testExactSearch(t *testing.T, s memory.Store) {
 			checkHits(t, fmt.Sprintf("metric %d k %d", m, k), got, brute(m, recs, q, k, nil))
 		}
 	}
-	if _, err := s.Search(ctx, "t1", "m1", memory.Query{Vector: make([]float32, dim-1), TopK: 1}); !errors.Is(err, memory.ErrInvalid) {
-		t.Errorf("Search(wrong dimension) = %v, want ErrInvalid", err)
+	if _, err := s.Search(ctx, "t1", "m1", memory.Query{Vector: make([]float32, dim-1), TopK: 1}); !errors.Is(err, memory.ErrInvalidArgument) {
+		t.Errorf("Search(wrong dimension) = %v, want ErrInvalidArgument", err)
 	}
 }
 
@@ -370,8 +370,8 @@ func testFilters(t *testing.T, s memory.Store) {
 			t.Errorf("%s: got %v, want %v", tc.name, got, tc.want)
 		}
 	}
-	if _, err := s.Search(ctx, "t1", "f", memory.Query{Vector: v, TopK: 1, Filter: rng("size", memory.Range{})}); !errors.Is(err, memory.ErrInvalid) {
-		t.Errorf("Search(empty range) = %v, want ErrInvalid", err)
+	if _, err := s.Search(ctx, "t1", "f", memory.Query{Vector: v, TopK: 1, Filter: rng("size", memory.Range{})}); !errors.Is(err, memory.ErrInvalidArgument) {
+		t.Errorf("Search(empty range) = %v, want ErrInvalidArgument", err)
 	}
 }
 
@@ -570,8 +570,8 @@ func testRejectedBatch(t *testing.T, s memory.Store) {
 	}
 	for name, b := range bad {
 		err := s.Upsert(ctx, "t1", "ns", []memory.Record{good, b})
-		if !errors.Is(err, memory.ErrInvalid) {
-			t.Errorf("%s: Upsert = %v, want ErrInvalid", name, err)
+		if !errors.Is(err, memory.ErrInvalidArgument) {
+			t.Errorf("%s: Upsert = %v, want ErrInvalidArgument", name, err)
 		}
 	}
 	if got, _ := s.Get(ctx, "t1", "ns", []string{"good", "bad"}, false); len(got) != 0 {
