@@ -51,15 +51,14 @@ func markProvider(provider string, err error) error {
 	return err
 }
 
-// providerOf names a model provider as the fault detail and the breakers do: "sim", "gemini", "openai".
+// simProvider is the registered name of the sim, the provider of agents that name none.
+const simProvider = "sim"
+
+// providerOf names a model provider as the registry, the fault detail and the breakers do: the enum value's
+// name in lower case without its prefix ("gemini" for PROVIDER_GEMINI), and "sim" for PROVIDER_UNSPECIFIED.
 func providerOf(p agentv1.Provider) string {
-	switch p {
-	case agentv1.Provider_PROVIDER_GEMINI:
-		return "gemini"
-	case agentv1.Provider_PROVIDER_OPENAI:
-		return "openai"
-	case agentv1.Provider_PROVIDER_UNSPECIFIED, agentv1.Provider_PROVIDER_SIM:
-		return "sim"
+	if p == agentv1.Provider_PROVIDER_UNSPECIFIED {
+		return simProvider
 	}
 	return strings.ToLower(strings.TrimPrefix(p.String(), "PROVIDER_"))
 }

@@ -141,7 +141,7 @@ func (s *Server) speakEspeak(ctx context.Context, text, voice string, send func(
 
 // speakElevenLabs streams MP3 from ElevenLabs' text-to-speech stream endpoint.
 func (s *Server) speakElevenLabs(ctx context.Context, tenant, text, voiceID string, send func([]byte, string) error) error {
-	apiKey, _, err := s.providerKey(ctx, tenant, secrets.ProviderElevenLabs, s.cfg.ElevenLabsAPIKey)
+	apiKey, err := s.providerKey(ctx, tenant, secrets.ProviderElevenLabs, s.cfg.ElevenLabsAPIKey)
 	if err != nil {
 		return err
 	}
@@ -158,7 +158,7 @@ func (s *Server) speakElevenLabs(ctx context.Context, tenant, text, voiceID stri
 	if err != nil {
 		return fmt.Errorf("elevenlabs: %w", err)
 	}
-	req.Header.Set("xi-api-key", apiKey)
+	req.Header.Set("xi-api-key", apiKey.Reveal())
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "audio/mpeg")
 	resp, err := s.providerClient().Do(req)

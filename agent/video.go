@@ -71,7 +71,7 @@ func (s *Server) GetVideo(ctx context.Context, req *connect.Request[agentv1.GetV
 
 // tavus calls the Tavus API and decodes its JSON answer into out.
 func (s *Server) tavus(ctx context.Context, tenant, method, path string, body []byte, field string, out any) error {
-	apiKey, _, err := s.providerKey(ctx, tenant, secrets.ProviderTavus, s.cfg.TavusAPIKey)
+	apiKey, err := s.providerKey(ctx, tenant, secrets.ProviderTavus, s.cfg.TavusAPIKey)
 	if err != nil {
 		return err
 	}
@@ -87,7 +87,7 @@ func (s *Server) tavus(ctx context.Context, tenant, method, path string, body []
 	if err != nil {
 		return fmt.Errorf("tavus: %w", err)
 	}
-	req.Header.Set("x-api-key", apiKey)
+	req.Header.Set("x-api-key", apiKey.Reveal())
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
