@@ -31,6 +31,7 @@ import (
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/internal/dberr"
+	"github.com/loom-dev/loom/internal/jsonschema"
 	"github.com/loom-dev/loom/internal/netguard"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
@@ -122,6 +123,9 @@ type Server struct {
 	memory memoryv1.MemoryServiceClient
 	cfg    Config // cfg.Models is never nil
 
+	// schemas holds the compiled JSON Schemas of tool arguments.
+	schemas *jsonschema.Cache
+
 	// fetchGuard decides http_fetch destinations; tests replace its Check to reach httptest servers.
 	fetchGuard *netguard.Dialer
 	fetchTr    *http.Transport // built on first use, guarded by mu
@@ -178,6 +182,7 @@ func New(logger *slog.Logger, store Store, memory memoryv1.MemoryServiceClient, 
 		store:      store,
 		memory:     memory,
 		cfg:        cfg,
+		schemas:    jsonschema.NewCache(jsonschema.Limits{}, 0),
 		fetchGuard: &netguard.Dialer{},
 		instance:   instance.String(),
 		breakers:   map[string]*gobreaker.TwoStepCircuitBreaker[struct{}]{},

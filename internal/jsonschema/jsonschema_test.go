@@ -249,3 +249,26 @@ func FuzzValidator(f *testing.F) {
 		}
 	})
 }
+
+func TestCache(t *testing.T) {
+	t.Parallel()
+	c := jsonschema.NewCache(jsonschema.Limits{}, 2)
+	a, err := c.Compile(map[string]any{"type": "string"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := c.Compile(map[string]any{"type": "string"}); b != a {
+		t.Error("the same schema compiled twice")
+	}
+	if _, err := c.Compile(map[string]any{"type": "strin"}); err == nil || err.Error() != "type: not one of [array boolean integer null number object string]" {
+		t.Errorf("bad schema: %v", err)
+	}
+	for i := range 5 { // past max: starts over, still right
+		if _, err := c.Compile(map[string]any{"maxLength": float64(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s, err := c.Compile(map[string]any{"type": "string"}); err != nil || s.Validate(1.0, "v") == nil {
+		t.Errorf("after eviction: %v, %v", s, err)
+	}
+}
