@@ -218,8 +218,15 @@ func (s *Server) providerKey(ctx context.Context, tenant, provider string, fallb
 	return "", fmt.Errorf("tenant key for %s: %w", provider, err)
 }
 
-// ErrUnavailable is matched by errors of a speech or video provider that failed or could not be reached.
-var ErrUnavailable = errors.New("provider unavailable")
+// errUnavailable is wrapped by errors of a speech or video provider that failed or could not be reached. It
+// reads "provider unavailable" and matches model.ErrUnavailable, the one sentinel of a provider fault: model,
+// speech and video alike.
+var errUnavailable error = unavailableError{}
+
+type unavailableError struct{}
+
+func (unavailableError) Error() string        { return "provider unavailable" }
+func (unavailableError) Is(target error) bool { return target == model.ErrUnavailable }
 
 // connectError maps a domain error to a Connect error. It is the only place that chooses codes. Server faults
 // become Internal with a generic message; their detail is logged here. Every message is scrubbed of provider
@@ -250,7 +257,7 @@ func (s *Server) connectError(ctx context.Context, err error) error {
 		code = connect.CodeAborted
 	case errors.Is(err, ErrFailedPrecondition), errors.Is(err, model.ErrNotConfigured):
 		code = connect.CodeFailedPrecondition
-	case errors.Is(err, model.ErrUnavailable), errors.Is(err, ErrUnavailable):
+	case errors.Is(err, model.ErrUnavailable):
 		code = connect.CodeUnavailable
 	case errors.Is(err, errLoggedInternal):
 		return connect.NewError(connect.CodeInternal, errors.New("internal error"))

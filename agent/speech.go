@@ -166,7 +166,7 @@ func (s *Server) speakElevenLabs(ctx context.Context, tenant, text, voiceID stri
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("ElevenLabs cannot be reached: %w", ErrUnavailable)
+		return fmt.Errorf("ElevenLabs cannot be reached: %w", errUnavailable)
 	}
 	defer resp.Body.Close()
 	if err := providerStatus("ElevenLabs", resp, "voice.voice_id"); err != nil {
@@ -224,7 +224,7 @@ func streamChunks(r io.Reader, mime string, send func([]byte, string) error) (in
 			return total, nil
 		}
 		if err != nil {
-			return total, fmt.Errorf("read audio: %w: %w", ErrUnavailable, err)
+			return total, fmt.Errorf("read audio: %w: %w", errUnavailable, err)
 		}
 	}
 }
@@ -248,7 +248,7 @@ func providerStatus(name string, resp *http.Response, field string) error {
 	case resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusUnprocessableEntity:
 		return &FieldError{Field: field, Reason: fmt.Sprintf("%s refused the request (HTTP %d): %s", name, resp.StatusCode, detail)}
 	default:
-		return fmt.Errorf("%s answered HTTP %d: %w", name, resp.StatusCode, ErrUnavailable)
+		return fmt.Errorf("%s answered HTTP %d: %w", name, resp.StatusCode, errUnavailable)
 	}
 }
 
