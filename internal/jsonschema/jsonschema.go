@@ -1,7 +1,7 @@
 // Package jsonschema is Loom's one JSON Schema validator: agent tool arguments, workflow run inputs and approval
 // payloads are all checked by it. It compiles schemas with github.com/santhosh-tekuri/jsonschema/v6 (draft
 // 2020-12 unless a schema's $schema names another draft the library embeds), within limits on the size and depth
-// of schemas and instances, and never loads anything: a $ref to another document, over the network or on disk,
+// of schemas and instances and on the work of one validation, and never loads anything: a $ref to another document, over the network or on disk,
 // makes the schema invalid. Formats are annotations, not assertions, as draft 2020-12 specifies by default.
 //
 // Errors are short, stable and name a path: a schema that is not valid is a *SchemaError naming the path to the
@@ -45,6 +45,10 @@ type Limits struct {
 	MaxSchemaBytes int
 	// MaxInstanceBytes is the largest instance; 0 means DefaultMaxInstanceBytes.
 	MaxInstanceBytes int
+	// MaxWork bounds how many times validating one instance may apply a subschema to a part of it (see
+	// DefaultMaxWork); 0 means DefaultMaxWork. A schema whose references fan out could otherwise take time
+	// exponential in the instance's depth.
+	MaxWork int
 }
 
 func (l Limits) withDefaults() Limits {
@@ -56,6 +60,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxInstanceBytes <= 0 {
 		l.MaxInstanceBytes = DefaultMaxInstanceBytes
+	}
+	if l.MaxWork <= 0 {
+		l.MaxWork = DefaultMaxWork
 	}
 	return l
 }
@@ -142,6 +149,10 @@ func Compile(doc any, limits Limits) (*Schema, error) {
 	if err != nil {
 		return nil, schemaError(doc, err)
 	}
+	// References that fan out in place cost as much for every value: refuse them now (and before the probe).
+	if reason := tooMuchWork(s, nil, limits.MaxWork); reason != "" {
+		return nil, &SchemaError{Reason: reason}
+	}
 	// A reference cycle that consumes nothing fails every value, and is only found when validating: try one.
 	var ve *js.ValidationError
 	if errors.As(s.Validate(nil), &ve) {
@@ -166,6 +177,9 @@ func Check(doc any, limits Limits) error {
 func (s *Schema) Validate(v any, root string) error {
 	if e := checkValue(v, nil, s.limits.MaxDepth, s.limits.MaxInstanceBytes); e != nil {
 		return &ValidationError{Path: root + instancePath(v, e.path), Reason: e.reason("value")}
+	}
+	if reason := tooMuchWork(s.s, v, s.limits.MaxWork); reason != "" {
+		return &ValidationError{Path: root, Reason: reason}
 	}
 	err := s.s.Validate(v)
 	if err == nil {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/loom-dev/loom/internal/jsonschema"
 )
@@ -206,7 +207,8 @@ func TestInstanceLimitsAndValues(t *testing.T) {
 }
 
 // FuzzValidator compiles a fuzzed schema within small limits and validates a fuzzed value with it: neither may
-// panic, every error is one of the two types, and what is refused for a limit is over it.
+// panic or run away (the work limit holds), every error is one of the two types, and what is refused for a
+// limit is over it.
 func FuzzValidator(f *testing.F) {
 	for _, seed := range [][2]string{
 		{`{"type":"object","required":["a"],"properties":{"a":{"type":"string","minLength":1}}}`, `{"a":"x"}`},
@@ -219,10 +221,11 @@ func FuzzValidator(f *testing.F) {
 		{`{"dependentRequired":{"a":["b"]},"propertyNames":{"maxLength":2}}`, `{"a":1,"abc":2}`},
 		{`{"$schema":"http://json-schema.org/draft-04/schema#","maximum":3,"exclusiveMaximum":true}`, `3`},
 		{`{"prefixItems":[{"type":"integer"}],"items":false,"unevaluatedProperties":false}`, `[1,2]`},
+		{`{"anyOf":[{"items":{"$ref":"#"}},{"items":{"$ref":"#"}}]}`, `[[[[[[[[[[[[[[[[0]]]]]]]]]]]]]]]]`},
 	} {
 		f.Add(seed[0], seed[1])
 	}
-	limits := jsonschema.Limits{MaxDepth: 16, MaxSchemaBytes: 4096, MaxInstanceBytes: 4096}
+	limits := jsonschema.Limits{MaxDepth: 16, MaxSchemaBytes: 4096, MaxInstanceBytes: 4096, MaxWork: 20_000}
 	f.Fuzz(func(t *testing.T, schema, value string) {
 		var doc, v any
 		if json.Unmarshal([]byte(schema), &doc) != nil || json.Unmarshal([]byte(value), &v) != nil {
@@ -244,7 +247,8 @@ func FuzzValidator(f *testing.F) {
 		if !errors.As(err, &ve) || ve.Reason == "" || !strings.HasPrefix(ve.Path, "v") {
 			t.Fatalf("Validate error %T %v is not a *ValidationError with a path and a reason", err, err)
 		}
-		if ve.Keyword == "" && len(value) < 1000 && !strings.Contains(ve.Reason, "nested too deeply") && !strings.Contains(ve.Reason, "larger than") {
+		if ve.Keyword == "" && len(value) < 1000 && !strings.Contains(ve.Reason, "nested too deeply") && !strings.Contains(ve.Reason, "larger than") &&
+			!strings.Contains(ve.Reason, "too costly") {
 			t.Fatalf("limit error %v for a value within the limits", err)
 		}
 	})
@@ -270,5 +274,52 @@ func TestCache(t *testing.T) {
 	}
 	if s, err := c.Compile(map[string]any{"type": "string"}); err != nil || s.Validate(1.0, "v") == nil {
 		t.Errorf("after eviction: %v, %v", s, err)
+	}
+}
+
+// TestWorkLimit: a schema whose references fan out takes time exponential in the value's depth; the value is
+// refused, quickly, before the library starts, while the same schema still checks shallow values.
+func TestWorkLimit(t *testing.T) {
+	t.Parallel()
+	s, err := jsonschema.Compile(decode(t, `{"anyOf":[{"items":{"$ref":"#"}},{"items":{"$ref":"#"}}],"not":{"const":0}}`), jsonschema.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Validate(decode(t, "[[[1]]]"), "v"); err != nil {
+		t.Errorf("shallow value: %v", err)
+	}
+	start := time.Now()
+	deep := decode(t, strings.Repeat("[", 40)+"0"+strings.Repeat("]", 40)) // 2^40 applications
+	if err := s.Validate(deep, "v"); err == nil || !strings.Contains(err.Error(), "too costly to check") {
+		t.Errorf("deep value: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("refusing took %v", d)
+	}
+	// References fanning out in place cost as much for any value: the schema itself is refused.
+	var defs []string
+	for i := range 30 {
+		defs = append(defs, fmt.Sprintf(`"d%d":{"anyOf":[{"$ref":"#/$defs/d%d"},{"$ref":"#/$defs/d%d"}]}`, i, i+1, i+1))
+	}
+	defs = append(defs, `"d30":{"type":"string"}`)
+	start = time.Now()
+	err = jsonschema.Check(decode(t, `{"$defs":{`+strings.Join(defs, ",")+`},"$ref":"#/$defs/d0"}`), jsonschema.Limits{})
+	if err == nil || !strings.Contains(err.Error(), "too costly") {
+		t.Errorf("fan-out schema: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("refusing took %v", d)
+	}
+	// The count follows what applies: a wide value under a plain schema is cheap.
+	wide := make([]any, 100_000)
+	for i := range wide {
+		wide[i] = map[string]any{"a": float64(i), "b": "x"}
+	}
+	plain, err := jsonschema.Compile(decode(t, `{"type":"array","items":{"type":"object","properties":{"a":{"type":"number"},"b":{"type":"string"},"c":{},"d":{},"e":{}}}}`), jsonschema.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := plain.Validate(wide, "v"); err != nil {
+		t.Errorf("wide value: %v", err)
 	}
 }
