@@ -419,21 +419,8 @@ func truncate(s string) string {
 
 // valueAt returns the value at path in v, nil when there is none.
 func valueAt(v any, path []string) any {
-	for _, tok := range path {
-		switch x := v.(type) {
-		case map[string]any:
-			v = x[tok]
-		case []any:
-			i, err := strconv.Atoi(tok)
-			if err != nil || i < 0 || i >= len(x) {
-				return nil
-			}
-			v = x[i]
-		default:
-			return nil
-		}
-	}
-	return v
+	_, at := locate(v, path)
+	return at
 }
 
 func typeName(v any) string {
@@ -454,22 +441,33 @@ func typeName(v any) string {
 
 // instancePath renders path in v as ".key" per object member and "[i]" per array element.
 func instancePath(v any, path []string) string {
+	p, _ := locate(v, path)
+	return p
+}
+
+// locate follows path in v: it returns the path rendered as instancePath does, and the value at its end (nil
+// when there is none).
+func locate(v any, path []string) (string, any) {
 	var b strings.Builder
 	for _, tok := range path {
-		if x, ok := v.([]any); ok {
+		switch x := v.(type) {
+		case []any:
 			b.WriteString("[" + tok + "]")
-			if i, err := strconv.Atoi(tok); err == nil && i >= 0 && i < len(x) {
-				v = x[i]
-			} else {
+			i, err := strconv.Atoi(tok)
+			if err != nil || i < 0 || i >= len(x) {
 				v = nil
+				continue
 			}
-			continue
+			v = x[i]
+		case map[string]any:
+			b.WriteString("." + tok)
+			v = x[tok]
+		default:
+			b.WriteString("." + tok)
+			v = nil
 		}
-		b.WriteString("." + tok)
-		m, _ := v.(map[string]any)
-		v = m[tok]
 	}
-	return b.String()
+	return b.String(), v
 }
 
 // dotted is instancePath without the leading dot, for paths in a schema.

@@ -51,18 +51,7 @@ func TestGemini(t *testing.T) {
 	req.Model, req.System, req.Temperature = "gemini-test", "be nice", &temp
 	req.Tools = []model.Tool{{Name: "memory_search", Description: "search", Parameters: map[string]any{"type": "object"}}}
 	r := modeltest.Collect(context.Background(), g, req)
-	if r.Err != nil {
-		t.Fatal(r.Err)
-	}
-	if r.Text != "Hello world" {
-		t.Errorf("text = %q", r.Text)
-	}
-	if diff := cmp.Diff([]model.ToolCall{{ID: "gemini_0", Name: "memory_search", Args: map[string]any{"query": "cats"}}}, r.Calls); diff != "" {
-		t.Errorf("calls (-want +got):\n%s", diff)
-	}
-	if r.Usage != (model.Usage{InputTokens: 12, OutputTokens: 7}) {
-		t.Errorf("usage = %+v", r.Usage)
-	}
+	r.Expect(t, "Hello world", []model.ToolCall{{ID: "gemini_0", Name: "memory_search", Args: map[string]any{"query": "cats"}}}, model.Usage{InputTokens: 12, OutputTokens: 7})
 	body, _ := json.Marshal(gotBody)
 	for _, want := range []string{`"systemInstruction"`, `"functionDeclarations"`, `"memory_search"`, `"temperature":0.5`} {
 		if !strings.Contains(string(body), want) {

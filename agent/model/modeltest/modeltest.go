@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/loom-dev/loom/agent/model"
 )
 
@@ -44,6 +46,23 @@ func Collect(ctx context.Context, m model.Model, req model.Request) Result {
 		}
 	}
 	return r
+}
+
+// Expect fails t unless r succeeded with text, calls and usage.
+func (r Result) Expect(t *testing.T, text string, calls []model.ToolCall, usage model.Usage) {
+	t.Helper()
+	if r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if r.Text != text {
+		t.Errorf("text = %q, want %q", r.Text, text)
+	}
+	if diff := cmp.Diff(calls, r.Calls); diff != "" {
+		t.Errorf("calls (-want +got):\n%s", diff)
+	}
+	if r.Usage != usage {
+		t.Errorf("usage = %+v, want %+v", r.Usage, usage)
+	}
 }
 
 // User is a request of one user message.

@@ -60,18 +60,7 @@ func TestOpenAI(t *testing.T) {
 		model.Message{Role: model.RoleAssistant, ToolCalls: []model.ToolCall{{ID: "x1", Name: "memory_save", Args: map[string]any{}}}},
 		model.Message{Role: model.RoleTool, ToolCallID: "x1", ToolName: "memory_save", Text: `{"ok":true}`})
 	r := modeltest.Collect(context.Background(), o, req)
-	if r.Err != nil {
-		t.Fatal(r.Err)
-	}
-	if r.Text != "Hi there" {
-		t.Errorf("text = %q", r.Text)
-	}
-	if diff := cmp.Diff([]model.ToolCall{{ID: "call_a", Name: "memory_save", Args: map[string]any{"text": "note"}}}, r.Calls); diff != "" {
-		t.Errorf("calls (-want +got):\n%s", diff)
-	}
-	if r.Usage != (model.Usage{InputTokens: 20, OutputTokens: 9}) {
-		t.Errorf("usage = %+v", r.Usage)
-	}
+	r.Expect(t, "Hi there", []model.ToolCall{{ID: "call_a", Name: "memory_save", Args: map[string]any{"text": "note"}}}, model.Usage{InputTokens: 20, OutputTokens: 9})
 	body, _ := json.Marshal(gotBody)
 	for _, want := range []string{`"stream":true`, `"include_usage":true`, `"tool_call_id":"x1"`, `"role":"system"`, `"name":"memory_save"`} {
 		if !strings.Contains(string(body), want) {
