@@ -79,10 +79,16 @@ func checkMessage(m protoreflect.Message, path string, max, depth int) error {
 		return fmt.Errorf("%s: messages nested deeper than %d levels: %w", orRoot(path), msgDepthLimit, ErrTooDeep)
 	}
 	var err error
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd.Message() == nil {
-			return true
+	// Fields in declaration order, not m.Range's: protobuf-go shuffles Range per binary, which made the field
+	// named in the error (when several nest too deeply) change from one build to the next. Extensions, which no
+	// Loom request carries, are not walked.
+	fields := m.Descriptor().Fields()
+	for i := 0; i < fields.Len() && err == nil; i++ {
+		fd := fields.Get(i)
+		if fd.Message() == nil || !m.Has(fd) {
+			continue
 		}
+		v := m.Get(fd)
 		p := join(path, string(fd.Name()))
 		switch {
 		case fd.IsList():
@@ -92,7 +98,7 @@ func checkMessage(m protoreflect.Message, path string, max, depth int) error {
 			}
 		case fd.IsMap():
 			if fd.MapValue().Message() == nil {
-				return true
+				continue
 			}
 			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
 				err = checkMessage(mv.Message(), p+"["+strconv.Quote(k.String())+"]", max, depth+1)
@@ -101,8 +107,7 @@ func checkMessage(m protoreflect.Message, path string, max, depth int) error {
 		default:
 			err = checkMessage(v.Message(), p, max, depth+1)
 		}
-		return err == nil
-	})
+	}
 	return err
 }
 
