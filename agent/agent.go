@@ -26,10 +26,12 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/loom-dev/loom/agent/model"
+	"github.com/loom-dev/loom/agent/model/sim"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/internal/dberr"
+	"github.com/loom-dev/loom/internal/jsonschema"
 	"github.com/loom-dev/loom/internal/netguard"
 	"github.com/loom-dev/loom/internal/pricing"
 	"github.com/loom-dev/loom/internal/principal"
@@ -40,25 +42,21 @@ import (
 )
 
 // Config configures the agent service's providers. The zero value works offline: the sim model, espeak-ng from
-// PATH, no Gemini, OpenAI, ElevenLabs or Tavus. Keys are never logged: String and LogValue mask them.
+// PATH, no other model provider, no ElevenLabs or Tavus. Keys are secrets.String values, masked wherever they are
+// printed or logged, so a Config can be printed whole.
 type Config struct {
-	// GeminiAPIKey enables PROVIDER_GEMINI; empty makes Gemini runs fail with FailedPrecondition.
-	GeminiAPIKey string
-	// GeminiBaseURL overrides the Gemini endpoint; empty uses Google's.
-	GeminiBaseURL string
-	// OpenAIAPIKey is the key of the OpenAI-compatible endpoint; may be empty when OpenAIBaseURL points at a
-	// local server that needs none. Both empty makes OpenAI runs fail with FailedPrecondition.
-	OpenAIAPIKey string
-	// OpenAIBaseURL overrides the endpoint, for example "http://localhost:11434/v1"; empty uses OpenAI's.
-	OpenAIBaseURL string
+	// Models holds the model providers runs can use, by name, with the process's endpoint of each; it must hold
+	// "sim", the provider of agents that name none. An agent whose provider is not registered fails its runs with
+	// FailedPrecondition. nil means the sim only.
+	Models *model.Registry
 	// ElevenLabsAPIKey enables VOICE_PROVIDER_ELEVENLABS; empty makes it fail with FailedPrecondition.
-	ElevenLabsAPIKey string
+	ElevenLabsAPIKey secrets.String
 	// ElevenLabsBaseURL overrides the ElevenLabs endpoint; empty means "https://api.elevenlabs.io".
 	ElevenLabsBaseURL string
 	// ElevenLabsModel is the model_id sent to ElevenLabs; empty means "eleven_multilingual_v2".
 	ElevenLabsModel string
 	// TavusAPIKey enables CreateVideo and GetVideo; empty makes them fail with FailedPrecondition.
-	TavusAPIKey string
+	TavusAPIKey secrets.String
 	// TavusBaseURL overrides the Tavus endpoint; empty means "https://tavusapi.com".
 	TavusBaseURL string
 	// EspeakPath is the espeak-ng binary; empty means "espeak-ng" looked up in PATH.
@@ -68,10 +66,11 @@ type Config struct {
 	FFmpegPath string
 	// MemoryTimeout bounds the memory search before a run's first model call; 0 means 2 seconds.
 	MemoryTimeout time.Duration
-	// TenantKeys holds tenants' own provider keys, by provider "gemini", "openai", "elevenlabs" or "tavus"
-	// (*secrets.ProviderKeys implements it). A run, speech or video call uses its tenant's key when there is one,
-	// and the process key above otherwise; Get answers an error matching secrets.ErrNotFound when the tenant has
-	// none. The OpenAI and ElevenLabs base URLs stay the process's. nil means process keys only.
+	// TenantKeys holds tenants' own provider keys, by provider name: a model provider's registered name,
+	// "elevenlabs" or "tavus" (*secrets.ProviderKeys implements it). A run, speech or video call uses its tenant's
+	// key when there is one, and the process key otherwise; Get answers an error matching secrets.ErrNotFound when
+	// the tenant has none, and one matching secrets.ErrInvalidArgument for a provider it keeps no keys for (both
+	// mean the process key). Base URLs stay the process's. nil means process keys only.
 	TenantKeys interface {
 		Get(ctx context.Context, tenant, provider string) (string, error)
 	}
@@ -98,8 +97,17 @@ type Config struct {
 
 // Validate reports a malformed base URL.
 func (c Config) Validate() error {
-	for name, u := range map[string]string{"GeminiBaseURL": c.GeminiBaseURL, "OpenAIBaseURL": c.OpenAIBaseURL,
-		"ElevenLabsBaseURL": c.ElevenLabsBaseURL, "TavusBaseURL": c.TavusBaseURL} {
+	urls := map[string]string{"ElevenLabsBaseURL": c.ElevenLabsBaseURL, "TavusBaseURL": c.TavusBaseURL}
+	if c.Models != nil {
+		for _, name := range c.Models.Names() {
+			_, ep, _ := c.Models.Lookup(name)
+			urls["Models["+name+"].BaseURL"] = ep.BaseURL
+		}
+		if _, _, ok := c.Models.Lookup(simProvider); !ok {
+			return fmt.Errorf("agent config: Models has no %q provider", simProvider)
+		}
+	}
+	for name, u := range urls {
 		if u == "" {
 			continue
 		}
@@ -120,26 +128,6 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// String prints the configuration with keys masked.
-func (c Config) String() string {
-	return fmt.Sprintf("{GeminiAPIKey:%s GeminiBaseURL:%q OpenAIAPIKey:%s OpenAIBaseURL:%q ElevenLabsAPIKey:%s "+
-		"ElevenLabsBaseURL:%q ElevenLabsModel:%q TavusAPIKey:%s TavusBaseURL:%q EspeakPath:%q MemoryTimeout:%v}",
-		model.Mask(c.GeminiAPIKey), c.GeminiBaseURL, model.Mask(c.OpenAIAPIKey), c.OpenAIBaseURL,
-		model.Mask(c.ElevenLabsAPIKey), c.ElevenLabsBaseURL, c.ElevenLabsModel, model.Mask(c.TavusAPIKey),
-		c.TavusBaseURL, c.EspeakPath, c.MemoryTimeout)
-}
-
-// LogValue logs the configuration with keys masked.
-func (c Config) LogValue() slog.Value {
-	return slog.GroupValue(
-		slog.String("gemini_api_key", model.Mask(c.GeminiAPIKey)), slog.String("gemini_base_url", c.GeminiBaseURL),
-		slog.String("openai_api_key", model.Mask(c.OpenAIAPIKey)), slog.String("openai_base_url", c.OpenAIBaseURL),
-		slog.String("elevenlabs_api_key", model.Mask(c.ElevenLabsAPIKey)), slog.String("elevenlabs_base_url", c.ElevenLabsBaseURL),
-		slog.String("tavus_api_key", model.Mask(c.TavusAPIKey)), slog.String("tavus_base_url", c.TavusBaseURL),
-		slog.String("espeak_path", c.EspeakPath), slog.Duration("memory_timeout", c.MemoryTimeout),
-	)
-}
-
 // Server implements agentv1connect.AgentServiceHandler. It is safe for concurrent use.
 type Server struct {
 	logger *slog.Logger // scrubs every record with scrub
@@ -148,13 +136,13 @@ type Server struct {
 	scrub  *scrub.Scrubber
 	store  Store
 	memory memoryv1.MemoryServiceClient
-	cfg    Config
-	mcfg   model.Config // the process's model configuration, copied with a tenant's key for its runs
-	gemini *model.Gemini
-	openai *model.OpenAI
+	cfg    Config // cfg.Models is never nil
 	// prices charges model calls; budgets holds tenants' budgets and spend in memory.
 	prices  *pricing.Table
 	budgets *budgets
+
+	// schemas holds the compiled JSON Schemas of tool arguments.
+	schemas *jsonschema.Cache
 
 	// fetchGuard decides http_fetch destinations; tests replace its Check to reach httptest servers.
 	fetchGuard *netguard.Dialer
@@ -197,9 +185,15 @@ func New(logger *slog.Logger, store Store, memory memoryv1.MemoryServiceClient, 
 	if err != nil {
 		return nil, fmt.Errorf("agent: instance id: %w", err)
 	}
-	mcfg := model.Config{GeminiAPIKey: cfg.GeminiAPIKey, GeminiBaseURL: cfg.GeminiBaseURL,
-		OpenAIAPIKey: cfg.OpenAIAPIKey, OpenAIBaseURL: cfg.OpenAIBaseURL, HTTPClient: cfg.HTTPClient}
-	sc := scrub.New(cfg.GeminiAPIKey, cfg.OpenAIAPIKey, cfg.ElevenLabsAPIKey, cfg.TavusAPIKey)
+	if cfg.Models == nil {
+		cfg.Models = model.NewRegistry()
+		cfg.Models.Register(simProvider, sim.Provider(), model.Endpoint{})
+	}
+	var processKeys []string
+	for _, k := range append(cfg.Models.Keys(), cfg.ElevenLabsAPIKey, cfg.TavusAPIKey) {
+		processKeys = append(processKeys, k.Reveal())
+	}
+	sc := scrub.New(processKeys...)
 	if cfg.Prices == nil {
 		cfg.Prices = pricing.Default()
 	}
@@ -212,9 +206,7 @@ func New(logger *slog.Logger, store Store, memory memoryv1.MemoryServiceClient, 
 		store:      store,
 		memory:     memory,
 		cfg:        cfg,
-		mcfg:       mcfg,
-		gemini:     model.NewGemini(mcfg),
-		openai:     model.NewOpenAI(mcfg),
+		schemas:    jsonschema.NewCache(jsonschema.Limits{}, 0),
 		prices:     cfg.Prices,
 		budgets:    newBudgets(store, cfg.BudgetRefresh, cfg.Prices.Currency()),
 		fetchGuard: &netguard.Dialer{},
@@ -235,24 +227,32 @@ func (s *Server) Service() rpcserver.Service {
 }
 
 // providerKey returns the key to call provider with for tenant: the tenant's own key when TenantKeys holds one,
-// else fallback (the process key). own reports which. Errors never contain a key.
-func (s *Server) providerKey(ctx context.Context, tenant, provider, fallback string) (key string, own bool, err error) {
+// else fallback (the process key). A provider TenantKeys keeps no keys for (it answers ErrInvalidArgument, as
+// secrets.ProviderKeys does for a model provider registered after it) uses fallback. Errors never contain a key.
+func (s *Server) providerKey(ctx context.Context, tenant, provider string, fallback secrets.String) (secrets.String, error) {
 	if s.cfg.TenantKeys == nil {
-		return fallback, false, nil
+		return fallback, nil
 	}
-	key, err = s.cfg.TenantKeys.Get(ctx, tenant, provider)
+	key, err := s.cfg.TenantKeys.Get(ctx, tenant, provider)
 	switch {
 	case err == nil && key != "":
 		s.scrub.Add(key) // from now on, never echoed back by a provider's error text
-		return key, true, nil
-	case err == nil, errors.Is(err, secrets.ErrNotFound):
-		return fallback, false, nil
+		return secrets.String(key), nil
+	case err == nil, errors.Is(err, secrets.ErrNotFound), errors.Is(err, secrets.ErrInvalidArgument):
+		return fallback, nil
 	}
-	return "", false, fmt.Errorf("tenant key for %s: %w", provider, err)
+	return "", fmt.Errorf("tenant key for %s: %w", provider, err)
 }
 
-// ErrUnavailable is matched by errors of a speech or video provider that failed or could not be reached.
-var ErrUnavailable = errors.New("provider unavailable")
+// errUnavailable is wrapped by errors of a speech or video provider that failed or could not be reached. It
+// reads "provider unavailable" and matches model.ErrUnavailable, the one sentinel of a provider fault: model,
+// speech and video alike.
+var errUnavailable error = unavailableError{}
+
+type unavailableError struct{}
+
+func (unavailableError) Error() string        { return "provider unavailable" }
+func (unavailableError) Is(target error) bool { return target == model.ErrUnavailable }
 
 // connectError maps a domain error to a Connect error. It is the only place that chooses codes. Server faults
 // become Internal with a generic message; their detail is logged here. Every message is scrubbed of provider
@@ -285,7 +285,7 @@ func (s *Server) connectError(ctx context.Context, err error) error {
 		return exhaustedConnectError(err)
 	case errors.Is(err, ErrFailedPrecondition), errors.Is(err, model.ErrNotConfigured):
 		code = connect.CodeFailedPrecondition
-	case errors.Is(err, model.ErrUnavailable), errors.Is(err, ErrUnavailable):
+	case errors.Is(err, model.ErrUnavailable):
 		code = connect.CodeUnavailable
 	case errors.Is(err, errLoggedInternal):
 		return connect.NewError(connect.CodeInternal, errors.New("internal error"))
@@ -505,6 +505,3 @@ func checkVoice(v *agentv1.Voice, field string) error {
 	}
 	return nil
 }
-
-// GoString masks the API keys in %#v too.
-func (c Config) GoString() string { return "agent.Config" + c.String() }

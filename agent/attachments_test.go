@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/loom-dev/loom/agent"
+	"github.com/loom-dev/loom/agent/model"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 )
 
@@ -80,7 +81,7 @@ func TestRunGeminiAttachments(t *testing.T) {
 	t.Parallel()
 	var rec recorder
 	llm := rec.serve(t, `{"candidates":[{"content":{"role":"model","parts":[{"text":"A cat, meowing."}]}}]}`)
-	h := newHarness(t, agent.Config{GeminiAPIKey: "g-key", GeminiBaseURL: llm.URL})
+	h := newHarness(t, agent.Config{Models: testModels(model.Endpoint{APIKey: "g-key", BaseURL: llm.URL}, model.Endpoint{})})
 	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
 		ctx := testCtx(t)
 		name := "gem-att-" + t.Name()[len(t.Name())-4:]
@@ -108,7 +109,7 @@ func TestRunOpenAIAttachments(t *testing.T) {
 	llm := rec.serve(t,
 		`{"id":"1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"A cat, meowing."}}]}`,
 		`[DONE]`)
-	h := newHarness(t, agent.Config{OpenAIAPIKey: "sk-test", OpenAIBaseURL: llm.URL + "/v1"})
+	h := newHarness(t, agent.Config{Models: testModels(model.Endpoint{}, model.Endpoint{APIKey: "sk-test", BaseURL: llm.URL + "/v1"})})
 	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
 		ctx := testCtx(t)
 		name := "oai-att-" + t.Name()[len(t.Name())-4:]

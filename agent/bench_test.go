@@ -13,6 +13,7 @@ import (
 	"github.com/loom-dev/loom/agent"
 	"github.com/loom-dev/loom/agent/agenttest"
 	"github.com/loom-dev/loom/agent/model"
+	"github.com/loom-dev/loom/agent/model/sim"
 	"github.com/loom-dev/loom/agent/sqlstore"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/internal/principal"
@@ -55,11 +56,11 @@ func BenchmarkStepOverhead(b *testing.B) {
 	// sim, the conversation growing as in the run.
 	baseStart := time.Now()
 	for range b.N {
-		sim := model.NewSim(script, 1)
+		m := sim.New(script, 1)
 		req := model.Request{System: "You help.", Messages: []model.Message{{Role: model.RoleUser, Text: "question"}}}
 		for range steps {
 			var calls []model.ToolCall
-			for c, err := range sim.Stream(ctx, req) {
+			for c, err := range m.Stream(ctx, req) {
 				if err != nil {
 					b.Fatal(err)
 				}

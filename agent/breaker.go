@@ -38,28 +38,27 @@ type providerFault struct {
 func (e *providerFault) Error() string { return e.err.Error() }
 func (e *providerFault) Unwrap() error { return e.err }
 
-// markProvider wraps err as provider's fault when it is one (it matches model.ErrUnavailable or
-// ErrUnavailable); other errors are returned as they are.
+// markProvider wraps err as provider's fault when it is one (it matches model.ErrUnavailable); other errors are
+// returned as they are.
 func markProvider(provider string, err error) error {
 	var pf *providerFault
 	if err == nil || errors.As(err, &pf) {
 		return err
 	}
-	if errors.Is(err, model.ErrUnavailable) || errors.Is(err, ErrUnavailable) {
+	if errors.Is(err, model.ErrUnavailable) {
 		return &providerFault{provider: provider, err: err}
 	}
 	return err
 }
 
-// providerOf names a model provider as the fault detail and the breakers do: "sim", "gemini", "openai".
+// simProvider is the registered name of the sim, the provider of agents that name none.
+const simProvider = "sim"
+
+// providerOf names a model provider as the registry, the fault detail and the breakers do: the enum value's
+// name in lower case without its prefix ("gemini" for PROVIDER_GEMINI), and "sim" for PROVIDER_UNSPECIFIED.
 func providerOf(p agentv1.Provider) string {
-	switch p {
-	case agentv1.Provider_PROVIDER_GEMINI:
-		return "gemini"
-	case agentv1.Provider_PROVIDER_OPENAI:
-		return "openai"
-	case agentv1.Provider_PROVIDER_UNSPECIFIED, agentv1.Provider_PROVIDER_SIM:
-		return "sim"
+	if p == agentv1.Provider_PROVIDER_UNSPECIFIED {
+		return simProvider
 	}
 	return strings.ToLower(strings.TrimPrefix(p.String(), "PROVIDER_"))
 }
@@ -120,11 +119,11 @@ func (s *Server) guard(ctx context.Context, tenant, provider string, call func()
 }
 
 // errBreakerOpen is the error of a provider call refused by its tenant's open breaker.
-var errBreakerOpen = fmt.Errorf("failing repeatedly for this tenant; calls are paused for a while: %w", ErrUnavailable)
+var errBreakerOpen = fmt.Errorf("failing repeatedly for this tenant; calls are paused for a while: %w", errUnavailable)
 
 // faultOf returns err when it is a provider fault (what the breaker counts as a failure), else nil.
 func faultOf(ctx context.Context, err error) error {
-	if err != nil && ctx.Err() == nil && (errors.Is(err, model.ErrUnavailable) || errors.Is(err, ErrUnavailable)) {
+	if err != nil && ctx.Err() == nil && errors.Is(err, model.ErrUnavailable) {
 		return err
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/loom-dev/loom/agent/model"
+	simmodel "github.com/loom-dev/loom/agent/model/sim"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/internal/pricing"
 )
@@ -38,7 +39,7 @@ func BenchmarkBudgetCheckPerModelCall(b *testing.B) {
 	env := runEnv{tenant: "t", agent: &agentv1.Agent{Name: "a", Budgets: &agentv1.Budgets{MaxCost: high}}, meter: s.meterFor(agentv1.Provider_PROVIDER_SIM, "sim")}
 	run := &agentv1.Run{Id: "r", Usage: env.meter.usage(model.Usage{})}
 	step := env.meter.usage(model.Usage{InputTokens: 100, OutputTokens: 20})
-	sim := model.NewSim(&agentv1.SimScript{Turns: []*agentv1.SimTurn{{Reply: "the answer is forty two"}}}, 1)
+	sim := simmodel.New(&agentv1.SimScript{Turns: []*agentv1.SimTurn{{Reply: "the answer is forty two"}}}, 1)
 	req := model.Request{System: "You help.", Messages: []model.Message{{Role: model.RoleUser, Text: "question"}}}
 
 	simStart := time.Now()

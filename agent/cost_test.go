@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/loom-dev/loom/agent"
+	"github.com/loom-dev/loom/agent/model"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	authv1 "github.com/loom-dev/loom/gen/loom/auth/v1"
 	costv1 "github.com/loom-dev/loom/gen/loom/cost/v1"
@@ -192,7 +193,7 @@ func checkRollup(t *testing.T, run *agentv1.Run) {
 
 func TestUnknownModelIsNotGuessed(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, agent.Config{Prices: pricedSim(t), OpenAIBaseURL: "http://127.0.0.1:1/v1"})
+	h := newHarness(t, agent.Config{Prices: pricedSim(t), Models: testModels(model.Endpoint{}, model.Endpoint{BaseURL: "http://127.0.0.1:1/v1"})})
 	ctx := testCtx(t)
 	c := h.clients["grpc"]
 	// The sim's default table entry is replaced by the test table's; a table without the sim's entry still

@@ -18,6 +18,10 @@ import (
 
 	"github.com/loom-dev/loom/agent"
 	"github.com/loom-dev/loom/agent/agenttest"
+	"github.com/loom-dev/loom/agent/model"
+	"github.com/loom-dev/loom/agent/model/gemini"
+	"github.com/loom-dev/loom/agent/model/openai"
+	"github.com/loom-dev/loom/agent/model/sim"
 	"github.com/loom-dev/loom/agent/sqlstore"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
@@ -59,6 +63,9 @@ func newHarnessOn(t *testing.T, dialect sqldb.Dialect, cfg agent.Config) *harnes
 // newHarnessWith is newHarness over a given store.
 func newHarnessWith(t *testing.T, store agent.Store, cfg agent.Config) *harness {
 	t.Helper()
+	if cfg.Models == nil {
+		cfg.Models = testModels(model.Endpoint{}, model.Endpoint{})
+	}
 	mem := agenttest.NewMemory()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv, err := agent.New(logger, store, mem, cfg)
@@ -79,6 +86,16 @@ func newHarnessWith(t *testing.T, store agent.Store, cfg agent.Config) *harness 
 		"connect": connectClient{cc},
 		"grpc":    agentv1.NewAgentServiceClient(conn),
 	}}
+}
+
+// testModels is a registry of every model provider the binary registers: the sim, and Gemini and
+// OpenAI-compatible at the given endpoints.
+func testModels(gem, oai model.Endpoint) *model.Registry {
+	r := model.NewRegistry()
+	r.Register("sim", sim.Provider(), model.Endpoint{})
+	r.Register("gemini", gemini.Provider(), gem)
+	r.Register("openai", openai.Provider(), oai)
+	return r
 }
 
 // asTenant returns ctx whose calls run as tenant, for both client kinds.

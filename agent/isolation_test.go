@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/loom-dev/loom/agent"
+	"github.com/loom-dev/loom/agent/model"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
 	"github.com/loom-dev/loom/internal/rpcclient"
@@ -67,7 +68,7 @@ func TestTenantProviderFaultsIsolated(t *testing.T) {
 		fmt.Fprint(w, "data: [DONE]\n\n")
 	}))
 	defer llm.Close()
-	h := newHarness(t, agent.Config{OpenAIAPIKey: "sk-process-fine", OpenAIBaseURL: llm.URL + "/v1",
+	h := newHarness(t, agent.Config{Models: testModels(model.Endpoint{}, model.Endpoint{APIKey: "sk-process-fine", BaseURL: llm.URL + "/v1"}),
 		TenantKeys: fakeTenantKeys{"tenant-a/openai": "sk-tenant-a-broken"}})
 	conn, err := rpcclient.Dial(rpcclient.Config{Target: h.addr, Service: agentv1.AgentService_ServiceDesc.ServiceName})
 	if err != nil {

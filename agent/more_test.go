@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/loom-dev/loom/agent"
+	"github.com/loom-dev/loom/agent/model"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/internal/sqldb"
 )
@@ -111,7 +112,7 @@ func TestRunGemini(t *testing.T) {
 		fmt.Fprint(w, `data: {"candidates":[{"content":{"role":"model","parts":[{"text":"blue."}]}}],"usageMetadata":{"promptTokenCount":60,"candidatesTokenCount":3}}`+"\n\n")
 	}))
 	defer llm.Close()
-	h := newHarness(t, agent.Config{GeminiAPIKey: "g-key", GeminiBaseURL: llm.URL})
+	h := newHarness(t, agent.Config{Models: testModels(model.Endpoint{APIKey: "g-key", BaseURL: llm.URL}, model.Endpoint{})})
 	ctx := testCtx(t)
 	c := h.clients["connect"]
 	a := memoryAgent(t, h, "gem")

@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/loom-dev/loom/agent"
+	"github.com/loom-dev/loom/agent/model"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/internal/secrets"
 )
@@ -42,7 +43,7 @@ func TestRunOpenAI(t *testing.T) {
 		send("[DONE]")
 	}))
 	defer llm.Close()
-	h := newHarness(t, agent.Config{OpenAIAPIKey: "sk-test", OpenAIBaseURL: llm.URL + "/v1"})
+	h := newHarness(t, agent.Config{Models: testModels(model.Endpoint{}, model.Endpoint{APIKey: "sk-test", BaseURL: llm.URL + "/v1"})})
 	ctx := testCtx(t)
 	c := h.clients["grpc"]
 	a := memoryAgent(t, h, "oai")
@@ -61,10 +62,10 @@ func TestRunOpenAI(t *testing.T) {
 
 func TestConfigMasksKeys(t *testing.T) {
 	t.Parallel()
-	cfg := agent.Config{GeminiAPIKey: "g-secret", OpenAIAPIKey: "o-secret", ElevenLabsAPIKey: "e-secret", TavusAPIKey: "t-secret"}
+	cfg := agent.Config{Models: testModels(model.Endpoint{APIKey: "g-secret"}, model.Endpoint{APIKey: "o-secret"}), ElevenLabsAPIKey: "e-secret", TavusAPIKey: "t-secret"}
 	var logged bytes.Buffer
 	slog.New(slog.NewJSONHandler(&logged, nil)).Info("config", "cfg", cfg)
-	for _, out := range []string{cfg.String(), fmt.Sprint(cfg), fmt.Sprintf("%+v", cfg), logged.String()} {
+	for _, out := range []string{fmt.Sprint(cfg), fmt.Sprintf("%+v", cfg), logged.String()} {
 		if strings.Contains(out, "secret") {
 			t.Errorf("printed config leaks a key: %s", out)
 		}
@@ -102,7 +103,7 @@ func TestRunTenantKey(t *testing.T) {
 		fmt.Fprint(w, "data: [DONE]\n\n")
 	}))
 	defer llm.Close()
-	h := newHarness(t, agent.Config{OpenAIAPIKey: "sk-process", OpenAIBaseURL: llm.URL + "/v1",
+	h := newHarness(t, agent.Config{Models: testModels(model.Endpoint{}, model.Endpoint{APIKey: "sk-process", BaseURL: llm.URL + "/v1"}),
 		TenantKeys: fakeTenantKeys{"acme/openai": "sk-acme-own"}})
 	c := h.clients["grpc"]
 	for _, tenant := range []string{"acme", "globex"} {

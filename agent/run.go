@@ -24,7 +24,6 @@ import (
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/protolimit"
-	"github.com/loom-dev/loom/internal/secrets"
 	"github.com/loom-dev/loom/internal/telemetry"
 )
 
@@ -194,7 +193,7 @@ func (s *Server) startRun(ctx context.Context, tenant, agentName, input string, 
 	if err != nil {
 		return nil, err
 	}
-	if err := checkAttachments(a.GetModel().GetProvider(), atts); err != nil {
+	if err := s.checkAttachments(a.GetModel().GetProvider(), atts); err != nil {
 		return nil, err
 	}
 	run, err := s.execute(ctx, tenant, a, input, modelAttachments(atts), key, []string{a.GetName()}, opts, emit)
@@ -247,8 +246,8 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 		provider = agentv1.Provider_PROVIDER_SIM
 	}
 	modelName := a.GetModel().GetName()
-	if provider == agentv1.Provider_PROVIDER_SIM {
-		modelName = "sim"
+	if p, _, ok := s.cfg.Models.Lookup(providerOf(provider)); ok && p.Local {
+		modelName = providerOf(provider) // the agent's model name means nothing to a local provider
 	}
 	id, err := uuid.NewV7()
 	if err != nil {
@@ -451,7 +450,7 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 		)
 		start := time.Now()
 		// One span per model call, in the GenAI semantic conventions (a no-op outside a traced call).
-		mctx, call := telemetry.StartModelCall(ctx, genAISystem(a.GetModel().GetProvider()), cmp.Or(req.Model, "sim"))
+		mctx, call := telemetry.StartModelCall(ctx, s.genAISystem(a.GetModel().GetProvider()), cmp.Or(req.Model, "sim"))
 		for c, err := range m.Stream(mctx, req) {
 			if err != nil {
 				st.Text, st.Latency = text.String(), durationpb.New(time.Since(start))
@@ -575,62 +574,54 @@ func (s *Server) retrieve(ctx context.Context, env runEnv, a *agentv1.Agent, run
 	return "\n\nRelevant memories, most relevant first:" + b.String()
 }
 
-// modelFor returns the model of a, with tenant's own provider key when it has one. The sim is made per run and
-// seeded by the input and the attempt (attempts after the first draw anew), so a run's behaviour follows from
-// its agent, input and attempt, and a failure_rate fault can recover on a retry.
-// genAISystem is a provider's gen_ai.system value (OpenTelemetry GenAI semantic conventions).
-func genAISystem(p agentv1.Provider) string {
-	switch name := providerOf(p); name {
-	case "gemini":
-		return "gcp.gemini"
-	case "sim":
-		return "loom.sim"
-	default:
-		return name
+// genAISystem is a provider's gen_ai.system value (OpenTelemetry GenAI semantic conventions), as its registry
+// entry gives it.
+func (s *Server) genAISystem(p agentv1.Provider) string {
+	name := providerOf(p)
+	if prov, _, ok := s.cfg.Models.Lookup(name); ok {
+		return prov.System
 	}
+	return name
 }
 
+// modelFor returns the model of a from its provider's registry entry, with tenant's own provider key when it has
+// one, behind tenant's breaker for the provider (local providers such as the sim have neither). The run's seed
+// follows from the input and the attempt (attempts after the first draw anew), so a sim run's behaviour follows
+// from its agent, input and attempt, and a failure_rate fault can recover on a retry.
 func (s *Server) modelFor(ctx context.Context, tenant string, a *agentv1.Agent, input string, attempt int32) (model.Model, error) {
-	switch a.GetModel().GetProvider() {
-	case agentv1.Provider_PROVIDER_UNSPECIFIED, agentv1.Provider_PROVIDER_SIM:
-		seed := model.SeedFrom(input)
-		if attempt > 1 {
-			seed ^= uint64(attempt) * 0x9e3779b97f4a7c15
-		}
-		return model.NewSim(a.GetModel().GetSim(), seed), nil
-	case agentv1.Provider_PROVIDER_GEMINI:
-		key, own, err := s.providerKey(ctx, tenant, secrets.ProviderGemini, s.mcfg.GeminiAPIKey)
-		if err != nil || !own {
-			return guardedModel{s: s, m: s.gemini, tenant: tenant, provider: "gemini"}, err
-		}
-		cfg := s.mcfg
-		cfg.GeminiAPIKey = key
-		return guardedModel{s: s, m: model.NewGemini(cfg), tenant: tenant, provider: "gemini"}, nil
-	case agentv1.Provider_PROVIDER_OPENAI:
-		key, own, err := s.providerKey(ctx, tenant, secrets.ProviderOpenAI, s.mcfg.OpenAIAPIKey)
-		if err != nil || !own {
-			return guardedModel{s: s, m: s.openai, tenant: tenant, provider: "openai"}, err
-		}
-		cfg := s.mcfg
-		cfg.OpenAIAPIKey = key
-		return guardedModel{s: s, m: model.NewOpenAI(cfg), tenant: tenant, provider: "openai"}, nil
+	name := providerOf(a.GetModel().GetProvider())
+	p, ep, ok := s.cfg.Models.Lookup(name)
+	if !ok {
+		return nil, fmt.Errorf("model provider %q is not available on this server: %w", name, model.ErrNotConfigured)
 	}
-	return nil, preconditionError(fmt.Sprintf("unknown model provider %v", a.GetModel().GetProvider()))
+	seed := model.SeedFrom(input)
+	if attempt > 1 {
+		seed ^= uint64(attempt) * 0x9e3779b97f4a7c15
+	}
+	opts := model.Options{Endpoint: ep, HTTPClient: s.cfg.HTTPClient, Sim: a.GetModel().GetSim(), Seed: seed}
+	if p.Local {
+		return p.New(opts), nil
+	}
+	key, err := s.providerKey(ctx, tenant, name, ep.APIKey)
+	if err != nil {
+		return nil, err
+	}
+	opts.APIKey = key
+	return guardedModel{s: s, m: p.New(opts), tenant: tenant, provider: name}, nil
 }
 
-// checkAttachments refuses attachments provider cannot take: OpenAI-compatible endpoints take images and only
-// the audio types model.OpenAIAudioFormat knows. The sim and Gemini take every type the contract allows.
-func checkAttachments(provider agentv1.Provider, atts []*agentv1.Attachment) error {
-	if provider != agentv1.Provider_PROVIDER_OPENAI {
-		return nil
+// checkAttachments refuses attachments the provider cannot take, as its registry entry's CheckAttachment says
+// (OpenAI-compatible endpoints take images and only some audio types; the sim and Gemini take every type the
+// contract allows).
+func (s *Server) checkAttachments(provider agentv1.Provider, atts []*agentv1.Attachment) error {
+	p, _, ok := s.cfg.Models.Lookup(providerOf(provider))
+	if !ok || p.CheckAttachment == nil {
+		return nil // an unregistered provider fails the run before any model call
 	}
 	for i, a := range atts {
-		mt := a.GetMimeType()
-		if _, ok := model.OpenAIAudioFormat(mt); ok || strings.HasPrefix(mt, "image/") {
-			continue
+		if reason := p.CheckAttachment(a.GetMimeType()); reason != "" {
+			return &FieldError{Field: fmt.Sprintf("attachments[%d].mime_type", i), Reason: reason}
 		}
-		return &FieldError{Field: fmt.Sprintf("attachments[%d].mime_type", i),
-			Reason: fmt.Sprintf("%q is not supported by OpenAI-compatible models; send audio as audio/wav or audio/mpeg", mt)}
 	}
 	return nil
 }

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/loom-dev/loom/agent"
+	"github.com/loom-dev/loom/agent/model"
 	"github.com/loom-dev/loom/agent/sqlstore"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
@@ -228,10 +229,10 @@ func TestProviderErrorsScrubbed(t *testing.T) {
 			t.Parallel()
 			fake, calls := fakeProviders(t)
 			h := newLeakHarness(t, d, agent.Config{
-				OpenAIAPIKey: canaries["process/openai"], OpenAIBaseURL: fake.URL + "/v1",
-				GeminiAPIKey: canaries["process/gemini"], GeminiBaseURL: fake.URL,
-				ElevenLabsAPIKey: canaries["process/elevenlabs"], ElevenLabsBaseURL: fake.URL,
-				TavusAPIKey: canaries["process/tavus"], TavusBaseURL: fake.URL,
+				Models: testModels(model.Endpoint{APIKey: secrets.String(canaries["process/gemini"]), BaseURL: fake.URL},
+					model.Endpoint{APIKey: secrets.String(canaries["process/openai"]), BaseURL: fake.URL + "/v1"}),
+				ElevenLabsAPIKey: secrets.String(canaries["process/elevenlabs"]), ElevenLabsBaseURL: fake.URL,
+				TavusAPIKey: secrets.String(canaries["process/tavus"]), TavusBaseURL: fake.URL,
 				TenantKeys: acmeKeys{},
 			})
 			var surfaces []string // every text a caller, an operator or an attacker with the disk could read

@@ -165,7 +165,7 @@ func (s *Server) speakEspeak(ctx context.Context, text, voice string, send func(
 
 // speakElevenLabs streams MP3 from ElevenLabs' text-to-speech stream endpoint.
 func (s *Server) speakElevenLabs(ctx context.Context, tenant, text, voiceID string, send func([]byte, string) error) error {
-	apiKey, _, err := s.providerKey(ctx, tenant, secrets.ProviderElevenLabs, s.cfg.ElevenLabsAPIKey)
+	apiKey, err := s.providerKey(ctx, tenant, secrets.ProviderElevenLabs, s.cfg.ElevenLabsAPIKey)
 	if err != nil {
 		return err
 	}
@@ -182,7 +182,7 @@ func (s *Server) speakElevenLabs(ctx context.Context, tenant, text, voiceID stri
 	if err != nil {
 		return fmt.Errorf("elevenlabs: %w", err)
 	}
-	req.Header.Set("xi-api-key", apiKey)
+	req.Header.Set("xi-api-key", apiKey.Reveal())
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "audio/mpeg")
 	resp, err := s.providerClient().Do(req)
@@ -190,7 +190,7 @@ func (s *Server) speakElevenLabs(ctx context.Context, tenant, text, voiceID stri
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("ElevenLabs cannot be reached: %w", ErrUnavailable)
+		return fmt.Errorf("ElevenLabs cannot be reached: %w", errUnavailable)
 	}
 	defer resp.Body.Close()
 	if err := providerStatus("ElevenLabs", resp, "voice.voice_id"); err != nil {
@@ -248,7 +248,7 @@ func streamChunks(r io.Reader, mime string, send func([]byte, string) error) (in
 			return total, nil
 		}
 		if err != nil {
-			return total, fmt.Errorf("read audio: %w: %w", ErrUnavailable, err)
+			return total, fmt.Errorf("read audio: %w: %w", errUnavailable, err)
 		}
 	}
 }
@@ -272,7 +272,7 @@ func providerStatus(name string, resp *http.Response, field string) error {
 	case resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusUnprocessableEntity:
 		return &FieldError{Field: field, Reason: fmt.Sprintf("%s refused the request (HTTP %d): %s", name, resp.StatusCode, detail)}
 	default:
-		return fmt.Errorf("%s answered HTTP %d: %w", name, resp.StatusCode, ErrUnavailable)
+		return fmt.Errorf("%s answered HTTP %d: %w", name, resp.StatusCode, errUnavailable)
 	}
 }
 

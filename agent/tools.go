@@ -167,14 +167,12 @@ func (s *Server) callTool(ctx context.Context, env runEnv, call model.ToolCall) 
 		res.Error = msg
 		return res
 	}
-	if err := ValidateArgs(toolSchemaIn(env, tool), map[string]any(call.Args)); err != nil {
+	sch, err := s.schemas.Compile(toolSchemaIn(env, tool))
+	if err := validateArgs(sch, err, map[string]any(call.Args)); err != nil {
 		res.Error = "invalid arguments: " + err.Error()
 		return res
 	}
-	var (
-		out map[string]any
-		err error
-	)
+	var out map[string]any
 	switch k := tool.GetKind().(type) {
 	case *agentv1.Tool_MemorySearch:
 		out, err = s.toolMemorySearch(ctx, env, call.Args)

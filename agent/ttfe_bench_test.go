@@ -15,6 +15,7 @@ import (
 
 	"github.com/loom-dev/loom/agent"
 	"github.com/loom-dev/loom/agent/agenttest"
+	"github.com/loom-dev/loom/agent/model"
 	"github.com/loom-dev/loom/agent/sqlstore"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/internal/rpcserver"
@@ -49,7 +50,7 @@ func BenchmarkTimeToFirstEvent(b *testing.B) {
 		b.Fatal(err)
 	}
 	srv, err := agent.New(slog.New(slog.NewTextHandler(io.Discard, nil)), store, agenttest.NewMemory(),
-		agent.Config{OpenAIAPIKey: "sk-bench", OpenAIBaseURL: llm.URL + "/v1"})
+		agent.Config{Models: testModels(model.Endpoint{}, model.Endpoint{APIKey: "sk-bench", BaseURL: llm.URL + "/v1"})})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -48,7 +48,7 @@ func (s *Server) CreateVideo(ctx context.Context, req *connect.Request[agentv1.C
 		return nil, s.connectError(ctx, err)
 	}
 	if v.VideoID == "" {
-		return nil, s.connectError(ctx, fmt.Errorf("the Tavus API answered without a video_id: %w", ErrUnavailable))
+		return nil, s.connectError(ctx, fmt.Errorf("the Tavus API answered without a video_id: %w", errUnavailable))
 	}
 	return connect.NewResponse(&agentv1.CreateVideoResponse{Video: toVideo(v)}), nil
 }
@@ -71,7 +71,7 @@ func (s *Server) GetVideo(ctx context.Context, req *connect.Request[agentv1.GetV
 
 // tavus calls the Tavus API and decodes its JSON answer into out.
 func (s *Server) tavus(ctx context.Context, tenant, method, path string, body []byte, field string, out any) error {
-	apiKey, _, err := s.providerKey(ctx, tenant, secrets.ProviderTavus, s.cfg.TavusAPIKey)
+	apiKey, err := s.providerKey(ctx, tenant, secrets.ProviderTavus, s.cfg.TavusAPIKey)
 	if err != nil {
 		return err
 	}
@@ -87,7 +87,7 @@ func (s *Server) tavus(ctx context.Context, tenant, method, path string, body []
 	if err != nil {
 		return fmt.Errorf("tavus: %w", err)
 	}
-	req.Header.Set("x-api-key", apiKey)
+	req.Header.Set("x-api-key", apiKey.Reveal())
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
@@ -97,14 +97,14 @@ func (s *Server) tavus(ctx context.Context, tenant, method, path string, body []
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("the Tavus API cannot be reached: %w", ErrUnavailable)
+			return fmt.Errorf("the Tavus API cannot be reached: %w", errUnavailable)
 		}
 		defer resp.Body.Close()
 		if err := providerStatus("Tavus", resp, field); err != nil {
 			return err
 		}
 		if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(out); err != nil {
-			return fmt.Errorf("the Tavus API answered malformed JSON: %w", ErrUnavailable)
+			return fmt.Errorf("the Tavus API answered malformed JSON: %w", errUnavailable)
 		}
 		return nil
 	}))

@@ -79,7 +79,7 @@ func builtinTool(name string) bool {
 }
 
 // checkWebhook checks a webhook tool at save time: a name that is not a built-in's, an absolute http(s) URL,
-// a secret of at least 16 bytes (or one stored already). The address policy is applied at call time, on the
+// a secret of at least 16 bytes (or one stored already), parameters that are a valid JSON Schema. The address policy is applied at call time, on the
 // resolved address.
 func checkWebhook(w *agentv1.WebhookTool, path string) error {
 	if builtinTool(w.GetName()) {
@@ -92,7 +92,7 @@ func checkWebhook(w *agentv1.WebhookTool, path string) error {
 	if n := len(w.GetSigningSecret()); (n > 0 || !w.GetSigningSecretSet()) && n < minWebhookSecret {
 		return &FieldError{Field: path + ".signing_secret", Reason: fmt.Sprintf("at least %d bytes are required", minWebhookSecret)}
 	}
-	return nil
+	return checkParameters(w.GetParameters(), path+".parameters")
 }
 
 // keepWebhookSecrets gives each webhook tool of next without a new secret the stored secret of prev's tool of

@@ -165,6 +165,16 @@ func TestWebhookTool(t *testing.T) {
 				"agent.tools[0].webhook.signing_secret": func(w *agentv1.WebhookTool) { w.SigningSecret = "" },
 				"agent.tools[0].webhook.name":           func(w *agentv1.WebhookTool) { w.Name = "http_fetch" },
 				"agent.tools[0].webhook.url":            func(w *agentv1.WebhookTool) { w.Url = "file:///etc/passwd" },
+				// Parameters that are not a valid JSON Schema, refused with the path to the bad keyword.
+				"agent.tools[0].webhook.parameters.properties.city.type": func(w *agentv1.WebhookTool) {
+					w.Parameters = mustStruct(map[string]any{"properties": map[string]any{"city": map[string]any{"type": "strin"}}})
+				},
+				"agent.tools[0].webhook.parameters.properties.city.minLength": func(w *agentv1.WebhookTool) {
+					w.Parameters = mustStruct(map[string]any{"properties": map[string]any{"city": map[string]any{"minLength": -1}}})
+				},
+				"agent.tools[0].webhook.parameters.$ref": func(w *agentv1.WebhookTool) {
+					w.Parameters = mustStruct(map[string]any{"$ref": "http://127.0.0.1:1/schema.json"})
+				},
 			} {
 				a := hookAgent("bad", hook.URL, map[string]any{})
 				edit(a.GetTools()[0].GetWebhook())

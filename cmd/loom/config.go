@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/loom-dev/loom/internal/rpcserver"
+	sealed "github.com/loom-dev/loom/internal/secrets"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/telemetry"
 	"github.com/loom-dev/loom/memory"
@@ -92,12 +93,13 @@ type config struct {
 	Secrets secrets
 }
 
-// secrets are provider credentials. They are masked whenever the config is printed or logged.
+// secrets are provider credentials. They are masked whenever the config is printed or logged (provider keys are
+// sealed.String values, which mask themselves).
 type secrets struct {
-	GeminiAPIKey     string
-	OpenAIAPIKey     string
-	ElevenLabsAPIKey string
-	TavusAPIKey      string
+	GeminiAPIKey     sealed.String
+	OpenAIAPIKey     sealed.String
+	ElevenLabsAPIKey sealed.String
+	TavusAPIKey      sealed.String
 	// MasterKey (base64 of 32 bytes) encrypts tenants' provider keys at rest; MasterKeyPrevious lists earlier
 	// master keys (comma-separated) that still open older values.
 	MasterKey, MasterKeyPrevious string
@@ -111,10 +113,10 @@ var secretVars = []struct {
 	env string
 	dst func(*secrets) *string
 }{
-	{"LOOM_GEMINI_API_KEY", func(s *secrets) *string { return &s.GeminiAPIKey }},
-	{"LOOM_OPENAI_API_KEY", func(s *secrets) *string { return &s.OpenAIAPIKey }},
-	{"LOOM_ELEVENLABS_API_KEY", func(s *secrets) *string { return &s.ElevenLabsAPIKey }},
-	{"LOOM_TAVUS_API_KEY", func(s *secrets) *string { return &s.TavusAPIKey }},
+	{"LOOM_GEMINI_API_KEY", func(s *secrets) *string { return (*string)(&s.GeminiAPIKey) }},
+	{"LOOM_OPENAI_API_KEY", func(s *secrets) *string { return (*string)(&s.OpenAIAPIKey) }},
+	{"LOOM_ELEVENLABS_API_KEY", func(s *secrets) *string { return (*string)(&s.ElevenLabsAPIKey) }},
+	{"LOOM_TAVUS_API_KEY", func(s *secrets) *string { return (*string)(&s.TavusAPIKey) }},
 	{"LOOM_SERVICE_TOKEN_KEY", func(s *secrets) *string { return &s.ServiceTokenKey }},
 	{"LOOM_MASTER_KEY", func(s *secrets) *string { return &s.MasterKey }},
 	{"LOOM_MASTER_KEY_PREVIOUS", func(s *secrets) *string { return &s.MasterKeyPrevious }},
@@ -515,10 +517,10 @@ func (c config) LogValue() slog.Value {
 		slog.String("openai_base_url", c.OpenAIBaseURL),
 		slog.String("service_token_key", mask(c.Secrets.ServiceTokenKey)),
 		slog.String("master_key", mask(c.Secrets.MasterKey)),
-		slog.String("gemini_api_key", mask(c.Secrets.GeminiAPIKey)),
-		slog.String("openai_api_key", mask(c.Secrets.OpenAIAPIKey)),
-		slog.String("elevenlabs_api_key", mask(c.Secrets.ElevenLabsAPIKey)),
-		slog.String("tavus_api_key", mask(c.Secrets.TavusAPIKey)),
+		slog.Any("gemini_api_key", c.Secrets.GeminiAPIKey),
+		slog.Any("openai_api_key", c.Secrets.OpenAIAPIKey),
+		slog.Any("elevenlabs_api_key", c.Secrets.ElevenLabsAPIKey),
+		slog.Any("tavus_api_key", c.Secrets.TavusAPIKey),
 	)
 }
 

@@ -364,10 +364,7 @@ func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients
 	acfg := agent.Config{
 		Prices:           prices,
 		Metrics:          cfg.obs.models,
-		GeminiAPIKey:     cfg.Secrets.GeminiAPIKey,
-		GeminiBaseURL:    cfg.GeminiBaseURL,
-		OpenAIAPIKey:     cfg.Secrets.OpenAIAPIKey,
-		OpenAIBaseURL:    cfg.OpenAIBaseURL,
+		Models:           modelProviders(cfg),
 		ElevenLabsAPIKey: cfg.Secrets.ElevenLabsAPIKey,
 		TavusAPIKey:      cfg.Secrets.TavusAPIKey,
 	}
@@ -480,11 +477,11 @@ func newLogger(cfg config, w io.Writer) *slog.Logger {
 // configureEmbedders registers the provider embedders: Gemini when its key is set; OpenAI-compatible when its key
 // or a base URL is set (local servers such as Ollama need no key). "local" is always there.
 func configureEmbedders(r *embed.Registry, cfg config) {
-	if cfg.Secrets.GeminiAPIKey != "" {
-		r.Register("gemini", gemini.Factory(gemini.Config{APIKey: cfg.Secrets.GeminiAPIKey, BaseURL: cfg.GeminiBaseURL}))
+	if cfg.Secrets.GeminiAPIKey.IsSet() {
+		r.Register("gemini", gemini.Factory(gemini.Config{APIKey: cfg.Secrets.GeminiAPIKey.Reveal(), BaseURL: cfg.GeminiBaseURL}))
 	}
-	if cfg.Secrets.OpenAIAPIKey != "" || cfg.OpenAIBaseURL != "" {
-		r.Register("openai", openai.Factory(openai.Config{APIKey: cfg.Secrets.OpenAIAPIKey, BaseURL: cfg.OpenAIBaseURL}))
+	if cfg.Secrets.OpenAIAPIKey.IsSet() || cfg.OpenAIBaseURL != "" {
+		r.Register("openai", openai.Factory(openai.Config{APIKey: cfg.Secrets.OpenAIAPIKey.Reveal(), BaseURL: cfg.OpenAIBaseURL}))
 	}
 }
 

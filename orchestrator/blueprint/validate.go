@@ -14,8 +14,10 @@ import (
 	celast "cel.dev/cel-go/common/ast"
 	"cel.dev/cel-go/common/types"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
+	"github.com/loom-dev/loom/internal/jsonschema"
 )
 
 // maxSteps is the most steps a blueprint may have (the contract's limit).
@@ -78,6 +80,7 @@ func validate(bp *orchestratorv1.Blueprint, pos map[string]Position, limits Limi
 	}
 	v.fieldRules(bp)
 	v.durations(bp)
+	v.schemas(bp)
 	index := v.ids(bp)
 	v.references(bp, index)
 	v.layout(bp, index)
@@ -191,6 +194,28 @@ func (v *validator) durations(bp *orchestratorv1.Blueprint) {
 		if a := s.GetApproval(); a != nil {
 			positive(p+".approval.deadline", a.GetDeadline())
 		}
+	}
+}
+
+// schemas reports an input_schema or approval payload_schema that is not a valid JSON Schema, at the path of the
+// bad keyword, so a blueprint whose runs could never start, or whose approvals could never be given, is refused
+// when it is saved. Run inputs and payloads are checked against them by the same validator.
+func (v *validator) schemas(bp *orchestratorv1.Blueprint) {
+	check := func(path string, schema *structpb.Struct) {
+		if schema == nil {
+			return
+		}
+		var se *jsonschema.SchemaError
+		if errors.As(jsonschema.Check(schema.AsMap(), jsonschema.Limits{}), &se) {
+			if se.Path != "" {
+				path += "." + se.Path
+			}
+			v.errorf(path, "not a valid JSON Schema: %s", se.Reason)
+		}
+	}
+	check("input_schema", bp.GetInputSchema())
+	for i, s := range bp.GetSteps() {
+		check(stepPath(i)+".approval.payload_schema", s.GetApproval().GetPayloadSchema())
 	}
 }
 

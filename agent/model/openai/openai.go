@@ -1,4 +1,6 @@
-package model
+// Package openai is the OpenAI-compatible model provider: a chat completions endpoint (OpenAI, Ollama, vLLM,
+// llama.cpp) called through github.com/openai/openai-go/v3, streaming with tool calls.
+package openai
 
 import (
 	"context"
@@ -10,40 +12,60 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/openai/openai-go/v3"
+	openai "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/shared"
+
+	"github.com/loom-dev/loom/agent/model"
 )
 
-// OpenAI calls an OpenAI-compatible chat completions endpoint (OpenAI, Ollama, vLLM, llama.cpp) through
-// github.com/openai/openai-go/v3, streaming with tool calls. It is safe for concurrent use.
-type OpenAI struct {
-	cfg Config
+// Provider returns the OpenAI-compatible registry entry: gen_ai.system "openai", taking images of any type and
+// the audio types AudioFormat knows.
+func Provider() model.Provider {
+	return model.Provider{
+		New:             func(o model.Options) model.Model { return New(o) },
+		System:          "openai",
+		CheckAttachment: checkAttachment,
+	}
 }
 
-// NewOpenAI returns an OpenAI adapter using cfg's OpenAI key, base URL and HTTP client.
-func NewOpenAI(cfg Config) *OpenAI { return &OpenAI{cfg: cfg} }
+// checkAttachment is Provider's CheckAttachment.
+func checkAttachment(mimeType string) string {
+	if _, ok := AudioFormat(mimeType); ok || strings.HasPrefix(mimeType, "image/") {
+		return ""
+	}
+	return fmt.Sprintf("%q is not supported by OpenAI-compatible models; send audio as audio/wav or audio/mpeg", mimeType)
+}
+
+// Model calls an OpenAI-compatible endpoint. It is safe for concurrent use.
+type Model struct {
+	o model.Options
+}
+
+// New returns a model calling with o's key, base URL and HTTP client. The key may be empty when the base URL
+// points at a local server that needs none; both empty make every call fail with model.ErrNotConfigured.
+func New(o model.Options) *Model { return &Model{o: o} }
 
 // defaultOpenAIModel is used when a request names no model.
 const defaultOpenAIModel = "gpt-4o-mini"
 
-// Stream implements Model.
-func (o *OpenAI) Stream(ctx context.Context, req Request) iter.Seq2[Chunk, error] {
-	if o.cfg.OpenAIAPIKey == "" && o.cfg.OpenAIBaseURL == "" {
-		return errorSeq(fmt.Errorf("openai: no API key or base URL configured: %w", ErrNotConfigured))
+// Stream implements model.Model.
+func (o *Model) Stream(ctx context.Context, req model.Request) iter.Seq2[model.Chunk, error] {
+	if !o.o.APIKey.IsSet() && o.o.BaseURL == "" {
+		return model.ErrorSeq(fmt.Errorf("openai: no API key or base URL configured: %w", model.ErrNotConfigured))
 	}
-	return func(yield func(Chunk, error) bool) {
+	return func(yield func(model.Chunk, error) bool) {
 		opts := []option.RequestOption{
-			option.WithHTTPClient(o.cfg.httpClient()),
+			option.WithHTTPClient(o.o.Client()),
 			option.WithMaxRetries(0), // the run loop and its callers decide about retries
-			option.WithAPIKey(o.cfg.OpenAIAPIKey),
+			option.WithAPIKey(o.o.APIKey.Reveal()),
 		}
-		if o.cfg.OpenAIBaseURL != "" {
-			opts = append(opts, option.WithBaseURL(o.cfg.OpenAIBaseURL))
+		if o.o.BaseURL != "" {
+			opts = append(opts, option.WithBaseURL(o.o.BaseURL))
 		}
 		params, err := openaiParams(req)
 		if err != nil {
-			yield(Chunk{}, err)
+			yield(model.Chunk{}, err)
 			return
 		}
 		client := openai.NewClient(opts...)
@@ -54,16 +76,16 @@ func (o *OpenAI) Stream(ctx context.Context, req Request) iter.Seq2[Chunk, error
 			id, name, args string
 		}
 		calls := map[int64]*pending{}
-		var usage Usage
+		var usage model.Usage
 		for stream.Next() {
 			chunk := stream.Current()
 			if chunk.JSON.Usage.Valid() && (chunk.Usage.PromptTokens != 0 || chunk.Usage.CompletionTokens != 0) {
-				usage = Usage{InputTokens: chunk.Usage.PromptTokens, OutputTokens: chunk.Usage.CompletionTokens,
+				usage = model.Usage{InputTokens: chunk.Usage.PromptTokens, OutputTokens: chunk.Usage.CompletionTokens,
 					CachedInputTokens: chunk.Usage.PromptTokensDetails.CachedTokens}
 			}
 			for _, choice := range chunk.Choices {
 				if choice.Delta.Content != "" {
-					if !yield(Chunk{Kind: ChunkText, Text: choice.Delta.Content}, nil) {
+					if !yield(model.Chunk{Kind: model.ChunkText, Text: choice.Delta.Content}, nil) {
 						return
 					}
 				}
@@ -82,7 +104,7 @@ func (o *OpenAI) Stream(ctx context.Context, req Request) iter.Seq2[Chunk, error
 			}
 		}
 		if err := stream.Err(); err != nil {
-			yield(Chunk{}, openaiError(ctx, err))
+			yield(model.Chunk{}, openaiError(ctx, err))
 			return
 		}
 		idx := make([]int64, 0, len(calls))
@@ -96,24 +118,24 @@ func (o *OpenAI) Stream(ctx context.Context, req Request) iter.Seq2[Chunk, error
 			if p.args != "" {
 				if err := json.Unmarshal([]byte(p.args), &args); err != nil {
 					// Hand the tool layer something it rejects with a clear message instead of failing the run.
-					args = map[string]any{"_malformed_arguments": truncate(p.args, 200)}
+					args = map[string]any{"_malformed_arguments": model.Truncate(p.args, 200)}
 				}
 			}
 			id := p.id
 			if id == "" {
 				id = fmt.Sprintf("openai_%d", i)
 			}
-			if !yield(Chunk{Kind: ChunkToolCall, ToolCall: &ToolCall{ID: id, Name: p.name, Args: args}}, nil) {
+			if !yield(model.Chunk{Kind: model.ChunkToolCall, ToolCall: &model.ToolCall{ID: id, Name: p.name, Args: args}}, nil) {
 				return
 			}
 		}
-		yield(Chunk{Kind: ChunkUsage, Usage: usage}, nil)
+		yield(model.Chunk{Kind: model.ChunkUsage, Usage: usage}, nil)
 	}
 }
 
-// OpenAIAudioFormat returns the input_audio format of an audio MIME type, and whether OpenAI-compatible
-// endpoints take it: "audio/wav" is "wav" and "audio/mpeg" is "mp3".
-func OpenAIAudioFormat(mimeType string) (string, bool) {
+// AudioFormat returns the input_audio format of an audio MIME type, and whether OpenAI-compatible endpoints take
+// it: "audio/wav" is "wav" and "audio/mpeg" is "mp3".
+func AudioFormat(mimeType string) (string, bool) {
 	switch mimeType {
 	case "audio/wav":
 		return "wav", true
@@ -124,7 +146,7 @@ func OpenAIAudioFormat(mimeType string) (string, bool) {
 }
 
 // openaiParams maps req to a chat completions request. It fails on an attachment the API cannot take.
-func openaiParams(req Request) (openai.ChatCompletionNewParams, error) {
+func openaiParams(req model.Request) (openai.ChatCompletionNewParams, error) {
 	name := req.Model
 	if name == "" {
 		name = defaultOpenAIModel
@@ -144,7 +166,7 @@ func openaiParams(req Request) (openai.ChatCompletionNewParams, error) {
 	}
 	for _, m := range req.Messages {
 		switch m.Role {
-		case RoleUser:
+		case model.RoleUser:
 			if len(m.Attachments) == 0 {
 				p.Messages = append(p.Messages, openai.UserMessage(m.Text))
 				continue
@@ -154,9 +176,9 @@ func openaiParams(req Request) (openai.ChatCompletionNewParams, error) {
 				return openai.ChatCompletionNewParams{}, err
 			}
 			p.Messages = append(p.Messages, openai.UserMessage(parts))
-		case RoleTool:
+		case model.RoleTool:
 			p.Messages = append(p.Messages, openai.ToolMessage(m.Text, m.ToolCallID))
-		case RoleAssistant:
+		case model.RoleAssistant:
 			a := openai.ChatCompletionAssistantMessageParam{}
 			if m.Text != "" {
 				a.Content.OfString = openai.String(m.Text)
@@ -165,7 +187,7 @@ func openaiParams(req Request) (openai.ChatCompletionNewParams, error) {
 				a.ToolCalls = append(a.ToolCalls, openai.ChatCompletionMessageToolCallUnionParam{
 					OfFunction: &openai.ChatCompletionMessageFunctionToolCallParam{
 						ID:       tc.ID,
-						Function: openai.ChatCompletionMessageFunctionToolCallFunctionParam{Name: tc.Name, Arguments: argsJSON(tc.Args)},
+						Function: openai.ChatCompletionMessageFunctionToolCallFunctionParam{Name: tc.Name, Arguments: model.ArgsJSON(tc.Args)},
 					},
 				})
 			}
@@ -184,7 +206,7 @@ func openaiParams(req Request) (openai.ChatCompletionNewParams, error) {
 
 // openaiUserParts maps a user message with attachments to content parts: the text, then images as data URLs
 // and audio as input_audio.
-func openaiUserParts(m Message) ([]openai.ChatCompletionContentPartUnionParam, error) {
+func openaiUserParts(m model.Message) ([]openai.ChatCompletionContentPartUnionParam, error) {
 	parts := []openai.ChatCompletionContentPartUnionParam{openai.TextContentPart(m.Text)}
 	for i, a := range m.Attachments {
 		data := base64.StdEncoding.EncodeToString(a.Data)
@@ -193,7 +215,7 @@ func openaiUserParts(m Message) ([]openai.ChatCompletionContentPartUnionParam, e
 				URL: "data:" + a.MIMEType + ";base64," + data}))
 			continue
 		}
-		format, ok := OpenAIAudioFormat(a.MIMEType)
+		format, ok := AudioFormat(a.MIMEType)
 		if !ok {
 			return nil, fmt.Errorf("openai: attachment %d: unsupported type %q", i, a.MIMEType)
 		}
@@ -213,7 +235,7 @@ func openaiError(ctx context.Context, err error) error {
 		if msg == "" {
 			msg = "request failed"
 		}
-		return fmt.Errorf("openai: HTTP %d: %s: %w", apiErr.StatusCode, truncate(msg, 300), ErrUnavailable)
+		return fmt.Errorf("openai: HTTP %d: %s: %w", apiErr.StatusCode, model.Truncate(msg, 300), model.ErrUnavailable)
 	}
-	return fmt.Errorf("openai: %s: %w", truncate(err.Error(), 300), ErrUnavailable)
+	return fmt.Errorf("openai: %s: %w", model.Truncate(err.Error(), 300), model.ErrUnavailable)
 }

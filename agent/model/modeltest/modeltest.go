@@ -1,0 +1,99 @@
+// Package modeltest has helpers for testing model providers: collecting a stream, building requests, and a
+// local server speaking server-sent events.
+package modeltest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/loom-dev/loom/agent/model"
+)
+
+// Result is a collected stream.
+type Result struct {
+	// Text is the text deltas joined.
+	Text string
+	// Calls are the tool calls, in order.
+	Calls []model.ToolCall
+	// Usage is the last usage chunk.
+	Usage model.Usage
+	// Err is the error that ended the stream, if any.
+	Err error
+}
+
+// Collect runs one call of m and gathers its chunks.
+func Collect(ctx context.Context, m model.Model, req model.Request) Result {
+	var r Result
+	for c, err := range m.Stream(ctx, req) {
+		if err != nil {
+			r.Err = err
+			break
+		}
+		switch c.Kind {
+		case model.ChunkText:
+			r.Text += c.Text
+		case model.ChunkToolCall:
+			r.Calls = append(r.Calls, *c.ToolCall)
+		case model.ChunkUsage:
+			r.Usage = c.Usage
+		}
+	}
+	return r
+}
+
+// Expect fails t unless r succeeded with text, calls and usage.
+func (r Result) Expect(t *testing.T, text string, calls []model.ToolCall, usage model.Usage) {
+	t.Helper()
+	if r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if r.Text != text {
+		t.Errorf("text = %q, want %q", r.Text, text)
+	}
+	if diff := cmp.Diff(calls, r.Calls); diff != "" {
+		t.Errorf("calls (-want +got):\n%s", diff)
+	}
+	if r.Usage != usage {
+		t.Errorf("usage = %+v, want %+v", r.Usage, usage)
+	}
+}
+
+// User is a request of one user message.
+func User(text string) model.Request {
+	return model.Request{Messages: []model.Message{{Role: model.RoleUser, Text: text}}}
+}
+
+// WithAttachments is a request of one user message carrying attachments, for model "m".
+func WithAttachments(text string, atts ...model.Attachment) model.Request {
+	return model.Request{Model: "m", Messages: []model.Message{{Role: model.RoleUser, Text: text, Attachments: atts}}}
+}
+
+// SSE writes events as server-sent events, flushing after each.
+func SSE(w http.ResponseWriter, events ...string) {
+	w.Header().Set("Content-Type", "text/event-stream")
+	for _, e := range events {
+		fmt.Fprintf(w, "data: %s\n\n", e)
+		w.(http.Flusher).Flush()
+	}
+}
+
+// CaptureBody returns a server answering every request with events, and the last request body (a string). The
+// server is closed when the test ends.
+func CaptureBody(t *testing.T, events ...string) (*httptest.Server, *atomic.Value) {
+	t.Helper()
+	var body atomic.Value
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		body.Store(string(b))
+		SSE(w, events...)
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &body
+}
