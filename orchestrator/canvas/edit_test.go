@@ -161,7 +161,9 @@ func TestEdits(t *testing.T) {
 	}{
 		{"node without a step", "canvas.nodes[3].id", func(c *orchestratorv1.Canvas) { c.Nodes = append(c.Nodes, &orchestratorv1.Node{Id: "ghost"}) }},
 		{"step without a node", "canvas.blueprint.steps[2]", func(c *orchestratorv1.Canvas) { c.Nodes = c.Nodes[:2] }},
-		{"duplicate node", "canvas.nodes[3].id", func(c *orchestratorv1.Canvas) { c.Nodes = append(c.Nodes, proto.Clone(c.Nodes[0]).(*orchestratorv1.Node)) }},
+		{"duplicate node", "canvas.nodes[3].id", func(c *orchestratorv1.Canvas) {
+			c.Nodes = append(c.Nodes, proto.Clone(c.Nodes[0]).(*orchestratorv1.Node))
+		}},
 		{"edge to nowhere", "canvas.edges[0].to", func(c *orchestratorv1.Canvas) { c.Edges = []*orchestratorv1.Edge{{From: "a", To: "zz"}} }},
 		{"edge from nowhere", "canvas.edges[0].from", func(c *orchestratorv1.Canvas) { c.Edges = []*orchestratorv1.Edge{{From: "zz", To: "a"}} }},
 		{"self edge", "canvas.edges[0]", func(c *orchestratorv1.Canvas) { c.Edges = []*orchestratorv1.Edge{{From: "a", To: "a"}} }},
