@@ -26,7 +26,7 @@ func TestConnectError(t *testing.T) {
 	}{
 		{name: "not found", err: fmt.Errorf("get: %w", ErrNotFound), code: connect.CodeNotFound, message: "get: not found"},
 		{name: "exists", err: fmt.Errorf("create: %w", ErrAlreadyExists), code: connect.CodeAlreadyExists},
-		{name: "version", err: fmt.Errorf("update: %w", ErrVersionMismatch), code: connect.CodeAborted},
+		{name: "version", err: fmt.Errorf("update: %w", ErrConflict), code: connect.CodeAborted},
 		{name: "page token", err: ErrInvalidPageToken, code: connect.CodeInvalidArgument},
 		{name: "precondition", err: fmt.Errorf("cancel: %w", ErrFailedPrecondition), code: connect.CodeFailedPrecondition},
 		{name: "canceled", err: fmt.Errorf("query: %w", context.Canceled), code: connect.CodeCanceled},

@@ -27,8 +27,8 @@ import (
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 	"github.com/loom-dev/loom/gen/loom/orchestrator/v1/orchestratorv1connect"
-	"github.com/loom-dev/loom/internal/dberr"
 	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/rpcerr"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/orchestrator/blueprint"
 	"github.com/loom-dev/loom/orchestrator/canvas"
@@ -43,6 +43,7 @@ const maxErrorsInMessage = 20
 
 // Server implements the OrchestratorService. It is safe for concurrent use.
 type Server struct {
+	errors    *rpcerr.Mapper
 	agents    agentv1.AgentServiceClient // nil: estimates without agent budgets
 	logger    *slog.Logger
 	store     Store
@@ -74,7 +75,7 @@ func New(logger *slog.Logger, store Store, runs Runs, opts ...Option) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{logger: logger, store: store, runs: runs, watchPoll: 250 * time.Millisecond}
+	s := &Server{logger: logger, errors: newErrors(logger), store: store, runs: runs, watchPoll: 250 * time.Millisecond}
 	for _, o := range opts {
 		o(s)
 	}
@@ -379,44 +380,25 @@ func pageSize(n int32) int {
 	return int(n)
 }
 
-// connectError maps an error to a connect error; it is the only place that does. Client mistakes keep their
-// message; anything unexpected is logged and answered as a generic Internal error.
+// connectError maps an error to a connect error through the shared mapping (internal/rpcerr); the orchestrator
+// adds only an invalid blueprint (InvalidArgument with every validation error as a detail) and a bad page token.
 func (s *Server) connectError(ctx context.Context, err error) error {
-	var (
-		cerr    *connect.Error
-		invalid *invalidBlueprintError
-	)
-	switch {
-	case errors.As(err, &cerr):
-		return cerr
-	case errors.Is(err, context.Canceled):
-		return connect.NewError(connect.CodeCanceled, err)
-	case errors.Is(err, context.DeadlineExceeded):
-		return connect.NewError(connect.CodeDeadlineExceeded, err)
-	case errors.Is(err, principal.ErrNoPrincipal):
-		return connect.NewError(connect.CodeUnauthenticated, err)
-	case errors.As(err, &invalid):
-		ce := connect.NewError(connect.CodeInvalidArgument, invalid)
-		if detail, derr := connect.NewErrorDetail(&orchestratorv1.ValidateBlueprintResponse{Errors: invalid.errs}); derr == nil {
-			ce.AddDetail(detail)
-		}
-		return ce
-	case errors.Is(err, ErrNotFound):
-		return connect.NewError(connect.CodeNotFound, err)
-	case errors.Is(err, ErrAlreadyExists):
-		return connect.NewError(connect.CodeAlreadyExists, err)
-	case errors.Is(err, ErrVersionMismatch):
-		return connect.NewError(connect.CodeAborted, err)
-	case errors.Is(err, ErrInvalidInput):
-		return connect.NewError(connect.CodeInvalidArgument, err)
-	case errors.Is(err, ErrInvalidPageToken):
-		return connect.NewError(connect.CodeInvalidArgument, err)
-	case errors.Is(err, ErrFailedPrecondition):
-		return connect.NewError(connect.CodeFailedPrecondition, err)
-	case dberr.Unavailable(err):
-		s.logger.WarnContext(ctx, "database unavailable", "error", err)
-		return connect.NewError(connect.CodeUnavailable, errors.New("database unavailable"))
-	}
-	s.logger.ErrorContext(ctx, "orchestrator: internal error", slog.Any("error", err))
-	return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+	return s.errors.Error(ctx, "", err)
+}
+
+func newErrors(logger *slog.Logger) *rpcerr.Mapper {
+	return &rpcerr.Mapper{Logger: logger, Service: "orchestrator", Rules: []rpcerr.Rule{
+		func(_ context.Context, err error) *connect.Error {
+			var invalid *invalidBlueprintError
+			if !errors.As(err, &invalid) {
+				return nil
+			}
+			ce := connect.NewError(connect.CodeInvalidArgument, invalid)
+			if detail, derr := connect.NewErrorDetail(&orchestratorv1.ValidateBlueprintResponse{Errors: invalid.errs}); derr == nil {
+				ce.AddDetail(detail)
+			}
+			return ce
+		},
+		rpcerr.Is(ErrInvalidPageToken, connect.CodeInvalidArgument),
+	}}
 }

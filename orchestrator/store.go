@@ -7,20 +7,21 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
+	"github.com/loom-dev/loom/internal/fault"
 )
 
 // Errors a Store returns, possibly wrapped. The server maps them to connect codes.
 var (
 	// ErrNotFound: the blueprint (or version) does not exist in the tenant.
-	ErrNotFound = errors.New("not found")
+	ErrNotFound = fault.ErrNotFound
 	// ErrAlreadyExists: a blueprint with that name exists in the tenant.
-	ErrAlreadyExists = errors.New("already exists")
-	// ErrVersionMismatch: an update's expected version is not the latest version.
-	ErrVersionMismatch = errors.New("version mismatch")
+	ErrAlreadyExists = fault.ErrAlreadyExists
+	// ErrConflict: an update's expected version is not the latest version.
+	ErrConflict = fault.ErrConflict
 	// ErrFailedPrecondition: the resource is not in a state that allows the operation.
-	ErrFailedPrecondition = errors.New("failed precondition")
-	// ErrInvalidInput: a run input or approval payload does not match its schema.
-	ErrInvalidInput = errors.New("invalid input")
+	ErrFailedPrecondition = fault.ErrFailedPrecondition
+	// ErrInvalidArgument: a run input or approval payload does not match its schema.
+	ErrInvalidArgument = fault.ErrInvalidArgument
 	// ErrInvalidPageToken: a page token was not issued by the store.
 	ErrInvalidPageToken = errors.New("invalid page token")
 )
@@ -32,7 +33,7 @@ type Store interface {
 	// CreateBlueprint stores version 1 of bp. ErrAlreadyExists if the name is taken.
 	CreateBlueprint(ctx context.Context, tenant string, bp *orchestratorv1.Blueprint) (*orchestratorv1.Blueprint, error)
 	// UpdateBlueprint stores bp as the next version of the blueprint named bp.Name. ErrNotFound if there is
-	// none; ErrVersionMismatch if expectedVersion is non-zero and is not the latest version.
+	// none; ErrConflict if expectedVersion is non-zero and is not the latest version.
 	UpdateBlueprint(ctx context.Context, tenant string, bp *orchestratorv1.Blueprint, expectedVersion int64) (*orchestratorv1.Blueprint, error)
 	// GetBlueprint returns a version of a blueprint; version 0 means the latest. ErrNotFound if absent.
 	GetBlueprint(ctx context.Context, tenant, name string, version int64) (*orchestratorv1.Blueprint, error)
@@ -49,7 +50,7 @@ type Store interface {
 type Runs interface {
 	// StartRun starts a run of bp (a stored version) with input. A non-empty idempotencyKey already used in the
 	// tenant returns that run instead when the request is the same (blueprint, version and input), and
-	// ErrAlreadyExists naming the key when it is not. ErrInvalidInput if input does not match the input schema.
+	// ErrAlreadyExists naming the key when it is not. ErrInvalidArgument if input does not match the input schema.
 	StartRun(ctx context.Context, tenant string, bp *orchestratorv1.Blueprint, input *structpb.Struct, idempotencyKey string) (*orchestratorv1.WorkflowRun, error)
 	// GetRun returns a run with its steps. ErrNotFound if absent.
 	GetRun(ctx context.Context, tenant, id string) (*orchestratorv1.WorkflowRun, error)
@@ -65,7 +66,7 @@ type Runs interface {
 	Events(ctx context.Context, tenant, id string, afterSequence int64, limit int) ([]*orchestratorv1.WatchRunResponse, bool, error)
 	// ListPendingApprovals lists approval steps waiting for a person, oldest first, optionally of one run.
 	ListPendingApprovals(ctx context.Context, tenant, runID string, pageSize int, pageToken string) ([]*orchestratorv1.Approval, string, error)
-	// SubmitApproval approves (payload checked against the step's schema: ErrInvalidInput) or rejects a waiting
+	// SubmitApproval approves (payload checked against the step's schema: ErrInvalidArgument) or rejects a waiting
 	// approval step. ErrFailedPrecondition if the step is not waiting.
 	SubmitApproval(ctx context.Context, tenant, runID, stepID string, decision orchestratorv1.Decision, payload *structpb.Struct, comment string) (*orchestratorv1.WorkflowRun, error)
 	// Forecast forecasts a run of bp (a stored version) in total and per step from up to window of the version's

@@ -314,7 +314,7 @@ func (e *Engine) StartRun(ctx context.Context, tenant string, bp *orchestratorv1
 		input = &structpb.Struct{}
 	}
 	if err := checkSchema(bp.GetInputSchema(), structpb.NewStructValue(input), "input"); err != nil {
-		return nil, fmt.Errorf("start run: %w: %w", orchestrator.ErrInvalidInput, err)
+		return nil, fmt.Errorf("start run: %w: %w", orchestrator.ErrInvalidArgument, err)
 	}
 	hash, err := requestHash(bp, input)
 	if err != nil {
@@ -643,7 +643,7 @@ func (e *Engine) ListPendingApprovals(ctx context.Context, tenant, runID string,
 }
 
 // SubmitApproval implements orchestrator.Runs. ErrFailedPrecondition if the step is not waiting;
-// ErrInvalidInput if an approval's payload does not match the step's schema. It records the decision and makes
+// ErrInvalidArgument if an approval's payload does not match the step's schema. It records the decision and makes
 // the run due; the run's owner then starts what the approval made ready, evaluating any expressions outside this
 // transaction.
 func (e *Engine) SubmitApproval(ctx context.Context, tenant, runID, stepID string, decision orchestratorv1.Decision, payload *structpb.Struct, comment string) (*orchestratorv1.WorkflowRun, error) {
@@ -668,7 +668,7 @@ func (e *Engine) SubmitApproval(ctx context.Context, tenant, runID, stepID strin
 				payload = &structpb.Struct{}
 			}
 			if err := checkSchema(s.def.GetApproval().GetPayloadSchema(), structpb.NewStructValue(payload), "payload"); err != nil {
-				return fmt.Errorf("%w: %w", orchestrator.ErrInvalidInput, err)
+				return fmt.Errorf("%w: %w", orchestrator.ErrInvalidArgument, err)
 			}
 			r.succeed(s, structpb.NewStructValue(payload), now)
 			r.state = orchestratorv1.RunState_RUN_STATE_RUNNING
@@ -679,7 +679,7 @@ func (e *Engine) SubmitApproval(ctx context.Context, tenant, runID, stepID strin
 			}
 			r.failStep(s, msg, now)
 		default:
-			return fmt.Errorf("decision %s: %w", decision, orchestrator.ErrInvalidInput)
+			return fmt.Errorf("decision %s: %w", decision, orchestrator.ErrInvalidArgument)
 		}
 		return save(ctx, tx, r, now)
 	})

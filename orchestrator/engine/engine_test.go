@@ -241,8 +241,8 @@ func TestApprovalFlow(t *testing.T) {
 		e := newEnv(t, d, nil)
 		ctx := context.Background()
 		bp := e.create(t, research)
-		if _, err := e.engine.StartRun(ctx, tenant, bp, input(t, map[string]any{"topic": 7.0}), ""); !errors.Is(err, orchestrator.ErrInvalidInput) {
-			t.Fatalf("StartRun(bad input) error = %v, want ErrInvalidInput", err)
+		if _, err := e.engine.StartRun(ctx, tenant, bp, input(t, map[string]any{"topic": 7.0}), ""); !errors.Is(err, orchestrator.ErrInvalidArgument) {
+			t.Fatalf("StartRun(bad input) error = %v, want ErrInvalidArgument", err)
 		}
 		run, err := e.engine.StartRun(ctx, tenant, bp, input(t, map[string]any{"topic": "otters"}), "")
 		if err != nil {
@@ -257,8 +257,8 @@ func TestApprovalFlow(t *testing.T) {
 			t.Fatalf("ListPendingApprovals() = %v, %v", approvals, err)
 		}
 		if _, err := e.engine.SubmitApproval(ctx, tenant, run.GetId(), "review", orchestratorv1.Decision_DECISION_APPROVE,
-			input(t, map[string]any{"ok": "yes"}), ""); !errors.Is(err, orchestrator.ErrInvalidInput) {
-			t.Fatalf("SubmitApproval(bad payload) error = %v, want ErrInvalidInput", err)
+			input(t, map[string]any{"ok": "yes"}), ""); !errors.Is(err, orchestrator.ErrInvalidArgument) {
+			t.Fatalf("SubmitApproval(bad payload) error = %v, want ErrInvalidArgument", err)
 		}
 		if _, err := e.engine.SubmitApproval(ctx, "other", run.GetId(), "review", orchestratorv1.Decision_DECISION_APPROVE, nil, ""); !errors.Is(err, orchestrator.ErrNotFound) {
 			t.Fatalf("SubmitApproval(other tenant) error = %v, want ErrNotFound", err)

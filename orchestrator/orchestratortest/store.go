@@ -117,8 +117,8 @@ func testVersions(t *testing.T, s orchestrator.Store) {
 	if err != nil || v2.GetVersion() != 2 {
 		t.Fatalf("UpdateBlueprint(expected 1) = %v, %v; want version 2", v2.GetVersion(), err)
 	}
-	if _, err := s.UpdateBlueprint(ctx, "t1", Blueprint("alpha", "'stale'"), 1); !errors.Is(err, orchestrator.ErrVersionMismatch) {
-		t.Errorf("UpdateBlueprint(stale) error = %v, want ErrVersionMismatch", err)
+	if _, err := s.UpdateBlueprint(ctx, "t1", Blueprint("alpha", "'stale'"), 1); !errors.Is(err, orchestrator.ErrConflict) {
+		t.Errorf("UpdateBlueprint(stale) error = %v, want ErrConflict", err)
 	}
 	v3, err := s.UpdateBlueprint(ctx, "t1", Blueprint("alpha", "'v3'"), 0)
 	if err != nil || v3.GetVersion() != 3 {

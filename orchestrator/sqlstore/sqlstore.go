@@ -105,7 +105,7 @@ func (s *Store) UpdateBlueprint(ctx context.Context, tenant string, bp *orchestr
 			if err != nil {
 				return err
 			}
-			return fmt.Errorf("blueprint %q is at version %d, not %d: %w", bp.GetName(), latest, expectedVersion, orchestrator.ErrVersionMismatch)
+			return fmt.Errorf("blueprint %q is at version %d, not %d: %w", bp.GetName(), latest, expectedVersion, orchestrator.ErrConflict)
 		}
 		if err != nil {
 			return err
