@@ -30,11 +30,11 @@ import (
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
-	"github.com/loom-dev/loom/internal/dberr"
 	"github.com/loom-dev/loom/internal/jsonschema"
 	"github.com/loom-dev/loom/internal/netguard"
 	"github.com/loom-dev/loom/internal/pricing"
 	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/rpcerr"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/scrub"
 	"github.com/loom-dev/loom/internal/secrets"
@@ -134,6 +134,7 @@ type Server struct {
 	// scrub removes the process's and tenants' provider keys, and anything shaped like a credential, from
 	// provider error text before it reaches a response, a log line, a stream event or a stored run.
 	scrub  *scrub.Scrubber
+	errors *rpcerr.Mapper
 	store  Store
 	memory memoryv1.MemoryServiceClient
 	cfg    Config // cfg.Models is never nil
@@ -200,8 +201,10 @@ func New(logger *slog.Logger, store Store, memory memoryv1.MemoryServiceClient, 
 	if cfg.BudgetRefresh == 0 {
 		cfg.BudgetRefresh = defaultBudgetRefresh
 	}
+	scrubbed := slog.New(scrub.Handler(logger.Handler(), sc))
 	return &Server{
-		logger:     slog.New(scrub.Handler(logger.Handler(), sc)),
+		logger:     scrubbed,
+		errors:     newErrors(scrubbed, sc),
 		scrub:      sc,
 		store:      store,
 		memory:     memory,
@@ -258,49 +261,39 @@ func (unavailableError) Is(target error) bool { return target == model.ErrUnavai
 // become Internal with a generic message; their detail is logged here. Every message is scrubbed of provider
 // keys and credential-shaped text (provider error text ends up in some of them).
 func (s *Server) connectError(ctx context.Context, err error) error {
-	if err == nil {
-		return nil
-	}
-	var ce *connect.Error
-	if errors.As(err, &ce) {
-		return err
-	}
-	var pf *providerFault
-	if errors.As(err, &pf) {
-		return providerConnectError(pf, s.scrub.String(err.Error()))
-	}
-	var code connect.Code
-	switch {
-	case errors.Is(err, principal.ErrNoPrincipal):
-		code = connect.CodeUnauthenticated
-	case errors.Is(err, ErrInvalidArgument):
-		code = connect.CodeInvalidArgument
-	case errors.Is(err, ErrNotFound):
-		code = connect.CodeNotFound
-	case errors.Is(err, ErrAlreadyExists):
-		code = connect.CodeAlreadyExists
-	case errors.Is(err, ErrConflict):
-		code = connect.CodeAborted
-	case errors.Is(err, ErrResourceExhausted):
-		return exhaustedConnectError(err)
-	case errors.Is(err, ErrFailedPrecondition), errors.Is(err, model.ErrNotConfigured):
-		code = connect.CodeFailedPrecondition
-	case errors.Is(err, model.ErrUnavailable):
-		code = connect.CodeUnavailable
-	case errors.Is(err, errLoggedInternal):
-		return connect.NewError(connect.CodeInternal, errors.New("internal error"))
-	case errors.Is(err, context.Canceled):
-		return connect.NewError(connect.CodeCanceled, errors.New("canceled"))
-	case errors.Is(err, context.DeadlineExceeded):
-		return connect.NewError(connect.CodeDeadlineExceeded, errors.New("deadline exceeded"))
-	case dberr.Unavailable(err):
-		s.logger.WarnContext(ctx, "database unavailable", "error", err)
-		return connect.NewError(connect.CodeUnavailable, errors.New("database unavailable"))
-	default:
-		s.logger.ErrorContext(ctx, "agent: internal error", "err", err)
-		return connect.NewError(connect.CodeInternal, errors.New("internal error"))
-	}
-	return connect.NewError(code, errors.New(s.scrub.String(err.Error())))
+	return s.errors.Error(ctx, "", err)
+}
+
+// newErrors is the agent's error mapping: the shared rules of internal/rpcerr, every client-facing message
+// scrubbed, and the agent's own errors: provider faults (with their retry advice and detail), budgets
+// (ResourceExhausted with a QuotaFailure), a provider that is not configured or cannot be reached, and server
+// faults already logged where they happened.
+func newErrors(logger *slog.Logger, sc *scrub.Scrubber) *rpcerr.Mapper {
+	return &rpcerr.Mapper{Logger: logger, Service: "agent", Message: sc.String, Rules: []rpcerr.Rule{
+		func(_ context.Context, err error) *connect.Error {
+			var pf *providerFault
+			if errors.As(err, &pf) {
+				return providerConnectError(pf, sc.String(err.Error()))
+			}
+			return nil
+		},
+		func(_ context.Context, err error) *connect.Error {
+			if errors.Is(err, ErrResourceExhausted) {
+				var ce *connect.Error
+				errors.As(exhaustedConnectError(err), &ce)
+				return ce
+			}
+			return nil
+		},
+		rpcerr.Is(model.ErrNotConfigured, connect.CodeFailedPrecondition),
+		rpcerr.Is(model.ErrUnavailable, connect.CodeUnavailable),
+		func(_ context.Context, err error) *connect.Error {
+			if errors.Is(err, errLoggedInternal) {
+				return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+			}
+			return nil
+		},
+	}}
 }
 
 const (

@@ -2,42 +2,32 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	"github.com/loom-dev/loom/internal/fault"
 	"github.com/loom-dev/loom/internal/pricing"
 )
 
-// Sentinel errors returned (wrapped) by a Store and by the Server's domain code. The handler edge maps them to
-// Connect codes in one place.
+// Sentinel errors returned (wrapped) by a Store and by the Server's domain code: the kinds every service shares
+// (internal/fault), under the names the agent's callers use. The handler edge maps them to Connect codes through
+// internal/rpcerr.
 var (
 	// ErrNotFound means the agent, version or run does not exist in the caller's tenant.
-	ErrNotFound = errors.New("not found")
+	ErrNotFound = fault.ErrNotFound
 	// ErrAlreadyExists means the agent name, or the run's idempotency key, is taken in the tenant.
-	ErrAlreadyExists = errors.New("already exists")
+	ErrAlreadyExists = fault.ErrAlreadyExists
 	// ErrConflict means a concurrent change won: an etag or version no longer matches, or a run already finished.
-	ErrConflict = errors.New("conflict")
+	ErrConflict = fault.ErrConflict
 	// ErrInvalidArgument is matched by every *FieldError.
-	ErrInvalidArgument = errors.New("invalid argument")
+	ErrInvalidArgument = fault.ErrInvalidArgument
 	// ErrFailedPrecondition is matched by errors whose operation cannot run in the current state (a finished run,
 	// a provider that is not configured).
-	ErrFailedPrecondition = errors.New("failed precondition")
+	ErrFailedPrecondition = fault.ErrFailedPrecondition
 )
 
 // FieldError is a client mistake in one request field. It matches ErrInvalidArgument.
-type FieldError struct {
-	// Field is the request field path, for example "update_mask" or "page_token".
-	Field string
-	// Reason says what is wrong with it.
-	Reason string
-}
-
-// Error implements error.
-func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
-
-// Is reports whether target is ErrInvalidArgument.
-func (e *FieldError) Is(target error) bool { return target == ErrInvalidArgument }
+type FieldError = fault.FieldError
 
 // preconditionError is an operation refused in the current state; it matches ErrFailedPrecondition.
 type preconditionError string

@@ -12,6 +12,7 @@ import (
 
 	"github.com/loom-dev/loom/agent/model"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	"github.com/loom-dev/loom/internal/fault"
 	"github.com/loom-dev/loom/internal/pricing"
 	"github.com/loom-dev/loom/internal/principal"
 )
@@ -179,7 +180,7 @@ func (e *exhaustedError) Is(target error) bool { return target == ErrResourceExh
 
 // ErrResourceExhausted is matched by the error of a run stopped by a budget (see Budgets.max_cost and
 // TenantBudget).
-var ErrResourceExhausted = errors.New("resource exhausted")
+var ErrResourceExhausted = fault.ErrResourceExhausted
 
 func exhausted(budget, format string, args ...any) *exhaustedError {
 	return &exhaustedError{budget: budget, msg: fmt.Sprintf("budget %s exhausted: ", budget) + fmt.Sprintf(format, args...)}
