@@ -9,11 +9,13 @@ import (
 	"strconv"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"gopkg.in/yaml.v3"
 
+	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 )
 
@@ -309,6 +311,24 @@ func (d *decoder) layout(path string, n *yaml.Node) map[string]*orchestratorv1.P
 	return out
 }
 
+// chaos decodes an agent step's chaos, whose fields are the agent contract's Chaos message, by name:
+// "chaos: {seed: 7, fail_attempts: 2, code: CHAOS_CODE_UNAVAILABLE, latency_min: 10ms}".
+func (d *decoder) chaos(path string, n *yaml.Node) *agentv1.Chaos {
+	st := d.structValue(path, n)
+	if st == nil {
+		return nil
+	}
+	data, err := protojson.Marshal(st)
+	if err == nil {
+		c := &agentv1.Chaos{}
+		if err = protojson.Unmarshal(data, c); err == nil {
+			return c
+		}
+	}
+	d.errorf(path, n, "not a chaos setting: %v", err)
+	return nil
+}
+
 // float decodes a finite number.
 func (d *decoder) float(path string, n *yaml.Node) float64 {
 	if !d.resolved(path, n) || isNull(n) {
@@ -354,6 +374,7 @@ func (d *decoder) step(path string, n *yaml.Node) *orchestratorv1.Step {
 			d.mapping(p, v, map[string]func(string, *yaml.Node){
 				"agent": func(p string, v *yaml.Node) { k.Agent = d.str(p, v) },
 				"input": func(p string, v *yaml.Node) { k.Input = d.str(p, v) },
+				"chaos": func(p string, v *yaml.Node) { k.Chaos = d.chaos(p, v) },
 			})
 			s.Kind = &orchestratorv1.Step_Agent{Agent: k}
 		}),

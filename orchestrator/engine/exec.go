@@ -298,8 +298,11 @@ func (e *Engine) prepare(r *run, s *step) (func(context.Context) (*structpb.Valu
 			return nil, err
 		}
 		agent, bp := k.Agent.GetAgent(), r.blueprint
+		// Chaos of the step: its attempt number is the agent run's, so a transient fault recovers after
+		// fail_attempts attempts of the step.
+		chaos, attempt := k.Agent.GetChaos(), int32(min(s.failures+1, 1_000_000))
 		return func(ctx context.Context) (*structpb.Value, *orchestratorv1.Usage, error) {
-			text, usage, err := e.callAgent(principal.NewContext(ctx, who), agent, input, key, bp)
+			text, usage, err := e.callAgent(principal.NewContext(ctx, who), agentCall{agent: agent, input: input, key: key, blueprint: bp, chaos: chaos, attempt: attempt})
 			if err != nil {
 				return nil, usage, err
 			}
@@ -392,7 +395,7 @@ func (e *Engine) executeMap(ctx context.Context, m *orchestratorv1.MapStep, inpu
 				errs[i] = ctx.Err()
 				return
 			}
-			text, usage, err := e.callAgent(ctx, m.GetAgent(), input, key+"-"+strconv.Itoa(i), bp)
+			text, usage, err := e.callAgent(ctx, agentCall{agent: m.GetAgent(), input: input, key: key + "-" + strconv.Itoa(i), blueprint: bp})
 			outs[i], usages[i] = structpb.NewStringValue(text), usage
 			if err != nil {
 				errs[i] = fmt.Errorf("item %d: %w", i, err)
@@ -411,10 +414,23 @@ func (e *Engine) executeMap(ctx context.Context, m *orchestratorv1.MapStep, inpu
 	return structpb.NewListValue(&structpb.ListValue{Values: outs}), total, nil
 }
 
-// callAgent runs agent on input under key, for blueprint bp, and returns its output and what it used and cost:
-// also when it failed, from the run in the error's details when the agent service sends one (a budget).
-func (e *Engine) callAgent(ctx context.Context, agent, input, key, bp string) (string, *orchestratorv1.Usage, error) {
-	resp, err := e.agents.Run(ctx, &agentv1.RunRequest{Agent: agent, Input: input, IdempotencyKey: key, Blueprint: bp})
+// agentCall is one agent run a step makes: the agent, its input, the idempotency key, the blueprint it is for,
+// and the step's chaos with the step's attempt number (zero values: none).
+type agentCall struct {
+	agent, input, key, blueprint string
+	chaos                        *agentv1.Chaos
+	attempt                      int32
+}
+
+// callAgent runs c and returns its output and what it used and cost: also when it failed, from the run in the
+// error's details when the agent service sends one (a budget).
+func (e *Engine) callAgent(ctx context.Context, c agentCall) (string, *orchestratorv1.Usage, error) {
+	agent := c.agent
+	req := &agentv1.RunRequest{Agent: agent, Input: c.input, IdempotencyKey: c.key, Blueprint: c.blueprint, Chaos: c.chaos}
+	if c.chaos != nil {
+		req.Attempt = c.attempt
+	}
+	resp, err := e.agents.Run(ctx, req)
 	if err != nil {
 		return "", usageInError(err), rpcError("agent "+agent, err)
 	}

@@ -8,8 +8,9 @@ package orchestratorv1
 
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	v1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	_ "github.com/loom-dev/loom/gen/loom/auth/v1"
-	v1 "github.com/loom-dev/loom/gen/loom/cost/v1"
+	v11 "github.com/loom-dev/loom/gen/loom/cost/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -628,7 +629,12 @@ type AgentStep struct {
 	// Agent name.
 	Agent string `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
 	// CEL expression for the input text, over `input` (the run input) and `steps` (earlier outputs).
-	Input         string `protobuf:"bytes,2,opt,name=input,proto3" json:"input,omitempty"`
+	Input string `protobuf:"bytes,2,opt,name=input,proto3" json:"input,omitempty"`
+	// Faults to inject into this step's agent runs, for testing a workflow's retry policy: each attempt of the
+	// step is one agent run with this chaos and its attempt number (1, 2, ...), so fail_attempts: 2 fails the
+	// first two attempts and lets the third through, and a fixed seed replays the same faults. Unset injects
+	// nothing (the agent's own chaos, if any, still applies).
+	Chaos         *v1.Chaos `protobuf:"bytes,3,opt,name=chaos,proto3" json:"chaos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -675,6 +681,13 @@ func (x *AgentStep) GetInput() string {
 		return x.Input
 	}
 	return ""
+}
+
+func (x *AgentStep) GetChaos() *v1.Chaos {
+	if x != nil {
+		return x.Chaos
+	}
+	return nil
 }
 
 // MemorySearchStep searches a memory namespace.
@@ -2697,7 +2710,7 @@ type Usage struct {
 	// Of the input tokens, those served from the provider's cache.
 	CachedInputTokens int64 `protobuf:"varint,3,opt,name=cached_input_tokens,json=cachedInputTokens,proto3" json:"cached_input_tokens,omitempty"`
 	// Cost of the priced usage; see cost_unknown.
-	Cost *v1.Money `protobuf:"bytes,4,opt,name=cost,proto3" json:"cost,omitempty"`
+	Cost *v11.Money `protobuf:"bytes,4,opt,name=cost,proto3" json:"cost,omitempty"`
 	// Some usage was of a model the price table does not price; its cost is not in cost.
 	CostUnknown bool `protobuf:"varint,5,opt,name=cost_unknown,json=costUnknown,proto3" json:"cost_unknown,omitempty"`
 	// Agent runs counted.
@@ -2757,7 +2770,7 @@ func (x *Usage) GetCachedInputTokens() int64 {
 	return 0
 }
 
-func (x *Usage) GetCost() *v1.Money {
+func (x *Usage) GetCost() *v11.Money {
 	if x != nil {
 		return x.Cost
 	}
@@ -2787,7 +2800,7 @@ type Anomaly struct {
 	// Duration was above duration_p99.
 	Duration bool `protobuf:"varint,2,opt,name=duration,proto3" json:"duration,omitempty"`
 	// The forecast's p99 of cost.
-	CostP99 *v1.Money `protobuf:"bytes,3,opt,name=cost_p99,json=costP99,proto3" json:"cost_p99,omitempty"`
+	CostP99 *v11.Money `protobuf:"bytes,3,opt,name=cost_p99,json=costP99,proto3" json:"cost_p99,omitempty"`
 	// The forecast's p99 of duration.
 	DurationP99 *durationpb.Duration `protobuf:"bytes,4,opt,name=duration_p99,json=durationP99,proto3" json:"duration_p99,omitempty"`
 	// Runs the forecast was taken over.
@@ -2840,7 +2853,7 @@ func (x *Anomaly) GetDuration() bool {
 	return false
 }
 
-func (x *Anomaly) GetCostP99() *v1.Money {
+func (x *Anomaly) GetCostP99() *v11.Money {
 	if x != nil {
 		return x.CostP99
 	}
@@ -4828,11 +4841,11 @@ type Forecast struct {
 	// No run to estimate from: the quantiles are unset; see the steps' budgets.
 	NoHistory bool `protobuf:"varint,2,opt,name=no_history,json=noHistory,proto3" json:"no_history,omitempty"`
 	// Median cost.
-	CostP50 *v1.Money `protobuf:"bytes,3,opt,name=cost_p50,json=costP50,proto3" json:"cost_p50,omitempty"`
+	CostP50 *v11.Money `protobuf:"bytes,3,opt,name=cost_p50,json=costP50,proto3" json:"cost_p50,omitempty"`
 	// 90th percentile of cost.
-	CostP90 *v1.Money `protobuf:"bytes,4,opt,name=cost_p90,json=costP90,proto3" json:"cost_p90,omitempty"`
+	CostP90 *v11.Money `protobuf:"bytes,4,opt,name=cost_p90,json=costP90,proto3" json:"cost_p90,omitempty"`
 	// 99th percentile of cost (the anomaly threshold).
-	CostP99 *v1.Money `protobuf:"bytes,5,opt,name=cost_p99,json=costP99,proto3" json:"cost_p99,omitempty"`
+	CostP99 *v11.Money `protobuf:"bytes,5,opt,name=cost_p99,json=costP99,proto3" json:"cost_p99,omitempty"`
 	// Median duration.
 	DurationP50 *durationpb.Duration `protobuf:"bytes,6,opt,name=duration_p50,json=durationP50,proto3" json:"duration_p50,omitempty"`
 	// 90th percentile of duration.
@@ -4887,21 +4900,21 @@ func (x *Forecast) GetNoHistory() bool {
 	return false
 }
 
-func (x *Forecast) GetCostP50() *v1.Money {
+func (x *Forecast) GetCostP50() *v11.Money {
 	if x != nil {
 		return x.CostP50
 	}
 	return nil
 }
 
-func (x *Forecast) GetCostP90() *v1.Money {
+func (x *Forecast) GetCostP90() *v11.Money {
 	if x != nil {
 		return x.CostP90
 	}
 	return nil
 }
 
-func (x *Forecast) GetCostP99() *v1.Money {
+func (x *Forecast) GetCostP99() *v11.Money {
 	if x != nil {
 		return x.CostP99
 	}
@@ -5000,7 +5013,7 @@ type AgentBudget struct {
 	// Agent name.
 	Agent string `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
 	// Cost per run; unset means unbounded.
-	MaxCost *v1.Money `protobuf:"bytes,2,opt,name=max_cost,json=maxCost,proto3" json:"max_cost,omitempty"`
+	MaxCost *v11.Money `protobuf:"bytes,2,opt,name=max_cost,json=maxCost,proto3" json:"max_cost,omitempty"`
 	// Tokens per run; 0 means unbounded.
 	MaxTokens int64 `protobuf:"varint,3,opt,name=max_tokens,json=maxTokens,proto3" json:"max_tokens,omitempty"`
 	// Wall time per run.
@@ -5046,7 +5059,7 @@ func (x *AgentBudget) GetAgent() string {
 	return ""
 }
 
-func (x *AgentBudget) GetMaxCost() *v1.Money {
+func (x *AgentBudget) GetMaxCost() *v11.Money {
 	if x != nil {
 		return x.MaxCost
 	}
@@ -5071,7 +5084,7 @@ var File_loom_orchestrator_v1_orchestrator_proto protoreflect.FileDescriptor
 
 const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\n" +
-	"'loom/orchestrator/v1/orchestrator.proto\x12\x14loom.orchestrator.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17loom/auth/v1/auth.proto\x1a\x17loom/cost/v1/cost.proto\"\xe1\x04\n" +
+	"'loom/orchestrator/v1/orchestrator.proto\x12\x14loom.orchestrator.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19loom/agent/v1/agent.proto\x1a\x17loom/auth/v1/auth.proto\x1a\x17loom/cost/v1/cost.proto\"\xe1\x04\n" +
 	"\tBlueprint\x122\n" +
 	"\x04name\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12*\n" +
@@ -5106,11 +5119,12 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\fmax_attempts\x18\x01 \x01(\x05B\t\xbaH\x06\x1a\x04\x18\x14(\x01R\vmaxAttempts\x12B\n" +
 	"\x0finitial_backoff\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0einitialBackoff\x12:\n" +
 	"\vmax_backoff\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
-	"maxBackoff\"c\n" +
+	"maxBackoff\"\x8f\x01\n" +
 	"\tAgentStep\x124\n" +
 	"\x05agent\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x05agent\x12 \n" +
 	"\x05input\x18\x02 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01(\x80 R\x05input\"\x92\x01\n" +
+	"\xbaH\ar\x05\x10\x01(\x80 R\x05input\x12*\n" +
+	"\x05chaos\x18\x03 \x01(\v2\x14.loom.agent.v1.ChaosR\x05chaos\"\x92\x01\n" +
 	"\x10MemorySearchStep\x12<\n" +
 	"\tnamespace\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\tnamespace\x12 \n" +
 	"\x05query\x18\x02 \x01(\tB\n" +
@@ -5551,8 +5565,9 @@ var file_loom_orchestrator_v1_orchestrator_proto_goTypes = []any{
 	(*structpb.Struct)(nil),              // 74: google.protobuf.Struct
 	(*durationpb.Duration)(nil),          // 75: google.protobuf.Duration
 	(*timestamppb.Timestamp)(nil),        // 76: google.protobuf.Timestamp
-	(*structpb.Value)(nil),               // 77: google.protobuf.Value
-	(*v1.Money)(nil),                     // 78: loom.cost.v1.Money
+	(*v1.Chaos)(nil),                     // 77: loom.agent.v1.Chaos
+	(*structpb.Value)(nil),               // 78: google.protobuf.Value
+	(*v11.Money)(nil),                    // 79: loom.cost.v1.Money
 }
 var file_loom_orchestrator_v1_orchestrator_proto_depIdxs = []int32{
 	74,  // 0: loom.orchestrator.v1.Blueprint.input_schema:type_name -> google.protobuf.Struct
@@ -5572,131 +5587,132 @@ var file_loom_orchestrator_v1_orchestrator_proto_depIdxs = []int32{
 	13,  // 14: loom.orchestrator.v1.Step.delay:type_name -> loom.orchestrator.v1.DelayStep
 	75,  // 15: loom.orchestrator.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
 	75,  // 16: loom.orchestrator.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	74,  // 17: loom.orchestrator.v1.ApprovalStep.payload_schema:type_name -> google.protobuf.Struct
-	75,  // 18: loom.orchestrator.v1.ApprovalStep.deadline:type_name -> google.protobuf.Duration
-	75,  // 19: loom.orchestrator.v1.DelayStep.duration:type_name -> google.protobuf.Duration
-	3,   // 20: loom.orchestrator.v1.BlueprintSource.blueprint:type_name -> loom.orchestrator.v1.Blueprint
-	15,  // 21: loom.orchestrator.v1.CreateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
-	3,   // 22: loom.orchestrator.v1.CreateBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
-	3,   // 23: loom.orchestrator.v1.GetBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
-	3,   // 24: loom.orchestrator.v1.ListBlueprintsResponse.blueprints:type_name -> loom.orchestrator.v1.Blueprint
-	15,  // 25: loom.orchestrator.v1.UpdateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
-	3,   // 26: loom.orchestrator.v1.UpdateBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
-	15,  // 27: loom.orchestrator.v1.ValidateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
-	14,  // 28: loom.orchestrator.v1.ValidateBlueprintResponse.errors:type_name -> loom.orchestrator.v1.ValidationError
-	31,  // 29: loom.orchestrator.v1.GenerateCanvasRequest.ref:type_name -> loom.orchestrator.v1.BlueprintRef
-	15,  // 30: loom.orchestrator.v1.GenerateCanvasRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
-	33,  // 31: loom.orchestrator.v1.SaveCanvasRequest.canvas:type_name -> loom.orchestrator.v1.Canvas
-	3,   // 32: loom.orchestrator.v1.SaveCanvasResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
-	33,  // 33: loom.orchestrator.v1.SaveCanvasResponse.canvas:type_name -> loom.orchestrator.v1.Canvas
-	33,  // 34: loom.orchestrator.v1.GenerateCanvasResponse.canvas:type_name -> loom.orchestrator.v1.Canvas
-	34,  // 35: loom.orchestrator.v1.Canvas.nodes:type_name -> loom.orchestrator.v1.Node
-	35,  // 36: loom.orchestrator.v1.Canvas.edges:type_name -> loom.orchestrator.v1.Edge
-	37,  // 37: loom.orchestrator.v1.Canvas.groups:type_name -> loom.orchestrator.v1.Group
-	3,   // 38: loom.orchestrator.v1.Canvas.blueprint:type_name -> loom.orchestrator.v1.Blueprint
-	36,  // 39: loom.orchestrator.v1.Edge.points:type_name -> loom.orchestrator.v1.Point
-	1,   // 40: loom.orchestrator.v1.StepRun.state:type_name -> loom.orchestrator.v1.StepState
-	77,  // 41: loom.orchestrator.v1.StepRun.output:type_name -> google.protobuf.Value
-	76,  // 42: loom.orchestrator.v1.StepRun.start_time:type_name -> google.protobuf.Timestamp
-	76,  // 43: loom.orchestrator.v1.StepRun.end_time:type_name -> google.protobuf.Timestamp
-	39,  // 44: loom.orchestrator.v1.StepRun.usage:type_name -> loom.orchestrator.v1.Usage
-	78,  // 45: loom.orchestrator.v1.Usage.cost:type_name -> loom.cost.v1.Money
-	78,  // 46: loom.orchestrator.v1.Anomaly.cost_p99:type_name -> loom.cost.v1.Money
-	75,  // 47: loom.orchestrator.v1.Anomaly.duration_p99:type_name -> google.protobuf.Duration
-	0,   // 48: loom.orchestrator.v1.WorkflowRun.state:type_name -> loom.orchestrator.v1.RunState
-	74,  // 49: loom.orchestrator.v1.WorkflowRun.input:type_name -> google.protobuf.Struct
-	77,  // 50: loom.orchestrator.v1.WorkflowRun.output:type_name -> google.protobuf.Value
-	38,  // 51: loom.orchestrator.v1.WorkflowRun.steps:type_name -> loom.orchestrator.v1.StepRun
-	76,  // 52: loom.orchestrator.v1.WorkflowRun.create_time:type_name -> google.protobuf.Timestamp
-	76,  // 53: loom.orchestrator.v1.WorkflowRun.end_time:type_name -> google.protobuf.Timestamp
-	39,  // 54: loom.orchestrator.v1.WorkflowRun.usage:type_name -> loom.orchestrator.v1.Usage
-	40,  // 55: loom.orchestrator.v1.WorkflowRun.anomaly:type_name -> loom.orchestrator.v1.Anomaly
-	74,  // 56: loom.orchestrator.v1.StartRunRequest.input:type_name -> google.protobuf.Struct
-	41,  // 57: loom.orchestrator.v1.StartRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
-	41,  // 58: loom.orchestrator.v1.GetRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
-	0,   // 59: loom.orchestrator.v1.ListRunsRequest.state:type_name -> loom.orchestrator.v1.RunState
-	41,  // 60: loom.orchestrator.v1.ListRunsResponse.runs:type_name -> loom.orchestrator.v1.WorkflowRun
-	41,  // 61: loom.orchestrator.v1.CancelRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
-	76,  // 62: loom.orchestrator.v1.WatchRunResponse.time:type_name -> google.protobuf.Timestamp
-	54,  // 63: loom.orchestrator.v1.WatchRunResponse.run_started:type_name -> loom.orchestrator.v1.RunStarted
-	55,  // 64: loom.orchestrator.v1.WatchRunResponse.step_started:type_name -> loom.orchestrator.v1.StepStarted
-	56,  // 65: loom.orchestrator.v1.WatchRunResponse.step_output:type_name -> loom.orchestrator.v1.StepOutput
-	57,  // 66: loom.orchestrator.v1.WatchRunResponse.step_retry:type_name -> loom.orchestrator.v1.StepRetry
-	58,  // 67: loom.orchestrator.v1.WatchRunResponse.waiting_for_approval:type_name -> loom.orchestrator.v1.WaitingForApproval
-	59,  // 68: loom.orchestrator.v1.WatchRunResponse.agent_text_delta:type_name -> loom.orchestrator.v1.AgentTextDelta
-	60,  // 69: loom.orchestrator.v1.WatchRunResponse.run_completed:type_name -> loom.orchestrator.v1.RunCompleted
-	61,  // 70: loom.orchestrator.v1.WatchRunResponse.run_failed:type_name -> loom.orchestrator.v1.RunFailed
-	62,  // 71: loom.orchestrator.v1.WatchRunResponse.run_cancelled:type_name -> loom.orchestrator.v1.RunCancelled
-	77,  // 72: loom.orchestrator.v1.StepOutput.output:type_name -> google.protobuf.Value
-	39,  // 73: loom.orchestrator.v1.StepOutput.usage:type_name -> loom.orchestrator.v1.Usage
-	39,  // 74: loom.orchestrator.v1.StepOutput.run_usage:type_name -> loom.orchestrator.v1.Usage
-	75,  // 75: loom.orchestrator.v1.StepRetry.backoff:type_name -> google.protobuf.Duration
-	39,  // 76: loom.orchestrator.v1.StepRetry.usage:type_name -> loom.orchestrator.v1.Usage
-	76,  // 77: loom.orchestrator.v1.WaitingForApproval.deadline:type_name -> google.protobuf.Timestamp
-	77,  // 78: loom.orchestrator.v1.RunCompleted.output:type_name -> google.protobuf.Value
-	39,  // 79: loom.orchestrator.v1.RunCompleted.usage:type_name -> loom.orchestrator.v1.Usage
-	39,  // 80: loom.orchestrator.v1.RunFailed.usage:type_name -> loom.orchestrator.v1.Usage
-	39,  // 81: loom.orchestrator.v1.RunCancelled.usage:type_name -> loom.orchestrator.v1.Usage
-	74,  // 82: loom.orchestrator.v1.Approval.payload_schema:type_name -> google.protobuf.Struct
-	76,  // 83: loom.orchestrator.v1.Approval.deadline:type_name -> google.protobuf.Timestamp
-	76,  // 84: loom.orchestrator.v1.Approval.create_time:type_name -> google.protobuf.Timestamp
-	63,  // 85: loom.orchestrator.v1.ListPendingApprovalsResponse.approvals:type_name -> loom.orchestrator.v1.Approval
-	2,   // 86: loom.orchestrator.v1.SubmitApprovalRequest.decision:type_name -> loom.orchestrator.v1.Decision
-	74,  // 87: loom.orchestrator.v1.SubmitApprovalRequest.payload:type_name -> google.protobuf.Struct
-	41,  // 88: loom.orchestrator.v1.SubmitApprovalResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
-	74,  // 89: loom.orchestrator.v1.EstimateRunRequest.input:type_name -> google.protobuf.Struct
-	70,  // 90: loom.orchestrator.v1.EstimateRunResponse.total:type_name -> loom.orchestrator.v1.Forecast
-	71,  // 91: loom.orchestrator.v1.EstimateRunResponse.steps:type_name -> loom.orchestrator.v1.StepForecast
-	78,  // 92: loom.orchestrator.v1.Forecast.cost_p50:type_name -> loom.cost.v1.Money
-	78,  // 93: loom.orchestrator.v1.Forecast.cost_p90:type_name -> loom.cost.v1.Money
-	78,  // 94: loom.orchestrator.v1.Forecast.cost_p99:type_name -> loom.cost.v1.Money
-	75,  // 95: loom.orchestrator.v1.Forecast.duration_p50:type_name -> google.protobuf.Duration
-	75,  // 96: loom.orchestrator.v1.Forecast.duration_p90:type_name -> google.protobuf.Duration
-	75,  // 97: loom.orchestrator.v1.Forecast.duration_p99:type_name -> google.protobuf.Duration
-	70,  // 98: loom.orchestrator.v1.StepForecast.forecast:type_name -> loom.orchestrator.v1.Forecast
-	72,  // 99: loom.orchestrator.v1.StepForecast.budget:type_name -> loom.orchestrator.v1.AgentBudget
-	78,  // 100: loom.orchestrator.v1.AgentBudget.max_cost:type_name -> loom.cost.v1.Money
-	75,  // 101: loom.orchestrator.v1.AgentBudget.max_duration:type_name -> google.protobuf.Duration
-	36,  // 102: loom.orchestrator.v1.Blueprint.LayoutEntry.value:type_name -> loom.orchestrator.v1.Point
-	16,  // 103: loom.orchestrator.v1.OrchestratorService.CreateBlueprint:input_type -> loom.orchestrator.v1.CreateBlueprintRequest
-	18,  // 104: loom.orchestrator.v1.OrchestratorService.GetBlueprint:input_type -> loom.orchestrator.v1.GetBlueprintRequest
-	20,  // 105: loom.orchestrator.v1.OrchestratorService.ListBlueprints:input_type -> loom.orchestrator.v1.ListBlueprintsRequest
-	22,  // 106: loom.orchestrator.v1.OrchestratorService.UpdateBlueprint:input_type -> loom.orchestrator.v1.UpdateBlueprintRequest
-	24,  // 107: loom.orchestrator.v1.OrchestratorService.DeleteBlueprint:input_type -> loom.orchestrator.v1.DeleteBlueprintRequest
-	26,  // 108: loom.orchestrator.v1.OrchestratorService.ValidateBlueprint:input_type -> loom.orchestrator.v1.ValidateBlueprintRequest
-	28,  // 109: loom.orchestrator.v1.OrchestratorService.GenerateCanvas:input_type -> loom.orchestrator.v1.GenerateCanvasRequest
-	29,  // 110: loom.orchestrator.v1.OrchestratorService.SaveCanvas:input_type -> loom.orchestrator.v1.SaveCanvasRequest
-	42,  // 111: loom.orchestrator.v1.OrchestratorService.StartRun:input_type -> loom.orchestrator.v1.StartRunRequest
-	44,  // 112: loom.orchestrator.v1.OrchestratorService.GetRun:input_type -> loom.orchestrator.v1.GetRunRequest
-	46,  // 113: loom.orchestrator.v1.OrchestratorService.ListRuns:input_type -> loom.orchestrator.v1.ListRunsRequest
-	48,  // 114: loom.orchestrator.v1.OrchestratorService.CancelRun:input_type -> loom.orchestrator.v1.CancelRunRequest
-	50,  // 115: loom.orchestrator.v1.OrchestratorService.DeleteRun:input_type -> loom.orchestrator.v1.DeleteRunRequest
-	52,  // 116: loom.orchestrator.v1.OrchestratorService.WatchRun:input_type -> loom.orchestrator.v1.WatchRunRequest
-	64,  // 117: loom.orchestrator.v1.OrchestratorService.ListPendingApprovals:input_type -> loom.orchestrator.v1.ListPendingApprovalsRequest
-	66,  // 118: loom.orchestrator.v1.OrchestratorService.SubmitApproval:input_type -> loom.orchestrator.v1.SubmitApprovalRequest
-	68,  // 119: loom.orchestrator.v1.OrchestratorService.EstimateRun:input_type -> loom.orchestrator.v1.EstimateRunRequest
-	17,  // 120: loom.orchestrator.v1.OrchestratorService.CreateBlueprint:output_type -> loom.orchestrator.v1.CreateBlueprintResponse
-	19,  // 121: loom.orchestrator.v1.OrchestratorService.GetBlueprint:output_type -> loom.orchestrator.v1.GetBlueprintResponse
-	21,  // 122: loom.orchestrator.v1.OrchestratorService.ListBlueprints:output_type -> loom.orchestrator.v1.ListBlueprintsResponse
-	23,  // 123: loom.orchestrator.v1.OrchestratorService.UpdateBlueprint:output_type -> loom.orchestrator.v1.UpdateBlueprintResponse
-	25,  // 124: loom.orchestrator.v1.OrchestratorService.DeleteBlueprint:output_type -> loom.orchestrator.v1.DeleteBlueprintResponse
-	27,  // 125: loom.orchestrator.v1.OrchestratorService.ValidateBlueprint:output_type -> loom.orchestrator.v1.ValidateBlueprintResponse
-	32,  // 126: loom.orchestrator.v1.OrchestratorService.GenerateCanvas:output_type -> loom.orchestrator.v1.GenerateCanvasResponse
-	30,  // 127: loom.orchestrator.v1.OrchestratorService.SaveCanvas:output_type -> loom.orchestrator.v1.SaveCanvasResponse
-	43,  // 128: loom.orchestrator.v1.OrchestratorService.StartRun:output_type -> loom.orchestrator.v1.StartRunResponse
-	45,  // 129: loom.orchestrator.v1.OrchestratorService.GetRun:output_type -> loom.orchestrator.v1.GetRunResponse
-	47,  // 130: loom.orchestrator.v1.OrchestratorService.ListRuns:output_type -> loom.orchestrator.v1.ListRunsResponse
-	49,  // 131: loom.orchestrator.v1.OrchestratorService.CancelRun:output_type -> loom.orchestrator.v1.CancelRunResponse
-	51,  // 132: loom.orchestrator.v1.OrchestratorService.DeleteRun:output_type -> loom.orchestrator.v1.DeleteRunResponse
-	53,  // 133: loom.orchestrator.v1.OrchestratorService.WatchRun:output_type -> loom.orchestrator.v1.WatchRunResponse
-	65,  // 134: loom.orchestrator.v1.OrchestratorService.ListPendingApprovals:output_type -> loom.orchestrator.v1.ListPendingApprovalsResponse
-	67,  // 135: loom.orchestrator.v1.OrchestratorService.SubmitApproval:output_type -> loom.orchestrator.v1.SubmitApprovalResponse
-	69,  // 136: loom.orchestrator.v1.OrchestratorService.EstimateRun:output_type -> loom.orchestrator.v1.EstimateRunResponse
-	120, // [120:137] is the sub-list for method output_type
-	103, // [103:120] is the sub-list for method input_type
-	103, // [103:103] is the sub-list for extension type_name
-	103, // [103:103] is the sub-list for extension extendee
-	0,   // [0:103] is the sub-list for field type_name
+	77,  // 17: loom.orchestrator.v1.AgentStep.chaos:type_name -> loom.agent.v1.Chaos
+	74,  // 18: loom.orchestrator.v1.ApprovalStep.payload_schema:type_name -> google.protobuf.Struct
+	75,  // 19: loom.orchestrator.v1.ApprovalStep.deadline:type_name -> google.protobuf.Duration
+	75,  // 20: loom.orchestrator.v1.DelayStep.duration:type_name -> google.protobuf.Duration
+	3,   // 21: loom.orchestrator.v1.BlueprintSource.blueprint:type_name -> loom.orchestrator.v1.Blueprint
+	15,  // 22: loom.orchestrator.v1.CreateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
+	3,   // 23: loom.orchestrator.v1.CreateBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
+	3,   // 24: loom.orchestrator.v1.GetBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
+	3,   // 25: loom.orchestrator.v1.ListBlueprintsResponse.blueprints:type_name -> loom.orchestrator.v1.Blueprint
+	15,  // 26: loom.orchestrator.v1.UpdateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
+	3,   // 27: loom.orchestrator.v1.UpdateBlueprintResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
+	15,  // 28: loom.orchestrator.v1.ValidateBlueprintRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
+	14,  // 29: loom.orchestrator.v1.ValidateBlueprintResponse.errors:type_name -> loom.orchestrator.v1.ValidationError
+	31,  // 30: loom.orchestrator.v1.GenerateCanvasRequest.ref:type_name -> loom.orchestrator.v1.BlueprintRef
+	15,  // 31: loom.orchestrator.v1.GenerateCanvasRequest.source:type_name -> loom.orchestrator.v1.BlueprintSource
+	33,  // 32: loom.orchestrator.v1.SaveCanvasRequest.canvas:type_name -> loom.orchestrator.v1.Canvas
+	3,   // 33: loom.orchestrator.v1.SaveCanvasResponse.blueprint:type_name -> loom.orchestrator.v1.Blueprint
+	33,  // 34: loom.orchestrator.v1.SaveCanvasResponse.canvas:type_name -> loom.orchestrator.v1.Canvas
+	33,  // 35: loom.orchestrator.v1.GenerateCanvasResponse.canvas:type_name -> loom.orchestrator.v1.Canvas
+	34,  // 36: loom.orchestrator.v1.Canvas.nodes:type_name -> loom.orchestrator.v1.Node
+	35,  // 37: loom.orchestrator.v1.Canvas.edges:type_name -> loom.orchestrator.v1.Edge
+	37,  // 38: loom.orchestrator.v1.Canvas.groups:type_name -> loom.orchestrator.v1.Group
+	3,   // 39: loom.orchestrator.v1.Canvas.blueprint:type_name -> loom.orchestrator.v1.Blueprint
+	36,  // 40: loom.orchestrator.v1.Edge.points:type_name -> loom.orchestrator.v1.Point
+	1,   // 41: loom.orchestrator.v1.StepRun.state:type_name -> loom.orchestrator.v1.StepState
+	78,  // 42: loom.orchestrator.v1.StepRun.output:type_name -> google.protobuf.Value
+	76,  // 43: loom.orchestrator.v1.StepRun.start_time:type_name -> google.protobuf.Timestamp
+	76,  // 44: loom.orchestrator.v1.StepRun.end_time:type_name -> google.protobuf.Timestamp
+	39,  // 45: loom.orchestrator.v1.StepRun.usage:type_name -> loom.orchestrator.v1.Usage
+	79,  // 46: loom.orchestrator.v1.Usage.cost:type_name -> loom.cost.v1.Money
+	79,  // 47: loom.orchestrator.v1.Anomaly.cost_p99:type_name -> loom.cost.v1.Money
+	75,  // 48: loom.orchestrator.v1.Anomaly.duration_p99:type_name -> google.protobuf.Duration
+	0,   // 49: loom.orchestrator.v1.WorkflowRun.state:type_name -> loom.orchestrator.v1.RunState
+	74,  // 50: loom.orchestrator.v1.WorkflowRun.input:type_name -> google.protobuf.Struct
+	78,  // 51: loom.orchestrator.v1.WorkflowRun.output:type_name -> google.protobuf.Value
+	38,  // 52: loom.orchestrator.v1.WorkflowRun.steps:type_name -> loom.orchestrator.v1.StepRun
+	76,  // 53: loom.orchestrator.v1.WorkflowRun.create_time:type_name -> google.protobuf.Timestamp
+	76,  // 54: loom.orchestrator.v1.WorkflowRun.end_time:type_name -> google.protobuf.Timestamp
+	39,  // 55: loom.orchestrator.v1.WorkflowRun.usage:type_name -> loom.orchestrator.v1.Usage
+	40,  // 56: loom.orchestrator.v1.WorkflowRun.anomaly:type_name -> loom.orchestrator.v1.Anomaly
+	74,  // 57: loom.orchestrator.v1.StartRunRequest.input:type_name -> google.protobuf.Struct
+	41,  // 58: loom.orchestrator.v1.StartRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
+	41,  // 59: loom.orchestrator.v1.GetRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
+	0,   // 60: loom.orchestrator.v1.ListRunsRequest.state:type_name -> loom.orchestrator.v1.RunState
+	41,  // 61: loom.orchestrator.v1.ListRunsResponse.runs:type_name -> loom.orchestrator.v1.WorkflowRun
+	41,  // 62: loom.orchestrator.v1.CancelRunResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
+	76,  // 63: loom.orchestrator.v1.WatchRunResponse.time:type_name -> google.protobuf.Timestamp
+	54,  // 64: loom.orchestrator.v1.WatchRunResponse.run_started:type_name -> loom.orchestrator.v1.RunStarted
+	55,  // 65: loom.orchestrator.v1.WatchRunResponse.step_started:type_name -> loom.orchestrator.v1.StepStarted
+	56,  // 66: loom.orchestrator.v1.WatchRunResponse.step_output:type_name -> loom.orchestrator.v1.StepOutput
+	57,  // 67: loom.orchestrator.v1.WatchRunResponse.step_retry:type_name -> loom.orchestrator.v1.StepRetry
+	58,  // 68: loom.orchestrator.v1.WatchRunResponse.waiting_for_approval:type_name -> loom.orchestrator.v1.WaitingForApproval
+	59,  // 69: loom.orchestrator.v1.WatchRunResponse.agent_text_delta:type_name -> loom.orchestrator.v1.AgentTextDelta
+	60,  // 70: loom.orchestrator.v1.WatchRunResponse.run_completed:type_name -> loom.orchestrator.v1.RunCompleted
+	61,  // 71: loom.orchestrator.v1.WatchRunResponse.run_failed:type_name -> loom.orchestrator.v1.RunFailed
+	62,  // 72: loom.orchestrator.v1.WatchRunResponse.run_cancelled:type_name -> loom.orchestrator.v1.RunCancelled
+	78,  // 73: loom.orchestrator.v1.StepOutput.output:type_name -> google.protobuf.Value
+	39,  // 74: loom.orchestrator.v1.StepOutput.usage:type_name -> loom.orchestrator.v1.Usage
+	39,  // 75: loom.orchestrator.v1.StepOutput.run_usage:type_name -> loom.orchestrator.v1.Usage
+	75,  // 76: loom.orchestrator.v1.StepRetry.backoff:type_name -> google.protobuf.Duration
+	39,  // 77: loom.orchestrator.v1.StepRetry.usage:type_name -> loom.orchestrator.v1.Usage
+	76,  // 78: loom.orchestrator.v1.WaitingForApproval.deadline:type_name -> google.protobuf.Timestamp
+	78,  // 79: loom.orchestrator.v1.RunCompleted.output:type_name -> google.protobuf.Value
+	39,  // 80: loom.orchestrator.v1.RunCompleted.usage:type_name -> loom.orchestrator.v1.Usage
+	39,  // 81: loom.orchestrator.v1.RunFailed.usage:type_name -> loom.orchestrator.v1.Usage
+	39,  // 82: loom.orchestrator.v1.RunCancelled.usage:type_name -> loom.orchestrator.v1.Usage
+	74,  // 83: loom.orchestrator.v1.Approval.payload_schema:type_name -> google.protobuf.Struct
+	76,  // 84: loom.orchestrator.v1.Approval.deadline:type_name -> google.protobuf.Timestamp
+	76,  // 85: loom.orchestrator.v1.Approval.create_time:type_name -> google.protobuf.Timestamp
+	63,  // 86: loom.orchestrator.v1.ListPendingApprovalsResponse.approvals:type_name -> loom.orchestrator.v1.Approval
+	2,   // 87: loom.orchestrator.v1.SubmitApprovalRequest.decision:type_name -> loom.orchestrator.v1.Decision
+	74,  // 88: loom.orchestrator.v1.SubmitApprovalRequest.payload:type_name -> google.protobuf.Struct
+	41,  // 89: loom.orchestrator.v1.SubmitApprovalResponse.run:type_name -> loom.orchestrator.v1.WorkflowRun
+	74,  // 90: loom.orchestrator.v1.EstimateRunRequest.input:type_name -> google.protobuf.Struct
+	70,  // 91: loom.orchestrator.v1.EstimateRunResponse.total:type_name -> loom.orchestrator.v1.Forecast
+	71,  // 92: loom.orchestrator.v1.EstimateRunResponse.steps:type_name -> loom.orchestrator.v1.StepForecast
+	79,  // 93: loom.orchestrator.v1.Forecast.cost_p50:type_name -> loom.cost.v1.Money
+	79,  // 94: loom.orchestrator.v1.Forecast.cost_p90:type_name -> loom.cost.v1.Money
+	79,  // 95: loom.orchestrator.v1.Forecast.cost_p99:type_name -> loom.cost.v1.Money
+	75,  // 96: loom.orchestrator.v1.Forecast.duration_p50:type_name -> google.protobuf.Duration
+	75,  // 97: loom.orchestrator.v1.Forecast.duration_p90:type_name -> google.protobuf.Duration
+	75,  // 98: loom.orchestrator.v1.Forecast.duration_p99:type_name -> google.protobuf.Duration
+	70,  // 99: loom.orchestrator.v1.StepForecast.forecast:type_name -> loom.orchestrator.v1.Forecast
+	72,  // 100: loom.orchestrator.v1.StepForecast.budget:type_name -> loom.orchestrator.v1.AgentBudget
+	79,  // 101: loom.orchestrator.v1.AgentBudget.max_cost:type_name -> loom.cost.v1.Money
+	75,  // 102: loom.orchestrator.v1.AgentBudget.max_duration:type_name -> google.protobuf.Duration
+	36,  // 103: loom.orchestrator.v1.Blueprint.LayoutEntry.value:type_name -> loom.orchestrator.v1.Point
+	16,  // 104: loom.orchestrator.v1.OrchestratorService.CreateBlueprint:input_type -> loom.orchestrator.v1.CreateBlueprintRequest
+	18,  // 105: loom.orchestrator.v1.OrchestratorService.GetBlueprint:input_type -> loom.orchestrator.v1.GetBlueprintRequest
+	20,  // 106: loom.orchestrator.v1.OrchestratorService.ListBlueprints:input_type -> loom.orchestrator.v1.ListBlueprintsRequest
+	22,  // 107: loom.orchestrator.v1.OrchestratorService.UpdateBlueprint:input_type -> loom.orchestrator.v1.UpdateBlueprintRequest
+	24,  // 108: loom.orchestrator.v1.OrchestratorService.DeleteBlueprint:input_type -> loom.orchestrator.v1.DeleteBlueprintRequest
+	26,  // 109: loom.orchestrator.v1.OrchestratorService.ValidateBlueprint:input_type -> loom.orchestrator.v1.ValidateBlueprintRequest
+	28,  // 110: loom.orchestrator.v1.OrchestratorService.GenerateCanvas:input_type -> loom.orchestrator.v1.GenerateCanvasRequest
+	29,  // 111: loom.orchestrator.v1.OrchestratorService.SaveCanvas:input_type -> loom.orchestrator.v1.SaveCanvasRequest
+	42,  // 112: loom.orchestrator.v1.OrchestratorService.StartRun:input_type -> loom.orchestrator.v1.StartRunRequest
+	44,  // 113: loom.orchestrator.v1.OrchestratorService.GetRun:input_type -> loom.orchestrator.v1.GetRunRequest
+	46,  // 114: loom.orchestrator.v1.OrchestratorService.ListRuns:input_type -> loom.orchestrator.v1.ListRunsRequest
+	48,  // 115: loom.orchestrator.v1.OrchestratorService.CancelRun:input_type -> loom.orchestrator.v1.CancelRunRequest
+	50,  // 116: loom.orchestrator.v1.OrchestratorService.DeleteRun:input_type -> loom.orchestrator.v1.DeleteRunRequest
+	52,  // 117: loom.orchestrator.v1.OrchestratorService.WatchRun:input_type -> loom.orchestrator.v1.WatchRunRequest
+	64,  // 118: loom.orchestrator.v1.OrchestratorService.ListPendingApprovals:input_type -> loom.orchestrator.v1.ListPendingApprovalsRequest
+	66,  // 119: loom.orchestrator.v1.OrchestratorService.SubmitApproval:input_type -> loom.orchestrator.v1.SubmitApprovalRequest
+	68,  // 120: loom.orchestrator.v1.OrchestratorService.EstimateRun:input_type -> loom.orchestrator.v1.EstimateRunRequest
+	17,  // 121: loom.orchestrator.v1.OrchestratorService.CreateBlueprint:output_type -> loom.orchestrator.v1.CreateBlueprintResponse
+	19,  // 122: loom.orchestrator.v1.OrchestratorService.GetBlueprint:output_type -> loom.orchestrator.v1.GetBlueprintResponse
+	21,  // 123: loom.orchestrator.v1.OrchestratorService.ListBlueprints:output_type -> loom.orchestrator.v1.ListBlueprintsResponse
+	23,  // 124: loom.orchestrator.v1.OrchestratorService.UpdateBlueprint:output_type -> loom.orchestrator.v1.UpdateBlueprintResponse
+	25,  // 125: loom.orchestrator.v1.OrchestratorService.DeleteBlueprint:output_type -> loom.orchestrator.v1.DeleteBlueprintResponse
+	27,  // 126: loom.orchestrator.v1.OrchestratorService.ValidateBlueprint:output_type -> loom.orchestrator.v1.ValidateBlueprintResponse
+	32,  // 127: loom.orchestrator.v1.OrchestratorService.GenerateCanvas:output_type -> loom.orchestrator.v1.GenerateCanvasResponse
+	30,  // 128: loom.orchestrator.v1.OrchestratorService.SaveCanvas:output_type -> loom.orchestrator.v1.SaveCanvasResponse
+	43,  // 129: loom.orchestrator.v1.OrchestratorService.StartRun:output_type -> loom.orchestrator.v1.StartRunResponse
+	45,  // 130: loom.orchestrator.v1.OrchestratorService.GetRun:output_type -> loom.orchestrator.v1.GetRunResponse
+	47,  // 131: loom.orchestrator.v1.OrchestratorService.ListRuns:output_type -> loom.orchestrator.v1.ListRunsResponse
+	49,  // 132: loom.orchestrator.v1.OrchestratorService.CancelRun:output_type -> loom.orchestrator.v1.CancelRunResponse
+	51,  // 133: loom.orchestrator.v1.OrchestratorService.DeleteRun:output_type -> loom.orchestrator.v1.DeleteRunResponse
+	53,  // 134: loom.orchestrator.v1.OrchestratorService.WatchRun:output_type -> loom.orchestrator.v1.WatchRunResponse
+	65,  // 135: loom.orchestrator.v1.OrchestratorService.ListPendingApprovals:output_type -> loom.orchestrator.v1.ListPendingApprovalsResponse
+	67,  // 136: loom.orchestrator.v1.OrchestratorService.SubmitApproval:output_type -> loom.orchestrator.v1.SubmitApprovalResponse
+	69,  // 137: loom.orchestrator.v1.OrchestratorService.EstimateRun:output_type -> loom.orchestrator.v1.EstimateRunResponse
+	121, // [121:138] is the sub-list for method output_type
+	104, // [104:121] is the sub-list for method input_type
+	104, // [104:104] is the sub-list for extension type_name
+	104, // [104:104] is the sub-list for extension extendee
+	0,   // [0:104] is the sub-list for field type_name
 }
 
 func init() { file_loom_orchestrator_v1_orchestrator_proto_init() }
