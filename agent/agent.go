@@ -37,12 +37,13 @@ import (
 	"github.com/loom-dev/loom/internal/rpcerr"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/scrub"
+	"github.com/loom-dev/loom/internal/secret"
 	"github.com/loom-dev/loom/internal/secrets"
 	"github.com/loom-dev/loom/internal/telemetry"
 )
 
 // Config configures the agent service's providers. The zero value works offline: the sim model, espeak-ng from
-// PATH, no other model provider, no ElevenLabs or Tavus. Keys are secrets.String values, masked wherever they are
+// PATH, no other model provider, no ElevenLabs or Tavus. Keys are secret.String values, masked wherever they are
 // printed or logged, so a Config can be printed whole.
 type Config struct {
 	// Models holds the model providers runs can use, by name, with the process's endpoint of each; it must hold
@@ -50,13 +51,13 @@ type Config struct {
 	// FailedPrecondition. nil means the sim only.
 	Models *model.Registry
 	// ElevenLabsAPIKey enables VOICE_PROVIDER_ELEVENLABS; empty makes it fail with FailedPrecondition.
-	ElevenLabsAPIKey secrets.String
+	ElevenLabsAPIKey secret.String
 	// ElevenLabsBaseURL overrides the ElevenLabs endpoint; empty means "https://api.elevenlabs.io".
 	ElevenLabsBaseURL string
 	// ElevenLabsModel is the model_id sent to ElevenLabs; empty means "eleven_multilingual_v2".
 	ElevenLabsModel string
 	// TavusAPIKey enables CreateVideo and GetVideo; empty makes them fail with FailedPrecondition.
-	TavusAPIKey secrets.String
+	TavusAPIKey secret.String
 	// TavusBaseURL overrides the Tavus endpoint; empty means "https://tavusapi.com".
 	TavusBaseURL string
 	// EspeakPath is the espeak-ng binary; empty means "espeak-ng" looked up in PATH.
@@ -232,7 +233,7 @@ func (s *Server) Service() rpcserver.Service {
 // providerKey returns the key to call provider with for tenant: the tenant's own key when TenantKeys holds one,
 // else fallback (the process key). A provider TenantKeys keeps no keys for (it answers ErrInvalidArgument, as
 // secrets.ProviderKeys does for a model provider registered after it) uses fallback. Errors never contain a key.
-func (s *Server) providerKey(ctx context.Context, tenant, provider string, fallback secrets.String) (secrets.String, error) {
+func (s *Server) providerKey(ctx context.Context, tenant, provider string, fallback secret.String) (secret.String, error) {
 	if s.cfg.TenantKeys == nil {
 		return fallback, nil
 	}
@@ -240,7 +241,7 @@ func (s *Server) providerKey(ctx context.Context, tenant, provider string, fallb
 	switch {
 	case err == nil && key != "":
 		s.scrub.Add(key) // from now on, never echoed back by a provider's error text
-		return secrets.String(key), nil
+		return secret.String(key), nil
 	case err == nil, errors.Is(err, secrets.ErrNotFound), errors.Is(err, secrets.ErrInvalidArgument):
 		return fallback, nil
 	}

@@ -30,6 +30,7 @@ import (
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/rpcserver/rpcservertest"
+	"github.com/loom-dev/loom/internal/secret"
 	"github.com/loom-dev/loom/internal/secrets"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
@@ -229,10 +230,10 @@ func TestProviderErrorsScrubbed(t *testing.T) {
 			t.Parallel()
 			fake, calls := fakeProviders(t)
 			h := newLeakHarness(t, d, agent.Config{
-				Models: testModels(model.Endpoint{APIKey: secrets.String(canaries["process/gemini"]), BaseURL: fake.URL},
-					model.Endpoint{APIKey: secrets.String(canaries["process/openai"]), BaseURL: fake.URL + "/v1"}),
-				ElevenLabsAPIKey: secrets.String(canaries["process/elevenlabs"]), ElevenLabsBaseURL: fake.URL,
-				TavusAPIKey: secrets.String(canaries["process/tavus"]), TavusBaseURL: fake.URL,
+				Models: testModels(model.Endpoint{APIKey: secret.String(canaries["process/gemini"]), BaseURL: fake.URL},
+					model.Endpoint{APIKey: secret.String(canaries["process/openai"]), BaseURL: fake.URL + "/v1"}),
+				ElevenLabsAPIKey: secret.String(canaries["process/elevenlabs"]), ElevenLabsBaseURL: fake.URL,
+				TavusAPIKey: secret.String(canaries["process/tavus"]), TavusBaseURL: fake.URL,
 				TenantKeys: acmeKeys{},
 			})
 			var surfaces []string // every text a caller, an operator or an attacker with the disk could read

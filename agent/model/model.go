@@ -15,7 +15,7 @@ import (
 	"slices"
 
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
-	"github.com/loom-dev/loom/internal/secrets"
+	"github.com/loom-dev/loom/internal/secret"
 )
 
 // ErrUnavailable is matched by errors of a provider that failed or could not be reached; the call may succeed
@@ -146,7 +146,7 @@ type Model interface {
 type Endpoint struct {
 	// APIKey is the process's key for the provider; empty means none (a tenant's own key may still be used, and
 	// some providers, such as local OpenAI-compatible servers, need none).
-	APIKey secrets.String
+	APIKey secret.String
 	// BaseURL overrides the provider's endpoint; empty uses the provider's own.
 	BaseURL string
 }
@@ -236,8 +236,8 @@ func (r *Registry) Names() []string {
 
 // Keys returns the process's API keys of every registered provider that has one, for a scrubber to remove from
 // provider error text.
-func (r *Registry) Keys() []secrets.String {
-	var keys []secrets.String
+func (r *Registry) Keys() []secret.String {
+	var keys []secret.String
 	for _, n := range r.Names() {
 		if k := r.providers[n].ep.APIKey; k.IsSet() {
 			keys = append(keys, k)

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/loom-dev/loom/agent/model"
-	"github.com/loom-dev/loom/internal/secrets"
+	"github.com/loom-dev/loom/internal/secret"
 )
 
 type nopModel struct{}
@@ -38,7 +38,7 @@ func TestRegistry(t *testing.T) {
 	if _, _, ok := r.Lookup("nope"); ok {
 		t.Error("Lookup(nope) found a provider")
 	}
-	if got := r.Keys(); !slices.Equal(got, []secrets.String{"acme-key"}) {
+	if got := r.Keys(); !slices.Equal(got, []secret.String{"acme-key"}) {
 		t.Errorf("Keys = %v", got)
 	}
 	defer func() {

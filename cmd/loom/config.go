@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/loom-dev/loom/internal/rpcserver"
-	sealed "github.com/loom-dev/loom/internal/secrets"
+	"github.com/loom-dev/loom/internal/secret"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/telemetry"
 	"github.com/loom-dev/loom/memory"
@@ -94,12 +94,12 @@ type config struct {
 }
 
 // secrets are provider credentials. They are masked whenever the config is printed or logged (provider keys are
-// sealed.String values, which mask themselves).
+// secret.String values, which mask themselves).
 type secrets struct {
-	GeminiAPIKey     sealed.String
-	OpenAIAPIKey     sealed.String
-	ElevenLabsAPIKey sealed.String
-	TavusAPIKey      sealed.String
+	GeminiAPIKey     secret.String
+	OpenAIAPIKey     secret.String
+	ElevenLabsAPIKey secret.String
+	TavusAPIKey      secret.String
 	// MasterKey (base64 of 32 bytes) encrypts tenants' provider keys at rest; MasterKeyPrevious lists earlier
 	// master keys (comma-separated) that still open older values.
 	MasterKey, MasterKeyPrevious string

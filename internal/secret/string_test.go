@@ -1,4 +1,4 @@
-package secrets_test
+package secret_test
 
 import (
 	"bytes"
@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/loom-dev/loom/internal/secrets"
+	"github.com/loom-dev/loom/internal/secret"
 )
 
 const canary = "sk-canary-0123456789"
@@ -16,15 +16,15 @@ const canary = "sk-canary-0123456789"
 // holder is a configuration struct with a secret field, printed and logged whole.
 type holder struct {
 	Name   string
-	APIKey secrets.String
-	Keys   map[string]secrets.String
-	Ptr    *secrets.String
+	APIKey secret.String
+	Keys   map[string]secret.String
+	Ptr    *secret.String
 }
 
 func TestStringMasks(t *testing.T) {
 	t.Parallel()
-	key := secrets.String(canary)
-	h := holder{Name: "gemini", APIKey: key, Keys: map[string]secrets.String{"openai": key}, Ptr: &key}
+	key := secret.String(canary)
+	h := holder{Name: "gemini", APIKey: key, Keys: map[string]secret.String{"openai": key}, Ptr: &key}
 	logged := func(newHandler func(*bytes.Buffer) slog.Handler, args ...any) string {
 		var b bytes.Buffer
 		slog.New(newHandler(&b)).Info("config", args...)
@@ -47,13 +47,13 @@ func TestStringMasks(t *testing.T) {
 		{name: "%s", got: fmt.Sprintf("%s", key), want: "(set)"},
 		{name: "%q", got: fmt.Sprintf("%q", key), want: `"(set)"`},
 		{name: "%+v", got: fmt.Sprintf("%+v", key), want: "(set)"},
-		{name: "%#v", got: fmt.Sprintf("%#v", key), want: `secrets.String("(set)")`},
+		{name: "%#v", got: fmt.Sprintf("%#v", key), want: `secret.String("(set)")`},
 		{name: "%x", got: fmt.Sprintf("%x", key), want: "(set)"},
 		{name: "%10s", got: fmt.Sprintf("%10s", key), want: "(set)"},
 		{name: "Sprint", got: fmt.Sprint(key), want: "(set)"},
 		{name: "Sprintln", got: fmt.Sprintln(key), want: "(set)\n"},
-		{name: "unset %v", got: fmt.Sprintf("%v", secrets.String("")), want: "(unset)"},
-		{name: "unset %q", got: fmt.Sprintf("%q", secrets.String("")), want: `"(unset)"`},
+		{name: "unset %v", got: fmt.Sprintf("%v", secret.String("")), want: "(unset)"},
+		{name: "unset %q", got: fmt.Sprintf("%q", secret.String("")), want: `"(unset)"`},
 		{name: "struct %v", got: fmt.Sprintf("%v", h)},
 		{name: "struct %+v", got: fmt.Sprintf("%+v", h)},
 		{name: "struct %#v", got: fmt.Sprintf("%#v", h)},
@@ -67,7 +67,7 @@ func TestStringMasks(t *testing.T) {
 		{name: "slog json group", got: logged(jsonH, slog.Group("g", "key", key))},
 		{name: "json", got: marshal(key), want: `"(set)"`},
 		{name: "json struct", got: marshal(h), want: `{"Name":"gemini","APIKey":"(set)","Keys":{"openai":"(set)"},"Ptr":"(set)"}`},
-		{name: "fmt map key", got: fmt.Sprint(map[secrets.String]int{key: 1}), want: "map[(set):1]"},
+		{name: "fmt map key", got: fmt.Sprint(map[secret.String]int{key: 1}), want: "map[(set):1]"},
 	} {
 		if strings.Contains(tc.got, canary) || strings.Contains(tc.got, fmt.Sprintf("%x", canary)) {
 			t.Errorf("%s leaks the secret: %s", tc.name, tc.got)
@@ -76,15 +76,15 @@ func TestStringMasks(t *testing.T) {
 			t.Errorf("%s = %q, want %q", tc.name, tc.got, tc.want)
 		}
 	}
-	if key.Reveal() != canary || !key.IsSet() || secrets.String("").IsSet() {
+	if key.Reveal() != canary || !key.IsSet() || secret.String("").IsSet() {
 		t.Errorf("Reveal = %q, IsSet = %v", key.Reveal(), key.IsSet())
 	}
 }
 
 func ExampleString() {
-	key := secrets.String("sk-live-123456")
-	fmt.Println(key, fmt.Sprintf("%q", key), secrets.String(""))
-	b, _ := json.Marshal(struct{ APIKey secrets.String }{key})
+	key := secret.String("sk-live-123456")
+	fmt.Println(key, fmt.Sprintf("%q", key), secret.String(""))
+	b, _ := json.Marshal(struct{ APIKey secret.String }{key})
 	fmt.Println(string(b))
 	// Output:
 	// (set) "(set)" (unset)

@@ -1,4 +1,4 @@
-package secrets
+package secret
 
 import (
 	"fmt"
@@ -36,7 +36,7 @@ func (s String) String() string {
 }
 
 // GoString implements fmt.GoStringer with the mask, for %#v.
-func (s String) GoString() string { return fmt.Sprintf("secrets.String(%q)", s.String()) }
+func (s String) GoString() string { return fmt.Sprintf("secret.String(%q)", s.String()) }
 
 // Format implements fmt.Formatter: every verb and flag formats the mask, as a string, so no verb can print the
 // value (%x of a plain string would print it in hex).
