@@ -97,6 +97,7 @@ func openStreams(ctx context.Context, t *testing.T, url, key string, n int) (acc
 			}
 			if err == nil {
 				err = s.Err()
+				_ = s.Close() // a refused stream's response is done: let the client free its buffers now
 			}
 			mu.Lock()
 			refused = append(refused, err)
