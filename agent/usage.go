@@ -101,14 +101,8 @@ func addUsage(dst, src *agentv1.Usage) {
 	dst.InputTokens += src.GetInputTokens()
 	dst.OutputTokens += src.GetOutputTokens()
 	dst.CachedInputTokens += src.GetCachedInputTokens()
-	a, _ := pricing.FromMoney(dst.GetCost())
-	b, _ := pricing.FromMoney(src.GetCost())
-	currency := dst.GetCost().GetCurrencyCode()
-	if currency == "" {
-		currency = src.GetCost().GetCurrencyCode()
-	}
-	if currency != "" {
-		dst.Cost = pricing.Money(pricing.Add(a, b), currency)
+	if sum := pricing.SumMoney(dst.GetCost(), src.GetCost()); sum != nil {
+		dst.Cost = sum
 	}
 	dst.CostUnknown = dst.GetCostUnknown() || src.GetCostUnknown()
 	if dst.GetPriceVersion() == "" {

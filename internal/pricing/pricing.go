@@ -118,6 +118,21 @@ func Money(n Nanos, currency string) *costv1.Money {
 	return &costv1.Money{CurrencyCode: currency, Units: int64(n) / NanosPerUnit, Nanos: int32(int64(n) % NanosPerUnit)}
 }
 
+// SumMoney returns a + b (exactly, in nano-units) in the currency of the first that names one, or nil when
+// neither does (nothing priced yet). An amount that does not decode counts as zero.
+func SumMoney(a, b *costv1.Money) *costv1.Money {
+	currency := a.GetCurrencyCode()
+	if currency == "" {
+		currency = b.GetCurrencyCode()
+	}
+	if currency == "" {
+		return nil
+	}
+	x, _ := FromMoney(a)
+	y, _ := FromMoney(b)
+	return Money(Add(x, y), currency)
+}
+
 // FromMoney returns m in nano-units; nil is zero. It fails when units and nanos disagree in sign, nanos is out
 // of range, or the amount does not fit.
 func FromMoney(m *costv1.Money) (Nanos, error) {

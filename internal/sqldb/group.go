@@ -66,30 +66,21 @@ func (g *Group) Exec(ctx context.Context, fn func(ctx context.Context, x Execer)
 		}
 	}
 	g.leading = true
-	for len(g.queue) > 0 {
-		n := min(len(g.queue), maxGroup)
-		batch := g.queue[:n:n]
-		g.queue = g.queue[n:]
-		g.mu.Unlock()
-		g.commit(batch)
-		g.mu.Lock()
-		if len(w.done) > 0 && len(g.queue) > 0 {
-			// Ours is written; hand the rest to a new leader so this caller can return.
-			go g.drain()
-			break
-		}
-	}
-	if len(g.queue) == 0 {
-		g.leading = false
-	}
 	g.mu.Unlock()
+	g.lead(w)
 	return <-w.done
 }
 
-// drain leads the groups left queued when their leader returned; it keeps g.leading set until the queue empties.
-func (g *Group) drain() {
+// lead writes the queued groups until the queue is empty. Once own (when not nil) is written and others still
+// wait, it hands them to a new leader so that its caller can return; g.leading stays set meanwhile.
+func (g *Group) lead(own *groupWrite) {
 	g.mu.Lock()
 	for len(g.queue) > 0 {
+		if own != nil && len(own.done) > 0 {
+			go g.lead(nil)
+			g.mu.Unlock()
+			return
+		}
 		n := min(len(g.queue), maxGroup)
 		batch := g.queue[:n:n]
 		g.queue = g.queue[n:]

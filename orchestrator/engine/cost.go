@@ -38,16 +38,8 @@ func addUsage(dst, src *orchestratorv1.Usage) *orchestratorv1.Usage {
 	}
 	out := &orchestratorv1.Usage{InputTokens: dst.GetInputTokens() + src.GetInputTokens(),
 		OutputTokens: dst.GetOutputTokens() + src.GetOutputTokens(), CachedInputTokens: dst.GetCachedInputTokens() + src.GetCachedInputTokens(),
-		CostUnknown: dst.GetCostUnknown() || src.GetCostUnknown(), AgentRuns: dst.GetAgentRuns() + src.GetAgentRuns()}
-	a, _ := pricing.FromMoney(dst.GetCost())
-	b, _ := pricing.FromMoney(src.GetCost())
-	currency := dst.GetCost().GetCurrencyCode()
-	if currency == "" {
-		currency = src.GetCost().GetCurrencyCode()
-	}
-	if currency != "" {
-		out.Cost = pricing.Money(pricing.Add(a, b), currency)
-	}
+		CostUnknown: dst.GetCostUnknown() || src.GetCostUnknown(), AgentRuns: dst.GetAgentRuns() + src.GetAgentRuns(),
+		Cost: pricing.SumMoney(dst.GetCost(), src.GetCost())}
 	return out
 }
 
