@@ -93,8 +93,8 @@ type config struct {
 	Secrets secrets
 }
 
-// secrets are provider credentials. They are masked whenever the config is printed or logged (provider keys are
-// secret.String values, which mask themselves).
+// secrets are the process's credentials. Each is a secret.String, which masks itself whenever the config is
+// printed or logged.
 type secrets struct {
 	GeminiAPIKey     secret.String
 	OpenAIAPIKey     secret.String
@@ -102,10 +102,10 @@ type secrets struct {
 	TavusAPIKey      secret.String
 	// MasterKey (base64 of 32 bytes) encrypts tenants' provider keys at rest; MasterKeyPrevious lists earlier
 	// master keys (comma-separated) that still open older values.
-	MasterKey, MasterKeyPrevious string
+	MasterKey, MasterKeyPrevious secret.String
 	// ServiceTokenKey signs and verifies service-to-service tokens: a base64 Ed25519 seed, or (from the file
 	// variable) a PEM private key.
-	ServiceTokenKey string
+	ServiceTokenKey secret.String
 }
 
 // secretVars lists each secret's environment variable; VAR_FILE names a file holding it instead.
@@ -117,9 +117,9 @@ var secretVars = []struct {
 	{"LOOM_OPENAI_API_KEY", func(s *secrets) *string { return (*string)(&s.OpenAIAPIKey) }},
 	{"LOOM_ELEVENLABS_API_KEY", func(s *secrets) *string { return (*string)(&s.ElevenLabsAPIKey) }},
 	{"LOOM_TAVUS_API_KEY", func(s *secrets) *string { return (*string)(&s.TavusAPIKey) }},
-	{"LOOM_SERVICE_TOKEN_KEY", func(s *secrets) *string { return &s.ServiceTokenKey }},
-	{"LOOM_MASTER_KEY", func(s *secrets) *string { return &s.MasterKey }},
-	{"LOOM_MASTER_KEY_PREVIOUS", func(s *secrets) *string { return &s.MasterKeyPrevious }},
+	{"LOOM_SERVICE_TOKEN_KEY", func(s *secrets) *string { return (*string)(&s.ServiceTokenKey) }},
+	{"LOOM_MASTER_KEY", func(s *secrets) *string { return (*string)(&s.MasterKey) }},
+	{"LOOM_MASTER_KEY_PREVIOUS", func(s *secrets) *string { return (*string)(&s.MasterKeyPrevious) }},
 }
 
 // flagSpec is one flag with the environment variable that backs it.
@@ -515,20 +515,13 @@ func (c config) LogValue() slog.Value {
 		slog.String("gemini_base_url", c.GeminiBaseURL),
 		slog.String("price_table", c.PriceTable), slog.String("prices", c.Prices),
 		slog.String("openai_base_url", c.OpenAIBaseURL),
-		slog.String("service_token_key", mask(c.Secrets.ServiceTokenKey)),
-		slog.String("master_key", mask(c.Secrets.MasterKey)),
+		slog.Any("service_token_key", c.Secrets.ServiceTokenKey),
+		slog.Any("master_key", c.Secrets.MasterKey),
 		slog.Any("gemini_api_key", c.Secrets.GeminiAPIKey),
 		slog.Any("openai_api_key", c.Secrets.OpenAIAPIKey),
 		slog.Any("elevenlabs_api_key", c.Secrets.ElevenLabsAPIKey),
 		slog.Any("tavus_api_key", c.Secrets.TavusAPIKey),
 	)
-}
-
-func mask(secret string) string {
-	if secret == "" {
-		return "(unset)"
-	}
-	return "(set)"
 }
 
 // maskURL hides the password of a database URL; a URL it cannot parse is hidden whole.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/loom-dev/loom/internal/authn"
+	"github.com/loom-dev/loom/internal/secret"
 	"github.com/loom-dev/loom/internal/sqldb"
 )
 
@@ -123,13 +124,15 @@ func envOr(getenv func(string) string, name, def string) string {
 // that every one opens under it alone.
 func resealCmd(ctx context.Context, getenv func(string) string, db *sqldb.DB, stdout io.Writer) error {
 	var cfg config
-	var err error
-	if cfg.Secrets.MasterKey, err = readSecret(getenv, "LOOM_MASTER_KEY"); err != nil {
+	current, err := readSecret(getenv, "LOOM_MASTER_KEY")
+	if err != nil {
 		return err
 	}
-	if cfg.Secrets.MasterKeyPrevious, err = readSecret(getenv, "LOOM_MASTER_KEY_PREVIOUS"); err != nil {
+	previous, err := readSecret(getenv, "LOOM_MASTER_KEY_PREVIOUS")
+	if err != nil {
 		return err
 	}
+	cfg.Secrets.MasterKey, cfg.Secrets.MasterKeyPrevious = secret.String(current), secret.String(previous)
 	if cfg.Secrets.MasterKey == "" {
 		return errors.New("keys reseal: LOOM_MASTER_KEY (the new master key) is not set")
 	}

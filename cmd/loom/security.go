@@ -109,12 +109,12 @@ func providerKeys(ctx context.Context, cfg config, db *sqldb.DB) (*sealed.Provid
 	if cfg.Secrets.MasterKey == "" {
 		return nil, nil
 	}
-	cur, err := sealed.DecodeKey(cfg.Secrets.MasterKey)
+	cur, err := sealed.DecodeKey(cfg.Secrets.MasterKey.Reveal())
 	if err != nil {
 		return nil, fmt.Errorf("LOOM_MASTER_KEY: %w", err)
 	}
 	var prev [][]byte
-	for _, v := range splitList(cfg.Secrets.MasterKeyPrevious) {
+	for _, v := range splitList(cfg.Secrets.MasterKeyPrevious.Reveal()) {
 		k, err := sealed.DecodeKey(v)
 		if err != nil {
 			return nil, fmt.Errorf("LOOM_MASTER_KEY_PREVIOUS: %w", err)
@@ -130,7 +130,7 @@ func providerKeys(ctx context.Context, cfg config, db *sqldb.DB) (*sealed.Provid
 
 // serviceKey loads the service-token signing key, or makes one for this process alone.
 func serviceKey(cfg config, logger *slog.Logger) (ed25519.PrivateKey, error) {
-	v := cfg.Secrets.ServiceTokenKey
+	v := cfg.Secrets.ServiceTokenKey.Reveal()
 	switch {
 	case strings.HasPrefix(v, "-----BEGIN"):
 		k, err := authn.ParsePrivateKeyPEM([]byte(v))
