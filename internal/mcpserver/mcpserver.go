@@ -186,6 +186,18 @@ func errorResult(err error) *mcp.CallToolResult {
 	return &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{Text: msg}}}
 }
 
+// rpcResult is the tool result of an RPC: its response as JSON (see protoResult), or its refusal as a tool
+// error.
+func rpcResult[T any, PT interface {
+	*T
+	proto.Message
+}](resp *connect.Response[T], err error) (*mcp.CallToolResult, any, error) {
+	if err != nil {
+		return errorResult(err), nil, nil
+	}
+	return protoResult(PT(resp.Msg))
+}
+
 // protoResult is a tool result holding m as JSON, both as text and as structured content.
 func protoResult(m proto.Message) (*mcp.CallToolResult, any, error) {
 	data, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
@@ -253,11 +265,7 @@ func (h *Handler) tools() []tool {
 						}
 						msg.Filter = f
 					}
-					resp, err := h.rpc.memory.Search(withHeader(ctx, req), connect.NewRequest(msg))
-					if err != nil {
-						return errorResult(err), nil, nil
-					}
-					return protoResult(resp.Msg)
+					return rpcResult(h.rpc.memory.Search(withHeader(ctx, req), connect.NewRequest(msg)))
 				})
 		}},
 		{memoryv1connect.MemoryServiceUpsertProcedure, func(s *mcp.Server) {
@@ -268,23 +276,15 @@ func (h *Handler) tools() []tool {
 					if err != nil {
 						return errorResult(err), nil, nil
 					}
-					resp, err := h.rpc.memory.Upsert(withHeader(ctx, req), connect.NewRequest(&memoryv1.UpsertRequest{
+					return rpcResult(h.rpc.memory.Upsert(withHeader(ctx, req), connect.NewRequest(&memoryv1.UpsertRequest{
 						Namespace: in.Namespace, Records: []*memoryv1.Record{{Id: in.ID, Text: in.Text, Metadata: md}},
-					}))
-					if err != nil {
-						return errorResult(err), nil, nil
-					}
-					return protoResult(resp.Msg)
+					})))
 				})
 		}},
 		{agentv1connect.AgentServiceRunProcedure, func(s *mcp.Server) {
 			mcp.AddTool(s, &mcp.Tool{Name: "run_agent", Description: "Run a Loom agent on an input and wait for it to finish; returns the run with its output, steps and token usage."},
 				func(ctx context.Context, req *mcp.CallToolRequest, in RunAgentArgs) (*mcp.CallToolResult, any, error) {
-					resp, err := h.rpc.agent.Run(withHeader(ctx, req), connect.NewRequest(&agentv1.RunRequest{Agent: in.Agent, Input: in.Input, IdempotencyKey: in.IdempotencyKey}))
-					if err != nil {
-						return errorResult(err), nil, nil
-					}
-					return protoResult(resp.Msg)
+					return rpcResult(h.rpc.agent.Run(withHeader(ctx, req), connect.NewRequest(&agentv1.RunRequest{Agent: in.Agent, Input: in.Input, IdempotencyKey: in.IdempotencyKey})))
 				})
 		}},
 		{orchestratorv1connect.OrchestratorServiceStartRunProcedure, func(s *mcp.Server) {
@@ -298,22 +298,14 @@ func (h *Handler) tools() []tool {
 						}
 						msg.Input = input
 					}
-					resp, err := h.rpc.orchestrator.StartRun(withHeader(ctx, req), connect.NewRequest(msg))
-					if err != nil {
-						return errorResult(err), nil, nil
-					}
-					return protoResult(resp.Msg)
+					return rpcResult(h.rpc.orchestrator.StartRun(withHeader(ctx, req), connect.NewRequest(msg)))
 				})
 		}},
 		{orchestratorv1connect.OrchestratorServiceGetRunProcedure, func(s *mcp.Server) {
 			mcp.AddTool(s, &mcp.Tool{Name: "get_workflow_run", Description: "Read a Loom workflow run: its state, steps, outputs and any pending approval.",
 				Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true}},
 				func(ctx context.Context, req *mcp.CallToolRequest, in GetWorkflowRunArgs) (*mcp.CallToolResult, any, error) {
-					resp, err := h.rpc.orchestrator.GetRun(withHeader(ctx, req), connect.NewRequest(&orchestratorv1.GetRunRequest{Id: in.ID}))
-					if err != nil {
-						return errorResult(err), nil, nil
-					}
-					return protoResult(resp.Msg)
+					return rpcResult(h.rpc.orchestrator.GetRun(withHeader(ctx, req), connect.NewRequest(&orchestratorv1.GetRunRequest{Id: in.ID})))
 				})
 		}},
 	}
