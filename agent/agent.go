@@ -278,14 +278,7 @@ func newErrors(logger *slog.Logger, sc *scrub.Scrubber) *rpcerr.Mapper {
 			}
 			return nil
 		},
-		func(_ context.Context, err error) *connect.Error {
-			if errors.Is(err, ErrResourceExhausted) {
-				var ce *connect.Error
-				errors.As(exhaustedConnectError(err), &ce)
-				return ce
-			}
-			return nil
-		},
+		exhaustedConnectError,
 		rpcerr.Is(model.ErrNotConfigured, connect.CodeFailedPrecondition),
 		rpcerr.Is(model.ErrUnavailable, connect.CodeUnavailable),
 		func(_ context.Context, err error) *connect.Error {

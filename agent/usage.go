@@ -182,10 +182,10 @@ func exhausted(budget, format string, args ...any) *exhaustedError {
 
 // exhaustedConnectError is ResourceExhausted with a QuotaFailure detail naming the budget and, once the run is
 // stored, the run without its steps (what it spent), so a caller such as a workflow step records the spend.
-func exhaustedConnectError(err error) error {
+func exhaustedConnectError(_ context.Context, err error) *connect.Error {
 	var ee *exhaustedError
 	if !errors.As(err, &ee) {
-		return connect.NewError(connect.CodeResourceExhausted, err)
+		return nil // a plain ErrResourceExhausted: the shared mapping answers it
 	}
 	ce := connect.NewError(connect.CodeResourceExhausted, err)
 	if d, derr := connect.NewErrorDetail(&errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{

@@ -2,6 +2,7 @@ package orchestrator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -42,8 +43,8 @@ func (s *Server) SaveCanvas(ctx context.Context, req *connect.Request[orchestrat
 
 // prefixPaths puts prefix before the paths of an invalid blueprint's errors, so they name fields of the request.
 func prefixPaths(err error, prefix string) error {
-	invalid, ok := err.(*invalidBlueprintError)
-	if !ok {
+	var invalid *invalidBlueprintError
+	if !errors.As(err, &invalid) {
 		return err
 	}
 	for _, e := range invalid.errs {
