@@ -116,8 +116,10 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 	}
 
 	var mcp *mcpserver.Handler
+	var mcpHandler http.Handler // stays a nil interface without MCP
 	if cfg.MCP {
 		mcp = mcpserver.New(mcpserver.Config{Version: buildVersion(), Logger: logger, MaxBodyBytes: int64(cfg.MaxMessageBytes)})
+		mcpHandler = mcp
 	}
 	srv, err := rpcserver.New(logger, rpcserver.Config{
 		Addr:                 cfg.Listen,
@@ -138,7 +140,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 		Reflect:              gatewayServices(cfg),
 		Reflection:           cfg.Reflection,
 		Console:              web.Handler(),
-		MCP:                  httpHandler(mcp),
+		MCP:                  mcpHandler,
 		Audit:                sec.trail,
 		Fallback:             fallback,
 		TracerProvider:       cfg.obs.tracer,
@@ -483,14 +485,6 @@ func configureEmbedders(r *embed.Registry, cfg config) {
 	if cfg.Secrets.OpenAIAPIKey.IsSet() || cfg.OpenAIBaseURL != "" {
 		r.Register("openai", openai.Factory(openai.Config{APIKey: cfg.Secrets.OpenAIAPIKey.Reveal(), BaseURL: cfg.OpenAIBaseURL}))
 	}
-}
-
-// httpHandler is h as an http.Handler, nil when h is nil (a nil *mcpserver.Handler in the interface would not be).
-func httpHandler(h *mcpserver.Handler) http.Handler {
-	if h == nil {
-		return nil
-	}
-	return h
 }
 
 // priceTable is the price table of --price-table with --prices applied; the default table without either.
