@@ -151,7 +151,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer) error {
 		return err
 	}
 	if mcp != nil {
-		mcp.SetDispatch(srv.Handler()) // each tool call is an RPC through the whole server, as the caller
+		mcp.SetDispatch(srv.Dispatcher()) // each tool call is an RPC through the server's chain, as the caller, counted once
 	}
 	srv.Registry().MustRegister(sec.throttle.Collectors()...)
 	registerMetrics(srv, cfg, dbs)

@@ -39,7 +39,7 @@ func BenchmarkMCPSearch(b *testing.B) {
 		Handler: func(o ...connect.HandlerOption) (string, http.Handler) {
 			return memoryv1connect.NewMemoryServiceHandler(searcher{}, o...)
 		}})
-	h.SetDispatch(srv.Handler())
+	h.SetDispatch(srv.Dispatcher())
 	ctx := context.Background()
 	session, err := mcp.NewClient(&mcp.Implementation{Name: "bench", Version: "1"}, nil).Connect(ctx,
 		&mcp.StreamableClientTransport{Endpoint: srv.URL + mcpserver.Path, MaxRetries: -1}, nil)

@@ -3,9 +3,10 @@
 // agent, and starting and reading a workflow run.
 //
 // Each tool call is one of Loom's RPCs, made with the caller's own credentials: the handler forwards the MCP
-// request's Authorization header and dispatches the call, in process, through the server's whole root handler
-// (authentication, rate limit, load shedding, every interceptor: roles, fairness, audit, validation). So an MCP
-// call can do exactly what the same key can do over Connect or gRPC, and nothing else. Tools the caller's roles
+// request's Authorization header and dispatches the call, in process, through the server's authentication and
+// every interceptor (roles, fairness, audit, validation). The MCP request itself passed load shedding and the
+// rate limit on its way in, so a tool call is counted there once, not again for its RPC. So an MCP call can do
+// exactly what the same key can do over Connect or gRPC, and nothing else. Tools the caller's roles
 // do not allow are not listed.
 //
 // The transport is stateless (no Mcp-Session-Id): any replica can answer any request, as for the RPCs.
@@ -43,7 +44,8 @@ const Path = "/mcp"
 
 // Config configures the handler.
 type Config struct {
-	// Dispatch serves Loom's RPCs: the server's root handler, so calls pass its authentication and interceptors.
+	// Dispatch serves Loom's RPCs: the server's [rpcserver.Server.Dispatcher], so calls pass its authentication
+	// and interceptors.
 	// It is called in process; it may be set after New returns (see [Handler.SetDispatch]).
 	Dispatch http.Handler
 	// Version is reported to clients as the server's version.

@@ -3,8 +3,10 @@ package rpcserver_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -166,5 +168,47 @@ func TestWriteErrorStatusForPlainHTTP(t *testing.T) {
 		if rec.Code != want {
 			t.Errorf("%v: status %d, want %d", code, rec.Code, want)
 		}
+	}
+}
+
+// TestDispatcherCountsOnce checks that a handler mounted beside the RPCs (the MCP endpoint) which turns its
+// request into an in-process RPC through Dispatcher pays one rate token and holds one in-flight slot, not two:
+// with a burst of 4 and room for one call in flight, 4 such requests each make their RPC, and the fifth is
+// refused at the door.
+func TestDispatcherCountsOnce(t *testing.T) {
+	t.Parallel()
+	mem := &fakeMemory{id: "a"}
+	var srv *rpcservertest.Server
+	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		req := httptest.NewRequestWithContext(r.Context(), http.MethodPost, "/loom.memory.v1.MemoryService/GetNamespace", strings.NewReader(`{"name":"docs"}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Test-Tenant", r.Header.Get("X-Test-Tenant"))
+		rec := httptest.NewRecorder()
+		srv.Dispatcher().ServeHTTP(rec, req)
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(rec.Body.Bytes())
+	})
+	srv = rpcservertest.Start(t, rpcserver.Config{RateLimit: 0.001, RateBurst: 4, MaxInFlight: 1, MCP: inner}, tenantAuth, services(mem, &fakeAgent{started: make(chan struct{})})...)
+	post := func() (int, string) {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/mcp", http.NoBody)
+		req.Header.Set("X-Test-Tenant", "a")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(b)
+	}
+	for i := range 4 {
+		if code, body := post(); code != http.StatusOK || !strings.Contains(body, `"a/a"`) {
+			t.Fatalf("request %d within the burst: %d %s, want 200 and the RPC's answer", i, code, body)
+		}
+	}
+	if code, _ := post(); code != http.StatusTooManyRequests {
+		t.Errorf("fifth request: %d, want 429 (the burst is spent)", code)
+	}
+	if got := mem.calls.Load(); got != 4 {
+		t.Errorf("the RPC ran %d times, want 4", got)
 	}
 }

@@ -94,7 +94,8 @@ type Config struct {
 	// Console, when set, serves the browser console under /console/ (and / redirects there).
 	Console http.Handler
 	// MCP, when set, serves the Model Context Protocol endpoint at /mcp, behind the same load shedding,
-	// authentication and rate limit as the RPCs (see package mcpserver).
+	// authentication and rate limit as the RPCs (see package mcpserver); it makes its RPCs through
+	// [Server.Dispatcher], so each is counted once.
 	MCP http.Handler
 	// TracerProvider, when set, traces every RPC (see [Interceptors]); nil means tracing off, with no tracing
 	// interceptor at all.
@@ -159,6 +160,7 @@ type Server struct {
 	health   *grpchealth.StaticChecker
 	registry *prometheus.Registry
 	handler  http.Handler
+	dispatch http.Handler
 
 	mu      sync.Mutex
 	serving bool
@@ -223,6 +225,7 @@ func New(logger *slog.Logger, cfg Config, auth Authenticator, services ...Servic
 		limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst)
 	}
 	mux.Handle("/", shedLoad(cfg.MaxInFlight, ref, authenticate(auth, ref, rateLimit(limiter, ref, rpc))))
+	s.dispatch = authenticate(auth, ref, rpc)
 	if cfg.MCP != nil {
 		mux.Handle("/mcp", shedLoad(cfg.MaxInFlight, ref, authenticate(auth, ref, rateLimit(limiter, ref, cfg.MCP))))
 	}
@@ -246,6 +249,11 @@ func New(logger *slog.Logger, cfg Config, auth Authenticator, services ...Servic
 
 // Handler returns the server's root handler, for tests that serve it themselves.
 func (s *Server) Handler() http.Handler { return s.handler }
+
+// Dispatcher returns the RPCs behind authentication and the interceptor chain but not behind load shedding or
+// rate limiting, for a handler of this server that turns its own request into RPCs in process (the MCP
+// endpoint): that request already holds an in-flight slot and paid its rate token, so a tool call counts once.
+func (s *Server) Dispatcher() http.Handler { return s.dispatch }
 
 // Registry returns the Prometheus registry behind /metrics, so callers can add their own collectors.
 func (s *Server) Registry() *prometheus.Registry { return s.registry }
