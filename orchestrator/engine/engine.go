@@ -134,6 +134,7 @@ type Engine struct {
 
 	progs programs
 	stmts stmtCache
+	live  live // the watchers in this process
 	// upgradedUntil is the end of the range of the partition run_events_upgraded (Postgres; 0 without one): the
 	// events stored before partitions existed have that partition's time, whatever their run's.
 	upgradedUntil int64
@@ -325,8 +326,13 @@ func (e *Engine) StartRun(ctx context.Context, tenant string, bp *orchestratorv1
 			return r, err
 		}
 	}
+	id := newRunID()
+	// The run keeps its own copy of the blueprint with every agent version it will run recorded in it.
+	if bp, err = e.pinAgents(ctx, tenant, id, bp); err != nil {
+		return nil, fmt.Errorf("start run: %w", err)
+	}
 	now := e.now()
-	r := newRun(newRunID(), tenant, bp, input, key, now)
+	r := newRun(id, tenant, bp, input, key, now)
 	r.requestHash = hash
 	if err := r.setTraceContext(telemetry.Inject(ctx)); err != nil {
 		return nil, fmt.Errorf("start run: %w", err)
@@ -364,6 +370,7 @@ func (e *Engine) StartRun(ctx context.Context, tenant string, bp *orchestratorv1
 	}
 	r.savedSeq = r.lastSeq
 	e.db.Wrote(ctx)
+	e.live.committed(tenant, r.id)
 	if r.terminal() {
 		e.cfg.Metrics.runFinished(r.state) // it ended in advance, before any step ran
 	}
@@ -503,6 +510,7 @@ func (e *Engine) CancelRun(ctx context.Context, tenant, id, reason string) (*orc
 		return nil, fmt.Errorf("cancel run %q: %w", id, err)
 	}
 	e.db.Wrote(ctx)
+	e.live.committed(tenant, id)
 	e.cfg.Metrics.runFinished(r.state)
 	e.poke(id)
 	return r.proto(), nil
@@ -687,6 +695,7 @@ func (e *Engine) SubmitApproval(ctx context.Context, tenant, runID, stepID strin
 		return nil, fmt.Errorf("submit approval: %w", err)
 	}
 	e.db.Wrote(ctx)
+	e.live.committed(tenant, runID)
 	if r.terminal() {
 		e.cfg.Metrics.runFinished(r.state) // rejected
 	}

@@ -40,7 +40,7 @@ func TestEveryStepKindIsExecuted(t *testing.T) {
 		if !hasWork(def) {
 			continue
 		}
-		if _, err := e.prepare(r, s); err != nil && errors.Is(err, errPermanent) && strings.Contains(err.Error(), "has no work") {
+		if _, err := e.prepare(r, s, nil); err != nil && errors.Is(err, errPermanent) && strings.Contains(err.Error(), "has no work") {
 			t.Errorf("prepare(%s): %v", f.Name(), err)
 		}
 	}

@@ -320,6 +320,7 @@ func (o *ownedRun) commit(ctx context.Context, r *run, release bool, next, now t
 	}
 	r.savedSeq = r.lastSeq
 	o.saved.Store(r.savedSeq)
+	e.live.committed(r.tenant, r.id)
 	return nil
 }
 
@@ -346,7 +347,7 @@ func (o *ownedRun) launch(r *run, now time.Time) {
 		if !o.startable(s, now) {
 			continue
 		}
-		call, err := e.prepare(r, s)
+		call, err := e.prepare(r, s, &o.saved)
 		kind := stepKind(s.def)
 		timeout := durationOr(s.def.GetTimeout(), defaultStepTimeout)
 		ctx, cancel := context.WithTimeout(o.ctx, timeout)
