@@ -336,7 +336,13 @@ func (s *Server) WatchRun(ctx context.Context, req *connect.Request[orchestrator
 			if err != nil {
 				return s.connectError(ctx, err)
 			}
+			// Deltas are published before the commit of the event after them: once that event is read, they are
+			// all in the channel.
+			pending = drainDeltas(live.Deltas, pending)
 			for _, ev := range events {
+				if pending, err = sendDeltas(stream, pending, after); err != nil {
+					return err
+				}
 				if err := stream.Send(ev); err != nil {
 					return err
 				}
@@ -350,20 +356,10 @@ func (s *Server) WatchRun(ctx context.Context, req *connect.Request[orchestrator
 			}
 			poll.Reset(s.watchPoll)
 		}
-		// Deltas in order: sent when their stored predecessor was, dropped when a later stored event was.
-		n := 0
-		for _, d := range pending {
-			if d.GetSequence() > after {
-				break
-			}
-			n++
-			if d.GetSequence() == after {
-				if err := stream.Send(d); err != nil {
-					return err
-				}
-			}
+		var err error
+		if pending, err = sendDeltas(stream, pending, after); err != nil {
+			return err
 		}
-		pending = pending[n:]
 		select {
 		case <-ctx.Done():
 			return s.connectError(ctx, ctx.Err())
@@ -372,13 +368,48 @@ func (s *Server) WatchRun(ctx context.Context, req *connect.Request[orchestrator
 		case <-live.Changed:
 			read = true
 		case d := <-live.Deltas:
-			if len(pending) == maxPendingDeltas {
-				pending = pending[1:]
-			}
-			pending = append(pending, d)
+			pending = appendDelta(pending, d)
 			read = d.GetSequence() > after // its predecessor is stored but not read yet
 		}
 	}
+}
+
+// sendDeltas sends the pending deltas that follow stored event after, drops those that came before it, and
+// returns the rest (which follow events not sent yet).
+func sendDeltas(stream *connect.ServerStream[orchestratorv1.WatchRunResponse], pending []*orchestratorv1.WatchRunResponse, after int64) ([]*orchestratorv1.WatchRunResponse, error) {
+	n := 0
+	for _, d := range pending {
+		if d.GetSequence() > after {
+			break
+		}
+		n++
+		if d.GetSequence() == after {
+			if err := stream.Send(d); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return pending[n:], nil
+}
+
+// drainDeltas appends the deltas waiting in c to pending.
+func drainDeltas(c <-chan *orchestratorv1.WatchRunResponse, pending []*orchestratorv1.WatchRunResponse) []*orchestratorv1.WatchRunResponse {
+	for {
+		select {
+		case d := <-c:
+			pending = appendDelta(pending, d)
+		default:
+			return pending
+		}
+	}
+}
+
+// appendDelta appends d to pending, dropping the oldest beyond maxPendingDeltas.
+func appendDelta(pending []*orchestratorv1.WatchRunResponse, d *orchestratorv1.WatchRunResponse) []*orchestratorv1.WatchRunResponse {
+	if len(pending) == maxPendingDeltas {
+		pending = pending[1:]
+	}
+	return append(pending, d)
 }
 
 // maxPendingDeltas bounds the live deltas a watch holds while it reads the stored events they follow.
