@@ -586,6 +586,10 @@ type approvalPage struct {
 	Step string `json:"s"`
 }
 
+// waitingState is STEP_STATE_WAITING as a literal, the condition of the partial index run_steps_waiting
+// (migration 00007), which a bound parameter would not let the planner use.
+const waitingState = "3"
+
 // ListPendingApprovals implements orchestrator.Runs: waiting approval steps, oldest first.
 func (e *Engine) ListPendingApprovals(ctx context.Context, tenant, runID string, pageSize int, pageToken string) ([]*orchestratorv1.Approval, string, error) {
 	pageSize = max(pageSize, 1)
@@ -595,8 +599,8 @@ func (e *Engine) ListPendingApprovals(ctx context.Context, tenant, runID string,
 	}
 	q := `SELECT s.run_id, s.step_id, s.start_time, s.deadline, r.blueprint, r.definition
 		FROM loom.run_steps s JOIN loom.runs r ON r.id = s.run_id
-		WHERE r.tenant = ? AND s.state = ?`
-	args := []any{tenant, int64(orchestratorv1.StepState_STEP_STATE_WAITING)}
+		WHERE r.tenant = ? AND s.state = `+waitingState+``
+	args := []any{tenant}
 	if runID != "" {
 		q += ` AND s.run_id = ?`
 		args = append(args, runID)
