@@ -1,7 +1,6 @@
 package engine_test
 
 import (
-	"os"
 	"context"
 	"database/sql"
 	"fmt"
@@ -203,13 +202,6 @@ func BenchmarkSequentialStep(b *testing.B) {
 					target = 1200 * time.Microsecond
 				}
 				d := openBenchDB(b, dialect)
-				if x := os.Getenv("XDROP"); x != "" {
-					for _, ix := range strings.Split(x, ",") {
-						if _, err := d.db.ExecContext(context.Background(), "DROP INDEX "+ix); err != nil {
-							b.Fatal(err)
-						}
-					}
-				}
 				floors := d.commits(b, 100)
 				eng := d.engine(b, c.cfg)
 				startEngine(b, eng)

@@ -599,7 +599,7 @@ func (e *Engine) ListPendingApprovals(ctx context.Context, tenant, runID string,
 	}
 	q := `SELECT s.run_id, s.step_id, s.start_time, s.deadline, r.blueprint, r.definition
 		FROM loom.run_steps s JOIN loom.runs r ON r.id = s.run_id
-		WHERE r.tenant = ? AND s.state = `+waitingState+``
+		WHERE r.tenant = ? AND s.state = ` + waitingState + ``
 	args := []any{tenant}
 	if runID != "" {
 		q += ` AND s.run_id = ?`
