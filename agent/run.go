@@ -58,6 +58,8 @@ type runOpts struct {
 	attempt int32
 	// blueprint is the workflow's blueprint that started the run (usage accounting only).
 	blueprint string
+	// agentVersion is the agent version to run; 0 means the latest.
+	agentVersion int64
 }
 
 // emitFunc sends one event of a streamed run. Unary runs pass nil.
@@ -71,7 +73,7 @@ func (s *Server) Run(ctx context.Context, req *connect.Request[agentv1.RunReques
 		return nil, s.connectError(ctx, err)
 	}
 	run, err := s.startRun(ctx, tenant, req.Msg.GetAgent(), req.Msg.GetInput(), req.Msg.GetAttachments(), req.Msg.GetIdempotencyKey(),
-		runOpts{chaos: req.Msg.GetChaos(), attempt: req.Msg.GetAttempt(), blueprint: req.Msg.GetBlueprint()}, nil)
+		runOpts{chaos: req.Msg.GetChaos(), attempt: req.Msg.GetAttempt(), blueprint: req.Msg.GetBlueprint(), agentVersion: req.Msg.GetAgentVersion()}, nil)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -86,7 +88,7 @@ func (s *Server) RunStream(ctx context.Context, req *connect.Request[agentv1.Run
 		return s.connectError(ctx, err)
 	}
 	_, err = s.startRun(ctx, tenant, req.Msg.GetAgent(), req.Msg.GetInput(), req.Msg.GetAttachments(), req.Msg.GetIdempotencyKey(),
-		runOpts{chaos: req.Msg.GetChaos(), attempt: req.Msg.GetAttempt()}, stream.Send)
+		runOpts{chaos: req.Msg.GetChaos(), attempt: req.Msg.GetAttempt(), blueprint: req.Msg.GetBlueprint(), agentVersion: req.Msg.GetAgentVersion()}, stream.Send)
 	return s.connectError(ctx, err)
 }
 
@@ -189,7 +191,8 @@ func (s *Server) startRun(ctx context.Context, tenant, agentName, input string, 
 			return nil, err
 		}
 	}
-	a, err := s.store.GetAgent(ctx, tenant, agentName, 0)
+	// A pinned version that does not exist is NotFound naming it (the store's error).
+	a, err := s.store.GetAgent(ctx, tenant, agentName, opts.agentVersion)
 	if err != nil {
 		return nil, err
 	}

@@ -310,38 +310,110 @@ func (s *Server) DeleteRun(ctx context.Context, req *connect.Request[orchestrato
 	return connect.NewResponse(&orchestratorv1.DeleteRunResponse{}), nil
 }
 
-// WatchRun sends the run's events after after_sequence, then polls for new ones until the run has ended and
-// every event has been sent, or the client goes away.
+// WatchRun sends the run's stored events after after_sequence, then follows new ones until the run has ended and
+// every event has been sent, or the client goes away. Stored events are read again when this process commits
+// some for the run, and every watch poll interval (runs executed by other replicas). Live AgentTextDelta events
+// of a run this process executes are sent between the stored events they fall between: a delta carrying
+// sequence S is sent once stored event S has been, and dropped if event S+1 already was; deltas are never
+// replayed, so a resumed watch sees nothing twice.
 func (s *Server) WatchRun(ctx context.Context, req *connect.Request[orchestratorv1.WatchRunRequest], stream *connect.ServerStream[orchestratorv1.WatchRunResponse]) error {
 	t, err := principal.Tenant(ctx)
 	if err != nil {
 		return s.connectError(ctx, err)
 	}
+	id := req.Msg.GetId()
+	// Subscribed before the first read: a delta after any stored event read below is not missed.
+	live := s.runs.Follow(t, id)
+	defer live.Stop()
 	after := req.Msg.GetAfterSequence()
+	var pending []*orchestratorv1.WatchRunResponse // deltas whose stored predecessor is not sent yet
+	poll := time.NewTimer(0)
+	defer poll.Stop()
+	read := true
 	for {
-		events, ended, err := s.runs.Events(ctx, t, req.Msg.GetId(), after, watchBatch)
-		if err != nil {
-			return s.connectError(ctx, err)
-		}
-		for _, ev := range events {
-			if err := stream.Send(ev); err != nil {
-				return err
+		if read {
+			events, ended, err := s.runs.Events(ctx, t, id, after, watchBatch)
+			if err != nil {
+				return s.connectError(ctx, err)
 			}
-			after = ev.GetSequence()
+			// Deltas are published before the commit of the event after them: once that event is read, they are
+			// all in the channel.
+			pending = drainDeltas(live.Deltas, pending)
+			for _, ev := range events {
+				if pending, err = sendDeltas(stream, pending, after); err != nil {
+					return err
+				}
+				if err := stream.Send(ev); err != nil {
+					return err
+				}
+				after = ev.GetSequence()
+			}
+			if len(events) == watchBatch {
+				continue
+			}
+			if ended {
+				return nil
+			}
+			poll.Reset(s.watchPoll)
 		}
-		if len(events) == watchBatch {
-			continue
-		}
-		if ended {
-			return nil
+		var err error
+		if pending, err = sendDeltas(stream, pending, after); err != nil {
+			return err
 		}
 		select {
 		case <-ctx.Done():
 			return s.connectError(ctx, ctx.Err())
-		case <-time.After(s.watchPoll):
+		case <-poll.C:
+			read = true
+		case <-live.Changed:
+			read = true
+		case d := <-live.Deltas:
+			pending = appendDelta(pending, d)
+			read = d.GetSequence() > after // its predecessor is stored but not read yet
 		}
 	}
 }
+
+// sendDeltas sends the pending deltas that follow stored event after, drops those that came before it, and
+// returns the rest (which follow events not sent yet).
+func sendDeltas(stream *connect.ServerStream[orchestratorv1.WatchRunResponse], pending []*orchestratorv1.WatchRunResponse, after int64) ([]*orchestratorv1.WatchRunResponse, error) {
+	n := 0
+	for _, d := range pending {
+		if d.GetSequence() > after {
+			break
+		}
+		n++
+		if d.GetSequence() == after {
+			if err := stream.Send(d); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return pending[n:], nil
+}
+
+// drainDeltas appends the deltas waiting in c to pending.
+func drainDeltas(c <-chan *orchestratorv1.WatchRunResponse, pending []*orchestratorv1.WatchRunResponse) []*orchestratorv1.WatchRunResponse {
+	for {
+		select {
+		case d := <-c:
+			pending = appendDelta(pending, d)
+		default:
+			return pending
+		}
+	}
+}
+
+// appendDelta appends d to pending, dropping the oldest beyond maxPendingDeltas.
+func appendDelta(pending []*orchestratorv1.WatchRunResponse, d *orchestratorv1.WatchRunResponse) []*orchestratorv1.WatchRunResponse {
+	if len(pending) == maxPendingDeltas {
+		pending = pending[1:]
+	}
+	return append(pending, d)
+}
+
+// maxPendingDeltas bounds the live deltas a watch holds while it reads the stored events they follow.
+const maxPendingDeltas = 1024
 
 // watchBatch is how many events WatchRun reads at a time.
 const watchBatch = 100

@@ -24,7 +24,20 @@ var (
 	ErrInvalidArgument = fault.ErrInvalidArgument
 	// ErrInvalidPageToken: a page token was not issued by the store.
 	ErrInvalidPageToken = errors.New("invalid page token")
+	// ErrUnavailable: a service the operation needs (the agent service) did not answer; retrying may succeed.
+	ErrUnavailable = fault.ErrUnavailable
 )
+
+// Live is a subscription to one run's live events in the process executing it (Runs.Follow).
+type Live struct {
+	// Deltas receives AgentTextDelta events, never stored: each carries the sequence of the last stored event
+	// before it. A watcher that falls behind misses deltas (never stored events).
+	Deltas <-chan *orchestratorv1.WatchRunResponse
+	// Changed receives a value when new events of the run were stored by this process (coalesced).
+	Changed <-chan struct{}
+	// Stop ends the subscription; safe to call more than once.
+	Stop func()
+}
 
 // Store keeps versioned blueprints. Every method is scoped to a tenant; a tenant never sees another's records.
 // Implementations are safe for concurrent use. Blueprints passed in are not modified; the ones returned carry
@@ -64,6 +77,9 @@ type Runs interface {
 	// Events returns up to limit events with sequence numbers after afterSequence, in order, and whether the run
 	// had ended before they were read: when it had and no events are returned, there will be no more.
 	Events(ctx context.Context, tenant, id string, afterSequence int64, limit int) ([]*orchestratorv1.WatchRunResponse, bool, error)
+	// Follow subscribes to the live events of run id in this process until Stop: see Live. It never fails; a
+	// run that does not exist, or that another replica executes, sends nothing.
+	Follow(tenant, id string) Live
 	// ListPendingApprovals lists approval steps waiting for a person, oldest first, optionally of one run.
 	ListPendingApprovals(ctx context.Context, tenant, runID string, pageSize int, pageToken string) ([]*orchestratorv1.Approval, string, error)
 	// SubmitApproval approves (payload checked against the step's schema: ErrInvalidArgument) or rejects a waiting

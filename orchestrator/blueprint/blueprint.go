@@ -17,12 +17,12 @@
 //
 // Each step has exactly one kind:
 //
-//	agent:         {agent, input}
+//	agent:         {agent, input, chaos, agent_version}  # agent_version: 0 or unset pins the latest at start
 //	memory_search: {namespace, query, top_k}
 //	memory_upsert: {namespace, text}
 //	branch:        {condition, then_steps: [ids], else_steps: [ids]}
 //	parallel:      {steps: [ids]}
-//	map:           {items, agent, input, concurrency}
+//	map:           {items, agent, input, concurrency, agent_version}
 //	approval:      {prompt, payload_schema, deadline}
 //	delay:         {duration}
 //

@@ -157,6 +157,18 @@ func (d *decoder) int32(path string, n *yaml.Node) int32 {
 	return v
 }
 
+func (d *decoder) int64(path string, n *yaml.Node) int64 {
+	if !d.resolved(path, n) || isNull(n) {
+		return 0
+	}
+	var v int64
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" || n.Decode(&v) != nil {
+		d.errorf(path, n, "must be an integer")
+		return 0
+	}
+	return v
+}
+
 func (d *decoder) duration(path string, n *yaml.Node) *durationpb.Duration {
 	if !d.resolved(path, n) || isNull(n) {
 		return nil
@@ -372,9 +384,10 @@ func (d *decoder) step(path string, n *yaml.Node) *orchestratorv1.Step {
 		"agent": kind("agent", func(p string, v *yaml.Node) {
 			k := &orchestratorv1.AgentStep{}
 			d.mapping(p, v, map[string]func(string, *yaml.Node){
-				"agent": func(p string, v *yaml.Node) { k.Agent = d.str(p, v) },
-				"input": func(p string, v *yaml.Node) { k.Input = d.str(p, v) },
-				"chaos": func(p string, v *yaml.Node) { k.Chaos = d.chaos(p, v) },
+				"agent":         func(p string, v *yaml.Node) { k.Agent = d.str(p, v) },
+				"agent_version": func(p string, v *yaml.Node) { k.AgentVersion = d.int64(p, v) },
+				"input":         func(p string, v *yaml.Node) { k.Input = d.str(p, v) },
+				"chaos":         func(p string, v *yaml.Node) { k.Chaos = d.chaos(p, v) },
 			})
 			s.Kind = &orchestratorv1.Step_Agent{Agent: k}
 		}),
@@ -414,10 +427,11 @@ func (d *decoder) step(path string, n *yaml.Node) *orchestratorv1.Step {
 		"map": kind("map", func(p string, v *yaml.Node) {
 			k := &orchestratorv1.MapStep{}
 			d.mapping(p, v, map[string]func(string, *yaml.Node){
-				"items":       func(p string, v *yaml.Node) { k.Items = d.str(p, v) },
-				"agent":       func(p string, v *yaml.Node) { k.Agent = d.str(p, v) },
-				"input":       func(p string, v *yaml.Node) { k.Input = d.str(p, v) },
-				"concurrency": func(p string, v *yaml.Node) { k.Concurrency = d.int32(p, v) },
+				"items":         func(p string, v *yaml.Node) { k.Items = d.str(p, v) },
+				"agent":         func(p string, v *yaml.Node) { k.Agent = d.str(p, v) },
+				"input":         func(p string, v *yaml.Node) { k.Input = d.str(p, v) },
+				"concurrency":   func(p string, v *yaml.Node) { k.Concurrency = d.int32(p, v) },
+				"agent_version": func(p string, v *yaml.Node) { k.AgentVersion = d.int64(p, v) },
 			})
 			s.Kind = &orchestratorv1.Step_Map{Map: k}
 		}),

@@ -26,6 +26,7 @@ import (
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 	"github.com/loom-dev/loom/orchestrator/engine"
+	"github.com/loom-dev/loom/orchestrator/orchestratortest"
 	"github.com/loom-dev/loom/orchestrator/sqlstore"
 )
 
@@ -92,7 +93,7 @@ func runReplica(url, logPath string) error {
 	if err != nil {
 		return err
 	}
-	agents := &sideEffectAgents{f: f}
+	agents := &sideEffectAgents{f: f, AgentAt: orchestratortest.AgentAt{Version: crashAgentVersion + 1}} // a newer one than the runs pinned
 	db, err := sqldb.Open(ctx, url)
 	if err != nil {
 		return err
@@ -117,12 +118,23 @@ func runReplica(url, logPath string) error {
 // write(2), which a SIGKILL cannot tear) before it answers. Unlike the real agent service it does not
 // deduplicate, so a replayed key shows up as a second line with the same key.
 type sideEffectAgents struct {
-	agentv1.AgentServiceClient
+	orchestratortest.AgentAt
 	mu sync.Mutex
 	f  *os.File
 }
 
+// crashAgentVersion is the agent version the parent pins every run to: a call of another version fails its run.
+const crashAgentVersion = 7
+
+func (a *sideEffectAgents) RunStream(ctx context.Context, req *agentv1.RunStreamRequest, _ ...grpc.CallOption) (grpc.ServerStreamingClient[agentv1.RunStreamResponse], error) {
+	return orchestratortest.StreamRun(ctx, req, a.Run, true)
+}
+
 func (a *sideEffectAgents) Run(ctx context.Context, req *agentv1.RunRequest, _ ...grpc.CallOption) (*agentv1.RunResponse, error) {
+	if v := req.GetAgentVersion(); v != crashAgentVersion {
+		// Every owner, a replica that took the run over included, runs the version recorded at the start.
+		return nil, status.Errorf(codes.InvalidArgument, "agent version %d, want the pinned %d", v, crashAgentVersion)
+	}
 	if err := a.log("call", req); err != nil {
 		return nil, err
 	}
@@ -203,9 +215,9 @@ func crashRecovery(t *testing.T, dialect sqldb.Dialect, replicas, kills int) {
 		t.Fatal(err)
 	}
 	if dialect == sqldb.Postgres {
-		e.engine, err = engine.NewPostgres(ctx, nil, db, nil, nil, engine.Config{})
+		e.engine, err = engine.NewPostgres(ctx, nil, db, orchestratortest.AgentAt{Version: crashAgentVersion}, nil, engine.Config{})
 	} else {
-		e.engine, err = engine.NewSQLite(ctx, nil, db, nil, nil, engine.Config{})
+		e.engine, err = engine.NewSQLite(ctx, nil, db, orchestratortest.AgentAt{Version: crashAgentVersion}, nil, engine.Config{})
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -134,6 +134,7 @@ type Engine struct {
 
 	progs programs
 	stmts stmtCache
+	live  live // the watchers in this process
 	// upgradedUntil is the end of the range of the partition run_events_upgraded (Postgres; 0 without one): the
 	// events stored before partitions existed have that partition's time, whatever their run's.
 	upgradedUntil int64
@@ -325,8 +326,13 @@ func (e *Engine) StartRun(ctx context.Context, tenant string, bp *orchestratorv1
 			return r, err
 		}
 	}
+	id := newRunID()
+	// The run keeps its own copy of the blueprint with every agent version it will run recorded in it.
+	if bp, err = e.pinAgents(ctx, tenant, id, bp); err != nil {
+		return nil, fmt.Errorf("start run: %w", err)
+	}
 	now := e.now()
-	r := newRun(newRunID(), tenant, bp, input, key, now)
+	r := newRun(id, tenant, bp, input, key, now)
 	r.requestHash = hash
 	if err := r.setTraceContext(telemetry.Inject(ctx)); err != nil {
 		return nil, fmt.Errorf("start run: %w", err)
@@ -364,6 +370,7 @@ func (e *Engine) StartRun(ctx context.Context, tenant string, bp *orchestratorv1
 	}
 	r.savedSeq = r.lastSeq
 	e.db.Wrote(ctx)
+	e.live.committed(tenant, r.id)
 	if r.terminal() {
 		e.cfg.Metrics.runFinished(r.state) // it ended in advance, before any step ran
 	}
@@ -503,6 +510,7 @@ func (e *Engine) CancelRun(ctx context.Context, tenant, id, reason string) (*orc
 		return nil, fmt.Errorf("cancel run %q: %w", id, err)
 	}
 	e.db.Wrote(ctx)
+	e.live.committed(tenant, id)
 	e.cfg.Metrics.runFinished(r.state)
 	e.poke(id)
 	return r.proto(), nil
@@ -578,6 +586,10 @@ type approvalPage struct {
 	Step string `json:"s"`
 }
 
+// waitingState is STEP_STATE_WAITING as a literal, the condition of the partial index run_steps_waiting
+// (migration 00007), which a bound parameter would not let the planner use.
+const waitingState = "3"
+
 // ListPendingApprovals implements orchestrator.Runs: waiting approval steps, oldest first.
 func (e *Engine) ListPendingApprovals(ctx context.Context, tenant, runID string, pageSize int, pageToken string) ([]*orchestratorv1.Approval, string, error) {
 	pageSize = max(pageSize, 1)
@@ -587,8 +599,8 @@ func (e *Engine) ListPendingApprovals(ctx context.Context, tenant, runID string,
 	}
 	q := `SELECT s.run_id, s.step_id, s.start_time, s.deadline, r.blueprint, r.definition
 		FROM loom.run_steps s JOIN loom.runs r ON r.id = s.run_id
-		WHERE r.tenant = ? AND s.state = ?`
-	args := []any{tenant, int64(orchestratorv1.StepState_STEP_STATE_WAITING)}
+		WHERE r.tenant = ? AND s.state = ` + waitingState + ``
+	args := []any{tenant}
 	if runID != "" {
 		q += ` AND s.run_id = ?`
 		args = append(args, runID)
@@ -687,6 +699,7 @@ func (e *Engine) SubmitApproval(ctx context.Context, tenant, runID, stepID strin
 		return nil, fmt.Errorf("submit approval: %w", err)
 	}
 	e.db.Wrote(ctx)
+	e.live.committed(tenant, runID)
 	if r.terminal() {
 		e.cfg.Metrics.runFinished(r.state) // rejected
 	}

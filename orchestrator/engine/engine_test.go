@@ -51,6 +51,9 @@ func newEnv(t *testing.T, dialect sqldb.Dialect, agents *orchestratortest.Agents
 func newStoppedEnv(t *testing.T, dialect sqldb.Dialect, agents *orchestratortest.Agents, configure ...func(*engine.Config)) (*env, func(start bool) *engine.Engine) {
 	t.Helper()
 	ctx := context.Background()
+	if agents == nil {
+		agents = &orchestratortest.Agents{}
+	}
 	memory := &orchestratortest.Memory{}
 	cfg := engine.Config{FetchPollInterval: 50 * time.Millisecond, Workers: 4}
 	for _, c := range configure {

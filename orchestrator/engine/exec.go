@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"cel.dev/cel-go/cel"
@@ -19,7 +20,6 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 	"github.com/loom-dev/loom/internal/principal"
@@ -286,7 +286,10 @@ func (e *Engine) complete(r *run, now time.Time) {
 
 // prepare evaluates the expressions of an agent, map or memory step (in the owner, outside any transaction) and
 // returns the call that performs it, which is safe to run in a goroutine of its own.
-func (e *Engine) prepare(r *run, s *step) (func(context.Context) (*structpb.Value, *orchestratorv1.Usage, error), error) {
+//
+// saved is the sequence of the run's last stored event (the owner's), which the live text deltas of an agent
+// step follow; nil streams none.
+func (e *Engine) prepare(r *run, s *step, saved *atomic.Int64) (func(context.Context) (*structpb.Value, *orchestratorv1.Usage, error), error) {
 	key := idempotencyKey(r.id, s.id, s.failures)
 	// The step's calls to the agent and memory services act for the run's tenant: the service clients mint
 	// their tokens from this principal.
@@ -301,8 +304,13 @@ func (e *Engine) prepare(r *run, s *step) (func(context.Context) (*structpb.Valu
 		// Chaos of the step: its attempt number is the agent run's, so a transient fault recovers after
 		// fail_attempts attempts of the step.
 		chaos, attempt := k.Agent.GetChaos(), int32(min(s.failures+1, 1_000_000))
+		c := agentCall{agent: agent, version: k.Agent.GetAgentVersion(), input: input, key: key, blueprint: bp, chaos: chaos, attempt: attempt}
+		if saved != nil {
+			tenant, runID, stepID, n := r.tenant, r.id, s.id, int32(min(s.attempts, 1<<30))
+			c.text = func(t string) { e.live.delta(tenant, runID, stepID, n, saved.Load(), t) }
+		}
 		return func(ctx context.Context) (*structpb.Value, *orchestratorv1.Usage, error) {
-			text, usage, err := e.callAgent(principal.NewContext(ctx, who), agentCall{agent: agent, input: input, key: key, blueprint: bp, chaos: chaos, attempt: attempt})
+			text, usage, err := e.callAgent(principal.NewContext(ctx, who), c)
 			if err != nil {
 				return nil, usage, err
 			}
@@ -395,7 +403,7 @@ func (e *Engine) executeMap(ctx context.Context, m *orchestratorv1.MapStep, inpu
 				errs[i] = ctx.Err()
 				return
 			}
-			text, usage, err := e.callAgent(ctx, agentCall{agent: m.GetAgent(), input: input, key: key + "-" + strconv.Itoa(i), blueprint: bp})
+			text, usage, err := e.callAgent(ctx, agentCall{agent: m.GetAgent(), version: m.GetAgentVersion(), input: input, key: key + "-" + strconv.Itoa(i), blueprint: bp})
 			outs[i], usages[i] = structpb.NewStringValue(text), usage
 			if err != nil {
 				errs[i] = fmt.Errorf("item %d: %w", i, err)
@@ -412,38 +420,6 @@ func (e *Engine) executeMap(ctx context.Context, m *orchestratorv1.MapStep, inpu
 		return nil, total, err
 	}
 	return structpb.NewListValue(&structpb.ListValue{Values: outs}), total, nil
-}
-
-// agentCall is one agent run a step makes: the agent, its input, the idempotency key, the blueprint it is for,
-// and the step's chaos with the step's attempt number (zero values: none).
-type agentCall struct {
-	agent, input, key, blueprint string
-	chaos                        *agentv1.Chaos
-	attempt                      int32
-}
-
-// callAgent runs c and returns its output and what it used and cost: also when it failed, from the run in the
-// error's details when the agent service sends one (a budget).
-func (e *Engine) callAgent(ctx context.Context, c agentCall) (string, *orchestratorv1.Usage, error) {
-	agent := c.agent
-	req := &agentv1.RunRequest{Agent: agent, Input: c.input, IdempotencyKey: c.key, Blueprint: c.blueprint, Chaos: c.chaos}
-	if c.chaos != nil {
-		req.Attempt = c.attempt
-	}
-	resp, err := e.agents.Run(ctx, req)
-	if err != nil {
-		return "", usageInError(err), rpcError("agent "+agent, err)
-	}
-	switch run := resp.GetRun(); run.GetState() {
-	case agentv1.RunState_RUN_STATE_SUCCEEDED:
-		return run.GetOutput(), agentUsage(run.GetUsage()), nil
-	case agentv1.RunState_RUN_STATE_FAILED, agentv1.RunState_RUN_STATE_CANCELLED:
-		return "", agentUsage(run.GetUsage()), fmt.Errorf("agent %s run %s: %s %s", agent, run.GetId(), run.GetState(), run.GetError())
-	default:
-		// A replay of the key found the run unfinished (its first attempt was cut off): never take that as a
-		// result; the step is tried again with the same key and gets the agent's real one.
-		return "", nil, fmt.Errorf("agent %s run %s is still %s: %w", agent, run.GetId(), run.GetState(), errUnfinished)
-	}
 }
 
 // rpcError marks errors that retrying will not fix as permanent.

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -40,8 +41,16 @@ func TestEveryStepKindIsExecuted(t *testing.T) {
 		if !hasWork(def) {
 			continue
 		}
-		if _, err := e.prepare(r, s); err != nil && errors.Is(err, errPermanent) && strings.Contains(err.Error(), "has no work") {
+		if _, err := e.prepare(r, s, nil); err != nil && errors.Is(err, errPermanent) && strings.Contains(err.Error(), "has no work") {
 			t.Errorf("prepare(%s): %v", f.Name(), err)
 		}
+	}
+}
+
+// TestWaitingStateLiteral: the literal the pending-approval queries and the partial index run_steps_waiting
+// (migration 00007) use is STEP_STATE_WAITING.
+func TestWaitingStateLiteral(t *testing.T) {
+	if want := strconv.Itoa(int(orchestratorv1.StepState_STEP_STATE_WAITING)); waitingState != want {
+		t.Errorf("waitingState = %s, want %s", waitingState, want)
 	}
 }

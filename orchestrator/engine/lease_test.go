@@ -95,9 +95,13 @@ steps:
 // unfinishedAgents answers the first call of each key with a run that is still RUNNING (as a replayed key does
 // when its first call was cut off), and the next with the real result.
 type unfinishedAgents struct {
-	agentv1.AgentServiceClient
+	orchestratortest.AgentAt
 	calls atomic.Int64
 	keys  chan string
+}
+
+func (a *unfinishedAgents) RunStream(ctx context.Context, req *agentv1.RunStreamRequest, _ ...grpc.CallOption) (grpc.ServerStreamingClient[agentv1.RunStreamResponse], error) {
+	return orchestratortest.StreamRun(ctx, req, a.Run, true)
 }
 
 func (a *unfinishedAgents) Run(_ context.Context, req *agentv1.RunRequest, _ ...grpc.CallOption) (*agentv1.RunResponse, error) {

@@ -175,8 +175,8 @@ func (e *Engine) queueGauges(ctx context.Context) (time.Duration, int64, error) 
 	err := queryRow(ctx, e.reader(), `SELECT
 		(SELECT COALESCE(MIN(`+greatest+`(due_time, lease_until, create_time)), 0) FROM loom.runs
 			WHERE end_time = 0 AND due_time <= ? AND lease_until < ?),
-		(SELECT COUNT(*) FROM loom.run_steps WHERE state = ?)`,
-		[]any{now.UnixMicro(), now.UnixMicro(), int64(orchestratorv1.StepState_STEP_STATE_WAITING)}, &oldest, &pending)
+		(SELECT COUNT(*) FROM loom.run_steps WHERE state = `+waitingState+`)`,
+		[]any{now.UnixMicro(), now.UnixMicro()}, &oldest, &pending)
 	if err != nil {
 		return 0, 0, err
 	}

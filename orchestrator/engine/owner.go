@@ -128,16 +128,7 @@ func (o *ownedRun) loop() {
 		}
 		select {
 		case res := <-o.inbox:
-			batch := []result{res}
-			for more := true; more; {
-				select {
-				case res := <-o.inbox:
-					batch = append(batch, res)
-				default:
-					more = false
-				}
-			}
-			if !o.settle(batch) {
+			if !o.settle(o.gather(res)) {
 				return
 			}
 		case <-o.reload:
@@ -166,6 +157,52 @@ func (o *ownedRun) loop() {
 			return
 		}
 	}
+}
+
+// lingerGap and lingerMax bound how long the owner waits for more outcomes of steps still in flight before it
+// commits the ones it has: it commits once no outcome came for lingerGap, or after lingerMax. A lone step (a
+// sequential chain) never waits; the members of a parallel block or the items of a fan-out that finish
+// together share one commit instead of spreading over several (a commit costs 0.3-0.5 ms, more than the gap).
+const (
+	lingerGap = 100 * time.Microsecond
+	lingerMax = time.Millisecond
+)
+
+// gather returns res with the outcomes already waiting, and those of the other steps in flight that arrive
+// within the linger bounds.
+func (o *ownedRun) gather(res result) []result {
+	batch := []result{res}
+	drain := func() {
+		for {
+			select {
+			case res := <-o.inbox:
+				batch = append(batch, res)
+			default:
+				return
+			}
+		}
+	}
+	drain()
+	if len(o.inflight) <= len(batch) {
+		return batch // nothing else is running
+	}
+	start := time.Now()
+	t := time.NewTimer(lingerGap)
+	defer t.Stop()
+	for len(o.inflight) > len(batch) {
+		select {
+		case res := <-o.inbox:
+			batch = append(batch, res)
+			drain()
+			if time.Since(start) >= lingerMax {
+				return batch
+			}
+			t.Reset(lingerGap)
+		case <-t.C:
+			return batch
+		}
+	}
+	return batch
 }
 
 // load reads the run from the database. It reports false (let go) when the run ended, is gone, or has another
@@ -320,6 +357,7 @@ func (o *ownedRun) commit(ctx context.Context, r *run, release bool, next, now t
 	}
 	r.savedSeq = r.lastSeq
 	o.saved.Store(r.savedSeq)
+	e.live.committed(r.tenant, r.id)
 	return nil
 }
 
@@ -346,7 +384,7 @@ func (o *ownedRun) launch(r *run, now time.Time) {
 		if !o.startable(s, now) {
 			continue
 		}
-		call, err := e.prepare(r, s)
+		call, err := e.prepare(r, s, &o.saved)
 		kind := stepKind(s.def)
 		timeout := durationOr(s.def.GetTimeout(), defaultStepTimeout)
 		ctx, cancel := context.WithTimeout(o.ctx, timeout)

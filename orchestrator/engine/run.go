@@ -305,7 +305,7 @@ func (r *run) proto() *orchestratorv1.WorkflowRun {
 	for _, s := range r.steps {
 		w.Steps = append(w.Steps, &orchestratorv1.StepRun{
 			StepId: s.id, State: s.state, Attempts: int32(s.attempts), Output: s.output, Error: s.err,
-			StartTime: micros(s.start), EndTime: micros(s.end), Usage: s.usage,
+			StartTime: micros(s.start), EndTime: micros(s.end), Usage: s.usage, AgentVersion: agentVersion(s.def),
 		})
 	}
 	return w

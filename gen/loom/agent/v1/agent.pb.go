@@ -2715,7 +2715,9 @@ type RunRequest struct {
 	Attempt int32 `protobuf:"varint,6,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	// Blueprint whose workflow step makes this call, set by the orchestrator; recorded with the run for usage
 	// accounting (GetUsage) and nothing else.
-	Blueprint     string `protobuf:"bytes,7,opt,name=blueprint,proto3" json:"blueprint,omitempty"`
+	Blueprint string `protobuf:"bytes,7,opt,name=blueprint,proto3" json:"blueprint,omitempty"`
+	// Agent version to run; 0 means the latest. NotFound naming the version when the agent has no such version.
+	AgentVersion  int64 `protobuf:"varint,8,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2797,6 +2799,13 @@ func (x *RunRequest) GetBlueprint() string {
 		return x.Blueprint
 	}
 	return ""
+}
+
+func (x *RunRequest) GetAgentVersion() int64 {
+	if x != nil {
+		return x.AgentVersion
+	}
+	return 0
 }
 
 // Attachment is an image or audio clip sent inline to the model with a run's input.
@@ -2916,7 +2925,11 @@ type RunStreamRequest struct {
 	// The caller's attempt number of this logical call, 1 for the first; chaos draws depend on it. 0 means 1 plus
 	// the number of earlier runs of the agent with the same input (what a caller retrying with new idempotency
 	// keys gets without counting).
-	Attempt       int32 `protobuf:"varint,6,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Attempt int32 `protobuf:"varint,6,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// Blueprint whose workflow step makes this call, as in RunRequest (usage accounting only).
+	Blueprint string `protobuf:"bytes,7,opt,name=blueprint,proto3" json:"blueprint,omitempty"`
+	// Agent version to run, as in RunRequest; 0 means the latest.
+	AgentVersion  int64 `protobuf:"varint,8,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2989,6 +3002,20 @@ func (x *RunStreamRequest) GetChaos() *Chaos {
 func (x *RunStreamRequest) GetAttempt() int32 {
 	if x != nil {
 		return x.Attempt
+	}
+	return 0
+}
+
+func (x *RunStreamRequest) GetBlueprint() string {
+	if x != nil {
+		return x.Blueprint
+	}
+	return ""
+}
+
+func (x *RunStreamRequest) GetAgentVersion() int64 {
+	if x != nil {
+		return x.AgentVersion
 	}
 	return 0
 }
@@ -5287,7 +5314,7 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x05agent\x18\x01 \x01(\v2\x14.loom.agent.v1.AgentR\x05agent\"H\n" +
 	"\x12DeleteAgentRequest\x122\n" +
 	"\x04name\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x04name\"\x15\n" +
-	"\x13DeleteAgentResponse\"\xf3\x02\n" +
+	"\x13DeleteAgentResponse\"\xa1\x03\n" +
 	"\n" +
 	"RunRequest\x124\n" +
 	"\x05agent\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x05agent\x12!\n" +
@@ -5296,20 +5323,23 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\vattachments\x18\x04 \x03(\v2\x19.loom.agent.v1.AttachmentB\b\xbaH\x05\x92\x01\x02\x10\bR\vattachments\x12*\n" +
 	"\x05chaos\x18\x05 \x01(\v2\x14.loom.agent.v1.ChaosR\x05chaos\x12%\n" +
 	"\aattempt\x18\x06 \x01(\x05B\v\xbaH\b\x1a\x06\x18\xc0\x84=(\x00R\aattempt\x12?\n" +
-	"\tblueprint\x18\a \x01(\tB!\xbaH\x1er\x1c2\x1a^$|^[a-z][a-z0-9_-]{0,62}$R\tblueprint\"p\n" +
+	"\tblueprint\x18\a \x01(\tB!\xbaH\x1er\x1c2\x1a^$|^[a-z][a-z0-9_-]{0,62}$R\tblueprint\x12,\n" +
+	"\ragent_version\x18\b \x01(\x03B\a\xbaH\x04\"\x02(\x00R\fagentVersion\"p\n" +
 	"\n" +
 	"Attachment\x12@\n" +
 	"\tmime_type\x18\x01 \x01(\tB#\xbaH r\x1e2\x1c^(image|audio)/[a-z0-9.+-]+$R\bmimeType\x12 \n" +
 	"\x04data\x18\x02 \x01(\fB\f\xbaH\tz\a\x10\x01\x18\x80\x80\xc0\x01R\x04data\"3\n" +
 	"\vRunResponse\x12$\n" +
-	"\x03run\x18\x01 \x01(\v2\x12.loom.agent.v1.RunR\x03run\"\xb8\x02\n" +
+	"\x03run\x18\x01 \x01(\v2\x12.loom.agent.v1.RunR\x03run\"\xa7\x03\n" +
 	"\x10RunStreamRequest\x124\n" +
 	"\x05agent\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x05agent\x12!\n" +
 	"\x05input\x18\x02 \x01(\tB\v\xbaH\br\x06\x10\x01(\x80\x80\x10R\x05input\x121\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x0eidempotencyKey\x12E\n" +
 	"\vattachments\x18\x04 \x03(\v2\x19.loom.agent.v1.AttachmentB\b\xbaH\x05\x92\x01\x02\x10\bR\vattachments\x12*\n" +
 	"\x05chaos\x18\x05 \x01(\v2\x14.loom.agent.v1.ChaosR\x05chaos\x12%\n" +
-	"\aattempt\x18\x06 \x01(\x05B\v\xbaH\b\x1a\x06\x18\xc0\x84=(\x00R\aattempt\"\xd0\x04\n" +
+	"\aattempt\x18\x06 \x01(\x05B\v\xbaH\b\x1a\x06\x18\xc0\x84=(\x00R\aattempt\x12?\n" +
+	"\tblueprint\x18\a \x01(\tB!\xbaH\x1er\x1c2\x1a^$|^[a-z][a-z0-9_-]{0,62}$R\tblueprint\x12,\n" +
+	"\ragent_version\x18\b \x01(\x03B\a\xbaH\x04\"\x02(\x00R\fagentVersion\"\xd0\x04\n" +
 	"\x11RunStreamResponse\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x125\n" +
 	"\astarted\x18\x02 \x01(\v2\x19.loom.agent.v1.RunStartedH\x00R\astarted\x129\n" +

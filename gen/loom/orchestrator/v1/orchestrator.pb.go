@@ -634,7 +634,13 @@ type AgentStep struct {
 	// step is one agent run with this chaos and its attempt number (1, 2, ...), so fail_attempts: 2 fails the
 	// first two attempts and lets the third through, and a fixed seed replays the same faults. Unset injects
 	// nothing (the agent's own chaos, if any, still applies).
-	Chaos         *v1.Chaos `protobuf:"bytes,3,opt,name=chaos,proto3" json:"chaos,omitempty"`
+	Chaos *v1.Chaos `protobuf:"bytes,3,opt,name=chaos,proto3" json:"chaos,omitempty"`
+	// Agent version this step runs. 0 (the default) pins the agent's latest version when the run starts: a run
+	// records the versions it uses (StepRun.agent_version) and runs them to its end, also after a crash or a
+	// takeover by another replica, whatever versions are made meanwhile. StartRun fails with FailedPrecondition
+	// naming the step when the agent or the version does not exist. In YAML: `agent: {agent: x, agent_version: 3,
+	// input: ...}`.
+	AgentVersion  int64 `protobuf:"varint,4,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -688,6 +694,13 @@ func (x *AgentStep) GetChaos() *v1.Chaos {
 		return x.Chaos
 	}
 	return nil
+}
+
+func (x *AgentStep) GetAgentVersion() int64 {
+	if x != nil {
+		return x.AgentVersion
+	}
+	return 0
 }
 
 // MemorySearchStep searches a memory namespace.
@@ -931,7 +944,9 @@ type MapStep struct {
 	// CEL expression for each input, over `item` as well.
 	Input string `protobuf:"bytes,3,opt,name=input,proto3" json:"input,omitempty"`
 	// Elements in flight at once; 0 means 4.
-	Concurrency   int32 `protobuf:"varint,4,opt,name=concurrency,proto3" json:"concurrency,omitempty"`
+	Concurrency int32 `protobuf:"varint,4,opt,name=concurrency,proto3" json:"concurrency,omitempty"`
+	// Agent version every element runs; 0 pins the latest when the run starts, as AgentStep.agent_version.
+	AgentVersion  int64 `protobuf:"varint,5,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -990,6 +1005,13 @@ func (x *MapStep) GetInput() string {
 func (x *MapStep) GetConcurrency() int32 {
 	if x != nil {
 		return x.Concurrency
+	}
+	return 0
+}
+
+func (x *MapStep) GetAgentVersion() int64 {
+	if x != nil {
+		return x.AgentVersion
 	}
 	return 0
 }
@@ -2609,7 +2631,10 @@ type StepRun struct {
 	// When it finished.
 	EndTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// Usage and cost of the agent runs of every attempt (map items included), as the agent service reported them.
-	Usage         *Usage `protobuf:"bytes,8,opt,name=usage,proto3" json:"usage,omitempty"`
+	Usage *Usage `protobuf:"bytes,8,opt,name=usage,proto3" json:"usage,omitempty"`
+	// Agent version the step runs (agent and map steps; 0 for other kinds): the blueprint's agent_version, or the
+	// agent's latest version when the run started. Recorded when the run starts and never changed.
+	AgentVersion  int64 `protobuf:"varint,9,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2698,6 +2723,13 @@ func (x *StepRun) GetUsage() *Usage {
 		return x.Usage
 	}
 	return nil
+}
+
+func (x *StepRun) GetAgentVersion() int64 {
+	if x != nil {
+		return x.AgentVersion
+	}
+	return 0
 }
 
 // Usage is what agent runs used and cost, rolled up.
@@ -3813,7 +3845,7 @@ type WatchRunResponse_WaitingForApproval struct {
 }
 
 type WatchRunResponse_AgentTextDelta struct {
-	// An agent step produced text (not emitted yet; see AgentTextDelta).
+	// An agent step produced text: live only, never stored (see AgentTextDelta).
 	AgentTextDelta *AgentTextDelta `protobuf:"bytes,15,opt,name=agent_text_delta,json=agentTextDelta,proto3,oneof"`
 }
 
@@ -4134,15 +4166,28 @@ func (x *WaitingForApproval) GetDeadline() *timestamppb.Timestamp {
 	return nil
 }
 
-// AgentTextDelta is a piece of an agent step's output. Not emitted yet: agent steps call the agent service's unary
-// Run, and a step's text arrives whole in its StepOutput event, which is what is stored. When deltas are
-// streamed they will be live-only: sent to watchers of the replica executing the step, never stored, carrying
-// the sequence of the last stored event (so stored sequences stay gap-free and a resumed watch replays only
-// stored events), with the final text stored in StepOutput as now.
+// AgentTextDelta is a piece of an agent step's output, streamed while the agent runs (the engine calls the agent
+// service's RunStream). Deltas are live only: they are sent to the watchers connected to the replica that
+// executes the step, and never stored, so the stored log grows by the same events as without them (StepStarted,
+// StepOutput, ...), never by one row per token. A delta carries the sequence of the last stored event before
+// it (it is delivered after that event and before the next stored one; the sequence is not its own, so stored
+// sequences stay gap-free) and the step_id. The step's whole text is stored in its StepOutput event and in
+// StepRun.output. What a watcher sees:
+//   - live: StepStarted(n), then the attempt's deltas in order, then StepOutput (or StepRetry, after which the
+//     next attempt's deltas start again from its own first piece, with the new attempt number);
+//   - resuming with after_sequence = S: the stored events after S, then deltas produced from then on; deltas of
+//     the past are never replayed, so nothing is seen twice and the missed text is in StepOutput;
+//   - a watcher on another replica than the executing one, a slow watcher whose buffer overflowed, or a step
+//     whose agent run is replayed from its idempotency key (after a crash): no deltas (or fewer), the same
+//     stored events.
+//
+// Map steps stream no deltas (their elements run concurrently); their outputs are in StepOutput.
 type AgentTextDelta struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The text.
-	Text          string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
+	Text string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
+	// The step attempt the text belongs to, from 1.
+	Attempt       int32 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4182,6 +4227,13 @@ func (x *AgentTextDelta) GetText() string {
 		return x.Text
 	}
 	return ""
+}
+
+func (x *AgentTextDelta) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
 }
 
 // RunCompleted reports success.
@@ -5119,12 +5171,13 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\fmax_attempts\x18\x01 \x01(\x05B\t\xbaH\x06\x1a\x04\x18\x14(\x01R\vmaxAttempts\x12B\n" +
 	"\x0finitial_backoff\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0einitialBackoff\x12:\n" +
 	"\vmax_backoff\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
-	"maxBackoff\"\x8f\x01\n" +
+	"maxBackoff\"\xbd\x01\n" +
 	"\tAgentStep\x124\n" +
 	"\x05agent\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x05agent\x12 \n" +
 	"\x05input\x18\x02 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01(\x80 R\x05input\x12*\n" +
-	"\x05chaos\x18\x03 \x01(\v2\x14.loom.agent.v1.ChaosR\x05chaos\"\x92\x01\n" +
+	"\x05chaos\x18\x03 \x01(\v2\x14.loom.agent.v1.ChaosR\x05chaos\x12,\n" +
+	"\ragent_version\x18\x04 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\fagentVersion\"\x92\x01\n" +
 	"\x10MemorySearchStep\x12<\n" +
 	"\tnamespace\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\tnamespace\x12 \n" +
 	"\x05query\x18\x02 \x01(\tB\n" +
@@ -5144,14 +5197,15 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"else_steps\x18\x03 \x03(\tB\b\xbaH\x05\x92\x01\x02\x10@R\telseSteps\"0\n" +
 	"\fParallelStep\x12 \n" +
 	"\x05steps\x18\x01 \x03(\tB\n" +
-	"\xbaH\a\x92\x01\x04\b\x02\x10@R\x05steps\"\xb0\x01\n" +
+	"\xbaH\a\x92\x01\x04\b\x02\x10@R\x05steps\"\xde\x01\n" +
 	"\aMapStep\x12 \n" +
 	"\x05items\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01(\x80 R\x05items\x124\n" +
 	"\x05agent\x18\x02 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x05agent\x12 \n" +
 	"\x05input\x18\x03 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01(\x80 R\x05input\x12+\n" +
-	"\vconcurrency\x18\x04 \x01(\x05B\t\xbaH\x06\x1a\x04\x18@(\x00R\vconcurrency\"\xa7\x01\n" +
+	"\vconcurrency\x18\x04 \x01(\x05B\t\xbaH\x06\x1a\x04\x18@(\x00R\vconcurrency\x12,\n" +
+	"\ragent_version\x18\x05 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\fagentVersion\"\xa7\x01\n" +
 	"\fApprovalStep\x12 \n" +
 	"\x06prompt\x18\x01 \x01(\tB\b\xbaH\x05r\x03(\x80 R\x06prompt\x12>\n" +
 	"\x0epayload_schema\x18\x02 \x01(\v2\x17.google.protobuf.StructR\rpayloadSchema\x125\n" +
@@ -5247,7 +5301,7 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\x01x\x18\x03 \x01(\x01R\x01x\x12\f\n" +
 	"\x01y\x18\x04 \x01(\x01R\x01y\x12\x14\n" +
 	"\x05width\x18\x05 \x01(\x01R\x05width\x12\x16\n" +
-	"\x06height\x18\x06 \x01(\x01R\x06height\"\xe0\x02\n" +
+	"\x06height\x18\x06 \x01(\x01R\x06height\"\x85\x03\n" +
 	"\aStepRun\x12\x17\n" +
 	"\astep_id\x18\x01 \x01(\tR\x06stepId\x125\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1f.loom.orchestrator.v1.StepStateR\x05state\x12\x1a\n" +
@@ -5257,7 +5311,8 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x121\n" +
-	"\x05usage\x18\b \x01(\v2\x1b.loom.orchestrator.v1.UsageR\x05usage\"\xea\x01\n" +
+	"\x05usage\x18\b \x01(\v2\x1b.loom.orchestrator.v1.UsageR\x05usage\x12#\n" +
+	"\ragent_version\x18\t \x01(\x03R\fagentVersion\"\xea\x01\n" +
 	"\x05Usage\x12!\n" +
 	"\finput_tokens\x18\x01 \x01(\x03R\vinputTokens\x12#\n" +
 	"\routput_tokens\x18\x02 \x01(\x03R\foutputTokens\x12.\n" +
@@ -5362,9 +5417,10 @@ const file_loom_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\x05usage\x18\x04 \x01(\v2\x1b.loom.orchestrator.v1.UsageR\x05usage\"d\n" +
 	"\x12WaitingForApproval\x12\x16\n" +
 	"\x06prompt\x18\x01 \x01(\tR\x06prompt\x126\n" +
-	"\bdeadline\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\"$\n" +
+	"\bdeadline\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\">\n" +
 	"\x0eAgentTextDelta\x12\x12\n" +
-	"\x04text\x18\x01 \x01(\tR\x04text\"q\n" +
+	"\x04text\x18\x01 \x01(\tR\x04text\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattempt\"q\n" +
 	"\fRunCompleted\x12.\n" +
 	"\x06output\x18\x01 \x01(\v2\x16.google.protobuf.ValueR\x06output\x121\n" +
 	"\x05usage\x18\x02 \x01(\v2\x1b.loom.orchestrator.v1.UsageR\x05usage\"T\n" +
