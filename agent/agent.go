@@ -432,6 +432,10 @@ func checkAgent(a *agentv1.Agent, field string) error {
 			if err := checkMCP(k.Mcp, path+".mcp"); err != nil {
 				return err
 			}
+		case *agentv1.Tool_Client:
+			if err := checkClientTool(k.Client, path+".client"); err != nil {
+				return err
+			}
 		case *agentv1.Tool_HttpFetch:
 			for j, h := range k.HttpFetch.GetAllowedHosts() {
 				if reason := allowedHostProblem(h); reason != "" {

@@ -262,3 +262,6 @@ func (c connectClient) GetTenantBudget(ctx context.Context, in *agentv1.GetTenan
 func (c connectClient) EstimateRun(ctx context.Context, in *agentv1.EstimateRunRequest, _ ...grpc.CallOption) (*agentv1.EstimateRunResponse, error) {
 	return unary(ctx, in, c.c.EstimateRun)
 }
+func (c connectClient) SubmitToolResult(ctx context.Context, in *agentv1.SubmitToolResultRequest, _ ...grpc.CallOption) (*agentv1.SubmitToolResultResponse, error) {
+	return unary(ctx, in, c.c.SubmitToolResult)
+}

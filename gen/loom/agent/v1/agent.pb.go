@@ -213,6 +213,9 @@ const (
 	RunState_RUN_STATE_FAILED RunState = 3
 	// Cancelled by the caller.
 	RunState_RUN_STATE_CANCELLED RunState = 4
+	// Stopped until the caller answers its pending_tool_calls with SubmitToolResult (see ClientTool), or fails at
+	// wait_deadline. CancelRun cancels it.
+	RunState_RUN_STATE_WAITING_FOR_TOOLS RunState = 5
 )
 
 // Enum value maps for RunState.
@@ -223,13 +226,15 @@ var (
 		2: "RUN_STATE_SUCCEEDED",
 		3: "RUN_STATE_FAILED",
 		4: "RUN_STATE_CANCELLED",
+		5: "RUN_STATE_WAITING_FOR_TOOLS",
 	}
 	RunState_value = map[string]int32{
-		"RUN_STATE_UNSPECIFIED": 0,
-		"RUN_STATE_RUNNING":     1,
-		"RUN_STATE_SUCCEEDED":   2,
-		"RUN_STATE_FAILED":      3,
-		"RUN_STATE_CANCELLED":   4,
+		"RUN_STATE_UNSPECIFIED":       0,
+		"RUN_STATE_RUNNING":           1,
+		"RUN_STATE_SUCCEEDED":         2,
+		"RUN_STATE_FAILED":            3,
+		"RUN_STATE_CANCELLED":         4,
+		"RUN_STATE_WAITING_FOR_TOOLS": 5,
 	}
 )
 
@@ -599,6 +604,7 @@ type Tool struct {
 	//	*Tool_HttpFetch
 	//	*Tool_Webhook
 	//	*Tool_Mcp
+	//	*Tool_Client
 	Kind          isTool_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -695,6 +701,15 @@ func (x *Tool) GetMcp() *McpTool {
 	return nil
 }
 
+func (x *Tool) GetClient() *ClientTool {
+	if x != nil {
+		if x, ok := x.Kind.(*Tool_Client); ok {
+			return x.Client
+		}
+	}
+	return nil
+}
+
 type isTool_Kind interface {
 	isTool_Kind()
 }
@@ -729,6 +744,11 @@ type Tool_Mcp struct {
 	Mcp *McpTool `protobuf:"bytes,6,opt,name=mcp,proto3,oneof"`
 }
 
+type Tool_Client struct {
+	// A tool the caller executes; the run waits for its result.
+	Client *ClientTool `protobuf:"bytes,7,opt,name=client,proto3,oneof"`
+}
+
 func (*Tool_MemorySearch) isTool_Kind() {}
 
 func (*Tool_MemorySave) isTool_Kind() {}
@@ -740,6 +760,91 @@ func (*Tool_HttpFetch) isTool_Kind() {}
 func (*Tool_Webhook) isTool_Kind() {}
 
 func (*Tool_Mcp) isTool_Kind() {}
+
+func (*Tool_Client) isTool_Kind() {}
+
+// ClientTool is a tool the caller executes. When the model calls it, the run stops without holding any server
+// resource (no worker, no goroutine, no lease): it is stored in RUN_STATE_WAITING_FOR_TOOLS with the
+// conversation so far, its pending_tool_calls and its wait_deadline; RunStream sends the tool_call event and
+// then a waiting event that ends the stream, and Run returns the waiting run. The caller executes the call and
+// answers with SubmitToolResult; the run then resumes from the stored state, on any replica and across
+// restarts. A run not answered by its wait_deadline fails, with an error naming the deadline. Server-side tools
+// called in the same model turn run first. A delegated run cannot wait (a client tool call there is a tool error
+// told to the model), and a workflow step (RunRequest.blueprint set) cannot run an agent with client tools
+// (FailedPrecondition). A waiting run keeps its attachments in the store until it resumes.
+type ClientTool struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tool name the model sees, unique in the agent (and run request); not a built-in tool's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// What the tool does, told to the model.
+	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// JSON Schema of the arguments object; the model's arguments are checked against it before the run waits
+	// (invalid ones are a tool error told to the model). Unset means any object.
+	Parameters *structpb.Struct `protobuf:"bytes,3,opt,name=parameters,proto3" json:"parameters,omitempty"`
+	// How long the run waits for this tool's result; unset means 10 minutes; at most 24 hours. A model turn that
+	// calls several client tools waits for the shortest of their timeouts.
+	Timeout       *durationpb.Duration `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientTool) Reset() {
+	*x = ClientTool{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientTool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientTool) ProtoMessage() {}
+
+func (x *ClientTool) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientTool.ProtoReflect.Descriptor instead.
+func (*ClientTool) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ClientTool) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ClientTool) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *ClientTool) GetParameters() *structpb.Struct {
+	if x != nil {
+		return x.Parameters
+	}
+	return nil
+}
+
+func (x *ClientTool) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
 
 // McpTool lets the model call one tool of a Model Context Protocol server over streamable HTTP. The tool's
 // description and input schema come from the server (tools/list) when a run starts; the model's arguments are
@@ -766,7 +871,7 @@ type McpTool struct {
 
 func (x *McpTool) Reset() {
 	*x = McpTool{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -778,7 +883,7 @@ func (x *McpTool) String() string {
 func (*McpTool) ProtoMessage() {}
 
 func (x *McpTool) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -791,7 +896,7 @@ func (x *McpTool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use McpTool.ProtoReflect.Descriptor instead.
 func (*McpTool) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *McpTool) GetUrl() string {
@@ -861,7 +966,7 @@ type WebhookTool struct {
 
 func (x *WebhookTool) Reset() {
 	*x = WebhookTool{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -873,7 +978,7 @@ func (x *WebhookTool) String() string {
 func (*WebhookTool) ProtoMessage() {}
 
 func (x *WebhookTool) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -886,7 +991,7 @@ func (x *WebhookTool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookTool.ProtoReflect.Descriptor instead.
 func (*WebhookTool) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *WebhookTool) GetName() string {
@@ -954,7 +1059,7 @@ type MemorySearchTool struct {
 
 func (x *MemorySearchTool) Reset() {
 	*x = MemorySearchTool{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -966,7 +1071,7 @@ func (x *MemorySearchTool) String() string {
 func (*MemorySearchTool) ProtoMessage() {}
 
 func (x *MemorySearchTool) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -979,7 +1084,7 @@ func (x *MemorySearchTool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemorySearchTool.ProtoReflect.Descriptor instead.
 func (*MemorySearchTool) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 // MemorySaveTool lets the model save text into the agent's memory namespace.
@@ -991,7 +1096,7 @@ type MemorySaveTool struct {
 
 func (x *MemorySaveTool) Reset() {
 	*x = MemorySaveTool{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1003,7 +1108,7 @@ func (x *MemorySaveTool) String() string {
 func (*MemorySaveTool) ProtoMessage() {}
 
 func (x *MemorySaveTool) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1016,7 +1121,7 @@ func (x *MemorySaveTool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemorySaveTool.ProtoReflect.Descriptor instead.
 func (*MemorySaveTool) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 // DelegateTool lets the model run another agent.
@@ -1032,7 +1137,7 @@ type DelegateTool struct {
 
 func (x *DelegateTool) Reset() {
 	*x = DelegateTool{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1149,7 @@ func (x *DelegateTool) String() string {
 func (*DelegateTool) ProtoMessage() {}
 
 func (x *DelegateTool) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1162,7 @@ func (x *DelegateTool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DelegateTool.ProtoReflect.Descriptor instead.
 func (*DelegateTool) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DelegateTool) GetAgent() string {
@@ -1086,7 +1191,7 @@ type HttpFetchTool struct {
 
 func (x *HttpFetchTool) Reset() {
 	*x = HttpFetchTool{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1203,7 @@ func (x *HttpFetchTool) String() string {
 func (*HttpFetchTool) ProtoMessage() {}
 
 func (x *HttpFetchTool) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1216,7 @@ func (x *HttpFetchTool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HttpFetchTool.ProtoReflect.Descriptor instead.
 func (*HttpFetchTool) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *HttpFetchTool) GetAllowedHosts() []string {
@@ -1136,7 +1241,7 @@ type MemoryConfig struct {
 
 func (x *MemoryConfig) Reset() {
 	*x = MemoryConfig{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1148,7 +1253,7 @@ func (x *MemoryConfig) String() string {
 func (*MemoryConfig) ProtoMessage() {}
 
 func (x *MemoryConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1161,7 +1266,7 @@ func (x *MemoryConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryConfig.ProtoReflect.Descriptor instead.
 func (*MemoryConfig) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MemoryConfig) GetNamespace() string {
@@ -1203,7 +1308,7 @@ type Budgets struct {
 
 func (x *Budgets) Reset() {
 	*x = Budgets{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1215,7 +1320,7 @@ func (x *Budgets) String() string {
 func (*Budgets) ProtoMessage() {}
 
 func (x *Budgets) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1228,7 +1333,7 @@ func (x *Budgets) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Budgets.ProtoReflect.Descriptor instead.
 func (*Budgets) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Budgets) GetMaxSteps() int32 {
@@ -1272,7 +1377,7 @@ type Voice struct {
 
 func (x *Voice) Reset() {
 	*x = Voice{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1284,7 +1389,7 @@ func (x *Voice) String() string {
 func (*Voice) ProtoMessage() {}
 
 func (x *Voice) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1297,7 +1402,7 @@ func (x *Voice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Voice.ProtoReflect.Descriptor instead.
 func (*Voice) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Voice) GetProvider() VoiceProvider {
@@ -1350,7 +1455,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1467,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1480,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Agent) GetName() string {
@@ -1502,7 +1607,7 @@ type Chaos struct {
 
 func (x *Chaos) Reset() {
 	*x = Chaos{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1514,7 +1619,7 @@ func (x *Chaos) String() string {
 func (*Chaos) ProtoMessage() {}
 
 func (x *Chaos) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1527,7 +1632,7 @@ func (x *Chaos) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chaos.ProtoReflect.Descriptor instead.
 func (*Chaos) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Chaos) GetSeed() uint64 {
@@ -1598,7 +1703,7 @@ type ToolCall struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Call id, unique in the run.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// Tool name: memory_search, memory_save, delegate_<agent>, http_fetch.
+	// Tool name: memory_search, memory_save, delegate_<agent>, http_fetch, or a webhook, MCP or client tool's.
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// Arguments as a JSON object.
 	Arguments     *structpb.Struct `protobuf:"bytes,3,opt,name=arguments,proto3" json:"arguments,omitempty"`
@@ -1608,7 +1713,7 @@ type ToolCall struct {
 
 func (x *ToolCall) Reset() {
 	*x = ToolCall{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +1725,7 @@ func (x *ToolCall) String() string {
 func (*ToolCall) ProtoMessage() {}
 
 func (x *ToolCall) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +1738,7 @@ func (x *ToolCall) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToolCall.ProtoReflect.Descriptor instead.
 func (*ToolCall) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ToolCall) GetId() string {
@@ -1676,7 +1781,7 @@ type ToolResult struct {
 
 func (x *ToolResult) Reset() {
 	*x = ToolResult{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1688,7 +1793,7 @@ func (x *ToolResult) String() string {
 func (*ToolResult) ProtoMessage() {}
 
 func (x *ToolResult) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1701,7 +1806,7 @@ func (x *ToolResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToolResult.ProtoReflect.Descriptor instead.
 func (*ToolResult) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ToolResult) GetCallId() string {
@@ -1762,7 +1867,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1774,7 +1879,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1787,7 +1892,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Usage) GetInputTokens() int64 {
@@ -1856,7 +1961,7 @@ type Step struct {
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1868,7 +1973,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1881,7 +1986,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Step) GetIndex() int32 {
@@ -1969,14 +2074,19 @@ type Run struct {
 	// Blueprint whose workflow step started the run (RunRequest.blueprint), for usage accounting; empty otherwise.
 	Blueprint string `protobuf:"bytes,16,opt,name=blueprint,proto3" json:"blueprint,omitempty"`
 	// The unit prices the run's model calls were charged at; unset when the model is not in the price table.
-	Price         *Price `protobuf:"bytes,17,opt,name=price,proto3" json:"price,omitempty"`
+	Price *Price `protobuf:"bytes,17,opt,name=price,proto3" json:"price,omitempty"`
+	// In RUN_STATE_WAITING_FOR_TOOLS: the client tool calls not answered yet by SubmitToolResult. Empty in every
+	// other state.
+	PendingToolCalls []*ToolCall `protobuf:"bytes,18,rep,name=pending_tool_calls,json=pendingToolCalls,proto3" json:"pending_tool_calls,omitempty"`
+	// In RUN_STATE_WAITING_FOR_TOOLS: when the run fails unless every pending call has been answered.
+	WaitDeadline  *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=wait_deadline,json=waitDeadline,proto3" json:"wait_deadline,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Run) Reset() {
 	*x = Run{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1988,7 +2098,7 @@ func (x *Run) String() string {
 func (*Run) ProtoMessage() {}
 
 func (x *Run) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2001,7 +2111,7 @@ func (x *Run) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Run.ProtoReflect.Descriptor instead.
 func (*Run) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Run) GetId() string {
@@ -2123,6 +2233,20 @@ func (x *Run) GetPrice() *Price {
 	return nil
 }
 
+func (x *Run) GetPendingToolCalls() []*ToolCall {
+	if x != nil {
+		return x.PendingToolCalls
+	}
+	return nil
+}
+
+func (x *Run) GetWaitDeadline() *timestamppb.Timestamp {
+	if x != nil {
+		return x.WaitDeadline
+	}
+	return nil
+}
+
 // Price is one model's unit prices in a price table version. Amounts are per million tokens.
 type Price struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2140,7 +2264,7 @@ type Price struct {
 
 func (x *Price) Reset() {
 	*x = Price{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2152,7 +2276,7 @@ func (x *Price) String() string {
 func (*Price) ProtoMessage() {}
 
 func (x *Price) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2165,7 +2289,7 @@ func (x *Price) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Price.ProtoReflect.Descriptor instead.
 func (*Price) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Price) GetVersion() string {
@@ -2207,7 +2331,7 @@ type CreateAgentRequest struct {
 
 func (x *CreateAgentRequest) Reset() {
 	*x = CreateAgentRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2219,7 +2343,7 @@ func (x *CreateAgentRequest) String() string {
 func (*CreateAgentRequest) ProtoMessage() {}
 
 func (x *CreateAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2232,7 +2356,7 @@ func (x *CreateAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAgentRequest.ProtoReflect.Descriptor instead.
 func (*CreateAgentRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreateAgentRequest) GetAgent() *Agent {
@@ -2253,7 +2377,7 @@ type CreateAgentResponse struct {
 
 func (x *CreateAgentResponse) Reset() {
 	*x = CreateAgentResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2265,7 +2389,7 @@ func (x *CreateAgentResponse) String() string {
 func (*CreateAgentResponse) ProtoMessage() {}
 
 func (x *CreateAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2278,7 +2402,7 @@ func (x *CreateAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAgentResponse.ProtoReflect.Descriptor instead.
 func (*CreateAgentResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreateAgentResponse) GetAgent() *Agent {
@@ -2301,7 +2425,7 @@ type GetAgentRequest struct {
 
 func (x *GetAgentRequest) Reset() {
 	*x = GetAgentRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2313,7 +2437,7 @@ func (x *GetAgentRequest) String() string {
 func (*GetAgentRequest) ProtoMessage() {}
 
 func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2326,7 +2450,7 @@ func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentRequest.ProtoReflect.Descriptor instead.
 func (*GetAgentRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetAgentRequest) GetName() string {
@@ -2354,7 +2478,7 @@ type GetAgentResponse struct {
 
 func (x *GetAgentResponse) Reset() {
 	*x = GetAgentResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2366,7 +2490,7 @@ func (x *GetAgentResponse) String() string {
 func (*GetAgentResponse) ProtoMessage() {}
 
 func (x *GetAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2379,7 +2503,7 @@ func (x *GetAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentResponse.ProtoReflect.Descriptor instead.
 func (*GetAgentResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetAgentResponse) GetAgent() *Agent {
@@ -2402,7 +2526,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2414,7 +2538,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2427,7 +2551,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListAgentsRequest) GetPageSize() int32 {
@@ -2457,7 +2581,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2469,7 +2593,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2482,7 +2606,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -2514,7 +2638,7 @@ type UpdateAgentRequest struct {
 
 func (x *UpdateAgentRequest) Reset() {
 	*x = UpdateAgentRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2526,7 +2650,7 @@ func (x *UpdateAgentRequest) String() string {
 func (*UpdateAgentRequest) ProtoMessage() {}
 
 func (x *UpdateAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2539,7 +2663,7 @@ func (x *UpdateAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAgentRequest.ProtoReflect.Descriptor instead.
 func (*UpdateAgentRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *UpdateAgentRequest) GetAgent() *Agent {
@@ -2574,7 +2698,7 @@ type UpdateAgentResponse struct {
 
 func (x *UpdateAgentResponse) Reset() {
 	*x = UpdateAgentResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2586,7 +2710,7 @@ func (x *UpdateAgentResponse) String() string {
 func (*UpdateAgentResponse) ProtoMessage() {}
 
 func (x *UpdateAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2599,7 +2723,7 @@ func (x *UpdateAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAgentResponse.ProtoReflect.Descriptor instead.
 func (*UpdateAgentResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *UpdateAgentResponse) GetAgent() *Agent {
@@ -2620,7 +2744,7 @@ type DeleteAgentRequest struct {
 
 func (x *DeleteAgentRequest) Reset() {
 	*x = DeleteAgentRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2632,7 +2756,7 @@ func (x *DeleteAgentRequest) String() string {
 func (*DeleteAgentRequest) ProtoMessage() {}
 
 func (x *DeleteAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2645,7 +2769,7 @@ func (x *DeleteAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAgentRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAgentRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteAgentRequest) GetName() string {
@@ -2664,7 +2788,7 @@ type DeleteAgentResponse struct {
 
 func (x *DeleteAgentResponse) Reset() {
 	*x = DeleteAgentResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2676,7 +2800,7 @@ func (x *DeleteAgentResponse) String() string {
 func (*DeleteAgentResponse) ProtoMessage() {}
 
 func (x *DeleteAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2689,7 +2813,7 @@ func (x *DeleteAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAgentResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAgentResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 // RunRequest is the request of Run.
@@ -2715,14 +2839,16 @@ type RunRequest struct {
 	Attempt int32 `protobuf:"varint,6,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	// Blueprint whose workflow step makes this call, set by the orchestrator; recorded with the run for usage
 	// accounting (GetUsage) and nothing else.
-	Blueprint     string `protobuf:"bytes,7,opt,name=blueprint,proto3" json:"blueprint,omitempty"`
+	Blueprint string `protobuf:"bytes,7,opt,name=blueprint,proto3" json:"blueprint,omitempty"`
+	// Client tools of this run only, added to the agent's tools; at most 16. Names must not clash with the agent's.
+	ClientTools   []*ClientTool `protobuf:"bytes,9,rep,name=client_tools,json=clientTools,proto3" json:"client_tools,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunRequest) Reset() {
 	*x = RunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2734,7 +2860,7 @@ func (x *RunRequest) String() string {
 func (*RunRequest) ProtoMessage() {}
 
 func (x *RunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2747,7 +2873,7 @@ func (x *RunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRequest.ProtoReflect.Descriptor instead.
 func (*RunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RunRequest) GetAgent() string {
@@ -2799,6 +2925,13 @@ func (x *RunRequest) GetBlueprint() string {
 	return ""
 }
 
+func (x *RunRequest) GetClientTools() []*ClientTool {
+	if x != nil {
+		return x.ClientTools
+	}
+	return nil
+}
+
 // Attachment is an image or audio clip sent inline to the model with a run's input.
 type Attachment struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2812,7 +2945,7 @@ type Attachment struct {
 
 func (x *Attachment) Reset() {
 	*x = Attachment{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2824,7 +2957,7 @@ func (x *Attachment) String() string {
 func (*Attachment) ProtoMessage() {}
 
 func (x *Attachment) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2837,7 +2970,7 @@ func (x *Attachment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attachment.ProtoReflect.Descriptor instead.
 func (*Attachment) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{32}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Attachment) GetMimeType() string {
@@ -2865,7 +2998,7 @@ type RunResponse struct {
 
 func (x *RunResponse) Reset() {
 	*x = RunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2877,7 +3010,7 @@ func (x *RunResponse) String() string {
 func (*RunResponse) ProtoMessage() {}
 
 func (x *RunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2890,7 +3023,7 @@ func (x *RunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunResponse.ProtoReflect.Descriptor instead.
 func (*RunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{33}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RunResponse) GetRun() *Run {
@@ -2916,14 +3049,16 @@ type RunStreamRequest struct {
 	// The caller's attempt number of this logical call, 1 for the first; chaos draws depend on it. 0 means 1 plus
 	// the number of earlier runs of the agent with the same input (what a caller retrying with new idempotency
 	// keys gets without counting).
-	Attempt       int32 `protobuf:"varint,6,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Attempt int32 `protobuf:"varint,6,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// Client tools of this run only, as in RunRequest; at most 16.
+	ClientTools   []*ClientTool `protobuf:"bytes,9,rep,name=client_tools,json=clientTools,proto3" json:"client_tools,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunStreamRequest) Reset() {
 	*x = RunStreamRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2935,7 +3070,7 @@ func (x *RunStreamRequest) String() string {
 func (*RunStreamRequest) ProtoMessage() {}
 
 func (x *RunStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2948,7 +3083,7 @@ func (x *RunStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStreamRequest.ProtoReflect.Descriptor instead.
 func (*RunStreamRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{34}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RunStreamRequest) GetAgent() string {
@@ -2993,6 +3128,13 @@ func (x *RunStreamRequest) GetAttempt() int32 {
 	return 0
 }
 
+func (x *RunStreamRequest) GetClientTools() []*ClientTool {
+	if x != nil {
+		return x.ClientTools
+	}
+	return nil
+}
+
 // RunStreamResponse is one event of a streamed run. Events of runs delegated to other agents (delegate tools)
 // are forwarded too, carrying the delegated run's id; only the streamed run's own started and completed or
 // failed events frame the stream.
@@ -3013,6 +3155,7 @@ type RunStreamResponse struct {
 	//	*RunStreamResponse_Warning
 	//	*RunStreamResponse_Completed
 	//	*RunStreamResponse_Failed
+	//	*RunStreamResponse_Waiting
 	Event isRunStreamResponse_Event `protobuf_oneof:"event"`
 	// On usage events: the streamed run's usage so far, delegated runs included (on a delegated run's usage event,
 	// that delegated run's usage so far).
@@ -3023,7 +3166,7 @@ type RunStreamResponse struct {
 
 func (x *RunStreamResponse) Reset() {
 	*x = RunStreamResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3035,7 +3178,7 @@ func (x *RunStreamResponse) String() string {
 func (*RunStreamResponse) ProtoMessage() {}
 
 func (x *RunStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3048,7 +3191,7 @@ func (x *RunStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStreamResponse.ProtoReflect.Descriptor instead.
 func (*RunStreamResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{35}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RunStreamResponse) GetRunId() string {
@@ -3146,6 +3289,15 @@ func (x *RunStreamResponse) GetFailed() *Run {
 	return nil
 }
 
+func (x *RunStreamResponse) GetWaiting() *Run {
+	if x != nil {
+		if x, ok := x.Event.(*RunStreamResponse_Waiting); ok {
+			return x.Waiting
+		}
+	}
+	return nil
+}
+
 func (x *RunStreamResponse) GetRunUsage() *Usage {
 	if x != nil {
 		return x.RunUsage
@@ -3202,6 +3354,12 @@ type RunStreamResponse_Failed struct {
 	Failed *Run `protobuf:"bytes,10,opt,name=failed,proto3,oneof"`
 }
 
+type RunStreamResponse_Waiting struct {
+	// The run waits for client tool results (see ClientTool); carries the run with its pending calls. It ends
+	// the stream, like completed and failed.
+	Waiting *Run `protobuf:"bytes,12,opt,name=waiting,proto3,oneof"`
+}
+
 func (*RunStreamResponse_Started) isRunStreamResponse_Event() {}
 
 func (*RunStreamResponse_TextDelta) isRunStreamResponse_Event() {}
@@ -3220,6 +3378,8 @@ func (*RunStreamResponse_Completed) isRunStreamResponse_Event() {}
 
 func (*RunStreamResponse_Failed) isRunStreamResponse_Event() {}
 
+func (*RunStreamResponse_Waiting) isRunStreamResponse_Event() {}
+
 // RunStarted announces a run.
 type RunStarted struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3231,7 +3391,7 @@ type RunStarted struct {
 
 func (x *RunStarted) Reset() {
 	*x = RunStarted{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3243,7 +3403,7 @@ func (x *RunStarted) String() string {
 func (*RunStarted) ProtoMessage() {}
 
 func (x *RunStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3256,7 +3416,7 @@ func (x *RunStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStarted.ProtoReflect.Descriptor instead.
 func (*RunStarted) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{36}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RunStarted) GetAgentVersion() int64 {
@@ -3277,7 +3437,7 @@ type TextDelta struct {
 
 func (x *TextDelta) Reset() {
 	*x = TextDelta{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3289,7 +3449,7 @@ func (x *TextDelta) String() string {
 func (*TextDelta) ProtoMessage() {}
 
 func (x *TextDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3302,7 +3462,7 @@ func (x *TextDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TextDelta.ProtoReflect.Descriptor instead.
 func (*TextDelta) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{37}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *TextDelta) GetText() string {
@@ -3323,7 +3483,7 @@ type MemoryHits struct {
 
 func (x *MemoryHits) Reset() {
 	*x = MemoryHits{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3335,7 +3495,7 @@ func (x *MemoryHits) String() string {
 func (*MemoryHits) ProtoMessage() {}
 
 func (x *MemoryHits) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3348,7 +3508,7 @@ func (x *MemoryHits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryHits.ProtoReflect.Descriptor instead.
 func (*MemoryHits) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{38}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *MemoryHits) GetHits() []*MemoryHit {
@@ -3373,7 +3533,7 @@ type MemoryHit struct {
 
 func (x *MemoryHit) Reset() {
 	*x = MemoryHit{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3385,7 +3545,7 @@ func (x *MemoryHit) String() string {
 func (*MemoryHit) ProtoMessage() {}
 
 func (x *MemoryHit) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3398,7 +3558,7 @@ func (x *MemoryHit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryHit.ProtoReflect.Descriptor instead.
 func (*MemoryHit) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{39}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *MemoryHit) GetId() string {
@@ -3433,7 +3593,7 @@ type Warning struct {
 
 func (x *Warning) Reset() {
 	*x = Warning{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3445,7 +3605,7 @@ func (x *Warning) String() string {
 func (*Warning) ProtoMessage() {}
 
 func (x *Warning) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3458,7 +3618,7 @@ func (x *Warning) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Warning.ProtoReflect.Descriptor instead.
 func (*Warning) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{40}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Warning) GetMessage() string {
@@ -3479,7 +3639,7 @@ type GetRunRequest struct {
 
 func (x *GetRunRequest) Reset() {
 	*x = GetRunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3491,7 +3651,7 @@ func (x *GetRunRequest) String() string {
 func (*GetRunRequest) ProtoMessage() {}
 
 func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3504,7 +3664,7 @@ func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunRequest.ProtoReflect.Descriptor instead.
 func (*GetRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{41}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetRunRequest) GetId() string {
@@ -3525,7 +3685,7 @@ type GetRunResponse struct {
 
 func (x *GetRunResponse) Reset() {
 	*x = GetRunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3537,7 +3697,7 @@ func (x *GetRunResponse) String() string {
 func (*GetRunResponse) ProtoMessage() {}
 
 func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3550,7 +3710,7 @@ func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunResponse.ProtoReflect.Descriptor instead.
 func (*GetRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{42}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetRunResponse) GetRun() *Run {
@@ -3579,7 +3739,7 @@ type ListRunsRequest struct {
 
 func (x *ListRunsRequest) Reset() {
 	*x = ListRunsRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3591,7 +3751,7 @@ func (x *ListRunsRequest) String() string {
 func (*ListRunsRequest) ProtoMessage() {}
 
 func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3604,7 +3764,7 @@ func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsRequest.ProtoReflect.Descriptor instead.
 func (*ListRunsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{43}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListRunsRequest) GetAgent() string {
@@ -3655,7 +3815,7 @@ type ListRunsResponse struct {
 
 func (x *ListRunsResponse) Reset() {
 	*x = ListRunsResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3667,7 +3827,7 @@ func (x *ListRunsResponse) String() string {
 func (*ListRunsResponse) ProtoMessage() {}
 
 func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3680,7 +3840,7 @@ func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsResponse.ProtoReflect.Descriptor instead.
 func (*ListRunsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{44}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListRunsResponse) GetRuns() []*Run {
@@ -3708,7 +3868,7 @@ type CancelRunRequest struct {
 
 func (x *CancelRunRequest) Reset() {
 	*x = CancelRunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3720,7 +3880,7 @@ func (x *CancelRunRequest) String() string {
 func (*CancelRunRequest) ProtoMessage() {}
 
 func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3733,7 +3893,7 @@ func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunRequest.ProtoReflect.Descriptor instead.
 func (*CancelRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{45}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *CancelRunRequest) GetId() string {
@@ -3754,7 +3914,7 @@ type CancelRunResponse struct {
 
 func (x *CancelRunResponse) Reset() {
 	*x = CancelRunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3766,7 +3926,7 @@ func (x *CancelRunResponse) String() string {
 func (*CancelRunResponse) ProtoMessage() {}
 
 func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3779,7 +3939,7 @@ func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunResponse.ProtoReflect.Descriptor instead.
 func (*CancelRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{46}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *CancelRunResponse) GetRun() *Run {
@@ -3800,7 +3960,7 @@ type DeleteRunRequest struct {
 
 func (x *DeleteRunRequest) Reset() {
 	*x = DeleteRunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3812,7 +3972,7 @@ func (x *DeleteRunRequest) String() string {
 func (*DeleteRunRequest) ProtoMessage() {}
 
 func (x *DeleteRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3825,7 +3985,7 @@ func (x *DeleteRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRunRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{47}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *DeleteRunRequest) GetId() string {
@@ -3844,7 +4004,7 @@ type DeleteRunResponse struct {
 
 func (x *DeleteRunResponse) Reset() {
 	*x = DeleteRunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3856,7 +4016,7 @@ func (x *DeleteRunResponse) String() string {
 func (*DeleteRunResponse) ProtoMessage() {}
 
 func (x *DeleteRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3869,7 +4029,172 @@ func (x *DeleteRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRunResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{48}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{49}
+}
+
+// SubmitToolResultRequest is the request of SubmitToolResult.
+type SubmitToolResultRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Run id.
+	RunId string `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	// Results of pending calls, each call at most once; 1 to 16.
+	Results       []*ClientToolResult `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitToolResultRequest) Reset() {
+	*x = SubmitToolResultRequest{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitToolResultRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitToolResultRequest) ProtoMessage() {}
+
+func (x *SubmitToolResultRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitToolResultRequest.ProtoReflect.Descriptor instead.
+func (*SubmitToolResultRequest) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *SubmitToolResultRequest) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
+func (x *SubmitToolResultRequest) GetResults() []*ClientToolResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// ClientToolResult is the caller's outcome of one client tool call: a result, or an error told to the model.
+type ClientToolResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The pending call's id (ToolCall.id).
+	CallId string `protobuf:"bytes,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	// Result as a JSON object, at most 256 KiB of JSON and 32 levels deep; unset with no error means {}.
+	Result *structpb.Struct `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
+	// Error, when the tool failed; the model is told. Set result or error, not both.
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientToolResult) Reset() {
+	*x = ClientToolResult{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientToolResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientToolResult) ProtoMessage() {}
+
+func (x *ClientToolResult) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientToolResult.ProtoReflect.Descriptor instead.
+func (*ClientToolResult) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *ClientToolResult) GetCallId() string {
+	if x != nil {
+		return x.CallId
+	}
+	return ""
+}
+
+func (x *ClientToolResult) GetResult() *structpb.Struct {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *ClientToolResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// SubmitToolResultResponse is the response of SubmitToolResult.
+type SubmitToolResultResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The run where it stopped: finished, failed, or still (or again) waiting.
+	Run           *Run `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitToolResultResponse) Reset() {
+	*x = SubmitToolResultResponse{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitToolResultResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitToolResultResponse) ProtoMessage() {}
+
+func (x *SubmitToolResultResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitToolResultResponse.ProtoReflect.Descriptor instead.
+func (*SubmitToolResultResponse) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *SubmitToolResultResponse) GetRun() *Run {
+	if x != nil {
+		return x.Run
+	}
+	return nil
 }
 
 // SynthesizeSpeechRequest is the request of SynthesizeSpeech.
@@ -3889,7 +4214,7 @@ type SynthesizeSpeechRequest struct {
 
 func (x *SynthesizeSpeechRequest) Reset() {
 	*x = SynthesizeSpeechRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[49]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3901,7 +4226,7 @@ func (x *SynthesizeSpeechRequest) String() string {
 func (*SynthesizeSpeechRequest) ProtoMessage() {}
 
 func (x *SynthesizeSpeechRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[49]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3914,7 +4239,7 @@ func (x *SynthesizeSpeechRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SynthesizeSpeechRequest.ProtoReflect.Descriptor instead.
 func (*SynthesizeSpeechRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{49}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *SynthesizeSpeechRequest) GetText() string {
@@ -3958,7 +4283,7 @@ type SynthesizeSpeechResponse struct {
 
 func (x *SynthesizeSpeechResponse) Reset() {
 	*x = SynthesizeSpeechResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[50]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3970,7 +4295,7 @@ func (x *SynthesizeSpeechResponse) String() string {
 func (*SynthesizeSpeechResponse) ProtoMessage() {}
 
 func (x *SynthesizeSpeechResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[50]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3983,7 +4308,7 @@ func (x *SynthesizeSpeechResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SynthesizeSpeechResponse.ProtoReflect.Descriptor instead.
 func (*SynthesizeSpeechResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{50}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *SynthesizeSpeechResponse) GetAudio() []byte {
@@ -4017,7 +4342,7 @@ type Video struct {
 
 func (x *Video) Reset() {
 	*x = Video{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[51]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4029,7 +4354,7 @@ func (x *Video) String() string {
 func (*Video) ProtoMessage() {}
 
 func (x *Video) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[51]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4042,7 +4367,7 @@ func (x *Video) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Video.ProtoReflect.Descriptor instead.
 func (*Video) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{51}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *Video) GetId() string {
@@ -4088,7 +4413,7 @@ type CreateVideoRequest struct {
 
 func (x *CreateVideoRequest) Reset() {
 	*x = CreateVideoRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[52]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4100,7 +4425,7 @@ func (x *CreateVideoRequest) String() string {
 func (*CreateVideoRequest) ProtoMessage() {}
 
 func (x *CreateVideoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[52]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4113,7 +4438,7 @@ func (x *CreateVideoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVideoRequest.ProtoReflect.Descriptor instead.
 func (*CreateVideoRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{52}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *CreateVideoRequest) GetReplicaId() string {
@@ -4148,7 +4473,7 @@ type CreateVideoResponse struct {
 
 func (x *CreateVideoResponse) Reset() {
 	*x = CreateVideoResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[53]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4160,7 +4485,7 @@ func (x *CreateVideoResponse) String() string {
 func (*CreateVideoResponse) ProtoMessage() {}
 
 func (x *CreateVideoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[53]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4173,7 +4498,7 @@ func (x *CreateVideoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVideoResponse.ProtoReflect.Descriptor instead.
 func (*CreateVideoResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{53}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *CreateVideoResponse) GetVideo() *Video {
@@ -4194,7 +4519,7 @@ type GetVideoRequest struct {
 
 func (x *GetVideoRequest) Reset() {
 	*x = GetVideoRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[54]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4206,7 +4531,7 @@ func (x *GetVideoRequest) String() string {
 func (*GetVideoRequest) ProtoMessage() {}
 
 func (x *GetVideoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[54]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4219,7 +4544,7 @@ func (x *GetVideoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVideoRequest.ProtoReflect.Descriptor instead.
 func (*GetVideoRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{54}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *GetVideoRequest) GetId() string {
@@ -4240,7 +4565,7 @@ type GetVideoResponse struct {
 
 func (x *GetVideoResponse) Reset() {
 	*x = GetVideoResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[55]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4252,7 +4577,7 @@ func (x *GetVideoResponse) String() string {
 func (*GetVideoResponse) ProtoMessage() {}
 
 func (x *GetVideoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[55]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4265,7 +4590,7 @@ func (x *GetVideoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVideoResponse.ProtoReflect.Descriptor instead.
 func (*GetVideoResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{55}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *GetVideoResponse) GetVideo() *Video {
@@ -4292,7 +4617,7 @@ type GetUsageRequest struct {
 
 func (x *GetUsageRequest) Reset() {
 	*x = GetUsageRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[56]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4304,7 +4629,7 @@ func (x *GetUsageRequest) String() string {
 func (*GetUsageRequest) ProtoMessage() {}
 
 func (x *GetUsageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[56]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4317,7 +4642,7 @@ func (x *GetUsageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageRequest.ProtoReflect.Descriptor instead.
 func (*GetUsageRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{56}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *GetUsageRequest) GetStartTime() *timestamppb.Timestamp {
@@ -4371,7 +4696,7 @@ type UsageRow struct {
 
 func (x *UsageRow) Reset() {
 	*x = UsageRow{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[57]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4383,7 +4708,7 @@ func (x *UsageRow) String() string {
 func (*UsageRow) ProtoMessage() {}
 
 func (x *UsageRow) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[57]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4396,7 +4721,7 @@ func (x *UsageRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageRow.ProtoReflect.Descriptor instead.
 func (*UsageRow) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{57}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *UsageRow) GetDay() string {
@@ -4463,7 +4788,7 @@ type GetUsageResponse struct {
 
 func (x *GetUsageResponse) Reset() {
 	*x = GetUsageResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[58]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4475,7 +4800,7 @@ func (x *GetUsageResponse) String() string {
 func (*GetUsageResponse) ProtoMessage() {}
 
 func (x *GetUsageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[58]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4488,7 +4813,7 @@ func (x *GetUsageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageResponse.ProtoReflect.Descriptor instead.
 func (*GetUsageResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{58}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *GetUsageResponse) GetRows() []*UsageRow {
@@ -4535,7 +4860,7 @@ type TenantBudget struct {
 
 func (x *TenantBudget) Reset() {
 	*x = TenantBudget{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[59]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4547,7 +4872,7 @@ func (x *TenantBudget) String() string {
 func (*TenantBudget) ProtoMessage() {}
 
 func (x *TenantBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[59]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4560,7 +4885,7 @@ func (x *TenantBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TenantBudget.ProtoReflect.Descriptor instead.
 func (*TenantBudget) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{59}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *TenantBudget) GetMaxTokensPerRun() int64 {
@@ -4616,7 +4941,7 @@ type SetTenantBudgetRequest struct {
 
 func (x *SetTenantBudgetRequest) Reset() {
 	*x = SetTenantBudgetRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[60]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4628,7 +4953,7 @@ func (x *SetTenantBudgetRequest) String() string {
 func (*SetTenantBudgetRequest) ProtoMessage() {}
 
 func (x *SetTenantBudgetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[60]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4641,7 +4966,7 @@ func (x *SetTenantBudgetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTenantBudgetRequest.ProtoReflect.Descriptor instead.
 func (*SetTenantBudgetRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{60}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *SetTenantBudgetRequest) GetBudget() *TenantBudget {
@@ -4662,7 +4987,7 @@ type SetTenantBudgetResponse struct {
 
 func (x *SetTenantBudgetResponse) Reset() {
 	*x = SetTenantBudgetResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[61]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4674,7 +4999,7 @@ func (x *SetTenantBudgetResponse) String() string {
 func (*SetTenantBudgetResponse) ProtoMessage() {}
 
 func (x *SetTenantBudgetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[61]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4687,7 +5012,7 @@ func (x *SetTenantBudgetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTenantBudgetResponse.ProtoReflect.Descriptor instead.
 func (*SetTenantBudgetResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{61}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *SetTenantBudgetResponse) GetBudget() *TenantBudget {
@@ -4706,7 +5031,7 @@ type GetTenantBudgetRequest struct {
 
 func (x *GetTenantBudgetRequest) Reset() {
 	*x = GetTenantBudgetRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[62]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4718,7 +5043,7 @@ func (x *GetTenantBudgetRequest) String() string {
 func (*GetTenantBudgetRequest) ProtoMessage() {}
 
 func (x *GetTenantBudgetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[62]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4731,7 +5056,7 @@ func (x *GetTenantBudgetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTenantBudgetRequest.ProtoReflect.Descriptor instead.
 func (*GetTenantBudgetRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{62}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{66}
 }
 
 // GetTenantBudgetResponse is the response of GetTenantBudget.
@@ -4749,7 +5074,7 @@ type GetTenantBudgetResponse struct {
 
 func (x *GetTenantBudgetResponse) Reset() {
 	*x = GetTenantBudgetResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[63]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4761,7 +5086,7 @@ func (x *GetTenantBudgetResponse) String() string {
 func (*GetTenantBudgetResponse) ProtoMessage() {}
 
 func (x *GetTenantBudgetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[63]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4774,7 +5099,7 @@ func (x *GetTenantBudgetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTenantBudgetResponse.ProtoReflect.Descriptor instead.
 func (*GetTenantBudgetResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{63}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *GetTenantBudgetResponse) GetBudget() *TenantBudget {
@@ -4813,7 +5138,7 @@ type EstimateRunRequest struct {
 
 func (x *EstimateRunRequest) Reset() {
 	*x = EstimateRunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[64]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4825,7 +5150,7 @@ func (x *EstimateRunRequest) String() string {
 func (*EstimateRunRequest) ProtoMessage() {}
 
 func (x *EstimateRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[64]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4838,7 +5163,7 @@ func (x *EstimateRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EstimateRunRequest.ProtoReflect.Descriptor instead.
 func (*EstimateRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{64}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *EstimateRunRequest) GetAgent() string {
@@ -4873,7 +5198,7 @@ type EstimateRunResponse struct {
 
 func (x *EstimateRunResponse) Reset() {
 	*x = EstimateRunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[65]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4885,7 +5210,7 @@ func (x *EstimateRunResponse) String() string {
 func (*EstimateRunResponse) ProtoMessage() {}
 
 func (x *EstimateRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[65]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4898,7 +5223,7 @@ func (x *EstimateRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EstimateRunResponse.ProtoReflect.Descriptor instead.
 func (*EstimateRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{65}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *EstimateRunResponse) GetEstimate() *Estimate {
@@ -4936,7 +5261,7 @@ type Estimate struct {
 
 func (x *Estimate) Reset() {
 	*x = Estimate{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[66]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4948,7 +5273,7 @@ func (x *Estimate) String() string {
 func (*Estimate) ProtoMessage() {}
 
 func (x *Estimate) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[66]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4961,7 +5286,7 @@ func (x *Estimate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Estimate.ProtoReflect.Descriptor instead.
 func (*Estimate) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{66}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *Estimate) GetSampleSize() int32 {
@@ -5042,7 +5367,7 @@ type Bounds struct {
 
 func (x *Bounds) Reset() {
 	*x = Bounds{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[67]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5054,7 +5379,7 @@ func (x *Bounds) String() string {
 func (*Bounds) ProtoMessage() {}
 
 func (x *Bounds) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[67]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5067,7 +5392,7 @@ func (x *Bounds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bounds.ProtoReflect.Descriptor instead.
 func (*Bounds) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{67}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *Bounds) GetMaxCost() *v1.Money {
@@ -5115,7 +5440,7 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\rwhen_contains\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\fwhenContains\x12\x1f\n" +
 	"\x05reply\x18\x02 \x01(\tB\t\xbaH\x06r\x04(\x80\x80\x04R\x05reply\x12@\n" +
 	"\n" +
-	"tool_calls\x18\x03 \x03(\v2\x17.loom.agent.v1.ToolCallB\b\xbaH\x05\x92\x01\x02\x10\x10R\ttoolCalls\"\xfd\x02\n" +
+	"tool_calls\x18\x03 \x03(\v2\x17.loom.agent.v1.ToolCallB\b\xbaH\x05\x92\x01\x02\x10\x10R\ttoolCalls\"\xb2\x03\n" +
 	"\x04Tool\x12F\n" +
 	"\rmemory_search\x18\x01 \x01(\v2\x1f.loom.agent.v1.MemorySearchToolH\x00R\fmemorySearch\x12@\n" +
 	"\vmemory_save\x18\x02 \x01(\v2\x1d.loom.agent.v1.MemorySaveToolH\x00R\n" +
@@ -5124,8 +5449,17 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"http_fetch\x18\x04 \x01(\v2\x1c.loom.agent.v1.HttpFetchToolH\x00R\thttpFetch\x126\n" +
 	"\awebhook\x18\x05 \x01(\v2\x1a.loom.agent.v1.WebhookToolH\x00R\awebhook\x12*\n" +
-	"\x03mcp\x18\x06 \x01(\v2\x16.loom.agent.v1.McpToolH\x00R\x03mcpB\r\n" +
-	"\x04kind\x12\x05\xbaH\x02\b\x01\"\xf7\x01\n" +
+	"\x03mcp\x18\x06 \x01(\v2\x16.loom.agent.v1.McpToolH\x00R\x03mcp\x123\n" +
+	"\x06client\x18\a \x01(\v2\x19.loom.agent.v1.ClientToolH\x00R\x06clientB\r\n" +
+	"\x04kind\x12\x05\xbaH\x02\b\x01\"\xe9\x01\n" +
+	"\n" +
+	"ClientTool\x121\n" +
+	"\x04name\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9_]{0,47}$R\x04name\x12*\n" +
+	"\vdescription\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\vdescription\x127\n" +
+	"\n" +
+	"parameters\x18\x03 \x01(\v2\x17.google.protobuf.StructR\n" +
+	"parameters\x12C\n" +
+	"\atimeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationB\x0e\xbaH\v\xaa\x01\b\"\x04\b\x80\xa3\x052\x00R\atimeout\"\xf7\x01\n" +
 	"\aMcpTool\x12\x1c\n" +
 	"\x03url\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x10R\x03url\x12\x1e\n" +
@@ -5235,7 +5569,7 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\ftool_results\x18\x04 \x03(\v2\x19.loom.agent.v1.ToolResultR\vtoolResults\x12*\n" +
 	"\x05usage\x18\x05 \x01(\v2\x14.loom.agent.v1.UsageR\x05usage\x123\n" +
 	"\alatency\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\alatency\x12=\n" +
-	"\x0fdelegated_usage\x18\a \x01(\v2\x14.loom.agent.v1.UsageR\x0edelegatedUsage\"\xe8\x04\n" +
+	"\x0fdelegated_usage\x18\a \x01(\v2\x14.loom.agent.v1.UsageR\x0edelegatedUsage\"\xf0\x05\n" +
 	"\x03Run\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05agent\x18\x02 \x01(\tR\x05agent\x12#\n" +
@@ -5255,7 +5589,9 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\bend_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12'\n" +
 	"\x0fidempotency_key\x18\x0f \x01(\tR\x0eidempotencyKey\x12\x1c\n" +
 	"\tblueprint\x18\x10 \x01(\tR\tblueprint\x12*\n" +
-	"\x05price\x18\x11 \x01(\v2\x14.loom.agent.v1.PriceR\x05price\"\xf3\x01\n" +
+	"\x05price\x18\x11 \x01(\v2\x14.loom.agent.v1.PriceR\x05price\x12E\n" +
+	"\x12pending_tool_calls\x18\x12 \x03(\v2\x17.loom.agent.v1.ToolCallR\x10pendingToolCalls\x12?\n" +
+	"\rwait_deadline\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\fwaitDeadline\"\xf3\x01\n" +
 	"\x05Price\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12?\n" +
 	"\x11input_per_million\x18\x02 \x01(\v2\x13.loom.cost.v1.MoneyR\x0finputPerMillion\x12A\n" +
@@ -5287,7 +5623,7 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x05agent\x18\x01 \x01(\v2\x14.loom.agent.v1.AgentR\x05agent\"H\n" +
 	"\x12DeleteAgentRequest\x122\n" +
 	"\x04name\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x04name\"\x15\n" +
-	"\x13DeleteAgentResponse\"\xf3\x02\n" +
+	"\x13DeleteAgentResponse\"\xbb\x03\n" +
 	"\n" +
 	"RunRequest\x124\n" +
 	"\x05agent\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x05agent\x12!\n" +
@@ -5296,20 +5632,22 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\vattachments\x18\x04 \x03(\v2\x19.loom.agent.v1.AttachmentB\b\xbaH\x05\x92\x01\x02\x10\bR\vattachments\x12*\n" +
 	"\x05chaos\x18\x05 \x01(\v2\x14.loom.agent.v1.ChaosR\x05chaos\x12%\n" +
 	"\aattempt\x18\x06 \x01(\x05B\v\xbaH\b\x1a\x06\x18\xc0\x84=(\x00R\aattempt\x12?\n" +
-	"\tblueprint\x18\a \x01(\tB!\xbaH\x1er\x1c2\x1a^$|^[a-z][a-z0-9_-]{0,62}$R\tblueprint\"p\n" +
+	"\tblueprint\x18\a \x01(\tB!\xbaH\x1er\x1c2\x1a^$|^[a-z][a-z0-9_-]{0,62}$R\tblueprint\x12F\n" +
+	"\fclient_tools\x18\t \x03(\v2\x19.loom.agent.v1.ClientToolB\b\xbaH\x05\x92\x01\x02\x10\x10R\vclientTools\"p\n" +
 	"\n" +
 	"Attachment\x12@\n" +
 	"\tmime_type\x18\x01 \x01(\tB#\xbaH r\x1e2\x1c^(image|audio)/[a-z0-9.+-]+$R\bmimeType\x12 \n" +
 	"\x04data\x18\x02 \x01(\fB\f\xbaH\tz\a\x10\x01\x18\x80\x80\xc0\x01R\x04data\"3\n" +
 	"\vRunResponse\x12$\n" +
-	"\x03run\x18\x01 \x01(\v2\x12.loom.agent.v1.RunR\x03run\"\xb8\x02\n" +
+	"\x03run\x18\x01 \x01(\v2\x12.loom.agent.v1.RunR\x03run\"\x80\x03\n" +
 	"\x10RunStreamRequest\x124\n" +
 	"\x05agent\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x05agent\x12!\n" +
 	"\x05input\x18\x02 \x01(\tB\v\xbaH\br\x06\x10\x01(\x80\x80\x10R\x05input\x121\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x0eidempotencyKey\x12E\n" +
 	"\vattachments\x18\x04 \x03(\v2\x19.loom.agent.v1.AttachmentB\b\xbaH\x05\x92\x01\x02\x10\bR\vattachments\x12*\n" +
 	"\x05chaos\x18\x05 \x01(\v2\x14.loom.agent.v1.ChaosR\x05chaos\x12%\n" +
-	"\aattempt\x18\x06 \x01(\x05B\v\xbaH\b\x1a\x06\x18\xc0\x84=(\x00R\aattempt\"\xd0\x04\n" +
+	"\aattempt\x18\x06 \x01(\x05B\v\xbaH\b\x1a\x06\x18\xc0\x84=(\x00R\aattempt\x12F\n" +
+	"\fclient_tools\x18\t \x03(\v2\x19.loom.agent.v1.ClientToolB\b\xbaH\x05\x92\x01\x02\x10\x10R\vclientTools\"\x80\x05\n" +
 	"\x11RunStreamResponse\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x125\n" +
 	"\astarted\x18\x02 \x01(\v2\x19.loom.agent.v1.RunStartedH\x00R\astarted\x129\n" +
@@ -5324,7 +5662,8 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\awarning\x18\b \x01(\v2\x16.loom.agent.v1.WarningH\x00R\awarning\x122\n" +
 	"\tcompleted\x18\t \x01(\v2\x12.loom.agent.v1.RunH\x00R\tcompleted\x12,\n" +
 	"\x06failed\x18\n" +
-	" \x01(\v2\x12.loom.agent.v1.RunH\x00R\x06failed\x121\n" +
+	" \x01(\v2\x12.loom.agent.v1.RunH\x00R\x06failed\x12.\n" +
+	"\awaiting\x18\f \x01(\v2\x12.loom.agent.v1.RunH\x00R\awaiting\x121\n" +
 	"\trun_usage\x18\v \x01(\v2\x14.loom.agent.v1.UsageR\brunUsageB\a\n" +
 	"\x05event\"1\n" +
 	"\n" +
@@ -5366,7 +5705,19 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x10DeleteRunRequest\x12\x1a\n" +
 	"\x02id\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x02id\"\x13\n" +
-	"\x11DeleteRunResponse\"\xdd\x01\n" +
+	"\x11DeleteRunResponse\"\x83\x01\n" +
+	"\x17SubmitToolResultRequest\x12!\n" +
+	"\x06run_id\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x05runId\x12E\n" +
+	"\aresults\x18\x02 \x03(\v2\x1f.loom.agent.v1.ClientToolResultB\n" +
+	"\xbaH\a\x92\x01\x04\b\x01\x10\x10R\aresults\"\x88\x01\n" +
+	"\x10ClientToolResult\x12#\n" +
+	"\acall_id\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x06callId\x12/\n" +
+	"\x06result\x18\x02 \x01(\v2\x17.google.protobuf.StructR\x06result\x12\x1e\n" +
+	"\x05error\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\x05error\"@\n" +
+	"\x18SubmitToolResultResponse\x12$\n" +
+	"\x03run\x18\x01 \x01(\v2\x12.loom.agent.v1.RunR\x03run\"\xdd\x01\n" +
 	"\x17SynthesizeSpeechRequest\x12\x1f\n" +
 	"\x04text\x18\x01 \x01(\tB\v\xbaH\br\x06\x10\x01(\x80\x80\x01R\x04text\x127\n" +
 	"\x05agent\x18\x02 \x01(\tB!\xbaH\x1er\x1c2\x1a^$|^[a-z][a-z0-9_-]{0,62}$R\x05agent\x12*\n" +
@@ -5468,13 +5819,14 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x16CHAOS_CODE_UNAVAILABLE\x10\x01\x12!\n" +
 	"\x1dCHAOS_CODE_RESOURCE_EXHAUSTED\x10\x02\x12 \n" +
 	"\x1cCHAOS_CODE_DEADLINE_EXCEEDED\x10\x03\x12\x17\n" +
-	"\x13CHAOS_CODE_INTERNAL\x10\x04*\x84\x01\n" +
+	"\x13CHAOS_CODE_INTERNAL\x10\x04*\xa5\x01\n" +
 	"\bRunState\x12\x19\n" +
 	"\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11RUN_STATE_RUNNING\x10\x01\x12\x17\n" +
 	"\x13RUN_STATE_SUCCEEDED\x10\x02\x12\x14\n" +
 	"\x10RUN_STATE_FAILED\x10\x03\x12\x17\n" +
-	"\x13RUN_STATE_CANCELLED\x10\x04*r\n" +
+	"\x13RUN_STATE_CANCELLED\x10\x04\x12\x1f\n" +
+	"\x1bRUN_STATE_WAITING_FOR_TOOLS\x10\x05*r\n" +
 	"\vAudioFormat\x12\x1c\n" +
 	"\x18AUDIO_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10AUDIO_FORMAT_WAV\x10\x01\x12\x14\n" +
@@ -5485,7 +5837,7 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x17VIDEO_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VIDEO_STATE_RENDERING\x10\x01\x12\x15\n" +
 	"\x11VIDEO_STATE_READY\x10\x02\x12\x16\n" +
-	"\x12VIDEO_STATE_FAILED\x10\x032\xf2\f\n" +
+	"\x12VIDEO_STATE_FAILED\x10\x032\xdd\r\n" +
 	"\fAgentService\x12Z\n" +
 	"\vCreateAgent\x12!.loom.agent.v1.CreateAgentRequest\x1a\".loom.agent.v1.CreateAgentResponse\"\x04\xc8\xf3\x18\x02\x12T\n" +
 	"\bGetAgent\x12\x1e.loom.agent.v1.GetAgentRequest\x1a\x1f.loom.agent.v1.GetAgentResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12Z\n" +
@@ -5494,7 +5846,8 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\vUpdateAgent\x12!.loom.agent.v1.UpdateAgentRequest\x1a\".loom.agent.v1.UpdateAgentResponse\"\x04\xc8\xf3\x18\x02\x12]\n" +
 	"\vDeleteAgent\x12!.loom.agent.v1.DeleteAgentRequest\x1a\".loom.agent.v1.DeleteAgentResponse\"\a\xc8\xf3\x18\x02\x90\x02\x02\x12B\n" +
 	"\x03Run\x12\x19.loom.agent.v1.RunRequest\x1a\x1a.loom.agent.v1.RunResponse\"\x04\xc8\xf3\x18\x02\x12V\n" +
-	"\tRunStream\x12\x1f.loom.agent.v1.RunStreamRequest\x1a .loom.agent.v1.RunStreamResponse\"\x04\xc8\xf3\x18\x020\x01\x12N\n" +
+	"\tRunStream\x12\x1f.loom.agent.v1.RunStreamRequest\x1a .loom.agent.v1.RunStreamResponse\"\x04\xc8\xf3\x18\x020\x01\x12i\n" +
+	"\x10SubmitToolResult\x12&.loom.agent.v1.SubmitToolResultRequest\x1a'.loom.agent.v1.SubmitToolResultResponse\"\x04\xc8\xf3\x18\x02\x12N\n" +
 	"\x06GetRun\x12\x1c.loom.agent.v1.GetRunRequest\x1a\x1d.loom.agent.v1.GetRunResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12T\n" +
 	"\bListRuns\x12\x1e.loom.agent.v1.ListRunsRequest\x1a\x1f.loom.agent.v1.ListRunsResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12T\n" +
 	"\tCancelRun\x12\x1f.loom.agent.v1.CancelRunRequest\x1a .loom.agent.v1.CancelRunResponse\"\x04\xc8\xf3\x18\x02\x12W\n" +
@@ -5522,7 +5875,7 @@ func file_loom_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_loom_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_loom_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 68)
+var file_loom_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 72)
 var file_loom_agent_v1_agent_proto_goTypes = []any{
 	(Provider)(0),                    // 0: loom.agent.v1.Provider
 	(VoiceProvider)(0),               // 1: loom.agent.v1.VoiceProvider
@@ -5534,223 +5887,240 @@ var file_loom_agent_v1_agent_proto_goTypes = []any{
 	(*SimScript)(nil),                // 7: loom.agent.v1.SimScript
 	(*SimTurn)(nil),                  // 8: loom.agent.v1.SimTurn
 	(*Tool)(nil),                     // 9: loom.agent.v1.Tool
-	(*McpTool)(nil),                  // 10: loom.agent.v1.McpTool
-	(*WebhookTool)(nil),              // 11: loom.agent.v1.WebhookTool
-	(*MemorySearchTool)(nil),         // 12: loom.agent.v1.MemorySearchTool
-	(*MemorySaveTool)(nil),           // 13: loom.agent.v1.MemorySaveTool
-	(*DelegateTool)(nil),             // 14: loom.agent.v1.DelegateTool
-	(*HttpFetchTool)(nil),            // 15: loom.agent.v1.HttpFetchTool
-	(*MemoryConfig)(nil),             // 16: loom.agent.v1.MemoryConfig
-	(*Budgets)(nil),                  // 17: loom.agent.v1.Budgets
-	(*Voice)(nil),                    // 18: loom.agent.v1.Voice
-	(*Agent)(nil),                    // 19: loom.agent.v1.Agent
-	(*Chaos)(nil),                    // 20: loom.agent.v1.Chaos
-	(*ToolCall)(nil),                 // 21: loom.agent.v1.ToolCall
-	(*ToolResult)(nil),               // 22: loom.agent.v1.ToolResult
-	(*Usage)(nil),                    // 23: loom.agent.v1.Usage
-	(*Step)(nil),                     // 24: loom.agent.v1.Step
-	(*Run)(nil),                      // 25: loom.agent.v1.Run
-	(*Price)(nil),                    // 26: loom.agent.v1.Price
-	(*CreateAgentRequest)(nil),       // 27: loom.agent.v1.CreateAgentRequest
-	(*CreateAgentResponse)(nil),      // 28: loom.agent.v1.CreateAgentResponse
-	(*GetAgentRequest)(nil),          // 29: loom.agent.v1.GetAgentRequest
-	(*GetAgentResponse)(nil),         // 30: loom.agent.v1.GetAgentResponse
-	(*ListAgentsRequest)(nil),        // 31: loom.agent.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),       // 32: loom.agent.v1.ListAgentsResponse
-	(*UpdateAgentRequest)(nil),       // 33: loom.agent.v1.UpdateAgentRequest
-	(*UpdateAgentResponse)(nil),      // 34: loom.agent.v1.UpdateAgentResponse
-	(*DeleteAgentRequest)(nil),       // 35: loom.agent.v1.DeleteAgentRequest
-	(*DeleteAgentResponse)(nil),      // 36: loom.agent.v1.DeleteAgentResponse
-	(*RunRequest)(nil),               // 37: loom.agent.v1.RunRequest
-	(*Attachment)(nil),               // 38: loom.agent.v1.Attachment
-	(*RunResponse)(nil),              // 39: loom.agent.v1.RunResponse
-	(*RunStreamRequest)(nil),         // 40: loom.agent.v1.RunStreamRequest
-	(*RunStreamResponse)(nil),        // 41: loom.agent.v1.RunStreamResponse
-	(*RunStarted)(nil),               // 42: loom.agent.v1.RunStarted
-	(*TextDelta)(nil),                // 43: loom.agent.v1.TextDelta
-	(*MemoryHits)(nil),               // 44: loom.agent.v1.MemoryHits
-	(*MemoryHit)(nil),                // 45: loom.agent.v1.MemoryHit
-	(*Warning)(nil),                  // 46: loom.agent.v1.Warning
-	(*GetRunRequest)(nil),            // 47: loom.agent.v1.GetRunRequest
-	(*GetRunResponse)(nil),           // 48: loom.agent.v1.GetRunResponse
-	(*ListRunsRequest)(nil),          // 49: loom.agent.v1.ListRunsRequest
-	(*ListRunsResponse)(nil),         // 50: loom.agent.v1.ListRunsResponse
-	(*CancelRunRequest)(nil),         // 51: loom.agent.v1.CancelRunRequest
-	(*CancelRunResponse)(nil),        // 52: loom.agent.v1.CancelRunResponse
-	(*DeleteRunRequest)(nil),         // 53: loom.agent.v1.DeleteRunRequest
-	(*DeleteRunResponse)(nil),        // 54: loom.agent.v1.DeleteRunResponse
-	(*SynthesizeSpeechRequest)(nil),  // 55: loom.agent.v1.SynthesizeSpeechRequest
-	(*SynthesizeSpeechResponse)(nil), // 56: loom.agent.v1.SynthesizeSpeechResponse
-	(*Video)(nil),                    // 57: loom.agent.v1.Video
-	(*CreateVideoRequest)(nil),       // 58: loom.agent.v1.CreateVideoRequest
-	(*CreateVideoResponse)(nil),      // 59: loom.agent.v1.CreateVideoResponse
-	(*GetVideoRequest)(nil),          // 60: loom.agent.v1.GetVideoRequest
-	(*GetVideoResponse)(nil),         // 61: loom.agent.v1.GetVideoResponse
-	(*GetUsageRequest)(nil),          // 62: loom.agent.v1.GetUsageRequest
-	(*UsageRow)(nil),                 // 63: loom.agent.v1.UsageRow
-	(*GetUsageResponse)(nil),         // 64: loom.agent.v1.GetUsageResponse
-	(*TenantBudget)(nil),             // 65: loom.agent.v1.TenantBudget
-	(*SetTenantBudgetRequest)(nil),   // 66: loom.agent.v1.SetTenantBudgetRequest
-	(*SetTenantBudgetResponse)(nil),  // 67: loom.agent.v1.SetTenantBudgetResponse
-	(*GetTenantBudgetRequest)(nil),   // 68: loom.agent.v1.GetTenantBudgetRequest
-	(*GetTenantBudgetResponse)(nil),  // 69: loom.agent.v1.GetTenantBudgetResponse
-	(*EstimateRunRequest)(nil),       // 70: loom.agent.v1.EstimateRunRequest
-	(*EstimateRunResponse)(nil),      // 71: loom.agent.v1.EstimateRunResponse
-	(*Estimate)(nil),                 // 72: loom.agent.v1.Estimate
-	(*Bounds)(nil),                   // 73: loom.agent.v1.Bounds
-	(*durationpb.Duration)(nil),      // 74: google.protobuf.Duration
-	(*structpb.Struct)(nil),          // 75: google.protobuf.Struct
-	(*v1.Money)(nil),                 // 76: loom.cost.v1.Money
-	(*timestamppb.Timestamp)(nil),    // 77: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),    // 78: google.protobuf.FieldMask
+	(*ClientTool)(nil),               // 10: loom.agent.v1.ClientTool
+	(*McpTool)(nil),                  // 11: loom.agent.v1.McpTool
+	(*WebhookTool)(nil),              // 12: loom.agent.v1.WebhookTool
+	(*MemorySearchTool)(nil),         // 13: loom.agent.v1.MemorySearchTool
+	(*MemorySaveTool)(nil),           // 14: loom.agent.v1.MemorySaveTool
+	(*DelegateTool)(nil),             // 15: loom.agent.v1.DelegateTool
+	(*HttpFetchTool)(nil),            // 16: loom.agent.v1.HttpFetchTool
+	(*MemoryConfig)(nil),             // 17: loom.agent.v1.MemoryConfig
+	(*Budgets)(nil),                  // 18: loom.agent.v1.Budgets
+	(*Voice)(nil),                    // 19: loom.agent.v1.Voice
+	(*Agent)(nil),                    // 20: loom.agent.v1.Agent
+	(*Chaos)(nil),                    // 21: loom.agent.v1.Chaos
+	(*ToolCall)(nil),                 // 22: loom.agent.v1.ToolCall
+	(*ToolResult)(nil),               // 23: loom.agent.v1.ToolResult
+	(*Usage)(nil),                    // 24: loom.agent.v1.Usage
+	(*Step)(nil),                     // 25: loom.agent.v1.Step
+	(*Run)(nil),                      // 26: loom.agent.v1.Run
+	(*Price)(nil),                    // 27: loom.agent.v1.Price
+	(*CreateAgentRequest)(nil),       // 28: loom.agent.v1.CreateAgentRequest
+	(*CreateAgentResponse)(nil),      // 29: loom.agent.v1.CreateAgentResponse
+	(*GetAgentRequest)(nil),          // 30: loom.agent.v1.GetAgentRequest
+	(*GetAgentResponse)(nil),         // 31: loom.agent.v1.GetAgentResponse
+	(*ListAgentsRequest)(nil),        // 32: loom.agent.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),       // 33: loom.agent.v1.ListAgentsResponse
+	(*UpdateAgentRequest)(nil),       // 34: loom.agent.v1.UpdateAgentRequest
+	(*UpdateAgentResponse)(nil),      // 35: loom.agent.v1.UpdateAgentResponse
+	(*DeleteAgentRequest)(nil),       // 36: loom.agent.v1.DeleteAgentRequest
+	(*DeleteAgentResponse)(nil),      // 37: loom.agent.v1.DeleteAgentResponse
+	(*RunRequest)(nil),               // 38: loom.agent.v1.RunRequest
+	(*Attachment)(nil),               // 39: loom.agent.v1.Attachment
+	(*RunResponse)(nil),              // 40: loom.agent.v1.RunResponse
+	(*RunStreamRequest)(nil),         // 41: loom.agent.v1.RunStreamRequest
+	(*RunStreamResponse)(nil),        // 42: loom.agent.v1.RunStreamResponse
+	(*RunStarted)(nil),               // 43: loom.agent.v1.RunStarted
+	(*TextDelta)(nil),                // 44: loom.agent.v1.TextDelta
+	(*MemoryHits)(nil),               // 45: loom.agent.v1.MemoryHits
+	(*MemoryHit)(nil),                // 46: loom.agent.v1.MemoryHit
+	(*Warning)(nil),                  // 47: loom.agent.v1.Warning
+	(*GetRunRequest)(nil),            // 48: loom.agent.v1.GetRunRequest
+	(*GetRunResponse)(nil),           // 49: loom.agent.v1.GetRunResponse
+	(*ListRunsRequest)(nil),          // 50: loom.agent.v1.ListRunsRequest
+	(*ListRunsResponse)(nil),         // 51: loom.agent.v1.ListRunsResponse
+	(*CancelRunRequest)(nil),         // 52: loom.agent.v1.CancelRunRequest
+	(*CancelRunResponse)(nil),        // 53: loom.agent.v1.CancelRunResponse
+	(*DeleteRunRequest)(nil),         // 54: loom.agent.v1.DeleteRunRequest
+	(*DeleteRunResponse)(nil),        // 55: loom.agent.v1.DeleteRunResponse
+	(*SubmitToolResultRequest)(nil),  // 56: loom.agent.v1.SubmitToolResultRequest
+	(*ClientToolResult)(nil),         // 57: loom.agent.v1.ClientToolResult
+	(*SubmitToolResultResponse)(nil), // 58: loom.agent.v1.SubmitToolResultResponse
+	(*SynthesizeSpeechRequest)(nil),  // 59: loom.agent.v1.SynthesizeSpeechRequest
+	(*SynthesizeSpeechResponse)(nil), // 60: loom.agent.v1.SynthesizeSpeechResponse
+	(*Video)(nil),                    // 61: loom.agent.v1.Video
+	(*CreateVideoRequest)(nil),       // 62: loom.agent.v1.CreateVideoRequest
+	(*CreateVideoResponse)(nil),      // 63: loom.agent.v1.CreateVideoResponse
+	(*GetVideoRequest)(nil),          // 64: loom.agent.v1.GetVideoRequest
+	(*GetVideoResponse)(nil),         // 65: loom.agent.v1.GetVideoResponse
+	(*GetUsageRequest)(nil),          // 66: loom.agent.v1.GetUsageRequest
+	(*UsageRow)(nil),                 // 67: loom.agent.v1.UsageRow
+	(*GetUsageResponse)(nil),         // 68: loom.agent.v1.GetUsageResponse
+	(*TenantBudget)(nil),             // 69: loom.agent.v1.TenantBudget
+	(*SetTenantBudgetRequest)(nil),   // 70: loom.agent.v1.SetTenantBudgetRequest
+	(*SetTenantBudgetResponse)(nil),  // 71: loom.agent.v1.SetTenantBudgetResponse
+	(*GetTenantBudgetRequest)(nil),   // 72: loom.agent.v1.GetTenantBudgetRequest
+	(*GetTenantBudgetResponse)(nil),  // 73: loom.agent.v1.GetTenantBudgetResponse
+	(*EstimateRunRequest)(nil),       // 74: loom.agent.v1.EstimateRunRequest
+	(*EstimateRunResponse)(nil),      // 75: loom.agent.v1.EstimateRunResponse
+	(*Estimate)(nil),                 // 76: loom.agent.v1.Estimate
+	(*Bounds)(nil),                   // 77: loom.agent.v1.Bounds
+	(*durationpb.Duration)(nil),      // 78: google.protobuf.Duration
+	(*structpb.Struct)(nil),          // 79: google.protobuf.Struct
+	(*v1.Money)(nil),                 // 80: loom.cost.v1.Money
+	(*timestamppb.Timestamp)(nil),    // 81: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),    // 82: google.protobuf.FieldMask
 }
 var file_loom_agent_v1_agent_proto_depIdxs = []int32{
 	0,   // 0: loom.agent.v1.Model.provider:type_name -> loom.agent.v1.Provider
 	7,   // 1: loom.agent.v1.Model.sim:type_name -> loom.agent.v1.SimScript
 	8,   // 2: loom.agent.v1.SimScript.turns:type_name -> loom.agent.v1.SimTurn
-	74,  // 3: loom.agent.v1.SimScript.latency:type_name -> google.protobuf.Duration
-	21,  // 4: loom.agent.v1.SimTurn.tool_calls:type_name -> loom.agent.v1.ToolCall
-	12,  // 5: loom.agent.v1.Tool.memory_search:type_name -> loom.agent.v1.MemorySearchTool
-	13,  // 6: loom.agent.v1.Tool.memory_save:type_name -> loom.agent.v1.MemorySaveTool
-	14,  // 7: loom.agent.v1.Tool.delegate:type_name -> loom.agent.v1.DelegateTool
-	15,  // 8: loom.agent.v1.Tool.http_fetch:type_name -> loom.agent.v1.HttpFetchTool
-	11,  // 9: loom.agent.v1.Tool.webhook:type_name -> loom.agent.v1.WebhookTool
-	10,  // 10: loom.agent.v1.Tool.mcp:type_name -> loom.agent.v1.McpTool
-	74,  // 11: loom.agent.v1.McpTool.timeout:type_name -> google.protobuf.Duration
-	75,  // 12: loom.agent.v1.WebhookTool.parameters:type_name -> google.protobuf.Struct
-	74,  // 13: loom.agent.v1.WebhookTool.timeout:type_name -> google.protobuf.Duration
-	74,  // 14: loom.agent.v1.Budgets.max_duration:type_name -> google.protobuf.Duration
-	76,  // 15: loom.agent.v1.Budgets.max_cost:type_name -> loom.cost.v1.Money
-	1,   // 16: loom.agent.v1.Voice.provider:type_name -> loom.agent.v1.VoiceProvider
-	6,   // 17: loom.agent.v1.Agent.model:type_name -> loom.agent.v1.Model
-	9,   // 18: loom.agent.v1.Agent.tools:type_name -> loom.agent.v1.Tool
-	16,  // 19: loom.agent.v1.Agent.memory:type_name -> loom.agent.v1.MemoryConfig
-	17,  // 20: loom.agent.v1.Agent.budgets:type_name -> loom.agent.v1.Budgets
-	18,  // 21: loom.agent.v1.Agent.voice:type_name -> loom.agent.v1.Voice
-	77,  // 22: loom.agent.v1.Agent.create_time:type_name -> google.protobuf.Timestamp
-	77,  // 23: loom.agent.v1.Agent.update_time:type_name -> google.protobuf.Timestamp
-	20,  // 24: loom.agent.v1.Agent.chaos:type_name -> loom.agent.v1.Chaos
-	2,   // 25: loom.agent.v1.Chaos.code:type_name -> loom.agent.v1.ChaosCode
-	74,  // 26: loom.agent.v1.Chaos.latency_min:type_name -> google.protobuf.Duration
-	74,  // 27: loom.agent.v1.Chaos.latency_max:type_name -> google.protobuf.Duration
-	75,  // 28: loom.agent.v1.ToolCall.arguments:type_name -> google.protobuf.Struct
-	75,  // 29: loom.agent.v1.ToolResult.result:type_name -> google.protobuf.Struct
-	23,  // 30: loom.agent.v1.ToolResult.usage:type_name -> loom.agent.v1.Usage
-	76,  // 31: loom.agent.v1.Usage.cost:type_name -> loom.cost.v1.Money
-	21,  // 32: loom.agent.v1.Step.tool_calls:type_name -> loom.agent.v1.ToolCall
-	22,  // 33: loom.agent.v1.Step.tool_results:type_name -> loom.agent.v1.ToolResult
-	23,  // 34: loom.agent.v1.Step.usage:type_name -> loom.agent.v1.Usage
-	74,  // 35: loom.agent.v1.Step.latency:type_name -> google.protobuf.Duration
-	23,  // 36: loom.agent.v1.Step.delegated_usage:type_name -> loom.agent.v1.Usage
-	3,   // 37: loom.agent.v1.Run.state:type_name -> loom.agent.v1.RunState
-	24,  // 38: loom.agent.v1.Run.steps:type_name -> loom.agent.v1.Step
-	23,  // 39: loom.agent.v1.Run.usage:type_name -> loom.agent.v1.Usage
-	0,   // 40: loom.agent.v1.Run.provider:type_name -> loom.agent.v1.Provider
-	77,  // 41: loom.agent.v1.Run.create_time:type_name -> google.protobuf.Timestamp
-	77,  // 42: loom.agent.v1.Run.end_time:type_name -> google.protobuf.Timestamp
-	26,  // 43: loom.agent.v1.Run.price:type_name -> loom.agent.v1.Price
-	76,  // 44: loom.agent.v1.Price.input_per_million:type_name -> loom.cost.v1.Money
-	76,  // 45: loom.agent.v1.Price.output_per_million:type_name -> loom.cost.v1.Money
-	76,  // 46: loom.agent.v1.Price.cached_input_per_million:type_name -> loom.cost.v1.Money
-	19,  // 47: loom.agent.v1.CreateAgentRequest.agent:type_name -> loom.agent.v1.Agent
-	19,  // 48: loom.agent.v1.CreateAgentResponse.agent:type_name -> loom.agent.v1.Agent
-	19,  // 49: loom.agent.v1.GetAgentResponse.agent:type_name -> loom.agent.v1.Agent
-	19,  // 50: loom.agent.v1.ListAgentsResponse.agents:type_name -> loom.agent.v1.Agent
-	19,  // 51: loom.agent.v1.UpdateAgentRequest.agent:type_name -> loom.agent.v1.Agent
-	78,  // 52: loom.agent.v1.UpdateAgentRequest.update_mask:type_name -> google.protobuf.FieldMask
-	19,  // 53: loom.agent.v1.UpdateAgentResponse.agent:type_name -> loom.agent.v1.Agent
-	38,  // 54: loom.agent.v1.RunRequest.attachments:type_name -> loom.agent.v1.Attachment
-	20,  // 55: loom.agent.v1.RunRequest.chaos:type_name -> loom.agent.v1.Chaos
-	25,  // 56: loom.agent.v1.RunResponse.run:type_name -> loom.agent.v1.Run
-	38,  // 57: loom.agent.v1.RunStreamRequest.attachments:type_name -> loom.agent.v1.Attachment
-	20,  // 58: loom.agent.v1.RunStreamRequest.chaos:type_name -> loom.agent.v1.Chaos
-	42,  // 59: loom.agent.v1.RunStreamResponse.started:type_name -> loom.agent.v1.RunStarted
-	43,  // 60: loom.agent.v1.RunStreamResponse.text_delta:type_name -> loom.agent.v1.TextDelta
-	21,  // 61: loom.agent.v1.RunStreamResponse.tool_call:type_name -> loom.agent.v1.ToolCall
-	22,  // 62: loom.agent.v1.RunStreamResponse.tool_result:type_name -> loom.agent.v1.ToolResult
-	44,  // 63: loom.agent.v1.RunStreamResponse.memory_hits:type_name -> loom.agent.v1.MemoryHits
-	23,  // 64: loom.agent.v1.RunStreamResponse.usage:type_name -> loom.agent.v1.Usage
-	46,  // 65: loom.agent.v1.RunStreamResponse.warning:type_name -> loom.agent.v1.Warning
-	25,  // 66: loom.agent.v1.RunStreamResponse.completed:type_name -> loom.agent.v1.Run
-	25,  // 67: loom.agent.v1.RunStreamResponse.failed:type_name -> loom.agent.v1.Run
-	23,  // 68: loom.agent.v1.RunStreamResponse.run_usage:type_name -> loom.agent.v1.Usage
-	45,  // 69: loom.agent.v1.MemoryHits.hits:type_name -> loom.agent.v1.MemoryHit
-	25,  // 70: loom.agent.v1.GetRunResponse.run:type_name -> loom.agent.v1.Run
-	77,  // 71: loom.agent.v1.ListRunsRequest.start_time:type_name -> google.protobuf.Timestamp
-	77,  // 72: loom.agent.v1.ListRunsRequest.end_time:type_name -> google.protobuf.Timestamp
-	25,  // 73: loom.agent.v1.ListRunsResponse.runs:type_name -> loom.agent.v1.Run
-	25,  // 74: loom.agent.v1.CancelRunResponse.run:type_name -> loom.agent.v1.Run
-	18,  // 75: loom.agent.v1.SynthesizeSpeechRequest.voice:type_name -> loom.agent.v1.Voice
-	4,   // 76: loom.agent.v1.SynthesizeSpeechRequest.format:type_name -> loom.agent.v1.AudioFormat
-	5,   // 77: loom.agent.v1.Video.state:type_name -> loom.agent.v1.VideoState
-	77,  // 78: loom.agent.v1.Video.create_time:type_name -> google.protobuf.Timestamp
-	57,  // 79: loom.agent.v1.CreateVideoResponse.video:type_name -> loom.agent.v1.Video
-	57,  // 80: loom.agent.v1.GetVideoResponse.video:type_name -> loom.agent.v1.Video
-	77,  // 81: loom.agent.v1.GetUsageRequest.start_time:type_name -> google.protobuf.Timestamp
-	77,  // 82: loom.agent.v1.GetUsageRequest.end_time:type_name -> google.protobuf.Timestamp
-	0,   // 83: loom.agent.v1.UsageRow.provider:type_name -> loom.agent.v1.Provider
-	23,  // 84: loom.agent.v1.UsageRow.usage:type_name -> loom.agent.v1.Usage
-	63,  // 85: loom.agent.v1.GetUsageResponse.rows:type_name -> loom.agent.v1.UsageRow
-	23,  // 86: loom.agent.v1.GetUsageResponse.total:type_name -> loom.agent.v1.Usage
-	76,  // 87: loom.agent.v1.TenantBudget.max_cost_per_run:type_name -> loom.cost.v1.Money
-	76,  // 88: loom.agent.v1.TenantBudget.max_cost_per_day:type_name -> loom.cost.v1.Money
-	76,  // 89: loom.agent.v1.TenantBudget.max_cost_per_month:type_name -> loom.cost.v1.Money
-	65,  // 90: loom.agent.v1.SetTenantBudgetRequest.budget:type_name -> loom.agent.v1.TenantBudget
-	65,  // 91: loom.agent.v1.SetTenantBudgetResponse.budget:type_name -> loom.agent.v1.TenantBudget
-	65,  // 92: loom.agent.v1.GetTenantBudgetResponse.budget:type_name -> loom.agent.v1.TenantBudget
-	23,  // 93: loom.agent.v1.GetTenantBudgetResponse.day:type_name -> loom.agent.v1.Usage
-	23,  // 94: loom.agent.v1.GetTenantBudgetResponse.month:type_name -> loom.agent.v1.Usage
-	72,  // 95: loom.agent.v1.EstimateRunResponse.estimate:type_name -> loom.agent.v1.Estimate
-	76,  // 96: loom.agent.v1.Estimate.cost_p50:type_name -> loom.cost.v1.Money
-	76,  // 97: loom.agent.v1.Estimate.cost_p90:type_name -> loom.cost.v1.Money
-	76,  // 98: loom.agent.v1.Estimate.cost_p99:type_name -> loom.cost.v1.Money
-	74,  // 99: loom.agent.v1.Estimate.duration_p50:type_name -> google.protobuf.Duration
-	74,  // 100: loom.agent.v1.Estimate.duration_p90:type_name -> google.protobuf.Duration
-	74,  // 101: loom.agent.v1.Estimate.duration_p99:type_name -> google.protobuf.Duration
-	73,  // 102: loom.agent.v1.Estimate.bounds:type_name -> loom.agent.v1.Bounds
-	76,  // 103: loom.agent.v1.Bounds.max_cost:type_name -> loom.cost.v1.Money
-	74,  // 104: loom.agent.v1.Bounds.max_duration:type_name -> google.protobuf.Duration
-	27,  // 105: loom.agent.v1.AgentService.CreateAgent:input_type -> loom.agent.v1.CreateAgentRequest
-	29,  // 106: loom.agent.v1.AgentService.GetAgent:input_type -> loom.agent.v1.GetAgentRequest
-	31,  // 107: loom.agent.v1.AgentService.ListAgents:input_type -> loom.agent.v1.ListAgentsRequest
-	33,  // 108: loom.agent.v1.AgentService.UpdateAgent:input_type -> loom.agent.v1.UpdateAgentRequest
-	35,  // 109: loom.agent.v1.AgentService.DeleteAgent:input_type -> loom.agent.v1.DeleteAgentRequest
-	37,  // 110: loom.agent.v1.AgentService.Run:input_type -> loom.agent.v1.RunRequest
-	40,  // 111: loom.agent.v1.AgentService.RunStream:input_type -> loom.agent.v1.RunStreamRequest
-	47,  // 112: loom.agent.v1.AgentService.GetRun:input_type -> loom.agent.v1.GetRunRequest
-	49,  // 113: loom.agent.v1.AgentService.ListRuns:input_type -> loom.agent.v1.ListRunsRequest
-	51,  // 114: loom.agent.v1.AgentService.CancelRun:input_type -> loom.agent.v1.CancelRunRequest
-	53,  // 115: loom.agent.v1.AgentService.DeleteRun:input_type -> loom.agent.v1.DeleteRunRequest
-	55,  // 116: loom.agent.v1.AgentService.SynthesizeSpeech:input_type -> loom.agent.v1.SynthesizeSpeechRequest
-	58,  // 117: loom.agent.v1.AgentService.CreateVideo:input_type -> loom.agent.v1.CreateVideoRequest
-	60,  // 118: loom.agent.v1.AgentService.GetVideo:input_type -> loom.agent.v1.GetVideoRequest
-	62,  // 119: loom.agent.v1.AgentService.GetUsage:input_type -> loom.agent.v1.GetUsageRequest
-	66,  // 120: loom.agent.v1.AgentService.SetTenantBudget:input_type -> loom.agent.v1.SetTenantBudgetRequest
-	68,  // 121: loom.agent.v1.AgentService.GetTenantBudget:input_type -> loom.agent.v1.GetTenantBudgetRequest
-	70,  // 122: loom.agent.v1.AgentService.EstimateRun:input_type -> loom.agent.v1.EstimateRunRequest
-	28,  // 123: loom.agent.v1.AgentService.CreateAgent:output_type -> loom.agent.v1.CreateAgentResponse
-	30,  // 124: loom.agent.v1.AgentService.GetAgent:output_type -> loom.agent.v1.GetAgentResponse
-	32,  // 125: loom.agent.v1.AgentService.ListAgents:output_type -> loom.agent.v1.ListAgentsResponse
-	34,  // 126: loom.agent.v1.AgentService.UpdateAgent:output_type -> loom.agent.v1.UpdateAgentResponse
-	36,  // 127: loom.agent.v1.AgentService.DeleteAgent:output_type -> loom.agent.v1.DeleteAgentResponse
-	39,  // 128: loom.agent.v1.AgentService.Run:output_type -> loom.agent.v1.RunResponse
-	41,  // 129: loom.agent.v1.AgentService.RunStream:output_type -> loom.agent.v1.RunStreamResponse
-	48,  // 130: loom.agent.v1.AgentService.GetRun:output_type -> loom.agent.v1.GetRunResponse
-	50,  // 131: loom.agent.v1.AgentService.ListRuns:output_type -> loom.agent.v1.ListRunsResponse
-	52,  // 132: loom.agent.v1.AgentService.CancelRun:output_type -> loom.agent.v1.CancelRunResponse
-	54,  // 133: loom.agent.v1.AgentService.DeleteRun:output_type -> loom.agent.v1.DeleteRunResponse
-	56,  // 134: loom.agent.v1.AgentService.SynthesizeSpeech:output_type -> loom.agent.v1.SynthesizeSpeechResponse
-	59,  // 135: loom.agent.v1.AgentService.CreateVideo:output_type -> loom.agent.v1.CreateVideoResponse
-	61,  // 136: loom.agent.v1.AgentService.GetVideo:output_type -> loom.agent.v1.GetVideoResponse
-	64,  // 137: loom.agent.v1.AgentService.GetUsage:output_type -> loom.agent.v1.GetUsageResponse
-	67,  // 138: loom.agent.v1.AgentService.SetTenantBudget:output_type -> loom.agent.v1.SetTenantBudgetResponse
-	69,  // 139: loom.agent.v1.AgentService.GetTenantBudget:output_type -> loom.agent.v1.GetTenantBudgetResponse
-	71,  // 140: loom.agent.v1.AgentService.EstimateRun:output_type -> loom.agent.v1.EstimateRunResponse
-	123, // [123:141] is the sub-list for method output_type
-	105, // [105:123] is the sub-list for method input_type
-	105, // [105:105] is the sub-list for extension type_name
-	105, // [105:105] is the sub-list for extension extendee
-	0,   // [0:105] is the sub-list for field type_name
+	78,  // 3: loom.agent.v1.SimScript.latency:type_name -> google.protobuf.Duration
+	22,  // 4: loom.agent.v1.SimTurn.tool_calls:type_name -> loom.agent.v1.ToolCall
+	13,  // 5: loom.agent.v1.Tool.memory_search:type_name -> loom.agent.v1.MemorySearchTool
+	14,  // 6: loom.agent.v1.Tool.memory_save:type_name -> loom.agent.v1.MemorySaveTool
+	15,  // 7: loom.agent.v1.Tool.delegate:type_name -> loom.agent.v1.DelegateTool
+	16,  // 8: loom.agent.v1.Tool.http_fetch:type_name -> loom.agent.v1.HttpFetchTool
+	12,  // 9: loom.agent.v1.Tool.webhook:type_name -> loom.agent.v1.WebhookTool
+	11,  // 10: loom.agent.v1.Tool.mcp:type_name -> loom.agent.v1.McpTool
+	10,  // 11: loom.agent.v1.Tool.client:type_name -> loom.agent.v1.ClientTool
+	79,  // 12: loom.agent.v1.ClientTool.parameters:type_name -> google.protobuf.Struct
+	78,  // 13: loom.agent.v1.ClientTool.timeout:type_name -> google.protobuf.Duration
+	78,  // 14: loom.agent.v1.McpTool.timeout:type_name -> google.protobuf.Duration
+	79,  // 15: loom.agent.v1.WebhookTool.parameters:type_name -> google.protobuf.Struct
+	78,  // 16: loom.agent.v1.WebhookTool.timeout:type_name -> google.protobuf.Duration
+	78,  // 17: loom.agent.v1.Budgets.max_duration:type_name -> google.protobuf.Duration
+	80,  // 18: loom.agent.v1.Budgets.max_cost:type_name -> loom.cost.v1.Money
+	1,   // 19: loom.agent.v1.Voice.provider:type_name -> loom.agent.v1.VoiceProvider
+	6,   // 20: loom.agent.v1.Agent.model:type_name -> loom.agent.v1.Model
+	9,   // 21: loom.agent.v1.Agent.tools:type_name -> loom.agent.v1.Tool
+	17,  // 22: loom.agent.v1.Agent.memory:type_name -> loom.agent.v1.MemoryConfig
+	18,  // 23: loom.agent.v1.Agent.budgets:type_name -> loom.agent.v1.Budgets
+	19,  // 24: loom.agent.v1.Agent.voice:type_name -> loom.agent.v1.Voice
+	81,  // 25: loom.agent.v1.Agent.create_time:type_name -> google.protobuf.Timestamp
+	81,  // 26: loom.agent.v1.Agent.update_time:type_name -> google.protobuf.Timestamp
+	21,  // 27: loom.agent.v1.Agent.chaos:type_name -> loom.agent.v1.Chaos
+	2,   // 28: loom.agent.v1.Chaos.code:type_name -> loom.agent.v1.ChaosCode
+	78,  // 29: loom.agent.v1.Chaos.latency_min:type_name -> google.protobuf.Duration
+	78,  // 30: loom.agent.v1.Chaos.latency_max:type_name -> google.protobuf.Duration
+	79,  // 31: loom.agent.v1.ToolCall.arguments:type_name -> google.protobuf.Struct
+	79,  // 32: loom.agent.v1.ToolResult.result:type_name -> google.protobuf.Struct
+	24,  // 33: loom.agent.v1.ToolResult.usage:type_name -> loom.agent.v1.Usage
+	80,  // 34: loom.agent.v1.Usage.cost:type_name -> loom.cost.v1.Money
+	22,  // 35: loom.agent.v1.Step.tool_calls:type_name -> loom.agent.v1.ToolCall
+	23,  // 36: loom.agent.v1.Step.tool_results:type_name -> loom.agent.v1.ToolResult
+	24,  // 37: loom.agent.v1.Step.usage:type_name -> loom.agent.v1.Usage
+	78,  // 38: loom.agent.v1.Step.latency:type_name -> google.protobuf.Duration
+	24,  // 39: loom.agent.v1.Step.delegated_usage:type_name -> loom.agent.v1.Usage
+	3,   // 40: loom.agent.v1.Run.state:type_name -> loom.agent.v1.RunState
+	25,  // 41: loom.agent.v1.Run.steps:type_name -> loom.agent.v1.Step
+	24,  // 42: loom.agent.v1.Run.usage:type_name -> loom.agent.v1.Usage
+	0,   // 43: loom.agent.v1.Run.provider:type_name -> loom.agent.v1.Provider
+	81,  // 44: loom.agent.v1.Run.create_time:type_name -> google.protobuf.Timestamp
+	81,  // 45: loom.agent.v1.Run.end_time:type_name -> google.protobuf.Timestamp
+	27,  // 46: loom.agent.v1.Run.price:type_name -> loom.agent.v1.Price
+	22,  // 47: loom.agent.v1.Run.pending_tool_calls:type_name -> loom.agent.v1.ToolCall
+	81,  // 48: loom.agent.v1.Run.wait_deadline:type_name -> google.protobuf.Timestamp
+	80,  // 49: loom.agent.v1.Price.input_per_million:type_name -> loom.cost.v1.Money
+	80,  // 50: loom.agent.v1.Price.output_per_million:type_name -> loom.cost.v1.Money
+	80,  // 51: loom.agent.v1.Price.cached_input_per_million:type_name -> loom.cost.v1.Money
+	20,  // 52: loom.agent.v1.CreateAgentRequest.agent:type_name -> loom.agent.v1.Agent
+	20,  // 53: loom.agent.v1.CreateAgentResponse.agent:type_name -> loom.agent.v1.Agent
+	20,  // 54: loom.agent.v1.GetAgentResponse.agent:type_name -> loom.agent.v1.Agent
+	20,  // 55: loom.agent.v1.ListAgentsResponse.agents:type_name -> loom.agent.v1.Agent
+	20,  // 56: loom.agent.v1.UpdateAgentRequest.agent:type_name -> loom.agent.v1.Agent
+	82,  // 57: loom.agent.v1.UpdateAgentRequest.update_mask:type_name -> google.protobuf.FieldMask
+	20,  // 58: loom.agent.v1.UpdateAgentResponse.agent:type_name -> loom.agent.v1.Agent
+	39,  // 59: loom.agent.v1.RunRequest.attachments:type_name -> loom.agent.v1.Attachment
+	21,  // 60: loom.agent.v1.RunRequest.chaos:type_name -> loom.agent.v1.Chaos
+	10,  // 61: loom.agent.v1.RunRequest.client_tools:type_name -> loom.agent.v1.ClientTool
+	26,  // 62: loom.agent.v1.RunResponse.run:type_name -> loom.agent.v1.Run
+	39,  // 63: loom.agent.v1.RunStreamRequest.attachments:type_name -> loom.agent.v1.Attachment
+	21,  // 64: loom.agent.v1.RunStreamRequest.chaos:type_name -> loom.agent.v1.Chaos
+	10,  // 65: loom.agent.v1.RunStreamRequest.client_tools:type_name -> loom.agent.v1.ClientTool
+	43,  // 66: loom.agent.v1.RunStreamResponse.started:type_name -> loom.agent.v1.RunStarted
+	44,  // 67: loom.agent.v1.RunStreamResponse.text_delta:type_name -> loom.agent.v1.TextDelta
+	22,  // 68: loom.agent.v1.RunStreamResponse.tool_call:type_name -> loom.agent.v1.ToolCall
+	23,  // 69: loom.agent.v1.RunStreamResponse.tool_result:type_name -> loom.agent.v1.ToolResult
+	45,  // 70: loom.agent.v1.RunStreamResponse.memory_hits:type_name -> loom.agent.v1.MemoryHits
+	24,  // 71: loom.agent.v1.RunStreamResponse.usage:type_name -> loom.agent.v1.Usage
+	47,  // 72: loom.agent.v1.RunStreamResponse.warning:type_name -> loom.agent.v1.Warning
+	26,  // 73: loom.agent.v1.RunStreamResponse.completed:type_name -> loom.agent.v1.Run
+	26,  // 74: loom.agent.v1.RunStreamResponse.failed:type_name -> loom.agent.v1.Run
+	26,  // 75: loom.agent.v1.RunStreamResponse.waiting:type_name -> loom.agent.v1.Run
+	24,  // 76: loom.agent.v1.RunStreamResponse.run_usage:type_name -> loom.agent.v1.Usage
+	46,  // 77: loom.agent.v1.MemoryHits.hits:type_name -> loom.agent.v1.MemoryHit
+	26,  // 78: loom.agent.v1.GetRunResponse.run:type_name -> loom.agent.v1.Run
+	81,  // 79: loom.agent.v1.ListRunsRequest.start_time:type_name -> google.protobuf.Timestamp
+	81,  // 80: loom.agent.v1.ListRunsRequest.end_time:type_name -> google.protobuf.Timestamp
+	26,  // 81: loom.agent.v1.ListRunsResponse.runs:type_name -> loom.agent.v1.Run
+	26,  // 82: loom.agent.v1.CancelRunResponse.run:type_name -> loom.agent.v1.Run
+	57,  // 83: loom.agent.v1.SubmitToolResultRequest.results:type_name -> loom.agent.v1.ClientToolResult
+	79,  // 84: loom.agent.v1.ClientToolResult.result:type_name -> google.protobuf.Struct
+	26,  // 85: loom.agent.v1.SubmitToolResultResponse.run:type_name -> loom.agent.v1.Run
+	19,  // 86: loom.agent.v1.SynthesizeSpeechRequest.voice:type_name -> loom.agent.v1.Voice
+	4,   // 87: loom.agent.v1.SynthesizeSpeechRequest.format:type_name -> loom.agent.v1.AudioFormat
+	5,   // 88: loom.agent.v1.Video.state:type_name -> loom.agent.v1.VideoState
+	81,  // 89: loom.agent.v1.Video.create_time:type_name -> google.protobuf.Timestamp
+	61,  // 90: loom.agent.v1.CreateVideoResponse.video:type_name -> loom.agent.v1.Video
+	61,  // 91: loom.agent.v1.GetVideoResponse.video:type_name -> loom.agent.v1.Video
+	81,  // 92: loom.agent.v1.GetUsageRequest.start_time:type_name -> google.protobuf.Timestamp
+	81,  // 93: loom.agent.v1.GetUsageRequest.end_time:type_name -> google.protobuf.Timestamp
+	0,   // 94: loom.agent.v1.UsageRow.provider:type_name -> loom.agent.v1.Provider
+	24,  // 95: loom.agent.v1.UsageRow.usage:type_name -> loom.agent.v1.Usage
+	67,  // 96: loom.agent.v1.GetUsageResponse.rows:type_name -> loom.agent.v1.UsageRow
+	24,  // 97: loom.agent.v1.GetUsageResponse.total:type_name -> loom.agent.v1.Usage
+	80,  // 98: loom.agent.v1.TenantBudget.max_cost_per_run:type_name -> loom.cost.v1.Money
+	80,  // 99: loom.agent.v1.TenantBudget.max_cost_per_day:type_name -> loom.cost.v1.Money
+	80,  // 100: loom.agent.v1.TenantBudget.max_cost_per_month:type_name -> loom.cost.v1.Money
+	69,  // 101: loom.agent.v1.SetTenantBudgetRequest.budget:type_name -> loom.agent.v1.TenantBudget
+	69,  // 102: loom.agent.v1.SetTenantBudgetResponse.budget:type_name -> loom.agent.v1.TenantBudget
+	69,  // 103: loom.agent.v1.GetTenantBudgetResponse.budget:type_name -> loom.agent.v1.TenantBudget
+	24,  // 104: loom.agent.v1.GetTenantBudgetResponse.day:type_name -> loom.agent.v1.Usage
+	24,  // 105: loom.agent.v1.GetTenantBudgetResponse.month:type_name -> loom.agent.v1.Usage
+	76,  // 106: loom.agent.v1.EstimateRunResponse.estimate:type_name -> loom.agent.v1.Estimate
+	80,  // 107: loom.agent.v1.Estimate.cost_p50:type_name -> loom.cost.v1.Money
+	80,  // 108: loom.agent.v1.Estimate.cost_p90:type_name -> loom.cost.v1.Money
+	80,  // 109: loom.agent.v1.Estimate.cost_p99:type_name -> loom.cost.v1.Money
+	78,  // 110: loom.agent.v1.Estimate.duration_p50:type_name -> google.protobuf.Duration
+	78,  // 111: loom.agent.v1.Estimate.duration_p90:type_name -> google.protobuf.Duration
+	78,  // 112: loom.agent.v1.Estimate.duration_p99:type_name -> google.protobuf.Duration
+	77,  // 113: loom.agent.v1.Estimate.bounds:type_name -> loom.agent.v1.Bounds
+	80,  // 114: loom.agent.v1.Bounds.max_cost:type_name -> loom.cost.v1.Money
+	78,  // 115: loom.agent.v1.Bounds.max_duration:type_name -> google.protobuf.Duration
+	28,  // 116: loom.agent.v1.AgentService.CreateAgent:input_type -> loom.agent.v1.CreateAgentRequest
+	30,  // 117: loom.agent.v1.AgentService.GetAgent:input_type -> loom.agent.v1.GetAgentRequest
+	32,  // 118: loom.agent.v1.AgentService.ListAgents:input_type -> loom.agent.v1.ListAgentsRequest
+	34,  // 119: loom.agent.v1.AgentService.UpdateAgent:input_type -> loom.agent.v1.UpdateAgentRequest
+	36,  // 120: loom.agent.v1.AgentService.DeleteAgent:input_type -> loom.agent.v1.DeleteAgentRequest
+	38,  // 121: loom.agent.v1.AgentService.Run:input_type -> loom.agent.v1.RunRequest
+	41,  // 122: loom.agent.v1.AgentService.RunStream:input_type -> loom.agent.v1.RunStreamRequest
+	56,  // 123: loom.agent.v1.AgentService.SubmitToolResult:input_type -> loom.agent.v1.SubmitToolResultRequest
+	48,  // 124: loom.agent.v1.AgentService.GetRun:input_type -> loom.agent.v1.GetRunRequest
+	50,  // 125: loom.agent.v1.AgentService.ListRuns:input_type -> loom.agent.v1.ListRunsRequest
+	52,  // 126: loom.agent.v1.AgentService.CancelRun:input_type -> loom.agent.v1.CancelRunRequest
+	54,  // 127: loom.agent.v1.AgentService.DeleteRun:input_type -> loom.agent.v1.DeleteRunRequest
+	59,  // 128: loom.agent.v1.AgentService.SynthesizeSpeech:input_type -> loom.agent.v1.SynthesizeSpeechRequest
+	62,  // 129: loom.agent.v1.AgentService.CreateVideo:input_type -> loom.agent.v1.CreateVideoRequest
+	64,  // 130: loom.agent.v1.AgentService.GetVideo:input_type -> loom.agent.v1.GetVideoRequest
+	66,  // 131: loom.agent.v1.AgentService.GetUsage:input_type -> loom.agent.v1.GetUsageRequest
+	70,  // 132: loom.agent.v1.AgentService.SetTenantBudget:input_type -> loom.agent.v1.SetTenantBudgetRequest
+	72,  // 133: loom.agent.v1.AgentService.GetTenantBudget:input_type -> loom.agent.v1.GetTenantBudgetRequest
+	74,  // 134: loom.agent.v1.AgentService.EstimateRun:input_type -> loom.agent.v1.EstimateRunRequest
+	29,  // 135: loom.agent.v1.AgentService.CreateAgent:output_type -> loom.agent.v1.CreateAgentResponse
+	31,  // 136: loom.agent.v1.AgentService.GetAgent:output_type -> loom.agent.v1.GetAgentResponse
+	33,  // 137: loom.agent.v1.AgentService.ListAgents:output_type -> loom.agent.v1.ListAgentsResponse
+	35,  // 138: loom.agent.v1.AgentService.UpdateAgent:output_type -> loom.agent.v1.UpdateAgentResponse
+	37,  // 139: loom.agent.v1.AgentService.DeleteAgent:output_type -> loom.agent.v1.DeleteAgentResponse
+	40,  // 140: loom.agent.v1.AgentService.Run:output_type -> loom.agent.v1.RunResponse
+	42,  // 141: loom.agent.v1.AgentService.RunStream:output_type -> loom.agent.v1.RunStreamResponse
+	58,  // 142: loom.agent.v1.AgentService.SubmitToolResult:output_type -> loom.agent.v1.SubmitToolResultResponse
+	49,  // 143: loom.agent.v1.AgentService.GetRun:output_type -> loom.agent.v1.GetRunResponse
+	51,  // 144: loom.agent.v1.AgentService.ListRuns:output_type -> loom.agent.v1.ListRunsResponse
+	53,  // 145: loom.agent.v1.AgentService.CancelRun:output_type -> loom.agent.v1.CancelRunResponse
+	55,  // 146: loom.agent.v1.AgentService.DeleteRun:output_type -> loom.agent.v1.DeleteRunResponse
+	60,  // 147: loom.agent.v1.AgentService.SynthesizeSpeech:output_type -> loom.agent.v1.SynthesizeSpeechResponse
+	63,  // 148: loom.agent.v1.AgentService.CreateVideo:output_type -> loom.agent.v1.CreateVideoResponse
+	65,  // 149: loom.agent.v1.AgentService.GetVideo:output_type -> loom.agent.v1.GetVideoResponse
+	68,  // 150: loom.agent.v1.AgentService.GetUsage:output_type -> loom.agent.v1.GetUsageResponse
+	71,  // 151: loom.agent.v1.AgentService.SetTenantBudget:output_type -> loom.agent.v1.SetTenantBudgetResponse
+	73,  // 152: loom.agent.v1.AgentService.GetTenantBudget:output_type -> loom.agent.v1.GetTenantBudgetResponse
+	75,  // 153: loom.agent.v1.AgentService.EstimateRun:output_type -> loom.agent.v1.EstimateRunResponse
+	135, // [135:154] is the sub-list for method output_type
+	116, // [116:135] is the sub-list for method input_type
+	116, // [116:116] is the sub-list for extension type_name
+	116, // [116:116] is the sub-list for extension extendee
+	0,   // [0:116] is the sub-list for field type_name
 }
 
 func init() { file_loom_agent_v1_agent_proto_init() }
@@ -5766,9 +6136,10 @@ func file_loom_agent_v1_agent_proto_init() {
 		(*Tool_HttpFetch)(nil),
 		(*Tool_Webhook)(nil),
 		(*Tool_Mcp)(nil),
+		(*Tool_Client)(nil),
 	}
-	file_loom_agent_v1_agent_proto_msgTypes[10].OneofWrappers = []any{}
-	file_loom_agent_v1_agent_proto_msgTypes[35].OneofWrappers = []any{
+	file_loom_agent_v1_agent_proto_msgTypes[11].OneofWrappers = []any{}
+	file_loom_agent_v1_agent_proto_msgTypes[36].OneofWrappers = []any{
 		(*RunStreamResponse_Started)(nil),
 		(*RunStreamResponse_TextDelta)(nil),
 		(*RunStreamResponse_ToolCall)(nil),
@@ -5778,6 +6149,7 @@ func file_loom_agent_v1_agent_proto_init() {
 		(*RunStreamResponse_Warning)(nil),
 		(*RunStreamResponse_Completed)(nil),
 		(*RunStreamResponse_Failed)(nil),
+		(*RunStreamResponse_Waiting)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -5785,7 +6157,7 @@ func file_loom_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_agent_v1_agent_proto_rawDesc), len(file_loom_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   68,
+			NumMessages:   72,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

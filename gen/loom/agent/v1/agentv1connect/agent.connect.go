@@ -50,6 +50,9 @@ const (
 	AgentServiceRunProcedure = "/loom.agent.v1.AgentService/Run"
 	// AgentServiceRunStreamProcedure is the fully-qualified name of the AgentService's RunStream RPC.
 	AgentServiceRunStreamProcedure = "/loom.agent.v1.AgentService/RunStream"
+	// AgentServiceSubmitToolResultProcedure is the fully-qualified name of the AgentService's
+	// SubmitToolResult RPC.
+	AgentServiceSubmitToolResultProcedure = "/loom.agent.v1.AgentService/SubmitToolResult"
 	// AgentServiceGetRunProcedure is the fully-qualified name of the AgentService's GetRun RPC.
 	AgentServiceGetRunProcedure = "/loom.agent.v1.AgentService/GetRun"
 	// AgentServiceListRunsProcedure is the fully-qualified name of the AgentService's ListRuns RPC.
@@ -95,8 +98,19 @@ type AgentServiceClient interface {
 	// Run runs an agent to completion and returns the run.
 	Run(context.Context, *connect.Request[v1.RunRequest]) (*connect.Response[v1.RunResponse], error)
 	// RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run, unless
-	// it has an idempotency key (see RunRequest.idempotency_key).
+	// it has an idempotency key (see RunRequest.idempotency_key). A run that calls a client tool ends the stream
+	// with a waiting event (see ClientTool).
 	RunStream(context.Context, *connect.Request[v1.RunStreamRequest]) (*connect.ServerStreamForClient[v1.RunStreamResponse], error)
+	// SubmitToolResult answers client tool calls of a run in RUN_STATE_WAITING_FOR_TOOLS (see ClientTool). Once
+	// every pending call has a result, the run resumes from its stored state in this call, which returns when the
+	// run stops again: finished, failed, or waiting for more client tool calls. It is unary on purpose: a caller
+	// needs no open stream to be answered, and one that wants the progress of a long continuation reads GetRun.
+	// Answering only some pending calls stores them and returns the run still waiting. Submitting a result that was
+	// already accepted (same call id and value) is a no-op that returns the run as it is, so a retried call never
+	// runs the model twice. Errors: NotFound for an unknown run; FailedPrecondition for a run that is not waiting
+	// (or a different value for an answered call); InvalidArgument naming results[i].call_id for a call the run is
+	// not waiting for, or results[i] for a result too large or deep.
+	SubmitToolResult(context.Context, *connect.Request[v1.SubmitToolResultRequest]) (*connect.Response[v1.SubmitToolResultResponse], error)
 	// GetRun returns a run with its steps.
 	GetRun(context.Context, *connect.Request[v1.GetRunRequest]) (*connect.Response[v1.GetRunResponse], error)
 	// ListRuns lists runs, newest first, filtered by agent and time.
@@ -180,6 +194,12 @@ func NewAgentServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			httpClient,
 			baseURL+AgentServiceRunStreamProcedure,
 			connect.WithSchema(agentServiceMethods.ByName("RunStream")),
+			connect.WithClientOptions(opts...),
+		),
+		submitToolResult: connect.NewClient[v1.SubmitToolResultRequest, v1.SubmitToolResultResponse](
+			httpClient,
+			baseURL+AgentServiceSubmitToolResultProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("SubmitToolResult")),
 			connect.WithClientOptions(opts...),
 		),
 		getRun: connect.NewClient[v1.GetRunRequest, v1.GetRunResponse](
@@ -268,6 +288,7 @@ type agentServiceClient struct {
 	deleteAgent      *connect.Client[v1.DeleteAgentRequest, v1.DeleteAgentResponse]
 	run              *connect.Client[v1.RunRequest, v1.RunResponse]
 	runStream        *connect.Client[v1.RunStreamRequest, v1.RunStreamResponse]
+	submitToolResult *connect.Client[v1.SubmitToolResultRequest, v1.SubmitToolResultResponse]
 	getRun           *connect.Client[v1.GetRunRequest, v1.GetRunResponse]
 	listRuns         *connect.Client[v1.ListRunsRequest, v1.ListRunsResponse]
 	cancelRun        *connect.Client[v1.CancelRunRequest, v1.CancelRunResponse]
@@ -314,6 +335,11 @@ func (c *agentServiceClient) Run(ctx context.Context, req *connect.Request[v1.Ru
 // RunStream calls loom.agent.v1.AgentService.RunStream.
 func (c *agentServiceClient) RunStream(ctx context.Context, req *connect.Request[v1.RunStreamRequest]) (*connect.ServerStreamForClient[v1.RunStreamResponse], error) {
 	return c.runStream.CallServerStream(ctx, req)
+}
+
+// SubmitToolResult calls loom.agent.v1.AgentService.SubmitToolResult.
+func (c *agentServiceClient) SubmitToolResult(ctx context.Context, req *connect.Request[v1.SubmitToolResultRequest]) (*connect.Response[v1.SubmitToolResultResponse], error) {
+	return c.submitToolResult.CallUnary(ctx, req)
 }
 
 // GetRun calls loom.agent.v1.AgentService.GetRun.
@@ -387,8 +413,19 @@ type AgentServiceHandler interface {
 	// Run runs an agent to completion and returns the run.
 	Run(context.Context, *connect.Request[v1.RunRequest]) (*connect.Response[v1.RunResponse], error)
 	// RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run, unless
-	// it has an idempotency key (see RunRequest.idempotency_key).
+	// it has an idempotency key (see RunRequest.idempotency_key). A run that calls a client tool ends the stream
+	// with a waiting event (see ClientTool).
 	RunStream(context.Context, *connect.Request[v1.RunStreamRequest], *connect.ServerStream[v1.RunStreamResponse]) error
+	// SubmitToolResult answers client tool calls of a run in RUN_STATE_WAITING_FOR_TOOLS (see ClientTool). Once
+	// every pending call has a result, the run resumes from its stored state in this call, which returns when the
+	// run stops again: finished, failed, or waiting for more client tool calls. It is unary on purpose: a caller
+	// needs no open stream to be answered, and one that wants the progress of a long continuation reads GetRun.
+	// Answering only some pending calls stores them and returns the run still waiting. Submitting a result that was
+	// already accepted (same call id and value) is a no-op that returns the run as it is, so a retried call never
+	// runs the model twice. Errors: NotFound for an unknown run; FailedPrecondition for a run that is not waiting
+	// (or a different value for an answered call); InvalidArgument naming results[i].call_id for a call the run is
+	// not waiting for, or results[i] for a result too large or deep.
+	SubmitToolResult(context.Context, *connect.Request[v1.SubmitToolResultRequest]) (*connect.Response[v1.SubmitToolResultResponse], error)
 	// GetRun returns a run with its steps.
 	GetRun(context.Context, *connect.Request[v1.GetRunRequest]) (*connect.Response[v1.GetRunResponse], error)
 	// ListRuns lists runs, newest first, filtered by agent and time.
@@ -468,6 +505,12 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 		AgentServiceRunStreamProcedure,
 		svc.RunStream,
 		connect.WithSchema(agentServiceMethods.ByName("RunStream")),
+		connect.WithHandlerOptions(opts...),
+	)
+	agentServiceSubmitToolResultHandler := connect.NewUnaryHandler(
+		AgentServiceSubmitToolResultProcedure,
+		svc.SubmitToolResult,
+		connect.WithSchema(agentServiceMethods.ByName("SubmitToolResult")),
 		connect.WithHandlerOptions(opts...),
 	)
 	agentServiceGetRunHandler := connect.NewUnaryHandler(
@@ -560,6 +603,8 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 			agentServiceRunHandler.ServeHTTP(w, r)
 		case AgentServiceRunStreamProcedure:
 			agentServiceRunStreamHandler.ServeHTTP(w, r)
+		case AgentServiceSubmitToolResultProcedure:
+			agentServiceSubmitToolResultHandler.ServeHTTP(w, r)
 		case AgentServiceGetRunProcedure:
 			agentServiceGetRunHandler.ServeHTTP(w, r)
 		case AgentServiceListRunsProcedure:
@@ -617,6 +662,10 @@ func (UnimplementedAgentServiceHandler) Run(context.Context, *connect.Request[v1
 
 func (UnimplementedAgentServiceHandler) RunStream(context.Context, *connect.Request[v1.RunStreamRequest], *connect.ServerStream[v1.RunStreamResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("loom.agent.v1.AgentService.RunStream is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) SubmitToolResult(context.Context, *connect.Request[v1.SubmitToolResultRequest]) (*connect.Response[v1.SubmitToolResultResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.agent.v1.AgentService.SubmitToolResult is not implemented"))
 }
 
 func (UnimplementedAgentServiceHandler) GetRun(context.Context, *connect.Request[v1.GetRunRequest]) (*connect.Response[v1.GetRunResponse], error) {
