@@ -55,12 +55,12 @@ func (*waitError) Error() string { return "run waits for client tool results" }
 
 // waitState is what a waiting run needs to resume, stored as JSON in Wait.State.
 type waitState struct {
-	System   string          `json:"system"`
-	Messages []model.Message `json:"messages"` // the conversation so far, attachments included
-	Step     int             `json:"step"`     // index of the step whose client calls wait
-	Seen     []string        `json:"seen"`     // call ids used so far
-	Calls    []model.ToolCall `json:"calls"` // the client calls waiting, in call order
-	Results  map[string]clientAnswer `json:"results"` // by call id
+	System   string                  `json:"system"`
+	Messages []model.Message         `json:"messages"` // the conversation so far, attachments included
+	Step     int                     `json:"step"`     // index of the step whose client calls wait
+	Seen     []string                `json:"seen"`     // call ids used so far
+	Calls    []model.ToolCall        `json:"calls"`    // the client calls waiting, in call order
+	Results  map[string]clientAnswer `json:"results"`  // by call id
 	// ClientTools are every client tool of the run's agent, the run request's own among them (protojson).
 	ClientTools []json.RawMessage `json:"client_tools,omitempty"`
 	Attempt     int32             `json:"attempt"`
