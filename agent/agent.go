@@ -92,6 +92,9 @@ type Config struct {
 	// ProviderBreakerOpenFor is how long a tenant's breaker for one provider (Gemini, OpenAI, ElevenLabs, Tavus)
 	// stays open after repeated failures, failing that tenant's calls to it at once; 0 means 30 seconds.
 	ProviderBreakerOpenFor time.Duration
+	// MCPStdio is the operator's allow-list of stdio MCP servers tenants may register (McpServer.stdio_command),
+	// by name. No other command ever runs. nil allows none.
+	MCPStdio map[string]MCPCommand
 	// Audit receives one event per call of a webhook or MCP tool (see toolaudit.go); *audit.Store implements it.
 	// nil records none.
 	Audit interface {
@@ -128,6 +131,9 @@ func (c Config) Validate() error {
 	}
 	if c.BudgetRefresh < 0 {
 		return fmt.Errorf("agent config: BudgetRefresh %v is negative", c.BudgetRefresh)
+	}
+	if err := validateStdio(c.MCPStdio); err != nil {
+		return err
 	}
 	if c.MemoryTimeout < 0 {
 		return fmt.Errorf("agent config: MemoryTimeout %v is negative", c.MemoryTimeout)

@@ -443,7 +443,7 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 		temperature = a.GetModel().Temperature
 	}
 	if slices.ContainsFunc(a.GetTools(), func(t *agentv1.Tool) bool { return t.GetMcp() != nil }) {
-		env.mcp = &mcpRun{s: s}
+		env.mcp = &mcpRun{s: s, tenant: env.tenant}
 		defer env.mcp.close()
 		for _, w := range env.mcp.describe(ctx, a) {
 			w = s.scrub.String(w)

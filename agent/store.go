@@ -125,6 +125,16 @@ type Store interface {
 	// FailExpiredWaits marks FAILED, with reason as the error and now as the end time, every waiting run in every
 	// tenant whose wait deadline is before now, drops their saved state, and returns how many there were.
 	FailExpiredWaits(ctx context.Context, now time.Time, reason string) (int64, error)
+
+	// PutMCPServer stores m (header values included) under its name, replacing one of that name, with update
+	// time now, and returns it as stored.
+	PutMCPServer(ctx context.Context, tenant string, m *agentv1.McpServer) (*agentv1.McpServer, error)
+	// GetMCPServer returns a stored MCP server with its header values. ErrNotFound if missing.
+	GetMCPServer(ctx context.Context, tenant, name string) (*agentv1.McpServer, error)
+	// ListMCPServers returns up to limit of the tenant's MCP servers (header values included) ordered by name.
+	ListMCPServers(ctx context.Context, tenant string, limit int) ([]*agentv1.McpServer, error)
+	// DeleteMCPServer deletes an MCP server. ErrNotFound if missing.
+	DeleteMCPServer(ctx context.Context, tenant, name string) error
 }
 
 // Wait is the saved state of a run waiting for client tool results.

@@ -26,15 +26,20 @@ const (
 	auditMCP     = "tool/mcp"
 )
 
-// auditTool records a call of the tool called name, of kind procedure, to endpoint, that started at start and
-// returned out or err.
-func (s *Server) auditTool(ctx context.Context, env runEnv, procedure, name, endpoint string, start time.Time, out map[string]any, err error) {
+// urlTarget is what an audit row says of an endpoint URL: its host, never its path or query.
+func urlTarget(endpoint string) string {
+	host := ""
+	if u, err := url.Parse(endpoint); err == nil {
+		host = u.Host
+	}
+	return "host=" + host
+}
+
+// auditTool records a call of the tool called name, of kind procedure, to target ("host=..." or "server=..."),
+// that started at start and returned out or err.
+func (s *Server) auditTool(ctx context.Context, env runEnv, procedure, name, target string, start time.Time, out map[string]any, err error) {
 	if s.cfg.Audit == nil {
 		return
-	}
-	host := ""
-	if u, perr := url.Parse(endpoint); perr == nil {
-		host = u.Host
 	}
 	size := 0
 	if err == nil {
@@ -48,8 +53,8 @@ func (s *Server) auditTool(ctx context.Context, env runEnv, procedure, name, end
 	}
 	p, _ := principal.FromContext(ctx)
 	e := audit.Event{Time: time.Now(), Tenant: env.tenant, Subject: p.Subject, Procedure: procedure, Result: result,
-		Resource: fmt.Sprintf("agent=%s run=%s tool=%s host=%s duration_ms=%d bytes=%d", env.agent.GetName(), env.runID,
-			name, host, time.Since(start).Milliseconds(), size)}
+		Resource: fmt.Sprintf("agent=%s run=%s tool=%s %s duration_ms=%d bytes=%d", env.agent.GetName(), env.runID,
+			name, target, time.Since(start).Milliseconds(), size)}
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
 	defer cancel()
 	if aerr := s.cfg.Audit.Append(actx, e); aerr != nil {

@@ -197,11 +197,11 @@ func (s *Server) callTool(ctx context.Context, env runEnv, call model.ToolCall) 
 	case *agentv1.Tool_Webhook:
 		start := time.Now()
 		out, err = s.toolWebhook(ctx, env, k.Webhook, call.ID, call.Args)
-		s.auditTool(ctx, env, auditWebhook, call.Name, k.Webhook.GetUrl(), start, out, err)
+		s.auditTool(ctx, env, auditWebhook, call.Name, urlTarget(k.Webhook.GetUrl()), start, out, err)
 	case *agentv1.Tool_Mcp:
 		start := time.Now()
 		out, err = s.toolMCP(ctx, env, k.Mcp, call.Args)
-		s.auditTool(ctx, env, auditMCP, call.Name, k.Mcp.GetUrl(), start, out, err)
+		s.auditTool(ctx, env, auditMCP, call.Name, mcpTarget(k.Mcp), start, out, err)
 	case *agentv1.Tool_Client:
 		err = errors.New("a client tool can only be called by the run its caller started, not by a delegated run")
 	}

@@ -24,6 +24,7 @@ func RunStoreTests(t *testing.T, newStore func(t *testing.T) agent.Store) {
 	ctx := context.Background()
 	runUsageTests(t, newStore)
 	runWaitTests(t, newStore)
+	runMCPServerTests(t, newStore)
 
 	t.Run("AgentVersions", func(t *testing.T) {
 		t.Parallel()

@@ -27,6 +27,9 @@ const (
 	AgentService_Run_FullMethodName              = "/loom.agent.v1.AgentService/Run"
 	AgentService_RunStream_FullMethodName        = "/loom.agent.v1.AgentService/RunStream"
 	AgentService_SubmitToolResult_FullMethodName = "/loom.agent.v1.AgentService/SubmitToolResult"
+	AgentService_PutMcpServer_FullMethodName     = "/loom.agent.v1.AgentService/PutMcpServer"
+	AgentService_ListMcpServers_FullMethodName   = "/loom.agent.v1.AgentService/ListMcpServers"
+	AgentService_DeleteMcpServer_FullMethodName  = "/loom.agent.v1.AgentService/DeleteMcpServer"
 	AgentService_GetRun_FullMethodName           = "/loom.agent.v1.AgentService/GetRun"
 	AgentService_ListRuns_FullMethodName         = "/loom.agent.v1.AgentService/ListRuns"
 	AgentService_CancelRun_FullMethodName        = "/loom.agent.v1.AgentService/CancelRun"
@@ -75,6 +78,14 @@ type AgentServiceClient interface {
 	// (or a different value for an answered call); InvalidArgument naming results[i].call_id for a call the run is
 	// not waiting for, or results[i] for a result too large or deep.
 	SubmitToolResult(ctx context.Context, in *SubmitToolResultRequest, opts ...grpc.CallOption) (*SubmitToolResultResponse, error)
+	// PutMcpServer registers an MCP server for the tenant under its name, or replaces the one of that name. Agents'
+	// MCP tools then name it (McpTool.server). At most 100 servers per tenant (ResourceExhausted).
+	PutMcpServer(ctx context.Context, in *PutMcpServerRequest, opts ...grpc.CallOption) (*PutMcpServerResponse, error)
+	// ListMcpServers lists the tenant's MCP servers ordered by name, without their header values.
+	ListMcpServers(ctx context.Context, in *ListMcpServersRequest, opts ...grpc.CallOption) (*ListMcpServersResponse, error)
+	// DeleteMcpServer deletes an MCP server. NotFound if missing. Agents naming it keep their tools, which are left
+	// out of later runs with a warning.
+	DeleteMcpServer(ctx context.Context, in *DeleteMcpServerRequest, opts ...grpc.CallOption) (*DeleteMcpServerResponse, error)
 	// GetRun returns a run with its steps.
 	GetRun(ctx context.Context, in *GetRunRequest, opts ...grpc.CallOption) (*GetRunResponse, error)
 	// ListRuns lists runs, newest first, filtered by agent and time.
@@ -195,6 +206,36 @@ func (c *agentServiceClient) SubmitToolResult(ctx context.Context, in *SubmitToo
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SubmitToolResultResponse)
 	err := c.cc.Invoke(ctx, AgentService_SubmitToolResult_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) PutMcpServer(ctx context.Context, in *PutMcpServerRequest, opts ...grpc.CallOption) (*PutMcpServerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutMcpServerResponse)
+	err := c.cc.Invoke(ctx, AgentService_PutMcpServer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) ListMcpServers(ctx context.Context, in *ListMcpServersRequest, opts ...grpc.CallOption) (*ListMcpServersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListMcpServersResponse)
+	err := c.cc.Invoke(ctx, AgentService_ListMcpServers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) DeleteMcpServer(ctx context.Context, in *DeleteMcpServerRequest, opts ...grpc.CallOption) (*DeleteMcpServerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteMcpServerResponse)
+	err := c.cc.Invoke(ctx, AgentService_DeleteMcpServer_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -355,6 +396,14 @@ type AgentServiceServer interface {
 	// (or a different value for an answered call); InvalidArgument naming results[i].call_id for a call the run is
 	// not waiting for, or results[i] for a result too large or deep.
 	SubmitToolResult(context.Context, *SubmitToolResultRequest) (*SubmitToolResultResponse, error)
+	// PutMcpServer registers an MCP server for the tenant under its name, or replaces the one of that name. Agents'
+	// MCP tools then name it (McpTool.server). At most 100 servers per tenant (ResourceExhausted).
+	PutMcpServer(context.Context, *PutMcpServerRequest) (*PutMcpServerResponse, error)
+	// ListMcpServers lists the tenant's MCP servers ordered by name, without their header values.
+	ListMcpServers(context.Context, *ListMcpServersRequest) (*ListMcpServersResponse, error)
+	// DeleteMcpServer deletes an MCP server. NotFound if missing. Agents naming it keep their tools, which are left
+	// out of later runs with a warning.
+	DeleteMcpServer(context.Context, *DeleteMcpServerRequest) (*DeleteMcpServerResponse, error)
 	// GetRun returns a run with its steps.
 	GetRun(context.Context, *GetRunRequest) (*GetRunResponse, error)
 	// ListRuns lists runs, newest first, filtered by agent and time.
@@ -415,6 +464,15 @@ func (UnimplementedAgentServiceServer) RunStream(*RunStreamRequest, grpc.ServerS
 }
 func (UnimplementedAgentServiceServer) SubmitToolResult(context.Context, *SubmitToolResultRequest) (*SubmitToolResultResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SubmitToolResult not implemented")
+}
+func (UnimplementedAgentServiceServer) PutMcpServer(context.Context, *PutMcpServerRequest) (*PutMcpServerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutMcpServer not implemented")
+}
+func (UnimplementedAgentServiceServer) ListMcpServers(context.Context, *ListMcpServersRequest) (*ListMcpServersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListMcpServers not implemented")
+}
+func (UnimplementedAgentServiceServer) DeleteMcpServer(context.Context, *DeleteMcpServerRequest) (*DeleteMcpServerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteMcpServer not implemented")
 }
 func (UnimplementedAgentServiceServer) GetRun(context.Context, *GetRunRequest) (*GetRunResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetRun not implemented")
@@ -603,6 +661,60 @@ func _AgentService_SubmitToolResult_Handler(srv interface{}, ctx context.Context
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AgentServiceServer).SubmitToolResult(ctx, req.(*SubmitToolResultRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_PutMcpServer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutMcpServerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).PutMcpServer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_PutMcpServer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).PutMcpServer(ctx, req.(*PutMcpServerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_ListMcpServers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListMcpServersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).ListMcpServers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_ListMcpServers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).ListMcpServers(ctx, req.(*ListMcpServersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_DeleteMcpServer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteMcpServerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).DeleteMcpServer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_DeleteMcpServer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).DeleteMcpServer(ctx, req.(*DeleteMcpServerRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -832,6 +944,18 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SubmitToolResult",
 			Handler:    _AgentService_SubmitToolResult_Handler,
+		},
+		{
+			MethodName: "PutMcpServer",
+			Handler:    _AgentService_PutMcpServer_Handler,
+		},
+		{
+			MethodName: "ListMcpServers",
+			Handler:    _AgentService_ListMcpServers_Handler,
+		},
+		{
+			MethodName: "DeleteMcpServer",
+			Handler:    _AgentService_DeleteMcpServer_Handler,
 		},
 		{
 			MethodName: "GetRun",
