@@ -128,7 +128,7 @@ func (r *mcpRun) transport(ctx context.Context, t *agentv1.McpTool) (mcp.Transpo
 			return nil, fmt.Errorf("stdio command %q of MCP server %q is not allow-listed on this server", c, name)
 		}
 		ex := exec.Command(cmd.Path, cmd.Args...) // stopped by the session's Close
-		ex.Env = append([]string{}, cmd.Env...)  // never the server's own environment
+		ex.Env = append([]string{}, cmd.Env...)   // never the server's own environment
 		return &mcp.CommandTransport{Command: ex}, nil
 	}
 	headers := map[string]secret.String{}

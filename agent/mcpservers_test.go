@@ -165,3 +165,19 @@ func TestMCPServerStdio(t *testing.T) {
 		}
 	})
 }
+
+// TestMCPStdioConfig: the allow-list maps names to absolute paths; anything else fails New.
+func TestMCPStdioConfig(t *testing.T) {
+	t.Parallel()
+	for name, cmds := range map[string]map[string]agent.MCPCommand{
+		"relative path": {"files": {Path: "mcp-files"}},
+		"bad name":      {"Files/x": {Path: "/usr/bin/mcp-files"}},
+	} {
+		if err := (agent.Config{MCPStdio: cmds}).Validate(); err == nil || !strings.Contains(err.Error(), "MCPStdio") {
+			t.Errorf("%s: Validate = %v, want an error naming MCPStdio", name, err)
+		}
+	}
+	if err := (agent.Config{MCPStdio: map[string]agent.MCPCommand{"files": {Path: "/usr/bin/mcp-files"}}}).Validate(); err != nil {
+		t.Errorf("valid allow-list: %v", err)
+	}
+}
