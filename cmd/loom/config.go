@@ -52,7 +52,7 @@ type config struct {
 	MCP             bool
 	// MCPStdioAllow maps the names of stdio MCP servers tenants may register to absolute binary paths
 	// (--mcp-stdio-allow).
-	MCPStdioAllow map[string]string
+	MCPStdioAllow   map[string]string
 	MaxMessageBytes int
 	DefaultTimeout  time.Duration
 	MaxTimeout      time.Duration
