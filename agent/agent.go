@@ -30,6 +30,7 @@ import (
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/internal/audit"
 	"github.com/loom-dev/loom/internal/jsonschema"
 	"github.com/loom-dev/loom/internal/netguard"
 	"github.com/loom-dev/loom/internal/pricing"
@@ -91,6 +92,14 @@ type Config struct {
 	// ProviderBreakerOpenFor is how long a tenant's breaker for one provider (Gemini, OpenAI, ElevenLabs, Tavus)
 	// stays open after repeated failures, failing that tenant's calls to it at once; 0 means 30 seconds.
 	ProviderBreakerOpenFor time.Duration
+	// MCPStdio is the operator's allow-list of stdio MCP servers tenants may register (McpServer.stdio_command),
+	// by name. No other command ever runs. nil allows none.
+	MCPStdio map[string]MCPCommand
+	// Audit receives one event per call of a webhook or MCP tool (see toolaudit.go); *audit.Store implements it.
+	// nil records none.
+	Audit interface {
+		Append(ctx context.Context, e audit.Event) error
+	}
 	// HTTPClient is used for model, speech and video providers (not for the http_fetch tool, which has its own
 	// guarded client); nil uses a client without an overall timeout, every call being bounded by its context.
 	HTTPClient *http.Client
@@ -122,6 +131,9 @@ func (c Config) Validate() error {
 	}
 	if c.BudgetRefresh < 0 {
 		return fmt.Errorf("agent config: BudgetRefresh %v is negative", c.BudgetRefresh)
+	}
+	if err := validateStdio(c.MCPStdio); err != nil {
+		return err
 	}
 	if c.MemoryTimeout < 0 {
 		return fmt.Errorf("agent config: MemoryTimeout %v is negative", c.MemoryTimeout)
@@ -430,6 +442,10 @@ func checkAgent(a *agentv1.Agent, field string) error {
 			}
 		case *agentv1.Tool_Mcp:
 			if err := checkMCP(k.Mcp, path+".mcp"); err != nil {
+				return err
+			}
+		case *agentv1.Tool_Client:
+			if err := checkClientTool(k.Client, path+".client"); err != nil {
 				return err
 			}
 		case *agentv1.Tool_HttpFetch:

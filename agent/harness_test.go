@@ -262,3 +262,15 @@ func (c connectClient) GetTenantBudget(ctx context.Context, in *agentv1.GetTenan
 func (c connectClient) EstimateRun(ctx context.Context, in *agentv1.EstimateRunRequest, _ ...grpc.CallOption) (*agentv1.EstimateRunResponse, error) {
 	return unary(ctx, in, c.c.EstimateRun)
 }
+func (c connectClient) SubmitToolResult(ctx context.Context, in *agentv1.SubmitToolResultRequest, _ ...grpc.CallOption) (*agentv1.SubmitToolResultResponse, error) {
+	return unary(ctx, in, c.c.SubmitToolResult)
+}
+func (c connectClient) PutMcpServer(ctx context.Context, in *agentv1.PutMcpServerRequest, _ ...grpc.CallOption) (*agentv1.PutMcpServerResponse, error) {
+	return unary(ctx, in, c.c.PutMcpServer)
+}
+func (c connectClient) ListMcpServers(ctx context.Context, in *agentv1.ListMcpServersRequest, _ ...grpc.CallOption) (*agentv1.ListMcpServersResponse, error) {
+	return unary(ctx, in, c.c.ListMcpServers)
+}
+func (c connectClient) DeleteMcpServer(ctx context.Context, in *agentv1.DeleteMcpServerRequest, _ ...grpc.CallOption) (*agentv1.DeleteMcpServerResponse, error) {
+	return unary(ctx, in, c.c.DeleteMcpServer)
+}

@@ -47,6 +47,9 @@ func (s *Server) maintainOnce(ctx context.Context) {
 	if _, err := s.RecoverRuns(ctx); err != nil && ctx.Err() == nil {
 		s.logger.WarnContext(ctx, "agent: recover interrupted runs", "err", err)
 	}
+	if _, err := s.ExpireWaits(ctx); err != nil && ctx.Err() == nil {
+		s.logger.WarnContext(ctx, "agent: fail runs past their client tool wait deadline", "err", err)
+	}
 }
 
 // RecoverRuns marks FAILED, with InterruptedReason, every RUNNING run whose lease has ended, and returns how many

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os/exec"
 	"strings"
 	"sync"
 	"time"
@@ -14,11 +15,13 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	"github.com/loom-dev/loom/internal/secret"
 )
 
-// MCP tools: one tool of a Model Context Protocol server (streamable HTTP), reached through the address guard.
-// A run opens at most one session per server URL, lists the tools when it starts, and closes its sessions when
-// it ends.
+// MCP tools: one tool of a Model Context Protocol server, at a URL (streamable HTTP, reached through the address
+// guard) or registered by the tenant (see mcpservers.go: streamable HTTP with its headers, or an allow-listed
+// stdio command). A run opens at most one session per server, lists the tools when it starts, and closes its
+// sessions (and stops its stdio commands) when it ends.
 
 const (
 	defaultMCPTimeout  = 20 * time.Second
@@ -42,29 +45,102 @@ func checkMCP(t *agentv1.McpTool, path string) error {
 	if builtinTool(name) {
 		return &FieldError{Field: path + ".name", Reason: fmt.Sprintf("%q is a built-in tool's name", name)}
 	}
+	switch {
+	case t.GetUrl() != "" && t.GetServer() != "":
+		return &FieldError{Field: path + ".server", Reason: "set url or server, not both"}
+	case t.GetServer() != "":
+		return nil
+	}
 	u, err := url.Parse(t.GetUrl())
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
-		return &FieldError{Field: path + ".url", Reason: "must be an absolute http or https URL without user info"}
+		return &FieldError{Field: path + ".url", Reason: "must be an absolute http or https URL without user info (or set server)"}
 	}
 	return nil
 }
 
+// mcpKey names the server of t within a run.
+func mcpKey(t *agentv1.McpTool) string {
+	if t.GetServer() != "" {
+		return "server:" + t.GetServer()
+	}
+	return "url:" + t.GetUrl()
+}
+
+// mcpTarget is what an audit row says of t's server: its registered name, or the URL's host.
+func mcpTarget(t *agentv1.McpTool) string {
+	if t.GetServer() != "" {
+		return "server=" + t.GetServer()
+	}
+	return urlTarget(t.GetUrl())
+}
+
 // mcpRun holds a run's MCP sessions and the tools the servers described. Safe for concurrent use.
 type mcpRun struct {
-	s *Server
+	s      *Server
+	tenant string // whose registered servers the run's tools name
 
 	mu       sync.Mutex
-	sessions map[string]*mcp.ClientSession // by URL
+	sessions map[string]*mcp.ClientSession // by mcpKey
 	tools    map[string]*mcp.Tool          // by the name the model sees
 }
 
-// session returns the run's session with the server at rawURL, connecting through the address guard.
-func (r *mcpRun) session(ctx context.Context, rawURL string) (*mcp.ClientSession, error) {
+// session returns the run's session with t's server, connecting through the address guard (or starting the
+// allow-listed stdio command of a registered server).
+func (r *mcpRun) session(ctx context.Context, t *agentv1.McpTool) (*mcp.ClientSession, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if cs, ok := r.sessions[rawURL]; ok {
+	key := mcpKey(t)
+	if cs, ok := r.sessions[key]; ok {
 		return cs, nil
 	}
+	transport, err := r.transport(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	client := mcp.NewClient(&mcp.Implementation{Name: "loom-agent", Version: "1"}, nil)
+	cs, err := client.Connect(ctx, transport, nil)
+	if err != nil {
+		return nil, fmt.Errorf("MCP server cannot be reached: %v", err)
+	}
+	if r.sessions == nil {
+		r.sessions = map[string]*mcp.ClientSession{}
+	}
+	r.sessions[key] = cs
+	return cs, nil
+}
+
+// transport is how the run reaches t's server.
+func (r *mcpRun) transport(ctx context.Context, t *agentv1.McpTool) (mcp.Transport, error) {
+	name := t.GetServer()
+	if name == "" {
+		return r.httpTransport(t.GetUrl(), nil)
+	}
+	srv, err := r.s.store.GetMCPServer(ctx, r.tenant, name)
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("MCP server %q is not registered", name)
+	}
+	if err != nil {
+		return nil, errors.New("the MCP server registry cannot be read")
+	}
+	if c := srv.GetStdioCommand(); c != "" {
+		cmd, ok := r.s.cfg.MCPStdio[c]
+		if !ok {
+			return nil, fmt.Errorf("stdio command %q of MCP server %q is not allow-listed on this server", c, name)
+		}
+		ex := exec.Command(cmd.Path, cmd.Args...) // stopped by the session's Close
+		ex.Env = append([]string{}, cmd.Env...)   // never the server's own environment
+		return &mcp.CommandTransport{Command: ex}, nil
+	}
+	headers := map[string]secret.String{}
+	for k, v := range srv.GetHeaders() {
+		r.s.scrub.Add(v) // a server echoing a token in an error reaches the model and the run scrubbed
+		headers[k] = secret.String(v)
+	}
+	return r.httpTransport(srv.GetUrl(), headers)
+}
+
+// httpTransport is streamable HTTP to rawURL through the address guard, without redirects, with headers.
+func (r *mcpRun) httpTransport(rawURL string, headers map[string]secret.String) (mcp.Transport, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, errors.New("bad MCP server URL")
@@ -72,18 +148,12 @@ func (r *mcpRun) session(ctx context.Context, rawURL string) (*mcp.ClientSession
 	if err := r.s.fetchGuard.CheckURL(u); err != nil {
 		return nil, fmt.Errorf("MCP server URL refused: %v", err)
 	}
-	client := mcp.NewClient(&mcp.Implementation{Name: "loom-agent", Version: "1"}, nil)
-	hc := &http.Client{Transport: r.s.fetchTransport(),
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: rawURL, HTTPClient: hc, MaxRetries: -1}, nil)
-	if err != nil {
-		return nil, fmt.Errorf("MCP server cannot be reached: %v", err)
+	var rt http.RoundTripper = r.s.fetchTransport()
+	if len(headers) > 0 {
+		rt = headerTransport{base: rt, headers: headers}
 	}
-	if r.sessions == nil {
-		r.sessions = map[string]*mcp.ClientSession{}
-	}
-	r.sessions[rawURL] = cs
-	return cs, nil
+	hc := &http.Client{Transport: rt, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	return &mcp.StreamableClientTransport{Endpoint: rawURL, HTTPClient: hc, MaxRetries: -1}, nil
 }
 
 // describe lists the tools of every MCP server a uses, and keeps the ones a names. It returns a warning per tool
@@ -96,16 +166,16 @@ func (r *mcpRun) describe(ctx context.Context, a *agentv1.Agent) []string {
 		if m == nil {
 			continue
 		}
-		tools, ok := listed[m.GetUrl()]
+		tools, ok := listed[mcpKey(m)]
 		if !ok {
 			var err error
 			tools, err = r.list(ctx, m)
 			if err != nil {
 				warnings = append(warnings, fmt.Sprintf("MCP tool %s left out: %v", mcpName(m), err))
-				listed[m.GetUrl()] = nil
+				listed[mcpKey(m)] = nil
 				continue
 			}
-			listed[m.GetUrl()] = tools
+			listed[mcpKey(m)] = tools
 		}
 		found := false
 		for _, tool := range tools {
@@ -130,7 +200,7 @@ func (r *mcpRun) describe(ctx context.Context, a *agentv1.Agent) []string {
 func (r *mcpRun) list(ctx context.Context, m *agentv1.McpTool) ([]*mcp.Tool, error) {
 	ctx, cancel := context.WithTimeout(ctx, mcpTimeout(m))
 	defer cancel()
-	cs, err := r.session(ctx, m.GetUrl())
+	cs, err := r.session(ctx, m)
 	if err != nil {
 		return nil, err
 	}
@@ -198,7 +268,7 @@ func (s *Server) toolMCP(ctx context.Context, env runEnv, m *agentv1.McpTool, ar
 	}
 	ctx, cancel := context.WithTimeout(ctx, mcpTimeout(m))
 	defer cancel()
-	cs, err := env.mcp.session(ctx, m.GetUrl())
+	cs, err := env.mcp.session(ctx, m)
 	if err != nil {
 		return nil, err
 	}

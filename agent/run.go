@@ -60,6 +60,8 @@ type runOpts struct {
 	blueprint string
 	// agentVersion is the agent version to run; 0 means the latest.
 	agentVersion int64
+	// clientTools are the run request's own client tools (see clienttools.go).
+	clientTools []*agentv1.ClientTool
 }
 
 // emitFunc sends one event of a streamed run. Unary runs pass nil.
@@ -73,7 +75,7 @@ func (s *Server) Run(ctx context.Context, req *connect.Request[agentv1.RunReques
 		return nil, s.connectError(ctx, err)
 	}
 	run, err := s.startRun(ctx, tenant, req.Msg.GetAgent(), req.Msg.GetInput(), req.Msg.GetAttachments(), req.Msg.GetIdempotencyKey(),
-		runOpts{chaos: req.Msg.GetChaos(), attempt: req.Msg.GetAttempt(), blueprint: req.Msg.GetBlueprint(), agentVersion: req.Msg.GetAgentVersion()}, nil)
+		runOpts{chaos: req.Msg.GetChaos(), attempt: req.Msg.GetAttempt(), blueprint: req.Msg.GetBlueprint(), agentVersion: req.Msg.GetAgentVersion(), clientTools: req.Msg.GetClientTools()}, nil)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -88,7 +90,7 @@ func (s *Server) RunStream(ctx context.Context, req *connect.Request[agentv1.Run
 		return s.connectError(ctx, err)
 	}
 	_, err = s.startRun(ctx, tenant, req.Msg.GetAgent(), req.Msg.GetInput(), req.Msg.GetAttachments(), req.Msg.GetIdempotencyKey(),
-		runOpts{chaos: req.Msg.GetChaos(), attempt: req.Msg.GetAttempt(), blueprint: req.Msg.GetBlueprint(), agentVersion: req.Msg.GetAgentVersion()}, stream.Send)
+		runOpts{chaos: req.Msg.GetChaos(), attempt: req.Msg.GetAttempt(), blueprint: req.Msg.GetBlueprint(), agentVersion: req.Msg.GetAgentVersion(), clientTools: req.Msg.GetClientTools()}, stream.Send)
 	return s.connectError(ctx, err)
 }
 
@@ -98,7 +100,7 @@ func (s *Server) GetRun(ctx context.Context, req *connect.Request[agentv1.GetRun
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
-	run, err := s.store.GetRun(ctx, tenant, req.Msg.GetId())
+	run, err := s.getRun(ctx, tenant, req.Msg.GetId())
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -147,9 +149,16 @@ func (s *Server) CancelRun(ctx context.Context, req *connect.Request[agentv1.Can
 		}
 		return connect.NewResponse(&agentv1.CancelRunResponse{Run: run}), nil
 	}
-	run, err := s.store.GetRun(ctx, tenant, id)
+	run, err := s.getRun(ctx, tenant, id)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
+	}
+	if run.GetState() == agentv1.RunState_RUN_STATE_WAITING_FOR_TOOLS {
+		run, err = s.cancelWaiting(ctx, tenant, run)
+		if err != nil {
+			return nil, s.connectError(ctx, err)
+		}
+		return connect.NewResponse(&agentv1.CancelRunResponse{Run: run}), nil
 	}
 	if run.GetState() != agentv1.RunState_RUN_STATE_RUNNING {
 		return nil, s.connectError(ctx, finishedError(run))
@@ -196,6 +205,9 @@ func (s *Server) startRun(ctx context.Context, tenant, agentName, input string, 
 	if err != nil {
 		return nil, err
 	}
+	if a, err = withClientTools(a, opts); err != nil {
+		return nil, err
+	}
 	if err := s.checkAttachments(a.GetModel().GetProvider(), atts); err != nil {
 		return nil, err
 	}
@@ -234,8 +246,11 @@ func (s *Server) replay(ctx context.Context, tenant string, run *agentv1.Run, ag
 }
 
 func finalEvent(run *agentv1.Run) *agentv1.RunStreamResponse {
-	if run.GetState() == agentv1.RunState_RUN_STATE_SUCCEEDED {
+	switch run.GetState() {
+	case agentv1.RunState_RUN_STATE_SUCCEEDED:
 		return &agentv1.RunStreamResponse{RunId: run.GetId(), Event: &agentv1.RunStreamResponse_Completed{Completed: run}}
+	case agentv1.RunState_RUN_STATE_WAITING_FOR_TOOLS:
+		return &agentv1.RunStreamResponse{RunId: run.GetId(), Event: &agentv1.RunStreamResponse_Waiting{Waiting: run}}
 	}
 	return &agentv1.RunStreamResponse{RunId: run.GetId(), Event: &agentv1.RunStreamResponse_Failed{Failed: run}}
 }
@@ -284,6 +299,14 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 	if err := s.store.CreateRun(ctx, tenant, run, s.lease()); err != nil {
 		return nil, err
 	}
+	return s.drive(ctx, tenant, a, run, key, emit, runEnv{tenant: tenant, agent: a, runID: run.GetId(), chain: chain,
+		attachments: atts, chaos: chaos, attempt: attempt, meter: mtr})
+}
+
+// drive executes run, recorded RUNNING and leased to this process, to its end or to a wait for client tools (a
+// new run, or one resumed with env.resume set), and stores where it stopped. It returns as execute does.
+func (s *Server) drive(ctx context.Context, tenant string, a *agentv1.Agent, run *agentv1.Run, key string, emit emitFunc, env runEnv) (*agentv1.Run, error) {
+	provider, chaos := run.GetProvider(), env.chaos
 
 	// A run with an idempotency key outlives its caller's connection: a caller that went away (an orchestrator
 	// killed mid-step, a dropped stream) retries with the same key and must get this run's real result, not a
@@ -314,7 +337,8 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 	if maxDur <= 0 {
 		maxDur = defaultMaxDuration
 	}
-	runCtx, cancelT := context.WithTimeoutCause(runCtx, maxDur, &budgetError{fmt.Sprintf("time budget of %v exhausted", maxDur)})
+	env.started = time.Now()
+	runCtx, cancelT := context.WithTimeoutCause(runCtx, maxDur-env.resume.elapsed(), &budgetError{fmt.Sprintf("time budget of %v exhausted", maxDur)})
 	defer cancelT()
 
 	ar := &activeRun{cancel: cancel, done: make(chan struct{})}
@@ -340,12 +364,15 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 	}
 	send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Started{Started: &agentv1.RunStarted{AgentVersion: a.GetVersion()}}})
 
-	env := runEnv{tenant: tenant, agent: a, runID: run.GetId(), chain: chain, attachments: atts, emit: emit, chaos: chaos, attempt: attempt, meter: mtr}
+	env.emit = emit
 	defer s.budgets.finish(tenant, run.GetId())
-	if chaos != nil {
+	if chaos != nil && env.resume == nil {
 		send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Warning{Warning: &agentv1.Warning{Message: run.Warnings[len(run.Warnings)-1]}}})
 	}
 	loopErr := s.loop(runCtx, env, run, send)
+	if w := (*waitError)(nil); errors.As(loopErr, &w) {
+		return s.park(ctx, tenant, run, env, w, send)
+	}
 
 	var (
 		budget *budgetError
@@ -403,7 +430,7 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send func(*agentv1.RunStreamResponse)) error {
 	a := env.agent
 	system := a.GetInstructions()
-	if a.GetMemory().GetNamespace() != "" {
+	if a.GetMemory().GetNamespace() != "" && env.resume == nil {
 		system += s.retrieve(ctx, env, a, run, send)
 	}
 	m, err := s.modelFor(ctx, env.tenant, a, run.GetInput(), env.attempt)
@@ -419,7 +446,7 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 		temperature = a.GetModel().Temperature
 	}
 	if slices.ContainsFunc(a.GetTools(), func(t *agentv1.Tool) bool { return t.GetMcp() != nil }) {
-		env.mcp = &mcpRun{s: s}
+		env.mcp = &mcpRun{s: s, tenant: env.tenant}
 		defer env.mcp.close()
 		for _, w := range env.mcp.describe(ctx, a) {
 			w = s.scrub.String(w)
@@ -432,13 +459,13 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 		Temperature: temperature, MaxOutputTokens: a.GetModel().GetMaxOutputTokens(),
 		Messages: []model.Message{{Role: model.RoleUser, Text: run.GetInput(), Attachments: env.attachments}},
 	}
+	first, seen := s.resumeLoop(env, run, &req, send) // step 0 and no calls seen, unless the run resumes
 	maxSteps := int(a.GetBudgets().GetMaxSteps())
 	if maxSteps <= 0 {
 		maxSteps = defaultMaxSteps
 	}
 	maxTokens := a.GetBudgets().GetMaxTokens()
-	seen := map[string]bool{}
-	for step := 0; ; step++ {
+	for step := first; ; step++ {
 		if step >= maxSteps {
 			return &budgetError{fmt.Sprintf("step budget exhausted: %d model calls without a final answer", maxSteps)}
 		}
@@ -498,6 +525,7 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 			return nil
 		}
 		req.Messages = append(req.Messages, model.Message{Role: model.RoleAssistant, Text: st.Text, ToolCalls: calls})
+		var pending []model.ToolCall // client tool calls: the run waits for them after the others ran
 		for _, c := range calls {
 			pc := &agentv1.ToolCall{Id: c.ID, Name: c.Name}
 			pc.Arguments, _ = structpb.NewStruct(c.Args) // arguments that are not JSON stay unset in the record
@@ -506,6 +534,10 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 			}
 			st.ToolCalls = append(st.ToolCalls, pc)
 			send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_ToolCall{ToolCall: pc}})
+			if s.waitsFor(env, c) {
+				pending = append(pending, c)
+				continue
+			}
 			res := s.callTool(ctx, env, c)
 			if ctx.Err() != nil {
 				return context.Cause(ctx)
@@ -525,6 +557,9 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 			if err := s.checkBudgets(ctx, env, run, nil, false); err != nil {
 				return err
 			}
+		}
+		if len(pending) > 0 {
+			return &waitError{req: req, step: step, seen: seen, calls: pending}
 		}
 	}
 }

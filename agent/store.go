@@ -103,6 +103,48 @@ type Store interface {
 	// tenant whose lease ended before now (its owner crashed or lost the database for longer than a lease), and
 	// returns how many there were.
 	FailExpiredRuns(ctx context.Context, now time.Time, reason string) (int64, error)
+
+	// WaitRun stores r, RUNNING in the store, as waiting for client tool results: state
+	// RUN_STATE_WAITING_FOR_TOOLS with r's steps, usage, warnings, pending calls and wait deadline, and w's
+	// deadline and state at version 1. The run's lease is released. ErrConflict if the stored run is not RUNNING;
+	// ErrNotFound if missing.
+	WaitRun(ctx context.Context, tenant string, r *agentv1.Run, w Wait) error
+	// GetWait returns the saved state of a waiting run. ErrNotFound if the run is missing or not waiting.
+	GetWait(ctx context.Context, tenant, id string) (Wait, error)
+	// UpdateWait replaces a waiting run's saved state with w.State, and its steps and pending calls with r's,
+	// if the saved state is still at w.Version; the version then goes up by one. ErrConflict if the version moved
+	// on or the run no longer waits.
+	UpdateWait(ctx context.Context, tenant string, r *agentv1.Run, w Wait) error
+	// ResumeRun makes a waiting run whose saved state is at version RUNNING again, leased to lease, and drops its
+	// saved state (the caller read it with GetWait). Exactly one of concurrent callers succeeds; the others get
+	// ErrConflict, as does a run that no longer waits or whose state moved on.
+	ResumeRun(ctx context.Context, tenant, id string, version int64, lease Lease) error
+	// FinishWait stores r's final state (as FinishRun does) only if the stored run is waiting, and drops its saved
+	// state. ErrConflict if it no longer waits; ErrNotFound if missing.
+	FinishWait(ctx context.Context, tenant string, r *agentv1.Run) error
+	// FailExpiredWaits marks FAILED, with reason as the error and now as the end time, every waiting run in every
+	// tenant whose wait deadline is before now, drops their saved state, and returns how many there were.
+	FailExpiredWaits(ctx context.Context, now time.Time, reason string) (int64, error)
+
+	// PutMCPServer stores m (header values included) under its name, replacing one of that name, with update
+	// time now, and returns it as stored.
+	PutMCPServer(ctx context.Context, tenant string, m *agentv1.McpServer) (*agentv1.McpServer, error)
+	// GetMCPServer returns a stored MCP server with its header values. ErrNotFound if missing.
+	GetMCPServer(ctx context.Context, tenant, name string) (*agentv1.McpServer, error)
+	// ListMCPServers returns up to limit of the tenant's MCP servers (header values included) ordered by name.
+	ListMCPServers(ctx context.Context, tenant string, limit int) ([]*agentv1.McpServer, error)
+	// DeleteMCPServer deletes an MCP server. ErrNotFound if missing.
+	DeleteMCPServer(ctx context.Context, tenant, name string) error
+}
+
+// Wait is the saved state of a run waiting for client tool results.
+type Wait struct {
+	// Deadline is when the wait ends: the run fails after it.
+	Deadline time.Time
+	// Version counts the changes of State, from 1.
+	Version int64
+	// State is what the Server needs to resume the run, in its own encoding; stores keep it as bytes.
+	State []byte
 }
 
 // RunSample is one finished run's duration and cost, for forecasts.

@@ -51,6 +51,8 @@ func toolName(t *agentv1.Tool) string {
 		return k.Webhook.GetName()
 	case *agentv1.Tool_Mcp:
 		return mcpName(k.Mcp)
+	case *agentv1.Tool_Client:
+		return k.Client.GetName()
 	}
 	return ""
 }
@@ -74,6 +76,10 @@ func toolSchema(t *agentv1.Tool) map[string]any {
 	switch k := t.GetKind().(type) {
 	case *agentv1.Tool_Webhook:
 		return webhookSchema(k.Webhook)
+	case *agentv1.Tool_Client:
+		if k.Client.GetParameters() != nil {
+			return k.Client.GetParameters().AsMap()
+		}
 	case *agentv1.Tool_MemorySearch:
 		return obj(map[string]any{
 			"query": str("What to look for.", 4096),
@@ -107,6 +113,8 @@ func toolDescription(t *agentv1.Tool) string {
 		return "Ask agent " + k.Delegate.GetAgent() + " to do a task."
 	case *agentv1.Tool_Webhook:
 		return k.Webhook.GetDescription()
+	case *agentv1.Tool_Client:
+		return k.Client.GetDescription()
 	case *agentv1.Tool_Mcp:
 		return "" // the server's description, see toolSpecs
 	}
@@ -148,6 +156,10 @@ type runEnv struct {
 	mcp *mcpRun
 	// meter prices the run's model calls.
 	meter meter
+	// resume is the saved state of a run resumed after waiting for client tools; nil otherwise.
+	resume *waitState
+	// started is when this execution of the run began (for the time budget of a run that waits).
+	started time.Time
 }
 
 // callTool executes one tool call. Failures become the result's error, told to the model; they never fail the run.
@@ -183,9 +195,15 @@ func (s *Server) callTool(ctx context.Context, env runEnv, call model.ToolCall) 
 	case *agentv1.Tool_Delegate:
 		out, res.Usage, err = s.toolDelegate(ctx, env, k.Delegate.GetAgent(), call.Args["input"].(string))
 	case *agentv1.Tool_Webhook:
+		start := time.Now()
 		out, err = s.toolWebhook(ctx, env, k.Webhook, call.ID, call.Args)
+		s.auditTool(ctx, env, auditWebhook, call.Name, urlTarget(k.Webhook.GetUrl()), start, out, err)
 	case *agentv1.Tool_Mcp:
+		start := time.Now()
 		out, err = s.toolMCP(ctx, env, k.Mcp, call.Args)
+		s.auditTool(ctx, env, auditMCP, call.Name, mcpTarget(k.Mcp), start, out, err)
+	case *agentv1.Tool_Client:
+		err = errors.New("a client tool can only be called by the run its caller started, not by a delegated run")
 	}
 	if err != nil {
 		res.Error = s.scrub.String(err.Error())

@@ -23,6 +23,8 @@ func RunStoreTests(t *testing.T, newStore func(t *testing.T) agent.Store) {
 	t.Helper()
 	ctx := context.Background()
 	runUsageTests(t, newStore)
+	runWaitTests(t, newStore)
+	runMCPServerTests(t, newStore)
 
 	t.Run("AgentVersions", func(t *testing.T) {
 		t.Parallel()

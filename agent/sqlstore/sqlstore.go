@@ -433,6 +433,9 @@ func (s *Store) DeleteRun(ctx context.Context, tenant, id string) error {
 	if err != nil {
 		return fmt.Errorf("delete run: %w", err)
 	}
+	if _, err := s.db.ExecContext(ctx, s.q("DELETE FROM loom.run_waits WHERE tenant = ? AND run_id = ?"), tenant, id); err != nil {
+		return fmt.Errorf("delete run: %w", err)
+	}
 	if n, err := res.RowsAffected(); err != nil {
 		return fmt.Errorf("delete run: %w", err)
 	} else if n == 0 {
@@ -590,6 +593,9 @@ func scanRun(row scanner, withDetail bool) (*agentv1.Run, error) {
 			return nil, fmt.Errorf("decode run detail: %w", err)
 		}
 		r.Steps, r.Warnings, r.Price = d.Steps, d.Warnings, d.Price
+		if state == stateWaiting { // pending calls mean nothing once the run no longer waits
+			r.PendingToolCalls, r.WaitDeadline = d.PendingToolCalls, d.WaitDeadline
+		}
 	}
 	r.State = agentv1.RunState(state)
 	r.Provider = agentv1.Provider(provider)
@@ -633,7 +639,8 @@ func decodeAgent(name string, version int64, etag string, spec []byte, ct, ut in
 }
 
 func encodeDetail(r *agentv1.Run) ([]byte, error) {
-	return proto.Marshal(&agentv1.Run{Steps: r.GetSteps(), Warnings: r.GetWarnings(), Price: r.GetPrice()})
+	return proto.Marshal(&agentv1.Run{Steps: r.GetSteps(), Warnings: r.GetWarnings(), Price: r.GetPrice(),
+		PendingToolCalls: r.GetPendingToolCalls(), WaitDeadline: r.GetWaitDeadline()})
 }
 
 func marshalUsage(u *agentv1.Usage) ([]byte, error) {

@@ -50,6 +50,9 @@ type config struct {
 	CORSOrigins     []string
 	Reflection      bool
 	MCP             bool
+	// MCPStdioAllow maps the names of stdio MCP servers tenants may register to absolute binary paths
+	// (--mcp-stdio-allow).
+	MCPStdioAllow   map[string]string
 	MaxMessageBytes int
 	DefaultTimeout  time.Duration
 	MaxTimeout      time.Duration
@@ -173,6 +176,7 @@ var serveFlags = []flagSpec{
 	{"gemini-base-url", "LOOM_GEMINI_BASE_URL", "", "Gemini API base URL; empty uses Google's"},
 	{"openai-base-url", "LOOM_OPENAI_BASE_URL", "", "OpenAI-compatible base URL (OpenAI, Ollama, vLLM, llama.cpp), e.g. http://localhost:11434/v1"},
 	{"price-table", "LOOM_PRICE_TABLE", "", "agent: price table file (YAML or JSON, see README) the cost of model calls is computed with; empty prices the sim at zero and every other model as unknown"},
+	{"mcp-stdio-allow", "LOOM_MCP_STDIO_ALLOW", "", "agent: comma-separated name=/absolute/path of the stdio MCP servers tenants may register (McpServer.stdio_command); each runs with an empty environment; no other command ever runs; empty allows none"},
 	{"prices", "LOOM_PRICES", "", "agent: model prices added to the price table, per million tokens: provider/model=input:output[:cached],... e.g. gemini/gemini-2.5-flash=0.30:2.50:0.075"},
 	{"rescue-after", "LOOM_RESCUE_AFTER", "1m", "deprecated and ignored: the orchestrator's run lease decides failover (see --orchestrator-lease)"},
 	{"orchestrator-lease", "LOOM_ORCHESTRATOR_LEASE", "3s", "orchestrator: a replica owns each run it executes under a lease it renews every third of this; after a crash another replica resumes the run once the lease lapses (a slow step on a live replica is never taken over)"},
@@ -408,6 +412,17 @@ func parseServe(args []string, getenv func(string) string, out io.Writer) (confi
 	}
 	c.GeminiBaseURL, c.OpenAIBaseURL = get("gemini-base-url"), get("openai-base-url")
 	c.PriceTable, c.Prices = get("price-table"), get("prices")
+	for _, item := range splitList(get("mcp-stdio-allow")) {
+		name, path, ok := strings.Cut(item, "=")
+		if !ok || name == "" || path == "" { // the agent's Config.Validate checks the name and that the path is absolute
+			errs = append(errs, fmt.Errorf("--mcp-stdio-allow: want name=/absolute/path, got %q", item))
+			continue
+		}
+		if c.MCPStdioAllow == nil {
+			c.MCPStdioAllow = map[string]string{}
+		}
+		c.MCPStdioAllow[name] = path
+	}
 	c.OIDCIssuer, c.OIDCAudience = get("oidc-issuer"), get("oidc-audience")
 	c.OIDCJWKSURL, c.OIDCJWKSFile = get("oidc-jwks-url"), get("oidc-jwks-file")
 	c.GatewayTargets = map[string]string{

@@ -373,6 +373,15 @@ func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients
 	if sec.providerKeys != nil { // a nil *ProviderKeys in the interface would count as set
 		acfg.TenantKeys = sec.providerKeys
 	}
+	for name, path := range cfg.MCPStdioAllow {
+		if acfg.MCPStdio == nil {
+			acfg.MCPStdio = map[string]agent.MCPCommand{}
+		}
+		acfg.MCPStdio[name] = agent.MCPCommand{Path: path}
+	}
+	if sec.trail != nil { // the same: a nil *audit.Store would count as set
+		acfg.Audit = sec.trail
+	}
 	srv, err := agent.New(logger, store, c.memory, acfg)
 	if err != nil {
 		return rpcserver.Service{}, nil, err

@@ -213,6 +213,9 @@ const (
 	RunState_RUN_STATE_FAILED RunState = 3
 	// Cancelled by the caller.
 	RunState_RUN_STATE_CANCELLED RunState = 4
+	// Stopped until the caller answers its pending_tool_calls with SubmitToolResult (see ClientTool), or fails at
+	// wait_deadline. CancelRun cancels it.
+	RunState_RUN_STATE_WAITING_FOR_TOOLS RunState = 5
 )
 
 // Enum value maps for RunState.
@@ -223,13 +226,15 @@ var (
 		2: "RUN_STATE_SUCCEEDED",
 		3: "RUN_STATE_FAILED",
 		4: "RUN_STATE_CANCELLED",
+		5: "RUN_STATE_WAITING_FOR_TOOLS",
 	}
 	RunState_value = map[string]int32{
-		"RUN_STATE_UNSPECIFIED": 0,
-		"RUN_STATE_RUNNING":     1,
-		"RUN_STATE_SUCCEEDED":   2,
-		"RUN_STATE_FAILED":      3,
-		"RUN_STATE_CANCELLED":   4,
+		"RUN_STATE_UNSPECIFIED":       0,
+		"RUN_STATE_RUNNING":           1,
+		"RUN_STATE_SUCCEEDED":         2,
+		"RUN_STATE_FAILED":            3,
+		"RUN_STATE_CANCELLED":         4,
+		"RUN_STATE_WAITING_FOR_TOOLS": 5,
 	}
 )
 
@@ -599,6 +604,7 @@ type Tool struct {
 	//	*Tool_HttpFetch
 	//	*Tool_Webhook
 	//	*Tool_Mcp
+	//	*Tool_Client
 	Kind          isTool_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -695,6 +701,15 @@ func (x *Tool) GetMcp() *McpTool {
 	return nil
 }
 
+func (x *Tool) GetClient() *ClientTool {
+	if x != nil {
+		if x, ok := x.Kind.(*Tool_Client); ok {
+			return x.Client
+		}
+	}
+	return nil
+}
+
 type isTool_Kind interface {
 	isTool_Kind()
 }
@@ -729,6 +744,11 @@ type Tool_Mcp struct {
 	Mcp *McpTool `protobuf:"bytes,6,opt,name=mcp,proto3,oneof"`
 }
 
+type Tool_Client struct {
+	// A tool the caller executes; the run waits for its result.
+	Client *ClientTool `protobuf:"bytes,7,opt,name=client,proto3,oneof"`
+}
+
 func (*Tool_MemorySearch) isTool_Kind() {}
 
 func (*Tool_MemorySave) isTool_Kind() {}
@@ -741,14 +761,100 @@ func (*Tool_Webhook) isTool_Kind() {}
 
 func (*Tool_Mcp) isTool_Kind() {}
 
-// McpTool lets the model call one tool of a Model Context Protocol server over streamable HTTP. The tool's
+func (*Tool_Client) isTool_Kind() {}
+
+// ClientTool is a tool the caller executes. When the model calls it, the run stops without holding any server
+// resource (no worker, no goroutine, no lease): it is stored in RUN_STATE_WAITING_FOR_TOOLS with the
+// conversation so far, its pending_tool_calls and its wait_deadline; RunStream sends the tool_call event and
+// then a waiting event that ends the stream, and Run returns the waiting run. The caller executes the call and
+// answers with SubmitToolResult; the run then resumes from the stored state, on any replica and across
+// restarts. A run not answered by its wait_deadline fails, with an error naming the deadline. Server-side tools
+// called in the same model turn run first. A delegated run cannot wait (a client tool call there is a tool error
+// told to the model), and a workflow step (RunRequest.blueprint set) cannot run an agent with client tools
+// (FailedPrecondition). A waiting run keeps its attachments in the store until it resumes.
+type ClientTool struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tool name the model sees, unique in the agent (and run request); not a built-in tool's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// What the tool does, told to the model.
+	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// JSON Schema of the arguments object; the model's arguments are checked against it before the run waits
+	// (invalid ones are a tool error told to the model). Unset means any object.
+	Parameters *structpb.Struct `protobuf:"bytes,3,opt,name=parameters,proto3" json:"parameters,omitempty"`
+	// How long the run waits for this tool's result; unset means 10 minutes; at most 24 hours. A model turn that
+	// calls several client tools waits for the shortest of their timeouts.
+	Timeout       *durationpb.Duration `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientTool) Reset() {
+	*x = ClientTool{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientTool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientTool) ProtoMessage() {}
+
+func (x *ClientTool) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientTool.ProtoReflect.Descriptor instead.
+func (*ClientTool) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ClientTool) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ClientTool) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *ClientTool) GetParameters() *structpb.Struct {
+	if x != nil {
+		return x.Parameters
+	}
+	return nil
+}
+
+func (x *ClientTool) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+// McpTool lets the model call one tool of a Model Context Protocol server: over streamable HTTP at url, or a
+// server the tenant registered (server), over streamable HTTP or an allow-listed stdio command. The tool's
 // description and input schema come from the server (tools/list) when a run starts; the model's arguments are
 // checked against that schema before the call. The address policy of http_fetch applies to the server URL on
 // every hop. A server that cannot be reached at the start of a run leaves the tool out of that run, with a
 // warning.
 type McpTool struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The MCP server's endpoint, an absolute http or https URL.
+	// The MCP server's endpoint, an absolute http or https URL. Set url or server, not both.
 	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
 	// The tool's name on the server.
 	Tool string `protobuf:"bytes,2,opt,name=tool,proto3" json:"tool,omitempty"`
@@ -760,13 +866,16 @@ type McpTool struct {
 	// Largest result passed to the model, in bytes of JSON; 0 means 64 KiB; at most 1 MiB. A larger result is a
 	// tool error.
 	MaxResultBytes int32 `protobuf:"varint,5,opt,name=max_result_bytes,json=maxResultBytes,proto3" json:"max_result_bytes,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// A server registered with PutMcpServer, by name, instead of url. A server that is not registered (any more)
+	// when a run starts leaves the tool out of that run, with a warning.
+	Server        string `protobuf:"bytes,6,opt,name=server,proto3" json:"server,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *McpTool) Reset() {
 	*x = McpTool{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -778,7 +887,7 @@ func (x *McpTool) String() string {
 func (*McpTool) ProtoMessage() {}
 
 func (x *McpTool) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -791,7 +900,7 @@ func (x *McpTool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use McpTool.ProtoReflect.Descriptor instead.
 func (*McpTool) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *McpTool) GetUrl() string {
@@ -829,6 +938,408 @@ func (x *McpTool) GetMaxResultBytes() int32 {
 	return 0
 }
 
+func (x *McpTool) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+// McpServer is an MCP server registered for a tenant: streamable HTTP at a URL (with optional headers, for
+// example a bearer token), or a local command speaking MCP over stdio, which the server's operator must have
+// allow-listed (loom serve --mcp-stdio-allow name=/path). No other command ever runs.
+type McpServer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name, unique in the tenant; McpTool.server names it.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// How to reach it.
+	//
+	// Types that are valid to be assigned to Transport:
+	//
+	//	*McpServer_Url
+	//	*McpServer_StdioCommand
+	Transport isMcpServer_Transport `protobuf_oneof:"transport"`
+	// Write-only: HTTP headers sent with every request to url, such as Authorization; at most 16. Values are
+	// secrets: never returned (reads leave headers empty and list header_names). A Put without headers keeps the
+	// stored ones unless PutMcpServerRequest.clear_headers is set.
+	Headers map[string]string `protobuf:"bytes,4,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Output only: the names of the stored headers, sorted.
+	HeaderNames []string `protobuf:"bytes,5,rep,name=header_names,json=headerNames,proto3" json:"header_names,omitempty"`
+	// Output only: when it was last put.
+	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *McpServer) Reset() {
+	*x = McpServer{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *McpServer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*McpServer) ProtoMessage() {}
+
+func (x *McpServer) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use McpServer.ProtoReflect.Descriptor instead.
+func (*McpServer) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *McpServer) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *McpServer) GetTransport() isMcpServer_Transport {
+	if x != nil {
+		return x.Transport
+	}
+	return nil
+}
+
+func (x *McpServer) GetUrl() string {
+	if x != nil {
+		if x, ok := x.Transport.(*McpServer_Url); ok {
+			return x.Url
+		}
+	}
+	return ""
+}
+
+func (x *McpServer) GetStdioCommand() string {
+	if x != nil {
+		if x, ok := x.Transport.(*McpServer_StdioCommand); ok {
+			return x.StdioCommand
+		}
+	}
+	return ""
+}
+
+func (x *McpServer) GetHeaders() map[string]string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *McpServer) GetHeaderNames() []string {
+	if x != nil {
+		return x.HeaderNames
+	}
+	return nil
+}
+
+func (x *McpServer) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+type isMcpServer_Transport interface {
+	isMcpServer_Transport()
+}
+
+type McpServer_Url struct {
+	// Streamable HTTP endpoint, an absolute http or https URL; the address policy of http_fetch applies on every
+	// hop.
+	Url string `protobuf:"bytes,2,opt,name=url,proto3,oneof"`
+}
+
+type McpServer_StdioCommand struct {
+	// Name of an allow-listed stdio command of this server (not a path: the operator maps names to binaries).
+	StdioCommand string `protobuf:"bytes,3,opt,name=stdio_command,json=stdioCommand,proto3,oneof"`
+}
+
+func (*McpServer_Url) isMcpServer_Transport() {}
+
+func (*McpServer_StdioCommand) isMcpServer_Transport() {}
+
+// PutMcpServerRequest is the request of PutMcpServer.
+type PutMcpServerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The server. Output-only fields are ignored.
+	Server *McpServer `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	// Drop the stored headers when server.headers is empty (otherwise they are kept).
+	ClearHeaders  bool `protobuf:"varint,2,opt,name=clear_headers,json=clearHeaders,proto3" json:"clear_headers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutMcpServerRequest) Reset() {
+	*x = PutMcpServerRequest{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutMcpServerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutMcpServerRequest) ProtoMessage() {}
+
+func (x *PutMcpServerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutMcpServerRequest.ProtoReflect.Descriptor instead.
+func (*PutMcpServerRequest) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PutMcpServerRequest) GetServer() *McpServer {
+	if x != nil {
+		return x.Server
+	}
+	return nil
+}
+
+func (x *PutMcpServerRequest) GetClearHeaders() bool {
+	if x != nil {
+		return x.ClearHeaders
+	}
+	return false
+}
+
+// PutMcpServerResponse is the response of PutMcpServer.
+type PutMcpServerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The server as stored, without header values.
+	Server        *McpServer `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutMcpServerResponse) Reset() {
+	*x = PutMcpServerResponse{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutMcpServerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutMcpServerResponse) ProtoMessage() {}
+
+func (x *PutMcpServerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutMcpServerResponse.ProtoReflect.Descriptor instead.
+func (*PutMcpServerResponse) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *PutMcpServerResponse) GetServer() *McpServer {
+	if x != nil {
+		return x.Server
+	}
+	return nil
+}
+
+// ListMcpServersRequest is the request of ListMcpServers.
+type ListMcpServersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListMcpServersRequest) Reset() {
+	*x = ListMcpServersRequest{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListMcpServersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListMcpServersRequest) ProtoMessage() {}
+
+func (x *ListMcpServersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListMcpServersRequest.ProtoReflect.Descriptor instead.
+func (*ListMcpServersRequest) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+// ListMcpServersResponse is the response of ListMcpServers.
+type ListMcpServersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every server of the tenant (at most 100), ordered by name, without header values.
+	Servers       []*McpServer `protobuf:"bytes,1,rep,name=servers,proto3" json:"servers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListMcpServersResponse) Reset() {
+	*x = ListMcpServersResponse{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListMcpServersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListMcpServersResponse) ProtoMessage() {}
+
+func (x *ListMcpServersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListMcpServersResponse.ProtoReflect.Descriptor instead.
+func (*ListMcpServersResponse) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ListMcpServersResponse) GetServers() []*McpServer {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+// DeleteMcpServerRequest is the request of DeleteMcpServer.
+type DeleteMcpServerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Server name.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteMcpServerRequest) Reset() {
+	*x = DeleteMcpServerRequest{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteMcpServerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteMcpServerRequest) ProtoMessage() {}
+
+func (x *DeleteMcpServerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteMcpServerRequest.ProtoReflect.Descriptor instead.
+func (*DeleteMcpServerRequest) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DeleteMcpServerRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// DeleteMcpServerResponse is the response of DeleteMcpServer.
+type DeleteMcpServerResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteMcpServerResponse) Reset() {
+	*x = DeleteMcpServerResponse{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteMcpServerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteMcpServerResponse) ProtoMessage() {}
+
+func (x *DeleteMcpServerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteMcpServerResponse.ProtoReflect.Descriptor instead.
+func (*DeleteMcpServerResponse) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
 // WebhookTool lets the model call the user's own HTTP endpoint. A call POSTs a JSON object {"tool", "run_id",
 // "call_id", "arguments"} with headers Loom-Timestamp (unix seconds) and Loom-Signature ("v1=" and the hex
 // HMAC-SHA256, keyed by signing_secret, of the timestamp, ".", and the body); receivers should refuse a
@@ -861,7 +1372,7 @@ type WebhookTool struct {
 
 func (x *WebhookTool) Reset() {
 	*x = WebhookTool{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -873,7 +1384,7 @@ func (x *WebhookTool) String() string {
 func (*WebhookTool) ProtoMessage() {}
 
 func (x *WebhookTool) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -886,7 +1397,7 @@ func (x *WebhookTool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookTool.ProtoReflect.Descriptor instead.
 func (*WebhookTool) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WebhookTool) GetName() string {
@@ -954,7 +1465,7 @@ type MemorySearchTool struct {
 
 func (x *MemorySearchTool) Reset() {
 	*x = MemorySearchTool{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -966,7 +1477,7 @@ func (x *MemorySearchTool) String() string {
 func (*MemorySearchTool) ProtoMessage() {}
 
 func (x *MemorySearchTool) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -979,7 +1490,7 @@ func (x *MemorySearchTool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemorySearchTool.ProtoReflect.Descriptor instead.
 func (*MemorySearchTool) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 // MemorySaveTool lets the model save text into the agent's memory namespace.
@@ -991,7 +1502,7 @@ type MemorySaveTool struct {
 
 func (x *MemorySaveTool) Reset() {
 	*x = MemorySaveTool{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1003,7 +1514,7 @@ func (x *MemorySaveTool) String() string {
 func (*MemorySaveTool) ProtoMessage() {}
 
 func (x *MemorySaveTool) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1016,7 +1527,7 @@ func (x *MemorySaveTool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemorySaveTool.ProtoReflect.Descriptor instead.
 func (*MemorySaveTool) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 // DelegateTool lets the model run another agent.
@@ -1032,7 +1543,7 @@ type DelegateTool struct {
 
 func (x *DelegateTool) Reset() {
 	*x = DelegateTool{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1555,7 @@ func (x *DelegateTool) String() string {
 func (*DelegateTool) ProtoMessage() {}
 
 func (x *DelegateTool) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1568,7 @@ func (x *DelegateTool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DelegateTool.ProtoReflect.Descriptor instead.
 func (*DelegateTool) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DelegateTool) GetAgent() string {
@@ -1086,7 +1597,7 @@ type HttpFetchTool struct {
 
 func (x *HttpFetchTool) Reset() {
 	*x = HttpFetchTool{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1609,7 @@ func (x *HttpFetchTool) String() string {
 func (*HttpFetchTool) ProtoMessage() {}
 
 func (x *HttpFetchTool) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1622,7 @@ func (x *HttpFetchTool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HttpFetchTool.ProtoReflect.Descriptor instead.
 func (*HttpFetchTool) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *HttpFetchTool) GetAllowedHosts() []string {
@@ -1136,7 +1647,7 @@ type MemoryConfig struct {
 
 func (x *MemoryConfig) Reset() {
 	*x = MemoryConfig{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1148,7 +1659,7 @@ func (x *MemoryConfig) String() string {
 func (*MemoryConfig) ProtoMessage() {}
 
 func (x *MemoryConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1161,7 +1672,7 @@ func (x *MemoryConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryConfig.ProtoReflect.Descriptor instead.
 func (*MemoryConfig) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *MemoryConfig) GetNamespace() string {
@@ -1203,7 +1714,7 @@ type Budgets struct {
 
 func (x *Budgets) Reset() {
 	*x = Budgets{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1215,7 +1726,7 @@ func (x *Budgets) String() string {
 func (*Budgets) ProtoMessage() {}
 
 func (x *Budgets) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1228,7 +1739,7 @@ func (x *Budgets) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Budgets.ProtoReflect.Descriptor instead.
 func (*Budgets) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Budgets) GetMaxSteps() int32 {
@@ -1272,7 +1783,7 @@ type Voice struct {
 
 func (x *Voice) Reset() {
 	*x = Voice{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1284,7 +1795,7 @@ func (x *Voice) String() string {
 func (*Voice) ProtoMessage() {}
 
 func (x *Voice) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1297,7 +1808,7 @@ func (x *Voice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Voice.ProtoReflect.Descriptor instead.
 func (*Voice) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Voice) GetProvider() VoiceProvider {
@@ -1350,7 +1861,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1873,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1886,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Agent) GetName() string {
@@ -1502,7 +2013,7 @@ type Chaos struct {
 
 func (x *Chaos) Reset() {
 	*x = Chaos{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1514,7 +2025,7 @@ func (x *Chaos) String() string {
 func (*Chaos) ProtoMessage() {}
 
 func (x *Chaos) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1527,7 +2038,7 @@ func (x *Chaos) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chaos.ProtoReflect.Descriptor instead.
 func (*Chaos) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Chaos) GetSeed() uint64 {
@@ -1598,7 +2109,7 @@ type ToolCall struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Call id, unique in the run.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// Tool name: memory_search, memory_save, delegate_<agent>, http_fetch.
+	// Tool name: memory_search, memory_save, delegate_<agent>, http_fetch, or a webhook, MCP or client tool's.
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// Arguments as a JSON object.
 	Arguments     *structpb.Struct `protobuf:"bytes,3,opt,name=arguments,proto3" json:"arguments,omitempty"`
@@ -1608,7 +2119,7 @@ type ToolCall struct {
 
 func (x *ToolCall) Reset() {
 	*x = ToolCall{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +2131,7 @@ func (x *ToolCall) String() string {
 func (*ToolCall) ProtoMessage() {}
 
 func (x *ToolCall) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +2144,7 @@ func (x *ToolCall) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToolCall.ProtoReflect.Descriptor instead.
 func (*ToolCall) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ToolCall) GetId() string {
@@ -1676,7 +2187,7 @@ type ToolResult struct {
 
 func (x *ToolResult) Reset() {
 	*x = ToolResult{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1688,7 +2199,7 @@ func (x *ToolResult) String() string {
 func (*ToolResult) ProtoMessage() {}
 
 func (x *ToolResult) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1701,7 +2212,7 @@ func (x *ToolResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToolResult.ProtoReflect.Descriptor instead.
 func (*ToolResult) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ToolResult) GetCallId() string {
@@ -1762,7 +2273,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1774,7 +2285,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1787,7 +2298,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Usage) GetInputTokens() int64 {
@@ -1856,7 +2367,7 @@ type Step struct {
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1868,7 +2379,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1881,7 +2392,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Step) GetIndex() int32 {
@@ -1969,14 +2480,19 @@ type Run struct {
 	// Blueprint whose workflow step started the run (RunRequest.blueprint), for usage accounting; empty otherwise.
 	Blueprint string `protobuf:"bytes,16,opt,name=blueprint,proto3" json:"blueprint,omitempty"`
 	// The unit prices the run's model calls were charged at; unset when the model is not in the price table.
-	Price         *Price `protobuf:"bytes,17,opt,name=price,proto3" json:"price,omitempty"`
+	Price *Price `protobuf:"bytes,17,opt,name=price,proto3" json:"price,omitempty"`
+	// In RUN_STATE_WAITING_FOR_TOOLS: the client tool calls not answered yet by SubmitToolResult. Empty in every
+	// other state.
+	PendingToolCalls []*ToolCall `protobuf:"bytes,18,rep,name=pending_tool_calls,json=pendingToolCalls,proto3" json:"pending_tool_calls,omitempty"`
+	// In RUN_STATE_WAITING_FOR_TOOLS: when the run fails unless every pending call has been answered.
+	WaitDeadline  *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=wait_deadline,json=waitDeadline,proto3" json:"wait_deadline,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Run) Reset() {
 	*x = Run{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1988,7 +2504,7 @@ func (x *Run) String() string {
 func (*Run) ProtoMessage() {}
 
 func (x *Run) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2001,7 +2517,7 @@ func (x *Run) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Run.ProtoReflect.Descriptor instead.
 func (*Run) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Run) GetId() string {
@@ -2123,6 +2639,20 @@ func (x *Run) GetPrice() *Price {
 	return nil
 }
 
+func (x *Run) GetPendingToolCalls() []*ToolCall {
+	if x != nil {
+		return x.PendingToolCalls
+	}
+	return nil
+}
+
+func (x *Run) GetWaitDeadline() *timestamppb.Timestamp {
+	if x != nil {
+		return x.WaitDeadline
+	}
+	return nil
+}
+
 // Price is one model's unit prices in a price table version. Amounts are per million tokens.
 type Price struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2140,7 +2670,7 @@ type Price struct {
 
 func (x *Price) Reset() {
 	*x = Price{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2152,7 +2682,7 @@ func (x *Price) String() string {
 func (*Price) ProtoMessage() {}
 
 func (x *Price) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2165,7 +2695,7 @@ func (x *Price) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Price.ProtoReflect.Descriptor instead.
 func (*Price) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Price) GetVersion() string {
@@ -2207,7 +2737,7 @@ type CreateAgentRequest struct {
 
 func (x *CreateAgentRequest) Reset() {
 	*x = CreateAgentRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2219,7 +2749,7 @@ func (x *CreateAgentRequest) String() string {
 func (*CreateAgentRequest) ProtoMessage() {}
 
 func (x *CreateAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2232,7 +2762,7 @@ func (x *CreateAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAgentRequest.ProtoReflect.Descriptor instead.
 func (*CreateAgentRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CreateAgentRequest) GetAgent() *Agent {
@@ -2253,7 +2783,7 @@ type CreateAgentResponse struct {
 
 func (x *CreateAgentResponse) Reset() {
 	*x = CreateAgentResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2265,7 +2795,7 @@ func (x *CreateAgentResponse) String() string {
 func (*CreateAgentResponse) ProtoMessage() {}
 
 func (x *CreateAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2278,7 +2808,7 @@ func (x *CreateAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAgentResponse.ProtoReflect.Descriptor instead.
 func (*CreateAgentResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CreateAgentResponse) GetAgent() *Agent {
@@ -2301,7 +2831,7 @@ type GetAgentRequest struct {
 
 func (x *GetAgentRequest) Reset() {
 	*x = GetAgentRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2313,7 +2843,7 @@ func (x *GetAgentRequest) String() string {
 func (*GetAgentRequest) ProtoMessage() {}
 
 func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2326,7 +2856,7 @@ func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentRequest.ProtoReflect.Descriptor instead.
 func (*GetAgentRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetAgentRequest) GetName() string {
@@ -2354,7 +2884,7 @@ type GetAgentResponse struct {
 
 func (x *GetAgentResponse) Reset() {
 	*x = GetAgentResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2366,7 +2896,7 @@ func (x *GetAgentResponse) String() string {
 func (*GetAgentResponse) ProtoMessage() {}
 
 func (x *GetAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2379,7 +2909,7 @@ func (x *GetAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentResponse.ProtoReflect.Descriptor instead.
 func (*GetAgentResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetAgentResponse) GetAgent() *Agent {
@@ -2402,7 +2932,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2414,7 +2944,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2427,7 +2957,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListAgentsRequest) GetPageSize() int32 {
@@ -2457,7 +2987,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2469,7 +2999,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2482,7 +3012,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -2514,7 +3044,7 @@ type UpdateAgentRequest struct {
 
 func (x *UpdateAgentRequest) Reset() {
 	*x = UpdateAgentRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2526,7 +3056,7 @@ func (x *UpdateAgentRequest) String() string {
 func (*UpdateAgentRequest) ProtoMessage() {}
 
 func (x *UpdateAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2539,7 +3069,7 @@ func (x *UpdateAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAgentRequest.ProtoReflect.Descriptor instead.
 func (*UpdateAgentRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *UpdateAgentRequest) GetAgent() *Agent {
@@ -2574,7 +3104,7 @@ type UpdateAgentResponse struct {
 
 func (x *UpdateAgentResponse) Reset() {
 	*x = UpdateAgentResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2586,7 +3116,7 @@ func (x *UpdateAgentResponse) String() string {
 func (*UpdateAgentResponse) ProtoMessage() {}
 
 func (x *UpdateAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2599,7 +3129,7 @@ func (x *UpdateAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAgentResponse.ProtoReflect.Descriptor instead.
 func (*UpdateAgentResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *UpdateAgentResponse) GetAgent() *Agent {
@@ -2620,7 +3150,7 @@ type DeleteAgentRequest struct {
 
 func (x *DeleteAgentRequest) Reset() {
 	*x = DeleteAgentRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2632,7 +3162,7 @@ func (x *DeleteAgentRequest) String() string {
 func (*DeleteAgentRequest) ProtoMessage() {}
 
 func (x *DeleteAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2645,7 +3175,7 @@ func (x *DeleteAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAgentRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAgentRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DeleteAgentRequest) GetName() string {
@@ -2664,7 +3194,7 @@ type DeleteAgentResponse struct {
 
 func (x *DeleteAgentResponse) Reset() {
 	*x = DeleteAgentResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2676,7 +3206,7 @@ func (x *DeleteAgentResponse) String() string {
 func (*DeleteAgentResponse) ProtoMessage() {}
 
 func (x *DeleteAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2689,7 +3219,7 @@ func (x *DeleteAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAgentResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAgentResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{38}
 }
 
 // RunRequest is the request of Run.
@@ -2717,14 +3247,16 @@ type RunRequest struct {
 	// accounting (GetUsage) and nothing else.
 	Blueprint string `protobuf:"bytes,7,opt,name=blueprint,proto3" json:"blueprint,omitempty"`
 	// Agent version to run; 0 means the latest. NotFound naming the version when the agent has no such version.
-	AgentVersion  int64 `protobuf:"varint,8,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	AgentVersion int64 `protobuf:"varint,8,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// Client tools of this run only, added to the agent's tools; at most 16. Names must not clash with the agent's.
+	ClientTools   []*ClientTool `protobuf:"bytes,9,rep,name=client_tools,json=clientTools,proto3" json:"client_tools,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunRequest) Reset() {
 	*x = RunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2736,7 +3268,7 @@ func (x *RunRequest) String() string {
 func (*RunRequest) ProtoMessage() {}
 
 func (x *RunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2749,7 +3281,7 @@ func (x *RunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRequest.ProtoReflect.Descriptor instead.
 func (*RunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RunRequest) GetAgent() string {
@@ -2808,6 +3340,13 @@ func (x *RunRequest) GetAgentVersion() int64 {
 	return 0
 }
 
+func (x *RunRequest) GetClientTools() []*ClientTool {
+	if x != nil {
+		return x.ClientTools
+	}
+	return nil
+}
+
 // Attachment is an image or audio clip sent inline to the model with a run's input.
 type Attachment struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2821,7 +3360,7 @@ type Attachment struct {
 
 func (x *Attachment) Reset() {
 	*x = Attachment{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2833,7 +3372,7 @@ func (x *Attachment) String() string {
 func (*Attachment) ProtoMessage() {}
 
 func (x *Attachment) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2846,7 +3385,7 @@ func (x *Attachment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attachment.ProtoReflect.Descriptor instead.
 func (*Attachment) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{32}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Attachment) GetMimeType() string {
@@ -2874,7 +3413,7 @@ type RunResponse struct {
 
 func (x *RunResponse) Reset() {
 	*x = RunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2886,7 +3425,7 @@ func (x *RunResponse) String() string {
 func (*RunResponse) ProtoMessage() {}
 
 func (x *RunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2899,7 +3438,7 @@ func (x *RunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunResponse.ProtoReflect.Descriptor instead.
 func (*RunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{33}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RunResponse) GetRun() *Run {
@@ -2929,14 +3468,16 @@ type RunStreamRequest struct {
 	// Blueprint whose workflow step makes this call, as in RunRequest (usage accounting only).
 	Blueprint string `protobuf:"bytes,7,opt,name=blueprint,proto3" json:"blueprint,omitempty"`
 	// Agent version to run, as in RunRequest; 0 means the latest.
-	AgentVersion  int64 `protobuf:"varint,8,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	AgentVersion int64 `protobuf:"varint,8,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// Client tools of this run only, as in RunRequest; at most 16.
+	ClientTools   []*ClientTool `protobuf:"bytes,9,rep,name=client_tools,json=clientTools,proto3" json:"client_tools,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunStreamRequest) Reset() {
 	*x = RunStreamRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2948,7 +3489,7 @@ func (x *RunStreamRequest) String() string {
 func (*RunStreamRequest) ProtoMessage() {}
 
 func (x *RunStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2961,7 +3502,7 @@ func (x *RunStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStreamRequest.ProtoReflect.Descriptor instead.
 func (*RunStreamRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{34}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RunStreamRequest) GetAgent() string {
@@ -3020,6 +3561,13 @@ func (x *RunStreamRequest) GetAgentVersion() int64 {
 	return 0
 }
 
+func (x *RunStreamRequest) GetClientTools() []*ClientTool {
+	if x != nil {
+		return x.ClientTools
+	}
+	return nil
+}
+
 // RunStreamResponse is one event of a streamed run. Events of runs delegated to other agents (delegate tools)
 // are forwarded too, carrying the delegated run's id; only the streamed run's own started and completed or
 // failed events frame the stream.
@@ -3040,6 +3588,7 @@ type RunStreamResponse struct {
 	//	*RunStreamResponse_Warning
 	//	*RunStreamResponse_Completed
 	//	*RunStreamResponse_Failed
+	//	*RunStreamResponse_Waiting
 	Event isRunStreamResponse_Event `protobuf_oneof:"event"`
 	// On usage events: the streamed run's usage so far, delegated runs included (on a delegated run's usage event,
 	// that delegated run's usage so far).
@@ -3050,7 +3599,7 @@ type RunStreamResponse struct {
 
 func (x *RunStreamResponse) Reset() {
 	*x = RunStreamResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3062,7 +3611,7 @@ func (x *RunStreamResponse) String() string {
 func (*RunStreamResponse) ProtoMessage() {}
 
 func (x *RunStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3075,7 +3624,7 @@ func (x *RunStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStreamResponse.ProtoReflect.Descriptor instead.
 func (*RunStreamResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{35}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RunStreamResponse) GetRunId() string {
@@ -3173,6 +3722,15 @@ func (x *RunStreamResponse) GetFailed() *Run {
 	return nil
 }
 
+func (x *RunStreamResponse) GetWaiting() *Run {
+	if x != nil {
+		if x, ok := x.Event.(*RunStreamResponse_Waiting); ok {
+			return x.Waiting
+		}
+	}
+	return nil
+}
+
 func (x *RunStreamResponse) GetRunUsage() *Usage {
 	if x != nil {
 		return x.RunUsage
@@ -3229,6 +3787,12 @@ type RunStreamResponse_Failed struct {
 	Failed *Run `protobuf:"bytes,10,opt,name=failed,proto3,oneof"`
 }
 
+type RunStreamResponse_Waiting struct {
+	// The run waits for client tool results (see ClientTool); carries the run with its pending calls. It ends
+	// the stream, like completed and failed.
+	Waiting *Run `protobuf:"bytes,12,opt,name=waiting,proto3,oneof"`
+}
+
 func (*RunStreamResponse_Started) isRunStreamResponse_Event() {}
 
 func (*RunStreamResponse_TextDelta) isRunStreamResponse_Event() {}
@@ -3247,6 +3811,8 @@ func (*RunStreamResponse_Completed) isRunStreamResponse_Event() {}
 
 func (*RunStreamResponse_Failed) isRunStreamResponse_Event() {}
 
+func (*RunStreamResponse_Waiting) isRunStreamResponse_Event() {}
+
 // RunStarted announces a run.
 type RunStarted struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3258,7 +3824,7 @@ type RunStarted struct {
 
 func (x *RunStarted) Reset() {
 	*x = RunStarted{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3270,7 +3836,7 @@ func (x *RunStarted) String() string {
 func (*RunStarted) ProtoMessage() {}
 
 func (x *RunStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3283,7 +3849,7 @@ func (x *RunStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStarted.ProtoReflect.Descriptor instead.
 func (*RunStarted) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{36}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RunStarted) GetAgentVersion() int64 {
@@ -3304,7 +3870,7 @@ type TextDelta struct {
 
 func (x *TextDelta) Reset() {
 	*x = TextDelta{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3316,7 +3882,7 @@ func (x *TextDelta) String() string {
 func (*TextDelta) ProtoMessage() {}
 
 func (x *TextDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[37]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3329,7 +3895,7 @@ func (x *TextDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TextDelta.ProtoReflect.Descriptor instead.
 func (*TextDelta) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{37}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *TextDelta) GetText() string {
@@ -3350,7 +3916,7 @@ type MemoryHits struct {
 
 func (x *MemoryHits) Reset() {
 	*x = MemoryHits{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3362,7 +3928,7 @@ func (x *MemoryHits) String() string {
 func (*MemoryHits) ProtoMessage() {}
 
 func (x *MemoryHits) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[38]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3375,7 +3941,7 @@ func (x *MemoryHits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryHits.ProtoReflect.Descriptor instead.
 func (*MemoryHits) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{38}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *MemoryHits) GetHits() []*MemoryHit {
@@ -3400,7 +3966,7 @@ type MemoryHit struct {
 
 func (x *MemoryHit) Reset() {
 	*x = MemoryHit{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3412,7 +3978,7 @@ func (x *MemoryHit) String() string {
 func (*MemoryHit) ProtoMessage() {}
 
 func (x *MemoryHit) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[39]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3425,7 +3991,7 @@ func (x *MemoryHit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryHit.ProtoReflect.Descriptor instead.
 func (*MemoryHit) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{39}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *MemoryHit) GetId() string {
@@ -3460,7 +4026,7 @@ type Warning struct {
 
 func (x *Warning) Reset() {
 	*x = Warning{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3472,7 +4038,7 @@ func (x *Warning) String() string {
 func (*Warning) ProtoMessage() {}
 
 func (x *Warning) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[40]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3485,7 +4051,7 @@ func (x *Warning) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Warning.ProtoReflect.Descriptor instead.
 func (*Warning) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{40}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *Warning) GetMessage() string {
@@ -3506,7 +4072,7 @@ type GetRunRequest struct {
 
 func (x *GetRunRequest) Reset() {
 	*x = GetRunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3518,7 +4084,7 @@ func (x *GetRunRequest) String() string {
 func (*GetRunRequest) ProtoMessage() {}
 
 func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[41]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3531,7 +4097,7 @@ func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunRequest.ProtoReflect.Descriptor instead.
 func (*GetRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{41}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GetRunRequest) GetId() string {
@@ -3552,7 +4118,7 @@ type GetRunResponse struct {
 
 func (x *GetRunResponse) Reset() {
 	*x = GetRunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3564,7 +4130,7 @@ func (x *GetRunResponse) String() string {
 func (*GetRunResponse) ProtoMessage() {}
 
 func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[42]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3577,7 +4143,7 @@ func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunResponse.ProtoReflect.Descriptor instead.
 func (*GetRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{42}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *GetRunResponse) GetRun() *Run {
@@ -3606,7 +4172,7 @@ type ListRunsRequest struct {
 
 func (x *ListRunsRequest) Reset() {
 	*x = ListRunsRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3618,7 +4184,7 @@ func (x *ListRunsRequest) String() string {
 func (*ListRunsRequest) ProtoMessage() {}
 
 func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[43]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3631,7 +4197,7 @@ func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsRequest.ProtoReflect.Descriptor instead.
 func (*ListRunsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{43}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ListRunsRequest) GetAgent() string {
@@ -3682,7 +4248,7 @@ type ListRunsResponse struct {
 
 func (x *ListRunsResponse) Reset() {
 	*x = ListRunsResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3694,7 +4260,7 @@ func (x *ListRunsResponse) String() string {
 func (*ListRunsResponse) ProtoMessage() {}
 
 func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[44]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3707,7 +4273,7 @@ func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsResponse.ProtoReflect.Descriptor instead.
 func (*ListRunsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{44}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ListRunsResponse) GetRuns() []*Run {
@@ -3735,7 +4301,7 @@ type CancelRunRequest struct {
 
 func (x *CancelRunRequest) Reset() {
 	*x = CancelRunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3747,7 +4313,7 @@ func (x *CancelRunRequest) String() string {
 func (*CancelRunRequest) ProtoMessage() {}
 
 func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[45]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3760,7 +4326,7 @@ func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunRequest.ProtoReflect.Descriptor instead.
 func (*CancelRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{45}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *CancelRunRequest) GetId() string {
@@ -3781,7 +4347,7 @@ type CancelRunResponse struct {
 
 func (x *CancelRunResponse) Reset() {
 	*x = CancelRunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3793,7 +4359,7 @@ func (x *CancelRunResponse) String() string {
 func (*CancelRunResponse) ProtoMessage() {}
 
 func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[46]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3806,7 +4372,7 @@ func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunResponse.ProtoReflect.Descriptor instead.
 func (*CancelRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{46}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *CancelRunResponse) GetRun() *Run {
@@ -3827,7 +4393,7 @@ type DeleteRunRequest struct {
 
 func (x *DeleteRunRequest) Reset() {
 	*x = DeleteRunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3839,7 +4405,7 @@ func (x *DeleteRunRequest) String() string {
 func (*DeleteRunRequest) ProtoMessage() {}
 
 func (x *DeleteRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[47]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3852,7 +4418,7 @@ func (x *DeleteRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRunRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{47}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *DeleteRunRequest) GetId() string {
@@ -3871,7 +4437,7 @@ type DeleteRunResponse struct {
 
 func (x *DeleteRunResponse) Reset() {
 	*x = DeleteRunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3883,7 +4449,7 @@ func (x *DeleteRunResponse) String() string {
 func (*DeleteRunResponse) ProtoMessage() {}
 
 func (x *DeleteRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[48]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3896,7 +4462,172 @@ func (x *DeleteRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRunResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{48}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{56}
+}
+
+// SubmitToolResultRequest is the request of SubmitToolResult.
+type SubmitToolResultRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Run id.
+	RunId string `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	// Results of pending calls, each call at most once; 1 to 16.
+	Results       []*ClientToolResult `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitToolResultRequest) Reset() {
+	*x = SubmitToolResultRequest{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitToolResultRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitToolResultRequest) ProtoMessage() {}
+
+func (x *SubmitToolResultRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitToolResultRequest.ProtoReflect.Descriptor instead.
+func (*SubmitToolResultRequest) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *SubmitToolResultRequest) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
+func (x *SubmitToolResultRequest) GetResults() []*ClientToolResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// ClientToolResult is the caller's outcome of one client tool call: a result, or an error told to the model.
+type ClientToolResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The pending call's id (ToolCall.id).
+	CallId string `protobuf:"bytes,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	// Result as a JSON object, at most 256 KiB of JSON and 64 levels deep; unset with no error means {}.
+	Result *structpb.Struct `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
+	// Error, when the tool failed; the model is told. Set result or error, not both.
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientToolResult) Reset() {
+	*x = ClientToolResult{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientToolResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientToolResult) ProtoMessage() {}
+
+func (x *ClientToolResult) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientToolResult.ProtoReflect.Descriptor instead.
+func (*ClientToolResult) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *ClientToolResult) GetCallId() string {
+	if x != nil {
+		return x.CallId
+	}
+	return ""
+}
+
+func (x *ClientToolResult) GetResult() *structpb.Struct {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *ClientToolResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// SubmitToolResultResponse is the response of SubmitToolResult.
+type SubmitToolResultResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The run where it stopped: finished, failed, or still (or again) waiting.
+	Run           *Run `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitToolResultResponse) Reset() {
+	*x = SubmitToolResultResponse{}
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitToolResultResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitToolResultResponse) ProtoMessage() {}
+
+func (x *SubmitToolResultResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitToolResultResponse.ProtoReflect.Descriptor instead.
+func (*SubmitToolResultResponse) Descriptor() ([]byte, []int) {
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *SubmitToolResultResponse) GetRun() *Run {
+	if x != nil {
+		return x.Run
+	}
+	return nil
 }
 
 // SynthesizeSpeechRequest is the request of SynthesizeSpeech.
@@ -3916,7 +4647,7 @@ type SynthesizeSpeechRequest struct {
 
 func (x *SynthesizeSpeechRequest) Reset() {
 	*x = SynthesizeSpeechRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[49]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3928,7 +4659,7 @@ func (x *SynthesizeSpeechRequest) String() string {
 func (*SynthesizeSpeechRequest) ProtoMessage() {}
 
 func (x *SynthesizeSpeechRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[49]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3941,7 +4672,7 @@ func (x *SynthesizeSpeechRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SynthesizeSpeechRequest.ProtoReflect.Descriptor instead.
 func (*SynthesizeSpeechRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{49}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *SynthesizeSpeechRequest) GetText() string {
@@ -3985,7 +4716,7 @@ type SynthesizeSpeechResponse struct {
 
 func (x *SynthesizeSpeechResponse) Reset() {
 	*x = SynthesizeSpeechResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[50]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3997,7 +4728,7 @@ func (x *SynthesizeSpeechResponse) String() string {
 func (*SynthesizeSpeechResponse) ProtoMessage() {}
 
 func (x *SynthesizeSpeechResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[50]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4010,7 +4741,7 @@ func (x *SynthesizeSpeechResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SynthesizeSpeechResponse.ProtoReflect.Descriptor instead.
 func (*SynthesizeSpeechResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{50}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *SynthesizeSpeechResponse) GetAudio() []byte {
@@ -4044,7 +4775,7 @@ type Video struct {
 
 func (x *Video) Reset() {
 	*x = Video{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[51]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4056,7 +4787,7 @@ func (x *Video) String() string {
 func (*Video) ProtoMessage() {}
 
 func (x *Video) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[51]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4069,7 +4800,7 @@ func (x *Video) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Video.ProtoReflect.Descriptor instead.
 func (*Video) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{51}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *Video) GetId() string {
@@ -4115,7 +4846,7 @@ type CreateVideoRequest struct {
 
 func (x *CreateVideoRequest) Reset() {
 	*x = CreateVideoRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[52]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4127,7 +4858,7 @@ func (x *CreateVideoRequest) String() string {
 func (*CreateVideoRequest) ProtoMessage() {}
 
 func (x *CreateVideoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[52]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4140,7 +4871,7 @@ func (x *CreateVideoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVideoRequest.ProtoReflect.Descriptor instead.
 func (*CreateVideoRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{52}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *CreateVideoRequest) GetReplicaId() string {
@@ -4175,7 +4906,7 @@ type CreateVideoResponse struct {
 
 func (x *CreateVideoResponse) Reset() {
 	*x = CreateVideoResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[53]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4187,7 +4918,7 @@ func (x *CreateVideoResponse) String() string {
 func (*CreateVideoResponse) ProtoMessage() {}
 
 func (x *CreateVideoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[53]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4200,7 +4931,7 @@ func (x *CreateVideoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVideoResponse.ProtoReflect.Descriptor instead.
 func (*CreateVideoResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{53}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *CreateVideoResponse) GetVideo() *Video {
@@ -4221,7 +4952,7 @@ type GetVideoRequest struct {
 
 func (x *GetVideoRequest) Reset() {
 	*x = GetVideoRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[54]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4233,7 +4964,7 @@ func (x *GetVideoRequest) String() string {
 func (*GetVideoRequest) ProtoMessage() {}
 
 func (x *GetVideoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[54]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4246,7 +4977,7 @@ func (x *GetVideoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVideoRequest.ProtoReflect.Descriptor instead.
 func (*GetVideoRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{54}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *GetVideoRequest) GetId() string {
@@ -4267,7 +4998,7 @@ type GetVideoResponse struct {
 
 func (x *GetVideoResponse) Reset() {
 	*x = GetVideoResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[55]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4279,7 +5010,7 @@ func (x *GetVideoResponse) String() string {
 func (*GetVideoResponse) ProtoMessage() {}
 
 func (x *GetVideoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[55]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4292,7 +5023,7 @@ func (x *GetVideoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVideoResponse.ProtoReflect.Descriptor instead.
 func (*GetVideoResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{55}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *GetVideoResponse) GetVideo() *Video {
@@ -4319,7 +5050,7 @@ type GetUsageRequest struct {
 
 func (x *GetUsageRequest) Reset() {
 	*x = GetUsageRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[56]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4331,7 +5062,7 @@ func (x *GetUsageRequest) String() string {
 func (*GetUsageRequest) ProtoMessage() {}
 
 func (x *GetUsageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[56]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4344,7 +5075,7 @@ func (x *GetUsageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageRequest.ProtoReflect.Descriptor instead.
 func (*GetUsageRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{56}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *GetUsageRequest) GetStartTime() *timestamppb.Timestamp {
@@ -4398,7 +5129,7 @@ type UsageRow struct {
 
 func (x *UsageRow) Reset() {
 	*x = UsageRow{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[57]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4410,7 +5141,7 @@ func (x *UsageRow) String() string {
 func (*UsageRow) ProtoMessage() {}
 
 func (x *UsageRow) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[57]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4423,7 +5154,7 @@ func (x *UsageRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageRow.ProtoReflect.Descriptor instead.
 func (*UsageRow) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{57}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *UsageRow) GetDay() string {
@@ -4490,7 +5221,7 @@ type GetUsageResponse struct {
 
 func (x *GetUsageResponse) Reset() {
 	*x = GetUsageResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[58]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4502,7 +5233,7 @@ func (x *GetUsageResponse) String() string {
 func (*GetUsageResponse) ProtoMessage() {}
 
 func (x *GetUsageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[58]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4515,7 +5246,7 @@ func (x *GetUsageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageResponse.ProtoReflect.Descriptor instead.
 func (*GetUsageResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{58}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *GetUsageResponse) GetRows() []*UsageRow {
@@ -4562,7 +5293,7 @@ type TenantBudget struct {
 
 func (x *TenantBudget) Reset() {
 	*x = TenantBudget{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[59]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4574,7 +5305,7 @@ func (x *TenantBudget) String() string {
 func (*TenantBudget) ProtoMessage() {}
 
 func (x *TenantBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[59]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4587,7 +5318,7 @@ func (x *TenantBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TenantBudget.ProtoReflect.Descriptor instead.
 func (*TenantBudget) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{59}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *TenantBudget) GetMaxTokensPerRun() int64 {
@@ -4643,7 +5374,7 @@ type SetTenantBudgetRequest struct {
 
 func (x *SetTenantBudgetRequest) Reset() {
 	*x = SetTenantBudgetRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[60]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4655,7 +5386,7 @@ func (x *SetTenantBudgetRequest) String() string {
 func (*SetTenantBudgetRequest) ProtoMessage() {}
 
 func (x *SetTenantBudgetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[60]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4668,7 +5399,7 @@ func (x *SetTenantBudgetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTenantBudgetRequest.ProtoReflect.Descriptor instead.
 func (*SetTenantBudgetRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{60}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *SetTenantBudgetRequest) GetBudget() *TenantBudget {
@@ -4689,7 +5420,7 @@ type SetTenantBudgetResponse struct {
 
 func (x *SetTenantBudgetResponse) Reset() {
 	*x = SetTenantBudgetResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[61]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4701,7 +5432,7 @@ func (x *SetTenantBudgetResponse) String() string {
 func (*SetTenantBudgetResponse) ProtoMessage() {}
 
 func (x *SetTenantBudgetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[61]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4714,7 +5445,7 @@ func (x *SetTenantBudgetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTenantBudgetResponse.ProtoReflect.Descriptor instead.
 func (*SetTenantBudgetResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{61}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *SetTenantBudgetResponse) GetBudget() *TenantBudget {
@@ -4733,7 +5464,7 @@ type GetTenantBudgetRequest struct {
 
 func (x *GetTenantBudgetRequest) Reset() {
 	*x = GetTenantBudgetRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[62]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4745,7 +5476,7 @@ func (x *GetTenantBudgetRequest) String() string {
 func (*GetTenantBudgetRequest) ProtoMessage() {}
 
 func (x *GetTenantBudgetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[62]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4758,7 +5489,7 @@ func (x *GetTenantBudgetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTenantBudgetRequest.ProtoReflect.Descriptor instead.
 func (*GetTenantBudgetRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{62}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{73}
 }
 
 // GetTenantBudgetResponse is the response of GetTenantBudget.
@@ -4776,7 +5507,7 @@ type GetTenantBudgetResponse struct {
 
 func (x *GetTenantBudgetResponse) Reset() {
 	*x = GetTenantBudgetResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[63]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4788,7 +5519,7 @@ func (x *GetTenantBudgetResponse) String() string {
 func (*GetTenantBudgetResponse) ProtoMessage() {}
 
 func (x *GetTenantBudgetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[63]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4801,7 +5532,7 @@ func (x *GetTenantBudgetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTenantBudgetResponse.ProtoReflect.Descriptor instead.
 func (*GetTenantBudgetResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{63}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *GetTenantBudgetResponse) GetBudget() *TenantBudget {
@@ -4840,7 +5571,7 @@ type EstimateRunRequest struct {
 
 func (x *EstimateRunRequest) Reset() {
 	*x = EstimateRunRequest{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[64]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4852,7 +5583,7 @@ func (x *EstimateRunRequest) String() string {
 func (*EstimateRunRequest) ProtoMessage() {}
 
 func (x *EstimateRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[64]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4865,7 +5596,7 @@ func (x *EstimateRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EstimateRunRequest.ProtoReflect.Descriptor instead.
 func (*EstimateRunRequest) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{64}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *EstimateRunRequest) GetAgent() string {
@@ -4900,7 +5631,7 @@ type EstimateRunResponse struct {
 
 func (x *EstimateRunResponse) Reset() {
 	*x = EstimateRunResponse{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[65]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4912,7 +5643,7 @@ func (x *EstimateRunResponse) String() string {
 func (*EstimateRunResponse) ProtoMessage() {}
 
 func (x *EstimateRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[65]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4925,7 +5656,7 @@ func (x *EstimateRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EstimateRunResponse.ProtoReflect.Descriptor instead.
 func (*EstimateRunResponse) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{65}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *EstimateRunResponse) GetEstimate() *Estimate {
@@ -4963,7 +5694,7 @@ type Estimate struct {
 
 func (x *Estimate) Reset() {
 	*x = Estimate{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[66]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4975,7 +5706,7 @@ func (x *Estimate) String() string {
 func (*Estimate) ProtoMessage() {}
 
 func (x *Estimate) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[66]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4988,7 +5719,7 @@ func (x *Estimate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Estimate.ProtoReflect.Descriptor instead.
 func (*Estimate) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{66}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *Estimate) GetSampleSize() int32 {
@@ -5069,7 +5800,7 @@ type Bounds struct {
 
 func (x *Bounds) Reset() {
 	*x = Bounds{}
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[67]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5081,7 +5812,7 @@ func (x *Bounds) String() string {
 func (*Bounds) ProtoMessage() {}
 
 func (x *Bounds) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_agent_v1_agent_proto_msgTypes[67]
+	mi := &file_loom_agent_v1_agent_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5094,7 +5825,7 @@ func (x *Bounds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bounds.ProtoReflect.Descriptor instead.
 func (*Bounds) Descriptor() ([]byte, []int) {
-	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{67}
+	return file_loom_agent_v1_agent_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *Bounds) GetMaxCost() *v1.Money {
@@ -5142,7 +5873,7 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\rwhen_contains\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\fwhenContains\x12\x1f\n" +
 	"\x05reply\x18\x02 \x01(\tB\t\xbaH\x06r\x04(\x80\x80\x04R\x05reply\x12@\n" +
 	"\n" +
-	"tool_calls\x18\x03 \x03(\v2\x17.loom.agent.v1.ToolCallB\b\xbaH\x05\x92\x01\x02\x10\x10R\ttoolCalls\"\xfd\x02\n" +
+	"tool_calls\x18\x03 \x03(\v2\x17.loom.agent.v1.ToolCallB\b\xbaH\x05\x92\x01\x02\x10\x10R\ttoolCalls\"\xb2\x03\n" +
 	"\x04Tool\x12F\n" +
 	"\rmemory_search\x18\x01 \x01(\v2\x1f.loom.agent.v1.MemorySearchToolH\x00R\fmemorySearch\x12@\n" +
 	"\vmemory_save\x18\x02 \x01(\v2\x1d.loom.agent.v1.MemorySaveToolH\x00R\n" +
@@ -5151,16 +5882,48 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"http_fetch\x18\x04 \x01(\v2\x1c.loom.agent.v1.HttpFetchToolH\x00R\thttpFetch\x126\n" +
 	"\awebhook\x18\x05 \x01(\v2\x1a.loom.agent.v1.WebhookToolH\x00R\awebhook\x12*\n" +
-	"\x03mcp\x18\x06 \x01(\v2\x16.loom.agent.v1.McpToolH\x00R\x03mcpB\r\n" +
-	"\x04kind\x12\x05\xbaH\x02\b\x01\"\xf7\x01\n" +
-	"\aMcpTool\x12\x1c\n" +
-	"\x03url\x18\x01 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\x10R\x03url\x12\x1e\n" +
+	"\x03mcp\x18\x06 \x01(\v2\x16.loom.agent.v1.McpToolH\x00R\x03mcp\x123\n" +
+	"\x06client\x18\a \x01(\v2\x19.loom.agent.v1.ClientToolH\x00R\x06clientB\r\n" +
+	"\x04kind\x12\x05\xbaH\x02\b\x01\"\xe9\x01\n" +
+	"\n" +
+	"ClientTool\x121\n" +
+	"\x04name\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9_]{0,47}$R\x04name\x12*\n" +
+	"\vdescription\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\vdescription\x127\n" +
+	"\n" +
+	"parameters\x18\x03 \x01(\v2\x17.google.protobuf.StructR\n" +
+	"parameters\x12C\n" +
+	"\atimeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationB\x0e\xbaH\v\xaa\x01\b\"\x04\b\x80\xa3\x052\x00R\atimeout\"\xb0\x02\n" +
+	"\aMcpTool\x12\x1a\n" +
+	"\x03url\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x10R\x03url\x12\x1e\n" +
 	"\x04tool\x18\x02 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x04tool\x124\n" +
 	"\x04name\x18\x03 \x01(\tB \xbaH\x1dr\x1b2\x19^$|^[a-z][a-z0-9_]{0,47}$R\x04name\x12A\n" +
 	"\atimeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationB\f\xbaH\t\xaa\x01\x06\"\x02\b<2\x00R\atimeout\x125\n" +
-	"\x10max_result_bytes\x18\x05 \x01(\x05B\v\xbaH\b\x1a\x06\x18\x80\x80@(\x00R\x0emaxResultBytes\"\xa0\x03\n" +
+	"\x10max_result_bytes\x18\x05 \x01(\x05B\v\xbaH\b\x1a\x06\x18\x80\x80@(\x00R\x0emaxResultBytes\x129\n" +
+	"\x06server\x18\x06 \x01(\tB!\xbaH\x1er\x1c2\x1a^$|^[a-z][a-z0-9_-]{0,62}$R\x06server\"\xc0\x03\n" +
+	"\tMcpServer\x122\n" +
+	"\x04name\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x04name\x12\x1c\n" +
+	"\x03url\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x10H\x00R\x03url\x12E\n" +
+	"\rstdio_command\x18\x03 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$H\x00R\fstdioCommand\x12j\n" +
+	"\aheaders\x18\x04 \x03(\v2%.loom.agent.v1.McpServer.HeadersEntryB)\xbaH&\x9a\x01#\x10\x10\"\x18r\x162\x14^[A-Za-z0-9-]{1,64}$*\x05r\x03\x18\x80 R\aheaders\x12!\n" +
+	"\fheader_names\x18\x05 \x03(\tR\vheaderNames\x12;\n" +
+	"\vupdate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x1a:\n" +
+	"\fHeadersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x12\n" +
+	"\ttransport\x12\x05\xbaH\x02\b\x01\"t\n" +
+	"\x13PutMcpServerRequest\x128\n" +
+	"\x06server\x18\x01 \x01(\v2\x18.loom.agent.v1.McpServerB\x06\xbaH\x03\xc8\x01\x01R\x06server\x12#\n" +
+	"\rclear_headers\x18\x02 \x01(\bR\fclearHeaders\"H\n" +
+	"\x14PutMcpServerResponse\x120\n" +
+	"\x06server\x18\x01 \x01(\v2\x18.loom.agent.v1.McpServerR\x06server\"\x17\n" +
+	"\x15ListMcpServersRequest\"L\n" +
+	"\x16ListMcpServersResponse\x122\n" +
+	"\aservers\x18\x01 \x03(\v2\x18.loom.agent.v1.McpServerR\aservers\"L\n" +
+	"\x16DeleteMcpServerRequest\x122\n" +
+	"\x04name\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x04name\"\x19\n" +
+	"\x17DeleteMcpServerResponse\"\xa0\x03\n" +
 	"\vWebhookTool\x121\n" +
 	"\x04name\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[a-z][a-z0-9_]{0,47}$R\x04name\x12*\n" +
 	"\vdescription\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\vdescription\x12\x1c\n" +
@@ -5262,7 +6025,7 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\ftool_results\x18\x04 \x03(\v2\x19.loom.agent.v1.ToolResultR\vtoolResults\x12*\n" +
 	"\x05usage\x18\x05 \x01(\v2\x14.loom.agent.v1.UsageR\x05usage\x123\n" +
 	"\alatency\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\alatency\x12=\n" +
-	"\x0fdelegated_usage\x18\a \x01(\v2\x14.loom.agent.v1.UsageR\x0edelegatedUsage\"\xe8\x04\n" +
+	"\x0fdelegated_usage\x18\a \x01(\v2\x14.loom.agent.v1.UsageR\x0edelegatedUsage\"\xf0\x05\n" +
 	"\x03Run\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05agent\x18\x02 \x01(\tR\x05agent\x12#\n" +
@@ -5282,7 +6045,9 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\bend_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12'\n" +
 	"\x0fidempotency_key\x18\x0f \x01(\tR\x0eidempotencyKey\x12\x1c\n" +
 	"\tblueprint\x18\x10 \x01(\tR\tblueprint\x12*\n" +
-	"\x05price\x18\x11 \x01(\v2\x14.loom.agent.v1.PriceR\x05price\"\xf3\x01\n" +
+	"\x05price\x18\x11 \x01(\v2\x14.loom.agent.v1.PriceR\x05price\x12E\n" +
+	"\x12pending_tool_calls\x18\x12 \x03(\v2\x17.loom.agent.v1.ToolCallR\x10pendingToolCalls\x12?\n" +
+	"\rwait_deadline\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\fwaitDeadline\"\xf3\x01\n" +
 	"\x05Price\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12?\n" +
 	"\x11input_per_million\x18\x02 \x01(\v2\x13.loom.cost.v1.MoneyR\x0finputPerMillion\x12A\n" +
@@ -5314,7 +6079,7 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x05agent\x18\x01 \x01(\v2\x14.loom.agent.v1.AgentR\x05agent\"H\n" +
 	"\x12DeleteAgentRequest\x122\n" +
 	"\x04name\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x04name\"\x15\n" +
-	"\x13DeleteAgentResponse\"\xa1\x03\n" +
+	"\x13DeleteAgentResponse\"\xe9\x03\n" +
 	"\n" +
 	"RunRequest\x124\n" +
 	"\x05agent\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x05agent\x12!\n" +
@@ -5324,13 +6089,14 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x05chaos\x18\x05 \x01(\v2\x14.loom.agent.v1.ChaosR\x05chaos\x12%\n" +
 	"\aattempt\x18\x06 \x01(\x05B\v\xbaH\b\x1a\x06\x18\xc0\x84=(\x00R\aattempt\x12?\n" +
 	"\tblueprint\x18\a \x01(\tB!\xbaH\x1er\x1c2\x1a^$|^[a-z][a-z0-9_-]{0,62}$R\tblueprint\x12,\n" +
-	"\ragent_version\x18\b \x01(\x03B\a\xbaH\x04\"\x02(\x00R\fagentVersion\"p\n" +
+	"\ragent_version\x18\b \x01(\x03B\a\xbaH\x04\"\x02(\x00R\fagentVersion\x12F\n" +
+	"\fclient_tools\x18\t \x03(\v2\x19.loom.agent.v1.ClientToolB\b\xbaH\x05\x92\x01\x02\x10\x10R\vclientTools\"p\n" +
 	"\n" +
 	"Attachment\x12@\n" +
 	"\tmime_type\x18\x01 \x01(\tB#\xbaH r\x1e2\x1c^(image|audio)/[a-z0-9.+-]+$R\bmimeType\x12 \n" +
 	"\x04data\x18\x02 \x01(\fB\f\xbaH\tz\a\x10\x01\x18\x80\x80\xc0\x01R\x04data\"3\n" +
 	"\vRunResponse\x12$\n" +
-	"\x03run\x18\x01 \x01(\v2\x12.loom.agent.v1.RunR\x03run\"\xa7\x03\n" +
+	"\x03run\x18\x01 \x01(\v2\x12.loom.agent.v1.RunR\x03run\"\xef\x03\n" +
 	"\x10RunStreamRequest\x124\n" +
 	"\x05agent\x18\x01 \x01(\tB\x1e\xbaH\x1br\x192\x17^[a-z][a-z0-9_-]{0,62}$R\x05agent\x12!\n" +
 	"\x05input\x18\x02 \x01(\tB\v\xbaH\br\x06\x10\x01(\x80\x80\x10R\x05input\x121\n" +
@@ -5339,7 +6105,8 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x05chaos\x18\x05 \x01(\v2\x14.loom.agent.v1.ChaosR\x05chaos\x12%\n" +
 	"\aattempt\x18\x06 \x01(\x05B\v\xbaH\b\x1a\x06\x18\xc0\x84=(\x00R\aattempt\x12?\n" +
 	"\tblueprint\x18\a \x01(\tB!\xbaH\x1er\x1c2\x1a^$|^[a-z][a-z0-9_-]{0,62}$R\tblueprint\x12,\n" +
-	"\ragent_version\x18\b \x01(\x03B\a\xbaH\x04\"\x02(\x00R\fagentVersion\"\xd0\x04\n" +
+	"\ragent_version\x18\b \x01(\x03B\a\xbaH\x04\"\x02(\x00R\fagentVersion\x12F\n" +
+	"\fclient_tools\x18\t \x03(\v2\x19.loom.agent.v1.ClientToolB\b\xbaH\x05\x92\x01\x02\x10\x10R\vclientTools\"\x80\x05\n" +
 	"\x11RunStreamResponse\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x125\n" +
 	"\astarted\x18\x02 \x01(\v2\x19.loom.agent.v1.RunStartedH\x00R\astarted\x129\n" +
@@ -5354,7 +6121,8 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\awarning\x18\b \x01(\v2\x16.loom.agent.v1.WarningH\x00R\awarning\x122\n" +
 	"\tcompleted\x18\t \x01(\v2\x12.loom.agent.v1.RunH\x00R\tcompleted\x12,\n" +
 	"\x06failed\x18\n" +
-	" \x01(\v2\x12.loom.agent.v1.RunH\x00R\x06failed\x121\n" +
+	" \x01(\v2\x12.loom.agent.v1.RunH\x00R\x06failed\x12.\n" +
+	"\awaiting\x18\f \x01(\v2\x12.loom.agent.v1.RunH\x00R\awaiting\x121\n" +
 	"\trun_usage\x18\v \x01(\v2\x14.loom.agent.v1.UsageR\brunUsageB\a\n" +
 	"\x05event\"1\n" +
 	"\n" +
@@ -5396,7 +6164,19 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x10DeleteRunRequest\x12\x1a\n" +
 	"\x02id\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x02id\"\x13\n" +
-	"\x11DeleteRunResponse\"\xdd\x01\n" +
+	"\x11DeleteRunResponse\"\x83\x01\n" +
+	"\x17SubmitToolResultRequest\x12!\n" +
+	"\x06run_id\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x05runId\x12E\n" +
+	"\aresults\x18\x02 \x03(\v2\x1f.loom.agent.v1.ClientToolResultB\n" +
+	"\xbaH\a\x92\x01\x04\b\x01\x10\x10R\aresults\"\x88\x01\n" +
+	"\x10ClientToolResult\x12#\n" +
+	"\acall_id\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x06callId\x12/\n" +
+	"\x06result\x18\x02 \x01(\v2\x17.google.protobuf.StructR\x06result\x12\x1e\n" +
+	"\x05error\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80 R\x05error\"@\n" +
+	"\x18SubmitToolResultResponse\x12$\n" +
+	"\x03run\x18\x01 \x01(\v2\x12.loom.agent.v1.RunR\x03run\"\xdd\x01\n" +
 	"\x17SynthesizeSpeechRequest\x12\x1f\n" +
 	"\x04text\x18\x01 \x01(\tB\v\xbaH\br\x06\x10\x01(\x80\x80\x01R\x04text\x127\n" +
 	"\x05agent\x18\x02 \x01(\tB!\xbaH\x1er\x1c2\x1a^$|^[a-z][a-z0-9_-]{0,62}$R\x05agent\x12*\n" +
@@ -5498,13 +6278,14 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x16CHAOS_CODE_UNAVAILABLE\x10\x01\x12!\n" +
 	"\x1dCHAOS_CODE_RESOURCE_EXHAUSTED\x10\x02\x12 \n" +
 	"\x1cCHAOS_CODE_DEADLINE_EXCEEDED\x10\x03\x12\x17\n" +
-	"\x13CHAOS_CODE_INTERNAL\x10\x04*\x84\x01\n" +
+	"\x13CHAOS_CODE_INTERNAL\x10\x04*\xa5\x01\n" +
 	"\bRunState\x12\x19\n" +
 	"\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11RUN_STATE_RUNNING\x10\x01\x12\x17\n" +
 	"\x13RUN_STATE_SUCCEEDED\x10\x02\x12\x14\n" +
 	"\x10RUN_STATE_FAILED\x10\x03\x12\x17\n" +
-	"\x13RUN_STATE_CANCELLED\x10\x04*r\n" +
+	"\x13RUN_STATE_CANCELLED\x10\x04\x12\x1f\n" +
+	"\x1bRUN_STATE_WAITING_FOR_TOOLS\x10\x05*r\n" +
 	"\vAudioFormat\x12\x1c\n" +
 	"\x18AUDIO_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10AUDIO_FORMAT_WAV\x10\x01\x12\x14\n" +
@@ -5515,7 +6296,7 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\x17VIDEO_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VIDEO_STATE_RENDERING\x10\x01\x12\x15\n" +
 	"\x11VIDEO_STATE_READY\x10\x02\x12\x16\n" +
-	"\x12VIDEO_STATE_FAILED\x10\x032\xf2\f\n" +
+	"\x12VIDEO_STATE_FAILED\x10\x032\x92\x10\n" +
 	"\fAgentService\x12Z\n" +
 	"\vCreateAgent\x12!.loom.agent.v1.CreateAgentRequest\x1a\".loom.agent.v1.CreateAgentResponse\"\x04\xc8\xf3\x18\x02\x12T\n" +
 	"\bGetAgent\x12\x1e.loom.agent.v1.GetAgentRequest\x1a\x1f.loom.agent.v1.GetAgentResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12Z\n" +
@@ -5524,7 +6305,11 @@ const file_loom_agent_v1_agent_proto_rawDesc = "" +
 	"\vUpdateAgent\x12!.loom.agent.v1.UpdateAgentRequest\x1a\".loom.agent.v1.UpdateAgentResponse\"\x04\xc8\xf3\x18\x02\x12]\n" +
 	"\vDeleteAgent\x12!.loom.agent.v1.DeleteAgentRequest\x1a\".loom.agent.v1.DeleteAgentResponse\"\a\xc8\xf3\x18\x02\x90\x02\x02\x12B\n" +
 	"\x03Run\x12\x19.loom.agent.v1.RunRequest\x1a\x1a.loom.agent.v1.RunResponse\"\x04\xc8\xf3\x18\x02\x12V\n" +
-	"\tRunStream\x12\x1f.loom.agent.v1.RunStreamRequest\x1a .loom.agent.v1.RunStreamResponse\"\x04\xc8\xf3\x18\x020\x01\x12N\n" +
+	"\tRunStream\x12\x1f.loom.agent.v1.RunStreamRequest\x1a .loom.agent.v1.RunStreamResponse\"\x04\xc8\xf3\x18\x020\x01\x12i\n" +
+	"\x10SubmitToolResult\x12&.loom.agent.v1.SubmitToolResultRequest\x1a'.loom.agent.v1.SubmitToolResultResponse\"\x04\xc8\xf3\x18\x02\x12`\n" +
+	"\fPutMcpServer\x12\".loom.agent.v1.PutMcpServerRequest\x1a#.loom.agent.v1.PutMcpServerResponse\"\a\xc8\xf3\x18\x03\x90\x02\x02\x12f\n" +
+	"\x0eListMcpServers\x12$.loom.agent.v1.ListMcpServersRequest\x1a%.loom.agent.v1.ListMcpServersResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12i\n" +
+	"\x0fDeleteMcpServer\x12%.loom.agent.v1.DeleteMcpServerRequest\x1a&.loom.agent.v1.DeleteMcpServerResponse\"\a\xc8\xf3\x18\x03\x90\x02\x02\x12N\n" +
 	"\x06GetRun\x12\x1c.loom.agent.v1.GetRunRequest\x1a\x1d.loom.agent.v1.GetRunResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12T\n" +
 	"\bListRuns\x12\x1e.loom.agent.v1.ListRunsRequest\x1a\x1f.loom.agent.v1.ListRunsResponse\"\a\xc8\xf3\x18\x01\x90\x02\x01\x12T\n" +
 	"\tCancelRun\x12\x1f.loom.agent.v1.CancelRunRequest\x1a .loom.agent.v1.CancelRunResponse\"\x04\xc8\xf3\x18\x02\x12W\n" +
@@ -5552,7 +6337,7 @@ func file_loom_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_loom_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_loom_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 68)
+var file_loom_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 80)
 var file_loom_agent_v1_agent_proto_goTypes = []any{
 	(Provider)(0),                    // 0: loom.agent.v1.Provider
 	(VoiceProvider)(0),               // 1: loom.agent.v1.VoiceProvider
@@ -5564,223 +6349,259 @@ var file_loom_agent_v1_agent_proto_goTypes = []any{
 	(*SimScript)(nil),                // 7: loom.agent.v1.SimScript
 	(*SimTurn)(nil),                  // 8: loom.agent.v1.SimTurn
 	(*Tool)(nil),                     // 9: loom.agent.v1.Tool
-	(*McpTool)(nil),                  // 10: loom.agent.v1.McpTool
-	(*WebhookTool)(nil),              // 11: loom.agent.v1.WebhookTool
-	(*MemorySearchTool)(nil),         // 12: loom.agent.v1.MemorySearchTool
-	(*MemorySaveTool)(nil),           // 13: loom.agent.v1.MemorySaveTool
-	(*DelegateTool)(nil),             // 14: loom.agent.v1.DelegateTool
-	(*HttpFetchTool)(nil),            // 15: loom.agent.v1.HttpFetchTool
-	(*MemoryConfig)(nil),             // 16: loom.agent.v1.MemoryConfig
-	(*Budgets)(nil),                  // 17: loom.agent.v1.Budgets
-	(*Voice)(nil),                    // 18: loom.agent.v1.Voice
-	(*Agent)(nil),                    // 19: loom.agent.v1.Agent
-	(*Chaos)(nil),                    // 20: loom.agent.v1.Chaos
-	(*ToolCall)(nil),                 // 21: loom.agent.v1.ToolCall
-	(*ToolResult)(nil),               // 22: loom.agent.v1.ToolResult
-	(*Usage)(nil),                    // 23: loom.agent.v1.Usage
-	(*Step)(nil),                     // 24: loom.agent.v1.Step
-	(*Run)(nil),                      // 25: loom.agent.v1.Run
-	(*Price)(nil),                    // 26: loom.agent.v1.Price
-	(*CreateAgentRequest)(nil),       // 27: loom.agent.v1.CreateAgentRequest
-	(*CreateAgentResponse)(nil),      // 28: loom.agent.v1.CreateAgentResponse
-	(*GetAgentRequest)(nil),          // 29: loom.agent.v1.GetAgentRequest
-	(*GetAgentResponse)(nil),         // 30: loom.agent.v1.GetAgentResponse
-	(*ListAgentsRequest)(nil),        // 31: loom.agent.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),       // 32: loom.agent.v1.ListAgentsResponse
-	(*UpdateAgentRequest)(nil),       // 33: loom.agent.v1.UpdateAgentRequest
-	(*UpdateAgentResponse)(nil),      // 34: loom.agent.v1.UpdateAgentResponse
-	(*DeleteAgentRequest)(nil),       // 35: loom.agent.v1.DeleteAgentRequest
-	(*DeleteAgentResponse)(nil),      // 36: loom.agent.v1.DeleteAgentResponse
-	(*RunRequest)(nil),               // 37: loom.agent.v1.RunRequest
-	(*Attachment)(nil),               // 38: loom.agent.v1.Attachment
-	(*RunResponse)(nil),              // 39: loom.agent.v1.RunResponse
-	(*RunStreamRequest)(nil),         // 40: loom.agent.v1.RunStreamRequest
-	(*RunStreamResponse)(nil),        // 41: loom.agent.v1.RunStreamResponse
-	(*RunStarted)(nil),               // 42: loom.agent.v1.RunStarted
-	(*TextDelta)(nil),                // 43: loom.agent.v1.TextDelta
-	(*MemoryHits)(nil),               // 44: loom.agent.v1.MemoryHits
-	(*MemoryHit)(nil),                // 45: loom.agent.v1.MemoryHit
-	(*Warning)(nil),                  // 46: loom.agent.v1.Warning
-	(*GetRunRequest)(nil),            // 47: loom.agent.v1.GetRunRequest
-	(*GetRunResponse)(nil),           // 48: loom.agent.v1.GetRunResponse
-	(*ListRunsRequest)(nil),          // 49: loom.agent.v1.ListRunsRequest
-	(*ListRunsResponse)(nil),         // 50: loom.agent.v1.ListRunsResponse
-	(*CancelRunRequest)(nil),         // 51: loom.agent.v1.CancelRunRequest
-	(*CancelRunResponse)(nil),        // 52: loom.agent.v1.CancelRunResponse
-	(*DeleteRunRequest)(nil),         // 53: loom.agent.v1.DeleteRunRequest
-	(*DeleteRunResponse)(nil),        // 54: loom.agent.v1.DeleteRunResponse
-	(*SynthesizeSpeechRequest)(nil),  // 55: loom.agent.v1.SynthesizeSpeechRequest
-	(*SynthesizeSpeechResponse)(nil), // 56: loom.agent.v1.SynthesizeSpeechResponse
-	(*Video)(nil),                    // 57: loom.agent.v1.Video
-	(*CreateVideoRequest)(nil),       // 58: loom.agent.v1.CreateVideoRequest
-	(*CreateVideoResponse)(nil),      // 59: loom.agent.v1.CreateVideoResponse
-	(*GetVideoRequest)(nil),          // 60: loom.agent.v1.GetVideoRequest
-	(*GetVideoResponse)(nil),         // 61: loom.agent.v1.GetVideoResponse
-	(*GetUsageRequest)(nil),          // 62: loom.agent.v1.GetUsageRequest
-	(*UsageRow)(nil),                 // 63: loom.agent.v1.UsageRow
-	(*GetUsageResponse)(nil),         // 64: loom.agent.v1.GetUsageResponse
-	(*TenantBudget)(nil),             // 65: loom.agent.v1.TenantBudget
-	(*SetTenantBudgetRequest)(nil),   // 66: loom.agent.v1.SetTenantBudgetRequest
-	(*SetTenantBudgetResponse)(nil),  // 67: loom.agent.v1.SetTenantBudgetResponse
-	(*GetTenantBudgetRequest)(nil),   // 68: loom.agent.v1.GetTenantBudgetRequest
-	(*GetTenantBudgetResponse)(nil),  // 69: loom.agent.v1.GetTenantBudgetResponse
-	(*EstimateRunRequest)(nil),       // 70: loom.agent.v1.EstimateRunRequest
-	(*EstimateRunResponse)(nil),      // 71: loom.agent.v1.EstimateRunResponse
-	(*Estimate)(nil),                 // 72: loom.agent.v1.Estimate
-	(*Bounds)(nil),                   // 73: loom.agent.v1.Bounds
-	(*durationpb.Duration)(nil),      // 74: google.protobuf.Duration
-	(*structpb.Struct)(nil),          // 75: google.protobuf.Struct
-	(*v1.Money)(nil),                 // 76: loom.cost.v1.Money
-	(*timestamppb.Timestamp)(nil),    // 77: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),    // 78: google.protobuf.FieldMask
+	(*ClientTool)(nil),               // 10: loom.agent.v1.ClientTool
+	(*McpTool)(nil),                  // 11: loom.agent.v1.McpTool
+	(*McpServer)(nil),                // 12: loom.agent.v1.McpServer
+	(*PutMcpServerRequest)(nil),      // 13: loom.agent.v1.PutMcpServerRequest
+	(*PutMcpServerResponse)(nil),     // 14: loom.agent.v1.PutMcpServerResponse
+	(*ListMcpServersRequest)(nil),    // 15: loom.agent.v1.ListMcpServersRequest
+	(*ListMcpServersResponse)(nil),   // 16: loom.agent.v1.ListMcpServersResponse
+	(*DeleteMcpServerRequest)(nil),   // 17: loom.agent.v1.DeleteMcpServerRequest
+	(*DeleteMcpServerResponse)(nil),  // 18: loom.agent.v1.DeleteMcpServerResponse
+	(*WebhookTool)(nil),              // 19: loom.agent.v1.WebhookTool
+	(*MemorySearchTool)(nil),         // 20: loom.agent.v1.MemorySearchTool
+	(*MemorySaveTool)(nil),           // 21: loom.agent.v1.MemorySaveTool
+	(*DelegateTool)(nil),             // 22: loom.agent.v1.DelegateTool
+	(*HttpFetchTool)(nil),            // 23: loom.agent.v1.HttpFetchTool
+	(*MemoryConfig)(nil),             // 24: loom.agent.v1.MemoryConfig
+	(*Budgets)(nil),                  // 25: loom.agent.v1.Budgets
+	(*Voice)(nil),                    // 26: loom.agent.v1.Voice
+	(*Agent)(nil),                    // 27: loom.agent.v1.Agent
+	(*Chaos)(nil),                    // 28: loom.agent.v1.Chaos
+	(*ToolCall)(nil),                 // 29: loom.agent.v1.ToolCall
+	(*ToolResult)(nil),               // 30: loom.agent.v1.ToolResult
+	(*Usage)(nil),                    // 31: loom.agent.v1.Usage
+	(*Step)(nil),                     // 32: loom.agent.v1.Step
+	(*Run)(nil),                      // 33: loom.agent.v1.Run
+	(*Price)(nil),                    // 34: loom.agent.v1.Price
+	(*CreateAgentRequest)(nil),       // 35: loom.agent.v1.CreateAgentRequest
+	(*CreateAgentResponse)(nil),      // 36: loom.agent.v1.CreateAgentResponse
+	(*GetAgentRequest)(nil),          // 37: loom.agent.v1.GetAgentRequest
+	(*GetAgentResponse)(nil),         // 38: loom.agent.v1.GetAgentResponse
+	(*ListAgentsRequest)(nil),        // 39: loom.agent.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),       // 40: loom.agent.v1.ListAgentsResponse
+	(*UpdateAgentRequest)(nil),       // 41: loom.agent.v1.UpdateAgentRequest
+	(*UpdateAgentResponse)(nil),      // 42: loom.agent.v1.UpdateAgentResponse
+	(*DeleteAgentRequest)(nil),       // 43: loom.agent.v1.DeleteAgentRequest
+	(*DeleteAgentResponse)(nil),      // 44: loom.agent.v1.DeleteAgentResponse
+	(*RunRequest)(nil),               // 45: loom.agent.v1.RunRequest
+	(*Attachment)(nil),               // 46: loom.agent.v1.Attachment
+	(*RunResponse)(nil),              // 47: loom.agent.v1.RunResponse
+	(*RunStreamRequest)(nil),         // 48: loom.agent.v1.RunStreamRequest
+	(*RunStreamResponse)(nil),        // 49: loom.agent.v1.RunStreamResponse
+	(*RunStarted)(nil),               // 50: loom.agent.v1.RunStarted
+	(*TextDelta)(nil),                // 51: loom.agent.v1.TextDelta
+	(*MemoryHits)(nil),               // 52: loom.agent.v1.MemoryHits
+	(*MemoryHit)(nil),                // 53: loom.agent.v1.MemoryHit
+	(*Warning)(nil),                  // 54: loom.agent.v1.Warning
+	(*GetRunRequest)(nil),            // 55: loom.agent.v1.GetRunRequest
+	(*GetRunResponse)(nil),           // 56: loom.agent.v1.GetRunResponse
+	(*ListRunsRequest)(nil),          // 57: loom.agent.v1.ListRunsRequest
+	(*ListRunsResponse)(nil),         // 58: loom.agent.v1.ListRunsResponse
+	(*CancelRunRequest)(nil),         // 59: loom.agent.v1.CancelRunRequest
+	(*CancelRunResponse)(nil),        // 60: loom.agent.v1.CancelRunResponse
+	(*DeleteRunRequest)(nil),         // 61: loom.agent.v1.DeleteRunRequest
+	(*DeleteRunResponse)(nil),        // 62: loom.agent.v1.DeleteRunResponse
+	(*SubmitToolResultRequest)(nil),  // 63: loom.agent.v1.SubmitToolResultRequest
+	(*ClientToolResult)(nil),         // 64: loom.agent.v1.ClientToolResult
+	(*SubmitToolResultResponse)(nil), // 65: loom.agent.v1.SubmitToolResultResponse
+	(*SynthesizeSpeechRequest)(nil),  // 66: loom.agent.v1.SynthesizeSpeechRequest
+	(*SynthesizeSpeechResponse)(nil), // 67: loom.agent.v1.SynthesizeSpeechResponse
+	(*Video)(nil),                    // 68: loom.agent.v1.Video
+	(*CreateVideoRequest)(nil),       // 69: loom.agent.v1.CreateVideoRequest
+	(*CreateVideoResponse)(nil),      // 70: loom.agent.v1.CreateVideoResponse
+	(*GetVideoRequest)(nil),          // 71: loom.agent.v1.GetVideoRequest
+	(*GetVideoResponse)(nil),         // 72: loom.agent.v1.GetVideoResponse
+	(*GetUsageRequest)(nil),          // 73: loom.agent.v1.GetUsageRequest
+	(*UsageRow)(nil),                 // 74: loom.agent.v1.UsageRow
+	(*GetUsageResponse)(nil),         // 75: loom.agent.v1.GetUsageResponse
+	(*TenantBudget)(nil),             // 76: loom.agent.v1.TenantBudget
+	(*SetTenantBudgetRequest)(nil),   // 77: loom.agent.v1.SetTenantBudgetRequest
+	(*SetTenantBudgetResponse)(nil),  // 78: loom.agent.v1.SetTenantBudgetResponse
+	(*GetTenantBudgetRequest)(nil),   // 79: loom.agent.v1.GetTenantBudgetRequest
+	(*GetTenantBudgetResponse)(nil),  // 80: loom.agent.v1.GetTenantBudgetResponse
+	(*EstimateRunRequest)(nil),       // 81: loom.agent.v1.EstimateRunRequest
+	(*EstimateRunResponse)(nil),      // 82: loom.agent.v1.EstimateRunResponse
+	(*Estimate)(nil),                 // 83: loom.agent.v1.Estimate
+	(*Bounds)(nil),                   // 84: loom.agent.v1.Bounds
+	nil,                              // 85: loom.agent.v1.McpServer.HeadersEntry
+	(*durationpb.Duration)(nil),      // 86: google.protobuf.Duration
+	(*structpb.Struct)(nil),          // 87: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),    // 88: google.protobuf.Timestamp
+	(*v1.Money)(nil),                 // 89: loom.cost.v1.Money
+	(*fieldmaskpb.FieldMask)(nil),    // 90: google.protobuf.FieldMask
 }
 var file_loom_agent_v1_agent_proto_depIdxs = []int32{
 	0,   // 0: loom.agent.v1.Model.provider:type_name -> loom.agent.v1.Provider
 	7,   // 1: loom.agent.v1.Model.sim:type_name -> loom.agent.v1.SimScript
 	8,   // 2: loom.agent.v1.SimScript.turns:type_name -> loom.agent.v1.SimTurn
-	74,  // 3: loom.agent.v1.SimScript.latency:type_name -> google.protobuf.Duration
-	21,  // 4: loom.agent.v1.SimTurn.tool_calls:type_name -> loom.agent.v1.ToolCall
-	12,  // 5: loom.agent.v1.Tool.memory_search:type_name -> loom.agent.v1.MemorySearchTool
-	13,  // 6: loom.agent.v1.Tool.memory_save:type_name -> loom.agent.v1.MemorySaveTool
-	14,  // 7: loom.agent.v1.Tool.delegate:type_name -> loom.agent.v1.DelegateTool
-	15,  // 8: loom.agent.v1.Tool.http_fetch:type_name -> loom.agent.v1.HttpFetchTool
-	11,  // 9: loom.agent.v1.Tool.webhook:type_name -> loom.agent.v1.WebhookTool
-	10,  // 10: loom.agent.v1.Tool.mcp:type_name -> loom.agent.v1.McpTool
-	74,  // 11: loom.agent.v1.McpTool.timeout:type_name -> google.protobuf.Duration
-	75,  // 12: loom.agent.v1.WebhookTool.parameters:type_name -> google.protobuf.Struct
-	74,  // 13: loom.agent.v1.WebhookTool.timeout:type_name -> google.protobuf.Duration
-	74,  // 14: loom.agent.v1.Budgets.max_duration:type_name -> google.protobuf.Duration
-	76,  // 15: loom.agent.v1.Budgets.max_cost:type_name -> loom.cost.v1.Money
-	1,   // 16: loom.agent.v1.Voice.provider:type_name -> loom.agent.v1.VoiceProvider
-	6,   // 17: loom.agent.v1.Agent.model:type_name -> loom.agent.v1.Model
-	9,   // 18: loom.agent.v1.Agent.tools:type_name -> loom.agent.v1.Tool
-	16,  // 19: loom.agent.v1.Agent.memory:type_name -> loom.agent.v1.MemoryConfig
-	17,  // 20: loom.agent.v1.Agent.budgets:type_name -> loom.agent.v1.Budgets
-	18,  // 21: loom.agent.v1.Agent.voice:type_name -> loom.agent.v1.Voice
-	77,  // 22: loom.agent.v1.Agent.create_time:type_name -> google.protobuf.Timestamp
-	77,  // 23: loom.agent.v1.Agent.update_time:type_name -> google.protobuf.Timestamp
-	20,  // 24: loom.agent.v1.Agent.chaos:type_name -> loom.agent.v1.Chaos
-	2,   // 25: loom.agent.v1.Chaos.code:type_name -> loom.agent.v1.ChaosCode
-	74,  // 26: loom.agent.v1.Chaos.latency_min:type_name -> google.protobuf.Duration
-	74,  // 27: loom.agent.v1.Chaos.latency_max:type_name -> google.protobuf.Duration
-	75,  // 28: loom.agent.v1.ToolCall.arguments:type_name -> google.protobuf.Struct
-	75,  // 29: loom.agent.v1.ToolResult.result:type_name -> google.protobuf.Struct
-	23,  // 30: loom.agent.v1.ToolResult.usage:type_name -> loom.agent.v1.Usage
-	76,  // 31: loom.agent.v1.Usage.cost:type_name -> loom.cost.v1.Money
-	21,  // 32: loom.agent.v1.Step.tool_calls:type_name -> loom.agent.v1.ToolCall
-	22,  // 33: loom.agent.v1.Step.tool_results:type_name -> loom.agent.v1.ToolResult
-	23,  // 34: loom.agent.v1.Step.usage:type_name -> loom.agent.v1.Usage
-	74,  // 35: loom.agent.v1.Step.latency:type_name -> google.protobuf.Duration
-	23,  // 36: loom.agent.v1.Step.delegated_usage:type_name -> loom.agent.v1.Usage
-	3,   // 37: loom.agent.v1.Run.state:type_name -> loom.agent.v1.RunState
-	24,  // 38: loom.agent.v1.Run.steps:type_name -> loom.agent.v1.Step
-	23,  // 39: loom.agent.v1.Run.usage:type_name -> loom.agent.v1.Usage
-	0,   // 40: loom.agent.v1.Run.provider:type_name -> loom.agent.v1.Provider
-	77,  // 41: loom.agent.v1.Run.create_time:type_name -> google.protobuf.Timestamp
-	77,  // 42: loom.agent.v1.Run.end_time:type_name -> google.protobuf.Timestamp
-	26,  // 43: loom.agent.v1.Run.price:type_name -> loom.agent.v1.Price
-	76,  // 44: loom.agent.v1.Price.input_per_million:type_name -> loom.cost.v1.Money
-	76,  // 45: loom.agent.v1.Price.output_per_million:type_name -> loom.cost.v1.Money
-	76,  // 46: loom.agent.v1.Price.cached_input_per_million:type_name -> loom.cost.v1.Money
-	19,  // 47: loom.agent.v1.CreateAgentRequest.agent:type_name -> loom.agent.v1.Agent
-	19,  // 48: loom.agent.v1.CreateAgentResponse.agent:type_name -> loom.agent.v1.Agent
-	19,  // 49: loom.agent.v1.GetAgentResponse.agent:type_name -> loom.agent.v1.Agent
-	19,  // 50: loom.agent.v1.ListAgentsResponse.agents:type_name -> loom.agent.v1.Agent
-	19,  // 51: loom.agent.v1.UpdateAgentRequest.agent:type_name -> loom.agent.v1.Agent
-	78,  // 52: loom.agent.v1.UpdateAgentRequest.update_mask:type_name -> google.protobuf.FieldMask
-	19,  // 53: loom.agent.v1.UpdateAgentResponse.agent:type_name -> loom.agent.v1.Agent
-	38,  // 54: loom.agent.v1.RunRequest.attachments:type_name -> loom.agent.v1.Attachment
-	20,  // 55: loom.agent.v1.RunRequest.chaos:type_name -> loom.agent.v1.Chaos
-	25,  // 56: loom.agent.v1.RunResponse.run:type_name -> loom.agent.v1.Run
-	38,  // 57: loom.agent.v1.RunStreamRequest.attachments:type_name -> loom.agent.v1.Attachment
-	20,  // 58: loom.agent.v1.RunStreamRequest.chaos:type_name -> loom.agent.v1.Chaos
-	42,  // 59: loom.agent.v1.RunStreamResponse.started:type_name -> loom.agent.v1.RunStarted
-	43,  // 60: loom.agent.v1.RunStreamResponse.text_delta:type_name -> loom.agent.v1.TextDelta
-	21,  // 61: loom.agent.v1.RunStreamResponse.tool_call:type_name -> loom.agent.v1.ToolCall
-	22,  // 62: loom.agent.v1.RunStreamResponse.tool_result:type_name -> loom.agent.v1.ToolResult
-	44,  // 63: loom.agent.v1.RunStreamResponse.memory_hits:type_name -> loom.agent.v1.MemoryHits
-	23,  // 64: loom.agent.v1.RunStreamResponse.usage:type_name -> loom.agent.v1.Usage
-	46,  // 65: loom.agent.v1.RunStreamResponse.warning:type_name -> loom.agent.v1.Warning
-	25,  // 66: loom.agent.v1.RunStreamResponse.completed:type_name -> loom.agent.v1.Run
-	25,  // 67: loom.agent.v1.RunStreamResponse.failed:type_name -> loom.agent.v1.Run
-	23,  // 68: loom.agent.v1.RunStreamResponse.run_usage:type_name -> loom.agent.v1.Usage
-	45,  // 69: loom.agent.v1.MemoryHits.hits:type_name -> loom.agent.v1.MemoryHit
-	25,  // 70: loom.agent.v1.GetRunResponse.run:type_name -> loom.agent.v1.Run
-	77,  // 71: loom.agent.v1.ListRunsRequest.start_time:type_name -> google.protobuf.Timestamp
-	77,  // 72: loom.agent.v1.ListRunsRequest.end_time:type_name -> google.protobuf.Timestamp
-	25,  // 73: loom.agent.v1.ListRunsResponse.runs:type_name -> loom.agent.v1.Run
-	25,  // 74: loom.agent.v1.CancelRunResponse.run:type_name -> loom.agent.v1.Run
-	18,  // 75: loom.agent.v1.SynthesizeSpeechRequest.voice:type_name -> loom.agent.v1.Voice
-	4,   // 76: loom.agent.v1.SynthesizeSpeechRequest.format:type_name -> loom.agent.v1.AudioFormat
-	5,   // 77: loom.agent.v1.Video.state:type_name -> loom.agent.v1.VideoState
-	77,  // 78: loom.agent.v1.Video.create_time:type_name -> google.protobuf.Timestamp
-	57,  // 79: loom.agent.v1.CreateVideoResponse.video:type_name -> loom.agent.v1.Video
-	57,  // 80: loom.agent.v1.GetVideoResponse.video:type_name -> loom.agent.v1.Video
-	77,  // 81: loom.agent.v1.GetUsageRequest.start_time:type_name -> google.protobuf.Timestamp
-	77,  // 82: loom.agent.v1.GetUsageRequest.end_time:type_name -> google.protobuf.Timestamp
-	0,   // 83: loom.agent.v1.UsageRow.provider:type_name -> loom.agent.v1.Provider
-	23,  // 84: loom.agent.v1.UsageRow.usage:type_name -> loom.agent.v1.Usage
-	63,  // 85: loom.agent.v1.GetUsageResponse.rows:type_name -> loom.agent.v1.UsageRow
-	23,  // 86: loom.agent.v1.GetUsageResponse.total:type_name -> loom.agent.v1.Usage
-	76,  // 87: loom.agent.v1.TenantBudget.max_cost_per_run:type_name -> loom.cost.v1.Money
-	76,  // 88: loom.agent.v1.TenantBudget.max_cost_per_day:type_name -> loom.cost.v1.Money
-	76,  // 89: loom.agent.v1.TenantBudget.max_cost_per_month:type_name -> loom.cost.v1.Money
-	65,  // 90: loom.agent.v1.SetTenantBudgetRequest.budget:type_name -> loom.agent.v1.TenantBudget
-	65,  // 91: loom.agent.v1.SetTenantBudgetResponse.budget:type_name -> loom.agent.v1.TenantBudget
-	65,  // 92: loom.agent.v1.GetTenantBudgetResponse.budget:type_name -> loom.agent.v1.TenantBudget
-	23,  // 93: loom.agent.v1.GetTenantBudgetResponse.day:type_name -> loom.agent.v1.Usage
-	23,  // 94: loom.agent.v1.GetTenantBudgetResponse.month:type_name -> loom.agent.v1.Usage
-	72,  // 95: loom.agent.v1.EstimateRunResponse.estimate:type_name -> loom.agent.v1.Estimate
-	76,  // 96: loom.agent.v1.Estimate.cost_p50:type_name -> loom.cost.v1.Money
-	76,  // 97: loom.agent.v1.Estimate.cost_p90:type_name -> loom.cost.v1.Money
-	76,  // 98: loom.agent.v1.Estimate.cost_p99:type_name -> loom.cost.v1.Money
-	74,  // 99: loom.agent.v1.Estimate.duration_p50:type_name -> google.protobuf.Duration
-	74,  // 100: loom.agent.v1.Estimate.duration_p90:type_name -> google.protobuf.Duration
-	74,  // 101: loom.agent.v1.Estimate.duration_p99:type_name -> google.protobuf.Duration
-	73,  // 102: loom.agent.v1.Estimate.bounds:type_name -> loom.agent.v1.Bounds
-	76,  // 103: loom.agent.v1.Bounds.max_cost:type_name -> loom.cost.v1.Money
-	74,  // 104: loom.agent.v1.Bounds.max_duration:type_name -> google.protobuf.Duration
-	27,  // 105: loom.agent.v1.AgentService.CreateAgent:input_type -> loom.agent.v1.CreateAgentRequest
-	29,  // 106: loom.agent.v1.AgentService.GetAgent:input_type -> loom.agent.v1.GetAgentRequest
-	31,  // 107: loom.agent.v1.AgentService.ListAgents:input_type -> loom.agent.v1.ListAgentsRequest
-	33,  // 108: loom.agent.v1.AgentService.UpdateAgent:input_type -> loom.agent.v1.UpdateAgentRequest
-	35,  // 109: loom.agent.v1.AgentService.DeleteAgent:input_type -> loom.agent.v1.DeleteAgentRequest
-	37,  // 110: loom.agent.v1.AgentService.Run:input_type -> loom.agent.v1.RunRequest
-	40,  // 111: loom.agent.v1.AgentService.RunStream:input_type -> loom.agent.v1.RunStreamRequest
-	47,  // 112: loom.agent.v1.AgentService.GetRun:input_type -> loom.agent.v1.GetRunRequest
-	49,  // 113: loom.agent.v1.AgentService.ListRuns:input_type -> loom.agent.v1.ListRunsRequest
-	51,  // 114: loom.agent.v1.AgentService.CancelRun:input_type -> loom.agent.v1.CancelRunRequest
-	53,  // 115: loom.agent.v1.AgentService.DeleteRun:input_type -> loom.agent.v1.DeleteRunRequest
-	55,  // 116: loom.agent.v1.AgentService.SynthesizeSpeech:input_type -> loom.agent.v1.SynthesizeSpeechRequest
-	58,  // 117: loom.agent.v1.AgentService.CreateVideo:input_type -> loom.agent.v1.CreateVideoRequest
-	60,  // 118: loom.agent.v1.AgentService.GetVideo:input_type -> loom.agent.v1.GetVideoRequest
-	62,  // 119: loom.agent.v1.AgentService.GetUsage:input_type -> loom.agent.v1.GetUsageRequest
-	66,  // 120: loom.agent.v1.AgentService.SetTenantBudget:input_type -> loom.agent.v1.SetTenantBudgetRequest
-	68,  // 121: loom.agent.v1.AgentService.GetTenantBudget:input_type -> loom.agent.v1.GetTenantBudgetRequest
-	70,  // 122: loom.agent.v1.AgentService.EstimateRun:input_type -> loom.agent.v1.EstimateRunRequest
-	28,  // 123: loom.agent.v1.AgentService.CreateAgent:output_type -> loom.agent.v1.CreateAgentResponse
-	30,  // 124: loom.agent.v1.AgentService.GetAgent:output_type -> loom.agent.v1.GetAgentResponse
-	32,  // 125: loom.agent.v1.AgentService.ListAgents:output_type -> loom.agent.v1.ListAgentsResponse
-	34,  // 126: loom.agent.v1.AgentService.UpdateAgent:output_type -> loom.agent.v1.UpdateAgentResponse
-	36,  // 127: loom.agent.v1.AgentService.DeleteAgent:output_type -> loom.agent.v1.DeleteAgentResponse
-	39,  // 128: loom.agent.v1.AgentService.Run:output_type -> loom.agent.v1.RunResponse
-	41,  // 129: loom.agent.v1.AgentService.RunStream:output_type -> loom.agent.v1.RunStreamResponse
-	48,  // 130: loom.agent.v1.AgentService.GetRun:output_type -> loom.agent.v1.GetRunResponse
-	50,  // 131: loom.agent.v1.AgentService.ListRuns:output_type -> loom.agent.v1.ListRunsResponse
-	52,  // 132: loom.agent.v1.AgentService.CancelRun:output_type -> loom.agent.v1.CancelRunResponse
-	54,  // 133: loom.agent.v1.AgentService.DeleteRun:output_type -> loom.agent.v1.DeleteRunResponse
-	56,  // 134: loom.agent.v1.AgentService.SynthesizeSpeech:output_type -> loom.agent.v1.SynthesizeSpeechResponse
-	59,  // 135: loom.agent.v1.AgentService.CreateVideo:output_type -> loom.agent.v1.CreateVideoResponse
-	61,  // 136: loom.agent.v1.AgentService.GetVideo:output_type -> loom.agent.v1.GetVideoResponse
-	64,  // 137: loom.agent.v1.AgentService.GetUsage:output_type -> loom.agent.v1.GetUsageResponse
-	67,  // 138: loom.agent.v1.AgentService.SetTenantBudget:output_type -> loom.agent.v1.SetTenantBudgetResponse
-	69,  // 139: loom.agent.v1.AgentService.GetTenantBudget:output_type -> loom.agent.v1.GetTenantBudgetResponse
-	71,  // 140: loom.agent.v1.AgentService.EstimateRun:output_type -> loom.agent.v1.EstimateRunResponse
-	123, // [123:141] is the sub-list for method output_type
-	105, // [105:123] is the sub-list for method input_type
-	105, // [105:105] is the sub-list for extension type_name
-	105, // [105:105] is the sub-list for extension extendee
-	0,   // [0:105] is the sub-list for field type_name
+	86,  // 3: loom.agent.v1.SimScript.latency:type_name -> google.protobuf.Duration
+	29,  // 4: loom.agent.v1.SimTurn.tool_calls:type_name -> loom.agent.v1.ToolCall
+	20,  // 5: loom.agent.v1.Tool.memory_search:type_name -> loom.agent.v1.MemorySearchTool
+	21,  // 6: loom.agent.v1.Tool.memory_save:type_name -> loom.agent.v1.MemorySaveTool
+	22,  // 7: loom.agent.v1.Tool.delegate:type_name -> loom.agent.v1.DelegateTool
+	23,  // 8: loom.agent.v1.Tool.http_fetch:type_name -> loom.agent.v1.HttpFetchTool
+	19,  // 9: loom.agent.v1.Tool.webhook:type_name -> loom.agent.v1.WebhookTool
+	11,  // 10: loom.agent.v1.Tool.mcp:type_name -> loom.agent.v1.McpTool
+	10,  // 11: loom.agent.v1.Tool.client:type_name -> loom.agent.v1.ClientTool
+	87,  // 12: loom.agent.v1.ClientTool.parameters:type_name -> google.protobuf.Struct
+	86,  // 13: loom.agent.v1.ClientTool.timeout:type_name -> google.protobuf.Duration
+	86,  // 14: loom.agent.v1.McpTool.timeout:type_name -> google.protobuf.Duration
+	85,  // 15: loom.agent.v1.McpServer.headers:type_name -> loom.agent.v1.McpServer.HeadersEntry
+	88,  // 16: loom.agent.v1.McpServer.update_time:type_name -> google.protobuf.Timestamp
+	12,  // 17: loom.agent.v1.PutMcpServerRequest.server:type_name -> loom.agent.v1.McpServer
+	12,  // 18: loom.agent.v1.PutMcpServerResponse.server:type_name -> loom.agent.v1.McpServer
+	12,  // 19: loom.agent.v1.ListMcpServersResponse.servers:type_name -> loom.agent.v1.McpServer
+	87,  // 20: loom.agent.v1.WebhookTool.parameters:type_name -> google.protobuf.Struct
+	86,  // 21: loom.agent.v1.WebhookTool.timeout:type_name -> google.protobuf.Duration
+	86,  // 22: loom.agent.v1.Budgets.max_duration:type_name -> google.protobuf.Duration
+	89,  // 23: loom.agent.v1.Budgets.max_cost:type_name -> loom.cost.v1.Money
+	1,   // 24: loom.agent.v1.Voice.provider:type_name -> loom.agent.v1.VoiceProvider
+	6,   // 25: loom.agent.v1.Agent.model:type_name -> loom.agent.v1.Model
+	9,   // 26: loom.agent.v1.Agent.tools:type_name -> loom.agent.v1.Tool
+	24,  // 27: loom.agent.v1.Agent.memory:type_name -> loom.agent.v1.MemoryConfig
+	25,  // 28: loom.agent.v1.Agent.budgets:type_name -> loom.agent.v1.Budgets
+	26,  // 29: loom.agent.v1.Agent.voice:type_name -> loom.agent.v1.Voice
+	88,  // 30: loom.agent.v1.Agent.create_time:type_name -> google.protobuf.Timestamp
+	88,  // 31: loom.agent.v1.Agent.update_time:type_name -> google.protobuf.Timestamp
+	28,  // 32: loom.agent.v1.Agent.chaos:type_name -> loom.agent.v1.Chaos
+	2,   // 33: loom.agent.v1.Chaos.code:type_name -> loom.agent.v1.ChaosCode
+	86,  // 34: loom.agent.v1.Chaos.latency_min:type_name -> google.protobuf.Duration
+	86,  // 35: loom.agent.v1.Chaos.latency_max:type_name -> google.protobuf.Duration
+	87,  // 36: loom.agent.v1.ToolCall.arguments:type_name -> google.protobuf.Struct
+	87,  // 37: loom.agent.v1.ToolResult.result:type_name -> google.protobuf.Struct
+	31,  // 38: loom.agent.v1.ToolResult.usage:type_name -> loom.agent.v1.Usage
+	89,  // 39: loom.agent.v1.Usage.cost:type_name -> loom.cost.v1.Money
+	29,  // 40: loom.agent.v1.Step.tool_calls:type_name -> loom.agent.v1.ToolCall
+	30,  // 41: loom.agent.v1.Step.tool_results:type_name -> loom.agent.v1.ToolResult
+	31,  // 42: loom.agent.v1.Step.usage:type_name -> loom.agent.v1.Usage
+	86,  // 43: loom.agent.v1.Step.latency:type_name -> google.protobuf.Duration
+	31,  // 44: loom.agent.v1.Step.delegated_usage:type_name -> loom.agent.v1.Usage
+	3,   // 45: loom.agent.v1.Run.state:type_name -> loom.agent.v1.RunState
+	32,  // 46: loom.agent.v1.Run.steps:type_name -> loom.agent.v1.Step
+	31,  // 47: loom.agent.v1.Run.usage:type_name -> loom.agent.v1.Usage
+	0,   // 48: loom.agent.v1.Run.provider:type_name -> loom.agent.v1.Provider
+	88,  // 49: loom.agent.v1.Run.create_time:type_name -> google.protobuf.Timestamp
+	88,  // 50: loom.agent.v1.Run.end_time:type_name -> google.protobuf.Timestamp
+	34,  // 51: loom.agent.v1.Run.price:type_name -> loom.agent.v1.Price
+	29,  // 52: loom.agent.v1.Run.pending_tool_calls:type_name -> loom.agent.v1.ToolCall
+	88,  // 53: loom.agent.v1.Run.wait_deadline:type_name -> google.protobuf.Timestamp
+	89,  // 54: loom.agent.v1.Price.input_per_million:type_name -> loom.cost.v1.Money
+	89,  // 55: loom.agent.v1.Price.output_per_million:type_name -> loom.cost.v1.Money
+	89,  // 56: loom.agent.v1.Price.cached_input_per_million:type_name -> loom.cost.v1.Money
+	27,  // 57: loom.agent.v1.CreateAgentRequest.agent:type_name -> loom.agent.v1.Agent
+	27,  // 58: loom.agent.v1.CreateAgentResponse.agent:type_name -> loom.agent.v1.Agent
+	27,  // 59: loom.agent.v1.GetAgentResponse.agent:type_name -> loom.agent.v1.Agent
+	27,  // 60: loom.agent.v1.ListAgentsResponse.agents:type_name -> loom.agent.v1.Agent
+	27,  // 61: loom.agent.v1.UpdateAgentRequest.agent:type_name -> loom.agent.v1.Agent
+	90,  // 62: loom.agent.v1.UpdateAgentRequest.update_mask:type_name -> google.protobuf.FieldMask
+	27,  // 63: loom.agent.v1.UpdateAgentResponse.agent:type_name -> loom.agent.v1.Agent
+	46,  // 64: loom.agent.v1.RunRequest.attachments:type_name -> loom.agent.v1.Attachment
+	28,  // 65: loom.agent.v1.RunRequest.chaos:type_name -> loom.agent.v1.Chaos
+	10,  // 66: loom.agent.v1.RunRequest.client_tools:type_name -> loom.agent.v1.ClientTool
+	33,  // 67: loom.agent.v1.RunResponse.run:type_name -> loom.agent.v1.Run
+	46,  // 68: loom.agent.v1.RunStreamRequest.attachments:type_name -> loom.agent.v1.Attachment
+	28,  // 69: loom.agent.v1.RunStreamRequest.chaos:type_name -> loom.agent.v1.Chaos
+	10,  // 70: loom.agent.v1.RunStreamRequest.client_tools:type_name -> loom.agent.v1.ClientTool
+	50,  // 71: loom.agent.v1.RunStreamResponse.started:type_name -> loom.agent.v1.RunStarted
+	51,  // 72: loom.agent.v1.RunStreamResponse.text_delta:type_name -> loom.agent.v1.TextDelta
+	29,  // 73: loom.agent.v1.RunStreamResponse.tool_call:type_name -> loom.agent.v1.ToolCall
+	30,  // 74: loom.agent.v1.RunStreamResponse.tool_result:type_name -> loom.agent.v1.ToolResult
+	52,  // 75: loom.agent.v1.RunStreamResponse.memory_hits:type_name -> loom.agent.v1.MemoryHits
+	31,  // 76: loom.agent.v1.RunStreamResponse.usage:type_name -> loom.agent.v1.Usage
+	54,  // 77: loom.agent.v1.RunStreamResponse.warning:type_name -> loom.agent.v1.Warning
+	33,  // 78: loom.agent.v1.RunStreamResponse.completed:type_name -> loom.agent.v1.Run
+	33,  // 79: loom.agent.v1.RunStreamResponse.failed:type_name -> loom.agent.v1.Run
+	33,  // 80: loom.agent.v1.RunStreamResponse.waiting:type_name -> loom.agent.v1.Run
+	31,  // 81: loom.agent.v1.RunStreamResponse.run_usage:type_name -> loom.agent.v1.Usage
+	53,  // 82: loom.agent.v1.MemoryHits.hits:type_name -> loom.agent.v1.MemoryHit
+	33,  // 83: loom.agent.v1.GetRunResponse.run:type_name -> loom.agent.v1.Run
+	88,  // 84: loom.agent.v1.ListRunsRequest.start_time:type_name -> google.protobuf.Timestamp
+	88,  // 85: loom.agent.v1.ListRunsRequest.end_time:type_name -> google.protobuf.Timestamp
+	33,  // 86: loom.agent.v1.ListRunsResponse.runs:type_name -> loom.agent.v1.Run
+	33,  // 87: loom.agent.v1.CancelRunResponse.run:type_name -> loom.agent.v1.Run
+	64,  // 88: loom.agent.v1.SubmitToolResultRequest.results:type_name -> loom.agent.v1.ClientToolResult
+	87,  // 89: loom.agent.v1.ClientToolResult.result:type_name -> google.protobuf.Struct
+	33,  // 90: loom.agent.v1.SubmitToolResultResponse.run:type_name -> loom.agent.v1.Run
+	26,  // 91: loom.agent.v1.SynthesizeSpeechRequest.voice:type_name -> loom.agent.v1.Voice
+	4,   // 92: loom.agent.v1.SynthesizeSpeechRequest.format:type_name -> loom.agent.v1.AudioFormat
+	5,   // 93: loom.agent.v1.Video.state:type_name -> loom.agent.v1.VideoState
+	88,  // 94: loom.agent.v1.Video.create_time:type_name -> google.protobuf.Timestamp
+	68,  // 95: loom.agent.v1.CreateVideoResponse.video:type_name -> loom.agent.v1.Video
+	68,  // 96: loom.agent.v1.GetVideoResponse.video:type_name -> loom.agent.v1.Video
+	88,  // 97: loom.agent.v1.GetUsageRequest.start_time:type_name -> google.protobuf.Timestamp
+	88,  // 98: loom.agent.v1.GetUsageRequest.end_time:type_name -> google.protobuf.Timestamp
+	0,   // 99: loom.agent.v1.UsageRow.provider:type_name -> loom.agent.v1.Provider
+	31,  // 100: loom.agent.v1.UsageRow.usage:type_name -> loom.agent.v1.Usage
+	74,  // 101: loom.agent.v1.GetUsageResponse.rows:type_name -> loom.agent.v1.UsageRow
+	31,  // 102: loom.agent.v1.GetUsageResponse.total:type_name -> loom.agent.v1.Usage
+	89,  // 103: loom.agent.v1.TenantBudget.max_cost_per_run:type_name -> loom.cost.v1.Money
+	89,  // 104: loom.agent.v1.TenantBudget.max_cost_per_day:type_name -> loom.cost.v1.Money
+	89,  // 105: loom.agent.v1.TenantBudget.max_cost_per_month:type_name -> loom.cost.v1.Money
+	76,  // 106: loom.agent.v1.SetTenantBudgetRequest.budget:type_name -> loom.agent.v1.TenantBudget
+	76,  // 107: loom.agent.v1.SetTenantBudgetResponse.budget:type_name -> loom.agent.v1.TenantBudget
+	76,  // 108: loom.agent.v1.GetTenantBudgetResponse.budget:type_name -> loom.agent.v1.TenantBudget
+	31,  // 109: loom.agent.v1.GetTenantBudgetResponse.day:type_name -> loom.agent.v1.Usage
+	31,  // 110: loom.agent.v1.GetTenantBudgetResponse.month:type_name -> loom.agent.v1.Usage
+	83,  // 111: loom.agent.v1.EstimateRunResponse.estimate:type_name -> loom.agent.v1.Estimate
+	89,  // 112: loom.agent.v1.Estimate.cost_p50:type_name -> loom.cost.v1.Money
+	89,  // 113: loom.agent.v1.Estimate.cost_p90:type_name -> loom.cost.v1.Money
+	89,  // 114: loom.agent.v1.Estimate.cost_p99:type_name -> loom.cost.v1.Money
+	86,  // 115: loom.agent.v1.Estimate.duration_p50:type_name -> google.protobuf.Duration
+	86,  // 116: loom.agent.v1.Estimate.duration_p90:type_name -> google.protobuf.Duration
+	86,  // 117: loom.agent.v1.Estimate.duration_p99:type_name -> google.protobuf.Duration
+	84,  // 118: loom.agent.v1.Estimate.bounds:type_name -> loom.agent.v1.Bounds
+	89,  // 119: loom.agent.v1.Bounds.max_cost:type_name -> loom.cost.v1.Money
+	86,  // 120: loom.agent.v1.Bounds.max_duration:type_name -> google.protobuf.Duration
+	35,  // 121: loom.agent.v1.AgentService.CreateAgent:input_type -> loom.agent.v1.CreateAgentRequest
+	37,  // 122: loom.agent.v1.AgentService.GetAgent:input_type -> loom.agent.v1.GetAgentRequest
+	39,  // 123: loom.agent.v1.AgentService.ListAgents:input_type -> loom.agent.v1.ListAgentsRequest
+	41,  // 124: loom.agent.v1.AgentService.UpdateAgent:input_type -> loom.agent.v1.UpdateAgentRequest
+	43,  // 125: loom.agent.v1.AgentService.DeleteAgent:input_type -> loom.agent.v1.DeleteAgentRequest
+	45,  // 126: loom.agent.v1.AgentService.Run:input_type -> loom.agent.v1.RunRequest
+	48,  // 127: loom.agent.v1.AgentService.RunStream:input_type -> loom.agent.v1.RunStreamRequest
+	63,  // 128: loom.agent.v1.AgentService.SubmitToolResult:input_type -> loom.agent.v1.SubmitToolResultRequest
+	13,  // 129: loom.agent.v1.AgentService.PutMcpServer:input_type -> loom.agent.v1.PutMcpServerRequest
+	15,  // 130: loom.agent.v1.AgentService.ListMcpServers:input_type -> loom.agent.v1.ListMcpServersRequest
+	17,  // 131: loom.agent.v1.AgentService.DeleteMcpServer:input_type -> loom.agent.v1.DeleteMcpServerRequest
+	55,  // 132: loom.agent.v1.AgentService.GetRun:input_type -> loom.agent.v1.GetRunRequest
+	57,  // 133: loom.agent.v1.AgentService.ListRuns:input_type -> loom.agent.v1.ListRunsRequest
+	59,  // 134: loom.agent.v1.AgentService.CancelRun:input_type -> loom.agent.v1.CancelRunRequest
+	61,  // 135: loom.agent.v1.AgentService.DeleteRun:input_type -> loom.agent.v1.DeleteRunRequest
+	66,  // 136: loom.agent.v1.AgentService.SynthesizeSpeech:input_type -> loom.agent.v1.SynthesizeSpeechRequest
+	69,  // 137: loom.agent.v1.AgentService.CreateVideo:input_type -> loom.agent.v1.CreateVideoRequest
+	71,  // 138: loom.agent.v1.AgentService.GetVideo:input_type -> loom.agent.v1.GetVideoRequest
+	73,  // 139: loom.agent.v1.AgentService.GetUsage:input_type -> loom.agent.v1.GetUsageRequest
+	77,  // 140: loom.agent.v1.AgentService.SetTenantBudget:input_type -> loom.agent.v1.SetTenantBudgetRequest
+	79,  // 141: loom.agent.v1.AgentService.GetTenantBudget:input_type -> loom.agent.v1.GetTenantBudgetRequest
+	81,  // 142: loom.agent.v1.AgentService.EstimateRun:input_type -> loom.agent.v1.EstimateRunRequest
+	36,  // 143: loom.agent.v1.AgentService.CreateAgent:output_type -> loom.agent.v1.CreateAgentResponse
+	38,  // 144: loom.agent.v1.AgentService.GetAgent:output_type -> loom.agent.v1.GetAgentResponse
+	40,  // 145: loom.agent.v1.AgentService.ListAgents:output_type -> loom.agent.v1.ListAgentsResponse
+	42,  // 146: loom.agent.v1.AgentService.UpdateAgent:output_type -> loom.agent.v1.UpdateAgentResponse
+	44,  // 147: loom.agent.v1.AgentService.DeleteAgent:output_type -> loom.agent.v1.DeleteAgentResponse
+	47,  // 148: loom.agent.v1.AgentService.Run:output_type -> loom.agent.v1.RunResponse
+	49,  // 149: loom.agent.v1.AgentService.RunStream:output_type -> loom.agent.v1.RunStreamResponse
+	65,  // 150: loom.agent.v1.AgentService.SubmitToolResult:output_type -> loom.agent.v1.SubmitToolResultResponse
+	14,  // 151: loom.agent.v1.AgentService.PutMcpServer:output_type -> loom.agent.v1.PutMcpServerResponse
+	16,  // 152: loom.agent.v1.AgentService.ListMcpServers:output_type -> loom.agent.v1.ListMcpServersResponse
+	18,  // 153: loom.agent.v1.AgentService.DeleteMcpServer:output_type -> loom.agent.v1.DeleteMcpServerResponse
+	56,  // 154: loom.agent.v1.AgentService.GetRun:output_type -> loom.agent.v1.GetRunResponse
+	58,  // 155: loom.agent.v1.AgentService.ListRuns:output_type -> loom.agent.v1.ListRunsResponse
+	60,  // 156: loom.agent.v1.AgentService.CancelRun:output_type -> loom.agent.v1.CancelRunResponse
+	62,  // 157: loom.agent.v1.AgentService.DeleteRun:output_type -> loom.agent.v1.DeleteRunResponse
+	67,  // 158: loom.agent.v1.AgentService.SynthesizeSpeech:output_type -> loom.agent.v1.SynthesizeSpeechResponse
+	70,  // 159: loom.agent.v1.AgentService.CreateVideo:output_type -> loom.agent.v1.CreateVideoResponse
+	72,  // 160: loom.agent.v1.AgentService.GetVideo:output_type -> loom.agent.v1.GetVideoResponse
+	75,  // 161: loom.agent.v1.AgentService.GetUsage:output_type -> loom.agent.v1.GetUsageResponse
+	78,  // 162: loom.agent.v1.AgentService.SetTenantBudget:output_type -> loom.agent.v1.SetTenantBudgetResponse
+	80,  // 163: loom.agent.v1.AgentService.GetTenantBudget:output_type -> loom.agent.v1.GetTenantBudgetResponse
+	82,  // 164: loom.agent.v1.AgentService.EstimateRun:output_type -> loom.agent.v1.EstimateRunResponse
+	143, // [143:165] is the sub-list for method output_type
+	121, // [121:143] is the sub-list for method input_type
+	121, // [121:121] is the sub-list for extension type_name
+	121, // [121:121] is the sub-list for extension extendee
+	0,   // [0:121] is the sub-list for field type_name
 }
 
 func init() { file_loom_agent_v1_agent_proto_init() }
@@ -5796,9 +6617,14 @@ func file_loom_agent_v1_agent_proto_init() {
 		(*Tool_HttpFetch)(nil),
 		(*Tool_Webhook)(nil),
 		(*Tool_Mcp)(nil),
+		(*Tool_Client)(nil),
 	}
-	file_loom_agent_v1_agent_proto_msgTypes[10].OneofWrappers = []any{}
-	file_loom_agent_v1_agent_proto_msgTypes[35].OneofWrappers = []any{
+	file_loom_agent_v1_agent_proto_msgTypes[6].OneofWrappers = []any{
+		(*McpServer_Url)(nil),
+		(*McpServer_StdioCommand)(nil),
+	}
+	file_loom_agent_v1_agent_proto_msgTypes[18].OneofWrappers = []any{}
+	file_loom_agent_v1_agent_proto_msgTypes[43].OneofWrappers = []any{
 		(*RunStreamResponse_Started)(nil),
 		(*RunStreamResponse_TextDelta)(nil),
 		(*RunStreamResponse_ToolCall)(nil),
@@ -5808,6 +6634,7 @@ func file_loom_agent_v1_agent_proto_init() {
 		(*RunStreamResponse_Warning)(nil),
 		(*RunStreamResponse_Completed)(nil),
 		(*RunStreamResponse_Failed)(nil),
+		(*RunStreamResponse_Waiting)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -5815,7 +6642,7 @@ func file_loom_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_agent_v1_agent_proto_rawDesc), len(file_loom_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   68,
+			NumMessages:   80,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,10 @@ const (
 	AgentService_DeleteAgent_FullMethodName      = "/loom.agent.v1.AgentService/DeleteAgent"
 	AgentService_Run_FullMethodName              = "/loom.agent.v1.AgentService/Run"
 	AgentService_RunStream_FullMethodName        = "/loom.agent.v1.AgentService/RunStream"
+	AgentService_SubmitToolResult_FullMethodName = "/loom.agent.v1.AgentService/SubmitToolResult"
+	AgentService_PutMcpServer_FullMethodName     = "/loom.agent.v1.AgentService/PutMcpServer"
+	AgentService_ListMcpServers_FullMethodName   = "/loom.agent.v1.AgentService/ListMcpServers"
+	AgentService_DeleteMcpServer_FullMethodName  = "/loom.agent.v1.AgentService/DeleteMcpServer"
 	AgentService_GetRun_FullMethodName           = "/loom.agent.v1.AgentService/GetRun"
 	AgentService_ListRuns_FullMethodName         = "/loom.agent.v1.AgentService/ListRuns"
 	AgentService_CancelRun_FullMethodName        = "/loom.agent.v1.AgentService/CancelRun"
@@ -61,8 +65,27 @@ type AgentServiceClient interface {
 	// Run runs an agent to completion and returns the run.
 	Run(ctx context.Context, in *RunRequest, opts ...grpc.CallOption) (*RunResponse, error)
 	// RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run, unless
-	// it has an idempotency key (see RunRequest.idempotency_key).
+	// it has an idempotency key (see RunRequest.idempotency_key). A run that calls a client tool ends the stream
+	// with a waiting event (see ClientTool).
 	RunStream(ctx context.Context, in *RunStreamRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[RunStreamResponse], error)
+	// SubmitToolResult answers client tool calls of a run in RUN_STATE_WAITING_FOR_TOOLS (see ClientTool). Once
+	// every pending call has a result, the run resumes from its stored state in this call, which returns when the
+	// run stops again: finished, failed, or waiting for more client tool calls. It is unary on purpose: a caller
+	// needs no open stream to be answered, and one that wants the progress of a long continuation reads GetRun.
+	// Answering only some pending calls stores them and returns the run still waiting. Submitting a result that was
+	// already accepted (same call id and value) is a no-op that returns the run as it is, so a retried call never
+	// runs the model twice. Errors: NotFound for an unknown run; FailedPrecondition for a run that is not waiting
+	// (or a different value for an answered call); InvalidArgument naming results[i].call_id for a call the run is
+	// not waiting for, or results[i] for a result too large or deep.
+	SubmitToolResult(ctx context.Context, in *SubmitToolResultRequest, opts ...grpc.CallOption) (*SubmitToolResultResponse, error)
+	// PutMcpServer registers an MCP server for the tenant under its name, or replaces the one of that name. Agents'
+	// MCP tools then name it (McpTool.server). At most 100 servers per tenant (ResourceExhausted).
+	PutMcpServer(ctx context.Context, in *PutMcpServerRequest, opts ...grpc.CallOption) (*PutMcpServerResponse, error)
+	// ListMcpServers lists the tenant's MCP servers ordered by name, without their header values.
+	ListMcpServers(ctx context.Context, in *ListMcpServersRequest, opts ...grpc.CallOption) (*ListMcpServersResponse, error)
+	// DeleteMcpServer deletes an MCP server. NotFound if missing. Agents naming it keep their tools, which are left
+	// out of later runs with a warning.
+	DeleteMcpServer(ctx context.Context, in *DeleteMcpServerRequest, opts ...grpc.CallOption) (*DeleteMcpServerResponse, error)
 	// GetRun returns a run with its steps.
 	GetRun(ctx context.Context, in *GetRunRequest, opts ...grpc.CallOption) (*GetRunResponse, error)
 	// ListRuns lists runs, newest first, filtered by agent and time.
@@ -178,6 +201,46 @@ func (c *agentServiceClient) RunStream(ctx context.Context, in *RunStreamRequest
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AgentService_RunStreamClient = grpc.ServerStreamingClient[RunStreamResponse]
+
+func (c *agentServiceClient) SubmitToolResult(ctx context.Context, in *SubmitToolResultRequest, opts ...grpc.CallOption) (*SubmitToolResultResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SubmitToolResultResponse)
+	err := c.cc.Invoke(ctx, AgentService_SubmitToolResult_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) PutMcpServer(ctx context.Context, in *PutMcpServerRequest, opts ...grpc.CallOption) (*PutMcpServerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutMcpServerResponse)
+	err := c.cc.Invoke(ctx, AgentService_PutMcpServer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) ListMcpServers(ctx context.Context, in *ListMcpServersRequest, opts ...grpc.CallOption) (*ListMcpServersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListMcpServersResponse)
+	err := c.cc.Invoke(ctx, AgentService_ListMcpServers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) DeleteMcpServer(ctx context.Context, in *DeleteMcpServerRequest, opts ...grpc.CallOption) (*DeleteMcpServerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteMcpServerResponse)
+	err := c.cc.Invoke(ctx, AgentService_DeleteMcpServer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
 
 func (c *agentServiceClient) GetRun(ctx context.Context, in *GetRunRequest, opts ...grpc.CallOption) (*GetRunResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -320,8 +383,27 @@ type AgentServiceServer interface {
 	// Run runs an agent to completion and returns the run.
 	Run(context.Context, *RunRequest) (*RunResponse, error)
 	// RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run, unless
-	// it has an idempotency key (see RunRequest.idempotency_key).
+	// it has an idempotency key (see RunRequest.idempotency_key). A run that calls a client tool ends the stream
+	// with a waiting event (see ClientTool).
 	RunStream(*RunStreamRequest, grpc.ServerStreamingServer[RunStreamResponse]) error
+	// SubmitToolResult answers client tool calls of a run in RUN_STATE_WAITING_FOR_TOOLS (see ClientTool). Once
+	// every pending call has a result, the run resumes from its stored state in this call, which returns when the
+	// run stops again: finished, failed, or waiting for more client tool calls. It is unary on purpose: a caller
+	// needs no open stream to be answered, and one that wants the progress of a long continuation reads GetRun.
+	// Answering only some pending calls stores them and returns the run still waiting. Submitting a result that was
+	// already accepted (same call id and value) is a no-op that returns the run as it is, so a retried call never
+	// runs the model twice. Errors: NotFound for an unknown run; FailedPrecondition for a run that is not waiting
+	// (or a different value for an answered call); InvalidArgument naming results[i].call_id for a call the run is
+	// not waiting for, or results[i] for a result too large or deep.
+	SubmitToolResult(context.Context, *SubmitToolResultRequest) (*SubmitToolResultResponse, error)
+	// PutMcpServer registers an MCP server for the tenant under its name, or replaces the one of that name. Agents'
+	// MCP tools then name it (McpTool.server). At most 100 servers per tenant (ResourceExhausted).
+	PutMcpServer(context.Context, *PutMcpServerRequest) (*PutMcpServerResponse, error)
+	// ListMcpServers lists the tenant's MCP servers ordered by name, without their header values.
+	ListMcpServers(context.Context, *ListMcpServersRequest) (*ListMcpServersResponse, error)
+	// DeleteMcpServer deletes an MCP server. NotFound if missing. Agents naming it keep their tools, which are left
+	// out of later runs with a warning.
+	DeleteMcpServer(context.Context, *DeleteMcpServerRequest) (*DeleteMcpServerResponse, error)
 	// GetRun returns a run with its steps.
 	GetRun(context.Context, *GetRunRequest) (*GetRunResponse, error)
 	// ListRuns lists runs, newest first, filtered by agent and time.
@@ -379,6 +461,18 @@ func (UnimplementedAgentServiceServer) Run(context.Context, *RunRequest) (*RunRe
 }
 func (UnimplementedAgentServiceServer) RunStream(*RunStreamRequest, grpc.ServerStreamingServer[RunStreamResponse]) error {
 	return status.Error(codes.Unimplemented, "method RunStream not implemented")
+}
+func (UnimplementedAgentServiceServer) SubmitToolResult(context.Context, *SubmitToolResultRequest) (*SubmitToolResultResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SubmitToolResult not implemented")
+}
+func (UnimplementedAgentServiceServer) PutMcpServer(context.Context, *PutMcpServerRequest) (*PutMcpServerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutMcpServer not implemented")
+}
+func (UnimplementedAgentServiceServer) ListMcpServers(context.Context, *ListMcpServersRequest) (*ListMcpServersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListMcpServers not implemented")
+}
+func (UnimplementedAgentServiceServer) DeleteMcpServer(context.Context, *DeleteMcpServerRequest) (*DeleteMcpServerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteMcpServer not implemented")
 }
 func (UnimplementedAgentServiceServer) GetRun(context.Context, *GetRunRequest) (*GetRunResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetRun not implemented")
@@ -552,6 +646,78 @@ func _AgentService_RunStream_Handler(srv interface{}, stream grpc.ServerStream) 
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AgentService_RunStreamServer = grpc.ServerStreamingServer[RunStreamResponse]
+
+func _AgentService_SubmitToolResult_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SubmitToolResultRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).SubmitToolResult(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_SubmitToolResult_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).SubmitToolResult(ctx, req.(*SubmitToolResultRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_PutMcpServer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutMcpServerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).PutMcpServer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_PutMcpServer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).PutMcpServer(ctx, req.(*PutMcpServerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_ListMcpServers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListMcpServersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).ListMcpServers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_ListMcpServers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).ListMcpServers(ctx, req.(*ListMcpServersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_DeleteMcpServer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteMcpServerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).DeleteMcpServer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_DeleteMcpServer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).DeleteMcpServer(ctx, req.(*DeleteMcpServerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
 
 func _AgentService_GetRun_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetRunRequest)
@@ -774,6 +940,22 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Run",
 			Handler:    _AgentService_Run_Handler,
+		},
+		{
+			MethodName: "SubmitToolResult",
+			Handler:    _AgentService_SubmitToolResult_Handler,
+		},
+		{
+			MethodName: "PutMcpServer",
+			Handler:    _AgentService_PutMcpServer_Handler,
+		},
+		{
+			MethodName: "ListMcpServers",
+			Handler:    _AgentService_ListMcpServers_Handler,
+		},
+		{
+			MethodName: "DeleteMcpServer",
+			Handler:    _AgentService_DeleteMcpServer_Handler,
 		},
 		{
 			MethodName: "GetRun",

@@ -50,6 +50,18 @@ const (
 	AgentServiceRunProcedure = "/loom.agent.v1.AgentService/Run"
 	// AgentServiceRunStreamProcedure is the fully-qualified name of the AgentService's RunStream RPC.
 	AgentServiceRunStreamProcedure = "/loom.agent.v1.AgentService/RunStream"
+	// AgentServiceSubmitToolResultProcedure is the fully-qualified name of the AgentService's
+	// SubmitToolResult RPC.
+	AgentServiceSubmitToolResultProcedure = "/loom.agent.v1.AgentService/SubmitToolResult"
+	// AgentServicePutMcpServerProcedure is the fully-qualified name of the AgentService's PutMcpServer
+	// RPC.
+	AgentServicePutMcpServerProcedure = "/loom.agent.v1.AgentService/PutMcpServer"
+	// AgentServiceListMcpServersProcedure is the fully-qualified name of the AgentService's
+	// ListMcpServers RPC.
+	AgentServiceListMcpServersProcedure = "/loom.agent.v1.AgentService/ListMcpServers"
+	// AgentServiceDeleteMcpServerProcedure is the fully-qualified name of the AgentService's
+	// DeleteMcpServer RPC.
+	AgentServiceDeleteMcpServerProcedure = "/loom.agent.v1.AgentService/DeleteMcpServer"
 	// AgentServiceGetRunProcedure is the fully-qualified name of the AgentService's GetRun RPC.
 	AgentServiceGetRunProcedure = "/loom.agent.v1.AgentService/GetRun"
 	// AgentServiceListRunsProcedure is the fully-qualified name of the AgentService's ListRuns RPC.
@@ -95,8 +107,27 @@ type AgentServiceClient interface {
 	// Run runs an agent to completion and returns the run.
 	Run(context.Context, *connect.Request[v1.RunRequest]) (*connect.Response[v1.RunResponse], error)
 	// RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run, unless
-	// it has an idempotency key (see RunRequest.idempotency_key).
+	// it has an idempotency key (see RunRequest.idempotency_key). A run that calls a client tool ends the stream
+	// with a waiting event (see ClientTool).
 	RunStream(context.Context, *connect.Request[v1.RunStreamRequest]) (*connect.ServerStreamForClient[v1.RunStreamResponse], error)
+	// SubmitToolResult answers client tool calls of a run in RUN_STATE_WAITING_FOR_TOOLS (see ClientTool). Once
+	// every pending call has a result, the run resumes from its stored state in this call, which returns when the
+	// run stops again: finished, failed, or waiting for more client tool calls. It is unary on purpose: a caller
+	// needs no open stream to be answered, and one that wants the progress of a long continuation reads GetRun.
+	// Answering only some pending calls stores them and returns the run still waiting. Submitting a result that was
+	// already accepted (same call id and value) is a no-op that returns the run as it is, so a retried call never
+	// runs the model twice. Errors: NotFound for an unknown run; FailedPrecondition for a run that is not waiting
+	// (or a different value for an answered call); InvalidArgument naming results[i].call_id for a call the run is
+	// not waiting for, or results[i] for a result too large or deep.
+	SubmitToolResult(context.Context, *connect.Request[v1.SubmitToolResultRequest]) (*connect.Response[v1.SubmitToolResultResponse], error)
+	// PutMcpServer registers an MCP server for the tenant under its name, or replaces the one of that name. Agents'
+	// MCP tools then name it (McpTool.server). At most 100 servers per tenant (ResourceExhausted).
+	PutMcpServer(context.Context, *connect.Request[v1.PutMcpServerRequest]) (*connect.Response[v1.PutMcpServerResponse], error)
+	// ListMcpServers lists the tenant's MCP servers ordered by name, without their header values.
+	ListMcpServers(context.Context, *connect.Request[v1.ListMcpServersRequest]) (*connect.Response[v1.ListMcpServersResponse], error)
+	// DeleteMcpServer deletes an MCP server. NotFound if missing. Agents naming it keep their tools, which are left
+	// out of later runs with a warning.
+	DeleteMcpServer(context.Context, *connect.Request[v1.DeleteMcpServerRequest]) (*connect.Response[v1.DeleteMcpServerResponse], error)
 	// GetRun returns a run with its steps.
 	GetRun(context.Context, *connect.Request[v1.GetRunRequest]) (*connect.Response[v1.GetRunResponse], error)
 	// ListRuns lists runs, newest first, filtered by agent and time.
@@ -180,6 +211,33 @@ func NewAgentServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			httpClient,
 			baseURL+AgentServiceRunStreamProcedure,
 			connect.WithSchema(agentServiceMethods.ByName("RunStream")),
+			connect.WithClientOptions(opts...),
+		),
+		submitToolResult: connect.NewClient[v1.SubmitToolResultRequest, v1.SubmitToolResultResponse](
+			httpClient,
+			baseURL+AgentServiceSubmitToolResultProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("SubmitToolResult")),
+			connect.WithClientOptions(opts...),
+		),
+		putMcpServer: connect.NewClient[v1.PutMcpServerRequest, v1.PutMcpServerResponse](
+			httpClient,
+			baseURL+AgentServicePutMcpServerProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("PutMcpServer")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
+		listMcpServers: connect.NewClient[v1.ListMcpServersRequest, v1.ListMcpServersResponse](
+			httpClient,
+			baseURL+AgentServiceListMcpServersProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("ListMcpServers")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		deleteMcpServer: connect.NewClient[v1.DeleteMcpServerRequest, v1.DeleteMcpServerResponse](
+			httpClient,
+			baseURL+AgentServiceDeleteMcpServerProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("DeleteMcpServer")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
 			connect.WithClientOptions(opts...),
 		),
 		getRun: connect.NewClient[v1.GetRunRequest, v1.GetRunResponse](
@@ -268,6 +326,10 @@ type agentServiceClient struct {
 	deleteAgent      *connect.Client[v1.DeleteAgentRequest, v1.DeleteAgentResponse]
 	run              *connect.Client[v1.RunRequest, v1.RunResponse]
 	runStream        *connect.Client[v1.RunStreamRequest, v1.RunStreamResponse]
+	submitToolResult *connect.Client[v1.SubmitToolResultRequest, v1.SubmitToolResultResponse]
+	putMcpServer     *connect.Client[v1.PutMcpServerRequest, v1.PutMcpServerResponse]
+	listMcpServers   *connect.Client[v1.ListMcpServersRequest, v1.ListMcpServersResponse]
+	deleteMcpServer  *connect.Client[v1.DeleteMcpServerRequest, v1.DeleteMcpServerResponse]
 	getRun           *connect.Client[v1.GetRunRequest, v1.GetRunResponse]
 	listRuns         *connect.Client[v1.ListRunsRequest, v1.ListRunsResponse]
 	cancelRun        *connect.Client[v1.CancelRunRequest, v1.CancelRunResponse]
@@ -314,6 +376,26 @@ func (c *agentServiceClient) Run(ctx context.Context, req *connect.Request[v1.Ru
 // RunStream calls loom.agent.v1.AgentService.RunStream.
 func (c *agentServiceClient) RunStream(ctx context.Context, req *connect.Request[v1.RunStreamRequest]) (*connect.ServerStreamForClient[v1.RunStreamResponse], error) {
 	return c.runStream.CallServerStream(ctx, req)
+}
+
+// SubmitToolResult calls loom.agent.v1.AgentService.SubmitToolResult.
+func (c *agentServiceClient) SubmitToolResult(ctx context.Context, req *connect.Request[v1.SubmitToolResultRequest]) (*connect.Response[v1.SubmitToolResultResponse], error) {
+	return c.submitToolResult.CallUnary(ctx, req)
+}
+
+// PutMcpServer calls loom.agent.v1.AgentService.PutMcpServer.
+func (c *agentServiceClient) PutMcpServer(ctx context.Context, req *connect.Request[v1.PutMcpServerRequest]) (*connect.Response[v1.PutMcpServerResponse], error) {
+	return c.putMcpServer.CallUnary(ctx, req)
+}
+
+// ListMcpServers calls loom.agent.v1.AgentService.ListMcpServers.
+func (c *agentServiceClient) ListMcpServers(ctx context.Context, req *connect.Request[v1.ListMcpServersRequest]) (*connect.Response[v1.ListMcpServersResponse], error) {
+	return c.listMcpServers.CallUnary(ctx, req)
+}
+
+// DeleteMcpServer calls loom.agent.v1.AgentService.DeleteMcpServer.
+func (c *agentServiceClient) DeleteMcpServer(ctx context.Context, req *connect.Request[v1.DeleteMcpServerRequest]) (*connect.Response[v1.DeleteMcpServerResponse], error) {
+	return c.deleteMcpServer.CallUnary(ctx, req)
 }
 
 // GetRun calls loom.agent.v1.AgentService.GetRun.
@@ -387,8 +469,27 @@ type AgentServiceHandler interface {
 	// Run runs an agent to completion and returns the run.
 	Run(context.Context, *connect.Request[v1.RunRequest]) (*connect.Response[v1.RunResponse], error)
 	// RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run, unless
-	// it has an idempotency key (see RunRequest.idempotency_key).
+	// it has an idempotency key (see RunRequest.idempotency_key). A run that calls a client tool ends the stream
+	// with a waiting event (see ClientTool).
 	RunStream(context.Context, *connect.Request[v1.RunStreamRequest], *connect.ServerStream[v1.RunStreamResponse]) error
+	// SubmitToolResult answers client tool calls of a run in RUN_STATE_WAITING_FOR_TOOLS (see ClientTool). Once
+	// every pending call has a result, the run resumes from its stored state in this call, which returns when the
+	// run stops again: finished, failed, or waiting for more client tool calls. It is unary on purpose: a caller
+	// needs no open stream to be answered, and one that wants the progress of a long continuation reads GetRun.
+	// Answering only some pending calls stores them and returns the run still waiting. Submitting a result that was
+	// already accepted (same call id and value) is a no-op that returns the run as it is, so a retried call never
+	// runs the model twice. Errors: NotFound for an unknown run; FailedPrecondition for a run that is not waiting
+	// (or a different value for an answered call); InvalidArgument naming results[i].call_id for a call the run is
+	// not waiting for, or results[i] for a result too large or deep.
+	SubmitToolResult(context.Context, *connect.Request[v1.SubmitToolResultRequest]) (*connect.Response[v1.SubmitToolResultResponse], error)
+	// PutMcpServer registers an MCP server for the tenant under its name, or replaces the one of that name. Agents'
+	// MCP tools then name it (McpTool.server). At most 100 servers per tenant (ResourceExhausted).
+	PutMcpServer(context.Context, *connect.Request[v1.PutMcpServerRequest]) (*connect.Response[v1.PutMcpServerResponse], error)
+	// ListMcpServers lists the tenant's MCP servers ordered by name, without their header values.
+	ListMcpServers(context.Context, *connect.Request[v1.ListMcpServersRequest]) (*connect.Response[v1.ListMcpServersResponse], error)
+	// DeleteMcpServer deletes an MCP server. NotFound if missing. Agents naming it keep their tools, which are left
+	// out of later runs with a warning.
+	DeleteMcpServer(context.Context, *connect.Request[v1.DeleteMcpServerRequest]) (*connect.Response[v1.DeleteMcpServerResponse], error)
 	// GetRun returns a run with its steps.
 	GetRun(context.Context, *connect.Request[v1.GetRunRequest]) (*connect.Response[v1.GetRunResponse], error)
 	// ListRuns lists runs, newest first, filtered by agent and time.
@@ -468,6 +569,33 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 		AgentServiceRunStreamProcedure,
 		svc.RunStream,
 		connect.WithSchema(agentServiceMethods.ByName("RunStream")),
+		connect.WithHandlerOptions(opts...),
+	)
+	agentServiceSubmitToolResultHandler := connect.NewUnaryHandler(
+		AgentServiceSubmitToolResultProcedure,
+		svc.SubmitToolResult,
+		connect.WithSchema(agentServiceMethods.ByName("SubmitToolResult")),
+		connect.WithHandlerOptions(opts...),
+	)
+	agentServicePutMcpServerHandler := connect.NewUnaryHandler(
+		AgentServicePutMcpServerProcedure,
+		svc.PutMcpServer,
+		connect.WithSchema(agentServiceMethods.ByName("PutMcpServer")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
+	agentServiceListMcpServersHandler := connect.NewUnaryHandler(
+		AgentServiceListMcpServersProcedure,
+		svc.ListMcpServers,
+		connect.WithSchema(agentServiceMethods.ByName("ListMcpServers")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	agentServiceDeleteMcpServerHandler := connect.NewUnaryHandler(
+		AgentServiceDeleteMcpServerProcedure,
+		svc.DeleteMcpServer,
+		connect.WithSchema(agentServiceMethods.ByName("DeleteMcpServer")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
 		connect.WithHandlerOptions(opts...),
 	)
 	agentServiceGetRunHandler := connect.NewUnaryHandler(
@@ -560,6 +688,14 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 			agentServiceRunHandler.ServeHTTP(w, r)
 		case AgentServiceRunStreamProcedure:
 			agentServiceRunStreamHandler.ServeHTTP(w, r)
+		case AgentServiceSubmitToolResultProcedure:
+			agentServiceSubmitToolResultHandler.ServeHTTP(w, r)
+		case AgentServicePutMcpServerProcedure:
+			agentServicePutMcpServerHandler.ServeHTTP(w, r)
+		case AgentServiceListMcpServersProcedure:
+			agentServiceListMcpServersHandler.ServeHTTP(w, r)
+		case AgentServiceDeleteMcpServerProcedure:
+			agentServiceDeleteMcpServerHandler.ServeHTTP(w, r)
 		case AgentServiceGetRunProcedure:
 			agentServiceGetRunHandler.ServeHTTP(w, r)
 		case AgentServiceListRunsProcedure:
@@ -617,6 +753,22 @@ func (UnimplementedAgentServiceHandler) Run(context.Context, *connect.Request[v1
 
 func (UnimplementedAgentServiceHandler) RunStream(context.Context, *connect.Request[v1.RunStreamRequest], *connect.ServerStream[v1.RunStreamResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("loom.agent.v1.AgentService.RunStream is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) SubmitToolResult(context.Context, *connect.Request[v1.SubmitToolResultRequest]) (*connect.Response[v1.SubmitToolResultResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.agent.v1.AgentService.SubmitToolResult is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) PutMcpServer(context.Context, *connect.Request[v1.PutMcpServerRequest]) (*connect.Response[v1.PutMcpServerResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.agent.v1.AgentService.PutMcpServer is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) ListMcpServers(context.Context, *connect.Request[v1.ListMcpServersRequest]) (*connect.Response[v1.ListMcpServersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.agent.v1.AgentService.ListMcpServers is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) DeleteMcpServer(context.Context, *connect.Request[v1.DeleteMcpServerRequest]) (*connect.Response[v1.DeleteMcpServerResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("loom.agent.v1.AgentService.DeleteMcpServer is not implemented"))
 }
 
 func (UnimplementedAgentServiceHandler) GetRun(context.Context, *connect.Request[v1.GetRunRequest]) (*connect.Response[v1.GetRunResponse], error) {
