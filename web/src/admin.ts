@@ -99,37 +99,75 @@ function providerKeys(app: App): HTMLElement {
   return h("section", { class: "panel", "aria-labelledby": "pk-h" }, h("h3", { id: "pk-h" }, "Provider keys"), body, form);
 }
 
+/** service names the service of a procedure such as "/loom.memory.v1.MemoryService/Upsert" ("memory"). */
+function service(procedure: string): string {
+  return /^\/loom\.([a-z]+)\.v\d/.exec(procedure)?.[1] ?? "other";
+}
+
+/**
+ * audit is the audit trail, newest first, a page of 200 events at a time, with filters by subject, service,
+ * result and free text. ListAuditEvents has no filters of its own, so they apply to the page shown and say so.
+ */
 function audit(app: App): HTMLElement {
   const st = status("audit-status");
   const body = h("div", { "data-testid": "audit" });
-  const filter = h("input", { type: "search", "aria-label": "filter the audit trail by procedure, subject, resource or result", placeholder: "filter: procedure, subject, resource, result" });
+  const PAGE_SIZE = 200;
+  const subject = select({ name: "subject", "data-testid": "audit-subject" }, [["", "anyone"]]);
+  const svc = select({ name: "service", "data-testid": "audit-service" },
+    [["", "any service"], ...["memory", "agent", "orchestrator", "admin"].map((x) => [x, x] as [string, string])]);
+  const result = select({ name: "result", "data-testid": "audit-result" }, [["", "any result"], ["ok", "ok"], ["error", "errors only"]]);
+  const text = h("input", { type: "search", name: "q", "data-testid": "audit-text", placeholder: "procedure, resource or code" });
+  const filters = h("form", { class: "filter-row", "data-testid": "audit-filters", role: "search", "aria-label": "filter the audit trail" },
+    h("label", null, h("span", { class: "lbl" }, "Subject"), subject),
+    h("label", null, h("span", { class: "lbl" }, "Service"), svc),
+    h("label", null, h("span", { class: "lbl" }, "Result"), result),
+    h("label", null, h("span", { class: "lbl" }, "Contains"), text));
+  filters.addEventListener("submit", (ev) => ev.preventDefault());
   const tokens = [""];
   let events: Awaited<ReturnType<typeof app.admin.listAuditEvents>>["events"] = [];
   const render = () => {
-    const q = filter.value.trim().toLowerCase();
-    const shown = events.filter((e) => !q || [e.procedure, e.subject, e.resource, e.result].some((x) => x.toLowerCase().includes(q)));
+    const q = text.value.trim().toLowerCase();
+    const shown = events.filter((e) =>
+      (!subject.value || e.subject === subject.value) &&
+      (!svc.value || service(e.procedure) === svc.value) &&
+      (!result.value || (result.value === "ok" ? e.result === "ok" : e.result !== "ok")) &&
+      (!q || [e.procedure, e.resource, e.result].some((x) => x.toLowerCase().includes(q))));
     body.replaceChildren(shown.length ? h("table", { class: "table" },
       h("thead", null, h("tr", null, ...["Time", "Subject", "Procedure", "Resource", "Result"].map((t) => h("th", null, t)))),
-      h("tbody", null, ...shown.map((e) => h("tr", null, h("td", null, fmtTime(e.time)), h("td", null, e.subject), h("td", null, e.procedure.replace(/^\/loom\./, "")), h("td", null, e.resource), h("td", null, e.result)))))
-      : empty("audit-empty", "No audit events match."));
+      h("tbody", null, ...shown.map((e) => h("tr", { "data-testid": "audit-row", "data-result": e.result },
+        h("td", null, fmtTime(e.time)), h("td", null, e.subject), h("td", null, e.procedure.replace(/^\/loom\./, "")), h("td", null, e.resource),
+        h("td", { class: e.result === "ok" ? "" : "error-text" }, e.result)))))
+      : empty("audit-empty", events.length ? "No events on this page match: clear a filter or look at older events." : "No audit events yet: every call that changes something is recorded here."));
+    return shown.length;
   };
   const load = async (page: number) => {
     show(st, "busy", "loading…");
     try {
-      const res = await app.admin.listAuditEvents({ pageSize: 50, pageToken: tokens[page] });
+      const res = await app.admin.listAuditEvents({ pageSize: PAGE_SIZE, pageToken: tokens[page] });
       tokens[page + 1] = res.nextPageToken;
       events = res.events;
-      render();
+      const keep = subject.value;
+      const subjects = [...new Set(events.map((e) => e.subject))].sort();
+      subject.replaceChildren(h("option", { value: "" }, "anyone"), ...subjects.map((x) => h("option", { value: x }, x)));
+      subject.value = subjects.includes(keep) ? keep : "";
+      const n = render();
       nav.replaceChildren(
         page > 0 ? h("button", { type: "button", onclick: () => void load(page - 1) }, "Newer") : "",
-        res.nextPageToken ? h("button", { type: "button", onclick: () => void load(page + 1) }, "Older") : "");
-      show(st, "ok", `${res.events.length} event(s)`);
+        res.nextPageToken ? h("button", { type: "button", "data-testid": "audit-older", onclick: () => void load(page + 1) }, "Older") : "");
+      show(st, "ok", `${res.events.length} event(s) on this page${n !== res.events.length ? `, ${n} shown` : ""}`);
     } catch (err) {
       showError(st, err);
     }
   };
   const nav = h("div", { class: "row" });
-  filter.addEventListener("input", render);
+  const refilter = () => {
+    const n = render();
+    show(st, "ok", `${events.length} event(s) on this page${n !== events.length ? `, ${n} shown` : ""}`);
+  };
+  for (const c of [subject, svc, result]) c.addEventListener("change", refilter);
+  text.addEventListener("input", refilter);
   void load(0);
-  return h("section", { class: "panel", "aria-labelledby": "audit-h" }, h("h3", { id: "audit-h" }, "Audit trail"), filter, body, nav, st);
+  return h("section", { class: "panel", "aria-labelledby": "audit-h" }, h("h3", { id: "audit-h" }, "Audit trail"),
+    h("p", { class: "note" }, "Filters apply to the page shown (the newest 200 events, or older ones with Older)."),
+    filters, body, nav, st);
 }

@@ -5,9 +5,9 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { ValidationError } from "../../gen/ts/loom/orchestrator/v1/orchestrator_pb";
 import type { App, View } from "./app";
 import { drawCanvas } from "./canvas";
-import { empty, fmtTime, h, json, onSubmit, show, status, fill } from "./dom";
+import { empty, fmtTime, h, onSubmit, show, status, fill } from "./dom";
 import { showError } from "./errors";
-import { blueprintYAML, highlight } from "./yaml";
+import { blueprintYAML, highlight, stepDefinition } from "./yaml";
 
 const PAGE = 20;
 
@@ -195,7 +195,7 @@ async function showBlueprint(app: App, box: HTMLElement, name: string, version: 
     const res = await app.orch.generateCanvas({ target: { case: "ref", value: { name, version: bp.version } } });
     const view = drawCanvas(res.canvas!, (id) => {
       const step = bp!.steps.find((x) => x.id === id);
-      stepInfo.replaceChildren(h("h4", null, `Step ${id}`), h("pre", { class: "json" }, step ? json({ kind: step.kind.case, depends_on: step.dependsOn, ...(step.kind.value ? { ...step.kind.value, $typeName: undefined } : {}) }) : ""));
+      stepInfo.replaceChildren(h("h4", null, `Step ${id}`), h("pre", { class: "json" }, step ? stepDefinition(step) : ""));
     });
     canvasBox.replaceChildren(view.svg);
     if (app.can("writer") && isLatest) {
