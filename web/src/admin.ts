@@ -67,8 +67,9 @@ function providerKeys(app: App): HTMLElement {
   const load = async () => {
     try {
       const res = await app.admin.listProviderKeys({});
-      body.replaceChildren(res.providerKeys.length ? h("ul", { class: "items" }, ...res.providerKeys.map((k) => h("li", null, `${k.provider} (set ${fmtTime(k.updateTime)}) `,
-        h("button", { type: "button", class: "danger", onclick: async () => {
+      body.replaceChildren(res.providerKeys.length ? h("ul", { class: "items" }, ...res.providerKeys.map((k) => h("li", { "data-testid": "pk-row", "data-provider": k.provider }, `${k.provider} (set ${fmtTime(k.updateTime)}) `,
+        h("button", { type: "button", class: "danger", "aria-label": `Delete the ${k.provider} key`, onclick: async () => {
+          if (!confirm(`Delete the tenant's ${k.provider} key? Runs then use the server's key, if it has one.`)) return;
           try {
             await app.admin.deleteProviderKey({ provider: k.provider });
             await load();
@@ -80,10 +81,10 @@ function providerKeys(app: App): HTMLElement {
       showError(st, err);
     }
   };
-  const form = h("form", null,
-    h("label", null, h("span", { class: "lbl" }, "Provider"), select({ name: "provider", "data-field": "provider" }, ["gemini", "openai", "elevenlabs", "tavus"].map((p) => [p, p]))),
-    h("label", null, h("span", { class: "lbl" }, "Key (write-only)"), h("input", { name: "key", type: "password", autocomplete: "off", required: true, "data-field": "key" })),
-    h("button", { type: "submit" }, "Set key"), st);
+  const form = h("form", { "data-testid": "pk-form" },
+    h("label", null, h("span", { class: "lbl" }, "Provider"), select({ name: "provider", "data-field": "provider", "data-testid": "pk-provider" }, ["gemini", "openai", "elevenlabs", "tavus"].map((p) => [p, p]))),
+    h("label", null, h("span", { class: "lbl" }, "Key (write-only)"), h("input", { name: "key", type: "password", autocomplete: "off", required: true, "data-field": "key", "data-testid": "pk-key" })),
+    h("button", { type: "submit", "data-testid": "pk-set" }, "Set key"), st);
   onSubmit(form, async () => {
     clearFieldErrors(form);
     try {
