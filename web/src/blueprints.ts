@@ -147,9 +147,16 @@ async function showBlueprint(app: App, box: HTMLElement, name: string, version: 
       const v = Number(latest!.version) - i;
       return h("li", { "data-version": v }, v === Number(bp!.version)
         ? h("b", { "aria-current": "true" }, `v${v}`)
-        : h("a", { href: `#/blueprints/${encodeURIComponent(name)}/${v}` }, `v${v}`));
+        : h("a", { href: `#/blueprints/${encodeURIComponent(name)}/${v}` }, `v${v}`),
+        h("small", { class: "meta", "data-testid": "bp-version-time" }));
     }),
   );
+  // When each of the latest versions was saved (one GetBlueprint per version; older ones are listed without).
+  void Promise.all([...versions.children].slice(0, 10).map(async (li) => {
+    const v = BigInt((li as HTMLElement).dataset.version!);
+    const got = v === bp!.version ? bp! : v === latest!.version ? latest! : (await app.orch.getBlueprint({ name, version: v }).catch(() => null))?.blueprint;
+    if (got) li.querySelector("small")!.textContent = ` ${fmtTime(got.createTime)}`;
+  }));
   const canvasBox = h("div", { class: "canvas-box", "data-testid": "canvas-box" }, status("canvas-status"));
   const stepInfo = h("div", { class: "step-info", "data-testid": "step-info", "aria-live": "polite" });
   const actions = h("div", { class: "row" },

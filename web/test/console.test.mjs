@@ -608,6 +608,7 @@ describe("console on the embedded defaults (--auth local)", () => {
     assert.equal(await nodeState("summarise"), "succeeded");
     // The engine does not emit AgentTextDelta events yet; the view says so instead of an empty box.
     assert.ok((await page.getByTestId("run-agent-text").count()) >= 1 || (await page.getByTestId("run-text-empty").isVisible()));
+    await page.getByTestId("approval").waitFor(); // listed once the view has seen the step wait
     assert.equal(await page.getByTestId("approval").count(), 1);
     await checkView(page, "run-graph");
 
@@ -701,6 +702,39 @@ describe("console on the embedded defaults (--auth local)", () => {
     assert.equal(await page.locator('[data-testid="step-row"][data-step="review"]').getAttribute("data-state"), "failed");
     assert.equal(await page.locator('[data-testid="canvas-node"][data-id="review"]').getAttribute("data-state"), "failed");
     assert.ok(await page.getByTestId("run-error").isVisible());
+    assert.deepEqual(pageErrors, []);
+    await page.close();
+  });
+
+  it("pages through a long runs list, and is driven from the keyboard", async () => {
+    await rpc(loom.base, "loom.orchestrator.v1.OrchestratorService/CreateBlueprint", { source: { yaml: "name: tick\nsteps:\n  - {id: wait, delay: {duration: 0s}}\n" } });
+    for (let i = 0; i < 23; i++) {
+      await rpc(loom.base, "loom.orchestrator.v1.OrchestratorService/StartRun", { blueprint: "tick", input: {}, idempotencyKey: `tick-${i}` });
+    }
+    const { page, pageErrors } = await open("#/blueprints");
+    // Keyboard only: Tab from the top to the Runs link, Enter, and focus lands on the view's heading.
+    let found = false;
+    for (let i = 0; i < 15 && !found; i++) {
+      await page.keyboard.press("Tab");
+      found = await page.evaluate(() => document.activeElement?.dataset.testid === "nav-runs");
+    }
+    assert.ok(found, "the Runs link is reachable with Tab");
+    await page.keyboard.press("Enter");
+    await page.waitForURL(/#\/runs$/);
+    await page.waitForFunction(() => document.activeElement?.id === "runs-h");
+    await page.getByTestId("runs-blueprint").selectOption("tick");
+    await page.getByTestId("runs-blueprint").press("Enter"); // submits the filter form
+    await page.getByTestId("runs-status").filter({ hasText: "20 run(s)" }).waitFor();
+    const first = await page.getByTestId("run-row").evaluateAll((els) => els.map((e) => e.dataset.id));
+    await page.getByTestId("runs-more").focus();
+    await page.keyboard.press("Enter");
+    await page.getByTestId("runs-status").filter({ hasText: "3 run(s)" }).waitFor();
+    const second = await page.getByTestId("run-row").evaluateAll((els) => els.map((e) => e.dataset.id));
+    assert.equal(new Set([...first, ...second]).size, 23, "every run once across the pages");
+    assert.equal(await page.getByTestId("runs-more").count(), 0, "no next page after the last");
+    await page.getByRole("button", { name: "Previous page" }).click();
+    await page.getByTestId("runs-status").filter({ hasText: "20 run(s)" }).waitFor();
+    assert.deepEqual(await page.getByTestId("run-row").evaluateAll((els) => els.map((e) => e.dataset.id)), first);
     assert.deepEqual(pageErrors, []);
     await page.close();
   });
