@@ -173,11 +173,14 @@ async function runDetail(app: App, root: HTMLElement, id: string, signal: AbortS
   const timeline = h("ol", { class: "timeline", "data-testid": "timeline", "aria-label": "event timeline" });
   const texts = new Map<string, HTMLElement>();
   const textBox = h("div", { class: "agent-text", "data-testid": "run-text" }, empty("run-text-empty", "No agent text streamed for this run yet."));
+  // The graph gets the whole width (it is what people watch); what needs a person and what happened sit below.
   root.append(
+    h("section", { class: "panel", "aria-labelledby": "graph-h" }, h("h3", { id: "graph-h" }, "Graph"), canvasBox),
     h("div", { class: "split wide" },
-      h("section", { class: "panel", "aria-labelledby": "graph-h" }, h("h3", { id: "graph-h" }, "Graph"), canvasBox, h("h3", null, "Agent output"), textBox),
+      h("div", { class: "detail" },
+        h("section", { class: "panel", "aria-labelledby": "appr-h" }, h("h3", { id: "appr-h" }, "Approvals"), approvalsBox),
+        h("section", { class: "panel", "aria-labelledby": "text-h" }, h("h3", { id: "text-h" }, "Agent output"), textBox)),
       h("section", { class: "panel", "aria-labelledby": "tl-h" }, h("h3", { id: "tl-h" }, "Events"), timeline)),
-    h("section", { class: "panel", "aria-labelledby": "appr-h" }, h("h3", { id: "appr-h" }, "Approvals"), approvalsBox),
     h("section", { class: "panel", "aria-labelledby": "steps-h" }, h("h3", { id: "steps-h" }, "Steps"), stepsBox),
   );
   panel.append(head);
