@@ -422,6 +422,34 @@ describe("console on the embedded defaults (--auth local)", () => {
     await page.close();
   });
 
+  it("shows a playground run's tool calls, tool results and memory hits", async () => {
+    await rpc(loom.base, "loom.memory.v1.MemoryService/CreateNamespace", { namespace: { name: "kb", dimension: 64 } });
+    await rpc(loom.base, "loom.memory.v1.MemoryService/Upsert", { namespace: "kb", records: [{ id: "moon", text: "the moon pulls the ocean twice a day" }] });
+    // The simulated model searches memory for the question, then answers from the tool's result.
+    await rpc(loom.base, "loom.agent.v1.AgentService/CreateAgent", { agent: {
+      name: "librarian", instructions: "Answer from memory.",
+      memory: { namespace: "kb", topK: 2 },
+      tools: [{ memorySearch: {} }],
+      model: { provider: "PROVIDER_SIM", sim: { turns: [
+        { whenContains: "ocean", reply: "The moon's pull makes the tides." },
+        { whenContains: "tides", toolCalls: [{ id: "c1", name: "memory_search", arguments: { query: "tides" } }] },
+      ] } },
+    } });
+    const { page, pageErrors } = await open("#/agents/librarian");
+    await page.getByTestId("run-input").fill("what makes the tides?");
+    await page.getByTestId("run-start").click();
+    assertOk(await settled(page, "run-status"), "RunStream");
+    assert.equal(await page.getByTestId("run-output").textContent(), "The moon's pull makes the tides.");
+    const events = await page.getByTestId("run-event").evaluateAll((els) => els.map((e) => [e.dataset.kind, e.textContent]));
+    const of = (kind) => events.filter(([k]) => k === kind).map(([, text]) => text);
+    assert.match(of("memory").join(), /moon \(\d\.\d{3}\): the moon pulls the ocean/, JSON.stringify(events));
+    assert.match(of("tool call").join(), /memory_search\(\{\s*"query": "tides"\s*\}\)/, JSON.stringify(events));
+    assert.match(of("tool result").join(), /memory_search: .*the moon pulls the ocean/s, JSON.stringify(events));
+    assert.match(await page.getByTestId("run-usage").textContent(), /usage: [1-9]\d* input/);
+    assert.deepEqual(pageErrors, []);
+    await page.close();
+  });
+
   it("edits every agent field, keeps what the form does not show, and deletes an agent", async () => {
     // Made through the API with what the form has no simple control for: a delegate's description and a webhook
     // tool whose signing secret is write-only.
