@@ -977,16 +977,28 @@ describe("console through the gateway with --auth required and API keys", () => 
     await page.goto(`${loom.base}/console/#/blueprints`);
     await page.getByTestId("bp-form").waitFor();
     assert.equal(await page.getByTestId("bp-save").count(), 0, "a reader may validate, not create");
-    // Runs and approvals: listed, never started or decided.
+    // Runs and approvals: listed and watched, never started, cancelled or decided. A writer starts one that waits.
     await page.goto(`${loom.base}/console/#/runs`);
     assertOk(await settled(page, "runs-status"), "ListRuns with a reader key");
+    assert.match(await page.getByTestId("runs-empty").textContent(), /^No runs match\.$/, "no hint to start one");
+    await rpc(loom.base, "loom.orchestrator.v1.OrchestratorService/CreateBlueprint", { source: { yaml:
+      "name: signoff\nsteps:\n  - id: sign\n    approval:\n      prompt: Sign off\n" } }, keys.writer);
+    const { run } = await rpc(loom.base, "loom.orchestrator.v1.OrchestratorService/StartRun", { blueprint: "signoff", input: {} }, keys.writer);
+    await page.goto(`${loom.base}/console/#/runs/${run.id}`);
+    await page.locator('[data-testid="canvas-node"][data-id="sign"][data-state="waiting"]').waitFor({ timeout: 30_000 });
+    await page.getByTestId("approval").waitFor();
+    assert.equal(await page.getByTestId("run-cancel").count(), 0);
+    assert.equal(await page.getByTestId("approve").count(), 0);
+    assert.match(await page.getByTestId("approval").getByTestId("readonly-note").textContent(), /not decide them/);
+    await page.goto(`${loom.base}/console/#/runs`);
+    await page.locator(`[data-testid="run-row"][data-id="${run.id}"]`).waitFor();
     assert.equal(await page.getByTestId("run-new").count(), 0);
-    assert.match(await page.getByTestId("runs-empty").textContent(), /^No runs match\.$/);
     await page.goto(`${loom.base}/console/#/runs/new`);
     assert.match(await page.getByTestId("readonly-note").textContent(), /not start them/);
     assert.equal(await page.getByTestId("start-form").count(), 0);
     await page.goto(`${loom.base}/console/#/approvals`);
-    assertOk(await settled(page, "inbox-status"), "ListPendingApprovals with a reader key");
+    await page.locator(`[data-testid="approval"][data-run="${run.id}"]`).waitFor();
+    assert.equal(await page.getByTestId("approve").count(), 0);
     await checkView(page, "reader-approvals");
     // Admin is not in the menu, and its address says who may use it instead of failing call by call.
     assert.equal(await page.getByTestId("nav-admin").count(), 0);
