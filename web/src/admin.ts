@@ -6,7 +6,8 @@ import { empty, field, fmtTime, h, onSubmit, select, show, status } from "./dom"
 import { clearFieldErrors, showError } from "./errors";
 
 export const adminView: View = async (app, root) => {
-  root.append(h("section", { class: "panel" }, h("h2", { tabindex: -1 }, "Admin")));
+  root.append(h("section", { class: "panel" }, h("h2", { tabindex: -1 }, "Admin"),
+    h("p", { class: "note" }, `Tenant ${app.session.identity.tenant || "(unknown)"}: its API keys, its own provider keys and its audit trail.`)));
   if (!app.can("admin")) {
     root.append(h("p", { class: "note", "data-testid": "readonly-note" }, "Only admins manage keys and read the audit trail."));
     return;
@@ -40,6 +41,7 @@ function keys(app: App): HTMLElement {
     }
   };
   const form = h("form", { "data-testid": "key-form" },
+    h("h4", null, "New key"),
     h("label", null, h("span", { class: "lbl" }, "Name"), h("input", { name: "name", required: true, "data-field": "name" })),
     h("label", null, h("span", { class: "lbl" }, "Role"), select({ name: "role", "data-field": "roles" }, [["reader", "reader"], ["writer", "writer"], ["admin", "admin"]])),
     h("label", null, h("span", { class: "lbl" }, "Expires in days (empty: never)"), h("input", { name: "days", type: "number", min: 1, "data-field": "expire_time" })),
@@ -82,6 +84,7 @@ function providerKeys(app: App): HTMLElement {
     }
   };
   const form = h("form", { "data-testid": "pk-form" },
+    h("h4", null, "Set a key"),
     h("label", null, h("span", { class: "lbl" }, "Provider"), select({ name: "provider", "data-field": "provider", "data-testid": "pk-provider" }, ["gemini", "openai", "elevenlabs", "tavus"].map((p) => [p, p]))),
     h("label", null, h("span", { class: "lbl" }, "Key (write-only)"), h("input", { name: "key", type: "password", autocomplete: "off", required: true, "data-field": "key", "data-testid": "pk-key" })),
     h("button", { type: "submit", "data-testid": "pk-set" }, "Set key"), st);

@@ -330,6 +330,7 @@ describe("console on the embedded defaults (--auth local)", () => {
     await checkView(page, "memory");
 
     // A record by id: its detail, then delete it; a missing id says so.
+    assert.ok(await page.getByTestId("lookup-delete").isHidden(), "no delete before a record is shown");
     await page.getByTestId("lookup-id").fill("fox-2");
     await page.getByTestId("lookup-run").click();
     assertOk(await settled(page, "lookup-status"), "Get fox-2");
@@ -342,6 +343,7 @@ describe("console on the embedded defaults (--auth local)", () => {
     await page.getByTestId("lookup-run").click();
     assert.equal((await settled(page, "lookup-status")).state, "error");
     assert.ok(await page.getByTestId("record-missing").isVisible());
+    assert.ok(await page.getByTestId("lookup-delete").isHidden());
 
     // Delete the namespace: it leaves the list, and the empty list says what to do next.
     page.once("dialog", (d) => d.accept());
@@ -984,6 +986,12 @@ describe("console through the gateway with --auth required and API keys", () => 
     await rpc(loom.base, "loom.orchestrator.v1.OrchestratorService/CreateBlueprint", { source: { yaml:
       "name: signoff\nsteps:\n  - id: sign\n    approval:\n      prompt: Sign off\n" } }, keys.writer);
     const { run } = await rpc(loom.base, "loom.orchestrator.v1.OrchestratorService/StartRun", { blueprint: "signoff", input: {} }, keys.writer);
+    await page.goto(`${loom.base}/console/#/blueprints/signoff`);
+    await page.getByTestId("canvas").waitFor();
+    assert.ok(await page.getByTestId("bp-start-run").isHidden());
+    assert.equal(await page.getByTestId("bp-delete").count(), 0);
+    assert.equal(await page.getByTestId("canvas-save").count(), 0);
+    assert.equal(await page.getByTestId("bp-save").count(), 0);
     await page.goto(`${loom.base}/console/#/runs/${run.id}`);
     await page.locator('[data-testid="canvas-node"][data-id="sign"][data-state="waiting"]').waitFor({ timeout: 30_000 });
     await page.getByTestId("approval").waitFor();
