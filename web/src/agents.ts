@@ -2,11 +2,13 @@
 // a playground that streams a run (text, tool calls and results, memory hits, warnings, token usage), speech
 // synthesis of the answer played in the page, and the agent's run history.
 
-import { create } from "@bufbuild/protobuf";
+import { create, fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
 import { FieldMaskSchema } from "@bufbuild/protobuf/wkt";
 import {
   AgentSchema,
   AudioFormat,
+  ChaosSchema,
+  ToolSchema,
   Provider,
   RunState,
   VoiceProvider,
@@ -16,7 +18,8 @@ import {
 import type { App, View } from "./app";
 import { empty, field, fmtTime, h, json, onSubmit, select, show, status, checked, fill } from "./dom";
 import { clearFieldErrors, showError } from "./errors";
-import { fmtCost, fmtUsage } from "./cost";
+import { fmtCost, fmtUsage, moneyAmount, parseMoney } from "./cost";
+import { markErrors } from "./schema";
 
 const PAGE = 20;
 
@@ -67,6 +70,11 @@ function agentForm(app: App, a: Agent | null): HTMLElement {
   const has = (k: Tool["kind"]["case"]) => tools.some((t) => t.kind.case === k);
   const delegates = tools.flatMap((t) => (t.kind.case === "delegate" ? [t.kind.value.agent] : []));
   const hosts = tools.flatMap((t) => (t.kind.case === "httpFetch" ? t.kind.value.allowedHosts : []));
+  // A delegate's description and the webhook and MCP tools have no simple control: the description is kept for
+  // the agents still listed, and the other tools are edited as the contract's JSON.
+  const delegateInfo = new Map(tools.flatMap((t) => (t.kind.case === "delegate" ? [[t.kind.value.agent, t.kind.value.description] as const] : [])));
+  const ext = tools.filter((t) => t.kind.case === "webhook" || t.kind.case === "mcp");
+  const extTools = ext.length ? JSON.stringify(ext.map((t) => toJson(ToolSchema, t)), null, 2) : "";
   const ro = !app.can("writer");
   const inp = (label: string, name: string, fieldPath: string, value: string, extra: Record<string, string | number | boolean> = {}, hint?: string) =>
     h("label", null, h("span", { class: "lbl" }, label), h("input", { name, value, "data-field": fieldPath, "data-testid": `agent-${name}`, disabled: ro, ...extra }), hint ? h("small", { class: "hint" }, hint) : null);
@@ -88,8 +96,11 @@ function agentForm(app: App, a: Agent | null): HTMLElement {
     h("fieldset", null, h("legend", null, "Tools"),
       h("label", { class: "check" }, h("input", { type: "checkbox", name: "toolSearch", checked: has("memorySearch"), disabled: ro, "data-field": "agent.tools" }), h("span", null, "memory_search")),
       h("label", { class: "check" }, h("input", { type: "checkbox", name: "toolSave", checked: has("memorySave"), disabled: ro }), h("span", null, "memory_save")),
-      inp("Delegate to agents", "delegates", "agent.tools", delegates.join(", "), {}, "comma-separated agent names"),
-      inp("HTTP fetch hosts", "hosts", "agent.tools", hosts.join(", "), {}, "comma-separated; empty disables http_fetch")),
+      inp("Delegate to agents", "delegates", "agent.tools.delegate", delegates.join(", "), {}, "comma-separated agent names"),
+      inp("HTTP fetch hosts", "hosts", "agent.tools.http_fetch", hosts.join(", "), {}, "comma-separated; empty disables http_fetch"),
+      h("label", null, h("span", { class: "lbl" }, "Webhook and MCP tools (JSON)"),
+        h("textarea", { name: "extTools", rows: 3, spellcheck: "false", "data-field": "agent.tools", "data-testid": "agent-ext-tools", disabled: ro, value: extTools }),
+        h("small", { class: "hint" }, 'a list of tools, for example [{"webhook": {"name": "lookup", "url": "https://…", "signingSecret": "…"}}] or [{"mcp": {"url": "https://…", "tool": "search"}}]; a stored signing secret is never shown, and kept when left empty'))),
     h("fieldset", null, h("legend", null, "Memory"),
       inp("Namespace", "memNamespace", "agent.memory.namespace", a?.memory?.namespace ?? ""),
       inp("Top k", "memTopK", "agent.memory.top_k", a?.memory?.topK ? String(a.memory.topK) : "", { type: "number", min: 0, max: 50 }),
@@ -97,7 +108,14 @@ function agentForm(app: App, a: Agent | null): HTMLElement {
     h("fieldset", null, h("legend", null, "Budgets"),
       inp("Max model calls", "maxSteps", "agent.budgets.max_steps", a?.budgets?.maxSteps ? String(a.budgets.maxSteps) : "", { type: "number", min: 0, max: 100 }, "0 means 8"),
       inp("Max tokens", "maxTokens", "agent.budgets.max_tokens", a?.budgets?.maxTokens ? String(a.budgets.maxTokens) : "", { type: "number", min: 0 }, "0 means unlimited"),
-      inp("Max duration (s)", "maxDuration", "agent.budgets.max_duration", secs(a?.budgets?.maxDuration), { type: "number", min: 0, max: 3600 }, "empty means 5 minutes")),
+      inp("Max duration (s)", "maxDuration", "agent.budgets.max_duration", secs(a?.budgets?.maxDuration), { type: "number", min: 0, max: 3600 }, "empty means 5 minutes"),
+      h("div", { class: "row" },
+        inp("Max cost per run", "maxCost", "agent.budgets.max_cost", moneyAmount(a?.budgets?.maxCost), { inputmode: "decimal", placeholder: "0.25" }, "empty means no limit"),
+        inp("Currency", "maxCostCurrency", "agent.budgets.max_cost.currency_code", a?.budgets?.maxCost?.currencyCode || "USD", { maxlength: 3, size: 4 }))),
+    h("fieldset", null, h("legend", null, "Chaos (testing)"),
+      h("label", null, h("span", { class: "lbl" }, "Faults injected into every run (JSON)"),
+        h("textarea", { name: "chaos", rows: 2, spellcheck: "false", "data-field": "agent.chaos", "data-testid": "agent-chaos", disabled: ro, value: a?.chaos ? JSON.stringify(toJson(ChaosSchema, a.chaos)) : "" }),
+        h("small", { class: "hint" }, 'empty injects nothing; for example {"failureRate": 0.2, "seed": "7", "code": "CHAOS_CODE_UNAVAILABLE"}'))),
     h("fieldset", null, h("legend", null, "Voice"),
       h("label", null, h("span", { class: "lbl" }, "Voice provider"), select({ name: "voiceProvider", "data-field": "agent.voice.provider", disabled: ro },
         [[String(VoiceProvider.ESPEAK), "espeak-ng (offline)"], [String(VoiceProvider.ELEVENLABS), "ElevenLabs"]], String(a?.voice?.provider || VoiceProvider.ESPEAK))),
@@ -136,13 +154,63 @@ function agentForm(app: App, a: Agent | null): HTMLElement {
     const tl: Tool[] = [];
     if (checked(form, "toolSearch")) tl.push({ $typeName: "loom.agent.v1.Tool", kind: { case: "memorySearch", value: { $typeName: "loom.agent.v1.MemorySearchTool" } } });
     if (checked(form, "toolSave")) tl.push({ $typeName: "loom.agent.v1.Tool", kind: { case: "memorySave", value: { $typeName: "loom.agent.v1.MemorySaveTool" } } });
-    for (const d of list("delegates")) tl.push({ $typeName: "loom.agent.v1.Tool", kind: { case: "delegate", value: { $typeName: "loom.agent.v1.DelegateTool", agent: d, description: "" } } });
+    for (const d of list("delegates")) tl.push({ $typeName: "loom.agent.v1.Tool", kind: { case: "delegate", value: { $typeName: "loom.agent.v1.DelegateTool", agent: d, description: delegateInfo.get(d) ?? "" } } });
     if (list("hosts").length) tl.push({ $typeName: "loom.agent.v1.Tool", kind: { case: "httpFetch", value: { $typeName: "loom.agent.v1.HttpFetchTool", allowedHosts: list("hosts") } } });
+    // The JSON fields are read in the page first, so a typo is named at its control before anything is sent.
+    const problems = new Map<string, string>();
+    const parse = (name: string): JsonValue | undefined => {
+      const text = field(form, name);
+      if (!text) return undefined;
+      try {
+        return JSON.parse(text) as JsonValue;
+      } catch (e) {
+        problems.set(name, `not valid JSON: ${(e as Error).message}`);
+        return undefined;
+      }
+    };
+    const extJson = parse("extTools");
+    if (extJson !== undefined) {
+      if (!Array.isArray(extJson)) problems.set("extTools", "must be a JSON list of tools");
+      else {
+        extJson.forEach((t, i) => {
+          try {
+            const tool = fromJson(ToolSchema, t);
+            if (tool.kind.case !== "webhook" && tool.kind.case !== "mcp") throw new Error("must be a webhook or mcp tool (the others have their own fields)");
+            tl.push(tool);
+          } catch (e) {
+            problems.set("extTools", `tool ${i + 1}: ${(e as Error).message}`);
+          }
+        });
+      }
+    }
+    const chaosJson = parse("chaos");
+    if (chaosJson !== undefined) {
+      try {
+        next.chaos = fromJson(ChaosSchema, chaosJson);
+      } catch (e) {
+        problems.set("chaos", (e as Error).message);
+      }
+    } else next.chaos = undefined;
+    let maxCost: ({ $typeName: "loom.cost.v1.Money" } & ReturnType<typeof parseMoney>) | undefined;
+    if (field(form, "maxCost")) {
+      try {
+        maxCost = { $typeName: "loom.cost.v1.Money" as const, ...parseMoney(field(form, "maxCost"), field(form, "maxCostCurrency").toUpperCase()) };
+      } catch (e) {
+        problems.set("maxCost", (e as Error).message);
+      }
+    }
+    if (problems.size) {
+      const paths: Record<string, string> = { extTools: "agent.tools", chaos: "agent.chaos", maxCost: "agent.budgets.max_cost" };
+      markErrors(form, "agent", new Map([...problems].map(([k, v]) => [paths[k].slice("agent.".length), v])));
+      show(st, "error", `invalid_argument: ${[...problems].map(([k, v]) => `${paths[k]}: ${v}`).join("; ")}`);
+      return;
+    }
     next.tools = tl;
     next.memory = { $typeName: "loom.agent.v1.MemoryConfig", namespace: field(form, "memNamespace"), topK: num("memTopK"), minScore: field(form, "memMinScore") === "" ? undefined : Number(field(form, "memMinScore")) };
     next.budgets = {
       $typeName: "loom.agent.v1.Budgets", maxSteps: num("maxSteps"), maxTokens: BigInt(num("maxTokens")),
       maxDuration: field(form, "maxDuration") === "" ? undefined : { $typeName: "google.protobuf.Duration", seconds: BigInt(num("maxDuration")), nanos: 0 },
+      maxCost,
     };
     next.voice = { $typeName: "loom.agent.v1.Voice", provider: Number(field(form, "voiceProvider")) as VoiceProvider, voiceId: field(form, "voiceId") };
     show(st, "busy", a ? "saving…" : "creating…");
@@ -150,7 +218,7 @@ function agentForm(app: App, a: Agent | null): HTMLElement {
       if (a) {
         const res = await app.agents.updateAgent({
           agent: next, etag: a.etag,
-          updateMask: create(FieldMaskSchema, { paths: ["display_name", "instructions", "model", "tools", "memory", "budgets", "voice"] }),
+          updateMask: create(FieldMaskSchema, { paths: ["display_name", "instructions", "model", "tools", "memory", "budgets", "voice", "chaos"] }),
         });
         show(st, "ok", `saved ${res.agent!.name} v${res.agent!.version}`);
         app.go(`#/agents/${encodeURIComponent(res.agent!.name)}`);

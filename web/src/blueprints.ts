@@ -5,9 +5,9 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { ValidationError } from "../../gen/ts/loom/orchestrator/v1/orchestrator_pb";
 import type { App, View } from "./app";
 import { drawCanvas } from "./canvas";
-import { empty, fmtTime, h, json, onSubmit, show, status, fill } from "./dom";
+import { empty, fmtTime, h, onSubmit, show, status, fill } from "./dom";
 import { showError } from "./errors";
-import { blueprintYAML, highlight } from "./yaml";
+import { blueprintYAML, highlight, stepDefinition } from "./yaml";
 
 const PAGE = 20;
 
@@ -147,9 +147,16 @@ async function showBlueprint(app: App, box: HTMLElement, name: string, version: 
       const v = Number(latest!.version) - i;
       return h("li", { "data-version": v }, v === Number(bp!.version)
         ? h("b", { "aria-current": "true" }, `v${v}`)
-        : h("a", { href: `#/blueprints/${encodeURIComponent(name)}/${v}` }, `v${v}`));
+        : h("a", { href: `#/blueprints/${encodeURIComponent(name)}/${v}` }, `v${v}`),
+        h("small", { class: "meta", "data-testid": "bp-version-time" }));
     }),
   );
+  // When each of the latest versions was saved (one GetBlueprint per version; older ones are listed without).
+  void Promise.all([...versions.children].slice(0, 10).map(async (li) => {
+    const v = BigInt((li as HTMLElement).dataset.version!);
+    const got = v === bp!.version ? bp! : v === latest!.version ? latest! : (await app.orch.getBlueprint({ name, version: v }).catch(() => null))?.blueprint;
+    if (got) li.querySelector("small")!.textContent = ` ${fmtTime(got.createTime)}`;
+  }));
   const canvasBox = h("div", { class: "canvas-box", "data-testid": "canvas-box" }, status("canvas-status"));
   const stepInfo = h("div", { class: "step-info", "data-testid": "step-info", "aria-live": "polite" });
   const actions = h("div", { class: "row" },
@@ -195,7 +202,7 @@ async function showBlueprint(app: App, box: HTMLElement, name: string, version: 
     const res = await app.orch.generateCanvas({ target: { case: "ref", value: { name, version: bp.version } } });
     const view = drawCanvas(res.canvas!, (id) => {
       const step = bp!.steps.find((x) => x.id === id);
-      stepInfo.replaceChildren(h("h4", null, `Step ${id}`), h("pre", { class: "json" }, step ? json({ kind: step.kind.case, depends_on: step.dependsOn, ...(step.kind.value ? { ...step.kind.value, $typeName: undefined } : {}) }) : ""));
+      stepInfo.replaceChildren(h("h4", null, `Step ${id}`), h("pre", { class: "json" }, step ? stepDefinition(step) : ""));
     });
     canvasBox.replaceChildren(view.svg);
     if (app.can("writer") && isLatest) {

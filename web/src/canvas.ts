@@ -33,6 +33,8 @@ export function drawCanvas(canvas: Canvas, onSelect?: (stepId: string) => void):
     role: "group",
     "aria-label": `workflow graph: ${canvas.nodes.length} steps, ${canvas.edges.length} dependencies`,
   }) as SVGSVGElement;
+  // Set through the CSSOM: the page's Content-Security-Policy refuses inline style attributes.
+  svg.style.minWidth = `${Math.min(w, 560)}px`;
   svg.append(
     s("defs", null, s("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" }, s("path", { d: "M0 0L10 5L0 10z", class: "arrowhead" }))),
   );

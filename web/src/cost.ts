@@ -28,3 +28,19 @@ export function fmtCost(u?: UsageLike): string {
 export function fmtUsage(u?: UsageLike): string {
   return `usage: ${u?.inputTokens ?? 0n} input, ${u?.outputTokens ?? 0n} output tokens · cost ${fmtCost(u)}`;
 }
+
+/**
+ * parseMoney reads a decimal amount such as "0.25" or "12" (at most 9 decimals, not negative) into Money without
+ * going through a float; it throws an Error naming what is wrong.
+ */
+export function parseMoney(text: string, currencyCode: string): MoneyLike {
+  const m = /^(\d{1,18})(?:\.(\d{1,9}))?$/.exec(text.trim());
+  if (!m) throw new Error("must be an amount such as 0.25 (digits, at most 9 decimals)");
+  if (!/^[A-Z]{3}$/.test(currencyCode)) throw new Error("currency must be a three-letter ISO 4217 code such as USD");
+  return { currencyCode, units: BigInt(m[1]), nanos: Number((m[2] ?? "").padEnd(9, "0")) };
+}
+
+/** moneyAmount writes Money's amount as parseMoney reads it ("" when unset). */
+export function moneyAmount(m?: MoneyLike): string {
+  return m ? fmtMoney(m).replace(/ [A-Z]*$/, "") : "";
+}

@@ -103,10 +103,17 @@ export function showError(statusEl: HTMLElement, err: unknown, root?: ParentNode
   }
 }
 
+/**
+ * findControl finds the control for a violation's path, or for the nearest enclosing field that has one; each
+ * candidate is tried as it is and without list subscripts, so "agent.tools[2].delegate.agent" finds the control
+ * marked "agent.tools.delegate" (one control edits every item of a list).
+ */
 function findControl(root: ParentNode, path: string): HTMLElement | null {
   for (let p = path; p; p = p.replace(/(\.[^.]*|\[[^\]]*\])$/, "")) {
-    const el = root.querySelector<HTMLElement>(`[data-field="${CSS.escape(p)}"]`);
-    if (el) return el;
+    for (const q of new Set([p, p.replace(/\[[^\]]*\]/g, "")])) {
+      const el = root.querySelector<HTMLElement>(`[data-field="${CSS.escape(q)}"]`);
+      if (el) return el;
+    }
     if (!/[.[]/.test(p)) break;
   }
   return null;

@@ -64,6 +64,20 @@ function renderSession(app: App, box: HTMLElement): void {
   );
 }
 
+/** focusHeading focuses root's first h2 now or as soon as it is added, until signal aborts. */
+function focusHeading(root: HTMLElement, signal: AbortSignal): void {
+  const focus = () => {
+    const h2 = root.querySelector<HTMLElement>("h2");
+    if (!h2) return false;
+    // Only if focus is still where navigation left it (nowhere in the view yet), not where the user has put it.
+    if (!root.contains(document.activeElement) || document.activeElement === root) h2.focus({ preventScroll: true });
+    return true;
+  };
+  const obs: MutationObserver = new MutationObserver(() => focus() && obs.disconnect());
+  obs.observe(root, { childList: true, subtree: true });
+  signal.addEventListener("abort", () => obs.disconnect());
+}
+
 async function main(): Promise<void> {
   const session = await newSession();
   const app = newApp(session);
@@ -90,10 +104,11 @@ async function main(): Promise<void> {
       first = false;
       return;
     }
-    void r.view(app, root, parts.slice(1), ctrl.signal);
     // After navigating, move focus to the view's heading so keyboard and screen-reader users land on it; on the
-    // first load leave it at the top, where the skip link is.
-    if (!first) root.querySelector<HTMLElement>("h2")?.focus({ preventScroll: true });
+    // first load leave it at the top, where the skip link is. Views that load before drawing add the heading
+    // later: focus it when it appears, unless the user has moved on.
+    if (!first) focusHeading(root, ctrl.signal);
+    void r.view(app, root, parts.slice(1), ctrl.signal);
     first = false;
   };
   session.onChange(route);

@@ -144,6 +144,7 @@ async function nsDetail(app: App, box: HTMLElement, name: string): Promise<void>
       } }, "Delete namespace") : null),
     app.can("writer") ? upsertForm(app, name) : h("p", { class: "note", "data-testid": "readonly-note" }, "Your role can search memory, not write it."),
     searchForm(app, name),
+    lookupForm(app, name),
   );
 }
 
@@ -223,12 +224,20 @@ function searchForm(app: App, ns: string): HTMLElement {
   const st = status("search-status");
   const hits = h("ol", { class: "hits", "data-testid": "search-hits" });
   const rows = h("div", { class: "filter-rows" });
+  // Hybrid results are ranked by reciprocal rank fusion, whose scores are not the metric's: the server ignores a
+  // minimum score then, so the field is disabled rather than silently ignored.
+  const minHint = h("small", { class: "hint", id: "minscore-hint" }, "in the namespace's metric");
+  const minScore = h("input", { name: "minScore", type: "number", step: "any", "data-testid": "search-minscore", "data-field": "min_score", "aria-describedby": "minscore-hint" });
+  const hybrid = h("input", { type: "checkbox", name: "hybrid", "data-testid": "search-hybrid", onchange: () => {
+    minScore.disabled = hybrid.checked;
+    minHint.textContent = hybrid.checked ? "not used in hybrid mode (scores are rank fusion)" : "in the namespace's metric";
+  } });
   const form = h("form", { "data-testid": "search-form" },
     h("label", null, h("span", { class: "lbl" }, "Query"), h("input", { name: "text", required: true, "data-testid": "search-text", "data-field": "text" })),
     h("div", { class: "row" },
       h("label", null, h("span", { class: "lbl" }, "Top k"), h("input", { name: "topK", type: "number", min: 1, max: 1000, value: 5, "data-testid": "search-topk", "data-field": "top_k" })),
-      h("label", null, h("span", { class: "lbl" }, "Min score"), h("input", { name: "minScore", type: "number", step: "any", "data-testid": "search-minscore", "data-field": "min_score" })),
-      h("label", { class: "check" }, h("input", { type: "checkbox", name: "hybrid", "data-testid": "search-hybrid" }), h("span", null, "hybrid (vector + full text)"))),
+      h("label", null, h("span", { class: "lbl" }, "Min score"), minScore, minHint),
+      h("label", { class: "check" }, hybrid, h("span", null, "hybrid (vector + full text)"))),
     h("fieldset", null, h("legend", null, "Filter"),
       h("label", null, h("span", { class: "lbl" }, "Match"), select({ name: "combine", "data-testid": "filter-combine" }, [["all", "all conditions"], ["any", "any condition"]])),
       rows,
@@ -246,7 +255,7 @@ function searchForm(app: App, ns: string): HTMLElement {
         namespace: ns,
         query: { case: "text", value: field(form, "text") },
         topK: Number(field(form, "topK") || 0),
-        minScore: ms === "" ? undefined : Number(ms),
+        minScore: ms === "" || minScore.disabled ? undefined : Number(ms),
         hybrid: checked(form, "hybrid"),
         filter: buildFilter([...rows.children] as HTMLElement[], field(form, "combine")),
       });
@@ -260,6 +269,55 @@ function searchForm(app: App, ns: string): HTMLElement {
   return h("section", { class: "panel", "aria-labelledby": "search-h" }, h("h3", { id: "search-h" }, "Search"), form, hits);
 }
 
+/** recordDetail fills box with a record read back with Get: text, typed metadata, update and expiry times. */
+async function recordDetail(app: App, ns: string, id: string, box: HTMLElement, st: HTMLElement): Promise<boolean> {
+  try {
+    const res = await app.memory.get({ namespace: ns, ids: [id] });
+    const rec = res.records[0];
+    box.replaceChildren(rec ? h("pre", { class: "json", "data-testid": "record-detail" }, json({
+      id: rec.id, text: rec.text, metadata: Object.fromEntries(Object.entries(rec.metadata).map(([k, v]) => [k, showValue(v)])),
+      updated: fmtTime(rec.updateTime), expires: fmtTime(rec.expireTime) || "never",
+    })) : empty("record-missing", `No record "${id}" in ${ns}. Search for it, or upsert it first.`));
+    return !!rec;
+  } catch (err) {
+    showError(st, err);
+    return false;
+  }
+}
+
+/** lookupForm reads one record by id (Get), with a delete for writers. */
+function lookupForm(app: App, ns: string): HTMLElement {
+  const st = status("lookup-status");
+  const box = h("div", { class: "record-detail" });
+  const del = h("button", {
+    type: "button", class: "danger", "data-testid": "lookup-delete", hidden: true, onclick: async () => {
+      const id = field(form, "id");
+      if (!confirm(`Delete record ${id}?`)) return;
+      try {
+        const res = await app.memory.delete({ namespace: ns, selector: { case: "ids", value: { ids: [id] } } });
+        box.replaceChildren();
+        del.hidden = true;
+        show(st, "ok", `deleted ${id} (${res.deletedCount} record)`);
+      } catch (err) {
+        showError(st, err);
+      }
+    },
+  }, "Delete record");
+  const form = h("form", { "data-testid": "lookup-form" },
+    h("div", { class: "row" },
+      h("label", null, h("span", { class: "lbl" }, "Record id"), h("input", { name: "id", required: true, "data-testid": "lookup-id", "data-field": "ids" })),
+      h("button", { type: "submit", "data-testid": "lookup-run" }, "Show")),
+    st, box, app.can("writer") ? del : null);
+  onSubmit(form, async () => {
+    clearFieldErrors(form);
+    show(st, "busy", "reading…");
+    const found = await recordDetail(app, ns, field(form, "id"), box, st);
+    del.hidden = !found;
+    if (st.dataset.state === "busy") show(st, found ? "ok" : "error", found ? "found" : "not found");
+  });
+  return h("section", { class: "panel", "aria-labelledby": "lookup-h" }, h("h3", { id: "lookup-h" }, "Record by id"), form);
+}
+
 function hitItem(app: App, ns: string, r: MemRecord, score: number, st: HTMLElement): HTMLElement {
   const detail = h("div", { class: "record-detail" });
   const li = h("li", { "data-testid": "search-hit", "data-id": r.id },
@@ -267,18 +325,7 @@ function hitItem(app: App, ns: string, r: MemRecord, score: number, st: HTMLElem
     h("code", null, r.id), " ", r.text.length > 200 ? r.text.slice(0, 200) + "…" : r.text,
     Object.keys(r.metadata).length ? h("small", { class: "meta" }, " ", Object.entries(r.metadata).map(([k, v]) => `${k}=${showValue(v)}`).join(" ")) : null,
     h("div", { class: "row" },
-      h("button", { type: "button", class: "link", "data-testid": "hit-detail", onclick: async () => {
-        try {
-          const res = await app.memory.get({ namespace: ns, ids: [r.id] });
-          const rec = res.records[0];
-          detail.replaceChildren(rec ? h("pre", { class: "json", "data-testid": "record-detail" }, json({
-            id: rec.id, text: rec.text, metadata: Object.fromEntries(Object.entries(rec.metadata).map(([k, v]) => [k, showValue(v)])),
-            updated: fmtTime(rec.updateTime), expires: fmtTime(rec.expireTime) || "never",
-          })) : h("p", { class: "empty" }, "This record no longer exists."));
-        } catch (err) {
-          showError(st, err);
-        }
-      } }, "Details"),
+      h("button", { type: "button", class: "link", "data-testid": "hit-detail", onclick: () => void recordDetail(app, ns, r.id, detail, st) }, "Details"),
       app.can("writer") ? h("button", { type: "button", class: "link danger", "data-testid": "hit-delete", onclick: async () => {
         if (!confirm(`Delete record ${r.id}?`)) return;
         try {

@@ -9,6 +9,7 @@ import {
   RunState,
   StepState,
   type Approval,
+  type Step,
   type WatchRunResponse,
   type WorkflowRun,
 } from "../../gen/ts/loom/orchestrator/v1/orchestrator_pb";
@@ -18,6 +19,7 @@ import { empty, fmtMs, fmtTime, h, json, onSubmit, select, show, status, field, 
 import { showError, clearFieldErrors } from "./errors";
 import { markErrors, schemaForm } from "./schema";
 import { fmtCost, fmtMoney, fmtUsage } from "./cost";
+import { stepDefinition } from "./yaml";
 
 const PAGE = 20;
 
@@ -133,6 +135,21 @@ async function startForm(app: App, root: HTMLElement, name: string): Promise<voi
   panel.append(form);
 }
 
+/**
+ * stepInput shows what a step is given, as its definition says: the CEL expression of an agent step's input or of
+ * a memory step's query or text, and the whole definition on demand.
+ */
+function stepInput(step?: Step): HTMLElement | string {
+  if (!step) return "";
+  const k = step.kind;
+  const expr = k.case === "agent" ? k.value.input
+    : k.case === "memorySearch" ? k.value.query
+    : k.case === "memoryUpsert" ? k.value.text : undefined;
+  const who = k.case === "agent" ? `agent ${k.value.agent}` : (k.case ?? "step").replace(/[A-Z]/g, (c) => "_" + c.toLowerCase());
+  return h("details", null, h("summary", null, who, expr ? [": ", h("code", null, expr.length > 60 ? expr.slice(0, 60) + "…" : expr)] : null),
+    h("pre", { class: "json" }, stepDefinition(step)));
+}
+
 /** Test and debugging hook: window.__loomWatch.drop() cuts the live WatchRun stream as a network drop would. */
 declare global {
   interface Window { __loomWatch?: { drop(): void; reconnects: number } }
@@ -156,16 +173,21 @@ async function runDetail(app: App, root: HTMLElement, id: string, signal: AbortS
   const timeline = h("ol", { class: "timeline", "data-testid": "timeline", "aria-label": "event timeline" });
   const texts = new Map<string, HTMLElement>();
   const textBox = h("div", { class: "agent-text", "data-testid": "run-text" }, empty("run-text-empty", "No agent text streamed for this run yet."));
+  // The graph gets the whole width (it is what people watch); what needs a person and what happened sit below.
   root.append(
+    h("section", { class: "panel", "aria-labelledby": "graph-h" }, h("h3", { id: "graph-h" }, "Graph"), canvasBox),
     h("div", { class: "split wide" },
-      h("section", { class: "panel", "aria-labelledby": "graph-h" }, h("h3", { id: "graph-h" }, "Graph"), canvasBox, h("h3", null, "Agent output"), textBox),
+      h("div", { class: "detail" },
+        h("section", { class: "panel", "aria-labelledby": "appr-h" }, h("h3", { id: "appr-h" }, "Approvals"), approvalsBox),
+        h("section", { class: "panel", "aria-labelledby": "text-h" }, h("h3", { id: "text-h" }, "Agent output"), textBox)),
       h("section", { class: "panel", "aria-labelledby": "tl-h" }, h("h3", { id: "tl-h" }, "Events"), timeline)),
-    h("section", { class: "panel", "aria-labelledby": "appr-h" }, h("h3", { id: "appr-h" }, "Approvals"), approvalsBox),
     h("section", { class: "panel", "aria-labelledby": "steps-h" }, h("h3", { id: "steps-h" }, "Steps"), stepsBox),
   );
   panel.append(head);
 
   let graph: CanvasView | null = null;
+  // The steps as the pinned blueprint version defines them: what each one is given (StepRun has no resolved input).
+  let defs = new Map<string, Step>();
   const renderRun = () => {
     panel.dataset.state = runStateName(run.state);
     fill(head, 
@@ -186,18 +208,22 @@ async function runDetail(app: App, root: HTMLElement, id: string, signal: AbortS
     for (const s of run.steps) graph?.setState(s.stepId, stepStateName(s.state));
     stepsBox.replaceChildren(
       h("table", { class: "table" },
-        h("thead", null, h("tr", null, ...["Step", "State", "Attempts", "Duration", "Cost", "Error", "Output"].map((t) => h("th", null, t)))),
+        h("thead", null, h("tr", null, ...["Step", "State", "Input", "Attempts", "Duration", "Tokens", "Cost", "Error", "Output"].map((t) => h("th", null, t)))),
         h("tbody", null, ...run.steps.map((s) => {
           const start = s.startTime ? Number(s.startTime.seconds) * 1000 + s.startTime.nanos / 1e6 : 0;
           const end = s.endTime ? Number(s.endTime.seconds) * 1000 + s.endTime.nanos / 1e6 : 0;
+          const u = s.usage;
           return h("tr", { "data-testid": "step-row", "data-step": s.stepId, "data-state": stepStateName(s.state) },
             h("td", null, s.stepId),
             h("td", null, h("span", { class: `pill st-${stepStateName(s.state)}` }, stepStateName(s.state))),
-            h("td", null, s.attempts),
-            h("td", null, start && end ? fmtMs(end - start) : ""),
-            h("td", { "data-testid": "step-cost" }, s.usage ? fmtCost(s.usage) : ""),
-            h("td", { class: "error-text" }, s.error),
-            h("td", null, s.output !== undefined ? h("details", null, h("summary", null, "show"), h("pre", { class: "json" }, json(s.output))) : ""));
+            h("td", { "data-testid": "step-input" }, stepInput(defs.get(s.stepId))),
+            h("td", { "data-testid": "step-attempts" }, s.attempts),
+            h("td", { "data-testid": "step-duration" }, start && end ? fmtMs(end - start) : start ? "running" : ""),
+            h("td", { "data-testid": "step-tokens" }, u && (u.inputTokens || u.outputTokens)
+              ? `${u.inputTokens} in${u.cachedInputTokens ? ` (${u.cachedInputTokens} cached)` : ""} / ${u.outputTokens} out` : ""),
+            h("td", { "data-testid": "step-cost" }, u ? fmtCost(u) : ""),
+            h("td", { class: "error-text", "data-testid": "step-error" }, s.error),
+            h("td", null, s.output !== undefined ? h("details", null, h("summary", null, "show"), h("pre", { class: "json", "data-testid": "step-output" }, json(s.output))) : ""));
         }))),
     );
   };
@@ -221,6 +247,12 @@ async function runDetail(app: App, root: HTMLElement, id: string, signal: AbortS
     }
   };
   renderRun();
+  app.orch.getBlueprint({ name: run.blueprint, version: run.blueprintVersion })
+    .then((res) => {
+      defs = new Map((res.blueprint?.steps ?? []).map((x) => [x.id, x]));
+      renderRun();
+    })
+    .catch(() => {}); // the table still shows every step's state, output and error without the definitions
   app.orch.generateCanvas({ target: { case: "ref", value: { name: run.blueprint, version: run.blueprintVersion } } })
     .then((res) => {
       graph = drawCanvas(res.canvas!, (step) => stepsBox.querySelector<HTMLElement>(`[data-step="${CSS.escape(step)}"]`)?.scrollIntoView({ block: "nearest" }));

@@ -1,6 +1,7 @@
 // Forms generated from JSON Schema (a blueprint's input_schema, an approval's payload_schema), with the checks
-// people need before the server's: required properties and types. Anything beyond a flat object of scalars is
-// edited as JSON.
+// people need before the server's: required properties, types, enums, numeric bounds, string lengths and
+// patterns. Anything beyond a flat object of scalars is edited as JSON. The server checks every value against the
+// whole schema again; its field violations are shown at the same controls (errors.showError).
 
 import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
 import { h } from "./dom";
@@ -11,7 +12,30 @@ export interface SchemaForm {
   read(): { value: JsonObject; errors: Map<string, string> };
 }
 
-type Prop = { type?: string; description?: string; enum?: JsonValue[]; default?: JsonValue; title?: string };
+type Prop = {
+  type?: string; description?: string; enum?: JsonValue[]; default?: JsonValue; title?: string;
+  minimum?: number; maximum?: number; minLength?: number; maxLength?: number; pattern?: string;
+};
+
+/** check returns what is wrong with a scalar value under its property's bounds, or "". */
+function check(p: Prop, v: string | number): string {
+  if (typeof v === "number") {
+    if (p.minimum !== undefined && v < p.minimum) return `must be at least ${p.minimum}`;
+    if (p.maximum !== undefined && v > p.maximum) return `must be at most ${p.maximum}`;
+    return "";
+  }
+  const n = [...v].length; // JSON Schema counts code points
+  if (p.minLength !== undefined && n < p.minLength) return `must be at least ${p.minLength} characters`;
+  if (p.maxLength !== undefined && n > p.maxLength) return `must be at most ${p.maxLength} characters`;
+  if (p.pattern !== undefined) {
+    try {
+      if (!new RegExp(p.pattern, "u").test(v)) return `must match ${p.pattern}`;
+    } catch {
+      // A pattern JavaScript cannot read is left to the server, which checks every payload.
+    }
+  }
+  return "";
+}
 
 /** schemaForm builds the form for schema; field names are prefixed with prefix (data-field "<prefix>.<key>"). */
 export function schemaForm(schema: JsonObject | undefined, prefix: string, testPrefix: string): SchemaForm {
@@ -77,6 +101,9 @@ export function schemaForm(schema: JsonObject | undefined, prefix: string, testP
           if (!Number.isFinite(n) || (p.type === "integer" && !Number.isInteger(n))) errors.set(key, `must be ${p.type === "integer" ? "an integer" : "a number"}`);
           else value[key] = n;
         } else value[key] = raw;
+        const v = value[key];
+        const bad = typeof v === "number" || typeof v === "string" ? check(p, v) : "";
+        if (bad) errors.set(key, bad);
       }
       return { value, errors };
     },

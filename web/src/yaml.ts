@@ -3,8 +3,8 @@
 // reading. Strings are written as JSON strings, which YAML reads as double-quoted scalars.
 
 import { toJson } from "@bufbuild/protobuf";
-import { BlueprintSchema, type Blueprint } from "../../gen/ts/loom/orchestrator/v1/orchestrator_pb";
-import { h } from "./dom";
+import { BlueprintSchema, type Blueprint, type Step } from "../../gen/ts/loom/orchestrator/v1/orchestrator_pb";
+import { h, json } from "./dom";
 
 type J = null | boolean | number | string | J[] | { [k: string]: J };
 
@@ -85,6 +85,11 @@ function durations(v: J, key = ""): J {
     return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, durations(x, k)]));
   }
   return v;
+}
+
+/** stepDefinition is a step's definition as JSON for people: its kind, dependencies and the kind's fields. */
+export function stepDefinition(step: Step): string {
+  return json({ kind: step.kind.case, depends_on: step.dependsOn, ...(step.kind.value ? { ...step.kind.value, $typeName: undefined } : {}) });
 }
 
 /** blueprintYAML writes a blueprint as YAML the orchestrator reads back (ValidateBlueprint, UpdateBlueprint). */

@@ -314,7 +314,43 @@ describe("console on the embedded defaults (--auth local)", () => {
     await page.getByTestId("search-run").click();
     assertOk(await settled(page, "search-status"), "hybrid Search");
     assert.deepEqual((await page.getByTestId("search-hit").evaluateAll((els) => els.map((e) => e.dataset.id))).sort(), ["bread", "fox-2"]);
+    // Hybrid scores are rank fusion, which a minimum score does not apply to: the field is off meanwhile.
+    assert.ok(await page.getByTestId("search-minscore").isDisabled());
+    await page.getByTestId("search-hybrid").uncheck();
+    await page.getByTestId("search-run").click();
+    assertOk(await settled(page, "search-status"), "vector Search");
+    // A minimum score above every hit's: nothing comes back, and the list says what to try.
+    const best = Math.max(...(await page.getByTestId("search-hit-score").allTextContents()).map(Number));
+    assert.ok(best > 0, `best score ${best}`);
+    await page.getByTestId("search-minscore").fill(String(best + 0.001));
+    await page.getByTestId("search-run").click();
+    assertOk(await settled(page, "search-status"), "Search with min score");
+    assert.equal(await page.getByTestId("search-hit").count(), 0);
+    assert.match(await page.getByTestId("search-empty").textContent(), /lower the minimum score/);
     await checkView(page, "memory");
+
+    // A record by id: its detail, then delete it; a missing id says so.
+    assert.ok(await page.getByTestId("lookup-delete").isHidden(), "no delete before a record is shown");
+    await page.getByTestId("lookup-id").fill("fox-2");
+    await page.getByTestId("lookup-run").click();
+    assertOk(await settled(page, "lookup-status"), "Get fox-2");
+    const detail = JSON.parse(await page.getByTestId("record-detail").textContent());
+    assert.equal(detail.id, "fox-2");
+    assert.equal(detail.metadata.year, "2019");
+    page.once("dialog", (d) => d.accept());
+    await page.getByTestId("lookup-delete").click();
+    await page.getByTestId("lookup-status").filter({ hasText: "deleted fox-2" }).waitFor();
+    await page.getByTestId("lookup-run").click();
+    assert.equal((await settled(page, "lookup-status")).state, "error");
+    assert.ok(await page.getByTestId("record-missing").isVisible());
+    assert.ok(await page.getByTestId("lookup-delete").isHidden());
+
+    // Delete the namespace: it leaves the list, and the empty list says what to do next.
+    page.once("dialog", (d) => d.accept());
+    await page.getByTestId("ns-delete").click();
+    await page.waitForURL(/#\/memory$/);
+    await page.getByTestId("ns-empty").waitFor();
+    assert.match(await page.getByTestId("ns-empty").textContent(), /Create one/);
     assert.deepEqual(pageErrors, []);
     await page.close();
   });
@@ -338,7 +374,10 @@ describe("console on the embedded defaults (--auth local)", () => {
   it("creates an agent, edits it into a new version and streams a run in the playground", async () => {
     const { page, pageErrors } = await open("#/agents");
     assert.ok(await page.getByTestId("agent-empty").isVisible());
+    assert.match(await page.getByTestId("agent-empty").textContent(), /New agent/);
     await page.getByTestId("agent-new").click();
+    await page.getByTestId("agent-create-form").waitFor();
+    await checkView(page, "agent-new");
     await page.getByTestId("agent-name").fill("echo");
     await page.getByTestId("agent-instructions").fill("Repeat what you are told.");
     await page.getByTestId("agent-create").click();
@@ -381,6 +420,105 @@ describe("console on the embedded defaults (--auth local)", () => {
       }));
     assert.ok(duration > 0, `speech duration ${duration}`);
     await checkView(page, "agent-playground");
+    assert.deepEqual(pageErrors, []);
+    await page.close();
+  });
+
+  it("shows a playground run's tool calls, tool results and memory hits", async () => {
+    await rpc(loom.base, "loom.memory.v1.MemoryService/CreateNamespace", { namespace: { name: "kb", dimension: 64 } });
+    await rpc(loom.base, "loom.memory.v1.MemoryService/Upsert", { namespace: "kb", records: [{ id: "moon", text: "the moon pulls the ocean twice a day" }] });
+    // The simulated model searches memory for the question, then answers from the tool's result.
+    await rpc(loom.base, "loom.agent.v1.AgentService/CreateAgent", { agent: {
+      name: "librarian", instructions: "Answer from memory.",
+      memory: { namespace: "kb", topK: 2 },
+      tools: [{ memorySearch: {} }],
+      model: { provider: "PROVIDER_SIM", sim: { turns: [
+        { whenContains: "ocean", reply: "The moon's pull makes the tides." },
+        { whenContains: "tides", toolCalls: [{ id: "c1", name: "memory_search", arguments: { query: "tides" } }] },
+      ] } },
+    } });
+    const { page, pageErrors } = await open("#/agents/librarian");
+    await page.getByTestId("run-input").fill("what makes the tides?");
+    await page.getByTestId("run-start").click();
+    assertOk(await settled(page, "run-status"), "RunStream");
+    assert.equal(await page.getByTestId("run-output").textContent(), "The moon's pull makes the tides.");
+    const events = await page.getByTestId("run-event").evaluateAll((els) => els.map((e) => [e.dataset.kind, e.textContent]));
+    const of = (kind) => events.filter(([k]) => k === kind).map(([, text]) => text);
+    assert.match(of("memory").join(), /moon \(\d\.\d{3}\): the moon pulls the ocean/, JSON.stringify(events));
+    assert.match(of("tool call").join(), /memory_search\(\{\s*"query": "tides"\s*\}\)/, JSON.stringify(events));
+    assert.match(of("tool result").join(), /memory_search: .*the moon pulls the ocean/s, JSON.stringify(events));
+    assert.match(await page.getByTestId("run-usage").textContent(), /usage: [1-9]\d* input/);
+    assert.deepEqual(pageErrors, []);
+    await page.close();
+  });
+
+  it("edits every agent field, keeps what the form does not show, and deletes an agent", async () => {
+    // Made through the API with what the form has no simple control for: a delegate's description and a webhook
+    // tool whose signing secret is write-only.
+    await rpc(loom.base, "loom.agent.v1.AgentService/CreateAgent", { agent: {
+      name: "clerk", instructions: "File things.",
+      tools: [
+        { delegate: { agent: "echo", description: "repeats things" } },
+        { webhook: { name: "lookup", description: "finds a file", url: "http://127.0.0.1:9/hook", signingSecret: "0123456789abcdef0123" } },
+      ],
+    } });
+    const { page, pageErrors } = await open("#/agents/clerk");
+    await page.getByTestId("agent-edit-form").waitFor();
+    assert.equal(await page.getByTestId("agent-delegates").inputValue(), "echo");
+    const ext = JSON.parse(await page.getByTestId("agent-ext-tools").inputValue());
+    assert.equal(ext.length, 1);
+    assert.equal(ext[0].webhook.name, "lookup");
+    assert.equal(ext[0].webhook.signingSecretSet, true);
+    assert.equal(ext[0].webhook.signingSecret, undefined, "the signing secret is never shown");
+
+    // Mistakes in the JSON fields and the cost are named at their controls, and nothing is sent.
+    await page.getByTestId("agent-chaos").fill("{not json");
+    await page.getByTestId("agent-maxCost").fill("1.5.0");
+    await page.getByTestId("agent-save").click();
+    const bad = await settled(page, "agent-save-status");
+    assert.equal(bad.state, "error");
+    assert.match(bad.text, /agent\.chaos: not valid JSON/);
+    assert.match(bad.text, /agent\.budgets\.max_cost: must be an amount/);
+    assert.equal(await page.getByTestId("agent-chaos").getAttribute("aria-invalid"), "true");
+    assert.equal(await page.getByTestId("agent-maxCost").getAttribute("aria-invalid"), "true");
+    assert.match(await page.getByTestId("agent-title").textContent(), /v1/);
+
+    // Every other field, saved as v2.
+    await page.getByTestId("agent-provider").selectOption({ label: "Gemini" });
+    await page.getByTestId("agent-model").fill("gemini-2.5-flash");
+    await page.getByTestId("agent-temperature").fill("0.3");
+    await page.getByTestId("agent-memNamespace").fill("clerk-notes");
+    await page.getByTestId("agent-memTopK").fill("4");
+    await page.getByTestId("agent-maxSteps").fill("5");
+    await page.getByTestId("agent-maxTokens").fill("2000");
+    await page.getByTestId("agent-maxDuration").fill("60");
+    await page.getByTestId("agent-maxCost").fill("0.25");
+    await page.getByTestId("agent-voiceId").fill("en-gb");
+    await page.getByTestId("agent-chaos").fill('{"failureRate": 0.1, "seed": "7"}');
+    await page.getByTestId("agent-save").click();
+    await page.getByTestId("agent-title").filter({ hasText: "v2" }).waitFor();
+    const { agent } = await rpc(loom.base, "loom.agent.v1.AgentService/GetAgent", { name: "clerk" });
+    assert.equal(agent.model.provider, "PROVIDER_GEMINI");
+    assert.equal(agent.model.name, "gemini-2.5-flash");
+    assert.equal(agent.memory.namespace, "clerk-notes");
+    assert.equal(agent.memory.topK, 4);
+    assert.deepEqual(agent.budgets, { maxSteps: 5, maxTokens: "2000", maxDuration: "60s", maxCost: { currencyCode: "USD", nanos: 250000000 } });
+    assert.equal(agent.voice.voiceId, "en-gb");
+    assert.equal(agent.chaos.seed, "7");
+    assert.deepEqual(agent.tools.find((t) => t.delegate)?.delegate, { agent: "echo", description: "repeats things" }, "the delegate's description is kept");
+    const hook = agent.tools.find((t) => t.webhook)?.webhook;
+    assert.equal(hook?.url, "http://127.0.0.1:9/hook");
+    assert.equal(hook?.signingSecretSet, true, "the stored signing secret is kept");
+    // The form shows what was saved.
+    assert.equal(await page.getByTestId("agent-maxCost").inputValue(), "0.25");
+    assert.equal(await page.getByTestId("agent-provider").inputValue(), "2");
+
+    page.once("dialog", (d) => d.accept());
+    await page.getByTestId("agent-delete").click();
+    await page.waitForURL(/#\/agents$/);
+    await page.getByTestId("agent-list-status").filter({ hasText: "agent(s)" }).waitFor();
+    assert.equal(await page.locator('[data-testid="agent-item"][data-name="clerk"]').count(), 0);
+    await checkView(page, "agents");
     assert.deepEqual(pageErrors, []);
     await page.close();
   });
@@ -500,6 +638,7 @@ describe("console on the embedded defaults (--auth local)", () => {
     assert.equal(await nodeState("summarise"), "succeeded");
     // The engine does not emit AgentTextDelta events yet; the view says so instead of an empty box.
     assert.ok((await page.getByTestId("run-agent-text").count()) >= 1 || (await page.getByTestId("run-text-empty").isVisible()));
+    await page.getByTestId("approval").waitFor(); // listed once the view has seen the step wait
     assert.equal(await page.getByTestId("approval").count(), 1);
     await checkView(page, "run-graph");
 
@@ -530,6 +669,13 @@ describe("console on the embedded defaults (--auth local)", () => {
     // Cost where usage is shown: the run's, each agent step's, and the completion event's, priced by --prices.
     await page.getByTestId("wf-run-usage").filter({ hasText: /cost 0\.\d+ USD/ }).waitFor();
     assert.match(await page.locator('[data-testid="step-row"][data-step="research"] [data-testid="step-cost"]').textContent(), /^0\.\d+ USD$/);
+    // Each step's input (as its definition gives it), attempts, duration and tokens.
+    const research = page.locator('[data-testid="step-row"][data-step="research"]');
+    assert.match(await research.getByTestId("step-input").textContent(), /agent researcher: 'Research this topic/);
+    assert.equal(await research.getByTestId("step-attempts").textContent(), "1");
+    assert.match(await research.getByTestId("step-duration").textContent(), /^\d+(\.\d+)? m?s$/);
+    assert.match(await research.getByTestId("step-tokens").textContent(), /^[1-9]\d* in \/ [1-9]\d* out$/);
+    assert.match(await page.locator('[data-testid="step-row"][data-step="remember"] [data-testid="step-input"]').textContent(), /memory_upsert: input\.topic/);
     assert.match(await page.locator('[data-testid="event"][data-kind="runCompleted"]').textContent(), /cost 0\.\d+ USD/);
 
     // The runs list, filtered by blueprint and state.
@@ -550,7 +696,15 @@ describe("console on the embedded defaults (--auth local)", () => {
     // Uses the research blueprint, agents and namespace of the test before.
     const { page, pageErrors } = await open("#/runs/new/research");
     await page.getByTestId("start-input-topic").fill("tidal locking");
+    const key = await page.getByTestId("start-key").inputValue();
+    assert.match(key, /^[0-9a-f-]{36}$/, "the form proposes a fresh idempotency key");
     const runId = await startRun(page);
+    // Starting again with the same key returns the same run instead of a second one.
+    await page.goto(`${loom.base}/console/#/runs/new/research`);
+    await page.getByTestId("start-input-topic").fill("tidal locking");
+    assert.notEqual(await page.getByTestId("start-key").inputValue(), key);
+    await page.getByTestId("start-key").fill(key);
+    assert.equal(await startRun(page), runId);
     await page.locator('[data-testid="canvas-node"][data-id="review"][data-state="waiting"]').waitFor({ timeout: 30_000 });
     page.once("dialog", (d) => d.accept("not needed any more"));
     await page.getByTestId("run-cancel").click();
@@ -578,6 +732,92 @@ describe("console on the embedded defaults (--auth local)", () => {
     assert.equal(await page.locator('[data-testid="step-row"][data-step="review"]').getAttribute("data-state"), "failed");
     assert.equal(await page.locator('[data-testid="canvas-node"][data-id="review"]').getAttribute("data-state"), "failed");
     assert.ok(await page.getByTestId("run-error").isVisible());
+    assert.deepEqual(pageErrors, []);
+    await page.close();
+  });
+
+  it("pages through a long runs list, and is driven from the keyboard", async () => {
+    await rpc(loom.base, "loom.orchestrator.v1.OrchestratorService/CreateBlueprint", { source: { yaml: "name: tick\nsteps:\n  - {id: wait, delay: {duration: 0s}}\n" } });
+    for (let i = 0; i < 23; i++) {
+      await rpc(loom.base, "loom.orchestrator.v1.OrchestratorService/StartRun", { blueprint: "tick", input: {}, idempotencyKey: `tick-${i}` });
+    }
+    const { page, pageErrors } = await open("#/blueprints");
+    // Keyboard only: Tab from the top to the Runs link, Enter, and focus lands on the view's heading.
+    let found = false;
+    for (let i = 0; i < 15 && !found; i++) {
+      await page.keyboard.press("Tab");
+      found = await page.evaluate(() => document.activeElement?.dataset.testid === "nav-runs");
+    }
+    assert.ok(found, "the Runs link is reachable with Tab");
+    await page.keyboard.press("Enter");
+    await page.waitForURL(/#\/runs$/);
+    await page.waitForFunction(() => document.activeElement?.id === "runs-h");
+    await page.getByTestId("runs-blueprint").selectOption("tick");
+    await page.getByTestId("runs-blueprint").press("Enter"); // submits the filter form
+    await page.getByTestId("runs-status").filter({ hasText: "20 run(s)" }).waitFor();
+    const first = await page.getByTestId("run-row").evaluateAll((els) => els.map((e) => e.dataset.id));
+    await page.getByTestId("runs-more").focus();
+    await page.keyboard.press("Enter");
+    await page.getByTestId("runs-status").filter({ hasText: "3 run(s)" }).waitFor();
+    const second = await page.getByTestId("run-row").evaluateAll((els) => els.map((e) => e.dataset.id));
+    assert.equal(new Set([...first, ...second]).size, 23, "every run once across the pages");
+    assert.equal(await page.getByTestId("runs-more").count(), 0, "no next page after the last");
+    await page.getByRole("button", { name: "Previous page" }).click();
+    await page.getByTestId("runs-status").filter({ hasText: "20 run(s)" }).waitFor();
+    assert.deepEqual(await page.getByTestId("run-row").evaluateAll((els) => els.map((e) => e.dataset.id)), first);
+    assert.deepEqual(pageErrors, []);
+    await page.close();
+  });
+
+  it("checks an approval's payload against the step's schema before it is sent", async () => {
+    await rpc(loom.base, "loom.orchestrator.v1.OrchestratorService/CreateBlueprint", { source: { yaml: [
+      "name: gate",
+      "description: One approval with a scored reason.",
+      "steps:",
+      "  - id: decide",
+      "    approval:",
+      "      prompt: Ship it?",
+      "      payload_schema:",
+      "        type: object",
+      "        required: [reason]",
+      "        properties:",
+      "          reason: {type: string, minLength: 3, description: Why.}",
+      "          score: {type: integer, minimum: 1, maximum: 5}",
+      "",
+    ].join("\n") } });
+    const { page, pageErrors } = await open("#/runs/new/gate");
+    // No input schema: the input is a JSON object, checked in the page.
+    await page.getByTestId("start-input-json").fill("[1, 2]");
+    await page.getByTestId("start-run").click();
+    assert.match(await page.locator('[data-testid="field-error"][data-field="input"]').textContent(), /must be a JSON object/);
+    await page.getByTestId("start-input-json").fill("{}");
+    await checkView(page, "run-start");
+    const runId = await startRun(page);
+    await page.locator('[data-testid="canvas-node"][data-id="decide"][data-state="waiting"]').waitFor({ timeout: 30_000 });
+
+    const inbox = await open("#/approvals");
+    const card = inbox.page.locator(`[data-testid="approval"][data-run="${runId}"]`);
+    await card.waitFor();
+    const fieldError = (f) => card.locator(`[data-testid="field-error"][data-field="payload.${f}"]`);
+    await card.getByTestId("approve").click();
+    assert.match(await fieldError("reason").textContent(), /is required/);
+    await card.getByTestId("approval-payload-reason").fill("ok");
+    await card.getByTestId("approval-payload-score").fill("9");
+    await card.getByTestId("approve").click();
+    assert.match(await fieldError("reason").textContent(), /at least 3 characters/);
+    assert.match(await fieldError("score").textContent(), /at most 5/);
+    assert.equal(await card.getByTestId("approval-payload-score").getAttribute("aria-invalid"), "true");
+    // Nothing was sent: the run still waits.
+    const waiting = await rpc(loom.base, "loom.orchestrator.v1.OrchestratorService/GetRun", { id: runId });
+    assert.equal(waiting.run.state, "RUN_STATE_WAITING");
+    await card.getByTestId("approval-payload-reason").fill("all checks green");
+    await card.getByTestId("approval-payload-score").fill("4");
+    await card.getByTestId("approve").click();
+    await inbox.page.locator(`[data-testid="approval"][data-run="${runId}"]`).waitFor({ state: "detached" });
+    await inbox.page.close();
+    await page.locator('[data-testid="run-state"]', { hasText: "succeeded" }).waitFor({ timeout: 30_000 });
+    const done = await rpc(loom.base, "loom.orchestrator.v1.OrchestratorService/GetRun", { id: runId });
+    assert.deepEqual(done.run.steps[0].output, { reason: "all checks green", score: 4 });
     assert.deepEqual(pageErrors, []);
     await page.close();
   });
@@ -651,6 +891,7 @@ describe("console through the gateway with --auth required and API keys", () => 
     idp = await oidcProvider(tmp);
     const env = {
       LOOM_SERVICE_TOKEN_KEY: randomBytes(32).toString("base64"),
+      LOOM_MASTER_KEY: randomBytes(32).toString("base64"), // seals the tenants' provider keys
       LOOM_OIDC_ISSUER: idp.issuer, LOOM_OIDC_AUDIENCE: idp.audience, LOOM_OIDC_JWKS_FILE: idp.jwks,
     };
     backend = await startLoom(bin, data, ["--auth", "required"], env);
@@ -738,6 +979,46 @@ describe("console through the gateway with --auth required and API keys", () => 
     await page.goto(`${loom.base}/console/#/blueprints`);
     await page.getByTestId("bp-form").waitFor();
     assert.equal(await page.getByTestId("bp-save").count(), 0, "a reader may validate, not create");
+    // Runs and approvals: listed and watched, never started, cancelled or decided. A writer starts one that waits.
+    await page.goto(`${loom.base}/console/#/runs`);
+    assertOk(await settled(page, "runs-status"), "ListRuns with a reader key");
+    assert.match(await page.getByTestId("runs-empty").textContent(), /^No runs match\.$/, "no hint to start one");
+    await rpc(loom.base, "loom.orchestrator.v1.OrchestratorService/CreateBlueprint", { source: { yaml:
+      "name: signoff\nsteps:\n  - id: sign\n    approval:\n      prompt: Sign off\n" } }, keys.writer);
+    const { run } = await rpc(loom.base, "loom.orchestrator.v1.OrchestratorService/StartRun", { blueprint: "signoff", input: {} }, keys.writer);
+    await page.goto(`${loom.base}/console/#/blueprints/signoff`);
+    await page.getByTestId("canvas").waitFor();
+    assert.ok(await page.getByTestId("bp-start-run").isHidden());
+    assert.equal(await page.getByTestId("bp-delete").count(), 0);
+    assert.equal(await page.getByTestId("canvas-save").count(), 0);
+    assert.equal(await page.getByTestId("bp-save").count(), 0);
+    await page.goto(`${loom.base}/console/#/runs/${run.id}`);
+    await page.locator('[data-testid="canvas-node"][data-id="sign"][data-state="waiting"]').waitFor({ timeout: 30_000 });
+    await page.getByTestId("approval").waitFor();
+    assert.equal(await page.getByTestId("run-cancel").count(), 0);
+    assert.equal(await page.getByTestId("approve").count(), 0);
+    assert.match(await page.getByTestId("approval").getByTestId("readonly-note").textContent(), /not decide them/);
+    await page.goto(`${loom.base}/console/#/runs`);
+    await page.locator(`[data-testid="run-row"][data-id="${run.id}"]`).waitFor();
+    assert.equal(await page.getByTestId("run-new").count(), 0);
+    await page.goto(`${loom.base}/console/#/runs/new`);
+    assert.match(await page.getByTestId("readonly-note").textContent(), /not start them/);
+    assert.equal(await page.getByTestId("start-form").count(), 0);
+    await page.goto(`${loom.base}/console/#/approvals`);
+    await page.locator(`[data-testid="approval"][data-run="${run.id}"]`).waitFor();
+    assert.equal(await page.getByTestId("approve").count(), 0);
+    await checkView(page, "reader-approvals");
+    // Admin is not in the menu, and its address says who may use it instead of failing call by call.
+    assert.equal(await page.getByTestId("nav-admin").count(), 0);
+    await page.goto(`${loom.base}/console/#/admin`);
+    assert.match(await page.getByTestId("readonly-note").textContent(), /Only admins/);
+    // What the server refuses is said in plain words: the reader's WhoAmI works, a write does not.
+    const refused = await fetch(`${loom.base}/loom.memory.v1.MemoryService/CreateNamespace`, {
+      method: "POST", headers: { "Content-Type": "application/json", Authorization: `Bearer ${keys.reader}` },
+      body: JSON.stringify({ namespace: { name: "nope", dimension: 8 } }),
+    });
+    assert.equal(refused.status, 403);
+    assert.equal((await refused.json()).code, "permission_denied");
     await page.close();
   });
 
@@ -776,6 +1057,40 @@ describe("console through the gateway with --auth required and API keys", () => 
     page.once("dialog", (d) => d.accept());
     await row.getByRole("button", { name: "Revoke" }).click();
     await page.getByTestId("key-row").filter({ hasText: "ci-bot" }).filter({ hasText: "revoked" }).waitFor();
+
+    // Provider keys: set, listed by provider only (the key is never shown again), deleted.
+    const providerSecret = `gm-${randomBytes(12).toString("hex")}`;
+    await page.getByTestId("pk-provider").selectOption("gemini");
+    await page.getByTestId("pk-key").fill(providerSecret);
+    await page.getByTestId("pk-set").click();
+    await page.locator('[data-testid="pk-row"][data-provider="gemini"]').waitFor();
+    assert.equal(await page.getByTestId("pk-key").inputValue(), "", "the key field is cleared");
+    assert.ok(!(await page.content()).includes(providerSecret), "the provider key is never shown");
+    const listed = await rpc(loom.base, "loom.admin.v1.AdminService/ListProviderKeys", {}, keys.admin);
+    assert.ok(!JSON.stringify(listed).includes(providerSecret), "nor returned");
+    page.once("dialog", (d) => d.accept());
+    await page.locator('[data-testid="pk-row"][data-provider="gemini"]').getByRole("button", { name: "Delete" }).click();
+    await page.getByTestId("pk-empty").waitFor();
+
+    // The audit trail, filtered: this admin's own calls to the admin service, then errors only.
+    await page.reload();
+    await page.waitForFunction(() => document.body.dataset.ready === "true");
+    assertOk(await settled(page, "audit-status"), "ListAuditEvents");
+    const subjects = await page.getByTestId("audit-subject").locator("option").allTextContents();
+    assert.ok(subjects.some((x) => x.startsWith("apikey:")), `subjects: ${subjects}`);
+    await page.getByTestId("audit-service").selectOption("admin");
+    const procs = await page.getByTestId("audit-row").evaluateAll((els) => els.map((e) => e.children[2].textContent));
+    assert.ok(procs.length >= 4, `admin events: ${procs}`);
+    assert.ok(procs.every((x) => x.startsWith("admin.v1.AdminService/")), `${procs}`);
+    assert.ok(procs.some((x) => x.endsWith("/SetProviderKey")) && procs.some((x) => x.endsWith("/RevokeApiKey")), `${procs}`);
+    await page.getByTestId("audit-service").selectOption("");
+    await page.getByTestId("audit-result").selectOption("error");
+    const results = await page.getByTestId("audit-row").evaluateAll((els) => els.map((e) => e.dataset.result));
+    assert.ok(results.every((r) => r !== "ok"), `${results}`);
+    await page.getByTestId("audit-text").fill("no-such-procedure-anywhere");
+    assert.match(await page.getByTestId("audit-empty").textContent(), /clear a filter/);
+    await page.getByTestId("audit-text").fill("");
+    await page.getByTestId("audit-result").selectOption("");
     await checkView(page, "admin");
     await page.close();
   });
