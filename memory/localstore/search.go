@@ -245,7 +245,7 @@ type vectorQuery struct {
 // exactScore is the metric's exact score of slot i ("higher is closer").
 func (vq *vectorQuery) exactScore(i int) float32 {
 	ns := vq.ns
-	v := ns.vecs[i*ns.dim : (i+1)*ns.dim]
+	v := ns.vecs.row(i)
 	switch ns.meta.Metric {
 	case memory.MetricDotProduct:
 		return dot(vq.q, v)
@@ -279,7 +279,7 @@ func (vq *vectorQuery) quantised(k, rerank int) []scored {
 	cosine := ns.meta.Metric == memory.MetricCosine
 	cands := scanChunks(len(ns.ids), dim, k*rerank, func(lo, hi int, h *topK) {
 		for i := lo; i < hi; i++ {
-			s := float32(dotInt8(qq, ns.qvecs[i*dim:(i+1)*dim])) * ns.qscale[i] * qs
+			s := float32(dotInt8(qq, ns.qvecs.row(i))) * ns.qscale[i] * qs
 			if cosine {
 				s *= ns.inv[i] * vq.qinv
 			}

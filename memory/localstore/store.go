@@ -30,8 +30,10 @@ package localstore
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -66,6 +68,10 @@ type Store struct {
 	mu      sync.RWMutex
 	tenants map[string]map[string]*namespace
 	closed  bool
+	// applied is the log offset after the last frame applied to tenants, and appliedCRC that frame's CRC-32C:
+	// the log position a persisted index names (see index.go). Guarded by mu.
+	applied    int64
+	appliedCRC uint32
 
 	// quota bounds each tenant (see WithQuota); checked under writeMu, so concurrent writes cannot both pass.
 	quota memory.Quota
@@ -98,10 +104,10 @@ type namespace struct {
 	meta memory.Namespace
 	dim  int
 	ids  []string
-	vecs []float32 // len(ids) * dim
-	inv  []float32 // inverse norms (cosine)
-	// qvecs and qscale are the int8 copy of vecs (len(ids) * dim) and each vector's scale, for the quantised scan.
-	qvecs  []int8
+	vecs rows[float32] // len(ids) rows of dim
+	inv  []float32     // inverse norms (cosine)
+	// qvecs and qscale are the int8 copy of vecs (len(ids) rows) and each vector's scale, for the quantised scan.
+	qvecs  rows[int8]
 	qscale []float32
 	// ivf is the IVF index (kind HNSW), nil until a search builds it; writers keep it in step.
 	ivf      atomic.Pointer[ivf]
@@ -195,6 +201,14 @@ func (s *Store) replay(f *os.File) (int64, error) {
 	r := bufio.NewReaderSize(f, 1<<20)
 	var off int64
 	var buf []byte
+	pending := s.loadIndexes()
+	defer func() {
+		for _, sis := range pending { // positions the log never reached: stale files
+			for _, si := range sis {
+				_ = os.Remove(indexFile(s.indexDir(), si.tenant, si.namespace))
+			}
+		}
+	}()
 	for {
 		payload, err := readFrame(r, buf)
 		if err == io.EOF {
@@ -218,6 +232,11 @@ func (s *Store) replay(f *os.File) (int64, error) {
 		}
 		buf = payload
 		off += frameHeader + int64(len(payload))
+		s.applied, s.appliedCRC = off, 0
+		if len(pending[off]) > 0 {
+			s.appliedCRC = crc32.Checksum(payload, crcTable)
+			s.attachIndexes(pending, off, s.appliedCRC)
+		}
 	}
 }
 
@@ -274,6 +293,7 @@ func (s *Store) write(e *entry) error {
 	s.logSize += int64(len(buf))
 	s.mu.Lock()
 	err = s.apply(e)
+	s.applied, s.appliedCRC = s.logSize, binary.LittleEndian.Uint32(buf[4:8])
 	s.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("apply: %w", err)
@@ -297,7 +317,7 @@ func (s *Store) apply(e *entry) error {
 		if meta.Dimension <= 0 || meta.Dimension > 1<<16 {
 			return fmt.Errorf("namespace %q: bad dimension %d", meta.Name, meta.Dimension)
 		}
-		nss[e.namespace] = &namespace{meta: meta, dim: meta.Dimension, slot: map[string]int{}, text: newTextIndex()}
+		nss[e.namespace] = &namespace{meta: meta, dim: meta.Dimension, vecs: newRows[float32](meta.Dimension), qvecs: newRows[int8](meta.Dimension), slot: map[string]int{}, text: newTextIndex()}
 	case opDeleteNamespace:
 		delete(nss, e.namespace)
 		if len(nss) == 0 {
@@ -346,19 +366,18 @@ func (ns *namespace) put(r memory.Record) {
 		ns.text.remove(r.ID, old.text)
 		ns.bytes -= old.size
 		ns.recs[i] = nr
-		copy(ns.vecs[i*ns.dim:(i+1)*ns.dim], r.Vector)
+		copy(ns.vecs.row(i), r.Vector)
 		ns.inv[i] = invNorm(r.Vector)
-		ns.qscale[i] = quantize(ns.qvecs[i*ns.dim:(i+1)*ns.dim], r.Vector)
+		ns.qscale[i] = quantize(ns.qvecs.row(i), r.Vector)
 		if x := ns.ivf.Load(); x != nil {
 			x.update(ns, i)
 		}
 	} else {
 		ns.slot[r.ID] = len(ns.ids)
 		ns.ids = append(ns.ids, r.ID)
-		ns.vecs = append(ns.vecs, r.Vector...)
+		copy(ns.vecs.push(), r.Vector)
 		ns.inv = append(ns.inv, invNorm(r.Vector))
-		ns.qvecs = slices.Grow(ns.qvecs, ns.dim)[:len(ns.qvecs)+ns.dim]
-		ns.qscale = append(ns.qscale, quantize(ns.qvecs[len(ns.qvecs)-ns.dim:], r.Vector))
+		ns.qscale = append(ns.qscale, quantize(ns.qvecs.push(), r.Vector))
 		if x := ns.ivf.Load(); x != nil {
 			x.add(ns, len(ns.ids)-1)
 		}
@@ -381,7 +400,7 @@ func (ns *namespace) remove(id string) {
 	ns.bytes -= old.size
 	last := len(ns.ids) - 1
 	if x := ns.ivf.Load(); x != nil {
-		x.unfile(i, ns.dim)
+		x.unfile(i)
 		if i != last {
 			x.move(last, i)
 		} else {
@@ -392,18 +411,18 @@ func (ns *namespace) remove(id string) {
 		ns.ids[i] = ns.ids[last]
 		ns.recs[i] = ns.recs[last]
 		ns.inv[i] = ns.inv[last]
-		copy(ns.vecs[i*ns.dim:(i+1)*ns.dim], ns.vecs[last*ns.dim:])
+		copy(ns.vecs.row(i), ns.vecs.row(last))
 		ns.qscale[i] = ns.qscale[last]
-		copy(ns.qvecs[i*ns.dim:(i+1)*ns.dim], ns.qvecs[last*ns.dim:])
+		copy(ns.qvecs.row(i), ns.qvecs.row(last))
 		ns.slot[ns.ids[i]] = i
 	}
 	ns.ids = ns.ids[:last]
 	ns.recs[last] = nil
 	ns.recs = ns.recs[:last]
 	ns.inv = ns.inv[:last]
-	ns.vecs = ns.vecs[:last*ns.dim]
+	ns.vecs.pop()
 	ns.qscale = ns.qscale[:last]
-	ns.qvecs = ns.qvecs[:last*ns.dim]
+	ns.qvecs.pop()
 	delete(ns.slot, id)
 }
 
@@ -412,7 +431,7 @@ func (ns *namespace) record(i int, includeVector bool) memory.Record {
 	r := ns.recs[i]
 	out := memory.Record{ID: ns.ids[i], Text: r.text, Metadata: r.md, ExpireTime: r.expire, UpdateTime: r.update}
 	if includeVector {
-		out.Vector = slices.Clone(ns.vecs[i*ns.dim : (i+1)*ns.dim])
+		out.Vector = slices.Clone(ns.vecs.row(i))
 	}
 	return out
 }
@@ -453,12 +472,14 @@ func (s *Store) compact() error {
 	defer os.Remove(tmp) // no-op after the rename
 	w := bufio.NewWriterSize(f, 1<<20)
 	var size int64
+	var lastCRC uint32
 	emit := func(e *entry) error {
 		buf, err := appendFrame(nil, e)
 		if err != nil {
 			return err
 		}
 		size += int64(len(buf))
+		lastCRC = binary.LittleEndian.Uint32(buf[4:8])
 		_, err = w.Write(buf)
 		return err
 	}
@@ -509,6 +530,11 @@ func (s *Store) compact() error {
 	}
 	s.log.Close()
 	s.log, s.logSize = f, size
+	// The saved indexes name positions in the old log. Under the write lock, so no build saves meanwhile.
+	s.mu.Lock()
+	s.applied, s.appliedCRC = size, lastCRC
+	s.dropIndexFiles()
+	s.mu.Unlock()
 	return nil
 }
 
@@ -665,7 +691,7 @@ func (s *Store) freeOSMemory() {
 
 // held approximates the bytes of a namespace's arrays (capacity, not length). The caller holds mu.
 func (ns *namespace) held() int64 {
-	return int64(4*cap(ns.vecs)+cap(ns.qvecs)+4*(cap(ns.inv)+cap(ns.qscale))) + ns.bytes
+	return ns.vecs.heldBytes(4) + ns.qvecs.heldBytes(1) + int64(4*(cap(ns.inv)+cap(ns.qscale))) + ns.bytes
 }
 
 // usage is what tenant holds. The caller holds mu.
