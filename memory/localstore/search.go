@@ -86,9 +86,10 @@ func invNorm(v []float32) float32 {
 // quantize writes v scaled to int8 into dst (len(v)) and returns the scale: v[i] ~= dst[i] * scale. The scale is
 // per vector (max |v[i]| / 127), so vectors of any norm keep their full int8 resolution.
 func quantize(dst []int8, v []float32) float32 {
+	dst = dst[:len(v)]
 	var m float32
 	for _, x := range v {
-		m = max(m, float32(math.Abs(float64(x))))
+		m = max(m, x, -x)
 	}
 	if m == 0 {
 		clear(dst)
@@ -96,7 +97,12 @@ func quantize(dst []int8, v []float32) float32 {
 	}
 	inv := 127 / m
 	for i, x := range v {
-		dst[i] = int8(math.Round(float64(x * inv)))
+		// Round half away from zero (as math.Round), in float32: |x * inv| <= 127.
+		if r := x * inv; r >= 0 {
+			dst[i] = int8(r + 0.5)
+		} else {
+			dst[i] = int8(r - 0.5)
+		}
 	}
 	return m / 127
 }

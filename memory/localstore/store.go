@@ -178,6 +178,12 @@ func openUnlocked(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open localstore: %w", err)
 	}
 	s.log, s.logSize = f, good
+	s.applied = good
+	if good >= FreeOSMemoryBytes {
+		// Replay decoded the whole log into garbage; return it now rather than leave the process at the
+		// garbage collector's heap goal (about twice the live data).
+		debug.FreeOSMemory()
+	}
 	s.writeMu.Lock()
 	err = s.maybeCompact()
 	s.writeMu.Unlock()
@@ -227,7 +233,7 @@ func (s *Store) replay(f *os.File) (int64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("frame at offset %d: %w", off, err)
 		}
-		if err := s.apply(e); err != nil {
+		if err := s.apply(e, prepare(e)); err != nil {
 			return 0, fmt.Errorf("frame at offset %d: %w", off, err)
 		}
 		buf = payload
@@ -272,27 +278,41 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// write appends e to the log, fsyncs, then applies it. The caller holds writeMu.
+// write appends e to the log, fsyncs, then applies it. The caller holds writeMu. The CPU work of applying an
+// upsert (norms and int8 codes) runs while the frame is written and fsynced, so a bulk load keeps the disk busy.
 func (s *Store) write(e *entry) error {
+	var prep *prepared
+	prepDone := make(chan struct{})
+	go func() {
+		defer close(prepDone)
+		prep = prepare(e)
+	}()
 	buf, err := appendFrame(s.buf[:0], e)
 	if err != nil {
+		<-prepDone
 		return err
 	}
-	if cap(buf) <= 4<<20 {
+	if cap(buf) <= 16<<20 {
 		s.buf = buf
 	}
-	if _, err := s.log.Write(buf); err != nil {
+	_, werr := s.log.Write(buf)
+	var serr error
+	if werr == nil {
+		serr = s.log.Sync()
+	}
+	<-prepDone
+	if werr != nil {
 		// A partial frame may be on disk; cut it so later frames stay readable.
 		_ = s.log.Truncate(s.logSize)
 		_, _ = s.log.Seek(s.logSize, io.SeekStart)
-		return fmt.Errorf("append log: %w", err)
+		return fmt.Errorf("append log: %w", werr)
 	}
-	if err := s.log.Sync(); err != nil {
-		return fmt.Errorf("sync log: %w", err)
+	if serr != nil {
+		return fmt.Errorf("sync log: %w", serr)
 	}
 	s.logSize += int64(len(buf))
 	s.mu.Lock()
-	err = s.apply(e)
+	err = s.apply(e, prep)
 	s.applied, s.appliedCRC = s.logSize, binary.LittleEndian.Uint32(buf[4:8])
 	s.mu.Unlock()
 	if err != nil {
@@ -304,8 +324,9 @@ func (s *Store) write(e *entry) error {
 	return nil
 }
 
-// apply changes the in-memory state. The caller holds mu (or is replaying).
-func (s *Store) apply(e *entry) error {
+// apply changes the in-memory state, taking an upsert's norms and codes from prep (see prepare). The caller
+// holds mu (or is replaying).
+func (s *Store) apply(e *entry, prep *prepared) error {
 	nss := s.tenants[e.tenant]
 	switch e.op {
 	case opCreateNamespace:
@@ -333,8 +354,11 @@ func (s *Store) apply(e *entry) error {
 				return fmt.Errorf("record %q: dimension %d, namespace has %d", r.ID, len(r.Vector), ns.dim)
 			}
 		}
-		for _, r := range e.records {
-			ns.put(r)
+		if prep == nil || prep.dim != ns.dim {
+			prep = prepare(e)
+		}
+		for j, r := range e.records {
+			ns.put(r, prep, j)
 		}
 	case opDelete:
 		ns := nss[e.namespace]
@@ -350,7 +374,45 @@ func (s *Store) apply(e *entry) error {
 	return nil
 }
 
-func (ns *namespace) put(r memory.Record) {
+// prepared is the per-vector work of an upsert done before it is applied: inverse norms, int8 codes and scales.
+type prepared struct {
+	dim    int
+	inv    []float32
+	codes  []int8
+	qscale []float32
+}
+
+// prepare computes e's inverse norms and int8 codes, split over the cores for large batches; nil when e is not
+// an upsert or its vectors differ in length (apply then refuses it).
+func prepare(e *entry) *prepared {
+	if e.op != opUpsert || len(e.records) == 0 {
+		return nil
+	}
+	dim := len(e.records[0].Vector)
+	for _, r := range e.records {
+		if len(r.Vector) != dim {
+			return nil
+		}
+	}
+	p := &prepared{dim: dim, inv: make([]float32, len(e.records)), codes: make([]int8, len(e.records)*dim), qscale: make([]float32, len(e.records))}
+	work := func(lo, hi int) {
+		for j := lo; j < hi; j++ {
+			v := e.records[j].Vector
+			p.inv[j] = invNorm(v)
+			p.qscale[j] = quantize(p.codes[j*dim:(j+1)*dim], v)
+		}
+	}
+	if len(e.records)*dim < parallelMinFloats {
+		work(0, len(e.records))
+	} else {
+		parallelRange(len(e.records), work)
+	}
+	return p
+}
+
+// put writes record r, the j-th of the upsert prep was computed for.
+func (ns *namespace) put(r memory.Record, prep *prepared, j int) {
+	code := prep.codes[j*ns.dim : (j+1)*ns.dim]
 	size := RecordSize(r)
 	// Times are kept in UTC, as the log gives them back after a restart.
 	nr := &rec{text: r.Text, md: r.Metadata, expire: r.ExpireTime.UTC(), update: r.UpdateTime.UTC(), size: size}
@@ -367,8 +429,9 @@ func (ns *namespace) put(r memory.Record) {
 		ns.bytes -= old.size
 		ns.recs[i] = nr
 		copy(ns.vecs.row(i), r.Vector)
-		ns.inv[i] = invNorm(r.Vector)
-		ns.qscale[i] = quantize(ns.qvecs.row(i), r.Vector)
+		ns.inv[i] = prep.inv[j]
+		copy(ns.qvecs.row(i), code)
+		ns.qscale[i] = prep.qscale[j]
 		if x := ns.ivf.Load(); x != nil {
 			x.update(ns, i)
 		}
@@ -376,8 +439,9 @@ func (ns *namespace) put(r memory.Record) {
 		ns.slot[r.ID] = len(ns.ids)
 		ns.ids = append(ns.ids, r.ID)
 		copy(ns.vecs.push(), r.Vector)
-		ns.inv = append(ns.inv, invNorm(r.Vector))
-		ns.qscale = append(ns.qscale, quantize(ns.qvecs.push(), r.Vector))
+		ns.inv = append(ns.inv, prep.inv[j])
+		copy(ns.qvecs.push(), code)
+		ns.qscale = append(ns.qscale, prep.qscale[j])
 		if x := ns.ivf.Load(); x != nil {
 			x.add(ns, len(ns.ids)-1)
 		}
