@@ -97,12 +97,11 @@ func quantize(dst []int8, v []float32) float32 {
 	}
 	inv := 127 / m
 	for i, x := range v {
-		// Round half away from zero (as math.Round), in float32: |x * inv| <= 127.
-		if r := x * inv; r >= 0 {
-			dst[i] = int8(r + 0.5)
-		} else {
-			dst[i] = int8(r - 0.5)
-		}
+		// Round half away from zero (as math.Round), in float32 and without a branch (the signs are random):
+		// add 0.5 carrying r's sign, then truncate. |r| <= 127.
+		r := x * inv
+		half := math.Float32frombits(math.Float32bits(r)&(1<<31) | 0x3f000000)
+		dst[i] = int8(r + half)
 	}
 	return m / 127
 }

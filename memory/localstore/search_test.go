@@ -381,3 +381,20 @@ func TestIVF(t *testing.T) {
 		t.Errorf("ivf recall@10 after writes = %.3f, want >= 0.95", got)
 	}
 }
+
+// TestQuantizeRounds checks the int8 codes against math.Round of the scaled vector.
+func TestQuantizeRounds(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	v := make([]float32, 1000)
+	for i := range v {
+		v[i] = float32(r.NormFloat64())
+	}
+	v[3], v[4] = 0, float32(math.Copysign(0, -1))
+	dst := make([]int8, len(v))
+	scale := quantize(dst, v)
+	for i, x := range v {
+		if want := int8(math.Round(float64(x * (1 / scale)))); dst[i] != want && math.Abs(float64(x/scale)-float64(want)) > 0.5+1e-4 {
+			t.Fatalf("quantize(%v) = %d, want %d", x, dst[i], want)
+		}
+	}
+}
