@@ -414,9 +414,10 @@ func sqrt(x float32) float64 { return math.Sqrt(float64(x)) }
 // Quantised search. IndexConfig maps onto the embedded store as follows:
 //
 //   - INDEX_KIND_EXACT: always an exact float32 scan.
-//   - unspecified (the default): from QuantisedMinRows rows, the int8 quantised scan of every row with exact
-//     re-ranking of top_k x QuantisedRerank candidates (while QuantisedByDefault; measured recall@10 1.000 on
-//     membench's clustered data at 20k and 100k x 768); below that, exact.
+//   - unspecified (the default): from IVFMinRows rows (while IVFByDefault), the IVF index over the int8 codes,
+//     as kind HNSW; until the index is built, and from QuantisedMinRows rows, the int8 quantised scan of every
+//     row with exact re-ranking of top_k x QuantisedRerank candidates (while QuantisedByDefault; measured
+//     recall@10 1.000 on membench's clustered data at 20k and 100k x 768); below that, exact.
 //   - INDEX_KIND_HNSW: the embedded store has no graph index; HNSW asks for approximate search, served by the IVF
 //     index over the int8 codes (see IVFMinRows) from IVFMinRows rows, and by the int8 scan from
 //     QuantisedMinRows rows. ef_search sets the IVF probe count (ef_search / 10); m and ef_construction are

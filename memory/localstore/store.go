@@ -7,16 +7,19 @@
 // CRC-32C and truncated away. Corruption before the tail is an error, never silently skipped. When the log grows
 // past CompactMinBytes and twice the live data, it is rewritten from the live state (temp file, fsync, rename).
 //
-// Search. Each namespace keeps its vectors in one contiguous []float32 scanned with an AVX2/FMA kernel (a portable
-// unrolled loop elsewhere) into bounded top-k heaps, one per contiguous chunk, split across GOMAXPROCS goroutines
-// for large namespaces and merged at the end; expiry, filters and min_score are evaluated only for rows whose
-// score could enter a heap, and the scan allocates nothing per row. Vectors are stored as written (Get returns
-// them bit for bit) with a precomputed inverse norm, so cosine is a dot product times two scalars. Each vector
-// also has an int8 copy with a per-vector scale: from QuantisedMinRows rows, namespaces of index kind HNSW (and
-// unspecified, while QuantisedByDefault) scan the int8 copy, a quarter of the bytes, keep top_k x QuantisedRerank
-// candidates and re-rank them exactly; INDEX_KIND_EXACT always scans float32 (see QuantisedMinRows for the
-// mapping). Text is indexed in a small inverted index scored by BM25 for hybrid search, fused with the vector
-// ranking by reciprocal rank fusion (k = 60). Expired records are never returned and are dropped by compaction.
+// Search. Each namespace keeps its vectors in fixed chunks of contiguous rows (see rows: growing never copies)
+// scanned with an AVX2/FMA kernel (a portable unrolled loop elsewhere) into bounded top-k heaps, one per
+// contiguous range of slots, split across GOMAXPROCS goroutines for large namespaces and merged at the end;
+// expiry, filters and min_score are evaluated only for rows whose score could enter a heap, and the scan
+// allocates nothing per row. Vectors are stored as written (Get returns them bit for bit) with a precomputed
+// inverse norm, so cosine is a dot product times two scalars. Each vector also has an int8 copy with a
+// per-vector scale. From IVFMinRows rows, namespaces of index kind HNSW and unspecified (while IVFByDefault)
+// search an IVF index over the int8 copy, built in the background and saved under DIR/index so that a restart
+// finds it ready (see index.go); until it is built, and from QuantisedMinRows rows, they scan the whole int8
+// copy, a quarter of the bytes, keep top_k x QuantisedRerank candidates and re-rank them exactly;
+// INDEX_KIND_EXACT always scans float32 (see QuantisedMinRows for the mapping). Text is indexed in a small
+// inverted index scored by BM25 for hybrid search, fused with the vector ranking by reciprocal rank fusion
+// (k = 60). Expired records are never returned and are dropped by compaction.
 //
 // Fairness and quotas. Scans over 16k floats wait at a gate that shares the cores among tenants in turn (see
 // scanGate), outside the store's lock, so one tenant's flood of searches queues behind itself. WithQuota bounds

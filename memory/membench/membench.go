@@ -2,8 +2,8 @@
 // fixed seed, with exact ground truth computed by brute force. For each backend it reports the ingest rate,
 // recall@k against the ground truth, query latency p50/p99 and single-client QPS. It backs `loom bench memory`.
 //
-// Backends: the embedded localstore (exact float32 scan; the default int8 quantised scan with exact re-ranking;
-// the IVF index over int8 codes that IndexConfig kind HNSW selects), pgstore (through memory.Store: COPY-staged
+// Backends: the embedded localstore (exact float32 scan; the default, an IVF index over int8 codes with exact
+// re-ranking, the int8 scan until it is built; the same index as IndexConfig kind HNSW selects), pgstore (through memory.Store: COPY-staged
 // batches, HNSW index built after the load by BuildIndexes), and pgvector by direct SQL (COPY first, HNSW index
 // built after: the best case for ingest). chromem-go (an in-process brute-force library) is a reference run by
 // the package's tests only (chromem_test.go, TestRunSized), so that `loom`, which runs this package as
@@ -12,8 +12,12 @@
 // Each backend also runs a filtered search at 10% selectivity (metadata bucket = 3 of 0..9), scored against the
 // exact filtered top k; "rows==k" says whether every query returned exactly k rows. The table gives each
 // backend's QPS and p50 as ratios to the pgvector direct-SQL baseline, and, when chromem-go ran, localstore's
-// speed-up over it (chromem p50 / localstore p50). Progress is drawn on w as a throttled bar, one line per
-// phase.
+// speed-up over it (chromem p50 / localstore p50). "load vec/s" counts until the last write is acknowledged,
+// "ingest vec/s" until the index is built too. Below the table: the memory-bandwidth floor (a streaming read of
+// the dataset's float32 bytes, measured in the same run) and the exact scan's p50 against it; and, for the
+// embedded store, a restart: the store closed and reopened on its directory, with Open's duration, the first
+// search against the warm p50, and the resident memory (VmRSS) the reopened store added. Progress is drawn on w
+// as a throttled bar, one line per phase.
 package membench
 
 import (
