@@ -144,6 +144,7 @@ func decodeIndex(b []byte) (*savedIndex, error) {
 		}
 		x.centroids[i] = f
 	}
+	x.group(int(dim))
 	r = r[4*len(x.centroids):]
 	where := make([]int32, rows)
 	for i := range where {
