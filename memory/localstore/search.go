@@ -86,9 +86,10 @@ func invNorm(v []float32) float32 {
 // quantize writes v scaled to int8 into dst (len(v)) and returns the scale: v[i] ~= dst[i] * scale. The scale is
 // per vector (max |v[i]| / 127), so vectors of any norm keep their full int8 resolution.
 func quantize(dst []int8, v []float32) float32 {
+	dst = dst[:len(v)]
 	var m float32
 	for _, x := range v {
-		m = max(m, float32(math.Abs(float64(x))))
+		m = max(m, x, -x)
 	}
 	if m == 0 {
 		clear(dst)
@@ -96,7 +97,11 @@ func quantize(dst []int8, v []float32) float32 {
 	}
 	inv := 127 / m
 	for i, x := range v {
-		dst[i] = int8(math.Round(float64(x * inv)))
+		// Round half away from zero (as math.Round), in float32 and without a branch (the signs are random):
+		// add 0.5 carrying r's sign, then truncate. |r| <= 127.
+		r := x * inv
+		half := math.Float32frombits(math.Float32bits(r)&(1<<31) | 0x3f000000)
+		dst[i] = int8(r + half)
 	}
 	return m / 127
 }
@@ -245,7 +250,7 @@ type vectorQuery struct {
 // exactScore is the metric's exact score of slot i ("higher is closer").
 func (vq *vectorQuery) exactScore(i int) float32 {
 	ns := vq.ns
-	v := ns.vecs[i*ns.dim : (i+1)*ns.dim]
+	v := ns.vecs.row(i)
 	switch ns.meta.Metric {
 	case memory.MetricDotProduct:
 		return dot(vq.q, v)
@@ -279,7 +284,7 @@ func (vq *vectorQuery) quantised(k, rerank int) []scored {
 	cosine := ns.meta.Metric == memory.MetricCosine
 	cands := scanChunks(len(ns.ids), dim, k*rerank, func(lo, hi int, h *topK) {
 		for i := lo; i < hi; i++ {
-			s := float32(dotInt8(qq, ns.qvecs[i*dim:(i+1)*dim])) * ns.qscale[i] * qs
+			s := float32(dotInt8(qq, ns.qvecs.row(i))) * ns.qscale[i] * qs
 			if cosine {
 				s *= ns.inv[i] * vq.qinv
 			}
@@ -409,9 +414,10 @@ func sqrt(x float32) float64 { return math.Sqrt(float64(x)) }
 // Quantised search. IndexConfig maps onto the embedded store as follows:
 //
 //   - INDEX_KIND_EXACT: always an exact float32 scan.
-//   - unspecified (the default): from QuantisedMinRows rows, the int8 quantised scan of every row with exact
-//     re-ranking of top_k x QuantisedRerank candidates (while QuantisedByDefault; measured recall@10 1.000 on
-//     membench's clustered data at 20k and 100k x 768); below that, exact.
+//   - unspecified (the default): from IVFMinRows rows (while IVFByDefault), the IVF index over the int8 codes,
+//     as kind HNSW; until the index is built, and from QuantisedMinRows rows, the int8 quantised scan of every
+//     row with exact re-ranking of top_k x QuantisedRerank candidates (while QuantisedByDefault; measured
+//     recall@10 1.000 on membench's clustered data at 20k and 100k x 768); below that, exact.
 //   - INDEX_KIND_HNSW: the embedded store has no graph index; HNSW asks for approximate search, served by the IVF
 //     index over the int8 codes (see IVFMinRows) from IVFMinRows rows, and by the int8 scan from
 //     QuantisedMinRows rows. ef_search sets the IVF probe count (ef_search / 10); m and ef_construction are

@@ -152,7 +152,7 @@ func BenchmarkSearch(b *testing.B) {
 	naive := func() int {
 		best, bestI := float32(-2), -1
 		for i := range n {
-			if sc := naiveDot(q, ns.vecs[i*dim:(i+1)*dim]) * ns.inv[i]; sc > best {
+			if sc := naiveDot(q, ns.vecs.row(i)) * ns.inv[i]; sc > best {
 				best, bestI = sc, i
 			}
 		}
@@ -165,10 +165,14 @@ func BenchmarkSearch(b *testing.B) {
 	}
 	baseNs := float64(time.Since(t0).Nanoseconds()) / baseRuns
 	// The memory-bandwidth floor: a streaming read of the same float32 bytes, split like the scan, best of 10.
+	flat := make([]float32, 0, n*dim)
+	for i := range n {
+		flat = append(flat, ns.vecs.row(i)...)
+	}
 	floorNs := math.MaxFloat64
 	for range baseRuns {
 		t0 := time.Now()
-		streamRead(ns.vecs)
+		streamRead(flat)
 		floorNs = min(floorNs, float64(time.Since(t0).Nanoseconds()))
 	}
 	for _, kind := range []memory.IndexKind{memory.IndexExact, memory.IndexHNSW} {
@@ -375,5 +379,22 @@ func TestIVF(t *testing.T) {
 	}
 	if got := recall(); got < 0.95 {
 		t.Errorf("ivf recall@10 after writes = %.3f, want >= 0.95", got)
+	}
+}
+
+// TestQuantizeRounds checks the int8 codes against math.Round of the scaled vector.
+func TestQuantizeRounds(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	v := make([]float32, 1000)
+	for i := range v {
+		v[i] = float32(r.NormFloat64())
+	}
+	v[3], v[4] = 0, float32(math.Copysign(0, -1))
+	dst := make([]int8, len(v))
+	scale := quantize(dst, v)
+	for i, x := range v {
+		if want := int8(math.Round(float64(x * (1 / scale)))); dst[i] != want && math.Abs(float64(x/scale)-float64(want)) > 0.5+1e-4 {
+			t.Fatalf("quantize(%v) = %d, want %d", x, dst[i], want)
+		}
 	}
 }

@@ -7,16 +7,19 @@
 // CRC-32C and truncated away. Corruption before the tail is an error, never silently skipped. When the log grows
 // past CompactMinBytes and twice the live data, it is rewritten from the live state (temp file, fsync, rename).
 //
-// Search. Each namespace keeps its vectors in one contiguous []float32 scanned with an AVX2/FMA kernel (a portable
-// unrolled loop elsewhere) into bounded top-k heaps, one per contiguous chunk, split across GOMAXPROCS goroutines
-// for large namespaces and merged at the end; expiry, filters and min_score are evaluated only for rows whose
-// score could enter a heap, and the scan allocates nothing per row. Vectors are stored as written (Get returns
-// them bit for bit) with a precomputed inverse norm, so cosine is a dot product times two scalars. Each vector
-// also has an int8 copy with a per-vector scale: from QuantisedMinRows rows, namespaces of index kind HNSW (and
-// unspecified, while QuantisedByDefault) scan the int8 copy, a quarter of the bytes, keep top_k x QuantisedRerank
-// candidates and re-rank them exactly; INDEX_KIND_EXACT always scans float32 (see QuantisedMinRows for the
-// mapping). Text is indexed in a small inverted index scored by BM25 for hybrid search, fused with the vector
-// ranking by reciprocal rank fusion (k = 60). Expired records are never returned and are dropped by compaction.
+// Search. Each namespace keeps its vectors in fixed chunks of contiguous rows (see rows: growing never copies)
+// scanned with an AVX2/FMA kernel (a portable unrolled loop elsewhere) into bounded top-k heaps, one per
+// contiguous range of slots, split across GOMAXPROCS goroutines for large namespaces and merged at the end;
+// expiry, filters and min_score are evaluated only for rows whose score could enter a heap, and the scan
+// allocates nothing per row. Vectors are stored as written (Get returns them bit for bit) with a precomputed
+// inverse norm, so cosine is a dot product times two scalars. Each vector also has an int8 copy with a
+// per-vector scale. From IVFMinRows rows, namespaces of index kind HNSW and unspecified (while IVFByDefault)
+// search an IVF index over the int8 copy, built in the background and saved under DIR/index so that a restart
+// finds it ready (see index.go); until it is built, and from QuantisedMinRows rows, they scan the whole int8
+// copy, a quarter of the bytes, keep top_k x QuantisedRerank candidates and re-rank them exactly;
+// INDEX_KIND_EXACT always scans float32 (see QuantisedMinRows for the mapping). Text is indexed in a small
+// inverted index scored by BM25 for hybrid search, fused with the vector ranking by reciprocal rank fusion
+// (k = 60). Expired records are never returned and are dropped by compaction.
 //
 // Fairness and quotas. Scans over 16k floats wait at a gate that shares the cores among tenants in turn (see
 // scanGate), outside the store's lock, so one tenant's flood of searches queues behind itself. WithQuota bounds
@@ -30,8 +33,10 @@ package localstore
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -66,6 +71,10 @@ type Store struct {
 	mu      sync.RWMutex
 	tenants map[string]map[string]*namespace
 	closed  bool
+	// applied is the log offset after the last frame applied to tenants, and appliedCRC that frame's CRC-32C:
+	// the log position a persisted index names (see index.go). Guarded by mu.
+	applied    int64
+	appliedCRC uint32
 
 	// quota bounds each tenant (see WithQuota); checked under writeMu, so concurrent writes cannot both pass.
 	quota memory.Quota
@@ -98,10 +107,10 @@ type namespace struct {
 	meta memory.Namespace
 	dim  int
 	ids  []string
-	vecs []float32 // len(ids) * dim
-	inv  []float32 // inverse norms (cosine)
-	// qvecs and qscale are the int8 copy of vecs (len(ids) * dim) and each vector's scale, for the quantised scan.
-	qvecs  []int8
+	vecs rows[float32] // len(ids) rows of dim
+	inv  []float32     // inverse norms (cosine)
+	// qvecs and qscale are the int8 copy of vecs (len(ids) rows) and each vector's scale, for the quantised scan.
+	qvecs  rows[int8]
 	qscale []float32
 	// ivf is the IVF index (kind HNSW), nil until a search builds it; writers keep it in step.
 	ivf      atomic.Pointer[ivf]
@@ -172,6 +181,12 @@ func openUnlocked(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open localstore: %w", err)
 	}
 	s.log, s.logSize = f, good
+	s.applied = good
+	if good >= FreeOSMemoryBytes {
+		// Replay decoded the whole log into garbage; return it now rather than leave the process at the
+		// garbage collector's heap goal (about twice the live data).
+		debug.FreeOSMemory()
+	}
 	s.writeMu.Lock()
 	err = s.maybeCompact()
 	s.writeMu.Unlock()
@@ -195,6 +210,14 @@ func (s *Store) replay(f *os.File) (int64, error) {
 	r := bufio.NewReaderSize(f, 1<<20)
 	var off int64
 	var buf []byte
+	pending := s.loadIndexes()
+	defer func() {
+		for _, sis := range pending { // positions the log never reached: stale files
+			for _, si := range sis {
+				_ = os.Remove(indexFile(s.indexDir(), si.tenant, si.namespace))
+			}
+		}
+	}()
 	for {
 		payload, err := readFrame(r, buf)
 		if err == io.EOF {
@@ -213,11 +236,16 @@ func (s *Store) replay(f *os.File) (int64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("frame at offset %d: %w", off, err)
 		}
-		if err := s.apply(e); err != nil {
+		if err := s.apply(e, prepare(e)); err != nil {
 			return 0, fmt.Errorf("frame at offset %d: %w", off, err)
 		}
 		buf = payload
 		off += frameHeader + int64(len(payload))
+		s.applied, s.appliedCRC = off, 0
+		if len(pending[off]) > 0 {
+			s.appliedCRC = crc32.Checksum(payload, crcTable)
+			s.attachIndexes(pending, off, s.appliedCRC)
+		}
 	}
 }
 
@@ -253,27 +281,42 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// write appends e to the log, fsyncs, then applies it. The caller holds writeMu.
+// write appends e to the log, fsyncs, then applies it. The caller holds writeMu. The CPU work of applying an
+// upsert (norms and int8 codes) runs while the frame is written and fsynced, so a bulk load keeps the disk busy.
 func (s *Store) write(e *entry) error {
+	var prep *prepared
+	prepDone := make(chan struct{})
+	go func() {
+		defer close(prepDone)
+		prep = prepare(e)
+	}()
 	buf, err := appendFrame(s.buf[:0], e)
 	if err != nil {
+		<-prepDone
 		return err
 	}
-	if cap(buf) <= 4<<20 {
+	if cap(buf) <= 16<<20 {
 		s.buf = buf
 	}
-	if _, err := s.log.Write(buf); err != nil {
+	_, werr := s.log.Write(buf)
+	var serr error
+	if werr == nil {
+		serr = s.log.Sync()
+	}
+	<-prepDone
+	if werr != nil {
 		// A partial frame may be on disk; cut it so later frames stay readable.
 		_ = s.log.Truncate(s.logSize)
 		_, _ = s.log.Seek(s.logSize, io.SeekStart)
-		return fmt.Errorf("append log: %w", err)
+		return fmt.Errorf("append log: %w", werr)
 	}
-	if err := s.log.Sync(); err != nil {
-		return fmt.Errorf("sync log: %w", err)
+	if serr != nil {
+		return fmt.Errorf("sync log: %w", serr)
 	}
 	s.logSize += int64(len(buf))
 	s.mu.Lock()
-	err = s.apply(e)
+	err = s.apply(e, prep)
+	s.applied, s.appliedCRC = s.logSize, binary.LittleEndian.Uint32(buf[4:8])
 	s.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("apply: %w", err)
@@ -284,8 +327,9 @@ func (s *Store) write(e *entry) error {
 	return nil
 }
 
-// apply changes the in-memory state. The caller holds mu (or is replaying).
-func (s *Store) apply(e *entry) error {
+// apply changes the in-memory state, taking an upsert's norms and codes from prep (see prepare). The caller
+// holds mu (or is replaying).
+func (s *Store) apply(e *entry, prep *prepared) error {
 	nss := s.tenants[e.tenant]
 	switch e.op {
 	case opCreateNamespace:
@@ -297,7 +341,7 @@ func (s *Store) apply(e *entry) error {
 		if meta.Dimension <= 0 || meta.Dimension > 1<<16 {
 			return fmt.Errorf("namespace %q: bad dimension %d", meta.Name, meta.Dimension)
 		}
-		nss[e.namespace] = &namespace{meta: meta, dim: meta.Dimension, slot: map[string]int{}, text: newTextIndex()}
+		nss[e.namespace] = &namespace{meta: meta, dim: meta.Dimension, vecs: newRows[float32](meta.Dimension), qvecs: newRows[int8](meta.Dimension), slot: map[string]int{}, text: newTextIndex()}
 	case opDeleteNamespace:
 		delete(nss, e.namespace)
 		if len(nss) == 0 {
@@ -313,8 +357,11 @@ func (s *Store) apply(e *entry) error {
 				return fmt.Errorf("record %q: dimension %d, namespace has %d", r.ID, len(r.Vector), ns.dim)
 			}
 		}
-		for _, r := range e.records {
-			ns.put(r)
+		if prep == nil || prep.dim != ns.dim {
+			prep = prepare(e)
+		}
+		for j, r := range e.records {
+			ns.put(r, prep, j)
 		}
 	case opDelete:
 		ns := nss[e.namespace]
@@ -330,7 +377,45 @@ func (s *Store) apply(e *entry) error {
 	return nil
 }
 
-func (ns *namespace) put(r memory.Record) {
+// prepared is the per-vector work of an upsert done before it is applied: inverse norms, int8 codes and scales.
+type prepared struct {
+	dim    int
+	inv    []float32
+	codes  []int8
+	qscale []float32
+}
+
+// prepare computes e's inverse norms and int8 codes, split over the cores for large batches; nil when e is not
+// an upsert or its vectors differ in length (apply then refuses it).
+func prepare(e *entry) *prepared {
+	if e.op != opUpsert || len(e.records) == 0 {
+		return nil
+	}
+	dim := len(e.records[0].Vector)
+	for _, r := range e.records {
+		if len(r.Vector) != dim {
+			return nil
+		}
+	}
+	p := &prepared{dim: dim, inv: make([]float32, len(e.records)), codes: make([]int8, len(e.records)*dim), qscale: make([]float32, len(e.records))}
+	work := func(lo, hi int) {
+		for j := lo; j < hi; j++ {
+			v := e.records[j].Vector
+			p.inv[j] = invNorm(v)
+			p.qscale[j] = quantize(p.codes[j*dim:(j+1)*dim], v)
+		}
+	}
+	if len(e.records)*dim < parallelMinFloats {
+		work(0, len(e.records))
+	} else {
+		parallelRange(len(e.records), work)
+	}
+	return p
+}
+
+// put writes record r, the j-th of the upsert prep was computed for.
+func (ns *namespace) put(r memory.Record, prep *prepared, j int) {
+	code := prep.codes[j*ns.dim : (j+1)*ns.dim]
 	size := RecordSize(r)
 	// Times are kept in UTC, as the log gives them back after a restart.
 	nr := &rec{text: r.Text, md: r.Metadata, expire: r.ExpireTime.UTC(), update: r.UpdateTime.UTC(), size: size}
@@ -346,19 +431,20 @@ func (ns *namespace) put(r memory.Record) {
 		ns.text.remove(r.ID, old.text)
 		ns.bytes -= old.size
 		ns.recs[i] = nr
-		copy(ns.vecs[i*ns.dim:(i+1)*ns.dim], r.Vector)
-		ns.inv[i] = invNorm(r.Vector)
-		ns.qscale[i] = quantize(ns.qvecs[i*ns.dim:(i+1)*ns.dim], r.Vector)
+		copy(ns.vecs.row(i), r.Vector)
+		ns.inv[i] = prep.inv[j]
+		copy(ns.qvecs.row(i), code)
+		ns.qscale[i] = prep.qscale[j]
 		if x := ns.ivf.Load(); x != nil {
 			x.update(ns, i)
 		}
 	} else {
 		ns.slot[r.ID] = len(ns.ids)
 		ns.ids = append(ns.ids, r.ID)
-		ns.vecs = append(ns.vecs, r.Vector...)
-		ns.inv = append(ns.inv, invNorm(r.Vector))
-		ns.qvecs = slices.Grow(ns.qvecs, ns.dim)[:len(ns.qvecs)+ns.dim]
-		ns.qscale = append(ns.qscale, quantize(ns.qvecs[len(ns.qvecs)-ns.dim:], r.Vector))
+		copy(ns.vecs.push(), r.Vector)
+		ns.inv = append(ns.inv, prep.inv[j])
+		copy(ns.qvecs.push(), code)
+		ns.qscale = append(ns.qscale, prep.qscale[j])
 		if x := ns.ivf.Load(); x != nil {
 			x.add(ns, len(ns.ids)-1)
 		}
@@ -381,7 +467,7 @@ func (ns *namespace) remove(id string) {
 	ns.bytes -= old.size
 	last := len(ns.ids) - 1
 	if x := ns.ivf.Load(); x != nil {
-		x.unfile(i, ns.dim)
+		x.unfile(i)
 		if i != last {
 			x.move(last, i)
 		} else {
@@ -392,18 +478,18 @@ func (ns *namespace) remove(id string) {
 		ns.ids[i] = ns.ids[last]
 		ns.recs[i] = ns.recs[last]
 		ns.inv[i] = ns.inv[last]
-		copy(ns.vecs[i*ns.dim:(i+1)*ns.dim], ns.vecs[last*ns.dim:])
+		copy(ns.vecs.row(i), ns.vecs.row(last))
 		ns.qscale[i] = ns.qscale[last]
-		copy(ns.qvecs[i*ns.dim:(i+1)*ns.dim], ns.qvecs[last*ns.dim:])
+		copy(ns.qvecs.row(i), ns.qvecs.row(last))
 		ns.slot[ns.ids[i]] = i
 	}
 	ns.ids = ns.ids[:last]
 	ns.recs[last] = nil
 	ns.recs = ns.recs[:last]
 	ns.inv = ns.inv[:last]
-	ns.vecs = ns.vecs[:last*ns.dim]
+	ns.vecs.pop()
 	ns.qscale = ns.qscale[:last]
-	ns.qvecs = ns.qvecs[:last*ns.dim]
+	ns.qvecs.pop()
 	delete(ns.slot, id)
 }
 
@@ -412,7 +498,7 @@ func (ns *namespace) record(i int, includeVector bool) memory.Record {
 	r := ns.recs[i]
 	out := memory.Record{ID: ns.ids[i], Text: r.text, Metadata: r.md, ExpireTime: r.expire, UpdateTime: r.update}
 	if includeVector {
-		out.Vector = slices.Clone(ns.vecs[i*ns.dim : (i+1)*ns.dim])
+		out.Vector = slices.Clone(ns.vecs.row(i))
 	}
 	return out
 }
@@ -453,12 +539,14 @@ func (s *Store) compact() error {
 	defer os.Remove(tmp) // no-op after the rename
 	w := bufio.NewWriterSize(f, 1<<20)
 	var size int64
+	var lastCRC uint32
 	emit := func(e *entry) error {
 		buf, err := appendFrame(nil, e)
 		if err != nil {
 			return err
 		}
 		size += int64(len(buf))
+		lastCRC = binary.LittleEndian.Uint32(buf[4:8])
 		_, err = w.Write(buf)
 		return err
 	}
@@ -509,6 +597,11 @@ func (s *Store) compact() error {
 	}
 	s.log.Close()
 	s.log, s.logSize = f, size
+	// The saved indexes name positions in the old log. Under the write lock, so no build saves meanwhile.
+	s.mu.Lock()
+	s.applied, s.appliedCRC = size, lastCRC
+	s.dropIndexFiles()
+	s.mu.Unlock()
 	return nil
 }
 
@@ -665,7 +758,7 @@ func (s *Store) freeOSMemory() {
 
 // held approximates the bytes of a namespace's arrays (capacity, not length). The caller holds mu.
 func (ns *namespace) held() int64 {
-	return int64(4*cap(ns.vecs)+cap(ns.qvecs)+4*(cap(ns.inv)+cap(ns.qscale))) + ns.bytes
+	return ns.vecs.heldBytes(4) + ns.qvecs.heldBytes(1) + int64(4*(cap(ns.inv)+cap(ns.qscale))) + ns.bytes
 }
 
 // usage is what tenant holds. The caller holds mu.

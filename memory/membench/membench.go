@@ -2,8 +2,8 @@
 // fixed seed, with exact ground truth computed by brute force. For each backend it reports the ingest rate,
 // recall@k against the ground truth, query latency p50/p99 and single-client QPS. It backs `loom bench memory`.
 //
-// Backends: the embedded localstore (exact float32 scan; the default int8 quantised scan with exact re-ranking;
-// the IVF index over int8 codes that IndexConfig kind HNSW selects), pgstore (through memory.Store: COPY-staged
+// Backends: the embedded localstore (exact float32 scan; the default, an IVF index over int8 codes with exact
+// re-ranking, the int8 scan until it is built; the same index as IndexConfig kind HNSW selects), pgstore (through memory.Store: COPY-staged
 // batches, HNSW index built after the load by BuildIndexes), and pgvector by direct SQL (COPY first, HNSW index
 // built after: the best case for ingest). chromem-go (an in-process brute-force library) is a reference run by
 // the package's tests only (chromem_test.go, TestRunSized), so that `loom`, which runs this package as
@@ -12,8 +12,12 @@
 // Each backend also runs a filtered search at 10% selectivity (metadata bucket = 3 of 0..9), scored against the
 // exact filtered top k; "rows==k" says whether every query returned exactly k rows. The table gives each
 // backend's QPS and p50 as ratios to the pgvector direct-SQL baseline, and, when chromem-go ran, localstore's
-// speed-up over it (chromem p50 / localstore p50). Progress is drawn on w as a throttled bar, one line per
-// phase.
+// speed-up over it (chromem p50 / localstore p50). "load vec/s" counts until the last write is acknowledged,
+// "ingest vec/s" until the index is built too. Below the table: the memory-bandwidth floor (a streaming read of
+// the dataset's float32 bytes, measured in the same run) and the exact scan's p50 against it; and, for the
+// embedded store, a restart: the store closed and reopened on its directory, with Open's duration, the first
+// search against the warm p50, and the resident memory (VmRSS) the reopened store added. Progress is drawn on w
+// as a throttled bar, one line per phase.
 package membench
 
 import (
@@ -22,11 +26,10 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"math"
-	"math/rand/v2"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -64,6 +67,9 @@ type Config struct {
 	// Selectivity of the filtered search [0.1]: records carry bucket = i mod round(1/Selectivity) and the filter
 	// is bucket = 3.
 	Selectivity float64
+	// CacheDir, when set, keeps the generated dataset and its ground truth there between runs (one file per set
+	// of parameters); empty generates it every run.
+	CacheDir string
 
 	// extra are more backends by name, run after the others: the tests' chromem-go reference.
 	extra map[string]func(Config) (*backend, error)
@@ -93,6 +99,7 @@ func (c *Config) defaults() {
 type Result struct {
 	Backend    string
 	IngestRate float64 // vectors per second, index included
+	LoadRate   float64 // vectors per second until the last write was acknowledged, before any index build
 	Recall     float64 // recall@K
 	P50, P99   time.Duration
 	QPS        float64
@@ -106,85 +113,24 @@ type Result struct {
 	FilteredMinRows    int
 	filteredMeasured   bool
 	QPSVsSQL, P50VsSQL float64 // QPS and p50 divided by the pgvector direct-SQL baseline's; zero without it
+	// FloorP50 is the memory-bandwidth floor (a streaming read of the N x Dim float32 bytes) and ScanP50 the
+	// backend's p50, each query followed by one read, for the exact scans; zero for others.
+	FloorP50, ScanP50 time.Duration
+	// Restart is measured for the embedded store: the store closed and opened again on the same directory.
+	Restart *Restart
 }
 
-// dataset is vectors around random centroids, L2-normalised, and queries drawn the same way.
-type dataset struct {
-	vecs, queries [][]float32
-	truth         [][]int // exact top K per query
-	buckets       int     // record i has bucket i % buckets; the filter selects bucket 3
-	ftruth        [][]int // exact top K per query among bucket 3
-}
-
-const filterBucket = 3
-
-func makeDataset(c Config) dataset {
-	r := rand.New(rand.NewPCG(c.Seed, 0x6d656d))
-	centroids := make([][]float32, c.Clusters)
-	for i := range centroids {
-		centroids[i] = gauss(r, c.Dim, nil, 1)
-	}
-	draw := func() []float32 { return normalise(gauss(r, c.Dim, centroids[r.IntN(c.Clusters)], 0.35)) }
-	d := dataset{vecs: make([][]float32, c.N), queries: make([][]float32, c.Queries)}
-	for i := range d.vecs {
-		d.vecs[i] = draw()
-	}
-	for i := range d.queries {
-		d.queries[i] = draw()
-	}
-	d.buckets = max(int(math.Round(1/c.Selectivity)), filterBucket+1)
-	d.truth = make([][]int, c.Queries)
-	d.ftruth = make([][]int, c.Queries)
-	for qi, q := range d.queries {
-		type sc struct {
-			i int
-			s float64
-		}
-		all := make([]sc, c.N)
-		for i, v := range d.vecs {
-			var s float64
-			for j := range v {
-				s += float64(v[j]) * float64(q[j])
-			}
-			all[i] = sc{i, s}
-		}
-		sort.Slice(all, func(a, b int) bool { return all[a].s > all[b].s })
-		for _, x := range all[:c.K] {
-			d.truth[qi] = append(d.truth[qi], x.i)
-		}
-		for _, x := range all {
-			if len(d.ftruth[qi]) == c.K {
-				break
-			}
-			if x.i%d.buckets == filterBucket {
-				d.ftruth[qi] = append(d.ftruth[qi], x.i)
-			}
-		}
-	}
-	return d
-}
-
-func gauss(r *rand.Rand, dim int, center []float32, sd float64) []float32 {
-	v := make([]float32, dim)
-	for i := range v {
-		v[i] = float32(r.NormFloat64() * sd)
-		if center != nil {
-			v[i] += center[i]
-		}
-	}
-	return v
-}
-
-func normalise(v []float32) []float32 {
-	var n float64
-	for _, x := range v {
-		n += float64(x) * float64(x)
-	}
-	inv := float32(1 / math.Sqrt(n))
-	for i := range v {
-		v[i] *= inv
-	}
-	return v
+// Restart is what reopening an embedded store costs: Open (log replay and index load), the first search after
+// it against the warm p50, and the resident memory the reopened store holds.
+type Restart struct {
+	Open        time.Duration
+	FirstSearch time.Duration
+	// FirstVsWarm is FirstSearch / the warm p50 measured before the restart.
+	FirstVsWarm float64
+	// RSS is the growth of the process's resident set (VmRSS on Linux; the Go runtime's mapped memory
+	// elsewhere) over Open, measured after the previous store was closed and its memory returned; RawBytes is
+	// N x Dim x 4, the float32 vectors alone.
+	RSS, RawBytes int64
 }
 
 // backend is one system under test. search returns the dataset indices of the top k; filtered does the same
@@ -194,7 +140,12 @@ type backend struct {
 	ingest   func(ctx context.Context, d dataset, done func(n int)) error
 	search   func(ctx context.Context, q []float32, k int) ([]int, error)
 	filtered func(ctx context.Context, q []float32, k int) ([]int, error)
-	close    func()
+	// exact marks a full float32 scan, measured against the bandwidth floor.
+	exact bool
+	// restart, when set, closes the store, opens it again on the same data and returns the reopened backend's
+	// first-search function with Open's duration and the resident memory it added.
+	restart func(ctx context.Context) (search func(ctx context.Context, q []float32, k int) ([]int, error), open time.Duration, rss int64, err error)
+	close   func()
 }
 
 // progress draws a throttled bar on w: "\r[#####.....]  52% localstore ingest", ending with a newline.
@@ -241,8 +192,11 @@ func (p *progress) end() {
 func Run(ctx context.Context, w io.Writer, cfg Config) ([]Result, error) {
 	cfg.defaults()
 	start := time.Now()
-	d := makeDataset(cfg)
-	fmt.Fprintf(w, "dataset: %d x %d, %d clusters, %d queries, k=%d, seed %d, ef_search %d, filter selectivity %.0f%% (ground truth in %v)\n",
+	d, err := loadDataset(cfg)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(w, "dataset: %d x %d, %d clusters, %d queries, k=%d, seed %d, ef_search %d, filter selectivity %.0f%% (generated or loaded in %v)\n",
 		cfg.N, cfg.Dim, cfg.Clusters, cfg.Queries, cfg.K, cfg.Seed, cfg.EfSearch, 100/float64(d.buckets),
 		time.Since(start).Round(time.Millisecond))
 	var backends []func() (*backend, error)
@@ -272,6 +226,10 @@ func Run(ctx context.Context, w io.Writer, cfg Config) ([]Result, error) {
 		pw = cfg.Progress
 	}
 	p := &progress{w: pw, off: cfg.NoProgress}
+	// The memory-bandwidth floor: a streaming read of the N x Dim float32 bytes, split over the cores like a
+	// scan; measured before and after the backends, the smaller median kept (the faster the floor, the harder
+	// the ratio against it).
+	floor0 := floor(d.flat, 9)
 	var results []Result
 	for _, mk := range backends {
 		b, err := mk()
@@ -301,7 +259,7 @@ func Run(ctx context.Context, w io.Writer, cfg Config) ([]Result, error) {
 		return fmt.Sprintf("%.2fx", a/b)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "backend\tingest vec/s\trecall@k\tp50\tp99\tQPS\tQPS/sql\tp50/sql\tvs chromem\trows==k\t")
+	fmt.Fprintln(tw, "backend\tload vec/s\tingest vec/s\trecall@k\tp50\tp99\tQPS\tQPS/sql\tp50/sql\tvs chromem\trows==k\t")
 	for i := range results {
 		r := &results[i]
 		var vsChromem string
@@ -311,7 +269,7 @@ func Run(ctx context.Context, w io.Writer, cfg Config) ([]Result, error) {
 		if chromemRes != nil && strings.HasPrefix(r.Backend, "localstore") {
 			vsChromem = ratio(float64(chromemRes.P50), float64(r.P50)) + " faster"
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%v\t%v\t%.0f\t%s\t%s\t%s\t\t\n", r.Backend, r.IngestRate, r.Recall,
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.3f\t%v\t%v\t%.0f\t%s\t%s\t%s\t\t\n", r.Backend, r.LoadRate, r.IngestRate, r.Recall,
 			r.P50.Round(time.Microsecond), r.P99.Round(time.Microsecond), r.QPS, ratio(r.QPSVsSQL, 1), ratio(r.P50VsSQL, 1), cmp.Or(vsChromem, "-"))
 		if r.filteredMeasured {
 			var fq, fp float64
@@ -322,11 +280,31 @@ func Run(ctx context.Context, w io.Writer, cfg Config) ([]Result, error) {
 			if !r.FilteredAlwaysK {
 				rowsK = fmt.Sprintf("no (min %d)", r.FilteredMinRows)
 			}
-			fmt.Fprintf(tw, "  filtered %.0f%%\t\t%.3f\t%v\t%v\t%.0f\t%s\t%s\t\t%s\t\n", 100/float64(d.buckets), r.FilteredRecall,
+			fmt.Fprintf(tw, "  filtered %.0f%%\t\t\t%.3f\t%v\t%v\t%.0f\t%s\t%s\t\t%s\t\n", 100/float64(d.buckets), r.FilteredRecall,
 				r.FilteredP50.Round(time.Microsecond), r.FilteredP99.Round(time.Microsecond), r.FilteredQPS, ratio(fq, 1), ratio(fp, 1), rowsK)
 		}
 	}
-	return results, tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return results, err
+	}
+	fl := min(floor0, floor(d.flat, 9))
+	bytes := float64(len(d.flat)) * 4
+	fmt.Fprintf(w, "memory-bandwidth floor (streaming read of the %.0f MB of float32, %d cores): %v (%.1f GB/s); int8 (a quarter): %v\n",
+		bytes/1e6, runtime.GOMAXPROCS(0), fl.Round(time.Microsecond), bytes/fl.Seconds()/1e9, (fl / 4).Round(time.Microsecond))
+	for _, r := range results {
+		if r.FloorP50 > 0 {
+			fmt.Fprintf(w, "%s against the floor, each query followed by a streaming read of the same bytes: p50 %v, floor p50 %v (%.1f GB/s): %.2fx the floor\n",
+				r.Backend, r.ScanP50.Round(time.Microsecond), r.FloorP50.Round(time.Microsecond), bytes/r.FloorP50.Seconds()/1e9, float64(r.ScanP50)/float64(r.FloorP50))
+		}
+	}
+	for _, r := range results {
+		if x := r.Restart; x != nil {
+			fmt.Fprintf(w, "%s restart: open %v, first search %v (%.2fx the warm p50 %v), resident %.0f MB (%.2fx the %.0f MB of raw float32)\n",
+				r.Backend, x.Open.Round(time.Millisecond), x.FirstSearch.Round(time.Microsecond), x.FirstVsWarm, r.P50.Round(time.Microsecond),
+				float64(x.RSS)/1e6, float64(x.RSS)/float64(x.RawBytes), float64(x.RawBytes)/1e6)
+		}
+	}
+	return results, nil
 }
 
 // runQueries times search over every query and returns recall against truth, latencies sorted, the QPS, and
@@ -361,32 +339,91 @@ func runQueries(ctx context.Context, p *progress, label string, search func(ctx 
 func measure(ctx context.Context, p *progress, b *backend, d dataset, k int) (Result, error) {
 	p.start(b.name+" ingest", len(d.vecs))
 	start := time.Now()
-	if err := b.ingest(ctx, d, p.set); err != nil {
+	var loaded time.Duration
+	done := func(n int) {
+		if n >= len(d.vecs) && loaded == 0 {
+			loaded = time.Since(start)
+		}
+		p.set(n)
+	}
+	if err := b.ingest(ctx, d, done); err != nil {
 		return Result{}, fmt.Errorf("ingest: %w", err)
 	}
 	p.end()
-	res := Result{Backend: b.name, IngestRate: float64(len(d.vecs)) / time.Since(start).Seconds()}
+	total := time.Since(start)
+	res := Result{Backend: b.name, IngestRate: float64(len(d.vecs)) / total.Seconds(), LoadRate: float64(len(d.vecs)) / cmp.Or(loaded, total).Seconds()}
 	recall, lat, qps, _, err := runQueries(ctx, p, b.name+" search", b.search, d, d.truth, k)
 	if err != nil {
 		return Result{}, err
 	}
 	res.Recall, res.QPS = recall, qps
 	res.P50, res.P99 = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
-	if b.filtered == nil {
+	if b.exact {
+		// Against the floor: each query followed by a streaming read of the same float32 bytes, so both see
+		// the same machine (on a shared machine a floor measured apart can be off by 2x either way).
+		scan, fl := make([]time.Duration, len(d.queries)), make([]time.Duration, len(d.queries))
+		for qi, q := range d.queries {
+			t0 := time.Now()
+			if _, err := b.search(ctx, q, k); err != nil {
+				return Result{}, err
+			}
+			scan[qi] = time.Since(t0)
+			fl[qi] = floor(d.flat, 1)
+		}
+		slices.Sort(scan)
+		slices.Sort(fl)
+		res.FloorP50, res.ScanP50 = fl[len(fl)/2], scan[len(scan)/2]
+	}
+	if b.filtered != nil {
+		if err := measureFiltered(ctx, p, b, d, k, &res); err != nil {
+			return Result{}, err
+		}
+	}
+	if b.restart == nil {
 		return res, nil
 	}
+	search, open, rss0, err := b.restart(ctx)
+	if err != nil {
+		return Result{}, fmt.Errorf("restart: %w", err)
+	}
+	t0 := time.Now()
+	if _, err := search(ctx, d.queries[0], k); err != nil {
+		return Result{}, fmt.Errorf("first search after restart: %w", err)
+	}
+	first := time.Since(t0)
+	rss := residentBytes() - rss0
+	res.Restart = &Restart{Open: open, FirstSearch: first, FirstVsWarm: float64(first) / float64(res.P50), RSS: rss, RawBytes: int64(len(d.flat)) * 4}
+	return res, nil
+}
+
+func measureFiltered(ctx context.Context, p *progress, b *backend, d dataset, k int, res *Result) error {
 	recall, lat, qps, minRows, err := runQueries(ctx, p, b.name+" filtered search", b.filtered, d, d.ftruth, k)
 	if err != nil {
-		return Result{}, fmt.Errorf("filtered: %w", err)
+		return fmt.Errorf("filtered: %w", err)
 	}
 	res.filteredMeasured = true
 	res.FilteredRecall, res.FilteredQPS, res.FilteredMinRows, res.FilteredAlwaysK = recall, qps, minRows, minRows == k
 	res.FilteredP50, res.FilteredP99 = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
-	return res, nil
+	return nil
 }
 
 // bucketFilter selects records whose bucket is filterBucket.
 var bucketFilter = memory.Eq("bucket", memory.Number(filterBucket))
+
+// storeSearch searches the bench namespace of s and returns the dataset indices of the hits.
+func storeSearch(s memory.Store, filter *memory.Filter) func(ctx context.Context, q []float32, k int) ([]int, error) {
+	return func(ctx context.Context, q []float32, k int) ([]int, error) {
+		hits, err := s.Search(ctx, "bench", "bench", memory.Query{Vector: q, TopK: k, Filter: filter})
+		if err != nil {
+			return nil, err
+		}
+		out := make([]int, len(hits))
+		for i, h := range hits {
+			out[i], _ = strconv.Atoi(h.Record.ID)
+		}
+		return out, nil
+	}
+}
 
 // storeBackend drives a memory.Store in batches of memory.MaxBatch, the RPC's limit. A store with deferred index
 // builds (pgstore) has them run at the end of the load, inside the timed ingest.
@@ -397,17 +434,7 @@ func storeBackend(name string, s memory.Store, cfg Config, kind memory.IndexKind
 		return nil, err
 	}
 	search := func(filter *memory.Filter) func(ctx context.Context, q []float32, k int) ([]int, error) {
-		return func(ctx context.Context, q []float32, k int) ([]int, error) {
-			hits, err := s.Search(ctx, "bench", "bench", memory.Query{Vector: q, TopK: k, Filter: filter})
-			if err != nil {
-				return nil, err
-			}
-			out := make([]int, len(hits))
-			for i, h := range hits {
-				out[i], _ = strconv.Atoi(h.Record.ID)
-			}
-			return out, nil
-		}
+		return storeSearch(s, filter)
 	}
 	return &backend{
 		name: name,
@@ -442,7 +469,7 @@ func storeBackend(name string, s memory.Store, cfg Config, kind memory.IndexKind
 }
 
 func localBackend(ctx context.Context, cfg Config, kind memory.IndexKind) (*backend, error) {
-	dir, err := os.MkdirTemp("", "membench-")
+	dir, err := os.MkdirTemp(cfg.CacheDir, "membench-")
 	if err != nil {
 		return nil, err
 	}
@@ -451,14 +478,36 @@ func localBackend(ctx context.Context, cfg Config, kind memory.IndexKind) (*back
 		os.RemoveAll(dir)
 		return nil, err
 	}
+	cur := s // the open store: the first, then the reopened one
 	name := "localstore (exact)"
 	switch kind {
 	case memory.IndexDefault:
-		name = fmt.Sprintf("localstore (default: int8+rerank x%d)", localstore.QuantisedRerank)
+		name = fmt.Sprintf("localstore (default: ivf over int8, rerank x%d)", localstore.QuantisedRerank)
 	case memory.IndexHNSW:
 		name = "localstore (kind hnsw: ivf+int8)"
 	}
-	return storeBackend(name, s, cfg, kind, func() { s.Close(); os.RemoveAll(dir) })
+	b, err := storeBackend(name, s, cfg, kind, func() { cur.Close(); os.RemoveAll(dir) })
+	if err != nil {
+		return nil, err
+	}
+	b.exact = kind == memory.IndexExact
+	b.restart = func(ctx context.Context) (func(ctx context.Context, q []float32, k int) ([]int, error), time.Duration, int64, error) {
+		if err := cur.Close(); err != nil {
+			return nil, 0, 0, err
+		}
+		runtime.GC()
+		debug.FreeOSMemory()
+		rss0 := residentBytes()
+		t0 := time.Now()
+		s2, err := localstore.Open(dir)
+		if err != nil {
+			return nil, 0, 0, err
+		}
+		open := time.Since(t0)
+		cur = s2
+		return storeSearch(s2, nil), open, rss0, nil
+	}
+	return b, nil
 }
 
 func pgstoreBackend(ctx context.Context, cfg Config) (*backend, error) {

@@ -1,6 +1,7 @@
 package membench
 
 import (
+	"cmp"
 	"context"
 	"os"
 	"strconv"
@@ -48,12 +49,19 @@ func TestRunSmall(t *testing.T) {
 // TestRunSized runs the full benchmark when MEMBENCH_N is set, for example:
 //
 //	MEMBENCH_N=20000 go test -run TestRunSized -v -timeout 30m ./memory/membench/
+//
+// MEMBENCH_QUERIES sets the query count [100], MEMBENCH_BACKENDS a comma-separated subset of backends, and
+// MEMBENCH_CACHE a directory that keeps the dataset and its ground truth between runs.
 func TestRunSized(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("MEMBENCH_N"))
 	if n == 0 {
 		t.Skip("MEMBENCH_N is not set")
 	}
-	cfg := withChromem(Config{N: n, Queries: 100})
+	q, _ := strconv.Atoi(os.Getenv("MEMBENCH_QUERIES"))
+	cfg := withChromem(Config{N: n, Queries: cmp.Or(q, 100), CacheDir: os.Getenv("MEMBENCH_CACHE"), NoProgress: true})
+	if b := os.Getenv("MEMBENCH_BACKENDS"); b != "" {
+		cfg.Backends = strings.Split(b, ",")
+	}
 	if os.Getenv(sqldbtest.EnvURL) != "" {
 		cfg.PostgresURL = sqldbtest.PostgresURL(t)
 	}
