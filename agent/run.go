@@ -96,6 +96,9 @@ func (s *Server) GetRun(ctx context.Context, req *connect.Request[agentv1.GetRun
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
+	if ar := s.active(tenant, req.Msg.GetId()); ar != nil {
+		_ = ar.record.wait(ctx) // a run starting here is readable once recorded; a failed record reads NotFound
+	}
 	run, err := s.store.GetRun(ctx, tenant, req.Msg.GetId())
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -278,7 +281,8 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 		chaos = &chaosModel{c: c, seed: seed, attempt: attempt}
 		run.Warnings = append(run.Warnings, fmt.Sprintf("chaos: injecting faults (seed %d, attempt %d)", seed, attempt))
 	}
-	if err := s.store.CreateRun(ctx, tenant, run, s.lease()); err != nil {
+	rec, err := s.recordRun(ctx, tenant, run) // see record.go: the first model call does not wait for it
+	if err != nil {
 		return nil, err
 	}
 
@@ -314,7 +318,7 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 	runCtx, cancelT := context.WithTimeoutCause(runCtx, maxDur, &budgetError{fmt.Sprintf("time budget of %v exhausted", maxDur)})
 	defer cancelT()
 
-	ar := &activeRun{cancel: cancel, done: make(chan struct{})}
+	ar := &activeRun{cancel: cancel, done: make(chan struct{}), record: rec}
 	key2 := tenant + "/" + run.GetId()
 	s.mu.Lock()
 	s.running[key2] = ar
@@ -337,7 +341,7 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 	}
 	send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Started{Started: &agentv1.RunStarted{AgentVersion: a.GetVersion()}}})
 
-	env := runEnv{tenant: tenant, agent: a, runID: run.GetId(), chain: chain, attachments: atts, emit: emit, chaos: chaos, attempt: attempt, meter: mtr}
+	env := runEnv{tenant: tenant, agent: a, runID: run.GetId(), chain: chain, attachments: atts, emit: emit, chaos: chaos, attempt: attempt, meter: mtr, record: rec}
 	defer s.budgets.finish(tenant, run.GetId())
 	if chaos != nil {
 		send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Warning{Warning: &agentv1.Warning{Message: run.Warnings[len(run.Warnings)-1]}}})
@@ -379,6 +383,9 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 
 	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer fcancel()
+	if err := rec.wait(fctx); err != nil {
+		return nil, err // never recorded: nothing to finish
+	}
 	if err := s.store.FinishRun(fctx, tenant, run); err != nil {
 		if !errors.Is(err, ErrConflict) {
 			return run, err
@@ -480,7 +487,9 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 		s.cfg.Metrics.AddTokens(env.tenant, providerOf(a.GetModel().GetProvider()), cmp.Or(req.Model, "sim"), st.Usage.GetInputTokens(), st.Usage.GetOutputTokens())
 		s.countCost(env.tenant, a, cmp.Or(req.Model, "sim"), st.Usage)
 		addUsage(run.Usage, st.Usage)
-		send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Usage{Usage: st.Usage}, RunUsage: proto.CloneOf(run.Usage)})
+		if env.emit != nil { // a unary run skips building the event
+			send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Usage{Usage: st.Usage}, RunUsage: proto.CloneOf(run.Usage)})
+		}
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
@@ -503,6 +512,9 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 			}
 			st.ToolCalls = append(st.ToolCalls, pc)
 			send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_ToolCall{ToolCall: pc}})
+			if err := env.record.wait(ctx); err != nil { // a tool may have effects: the run is recorded first
+				return err
+			}
 			res := s.callTool(ctx, env, c)
 			if ctx.Err() != nil {
 				return context.Cause(ctx)

@@ -148,6 +148,8 @@ type runEnv struct {
 	mcp *mcpRun
 	// meter prices the run's model calls.
 	meter meter
+	// record is the run's record, which tool calls wait for (see record.go).
+	record *runRecord
 }
 
 // callTool executes one tool call. Failures become the result's error, told to the model; they never fail the run.
