@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 
 	"google.golang.org/protobuf/proto"
 
@@ -24,9 +26,20 @@ import (
 // spent, are not in the usage roll-ups. A crash after it is recovered as before: the run stays RUNNING under this
 // process's lease until Maintain marks it FAILED (InterruptedReason). A record that fails to commit fails the run
 // (the call answers the store's error) and stops it before any tool call.
+//
+// A run that ends before its background write has begun (no tool call waited for it: a short run while the
+// store is busy with other runs' writes) is written once, finished, by its final write instead: one commit for
+// the run instead of two.
+// errNotRecorded wraps the store's error of a run record that failed to commit.
+var errNotRecorded = errors.New("record run")
+
 type runRecord struct {
-	done chan struct{} // closed once the write ended; err is set before
+	done chan struct{} // closed once the run is recorded (or failed to be); err is set before
 	err  error
+
+	mu    sync.Mutex
+	begun bool // the background write has begun
+	taken bool // the final write took the record over: the background write does nothing
 }
 
 // recordRun stores run, at once when it has an idempotency key, otherwise in the background from a copy (the
@@ -41,15 +54,43 @@ func (s *Server) recordRun(ctx context.Context, tenant string, run *agentv1.Run)
 	}
 	snapshot := proto.CloneOf(run)
 	go func() {
+		rec.mu.Lock()
+		if rec.taken {
+			rec.mu.Unlock()
+			return
+		}
+		rec.begun = true
+		rec.mu.Unlock()
 		defer close(rec.done)
 		// The caller's cancellation does not stop the record: the run's final write (CANCELLED) needs it.
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 		defer cancel()
 		if err := s.store.CreateRun(wctx, tenant, snapshot, lease); err != nil {
-			rec.err = fmt.Errorf("record run: %w", err)
+			rec.err = fmt.Errorf("%w: %w", errNotRecorded, err)
 		}
 	}()
 	return rec, nil
+}
+
+// finish stores run's final state: in one write of the whole run when its background write has not begun,
+// otherwise, once that write is done, with FinishRun.
+func (s *Server) finish(ctx context.Context, tenant string, rec *runRecord, run *agentv1.Run) error {
+	rec.mu.Lock()
+	take := !rec.begun && !rec.taken && run.GetIdempotencyKey() == ""
+	rec.taken = rec.taken || take
+	rec.mu.Unlock()
+	if take {
+		err := s.store.CreateRun(ctx, tenant, run, s.lease())
+		if err != nil {
+			rec.err = fmt.Errorf("%w: %w", errNotRecorded, err)
+		}
+		close(rec.done)
+		return rec.err
+	}
+	if err := rec.wait(ctx); err != nil {
+		return err
+	}
+	return s.store.FinishRun(ctx, tenant, run)
 }
 
 // wait returns once the record is written, with the write's error, or ctx's cause when ctx ends first. A nil

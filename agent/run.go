@@ -383,10 +383,10 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 
 	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer fcancel()
-	if err := rec.wait(fctx); err != nil {
-		return nil, err // never recorded: nothing to finish
-	}
-	if err := s.store.FinishRun(fctx, tenant, run); err != nil {
+	if err := s.finish(fctx, tenant, rec, run); err != nil {
+		if errors.Is(err, errNotRecorded) {
+			return nil, err // never recorded: the run does not exist
+		}
 		if !errors.Is(err, ErrConflict) {
 			return run, err
 		}
