@@ -49,8 +49,9 @@ type Store struct {
 	// runs group-commits the run records of concurrent runs (CreateRun, FinishRun): one durable commit for every
 	// run that starts or ends at the same moment.
 	runs *sqldb.Group
-	// reads holds the prepared statements of the reads every run makes (its agent, its stored run), on SQLite,
-	// whose driver would otherwise parse them on every call (pgx caches Postgres's statements itself).
+	// reads holds the prepared statements of the reads every run makes (its agent, its stored run), on SQLite's
+	// read-only connections (db.Reads: they never wait behind a commit), whose driver would otherwise parse them
+	// on every call (pgx caches Postgres's statements itself).
 	reads sync.Map // query -> *sql.Stmt
 }
 
@@ -89,9 +90,10 @@ func (s *Store) queryRow(ctx context.Context, query string, args ...any) *sql.Ro
 	if st, ok := s.reads.Load(query); ok {
 		return st.(*sql.Stmt).QueryRowContext(ctx, args...)
 	}
-	st, err := s.db.PrepareContext(ctx, s.q(query))
+	rdb := s.db.Reads(ctx)
+	st, err := rdb.PrepareContext(ctx, s.q(query))
 	if err != nil {
-		return s.db.QueryRowContext(ctx, s.q(query), args...) // reports the error as the query's own
+		return rdb.QueryRowContext(ctx, s.q(query), args...) // reports the error as the query's own
 	}
 	if prev, loaded := s.reads.LoadOrStore(query, st); loaded {
 		_ = st.Close()
