@@ -178,6 +178,7 @@ var _ agentv1connect.AgentServiceHandler = (*Server)(nil)
 type activeRun struct {
 	cancel context.CancelCauseFunc
 	done   chan struct{} // closed once the run's final state is stored
+	record *runRecord    // the run's record (see record.go)
 }
 
 // New returns a Server storing agents and runs in store and reaching memory through memory (nil disables memory:

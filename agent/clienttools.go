@@ -206,6 +206,9 @@ func (s *Server) park(ctx context.Context, tenant string, run *agentv1.Run, env 
 	run.PendingToolCalls = pendingCalls(run, st.Calls)
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer cancel()
+	if err := env.record.wait(fctx); err != nil { // a new run's record may still be on its way (see record.go)
+		return nil, err
+	}
 	if err := s.store.WaitRun(fctx, tenant, run, Wait{Deadline: deadline, State: state}); err != nil {
 		if !errors.Is(err, ErrConflict) {
 			return run, err

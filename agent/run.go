@@ -100,6 +100,9 @@ func (s *Server) GetRun(ctx context.Context, req *connect.Request[agentv1.GetRun
 	if err != nil {
 		return nil, s.connectError(ctx, err)
 	}
+	if ar := s.active(tenant, req.Msg.GetId()); ar != nil {
+		_ = ar.record.wait(ctx) // a run starting here is readable once recorded; a failed record reads NotFound
+	}
 	run, err := s.getRun(ctx, tenant, req.Msg.GetId())
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -296,11 +299,12 @@ func (s *Server) execute(ctx context.Context, tenant string, a *agentv1.Agent, i
 		chaos = &chaosModel{c: c, seed: seed, attempt: attempt}
 		run.Warnings = append(run.Warnings, fmt.Sprintf("chaos: injecting faults (seed %d, attempt %d)", seed, attempt))
 	}
-	if err := s.store.CreateRun(ctx, tenant, run, s.lease()); err != nil {
+	rec, err := s.recordRun(ctx, tenant, run) // see record.go: the first model call does not wait for it
+	if err != nil {
 		return nil, err
 	}
 	return s.drive(ctx, tenant, a, run, key, emit, runEnv{tenant: tenant, agent: a, runID: run.GetId(), chain: chain,
-		attachments: atts, chaos: chaos, attempt: attempt, meter: mtr})
+		attachments: atts, chaos: chaos, attempt: attempt, meter: mtr, record: rec})
 }
 
 // drive executes run, recorded RUNNING and leased to this process, to its end or to a wait for client tools (a
@@ -341,7 +345,7 @@ func (s *Server) drive(ctx context.Context, tenant string, a *agentv1.Agent, run
 	runCtx, cancelT := context.WithTimeoutCause(runCtx, maxDur-env.resume.elapsed(), &budgetError{fmt.Sprintf("time budget of %v exhausted", maxDur)})
 	defer cancelT()
 
-	ar := &activeRun{cancel: cancel, done: make(chan struct{})}
+	ar := &activeRun{cancel: cancel, done: make(chan struct{}), record: env.record}
 	key2 := tenant + "/" + run.GetId()
 	s.mu.Lock()
 	s.running[key2] = ar
@@ -409,7 +413,10 @@ func (s *Server) drive(ctx context.Context, tenant string, a *agentv1.Agent, run
 
 	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer fcancel()
-	if err := s.store.FinishRun(fctx, tenant, run); err != nil {
+	if err := s.finish(fctx, tenant, env.record, run); err != nil {
+		if errors.Is(err, errNotRecorded) {
+			return nil, err // never recorded: the run does not exist
+		}
 		if !errors.Is(err, ErrConflict) {
 			return run, err
 		}
@@ -510,7 +517,9 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 		s.cfg.Metrics.AddTokens(env.tenant, providerOf(a.GetModel().GetProvider()), cmp.Or(req.Model, "sim"), st.Usage.GetInputTokens(), st.Usage.GetOutputTokens())
 		s.countCost(env.tenant, a, cmp.Or(req.Model, "sim"), st.Usage)
 		addUsage(run.Usage, st.Usage)
-		send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Usage{Usage: st.Usage}, RunUsage: proto.CloneOf(run.Usage)})
+		if env.emit != nil { // a unary run skips building the event
+			send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Usage{Usage: st.Usage}, RunUsage: proto.CloneOf(run.Usage)})
+		}
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
@@ -537,6 +546,9 @@ func (s *Server) loop(ctx context.Context, env runEnv, run *agentv1.Run, send fu
 			if s.waitsFor(env, c) {
 				pending = append(pending, c)
 				continue
+			}
+			if err := env.record.wait(ctx); err != nil { // a tool may have effects: the run is recorded first
+				return err
 			}
 			res := s.callTool(ctx, env, c)
 			if ctx.Err() != nil {

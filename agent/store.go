@@ -63,7 +63,8 @@ type Store interface {
 	DeleteAgent(ctx context.Context, tenant, name string) error
 
 	// CreateRun stores a new run (id, agent, version, state, input, idempotency key, create time) leased to
-	// lease.Owner until lease.Until. ErrAlreadyExists if its idempotency key is already used in the tenant.
+	// lease.Owner until lease.Until. ErrAlreadyExists if its idempotency key is already used in the tenant. r may
+	// already be finished (a run written once, at its end): its whole final state is stored then, as by FinishRun.
 	CreateRun(ctx context.Context, tenant string, r *agentv1.Run, lease Lease) error
 	// FinishRun stores r's final state, output, steps, usage, error, warnings and end time, only if the stored run
 	// is still RUNNING. ErrConflict if it already finished; ErrNotFound if missing.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/loom-dev/loom/agent"
@@ -25,7 +26,9 @@ import (
 // BenchmarkRunThroughput is issue 15's agent throughput: Run from 50 concurrent grpc-go callers through the real
 // server, sim model at zero latency, against the floor of the same database measured in the same run: durable
 // single-row commits per second (autocommit INSERTs), from 50 concurrent writers (commits/s, x-commits) and from
-// one (commits/s@1, x-commits@1). Targets: runs/s >= 0.5x the floor; p99 at 50 callers <= 10x p50 at 1.
+// one (commits/s@1, x-commits@1). Targets: runs/s >= 0.5x the floor; p99 at 50 callers <= 10x p50 at 1. It also
+// prints the RPC path against the transport's ceiling on the same server: GetAgent (a one-row read through the
+// whole interceptor chain) from 50 callers against grpc.health.v1 Check from 50 (rpc-x-health; target >= 0.8).
 func BenchmarkRunThroughput(b *testing.B) {
 	for _, dialect := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
 		b.Run(string(dialect), func(b *testing.B) {
@@ -44,6 +47,17 @@ func BenchmarkRunThroughput(b *testing.B) {
 			tctx := metadata.AppendToOutgoingContext(ctx, "x-test-tenant", "bench")
 			if _, err := c.CreateAgent(tctx, &agentv1.CreateAgentRequest{Agent: simAgent("bench", &agentv1.SimScript{Turns: []*agentv1.SimTurn{{Reply: "ok"}}})}); err != nil {
 				b.Fatal(err)
+			}
+			health := healthpb.NewHealthClient(hs.GRPCConn(b))
+			check := func() (time.Duration, error) {
+				start := time.Now()
+				_, err := health.Check(tctx, &healthpb.HealthCheckRequest{})
+				return time.Since(start), err
+			}
+			getAgent := func() (time.Duration, error) {
+				start := time.Now()
+				_, err := c.GetAgent(tctx, &agentv1.GetAgentRequest{Name: "bench"})
+				return time.Since(start), err
 			}
 			run := func() (time.Duration, error) {
 				start := time.Now()
@@ -87,7 +101,7 @@ func BenchmarkRunThroughput(b *testing.B) {
 				}
 			}
 			var single []time.Duration
-			var runsPerSec, commitsPerSec, oneWriter float64
+			var runsPerSec, commitsPerSec, oneWriter, checksPerSec, getsPerSec float64
 			var at50 []time.Duration
 			rounds := 0
 			for b.Loop() {
@@ -102,6 +116,10 @@ func BenchmarkRunThroughput(b *testing.B) {
 				rps, lat := concurrently(500, run)
 				commitsPerSec += cps
 				runsPerSec += rps
+				hps, _ := concurrently(1000, check)
+				gps, _ := concurrently(1000, getAgent)
+				checksPerSec += hps
+				getsPerSec += gps
 				at50 = append(at50, lat...)
 				for range 50 {
 					d, err := run()
@@ -123,6 +141,9 @@ func BenchmarkRunThroughput(b *testing.B) {
 			b.ReportMetric(float64(p50one.Microseconds()), "p50@1-us")
 			b.ReportMetric(float64(p99fifty.Microseconds()), "p99@50-us")
 			b.ReportMetric(float64(p99fifty)/float64(p50one), "p99@50/p50@1")
+			b.ReportMetric(checksPerSec/float64(rounds), "health/s")
+			b.ReportMetric(getsPerSec/float64(rounds), "getagent/s")
+			b.ReportMetric(getsPerSec/checksPerSec, "rpc-x-health")
 		})
 	}
 }

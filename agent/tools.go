@@ -160,6 +160,8 @@ type runEnv struct {
 	resume *waitState
 	// started is when this execution of the run began (for the time budget of a run that waits).
 	started time.Time
+	// record is the run's record, which tool calls wait for (see record.go).
+	record *runRecord
 }
 
 // callTool executes one tool call. Failures become the result's error, told to the model; they never fail the run.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -191,6 +192,21 @@ func RunStoreTests(t *testing.T, newStore func(t *testing.T) agent.Store) {
 		}
 		if _, err := s.GetRun(ctx, "t2", "r3"); !errors.Is(err, agent.ErrNotFound) {
 			t.Fatalf("GetRun other tenant: err = %v, want ErrNotFound", err)
+		}
+		// A run may be created already finished (the agent writes a short run once): it reads back whole and
+		// cannot be finished again.
+		whole := proto.CloneOf(done)
+		whole.Id = "r9"
+		if err := s.CreateRun(ctx, "t3", whole, agent.Lease{}); err != nil {
+			t.Fatalf("CreateRun of a finished run: %v", err)
+		}
+		if got, err := s.GetRun(ctx, "t3", "r9"); err != nil {
+			t.Fatalf("GetRun of a run created finished: %v", err)
+		} else if diff := cmp.Diff(whole, got, protocmp.Transform()); diff != "" {
+			t.Errorf("GetRun of a run created finished (-want +got):\n%s", diff)
+		}
+		if err := s.FinishRun(ctx, "t3", whole); !errors.Is(err, agent.ErrConflict) {
+			t.Errorf("FinishRun of a run created finished: err = %v, want ErrConflict", err)
 		}
 
 		list := func(f agent.RunFilter, size int) []string {

@@ -16,6 +16,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -48,6 +49,10 @@ type Store struct {
 	// runs group-commits the run records of concurrent runs (CreateRun, FinishRun): one durable commit for every
 	// run that starts or ends at the same moment.
 	runs *sqldb.Group
+	// reads holds the prepared statements of the reads every run makes (its agent, its stored run), on SQLite's
+	// read-only connections (db.Reads: they never wait behind a commit), whose driver would otherwise parse them
+	// on every call (pgx caches Postgres's statements itself).
+	reads sync.Map // query -> *sql.Stmt
 }
 
 // Option configures a Store.
@@ -75,6 +80,27 @@ func New(ctx context.Context, db *sqldb.DB, opts ...Option) (*Store, error) {
 const agentCols = "name, version, etag, spec, create_time, update_time"
 
 func (s *Store) q(query string) string { return s.db.Rebind(query) }
+
+// queryRow runs a one-row read, written for both dialects, through its prepared statement on SQLite (see reads).
+// Only a fixed set of queries comes here.
+func (s *Store) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	if s.db.Dialect != sqldb.SQLite {
+		return s.db.QueryRowContext(ctx, s.q(query), args...)
+	}
+	if st, ok := s.reads.Load(query); ok {
+		return st.(*sql.Stmt).QueryRowContext(ctx, args...)
+	}
+	rdb := s.db.Reads(ctx)
+	st, err := rdb.PrepareContext(ctx, s.q(query))
+	if err != nil {
+		return rdb.QueryRowContext(ctx, s.q(query), args...) // reports the error as the query's own
+	}
+	if prev, loaded := s.reads.LoadOrStore(query, st); loaded {
+		_ = st.Close()
+		st = prev.(*sql.Stmt)
+	}
+	return st.QueryRowContext(ctx, args...)
+}
 
 // CreateAgent implements agent.Store.
 func (s *Store) CreateAgent(ctx context.Context, tenant string, a *agentv1.Agent) (*agentv1.Agent, error) {
@@ -117,9 +143,9 @@ func (s *Store) CreateAgent(ctx context.Context, tenant string, a *agentv1.Agent
 func (s *Store) GetAgent(ctx context.Context, tenant, name string, version int64) (*agentv1.Agent, error) {
 	var row *sql.Row
 	if version == 0 {
-		row = s.db.QueryRowContext(ctx, s.q("SELECT "+agentCols+" FROM loom.agent_versions WHERE tenant = ? AND name = ? ORDER BY version DESC LIMIT 1"), tenant, name)
+		row = s.queryRow(ctx, "SELECT "+agentCols+" FROM loom.agent_versions WHERE tenant = ? AND name = ? ORDER BY version DESC LIMIT 1", tenant, name)
 	} else {
-		row = s.db.QueryRowContext(ctx, s.q("SELECT "+agentCols+" FROM loom.agent_versions WHERE tenant = ? AND name = ? AND version = ?"), tenant, name, version)
+		row = s.queryRow(ctx, "SELECT "+agentCols+" FROM loom.agent_versions WHERE tenant = ? AND name = ? AND version = ?", tenant, name, version)
 	}
 	a, err := scanAgent(row)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -334,7 +360,7 @@ func (s *Store) GetRunByIdempotencyKey(ctx context.Context, tenant, key string) 
 }
 
 func (s *Store) getRun(ctx context.Context, col, tenant, val string) (*agentv1.Run, error) {
-	row := s.db.QueryRowContext(ctx, s.q("SELECT "+runCols+", detail FROM loom.runs WHERE tenant = ? AND "+col+" = ?"), tenant, val)
+	row := s.queryRow(ctx, "SELECT "+runCols+", detail FROM loom.runs WHERE tenant = ? AND "+col+" = ?", tenant, val)
 	r, err := scanRun(row, true)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("run %q: %w", val, agent.ErrNotFound)

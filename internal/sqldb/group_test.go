@@ -138,3 +138,39 @@ func BenchmarkGroup(b *testing.B) {
 		})
 	}
 }
+
+// TestReads checks SQLite's read-only connections: a read does not wait for a transaction open on the one
+// read-write connection, sees what was committed before it, and cannot write.
+func TestReads(t *testing.T) {
+	t.Parallel()
+	db := sqldbtest.Open(t, sqldb.SQLite)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := db.ExecContext(ctx, "CREATE TABLE r (id INTEGER PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, "INSERT INTO r (id) VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := db.BeginTx(ctx, nil) // holds the read-write connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, "INSERT INTO r (id) VALUES (2)"); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := db.Reads(ctx).QueryRowContext(ctx, "SELECT count(*) FROM r").Scan(&n); err != nil || n != 1 {
+		t.Errorf("read beside an open transaction = %d, %v; want the 1 committed row", n, err)
+	}
+	if _, err := db.Reads(ctx).ExecContext(ctx, "INSERT INTO r (id) VALUES (3)"); err == nil {
+		t.Error("a write through Reads succeeded; want it refused (query_only)")
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Reads(ctx).QueryRowContext(ctx, "SELECT count(*) FROM r").Scan(&n); err != nil || n != 2 {
+		t.Errorf("read after the commit = %d, %v; want 2", n, err)
+	}
+}

@@ -25,6 +25,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/exaring/otelpgx"
@@ -115,7 +116,19 @@ type DB struct {
 	prefix  string
 	url     string // Postgres: the connection URL without SchemaPrefixParam
 	root    bool
-	replica *replica // the read replica, shared by every view; nil without Options.ReadURL
+	replica *replica     // the read replica, shared by every view; nil without Options.ReadURL
+	reads   *sqliteReads // SQLite: the read-only connections of Reads, opened on first use
+}
+
+// sqliteReadConns is the size of the read-only connection pool [DB.Reads] opens on SQLite.
+const sqliteReadConns = 4
+
+// sqliteReads is the read-only pool behind [DB.Reads] on SQLite.
+type sqliteReads struct {
+	dsn  string
+	once sync.Once
+	db   *sql.DB
+	err  error
 }
 
 // IsPostgres reports whether url names a Postgres database.
@@ -153,6 +166,9 @@ func Open(ctx context.Context, url string, opts ...Options) (*DB, error) {
 	// One connection: SQLite has one writer at a time, and a single connection avoids SQLITE_BUSY entirely.
 	sqlDB.SetMaxOpenConns(1)
 	db := &DB{DB: sqlDB, Dialect: SQLite, root: true}
+	if path != ":memory:" && !strings.Contains(path, "mode=memory") { // each connection would have a database of its own
+		db.reads = &sqliteReads{dsn: "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)&_pragma=query_only(1)"}
+	}
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("ping sqlite: %w", err)
@@ -261,6 +277,32 @@ func (db *DB) Component(name string) *DB {
 	return &v
 }
 
+// Reads returns the handle for short reads that need not wait for writes: on SQLite a pool of read-only
+// connections to the same file (WAL lets readers run while the one writer commits), so such a read never queues
+// behind another caller's transaction and its fsync on the single read-write connection; elsewhere, and if the
+// pool cannot be opened, db.DB. A read sees every transaction committed before it started. Its connections are
+// opened on first use and closed with the root handle. Reads on Postgres do not go to the replica: use [DB.Read].
+func (db *DB) Reads(ctx context.Context) *sql.DB {
+	r := db.reads
+	if r == nil {
+		return db.DB
+	}
+	r.once.Do(func() {
+		d, err := sql.Open("sqlite", r.dsn)
+		if err == nil {
+			d.SetMaxOpenConns(sqliteReadConns)
+			if err = d.PingContext(context.WithoutCancel(ctx)); err != nil {
+				d.Close()
+			}
+		}
+		r.db, r.err = d, err
+	})
+	if r.err != nil || r.db == nil {
+		return db.DB
+	}
+	return r.db
+}
+
 // Close closes the database if db is the root handle returned by Open, and does nothing for a component's view.
 func (db *DB) Close() error {
 	if !db.root {
@@ -270,6 +312,12 @@ func (db *DB) Close() error {
 		db.replica.close()
 	}
 	err := db.DB.Close()
+	if r := db.reads; r != nil {
+		r.once.Do(func() {}) // a pool not opened yet never will be
+		if r.db != nil {
+			err = errors.Join(err, r.db.Close())
+		}
+	}
 	if db.Pool != nil {
 		db.Pool.Close()
 	}
