@@ -99,7 +99,7 @@ function agentForm(app: App, a: Agent | null): HTMLElement {
       inp("Delegate to agents", "delegates", "agent.tools.delegate", delegates.join(", "), {}, "comma-separated agent names"),
       inp("HTTP fetch hosts", "hosts", "agent.tools.http_fetch", hosts.join(", "), {}, "comma-separated; empty disables http_fetch"),
       h("label", null, h("span", { class: "lbl" }, "Webhook and MCP tools (JSON)"),
-        h("textarea", { name: "extTools", rows: 3, spellcheck: "false", "data-field": "agent.tools", "data-testid": "agent-ext-tools", disabled: ro, value: extTools }),
+        h("textarea", { name: "extTools", rows: 3, spellcheck: "false", "data-field": "agent.tools.webhook agent.tools.mcp", "data-testid": "agent-ext-tools", disabled: ro, value: extTools }),
         h("small", { class: "hint" }, 'a list of tools, for example [{"webhook": {"name": "lookup", "url": "https://…", "signingSecret": "…"}}] or [{"mcp": {"url": "https://…", "tool": "search"}}]; a stored signing secret is never shown, and kept when left empty'))),
     h("fieldset", null, h("legend", null, "Memory"),
       inp("Namespace", "memNamespace", "agent.memory.namespace", a?.memory?.namespace ?? ""),
@@ -200,7 +200,7 @@ function agentForm(app: App, a: Agent | null): HTMLElement {
       }
     }
     if (problems.size) {
-      const paths: Record<string, string> = { extTools: "agent.tools", chaos: "agent.chaos", maxCost: "agent.budgets.max_cost" };
+      const paths: Record<string, string> = { extTools: "agent.tools.webhook", chaos: "agent.chaos", maxCost: "agent.budgets.max_cost" };
       markErrors(form, "agent", new Map([...problems].map(([k, v]) => [paths[k].slice("agent.".length), v])));
       show(st, "error", `invalid_argument: ${[...problems].map(([k, v]) => `${paths[k]}: ${v}`).join("; ")}`);
       return;

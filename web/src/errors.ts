@@ -43,12 +43,23 @@ export function fieldPath(p?: FieldPath): string {
   return out;
 }
 
-/** violations returns the field violations an error carries (empty for other errors). */
+/** The field path an InvalidArgument message starts with, as the services' rules write it: "agent.tools[1].url: …". */
+const FIELD_FIRST = /^([a-z_][a-z0-9_]*(?:\[[^\]\s]*\])*(?:\.[a-z_][a-z0-9_]*(?:\[[^\]\s]*\])*)*): (.+)$/s;
+
+/**
+ * violations returns the field violations an error carries: protovalidate's details, or, for an InvalidArgument
+ * from a service's own rules (which name the field first in the message and carry no details), that one field.
+ * Empty for other errors.
+ */
 export function violations(err: unknown): FieldViolation[] {
   const ce = ConnectError.from(err);
   const out: FieldViolation[] = [];
   for (const v of ce.findDetails(ViolationsSchema)) {
     for (const x of v.violations) out.push({ field: fieldPath(x.field), message: x.message });
+  }
+  if (!out.length && ce.code === Code.InvalidArgument) {
+    const m = FIELD_FIRST.exec(ce.rawMessage);
+    if (m) out.push({ field: m[1], message: m[2] });
   }
   return out;
 }
@@ -84,7 +95,8 @@ let n = 0;
 
 /**
  * showError sets a status line from a thrown value, and puts each field violation next to the control in root
- * whose data-field names it (or a prefix of it). Violations that match no control stay in the status line.
+ * whose data-field names it (or a prefix of it; data-field may list several paths, space-separated). Violations
+ * that match no control stay in the status line.
  */
 export function showError(statusEl: HTMLElement, err: unknown, root?: ParentNode): void {
   const d = describe(err);
@@ -111,7 +123,7 @@ export function showError(statusEl: HTMLElement, err: unknown, root?: ParentNode
 function findControl(root: ParentNode, path: string): HTMLElement | null {
   for (let p = path; p; p = p.replace(/(\.[^.]*|\[[^\]]*\])$/, "")) {
     for (const q of new Set([p, p.replace(/\[[^\]]*\]/g, "")])) {
-      const el = root.querySelector<HTMLElement>(`[data-field="${CSS.escape(q)}"]`);
+      const el = root.querySelector<HTMLElement>(`[data-field~="${CSS.escape(q)}"]`);
       if (el) return el;
     }
     if (!/[.[]/.test(p)) break;

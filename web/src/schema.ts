@@ -115,7 +115,7 @@ export function markErrors(root: HTMLElement, prefix: string, errors: Map<string
   root.querySelectorAll(".field-error").forEach((e) => e.remove());
   for (const [key, msg] of errors) {
     const path = key ? `${prefix}.${key}` : prefix;
-    const c = root.querySelector<HTMLElement>(`[data-field="${CSS.escape(path)}"]`);
+    const c = root.querySelector<HTMLElement>(`[data-field~="${CSS.escape(path)}"]`);
     const span = h("span", { class: "field-error", "data-testid": "field-error", "data-field": path, id: `fe-${path.replace(/\W/g, "_")}` }, `${key || prefix}: ${msg}`);
     if (c) {
       c.setAttribute("aria-invalid", "true");

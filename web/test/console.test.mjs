@@ -482,6 +482,18 @@ describe("console on the embedded defaults (--auth local)", () => {
     assert.equal(await page.getByTestId("agent-chaos").getAttribute("aria-invalid"), "true");
     assert.equal(await page.getByTestId("agent-maxCost").getAttribute("aria-invalid"), "true");
     assert.match(await page.getByTestId("agent-title").textContent(), /v1/);
+    // A mistake only the server finds (its own rule, not protovalidate) is also put at the control that holds it.
+    const original = await page.getByTestId("agent-ext-tools").inputValue();
+    await page.getByTestId("agent-chaos").fill("");
+    await page.getByTestId("agent-maxCost").fill("");
+    await page.getByTestId("agent-ext-tools").fill(original.replace("http://127.0.0.1:9/hook", "ftp://127.0.0.1/hook"));
+    await page.getByTestId("agent-save").click();
+    const refused = await settled(page, "agent-save-status");
+    assert.equal(refused.state, "error");
+    assert.match(refused.text, /^invalid_argument: agent\.tools\[\d\]\.webhook\.url: /);
+    assert.equal(await page.getByTestId("agent-ext-tools").getAttribute("aria-invalid"), "true");
+    assert.match(await page.locator('[data-testid="field-error"][data-field^="agent.tools["]').textContent(), /webhook\.url/);
+    await page.getByTestId("agent-ext-tools").fill(original);
 
     // Every other field, saved as v2.
     await page.getByTestId("agent-provider").selectOption({ label: "Gemini" });
