@@ -369,6 +369,7 @@ func (s *Server) drive(ctx context.Context, tenant string, a *agentv1.Agent, run
 	send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Started{Started: &agentv1.RunStarted{AgentVersion: a.GetVersion()}}})
 
 	env.emit = emit
+	env.schemas = map[string]compiledSchema{}
 	defer s.budgets.finish(tenant, run.GetId())
 	if chaos != nil && env.resume == nil {
 		send(&agentv1.RunStreamResponse{Event: &agentv1.RunStreamResponse_Warning{Warning: &agentv1.Warning{Message: run.Warnings[len(run.Warnings)-1]}}})

@@ -17,6 +17,7 @@ import (
 	"github.com/loom-dev/loom/agent/model"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/internal/jsonschema"
 	"github.com/loom-dev/loom/internal/netguard"
 )
 
@@ -141,9 +142,13 @@ func toolSpecs(env runEnv, a *agentv1.Agent) []model.Tool {
 // runEnv is what tools need to know about the run calling them.
 type runEnv struct {
 	tenant string
-	agent  *agentv1.Agent
-	runID  string
-	chain  []string // agent names from the top-level run down to this one
+	// schemas are the compiled argument schemas of the tools this run has called, by tool name: compiled (and
+	// looked up in the server's cache, which keys by the schema's JSON) once per run, not once per call. Tool calls
+	// of a run are sequential.
+	schemas map[string]compiledSchema
+	agent   *agentv1.Agent
+	runID   string
+	chain   []string // agent names from the top-level run down to this one
 	// attachments go with the input, the first message of every model call; delegated runs have none.
 	attachments []model.Attachment
 	// emit streams events to the caller of RunStream; nil for unary runs.
@@ -164,6 +169,12 @@ type runEnv struct {
 	record *runRecord
 }
 
+// compiledSchema is a tool's compiled argument schema, or why it does not compile.
+type compiledSchema struct {
+	schema *jsonschema.Schema
+	err    error
+}
+
 // callTool executes one tool call. Failures become the result's error, told to the model; they never fail the run.
 func (s *Server) callTool(ctx context.Context, env runEnv, call model.ToolCall) *agentv1.ToolResult {
 	res := &agentv1.ToolResult{CallId: call.ID, Name: call.Name}
@@ -181,12 +192,21 @@ func (s *Server) callTool(ctx context.Context, env runEnv, call model.ToolCall) 
 		res.Error = msg
 		return res
 	}
-	sch, err := s.schemas.Compile(toolSchemaIn(env, tool))
-	if err := validateArgs(sch, err, map[string]any(call.Args)); err != nil {
+	cs, ok := env.schemas[call.Name]
+	if !ok {
+		cs.schema, cs.err = s.schemas.Compile(toolSchemaIn(env, tool))
+		if env.schemas != nil {
+			env.schemas[call.Name] = cs
+		}
+	}
+	if err := validateArgs(cs.schema, cs.err, map[string]any(call.Args)); err != nil {
 		res.Error = "invalid arguments: " + err.Error()
 		return res
 	}
-	var out map[string]any
+	var (
+		out map[string]any
+		err error
+	)
 	switch k := tool.GetKind().(type) {
 	case *agentv1.Tool_MemorySearch:
 		out, err = s.toolMemorySearch(ctx, env, call.Args)
