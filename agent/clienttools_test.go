@@ -308,3 +308,36 @@ func TestClientToolDelegated(t *testing.T) {
 		t.Fatalf("delegated run's tool results = %v, want the client tool refused", res)
 	}
 }
+
+// TestClientToolConcurrentSubmit: concurrent submissions of the same result resume the run once; every caller
+// gets the finished run and the model ran once for the result.
+func TestClientToolConcurrentSubmit(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, agent.Config{})
+	ctx := testCtx(t)
+	c := h.clients["grpc"]
+	create(t, ctx, c, simAgent("racy", weatherScript(), &agentv1.Tool{Kind: &agentv1.Tool_Client{Client: weatherTool(0)}}))
+	resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: "racy", Input: "weather?"})
+	if err != nil || resp.GetRun().GetState() != agentv1.RunState_RUN_STATE_WAITING_FOR_TOOLS {
+		t.Fatalf("Run = %v, %v; want a waiting run", resp, err)
+	}
+	const n = 6
+	runs := make(chan *agentv1.Run, n)
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			cl := h.clients[[]string{"grpc", "connect"}[i%2]]
+			r, err := cl.SubmitToolResult(ctx, &agentv1.SubmitToolResultRequest{RunId: resp.GetRun().GetId(), Results: []*agentv1.ClientToolResult{sunny()}})
+			errs <- err
+			runs <- r.GetRun()
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Errorf("SubmitToolResult: %v", err)
+		}
+		if r := <-runs; r.GetState() != agentv1.RunState_RUN_STATE_SUCCEEDED || len(r.GetSteps()) != 2 || len(r.GetSteps()[0].GetToolResults()) != 1 {
+			t.Errorf("run = %v, want SUCCEEDED with 2 steps and one result", r)
+		}
+	}
+}

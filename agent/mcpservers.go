@@ -65,6 +65,9 @@ func (s *Server) checkMCPServer(m *agentv1.McpServer, field string) error {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
 			return &FieldError{Field: field + ".url", Reason: "must be an absolute http or https URL without user info"}
 		}
+		if err := s.fetchGuard.CheckURL(u); err != nil { // early word; every call's every hop is checked again
+			return &FieldError{Field: field + ".url", Reason: fmt.Sprintf("refused by the address policy: %v", err)}
+		}
 	case *agentv1.McpServer_StdioCommand:
 		if _, ok := s.cfg.MCPStdio[t.StdioCommand]; !ok {
 			return &FieldError{Field: field + ".stdio_command", Reason: fmt.Sprintf("%q is not an allow-listed stdio command of this server (the operator lists them with loom serve --mcp-stdio-allow)", t.StdioCommand)}

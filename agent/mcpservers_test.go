@@ -154,6 +154,10 @@ func TestMCPServerStdio(t *testing.T) {
 		_, err := c.PutMcpServer(ctx, &agentv1.PutMcpServerRequest{Server: &agentv1.McpServer{Name: "other",
 			Transport: &agentv1.McpServer_StdioCommand{StdioCommand: "sh"}}})
 		wantCode(t, err, codes.InvalidArgument, "server.stdio_command")
+		// The default address policy refuses an internal URL when it is registered (and on every call).
+		_, err = c.PutMcpServer(ctx, &agentv1.PutMcpServerRequest{Server: &agentv1.McpServer{Name: "internal",
+			Transport: &agentv1.McpServer_Url{Url: "http://127.0.0.1:9/mcp"}}})
+		wantCode(t, err, codes.InvalidArgument, "server.url")
 		create(t, ctx, c, serverAgent("local-"+suffix, "local-"+suffix))
 		resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: "local-" + suffix, Input: "add"})
 		if err != nil {

@@ -62,7 +62,8 @@ type AgentServiceClient interface {
 	UpdateAgent(ctx context.Context, in *UpdateAgentRequest, opts ...grpc.CallOption) (*UpdateAgentResponse, error)
 	// DeleteAgent deletes an agent. Its runs stay readable.
 	DeleteAgent(ctx context.Context, in *DeleteAgentRequest, opts ...grpc.CallOption) (*DeleteAgentResponse, error)
-	// Run runs an agent to completion and returns the run.
+	// Run runs an agent to completion and returns the run, or, when the model calls a client tool, returns the
+	// run waiting for SubmitToolResult (see ClientTool).
 	Run(ctx context.Context, in *RunRequest, opts ...grpc.CallOption) (*RunResponse, error)
 	// RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run, unless
 	// it has an idempotency key (see RunRequest.idempotency_key). A run that calls a client tool ends the stream
@@ -380,7 +381,8 @@ type AgentServiceServer interface {
 	UpdateAgent(context.Context, *UpdateAgentRequest) (*UpdateAgentResponse, error)
 	// DeleteAgent deletes an agent. Its runs stay readable.
 	DeleteAgent(context.Context, *DeleteAgentRequest) (*DeleteAgentResponse, error)
-	// Run runs an agent to completion and returns the run.
+	// Run runs an agent to completion and returns the run, or, when the model calls a client tool, returns the
+	// run waiting for SubmitToolResult (see ClientTool).
 	Run(context.Context, *RunRequest) (*RunResponse, error)
 	// RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run, unless
 	// it has an idempotency key (see RunRequest.idempotency_key). A run that calls a client tool ends the stream

@@ -104,7 +104,8 @@ type AgentServiceClient interface {
 	UpdateAgent(context.Context, *connect.Request[v1.UpdateAgentRequest]) (*connect.Response[v1.UpdateAgentResponse], error)
 	// DeleteAgent deletes an agent. Its runs stay readable.
 	DeleteAgent(context.Context, *connect.Request[v1.DeleteAgentRequest]) (*connect.Response[v1.DeleteAgentResponse], error)
-	// Run runs an agent to completion and returns the run.
+	// Run runs an agent to completion and returns the run, or, when the model calls a client tool, returns the
+	// run waiting for SubmitToolResult (see ClientTool).
 	Run(context.Context, *connect.Request[v1.RunRequest]) (*connect.Response[v1.RunResponse], error)
 	// RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run, unless
 	// it has an idempotency key (see RunRequest.idempotency_key). A run that calls a client tool ends the stream
@@ -466,7 +467,8 @@ type AgentServiceHandler interface {
 	UpdateAgent(context.Context, *connect.Request[v1.UpdateAgentRequest]) (*connect.Response[v1.UpdateAgentResponse], error)
 	// DeleteAgent deletes an agent. Its runs stay readable.
 	DeleteAgent(context.Context, *connect.Request[v1.DeleteAgentRequest]) (*connect.Response[v1.DeleteAgentResponse], error)
-	// Run runs an agent to completion and returns the run.
+	// Run runs an agent to completion and returns the run, or, when the model calls a client tool, returns the
+	// run waiting for SubmitToolResult (see ClientTool).
 	Run(context.Context, *connect.Request[v1.RunRequest]) (*connect.Response[v1.RunResponse], error)
 	// RunStream runs an agent and streams its events as they happen. Cancelling the call cancels the run, unless
 	// it has an idempotency key (see RunRequest.idempotency_key). A run that calls a client tool ends the stream

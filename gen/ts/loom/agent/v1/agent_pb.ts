@@ -3331,7 +3331,8 @@ export const AgentService: GenService<{
     output: typeof DeleteAgentResponseSchema;
   },
   /**
-   * Run runs an agent to completion and returns the run.
+   * Run runs an agent to completion and returns the run, or, when the model calls a client tool, returns the
+   * run waiting for SubmitToolResult (see ClientTool).
    *
    * @generated from rpc loom.agent.v1.AgentService.Run
    */
