@@ -21,7 +21,8 @@ import (
 // maintain it, as live writes do. A file that does not match (another log after compaction, another
 // namespace of the same name, a row count that differs) is ignored and removed, and the index is rebuilt in the
 // background by the next search that wants it; a corrupt file is refused the same way, never half-used.
-// Compaction rewrites the log, so it removes every index file.
+// Compaction rewrites the log, so it removes every index file and saves again, against the end of the new log,
+// those of namespaces it rewrote slot for slot (no expired record dropped); DeleteNamespace removes its file.
 //
 // Layout (little-endian), version 1:
 //
@@ -249,7 +250,7 @@ func (s *Store) attachIndexes(pending map[int64][]*savedIndex, off int64, crc ui
 	delete(pending, off)
 }
 
-// dropIndexFiles removes every index file (after compaction, which changes the log positions they name).
+// dropIndexFiles removes every index file (at compaction, which changes the log positions they name).
 func (s *Store) dropIndexFiles() {
 	_ = os.RemoveAll(s.indexDir())
 }

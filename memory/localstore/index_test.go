@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/loom-dev/loom/memory"
 )
@@ -122,8 +123,8 @@ func TestIndexPersisted(t *testing.T) {
 	if hits, err := s.Search(ctx, "t", "ns", memory.Query{Vector: vec(), TopK: 10}); err != nil || len(hits) != 10 {
 		t.Fatalf("search without index: %d hits, %v", len(hits), err)
 	}
-	// That search started a rebuild, which saves again; compaction then removes the file it names a position
-	// of the old log in.
+	// That search started a rebuild, which saves again. Compaction rewrites the log: the index is saved again
+	// against the new log (no record was dropped, so the slots replay the same) and attached on the next Open.
 	s.waitIndexes()
 	if _, err := os.Stat(files[0]); err != nil {
 		t.Fatalf("rebuilt index not saved: %v", err)
@@ -131,8 +132,36 @@ func TestIndexPersisted(t *testing.T) {
 	if err := s.Compact(); err != nil {
 		t.Fatal(err)
 	}
+	s.Close()
+	s = reopen()
+	if s.tenants["t"]["ns"].ivf.Load() == nil {
+		t.Fatal("index not attached after compaction and Open")
+	}
+	// An expired record dropped by compaction shifts the slots: the index file is removed, not saved.
+	if err := s.Upsert(ctx, "t", "ns", []memory.Record{{ID: "brief", Vector: vec(), ExpireTime: time.Now().Add(50 * time.Millisecond)}}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if err := s.Compact(); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := os.Stat(files[0]); !os.IsNotExist(err) {
-		t.Fatalf("index file kept after compaction: %v", err)
+		t.Fatalf("index file kept after a compaction that dropped a record: %v", err)
+	}
+	// DeleteNamespace removes the namespace's saved index (built again after a restart).
+	s.Close()
+	s = reopen()
+	if err := s.BuildIndexes(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(files[0]); err != nil {
+		t.Fatalf("index not saved again: %v", err)
+	}
+	if err := s.DeleteNamespace(ctx, "t", "ns"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(files[0]); !os.IsNotExist(err) {
+		t.Fatalf("index file kept after DeleteNamespace: %v", err)
 	}
 }
 

@@ -55,6 +55,8 @@ const (
 	ivfGroupMinLists = 128
 	// ivfGroupProbes is how many groups filing a vector looks into.
 	ivfGroupProbes = 5
+	// ivfPrefetch is how many rows ahead the IVF scan prefetches.
+	ivfPrefetch = 4
 )
 
 // nearest returns the list whose centroid is closest (by inner product) to v: exactly below ivfGroupMinLists
@@ -379,7 +381,11 @@ func (vq *vectorQuery) ivfSearch(k, rerank int) (top []scored, ok bool) {
 	// goroutines when large.
 	cands := scanChunks(len(probed), rows*dim/max(len(probed), 1), k*rerank, func(lo, hi int, h *topK) {
 		for _, l := range probed[lo:hi] {
-			for _, slot := range x.lists[l.slot] {
+			list := x.lists[l.slot]
+			for j, slot := range list {
+				if j+ivfPrefetch < len(list) {
+					prefetch(ns.qvecs.row(int(list[j+ivfPrefetch])))
+				}
 				i := int(slot)
 				f := ns.qscale[i] * mul
 				if cosine {

@@ -14,6 +14,17 @@ func l2sqAVX2(a, b *float32, n int) float32
 //go:noescape
 func dotInt8AVX2(a, b *int8, n int) int32
 
+//go:noescape
+func prefetchRow(p *int8, n int)
+
+// prefetch hints row into the cache ahead of its use: the IVF scan reads rows scattered over the namespace,
+// which the hardware prefetcher does not follow.
+func prefetch(row []int8) {
+	if len(row) > 0 {
+		prefetchRow(&row[0], len(row))
+	}
+}
+
 // dot returns the inner product of a and b, which have the same length.
 func dot(a, b []float32) float32 {
 	n := len(a)

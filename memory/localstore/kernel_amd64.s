@@ -142,3 +142,18 @@ i8done:
 	VZEROUPPER
 	MOVL X0, ret+24(FP)
 	RET
+
+// func prefetchRow(p *int8, n int)
+// Hints the cache lines of n bytes from p into cache (PREFETCHT0, one per 64 bytes).
+TEXT ·prefetchRow(SB), NOSPLIT, $0-16
+	MOVQ p+0(FP), SI
+	MOVQ n+8(FP), CX
+pfloop:
+	CMPQ CX, $0
+	JLE  pfdone
+	PREFETCHT0 (SI)
+	ADDQ $64, SI
+	SUBQ $64, CX
+	JMP  pfloop
+pfdone:
+	RET

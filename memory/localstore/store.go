@@ -551,6 +551,9 @@ func (s *Store) compact() error {
 		return err
 	}
 	now := s.now()
+	// skipped names the namespaces that lost expired records in the rewrite: replaying the new log gives them
+	// other slots than they have in memory, so their indexes cannot be saved against it.
+	skipped := map[*namespace]bool{}
 	s.mu.RLock()
 	err = func() error {
 		for tenant, nss := range s.tenants {
@@ -562,6 +565,8 @@ func (s *Store) compact() error {
 				for i := range ns.ids {
 					if ns.recs[i].expire.IsZero() || now.Before(ns.recs[i].expire) {
 						batch.records = append(batch.records, ns.record(i, true))
+					} else {
+						skipped[ns] = true
 					}
 					if len(batch.records) == 256 || (i == len(ns.ids)-1 && len(batch.records) > 0) {
 						if err := emit(batch); err != nil {
@@ -597,10 +602,19 @@ func (s *Store) compact() error {
 	}
 	s.log.Close()
 	s.log, s.logSize = f, size
-	// The saved indexes name positions in the old log. Under the write lock, so no build saves meanwhile.
+	// The saved indexes name positions in the old log. Those of namespaces rewritten slot for slot are saved
+	// again against the end of the new one; the others are rebuilt when next wanted. Under the write lock, so
+	// no build saves meanwhile.
 	s.mu.Lock()
 	s.applied, s.appliedCRC = size, lastCRC
 	s.dropIndexFiles()
+	for tenant, nss := range s.tenants {
+		for name, ns := range nss {
+			if x := ns.ivf.Load(); x != nil && !skipped[ns] {
+				_ = s.saveIndex(tenant, name, ns, x) // a failed save costs a rebuild after a restart
+			}
+		}
+	}
 	s.mu.Unlock()
 	return nil
 }
@@ -735,6 +749,9 @@ func (s *Store) DeleteNamespace(ctx context.Context, tenant, name string) error 
 	if err := s.write(&entry{op: opDeleteNamespace, tenant: tenant, namespace: name}); err != nil {
 		return fmt.Errorf("delete namespace %q: %w", name, err)
 	}
+	// Its saved index would only be attached and dropped again by every replay. (A build of it that was
+	// running finished before the delete was applied: it holds the read lock.)
+	_ = os.Remove(indexFile(s.indexDir(), tenant, name))
 	if held >= FreeOSMemoryBytes {
 		s.freeOSMemory()
 	}
