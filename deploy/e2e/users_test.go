@@ -308,12 +308,24 @@ func (s *suite) testResearchWorkflow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Agent text deltas are live only (never stored, never replayed): each carries the sequence of the last stored
+	// event sent before it, so a watcher resuming after it misses nothing stored and sees nothing twice.
+	checkDelta := func(seq int64, stored []int64) {
+		t.Helper()
+		if len(stored) == 0 || seq != stored[len(stored)-1] {
+			t.Errorf("agent text delta with sequence %d after stored events %v", seq, stored)
+		}
+	}
 	for {
 		ev, err := w.Recv()
 		if err != nil {
 			run, gerr := s.orch.GetRun(ctx, &orchestratorv1.GetRunRequest{Id: runID})
 			t.Fatalf("WatchRun before approval: %v after events %v; the run: %v %q (%v)", err, seen,
 				run.GetRun().GetState(), run.GetRun().GetError(), gerr)
+		}
+		if ev.GetAgentTextDelta() != nil { // live only: it carries the sequence of the stored event before it
+			checkDelta(ev.GetSequence(), seen)
+			continue
 		}
 		seen = append(seen, ev.GetSequence())
 		if ev.GetWaitingForApproval() != nil {
@@ -350,6 +362,10 @@ func (s *suite) testResearchWorkflow(t *testing.T) {
 		}
 		if err != nil {
 			t.Fatalf("WatchRun after reconnect: %v", err)
+		}
+		if ev.GetAgentTextDelta() != nil {
+			checkDelta(ev.GetSequence(), append(seen, resumed...))
+			continue
 		}
 		resumed = append(resumed, ev.GetSequence())
 		completed = completed || ev.GetRunCompleted() != nil
