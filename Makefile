@@ -1,5 +1,5 @@
 # The README's two commands: `make run` (the platform on embedded defaults) and `make test` (the whole suite).
-.PHONY: run test gen lint build
+.PHONY: run test bench-smoke gen lint build
 
 # run builds, then execs the binary, so a signal to make's shell reaches loom itself (go run would leave the
 # server running when the go process is killed).
@@ -14,6 +14,14 @@ test:
 	go test -race -count=1 -timeout 10m ./internal/... ./gateway/... ./memory/localstore/... ./agent/...
 	cd deploy/kubernetes && go vet ./... && go test -count=1 -timeout 15m ./...
 	cd web && npm test
+	$(MAKE) bench-smoke
+
+# bench-smoke runs every benchmark of docs/benchmarks.md once, small, so none can rot; it asserts nothing about
+# speed (the figures come from the commands in docs/benchmarks.md). deploy/scale's fill-to-3M runs stay manual.
+bench-smoke:
+	go test -count=1 -run '^$$' -bench . -benchtime 1x ./agent ./internal/... ./memory/... ./orchestrator/...
+	MEMBENCH_N=25000 MEMBENCH_QUERIES=20 MEMBENCH_BACKENDS=localstore,localstore-int8,localstore-ivf \
+		go test -count=1 -run TestRunSized ./memory/membench/
 
 build:
 	go build -o bin/loom ./cmd/loom
