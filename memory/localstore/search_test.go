@@ -5,12 +5,9 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"runtime"
 	"slices"
-	"sync"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/loom-dev/loom/memory"
 )
@@ -70,39 +67,6 @@ func TestKernels(t *testing.T) {
 			t.Errorf("l2sq n=%d = %v, want %v", n, got, l)
 		}
 	}
-}
-
-// streamRead reads every byte of v once, as 8-byte words summed in 4 independent lanes, one contiguous part
-// per GOMAXPROCS goroutine: the float32 scan's memory-bandwidth floor.
-func streamRead(v []float32) uint64 {
-	words := unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(v))), len(v)/2)
-	workers := runtime.GOMAXPROCS(0)
-	part := (len(words) + workers - 1) / workers
-	sums := make([]uint64, workers)
-	var wg sync.WaitGroup
-	for w := range workers {
-		ws := words[min(w*part, len(words)):min((w+1)*part, len(words))]
-		wg.Go(func() {
-			var a, b, c, d uint64
-			i := 0
-			for ; i+4 <= len(ws); i += 4 {
-				a += ws[i]
-				b += ws[i+1]
-				c += ws[i+2]
-				d += ws[i+3]
-			}
-			for ; i < len(ws); i++ {
-				a += ws[i]
-			}
-			sums[w] = a + b + c + d
-		})
-	}
-	wg.Wait()
-	var s uint64
-	for _, x := range sums {
-		s += x
-	}
-	return s
 }
 
 func naiveDot(a, b []float32) float32 {
@@ -172,7 +136,7 @@ func BenchmarkSearch(b *testing.B) {
 	floorNs := math.MaxFloat64
 	for range baseRuns {
 		t0 := time.Now()
-		streamRead(flat)
+		StreamRead(flat)
 		floorNs = min(floorNs, float64(time.Since(t0).Nanoseconds()))
 	}
 	for _, kind := range []memory.IndexKind{memory.IndexExact, memory.IndexHNSW} {

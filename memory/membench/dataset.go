@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 	"unsafe"
+
+	"github.com/loom-dev/loom/memory/localstore"
 )
 
 // dataset is vectors around random centroids, L2-normalised, and queries drawn the same way. The vectors share
@@ -244,39 +246,6 @@ func readDataset(path string, c Config) (dataset, error) {
 	return d, nil
 }
 
-// streamRead reads every byte of v once, as 8-byte words summed in 4 independent lanes, one contiguous part per
-// GOMAXPROCS goroutine: the memory-bandwidth floor of a scan over the same bytes.
-func streamRead(v []float32) uint64 {
-	words := unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(v))), len(v)/2)
-	workers := runtime.GOMAXPROCS(0)
-	part := (len(words) + workers - 1) / workers
-	sums := make([]uint64, workers)
-	var wg sync.WaitGroup
-	for w := range workers {
-		ws := words[min(w*part, len(words)):min((w+1)*part, len(words))]
-		wg.Go(func() {
-			var a, b, c, d uint64
-			i := 0
-			for ; i+4 <= len(ws); i += 4 {
-				a += ws[i]
-				b += ws[i+1]
-				c += ws[i+2]
-				d += ws[i+3]
-			}
-			for ; i < len(ws); i++ {
-				a += ws[i]
-			}
-			sums[w] = a + b + c + d
-		})
-	}
-	wg.Wait()
-	var s uint64
-	for _, x := range sums {
-		s += x
-	}
-	return s
-}
-
 // residentBytes is the process's resident set: VmRSS from /proc/self/status on Linux, else the memory the Go
 // runtime has mapped and not released.
 func residentBytes() int64 {
@@ -295,12 +264,12 @@ func residentBytes() int64 {
 	return int64(s[0].Value.Uint64() - s[1].Value.Uint64())
 }
 
-// floor measures streamRead over v: the median of runs.
+// floor measures localstore.StreamRead over v: the median of runs.
 func floor(v []float32, runs int) time.Duration {
 	lat := make([]time.Duration, runs)
 	for i := range lat {
 		t0 := time.Now()
-		streamRead(v)
+		localstore.StreamRead(v)
 		lat[i] = time.Since(t0)
 	}
 	slices.Sort(lat)
