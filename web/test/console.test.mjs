@@ -648,7 +648,8 @@ describe("console on the embedded defaults (--auth local)", () => {
     await page.locator('[data-testid="canvas-node"][data-id="review"][data-state="waiting"]').waitFor({ timeout: 30_000 });
     assert.equal(await nodeState("research"), "succeeded");
     assert.equal(await nodeState("summarise"), "succeeded");
-    // The engine does not emit AgentTextDelta events yet; the view says so instead of an empty box.
+    // AgentTextDelta is live only: a step that finished before the view subscribed streamed nothing to it, and the
+    // view says so instead of showing an empty box.
     assert.ok((await page.getByTestId("run-agent-text").count()) >= 1 || (await page.getByTestId("run-text-empty").isVisible()));
     await page.getByTestId("approval").waitFor(); // listed once the view has seen the step wait
     assert.equal(await page.getByTestId("approval").count(), 1);
