@@ -10,7 +10,7 @@ import (
 	"github.com/loom-dev/loom/internal/fault"
 )
 
-// Errors a Store returns, possibly wrapped. The server maps them to connect codes.
+// Errors a Store returns, possibly wrapped. The handler (orchestrator/orchestratorrpc) maps them to connect codes.
 var (
 	// ErrNotFound: the blueprint (or version) does not exist in the tenant.
 	ErrNotFound = fault.ErrNotFound

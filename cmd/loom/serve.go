@@ -36,8 +36,8 @@ import (
 	"github.com/loom-dev/loom/memory/localstore"
 	"github.com/loom-dev/loom/memory/memoryrpc"
 	"github.com/loom-dev/loom/memory/pgstore"
-	"github.com/loom-dev/loom/orchestrator"
 	"github.com/loom-dev/loom/orchestrator/engine"
+	"github.com/loom-dev/loom/orchestrator/orchestratorrpc"
 	orchsql "github.com/loom-dev/loom/orchestrator/sqlstore"
 	"github.com/loom-dev/loom/web"
 
@@ -425,7 +425,7 @@ func buildOrchestrator(ctx context.Context, cfg config, logger *slog.Logger, c *
 			logger.Warn("stop run engine", "err", err)
 		}
 	}
-	svc := orchestrator.New(logger, store, eng, orchestrator.WithAgents(c.agent)).Service()
+	svc := orchestratorrpc.New(logger, store, eng, orchestratorrpc.WithAgents(c.agent)).Service()
 	svc.Ready = db.PingContext
 	return svc, closeFn, nil
 }

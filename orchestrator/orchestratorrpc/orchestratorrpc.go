@@ -1,17 +1,15 @@
-// Package orchestrator is the orchestrator service: it stores versioned workflow blueprints, validates them, and
-// lays them out as canvases for visual editors.
+// Package orchestratorrpc is the orchestrator service's Connect handler, the edge over the domain (package
+// orchestrator): the [Server] reads the caller's tenant from the context (internal/principal), calls the domain
+// and maps errors to connect codes in one place ([Server.connectError]).
 //
-// The domain lives in subpackages that do not import connect: [blueprint] parses and validates blueprints,
-// [canvas] lays them out, and sqlstore keeps them (SQLite or Postgres). This package holds the [Server], the
-// connect handler at the edge: it reads the caller's tenant from the context (internal/principal), calls the
-// domain and maps errors to connect codes in one place ([Server.connectError]).
-//
-// Durable runs (StartRun, GetRun, ListRuns, CancelRun, DeleteRun, WatchRun, ListPendingApprovals,
-// SubmitApproval) are served by the [Runs] implementation given to [New], orchestrator/engine.
+// Blueprints are parsed and validated by [blueprint], laid out by [canvas] and kept by an [orchestrator.Store]
+// (orchestrator/sqlstore). Durable runs (StartRun, GetRun, ListRuns, CancelRun, DeleteRun, WatchRun,
+// ListPendingApprovals, SubmitApproval, EstimateRun) are served by the [orchestrator.Runs] implementation given
+// to [New], orchestrator/engine.
 //
 // [blueprint]: github.com/loom-dev/loom/orchestrator/blueprint
 // [canvas]: github.com/loom-dev/loom/orchestrator/canvas
-package orchestrator
+package orchestratorrpc
 
 import (
 	"context"
@@ -30,6 +28,7 @@ import (
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcerr"
 	"github.com/loom-dev/loom/internal/rpcserver"
+	"github.com/loom-dev/loom/orchestrator"
 	"github.com/loom-dev/loom/orchestrator/blueprint"
 	"github.com/loom-dev/loom/orchestrator/canvas"
 )
@@ -46,8 +45,8 @@ type Server struct {
 	errors    *rpcerr.Mapper
 	agents    agentv1.AgentServiceClient // nil: estimates without agent budgets
 	logger    *slog.Logger
-	store     Store
-	runs      Runs
+	store     orchestrator.Store
+	runs      orchestrator.Runs
 	watchPoll time.Duration
 	limits    blueprint.Limits // expression limits checked when a blueprint is saved or validated
 }
@@ -71,7 +70,7 @@ var _ orchestratorv1connect.OrchestratorServiceHandler = (*Server)(nil)
 
 // New returns a Server keeping blueprints in store and serving the run RPCs with runs (an *engine.Engine, which
 // calls the agent and memory services); neither may be nil. A nil logger discards.
-func New(logger *slog.Logger, store Store, runs Runs, opts ...Option) *Server {
+func New(logger *slog.Logger, store orchestrator.Store, runs orchestrator.Runs, opts ...Option) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -471,6 +470,6 @@ func newErrors(logger *slog.Logger) *rpcerr.Mapper {
 			}
 			return ce
 		},
-		rpcerr.Is(ErrInvalidPageToken, connect.CodeInvalidArgument),
+		rpcerr.Is(orchestrator.ErrInvalidPageToken, connect.CodeInvalidArgument),
 	}}
 }

@@ -1,4 +1,4 @@
-package orchestrator_test
+package orchestratorrpc_test
 
 import (
 	"context"

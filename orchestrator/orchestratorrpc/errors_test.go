@@ -1,4 +1,4 @@
-package orchestrator
+package orchestratorrpc
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/orchestrator"
 )
 
 func TestConnectError(t *testing.T) {
@@ -24,11 +25,11 @@ func TestConnectError(t *testing.T) {
 		message string // substring; "" checks nothing
 		logged  bool
 	}{
-		{name: "not found", err: fmt.Errorf("get: %w", ErrNotFound), code: connect.CodeNotFound, message: "get: not found"},
-		{name: "exists", err: fmt.Errorf("create: %w", ErrAlreadyExists), code: connect.CodeAlreadyExists},
-		{name: "version", err: fmt.Errorf("update: %w", ErrConflict), code: connect.CodeAborted},
-		{name: "page token", err: ErrInvalidPageToken, code: connect.CodeInvalidArgument},
-		{name: "precondition", err: fmt.Errorf("cancel: %w", ErrFailedPrecondition), code: connect.CodeFailedPrecondition},
+		{name: "not found", err: fmt.Errorf("get: %w", orchestrator.ErrNotFound), code: connect.CodeNotFound, message: "get: not found"},
+		{name: "exists", err: fmt.Errorf("create: %w", orchestrator.ErrAlreadyExists), code: connect.CodeAlreadyExists},
+		{name: "version", err: fmt.Errorf("update: %w", orchestrator.ErrConflict), code: connect.CodeAborted},
+		{name: "page token", err: orchestrator.ErrInvalidPageToken, code: connect.CodeInvalidArgument},
+		{name: "precondition", err: fmt.Errorf("cancel: %w", orchestrator.ErrFailedPrecondition), code: connect.CodeFailedPrecondition},
 		{name: "canceled", err: fmt.Errorf("query: %w", context.Canceled), code: connect.CodeCanceled},
 		{name: "deadline", err: fmt.Errorf("query: %w", context.DeadlineExceeded), code: connect.CodeDeadlineExceeded},
 		{name: "unauthenticated", err: principal.ErrNoPrincipal, code: connect.CodeUnauthenticated},

@@ -1,4 +1,4 @@
-package orchestrator_test
+package orchestratorrpc_test
 
 import (
 	"context"
@@ -22,8 +22,8 @@ import (
 	"github.com/loom-dev/loom/internal/rpcserver/rpcservertest"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
-	"github.com/loom-dev/loom/orchestrator"
 	"github.com/loom-dev/loom/orchestrator/engine"
+	"github.com/loom-dev/loom/orchestrator/orchestratorrpc"
 	"github.com/loom-dev/loom/orchestrator/orchestratortest"
 	"github.com/loom-dev/loom/orchestrator/sqlstore"
 )
@@ -76,7 +76,7 @@ func startWithEngine(t *testing.T, agents *orchestratortest.Agents, cfg engine.C
 		defer cancel()
 		_ = eng.Stop(ctx)
 	})
-	svc := orchestrator.New(nil, store, eng, orchestrator.WithWatchPollInterval(20*time.Millisecond)).Service()
+	svc := orchestratorrpc.New(nil, store, eng, orchestratorrpc.WithWatchPollInterval(20*time.Millisecond)).Service()
 	srv := rpcservertest.Start(t, rpcserver.Config{}, rpcservertest.TenantAuthenticator, svc)
 	conn := srv.GRPCConn(t)
 	return clients{
