@@ -210,32 +210,152 @@ func appendRecord(b []byte, r *memory.Record) ([]byte, error) {
 			b = protowire.AppendFixed32(b, math.Float32bits(x))
 		}
 	}
-	if len(r.Metadata) > 0 {
-		keys := make([]string, 0, len(r.Metadata))
-		for k := range r.Metadata {
-			keys = append(keys, k)
+	for k, v := range r.Metadata {
+		if err := checkUTF8(fmt.Sprintf("record %q metadata", r.ID), k, v.Str); err != nil {
+			return nil, err
 		}
-		slices.Sort(keys)
-		for _, k := range keys {
-			v := r.Metadata[k]
-			if err := checkUTF8(fmt.Sprintf("record %q metadata", r.ID), k, v.Str); err != nil {
+		for _, s := range v.List {
+			if err := checkUTF8(fmt.Sprintf("record %q metadata", r.ID), s.Str); err != nil {
 				return nil, err
 			}
-			for _, s := range v.List {
-				if err := checkUTF8(fmt.Sprintf("record %q metadata", r.ID), s.Str); err != nil {
-					return nil, err
-				}
-			}
-			vs := valueSize(v)
-			// A map entry always holds its key and its value, even when empty.
-			b = appendMessage(b, recMetadata, 1+protowire.SizeBytes(len(k))+1+protowire.SizeBytes(vs), func(b []byte) []byte {
-				b = protowire.AppendString(protowire.AppendTag(b, entryKey, protowire.BytesType), k)
-				return appendMessage(b, entryValue, vs, func(b []byte) []byte { return appendValue(b, v) })
-			})
 		}
 	}
+	b = appendMetadata(b, r.Metadata)
 	b = appendTimestamp(b, recExpireTime, r.ExpireTime)
 	return appendTimestamp(b, recUpdateTime, r.UpdateTime), nil
+}
+
+// appendMetadata appends md as the Record's map field: one entry per key, sorted by key. Strings are not
+// checked (appendRecord checks them).
+func appendMetadata(b []byte, md map[string]memory.Value) []byte {
+	if len(md) == 0 {
+		return b
+	}
+	keys := make([]string, 0, len(md))
+	for k := range md {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		v := md[k]
+		vs := valueSize(v)
+		// A map entry always holds its key and its value, even when empty.
+		b = appendMessage(b, recMetadata, entrySize(k, vs), func(b []byte) []byte {
+			b = protowire.AppendString(protowire.AppendTag(b, entryKey, protowire.BytesType), k)
+			return appendMessage(b, entryValue, vs, func(b []byte) []byte { return appendValue(b, v) })
+		})
+	}
+	return b
+}
+
+// entrySize is the size of a map entry of key k and a value of vs bytes.
+func entrySize(k string, vs int) int {
+	return 1 + protowire.SizeBytes(len(k)) + 1 + protowire.SizeBytes(vs)
+}
+
+// encodeMetadata returns md encoded as appendMetadata does, in a slice of exactly its size (nil when md is
+// empty): how the store keeps a record's metadata in memory, decoded only when a filter or a result reads it.
+func encodeMetadata(md map[string]memory.Value) []byte {
+	if len(md) == 0 {
+		return nil
+	}
+	n := 0
+	for k, v := range md {
+		n += 1 + protowire.SizeBytes(entrySize(k, valueSize(v)))
+	}
+	return appendMetadata(make([]byte, 0, n), md)
+}
+
+// encodedMetadata is metadata as encodeMetadata writes it. Its methods read only what it holds, so an
+// invalid encoding (which the store never keeps) reads as fewer keys, never as a panic.
+type encodedMetadata []byte
+
+// Lookup decodes the value of key, scanning the entries until it is found.
+func (m encodedMetadata) Lookup(key string) (memory.Value, bool) {
+	for b := []byte(m); len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return memory.Value{}, false
+		}
+		b = b[n:]
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return memory.Value{}, false
+		}
+		field := b[:n]
+		b = b[n:]
+		if num != recMetadata || typ != protowire.BytesType {
+			continue
+		}
+		entry, _ := protowire.ConsumeBytes(field)
+		k, v := entryParts(entry)
+		if string(k) == key {
+			val, err := decodeValue(v)
+			return val, err == nil
+		}
+	}
+	return memory.Value{}, false
+}
+
+// entryParts returns the key and value bytes of a map entry (the last of each, as protobuf merges them).
+func entryParts(entry []byte) (key, value []byte) {
+	_ = fields(entry, func(num protowire.Number, typ protowire.Type, v []byte) (int, error) {
+		if typ != protowire.BytesType || (num != entryKey && num != entryValue) {
+			return 0, nil
+		}
+		p, n := protowire.ConsumeBytes(v)
+		if n < 0 {
+			return n, nil
+		}
+		if num == entryKey {
+			key = p
+		} else {
+			value = p
+		}
+		return n, nil
+	})
+	return key, value
+}
+
+// decodeMetadata returns m as a map (nil when empty), for a result.
+func decodeMetadata(m []byte) map[string]memory.Value {
+	var r memory.Record
+	_ = fields(m, func(num protowire.Number, typ protowire.Type, v []byte) (int, error) {
+		if num != recMetadata {
+			return 0, nil
+		}
+		return consumeEntry(typ, v, &r)
+	})
+	return r.Metadata
+}
+
+// consumeEntry reads one map entry of the Record's metadata into r.
+func consumeEntry(typ protowire.Type, v []byte, r *memory.Record) (int, error) {
+	return consumeMessage(typ, v, func(m []byte) error {
+		var key string
+		var val memory.Value
+		err := fields(m, func(num protowire.Number, typ protowire.Type, v []byte) (int, error) {
+			switch num {
+			case entryKey:
+				return consumeString(typ, v, &key)
+			case entryValue:
+				return consumeMessage(typ, v, func(m []byte) error {
+					var err error
+					val, err = decodeValue(m)
+					return err
+				})
+			}
+			return 0, nil
+		})
+		if err != nil {
+			return err
+		}
+		if r.Metadata == nil {
+			r.Metadata = map[string]memory.Value{}
+		}
+		r.Metadata[key] = val
+		return nil
+	})
 }
 
 // RecordSize is the bytes a record counts for in the embedded store's stats and quota: its id, text, vector
@@ -503,31 +623,7 @@ func decodeRecord(b []byte) (memory.Record, error) {
 			}
 			return 0, nil
 		case recMetadata:
-			return consumeMessage(typ, v, func(m []byte) error {
-				var key string
-				var val memory.Value
-				err := fields(m, func(num protowire.Number, typ protowire.Type, v []byte) (int, error) {
-					switch num {
-					case entryKey:
-						return consumeString(typ, v, &key)
-					case entryValue:
-						return consumeMessage(typ, v, func(m []byte) error {
-							var err error
-							val, err = decodeValue(m)
-							return err
-						})
-					}
-					return 0, nil
-				})
-				if err != nil {
-					return err
-				}
-				if r.Metadata == nil {
-					r.Metadata = map[string]memory.Value{}
-				}
-				r.Metadata[key] = val
-				return nil
-			})
+			return consumeEntry(typ, v, &r)
 		case recExpireTime:
 			return consumeTimestamp(typ, v, &r.ExpireTime)
 		case recUpdateTime:
