@@ -290,31 +290,55 @@ func (m encodedMetadata) Lookup(key string) (memory.Value, bool) {
 		entry, _ := protowire.ConsumeBytes(field)
 		k, v := entryParts(entry)
 		if string(k) == key {
-			val, err := decodeValue(v)
+			val, err := lookupValue(v)
 			return val, err == nil
 		}
 	}
 	return memory.Value{}, false
 }
 
-// entryParts returns the key and value bytes of a map entry (the last of each, as protobuf merges them).
+// entryParts returns the key and value bytes of a map entry (the last of each, as protobuf merges them). It
+// is written without closures, as filters call it for every candidate row.
 func entryParts(entry []byte) (key, value []byte) {
-	_ = fields(entry, func(num protowire.Number, typ protowire.Type, v []byte) (int, error) {
-		if typ != protowire.BytesType || (num != entryKey && num != entryValue) {
-			return 0, nil
-		}
-		p, n := protowire.ConsumeBytes(v)
+	for len(entry) > 0 {
+		num, typ, n := protowire.ConsumeTag(entry)
 		if n < 0 {
-			return n, nil
+			return key, value
 		}
-		if num == entryKey {
-			key = p
-		} else {
-			value = p
+		entry = entry[n:]
+		n = protowire.ConsumeFieldValue(num, typ, entry)
+		if n < 0 {
+			return key, value
 		}
-		return n, nil
-	})
+		if typ == protowire.BytesType && (num == entryKey || num == entryValue) {
+			p, _ := protowire.ConsumeBytes(entry[:n])
+			if num == entryKey {
+				key = p
+			} else {
+				value = p
+			}
+		}
+		entry = entry[n:]
+	}
 	return key, value
+}
+
+// lookupValue decodes a Value message: a lone number or bool field, the common case of a filter, without
+// allocating; anything else through decodeValue.
+func lookupValue(b []byte) (memory.Value, error) {
+	num, typ, n := protowire.ConsumeTag(b)
+	if n > 0 {
+		switch {
+		case num == valNumber && typ == protowire.Fixed64Type && len(b) == n+8:
+			x, _ := protowire.ConsumeFixed64(b[n:])
+			return memory.NumberValue(math.Float64frombits(x)), nil
+		case num == valBool && typ == protowire.VarintType:
+			if x, m := protowire.ConsumeVarint(b[n:]); m > 0 && n+m == len(b) {
+				return memory.BoolValue(protowire.DecodeBool(x)), nil
+			}
+		}
+	}
+	return decodeValue(b)
 }
 
 // decodeMetadata returns m as a map (nil when empty), for a result.
