@@ -64,6 +64,12 @@ const (
 	tsNanos   = 2
 )
 
+// The one-byte tags of a metadata entry and of its key, as appendMetadata writes them.
+const (
+	recMetadataTag = recMetadata<<3 | byte(protowire.BytesType)
+	entryKeyTag    = entryKey<<3 | byte(protowire.BytesType)
+)
+
 var errUTF8 = errors.New("invalid UTF-8")
 
 func appendString(b []byte, num protowire.Number, s string) []byte {
@@ -273,6 +279,18 @@ type encodedMetadata []byte
 // Lookup decodes the value of key, scanning the entries until it is found.
 func (m encodedMetadata) Lookup(key string) (memory.Value, bool) {
 	for b := []byte(m); len(b) > 0; {
+		// Fast path: an entry as appendMetadata writes it with a short key, [tag 4][len][tag 1][key len][key]...,
+		// all lengths one byte.
+		if len(b) >= 4 && b[0] == recMetadataTag && b[1] < 0x80 && b[2] == entryKeyTag && b[3] < 0x80 && int(b[3])+2 <= int(b[1]) && int(b[1])+2 <= len(b) {
+			entry := b[2 : 2+int(b[1])]
+			b = b[2+int(b[1]):]
+			if string(entry[2:2+int(entry[1])]) != key {
+				continue
+			}
+			_, v := entryParts(entry)
+			val, err := lookupValue(v)
+			return val, err == nil
+		}
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
 			return memory.Value{}, false
