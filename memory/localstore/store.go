@@ -19,7 +19,9 @@
 // copy, a quarter of the bytes, keep top_k x QuantisedRerank candidates and re-rank them exactly;
 // INDEX_KIND_EXACT always scans float32 (see QuantisedMinRows for the mapping). Text is indexed in a small
 // inverted index scored by BM25 for hybrid search, fused with the vector ranking by reciprocal rank fusion
-// (k = 60). Expired records are never returned and are dropped by compaction.
+// (k = 60). Expired records are never returned and are dropped by compaction. Each record's metadata is kept
+// in memory in its log encoding (a few bytes, where a Go map costs hundreds): filters decode only the keys they
+// test, without allocating for numbers and bools, and only results decode it whole.
 //
 // Fairness and quotas. Scans over 16k floats wait at a gate that shares the cores among tenants in turn (see
 // scanGate), outside the store's lock, so one tenant's flood of searches queues behind itself. WithQuota bounds
