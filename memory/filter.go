@@ -192,7 +192,24 @@ func checkScalarKind(field string, s Scalar) error {
 // every store implements (see CondOp's values): comparisons with a value of another type are false, and
 // comparisons with a stored list test its elements. Range is numeric only. f should have passed
 // ValidateFilter; an unset operator evaluates to false.
-func MatchFilter(f *Filter, md map[string]Value) bool {
+func MatchFilter(f *Filter, md map[string]Value) bool { return MatchFilterLookup(f, metadataMap(md)) }
+
+// MetadataLookup reads one key of a record's metadata: its value and whether the key is set. A store that
+// keeps metadata encoded implements it to evaluate filters without building a map per record.
+type MetadataLookup interface {
+	Lookup(key string) (Value, bool)
+}
+
+// metadataMap is a metadata map as a MetadataLookup.
+type metadataMap map[string]Value
+
+func (m metadataMap) Lookup(key string) (Value, bool) {
+	v, ok := m[key]
+	return v, ok
+}
+
+// MatchFilterLookup is MatchFilter over metadata read through md, one key per condition.
+func MatchFilterLookup(f *Filter, md MetadataLookup) bool {
 	if f == nil {
 		return true
 	}
@@ -201,14 +218,14 @@ func MatchFilter(f *Filter, md map[string]Value) bool {
 		return matchCondition(f.Cond, md)
 	case FilterAll:
 		for _, sub := range f.Filters {
-			if !MatchFilter(sub, md) {
+			if !MatchFilterLookup(sub, md) {
 				return false
 			}
 		}
 		return true
 	case FilterAny:
 		for _, sub := range f.Filters {
-			if MatchFilter(sub, md) {
+			if MatchFilterLookup(sub, md) {
 				return true
 			}
 		}
@@ -217,13 +234,13 @@ func MatchFilter(f *Filter, md map[string]Value) bool {
 		if f.Not == nil {
 			return false
 		}
-		return !MatchFilter(f.Not, md)
+		return !MatchFilterLookup(f.Not, md)
 	}
 	return false
 }
 
-func matchCondition(c Condition, md map[string]Value) bool {
-	v, ok := md[c.Key]
+func matchCondition(c Condition, md MetadataLookup) bool {
+	v, ok := md.Lookup(c.Key)
 	switch c.Op {
 	case CondExists:
 		return ok == c.Exists

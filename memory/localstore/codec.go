@@ -64,6 +64,12 @@ const (
 	tsNanos   = 2
 )
 
+// The one-byte tags of a metadata entry and of its key, as appendMetadata writes them.
+const (
+	recMetadataTag = recMetadata<<3 | byte(protowire.BytesType)
+	entryKeyTag    = entryKey<<3 | byte(protowire.BytesType)
+)
+
 var errUTF8 = errors.New("invalid UTF-8")
 
 func appendString(b []byte, num protowire.Number, s string) []byte {
@@ -210,32 +216,188 @@ func appendRecord(b []byte, r *memory.Record) ([]byte, error) {
 			b = protowire.AppendFixed32(b, math.Float32bits(x))
 		}
 	}
-	if len(r.Metadata) > 0 {
-		keys := make([]string, 0, len(r.Metadata))
-		for k := range r.Metadata {
-			keys = append(keys, k)
+	for k, v := range r.Metadata {
+		if err := checkUTF8(fmt.Sprintf("record %q metadata", r.ID), k, v.Str); err != nil {
+			return nil, err
 		}
-		slices.Sort(keys)
-		for _, k := range keys {
-			v := r.Metadata[k]
-			if err := checkUTF8(fmt.Sprintf("record %q metadata", r.ID), k, v.Str); err != nil {
+		for _, s := range v.List {
+			if err := checkUTF8(fmt.Sprintf("record %q metadata", r.ID), s.Str); err != nil {
 				return nil, err
 			}
-			for _, s := range v.List {
-				if err := checkUTF8(fmt.Sprintf("record %q metadata", r.ID), s.Str); err != nil {
-					return nil, err
-				}
-			}
-			vs := valueSize(v)
-			// A map entry always holds its key and its value, even when empty.
-			b = appendMessage(b, recMetadata, 1+protowire.SizeBytes(len(k))+1+protowire.SizeBytes(vs), func(b []byte) []byte {
-				b = protowire.AppendString(protowire.AppendTag(b, entryKey, protowire.BytesType), k)
-				return appendMessage(b, entryValue, vs, func(b []byte) []byte { return appendValue(b, v) })
-			})
 		}
 	}
+	b = appendMetadata(b, r.Metadata)
 	b = appendTimestamp(b, recExpireTime, r.ExpireTime)
 	return appendTimestamp(b, recUpdateTime, r.UpdateTime), nil
+}
+
+// appendMetadata appends md as the Record's map field: one entry per key, sorted by key. Strings are not
+// checked (appendRecord checks them).
+func appendMetadata(b []byte, md map[string]memory.Value) []byte {
+	if len(md) == 0 {
+		return b
+	}
+	keys := make([]string, 0, len(md))
+	for k := range md {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		v := md[k]
+		vs := valueSize(v)
+		// A map entry always holds its key and its value, even when empty.
+		b = appendMessage(b, recMetadata, entrySize(k, vs), func(b []byte) []byte {
+			b = protowire.AppendString(protowire.AppendTag(b, entryKey, protowire.BytesType), k)
+			return appendMessage(b, entryValue, vs, func(b []byte) []byte { return appendValue(b, v) })
+		})
+	}
+	return b
+}
+
+// entrySize is the size of a map entry of key k and a value of vs bytes.
+func entrySize(k string, vs int) int {
+	return 1 + protowire.SizeBytes(len(k)) + 1 + protowire.SizeBytes(vs)
+}
+
+// encodeMetadata returns md encoded as appendMetadata does, in a slice of exactly its size (nil when md is
+// empty): how the store keeps a record's metadata in memory, decoded only when a filter or a result reads it.
+func encodeMetadata(md map[string]memory.Value) []byte {
+	if len(md) == 0 {
+		return nil
+	}
+	n := 0
+	for k, v := range md {
+		n += 1 + protowire.SizeBytes(entrySize(k, valueSize(v)))
+	}
+	return appendMetadata(make([]byte, 0, n), md)
+}
+
+// encodedMetadata is metadata as encodeMetadata writes it. Its methods read only what it holds, so an
+// invalid encoding (which the store never keeps) reads as fewer keys, never as a panic.
+type encodedMetadata []byte
+
+// Lookup decodes the value of key, scanning the entries until it is found.
+func (m encodedMetadata) Lookup(key string) (memory.Value, bool) {
+	for b := []byte(m); len(b) > 0; {
+		// Fast path: an entry as appendMetadata writes it with a short key, [tag 4][len][tag 1][key len][key]...,
+		// all lengths one byte.
+		if len(b) >= 4 && b[0] == recMetadataTag && b[1] < 0x80 && b[2] == entryKeyTag && b[3] < 0x80 && int(b[3])+2 <= int(b[1]) && int(b[1])+2 <= len(b) {
+			entry := b[2 : 2+int(b[1])]
+			b = b[2+int(b[1]):]
+			if string(entry[2:2+int(entry[1])]) != key {
+				continue
+			}
+			_, v := entryParts(entry)
+			val, err := lookupValue(v)
+			return val, err == nil
+		}
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return memory.Value{}, false
+		}
+		b = b[n:]
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return memory.Value{}, false
+		}
+		field := b[:n]
+		b = b[n:]
+		if num != recMetadata || typ != protowire.BytesType {
+			continue
+		}
+		entry, _ := protowire.ConsumeBytes(field)
+		k, v := entryParts(entry)
+		if string(k) == key {
+			val, err := lookupValue(v)
+			return val, err == nil
+		}
+	}
+	return memory.Value{}, false
+}
+
+// entryParts returns the key and value bytes of a map entry (the last of each, as protobuf merges them). It
+// is written without closures, as filters call it for every candidate row.
+func entryParts(entry []byte) (key, value []byte) {
+	for len(entry) > 0 {
+		num, typ, n := protowire.ConsumeTag(entry)
+		if n < 0 {
+			return key, value
+		}
+		entry = entry[n:]
+		n = protowire.ConsumeFieldValue(num, typ, entry)
+		if n < 0 {
+			return key, value
+		}
+		if typ == protowire.BytesType && (num == entryKey || num == entryValue) {
+			p, _ := protowire.ConsumeBytes(entry[:n])
+			if num == entryKey {
+				key = p
+			} else {
+				value = p
+			}
+		}
+		entry = entry[n:]
+	}
+	return key, value
+}
+
+// lookupValue decodes a Value message: a lone number or bool field, the common case of a filter, without
+// allocating; anything else through decodeValue.
+func lookupValue(b []byte) (memory.Value, error) {
+	num, typ, n := protowire.ConsumeTag(b)
+	if n > 0 {
+		switch {
+		case num == valNumber && typ == protowire.Fixed64Type && len(b) == n+8:
+			x, _ := protowire.ConsumeFixed64(b[n:])
+			return memory.NumberValue(math.Float64frombits(x)), nil
+		case num == valBool && typ == protowire.VarintType:
+			if x, m := protowire.ConsumeVarint(b[n:]); m > 0 && n+m == len(b) {
+				return memory.BoolValue(protowire.DecodeBool(x)), nil
+			}
+		}
+	}
+	return decodeValue(b)
+}
+
+// decodeMetadata returns m as a map (nil when empty), for a result.
+func decodeMetadata(m []byte) map[string]memory.Value {
+	var r memory.Record
+	_ = fields(m, func(num protowire.Number, typ protowire.Type, v []byte) (int, error) {
+		if num != recMetadata {
+			return 0, nil
+		}
+		return consumeEntry(typ, v, &r)
+	})
+	return r.Metadata
+}
+
+// consumeEntry reads one map entry of the Record's metadata into r.
+func consumeEntry(typ protowire.Type, v []byte, r *memory.Record) (int, error) {
+	return consumeMessage(typ, v, func(m []byte) error {
+		var key string
+		var val memory.Value
+		err := fields(m, func(num protowire.Number, typ protowire.Type, v []byte) (int, error) {
+			switch num {
+			case entryKey:
+				return consumeString(typ, v, &key)
+			case entryValue:
+				return consumeMessage(typ, v, func(m []byte) error {
+					var err error
+					val, err = decodeValue(m)
+					return err
+				})
+			}
+			return 0, nil
+		})
+		if err != nil {
+			return err
+		}
+		if r.Metadata == nil {
+			r.Metadata = map[string]memory.Value{}
+		}
+		r.Metadata[key] = val
+		return nil
+	})
 }
 
 // RecordSize is the bytes a record counts for in the embedded store's stats and quota: its id, text, vector
@@ -503,31 +665,7 @@ func decodeRecord(b []byte) (memory.Record, error) {
 			}
 			return 0, nil
 		case recMetadata:
-			return consumeMessage(typ, v, func(m []byte) error {
-				var key string
-				var val memory.Value
-				err := fields(m, func(num protowire.Number, typ protowire.Type, v []byte) (int, error) {
-					switch num {
-					case entryKey:
-						return consumeString(typ, v, &key)
-					case entryValue:
-						return consumeMessage(typ, v, func(m []byte) error {
-							var err error
-							val, err = decodeValue(m)
-							return err
-						})
-					}
-					return 0, nil
-				})
-				if err != nil {
-					return err
-				}
-				if r.Metadata == nil {
-					r.Metadata = map[string]memory.Value{}
-				}
-				r.Metadata[key] = val
-				return nil
-			})
+			return consumeEntry(typ, v, &r)
 		case recExpireTime:
 			return consumeTimestamp(typ, v, &r.ExpireTime)
 		case recUpdateTime:

@@ -249,3 +249,61 @@ func FuzzDecodeRecord(f *testing.F) {
 		}
 	})
 }
+
+// TestEncodedMetadataFilters checks filters read through the store's encoded metadata (memory.MatchFilterLookup
+// over a *rec) decide as memory.MatchFilter does over the map, and that a result gets the map back.
+func TestEncodedMetadataFilters(t *testing.T) {
+	mds := []map[string]memory.Value{
+		nil,
+		{"bucket": memory.NumberValue(3)},
+		{"bucket": memory.StringValue("3"), "tag": memory.ListValue(memory.String("a"), memory.Number(2), memory.Bool(true))},
+		{"a": memory.BoolValue(false), "b": memory.NumberValue(-1.5), "": memory.StringValue("empty key"), "ü": memory.StringValue("é")},
+	}
+	lo, hi := 0.0, 5.0
+	filters := []*memory.Filter{
+		memory.Eq("bucket", memory.Number(3)),
+		memory.Eq("bucket", memory.String("3")),
+		memory.Ne("bucket", memory.Number(3)),
+		memory.In("tag", memory.String("b"), memory.Number(2)),
+		memory.InRange("bucket", memory.Range{Gte: &lo, Lt: &hi}),
+		memory.InRange("tag", memory.Range{Gt: &lo}),
+		memory.Exists("tag", true),
+		memory.Exists("tag", false),
+		memory.Eq("", memory.String("empty key")),
+		memory.Eq("ü", memory.String("é")),
+		memory.All(memory.Eq("a", memory.Bool(false)), memory.Not(memory.Exists("bucket", true))),
+		memory.Any(memory.Eq("b", memory.Number(-1.5)), memory.Eq("bucket", memory.Number(4))),
+	}
+	for i, md := range mds {
+		checkEncodedMetadata(t, md)
+		r := &rec{meta: encodeMetadata(md)}
+		for j, f := range filters {
+			if got, want := memory.MatchFilterLookup(f, r), memory.MatchFilter(f, md); got != want {
+				t.Errorf("metadata %d, filter %d: encoded %v, map %v", i, j, got, want)
+			}
+		}
+	}
+}
+
+// BenchmarkEncodedMetadataFilter is the cost of one filter check against a record's encoded metadata, beside
+// the same check against a decoded map (the baseline): what a filtered search pays per candidate row.
+func BenchmarkEncodedMetadataFilter(b *testing.B) {
+	md := map[string]memory.Value{"bucket": memory.NumberValue(3), "source": memory.StringValue("docs")}
+	f := memory.Eq("bucket", memory.Number(3))
+	r := &rec{meta: encodeMetadata(md)}
+	b.Run("map", func(b *testing.B) {
+		for b.Loop() {
+			if !memory.MatchFilter(f, md) {
+				b.Fatal("no match")
+			}
+		}
+	})
+	b.Run("encoded", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if !memory.MatchFilterLookup(f, r) {
+				b.Fatal("no match")
+			}
+		}
+	})
+}

@@ -21,6 +21,29 @@ func seedEntries() []*entry {
 	}
 }
 
+// checkEncodedMetadata checks the store's in-memory form of md gives md back, whole and key by key.
+func checkEncodedMetadata(t *testing.T, md map[string]memory.Value) {
+	t.Helper()
+	m := encodedMetadata(encodeMetadata(md))
+	if diff := cmp.Diff(md, decodeMetadata(m), cmpNaN); diff != "" {
+		t.Fatalf("encoded metadata decodes differently (-want +got):\n%s", diff)
+	}
+	for k, want := range md {
+		got, ok := m.Lookup(k)
+		if diff := cmp.Diff(want, got, cmpNaN); !ok || diff != "" {
+			t.Fatalf("Lookup(%q) = %v, %v (-want +got):\n%s", k, got, ok, diff)
+		}
+		if _, ok := m.Lookup(k + "\x00"); ok != hasKey(md, k+"\x00") {
+			t.Fatalf("Lookup(%q) found a key that is not set", k+"\x00")
+		}
+	}
+}
+
+func hasKey(md map[string]memory.Value, k string) bool {
+	_, ok := md[k]
+	return ok
+}
+
 // FuzzDecodeEntry checks the log entry decoder never panics on arbitrary payloads and that what it accepts
 // re-encodes to an entry that decodes the same.
 func FuzzDecodeEntry(f *testing.F) {
@@ -54,6 +77,7 @@ func FuzzDecodeEntry(f *testing.F) {
 			if diff := cmp.Diff(e.records[i], e2.records[i], cmpNaN); diff != "" {
 				t.Fatalf("record %d changed (-first +second):\n%s", i, diff)
 			}
+			checkEncodedMetadata(t, e.records[i].Metadata)
 		}
 	})
 }

@@ -19,7 +19,9 @@
 // copy, a quarter of the bytes, keep top_k x QuantisedRerank candidates and re-rank them exactly;
 // INDEX_KIND_EXACT always scans float32 (see QuantisedMinRows for the mapping). Text is indexed in a small
 // inverted index scored by BM25 for hybrid search, fused with the vector ranking by reciprocal rank fusion
-// (k = 60). Expired records are never returned and are dropped by compaction.
+// (k = 60). Expired records are never returned and are dropped by compaction. Each record's metadata is kept
+// in memory in its log encoding (a few bytes, where a Go map costs hundreds): filters decode only the keys they
+// test, without allocating for numbers and bools, and only results decode it whole.
 //
 // Fairness and quotas. Scans over 16k floats wait at a gate that shares the cores among tenants in turn (see
 // scanGate), outside the store's lock, so one tenant's flood of searches queues behind itself. WithQuota bounds
@@ -124,12 +126,17 @@ type namespace struct {
 }
 
 type rec struct {
-	text   string
-	md     map[string]memory.Value
+	text string
+	// meta is the record's metadata encoded (see encodeMetadata): a few bytes where a map costs hundreds, decoded
+	// only for a filter (one key at a time, through Lookup) or a result.
+	meta   encodedMetadata
 	expire time.Time
 	update time.Time
 	size   int64
 }
+
+// Lookup reads key of the record's metadata (a *rec is a memory.MetadataLookup without an allocation).
+func (r *rec) Lookup(key string) (memory.Value, bool) { return r.meta.Lookup(key) }
 
 // Open opens (creating it if needed) the store in dir and replays its log.
 func Open(dir string, opts ...Option) (*Store, error) {
@@ -418,7 +425,7 @@ func (ns *namespace) put(r memory.Record, prep *prepared, j int) {
 	code := prep.codes[j*ns.dim : (j+1)*ns.dim]
 	size := RecordSize(r)
 	// Times are kept in UTC, as the log gives them back after a restart.
-	nr := &rec{text: r.Text, md: r.Metadata, expire: r.ExpireTime.UTC(), update: r.UpdateTime.UTC(), size: size}
+	nr := &rec{text: r.Text, meta: encodeMetadata(r.Metadata), expire: r.ExpireTime.UTC(), update: r.UpdateTime.UTC(), size: size}
 	if !r.ExpireTime.IsZero() {
 		ns.expiring++
 	}
@@ -496,7 +503,7 @@ func (ns *namespace) remove(id string) {
 // record returns slot i as a memory.Record.
 func (ns *namespace) record(i int, includeVector bool) memory.Record {
 	r := ns.recs[i]
-	out := memory.Record{ID: ns.ids[i], Text: r.text, Metadata: r.md, ExpireTime: r.expire, UpdateTime: r.update}
+	out := memory.Record{ID: ns.ids[i], Text: r.text, Metadata: decodeMetadata(r.meta), ExpireTime: r.expire, UpdateTime: r.update}
 	if includeVector {
 		out.Vector = slices.Clone(ns.vecs.row(i))
 	}
@@ -955,7 +962,7 @@ func (s *Store) Delete(ctx context.Context, tenant, namespace string, ids []stri
 		}
 	} else {
 		for i, id := range ns.ids {
-			if memory.MatchFilter(filter, ns.recs[i].md) {
+			if memory.MatchFilterLookup(filter, ns.recs[i]) {
 				del = append(del, id)
 				if !ns.expired(i, now) {
 					live++
@@ -1021,7 +1028,7 @@ func (s *Store) Search(ctx context.Context, tenant, namespace string, q memory.Q
 	now := s.now()
 	checkExpiry := ns.expiring > 0
 	keep := func(i int) bool {
-		return (!checkExpiry || !ns.expired(i, now)) && (q.Filter == nil || memory.MatchFilter(q.Filter, ns.recs[i].md))
+		return (!checkExpiry || !ns.expired(i, now)) && (q.Filter == nil || memory.MatchFilterLookup(q.Filter, ns.recs[i]))
 	}
 	k := q.TopK
 	if q.Hybrid {
