@@ -21,20 +21,7 @@ func ivfStore(t *testing.T, dir string, r *rand.Rand) (*Store, func() []float32)
 	if err != nil {
 		t.Fatal(err)
 	}
-	centroids := make([][]float32, 30)
-	vec := func(c []float32) []float32 {
-		v := make([]float32, dim)
-		for i := range v {
-			v[i] = float32(r.NormFloat64())
-			if c != nil {
-				v[i] = v[i]*0.35 + c[i]
-			}
-		}
-		return v
-	}
-	for i := range centroids {
-		centroids[i] = vec(nil)
-	}
+	centroids, vec := clusters(r, dim, 30)
 	ctx := context.Background()
 	if _, err := s.CreateNamespace(ctx, "t", memory.Namespace{Name: "ns", Dimension: dim, Metric: memory.MetricCosine}); err != nil {
 		t.Fatal(err)

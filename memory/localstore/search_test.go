@@ -191,20 +191,7 @@ func TestQuantised(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	centroids := make([][]float32, 20)
-	vec := func(c []float32) []float32 {
-		v := make([]float32, dim)
-		for i := range v {
-			v[i] = float32(r.NormFloat64())
-			if c != nil {
-				v[i] = v[i]*0.35 + c[i]
-			}
-		}
-		return v
-	}
-	for i := range centroids {
-		centroids[i] = vec(nil)
-	}
+	centroids, vec := clusters(r, dim, 20)
 	recs := make([]memory.Record, n)
 	for i := range recs {
 		recs[i] = memory.Record{ID: fmt.Sprint(i), Vector: vec(centroids[r.IntN(len(centroids))])}
@@ -259,20 +246,7 @@ func TestIVF(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	centroids := make([][]float32, 50)
-	vec := func(c []float32) []float32 {
-		v := make([]float32, dim)
-		for i := range v {
-			v[i] = float32(r.NormFloat64())
-			if c != nil {
-				v[i] = v[i]*0.35 + c[i]
-			}
-		}
-		return v
-	}
-	for i := range centroids {
-		centroids[i] = vec(nil)
-	}
+	centroids, vec := clusters(r, dim, 50)
 	recs := make([]memory.Record, n)
 	for i := range recs {
 		recs[i] = memory.Record{ID: fmt.Sprint(i), Vector: vec(centroids[r.IntN(len(centroids))])}
@@ -361,4 +335,24 @@ func TestQuantizeRounds(t *testing.T) {
 			t.Fatalf("quantize(%v) = %d, want %d", x, dst[i], want)
 		}
 	}
+}
+
+// clusters draws n centroids of dim from r and returns them with near, which draws a vector around a centroid
+// (spread 0.35) or, given nil, a vector like a centroid: clustered data, which suits the IVF index.
+func clusters(r *rand.Rand, dim, n int) ([][]float32, func(c []float32) []float32) {
+	near := func(c []float32) []float32 {
+		v := make([]float32, dim)
+		for i := range v {
+			v[i] = float32(r.NormFloat64())
+			if c != nil {
+				v[i] = v[i]*0.35 + c[i]
+			}
+		}
+		return v
+	}
+	centroids := make([][]float32, n)
+	for i := range centroids {
+		centroids[i] = near(nil)
+	}
+	return centroids, near
 }
