@@ -47,3 +47,12 @@ func Tenant(ctx context.Context) (string, error) {
 	}
 	return p.Tenant, nil
 }
+
+// TenantOf returns the tenant of the caller ctx carries, or "" when there is none. It is how a Connect handler
+// reads its tenant: rpcserver's authz interceptor refuses every call without an authenticated principal before
+// the handler runs (Unauthenticated), so the handler has no error branch to write. Code that can run outside a
+// handler (workers, tools, tests) uses [Tenant] and handles ErrNoPrincipal.
+func TenantOf(ctx context.Context) string {
+	p, _ := FromContext(ctx)
+	return p.Tenant
+}

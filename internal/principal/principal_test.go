@@ -21,3 +21,13 @@ func TestTenant(t *testing.T) {
 		t.Errorf("Tenant = %q, %v", got, err)
 	}
 }
+
+func TestTenantOf(t *testing.T) {
+	t.Parallel()
+	if got := principal.TenantOf(context.Background()); got != "" {
+		t.Errorf("no principal: TenantOf = %q, want empty", got)
+	}
+	if got := principal.TenantOf(principal.NewContext(context.Background(), principal.Principal{Tenant: "acme"})); got != "acme" {
+		t.Errorf("TenantOf = %q, want acme", got)
+	}
+}
