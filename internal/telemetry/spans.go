@@ -2,9 +2,8 @@ package telemetry
 
 import (
 	"context"
-	"errors"
-
-	"connectrpc.com/connect"
+	"fmt"
+	"reflect"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -125,12 +124,39 @@ func endWithError(span trace.Span, err error) {
 	span.End()
 }
 
-// errorType is error.type: the Connect code of the error when it has one (connect.CodeOf), else "_OTHER" as
-// the semantic conventions say.
+// errorType is error.type: the Connect code of the error when it has one (what connect.CodeOf gives), else
+// "_OTHER" as the semantic conventions say.
 func errorType(err error) string {
-	var ce *connect.Error
-	if errors.As(err, &ce) {
-		return ce.Code().String()
+	if code, ok := connectCode(err); ok {
+		return code
 	}
 	return "_OTHER"
+}
+
+// connectCode returns the code of the first *connect.Error in err's tree, walked as errors.As walks it. The
+// type is recognised by its package path and name, and its Code method called through reflection, so that
+// this package, and everything that records spans through it (the workflow engine among them), does not
+// depend on connect.
+func connectCode(err error) (string, bool) {
+	if err == nil {
+		return "", false
+	}
+	if t := reflect.TypeOf(err); t.Kind() == reflect.Pointer && t.Elem().PkgPath() == "connectrpc.com/connect" && t.Elem().Name() == "Error" {
+		if m := reflect.ValueOf(err).MethodByName("Code"); m.IsValid() && m.Type().NumIn() == 0 && m.Type().NumOut() == 1 {
+			if code, ok := m.Call(nil)[0].Interface().(fmt.Stringer); ok {
+				return code.String(), true
+			}
+		}
+	}
+	switch u := err.(type) {
+	case interface{ Unwrap() error }:
+		return connectCode(u.Unwrap())
+	case interface{ Unwrap() []error }:
+		for _, e := range u.Unwrap() {
+			if code, ok := connectCode(e); ok {
+				return code, true
+			}
+		}
+	}
+	return "", false
 }

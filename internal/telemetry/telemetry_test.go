@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -177,6 +178,32 @@ func TestMemorySearchSpan(t *testing.T) {
 	if span.Name() != "memory.search" || a["loom.memory.namespace"].AsString() != "docs" || a["loom.memory.mode"].AsString() != "hnsw" ||
 		a["loom.memory.k"].AsInt64() != 10 || a["loom.memory.results"].AsInt64() != 7 {
 		t.Errorf("span %q attributes %v", span.Name(), a)
+	}
+}
+
+func TestErrorTypeIsTheConnectCodeAnywhereInTheChain(t *testing.T) {
+	t.Parallel()
+	unavailable := connect.NewError(connect.CodeUnavailable, errors.New("down"))
+	for _, tc := range []struct {
+		name string
+		err  error
+		want string
+	}{
+		{name: "connect error", err: connect.NewError(connect.CodeNotFound, nil), want: "not_found"},
+		{name: "wrapped", err: fmt.Errorf("search: %w", unavailable), want: "unavailable"},
+		{name: "joined", err: errors.Join(errors.New("first"), unavailable), want: "unavailable"},
+		{name: "plain", err: errors.New("plain"), want: "_OTHER"},
+		{name: "wrapped plain", err: fmt.Errorf("search: %w", io.EOF), want: "_OTHER"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			rec, ctx, _ := recorded(t)
+			_, s := telemetry.StartMemorySearch(ctx, "docs", "exact", 1)
+			s.End(0, tc.err)
+			if got := attrs(rec.Ended()[0])["error.type"].AsString(); got != tc.want {
+				t.Errorf("error.type = %q, want %q", got, tc.want)
+			}
+		})
 	}
 }
 
