@@ -10,7 +10,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/sqldb"
@@ -76,36 +75,6 @@ func as(tenant, subject string) context.Context {
 	return principal.NewContext(context.Background(), principal.Principal{Tenant: tenant, Subject: subject})
 }
 
-// counts returns loom_db_reads_total by "target/reason".
-func counts(t testing.TB, db *sqldb.DB) map[string]float64 {
-	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(db.ReadMetrics())
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, f := range families {
-		if f.GetName() != "loom_db_reads_total" {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			var target, reason string
-			for _, l := range m.GetLabel() {
-				switch l.GetName() {
-				case "target":
-					target = l.GetValue()
-				case "reason":
-					reason = l.GetValue()
-				}
-			}
-			out[target+"/"+reason] = m.GetCounter().GetValue()
-		}
-	}
-	return out
-}
-
 func diff(after, before map[string]float64) map[string]float64 {
 	out := map[string]float64{}
 	for k, v := range after {
@@ -138,7 +107,7 @@ func read(ctx context.Context, db *sqldb.DB, k int) (v int, onReplica bool, err 
 func TestReadYourWrites(t *testing.T) {
 	db, _ := replicated(t, 2, sqldb.Options{})
 	writer, other := as("acme", "alice"), as("acme", "bob")
-	before := counts(t, db)
+	before := sqldbtest.ReadCounts(t, db)
 	const n = 500
 	for i := 1; i <= n; i++ {
 		write(t, writer, db, 0, i)
@@ -153,7 +122,7 @@ func TestReadYourWrites(t *testing.T) {
 			t.Fatalf("iteration %d: another caller's read: on replica %v, %v", i, onReplica, err)
 		}
 	}
-	got := diff(counts(t, db), before)
+	got := diff(sqldbtest.ReadCounts(t, db), before)
 	if got["primary/read_your_writes"] < n || got["replica/ok"] < n {
 		t.Errorf("reads = %v, want at least %d read_your_writes (the writer) and %d on the replica (the other caller)", got, n, n)
 	}
@@ -246,18 +215,18 @@ func TestReplicaStopped(t *testing.T) {
 		}()
 	}
 	time.Sleep(200 * time.Millisecond)
-	before := counts(t, db)
+	before := sqldbtest.ReadCounts(t, db)
 	rep.Stop(t)
 	waitFor(t, db, "the replica to be seen down", func(st sqldb.ReplicaStatus) bool { return st.Err != nil })
 	time.Sleep(300 * time.Millisecond)
-	down := diff(counts(t, db), before)
+	down := diff(sqldbtest.ReadCounts(t, db), before)
 	rep.Start(t)
 	waitFor(t, db, "the replica to be seen up again", func(st sqldb.ReplicaStatus) bool { return st.Err == nil })
-	mid := counts(t, db)
+	mid := sqldbtest.ReadCounts(t, db)
 	time.Sleep(200 * time.Millisecond)
 	stop.Store(true)
 	wg.Wait()
-	after := diff(counts(t, db), mid)
+	after := diff(sqldbtest.ReadCounts(t, db), mid)
 	if n := failed.Load(); n > 0 {
 		t.Fatalf("%d of %d reads failed; first: %v", n, served.Load(), firstErr)
 	}
@@ -314,7 +283,7 @@ func TestReplicaLagging(t *testing.T) {
 	if lagged < maxLag-slack {
 		t.Errorf("reads left the replica after %v, before the bound %v (less %v of replication delay)", lagged, maxLag, slack)
 	}
-	if got := counts(t, db); got["primary/replica_lagging"] == 0 {
+	if got := sqldbtest.ReadCounts(t, db); got["primary/replica_lagging"] == 0 {
 		t.Errorf("reads = %v, want primary/replica_lagging", got)
 	}
 	t.Logf("replay paused: reads left the replica after %v (bound %v); lag seen %v", lagged.Round(time.Millisecond), maxLag, db.ReplicaStatus().Lag.Round(time.Millisecond))
@@ -330,7 +299,7 @@ func TestReplicaLagging(t *testing.T) {
 func TestMixedLoad(t *testing.T) {
 	const callers, workers, writeEvery = 64, 8, 10 // one operation in writeEvery is a write
 	db, _ := replicated(t, callers, sqldb.Options{})
-	before := counts(t, db)
+	before := sqldbtest.ReadCounts(t, db)
 	var last [callers]atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
@@ -369,7 +338,7 @@ func TestMixedLoad(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	got := diff(counts(t, db), before)
+	got := diff(sqldbtest.ReadCounts(t, db), before)
 	total := 0.0
 	for _, v := range got {
 		total += v
@@ -402,7 +371,7 @@ func TestReplicaDownAtOpen(t *testing.T) {
 	if err := db.Read(context.Background(), func(pool *pgxpool.Pool) error { return pool.QueryRow(context.Background(), "SELECT 1").Scan(&one) }); err != nil {
 		t.Fatal(err)
 	}
-	if got := counts(t, db); got["primary/replica_down"] == 0 {
+	if got := sqldbtest.ReadCounts(t, db); got["primary/replica_down"] == 0 {
 		t.Errorf("reads = %v, want primary/replica_down", got)
 	}
 	t.Logf("status: %v", db.ReplicaStatus().Err)

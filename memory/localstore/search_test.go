@@ -179,28 +179,8 @@ func TestQuantised(t *testing.T) {
 		}
 	}
 	const n, dim = 12000, 96
-	s, err := Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, centroids, vec := exactAndIndexed(t, r, "quant", n, dim, 20)
 	ctx := context.Background()
-	for _, name := range []string{"exact", "quant"} {
-		kind := map[string]memory.IndexKind{"exact": memory.IndexExact, "quant": memory.IndexHNSW}[name]
-		if _, err := s.CreateNamespace(ctx, "t", memory.Namespace{Name: name, Dimension: dim, Metric: memory.MetricCosine, IndexKind: kind}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	centroids, vec := clusters(r, dim, 20)
-	recs := make([]memory.Record, n)
-	for i := range recs {
-		recs[i] = memory.Record{ID: fmt.Sprint(i), Vector: vec(centroids[r.IntN(len(centroids))])}
-	}
-	for _, name := range []string{"exact", "quant"} {
-		if err := s.Upsert(ctx, "t", name, recs); err != nil {
-			t.Fatal(err)
-		}
-	}
 	if !s.tenants["t"]["quant"].useQuantised() || s.tenants["t"]["exact"].useQuantised() {
 		t.Fatal("index kinds do not select the scans")
 	}
@@ -234,28 +214,8 @@ func TestQuantised(t *testing.T) {
 func TestIVF(t *testing.T) {
 	r := rand.New(rand.NewPCG(8, 9))
 	const n, dim = IVFMinRows + 500, 64
-	s, err := Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, centroids, vec := exactAndIndexed(t, r, "ivf", n, dim, 50)
 	ctx := context.Background()
-	for _, name := range []string{"exact", "ivf"} {
-		kind := map[string]memory.IndexKind{"exact": memory.IndexExact, "ivf": memory.IndexHNSW}[name]
-		if _, err := s.CreateNamespace(ctx, "t", memory.Namespace{Name: name, Dimension: dim, Metric: memory.MetricCosine, IndexKind: kind}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	centroids, vec := clusters(r, dim, 50)
-	recs := make([]memory.Record, n)
-	for i := range recs {
-		recs[i] = memory.Record{ID: fmt.Sprint(i), Vector: vec(centroids[r.IntN(len(centroids))])}
-	}
-	for _, name := range []string{"exact", "ivf"} {
-		if err := s.Upsert(ctx, "t", name, recs); err != nil {
-			t.Fatal(err)
-		}
-	}
 	recall := func() float64 {
 		found, total := 0, 0
 		for range 40 {
@@ -338,6 +298,36 @@ func TestQuantizeRounds(t *testing.T) {
 }
 
 // clusters draws n centroids of dim from r and returns them with near, which draws a vector around a centroid
+// exactAndIndexed opens a store with two cosine namespaces of tenant "t", "exact" of kind exact and indexed of
+// kind HNSW, both holding the same n records of dim dimensions drawn near k random centroids (see [clusters]),
+// and returns it with the centroids and the sampler; the store is closed when the test ends.
+func exactAndIndexed(t *testing.T, r *rand.Rand, indexed string, n, dim, k int) (*Store, [][]float32, func([]float32) []float32) {
+	t.Helper()
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	ctx := context.Background()
+	for _, name := range []string{"exact", indexed} {
+		kind := map[string]memory.IndexKind{"exact": memory.IndexExact, indexed: memory.IndexHNSW}[name]
+		if _, err := s.CreateNamespace(ctx, "t", memory.Namespace{Name: name, Dimension: dim, Metric: memory.MetricCosine, IndexKind: kind}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	centroids, vec := clusters(r, dim, k)
+	recs := make([]memory.Record, n)
+	for i := range recs {
+		recs[i] = memory.Record{ID: fmt.Sprint(i), Vector: vec(centroids[r.IntN(len(centroids))])}
+	}
+	for _, name := range []string{"exact", indexed} {
+		if err := s.Upsert(ctx, "t", name, recs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s, centroids, vec
+}
+
 // (spread 0.35) or, given nil, a vector like a centroid: clustered data, which suits the IVF index.
 func clusters(r *rand.Rand, dim, n int) ([][]float32, func(c []float32) []float32) {
 	near := func(c []float32) []float32 {

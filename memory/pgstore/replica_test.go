@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
@@ -74,7 +72,7 @@ func TestReplicaReadYourWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	reg := readCounts(t, db)
+	reg := sqldbtest.ReadCounts(t, db)
 	if reg["replica/ok"] < n {
 		t.Errorf("reads = %v, want the other caller's %d on the replica", reg, n)
 	}
@@ -101,31 +99,4 @@ func TestReplicaReadYourWrites(t *testing.T) {
 	if _, err := s.GetNamespace(writer, "acme", "ns", false); err == nil {
 		t.Fatal("the deleter still sees its namespace")
 	}
-}
-
-// readCounts returns loom_db_reads_total by "target/reason".
-func readCounts(t *testing.T, db *sqldb.DB) map[string]float64 {
-	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(db.ReadMetrics())
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, f := range families {
-		if f.GetName() != "loom_db_reads_total" {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if v := m.GetCounter().GetValue(); v > 0 {
-				out[labels["target"]+"/"+labels["reason"]] = v
-			}
-		}
-	}
-	return out
 }
