@@ -113,7 +113,7 @@ func (s *Store) buildIndex(ctx context.Context, row nsRow, concurrently bool) er
 		mode = "CONCURRENTLY "
 	}
 	_, err = conn.Exec(ctx, fmt.Sprintf("CREATE INDEX %sIF NOT EXISTS %s ON %s USING hnsw (embedding %s) WITH (m = %d, ef_construction = %d)",
-		mode, row.indexName(), s.records(row), opsClass(row.meta.Metric), cmpOr(row.meta.M, DefaultM), cmpOr(row.meta.EfConstruction, DefaultEfConstruction)))
+		mode, row.indexName(), s.records(row), opsOf(row.meta.Metric).opsClass, cmpOr(row.meta.M, DefaultM), cmpOr(row.meta.EfConstruction, DefaultEfConstruction)))
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // the namespace was deleted
 		return nil

@@ -305,24 +305,19 @@ func (s *Store) lookup(ctx context.Context, q querier, tenant, name string) (nsR
 	return r, nil
 }
 
-func opsClass(m memory.Metric) string {
-	switch m {
-	case memory.MetricDotProduct:
-		return "vector_ip_ops"
-	case memory.MetricL2:
-		return "vector_l2_ops"
-	}
-	return "vector_cosine_ops"
-}
+// vectorOps is how pgvector spells a metric: the operator class of an HNSW index over it and its distance
+// operator.
+type vectorOps struct{ opsClass, distanceOp string }
 
-func distanceOp(m memory.Metric) string {
+// opsOf returns how pgvector spells m; any metric but dot product and L2 is cosine.
+func opsOf(m memory.Metric) vectorOps {
 	switch m {
 	case memory.MetricDotProduct:
-		return "<#>"
+		return vectorOps{opsClass: "vector_ip_ops", distanceOp: "<#>"}
 	case memory.MetricL2:
-		return "<->"
+		return vectorOps{opsClass: "vector_l2_ops", distanceOp: "<->"}
 	}
-	return "<=>"
+	return vectorOps{opsClass: "vector_cosine_ops", distanceOp: "<=>"}
 }
 
 // score turns a pgvector distance into the contract's "higher is closer" score.
@@ -856,7 +851,7 @@ func (s *Store) search(ctx context.Context, pool *pgxpool.Pool, row nsRow, q mem
 	if q.IncludeVectors {
 		cols += ", embedding"
 	}
-	op := distanceOp(row.meta.Metric)
+	op := opsOf(row.meta.Metric).distanceOp
 	vsql := fmt.Sprintf(`WITH c AS MATERIALIZED (SELECT %s, embedding %s $1 AS distance FROM %s WHERE %s ORDER BY embedding %s $1 LIMIT %d)
 		SELECT * FROM c ORDER BY distance, id`, cols, op, s.records(row), where, op, k)
 	var tsql string
