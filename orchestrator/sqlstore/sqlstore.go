@@ -181,35 +181,29 @@ func (s *Store) ListBlueprints(ctx context.Context, tenant string, pageSize int,
 	defer rows.Close()
 	// A row that cannot be decoded is skipped with a logged error, so one bad record never takes the whole list
 	// down; DeleteBlueprint still removes it. Pages are cut on the rows read, decodable or not.
-	var (
-		out   []*orchestratorv1.Blueprint
-		names []string
-	)
-	for rows.Next() {
+	var out []*orchestratorv1.Blueprint
+	last, more, err := sqldb.ReadPage(rows, pageSize, func(rows *sql.Rows) (string, error) {
 		var name string
 		var version, created int64
 		var def []byte
 		if err := rows.Scan(&name, &version, &def, &created); err != nil {
-			return nil, "", fmt.Errorf("list blueprints: %w", err)
-		}
-		names = append(names, name)
-		if len(names) > pageSize {
-			break
+			return "", err
 		}
 		bp := &orchestratorv1.Blueprint{}
 		if err := proto.Unmarshal(def, bp); err != nil {
 			s.logger.ErrorContext(ctx, "orchestrator store: list blueprints skips an undecodable blueprint", "tenant", tenant, "blueprint", name, "version", version, "err", err)
-			continue
+			return name, nil
 		}
 		bp.Version, bp.CreateTime = version, timestamppb.New(time.UnixMicro(created))
 		out = append(out, bp)
-	}
-	if err := rows.Err(); err != nil {
+		return name, nil
+	})
+	if err != nil {
 		return nil, "", fmt.Errorf("list blueprints: %w", err)
 	}
 	next := ""
-	if len(names) > pageSize {
-		next = pagetoken.Encode("blueprints", names[pageSize-1])
+	if more {
+		next = pagetoken.Encode("blueprints", last)
 	}
 	return out, next, nil
 }
