@@ -90,14 +90,7 @@ func newStoppedEnv(t *testing.T, dialect sqldb.Dialect, agents *orchestratortest
 		if !start {
 			return eng
 		}
-		if err := eng.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			_ = eng.Stop(ctx)
-		})
+		orchestratortest.StartEngine(t, eng)
 		return eng
 	}
 	return &env{db: db, store: store, agents: agents, memory: memory}, open
@@ -343,11 +336,7 @@ steps:
     retry: {max_attempts: 3, initial_backoff: 10ms, max_backoff: 20ms}
     agent: {agent: flaky, input: "'x'"}
 `)
-		run, err := e.engine.StartRun(context.Background(), tenant, bp, nil, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		run = e.waitFor(t, run.GetId(), orchestratorv1.RunState_RUN_STATE_SUCCEEDED, orchestratorv1.RunState_RUN_STATE_FAILED)
+		run := e.start(t, bp, orchestratorv1.RunState_RUN_STATE_SUCCEEDED, orchestratorv1.RunState_RUN_STATE_FAILED)
 		if run.GetState() != orchestratorv1.RunState_RUN_STATE_SUCCEEDED || stepState(run, "a").GetAttempts() != 2 {
 			t.Fatalf("run = %v, want succeeded after 2 attempts", run)
 		}
@@ -385,11 +374,7 @@ steps:
     depends_on: [a]
     agent: {agent: ghost, input: "'y'"}
 `)
-		run, err := e.engine.StartRun(context.Background(), tenant, bp, nil, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		run = e.waitFor(t, run.GetId(), orchestratorv1.RunState_RUN_STATE_FAILED)
+		run := e.start(t, bp, orchestratorv1.RunState_RUN_STATE_FAILED)
 		if !strings.Contains(run.GetError(), "no such agent") || stepState(run, "b").GetState() != orchestratorv1.StepState_STEP_STATE_SKIPPED {
 			t.Errorf("run = %v", run)
 		}
@@ -535,11 +520,7 @@ steps:
     retry: {max_attempts: 2, initial_backoff: 10ms, max_backoff: 20ms}
     agent: {agent: broken, input: "'x'"}
 `)
-		run, err := e.engine.StartRun(context.Background(), tenant, bp, nil, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		run = e.waitFor(t, run.GetId(), orchestratorv1.RunState_RUN_STATE_SUCCEEDED, orchestratorv1.RunState_RUN_STATE_FAILED)
+		run := e.start(t, bp, orchestratorv1.RunState_RUN_STATE_SUCCEEDED, orchestratorv1.RunState_RUN_STATE_FAILED)
 		if run.GetState() != orchestratorv1.RunState_RUN_STATE_FAILED {
 			t.Fatalf("run = %v, want failed", run)
 		}

@@ -128,10 +128,7 @@ func TestUnfinishedAgentRunIsRetriedWithTheSameKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := eng.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = eng.Stop(context.Background()) })
+	orchestratortest.StartEngine(t, eng)
 	e := &env{engine: eng, store: store}
 	bp := e.create(t, "name: one\nsteps:\n  - id: a\n    retry: {max_attempts: 1, initial_backoff: 10ms}\n    agent: {agent: x, input: \"'x'\"}\n")
 	run, err := eng.StartRun(ctx, tenant, bp, nil, "")
@@ -237,10 +234,7 @@ func TestSlowStepIsNotTakenOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, eng := range []*engine.Engine{a, b} {
-		if err := eng.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = eng.Stop(context.Background()) })
+		orchestratortest.StartEngine(t, eng)
 	}
 	e := &env{engine: a, store: store}
 	bp := e.create(t, "name: slow\nsteps:\n  - id: a\n    agent: {agent: x, input: \"'x'\"}\n")
