@@ -76,16 +76,7 @@ func openBenchDB(b *testing.B, dialect sqldb.Dialect) *benchDB {
 
 func (d *benchDB) engine(b *testing.B, cfg engine.Config) *engine.Engine {
 	b.Helper()
-	var (
-		eng *engine.Engine
-		err error
-	)
-	agents := &orchestratortest.Agents{}
-	if d.db.Dialect == sqldb.Postgres {
-		eng, err = engine.NewPostgres(context.Background(), nil, d.db, agents, nil, cfg)
-	} else {
-		eng, err = engine.NewSQLite(context.Background(), nil, d.db, agents, nil, cfg)
-	}
+	eng, err := engine.New(context.Background(), nil, d.db, &orchestratortest.Agents{}, nil, cfg)
 	if err != nil {
 		b.Fatal(err)
 	}

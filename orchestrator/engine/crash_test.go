@@ -99,13 +99,8 @@ func runReplica(url, logPath string) error {
 		return err
 	}
 	cfg := engine.Config{} // the defaults: what `loom serve` runs
-	var eng *engine.Engine
-	if db.Dialect == sqldb.Postgres {
-		eng, err = engine.NewPostgres(ctx, logger, db, agents, nil, cfg)
-		if err != nil {
-			return err
-		}
-	} else if eng, err = engine.NewSQLite(ctx, logger, db, agents, nil, cfg); err != nil {
+	eng, err := engine.New(ctx, logger, db, agents, nil, cfg)
+	if err != nil {
 		return err
 	}
 	if err := eng.Start(ctx); err != nil {
@@ -214,12 +209,7 @@ func crashRecovery(t *testing.T, dialect sqldb.Dialect, replicas, kills int) {
 	if e.store, err = sqlstore.New(ctx, db); err != nil {
 		t.Fatal(err)
 	}
-	if dialect == sqldb.Postgres {
-		e.engine, err = engine.NewPostgres(ctx, nil, db, orchestratortest.AgentAt{Version: crashAgentVersion}, nil, engine.Config{})
-	} else {
-		e.engine, err = engine.NewSQLite(ctx, nil, db, orchestratortest.AgentAt{Version: crashAgentVersion}, nil, engine.Config{})
-	}
-	if err != nil {
+	if e.engine, err = engine.New(ctx, nil, db, orchestratortest.AgentAt{Version: crashAgentVersion}, nil, engine.Config{}); err != nil {
 		t.Fatal(err)
 	}
 	bp := e.create(t, crashBlueprint())

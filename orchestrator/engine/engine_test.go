@@ -79,11 +79,7 @@ func newStoppedEnv(t *testing.T, dialect sqldb.Dialect, agents *orchestratortest
 		t.Fatal(err)
 	}
 	open := func(start bool) *engine.Engine {
-		if dialect == sqldb.SQLite {
-			eng, err = engine.NewSQLite(ctx, nil, db, agents, memory, cfg)
-		} else {
-			eng, err = engine.NewPostgres(ctx, nil, db, agents, memory, cfg)
-		}
+		eng, err = engine.New(ctx, nil, db, agents, memory, cfg)
 		if err != nil {
 			t.Fatalf("new engine: %v", err)
 		}
@@ -99,15 +95,7 @@ func newStoppedEnv(t *testing.T, dialect sqldb.Dialect, agents *orchestratortest
 // reopen returns another engine over e's database (not started), logging to logger.
 func (e *env) reopen(t *testing.T, dialect sqldb.Dialect, logger *slog.Logger) *engine.Engine {
 	t.Helper()
-	var (
-		eng *engine.Engine
-		err error
-	)
-	if dialect == sqldb.SQLite {
-		eng, err = engine.NewSQLite(context.Background(), logger, e.db, e.agents, e.memory, engine.Config{})
-	} else {
-		eng, err = engine.NewPostgres(context.Background(), logger, e.db, e.agents, e.memory, engine.Config{})
-	}
+	eng, err := engine.New(context.Background(), logger, e.db, e.agents, e.memory, engine.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
