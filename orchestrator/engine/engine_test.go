@@ -93,7 +93,7 @@ func newStoppedEnv(t *testing.T, dialect sqldb.Dialect, agents *orchestratortest
 }
 
 // reopen returns another engine over e's database (not started), logging to logger.
-func (e *env) reopen(t *testing.T, dialect sqldb.Dialect, logger *slog.Logger) *engine.Engine {
+func (e *env) reopen(t *testing.T, logger *slog.Logger) *engine.Engine {
 	t.Helper()
 	eng, err := engine.New(context.Background(), logger, e.db, e.agents, e.memory, engine.Config{})
 	if err != nil {

@@ -166,7 +166,7 @@ func TestListRunsSkipsUndecodableRun(t *testing.T) {
 		if _, err := db.ExecContext(ctx, db.Rebind(`UPDATE loom.runs SET input = ?, state = ?, end_time = 1 WHERE id = ?`), []byte{0xff, 0xff, 0xff}, int64(orchestratorv1.RunState_RUN_STATE_FAILED), ids[2]); err != nil {
 			t.Fatal(err)
 		}
-		eng := e.reopen(t, d, slog.New(slog.NewTextHandler(&logs, nil)))
+		eng := e.reopen(t, slog.New(slog.NewTextHandler(&logs, nil)))
 		var got []string
 		token := ""
 		for {
