@@ -19,8 +19,6 @@ import (
 
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 	"github.com/loom-dev/loom/internal/sqldb"
-	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
-	"github.com/loom-dev/loom/orchestrator/blueprint"
 	"github.com/loom-dev/loom/orchestrator/engine"
 	"github.com/loom-dev/loom/orchestrator/orchestratortest"
 	"github.com/loom-dev/loom/orchestrator/sqlstore"
@@ -58,16 +56,9 @@ type benchDB struct {
 func openBenchDB(b *testing.B, dialect sqldb.Dialect) *benchDB {
 	b.Helper()
 	ctx := context.Background()
-	url := "sqlite:" + sqldbtest.SQLitePath(b)
-	if dialect == sqldb.Postgres {
-		url = sqldbtest.PostgresURL(b)
-	}
-	db, err := sqldb.Open(ctx, url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { db.Close() })
+	db, _ := openShared(b, dialect)
 	out := &benchDB{db: db}
+	var err error
 	if out.store, err = sqlstore.New(ctx, db); err != nil {
 		b.Fatal(err)
 	}
@@ -99,15 +90,7 @@ func (d *benchDB) blueprint(b *testing.B, name string, steps int) *orchestratorv
 // create loads the blueprint in YAML src and stores it.
 func (d *benchDB) create(b *testing.B, src string) *orchestratorv1.Blueprint {
 	b.Helper()
-	bp, errs := blueprint.Load(&orchestratorv1.BlueprintSource{Source: &orchestratorv1.BlueprintSource_Yaml{Yaml: src}})
-	if len(errs) > 0 {
-		b.Fatalf("blueprint: %v", errs)
-	}
-	stored, err := d.store.CreateBlueprint(context.Background(), tenant, bp)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return stored
+	return createBlueprint(b, d.store, src)
 }
 
 // commits performs n floor commits and returns their latencies. Benchmarks interleave them with the work they

@@ -24,7 +24,6 @@ import (
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 	"github.com/loom-dev/loom/internal/sqldb"
-	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 	"github.com/loom-dev/loom/orchestrator/engine"
 	"github.com/loom-dev/loom/orchestrator/orchestratortest"
 	"github.com/loom-dev/loom/orchestrator/sqlstore"
@@ -196,16 +195,9 @@ func crashRecovery(t *testing.T, dialect sqldb.Dialect, replicas, kills int) {
 	rng := rand.New(rand.NewPCG(seed, 0))
 
 	// The parent migrates the database and starts runs; it never works a job.
-	url := "sqlite:" + sqldbtest.SQLitePath(t)
-	if dialect == sqldb.Postgres {
-		url = sqldbtest.PostgresURL(t)
-	}
-	db, err := sqldb.Open(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db, url := openShared(t, dialect)
 	e := &env{}
+	var err error
 	if e.store, err = sqlstore.New(ctx, db); err != nil {
 		t.Fatal(err)
 	}

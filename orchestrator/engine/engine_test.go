@@ -132,15 +132,37 @@ func forEachDialect(t *testing.T, fn func(t *testing.T, dialect sqldb.Dialect)) 
 
 func (e *env) create(t *testing.T, src string) *orchestratorv1.Blueprint {
 	t.Helper()
+	return createBlueprint(t, e.store, src)
+}
+
+// createBlueprint loads the blueprint in YAML src and stores it in store for the test tenant.
+func createBlueprint(tb testing.TB, store orchestrator.Store, src string) *orchestratorv1.Blueprint {
+	tb.Helper()
 	bp, errs := blueprint.Load(&orchestratorv1.BlueprintSource{Source: &orchestratorv1.BlueprintSource_Yaml{Yaml: src}})
 	if len(errs) > 0 {
-		t.Fatalf("blueprint: %v", errs)
+		tb.Fatalf("blueprint: %v", errs)
 	}
-	stored, err := e.store.CreateBlueprint(context.Background(), tenant, bp)
+	stored, err := store.CreateBlueprint(context.Background(), tenant, bp)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	return stored
+}
+
+// openShared opens a database of dialect that another process can open too (a SQLite file or a Postgres
+// database), closed when the test ends, and returns it with its URL.
+func openShared(tb testing.TB, dialect sqldb.Dialect) (*sqldb.DB, string) {
+	tb.Helper()
+	url := "sqlite:" + sqldbtest.SQLitePath(tb)
+	if dialect == sqldb.Postgres {
+		url = sqldbtest.PostgresURL(tb)
+	}
+	db, err := sqldb.Open(context.Background(), url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { db.Close() })
+	return db, url
 }
 
 func (e *env) waitFor(t *testing.T, id string, states ...orchestratorv1.RunState) *orchestratorv1.WorkflowRun {
