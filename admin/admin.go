@@ -60,10 +60,7 @@ func (s *Server) Service() rpcserver.Service {
 
 // CreateApiKey creates a key and returns its secret once.
 func (s *Server) CreateApiKey(ctx context.Context, req *connect.Request[adminv1.CreateApiKeyRequest]) (*connect.Response[adminv1.CreateApiKeyResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.toConnect(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	var expires time.Time
 	if req.Msg.GetExpireTime() != nil {
 		expires = req.Msg.GetExpireTime().AsTime()
@@ -80,10 +77,7 @@ func (s *Server) CreateApiKey(ctx context.Context, req *connect.Request[adminv1.
 
 // ListApiKeys lists the tenant's keys without secrets.
 func (s *Server) ListApiKeys(ctx context.Context, _ *connect.Request[adminv1.ListApiKeysRequest]) (*connect.Response[adminv1.ListApiKeysResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.toConnect(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	keys, err := s.keys.List(ctx, t)
 	if err != nil {
 		return nil, s.toConnect(ctx, err)
@@ -97,10 +91,7 @@ func (s *Server) ListApiKeys(ctx context.Context, _ *connect.Request[adminv1.Lis
 
 // RevokeApiKey revokes one of the tenant's keys.
 func (s *Server) RevokeApiKey(ctx context.Context, req *connect.Request[adminv1.RevokeApiKeyRequest]) (*connect.Response[adminv1.RevokeApiKeyResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.toConnect(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	if err := s.keys.Revoke(ctx, t, req.Msg.GetId()); err != nil {
 		return nil, s.toConnect(ctx, err)
 	}
@@ -109,10 +100,7 @@ func (s *Server) RevokeApiKey(ctx context.Context, req *connect.Request[adminv1.
 
 // ListAuditEvents lists the tenant's audit trail, newest first.
 func (s *Server) ListAuditEvents(ctx context.Context, req *connect.Request[adminv1.ListAuditEventsRequest]) (*connect.Response[adminv1.ListAuditEventsResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.toConnect(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	size := int(req.Msg.GetPageSize())
 	if size == 0 {
 		size = 100
@@ -136,10 +124,7 @@ var errNoMasterKey = connect.NewError(connect.CodeFailedPrecondition, errors.New
 
 // SetProviderKey stores the tenant's key for a provider, encrypted. The key is never returned or logged.
 func (s *Server) SetProviderKey(ctx context.Context, req *connect.Request[adminv1.SetProviderKeyRequest]) (*connect.Response[adminv1.SetProviderKeyResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.toConnect(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	if s.providers == nil {
 		return nil, errNoMasterKey
 	}
@@ -152,10 +137,7 @@ func (s *Server) SetProviderKey(ctx context.Context, req *connect.Request[adminv
 
 // DeleteProviderKey deletes the tenant's key for a provider.
 func (s *Server) DeleteProviderKey(ctx context.Context, req *connect.Request[adminv1.DeleteProviderKeyRequest]) (*connect.Response[adminv1.DeleteProviderKeyResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.toConnect(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	if s.providers == nil {
 		return nil, errNoMasterKey
 	}
@@ -167,10 +149,7 @@ func (s *Server) DeleteProviderKey(ctx context.Context, req *connect.Request[adm
 
 // ListProviderKeys lists the providers the tenant has a key for, without the keys.
 func (s *Server) ListProviderKeys(ctx context.Context, _ *connect.Request[adminv1.ListProviderKeysRequest]) (*connect.Response[adminv1.ListProviderKeysResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.toConnect(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	if s.providers == nil {
 		return nil, errNoMasterKey
 	}

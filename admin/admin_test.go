@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"io"
 	"log/slog"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -17,6 +18,7 @@ import (
 	adminv1 "github.com/loom-dev/loom/gen/loom/admin/v1"
 	"github.com/loom-dev/loom/internal/audit"
 	"github.com/loom-dev/loom/internal/authn"
+	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/rpcserver/rpcservertest"
 	"github.com/loom-dev/loom/internal/secrets"
@@ -24,20 +26,27 @@ import (
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 )
 
+// openStores opens a fresh SQLite database with the API key store and the audit trail on it.
+func openStores(t *testing.T) (*sqldb.DB, *authn.KeyStore, *audit.Store) {
+	t.Helper()
+	db := sqldbtest.Open(t, sqldb.SQLite)
+	keys, err := authn.NewKeyStore(context.Background(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trail, err := audit.Open(context.Background(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db, keys, trail
+}
+
 // newClient serves an admin server over a fresh SQLite database and returns a grpc-go client and the provider
 // key store behind it (nil when withMasterKey is false).
 func newClient(t *testing.T, withMasterKey bool) (adminv1.AdminServiceClient, *secrets.ProviderKeys) {
 	t.Helper()
 	ctx := context.Background()
-	db := sqldbtest.Open(t, sqldb.SQLite)
-	keys, err := authn.NewKeyStore(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	trail, err := audit.Open(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, keys, trail := openStores(t)
 	var providers *secrets.ProviderKeys
 	if withMasterKey {
 		mk := make([]byte, secrets.KeySize)
@@ -144,5 +153,23 @@ func TestProviderKeysWithoutMasterKey(t *testing.T) {
 	}
 	if _, err := c.DeleteProviderKey(as(t, "acme"), &adminv1.DeleteProviderKeyRequest{Provider: "openai"}); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("DeleteProviderKey = %v, want FailedPrecondition", err)
+	}
+}
+
+// TestCallerWithoutTenant: the handlers read their tenant with principal.TenantOf, so the server refuses a
+// principal without a tenant before any handler runs. The server has no stores: a handler that ran would answer
+// Internal (a nil store) or FailedPrecondition (no master key).
+func TestCallerWithoutTenant(t *testing.T) {
+	t.Parallel()
+	noTenant := func(*http.Request) (principal.Principal, error) {
+		return principal.Principal{Subject: "s", Roles: []string{"admin"}}, nil
+	}
+	srv := rpcservertest.Start(t, rpcserver.Config{}, noTenant, admin.New(slog.New(slog.DiscardHandler), nil, nil, nil, authn.ModeRequired).Service())
+	c := adminv1.NewAdminServiceClient(srv.GRPCConn(t))
+	if _, err := c.ListApiKeys(t.Context(), &adminv1.ListApiKeysRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("ListApiKeys without a tenant: %v, want Unauthenticated", err)
+	}
+	if _, err := c.SetProviderKey(t.Context(), &adminv1.SetProviderKeyRequest{Provider: "gemini", Key: "k"}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("SetProviderKey without a tenant: %v, want Unauthenticated", err)
 	}
 }

@@ -17,12 +17,9 @@ import (
 	"github.com/loom-dev/loom/admin"
 	adminv1 "github.com/loom-dev/loom/gen/loom/admin/v1"
 	"github.com/loom-dev/loom/gen/loom/admin/v1/adminv1connect"
-	"github.com/loom-dev/loom/internal/audit"
 	"github.com/loom-dev/loom/internal/authn"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/rpcserver/rpcservertest"
-	"github.com/loom-dev/loom/internal/sqldb"
-	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 )
 
 // whoAmIServer serves an admin server behind the real authenticator in mode, and returns it with the secret of a
@@ -31,15 +28,7 @@ func whoAmIServer(t *testing.T, mode authn.Mode) (srv *rpcservertest.Server, rea
 	t.Helper()
 	ctx := context.Background()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	db := sqldbtest.Open(t, sqldb.SQLite)
-	keys, err := authn.NewKeyStore(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	trail, err := audit.Open(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, keys, trail := openStores(t)
 	secret, key, err := keys.Create(ctx, "acme", "ci reader", []string{"reader"}, time.Time{})
 	if err != nil {
 		t.Fatal(err)

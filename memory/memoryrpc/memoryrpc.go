@@ -116,7 +116,7 @@ func newErrors(logger *slog.Logger) *rpcerr.Mapper {
 // caller's tenant.
 func quotaError(ctx context.Context, qe *memory.QuotaError) *connect.Error {
 	cerr := connect.NewError(connect.CodeResourceExhausted, errors.New(qe.Error()))
-	t, _ := principal.Tenant(ctx)
+	t := principal.TenantOf(ctx)
 	if d, err := connect.NewErrorDetail(&errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{
 		Subject:     "tenant:" + t,
 		Description: qe.Error(),
@@ -134,10 +134,7 @@ func quotaError(ctx context.Context, qe *memory.QuotaError) *connect.Error {
 // embedder "local") and checks that the namespace's embedder is configured here.
 func (s *Server) CreateNamespace(ctx context.Context, req *connect.Request[memoryv1.CreateNamespaceRequest]) (*connect.Response[memoryv1.CreateNamespaceResponse], error) {
 	const proc = "CreateNamespace"
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.toConnect(ctx, proc, err)
-	}
+	t := principal.TenantOf(ctx)
 	ns := namespaceFromProto(req.Msg.GetNamespace())
 	if ns.Metric == 0 {
 		ns.Metric = memory.MetricCosine
@@ -157,10 +154,7 @@ func (s *Server) CreateNamespace(ctx context.Context, req *connect.Request[memor
 
 // GetNamespace implements memoryv1connect.MemoryServiceHandler.
 func (s *Server) GetNamespace(ctx context.Context, req *connect.Request[memoryv1.GetNamespaceRequest]) (*connect.Response[memoryv1.GetNamespaceResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.toConnect(ctx, "GetNamespace", err)
-	}
+	t := principal.TenantOf(ctx)
 	ns, err := s.store.GetNamespace(ctx, t, req.Msg.GetName(), true)
 	if err != nil {
 		return nil, s.toConnect(ctx, "GetNamespace", err)
@@ -188,10 +182,7 @@ func DecodePageToken(tok string) (string, error) {
 // ListNamespaces implements memoryv1connect.MemoryServiceHandler.
 func (s *Server) ListNamespaces(ctx context.Context, req *connect.Request[memoryv1.ListNamespacesRequest]) (*connect.Response[memoryv1.ListNamespacesResponse], error) {
 	const proc = "ListNamespaces"
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.toConnect(ctx, proc, err)
-	}
+	t := principal.TenantOf(ctx)
 	size := int(req.Msg.GetPageSize())
 	if size <= 0 { // 0 asks for the default; the contract refuses negative sizes and sizes over 1000
 		size = DefaultPageSize
@@ -217,10 +208,7 @@ func (s *Server) ListNamespaces(ctx context.Context, req *connect.Request[memory
 
 // DeleteNamespace implements memoryv1connect.MemoryServiceHandler.
 func (s *Server) DeleteNamespace(ctx context.Context, req *connect.Request[memoryv1.DeleteNamespaceRequest]) (*connect.Response[memoryv1.DeleteNamespaceResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.toConnect(ctx, "DeleteNamespace", err)
-	}
+	t := principal.TenantOf(ctx)
 	if err := s.store.DeleteNamespace(ctx, t, req.Msg.GetName()); err != nil {
 		return nil, s.toConnect(ctx, "DeleteNamespace", err)
 	}
@@ -255,10 +243,7 @@ func (s *Server) embed(ctx context.Context, e embed.Embedder, texts []string) ([
 // expiry, and embeds the records given as text only.
 func (s *Server) Upsert(ctx context.Context, req *connect.Request[memoryv1.UpsertRequest]) (*connect.Response[memoryv1.UpsertResponse], error) {
 	const proc = "Upsert"
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.toConnect(ctx, proc, err)
-	}
+	t := principal.TenantOf(ctx)
 	in := req.Msg.GetRecords()
 	now := s.now().UTC()
 	recs := make([]memory.Record, len(in))
@@ -319,10 +304,7 @@ func (s *Server) Upsert(ctx context.Context, req *connect.Request[memoryv1.Upser
 // embedder by the store's call of Query.Embed, so the namespace is read once.
 func (s *Server) Search(ctx context.Context, req *connect.Request[memoryv1.SearchRequest]) (*connect.Response[memoryv1.SearchResponse], error) {
 	const proc = "Search"
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.toConnect(ctx, proc, err)
-	}
+	t := principal.TenantOf(ctx)
 	m := req.Msg
 	q := memory.Query{TopK: int(m.GetTopK()), Filter: FilterFromProto(m.GetFilter()), MinScore: m.MinScore, Hybrid: m.GetHybrid(), IncludeVectors: m.GetIncludeVectors()}
 	if q.TopK == 0 {
@@ -359,10 +341,7 @@ func (s *Server) Search(ctx context.Context, req *connect.Request[memoryv1.Searc
 // Get implements memoryv1connect.MemoryServiceHandler.
 func (s *Server) Get(ctx context.Context, req *connect.Request[memoryv1.GetRequest]) (*connect.Response[memoryv1.GetResponse], error) {
 	const proc = "Get"
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.toConnect(ctx, proc, err)
-	}
+	t := principal.TenantOf(ctx)
 	ids := req.Msg.GetIds()
 	recs, err := s.store.Get(ctx, t, req.Msg.GetNamespace(), ids, req.Msg.GetIncludeVectors())
 	if err != nil {
@@ -385,10 +364,7 @@ func (s *Server) Get(ctx context.Context, req *connect.Request[memoryv1.GetReque
 // Delete implements memoryv1connect.MemoryServiceHandler.
 func (s *Server) Delete(ctx context.Context, req *connect.Request[memoryv1.DeleteRequest]) (*connect.Response[memoryv1.DeleteResponse], error) {
 	const proc = "Delete"
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.toConnect(ctx, proc, err)
-	}
+	t := principal.TenantOf(ctx)
 	var ids []string
 	var filter *memory.Filter
 	switch sel := req.Msg.GetSelector().(type) {

@@ -138,13 +138,15 @@ func serve(t *testing.T) map[string]client {
 	srv := memoryrpc.New(slog.New(slog.NewTextHandler(io.Discard, nil)), store, nil)
 	svc := srv.Service()
 	// The real server (interceptors, limits); the tenant comes from a test header: none means the local
-	// development principal, "-" an unauthenticated call.
+	// development principal, "-" an unauthenticated call, "~" a principal without a tenant.
 	auth := func(r *http.Request) (principal.Principal, error) {
 		switch tn := r.Header.Get(rpcservertest.TenantHeader); tn {
 		case "":
 			return principal.Local, nil
 		case "-":
 			return principal.Principal{}, errors.New("no credentials")
+		case "~": // authenticated, but with no tenant: the authz interceptor refuses it before the handler
+			return principal.Principal{Subject: "s", Roles: []string{"admin"}}, nil
 		default:
 			return rpcservertest.TenantAuthenticator(r)
 		}
@@ -398,6 +400,10 @@ func testBadInput(t *testing.T, ctx context.Context, c client) {
 		}, connect.CodeFailedPrecondition, "gemini"},
 		{"no principal", func(ctx context.Context) error {
 			_, err := c.Upsert(withTenant(ctx, "-"), &memoryv1.UpsertRequest{Namespace: "bad", Records: []*memoryv1.Record{good}})
+			return err
+		}, connect.CodeUnauthenticated, ""},
+		{"principal without a tenant", func(ctx context.Context) error {
+			_, err := c.ListNamespaces(withTenant(ctx, "~"), &memoryv1.ListNamespacesRequest{}) // a handler that ran would answer OK
 			return err
 		}, connect.CodeUnauthenticated, ""},
 	}

@@ -19,8 +19,6 @@ import (
 
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 	"github.com/loom-dev/loom/internal/sqldb"
-	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
-	"github.com/loom-dev/loom/orchestrator/blueprint"
 	"github.com/loom-dev/loom/orchestrator/engine"
 	"github.com/loom-dev/loom/orchestrator/orchestratortest"
 	"github.com/loom-dev/loom/orchestrator/sqlstore"
@@ -58,16 +56,9 @@ type benchDB struct {
 func openBenchDB(b *testing.B, dialect sqldb.Dialect) *benchDB {
 	b.Helper()
 	ctx := context.Background()
-	url := "sqlite:" + sqldbtest.SQLitePath(b)
-	if dialect == sqldb.Postgres {
-		url = sqldbtest.PostgresURL(b)
-	}
-	db, err := sqldb.Open(ctx, url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { db.Close() })
+	db, _ := openShared(b, dialect)
 	out := &benchDB{db: db}
+	var err error
 	if out.store, err = sqlstore.New(ctx, db); err != nil {
 		b.Fatal(err)
 	}
@@ -76,32 +67,11 @@ func openBenchDB(b *testing.B, dialect sqldb.Dialect) *benchDB {
 
 func (d *benchDB) engine(b *testing.B, cfg engine.Config) *engine.Engine {
 	b.Helper()
-	var (
-		eng *engine.Engine
-		err error
-	)
-	agents := &orchestratortest.Agents{}
-	if d.db.Dialect == sqldb.Postgres {
-		eng, err = engine.NewPostgres(context.Background(), nil, d.db, agents, nil, cfg)
-	} else {
-		eng, err = engine.NewSQLite(context.Background(), nil, d.db, agents, nil, cfg)
-	}
+	eng, err := engine.New(context.Background(), nil, d.db, &orchestratortest.Agents{}, nil, cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
 	return eng
-}
-
-func startEngine(b *testing.B, eng *engine.Engine) {
-	b.Helper()
-	if err := eng.Start(context.Background()); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = eng.Stop(ctx)
-	})
 }
 
 func (d *benchDB) blueprint(b *testing.B, name string, steps int) *orchestratorv1.Blueprint {
@@ -114,15 +84,13 @@ func (d *benchDB) blueprint(b *testing.B, name string, steps int) *orchestratorv
 			fmt.Fprintf(&src, "    depends_on: [s%d]\n", i-1)
 		}
 	}
-	bp, errs := blueprint.Load(&orchestratorv1.BlueprintSource{Source: &orchestratorv1.BlueprintSource_Yaml{Yaml: src.String()}})
-	if len(errs) > 0 {
-		b.Fatalf("blueprint: %v", errs)
-	}
-	stored, err := d.store.CreateBlueprint(context.Background(), tenant, bp)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return stored
+	return d.create(b, src.String())
+}
+
+// create loads the blueprint in YAML src and stores it.
+func (d *benchDB) create(b *testing.B, src string) *orchestratorv1.Blueprint {
+	b.Helper()
+	return createBlueprint(b, d.store, src)
 }
 
 // commits performs n floor commits and returns their latencies. Benchmarks interleave them with the work they
@@ -204,7 +172,7 @@ func BenchmarkSequentialStep(b *testing.B) {
 				d := openBenchDB(b, dialect)
 				floors := d.commits(b, 100)
 				eng := d.engine(b, c.cfg)
-				startEngine(b, eng)
+				orchestratortest.StartEngine(b, eng)
 				const chain = 20
 				full := d.blueprint(b, "chain", chain)
 				var rest *orchestratorv1.Blueprint
@@ -359,7 +327,7 @@ func BenchmarkIndependentSteps(b *testing.B) {
 				}
 				count := `SELECT count(*) FROM loom.runs WHERE state = ?`
 				b.ResetTimer()
-				startEngine(b, eng)
+				orchestratortest.StartEngine(b, eng)
 				for {
 					var n int
 					if err := d.db.Component(sqldb.OrchestratorComponent).QueryRowContext(ctx, d.db.Component(sqldb.OrchestratorComponent).Rebind(count), int64(orchestratorv1.RunState_RUN_STATE_SUCCEEDED)).Scan(&n); err != nil {
@@ -392,7 +360,7 @@ func BenchmarkParallelJoin(b *testing.B) {
 			d := openBenchDB(b, dialect)
 			floors := d.commits(b, 50)
 			eng := d.engine(b, engine.Config{})
-			startEngine(b, eng)
+			orchestratortest.StartEngine(b, eng)
 			var src strings.Builder
 			members := make([]string, width)
 			for i := range members {
@@ -406,14 +374,7 @@ func BenchmarkParallelJoin(b *testing.B) {
 				fmt.Fprintf(&src, "  - id: %s\n    agent: {agent: a, input: \"'x'\"}\n", m)
 			}
 			src.WriteString("  - id: join\n    depends_on: [fan]\n    agent: {agent: a, input: \"string(size(steps))\"}\n")
-			bp, errs := blueprint.Load(&orchestratorv1.BlueprintSource{Source: &orchestratorv1.BlueprintSource_Yaml{Yaml: src.String()}})
-			if len(errs) > 0 {
-				b.Fatalf("blueprint: %v", errs)
-			}
-			stored, err := d.store.CreateBlueprint(context.Background(), tenant, bp)
-			if err != nil {
-				b.Fatal(err)
-			}
+			stored := d.create(b, src.String())
 			ctx := context.Background()
 			var spans []time.Duration
 			b.ResetTimer()

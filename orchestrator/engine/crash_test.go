@@ -24,7 +24,6 @@ import (
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 	"github.com/loom-dev/loom/internal/sqldb"
-	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 	"github.com/loom-dev/loom/orchestrator/engine"
 	"github.com/loom-dev/loom/orchestrator/orchestratortest"
 	"github.com/loom-dev/loom/orchestrator/sqlstore"
@@ -99,13 +98,8 @@ func runReplica(url, logPath string) error {
 		return err
 	}
 	cfg := engine.Config{} // the defaults: what `loom serve` runs
-	var eng *engine.Engine
-	if db.Dialect == sqldb.Postgres {
-		eng, err = engine.NewPostgres(ctx, logger, db, agents, nil, cfg)
-		if err != nil {
-			return err
-		}
-	} else if eng, err = engine.NewSQLite(ctx, logger, db, agents, nil, cfg); err != nil {
+	eng, err := engine.New(ctx, logger, db, agents, nil, cfg)
+	if err != nil {
 		return err
 	}
 	if err := eng.Start(ctx); err != nil {
@@ -201,25 +195,13 @@ func crashRecovery(t *testing.T, dialect sqldb.Dialect, replicas, kills int) {
 	rng := rand.New(rand.NewPCG(seed, 0))
 
 	// The parent migrates the database and starts runs; it never works a job.
-	url := "sqlite:" + sqldbtest.SQLitePath(t)
-	if dialect == sqldb.Postgres {
-		url = sqldbtest.PostgresURL(t)
-	}
-	db, err := sqldb.Open(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db, url := openShared(t, dialect)
 	e := &env{}
+	var err error
 	if e.store, err = sqlstore.New(ctx, db); err != nil {
 		t.Fatal(err)
 	}
-	if dialect == sqldb.Postgres {
-		e.engine, err = engine.NewPostgres(ctx, nil, db, orchestratortest.AgentAt{Version: crashAgentVersion}, nil, engine.Config{})
-	} else {
-		e.engine, err = engine.NewSQLite(ctx, nil, db, orchestratortest.AgentAt{Version: crashAgentVersion}, nil, engine.Config{})
-	}
-	if err != nil {
+	if e.engine, err = engine.New(ctx, nil, db, orchestratortest.AgentAt{Version: crashAgentVersion}, nil, engine.Config{}); err != nil {
 		t.Fatal(err)
 	}
 	bp := e.create(t, crashBlueprint())

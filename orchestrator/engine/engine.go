@@ -159,6 +159,14 @@ type Engine struct {
 
 var _ orchestrator.Runs = (*Engine)(nil)
 
+// New returns an Engine over db with [NewPostgres] or [NewSQLite], as db's dialect says.
+func New(ctx context.Context, logger *slog.Logger, db *sqldb.DB, agents agentv1.AgentServiceClient, memory memoryv1.MemoryServiceClient, cfg Config) (*Engine, error) {
+	if db.Dialect == sqldb.Postgres {
+		return NewPostgres(ctx, logger, db, agents, memory, cfg)
+	}
+	return NewSQLite(ctx, logger, db, agents, memory, cfg)
+}
+
 // NewSQLite returns an Engine that keeps runs in the SQLite database db (already migrated by sqlstore.New).
 func NewSQLite(ctx context.Context, logger *slog.Logger, db *sqldb.DB, agents agentv1.AgentServiceClient, memory memoryv1.MemoryServiceClient, cfg Config) (*Engine, error) {
 	if db.Dialect != sqldb.SQLite {

@@ -79,42 +79,23 @@ func newStoppedEnv(t *testing.T, dialect sqldb.Dialect, agents *orchestratortest
 		t.Fatal(err)
 	}
 	open := func(start bool) *engine.Engine {
-		if dialect == sqldb.SQLite {
-			eng, err = engine.NewSQLite(ctx, nil, db, agents, memory, cfg)
-		} else {
-			eng, err = engine.NewPostgres(ctx, nil, db, agents, memory, cfg)
-		}
+		eng, err = engine.New(ctx, nil, db, agents, memory, cfg)
 		if err != nil {
 			t.Fatalf("new engine: %v", err)
 		}
 		if !start {
 			return eng
 		}
-		if err := eng.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			_ = eng.Stop(ctx)
-		})
+		orchestratortest.StartEngine(t, eng)
 		return eng
 	}
 	return &env{db: db, store: store, agents: agents, memory: memory}, open
 }
 
 // reopen returns another engine over e's database (not started), logging to logger.
-func (e *env) reopen(t *testing.T, dialect sqldb.Dialect, logger *slog.Logger) *engine.Engine {
+func (e *env) reopen(t *testing.T, logger *slog.Logger) *engine.Engine {
 	t.Helper()
-	var (
-		eng *engine.Engine
-		err error
-	)
-	if dialect == sqldb.SQLite {
-		eng, err = engine.NewSQLite(context.Background(), logger, e.db, e.agents, e.memory, engine.Config{})
-	} else {
-		eng, err = engine.NewPostgres(context.Background(), logger, e.db, e.agents, e.memory, engine.Config{})
-	}
+	eng, err := engine.New(context.Background(), logger, e.db, e.agents, e.memory, engine.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,15 +132,37 @@ func forEachDialect(t *testing.T, fn func(t *testing.T, dialect sqldb.Dialect)) 
 
 func (e *env) create(t *testing.T, src string) *orchestratorv1.Blueprint {
 	t.Helper()
+	return createBlueprint(t, e.store, src)
+}
+
+// createBlueprint loads the blueprint in YAML src and stores it in store for the test tenant.
+func createBlueprint(tb testing.TB, store orchestrator.Store, src string) *orchestratorv1.Blueprint {
+	tb.Helper()
 	bp, errs := blueprint.Load(&orchestratorv1.BlueprintSource{Source: &orchestratorv1.BlueprintSource_Yaml{Yaml: src}})
 	if len(errs) > 0 {
-		t.Fatalf("blueprint: %v", errs)
+		tb.Fatalf("blueprint: %v", errs)
 	}
-	stored, err := e.store.CreateBlueprint(context.Background(), tenant, bp)
+	stored, err := store.CreateBlueprint(context.Background(), tenant, bp)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	return stored
+}
+
+// openShared opens a database of dialect that another process can open too (a SQLite file or a Postgres
+// database), closed when the test ends, and returns it with its URL.
+func openShared(tb testing.TB, dialect sqldb.Dialect) (*sqldb.DB, string) {
+	tb.Helper()
+	url := "sqlite:" + sqldbtest.SQLitePath(tb)
+	if dialect == sqldb.Postgres {
+		url = sqldbtest.PostgresURL(tb)
+	}
+	db, err := sqldb.Open(context.Background(), url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { db.Close() })
+	return db, url
 }
 
 func (e *env) waitFor(t *testing.T, id string, states ...orchestratorv1.RunState) *orchestratorv1.WorkflowRun {
@@ -343,11 +346,7 @@ steps:
     retry: {max_attempts: 3, initial_backoff: 10ms, max_backoff: 20ms}
     agent: {agent: flaky, input: "'x'"}
 `)
-		run, err := e.engine.StartRun(context.Background(), tenant, bp, nil, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		run = e.waitFor(t, run.GetId(), orchestratorv1.RunState_RUN_STATE_SUCCEEDED, orchestratorv1.RunState_RUN_STATE_FAILED)
+		run := e.start(t, bp, orchestratorv1.RunState_RUN_STATE_SUCCEEDED, orchestratorv1.RunState_RUN_STATE_FAILED)
 		if run.GetState() != orchestratorv1.RunState_RUN_STATE_SUCCEEDED || stepState(run, "a").GetAttempts() != 2 {
 			t.Fatalf("run = %v, want succeeded after 2 attempts", run)
 		}
@@ -385,11 +384,7 @@ steps:
     depends_on: [a]
     agent: {agent: ghost, input: "'y'"}
 `)
-		run, err := e.engine.StartRun(context.Background(), tenant, bp, nil, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		run = e.waitFor(t, run.GetId(), orchestratorv1.RunState_RUN_STATE_FAILED)
+		run := e.start(t, bp, orchestratorv1.RunState_RUN_STATE_FAILED)
 		if !strings.Contains(run.GetError(), "no such agent") || stepState(run, "b").GetState() != orchestratorv1.StepState_STEP_STATE_SKIPPED {
 			t.Errorf("run = %v", run)
 		}
@@ -535,11 +530,7 @@ steps:
     retry: {max_attempts: 2, initial_backoff: 10ms, max_backoff: 20ms}
     agent: {agent: broken, input: "'x'"}
 `)
-		run, err := e.engine.StartRun(context.Background(), tenant, bp, nil, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		run = e.waitFor(t, run.GetId(), orchestratorv1.RunState_RUN_STATE_SUCCEEDED, orchestratorv1.RunState_RUN_STATE_FAILED)
+		run := e.start(t, bp, orchestratorv1.RunState_RUN_STATE_SUCCEEDED, orchestratorv1.RunState_RUN_STATE_FAILED)
 		if run.GetState() != orchestratorv1.RunState_RUN_STATE_FAILED {
 			t.Fatalf("run = %v, want failed", run)
 		}

@@ -89,13 +89,14 @@ func eventPartitionsOf(t *testing.T, db *sqldb.DB, runID string) map[string]int 
 	return out
 }
 
-func (e *env) start(t *testing.T, bp *orchestratorv1.Blueprint, want orchestratorv1.RunState) *orchestratorv1.WorkflowRun {
+// start starts a run of bp and waits until it reaches one of the states want.
+func (e *env) start(t *testing.T, bp *orchestratorv1.Blueprint, want ...orchestratorv1.RunState) *orchestratorv1.WorkflowRun {
 	t.Helper()
 	r, err := e.engine.StartRun(context.Background(), tenant, bp, nil, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return e.waitFor(t, r.GetId(), want)
+	return e.waitFor(t, r.GetId(), want...)
 }
 
 func (e *env) approve(t *testing.T, id string) *orchestratorv1.WorkflowRun {

@@ -128,10 +128,7 @@ func TestUnfinishedAgentRunIsRetriedWithTheSameKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := eng.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = eng.Stop(context.Background()) })
+	orchestratortest.StartEngine(t, eng)
 	e := &env{engine: eng, store: store}
 	bp := e.create(t, "name: one\nsteps:\n  - id: a\n    retry: {max_attempts: 1, initial_backoff: 10ms}\n    agent: {agent: x, input: \"'x'\"}\n")
 	run, err := eng.StartRun(ctx, tenant, bp, nil, "")
@@ -169,7 +166,7 @@ func TestListRunsSkipsUndecodableRun(t *testing.T) {
 		if _, err := db.ExecContext(ctx, db.Rebind(`UPDATE loom.runs SET input = ?, state = ?, end_time = 1 WHERE id = ?`), []byte{0xff, 0xff, 0xff}, int64(orchestratorv1.RunState_RUN_STATE_FAILED), ids[2]); err != nil {
 			t.Fatal(err)
 		}
-		eng := e.reopen(t, d, slog.New(slog.NewTextHandler(&logs, nil)))
+		eng := e.reopen(t, slog.New(slog.NewTextHandler(&logs, nil)))
 		var got []string
 		token := ""
 		for {
@@ -237,10 +234,7 @@ func TestSlowStepIsNotTakenOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, eng := range []*engine.Engine{a, b} {
-		if err := eng.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = eng.Stop(context.Background()) })
+		orchestratortest.StartEngine(t, eng)
 	}
 	e := &env{engine: a, store: store}
 	bp := e.create(t, "name: slow\nsteps:\n  - id: a\n    agent: {agent: x, input: \"'x'\"}\n")

@@ -477,12 +477,7 @@ func (e *Engine) commit(ctx context.Context, req *commitReq) error {
 	}
 	e.committing++
 	for len(e.queue) > 0 {
-		n := min(len(e.queue), 256)
-		batch := e.queue[:n:n]
-		e.queue = e.queue[n:]
-		e.commitMu.Unlock()
-		e.commitBatch(batch)
-		e.commitMu.Lock()
+		e.commitNext()
 		if len(req.done) > 0 {
 			break // ours is written: let the next owner lead
 		}
@@ -496,6 +491,17 @@ func (e *Engine) commit(ctx context.Context, req *commitReq) error {
 	return <-req.done
 }
 
+// commitNext writes the next batch of up to 256 queued commits. It is called with e.commitMu held and returns
+// with it held, releasing it while the batch is written.
+func (e *Engine) commitNext() {
+	n := min(len(e.queue), 256)
+	batch := e.queue[:n:n]
+	e.queue = e.queue[n:]
+	e.commitMu.Unlock()
+	e.commitBatch(batch)
+	e.commitMu.Lock()
+}
+
 // drainQueue writes the commits left queued when their leader returned.
 func (e *Engine) drainQueue() {
 	e.commitMu.Lock()
@@ -505,12 +511,7 @@ func (e *Engine) drainQueue() {
 	}
 	e.committing++
 	for len(e.queue) > 0 {
-		n := min(len(e.queue), 256)
-		batch := e.queue[:n:n]
-		e.queue = e.queue[n:]
-		e.commitMu.Unlock()
-		e.commitBatch(batch)
-		e.commitMu.Lock()
+		e.commitNext()
 	}
 	e.committing--
 	e.commitMu.Unlock()

@@ -20,10 +20,7 @@ const defaultAgentRunDuration = 300 // seconds
 // sample size), and gives each agent and map step its agent's configured budget: the bound to go by when there
 // is no history.
 func (s *Server) EstimateRun(ctx context.Context, req *connect.Request[orchestratorv1.EstimateRunRequest]) (*connect.Response[orchestratorv1.EstimateRunResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	bp, err := s.store.GetBlueprint(ctx, t, req.Msg.GetBlueprint(), req.Msg.GetVersion())
 	if err != nil {
 		return nil, s.connectError(ctx, err)

@@ -130,10 +130,7 @@ func (s *Server) load(src *orchestratorv1.BlueprintSource) (*orchestratorv1.Blue
 
 // CreateBlueprint stores version 1 of a blueprint.
 func (s *Server) CreateBlueprint(ctx context.Context, req *connect.Request[orchestratorv1.CreateBlueprintRequest]) (*connect.Response[orchestratorv1.CreateBlueprintResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	bp, err := s.load(req.Msg.GetSource())
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -147,10 +144,7 @@ func (s *Server) CreateBlueprint(ctx context.Context, req *connect.Request[orche
 
 // GetBlueprint returns the latest or a given version of a blueprint.
 func (s *Server) GetBlueprint(ctx context.Context, req *connect.Request[orchestratorv1.GetBlueprintRequest]) (*connect.Response[orchestratorv1.GetBlueprintResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	bp, err := s.store.GetBlueprint(ctx, t, req.Msg.GetName(), req.Msg.GetVersion())
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -160,10 +154,7 @@ func (s *Server) GetBlueprint(ctx context.Context, req *connect.Request[orchestr
 
 // ListBlueprints lists the latest versions of blueprints by name.
 func (s *Server) ListBlueprints(ctx context.Context, req *connect.Request[orchestratorv1.ListBlueprintsRequest]) (*connect.Response[orchestratorv1.ListBlueprintsResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	size := int(req.Msg.GetPageSize())
 	if size <= 0 {
 		size = DefaultPageSize
@@ -177,10 +168,7 @@ func (s *Server) ListBlueprints(ctx context.Context, req *connect.Request[orches
 
 // UpdateBlueprint stores a new version of a blueprint.
 func (s *Server) UpdateBlueprint(ctx context.Context, req *connect.Request[orchestratorv1.UpdateBlueprintRequest]) (*connect.Response[orchestratorv1.UpdateBlueprintResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	bp, err := s.load(req.Msg.GetSource())
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -200,10 +188,7 @@ func (s *Server) UpdateBlueprint(ctx context.Context, req *connect.Request[orche
 
 // DeleteBlueprint deletes a blueprint and its versions.
 func (s *Server) DeleteBlueprint(ctx context.Context, req *connect.Request[orchestratorv1.DeleteBlueprintRequest]) (*connect.Response[orchestratorv1.DeleteBlueprintResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	if err := s.store.DeleteBlueprint(ctx, t, req.Msg.GetName()); err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -213,20 +198,17 @@ func (s *Server) DeleteBlueprint(ctx context.Context, req *connect.Request[orche
 // ValidateBlueprint reports every error of a blueprint without storing it. An invalid blueprint is a successful
 // response with errors, not an RPC error.
 func (s *Server) ValidateBlueprint(ctx context.Context, req *connect.Request[orchestratorv1.ValidateBlueprintRequest]) (*connect.Response[orchestratorv1.ValidateBlueprintResponse], error) {
-	if _, err := principal.Tenant(ctx); err != nil {
-		return nil, s.connectError(ctx, err)
-	}
 	_, errs := blueprint.LoadWith(req.Msg.GetSource(), s.limits)
 	return connect.NewResponse(&orchestratorv1.ValidateBlueprintResponse{Errors: errs}), nil
 }
 
 // GenerateCanvas lays out a stored or an inline blueprint. An invalid inline blueprint is InvalidArgument.
 func (s *Server) GenerateCanvas(ctx context.Context, req *connect.Request[orchestratorv1.GenerateCanvasRequest]) (*connect.Response[orchestratorv1.GenerateCanvasResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
-	var bp *orchestratorv1.Blueprint
+	t := principal.TenantOf(ctx)
+	var (
+		bp  *orchestratorv1.Blueprint
+		err error
+	)
 	switch target := req.Msg.GetTarget().(type) {
 	case *orchestratorv1.GenerateCanvasRequest_Ref:
 		bp, err = s.store.GetBlueprint(ctx, t, target.Ref.GetName(), target.Ref.GetVersion())
@@ -243,10 +225,7 @@ func (s *Server) GenerateCanvas(ctx context.Context, req *connect.Request[orches
 
 // StartRun starts a durable run of a stored blueprint version.
 func (s *Server) StartRun(ctx context.Context, req *connect.Request[orchestratorv1.StartRunRequest]) (*connect.Response[orchestratorv1.StartRunResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	bp, err := s.store.GetBlueprint(ctx, t, req.Msg.GetBlueprint(), req.Msg.GetVersion())
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -260,10 +239,7 @@ func (s *Server) StartRun(ctx context.Context, req *connect.Request[orchestrator
 
 // GetRun returns a run with its steps.
 func (s *Server) GetRun(ctx context.Context, req *connect.Request[orchestratorv1.GetRunRequest]) (*connect.Response[orchestratorv1.GetRunResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	run, err := s.runs.GetRun(ctx, t, req.Msg.GetId())
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -273,10 +249,7 @@ func (s *Server) GetRun(ctx context.Context, req *connect.Request[orchestratorv1
 
 // ListRuns lists runs, newest first, without their steps.
 func (s *Server) ListRuns(ctx context.Context, req *connect.Request[orchestratorv1.ListRunsRequest]) (*connect.Response[orchestratorv1.ListRunsResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	runs, next, err := s.runs.ListRuns(ctx, t, req.Msg.GetBlueprint(), req.Msg.GetState(), pageSize(req.Msg.GetPageSize()), req.Msg.GetPageToken())
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -286,10 +259,7 @@ func (s *Server) ListRuns(ctx context.Context, req *connect.Request[orchestrator
 
 // CancelRun cancels a run.
 func (s *Server) CancelRun(ctx context.Context, req *connect.Request[orchestratorv1.CancelRunRequest]) (*connect.Response[orchestratorv1.CancelRunResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	run, err := s.runs.CancelRun(ctx, t, req.Msg.GetId(), req.Msg.GetReason())
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -299,10 +269,7 @@ func (s *Server) CancelRun(ctx context.Context, req *connect.Request[orchestrato
 
 // DeleteRun deletes a finished run.
 func (s *Server) DeleteRun(ctx context.Context, req *connect.Request[orchestratorv1.DeleteRunRequest]) (*connect.Response[orchestratorv1.DeleteRunResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	if err := s.runs.DeleteRun(ctx, t, req.Msg.GetId()); err != nil {
 		return nil, s.connectError(ctx, err)
 	}
@@ -316,10 +283,7 @@ func (s *Server) DeleteRun(ctx context.Context, req *connect.Request[orchestrato
 // sequence S is sent once stored event S has been, and dropped if event S+1 already was; deltas are never
 // replayed, so a resumed watch sees nothing twice.
 func (s *Server) WatchRun(ctx context.Context, req *connect.Request[orchestratorv1.WatchRunRequest], stream *connect.ServerStream[orchestratorv1.WatchRunResponse]) error {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return s.connectError(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	id := req.Msg.GetId()
 	// Subscribed before the first read: a delta after any stored event read below is not missed.
 	live := s.runs.Follow(t, id)
@@ -419,10 +383,7 @@ const watchBatch = 100
 
 // ListPendingApprovals lists approval steps waiting for a person, oldest first.
 func (s *Server) ListPendingApprovals(ctx context.Context, req *connect.Request[orchestratorv1.ListPendingApprovalsRequest]) (*connect.Response[orchestratorv1.ListPendingApprovalsResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	approvals, next, err := s.runs.ListPendingApprovals(ctx, t, req.Msg.GetRunId(), pageSize(req.Msg.GetPageSize()), req.Msg.GetPageToken())
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -432,10 +393,7 @@ func (s *Server) ListPendingApprovals(ctx context.Context, req *connect.Request[
 
 // SubmitApproval approves or rejects a waiting approval step.
 func (s *Server) SubmitApproval(ctx context.Context, req *connect.Request[orchestratorv1.SubmitApprovalRequest]) (*connect.Response[orchestratorv1.SubmitApprovalResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	m := req.Msg
 	run, err := s.runs.SubmitApproval(ctx, t, m.GetRunId(), m.GetStepId(), m.GetDecision(), m.GetPayload(), m.GetComment())
 	if err != nil {

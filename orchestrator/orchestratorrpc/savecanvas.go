@@ -15,10 +15,7 @@ import (
 
 // SaveCanvas stores an edited canvas as a new version of its blueprint.
 func (s *Server) SaveCanvas(ctx context.Context, req *connect.Request[orchestratorv1.SaveCanvasRequest]) (*connect.Response[orchestratorv1.SaveCanvasResponse], error) {
-	t, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	t := principal.TenantOf(ctx)
 	edited, errs := canvas.Blueprint(req.Msg.GetCanvas())
 	if len(errs) > 0 {
 		return nil, s.connectError(ctx, &invalidBlueprintError{errs: errs})

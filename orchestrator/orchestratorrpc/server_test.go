@@ -68,14 +68,7 @@ func startWithEngine(t *testing.T, agents *orchestratortest.Agents, cfg engine.C
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := eng.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = eng.Stop(ctx)
-	})
+	orchestratortest.StartEngine(t, eng)
 	svc := orchestratorrpc.New(nil, store, eng, orchestratorrpc.WithWatchPollInterval(20*time.Millisecond)).Service()
 	srv := rpcservertest.Start(t, rpcserver.Config{}, rpcservertest.TenantAuthenticator, svc)
 	conn := srv.GRPCConn(t)
