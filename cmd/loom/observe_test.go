@@ -29,6 +29,7 @@ import (
 
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/internal/logtest"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 )
 
@@ -420,7 +421,7 @@ scrape_configs:
 	ln.Close()
 	cmd := exec.Command(prom, "--config.file="+filepath.Join(dir, "prometheus.yml"), "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+promAddr)
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
