@@ -4,6 +4,7 @@ package logtest
 
 import (
 	"bytes"
+	"strings"
 	"sync"
 )
 
@@ -26,4 +27,14 @@ func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// Lines returns everything written so far as lines, without their line ends and without a trailing empty line;
+// it returns nil when nothing but space was written.
+func (b *Buffer) Lines() []string {
+	s := strings.TrimSpace(b.String())
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, "\n")
 }

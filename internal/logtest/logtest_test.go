@@ -3,6 +3,7 @@ package logtest_test
 import (
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -42,6 +43,29 @@ func TestBufferZeroValue(t *testing.T) {
 	var buf logtest.Buffer
 	if got := buf.String(); got != "" {
 		t.Fatalf("zero Buffer holds %q, want empty", got)
+	}
+}
+
+func TestBufferLines(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, written string
+		want          []string
+	}{
+		{name: "empty", written: "", want: nil},
+		{name: "only space", written: " \n\n", want: nil},
+		{name: "one line", written: "a=1\n", want: []string{"a=1"}},
+		{name: "no final newline", written: "a=1\nb=2", want: []string{"a=1", "b=2"}},
+		{name: "two lines", written: "a=1\nb=2\n", want: []string{"a=1", "b=2"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var buf logtest.Buffer
+			fmt.Fprint(&buf, tc.written)
+			if got := buf.Lines(); !slices.Equal(got, tc.want) {
+				t.Errorf("Lines() = %q, want %q", got, tc.want)
+			}
+		})
 	}
 }
 
