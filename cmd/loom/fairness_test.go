@@ -14,7 +14,6 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -80,14 +79,7 @@ func TestServeDoS(t *testing.T) {
 	readerB := createKey(t, b["loom"], dataDir, "tenant-b", "reader")
 	p := startLoomIn(t, dataDir, "--auth", "required", "--memory-max-bytes", strconv.Itoa(quota))
 	pid := p.cmd.Process.Pid
-	dial := func() *grpc.ClientConn {
-		conn, err := grpc.NewClient("passthrough:///"+p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		return conn
-	}
+	dial := func() *grpc.ClientConn { return dialGRPC(t, p.addr) }
 	base, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	as := func(key string) context.Context {

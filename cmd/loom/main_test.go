@@ -16,8 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
@@ -181,11 +179,7 @@ func TestServeSubsetOfServices(t *testing.T) {
 func TestSIGTERMLetsStreamsFinishAndExitsZero(t *testing.T) {
 	p := startLoom(t, "--shutdown-grace", "10s")
 	ctx := context.Background()
-	conn, err := grpc.NewClient("passthrough:///"+p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialGRPC(t, p.addr)
 	ag := agentv1.NewAgentServiceClient(conn)
 	// A scripted sim model that waits 1.5 s before answering: the stream is in flight when SIGTERM arrives.
 	slow := &agentv1.Agent{Name: "slow", Model: &agentv1.Model{Sim: &agentv1.SimScript{
