@@ -30,6 +30,15 @@ func newServiceTokenKey() string {
 	return base64.StdEncoding.EncodeToString(seed)
 }
 
+// setServiceTokenKey sets LOOM_SERVICE_TOKEN_KEY to a new key for the test (and the loom processes it starts)
+// and returns it.
+func setServiceTokenKey(t *testing.T) string {
+	t.Helper()
+	key := newServiceTokenKey()
+	t.Setenv("LOOM_SERVICE_TOKEN_KEY", key)
+	return key
+}
+
 // createKey runs `loom keys create` against dataDir and returns the secret.
 func createKey(t *testing.T, loom, dataDir, tenant, roles string) string {
 	t.Helper()
@@ -51,9 +60,7 @@ func createKey(t *testing.T, loom, dataDir, tenant, roles string) string {
 func TestGatewayWithRequiredAuth(t *testing.T) {
 	b := bins(t)
 	dataDir := t.TempDir()
-	tokenKey := newServiceTokenKey()
-	t.Setenv("LOOM_SERVICE_TOKEN_KEY", tokenKey)
-
+	tokenKey := setServiceTokenKey(t)
 	adminA := createKey(t, b["loom"], dataDir, "tenant-a", "admin")
 	readerA := createKey(t, b["loom"], dataDir, "tenant-a", "reader")
 	writerB := createKey(t, b["loom"], dataDir, "tenant-b", "writer")
@@ -151,8 +158,7 @@ func startLoomIn(t *testing.T, dataDir string, args ...string) *process {
 func TestAgentUsesMemoryWithServiceTokens(t *testing.T) {
 	b := bins(t)
 	dataDir := t.TempDir()
-	tokenKey := newServiceTokenKey()
-	t.Setenv("LOOM_SERVICE_TOKEN_KEY", tokenKey)
+	setServiceTokenKey(t)
 	key := createKey(t, b["loom"], dataDir, "tenant-a", "writer")
 	backend := startLoomIn(t, dataDir, "--auth", "required")
 	gw := startLoomIn(t, dataDir, "--auth", "required", "--services", "gateway",

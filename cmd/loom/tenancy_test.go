@@ -77,8 +77,7 @@ func TestEveryProcedureNeedsCredentials(t *testing.T) {
 func TestCrossTenantMatrix(t *testing.T) {
 	b := bins(t)
 	dataDir := t.TempDir()
-	tokenKey := newServiceTokenKey()
-	t.Setenv("LOOM_SERVICE_TOKEN_KEY", tokenKey)
+	setServiceTokenKey(t)
 	keyA := createKey(t, b["loom"], dataDir, "tenant-a", "admin")
 	keyB := createKey(t, b["loom"], dataDir, "tenant-b", "admin")
 	p := startLoomIn(t, dataDir, "--auth", "required")
