@@ -73,7 +73,7 @@ func TestServeDoS(t *testing.T) {
 	const streams, victimCalls, quota = 1100, 30, 24 << 20
 	b := bins(t)
 	dataDir := t.TempDir()
-	t.Setenv("LOOM_SERVICE_TOKEN_KEY", newServiceTokenKey())
+	setServiceTokenKey(t)
 	writerA := createKey(t, b["loom"], dataDir, "tenant-a", "writer")
 	readerA := createKey(t, b["loom"], dataDir, "tenant-a", "reader")
 	readerB := createKey(t, b["loom"], dataDir, "tenant-b", "reader")

@@ -58,7 +58,7 @@ func callText(t *testing.T, res *mcp.CallToolResult) string {
 func TestMCPServer(t *testing.T) {
 	b := bins(t)
 	dataDir := t.TempDir()
-	t.Setenv("LOOM_SERVICE_TOKEN_KEY", newServiceTokenKey())
+	setServiceTokenKey(t)
 	writer := createKey(t, b["loom"], dataDir, "acme", "writer")
 	reader := createKey(t, b["loom"], dataDir, "acme", "reader")
 	other := createKey(t, b["loom"], dataDir, "globex", "writer")

@@ -86,7 +86,7 @@ func (ca *testCA) issue(t *testing.T, dir, name string, serial int64) (certFile,
 func TestMutualTLSBetweenServices(t *testing.T) {
 	b := bins(t)
 	dataDir, pki := t.TempDir(), t.TempDir()
-	t.Setenv("LOOM_SERVICE_TOKEN_KEY", newServiceTokenKey())
+	setServiceTokenKey(t)
 	ca, rogue := newTestCA(t, "loom-test-ca"), newTestCA(t, "rogue-ca")
 	caFile := filepath.Join(pki, "ca.pem")
 	mustT(t, os.WriteFile(caFile, ca.pem, 0o600))
