@@ -46,6 +46,25 @@ func gatewayAuth(r *http.Request) (principal.Principal, error) {
 	return principal.Principal{}, authn.ErrNoCredentials
 }
 
+// serviceTokens returns a new signing key's public half, a minter that signs with it and a verifier that
+// accepts its tokens for services.
+func serviceTokens(t *testing.T, services ...string) (ed25519.PublicKey, *authn.Minter, *authn.ServiceVerifier) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	minter, err := authn.NewMinter(priv, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifier, err := authn.NewServiceVerifier(services, pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub, minter, verifier
+}
+
 // backendAuth accepts only service tokens, as a real backend does.
 func backendAuth(v *authn.ServiceVerifier) rpcserver.Authenticator {
 	return func(r *http.Request) (principal.Principal, error) {
@@ -134,18 +153,7 @@ type env struct {
 // target is a closed port.
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	minter, err := authn.NewMinter(priv, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	verifier, err := authn.NewServiceVerifier([]string{memoryv1connect.MemoryServiceName, agentv1connect.AgentServiceName}, pub)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pub, minter, verifier := serviceTokens(t, memoryv1connect.MemoryServiceName, agentv1connect.AgentServiceName)
 	e := &env{rec: &recorder{}, pub: pub, client: rpcservertest.HTTPClient(),
 		agent: &fakeAgent{next: make(chan struct{}), canceled: make(chan struct{}, 4)}}
 	for i, name := range []string{"mem-a", "mem-b"} {
@@ -164,6 +172,7 @@ func newEnv(t *testing.T) *env {
 		},
 	})
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var err error
 	e.proxy, err = gateway.New(logger, gateway.Config{
 		Backends: map[string]string{
 			memoryv1connect.MemoryServiceName: e.mem[0].Addr + "," + e.mem[1].Addr,
@@ -555,11 +564,7 @@ func TestUnknownServiceAndNoBackend(t *testing.T) {
 
 func TestDNSTarget(t *testing.T) {
 	t.Parallel()
-	_, priv, _ := ed25519.GenerateKey(rand.Reader)
-	minter, err := authn.NewMinter(priv, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, minter, _ := serviceTokens(t, memoryv1connect.MemoryServiceName)
 	rec := &recorder{}
 	backend := rpcservertest.Start(t, rpcserver.Config{}, nil, rpcserver.Service{
 		Name: memoryv1connect.MemoryServiceName,

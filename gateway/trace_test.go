@@ -2,8 +2,6 @@ package gateway_test
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -17,7 +15,6 @@ import (
 	"github.com/loom-dev/loom/gateway"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/gen/loom/memory/v1/memoryv1connect"
-	"github.com/loom-dev/loom/internal/authn"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/rpcserver/rpcservertest"
 	"github.com/loom-dev/loom/internal/sqldb"
@@ -54,18 +51,7 @@ func TestTraceThroughGateway(t *testing.T) {
 	}
 	t.Cleanup(func() { db.Close() })
 
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	minter, err := authn.NewMinter(priv, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	verifier, err := authn.NewServiceVerifier([]string{memoryv1connect.MemoryServiceName}, pub)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, minter, verifier := serviceTokens(t, memoryv1connect.MemoryServiceName)
 	backend := rpcservertest.Start(t, rpcserver.Config{TracerProvider: tp}, backendAuth(verifier), rpcserver.Service{
 		Name: memoryv1connect.MemoryServiceName,
 		Handler: func(opts ...connect.HandlerOption) (string, http.Handler) {

@@ -17,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	adminv1 "github.com/loom-dev/loom/gen/loom/admin/v1"
@@ -59,11 +57,7 @@ func TestBackupRestoreWhileServing(t *testing.T) {
 	dataDir := t.TempDir()
 	adminKey := createKey(t, b["loom"], dataDir, "acme", "admin")
 	p := startLoomIn(t, dataDir, "--auth", "required")
-	conn, err := grpc.NewClient("passthrough:///"+p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialGRPC(t, p.addr)
 	base, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	ctx := metadata.AppendToOutgoingContext(base, "authorization", "Bearer "+adminKey)
@@ -173,11 +167,7 @@ func TestBackupRestoreWhileServing(t *testing.T) {
 	t.Logf("%d memory records of dim %d (+%d live writes, %d of them during the backup), 3 SQLite databases, %s backed up: backup %v, restore %v, restored server ready in %v",
 		records, dim, memAcked.Load(), memDuring, humanBytes(size), backupTime.Round(time.Millisecond), restoreTime.Round(time.Millisecond), readyTime.Round(time.Millisecond))
 
-	conn2, err := grpc.NewClient("passthrough:///"+p2.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn2.Close()
+	conn2 := dialGRPC(t, p2.addr)
 	mem, ag, orch = memoryv1.NewMemoryServiceClient(conn2), agentv1.NewAgentServiceClient(conn2), orchestratorv1.NewOrchestratorServiceClient(conn2)
 
 	// Every record written before the backup, bit for bit.

@@ -100,3 +100,34 @@ func TestBenchProgressOnlyOnATerminal(t *testing.T) {
 		t.Errorf("no results on stdout: %q", stdout.String())
 	}
 }
+
+// TestParseServeBooleans checks every boolean setting takes the same spellings and names itself when refused.
+func TestParseServeBooleans(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"reflection", "mcp", "metrics-tenant-labels"} {
+		for _, tc := range []struct {
+			value string
+			want  bool
+		}{{"true", true}, {"1", true}, {"yes", true}, {"false", false}, {"0", false}, {"no", false}} {
+			cfg, err := parseServe([]string{"--" + name + "=" + tc.value}, func(string) string { return "" }, &bytes.Buffer{})
+			if err != nil {
+				t.Errorf("--%s=%s: %v", name, tc.value, err)
+				continue
+			}
+			if got := map[string]bool{"reflection": cfg.Reflection, "mcp": cfg.MCP, "metrics-tenant-labels": cfg.MetricsTenantLabels}[name]; got != tc.want {
+				t.Errorf("--%s=%s: got %v, want %v", name, tc.value, got, tc.want)
+			}
+		}
+		// The flag parser refuses a bad value itself; one from the environment reaches the config's check.
+		env := "LOOM_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+		_, err := parseServe(nil, func(k string) string {
+			if k == env {
+				return "maybe"
+			}
+			return ""
+		}, &bytes.Buffer{})
+		if want := "--" + name + `: want true or false, got "maybe"`; err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("--%s=maybe: %v, want an error containing %q", name, err, want)
+		}
+	}
+}

@@ -317,6 +317,16 @@ func parseServe(args []string, getenv func(string) string, out io.Writer) (confi
 		}
 		return n
 	}
+	boolean := func(name string) bool {
+		switch get(name) {
+		case "true", "1", "yes":
+			return true
+		case "false", "0", "no":
+		default:
+			errs = append(errs, fmt.Errorf("--%s: want true or false, got %q", name, get(name)))
+		}
+		return false
+	}
 	c.Listen = get("listen")
 	c.DataDir = get("data-dir")
 	c.Services = splitList(get("services"))
@@ -330,20 +340,8 @@ func parseServe(args []string, getenv func(string) string, out io.Writer) (confi
 	c.TLSClientCA, c.TLSCA = get("tls-client-ca"), get("tls-ca")
 	c.TLSClientCert, c.TLSClientKey = get("tls-client-cert"), get("tls-client-key")
 	c.CORSOrigins = splitList(get("cors-origins"))
-	switch get("reflection") {
-	case "true", "1", "yes":
-		c.Reflection = true
-	case "false", "0", "no":
-	default:
-		errs = append(errs, fmt.Errorf("--reflection: want true or false, got %q", get("reflection")))
-	}
-	switch get("mcp") {
-	case "true", "1", "yes":
-		c.MCP = true
-	case "false", "0", "no":
-	default:
-		errs = append(errs, fmt.Errorf("--mcp: want true or false, got %q", get("mcp")))
-	}
+	c.Reflection = boolean("reflection")
+	c.MCP = boolean("mcp")
 	c.MaxMessageBytes = num("max-message-bytes")
 	c.DefaultTimeout = dur("default-timeout")
 	c.MaxTimeout = dur("max-timeout")
@@ -391,13 +389,7 @@ func parseServe(args []string, getenv func(string) string, out io.Writer) (confi
 	}
 	c.LogSlow = dur("log-slow")
 	c.DebugListen = telemetry.DebugAddr(get("debug-listen"))
-	switch get("metrics-tenant-labels") {
-	case "true", "1", "yes":
-		c.MetricsTenantLabels = true
-	case "false", "0", "no":
-	default:
-		errs = append(errs, fmt.Errorf("--metrics-tenant-labels: want true or false, got %q", get("metrics-tenant-labels")))
-	}
+	c.MetricsTenantLabels = boolean("metrics-tenant-labels")
 	c.OTel = telemetry.Env(getenv)
 	c.Auth = get("auth")
 	if c.Auth == "local" {

@@ -14,12 +14,12 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
+	"github.com/loom-dev/loom/internal/procstat"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/memory"
 )
@@ -51,21 +51,6 @@ func TestFairnessAndQuotaFlags(t *testing.T) {
 	}
 }
 
-// rssMiB reads a process's resident set size from /proc (0 where there is none).
-func rssMiB(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb / 1024
-		}
-	}
-	return 0
-}
-
 // TestServeDoS replays issue 17's two DoS patterns against `loom serve --auth required` and prints the server
 // process's RSS through each: 1,100 WatchRun streams from one reader key while another tenant calls
 // ListNamespaces, then 3 MB upserts from one tenant until its memory bytes quota refuses them, then
@@ -74,20 +59,13 @@ func TestServeDoS(t *testing.T) {
 	const streams, victimCalls, quota = 1100, 30, 24 << 20
 	b := bins(t)
 	dataDir := t.TempDir()
-	t.Setenv("LOOM_SERVICE_TOKEN_KEY", newServiceTokenKey())
+	setServiceTokenKey(t)
 	writerA := createKey(t, b["loom"], dataDir, "tenant-a", "writer")
 	readerA := createKey(t, b["loom"], dataDir, "tenant-a", "reader")
 	readerB := createKey(t, b["loom"], dataDir, "tenant-b", "reader")
 	p := startLoomIn(t, dataDir, "--auth", "required", "--memory-max-bytes", strconv.Itoa(quota))
 	pid := p.cmd.Process.Pid
-	dial := func() *grpc.ClientConn {
-		conn, err := grpc.NewClient("passthrough:///"+p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		return conn
-	}
+	dial := func() *grpc.ClientConn { return dialGRPC(t, p.addr) }
 	base, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	as := func(key string) context.Context {
@@ -106,7 +84,7 @@ func TestServeDoS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rssStart := rssMiB(pid)
+	rssStart := procstat.RSSMiB(pid)
 
 	// Streams flood. grpc-go queues streams beyond a connection's HTTP/2 limit (250), so spread them.
 	sctx, stopStreams := context.WithCancel(as(readerA))
@@ -138,7 +116,7 @@ func TestServeDoS(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	rssStreams := rssMiB(pid)
+	rssStreams := procstat.RSSMiB(pid)
 	var victimRefused int
 	for range victimCalls {
 		if _, err := mem.ListNamespaces(as(readerB), &memoryv1.ListNamespacesRequest{}); err != nil {
@@ -163,7 +141,7 @@ func TestServeDoS(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := rand.New(rand.NewPCG(5, 6))
-	rssBefore := rssMiB(pid)
+	rssBefore := procstat.RSSMiB(pid)
 	var accepted, quotaRefused int
 	for i := 0; quotaRefused < 5; i++ {
 		recs := make([]*memoryv1.Record, 1000)
@@ -187,7 +165,7 @@ func TestServeDoS(t *testing.T) {
 			t.Fatalf("%d batches of 3 MB accepted under a %d MiB quota", accepted, quota>>20)
 		}
 	}
-	rssQuota := rssMiB(pid)
+	rssQuota := procstat.RSSMiB(pid)
 	ns, err := mem.GetNamespace(as(writerA), &memoryv1.GetNamespaceRequest{Name: "big"})
 	if err != nil {
 		t.Fatal(err)
@@ -195,11 +173,11 @@ func TestServeDoS(t *testing.T) {
 	if _, err := mem.DeleteNamespace(as(writerA), &memoryv1.DeleteNamespaceRequest{Name: "big"}); err != nil {
 		t.Fatal(err)
 	}
-	rssDeleted := rssMiB(pid)
+	rssDeleted := procstat.RSSMiB(pid)
 	// The store returns a large namespace's memory to the OS in the background: look a bounded number of times.
 	rssFreed := rssDeleted
 	for range 50 {
-		if rssFreed = rssMiB(pid); rssFreed < rssBefore+(rssQuota-rssBefore)/2 {
+		if rssFreed = procstat.RSSMiB(pid); rssFreed < rssBefore+(rssQuota-rssBefore)/2 {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)

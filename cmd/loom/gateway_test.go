@@ -13,7 +13,6 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -29,6 +28,15 @@ func newServiceTokenKey() string {
 	seed := make([]byte, 32)
 	_, _ = rand.Read(seed)
 	return base64.StdEncoding.EncodeToString(seed)
+}
+
+// setServiceTokenKey sets LOOM_SERVICE_TOKEN_KEY to a new key for the test (and the loom processes it starts)
+// and returns it.
+func setServiceTokenKey(t *testing.T) string {
+	t.Helper()
+	key := newServiceTokenKey()
+	t.Setenv("LOOM_SERVICE_TOKEN_KEY", key)
+	return key
 }
 
 // createKey runs `loom keys create` against dataDir and returns the secret.
@@ -52,9 +60,7 @@ func createKey(t *testing.T, loom, dataDir, tenant, roles string) string {
 func TestGatewayWithRequiredAuth(t *testing.T) {
 	b := bins(t)
 	dataDir := t.TempDir()
-	tokenKey := newServiceTokenKey()
-	t.Setenv("LOOM_SERVICE_TOKEN_KEY", tokenKey)
-
+	tokenKey := setServiceTokenKey(t)
 	adminA := createKey(t, b["loom"], dataDir, "tenant-a", "admin")
 	readerA := createKey(t, b["loom"], dataDir, "tenant-a", "reader")
 	writerB := createKey(t, b["loom"], dataDir, "tenant-b", "writer")
@@ -64,11 +70,7 @@ func TestGatewayWithRequiredAuth(t *testing.T) {
 		"--gateway-memory", backend.addr, "--gateway-admin", backend.addr, "--gateway-agent", backend.addr, "--gateway-orchestrator", backend.addr)
 
 	ctx := context.Background()
-	conn, err := grpc.NewClient("passthrough:///"+gw.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialGRPC(t, gw.addr)
 	mem := memoryv1.NewMemoryServiceClient(conn)
 	as := func(secret string) context.Context {
 		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+secret)
@@ -156,30 +158,15 @@ func startLoomIn(t *testing.T, dataDir string, args ...string) *process {
 func TestAgentUsesMemoryWithServiceTokens(t *testing.T) {
 	b := bins(t)
 	dataDir := t.TempDir()
-	tokenKey := newServiceTokenKey()
-	t.Setenv("LOOM_SERVICE_TOKEN_KEY", tokenKey)
+	setServiceTokenKey(t)
 	key := createKey(t, b["loom"], dataDir, "tenant-a", "writer")
 	backend := startLoomIn(t, dataDir, "--auth", "required")
 	gw := startLoomIn(t, dataDir, "--auth", "required", "--services", "gateway",
 		"--gateway-memory", backend.addr, "--gateway-agent", backend.addr)
 
-	conn, err := grpc.NewClient("passthrough:///"+gw.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialGRPC(t, gw.addr)
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+key)
-	mem := memoryv1.NewMemoryServiceClient(conn)
-	if _, err := mem.CreateNamespace(ctx, &memoryv1.CreateNamespaceRequest{Namespace: &memoryv1.Namespace{Name: "notes", Dimension: 128}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := mem.Upsert(ctx, &memoryv1.UpsertRequest{Namespace: "notes", Records: []*memoryv1.Record{{Id: "cat", Text: "the cat sat on the mat"}}}); err != nil {
-		t.Fatal(err)
-	}
-	ag := agentv1.NewAgentServiceClient(conn)
-	if _, err := ag.CreateAgent(ctx, &agentv1.CreateAgentRequest{Agent: &agentv1.Agent{Name: "helper", Memory: &agentv1.MemoryConfig{Namespace: "notes"}}}); err != nil {
-		t.Fatal(err)
-	}
+	ag := seedHelperAgent(ctx, t, conn)
 	stream, err := ag.RunStream(ctx, &agentv1.RunStreamRequest{Agent: "helper", Input: "where did the cat sit"})
 	if err != nil {
 		t.Fatal(err)
@@ -206,4 +193,22 @@ func TestAgentUsesMemoryWithServiceTokens(t *testing.T) {
 	if hits == 0 || warnings != 0 {
 		t.Errorf("memory hits %d, warnings %d: the agent should reach memory as the caller's tenant", hits, warnings)
 	}
+}
+
+// seedHelperAgent creates, through conn, the namespace "notes" holding one record about a cat and the agent
+// "helper" that reads it, and returns the agent client.
+func seedHelperAgent(ctx context.Context, t *testing.T, conn grpc.ClientConnInterface) agentv1.AgentServiceClient {
+	t.Helper()
+	mem := memoryv1.NewMemoryServiceClient(conn)
+	if _, err := mem.CreateNamespace(ctx, &memoryv1.CreateNamespaceRequest{Namespace: &memoryv1.Namespace{Name: "notes", Dimension: 128}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mem.Upsert(ctx, &memoryv1.UpsertRequest{Namespace: "notes", Records: []*memoryv1.Record{{Id: "cat", Text: "the cat sat on the mat"}}}); err != nil {
+		t.Fatal(err)
+	}
+	ag := agentv1.NewAgentServiceClient(conn)
+	if _, err := ag.CreateAgent(ctx, &agentv1.CreateAgentRequest{Agent: &agentv1.Agent{Name: "helper", Memory: &agentv1.MemoryConfig{Namespace: "notes"}}}); err != nil {
+		t.Fatal(err)
+	}
+	return ag
 }

@@ -16,11 +16,10 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	"github.com/loom-dev/loom/internal/logtest"
 )
 
 // buildOnce builds the loom binary and the pinned tools (grpcurl, grpc-health-probe) once per test binary.
@@ -65,7 +64,7 @@ func bins(t *testing.T) map[string]string {
 type process struct {
 	cmd  *exec.Cmd
 	addr string
-	logs *syncBuffer
+	logs *logtest.Buffer
 	done chan error
 }
 
@@ -87,7 +86,7 @@ func startLoomWith(t *testing.T, dataDir string, env []string, args ...string) *
 	ln.Close()
 	cmd := exec.Command(b["loom"], append([]string{"serve", "--listen", addr, "--data-dir", dataDir}, args...)...)
 	cmd.Env = append(env, "LOOM_LOG_LEVEL=debug")
-	p := &process{cmd: cmd, addr: addr, logs: &syncBuffer{}, done: make(chan error, 1)}
+	p := &process{cmd: cmd, addr: addr, logs: &logtest.Buffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -180,11 +179,7 @@ func TestServeSubsetOfServices(t *testing.T) {
 func TestSIGTERMLetsStreamsFinishAndExitsZero(t *testing.T) {
 	p := startLoom(t, "--shutdown-grace", "10s")
 	ctx := context.Background()
-	conn, err := grpc.NewClient("passthrough:///"+p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialGRPC(t, p.addr)
 	ag := agentv1.NewAgentServiceClient(conn)
 	// A scripted sim model that waits 1.5 s before answering: the stream is in flight when SIGTERM arrives.
 	slow := &agentv1.Agent{Name: "slow", Model: &agentv1.Model{Sim: &agentv1.SimScript{
@@ -293,22 +288,4 @@ func TestConfigPrecedenceAndMasking(t *testing.T) {
 	if _, err := parseServe(nil, missing, devnull); err == nil || !strings.Contains(err.Error(), "LOOM_TAVUS_API_KEY_FILE") {
 		t.Errorf("missing secret file: %v", err)
 	}
-}
-
-// syncBuffer is a concurrency-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

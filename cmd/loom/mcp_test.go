@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
@@ -60,7 +58,7 @@ func callText(t *testing.T, res *mcp.CallToolResult) string {
 func TestMCPServer(t *testing.T) {
 	b := bins(t)
 	dataDir := t.TempDir()
-	t.Setenv("LOOM_SERVICE_TOKEN_KEY", newServiceTokenKey())
+	setServiceTokenKey(t)
 	writer := createKey(t, b["loom"], dataDir, "acme", "writer")
 	reader := createKey(t, b["loom"], dataDir, "acme", "reader")
 	other := createKey(t, b["loom"], dataDir, "globex", "writer")
@@ -69,11 +67,7 @@ func TestMCPServer(t *testing.T) {
 	defer cancel()
 
 	// Set up with gRPC: a namespace, an agent and a blueprint of tenant acme.
-	conn, err := grpc.NewClient("passthrough:///"+p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialGRPC(t, p.addr)
 	gctx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+writer)
 	mem := memoryv1.NewMemoryServiceClient(conn)
 	if _, err := mem.CreateNamespace(gctx, &memoryv1.CreateNamespaceRequest{Namespace: &memoryv1.Namespace{Name: "notes", Dimension: 64}}); err != nil {

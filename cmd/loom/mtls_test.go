@@ -2,15 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,74 +17,21 @@ import (
 	"google.golang.org/grpc/status"
 
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/internal/tlsfiles/tlsfilestest"
 )
-
-// testCA is a certificate authority made for one test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	mustT(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	mustT(t, err)
-	cert, err := x509.ParseCertificate(der)
-	mustT(t, err)
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue writes a certificate for 127.0.0.1, usable by servers and clients, and its key to dir/name.{pem,key}.
-func (ca *testCA) issue(t *testing.T, dir, name string, serial int64) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	mustT(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	mustT(t, err)
-	kder, err := x509.MarshalECPrivateKey(key)
-	mustT(t, err)
-	certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key")
-	// Written under temporary names and renamed, as a certificate manager does, so a reader never sees half a file.
-	for _, f := range []struct {
-		path string
-		data []byte
-	}{
-		{certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})},
-		{keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})},
-	} {
-		mustT(t, os.WriteFile(f.path+".tmp", f.data, 0o600))
-		mustT(t, os.Rename(f.path+".tmp", f.path))
-	}
-	return certFile, keyFile
-}
 
 // TestMutualTLSBetweenServices runs backends that accept service-to-service calls only from certificates their
 // CA signed, behind gateways with and without such a certificate, and renews the backend's certificate on disk.
 func TestMutualTLSBetweenServices(t *testing.T) {
 	b := bins(t)
 	dataDir, pki := t.TempDir(), t.TempDir()
-	t.Setenv("LOOM_SERVICE_TOKEN_KEY", newServiceTokenKey())
-	ca, rogue := newTestCA(t, "loom-test-ca"), newTestCA(t, "rogue-ca")
+	setServiceTokenKey(t)
+	ca, rogue := tlsfilestest.NewCA(t, "loom-test-ca"), tlsfilestest.NewCA(t, "rogue-ca")
 	caFile := filepath.Join(pki, "ca.pem")
-	mustT(t, os.WriteFile(caFile, ca.pem, 0o600))
-	srvCert, srvKey := ca.issue(t, pki, "backend", 10)
-	gwCert, gwKey := ca.issue(t, pki, "gateway", 20)
-	rogueCert, rogueKey := rogue.issue(t, pki, "rogue", 30)
+	mustT(t, os.WriteFile(caFile, ca.PEM, 0o600))
+	srvCert, srvKey := ca.Issue(t, pki, "backend", 10)
+	gwCert, gwKey := ca.Issue(t, pki, "gateway", 20)
+	rogueCert, rogueKey := rogue.Issue(t, pki, "rogue", 30)
 	admin := createKey(t, b["loom"], dataDir, "tenant-a", "admin")
 
 	backend := startLoomIn(t, dataDir, "--auth", "required",
@@ -133,8 +72,7 @@ func TestMutualTLSBetweenServices(t *testing.T) {
 		t.Fatalf("through the gateway with a rogue CA's certificate: %v, want Unavailable", err)
 	}
 	// Callers with API keys need no certificate: the client CA only adds a way to be trusted.
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.cert)
+	roots := ca.Pool()
 	direct := credentials.NewTLS(&tls.Config{RootCAs: roots})
 	if err := call(backend.addr, direct, "direct-api-key"); err != nil {
 		t.Fatalf("API key over TLS without a client certificate: %v", err)
@@ -150,7 +88,7 @@ func TestMutualTLSBetweenServices(t *testing.T) {
 	if got := serial(); got != 10 {
 		t.Fatalf("backend presents serial %d, want 10", got)
 	}
-	ca.issue(t, pki, "backend", 11)
+	ca.Issue(t, pki, "backend", 11)
 	deadline := time.Now().Add(10 * time.Second)
 	for serial() != 11 {
 		if time.Now().After(deadline) {

@@ -22,13 +22,12 @@ import (
 
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
+	"github.com/loom-dev/loom/internal/logtest"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 )
 
@@ -71,11 +70,7 @@ func TestDebugListenServesPprofOnLoopbackOnly(t *testing.T) {
 	}
 
 	// One call, so the per-RPC series exist.
-	conn, err := grpc.NewClient("passthrough:///"+p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialGRPC(t, p.addr)
 	if _, err := memoryv1.NewMemoryServiceClient(conn).ListNamespaces(context.Background(), &memoryv1.ListNamespacesRequest{}); err != nil {
 		t.Fatal(err)
 	}
@@ -174,23 +169,9 @@ func TestRunStreamTraceThroughGateway(t *testing.T) {
 	gw := startLoomWith(t, dataDir, env, append([]string{"--auth", "required", "--services", "gateway",
 		"--gateway-memory", backend.addr, "--gateway-agent", backend.addr}, dbArgs...)...)
 
-	conn, err := grpc.NewClient("passthrough:///"+gw.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialGRPC(t, gw.addr)
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+strings.TrimSpace(key))
-	mem := memoryv1.NewMemoryServiceClient(conn)
-	if _, err := mem.CreateNamespace(ctx, &memoryv1.CreateNamespaceRequest{Namespace: &memoryv1.Namespace{Name: "notes", Dimension: 128}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := mem.Upsert(ctx, &memoryv1.UpsertRequest{Namespace: "notes", Records: []*memoryv1.Record{{Id: "cat", Text: "the cat sat on the mat"}}}); err != nil {
-		t.Fatal(err)
-	}
-	ag := agentv1.NewAgentServiceClient(conn)
-	if _, err := ag.CreateAgent(ctx, &agentv1.CreateAgentRequest{Agent: &agentv1.Agent{Name: "helper", Memory: &agentv1.MemoryConfig{Namespace: "notes"}}}); err != nil {
-		t.Fatal(err)
-	}
+	ag := seedHelperAgent(ctx, t, conn)
 	stream, err := ag.RunStream(ctx, &agentv1.RunStreamRequest{Agent: "helper", Input: "where did the cat sit"})
 	if err != nil {
 		t.Fatal(err)
@@ -420,7 +401,7 @@ scrape_configs:
 	ln.Close()
 	cmd := exec.Command(prom, "--config.file="+filepath.Join(dir, "prometheus.yml"), "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+promAddr)
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -24,7 +24,18 @@ import (
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 )
 
-// clientsFor dials addr with grpc-go and returns the four services' clients.
+// dialGRPC dials addr with grpc-go, in plaintext, and closes the connection when the test ends.
+func dialGRPC(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// rpcClients are the four services' grpc-go clients on one connection.
 type rpcClients struct {
 	memory memoryv1.MemoryServiceClient
 	agent  agentv1.AgentServiceClient
@@ -32,13 +43,10 @@ type rpcClients struct {
 	admin  adminv1.AdminServiceClient
 }
 
+// dialAll dials addr with grpc-go and returns the four services' clients.
 func dialAll(t *testing.T, addr string) rpcClients {
 	t.Helper()
-	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := dialGRPC(t, addr)
 	return rpcClients{
 		memory: memoryv1.NewMemoryServiceClient(conn),
 		agent:  agentv1.NewAgentServiceClient(conn),

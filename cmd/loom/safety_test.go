@@ -63,7 +63,7 @@ func TestLocalModeDefaults(t *testing.T) {
 func TestLocalGatewayRefusesRequiredBackends(t *testing.T) {
 	b := bins(t)
 	dataDir := t.TempDir()
-	t.Setenv("LOOM_SERVICE_TOKEN_KEY", newServiceTokenKey())
+	setServiceTokenKey(t)
 	backend := startLoomIn(t, dataDir, "--auth", "required")
 	cmd := exec.Command(b["loom"], "serve", "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--auth", "local",
 		"--services", "gateway", "--gateway-memory", backend.addr)
@@ -89,7 +89,7 @@ func TestLocalGatewayRefusesRequiredBackends(t *testing.T) {
 func TestCredentialGuessingIsThrottled(t *testing.T) {
 	b := bins(t)
 	dataDir := t.TempDir()
-	t.Setenv("LOOM_SERVICE_TOKEN_KEY", newServiceTokenKey())
+	setServiceTokenKey(t)
 	key := createKey(t, b["loom"], dataDir, "acme", "reader")
 	p := startLoomIn(t, dataDir, "--auth", "required")
 	_, port, _ := net.SplitHostPort(p.addr)

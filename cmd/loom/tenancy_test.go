@@ -13,7 +13,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -39,11 +38,7 @@ var contracts = []protoreflect.FileDescriptor{
 // on a server with --auth required: each must be refused with Unauthenticated.
 func TestEveryProcedureNeedsCredentials(t *testing.T) {
 	p := startLoom(t, "--auth", "required")
-	conn, err := grpc.NewClient("passthrough:///"+p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialGRPC(t, p.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var n int
@@ -82,17 +77,12 @@ func TestEveryProcedureNeedsCredentials(t *testing.T) {
 func TestCrossTenantMatrix(t *testing.T) {
 	b := bins(t)
 	dataDir := t.TempDir()
-	tokenKey := newServiceTokenKey()
-	t.Setenv("LOOM_SERVICE_TOKEN_KEY", tokenKey)
+	setServiceTokenKey(t)
 	keyA := createKey(t, b["loom"], dataDir, "tenant-a", "admin")
 	keyB := createKey(t, b["loom"], dataDir, "tenant-b", "admin")
 	p := startLoomIn(t, dataDir, "--auth", "required")
 
-	conn, err := grpc.NewClient("passthrough:///"+p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialGRPC(t, p.addr)
 	base, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	ctxA := metadata.AppendToOutgoingContext(base, "authorization", "Bearer "+keyA)
@@ -292,15 +282,11 @@ func TestCanarySecretsStaySecret(t *testing.T) {
 	// The OpenAI-compatible endpoint refuses connections: every model call fails.
 	p := startLoomWith(t, dataDir, env, "--auth", "required", "--openai-base-url", "http://127.0.0.1:1/v1")
 
-	conn, err := grpc.NewClient("passthrough:///"+p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialGRPC(t, p.addr)
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+key)
 	ag := agentv1.NewAgentServiceClient(conn)
 	var errs []error
-	_, err = ag.CreateAgent(ctx, &agentv1.CreateAgentRequest{Agent: &agentv1.Agent{Name: "oai", Model: &agentv1.Model{Provider: agentv1.Provider_PROVIDER_OPENAI, Name: "gpt"}}})
+	_, err := ag.CreateAgent(ctx, &agentv1.CreateAgentRequest{Agent: &agentv1.Agent{Name: "oai", Model: &agentv1.Model{Provider: agentv1.Provider_PROVIDER_OPENAI, Name: "gpt"}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,6 +28,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/loom-dev/loom/internal/logtest"
 )
 
 // replacedServices are the compose services the suite replaces instead of running: Postgres becomes a private
@@ -91,7 +93,7 @@ type replica struct {
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
-	logs    *logBuffer
+	logs    *logtest.Buffer
 	done    chan struct{} // closed when the current process exited
 	exit    error         // the current process's exit status, valid once done is closed
 	restart string        // compose's restart policy
@@ -333,7 +335,7 @@ func (r *replica) startOnce(ctx context.Context) error {
 	cmd := exec.Command(r.bin, r.args...)
 	cmd.Env = r.env
 	cmd.Dir = r.dataDir
-	logs := &logBuffer{}
+	logs := &logtest.Buffer{}
 	f, err := os.OpenFile(r.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		r.mu.Unlock()
@@ -476,24 +478,6 @@ func freePort(t *testing.T) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// logBuffer is a concurrency-safe log sink.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func tail(s string, n int) string {

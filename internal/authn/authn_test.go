@@ -1,7 +1,6 @@
 package authn
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"log/slog"
@@ -9,12 +8,12 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/loom-dev/loom/internal/logtest"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/sqldb"
@@ -30,24 +29,7 @@ type fixture struct {
 	store  *KeyStore
 	minter *Minter
 	key    string // a valid API key: tenant "acme", roles reader
-	logs   *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs   *logtest.Buffer
 }
 
 func newFixture(t testing.TB, mode Mode) *fixture {
@@ -62,7 +44,7 @@ func newFixture(t testing.TB, mode Mode) *fixture {
 	}
 	svcKey := newEd25519(t)
 	minter, _ := NewMinter(svcKey, 0)
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	a, err := New(Config{
 		Mode:        mode,
 		Issuer:      testIssuer,

@@ -3,9 +3,7 @@ package mcpserver_test
 import (
 	"context"
 	"net/http"
-	"slices"
 	"testing"
-	"time"
 
 	"connectrpc.com/connect"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -61,35 +59,5 @@ func BenchmarkMCPSearch(b *testing.B) {
 			return err
 		},
 	}
-	for range 200 {
-		for _, c := range calls {
-			if err := c(); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
-	var lat [2][]time.Duration
-	i := 0
-	for b.Loop() {
-		k := i % 2
-		i++
-		start := time.Now()
-		if err := calls[k](); err != nil {
-			b.Fatal(err)
-		}
-		lat[k] = append(lat[k], time.Since(start))
-	}
-	p50 := func(d []time.Duration) float64 {
-		if len(d) == 0 {
-			return 0
-		}
-		slices.Sort(d)
-		return float64(d[len(d)/2].Nanoseconds())
-	}
-	rpc, tool := p50(lat[0]), p50(lat[1])
-	b.ReportMetric(rpc, "p50-rpc-ns")
-	b.ReportMetric(tool, "p50-mcp-ns")
-	if rpc > 0 {
-		b.ReportMetric(tool/rpc, "x-rpc")
-	}
+	rpcservertest.CompareP50(b, 200, [2]string{"rpc", "mcp"}, calls)
 }

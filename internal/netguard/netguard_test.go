@@ -180,24 +180,24 @@ func TestRedirectsChecked(t *testing.T) {
 	targets := []string{"http://127.0.0.1:{P}/", "http://2130706433:{P}/", "http://[::ffff:127.0.0.1]:{P}/",
 		"http://[::127.0.0.1]:{P}/", "http://rebind.example.com:{P}/", "http://localhost:{P}/", "http://0:{P}/",
 		"http://127.1:{P}/"}
-	for _, to := range targets {
-		to = strings.ReplaceAll(to, "{P}", port)
-		resp, err := client.Get(base + "/redirect?to=" + url.QueryEscape(to))
-		if err == nil {
-			resp.Body.Close()
-			t.Errorf("redirect to %s followed", to)
-		} else if !errors.Is(err, netguard.ErrRefused) {
-			t.Errorf("redirect to %s: %v, want refused", to, err)
-		}
-	}
-	// Without CheckRedirect the dialer still refuses every hop.
-	bare := &http.Client{Transport: netguard.NewTransport(d), Timeout: 5 * time.Second}
-	for _, to := range targets {
-		to = strings.ReplaceAll(to, "{P}", port)
-		resp, err := bare.Get(base + "/redirect?to=" + url.QueryEscape(to))
-		if err == nil {
-			resp.Body.Close()
-			t.Errorf("redirect to %s followed by the bare client", to)
+	for _, c := range []struct {
+		name        string
+		client      *http.Client
+		wantRefused bool // the error is netguard.ErrRefused, not only some error
+	}{
+		{name: "the guarded client", client: client, wantRefused: true},
+		// Without CheckRedirect the dialer still refuses every hop.
+		{name: "the bare client", client: &http.Client{Transport: netguard.NewTransport(d), Timeout: 5 * time.Second}},
+	} {
+		for _, to := range targets {
+			to = strings.ReplaceAll(to, "{P}", port)
+			resp, err := c.client.Get(base + "/redirect?to=" + url.QueryEscape(to))
+			if err == nil {
+				resp.Body.Close()
+				t.Errorf("redirect to %s followed by %s", to, c.name)
+			} else if c.wantRefused && !errors.Is(err, netguard.ErrRefused) {
+				t.Errorf("redirect to %s by %s: %v, want refused", to, c.name, err)
+			}
 		}
 	}
 	if n := accepted.Load(); n != 0 {

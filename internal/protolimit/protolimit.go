@@ -12,6 +12,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -128,23 +130,20 @@ func jsonDepth(m protoreflect.Message, stop int) int {
 		if d >= stop {
 			return d
 		}
-		best := d
+		var children iter.Seq[*structpb.Value]
 		switch k := v.GetKind().(type) {
 		case *structpb.Value_StructValue:
-			best = d + 1
-			for _, f := range k.StructValue.GetFields() {
-				best = max(best, walk(f, d+1))
-				if best >= stop {
-					return best
-				}
-			}
+			children = maps.Values(k.StructValue.GetFields())
 		case *structpb.Value_ListValue:
-			best = d + 1
-			for _, e := range k.ListValue.GetValues() {
-				best = max(best, walk(e, d+1))
-				if best >= stop {
-					return best
-				}
+			children = slices.Values(k.ListValue.GetValues())
+		default:
+			return d
+		}
+		best := d + 1
+		for c := range children {
+			best = max(best, walk(c, d+1))
+			if best >= stop {
+				return best
 			}
 		}
 		return best

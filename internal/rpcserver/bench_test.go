@@ -4,9 +4,7 @@ import (
 	"context"
 	"net"
 	"net/http"
-	"slices"
 	"testing"
-	"time"
 
 	"connectrpc.com/connect"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -100,37 +98,11 @@ func BenchmarkTracing(b *testing.B) {
 	clients := [2]memoryv1.MemoryServiceClient{client(off.Addr), client(on.Addr)}
 	req := &memoryv1.GetNamespaceRequest{Name: "docs"}
 	ctx := context.Background()
-	for range 500 { // warm up both connections
-		for _, c := range clients {
-			if _, err := c.GetNamespace(ctx, req); err != nil {
-				b.Fatal(err)
-			}
+	call := func(c memoryv1.MemoryServiceClient) func() error {
+		return func() error {
+			_, err := c.GetNamespace(ctx, req)
+			return err
 		}
 	}
-	var lat [2][]time.Duration
-	b.ResetTimer()
-	i := 0
-	for b.Loop() {
-		k := i % 2
-		i++
-		start := time.Now()
-		if _, err := clients[k].GetNamespace(ctx, req); err != nil {
-			b.Fatal(err)
-		}
-		lat[k] = append(lat[k], time.Since(start))
-	}
-	b.StopTimer()
-	p50 := func(d []time.Duration) float64 {
-		if len(d) == 0 {
-			return 0
-		}
-		slices.Sort(d)
-		return float64(d[len(d)/2].Nanoseconds())
-	}
-	offP50, onP50 := p50(lat[0]), p50(lat[1])
-	b.ReportMetric(offP50, "p50-off-ns")
-	b.ReportMetric(onP50, "p50-on-ns")
-	if offP50 > 0 {
-		b.ReportMetric(onP50/offP50, "x-off")
-	}
+	rpcservertest.CompareP50(b, 500, [2]string{"off", "on"}, [2]func() error{call(clients[0]), call(clients[1])})
 }

@@ -1,7 +1,6 @@
 package rpcserver_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -9,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 
 	"connectrpc.com/connect"
@@ -20,34 +18,17 @@ import (
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/gen/loom/memory/v1/memoryv1connect"
+	"github.com/loom-dev/loom/internal/logtest"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/telemetry"
 )
 
-// logBuffer is a concurrency-safe log sink.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) lines() []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Split(strings.TrimSpace(b.buf.String()), "\n")
-}
-
 // serveWith serves services on an httptest server with a logger writing to logs at level, through the
 // telemetry log handler, as `loom serve` does.
-func serveWith(t *testing.T, cfg rpcserver.Config, auth rpcserver.Authenticator, level slog.Level) (*httptest.Server, *logBuffer) {
+func serveWith(t *testing.T, cfg rpcserver.Config, auth rpcserver.Authenticator, level slog.Level) (*httptest.Server, *logtest.Buffer) {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &logtest.Buffer{}
 	logger := slog.New(telemetry.LogHandler(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: level})))
 	mem := &fakeMemory{id: "a"}
 	ag := &fakeAgent{started: make(chan struct{})}
@@ -112,13 +93,13 @@ func TestRefusedCallsAreCountedAndLogged(t *testing.T) {
 		}
 	}
 	var refused int
-	for _, l := range logs.lines() {
+	for _, l := range logs.Lines() {
 		if strings.Contains(l, `msg="rpc refused"`) {
 			refused++
 		}
 	}
 	if refused != 2 {
-		t.Errorf("%d refusal log lines, want 2:\n%s", refused, strings.Join(logs.lines(), "\n"))
+		t.Errorf("%d refusal log lines, want 2:\n%s", refused, strings.Join(logs.Lines(), "\n"))
 	}
 
 	// A hostile path does not become a label.
@@ -201,7 +182,7 @@ func TestLogPolicy(t *testing.T) {
 			t.Parallel()
 			hs, logs := serveWith(t, tc.cfg, nil, tc.level)
 			call(t, hs)
-			lines := logs.lines()
+			lines := logs.Lines()
 			if got := count(lines, `msg=rpc `, "code=ok", tc.wantLevel); got != tc.wantOK {
 				t.Errorf("%d successful calls logged with %s, want %d:\n%s", got, tc.wantLevel, tc.wantOK, strings.Join(lines, "\n"))
 			}
@@ -240,12 +221,12 @@ func TestTracingSpansAndLogIDs(t *testing.T) {
 	}
 	want := "trace_id=" + s.SpanContext().TraceID().String() + " span_id=" + s.SpanContext().SpanID().String()
 	found := false
-	for _, l := range logs.lines() {
+	for _, l := range logs.Lines() {
 		if strings.Contains(l, "msg=rpc ") && strings.Contains(l, want) {
 			found = true
 		}
 	}
 	if !found {
-		t.Errorf("no rpc log line with %s:\n%s", want, strings.Join(logs.lines(), "\n"))
+		t.Errorf("no rpc log line with %s:\n%s", want, strings.Join(logs.Lines(), "\n"))
 	}
 }
