@@ -26,6 +26,7 @@ import (
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/gen/loom/memory/v1/memoryv1connect"
 	"github.com/loom-dev/loom/internal/principal"
+	"github.com/loom-dev/loom/internal/procstat"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/rpcserver/rpcservertest"
 	"github.com/loom-dev/loom/memory"
@@ -135,22 +136,7 @@ func measure(t *testing.T) memFigures {
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return memFigures{heap: float64(ms.HeapInuse) / (1 << 20), rss: rssMiB(t)}
-}
-
-// rssMiB reads VmRSS from /proc/self/status (0 where there is none).
-func rssMiB(t *testing.T) float64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb / 1024
-		}
-	}
-	return 0
+	return memFigures{heap: float64(ms.HeapInuse) / (1 << 20), rss: procstat.RSSMiB(os.Getpid())}
 }
 
 func randomBatch(r *rand.Rand, prefix string, n, dim int) []*memoryv1.Record {

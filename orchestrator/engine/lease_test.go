@@ -10,6 +10,7 @@ import (
 
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
+	"github.com/loom-dev/loom/internal/logtest"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 	"github.com/loom-dev/loom/orchestrator/engine"
@@ -149,7 +150,7 @@ func TestUnfinishedAgentRunIsRetriedWithTheSameKey(t *testing.T) {
 func TestListRunsSkipsUndecodableRun(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, d sqldb.Dialect) {
 		ctx := context.Background()
-		var logs syncBuffer
+		var logs logtest.Buffer
 		e, open := newStoppedEnv(t, d, nil)
 		e.engine = open(false)
 		bp := e.create(t, "name: one\nsteps:\n  - id: a\n    approval: {prompt: ok}\n")

@@ -1,32 +1,19 @@
 package sqlstore_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
+	"github.com/loom-dev/loom/internal/logtest"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 	"github.com/loom-dev/loom/orchestrator/orchestratortest"
 	"github.com/loom-dev/loom/orchestrator/sqlstore"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // TestListSkipsUndecodableBlueprint corrupts one stored blueprint directly in the database and checks that
 // ListBlueprints skips it with a logged error, pages stay whole, and DeleteBlueprint still removes it.
@@ -35,7 +22,7 @@ func TestListSkipsUndecodableBlueprint(t *testing.T) {
 		t.Run(fmt.Sprint(d), func(t *testing.T) {
 			ctx := context.Background()
 			db := sqldbtest.Open(t, d)
-			var logs syncBuffer
+			var logs logtest.Buffer
 			s, err := sqlstore.New(ctx, db, sqlstore.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 			if err != nil {
 				t.Fatal(err)
