@@ -29,11 +29,11 @@ var (
 // FieldError is a client mistake in one request field. It matches ErrInvalidArgument.
 type FieldError = fault.FieldError
 
-// preconditionError is an operation refused in the current state; it matches ErrFailedPrecondition.
-type preconditionError string
+// PreconditionError is an operation refused in the current state; it matches ErrFailedPrecondition.
+type PreconditionError string
 
-func (e preconditionError) Error() string        { return string(e) }
-func (e preconditionError) Is(target error) bool { return target == ErrFailedPrecondition }
+func (e PreconditionError) Error() string        { return string(e) }
+func (e PreconditionError) Is(target error) bool { return target == ErrFailedPrecondition }
 
 // RunFilter selects runs for ListRuns. Zero fields do not filter.
 type RunFilter struct {
