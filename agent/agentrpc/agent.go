@@ -324,10 +324,7 @@ func pageSize(n int32) int {
 
 // CreateAgent implements agentv1connect.AgentServiceHandler.
 func (s *Server) CreateAgent(ctx context.Context, req *connect.Request[agentv1.CreateAgentRequest]) (*connect.Response[agentv1.CreateAgentResponse], error) {
-	tenant, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	tenant := principal.TenantOf(ctx)
 	keepWebhookSecrets(nil, req.Msg.GetAgent()) // clears the output-only signing_secret_set
 	if err := checkAgent(req.Msg.GetAgent(), "agent"); err != nil {
 		return nil, s.connectError(ctx, err)
@@ -341,10 +338,7 @@ func (s *Server) CreateAgent(ctx context.Context, req *connect.Request[agentv1.C
 
 // GetAgent implements agentv1connect.AgentServiceHandler.
 func (s *Server) GetAgent(ctx context.Context, req *connect.Request[agentv1.GetAgentRequest]) (*connect.Response[agentv1.GetAgentResponse], error) {
-	tenant, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	tenant := principal.TenantOf(ctx)
 	a, err := s.store.GetAgent(ctx, tenant, req.Msg.GetName(), req.Msg.GetVersion())
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -354,10 +348,7 @@ func (s *Server) GetAgent(ctx context.Context, req *connect.Request[agentv1.GetA
 
 // ListAgents implements agentv1connect.AgentServiceHandler.
 func (s *Server) ListAgents(ctx context.Context, req *connect.Request[agentv1.ListAgentsRequest]) (*connect.Response[agentv1.ListAgentsResponse], error) {
-	tenant, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	tenant := principal.TenantOf(ctx)
 	agents, next, err := s.store.ListAgents(ctx, tenant, pageSize(req.Msg.GetPageSize()), req.Msg.GetPageToken())
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -370,10 +361,7 @@ func (s *Server) ListAgents(ctx context.Context, req *connect.Request[agentv1.Li
 
 // UpdateAgent implements agentv1connect.AgentServiceHandler.
 func (s *Server) UpdateAgent(ctx context.Context, req *connect.Request[agentv1.UpdateAgentRequest]) (*connect.Response[agentv1.UpdateAgentResponse], error) {
-	tenant, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	tenant := principal.TenantOf(ctx)
 	in := req.Msg.GetAgent()
 	cur, err := s.store.GetAgent(ctx, tenant, in.GetName(), 0)
 	if err != nil {
@@ -399,10 +387,7 @@ func (s *Server) UpdateAgent(ctx context.Context, req *connect.Request[agentv1.U
 
 // DeleteAgent implements agentv1connect.AgentServiceHandler.
 func (s *Server) DeleteAgent(ctx context.Context, req *connect.Request[agentv1.DeleteAgentRequest]) (*connect.Response[agentv1.DeleteAgentResponse], error) {
-	tenant, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	tenant := principal.TenantOf(ctx)
 	if err := s.store.DeleteAgent(ctx, tenant, req.Msg.GetName()); err != nil {
 		return nil, s.connectError(ctx, err)
 	}

@@ -18,10 +18,7 @@ const defaultEstimateWindow = 200
 // EstimateRun implements agentv1connect.AgentServiceHandler: quantiles over the latest version's recent
 // successful runs, and the configured per-run bounds.
 func (s *Server) EstimateRun(ctx context.Context, req *connect.Request[agentv1.EstimateRunRequest]) (*connect.Response[agentv1.EstimateRunResponse], error) {
-	tenant, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	tenant := principal.TenantOf(ctx)
 	a, err := s.store.GetAgent(ctx, tenant, req.Msg.GetAgent(), 0)
 	if err != nil {
 		return nil, s.connectError(ctx, err)

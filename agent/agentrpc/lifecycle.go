@@ -70,10 +70,7 @@ func (s *Server) lease() agent.Lease {
 
 // DeleteRun implements agentv1connect.AgentServiceHandler.
 func (s *Server) DeleteRun(ctx context.Context, req *connect.Request[agentv1.DeleteRunRequest]) (*connect.Response[agentv1.DeleteRunResponse], error) {
-	tenant, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	tenant := principal.TenantOf(ctx)
 	id := req.Msg.GetId()
 	if s.active(tenant, id) != nil {
 		return nil, s.connectError(ctx, agent.PreconditionError(fmt.Sprintf("run %s is running: cancel it first", id)))

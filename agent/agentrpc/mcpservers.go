@@ -94,10 +94,7 @@ func redactMCPServer(m *agentv1.McpServer) *agentv1.McpServer {
 
 // PutMcpServer implements agentv1connect.AgentServiceHandler.
 func (s *Server) PutMcpServer(ctx context.Context, req *connect.Request[agentv1.PutMcpServerRequest]) (*connect.Response[agentv1.PutMcpServerResponse], error) {
-	tenant, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	tenant := principal.TenantOf(ctx)
 	m := req.Msg.GetServer()
 	if err := s.checkMCPServer(m, "server"); err != nil {
 		return nil, s.connectError(ctx, err)
@@ -126,10 +123,7 @@ func (s *Server) PutMcpServer(ctx context.Context, req *connect.Request[agentv1.
 
 // ListMcpServers implements agentv1connect.AgentServiceHandler.
 func (s *Server) ListMcpServers(ctx context.Context, _ *connect.Request[agentv1.ListMcpServersRequest]) (*connect.Response[agentv1.ListMcpServersResponse], error) {
-	tenant, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	tenant := principal.TenantOf(ctx)
 	all, err := s.store.ListMCPServers(ctx, tenant, maxMCPServers)
 	if err != nil {
 		return nil, s.connectError(ctx, err)
@@ -142,10 +136,7 @@ func (s *Server) ListMcpServers(ctx context.Context, _ *connect.Request[agentv1.
 
 // DeleteMcpServer implements agentv1connect.AgentServiceHandler.
 func (s *Server) DeleteMcpServer(ctx context.Context, req *connect.Request[agentv1.DeleteMcpServerRequest]) (*connect.Response[agentv1.DeleteMcpServerResponse], error) {
-	tenant, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	tenant := principal.TenantOf(ctx)
 	if err := s.store.DeleteMCPServer(ctx, tenant, req.Msg.GetName()); err != nil {
 		return nil, s.connectError(ctx, err)
 	}

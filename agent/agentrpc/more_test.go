@@ -16,6 +16,9 @@ import (
 	"github.com/loom-dev/loom/agent/agentrpc"
 	"github.com/loom-dev/loom/agent/model"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
+	"github.com/loom-dev/loom/internal/rpcserver"
+	"github.com/loom-dev/loom/internal/rpcserver/rpcservertest"
 	"github.com/loom-dev/loom/internal/sqldb"
 )
 
@@ -153,8 +156,10 @@ func TestMemorySaveAndUnauthenticated(t *testing.T) {
 		t.Errorf("memory records = %v", recs)
 	}
 
-	// Without a principal in the context (authentication did not run) every call is refused.
-	_, err = h.server.GetAgent(context.Background(), connect.NewRequest(&agentv1.GetAgentRequest{Name: "saver"}))
+	// Without a principal (the call carries no credentials) every call is refused before the handler runs.
+	hs := rpcservertest.Start(t, rpcserver.Config{}, rpcservertest.TenantAuthenticator, h.server.Service())
+	anon := agentv1connect.NewAgentServiceClient(rpcservertest.HTTPClient(), hs.URL)
+	_, err = anon.GetAgent(context.Background(), connect.NewRequest(&agentv1.GetAgentRequest{Name: "saver"}))
 	if connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Errorf("GetAgent without principal: err = %v, want Unauthenticated", err)
 	}

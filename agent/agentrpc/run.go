@@ -71,10 +71,7 @@ type emitFunc func(*agentv1.RunStreamResponse) error
 // Run implements agentv1connect.AgentServiceHandler. A run that exhausts a budget is returned FAILED; a failing
 // model provider answers Unavailable (the failed run stays readable with GetRun).
 func (s *Server) Run(ctx context.Context, req *connect.Request[agentv1.RunRequest]) (*connect.Response[agentv1.RunResponse], error) {
-	tenant, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	tenant := principal.TenantOf(ctx)
 	run, err := s.startRun(ctx, tenant, req.Msg.GetAgent(), req.Msg.GetInput(), req.Msg.GetAttachments(), req.Msg.GetIdempotencyKey(),
 		runOpts{chaos: req.Msg.GetChaos(), attempt: req.Msg.GetAttempt(), blueprint: req.Msg.GetBlueprint(), agentVersion: req.Msg.GetAgentVersion(), clientTools: req.Msg.GetClientTools()}, nil)
 	if err != nil {
@@ -86,21 +83,15 @@ func (s *Server) Run(ctx context.Context, req *connect.Request[agentv1.RunReques
 // RunStream implements agentv1connect.AgentServiceHandler. Events follow the run: started, memory hits or a
 // warning, then per step text deltas, usage, tool calls and results, and last completed or failed.
 func (s *Server) RunStream(ctx context.Context, req *connect.Request[agentv1.RunStreamRequest], stream *connect.ServerStream[agentv1.RunStreamResponse]) error {
-	tenant, err := principal.Tenant(ctx)
-	if err != nil {
-		return s.connectError(ctx, err)
-	}
-	_, err = s.startRun(ctx, tenant, req.Msg.GetAgent(), req.Msg.GetInput(), req.Msg.GetAttachments(), req.Msg.GetIdempotencyKey(),
+	tenant := principal.TenantOf(ctx)
+	_, err := s.startRun(ctx, tenant, req.Msg.GetAgent(), req.Msg.GetInput(), req.Msg.GetAttachments(), req.Msg.GetIdempotencyKey(),
 		runOpts{chaos: req.Msg.GetChaos(), attempt: req.Msg.GetAttempt(), blueprint: req.Msg.GetBlueprint(), agentVersion: req.Msg.GetAgentVersion(), clientTools: req.Msg.GetClientTools()}, stream.Send)
 	return s.connectError(ctx, err)
 }
 
 // GetRun implements agentv1connect.AgentServiceHandler.
 func (s *Server) GetRun(ctx context.Context, req *connect.Request[agentv1.GetRunRequest]) (*connect.Response[agentv1.GetRunResponse], error) {
-	tenant, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	tenant := principal.TenantOf(ctx)
 	if ar := s.active(tenant, req.Msg.GetId()); ar != nil {
 		_ = ar.record.wait(ctx) // a run starting here is readable once recorded; a failed record reads NotFound
 	}
@@ -113,10 +104,7 @@ func (s *Server) GetRun(ctx context.Context, req *connect.Request[agentv1.GetRun
 
 // ListRuns implements agentv1connect.AgentServiceHandler.
 func (s *Server) ListRuns(ctx context.Context, req *connect.Request[agentv1.ListRunsRequest]) (*connect.Response[agentv1.ListRunsResponse], error) {
-	tenant, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	tenant := principal.TenantOf(ctx)
 	f := agent.RunFilter{Agent: req.Msg.GetAgent()}
 	if ts := req.Msg.GetStartTime(); ts != nil {
 		f.Start = ts.AsTime()
@@ -135,10 +123,7 @@ func (s *Server) ListRuns(ctx context.Context, req *connect.Request[agentv1.List
 // call and tools are cancelled) and waited for; a run recorded as RUNNING but not executing here (another replica,
 // or one that crashed) is marked CANCELLED in the store, and its owner's final write is then refused.
 func (s *Server) CancelRun(ctx context.Context, req *connect.Request[agentv1.CancelRunRequest]) (*connect.Response[agentv1.CancelRunResponse], error) {
-	tenant, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	tenant := principal.TenantOf(ctx)
 	id := req.Msg.GetId()
 	if ar := s.active(tenant, id); ar != nil {
 		ar.cancel(errCancelRequested)

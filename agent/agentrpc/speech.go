@@ -37,10 +37,7 @@ var espeakVoice = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_+-]{0,63}$`)
 // SynthesizeSpeech implements agentv1connect.AgentServiceHandler. The voice is the request's, else the agent's,
 // else espeak-ng's "en-us". espeak-ng produces WAV and ElevenLabs MP3; other formats are transcoded with ffmpeg.
 func (s *Server) SynthesizeSpeech(ctx context.Context, req *connect.Request[agentv1.SynthesizeSpeechRequest], stream *connect.ServerStream[agentv1.SynthesizeSpeechResponse]) error {
-	tenant, err := principal.Tenant(ctx)
-	if err != nil {
-		return s.connectError(ctx, err)
-	}
+	tenant := principal.TenantOf(ctx)
 	voice := req.Msg.GetVoice()
 	if voice == nil && req.Msg.GetAgent() != "" {
 		a, err := s.store.GetAgent(ctx, tenant, req.Msg.GetAgent(), 0)
@@ -70,7 +67,10 @@ func (s *Server) SynthesizeSpeech(ctx context.Context, req *connect.Request[agen
 	if format == agentv1.AudioFormat_AUDIO_FORMAT_UNSPECIFIED {
 		format = nativeFormat
 	}
-	var ffmpeg string
+	var (
+		ffmpeg string
+		err    error
+	)
 	var nativeBuf bytes.Buffer
 	out := send
 	if format != nativeFormat {

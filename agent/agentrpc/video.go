@@ -35,10 +35,7 @@ type tavusVideo struct {
 // CreateVideo implements agentv1connect.AgentServiceHandler. Videos are scoped to the tenant through their Tavus
 // video_name, which is prefixed with the tenant; GetVideo answers NotFound for another tenant's video.
 func (s *Server) CreateVideo(ctx context.Context, req *connect.Request[agentv1.CreateVideoRequest]) (*connect.Response[agentv1.CreateVideoResponse], error) {
-	tenant, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	tenant := principal.TenantOf(ctx)
 	body, _ := json.Marshal(map[string]string{
 		"replica_id": req.Msg.GetReplicaId(),
 		"script":     req.Msg.GetScript(),
@@ -56,10 +53,7 @@ func (s *Server) CreateVideo(ctx context.Context, req *connect.Request[agentv1.C
 
 // GetVideo implements agentv1connect.AgentServiceHandler.
 func (s *Server) GetVideo(ctx context.Context, req *connect.Request[agentv1.GetVideoRequest]) (*connect.Response[agentv1.GetVideoResponse], error) {
-	tenant, err := principal.Tenant(ctx)
-	if err != nil {
-		return nil, s.connectError(ctx, err)
-	}
+	tenant := principal.TenantOf(ctx)
 	var v tavusVideo
 	if err := s.tavus(ctx, tenant, http.MethodGet, "/v2/videos/"+url.PathEscape(req.Msg.GetId()), nil, "id", &v); err != nil {
 		return nil, s.connectError(ctx, err)
