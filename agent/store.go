@@ -9,7 +9,7 @@ import (
 	"github.com/loom-dev/loom/internal/pricing"
 )
 
-// Sentinel errors returned (wrapped) by a Store and by the Server's domain code: the kinds every service shares
+// Sentinel errors returned (wrapped) by a Store and by the handler (agent/agentrpc): the kinds every service shares
 // (internal/fault), under the names the agent's callers use. The handler edge maps them to Connect codes through
 // internal/rpcerr.
 var (
@@ -144,7 +144,7 @@ type Wait struct {
 	Deadline time.Time
 	// Version counts the changes of State, from 1.
 	Version int64
-	// State is what the Server needs to resume the run, in its own encoding; stores keep it as bytes.
+	// State is what the handler (agentrpc.Server) needs to resume the run, in its own encoding; stores keep it as bytes.
 	State []byte
 }
 
