@@ -368,11 +368,7 @@ func (s *Server) toolHTTPFetch(ctx context.Context, allowed []string, rawURL str
 		if ctx.Err() != nil {
 			return nil, context.Cause(ctx)
 		}
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return nil, fmt.Errorf("fetch failed: %v", err)
+		return nil, fmt.Errorf("fetch failed: %v", callError(err))
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxFetchBytes+1))
@@ -418,4 +414,14 @@ func (s *Server) fetchTransport() *http.Transport {
 		s.fetchTr = netguard.NewTransport(s.fetchGuard)
 	}
 	return s.fetchTr
+}
+
+// callError is the error of a failed HTTP call as the fetch and webhook tools report it: without the *url.Error
+// (method and URL) net/http wraps around it.
+func callError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
 }

@@ -181,11 +181,7 @@ func (s *Server) toolWebhook(ctx context.Context, env runEnv, w *agentv1.Webhook
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("webhook did not answer within %v", timeout)
 		}
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return nil, fmt.Errorf("webhook call failed: %v", err)
+		return nil, fmt.Errorf("webhook call failed: %v", callError(err))
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
