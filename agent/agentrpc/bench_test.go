@@ -43,15 +43,7 @@ func BenchmarkStepOverhead(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	query, err := structpb.NewStruct(map[string]any{"query": "x"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	var turns []*agentv1.SimTurn
-	for range steps - 1 {
-		turns = append(turns, &agentv1.SimTurn{Reply: "searching", ToolCalls: []*agentv1.ToolCall{{Name: "memory_search", Arguments: query}}})
-	}
-	turns = append(turns, &agentv1.SimTurn{Reply: "the answer is forty two"})
+	turns := searchTurns(b, steps)
 	script := &agentv1.SimScript{Turns: turns}
 	a := simAgent("bench", script, searchTool)
 	a.Memory = &agentv1.MemoryConfig{Namespace: "notes"}
@@ -106,4 +98,18 @@ func BenchmarkStepOverhead(b *testing.B) {
 	b.ReportMetric(perStep/basePerStep, "ratio")
 	b.ReportMetric(floorPerStep, "commit-floor-ns/step")
 	b.ReportMetric(perStep-floorPerStep, "platform-ns/step")
+}
+
+// searchTurns scripts a sim run of steps model calls: steps-1 that call memory_search, then a final answer.
+func searchTurns(b *testing.B, steps int) []*agentv1.SimTurn {
+	b.Helper()
+	query, err := structpb.NewStruct(map[string]any{"query": "x"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var turns []*agentv1.SimTurn
+	for range steps - 1 {
+		turns = append(turns, &agentv1.SimTurn{Reply: "searching", ToolCalls: []*agentv1.ToolCall{{Name: "memory_search", Arguments: query}}})
+	}
+	return append(turns, &agentv1.SimTurn{Reply: "the answer is forty two"})
 }

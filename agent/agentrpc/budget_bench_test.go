@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/loom-dev/loom/agent/agentrpc"
 	"github.com/loom-dev/loom/agent/agenttest"
@@ -37,15 +36,7 @@ func BenchmarkBudgetCheckOverhead(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	query, err := structpb.NewStruct(map[string]any{"query": "x"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	var turns []*agentv1.SimTurn
-	for range steps - 1 {
-		turns = append(turns, &agentv1.SimTurn{Reply: "searching", ToolCalls: []*agentv1.ToolCall{{Name: "memory_search", Arguments: query}}})
-	}
-	turns = append(turns, &agentv1.SimTurn{Reply: "the answer is forty two"})
+	turns := searchTurns(b, steps)
 	free := principal.NewContext(ctx, principal.Principal{Tenant: "free"})
 	limited := principal.NewContext(ctx, principal.Principal{Tenant: "limited"})
 	for _, c := range []context.Context{free, limited} {
