@@ -177,19 +177,7 @@ func TestMaintainKeepsOwnRuns(t *testing.T) {
 	go func() { done <- h.server.Maintain(mctx) }()
 	c := h.clients["grpc"]
 	create(t, ctx, c, saverAgent("saver"))
-	entered, release := h.memory.Hold()
-	defer release()
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := c.RunStream(sctx, &agentv1.RunStreamRequest{Agent: "saver", Input: "go"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	first, err := stream.Recv()
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-entered
+	first := startHeldRun(t, ctx, h, c)
 	if n, err := other.RecoverRuns(ctx); err != nil || n != 0 {
 		t.Errorf("another replica's RecoverRuns = %d, %v; want 0 while the owner lives", n, err)
 	}
@@ -281,23 +269,31 @@ func TestDeleteRun(t *testing.T) {
 
 			// A run executing here must be cancelled first.
 			create(t, ctx, c, saverAgent("saver"))
-			entered, release := h.memory.Hold()
-			defer release()
-			sctx, cancel := context.WithCancel(ctx)
-			defer cancel()
-			stream, err := c.RunStream(sctx, &agentv1.RunStreamRequest{Agent: "saver", Input: "go"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			first, err := stream.Recv()
-			if err != nil {
-				t.Fatal(err)
-			}
-			<-entered
+			first := startHeldRun(t, ctx, h, c)
 			_, err = c.DeleteRun(ctx, &agentv1.DeleteRunRequest{Id: first.GetRunId()})
 			wantCode(t, err, codes.FailedPrecondition, "cancel it first")
 		})
 	}
+}
+
+// startHeldRun starts a RunStream of the saver agent (created already) and returns its first event once the run
+// is inside its memory search, which the fake memory holds until the test ends.
+func startHeldRun(t *testing.T, ctx context.Context, h *harness, c agentv1.AgentServiceClient) *agentv1.RunStreamResponse {
+	t.Helper()
+	entered, release := h.memory.Hold()
+	t.Cleanup(release)
+	sctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	stream, err := c.RunStream(sctx, &agentv1.RunStreamRequest{Agent: "saver", Input: "go"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	return first
 }
 
 func mustStruct(m map[string]any) *structpb.Struct {
