@@ -69,7 +69,7 @@ paths:
 // resolvePath turns "a.b" into field descriptors, checking every segment.
 func resolvePath(desc protoreflect.MessageDescriptor, path string) ([]protoreflect.FieldDescriptor, error) {
 	bad := func(reason string) error {
-		return &FieldError{Field: "update_mask", Reason: fmt.Sprintf("path %q: %s", truncatePath(path), reason)}
+		return &FieldError{Field: "update_mask", Reason: fmt.Sprintf("path %q: %s", TruncatePath(path), reason)}
 	}
 	if path == "" {
 		return nil, bad("empty path")
@@ -107,7 +107,8 @@ func isWellKnown(md protoreflect.MessageDescriptor) bool {
 	return strings.HasPrefix(string(md.FullName()), "google.protobuf.")
 }
 
-func truncatePath(p string) string {
+// TruncatePath shortens p to 64 bytes and an ellipsis, for quoting client input in an error message.
+func TruncatePath(p string) string {
 	if len(p) > 64 {
 		p = p[:64] + "..."
 	}

@@ -16,25 +16,25 @@ import (
 // or one stored before schemas were checked on save) refuses every call, saying so.
 func ValidateArgs(schema map[string]any, v any) error {
 	s, err := jsonschema.Compile(schema, jsonschema.Limits{})
-	return validateArgs(s, err, v)
+	return ValidateCompiled(s, err, v)
 }
 
-// validateArgs is ValidateArgs for a schema compiled already, or that failed to compile with err.
-func validateArgs(s *jsonschema.Schema, err error, v any) error {
+// ValidateCompiled is ValidateArgs for a schema compiled already, or that failed to compile with err.
+func ValidateCompiled(s *jsonschema.Schema, err error, v any) error {
 	if err != nil {
 		return fmt.Errorf("the tool's parameters are not a valid JSON Schema: %w", err)
 	}
 	err = s.Validate(v, "arguments")
 	var ve *jsonschema.ValidationError
 	if errors.As(err, &ve) && ve.Keyword == "additionalProperties" {
-		return fmt.Errorf("%s: unknown argument %q", ve.Path, truncatePath(ve.Property))
+		return fmt.Errorf("%s: unknown argument %q", ve.Path, TruncatePath(ve.Property))
 	}
 	return err
 }
 
-// checkParameters refuses, when an agent is saved, a webhook tool's parameters that are not a valid JSON Schema,
+// CheckParameters refuses, when an agent is saved, a webhook tool's parameters that are not a valid JSON Schema,
 // naming the bad keyword's path under field.
-func checkParameters(params *structpb.Struct, field string) error {
+func CheckParameters(params *structpb.Struct, field string) error {
 	if params == nil {
 		return nil
 	}

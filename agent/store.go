@@ -9,7 +9,7 @@ import (
 	"github.com/loom-dev/loom/internal/pricing"
 )
 
-// Sentinel errors returned (wrapped) by a Store and by the Server's domain code: the kinds every service shares
+// Sentinel errors returned (wrapped) by a Store and by the handler (agent/agentrpc): the kinds every service shares
 // (internal/fault), under the names the agent's callers use. The handler edge maps them to Connect codes through
 // internal/rpcerr.
 var (
@@ -29,11 +29,11 @@ var (
 // FieldError is a client mistake in one request field. It matches ErrInvalidArgument.
 type FieldError = fault.FieldError
 
-// preconditionError is an operation refused in the current state; it matches ErrFailedPrecondition.
-type preconditionError string
+// PreconditionError is an operation refused in the current state; it matches ErrFailedPrecondition.
+type PreconditionError string
 
-func (e preconditionError) Error() string        { return string(e) }
-func (e preconditionError) Is(target error) bool { return target == ErrFailedPrecondition }
+func (e PreconditionError) Error() string        { return string(e) }
+func (e PreconditionError) Is(target error) bool { return target == ErrFailedPrecondition }
 
 // RunFilter selects runs for ListRuns. Zero fields do not filter.
 type RunFilter struct {
@@ -144,7 +144,7 @@ type Wait struct {
 	Deadline time.Time
 	// Version counts the changes of State, from 1.
 	Version int64
-	// State is what the Server needs to resume the run, in its own encoding; stores keep it as bytes.
+	// State is what the handler (agentrpc.Server) needs to resume the run, in its own encoding; stores keep it as bytes.
 	State []byte
 }
 

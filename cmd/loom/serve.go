@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/loom-dev/loom/admin"
-	"github.com/loom-dev/loom/agent"
+	"github.com/loom-dev/loom/agent/agentrpc"
 	agentsql "github.com/loom-dev/loom/agent/sqlstore"
 	"github.com/loom-dev/loom/gateway"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
@@ -363,7 +363,7 @@ func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients
 	if err != nil {
 		return rpcserver.Service{}, nil, err
 	}
-	acfg := agent.Config{
+	acfg := agentrpc.Config{
 		Prices:           prices,
 		Metrics:          cfg.obs.models,
 		Models:           modelProviders(cfg),
@@ -375,14 +375,14 @@ func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients
 	}
 	for name, path := range cfg.MCPStdioAllow {
 		if acfg.MCPStdio == nil {
-			acfg.MCPStdio = map[string]agent.MCPCommand{}
+			acfg.MCPStdio = map[string]agentrpc.MCPCommand{}
 		}
-		acfg.MCPStdio[name] = agent.MCPCommand{Path: path}
+		acfg.MCPStdio[name] = agentrpc.MCPCommand{Path: path}
 	}
 	if sec.trail != nil { // the same: a nil *audit.Store would count as set
 		acfg.Audit = sec.trail
 	}
-	srv, err := agent.New(logger, store, c.memory, acfg)
+	srv, err := agentrpc.New(logger, store, c.memory, acfg)
 	if err != nil {
 		return rpcserver.Service{}, nil, err
 	}
