@@ -27,6 +27,7 @@ import (
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
 	"github.com/loom-dev/loom/internal/audit"
+	"github.com/loom-dev/loom/internal/logtest"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/rpcserver/rpcservertest"
@@ -124,30 +125,12 @@ func (acmeKeys) Get(_ context.Context, tenant, provider string) (string, error) 
 	return "", fmt.Errorf("get provider key: %w", secrets.ErrNotFound)
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // leakHarness is the agent service on the real server with its logs (agent and server) captured at debug level,
 // the audit trail and the agent store in one database, and /metrics reachable.
 type leakHarness struct {
 	clients map[string]agentv1.AgentServiceClient
 	url     string
-	logs    *syncBuffer
+	logs    *logtest.Buffer
 	db      *sqldb.DB
 	path    string // the SQLite file, "" on Postgres
 }
@@ -167,7 +150,7 @@ func newLeakHarness(t *testing.T, dialect sqldb.Dialect, cfg agentrpc.Config) *l
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	store, err := sqlstore.New(ctx, db, sqlstore.WithLogger(logger))
 	if err != nil {

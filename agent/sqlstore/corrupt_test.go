@@ -1,12 +1,10 @@
 package sqlstore_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,22 +13,10 @@ import (
 	"github.com/loom-dev/loom/agent"
 	"github.com/loom-dev/loom/agent/sqlstore"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
+	"github.com/loom-dev/loom/internal/logtest"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 )
-
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // TestListSkipsUndecodableAgent corrupts one stored agent directly in the database and checks that ListAgents
 // skips it with a logged error, pages stay whole, GetAgent reports it, and DeleteAgent still removes it.
@@ -39,7 +25,7 @@ func TestListSkipsUndecodableAgent(t *testing.T) {
 		t.Run(fmt.Sprint(d), func(t *testing.T) {
 			ctx := context.Background()
 			db := sqldbtest.Open(t, d)
-			var logs syncBuffer
+			var logs logtest.Buffer
 			s, err := sqlstore.New(ctx, db, sqlstore.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 			if err != nil {
 				t.Fatal(err)
@@ -94,7 +80,7 @@ func TestListSkipsUndecodableRun(t *testing.T) {
 		t.Run(fmt.Sprint(d), func(t *testing.T) {
 			ctx := context.Background()
 			db := sqldbtest.Open(t, d)
-			var logs syncBuffer
+			var logs logtest.Buffer
 			s, err := sqlstore.New(ctx, db, sqlstore.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 			if err != nil {
 				t.Fatal(err)

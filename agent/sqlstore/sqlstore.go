@@ -181,36 +181,30 @@ func (s *Store) ListAgents(ctx context.Context, tenant string, pageSize int, pag
 	// A row that cannot be decoded (written by a broken or older server) is skipped with a logged error, so one
 	// bad record never takes the whole list down; DeleteAgent still removes it. Pages are cut on the rows read,
 	// decodable or not, so a skipped row never ends a listing early.
-	var (
-		out   []*agentv1.Agent
-		names []string
-	)
-	for rows.Next() {
+	var out []*agentv1.Agent
+	last, more, err := sqldb.ReadPage(rows, pageSize, func(rows *sql.Rows) (string, error) {
 		var (
 			name, etag      string
 			version, ct, ut int64
 			spec            []byte
 		)
 		if err := rows.Scan(&name, &version, &etag, &spec, &ct, &ut); err != nil {
-			return nil, "", fmt.Errorf("list agents: %w", err)
-		}
-		names = append(names, name)
-		if len(names) > pageSize {
-			break
+			return "", err
 		}
 		a, err := decodeAgent(name, version, etag, spec, ct, ut)
 		if err != nil {
 			s.logger.ErrorContext(ctx, "agent store: list agents skips an undecodable agent", "tenant", tenant, "agent", name, "version", version, "err", err)
-			continue
+			return name, nil
 		}
 		out = append(out, a)
-	}
-	if err := rows.Err(); err != nil {
+		return name, nil
+	})
+	if err != nil {
 		return nil, "", fmt.Errorf("list agents: %w", err)
 	}
 	next := ""
-	if len(names) > pageSize {
-		next = pagetoken.Encode("agents", agentToken{Name: names[pageSize-1]})
+	if more {
+		next = pagetoken.Encode("agents", agentToken{Name: last})
 	}
 	return out, next, nil
 }

@@ -405,13 +405,8 @@ func buildOrchestrator(ctx context.Context, cfg config, logger *slog.Logger, c *
 	if err != nil {
 		return rpcserver.Service{}, nil, err
 	}
-	var eng *engine.Engine
 	ecfg := engine.Config{LeaseDuration: cfg.RunLease, EventRetention: cfg.RunEventRetention, TracerProvider: cfg.obs.tracer, Metrics: cfg.obs.workflows}
-	if db.Dialect == sqldb.Postgres {
-		eng, err = engine.NewPostgres(ctx, logger, db, c.agent, c.memory, ecfg)
-	} else {
-		eng, err = engine.NewSQLite(ctx, logger, db, c.agent, c.memory, ecfg)
-	}
+	eng, err := engine.New(ctx, logger, db, c.agent, c.memory, ecfg)
 	if err == nil {
 		err = eng.Start(context.WithoutCancel(ctx))
 	}
