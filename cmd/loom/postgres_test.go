@@ -22,6 +22,7 @@ import (
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
+	"github.com/loom-dev/loom/orchestrator/orchestratortest"
 )
 
 // dialGRPC dials addr with grpc-go, in plaintext, and closes the connection when the test ends.
@@ -309,14 +310,6 @@ func watchSequences(t *testing.T, c orchestratorv1.OrchestratorServiceClient, ru
 	return out
 }
 
-func seqRange(from, to int64) []int64 {
-	var out []int64
-	for i := from; i <= to; i++ {
-		out = append(out, i)
-	}
-	return out
-}
-
 // eventPartitions lists the partitions of the orchestrator's run_events in the database at url (pg_inherits).
 func eventPartitions(t *testing.T, url string) []string {
 	t.Helper()
@@ -406,7 +399,7 @@ func TestUpgradeFromPublicSchema(t *testing.T) {
 	// The run was waiting for its approval when the old release stopped; River's job moved with it.
 	approveAndWait(t, rpcClients{memory: ca.memory, agent: ca.agent, orch: cb.orch, admin: ca.admin}, legacyRun)
 	// A watcher resuming after event 5 gets the stored events 6 and 7, then the new ones, in sequence, to the end.
-	if got := watchSequences(t, cb.orch, legacyRun, 5, 0); len(got) < 4 || !slices.Equal(got, seqRange(6, int64(5+len(got)))) {
+	if got := watchSequences(t, cb.orch, legacyRun, 5, 0); len(got) < 4 || !slices.Equal(got, orchestratortest.Sequences(6, int64(5+len(got)))) {
 		t.Errorf("WatchRun after 5 = %v, want 6, 7 and the events after the approval, to the end", got)
 	}
 

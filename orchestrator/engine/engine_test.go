@@ -351,9 +351,7 @@ steps:
 
 func TestPermanentFailure(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, d sqldb.Dialect) {
-		agents := &orchestratortest.Agents{Respond: func(context.Context, *agentv1.RunRequest) (string, error) {
-			return "", status.Error(codes.NotFound, "no such agent")
-		}}
+		agents := orchestratortest.Failing(status.Error(codes.NotFound, "no such agent"))
 		e := newEnv(t, d, agents)
 		bp := e.create(t, `
 name: broken
@@ -499,9 +497,7 @@ func TestQueuedWorkSurvivesRestart(t *testing.T) {
 // although more are allowed for attempts cut short by crashes.
 func TestRetryPolicyBoundsAttempts(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, d sqldb.Dialect) {
-		agents := &orchestratortest.Agents{Respond: func(context.Context, *agentv1.RunRequest) (string, error) {
-			return "", status.Error(codes.Unavailable, "down")
-		}}
+		agents := orchestratortest.Failing(status.Error(codes.Unavailable, "down"))
 		e := newEnv(t, d, agents)
 		bp := e.create(t, `
 name: broken

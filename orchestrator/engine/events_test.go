@@ -120,14 +120,6 @@ func (e *env) events(t *testing.T, id string, after int64, limit int) []int64 {
 	return seqs
 }
 
-func seq(from, to int64) []int64 {
-	var out []int64
-	for i := from; i <= to; i++ {
-		out = append(out, i)
-	}
-	return out
-}
-
 // TestEventPartitions runs workflows on days ahead of today (a clock the test moves) and checks, in Postgres's
 // catalog, that the partitions of run_events are made ahead, that a run's events read back in sequence across a
 // partition boundary, and that retention drops whole partitions but never one holding an event of an unfinished
@@ -184,13 +176,13 @@ func TestEventPartitions(t *testing.T) {
 		t.Errorf("run C's events by partition = %v, want %d in day 5's and the rest in day 6's", got, before)
 	}
 	last := cRun.GetLastSequence()
-	if got := e.events(t, cRun.GetId(), 0, 1000); !slices.Equal(got, seq(1, last)) {
+	if got := e.events(t, cRun.GetId(), 0, 1000); !slices.Equal(got, orchestratortest.Sequences(1, last)) {
 		t.Errorf("events of C = %v, want 1..%d", got, last)
 	}
 	if got := e.events(t, cRun.GetId(), before-1, 2); !slices.Equal(got, []int64{before, before + 1}) {
 		t.Errorf("events of C after %d, 2 = %v, want %d, %d (across the boundary)", before-1, got, before, before+1)
 	}
-	if got := e.events(t, cRun.GetId(), before, 1000); !slices.Equal(got, seq(before+1, last)) {
+	if got := e.events(t, cRun.GetId(), before, 1000); !slices.Equal(got, orchestratortest.Sequences(before+1, last)) {
 		t.Errorf("events of C after %d = %v, want %d..%d", before, got, before+1, last)
 	}
 
@@ -229,7 +221,7 @@ func TestEventPartitions(t *testing.T) {
 	if got := e.events(t, a.GetId(), 0, 1000); len(got) != 0 {
 		t.Errorf("events of finished run A (day 3) after retention = %v, want none", got)
 	}
-	if got := e.events(t, b.GetId(), 0, 1000); !slices.Equal(got, seq(1, b.GetLastSequence())) {
+	if got := e.events(t, b.GetId(), 0, 1000); !slices.Equal(got, orchestratortest.Sequences(1, b.GetLastSequence())) {
 		t.Errorf("events of waiting run B after retention = %v, want 1..%d", got, b.GetLastSequence())
 	}
 
@@ -289,7 +281,7 @@ func TestEventRetentionSQLite(t *testing.T) {
 	if got := e.events(t, a.GetId(), 0, 1000); len(got) != 0 {
 		t.Errorf("events of A after retention = %v", got)
 	}
-	if got := e.events(t, b.GetId(), 0, 1000); !slices.Equal(got, seq(1, b.GetLastSequence())) {
+	if got := e.events(t, b.GetId(), 0, 1000); !slices.Equal(got, orchestratortest.Sequences(1, b.GetLastSequence())) {
 		t.Errorf("events of waiting run B after retention = %v, want 1..%d", got, b.GetLastSequence())
 	}
 	b = e.approve(t, b.GetId())

@@ -36,6 +36,11 @@ type Agents struct {
 	runs  map[string]*agentv1.Run
 }
 
+// Failing returns fake agents whose every run fails with err (and is still recorded in Calls).
+func Failing(err error) *Agents {
+	return &Agents{Respond: func(context.Context, *agentv1.RunRequest) (string, error) { return "", err }}
+}
+
 // Run implements agentv1.AgentServiceClient.
 func (a *Agents) Run(ctx context.Context, req *agentv1.RunRequest, _ ...grpc.CallOption) (*agentv1.RunResponse, error) {
 	a.mu.Lock()
