@@ -53,9 +53,8 @@ func TestBackupRestoreWhileServing(t *testing.T) {
 		records = 10000
 		dim     = 64
 	)
-	b := bins(t)
-	dataDir := t.TempDir()
-	adminKey := createKey(t, b["loom"], dataDir, "acme", "admin")
+	dataDir, keys := keyDir(t, "acme:admin")
+	adminKey := keys[0]
 	p := startLoomIn(t, dataDir, "--auth", "required")
 	conn := dialGRPC(t, p.addr)
 	base, cancel := context.WithTimeout(context.Background(), 60*time.Second)

@@ -57,12 +57,9 @@ func TestFairnessAndQuotaFlags(t *testing.T) {
 // DeleteNamespace.
 func TestServeDoS(t *testing.T) {
 	const streams, victimCalls, quota = 1100, 30, 24 << 20
-	b := bins(t)
-	dataDir := t.TempDir()
 	setServiceTokenKey(t)
-	writerA := createKey(t, b["loom"], dataDir, "tenant-a", "writer")
-	readerA := createKey(t, b["loom"], dataDir, "tenant-a", "reader")
-	readerB := createKey(t, b["loom"], dataDir, "tenant-b", "reader")
+	dataDir, keys := keyDir(t, "tenant-a:writer", "tenant-a:reader", "tenant-b:reader")
+	writerA, readerA, readerB := keys[0], keys[1], keys[2]
 	p := startLoomIn(t, dataDir, "--auth", "required", "--memory-max-bytes", strconv.Itoa(quota))
 	pid := p.cmd.Process.Pid
 	dial := func() *grpc.ClientConn { return dialGRPC(t, p.addr) }

@@ -39,10 +39,23 @@ func setServiceTokenKey(t *testing.T) string {
 	return key
 }
 
-// createKey runs `loom keys create` against dataDir and returns the secret.
-func createKey(t *testing.T, loom, dataDir, tenant, roles string) string {
+// keyDir creates a data directory with an API key in it for each "tenant:roles" spec and returns the directory
+// and the keys' secrets, in the order of specs.
+func keyDir(t *testing.T, specs ...string) (string, []string) {
 	t.Helper()
-	out, err := exec.Command(loom, "keys", "create", "--data-dir", dataDir, "--tenant", tenant, "--name", tenant+"-"+roles, "--roles", roles).CombinedOutput()
+	dataDir := t.TempDir()
+	secrets := make([]string, len(specs))
+	for i, spec := range specs {
+		tenant, roles, _ := strings.Cut(spec, ":")
+		secrets[i] = createKey(t, dataDir, tenant, roles)
+	}
+	return dataDir, secrets
+}
+
+// createKey runs `loom keys create` against dataDir and returns the secret.
+func createKey(t *testing.T, dataDir, tenant, roles string) string {
+	t.Helper()
+	out, err := exec.Command(bins(t)["loom"], "keys", "create", "--data-dir", dataDir, "--tenant", tenant, "--name", tenant+"-"+roles, "--roles", roles).CombinedOutput()
 	if err != nil {
 		t.Fatalf("loom keys create: %v\n%s", err, out)
 	}
@@ -59,11 +72,9 @@ func createKey(t *testing.T, loom, dataDir, tenant, roles string) string {
 // --auth required behind a gateway, sharing the service-token key and the key database.
 func TestGatewayWithRequiredAuth(t *testing.T) {
 	b := bins(t)
-	dataDir := t.TempDir()
 	tokenKey := setServiceTokenKey(t)
-	adminA := createKey(t, b["loom"], dataDir, "tenant-a", "admin")
-	readerA := createKey(t, b["loom"], dataDir, "tenant-a", "reader")
-	writerB := createKey(t, b["loom"], dataDir, "tenant-b", "writer")
+	dataDir, keys := keyDir(t, "tenant-a:admin", "tenant-a:reader", "tenant-b:writer")
+	adminA, readerA, writerB := keys[0], keys[1], keys[2]
 
 	backend := startLoomIn(t, dataDir, "--auth", "required")
 	gw := startLoomIn(t, dataDir, "--auth", "required", "--services", "gateway",
@@ -156,10 +167,9 @@ func startLoomIn(t *testing.T, dataDir string, args ...string) *process {
 // TestAgentUsesMemoryWithServiceTokens runs an agent through the gateway under --auth required: the agent's
 // call to memory carries a service token for the caller's tenant, so it retrieves that tenant's memories.
 func TestAgentUsesMemoryWithServiceTokens(t *testing.T) {
-	b := bins(t)
-	dataDir := t.TempDir()
 	setServiceTokenKey(t)
-	key := createKey(t, b["loom"], dataDir, "tenant-a", "writer")
+	dataDir, keys := keyDir(t, "tenant-a:writer")
+	key := keys[0]
 	backend := startLoomIn(t, dataDir, "--auth", "required")
 	gw := startLoomIn(t, dataDir, "--auth", "required", "--services", "gateway",
 		"--gateway-memory", backend.addr, "--gateway-agent", backend.addr)

@@ -56,12 +56,9 @@ func callText(t *testing.T, res *mcp.CallToolResult) string {
 // starts and is read back, a reader's write is refused by the RPC's own role check, another tenant sees
 // nothing, and a call without credentials never reaches the tools.
 func TestMCPServer(t *testing.T) {
-	b := bins(t)
-	dataDir := t.TempDir()
 	setServiceTokenKey(t)
-	writer := createKey(t, b["loom"], dataDir, "acme", "writer")
-	reader := createKey(t, b["loom"], dataDir, "acme", "reader")
-	other := createKey(t, b["loom"], dataDir, "globex", "writer")
+	dataDir, keys := keyDir(t, "acme:writer", "acme:reader", "globex:writer")
+	writer, reader, other := keys[0], keys[1], keys[2]
 	p := startLoomIn(t, dataDir, "--auth", "required")
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()

@@ -23,7 +23,6 @@ import (
 // TestMutualTLSBetweenServices runs backends that accept service-to-service calls only from certificates their
 // CA signed, behind gateways with and without such a certificate, and renews the backend's certificate on disk.
 func TestMutualTLSBetweenServices(t *testing.T) {
-	b := bins(t)
 	dataDir, pki := t.TempDir(), t.TempDir()
 	setServiceTokenKey(t)
 	ca, rogue := tlsfilestest.NewCA(t, "loom-test-ca"), tlsfilestest.NewCA(t, "rogue-ca")
@@ -32,7 +31,7 @@ func TestMutualTLSBetweenServices(t *testing.T) {
 	srvCert, srvKey := ca.Issue(t, pki, "backend", 10)
 	gwCert, gwKey := ca.Issue(t, pki, "gateway", 20)
 	rogueCert, rogueKey := rogue.Issue(t, pki, "rogue", 30)
-	admin := createKey(t, b["loom"], dataDir, "tenant-a", "admin")
+	admin := createKey(t, dataDir, "tenant-a", "admin")
 
 	backend := startLoomIn(t, dataDir, "--auth", "required",
 		"--tls-cert", srvCert, "--tls-key", srvKey, "--tls-client-ca", caFile,

@@ -87,10 +87,9 @@ func TestLocalGatewayRefusesRequiredBackends(t *testing.T) {
 // refused with ResourceExhausted and a RetryInfo before any key is checked, while a valid key from another
 // address is not slowed, and /metrics counts the refusals.
 func TestCredentialGuessingIsThrottled(t *testing.T) {
-	b := bins(t)
-	dataDir := t.TempDir()
 	setServiceTokenKey(t)
-	key := createKey(t, b["loom"], dataDir, "acme", "reader")
+	dataDir, keys := keyDir(t, "acme:reader")
+	key := keys[0]
 	p := startLoomIn(t, dataDir, "--auth", "required")
 	_, port, _ := net.SplitHostPort(p.addr)
 	dialFrom := func(local string) memoryv1.MemoryServiceClient {

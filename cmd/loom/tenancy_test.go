@@ -75,11 +75,9 @@ func TestEveryProcedureNeedsCredentials(t *testing.T) {
 // TestCrossTenantMatrix creates resources as tenant A, then calls every resource RPC on them as an admin of
 // tenant B: every call is refused or finds nothing, and no response carries tenant A's data.
 func TestCrossTenantMatrix(t *testing.T) {
-	b := bins(t)
-	dataDir := t.TempDir()
 	setServiceTokenKey(t)
-	keyA := createKey(t, b["loom"], dataDir, "tenant-a", "admin")
-	keyB := createKey(t, b["loom"], dataDir, "tenant-b", "admin")
+	dataDir, keys := keyDir(t, "tenant-a:admin", "tenant-b:admin")
+	keyA, keyB := keys[0], keys[1]
 	p := startLoomIn(t, dataDir, "--auth", "required")
 
 	conn := dialGRPC(t, p.addr)
@@ -262,7 +260,6 @@ func fieldMask(paths ...string) *fieldmaskpb.FieldMask { return &fieldmaskpb.Fie
 // them (a provider that fails, bad credentials, the audit trail), and checks that no canary appears in any
 // error, log line or audit row.
 func TestCanarySecretsStaySecret(t *testing.T) {
-	b := bins(t)
 	dataDir := t.TempDir()
 	tokenKey := newServiceTokenKey()
 	canaries := map[string]string{
@@ -278,7 +275,7 @@ func TestCanarySecretsStaySecret(t *testing.T) {
 	for k, v := range canaries {
 		env = append(env, k+"="+v)
 	}
-	key := createKey(t, b["loom"], dataDir, "acme", "admin")
+	key := createKey(t, dataDir, "acme", "admin")
 	// The OpenAI-compatible endpoint refuses connections: every model call fails.
 	p := startLoomWith(t, dataDir, env, "--auth", "required", "--openai-base-url", "http://127.0.0.1:1/v1")
 
