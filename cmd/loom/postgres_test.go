@@ -318,16 +318,7 @@ func eventPartitions(t *testing.T, url string) []string {
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
-	rows, err := conn.Query(context.Background(), `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-		WHERE i.inhparent = 'loom_orchestrator.run_events'::regclass ORDER BY 1`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return names
+	return orchestratortest.Partitions(t, conn, "loom_orchestrator.run_events")
 }
 
 func TestUpgradeFromPublicSchema(t *testing.T) {

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/orchestrator/engine"
@@ -51,16 +49,7 @@ func dayName(t time.Time) string { return "run_events_" + t.UTC().Format("200601
 func partitions(t *testing.T, db *sqldb.DB) []string {
 	t.Helper()
 	db = db.Component(sqldb.OrchestratorComponent)
-	rows, err := db.Pool.Query(context.Background(), `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-		WHERE i.inhparent = to_regclass($1) ORDER BY c.relname`, db.Table("run_events"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return names
+	return orchestratortest.Partitions(t, db.Pool, db.Table("run_events"))
 }
 
 // eventPartitionsOf returns, by partition, how many events of the run it holds.
