@@ -16,8 +16,6 @@ import (
 	"github.com/loom-dev/loom/agent/model/modeltest"
 )
 
-const secretKey = "sk-super-secret-key"
-
 func TestGemini(t *testing.T) {
 	t.Parallel()
 	var gotBody map[string]any
@@ -26,7 +24,7 @@ func TestGemini(t *testing.T) {
 			http.Error(w, "unexpected "+r.Method+" "+r.URL.String(), http.StatusNotFound)
 			return
 		}
-		if r.Header.Get("x-goog-api-key") != secretKey {
+		if r.Header.Get("x-goog-api-key") != modeltest.APIKey {
 			http.Error(w, `{"error":{"code":401,"message":"bad key","status":"UNAUTHENTICATED"}}`, http.StatusUnauthorized)
 			return
 		}
@@ -39,7 +37,7 @@ func TestGemini(t *testing.T) {
 	}))
 	defer srv.Close()
 	temp := float32(0.5)
-	g := gemini.New(model.Options{Endpoint: model.Endpoint{APIKey: secretKey, BaseURL: srv.URL}})
+	g := gemini.New(model.Options{Endpoint: model.Endpoint{APIKey: modeltest.APIKey, BaseURL: srv.URL}})
 	req := modeltest.User("hi")
 	req.Model, req.System, req.Temperature = "gemini-test", "be nice", &temp
 	req.Tools = []model.Tool{{Name: "memory_search", Description: "search", Parameters: map[string]any{"type": "object"}}}
@@ -47,18 +45,16 @@ func TestGemini(t *testing.T) {
 	r.Expect(t, "Hello world", []model.ToolCall{{ID: "gemini_0", Name: "memory_search", Args: map[string]any{"query": "cats"}}}, model.Usage{InputTokens: 12, OutputTokens: 7})
 	modeltest.ExpectBodyContains(t, gotBody, `"systemInstruction"`, `"functionDeclarations"`, `"memory_search"`, `"temperature":0.5`)
 
-	modeltest.ExpectKeyErrors(t, gemini.New(model.Options{Endpoint: model.Endpoint{APIKey: "wrong-" + secretKey, BaseURL: srv.URL}}), gemini.New(model.Options{}), req, secretKey)
+	modeltest.ExpectKeyErrors(t, gemini.New(model.Options{Endpoint: model.Endpoint{APIKey: "wrong-" + modeltest.APIKey, BaseURL: srv.URL}}), gemini.New(model.Options{}), req, modeltest.APIKey)
 }
 
 func TestGeminiAttachments(t *testing.T) {
 	t.Parallel()
 	srv, body := modeltest.CaptureBody(t, `{"candidates":[{"content":{"role":"model","parts":[{"text":"A cat."}]}}]}`)
-	g := gemini.New(model.Options{Endpoint: model.Endpoint{APIKey: secretKey, BaseURL: srv.URL}})
+	g := gemini.New(model.Options{Endpoint: model.Endpoint{APIKey: modeltest.APIKey, BaseURL: srv.URL}})
 	r := modeltest.Collect(context.Background(), g, modeltest.WithAttachments("what is this?",
 		model.Attachment{MIMEType: "image/png", Data: modeltest.PNG}, model.Attachment{MIMEType: "audio/ogg", Data: modeltest.WAV}))
-	if r.Err != nil || r.Text != "A cat." {
-		t.Fatalf("reply = %q, %v", r.Text, r.Err)
-	}
+	r.ExpectText(t, "A cat.")
 	var got struct {
 		Contents []struct {
 			Role  string           `json:"role"`

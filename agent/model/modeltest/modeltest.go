@@ -68,6 +68,14 @@ func (r Result) Expect(t *testing.T, text string, calls []model.ToolCall, usage 
 	}
 }
 
+// ExpectText fails t at once unless r succeeded with text; tool calls and usage are not checked.
+func (r Result) ExpectText(t *testing.T, text string) {
+	t.Helper()
+	if r.Err != nil || r.Text != text {
+		t.Fatalf("reply = %q, %v", r.Text, r.Err)
+	}
+}
+
 // User is a request of one user message.
 func User(text string) model.Request {
 	return model.Request{Messages: []model.Message{{Role: model.RoleUser, Text: text}}}
@@ -100,6 +108,9 @@ func CaptureBody(t *testing.T, events ...string) (*httptest.Server, *atomic.Valu
 	t.Cleanup(srv.Close)
 	return srv, &body
 }
+
+// APIKey is the key tests give a provider, and that its errors and logs must never carry.
+const APIKey = "sk-super-secret-key"
 
 // Fixture bytes for attachment tests: a PNG image and a WAV sound, by their magic numbers only.
 var (

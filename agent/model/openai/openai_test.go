@@ -18,8 +18,6 @@ import (
 	"github.com/loom-dev/loom/agent/model/openai"
 )
 
-const secretKey = "sk-super-secret-key"
-
 func TestOpenAI(t *testing.T) {
 	t.Parallel()
 	var gotBody map[string]any
@@ -28,7 +26,7 @@ func TestOpenAI(t *testing.T) {
 			http.Error(w, "unexpected", http.StatusNotFound)
 			return
 		}
-		if r.Header.Get("Authorization") != "Bearer "+secretKey {
+		if r.Header.Get("Authorization") != "Bearer "+modeltest.APIKey {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusUnauthorized)
 			io.WriteString(w, `{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","code":"invalid_api_key"}}`)
@@ -47,7 +45,7 @@ func TestOpenAI(t *testing.T) {
 		)
 	}))
 	defer srv.Close()
-	o := openai.New(model.Options{Endpoint: model.Endpoint{APIKey: secretKey, BaseURL: srv.URL + "/v1"}})
+	o := openai.New(model.Options{Endpoint: model.Endpoint{APIKey: modeltest.APIKey, BaseURL: srv.URL + "/v1"}})
 	req := modeltest.User("hi")
 	req.Model, req.System = "m", "sys"
 	req.Tools = []model.Tool{{Name: "memory_save", Description: "save", Parameters: map[string]any{"type": "object"}}}
@@ -57,7 +55,7 @@ func TestOpenAI(t *testing.T) {
 	r := modeltest.Collect(context.Background(), o, req)
 	r.Expect(t, "Hi there", []model.ToolCall{{ID: "call_a", Name: "memory_save", Args: map[string]any{"text": "note"}}}, model.Usage{InputTokens: 20, OutputTokens: 9})
 	modeltest.ExpectBodyContains(t, gotBody, `"stream":true`, `"include_usage":true`, `"tool_call_id":"x1"`, `"role":"system"`, `"name":"memory_save"`)
-	modeltest.ExpectKeyErrors(t, openai.New(model.Options{Endpoint: model.Endpoint{APIKey: "wrong-" + secretKey, BaseURL: srv.URL + "/v1"}}), openai.New(model.Options{}), req, secretKey)
+	modeltest.ExpectKeyErrors(t, openai.New(model.Options{Endpoint: model.Endpoint{APIKey: "wrong-" + modeltest.APIKey, BaseURL: srv.URL + "/v1"}}), openai.New(model.Options{}), req, modeltest.APIKey)
 }
 
 func TestOpenAIAttachments(t *testing.T) {
@@ -65,14 +63,12 @@ func TestOpenAIAttachments(t *testing.T) {
 	srv, body := modeltest.CaptureBody(t,
 		`{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"A cat."}}]}`,
 		`[DONE]`)
-	o := openai.New(model.Options{Endpoint: model.Endpoint{APIKey: secretKey, BaseURL: srv.URL + "/v1"}})
+	o := openai.New(model.Options{Endpoint: model.Endpoint{APIKey: modeltest.APIKey, BaseURL: srv.URL + "/v1"}})
 	r := modeltest.Collect(context.Background(), o, modeltest.WithAttachments("what is this?",
 		model.Attachment{MIMEType: "image/png", Data: modeltest.PNG},
 		model.Attachment{MIMEType: "audio/wav", Data: modeltest.WAV},
 		model.Attachment{MIMEType: "audio/mpeg", Data: []byte("ID3")}))
-	if r.Err != nil || r.Text != "A cat." {
-		t.Fatalf("reply = %q, %v", r.Text, r.Err)
-	}
+	r.ExpectText(t, "A cat.")
 	var got struct {
 		Messages []struct {
 			Role    string           `json:"role"`
@@ -100,7 +96,7 @@ func TestOpenAIUnsupportedAudio(t *testing.T) {
 	var calls atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { calls.Add(1) }))
 	defer srv.Close()
-	o := openai.New(model.Options{Endpoint: model.Endpoint{APIKey: secretKey, BaseURL: srv.URL + "/v1"}})
+	o := openai.New(model.Options{Endpoint: model.Endpoint{APIKey: modeltest.APIKey, BaseURL: srv.URL + "/v1"}})
 	r := modeltest.Collect(context.Background(), o, modeltest.WithAttachments("listen", model.Attachment{MIMEType: "audio/ogg", Data: modeltest.WAV}))
 	if r.Err == nil || !strings.Contains(r.Err.Error(), `"audio/ogg"`) || calls.Load() != 0 {
 		t.Errorf("err = %v after %d calls; want an error naming audio/ogg and no call", r.Err, calls.Load())
