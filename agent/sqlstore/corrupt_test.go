@@ -2,7 +2,6 @@ package sqlstore_test
 
 import (
 	"context"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,10 +19,7 @@ import (
 func TestListSkipsUndecodableAgent(t *testing.T) {
 	sqldbtest.EachDialect(t, func(t *testing.T, c sqldbtest.Corruption) {
 		ctx := context.Background()
-		s, err := sqlstore.New(ctx, c.DB, sqlstore.WithLogger(c.Logger))
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := loggedStore(t, c)
 		for _, name := range []string{"a", "b", "c", "d"} {
 			if _, err := s.CreateAgent(ctx, "t1", &agentv1.Agent{Name: name, Instructions: "x"}); err != nil {
 				t.Fatal(err)
@@ -31,15 +27,10 @@ func TestListSkipsUndecodableAgent(t *testing.T) {
 		}
 		c.Exec(t, sqldb.AgentComponent, `UPDATE loom.agent_versions SET spec = ? WHERE tenant = ? AND name = ?`,
 			[]byte{0xff, 0xff, 0xff, 0xff}, "t1", "b")
-		got := sqldbtest.ListNames(t, "ListAgents", (*agentv1.Agent).GetName, func(token string) ([]*agentv1.Agent, string, error) {
+		sqldbtest.ExpectListed(t, "ListAgents", "a,c,d", (*agentv1.Agent).GetName, func(token string) ([]*agentv1.Agent, string, error) {
 			return s.ListAgents(ctx, "t1", 2, token)
 		})
-		if strings.Join(got, ",") != "a,c,d" {
-			t.Errorf("listed %v, want a,c,d", got)
-		}
-		if !strings.Contains(c.Logs.String(), "skips an undecodable agent") || !strings.Contains(c.Logs.String(), "agent=b") {
-			t.Errorf("log = %q, want the skipped row", c.Logs.String())
-		}
+		c.ExpectLogs(t, "the skipped row", "skips an undecodable agent", "agent=b")
 		if _, err := s.GetAgent(ctx, "t1", "b", 0); err == nil {
 			t.Error("GetAgent(corrupt) succeeded")
 		}
@@ -57,10 +48,7 @@ func TestListSkipsUndecodableAgent(t *testing.T) {
 func TestListSkipsUndecodableRun(t *testing.T) {
 	sqldbtest.EachDialect(t, func(t *testing.T, c sqldbtest.Corruption) {
 		ctx := context.Background()
-		s, err := sqlstore.New(ctx, c.DB, sqlstore.WithLogger(c.Logger))
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := loggedStore(t, c)
 		base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 		for i, id := range []string{"r1", "r2", "r3", "r4", "r5"} {
 			r := &agentv1.Run{Id: id, Agent: "a", AgentVersion: 1, State: agentv1.RunState_RUN_STATE_SUCCEEDED,
@@ -76,14 +64,11 @@ func TestListSkipsUndecodableRun(t *testing.T) {
 			c.Exec(t, sqldb.AgentComponent, `UPDATE loom.runs SET input_tokens = 'many' WHERE id = ?`, "r4")
 			want, bad = "r5,r2,r1", []string{"r2", "r3", "r4"}
 		}
-		got := sqldbtest.ListNames(t, "ListRuns", (*agentv1.Run).GetId, func(token string) ([]*agentv1.Run, string, error) {
+		sqldbtest.ExpectListed(t, "ListRuns", want, (*agentv1.Run).GetId, func(token string) ([]*agentv1.Run, string, error) {
 			return s.ListRuns(ctx, "t1", agent.RunFilter{}, 2, token)
 		})
-		if strings.Join(got, ",") != want {
-			t.Errorf("listed %v, want %s", got, want)
-		}
-		if c.Dialect == sqldb.SQLite && (!strings.Contains(c.Logs.String(), "skips an undecodable run") || !strings.Contains(c.Logs.String(), "run=r3")) {
-			t.Errorf("log = %q, want the skipped rows", c.Logs.String())
+		if c.Dialect == sqldb.SQLite {
+			c.ExpectLogs(t, "the skipped rows", "skips an undecodable run", "run=r3")
 		}
 		if _, err := s.GetRun(ctx, "t1", "r2"); err == nil {
 			t.Error("GetRun(corrupt detail) succeeded")
@@ -95,4 +80,14 @@ func TestListSkipsUndecodableRun(t *testing.T) {
 		}
 		t.Logf("%s: %d corrupt runs, lists broken 0, deleted %d", c.Dialect, len(bad), len(bad))
 	})
+}
+
+// loggedStore is a store on c.DB that logs to c.Logger.
+func loggedStore(t *testing.T, c sqldbtest.Corruption) *sqlstore.Store {
+	t.Helper()
+	s, err := sqlstore.New(context.Background(), c.DB, sqlstore.WithLogger(c.Logger))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

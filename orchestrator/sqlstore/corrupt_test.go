@@ -2,7 +2,6 @@ package sqlstore_test
 
 import (
 	"context"
-	"strings"
 	"testing"
 
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
@@ -28,15 +27,10 @@ func TestListSkipsUndecodableBlueprint(t *testing.T) {
 		}
 		c.Exec(t, sqldb.OrchestratorComponent, `UPDATE loom.blueprint_versions SET definition = ? WHERE tenant = ? AND name = ?`,
 			[]byte{0xff, 0xff, 0xff, 0xff}, "t1", "b")
-		got := sqldbtest.ListNames(t, "ListBlueprints", (*orchestratorv1.Blueprint).GetName, func(token string) ([]*orchestratorv1.Blueprint, string, error) {
+		sqldbtest.ExpectListed(t, "ListBlueprints", "a,c,d", (*orchestratorv1.Blueprint).GetName, func(token string) ([]*orchestratorv1.Blueprint, string, error) {
 			return s.ListBlueprints(ctx, "t1", 2, token)
 		})
-		if strings.Join(got, ",") != "a,c,d" {
-			t.Errorf("listed %v, want a,c,d", got)
-		}
-		if !strings.Contains(c.Logs.String(), "skips an undecodable blueprint") || !strings.Contains(c.Logs.String(), "blueprint=b") {
-			t.Errorf("log = %q, want the skipped row", c.Logs.String())
-		}
+		c.ExpectLogs(t, "the skipped row", "skips an undecodable blueprint", "blueprint=b")
 		if err := s.DeleteBlueprint(ctx, "t1", "b"); err != nil {
 			t.Errorf("DeleteBlueprint(corrupt) = %v", err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/loom-dev/loom/internal/logtest"
@@ -43,9 +44,21 @@ func (c Corruption) Exec(t testing.TB, component, q string, args ...any) {
 	}
 }
 
-// ListNames pages through list, starting with the empty token, for at most 10 pages, and returns name of every
-// item listed, in order. It fails t at once if a page fails, naming the call what.
-func ListNames[T any](t testing.TB, what string, name func(T) string, list func(token string) ([]T, string, error)) []string {
+// ExpectLogs fails t unless c.Logs contains every one of subs, saying that it wanted what.
+func (c Corruption) ExpectLogs(t testing.TB, what string, subs ...string) {
+	t.Helper()
+	for _, sub := range subs {
+		if !strings.Contains(c.Logs.String(), sub) {
+			t.Errorf("log = %q, want %s", c.Logs.String(), what)
+			return
+		}
+	}
+}
+
+// ExpectListed pages through list, starting with the empty token, for at most 10 pages, and fails t unless the
+// names of the items listed, in order and joined by commas, are want. It fails t at once if a page fails, naming
+// the call what.
+func ExpectListed[T any](t testing.TB, what, want string, name func(T) string, list func(token string) ([]T, string, error)) {
 	t.Helper()
 	var got []string
 	token := ""
@@ -61,5 +74,7 @@ func ListNames[T any](t testing.TB, what string, name func(T) string, list func(
 			break
 		}
 	}
-	return got
+	if strings.Join(got, ",") != want {
+		t.Errorf("listed %v, want %s", got, want)
+	}
 }
