@@ -57,7 +57,7 @@ func TestRunSimAttachments(t *testing.T) {
 	h := newHarness(t, agentrpc.Config{})
 	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
 		ctx := testCtx(t)
-		name := "sim-att-" + t.Name()[len(t.Name())-4:]
+		name := "sim-att-" + clientSuffix(t)
 		create(t, ctx, c, simAgent(name, nil))
 		atts := []*agentv1.Attachment{{MimeType: "image/png", Data: pngBytes}, {MimeType: "audio/ogg", Data: wavBytes}}
 		resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "look", Attachments: atts})
@@ -84,7 +84,7 @@ func TestRunGeminiAttachments(t *testing.T) {
 	h := newHarness(t, agentrpc.Config{Models: testModels(model.Endpoint{APIKey: "g-key", BaseURL: llm.URL}, model.Endpoint{})})
 	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
 		ctx := testCtx(t)
-		name := "gem-att-" + t.Name()[len(t.Name())-4:]
+		name := "gem-att-" + clientSuffix(t)
 		create(t, ctx, c, &agentv1.Agent{Name: name, Model: &agentv1.Model{Provider: agentv1.Provider_PROVIDER_GEMINI, Name: "gemini-test"}})
 		resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "what is this? " + name, Attachments: []*agentv1.Attachment{
 			{MimeType: "image/png", Data: pngBytes}, {MimeType: "audio/ogg", Data: wavBytes}}})
@@ -112,7 +112,7 @@ func TestRunOpenAIAttachments(t *testing.T) {
 	h := newHarness(t, agentrpc.Config{Models: testModels(model.Endpoint{}, model.Endpoint{APIKey: "sk-test", BaseURL: llm.URL + "/v1"})})
 	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
 		ctx := testCtx(t)
-		name := "oai-att-" + t.Name()[len(t.Name())-4:]
+		name := "oai-att-" + clientSuffix(t)
 		create(t, ctx, c, &agentv1.Agent{Name: name, Model: &agentv1.Model{Provider: agentv1.Provider_PROVIDER_OPENAI, Name: "gpt-test"}})
 		resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "what is this? " + name, Attachments: []*agentv1.Attachment{
 			{MimeType: "image/png", Data: pngBytes}, {MimeType: "audio/wav", Data: wavBytes}}})
@@ -166,7 +166,7 @@ func TestAttachmentRules(t *testing.T) {
 	}
 	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
 		ctx := testCtx(t)
-		name := "rules-" + t.Name()[len(t.Name())-4:]
+		name := "rules-" + clientSuffix(t)
 		create(t, ctx, c, simAgent(name, nil))
 		for _, tc := range tests {
 			t.Run(tc.name, func(t *testing.T) {

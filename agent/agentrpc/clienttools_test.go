@@ -50,7 +50,7 @@ func TestClientToolStreamWaitAndResume(t *testing.T) {
 	h := newHarness(t, agentrpc.Config{})
 	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
 		ctx := testCtx(t)
-		name := "weather-" + strings.ToLower(t.Name()[len(t.Name())-4:])
+		name := "weather-" + clientSuffix(t)
 		create(t, ctx, c, simAgent(name, weatherScript(), &agentv1.Tool{Kind: &agentv1.Tool_Client{Client: weatherTool(0)}}))
 
 		events, err := recvAll(c.RunStream(ctx, &agentv1.RunStreamRequest{Agent: name, Input: "what is the weather in Paris?"}))
@@ -134,7 +134,7 @@ func TestClientToolUnaryRunRequestTools(t *testing.T) {
 	h := newHarness(t, agentrpc.Config{})
 	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
 		ctx := testCtx(t)
-		name := "req-" + strings.ToLower(t.Name()[len(t.Name())-4:])
+		name := "req-" + clientSuffix(t)
 		create(t, ctx, c, simAgent(name, weatherScript("Paris", "Rome")))
 
 		// Two calls in one turn: answering one keeps the run waiting for the other.
@@ -181,7 +181,7 @@ func TestClientToolDeadlineAndCancel(t *testing.T) {
 	h := newHarness(t, agentrpc.Config{})
 	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
 		ctx := testCtx(t)
-		name := "late-" + strings.ToLower(t.Name()[len(t.Name())-4:])
+		name := "late-" + clientSuffix(t)
 		create(t, ctx, c, simAgent(name, weatherScript(), &agentv1.Tool{Kind: &agentv1.Tool_Client{Client: weatherTool(300 * time.Millisecond)}}))
 		start := func() *agentv1.Run {
 			resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "weather?"})
@@ -284,9 +284,7 @@ func TestClientToolSurvivesRestart(t *testing.T) {
 // TestClientToolDelegated: a delegated run cannot wait; the model is told instead.
 func TestClientToolDelegated(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, agentrpc.Config{})
-	ctx := testCtx(t)
-	c := h.clients["grpc"]
+	_, ctx, c := grpcHarness(t, agentrpc.Config{})
 	create(t, ctx, c, simAgent("helper", weatherScript(), &agentv1.Tool{Kind: &agentv1.Tool_Client{Client: weatherTool(0)}}))
 	create(t, ctx, c, simAgent("boss", &agentv1.SimScript{Turns: []*agentv1.SimTurn{
 		{WhenContains: "go", ToolCalls: []*agentv1.ToolCall{{Id: "d1", Name: "delegate_helper", Arguments: mustStruct(map[string]any{"input": "weather?"})}}},
@@ -313,9 +311,7 @@ func TestClientToolDelegated(t *testing.T) {
 // gets the finished run and the model ran once for the result.
 func TestClientToolConcurrentSubmit(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, agentrpc.Config{})
-	ctx := testCtx(t)
-	c := h.clients["grpc"]
+	h, ctx, c := grpcHarness(t, agentrpc.Config{})
 	create(t, ctx, c, simAgent("racy", weatherScript(), &agentv1.Tool{Kind: &agentv1.Tool_Client{Client: weatherTool(0)}}))
 	resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: "racy", Input: "weather?"})
 	if err != nil || resp.GetRun().GetState() != agentv1.RunState_RUN_STATE_WAITING_FOR_TOOLS {

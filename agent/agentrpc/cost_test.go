@@ -193,9 +193,7 @@ func checkRollup(t *testing.T, run *agentv1.Run) {
 
 func TestUnknownModelIsNotGuessed(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, agentrpc.Config{Prices: pricedSim(t), Models: testModels(model.Endpoint{}, model.Endpoint{BaseURL: "http://127.0.0.1:1/v1"})})
-	ctx := testCtx(t)
-	c := h.clients["grpc"]
+	_, ctx, c := grpcHarness(t, agentrpc.Config{Prices: pricedSim(t), Models: testModels(model.Endpoint{}, model.Endpoint{BaseURL: "http://127.0.0.1:1/v1"})})
 	// The sim's default table entry is replaced by the test table's; a table without the sim's entry still
 	// prices it at zero.
 	tab, _ := pricing.Parse([]byte(`models: []`))

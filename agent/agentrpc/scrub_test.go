@@ -28,7 +28,6 @@ import (
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
 	"github.com/loom-dev/loom/internal/audit"
 	"github.com/loom-dev/loom/internal/logtest"
-	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/rpcserver/rpcservertest"
 	"github.com/loom-dev/loom/internal/secret"
@@ -164,13 +163,7 @@ func newLeakHarness(t *testing.T, dialect sqldb.Dialect, cfg agentrpc.Config) *l
 	if err != nil {
 		t.Fatal(err)
 	}
-	auth := func(r *http.Request) (principal.Principal, error) {
-		if r.Header.Get(tenantHeader) == "" {
-			r.Header.Set(tenantHeader, "t1")
-		}
-		return rpcservertest.TenantAuthenticator(r)
-	}
-	rs, err := rpcserver.New(logger, rpcserver.Config{Audit: trail}, auth, srv.Service())
+	rs, err := rpcserver.New(logger, rpcserver.Config{Audit: trail}, defaultTenantAuth, srv.Service())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package agentrpc_test
 import (
 	"errors"
 	"io"
-	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -21,7 +20,7 @@ func TestRunPinnedAgentVersion(t *testing.T) {
 	h := newHarness(t, agentrpc.Config{})
 	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
 		ctx := testCtx(t)
-		name := "pin-" + strings.ToLower(t.Name()[len(t.Name())-4:])
+		name := "pin-" + clientSuffix(t)
 		a1 := create(t, ctx, c, &agentv1.Agent{Name: name, Instructions: "v1"})
 		if _, err := c.UpdateAgent(ctx, &agentv1.UpdateAgentRequest{Agent: &agentv1.Agent{Name: name, Instructions: "v2"},
 			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"instructions"}}, Etag: a1.GetEtag()}); err != nil {
