@@ -47,9 +47,7 @@ var searchTool = &agentv1.Tool{Kind: &agentv1.Tool_MemorySearch{MemorySearch: &a
 func TestAgentCRUD(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "crud-" + clientSuffix(t)
+	h.eachNamedClient(t, "crud-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		a1 := create(t, ctx, c, &agentv1.Agent{Name: name, DisplayName: "One", Instructions: "v1",
 			Model: &agentv1.Model{Name: "m1"}, Version: 99, Etag: "ignored"})
 		if a1.GetVersion() != 1 || a1.GetEtag() == "ignored" {
@@ -149,9 +147,7 @@ func memoryAgent(t *testing.T, h *harness, name string) *agentv1.Agent {
 func TestRunWithToolCall(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "mem-" + clientSuffix(t)
+	h.eachNamedClient(t, "mem-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, memoryAgent(t, h, name))
 		resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "what is my favourite colour?"})
 		if err != nil {
@@ -212,9 +208,7 @@ func kinds(events []*agentv1.RunStreamResponse) []string {
 func TestRunStreamEvents(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "stream-" + clientSuffix(t)
+	h.eachNamedClient(t, "stream-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, memoryAgent(t, h, name))
 		events, err := recvAll(c.RunStream(ctx, &agentv1.RunStreamRequest{Agent: name, Input: "my favourite colour?"}))
 		if err != nil {
@@ -244,9 +238,7 @@ func TestRunStreamEvents(t *testing.T) {
 func TestIdempotency(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "idem-" + clientSuffix(t)
+	h.eachNamedClient(t, "idem-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, simAgent(name, nil))
 		key := "key-" + name
 		first, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "hello", IdempotencyKey: key})
@@ -318,9 +310,7 @@ func TestMemoryDegradation(t *testing.T) {
 func TestProviderFailure(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "flaky-" + clientSuffix(t)
+	h.eachNamedClient(t, "flaky-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, simAgent(name, &agentv1.SimScript{FailureRate: 1}))
 		_, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "hi"})
 		wantCode(t, err, codes.Unavailable, "model provider unavailable")
@@ -364,9 +354,7 @@ func waitRunning(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient
 func TestCancelRun(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "slow-" + clientSuffix(t)
+	h.eachNamedClient(t, "slow-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, simAgent(name, &agentv1.SimScript{Latency: durationpb.New(30 * time.Second)}))
 		var (
 			wg     sync.WaitGroup
@@ -401,9 +389,7 @@ func TestCancelRun(t *testing.T) {
 func TestRunStreamClientCancel(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "gone-" + clientSuffix(t)
+	h.eachNamedClient(t, "gone-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, simAgent(name, &agentv1.SimScript{Latency: durationpb.New(30 * time.Second)}))
 		sctx, cancel := context.WithCancel(ctx)
 		stream, err := c.RunStream(sctx, &agentv1.RunStreamRequest{Agent: name, Input: "hi"})

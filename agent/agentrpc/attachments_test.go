@@ -1,6 +1,7 @@
 package agentrpc_test
 
 import (
+	"context"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -55,9 +56,7 @@ func (rec *recorder) all() []string {
 func TestRunSimAttachments(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "sim-att-" + clientSuffix(t)
+	h.eachNamedClient(t, "sim-att-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, simAgent(name, nil))
 		atts := []*agentv1.Attachment{{MimeType: "image/png", Data: pngBytes}, {MimeType: "audio/ogg", Data: wavBytes}}
 		resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "look", Attachments: atts})
@@ -82,9 +81,7 @@ func TestRunGeminiAttachments(t *testing.T) {
 	var rec recorder
 	llm := rec.serve(t, `{"candidates":[{"content":{"role":"model","parts":[{"text":"A cat, meowing."}]}}]}`)
 	h := newHarness(t, agentrpc.Config{Models: testModels(model.Endpoint{APIKey: "g-key", BaseURL: llm.URL}, model.Endpoint{})})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "gem-att-" + clientSuffix(t)
+	h.eachNamedClient(t, "gem-att-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, &agentv1.Agent{Name: name, Model: &agentv1.Model{Provider: agentv1.Provider_PROVIDER_GEMINI, Name: "gemini-test"}})
 		resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "what is this? " + name, Attachments: []*agentv1.Attachment{
 			{MimeType: "image/png", Data: pngBytes}, {MimeType: "audio/ogg", Data: wavBytes}}})
@@ -110,9 +107,7 @@ func TestRunOpenAIAttachments(t *testing.T) {
 		`{"id":"1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"A cat, meowing."}}]}`,
 		`[DONE]`)
 	h := newHarness(t, agentrpc.Config{Models: testModels(model.Endpoint{}, model.Endpoint{APIKey: "sk-test", BaseURL: llm.URL + "/v1"})})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "oai-att-" + clientSuffix(t)
+	h.eachNamedClient(t, "oai-att-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, &agentv1.Agent{Name: name, Model: &agentv1.Model{Provider: agentv1.Provider_PROVIDER_OPENAI, Name: "gpt-test"}})
 		resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "what is this? " + name, Attachments: []*agentv1.Attachment{
 			{MimeType: "image/png", Data: pngBytes}, {MimeType: "audio/wav", Data: wavBytes}}})
@@ -164,9 +159,7 @@ func TestAttachmentRules(t *testing.T) {
 		{name: "empty data", atts: []*agentv1.Attachment{{MimeType: "image/png"}}, field: "attachments[0].data"},
 		{name: "too many", atts: nine, field: "attachments"},
 	}
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "rules-" + clientSuffix(t)
+	h.eachNamedClient(t, "rules-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, simAgent(name, nil))
 		for _, tc := range tests {
 			t.Run(tc.name, func(t *testing.T) {

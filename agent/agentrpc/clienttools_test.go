@@ -1,6 +1,7 @@
 package agentrpc_test
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -48,9 +49,7 @@ func sunny() *agentv1.ClientToolResult {
 func TestClientToolStreamWaitAndResume(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "weather-" + clientSuffix(t)
+	h.eachNamedClient(t, "weather-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, simAgent(name, weatherScript(), &agentv1.Tool{Kind: &agentv1.Tool_Client{Client: weatherTool(0)}}))
 
 		events, err := recvAll(c.RunStream(ctx, &agentv1.RunStreamRequest{Agent: name, Input: "what is the weather in Paris?"}))
@@ -132,9 +131,7 @@ func TestClientToolStreamWaitAndResume(t *testing.T) {
 func TestClientToolUnaryRunRequestTools(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "req-" + clientSuffix(t)
+	h.eachNamedClient(t, "req-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, simAgent(name, weatherScript("Paris", "Rome")))
 
 		// Two calls in one turn: answering one keeps the run waiting for the other.
@@ -179,9 +176,7 @@ func TestClientToolUnaryRunRequestTools(t *testing.T) {
 func TestClientToolDeadlineAndCancel(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "late-" + clientSuffix(t)
+	h.eachNamedClient(t, "late-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, simAgent(name, weatherScript(), &agentv1.Tool{Kind: &agentv1.Tool_Client{Client: weatherTool(300 * time.Millisecond)}}))
 		start := func() *agentv1.Run {
 			resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "weather?"})

@@ -251,6 +251,14 @@ func wantCode(t *testing.T, err error, code codes.Code, msgContains string) {
 	}
 }
 
+// eachNamedClient is eachClient handing f the subtest's context and name, prefix followed by clientSuffix: a
+// name of an agent that only this subtest creates.
+func (h *harness) eachNamedClient(t *testing.T, prefix string, f func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string)) {
+	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
+		f(t, testCtx(t), c, prefix+clientSuffix(t))
+	})
+}
+
 // eachClient runs f once per client kind, in parallel subtests.
 func (h *harness) eachClient(t *testing.T, f func(t *testing.T, c agentv1.AgentServiceClient)) {
 	for name, c := range h.clients {

@@ -26,9 +26,7 @@ import (
 func TestRunOnPostgres(t *testing.T) {
 	t.Parallel()
 	h := newHarnessOn(t, sqldb.Postgres, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "pg-" + clientSuffix(t)
+	h.eachNamedClient(t, "pg-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, memoryAgent(t, h, name))
 		key := "pgkey-" + name
 		first, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "favourite colour?", IdempotencyKey: key})
