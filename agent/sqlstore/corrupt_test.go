@@ -17,7 +17,7 @@ import (
 // TestListSkipsUndecodableAgent corrupts one stored agent directly in the database and checks that ListAgents
 // skips it with a logged error, pages stay whole, GetAgent reports it, and DeleteAgent still removes it.
 func TestListSkipsUndecodableAgent(t *testing.T) {
-	sqldbtest.EachDialect(t, func(t *testing.T, c sqldbtest.Corruption) {
+	sqldbtest.EachCorruption(t, func(t *testing.T, c sqldbtest.Corruption) {
 		ctx := context.Background()
 		s := loggedStore(t, c)
 		for _, name := range []string{"a", "b", "c", "d"} {
@@ -46,7 +46,7 @@ func TestListSkipsUndecodableAgent(t *testing.T) {
 // page, returns the good runs and logs the bad ones; GetRun reports the undecodable detail; DeleteRun removes
 // every one of them.
 func TestListSkipsUndecodableRun(t *testing.T) {
-	sqldbtest.EachDialect(t, func(t *testing.T, c sqldbtest.Corruption) {
+	sqldbtest.EachCorruption(t, func(t *testing.T, c sqldbtest.Corruption) {
 		ctx := context.Background()
 		s := loggedStore(t, c)
 		base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)

@@ -14,7 +14,7 @@ import (
 // TestListSkipsUndecodableBlueprint corrupts one stored blueprint directly in the database and checks that
 // ListBlueprints skips it with a logged error, pages stay whole, and DeleteBlueprint still removes it.
 func TestListSkipsUndecodableBlueprint(t *testing.T) {
-	sqldbtest.EachDialect(t, func(t *testing.T, c sqldbtest.Corruption) {
+	sqldbtest.EachCorruption(t, func(t *testing.T, c sqldbtest.Corruption) {
 		ctx := context.Background()
 		s, err := sqlstore.New(ctx, c.DB, sqlstore.WithLogger(c.Logger))
 		if err != nil {

@@ -2,7 +2,6 @@ package sqldbtest
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -11,7 +10,19 @@ import (
 	"github.com/loom-dev/loom/internal/sqldb"
 )
 
-// Corruption is what [EachDialect] hands a test that damages stored rows behind a store's back: a fresh
+// EachDialect runs f as a subtest for each dialect, SQLite then Postgres, named for it. f calls t.Parallel
+// itself where it may run in parallel with the other dialect's subtest. T is *testing.T or *testing.B.
+func EachDialect[T interface {
+	testing.TB
+	Run(name string, f func(T)) bool
+}](t T, f func(t T, d sqldb.Dialect)) {
+	t.Helper()
+	for _, d := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
+		t.Run(string(d), func(t T) { f(t, d) })
+	}
+}
+
+// Corruption is what [EachCorruption] hands a test that damages stored rows behind a store's back: a fresh
 // database of one dialect and a logger whose lines the test can read.
 type Corruption struct {
 	// Dialect is the database's dialect.
@@ -24,15 +35,14 @@ type Corruption struct {
 	Logs *logtest.Buffer
 }
 
-// EachDialect runs f as a subtest for SQLite and then Postgres, each with its own [Corruption].
-func EachDialect(t *testing.T, f func(t *testing.T, c Corruption)) {
+// EachCorruption runs f as a subtest for SQLite and then Postgres ([EachDialect]), each with its own
+// [Corruption].
+func EachCorruption(t *testing.T, f func(t *testing.T, c Corruption)) {
 	t.Helper()
-	for _, d := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
-		t.Run(fmt.Sprint(d), func(t *testing.T) {
-			logs := new(logtest.Buffer)
-			f(t, Corruption{Dialect: d, DB: Open(t, d), Logger: slog.New(slog.NewTextHandler(logs, nil)), Logs: logs})
-		})
-	}
+	EachDialect(t, func(t *testing.T, d sqldb.Dialect) {
+		logs := new(logtest.Buffer)
+		f(t, Corruption{Dialect: d, DB: Open(t, d), Logger: slog.New(slog.NewTextHandler(logs, nil)), Logs: logs})
+	})
 }
 
 // Exec runs q, written with ? placeholders, on component of c.DB, failing t if it fails.
