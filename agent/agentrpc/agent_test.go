@@ -47,9 +47,7 @@ var searchTool = &agentv1.Tool{Kind: &agentv1.Tool_MemorySearch{MemorySearch: &a
 func TestAgentCRUD(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "crud-" + strings.ToLower(t.Name()[len(t.Name())-4:])
+	h.eachNamedClient(t, "crud-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		a1 := create(t, ctx, c, &agentv1.Agent{Name: name, DisplayName: "One", Instructions: "v1",
 			Model: &agentv1.Model{Name: "m1"}, Version: 99, Etag: "ignored"})
 		if a1.GetVersion() != 1 || a1.GetEtag() == "ignored" {
@@ -116,6 +114,20 @@ func TestAgentCRUD(t *testing.T) {
 	})
 }
 
+// askFavouriteColour creates memoryAgent name on the given model and returns the run of asking it the
+// favourite colour through c.
+func askFavouriteColour(t *testing.T, ctx context.Context, h *harness, c agentv1.AgentServiceClient, name string, m *agentv1.Model) *agentv1.Run {
+	t.Helper()
+	a := memoryAgent(t, h, name)
+	a.Model = m
+	create(t, ctx, c, a)
+	resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "favourite colour?"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.GetRun()
+}
+
 // memoryAgent searches its memory once, then answers from what it found.
 func memoryAgent(t *testing.T, h *harness, name string) *agentv1.Agent {
 	t.Helper()
@@ -135,9 +147,7 @@ func memoryAgent(t *testing.T, h *harness, name string) *agentv1.Agent {
 func TestRunWithToolCall(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "mem-" + t.Name()[len(t.Name())-4:]
+	h.eachNamedClient(t, "mem-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, memoryAgent(t, h, name))
 		resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "what is my favourite colour?"})
 		if err != nil {
@@ -198,9 +208,7 @@ func kinds(events []*agentv1.RunStreamResponse) []string {
 func TestRunStreamEvents(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "stream-" + t.Name()[len(t.Name())-4:]
+	h.eachNamedClient(t, "stream-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, memoryAgent(t, h, name))
 		events, err := recvAll(c.RunStream(ctx, &agentv1.RunStreamRequest{Agent: name, Input: "my favourite colour?"}))
 		if err != nil {
@@ -230,9 +238,7 @@ func TestRunStreamEvents(t *testing.T) {
 func TestIdempotency(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "idem-" + t.Name()[len(t.Name())-4:]
+	h.eachNamedClient(t, "idem-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, simAgent(name, nil))
 		key := "key-" + name
 		first, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "hello", IdempotencyKey: key})
@@ -274,9 +280,7 @@ func TestMemoryDegradation(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			h := newHarness(t, agentrpc.Config{MemoryTimeout: 100 * time.Millisecond})
-			ctx := testCtx(t)
-			c := h.clients["grpc"]
+			h, ctx, c := grpcHarness(t, agentrpc.Config{MemoryTimeout: 100 * time.Millisecond})
 			a := simAgent("forgetful", nil)
 			a.Memory = &agentv1.MemoryConfig{Namespace: "notes"}
 			create(t, ctx, c, a)
@@ -306,9 +310,7 @@ func TestMemoryDegradation(t *testing.T) {
 func TestProviderFailure(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "flaky-" + t.Name()[len(t.Name())-4:]
+	h.eachNamedClient(t, "flaky-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, simAgent(name, &agentv1.SimScript{FailureRate: 1}))
 		_, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "hi"})
 		wantCode(t, err, codes.Unavailable, "model provider unavailable")
@@ -325,7 +327,7 @@ func TestProviderFailure(t *testing.T) {
 			t.Errorf("events (-want +got):\n%s", diff)
 		}
 		// Gemini without a key: the provider is not configured.
-		gname := "gem-" + t.Name()[len(t.Name())-4:]
+		gname := "gem-" + clientSuffix(t)
 		create(t, ctx, c, &agentv1.Agent{Name: gname, Model: &agentv1.Model{Provider: agentv1.Provider_PROVIDER_GEMINI}})
 		_, err = c.Run(ctx, &agentv1.RunRequest{Agent: gname, Input: "hi"})
 		wantCode(t, err, codes.FailedPrecondition, "no API key")
@@ -352,9 +354,7 @@ func waitRunning(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient
 func TestCancelRun(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "slow-" + t.Name()[len(t.Name())-4:]
+	h.eachNamedClient(t, "slow-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, simAgent(name, &agentv1.SimScript{Latency: durationpb.New(30 * time.Second)}))
 		var (
 			wg     sync.WaitGroup
@@ -389,9 +389,7 @@ func TestCancelRun(t *testing.T) {
 func TestRunStreamClientCancel(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "gone-" + t.Name()[len(t.Name())-4:]
+	h.eachNamedClient(t, "gone-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, simAgent(name, &agentv1.SimScript{Latency: durationpb.New(30 * time.Second)}))
 		sctx, cancel := context.WithCancel(ctx)
 		stream, err := c.RunStream(sctx, &agentv1.RunStreamRequest{Agent: name, Input: "hi"})
@@ -468,9 +466,7 @@ func TestBudgets(t *testing.T) {
 
 func TestToolErrorsGoToTheModel(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, agentrpc.Config{})
-	c := h.clients["grpc"]
-	ctx := testCtx(t)
+	_, ctx, c := grpcHarness(t, agentrpc.Config{})
 	a := simAgent("tooly", &agentv1.SimScript{Turns: []*agentv1.SimTurn{
 		{WhenContains: "go", ToolCalls: []*agentv1.ToolCall{
 			{Id: "a", Name: "launch_rockets", Arguments: args(t, map[string]any{})},
@@ -505,9 +501,7 @@ func TestToolErrorsGoToTheModel(t *testing.T) {
 
 func TestDelegate(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, agentrpc.Config{})
-	c := h.clients["grpc"]
-	ctx := testCtx(t)
+	_, ctx, c := grpcHarness(t, agentrpc.Config{})
 	delegate := func(to string) *agentv1.Tool {
 		return &agentv1.Tool{Kind: &agentv1.Tool_Delegate{Delegate: &agentv1.DelegateTool{Agent: to}}}
 	}

@@ -1,8 +1,8 @@
 package agentrpc_test
 
 import (
+	"context"
 	"encoding/base64"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -15,12 +15,8 @@ import (
 
 	"github.com/loom-dev/loom/agent/agentrpc"
 	"github.com/loom-dev/loom/agent/model"
+	"github.com/loom-dev/loom/agent/model/modeltest"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
-)
-
-var (
-	pngBytes = []byte("\x89PNG\r\n\x1a\nfake image")
-	wavBytes = []byte("RIFF\x00\x00\x00\x00WAVEfake audio")
 )
 
 // recorder is a model endpoint that answers every call with events and records the request bodies.
@@ -36,13 +32,22 @@ func (rec *recorder) serve(t *testing.T, events ...string) *httptest.Server {
 		rec.mu.Lock()
 		rec.bodies = append(rec.bodies, string(b))
 		rec.mu.Unlock()
-		w.Header().Set("Content-Type", "text/event-stream")
-		for _, e := range events {
-			fmt.Fprintf(w, "data: %s\n\n", e)
-		}
+		modeltest.SSE(w, events...)
 	}))
 	t.Cleanup(srv.Close)
 	return srv
+}
+
+// ask creates agent name on model m, runs "what is this? <name>" with atts through c, fails t at once unless the
+// reply is "A cat, meowing.", and returns the request body the model got for that run.
+func (rec *recorder) ask(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string, m *agentv1.Model, atts ...*agentv1.Attachment) string {
+	t.Helper()
+	create(t, ctx, c, &agentv1.Agent{Name: name, Model: m})
+	resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "what is this? " + name, Attachments: atts})
+	if err != nil || resp.GetRun().GetOutput() != "A cat, meowing." {
+		t.Fatalf("Run = %v, %v", resp.GetRun(), err)
+	}
+	return findBody(t, rec.all(), name)
 }
 
 // all returns the bodies recorded so far.
@@ -52,14 +57,22 @@ func (rec *recorder) all() []string {
 	return slices.Clone(rec.bodies)
 }
 
+// expectBodyContains fails t unless body contains every one of wants.
+func expectBodyContains(t *testing.T, body string, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
+		if !strings.Contains(body, want) {
+			t.Errorf("request body %s lacks %s", body, want)
+		}
+	}
+}
+
 func TestRunSimAttachments(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "sim-att-" + t.Name()[len(t.Name())-4:]
+	h.eachNamedClient(t, "sim-att-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, simAgent(name, nil))
-		atts := []*agentv1.Attachment{{MimeType: "image/png", Data: pngBytes}, {MimeType: "audio/ogg", Data: wavBytes}}
+		atts := []*agentv1.Attachment{{MimeType: "image/png", Data: modeltest.PNG}, {MimeType: "audio/ogg", Data: modeltest.WAV}}
 		resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "look", Attachments: atts})
 		if err != nil {
 			t.Fatal(err)
@@ -82,24 +95,14 @@ func TestRunGeminiAttachments(t *testing.T) {
 	var rec recorder
 	llm := rec.serve(t, `{"candidates":[{"content":{"role":"model","parts":[{"text":"A cat, meowing."}]}}]}`)
 	h := newHarness(t, agentrpc.Config{Models: testModels(model.Endpoint{APIKey: "g-key", BaseURL: llm.URL}, model.Endpoint{})})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "gem-att-" + t.Name()[len(t.Name())-4:]
-		create(t, ctx, c, &agentv1.Agent{Name: name, Model: &agentv1.Model{Provider: agentv1.Provider_PROVIDER_GEMINI, Name: "gemini-test"}})
-		resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "what is this? " + name, Attachments: []*agentv1.Attachment{
-			{MimeType: "image/png", Data: pngBytes}, {MimeType: "audio/ogg", Data: wavBytes}}})
-		if err != nil || resp.GetRun().GetOutput() != "A cat, meowing." {
-			t.Fatalf("Run = %v, %v", resp.GetRun(), err)
-		}
-		body := findBody(t, rec.all(), name)
-		for _, want := range []string{
-			`{"inlineData":{"data":"` + base64.StdEncoding.EncodeToString(pngBytes) + `","mimeType":"image/png"}}`,
-			`{"inlineData":{"data":"` + base64.StdEncoding.EncodeToString(wavBytes) + `","mimeType":"audio/ogg"}}`,
-		} {
-			if !strings.Contains(body, want) {
-				t.Errorf("request body %s lacks %s", body, want)
-			}
-		}
+	h.eachNamedClient(t, "gem-att-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
+		body := rec.ask(t, ctx, c, name, &agentv1.Model{Provider: agentv1.Provider_PROVIDER_GEMINI, Name: "gemini-test"},
+			&agentv1.Attachment{MimeType: "image/png", Data: modeltest.PNG},
+			&agentv1.Attachment{MimeType: "audio/ogg", Data: modeltest.WAV})
+		expectBodyContains(t, body,
+			`{"inlineData":{"data":"`+base64.StdEncoding.EncodeToString(modeltest.PNG)+`","mimeType":"image/png"}}`,
+			`{"inlineData":{"data":"`+base64.StdEncoding.EncodeToString(modeltest.WAV)+`","mimeType":"audio/ogg"}}`,
+		)
 	})
 }
 
@@ -110,28 +113,18 @@ func TestRunOpenAIAttachments(t *testing.T) {
 		`{"id":"1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"A cat, meowing."}}]}`,
 		`[DONE]`)
 	h := newHarness(t, agentrpc.Config{Models: testModels(model.Endpoint{}, model.Endpoint{APIKey: "sk-test", BaseURL: llm.URL + "/v1"})})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "oai-att-" + t.Name()[len(t.Name())-4:]
-		create(t, ctx, c, &agentv1.Agent{Name: name, Model: &agentv1.Model{Provider: agentv1.Provider_PROVIDER_OPENAI, Name: "gpt-test"}})
-		resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "what is this? " + name, Attachments: []*agentv1.Attachment{
-			{MimeType: "image/png", Data: pngBytes}, {MimeType: "audio/wav", Data: wavBytes}}})
-		if err != nil || resp.GetRun().GetOutput() != "A cat, meowing." {
-			t.Fatalf("Run = %v, %v", resp.GetRun(), err)
-		}
-		body := findBody(t, rec.all(), name)
-		for _, want := range []string{
-			`{"image_url":{"url":"data:image/png;base64,` + base64.StdEncoding.EncodeToString(pngBytes) + `"},"type":"image_url"}`,
-			`{"input_audio":{"data":"` + base64.StdEncoding.EncodeToString(wavBytes) + `","format":"wav"},"type":"input_audio"}`,
-		} {
-			if !strings.Contains(body, want) {
-				t.Errorf("request body %s lacks %s", body, want)
-			}
-		}
+	h.eachNamedClient(t, "oai-att-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
+		body := rec.ask(t, ctx, c, name, &agentv1.Model{Provider: agentv1.Provider_PROVIDER_OPENAI, Name: "gpt-test"},
+			&agentv1.Attachment{MimeType: "image/png", Data: modeltest.PNG},
+			&agentv1.Attachment{MimeType: "audio/wav", Data: modeltest.WAV})
+		expectBodyContains(t, body,
+			`{"image_url":{"url":"data:image/png;base64,`+base64.StdEncoding.EncodeToString(modeltest.PNG)+`"},"type":"image_url"}`,
+			`{"input_audio":{"data":"`+base64.StdEncoding.EncodeToString(modeltest.WAV)+`","format":"wav"},"type":"input_audio"}`,
+		)
 
 		// An audio type the API cannot take is refused before any model call, and no run is recorded.
-		bad := []*agentv1.Attachment{{MimeType: "image/png", Data: pngBytes}, {MimeType: "audio/ogg", Data: wavBytes}}
-		_, err = c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "listen " + name, Attachments: bad})
+		bad := []*agentv1.Attachment{{MimeType: "image/png", Data: modeltest.PNG}, {MimeType: "audio/ogg", Data: modeltest.WAV}}
+		_, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "listen " + name, Attachments: bad})
 		wantCode(t, err, codes.InvalidArgument, "attachments[1].mime_type")
 		_, err = recvAll(c.RunStream(ctx, &agentv1.RunStreamRequest{Agent: name, Input: "listen " + name, Attachments: bad}))
 		wantCode(t, err, codes.InvalidArgument, "attachments[1].mime_type")
@@ -153,20 +146,18 @@ func TestAttachmentRules(t *testing.T) {
 	h := newHarness(t, agentrpc.Config{})
 	nine := make([]*agentv1.Attachment, 9)
 	for i := range nine {
-		nine[i] = &agentv1.Attachment{MimeType: "image/png", Data: pngBytes}
+		nine[i] = &agentv1.Attachment{MimeType: "image/png", Data: modeltest.PNG}
 	}
 	tests := []struct {
 		name  string
 		atts  []*agentv1.Attachment
 		field string
 	}{
-		{name: "text type", atts: []*agentv1.Attachment{{MimeType: "text/plain", Data: pngBytes}}, field: "attachments[0].mime_type"},
+		{name: "text type", atts: []*agentv1.Attachment{{MimeType: "text/plain", Data: modeltest.PNG}}, field: "attachments[0].mime_type"},
 		{name: "empty data", atts: []*agentv1.Attachment{{MimeType: "image/png"}}, field: "attachments[0].data"},
 		{name: "too many", atts: nine, field: "attachments"},
 	}
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "rules-" + t.Name()[len(t.Name())-4:]
+	h.eachNamedClient(t, "rules-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, simAgent(name, nil))
 		for _, tc := range tests {
 			t.Run(tc.name, func(t *testing.T) {

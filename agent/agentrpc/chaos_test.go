@@ -145,9 +145,7 @@ func TestChaos(t *testing.T) {
 // same attempt replays the same outcome.
 func TestSimFailureRateRecovers(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, agentrpc.Config{})
-	c := h.clients["grpc"]
-	ctx := testCtx(t)
+	_, ctx, c := grpcHarness(t, agentrpc.Config{})
 	create(t, ctx, c, simAgent("coin", &agentv1.SimScript{FailureRate: 0.5}))
 	outcome := func(input string, attempt int32) string {
 		_, err := c.Run(ctx, &agentv1.RunRequest{Agent: "coin", Input: input, Attempt: attempt})

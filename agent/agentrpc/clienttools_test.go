@@ -1,6 +1,7 @@
 package agentrpc_test
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -48,9 +49,7 @@ func sunny() *agentv1.ClientToolResult {
 func TestClientToolStreamWaitAndResume(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "weather-" + strings.ToLower(t.Name()[len(t.Name())-4:])
+	h.eachNamedClient(t, "weather-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, simAgent(name, weatherScript(), &agentv1.Tool{Kind: &agentv1.Tool_Client{Client: weatherTool(0)}}))
 
 		events, err := recvAll(c.RunStream(ctx, &agentv1.RunStreamRequest{Agent: name, Input: "what is the weather in Paris?"}))
@@ -132,9 +131,7 @@ func TestClientToolStreamWaitAndResume(t *testing.T) {
 func TestClientToolUnaryRunRequestTools(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "req-" + strings.ToLower(t.Name()[len(t.Name())-4:])
+	h.eachNamedClient(t, "req-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, simAgent(name, weatherScript("Paris", "Rome")))
 
 		// Two calls in one turn: answering one keeps the run waiting for the other.
@@ -179,9 +176,7 @@ func TestClientToolUnaryRunRequestTools(t *testing.T) {
 func TestClientToolDeadlineAndCancel(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "late-" + strings.ToLower(t.Name()[len(t.Name())-4:])
+	h.eachNamedClient(t, "late-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, simAgent(name, weatherScript(), &agentv1.Tool{Kind: &agentv1.Tool_Client{Client: weatherTool(300 * time.Millisecond)}}))
 		start := func() *agentv1.Run {
 			resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "weather?"})
@@ -228,65 +223,61 @@ func TestClientToolDeadlineAndCancel(t *testing.T) {
 // resumes on a new server over the same database, on SQLite and Postgres.
 func TestClientToolSurvivesRestart(t *testing.T) {
 	t.Parallel()
-	for _, d := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
-		t.Run(string(d), func(t *testing.T) {
-			t.Parallel()
-			url := "sqlite:" + sqldbtest.SQLitePath(t)
-			if d == sqldb.Postgres {
-				url = sqldbtest.PostgresURL(t)
-			}
-			ctx := testCtx(t)
-			open := func() (*harness, *sqldb.DB) {
-				db, err := sqldb.Open(ctx, url)
-				if err != nil {
-					t.Fatal(err)
-				}
-				store, err := sqlstore.New(ctx, db)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return newHarnessWith(t, store, agentrpc.Config{}), db
-			}
-			h1, db1 := open()
-			c1 := h1.clients["grpc"]
-			create(t, ctx, c1, simAgent("weather", weatherScript(), &agentv1.Tool{Kind: &agentv1.Tool_Client{Client: weatherTool(0)}}))
-			resp, err := c1.Run(ctx, &agentv1.RunRequest{Agent: "weather", Input: "weather?", IdempotencyKey: "k1"})
-			if err != nil || resp.GetRun().GetState() != agentv1.RunState_RUN_STATE_WAITING_FOR_TOOLS {
-				t.Fatalf("Run = %v, %v; want a waiting run", resp, err)
-			}
-			// The waiting run holds no lease: recovery of crashed runs leaves it alone.
-			if n, err := h1.server.RecoverRuns(ctx); err != nil || n != 0 {
-				t.Fatalf("RecoverRuns = %d, %v; want 0", n, err)
-			}
-			if err := db1.Close(); err != nil {
+	sqldbtest.EachDialect(t, func(t *testing.T, d sqldb.Dialect) {
+		t.Parallel()
+		url := "sqlite:" + sqldbtest.SQLitePath(t)
+		if d == sqldb.Postgres {
+			url = sqldbtest.PostgresURL(t)
+		}
+		ctx := testCtx(t)
+		open := func() (*harness, *sqldb.DB) {
+			db, err := sqldb.Open(ctx, url)
+			if err != nil {
 				t.Fatal(err)
 			}
-
-			h2, db2 := open()
-			defer db2.Close()
-			c2 := h2.clients["connect"]
-			// Idempotent Run with the same key returns the waiting run, not a new one.
-			again, err := c2.Run(ctx, &agentv1.RunRequest{Agent: "weather", Input: "weather?", IdempotencyKey: "k1"})
-			if err != nil || again.GetRun().GetId() != resp.GetRun().GetId() {
-				t.Fatalf("Run with the same key = %v, %v; want run %s", again, err, resp.GetRun().GetId())
-			}
-			done, err := c2.SubmitToolResult(ctx, &agentv1.SubmitToolResultRequest{RunId: resp.GetRun().GetId(), Results: []*agentv1.ClientToolResult{sunny()}})
+			store, err := sqlstore.New(ctx, db)
 			if err != nil {
-				t.Fatalf("SubmitToolResult after restart: %v", err)
+				t.Fatal(err)
 			}
-			if done.GetRun().GetState() != agentv1.RunState_RUN_STATE_SUCCEEDED || done.GetRun().GetOutput() != "It is sunny." {
-				t.Fatalf("resumed run = %v, want SUCCEEDED", done.GetRun())
-			}
-		})
-	}
+			return newHarnessWith(t, store, agentrpc.Config{}), db
+		}
+		h1, db1 := open()
+		c1 := h1.clients["grpc"]
+		create(t, ctx, c1, simAgent("weather", weatherScript(), &agentv1.Tool{Kind: &agentv1.Tool_Client{Client: weatherTool(0)}}))
+		resp, err := c1.Run(ctx, &agentv1.RunRequest{Agent: "weather", Input: "weather?", IdempotencyKey: "k1"})
+		if err != nil || resp.GetRun().GetState() != agentv1.RunState_RUN_STATE_WAITING_FOR_TOOLS {
+			t.Fatalf("Run = %v, %v; want a waiting run", resp, err)
+		}
+		// The waiting run holds no lease: recovery of crashed runs leaves it alone.
+		if n, err := h1.server.RecoverRuns(ctx); err != nil || n != 0 {
+			t.Fatalf("RecoverRuns = %d, %v; want 0", n, err)
+		}
+		if err := db1.Close(); err != nil {
+			t.Fatal(err)
+		}
+
+		h2, db2 := open()
+		defer db2.Close()
+		c2 := h2.clients["connect"]
+		// Idempotent Run with the same key returns the waiting run, not a new one.
+		again, err := c2.Run(ctx, &agentv1.RunRequest{Agent: "weather", Input: "weather?", IdempotencyKey: "k1"})
+		if err != nil || again.GetRun().GetId() != resp.GetRun().GetId() {
+			t.Fatalf("Run with the same key = %v, %v; want run %s", again, err, resp.GetRun().GetId())
+		}
+		done, err := c2.SubmitToolResult(ctx, &agentv1.SubmitToolResultRequest{RunId: resp.GetRun().GetId(), Results: []*agentv1.ClientToolResult{sunny()}})
+		if err != nil {
+			t.Fatalf("SubmitToolResult after restart: %v", err)
+		}
+		if done.GetRun().GetState() != agentv1.RunState_RUN_STATE_SUCCEEDED || done.GetRun().GetOutput() != "It is sunny." {
+			t.Fatalf("resumed run = %v, want SUCCEEDED", done.GetRun())
+		}
+	})
 }
 
 // TestClientToolDelegated: a delegated run cannot wait; the model is told instead.
 func TestClientToolDelegated(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, agentrpc.Config{})
-	ctx := testCtx(t)
-	c := h.clients["grpc"]
+	_, ctx, c := grpcHarness(t, agentrpc.Config{})
 	create(t, ctx, c, simAgent("helper", weatherScript(), &agentv1.Tool{Kind: &agentv1.Tool_Client{Client: weatherTool(0)}}))
 	create(t, ctx, c, simAgent("boss", &agentv1.SimScript{Turns: []*agentv1.SimTurn{
 		{WhenContains: "go", ToolCalls: []*agentv1.ToolCall{{Id: "d1", Name: "delegate_helper", Arguments: mustStruct(map[string]any{"input": "weather?"})}}},
@@ -313,9 +304,7 @@ func TestClientToolDelegated(t *testing.T) {
 // gets the finished run and the model ran once for the result.
 func TestClientToolConcurrentSubmit(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, agentrpc.Config{})
-	ctx := testCtx(t)
-	c := h.clients["grpc"]
+	h, ctx, c := grpcHarness(t, agentrpc.Config{})
 	create(t, ctx, c, simAgent("racy", weatherScript(), &agentv1.Tool{Kind: &agentv1.Tool_Client{Client: weatherTool(0)}}))
 	resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: "racy", Input: "weather?"})
 	if err != nil || resp.GetRun().GetState() != agentv1.RunState_RUN_STATE_WAITING_FOR_TOOLS {

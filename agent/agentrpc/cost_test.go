@@ -23,6 +23,7 @@ import (
 	costv1 "github.com/loom-dev/loom/gen/loom/cost/v1"
 	"github.com/loom-dev/loom/internal/pricing"
 	"github.com/loom-dev/loom/internal/sqldb"
+	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 )
 
 // pricedSim prices the sim at 1 USD per million input tokens and 2 per million output tokens, so its runs have
@@ -54,119 +55,117 @@ func delegateTool(to string) *agentv1.Tool {
 // stream and GetUsage agree, on SQLite and Postgres, through both clients.
 func TestRunCostRollsUp(t *testing.T) {
 	t.Parallel()
-	for _, d := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
-		t.Run(string(d), func(t *testing.T) {
-			t.Parallel()
-			h := newHarnessOn(t, d, agentrpc.Config{Prices: pricedSim(t)})
-			h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-				ctx := asTenant(testCtx(t), t.Name())
-				boss, worker := "boss-"+string(d), "worker-"+string(d)
-				create(t, ctx, c, simAgent(boss, &agentv1.SimScript{Turns: []*agentv1.SimTurn{
-					{WhenContains: "task", ToolCalls: []*agentv1.ToolCall{{Name: "delegate_" + worker, Arguments: args(t, map[string]any{"input": "task from above"})}}},
-				}}, delegateTool(worker)))
-				create(t, ctx, c, simAgent(worker, &agentv1.SimScript{Turns: []*agentv1.SimTurn{{Reply: "done by the worker, at length"}}}))
-				before := time.Now().Add(-time.Minute)
-				resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: boss, Input: "a task", Blueprint: "research"})
-				if err != nil {
-					t.Fatal(err)
-				}
-				run := resp.GetRun()
-				checkRollup(t, run)
-				if run.GetPrice().GetVersion() != "test-1" || nanos(t, run.GetPrice().GetOutputPerMillion()) != 2*pricing.NanosPerUnit {
-					t.Errorf("price = %v", run.GetPrice())
-				}
-				res := run.GetSteps()[0].GetToolResults()[0]
-				child, err := c.GetRun(ctx, &agentv1.GetRunRequest{Id: res.GetResult().GetFields()["run_id"].GetStringValue()})
-				if err != nil {
-					t.Fatal(err)
-				}
-				checkRollup(t, child.GetRun())
-				if diff := cmp.Diff(child.GetRun().GetUsage(), run.GetSteps()[0].GetDelegatedUsage(), protocmp.Transform()); diff != "" {
-					t.Errorf("delegated usage is not the delegated run's (-child +step):\n%s", diff)
-				}
-				got, err := c.GetRun(ctx, &agentv1.GetRunRequest{Id: run.GetId()})
-				if err != nil {
-					t.Fatal(err)
-				}
-				if diff := cmp.Diff(run.GetUsage(), got.GetRun().GetUsage(), protocmp.Transform()); diff != "" {
-					t.Errorf("GetRun usage differs from Run's (-run +get):\n%s", diff)
-				}
-				list, err := c.ListRuns(ctx, &agentv1.ListRunsRequest{Agent: boss})
-				if err != nil || len(list.GetRuns()) != 1 {
-					t.Fatalf("ListRuns = %v, %v", list, err)
-				}
-				if diff := cmp.Diff(run.GetUsage(), list.GetRuns()[0].GetUsage(), protocmp.Transform()); diff != "" {
-					t.Errorf("ListRuns usage differs (-run +list):\n%s", diff)
-				}
+	sqldbtest.EachDialect(t, func(t *testing.T, d sqldb.Dialect) {
+		t.Parallel()
+		h := newHarnessOn(t, d, agentrpc.Config{Prices: pricedSim(t)})
+		h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
+			ctx := asTenant(testCtx(t), t.Name())
+			boss, worker := "boss-"+string(d), "worker-"+string(d)
+			create(t, ctx, c, simAgent(boss, &agentv1.SimScript{Turns: []*agentv1.SimTurn{
+				{WhenContains: "task", ToolCalls: []*agentv1.ToolCall{{Name: "delegate_" + worker, Arguments: args(t, map[string]any{"input": "task from above"})}}},
+			}}, delegateTool(worker)))
+			create(t, ctx, c, simAgent(worker, &agentv1.SimScript{Turns: []*agentv1.SimTurn{{Reply: "done by the worker, at length"}}}))
+			before := time.Now().Add(-time.Minute)
+			resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: boss, Input: "a task", Blueprint: "research"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			run := resp.GetRun()
+			checkRollup(t, run)
+			if run.GetPrice().GetVersion() != "test-1" || nanos(t, run.GetPrice().GetOutputPerMillion()) != 2*pricing.NanosPerUnit {
+				t.Errorf("price = %v", run.GetPrice())
+			}
+			res := run.GetSteps()[0].GetToolResults()[0]
+			child, err := c.GetRun(ctx, &agentv1.GetRunRequest{Id: res.GetResult().GetFields()["run_id"].GetStringValue()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkRollup(t, child.GetRun())
+			if diff := cmp.Diff(child.GetRun().GetUsage(), run.GetSteps()[0].GetDelegatedUsage(), protocmp.Transform()); diff != "" {
+				t.Errorf("delegated usage is not the delegated run's (-child +step):\n%s", diff)
+			}
+			got, err := c.GetRun(ctx, &agentv1.GetRunRequest{Id: run.GetId()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(run.GetUsage(), got.GetRun().GetUsage(), protocmp.Transform()); diff != "" {
+				t.Errorf("GetRun usage differs from Run's (-run +get):\n%s", diff)
+			}
+			list, err := c.ListRuns(ctx, &agentv1.ListRunsRequest{Agent: boss})
+			if err != nil || len(list.GetRuns()) != 1 {
+				t.Fatalf("ListRuns = %v, %v", list, err)
+			}
+			if diff := cmp.Diff(run.GetUsage(), list.GetRuns()[0].GetUsage(), protocmp.Transform()); diff != "" {
+				t.Errorf("ListRuns usage differs (-run +list):\n%s", diff)
+			}
 
-				// Streamed: the usage events' run totals grow to the final run's usage.
-				stream, err := c.RunStream(ctx, &agentv1.RunStreamRequest{Agent: boss, Input: "a task again"})
+			// Streamed: the usage events' run totals grow to the final run's usage.
+			stream, err := c.RunStream(ctx, &agentv1.RunStreamRequest{Agent: boss, Input: "a task again"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var (
+				lastTotal *agentv1.Usage
+				final     *agentv1.Run
+				id        string
+			)
+			for {
+				ev, err := stream.Recv()
+				if err == io.EOF {
+					break
+				}
 				if err != nil {
 					t.Fatal(err)
 				}
-				var (
-					lastTotal *agentv1.Usage
-					final     *agentv1.Run
-					id        string
-				)
-				for {
-					ev, err := stream.Recv()
-					if err == io.EOF {
-						break
-					}
-					if err != nil {
-						t.Fatal(err)
-					}
-					switch {
-					case ev.GetStarted() != nil && id == "":
-						id = ev.GetRunId()
-					case ev.GetUsage() != nil && ev.GetRunUsage() == nil:
-						t.Errorf("usage event without the run's total: %v", ev)
-					case ev.GetUsage() != nil && ev.GetRunId() == id:
-						lastTotal = ev.GetRunUsage()
-					case ev.GetCompleted() != nil:
-						final = ev.GetCompleted()
-					}
+				switch {
+				case ev.GetStarted() != nil && id == "":
+					id = ev.GetRunId()
+				case ev.GetUsage() != nil && ev.GetRunUsage() == nil:
+					t.Errorf("usage event without the run's total: %v", ev)
+				case ev.GetUsage() != nil && ev.GetRunId() == id:
+					lastTotal = ev.GetRunUsage()
+				case ev.GetCompleted() != nil:
+					final = ev.GetCompleted()
 				}
-				if final == nil || lastTotal == nil {
-					t.Fatalf("stream ended without a completed run (%v) or usage (%v)", final, lastTotal)
-				}
-				if diff := cmp.Diff(final.GetUsage(), lastTotal, protocmp.Transform()); diff != "" {
-					t.Errorf("the last usage event's run total is not the run's (-run +event):\n%s", diff)
-				}
-				checkRollup(t, final)
+			}
+			if final == nil || lastTotal == nil {
+				t.Fatalf("stream ended without a completed run (%v) or usage (%v)", final, lastTotal)
+			}
+			if diff := cmp.Diff(final.GetUsage(), lastTotal, protocmp.Transform()); diff != "" {
+				t.Errorf("the last usage event's run total is not the run's (-run +event):\n%s", diff)
+			}
+			checkRollup(t, final)
 
-				// GetUsage: one row per agent (the delegated run is a row of its own), summing to the total.
-				u, err := c.GetUsage(ctx, &agentv1.GetUsageRequest{StartTime: timestamppb.New(before), PageSize: 1})
+			// GetUsage: one row per agent (the delegated run is a row of its own), summing to the total.
+			u, err := c.GetUsage(ctx, &agentv1.GetUsageRequest{StartTime: timestamppb.New(before), PageSize: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rows := u.GetRows()
+			for tok := u.GetNextPageToken(); tok != ""; {
+				p, err := c.GetUsage(ctx, &agentv1.GetUsageRequest{StartTime: timestamppb.New(before), PageSize: 1, PageToken: tok})
 				if err != nil {
 					t.Fatal(err)
 				}
-				rows := u.GetRows()
-				for tok := u.GetNextPageToken(); tok != ""; {
-					p, err := c.GetUsage(ctx, &agentv1.GetUsageRequest{StartTime: timestamppb.New(before), PageSize: 1, PageToken: tok})
-					if err != nil {
-						t.Fatal(err)
-					}
-					rows, tok = append(rows, p.GetRows()...), p.GetNextPageToken()
-				}
-				var sum pricing.Nanos
-				var runs int64
-				byKey := map[string]int64{}
-				for _, r := range rows {
-					sum += nanos(t, r.GetUsage().GetCost())
-					runs += r.GetRuns()
-					byKey[r.GetAgent()+"/"+r.GetBlueprint()] += r.GetRuns()
-				}
-				if runs != 4 || byKey[boss+"/research"] != 1 || byKey[boss+"/"] != 1 || byKey[worker+"/"] != 2 {
-					t.Errorf("usage rows count %d runs: %v", runs, byKey)
-				}
-				want := nanos(t, run.GetUsage().GetCost()) + nanos(t, final.GetUsage().GetCost())
-				if sum != want || nanos(t, u.GetTotal().GetCost()) != want {
-					t.Errorf("GetUsage rows sum to %s, total %s; want %s (the two boss runs, rolled up)", sum, nanos(t, u.GetTotal().GetCost()), want)
-				}
-			})
+				rows, tok = append(rows, p.GetRows()...), p.GetNextPageToken()
+			}
+			var sum pricing.Nanos
+			var runs int64
+			byKey := map[string]int64{}
+			for _, r := range rows {
+				sum += nanos(t, r.GetUsage().GetCost())
+				runs += r.GetRuns()
+				byKey[r.GetAgent()+"/"+r.GetBlueprint()] += r.GetRuns()
+			}
+			if runs != 4 || byKey[boss+"/research"] != 1 || byKey[boss+"/"] != 1 || byKey[worker+"/"] != 2 {
+				t.Errorf("usage rows count %d runs: %v", runs, byKey)
+			}
+			want := nanos(t, run.GetUsage().GetCost()) + nanos(t, final.GetUsage().GetCost())
+			if sum != want || nanos(t, u.GetTotal().GetCost()) != want {
+				t.Errorf("GetUsage rows sum to %s, total %s; want %s (the two boss runs, rolled up)", sum, nanos(t, u.GetTotal().GetCost()), want)
+			}
 		})
-	}
+	})
 }
 
 // checkRollup checks that run's usage is the sum of its steps' usage and delegated usage, and that each step's
@@ -193,9 +192,7 @@ func checkRollup(t *testing.T, run *agentv1.Run) {
 
 func TestUnknownModelIsNotGuessed(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, agentrpc.Config{Prices: pricedSim(t), Models: testModels(model.Endpoint{}, model.Endpoint{BaseURL: "http://127.0.0.1:1/v1"})})
-	ctx := testCtx(t)
-	c := h.clients["grpc"]
+	_, ctx, c := grpcHarness(t, agentrpc.Config{Prices: pricedSim(t), Models: testModels(model.Endpoint{}, model.Endpoint{BaseURL: "http://127.0.0.1:1/v1"})})
 	// The sim's default table entry is replaced by the test table's; a table without the sim's entry still
 	// prices it at zero.
 	tab, _ := pricing.Parse([]byte(`models: []`))
@@ -217,12 +214,10 @@ func TestUnknownModelIsNotGuessed(t *testing.T) {
 // on. Through both clients (each with tenants of its own).
 func TestSpendBudgets(t *testing.T) {
 	t.Parallel()
-	for _, d := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
-		t.Run(string(d), func(t *testing.T) {
-			t.Parallel()
-			spendBudgets(t, newHarnessOn(t, d, agentrpc.Config{Prices: pricedSim(t)}))
-		})
-	}
+	sqldbtest.EachDialect(t, func(t *testing.T, d sqldb.Dialect) {
+		t.Parallel()
+		spendBudgets(t, newHarnessOn(t, d, agentrpc.Config{Prices: pricedSim(t)}))
+	})
 }
 
 func spendBudgets(t *testing.T, h *harness) {

@@ -21,6 +21,7 @@ import (
 	"github.com/loom-dev/loom/agent/agenttest"
 	"github.com/loom-dev/loom/agent/model"
 	"github.com/loom-dev/loom/agent/model/gemini"
+	"github.com/loom-dev/loom/agent/model/modeltest"
 	"github.com/loom-dev/loom/agent/model/openai"
 	"github.com/loom-dev/loom/agent/model/sim"
 	"github.com/loom-dev/loom/agent/sqlstore"
@@ -74,19 +75,33 @@ func newHarnessWith(t *testing.T, store agent.Store, cfg agentrpc.Config) *harne
 		t.Fatal(err)
 	}
 	// The real server (interceptors, limits) with the tenant from a test header, "t1" when absent.
-	auth := func(r *http.Request) (principal.Principal, error) {
-		if r.Header.Get(tenantHeader) == "" {
-			r.Header.Set(tenantHeader, "t1")
-		}
-		return rpcservertest.TenantAuthenticator(r)
-	}
-	hs := rpcservertest.Start(t, rpcserver.Config{}, auth, srv.Service())
+	hs := rpcservertest.Start(t, rpcserver.Config{}, defaultTenantAuth, srv.Service())
 	conn := hs.GRPCConn(t)
 	cc := agentv1connect.NewAgentServiceClient(rpcservertest.HTTPClient(), hs.URL)
 	return &harness{server: srv, memory: mem, addr: hs.Addr, url: hs.URL, clients: map[string]agentv1.AgentServiceClient{
 		"connect": connectClient{cc},
 		"grpc":    agentv1.NewAgentServiceClient(conn),
 	}}
+}
+
+// grpcHarness is newHarness with the test's context and its grpc-go client, for tests that need only one client.
+func grpcHarness(t *testing.T, cfg agentrpc.Config) (*harness, context.Context, agentv1.AgentServiceClient) {
+	t.Helper()
+	h := newHarness(t, cfg)
+	return h, testCtx(t), h.clients["grpc"]
+}
+
+// writeOpenAIOK answers an OpenAI-compatible chat completion with the one text chunk "ok", as server-sent events.
+func writeOpenAIOK(w http.ResponseWriter) {
+	modeltest.SSE(w, `{"id":"1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"ok"}}]}`, "[DONE]")
+}
+
+// defaultTenantAuth authenticates the tenant from the test header, "t1" when absent.
+func defaultTenantAuth(r *http.Request) (principal.Principal, error) {
+	if r.Header.Get(tenantHeader) == "" {
+		r.Header.Set(tenantHeader, "t1")
+	}
+	return rpcservertest.TenantAuthenticator(r)
 }
 
 // testModels is a registry of every model provider the binary registers: the sim, and Gemini and
@@ -236,6 +251,14 @@ func wantCode(t *testing.T, err error, code codes.Code, msgContains string) {
 	}
 }
 
+// eachNamedClient is eachClient handing f the subtest's context and name, prefix followed by clientSuffix: a
+// name of an agent that only this subtest creates.
+func (h *harness) eachNamedClient(t *testing.T, prefix string, f func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string)) {
+	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
+		f(t, testCtx(t), c, prefix+clientSuffix(t))
+	})
+}
+
 // eachClient runs f once per client kind, in parallel subtests.
 func (h *harness) eachClient(t *testing.T, f func(t *testing.T, c agentv1.AgentServiceClient)) {
 	for name, c := range h.clients {
@@ -251,6 +274,13 @@ func testCtx(t *testing.T) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// clientSuffix is the last four letters of an eachClient subtest's name, lowercase ("nect" or "grpc"): a suffix
+// that keeps apart the names the two subtests create.
+func clientSuffix(t *testing.T) string {
+	return strings.ToLower(t.Name()[len(t.Name())-4:])
+}
+
 func (c connectClient) GetUsage(ctx context.Context, in *agentv1.GetUsageRequest, _ ...grpc.CallOption) (*agentv1.GetUsageResponse, error) {
 	return unary(ctx, in, c.c.GetUsage)
 }

@@ -63,9 +63,7 @@ func TestTenantProviderFaultsIsolated(t *testing.T) {
 			return
 		}
 		bCalls.Add(1)
-		w.Header().Set("Content-Type", "text/event-stream")
-		fmt.Fprintf(w, "data: %s\n\n", `{"id":"1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"ok"}}]}`)
-		fmt.Fprint(w, "data: [DONE]\n\n")
+		writeOpenAIOK(w)
 	}))
 	defer llm.Close()
 	h := newHarness(t, agentrpc.Config{Models: testModels(model.Endpoint{}, model.Endpoint{APIKey: "sk-process-fine", BaseURL: llm.URL + "/v1"}),

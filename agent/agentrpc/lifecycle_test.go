@@ -82,79 +82,77 @@ func TestKeyedRunOutlivesDisconnect(t *testing.T) {
 // Postgres, both clients.
 func TestInterruptedRunsFailed(t *testing.T) {
 	t.Parallel()
-	for _, d := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
-		t.Run(string(d), func(t *testing.T) {
-			t.Parallel()
-			ctx := testCtx(t)
-			store, err := sqlstore.New(ctx, sqldbtest.Open(t, d))
-			if err != nil {
+	sqldbtest.EachDialect(t, func(t *testing.T, d sqldb.Dialect) {
+		t.Parallel()
+		ctx := testCtx(t)
+		store, err := sqlstore.New(ctx, sqldbtest.Open(t, d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := time.Now()
+		dead := agent.Lease{Owner: "crashed-process", Until: now.Add(-time.Second)}
+		live := agent.Lease{Owner: "live-replica", Until: now.Add(time.Hour)}
+		mk := func(id, key string, lease agent.Lease) {
+			t.Helper()
+			r := &agentv1.Run{Id: id, Agent: "a", AgentVersion: 1, State: agentv1.RunState_RUN_STATE_RUNNING,
+				Input: "go", IdempotencyKey: key, CreateTime: timestamppb.New(now)}
+			if err := store.CreateRun(ctx, "t1", r, lease); err != nil {
 				t.Fatal(err)
 			}
-			now := time.Now()
-			dead := agent.Lease{Owner: "crashed-process", Until: now.Add(-time.Second)}
-			live := agent.Lease{Owner: "live-replica", Until: now.Add(time.Hour)}
-			mk := func(id, key string, lease agent.Lease) {
-				t.Helper()
-				r := &agentv1.Run{Id: id, Agent: "a", AgentVersion: 1, State: agentv1.RunState_RUN_STATE_RUNNING,
-					Input: "go", IdempotencyKey: key, CreateTime: timestamppb.New(now)}
-				if err := store.CreateRun(ctx, "t1", r, lease); err != nil {
-					t.Fatal(err)
+		}
+		mk("cut-1", "", dead)
+		mk("cut-2", "orch-key", dead)
+		mk("elsewhere", "", live)
+		h := newHarnessWith(t, store, agentrpc.Config{})
+		for _, c := range h.clients {
+			got, err := c.GetRun(ctx, &agentv1.GetRunRequest{Id: "cut-1"})
+			if err != nil || got.GetRun().GetState() != agentv1.RunState_RUN_STATE_RUNNING {
+				t.Fatalf("before recovery: %v, %v", got.GetRun().GetState(), err)
+			}
+		}
+		// A retry of the interrupted step arrives before recovery: it waits instead of reading RUNNING.
+		type result struct {
+			run *agentv1.Run
+			err error
+		}
+		retries := map[string]chan result{}
+		for name, c := range h.clients {
+			ch := make(chan result, 1)
+			retries[name] = ch
+			go func() {
+				resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: "a", Input: "go", IdempotencyKey: "orch-key"})
+				ch <- result{resp.GetRun(), err}
+			}()
+		}
+		n, err := h.server.RecoverRuns(ctx)
+		if err != nil || n != 2 {
+			t.Fatalf("RecoverRuns = %d, %v; want 2", n, err)
+		}
+		for name, ch := range retries {
+			r := <-ch
+			if r.err != nil || r.run.GetId() != "cut-2" || r.run.GetState() != agentv1.RunState_RUN_STATE_FAILED ||
+				r.run.GetError() != agentrpc.InterruptedReason {
+				t.Errorf("%s: retry = %v, %v; want cut-2 FAILED %q", name, r.run, r.err, agentrpc.InterruptedReason)
+			}
+		}
+		stranded := 0
+		for name, c := range h.clients {
+			for id, want := range map[string]agentv1.RunState{"cut-1": agentv1.RunState_RUN_STATE_FAILED,
+				"cut-2": agentv1.RunState_RUN_STATE_FAILED, "elsewhere": agentv1.RunState_RUN_STATE_RUNNING} {
+				got, err := c.GetRun(ctx, &agentv1.GetRunRequest{Id: id})
+				if err != nil || got.GetRun().GetState() != want {
+					t.Errorf("%s: run %s = %v, %v; want %v", name, id, got.GetRun().GetState(), err, want)
+				}
+				if want == agentv1.RunState_RUN_STATE_FAILED && (got.GetRun().GetState() == agentv1.RunState_RUN_STATE_RUNNING || got.GetRun().GetEndTime() == nil) {
+					stranded++
 				}
 			}
-			mk("cut-1", "", dead)
-			mk("cut-2", "orch-key", dead)
-			mk("elsewhere", "", live)
-			h := newHarnessWith(t, store, agentrpc.Config{})
-			for _, c := range h.clients {
-				got, err := c.GetRun(ctx, &agentv1.GetRunRequest{Id: "cut-1"})
-				if err != nil || got.GetRun().GetState() != agentv1.RunState_RUN_STATE_RUNNING {
-					t.Fatalf("before recovery: %v, %v", got.GetRun().GetState(), err)
-				}
-			}
-			// A retry of the interrupted step arrives before recovery: it waits instead of reading RUNNING.
-			type result struct {
-				run *agentv1.Run
-				err error
-			}
-			retries := map[string]chan result{}
-			for name, c := range h.clients {
-				ch := make(chan result, 1)
-				retries[name] = ch
-				go func() {
-					resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: "a", Input: "go", IdempotencyKey: "orch-key"})
-					ch <- result{resp.GetRun(), err}
-				}()
-			}
-			n, err := h.server.RecoverRuns(ctx)
-			if err != nil || n != 2 {
-				t.Fatalf("RecoverRuns = %d, %v; want 2", n, err)
-			}
-			for name, ch := range retries {
-				r := <-ch
-				if r.err != nil || r.run.GetId() != "cut-2" || r.run.GetState() != agentv1.RunState_RUN_STATE_FAILED ||
-					r.run.GetError() != agentrpc.InterruptedReason {
-					t.Errorf("%s: retry = %v, %v; want cut-2 FAILED %q", name, r.run, r.err, agentrpc.InterruptedReason)
-				}
-			}
-			stranded := 0
-			for name, c := range h.clients {
-				for id, want := range map[string]agentv1.RunState{"cut-1": agentv1.RunState_RUN_STATE_FAILED,
-					"cut-2": agentv1.RunState_RUN_STATE_FAILED, "elsewhere": agentv1.RunState_RUN_STATE_RUNNING} {
-					got, err := c.GetRun(ctx, &agentv1.GetRunRequest{Id: id})
-					if err != nil || got.GetRun().GetState() != want {
-						t.Errorf("%s: run %s = %v, %v; want %v", name, id, got.GetRun().GetState(), err, want)
-					}
-					if want == agentv1.RunState_RUN_STATE_FAILED && (got.GetRun().GetState() == agentv1.RunState_RUN_STATE_RUNNING || got.GetRun().GetEndTime() == nil) {
-						stranded++
-					}
-				}
-			}
-			if again, err := h.server.RecoverRuns(ctx); err != nil || again != 0 {
-				t.Errorf("second RecoverRuns = %d, %v; want 0", again, err)
-			}
-			t.Logf("%s: interrupted runs 2, marked FAILED %d, live replica's run left RUNNING, stranded %d", d, n, stranded)
-		})
-	}
+		}
+		if again, err := h.server.RecoverRuns(ctx); err != nil || again != 0 {
+			t.Errorf("second RecoverRuns = %d, %v; want 0", again, err)
+		}
+		t.Logf("%s: interrupted runs 2, marked FAILED %d, live replica's run left RUNNING, stranded %d", d, n, stranded)
+	})
 }
 
 // TestMaintainKeepsOwnRuns: a process running Maintain renews the lease of its own long run, so a recovery by

@@ -64,7 +64,7 @@ func TestMCPServerRegistry(t *testing.T) {
 	agentrpc.SetFetchPolicy(h.server, func(netip.Addr) error { return nil })
 	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
 		ctx := testCtx(t)
-		suffix := strings.ToLower(t.Name()[len(t.Name())-4:])
+		suffix := clientSuffix(t)
 		name := "tools-" + suffix
 		put, err := c.PutMcpServer(ctx, &agentv1.PutMcpServerRequest{Server: &agentv1.McpServer{Name: name,
 			Transport: &agentv1.McpServer_Url{Url: front.URL}, Headers: map[string]string{"Authorization": "Bearer s3cr3t-token"}}})
@@ -146,7 +146,7 @@ func TestMCPServerStdio(t *testing.T) {
 	h := newHarness(t, agentrpc.Config{MCPStdio: map[string]agentrpc.MCPCommand{"adder": {Path: exe, Env: []string{stdioEnv + "=1"}}}})
 	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
 		ctx := testCtx(t)
-		suffix := strings.ToLower(t.Name()[len(t.Name())-4:])
+		suffix := clientSuffix(t)
 		if _, err := c.PutMcpServer(ctx, &agentv1.PutMcpServerRequest{Server: &agentv1.McpServer{Name: "local-" + suffix,
 			Transport: &agentv1.McpServer_StdioCommand{StdioCommand: "adder"}}}); err != nil {
 			t.Fatalf("PutMcpServer: %v", err)

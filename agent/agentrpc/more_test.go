@@ -26,9 +26,7 @@ import (
 func TestRunOnPostgres(t *testing.T) {
 	t.Parallel()
 	h := newHarnessOn(t, sqldb.Postgres, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "pg-" + t.Name()[len(t.Name())-4:]
+	h.eachNamedClient(t, "pg-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		create(t, ctx, c, memoryAgent(t, h, name))
 		key := "pgkey-" + name
 		first, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "favourite colour?", IdempotencyKey: key})
@@ -52,9 +50,7 @@ func TestRunOnPostgres(t *testing.T) {
 // TestIdempotencyConcurrent starts the same keyed run five times at once: one run executes, all get it.
 func TestIdempotencyConcurrent(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, agentrpc.Config{})
-	c := h.clients["grpc"]
-	ctx := testCtx(t)
+	_, ctx, c := grpcHarness(t, agentrpc.Config{})
 	// The sim's latency keeps the first run in flight while the others arrive.
 	create(t, ctx, c, simAgent("once", &agentv1.SimScript{Latency: durationpb.New(200 * time.Millisecond)}))
 	var (
@@ -118,14 +114,7 @@ func TestRunGemini(t *testing.T) {
 	h := newHarness(t, agentrpc.Config{Models: testModels(model.Endpoint{APIKey: "g-key", BaseURL: llm.URL}, model.Endpoint{})})
 	ctx := testCtx(t)
 	c := h.clients["connect"]
-	a := memoryAgent(t, h, "gem")
-	a.Model = &agentv1.Model{Provider: agentv1.Provider_PROVIDER_GEMINI, Name: "gemini-test"}
-	create(t, ctx, c, a)
-	resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: "gem", Input: "favourite colour?"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run := resp.GetRun()
+	run := askFavouriteColour(t, ctx, h, c, "gem", &agentv1.Model{Provider: agentv1.Provider_PROVIDER_GEMINI, Name: "gemini-test"})
 	if run.GetOutput() != "It is blue." || run.GetUsage().GetInputTokens() != 100 || run.GetUsage().GetOutputTokens() != 7 ||
 		len(run.GetSteps()) != 2 || run.GetSteps()[0].GetToolResults()[0].GetError() != "" {
 		t.Errorf("run = %v", run)
@@ -134,9 +123,7 @@ func TestRunGemini(t *testing.T) {
 
 func TestMemorySaveAndUnauthenticated(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, agentrpc.Config{})
-	ctx := testCtx(t)
-	c := h.clients["grpc"]
+	h, ctx, c := grpcHarness(t, agentrpc.Config{})
 	save, err := structpb.NewStruct(map[string]any{"text": "the user likes green", "id": "pref-1"})
 	if err != nil {
 		t.Fatal(err)

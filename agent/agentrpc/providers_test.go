@@ -43,17 +43,8 @@ func TestRunOpenAI(t *testing.T) {
 		send("[DONE]")
 	}))
 	defer llm.Close()
-	h := newHarness(t, agentrpc.Config{Models: testModels(model.Endpoint{}, model.Endpoint{APIKey: "sk-test", BaseURL: llm.URL + "/v1"})})
-	ctx := testCtx(t)
-	c := h.clients["grpc"]
-	a := memoryAgent(t, h, "oai")
-	a.Model = &agentv1.Model{Provider: agentv1.Provider_PROVIDER_OPENAI, Name: "gpt-test"}
-	create(t, ctx, c, a)
-	resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: "oai", Input: "favourite colour?"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run := resp.GetRun()
+	h, ctx, c := grpcHarness(t, agentrpc.Config{Models: testModels(model.Endpoint{}, model.Endpoint{APIKey: "sk-test", BaseURL: llm.URL + "/v1"})})
+	run := askFavouriteColour(t, ctx, h, c, "oai", &agentv1.Model{Provider: agentv1.Provider_PROVIDER_OPENAI, Name: "gpt-test"})
 	if run.GetOutput() != "Blue." || run.GetModel() != "gpt-test" || run.GetProvider() != agentv1.Provider_PROVIDER_OPENAI ||
 		run.GetUsage().GetInputTokens() != 130 || run.GetUsage().GetOutputTokens() != 7 || calls != 2 {
 		t.Errorf("run = %v after %d model calls", run, calls)
@@ -98,9 +89,7 @@ func TestRunTenantKey(t *testing.T) {
 		mu.Lock()
 		auths = append(auths, r.Header.Get("Authorization"))
 		mu.Unlock()
-		w.Header().Set("Content-Type", "text/event-stream")
-		fmt.Fprintf(w, "data: %s\n\n", `{"id":"1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"ok"}}]}`)
-		fmt.Fprint(w, "data: [DONE]\n\n")
+		writeOpenAIOK(w)
 	}))
 	defer llm.Close()
 	h := newHarness(t, agentrpc.Config{Models: testModels(model.Endpoint{}, model.Endpoint{APIKey: "sk-process", BaseURL: llm.URL + "/v1"}),

@@ -28,7 +28,6 @@ import (
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
 	"github.com/loom-dev/loom/internal/audit"
 	"github.com/loom-dev/loom/internal/logtest"
-	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/rpcserver/rpcservertest"
 	"github.com/loom-dev/loom/internal/secret"
@@ -164,13 +163,7 @@ func newLeakHarness(t *testing.T, dialect sqldb.Dialect, cfg agentrpc.Config) *l
 	if err != nil {
 		t.Fatal(err)
 	}
-	auth := func(r *http.Request) (principal.Principal, error) {
-		if r.Header.Get(tenantHeader) == "" {
-			r.Header.Set(tenantHeader, "t1")
-		}
-		return rpcservertest.TenantAuthenticator(r)
-	}
-	rs, err := rpcserver.New(logger, rpcserver.Config{Audit: trail}, auth, srv.Service())
+	rs, err := rpcserver.New(logger, rpcserver.Config{Audit: trail}, defaultTenantAuth, srv.Service())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,147 +201,145 @@ func leaked(text string) []string {
 // run of any key in unary and streamed responses, stored runs (GetRun, ListRuns), the server's and the agent's
 // logs, the database (file bytes on SQLite, every row on Postgres), the audit trail and /metrics.
 func TestProviderErrorsScrubbed(t *testing.T) {
-	for _, d := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
-		t.Run(string(d), func(t *testing.T) {
-			t.Parallel()
-			fake, calls := fakeProviders(t)
-			h := newLeakHarness(t, d, agentrpc.Config{
-				Models: testModels(model.Endpoint{APIKey: secret.String(canaries["process/gemini"]), BaseURL: fake.URL},
-					model.Endpoint{APIKey: secret.String(canaries["process/openai"]), BaseURL: fake.URL + "/v1"}),
-				ElevenLabsAPIKey: secret.String(canaries["process/elevenlabs"]), ElevenLabsBaseURL: fake.URL,
-				TavusAPIKey: secret.String(canaries["process/tavus"]), TavusBaseURL: fake.URL,
-				TenantKeys: acmeKeys{},
-			})
-			var surfaces []string // every text a caller, an operator or an attacker with the disk could read
-			see := func(what string, m proto.Message, err error) {
-				if m != nil {
-					surfaces = append(surfaces, what+": "+protojson.Format(m))
-				}
-				if err != nil {
-					surfaces = append(surfaces, what+" error: "+status.Convert(err).Message())
-				}
+	sqldbtest.EachDialect(t, func(t *testing.T, d sqldb.Dialect) {
+		t.Parallel()
+		fake, calls := fakeProviders(t)
+		h := newLeakHarness(t, d, agentrpc.Config{
+			Models: testModels(model.Endpoint{APIKey: secret.String(canaries["process/gemini"]), BaseURL: fake.URL},
+				model.Endpoint{APIKey: secret.String(canaries["process/openai"]), BaseURL: fake.URL + "/v1"}),
+			ElevenLabsAPIKey: secret.String(canaries["process/elevenlabs"]), ElevenLabsBaseURL: fake.URL,
+			TavusAPIKey: secret.String(canaries["process/tavus"]), TavusBaseURL: fake.URL,
+			TenantKeys: acmeKeys{},
+		})
+		var surfaces []string // every text a caller, an operator or an attacker with the disk could read
+		see := func(what string, m proto.Message, err error) {
+			if m != nil {
+				surfaces = append(surfaces, what+": "+protojson.Format(m))
 			}
-			tried := 0
-			runTenants := map[string][]string{} // by client
-			for _, tenant := range []string{"acme", "globex"} {
-				for cname, c := range h.clients {
-					for _, m := range []struct {
-						provider agentv1.Provider
-						name     string
-					}{{agentv1.Provider_PROVIDER_OPENAI, "e401"}, {agentv1.Provider_PROVIDER_OPENAI, "e500"},
-						{agentv1.Provider_PROVIDER_OPENAI, "mid"}, {agentv1.Provider_PROVIDER_GEMINI, "e400"},
-						{agentv1.Provider_PROVIDER_GEMINI, "e500"}} {
-						name := fmt.Sprintf("%s-%s-%s", strings.ToLower(strings.TrimPrefix(m.provider.String(), "PROVIDER_")), m.name, cname)
-						// A tenant per agent: each makes 2 failing calls, under its provider breaker's threshold.
-						ctx := asTenant(testCtx(t), tenant+"-"+name)
-						runTenants[cname] = append(runTenants[cname], tenant+"-"+name)
-						create(t, ctx, c, &agentv1.Agent{Name: name, Model: &agentv1.Model{Provider: m.provider, Name: m.name}})
-						resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "hi"})
-						tried++
-						if err == nil {
-							t.Errorf("%s: Run succeeded against a failing provider", name)
-						} else if msg := status.Convert(err).Message(); !strings.Contains(msg, "HTTP") && !strings.Contains(msg, "error while streaming") {
-							t.Errorf("%s: Run error %q no longer says what happened", name, msg)
-						}
-						see(name+" Run", resp, err)
-						evs, err := recvAll(c.RunStream(ctx, &agentv1.RunStreamRequest{Agent: name, Input: "hi"}))
-						tried++
-						for _, ev := range evs {
-							see(name+" RunStream", ev, nil)
-						}
-						see(name+" RunStream", nil, err)
-					}
-					ctx := asTenant(testCtx(t), tenant+"-"+cname)
-					for _, rt := range runTenants[cname] {
-						rctx := asTenant(ctx, rt)
-						runs, err := c.ListRuns(rctx, &agentv1.ListRunsRequest{PageSize: 100})
-						see("ListRuns", runs, err)
-						for _, r := range runs.GetRuns() {
-							got, err := c.GetRun(rctx, &agentv1.GetRunRequest{Id: r.GetId()})
-							see("GetRun", got, err)
-							if e := got.GetRun().GetError(); !strings.Contains(e, "HTTP") && !strings.Contains(e, "error while streaming") {
-								t.Errorf("stored run error %q no longer says what happened", got.GetRun().GetError())
-							}
-						}
-					}
-					for _, voice := range []string{"voice1", "voiceE500"} {
-						_, err := recvAll(c.SynthesizeSpeech(ctx, &agentv1.SynthesizeSpeechRequest{Text: "hi",
-							Voice: &agentv1.Voice{Provider: agentv1.VoiceProvider_VOICE_PROVIDER_ELEVENLABS, VoiceId: voice}}))
-						tried++
-						see("SynthesizeSpeech", nil, err)
-					}
-					v, err := c.CreateVideo(ctx, &agentv1.CreateVideoRequest{ReplicaId: "r1", Script: "hi", Name: "v"})
+			if err != nil {
+				surfaces = append(surfaces, what+" error: "+status.Convert(err).Message())
+			}
+		}
+		tried := 0
+		runTenants := map[string][]string{} // by client
+		for _, tenant := range []string{"acme", "globex"} {
+			for cname, c := range h.clients {
+				for _, m := range []struct {
+					provider agentv1.Provider
+					name     string
+				}{{agentv1.Provider_PROVIDER_OPENAI, "e401"}, {agentv1.Provider_PROVIDER_OPENAI, "e500"},
+					{agentv1.Provider_PROVIDER_OPENAI, "mid"}, {agentv1.Provider_PROVIDER_GEMINI, "e400"},
+					{agentv1.Provider_PROVIDER_GEMINI, "e500"}} {
+					name := fmt.Sprintf("%s-%s-%s", strings.ToLower(strings.TrimPrefix(m.provider.String(), "PROVIDER_")), m.name, cname)
+					// A tenant per agent: each makes 2 failing calls, under its provider breaker's threshold.
+					ctx := asTenant(testCtx(t), tenant+"-"+name)
+					runTenants[cname] = append(runTenants[cname], tenant+"-"+name)
+					create(t, ctx, c, &agentv1.Agent{Name: name, Model: &agentv1.Model{Provider: m.provider, Name: m.name}})
+					resp, err := c.Run(ctx, &agentv1.RunRequest{Agent: name, Input: "hi"})
 					tried++
-					see("CreateVideo", v, err)
-					g, err := c.GetVideo(ctx, &agentv1.GetVideoRequest{Id: "v1"})
-					tried++
-					see("GetVideo", g, err)
-				}
-			}
-			// The database: the raw file (and its WAL) on SQLite, every column of every row on Postgres.
-			if h.path != "" {
-				files, _ := filepath.Glob(h.path + "*")
-				for _, f := range files {
-					b, err := os.ReadFile(f)
-					if err != nil {
-						t.Fatal(err)
+					if err == nil {
+						t.Errorf("%s: Run succeeded against a failing provider", name)
+					} else if msg := status.Convert(err).Message(); !strings.Contains(msg, "HTTP") && !strings.Contains(msg, "error while streaming") {
+						t.Errorf("%s: Run error %q no longer says what happened", name, msg)
 					}
-					surfaces = append(surfaces, "file "+filepath.Base(f)+": "+string(b))
+					see(name+" Run", resp, err)
+					evs, err := recvAll(c.RunStream(ctx, &agentv1.RunStreamRequest{Agent: name, Input: "hi"}))
+					tried++
+					for _, ev := range evs {
+						see(name+" RunStream", ev, nil)
+					}
+					see(name+" RunStream", nil, err)
 				}
+				ctx := asTenant(testCtx(t), tenant+"-"+cname)
+				for _, rt := range runTenants[cname] {
+					rctx := asTenant(ctx, rt)
+					runs, err := c.ListRuns(rctx, &agentv1.ListRunsRequest{PageSize: 100})
+					see("ListRuns", runs, err)
+					for _, r := range runs.GetRuns() {
+						got, err := c.GetRun(rctx, &agentv1.GetRunRequest{Id: r.GetId()})
+						see("GetRun", got, err)
+						if e := got.GetRun().GetError(); !strings.Contains(e, "HTTP") && !strings.Contains(e, "error while streaming") {
+							t.Errorf("stored run error %q no longer says what happened", got.GetRun().GetError())
+						}
+					}
+				}
+				for _, voice := range []string{"voice1", "voiceE500"} {
+					_, err := recvAll(c.SynthesizeSpeech(ctx, &agentv1.SynthesizeSpeechRequest{Text: "hi",
+						Voice: &agentv1.Voice{Provider: agentv1.VoiceProvider_VOICE_PROVIDER_ELEVENLABS, VoiceId: voice}}))
+					tried++
+					see("SynthesizeSpeech", nil, err)
+				}
+				v, err := c.CreateVideo(ctx, &agentv1.CreateVideoRequest{ReplicaId: "r1", Script: "hi", Name: "v"})
+				tried++
+				see("CreateVideo", v, err)
+				g, err := c.GetVideo(ctx, &agentv1.GetVideoRequest{Id: "v1"})
+				tried++
+				see("GetVideo", g, err)
 			}
-			for _, table := range []string{"runs", "agent_versions"} {
-				cdb := h.db.Component(sqldb.AgentComponent)
-				rows, err := cdb.QueryContext(context.Background(), cdb.Rebind("SELECT * FROM loom."+table))
+		}
+		// The database: the raw file (and its WAL) on SQLite, every column of every row on Postgres.
+		if h.path != "" {
+			files, _ := filepath.Glob(h.path + "*")
+			for _, f := range files {
+				b, err := os.ReadFile(f)
 				if err != nil {
 					t.Fatal(err)
 				}
-				cols, _ := rows.Columns()
-				for rows.Next() {
-					vals := make([]any, len(cols))
-					ptrs := make([]any, len(cols))
-					for i := range vals {
-						ptrs[i] = &vals[i]
-					}
-					if err := rows.Scan(ptrs...); err != nil {
-						t.Fatal(err)
-					}
-					surfaces = append(surfaces, fmt.Sprintf("row %s: %s", table, fmt.Sprint(vals...)))
-					for _, v := range vals {
-						if b, ok := v.([]byte); ok {
-							surfaces = append(surfaces, "row bytes: "+string(b))
-						}
-					}
-				}
-				rows.Close()
+				surfaces = append(surfaces, "file "+filepath.Base(f)+": "+string(b))
 			}
-			events, _, err := mustTrail(t, h.db)
+		}
+		for _, table := range []string{"runs", "agent_versions"} {
+			cdb := h.db.Component(sqldb.AgentComponent)
+			rows, err := cdb.QueryContext(context.Background(), cdb.Rebind("SELECT * FROM loom."+table))
 			if err != nil {
 				t.Fatal(err)
 			}
-			surfaces = append(surfaces, "audit: "+fmt.Sprint(events))
-			if resp, err := http.Get(h.url + "/metrics"); err == nil {
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				surfaces = append(surfaces, "metrics: "+string(b))
-			} else {
-				t.Errorf("GET /metrics: %v", err)
-			}
-			surfaces = append(surfaces, "logs: "+h.logs.String())
-
-			leaks := 0
-			for _, s := range surfaces {
-				if l := leaked(s); len(l) > 0 {
-					leaks += len(l)
-					t.Errorf("leak of %v in %.400s", l, s)
+			cols, _ := rows.Columns()
+			for rows.Next() {
+				vals := make([]any, len(cols))
+				ptrs := make([]any, len(cols))
+				for i := range vals {
+					ptrs[i] = &vals[i]
+				}
+				if err := rows.Scan(ptrs...); err != nil {
+					t.Fatal(err)
+				}
+				surfaces = append(surfaces, fmt.Sprintf("row %s: %s", table, fmt.Sprint(vals...)))
+				for _, v := range vals {
+					if b, ok := v.([]byte); ok {
+						surfaces = append(surfaces, "row bytes: "+string(b))
+					}
 				}
 			}
-			if !strings.Contains(h.logs.String(), "AgentService/Run") {
-				t.Errorf("server log does not record the runs; the check would prove nothing")
+			rows.Close()
+		}
+		events, _, err := mustTrail(t, h.db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		surfaces = append(surfaces, "audit: "+fmt.Sprint(events))
+		if resp, err := http.Get(h.url + "/metrics"); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			surfaces = append(surfaces, "metrics: "+string(b))
+		} else {
+			t.Errorf("GET /metrics: %v", err)
+		}
+		surfaces = append(surfaces, "logs: "+h.logs.String())
+
+		leaks := 0
+		for _, s := range surfaces {
+			if l := leaked(s); len(l) > 0 {
+				leaks += len(l)
+				t.Errorf("leak of %v in %.400s", l, s)
 			}
-			t.Logf("%s: provider calls tried %d (%d requests reached the fake), surfaces checked %d, canaries %d, leaked %d",
-				d, tried, *calls, len(surfaces), len(canaries), leaks)
-		})
-	}
+		}
+		if !strings.Contains(h.logs.String(), "AgentService/Run") {
+			t.Errorf("server log does not record the runs; the check would prove nothing")
+		}
+		t.Logf("%s: provider calls tried %d (%d requests reached the fake), surfaces checked %d, canaries %d, leaked %d",
+			d, tried, *calls, len(surfaces), len(canaries), leaks)
+	})
 }
 
 func mustTrail(t *testing.T, db *sqldb.DB) ([]audit.Event, string, error) {

@@ -1,9 +1,9 @@
 package agentrpc_test
 
 import (
+	"context"
 	"errors"
 	"io"
-	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -19,9 +19,7 @@ import (
 func TestRunPinnedAgentVersion(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, agentrpc.Config{})
-	h.eachClient(t, func(t *testing.T, c agentv1.AgentServiceClient) {
-		ctx := testCtx(t)
-		name := "pin-" + strings.ToLower(t.Name()[len(t.Name())-4:])
+	h.eachNamedClient(t, "pin-", func(t *testing.T, ctx context.Context, c agentv1.AgentServiceClient, name string) {
 		a1 := create(t, ctx, c, &agentv1.Agent{Name: name, Instructions: "v1"})
 		if _, err := c.UpdateAgent(ctx, &agentv1.UpdateAgentRequest{Agent: &agentv1.Agent{Name: name, Instructions: "v2"},
 			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"instructions"}}, Etag: a1.GetEtag()}); err != nil {

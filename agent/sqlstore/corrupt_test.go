@@ -2,9 +2,6 @@ package sqlstore_test
 
 import (
 	"context"
-	"fmt"
-	"log/slog"
-	"strings"
 	"testing"
 	"time"
 
@@ -13,7 +10,6 @@ import (
 	"github.com/loom-dev/loom/agent"
 	"github.com/loom-dev/loom/agent/sqlstore"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
-	"github.com/loom-dev/loom/internal/logtest"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 )
@@ -21,53 +17,27 @@ import (
 // TestListSkipsUndecodableAgent corrupts one stored agent directly in the database and checks that ListAgents
 // skips it with a logged error, pages stay whole, GetAgent reports it, and DeleteAgent still removes it.
 func TestListSkipsUndecodableAgent(t *testing.T) {
-	for _, d := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
-		t.Run(fmt.Sprint(d), func(t *testing.T) {
-			ctx := context.Background()
-			db := sqldbtest.Open(t, d)
-			var logs logtest.Buffer
-			s, err := sqlstore.New(ctx, db, sqlstore.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
-			if err != nil {
+	sqldbtest.EachCorruption(t, func(t *testing.T, c sqldbtest.Corruption) {
+		ctx := context.Background()
+		s := loggedStore(t, c)
+		for _, name := range []string{"a", "b", "c", "d"} {
+			if _, err := s.CreateAgent(ctx, "t1", &agentv1.Agent{Name: name, Instructions: "x"}); err != nil {
 				t.Fatal(err)
 			}
-			for _, name := range []string{"a", "b", "c", "d"} {
-				if _, err := s.CreateAgent(ctx, "t1", &agentv1.Agent{Name: name, Instructions: "x"}); err != nil {
-					t.Fatal(err)
-				}
-			}
-			cdb := db.Component(sqldb.AgentComponent)
-			if _, err := cdb.ExecContext(ctx, cdb.Rebind(`UPDATE loom.agent_versions SET spec = ? WHERE tenant = ? AND name = ?`),
-				[]byte{0xff, 0xff, 0xff, 0xff}, "t1", "b"); err != nil {
-				t.Fatal(err)
-			}
-			var got []string
-			token := ""
-			for pages := 0; pages < 10; pages++ {
-				list, next, err := s.ListAgents(ctx, "t1", 2, token)
-				if err != nil {
-					t.Fatalf("ListAgents: %v", err)
-				}
-				for _, a := range list {
-					got = append(got, a.GetName())
-				}
-				if token = next; token == "" {
-					break
-				}
-			}
-			if strings.Join(got, ",") != "a,c,d" {
-				t.Errorf("listed %v, want a,c,d", got)
-			}
-			if !strings.Contains(logs.String(), "skips an undecodable agent") || !strings.Contains(logs.String(), "agent=b") {
-				t.Errorf("log = %q, want the skipped row", logs.String())
-			}
-			if _, err := s.GetAgent(ctx, "t1", "b", 0); err == nil {
-				t.Error("GetAgent(corrupt) succeeded")
-			}
-			if err := s.DeleteAgent(ctx, "t1", "b"); err != nil {
-				t.Errorf("DeleteAgent(corrupt) = %v", err)
-			}
+		}
+		c.Exec(t, sqldb.AgentComponent, `UPDATE loom.agent_versions SET spec = ? WHERE tenant = ? AND name = ?`,
+			[]byte{0xff, 0xff, 0xff, 0xff}, "t1", "b")
+		sqldbtest.ExpectListed(t, "ListAgents", "a,c,d", (*agentv1.Agent).GetName, func(token string) ([]*agentv1.Agent, string, error) {
+			return s.ListAgents(ctx, "t1", 2, token)
 		})
-	}
+		c.ExpectLogs(t, "the skipped row", "skips an undecodable agent", "agent=b")
+		if _, err := s.GetAgent(ctx, "t1", "b", 0); err == nil {
+			t.Error("GetAgent(corrupt) succeeded")
+		}
+		if err := s.DeleteAgent(ctx, "t1", "b"); err != nil {
+			t.Errorf("DeleteAgent(corrupt) = %v", err)
+		}
+	})
 }
 
 // TestListSkipsUndecodableRun corrupts stored runs directly in the database: on both dialects one run's steps
@@ -76,66 +46,48 @@ func TestListSkipsUndecodableAgent(t *testing.T) {
 // page, returns the good runs and logs the bad ones; GetRun reports the undecodable detail; DeleteRun removes
 // every one of them.
 func TestListSkipsUndecodableRun(t *testing.T) {
-	for _, d := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
-		t.Run(fmt.Sprint(d), func(t *testing.T) {
-			ctx := context.Background()
-			db := sqldbtest.Open(t, d)
-			var logs logtest.Buffer
-			s, err := sqlstore.New(ctx, db, sqlstore.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
-			if err != nil {
+	sqldbtest.EachCorruption(t, func(t *testing.T, c sqldbtest.Corruption) {
+		ctx := context.Background()
+		s := loggedStore(t, c)
+		base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+		for i, id := range []string{"r1", "r2", "r3", "r4", "r5"} {
+			r := &agentv1.Run{Id: id, Agent: "a", AgentVersion: 1, State: agentv1.RunState_RUN_STATE_SUCCEEDED,
+				Input: "hi", CreateTime: timestamppb.New(base.Add(time.Duration(i) * time.Minute))}
+			if err := s.CreateRun(ctx, "t1", r, agent.Lease{}); err != nil {
 				t.Fatal(err)
 			}
-			base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-			for i, id := range []string{"r1", "r2", "r3", "r4", "r5"} {
-				r := &agentv1.Run{Id: id, Agent: "a", AgentVersion: 1, State: agentv1.RunState_RUN_STATE_SUCCEEDED,
-					Input: "hi", CreateTime: timestamppb.New(base.Add(time.Duration(i) * time.Minute))}
-				if err := s.CreateRun(ctx, "t1", r, agent.Lease{}); err != nil {
-					t.Fatal(err)
-				}
-			}
-			cdb := db.Component(sqldb.AgentComponent)
-			exec := func(q string, args ...any) {
-				t.Helper()
-				if _, err := cdb.ExecContext(ctx, cdb.Rebind(q), args...); err != nil {
-					t.Fatal(err)
-				}
-			}
-			exec(`UPDATE loom.runs SET detail = ? WHERE id = ?`, []byte{0xff, 0xff, 0xff, 0xff}, "r2")
-			want, bad := "r5,r4,r3,r2,r1", []string{"r2"} // ListRuns reads no detail
-			if d == sqldb.SQLite {
-				exec(`UPDATE loom.runs SET input = CAST(X'C328FF' AS TEXT) WHERE id = ?`, "r3")
-				exec(`UPDATE loom.runs SET input_tokens = 'many' WHERE id = ?`, "r4")
-				want, bad = "r5,r2,r1", []string{"r2", "r3", "r4"}
-			}
-			var got []string
-			token := ""
-			for pages := 0; pages < 10; pages++ {
-				list, next, err := s.ListRuns(ctx, "t1", agent.RunFilter{}, 2, token)
-				if err != nil {
-					t.Fatalf("ListRuns: %v", err)
-				}
-				for _, r := range list {
-					got = append(got, r.GetId())
-				}
-				if token = next; token == "" {
-					break
-				}
-			}
-			if strings.Join(got, ",") != want {
-				t.Errorf("listed %v, want %s", got, want)
-			}
-			if d == sqldb.SQLite && (!strings.Contains(logs.String(), "skips an undecodable run") || !strings.Contains(logs.String(), "run=r3")) {
-				t.Errorf("log = %q, want the skipped rows", logs.String())
-			}
-			if _, err := s.GetRun(ctx, "t1", "r2"); err == nil {
-				t.Error("GetRun(corrupt detail) succeeded")
-			}
-			for _, id := range bad {
-				if err := s.DeleteRun(ctx, "t1", id); err != nil {
-					t.Errorf("DeleteRun(corrupt %s) = %v", id, err)
-				}
-			}
-			t.Logf("%s: %d corrupt runs, lists broken 0, deleted %d", d, len(bad), len(bad))
+		}
+		c.Exec(t, sqldb.AgentComponent, `UPDATE loom.runs SET detail = ? WHERE id = ?`, []byte{0xff, 0xff, 0xff, 0xff}, "r2")
+		want, bad := "r5,r4,r3,r2,r1", []string{"r2"} // ListRuns reads no detail
+		if c.Dialect == sqldb.SQLite {
+			c.Exec(t, sqldb.AgentComponent, `UPDATE loom.runs SET input = CAST(X'C328FF' AS TEXT) WHERE id = ?`, "r3")
+			c.Exec(t, sqldb.AgentComponent, `UPDATE loom.runs SET input_tokens = 'many' WHERE id = ?`, "r4")
+			want, bad = "r5,r2,r1", []string{"r2", "r3", "r4"}
+		}
+		sqldbtest.ExpectListed(t, "ListRuns", want, (*agentv1.Run).GetId, func(token string) ([]*agentv1.Run, string, error) {
+			return s.ListRuns(ctx, "t1", agent.RunFilter{}, 2, token)
 		})
+		if c.Dialect == sqldb.SQLite {
+			c.ExpectLogs(t, "the skipped rows", "skips an undecodable run", "run=r3")
+		}
+		if _, err := s.GetRun(ctx, "t1", "r2"); err == nil {
+			t.Error("GetRun(corrupt detail) succeeded")
+		}
+		for _, id := range bad {
+			if err := s.DeleteRun(ctx, "t1", id); err != nil {
+				t.Errorf("DeleteRun(corrupt %s) = %v", id, err)
+			}
+		}
+		t.Logf("%s: %d corrupt runs, lists broken 0, deleted %d", c.Dialect, len(bad), len(bad))
+	})
+}
+
+// loggedStore is a store on c.DB that logs to c.Logger.
+func loggedStore(t *testing.T, c sqldbtest.Corruption) *sqlstore.Store {
+	t.Helper()
+	s, err := sqlstore.New(context.Background(), c.DB, sqlstore.WithLogger(c.Logger))
+	if err != nil {
+		t.Fatal(err)
 	}
+	return s
 }

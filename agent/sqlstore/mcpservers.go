@@ -83,12 +83,7 @@ func (s *Store) DeleteMCPServer(ctx context.Context, tenant, name string) error 
 	if err != nil {
 		return fmt.Errorf("delete mcp server: %w", err)
 	}
-	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("delete mcp server: %w", err)
-	} else if n == 0 {
-		return fmt.Errorf("MCP server %q: %w", name, agent.ErrNotFound)
-	}
-	return nil
+	return deletedOne(res, "delete mcp server", fmt.Sprintf("MCP server %q", name))
 }
 
 func decodeMCPServer(spec []byte, ut int64) (*agentv1.McpServer, error) {

@@ -254,17 +254,12 @@ func (s *Store) DeleteAgent(ctx context.Context, tenant, name string) error {
 	if err != nil {
 		return fmt.Errorf("delete agent: %w", err)
 	}
-	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("delete agent: %w", err)
-	} else if n == 0 {
-		return fmt.Errorf("agent %q: %w", name, agent.ErrNotFound)
-	}
-	return nil
+	return deletedOne(res, "delete agent", fmt.Sprintf("agent %q", name))
 }
 
 // CreateRun implements agent.Store.
 func (s *Store) CreateRun(ctx context.Context, tenant string, r *agentv1.Run, lease agent.Lease) error {
-	detail, err := encodeDetail(r)
+	detail, own, usage, err := encodeRun(r)
 	if err != nil {
 		return fmt.Errorf("create run: %w", err)
 	}
@@ -275,11 +270,6 @@ func (s *Store) CreateRun(ctx context.Context, tenant string, r *agentv1.Run, le
 	var until int64
 	if !lease.Until.IsZero() {
 		until = lease.Until.UnixNano()
-	}
-	own := agent.OwnUsage(r)
-	usage, err := marshalUsage(r.GetUsage())
-	if err != nil {
-		return fmt.Errorf("create run: %w", err)
 	}
 	err = s.runs.Exec(ctx, func(ctx context.Context, tx sqldb.Execer) error {
 		_, err := tx.ExecContext(ctx, s.q(`INSERT INTO loom.runs (id, tenant, agent, agent_version, state, input, output, provider,
@@ -303,12 +293,7 @@ func (s *Store) CreateRun(ctx context.Context, tenant string, r *agentv1.Run, le
 
 // FinishRun implements agent.Store.
 func (s *Store) FinishRun(ctx context.Context, tenant string, r *agentv1.Run) error {
-	detail, err := encodeDetail(r)
-	if err != nil {
-		return fmt.Errorf("finish run: %w", err)
-	}
-	own := agent.OwnUsage(r)
-	usage, err := marshalUsage(r.GetUsage())
+	detail, own, usage, err := encodeRun(r)
 	if err != nil {
 		return fmt.Errorf("finish run: %w", err)
 	}
@@ -456,12 +441,7 @@ func (s *Store) DeleteRun(ctx context.Context, tenant, id string) error {
 	if _, err := s.db.ExecContext(ctx, s.q("DELETE FROM loom.run_waits WHERE tenant = ? AND run_id = ?"), tenant, id); err != nil {
 		return fmt.Errorf("delete run: %w", err)
 	}
-	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("delete run: %w", err)
-	} else if n == 0 {
-		return fmt.Errorf("run %q: %w", id, agent.ErrNotFound)
-	}
-	return nil
+	return deletedOne(res, "delete run", fmt.Sprintf("run %q", id))
 }
 
 // RenewLeases implements agent.Store.
@@ -661,6 +641,31 @@ func decodeAgent(name string, version int64, etag string, spec []byte, ct, ut in
 func encodeDetail(r *agentv1.Run) ([]byte, error) {
 	return proto.Marshal(&agentv1.Run{Steps: r.GetSteps(), Warnings: r.GetWarnings(), Price: r.GetPrice(),
 		PendingToolCalls: r.GetPendingToolCalls(), WaitDeadline: r.GetWaitDeadline()})
+}
+
+// encodeRun returns the columns of r that are computed: its detail, its own usage and its encoded usage (nil
+// when r has none).
+func encodeRun(r *agentv1.Run) (detail []byte, own agent.UsageSum, usage []byte, err error) {
+	if detail, err = encodeDetail(r); err != nil {
+		return nil, agent.UsageSum{}, nil, err
+	}
+	if usage, err = marshalUsage(r.GetUsage()); err != nil {
+		return nil, agent.UsageSum{}, nil, err
+	}
+	return detail, agent.OwnUsage(r), usage, nil
+}
+
+// deletedOne checks the result of a DELETE for op (for example "delete agent") that should remove one row: it
+// wraps agent.ErrNotFound with notFound (for example `agent "a"`) when none was removed.
+func deletedOne(res sql.Result, op, notFound string) error {
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("%s: %w", notFound, agent.ErrNotFound)
+	}
+	return nil
 }
 
 func marshalUsage(u *agentv1.Usage) ([]byte, error) {

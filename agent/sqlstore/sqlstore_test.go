@@ -12,16 +12,14 @@ import (
 )
 
 func TestStore(t *testing.T) {
-	for _, d := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
-		t.Run(string(d), func(t *testing.T) {
-			t.Parallel()
-			agenttest.RunStoreTests(t, func(t *testing.T) agent.Store {
-				s, err := sqlstore.New(context.Background(), sqldbtest.Open(t, d))
-				if err != nil {
-					t.Fatal(err)
-				}
-				return s
-			})
+	sqldbtest.EachDialect(t, func(t *testing.T, d sqldb.Dialect) {
+		t.Parallel()
+		agenttest.RunStoreTests(t, func(t *testing.T) agent.Store {
+			s, err := sqlstore.New(context.Background(), sqldbtest.Open(t, d))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
 		})
-	}
+	})
 }

@@ -22,12 +22,7 @@ const (
 
 // WaitRun implements agent.Store.
 func (s *Store) WaitRun(ctx context.Context, tenant string, r *agentv1.Run, w agent.Wait) error {
-	detail, err := encodeDetail(r)
-	if err != nil {
-		return fmt.Errorf("wait run: %w", err)
-	}
-	own := agent.OwnUsage(r)
-	usage, err := marshalUsage(r.GetUsage())
+	detail, own, usage, err := encodeRun(r)
 	if err != nil {
 		return fmt.Errorf("wait run: %w", err)
 	}

@@ -4,11 +4,9 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -16,13 +14,6 @@ import (
 	"github.com/loom-dev/loom/agent/model"
 	"github.com/loom-dev/loom/agent/model/gemini"
 	"github.com/loom-dev/loom/agent/model/modeltest"
-)
-
-const secretKey = "sk-super-secret-key"
-
-var (
-	png = []byte("\x89PNG\r\n\x1a\nfake image")
-	wav = []byte("RIFF\x00\x00\x00\x00WAVEfake audio")
 )
 
 func TestGemini(t *testing.T) {
@@ -33,7 +24,7 @@ func TestGemini(t *testing.T) {
 			http.Error(w, "unexpected "+r.Method+" "+r.URL.String(), http.StatusNotFound)
 			return
 		}
-		if r.Header.Get("x-goog-api-key") != secretKey {
+		if r.Header.Get("x-goog-api-key") != modeltest.APIKey {
 			http.Error(w, `{"error":{"code":401,"message":"bad key","status":"UNAUTHENTICATED"}}`, http.StatusUnauthorized)
 			return
 		}
@@ -46,51 +37,35 @@ func TestGemini(t *testing.T) {
 	}))
 	defer srv.Close()
 	temp := float32(0.5)
-	g := gemini.New(model.Options{Endpoint: model.Endpoint{APIKey: secretKey, BaseURL: srv.URL}})
+	g := gemini.New(model.Options{Endpoint: model.Endpoint{APIKey: modeltest.APIKey, BaseURL: srv.URL}})
 	req := modeltest.User("hi")
 	req.Model, req.System, req.Temperature = "gemini-test", "be nice", &temp
 	req.Tools = []model.Tool{{Name: "memory_search", Description: "search", Parameters: map[string]any{"type": "object"}}}
 	r := modeltest.Collect(context.Background(), g, req)
 	r.Expect(t, "Hello world", []model.ToolCall{{ID: "gemini_0", Name: "memory_search", Args: map[string]any{"query": "cats"}}}, model.Usage{InputTokens: 12, OutputTokens: 7})
-	body, _ := json.Marshal(gotBody)
-	for _, want := range []string{`"systemInstruction"`, `"functionDeclarations"`, `"memory_search"`, `"temperature":0.5`} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("request body %s lacks %s", body, want)
-		}
-	}
+	modeltest.ExpectBodyContains(t, gotBody, `"systemInstruction"`, `"functionDeclarations"`, `"memory_search"`, `"temperature":0.5`)
 
-	bad := gemini.New(model.Options{Endpoint: model.Endpoint{APIKey: "wrong-" + secretKey, BaseURL: srv.URL}})
-	r = modeltest.Collect(context.Background(), bad, req)
-	if !errors.Is(r.Err, model.ErrUnavailable) || strings.Contains(r.Err.Error(), secretKey) {
-		t.Errorf("bad key: err = %v, want ErrUnavailable without the key", r.Err)
-	}
-	if r := modeltest.Collect(context.Background(), gemini.New(model.Options{}), req); !errors.Is(r.Err, model.ErrNotConfigured) {
-		t.Errorf("no key: err = %v, want ErrNotConfigured", r.Err)
-	}
+	modeltest.ExpectKeyErrors(t, gemini.New(model.Options{Endpoint: model.Endpoint{APIKey: "wrong-" + modeltest.APIKey, BaseURL: srv.URL}}), gemini.New(model.Options{}), req, modeltest.APIKey)
 }
 
 func TestGeminiAttachments(t *testing.T) {
 	t.Parallel()
 	srv, body := modeltest.CaptureBody(t, `{"candidates":[{"content":{"role":"model","parts":[{"text":"A cat."}]}}]}`)
-	g := gemini.New(model.Options{Endpoint: model.Endpoint{APIKey: secretKey, BaseURL: srv.URL}})
+	g := gemini.New(model.Options{Endpoint: model.Endpoint{APIKey: modeltest.APIKey, BaseURL: srv.URL}})
 	r := modeltest.Collect(context.Background(), g, modeltest.WithAttachments("what is this?",
-		model.Attachment{MIMEType: "image/png", Data: png}, model.Attachment{MIMEType: "audio/ogg", Data: wav}))
-	if r.Err != nil || r.Text != "A cat." {
-		t.Fatalf("reply = %q, %v", r.Text, r.Err)
-	}
+		model.Attachment{MIMEType: "image/png", Data: modeltest.PNG}, model.Attachment{MIMEType: "audio/ogg", Data: modeltest.WAV}))
+	r.ExpectText(t, "A cat.")
 	var got struct {
 		Contents []struct {
 			Role  string           `json:"role"`
 			Parts []map[string]any `json:"parts"`
 		} `json:"contents"`
 	}
-	if err := json.Unmarshal([]byte(body.Load().(string)), &got); err != nil {
-		t.Fatal(err)
-	}
+	modeltest.DecodeBody(t, body, &got)
 	want := []map[string]any{
 		{"text": "what is this?"},
-		{"inlineData": map[string]any{"mimeType": "image/png", "data": base64.StdEncoding.EncodeToString(png)}},
-		{"inlineData": map[string]any{"mimeType": "audio/ogg", "data": base64.StdEncoding.EncodeToString(wav)}},
+		{"inlineData": map[string]any{"mimeType": "image/png", "data": base64.StdEncoding.EncodeToString(modeltest.PNG)}},
+		{"inlineData": map[string]any{"mimeType": "audio/ogg", "data": base64.StdEncoding.EncodeToString(modeltest.WAV)}},
 	}
 	if len(got.Contents) != 1 || got.Contents[0].Role != "user" {
 		t.Fatalf("contents = %+v, want one user content", got.Contents)

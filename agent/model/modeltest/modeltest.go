@@ -4,10 +4,13 @@ package modeltest
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -65,6 +68,14 @@ func (r Result) Expect(t *testing.T, text string, calls []model.ToolCall, usage 
 	}
 }
 
+// ExpectText fails t at once unless r succeeded with text; tool calls and usage are not checked.
+func (r Result) ExpectText(t *testing.T, text string) {
+	t.Helper()
+	if r.Err != nil || r.Text != text {
+		t.Fatalf("reply = %q, %v", r.Text, r.Err)
+	}
+}
+
 // User is a request of one user message.
 func User(text string) model.Request {
 	return model.Request{Messages: []model.Message{{Role: model.RoleUser, Text: text}}}
@@ -96,4 +107,46 @@ func CaptureBody(t *testing.T, events ...string) (*httptest.Server, *atomic.Valu
 	}))
 	t.Cleanup(srv.Close)
 	return srv, &body
+}
+
+// APIKey is the key tests give a provider, and that its errors and logs must never carry.
+const APIKey = "sk-super-secret-key"
+
+// Fixture bytes for attachment tests: a PNG image and a WAV sound, by their magic numbers only.
+var (
+	PNG = []byte("\x89PNG\r\n\x1a\nfake image")
+	WAV = []byte("RIFF\x00\x00\x00\x00WAVEfake audio")
+)
+
+// ExpectBodyContains fails t unless body, marshalled back to JSON, contains every one of wants.
+func ExpectBodyContains(t *testing.T, body map[string]any, wants ...string) {
+	t.Helper()
+	b, _ := json.Marshal(body)
+	for _, want := range wants {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("request body %s lacks %s", b, want)
+		}
+	}
+}
+
+// ExpectKeyErrors fails t unless req through bad (a provider given a wrong API key) fails with
+// [model.ErrUnavailable] whose message does not carry secret, and req through unconfigured (a provider given no
+// key) fails with [model.ErrNotConfigured].
+func ExpectKeyErrors(t *testing.T, bad, unconfigured model.Model, req model.Request, secret string) {
+	t.Helper()
+	r := Collect(context.Background(), bad, req)
+	if !errors.Is(r.Err, model.ErrUnavailable) || strings.Contains(r.Err.Error(), secret) {
+		t.Errorf("bad key: err = %v, want ErrUnavailable without the key", r.Err)
+	}
+	if r := Collect(context.Background(), unconfigured, req); !errors.Is(r.Err, model.ErrNotConfigured) {
+		t.Errorf("no key: err = %v, want ErrNotConfigured", r.Err)
+	}
+}
+
+// DecodeBody decodes the body [CaptureBody] stored into v, failing t if it is not JSON.
+func DecodeBody(t *testing.T, body *atomic.Value, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(body.Load().(string)), v); err != nil {
+		t.Fatal(err)
+	}
 }

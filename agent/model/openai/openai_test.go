@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -19,12 +18,6 @@ import (
 	"github.com/loom-dev/loom/agent/model/openai"
 )
 
-const secretKey = "sk-super-secret-key"
-
-var wav = []byte("RIFF\x00\x00\x00\x00WAVEfake audio")
-
-var png = []byte("\x89PNG\r\n\x1a\nfake image")
-
 func TestOpenAI(t *testing.T) {
 	t.Parallel()
 	var gotBody map[string]any
@@ -33,7 +26,7 @@ func TestOpenAI(t *testing.T) {
 			http.Error(w, "unexpected", http.StatusNotFound)
 			return
 		}
-		if r.Header.Get("Authorization") != "Bearer "+secretKey {
+		if r.Header.Get("Authorization") != "Bearer "+modeltest.APIKey {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusUnauthorized)
 			io.WriteString(w, `{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","code":"invalid_api_key"}}`)
@@ -52,7 +45,7 @@ func TestOpenAI(t *testing.T) {
 		)
 	}))
 	defer srv.Close()
-	o := openai.New(model.Options{Endpoint: model.Endpoint{APIKey: secretKey, BaseURL: srv.URL + "/v1"}})
+	o := openai.New(model.Options{Endpoint: model.Endpoint{APIKey: modeltest.APIKey, BaseURL: srv.URL + "/v1"}})
 	req := modeltest.User("hi")
 	req.Model, req.System = "m", "sys"
 	req.Tools = []model.Tool{{Name: "memory_save", Description: "save", Parameters: map[string]any{"type": "object"}}}
@@ -61,20 +54,8 @@ func TestOpenAI(t *testing.T) {
 		model.Message{Role: model.RoleTool, ToolCallID: "x1", ToolName: "memory_save", Text: `{"ok":true}`})
 	r := modeltest.Collect(context.Background(), o, req)
 	r.Expect(t, "Hi there", []model.ToolCall{{ID: "call_a", Name: "memory_save", Args: map[string]any{"text": "note"}}}, model.Usage{InputTokens: 20, OutputTokens: 9})
-	body, _ := json.Marshal(gotBody)
-	for _, want := range []string{`"stream":true`, `"include_usage":true`, `"tool_call_id":"x1"`, `"role":"system"`, `"name":"memory_save"`} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("request body %s lacks %s", body, want)
-		}
-	}
-	bad := openai.New(model.Options{Endpoint: model.Endpoint{APIKey: "wrong-" + secretKey, BaseURL: srv.URL + "/v1"}})
-	r = modeltest.Collect(context.Background(), bad, req)
-	if !errors.Is(r.Err, model.ErrUnavailable) || strings.Contains(r.Err.Error(), secretKey) {
-		t.Errorf("bad key: err = %v, want ErrUnavailable without the key", r.Err)
-	}
-	if r := modeltest.Collect(context.Background(), openai.New(model.Options{}), req); !errors.Is(r.Err, model.ErrNotConfigured) {
-		t.Errorf("no key: err = %v, want ErrNotConfigured", r.Err)
-	}
+	modeltest.ExpectBodyContains(t, gotBody, `"stream":true`, `"include_usage":true`, `"tool_call_id":"x1"`, `"role":"system"`, `"name":"memory_save"`)
+	modeltest.ExpectKeyErrors(t, openai.New(model.Options{Endpoint: model.Endpoint{APIKey: "wrong-" + modeltest.APIKey, BaseURL: srv.URL + "/v1"}}), openai.New(model.Options{}), req, modeltest.APIKey)
 }
 
 func TestOpenAIAttachments(t *testing.T) {
@@ -82,27 +63,23 @@ func TestOpenAIAttachments(t *testing.T) {
 	srv, body := modeltest.CaptureBody(t,
 		`{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"A cat."}}]}`,
 		`[DONE]`)
-	o := openai.New(model.Options{Endpoint: model.Endpoint{APIKey: secretKey, BaseURL: srv.URL + "/v1"}})
+	o := openai.New(model.Options{Endpoint: model.Endpoint{APIKey: modeltest.APIKey, BaseURL: srv.URL + "/v1"}})
 	r := modeltest.Collect(context.Background(), o, modeltest.WithAttachments("what is this?",
-		model.Attachment{MIMEType: "image/png", Data: png},
-		model.Attachment{MIMEType: "audio/wav", Data: wav},
+		model.Attachment{MIMEType: "image/png", Data: modeltest.PNG},
+		model.Attachment{MIMEType: "audio/wav", Data: modeltest.WAV},
 		model.Attachment{MIMEType: "audio/mpeg", Data: []byte("ID3")}))
-	if r.Err != nil || r.Text != "A cat." {
-		t.Fatalf("reply = %q, %v", r.Text, r.Err)
-	}
+	r.ExpectText(t, "A cat.")
 	var got struct {
 		Messages []struct {
 			Role    string           `json:"role"`
 			Content []map[string]any `json:"content"`
 		} `json:"messages"`
 	}
-	if err := json.Unmarshal([]byte(body.Load().(string)), &got); err != nil {
-		t.Fatal(err)
-	}
+	modeltest.DecodeBody(t, body, &got)
 	want := []map[string]any{
 		{"type": "text", "text": "what is this?"},
-		{"type": "image_url", "image_url": map[string]any{"url": "data:image/png;base64," + base64.StdEncoding.EncodeToString(png)}},
-		{"type": "input_audio", "input_audio": map[string]any{"data": base64.StdEncoding.EncodeToString(wav), "format": "wav"}},
+		{"type": "image_url", "image_url": map[string]any{"url": "data:image/png;base64," + base64.StdEncoding.EncodeToString(modeltest.PNG)}},
+		{"type": "input_audio", "input_audio": map[string]any{"data": base64.StdEncoding.EncodeToString(modeltest.WAV), "format": "wav"}},
 		{"type": "input_audio", "input_audio": map[string]any{"data": base64.StdEncoding.EncodeToString([]byte("ID3")), "format": "mp3"}},
 	}
 	if len(got.Messages) != 1 || got.Messages[0].Role != "user" {
@@ -119,8 +96,8 @@ func TestOpenAIUnsupportedAudio(t *testing.T) {
 	var calls atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { calls.Add(1) }))
 	defer srv.Close()
-	o := openai.New(model.Options{Endpoint: model.Endpoint{APIKey: secretKey, BaseURL: srv.URL + "/v1"}})
-	r := modeltest.Collect(context.Background(), o, modeltest.WithAttachments("listen", model.Attachment{MIMEType: "audio/ogg", Data: wav}))
+	o := openai.New(model.Options{Endpoint: model.Endpoint{APIKey: modeltest.APIKey, BaseURL: srv.URL + "/v1"}})
+	r := modeltest.Collect(context.Background(), o, modeltest.WithAttachments("listen", model.Attachment{MIMEType: "audio/ogg", Data: modeltest.WAV}))
 	if r.Err == nil || !strings.Contains(r.Err.Error(), `"audio/ogg"`) || calls.Load() != 0 {
 		t.Errorf("err = %v after %d calls; want an error naming audio/ogg and no call", r.Err, calls.Load())
 	}
