@@ -102,12 +102,10 @@ func (e *env) reopen(t *testing.T, logger *slog.Logger) *engine.Engine {
 
 func forEachDialect(t *testing.T, fn func(t *testing.T, dialect sqldb.Dialect)) {
 	t.Parallel()
-	for _, d := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
-		t.Run(string(d), func(t *testing.T) {
-			t.Parallel()
-			fn(t, d)
-		})
-	}
+	sqldbtest.EachDialect(t, func(t *testing.T, d sqldb.Dialect) {
+		t.Parallel()
+		fn(t, d)
+	})
 }
 
 func (e *env) create(t *testing.T, src string) *orchestratorv1.Blueprint {
