@@ -16,26 +16,6 @@ import (
 	"github.com/loom-dev/loom/internal/netguard/netguardtest"
 )
 
-func TestRefuseInternal(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		addr    string
-		refused bool
-	}{
-		{"127.0.0.1", true}, {"::1", true}, {"10.1.2.3", true}, {"172.16.0.1", true}, {"192.168.1.1", true},
-		{"169.254.169.254", true}, {"100.64.0.1", true}, {"100.100.100.200", true}, {"0.0.0.0", true},
-		{"::", true}, {"fe80::1", true}, {"fd00:ec2::254", true}, {"fc00::1", true}, {"::ffff:127.0.0.1", true},
-		{"::ffff:169.254.169.254", true}, {"64:ff9b::a9fe:a9fe", true}, {"2002:7f00:1::", true}, {"224.0.0.1", true},
-		{"255.255.255.255", true}, {"198.18.0.1", true}, {"::127.0.0.1", true}, {"::ffff:0:7f00:1", true},
-		{"8.8.8.8", false}, {"1.1.1.1", false}, {"2606:4700:4700::1111", false}, {"64:ff9b::808:808", false},
-	} {
-		err := agentrpc.RefuseInternal(netip.MustParseAddr(tc.addr))
-		if (err != nil) != tc.refused {
-			t.Errorf("RefuseInternal(%s) = %v, want refused=%v", tc.addr, err, tc.refused)
-		}
-	}
-}
-
 func TestHTTPFetch(t *testing.T) {
 	t.Parallel()
 	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
