@@ -19,7 +19,7 @@ test:
 # bench-smoke runs every benchmark of docs/benchmarks.md once, small, so none can rot; it asserts nothing about
 # speed (the figures come from the commands in docs/benchmarks.md). deploy/scale's fill-to-3M runs stay manual.
 bench-smoke:
-	go test -count=1 -run '^$$' -bench . -benchtime 1x ./agent ./internal/... ./memory/... ./orchestrator/...
+	go test -count=1 -run '^$$' -bench . -benchtime 1x ./agent/... ./internal/... ./memory/... ./orchestrator/...
 	MEMBENCH_N=25000 MEMBENCH_QUERIES=20 MEMBENCH_BACKENDS=localstore,localstore-int8,localstore-ivf \
 		go test -count=1 -run TestRunSized ./memory/membench/
 
