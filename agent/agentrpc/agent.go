@@ -17,8 +17,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"regexp"
-	"strings"
 	"sync"
 	"time"
 
@@ -326,7 +324,7 @@ func pageSize(n int32) int {
 func (s *Server) CreateAgent(ctx context.Context, req *connect.Request[agentv1.CreateAgentRequest]) (*connect.Response[agentv1.CreateAgentResponse], error) {
 	tenant := principal.TenantOf(ctx)
 	keepWebhookSecrets(nil, req.Msg.GetAgent()) // clears the output-only signing_secret_set
-	if err := checkAgent(req.Msg.GetAgent(), "agent"); err != nil {
+	if err := agent.CheckAgent(req.Msg.GetAgent(), "agent"); err != nil {
 		return nil, s.connectError(ctx, err)
 	}
 	a, err := s.store.CreateAgent(ctx, tenant, req.Msg.GetAgent())
@@ -375,7 +373,7 @@ func (s *Server) UpdateAgent(ctx context.Context, req *connect.Request[agentv1.U
 		return nil, s.connectError(ctx, err)
 	}
 	keepWebhookSecrets(prev, cur)
-	if err := checkAgent(cur, "agent"); err != nil {
+	if err := agent.CheckAgent(cur, "agent"); err != nil {
 		return nil, s.connectError(ctx, err)
 	}
 	a, err := s.store.UpdateAgent(ctx, tenant, cur, cur.GetVersion())
@@ -392,108 +390,4 @@ func (s *Server) DeleteAgent(ctx context.Context, req *connect.Request[agentv1.D
 		return nil, s.connectError(ctx, err)
 	}
 	return connect.NewResponse(&agentv1.DeleteAgentResponse{}), nil
-}
-
-// maxSimLatency bounds a sim script's latency. Ten minutes is twice the default run time budget: enough to
-// model any slow provider, while a latency of hours would only hold a run (and a worker of the orchestrator
-// calling it) until its time budget ends.
-const maxSimLatency = 10 * time.Minute
-
-// elevenLabsVoice is what an ElevenLabs voice id looks like: letters and digits (20 of them today), with "_" and
-// "-" allowed inside; nothing that could carry a path, a query or an option.
-var elevenLabsVoice = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
-
-// checkAgent checks what protovalidate cannot express, or can only express apart from the rest of the agent:
-// tool names are unique; an agent does not delegate to itself; memory tools need a memory namespace; http_fetch
-// allow-lists hold host names, not wildcards for everything; the sim latency is at most maxSimLatency; the voice
-// id is a plain id for its provider. field is the agent's path in the request ("agent").
-func checkAgent(a *agentv1.Agent, field string) error {
-	seen := map[string]bool{}
-	for i, t := range a.GetTools() {
-		path := fmt.Sprintf("%s.tools[%d]", field, i)
-		name := toolName(t)
-		if seen[name] {
-			return &agent.FieldError{Field: path, Reason: fmt.Sprintf("duplicate tool %q", name)}
-		}
-		seen[name] = true
-		switch k := t.GetKind().(type) {
-		case *agentv1.Tool_Delegate:
-			if k.Delegate.GetAgent() == a.GetName() {
-				return &agent.FieldError{Field: path + ".delegate.agent", Reason: fmt.Sprintf("agent %q cannot delegate to itself", a.GetName())}
-			}
-		case *agentv1.Tool_MemorySearch, *agentv1.Tool_MemorySave:
-			if a.GetMemory().GetNamespace() == "" {
-				return &agent.FieldError{Field: path, Reason: fmt.Sprintf("%s needs a memory namespace: set %s.memory.namespace", name, field)}
-			}
-		case *agentv1.Tool_Webhook:
-			if err := checkWebhook(k.Webhook, path+".webhook"); err != nil {
-				return err
-			}
-		case *agentv1.Tool_Mcp:
-			if err := checkMCP(k.Mcp, path+".mcp"); err != nil {
-				return err
-			}
-		case *agentv1.Tool_Client:
-			if err := checkClientTool(k.Client, path+".client"); err != nil {
-				return err
-			}
-		case *agentv1.Tool_HttpFetch:
-			for j, h := range k.HttpFetch.GetAllowedHosts() {
-				if reason := allowedHostProblem(h); reason != "" {
-					return &agent.FieldError{Field: fmt.Sprintf("%s.http_fetch.allowed_hosts[%d]", path, j), Reason: reason}
-				}
-			}
-		}
-	}
-	if d := a.GetModel().GetSim().GetLatency(); d != nil {
-		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 || d.AsDuration() > maxSimLatency {
-			return &agent.FieldError{Field: field + ".model.sim.latency", Reason: fmt.Sprintf("must be between 0 and %v", maxSimLatency)}
-		}
-	}
-	if err := checkVoice(a.GetVoice(), field+".voice"); err != nil {
-		return err
-	}
-	return nil
-}
-
-// allowedHostProblem says what is wrong with an http_fetch allow-list entry, or "" when it is a host name, an IP
-// literal, or "*." followed by a domain of at least two labels. "*", "*.com", "**", "a*.b" and "x.*.y" are refused:
-// they would allow (nearly) every host, which is what the allow-list exists to prevent. Public suffixes of two
-// labels ("*.co.uk") cannot be told apart without the public suffix list and are accepted. Internal addresses
-// and names are refused anyway by the address policy at fetch time, whatever the list says.
-func allowedHostProblem(h string) string {
-	host := strings.TrimSuffix(strings.ToLower(h), ".")
-	rest, wild := strings.CutPrefix(host, "*.")
-	if strings.Contains(rest, "*") || (!wild && strings.Contains(host, "*")) {
-		return `a wildcard is allowed only as a leading "*." before a domain, as in "*.example.com"`
-	}
-	if rest == "" || strings.ContainsAny(rest, " /?#@\\") {
-		return "not a host name"
-	}
-	if wild && strings.Count(rest, ".") < 1 {
-		return fmt.Sprintf("%q would allow every host under %q: name a domain of at least two labels", h, rest)
-	}
-	return ""
-}
-
-// checkVoice refuses a voice id that is not a plain id of its provider, when the agent is saved rather than at
-// synthesis: espeak-ng voice names are letters, digits, "_", "-" and "+" (espeak's own voice+variant syntax, as in
-// "en+f3"; the name is passed as one argument, never through a shell, and may not start with "-" or "+");
-// ElevenLabs voice ids are letters and digits.
-func checkVoice(v *agentv1.Voice, field string) error {
-	id := v.GetVoiceId()
-	if id == "" {
-		return nil
-	}
-	switch v.GetProvider() {
-	case agentv1.VoiceProvider_VOICE_PROVIDER_ELEVENLABS:
-		if !elevenLabsVoice.MatchString(id) {
-			return &agent.FieldError{Field: field + ".voice_id", Reason: "not an ElevenLabs voice id (letters, digits, _ and -, starting with a letter or digit)"}
-		}
-	default:
-		if !espeakVoice.MatchString(id) {
-			return &agent.FieldError{Field: field + ".voice_id", Reason: "not an espeak-ng voice name (letters, digits, _, - and +, not starting with - or +)"}
-		}
-	}
-	return nil
 }

@@ -122,21 +122,13 @@ func clientTimeout(c *agentv1.ClientTool) time.Duration {
 	return DefaultClientToolTimeout
 }
 
-// checkClientTool checks a client tool when an agent is saved or a run request declares it.
-func checkClientTool(c *agentv1.ClientTool, path string) error {
-	if builtinTool(c.GetName()) {
-		return &agent.FieldError{Field: path + ".name", Reason: fmt.Sprintf("%q is a built-in tool's name", c.GetName())}
-	}
-	return agent.CheckParameters(c.GetParameters(), path+".parameters")
-}
-
 // withClientTools returns a with the run request's client tools added (a is not modified), and refuses a workflow
 // step's run of an agent with client tools: no caller could answer it.
 func withClientTools(a *agentv1.Agent, opts runOpts) (*agentv1.Agent, error) {
 	if len(opts.clientTools) > 0 {
 		names := map[string]bool{}
 		for _, t := range a.GetTools() {
-			names[toolName(t)] = true
+			names[agent.ToolName(t)] = true
 		}
 		a = proto.CloneOf(a)
 		for i, c := range opts.clientTools {
@@ -144,7 +136,7 @@ func withClientTools(a *agentv1.Agent, opts runOpts) (*agentv1.Agent, error) {
 			if names[c.GetName()] {
 				return nil, &agent.FieldError{Field: path + ".name", Reason: fmt.Sprintf("duplicate tool %q", c.GetName())}
 			}
-			if err := checkClientTool(c, path); err != nil {
+			if err := agent.CheckClientTool(c, path); err != nil {
 				return nil, err
 			}
 			names[c.GetName()] = true

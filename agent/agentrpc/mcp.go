@@ -29,36 +29,6 @@ const (
 	defaultMCPMaxBytes = 64 << 10
 )
 
-// mcpName is the name the model sees for t.
-func mcpName(t *agentv1.McpTool) string {
-	if t.GetName() != "" {
-		return t.GetName()
-	}
-	return t.GetTool()
-}
-
-// checkMCP checks an MCP tool at save time.
-func checkMCP(t *agentv1.McpTool, path string) error {
-	name := mcpName(t)
-	if !webhookName.MatchString(name) {
-		return &agent.FieldError{Field: path + ".name", Reason: fmt.Sprintf("%q is not a valid tool name: set name", agent.TruncatePath(name))}
-	}
-	if builtinTool(name) {
-		return &agent.FieldError{Field: path + ".name", Reason: fmt.Sprintf("%q is a built-in tool's name", name)}
-	}
-	switch {
-	case t.GetUrl() != "" && t.GetServer() != "":
-		return &agent.FieldError{Field: path + ".server", Reason: "set url or server, not both"}
-	case t.GetServer() != "":
-		return nil
-	}
-	u, err := url.Parse(t.GetUrl())
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
-		return &agent.FieldError{Field: path + ".url", Reason: "must be an absolute http or https URL without user info (or set server)"}
-	}
-	return nil
-}
-
 // mcpKey names the server of t within a run.
 func mcpKey(t *agentv1.McpTool) string {
 	if t.GetServer() != "" {
@@ -172,7 +142,7 @@ func (r *mcpRun) describe(ctx context.Context, a *agentv1.Agent) []string {
 			var err error
 			tools, err = r.list(ctx, m)
 			if err != nil {
-				warnings = append(warnings, fmt.Sprintf("MCP tool %s left out: %v", mcpName(m), err))
+				warnings = append(warnings, fmt.Sprintf("MCP tool %s left out: %v", agent.MCPName(m), err))
 				listed[mcpKey(m)] = nil
 				continue
 			}
@@ -185,14 +155,14 @@ func (r *mcpRun) describe(ctx context.Context, a *agentv1.Agent) []string {
 				if r.tools == nil {
 					r.tools = map[string]*mcp.Tool{}
 				}
-				r.tools[mcpName(m)] = tool
+				r.tools[agent.MCPName(m)] = tool
 				r.mu.Unlock()
 				found = true
 				break
 			}
 		}
 		if !found && tools != nil {
-			warnings = append(warnings, fmt.Sprintf("MCP tool %s left out: the server has no tool %q", mcpName(m), agent.TruncatePath(m.GetTool())))
+			warnings = append(warnings, fmt.Sprintf("MCP tool %s left out: the server has no tool %q", agent.MCPName(m), agent.TruncatePath(m.GetTool())))
 		}
 	}
 	return warnings
@@ -264,7 +234,7 @@ func mcpSchema(tool *mcp.Tool) map[string]any {
 // toolMCP calls the MCP tool m with args and returns its result: the structured content when it is an object,
 // else {"content": the text parts joined}.
 func (s *Server) toolMCP(ctx context.Context, env runEnv, m *agentv1.McpTool, args map[string]any) (map[string]any, error) {
-	if env.mcp.tool(mcpName(m)) == nil {
+	if env.mcp.tool(agent.MCPName(m)) == nil {
 		return nil, errors.New("this MCP tool is not available in this run")
 	}
 	ctx, cancel := context.WithTimeout(ctx, mcpTimeout(m))

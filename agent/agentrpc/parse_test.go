@@ -186,10 +186,10 @@ func FuzzValidateArgs(f *testing.F) {
 			}
 			m, ok := v.(map[string]any)
 			if !ok {
-				t.Fatalf("%s accepted a non-object %s", toolName(tool), data)
+				t.Fatalf("%s accepted a non-object %s", agent.ToolName(tool), data)
 			}
-			if _, ok := m[required[toolName(tool)]].(string); !ok {
-				t.Fatalf("%s accepted %s without a string %q", toolName(tool), data, required[toolName(tool)])
+			if _, ok := m[required[agent.ToolName(tool)]].(string); !ok {
+				t.Fatalf("%s accepted %s without a string %q", agent.ToolName(tool), data, required[agent.ToolName(tool)])
 			}
 			if k, present := m["top_k"]; present {
 				if _, ok := k.(float64); !ok {

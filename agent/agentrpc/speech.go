@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/url"
 	"os/exec"
-	"regexp"
 	"strings"
 
 	"connectrpc.com/connect"
@@ -30,9 +29,6 @@ const (
 	defaultElevenLabsURL   = "https://api.elevenlabs.io"
 	defaultElevenLabsModel = "eleven_multilingual_v2"
 )
-
-// espeakVoice is what an espeak-ng voice name looks like ("en-us", "de", "en+f3", "mb-en1").
-var espeakVoice = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_+-]{0,63}$`)
 
 // SynthesizeSpeech implements agentv1connect.AgentServiceHandler. The voice is the request's, else the agent's,
 // else espeak-ng's "en-us". espeak-ng produces WAV and ElevenLabs MP3; other formats are transcoded with ffmpeg.
@@ -54,7 +50,7 @@ func (s *Server) SynthesizeSpeech(ctx context.Context, req *connect.Request[agen
 		}
 		return stream.Send(msg)
 	}
-	if err := checkVoice(voice, "voice"); err != nil {
+	if err := agent.CheckVoice(voice, "voice"); err != nil {
 		return s.connectError(ctx, err)
 	}
 	// Each provider has a native format; another is transcoded with ffmpeg from the provider's whole output
@@ -109,7 +105,7 @@ func (s *Server) speakEspeak(ctx context.Context, text, voice string, send func(
 	if voice == "" {
 		voice = defaultEspeakVoice
 	}
-	if !espeakVoice.MatchString(voice) {
+	if !agent.EspeakVoice(voice) {
 		return &agent.FieldError{Field: "voice.voice_id", Reason: "not an espeak-ng voice name"}
 	}
 	bin := s.cfg.EspeakPath

@@ -22,14 +22,6 @@ import (
 	"github.com/loom-dev/loom/internal/netguard"
 )
 
-// Tool names. A delegate tool is named delegatePrefix + the agent's name.
-const (
-	toolMemorySearch = "memory_search"
-	toolMemorySave   = "memory_save"
-	toolHTTPFetch    = "http_fetch"
-	delegatePrefix   = "delegate_"
-)
-
 const (
 	// maxDelegationDepth bounds nested delegations: a run may start runs 3 levels deep.
 	maxDelegationDepth = 3
@@ -39,30 +31,10 @@ const (
 	maxFetchRedirects = 5
 )
 
-func toolName(t *agentv1.Tool) string {
-	switch k := t.GetKind().(type) {
-	case *agentv1.Tool_MemorySearch:
-		return toolMemorySearch
-	case *agentv1.Tool_MemorySave:
-		return toolMemorySave
-	case *agentv1.Tool_HttpFetch:
-		return toolHTTPFetch
-	case *agentv1.Tool_Delegate:
-		return delegatePrefix + k.Delegate.GetAgent()
-	case *agentv1.Tool_Webhook:
-		return k.Webhook.GetName()
-	case *agentv1.Tool_Mcp:
-		return mcpName(k.Mcp)
-	case *agentv1.Tool_Client:
-		return k.Client.GetName()
-	}
-	return ""
-}
-
 // toolSchemaIn is toolSchema, with MCP tools described by their server in env.
 func toolSchemaIn(env runEnv, t *agentv1.Tool) map[string]any {
 	if m := t.GetMcp(); m != nil {
-		return mcpSchema(env.mcp.tool(mcpName(m)))
+		return mcpSchema(env.mcp.tool(agent.MCPName(m)))
 	}
 	return toolSchema(t)
 }
@@ -129,13 +101,13 @@ func toolSpecs(env runEnv, a *agentv1.Agent) []model.Tool {
 	for _, t := range a.GetTools() {
 		desc := toolDescription(t)
 		if m := t.GetMcp(); m != nil {
-			tool := env.mcp.tool(mcpName(m))
+			tool := env.mcp.tool(agent.MCPName(m))
 			if tool == nil {
 				continue
 			}
 			desc = truncateBytes(tool.Description, 4096)
 		}
-		out = append(out, model.Tool{Name: toolName(t), Description: desc, Parameters: toolSchemaIn(env, t)})
+		out = append(out, model.Tool{Name: agent.ToolName(t), Description: desc, Parameters: toolSchemaIn(env, t)})
 	}
 	return out
 }
@@ -179,11 +151,11 @@ type compiledSchema struct {
 // callTool executes one tool call. Failures become the result's error, told to the model; they never fail the run.
 func (s *Server) callTool(ctx context.Context, env runEnv, call model.ToolCall) *agentv1.ToolResult {
 	res := &agentv1.ToolResult{CallId: call.ID, Name: call.Name}
-	idx := slices.IndexFunc(env.agent.GetTools(), func(t *agentv1.Tool) bool { return toolName(t) == call.Name })
+	idx := slices.IndexFunc(env.agent.GetTools(), func(t *agentv1.Tool) bool { return agent.ToolName(t) == call.Name })
 	if idx < 0 {
 		var names []string
 		for _, t := range env.agent.GetTools() {
-			names = append(names, toolName(t))
+			names = append(names, agent.ToolName(t))
 		}
 		res.Error = fmt.Sprintf("unknown tool %q; available tools: [%s]", agent.TruncatePath(call.Name), strings.Join(names, ", "))
 		return res

@@ -3,16 +3,12 @@ package agentrpc
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -23,78 +19,10 @@ import (
 
 // Webhook tools: the model calls the user's endpoint with a signed POST (see agentv1.WebhookTool).
 
-// webhookName is what a user-named tool's name looks like (the contract's pattern).
-var webhookName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,47}$`)
-
 const (
 	defaultWebhookTimeout  = 10 * time.Second
 	defaultWebhookMaxBytes = 64 << 10
-	minWebhookSecret       = 16
-	// WebhookReplayWindow is how old a Loom-Timestamp a receiver should accept (VerifyWebhook's default).
-	WebhookReplayWindow = 5 * time.Minute
 )
-
-// Webhook request headers.
-const (
-	WebhookTimestampHeader = "Loom-Timestamp"
-	WebhookSignatureHeader = "Loom-Signature"
-)
-
-// SignWebhook returns the Loom-Signature value of body sent at timestamp (unix seconds) with secret:
-// "v1=" + hex(HMAC-SHA256(secret, timestamp + "." + body)).
-func SignWebhook(secret []byte, timestamp int64, body []byte) string {
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte(strconv.FormatInt(timestamp, 10)))
-	m.Write([]byte{'.'})
-	m.Write(body)
-	return "v1=" + hex.EncodeToString(m.Sum(nil))
-}
-
-// VerifyWebhook checks, for a receiver of webhook calls, the timestamp and signature headers of a request with
-// body against secret: the signature must match (compared in constant time) and the timestamp must be within
-// window of now (window 0 means WebhookReplayWindow).
-func VerifyWebhook(secret []byte, timestampHeader, signatureHeader string, body []byte, now time.Time, window time.Duration) error {
-	if window <= 0 {
-		window = WebhookReplayWindow
-	}
-	ts, err := strconv.ParseInt(timestampHeader, 10, 64)
-	if err != nil {
-		return errors.New("webhook: malformed timestamp")
-	}
-	if d := now.Sub(time.Unix(ts, 0)); d > window || d < -window {
-		return errors.New("webhook: timestamp outside the replay window")
-	}
-	if !hmac.Equal([]byte(SignWebhook(secret, ts, body)), []byte(signatureHeader)) {
-		return errors.New("webhook: bad signature")
-	}
-	return nil
-}
-
-// builtinTool reports whether name is (or could be) a built-in tool's name.
-func builtinTool(name string) bool {
-	switch name {
-	case toolMemorySearch, toolMemorySave, toolHTTPFetch:
-		return true
-	}
-	return strings.HasPrefix(name, delegatePrefix)
-}
-
-// checkWebhook checks a webhook tool at save time: a name that is not a built-in's, an absolute http(s) URL,
-// a secret of at least 16 bytes (or one stored already), parameters that are a valid JSON Schema. The address policy is applied at call time, on the
-// resolved address.
-func checkWebhook(w *agentv1.WebhookTool, path string) error {
-	if builtinTool(w.GetName()) {
-		return &agent.FieldError{Field: path + ".name", Reason: fmt.Sprintf("%q is a built-in tool's name", w.GetName())}
-	}
-	u, err := url.Parse(w.GetUrl())
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
-		return &agent.FieldError{Field: path + ".url", Reason: "must be an absolute http or https URL without user info"}
-	}
-	if n := len(w.GetSigningSecret()); (n > 0 || !w.GetSigningSecretSet()) && n < minWebhookSecret {
-		return &agent.FieldError{Field: path + ".signing_secret", Reason: fmt.Sprintf("at least %d bytes are required", minWebhookSecret)}
-	}
-	return agent.CheckParameters(w.GetParameters(), path+".parameters")
-}
 
 // keepWebhookSecrets gives each webhook tool of next without a new secret the stored secret of prev's tool of
 // the same name, so an update need not repeat secrets it never got to read.
@@ -170,8 +98,8 @@ func (s *Server) toolWebhook(ctx context.Context, env runEnv, w *agentv1.Webhook
 	ts := time.Now().Unix()
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "loom-agent/1")
-	req.Header.Set(WebhookTimestampHeader, strconv.FormatInt(ts, 10))
-	req.Header.Set(WebhookSignatureHeader, SignWebhook([]byte(w.GetSigningSecret()), ts, body))
+	req.Header.Set(agent.WebhookTimestampHeader, strconv.FormatInt(ts, 10))
+	req.Header.Set(agent.WebhookSignatureHeader, agent.SignWebhook([]byte(w.GetSigningSecret()), ts, body))
 	client := &http.Client{
 		Transport:     s.fetchTransport(),
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
