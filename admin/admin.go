@@ -16,7 +16,7 @@ import (
 
 	adminv1 "github.com/loom-dev/loom/gen/loom/admin/v1"
 	"github.com/loom-dev/loom/gen/loom/admin/v1/adminv1connect"
-	"github.com/loom-dev/loom/internal/audit"
+	"github.com/loom-dev/loom/internal/audit/auditsql"
 	"github.com/loom-dev/loom/internal/authn"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcerr"
@@ -30,7 +30,7 @@ var _ adminv1connect.AdminServiceHandler = (*Server)(nil)
 type Server struct {
 	logger *slog.Logger
 	keys   *authn.KeyStore
-	trail  *audit.Store
+	trail  *auditsql.Store
 	// providers is nil when no master key is configured.
 	providers *secrets.ProviderKeys
 	// mode is the server's auth mode, reported by WhoAmI; never empty.
@@ -41,7 +41,7 @@ type Server struct {
 // New returns a server over the key store, the audit store and the provider key store. providers may be nil (no
 // master key configured): the provider key RPCs then answer FailedPrecondition. mode is the auth mode the server's
 // authenticator runs in, reported by WhoAmI; empty means [authn.ModeRequired], as in [authn.Config].
-func New(logger *slog.Logger, keys *authn.KeyStore, trail *audit.Store, providers *secrets.ProviderKeys, mode authn.Mode) *Server {
+func New(logger *slog.Logger, keys *authn.KeyStore, trail *auditsql.Store, providers *secrets.ProviderKeys, mode authn.Mode) *Server {
 	if mode == "" {
 		mode = authn.ModeRequired
 	}
@@ -221,7 +221,7 @@ func newErrors(logger *slog.Logger) *rpcerr.Mapper {
 	return &rpcerr.Mapper{Logger: logger, Service: "admin", Rules: []rpcerr.Rule{
 		fixed(authn.ErrNotFound, connect.CodeNotFound, "api key not found"),
 		fixed(secrets.ErrNotFound, connect.CodeNotFound, "provider key not found"),
-		fixed(audit.ErrInvalidPageToken, connect.CodeInvalidArgument, "page_token: invalid"),
+		fixed(auditsql.ErrInvalidPageToken, connect.CodeInvalidArgument, "page_token: invalid"),
 		rpcerr.Is(authn.ErrInvalidRole, connect.CodeInvalidArgument),
 	}}
 }

@@ -16,7 +16,7 @@ import (
 
 	"github.com/loom-dev/loom/admin"
 	adminv1 "github.com/loom-dev/loom/gen/loom/admin/v1"
-	"github.com/loom-dev/loom/internal/audit"
+	"github.com/loom-dev/loom/internal/audit/auditsql"
 	"github.com/loom-dev/loom/internal/authn"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
@@ -27,14 +27,14 @@ import (
 )
 
 // openStores opens a fresh SQLite database with the API key store and the audit trail on it.
-func openStores(t *testing.T) (*sqldb.DB, *authn.KeyStore, *audit.Store) {
+func openStores(t *testing.T) (*sqldb.DB, *authn.KeyStore, *auditsql.Store) {
 	t.Helper()
 	db := sqldbtest.Open(t, sqldb.SQLite)
 	keys, err := authn.NewKeyStore(context.Background(), db)
 	if err != nil {
 		t.Fatal(err)
 	}
-	trail, err := audit.Open(context.Background(), db)
+	trail, err := auditsql.Open(context.Background(), db)
 	if err != nil {
 		t.Fatal(err)
 	}

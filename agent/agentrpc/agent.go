@@ -96,7 +96,7 @@ type Config struct {
 	// MCPStdio is the operator's allow-list of stdio MCP servers tenants may register (McpServer.stdio_command),
 	// by name. No other command ever runs. nil allows none.
 	MCPStdio map[string]MCPCommand
-	// Audit receives one event per call of a webhook or MCP tool (see toolaudit.go); *audit.Store implements it.
+	// Audit receives one event per call of a webhook or MCP tool (see toolaudit.go); *auditsql.Store implements it.
 	// nil records none.
 	Audit interface {
 		Append(ctx context.Context, e audit.Event) error

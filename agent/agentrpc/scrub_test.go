@@ -27,6 +27,7 @@ import (
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
 	"github.com/loom-dev/loom/internal/audit"
+	"github.com/loom-dev/loom/internal/audit/auditsql"
 	"github.com/loom-dev/loom/internal/logtest"
 	"github.com/loom-dev/loom/internal/rpcserver"
 	"github.com/loom-dev/loom/internal/rpcserver/rpcservertest"
@@ -155,7 +156,7 @@ func newLeakHarness(t *testing.T, dialect sqldb.Dialect, cfg agentrpc.Config) *l
 	if err != nil {
 		t.Fatal(err)
 	}
-	trail, err := audit.Open(ctx, db)
+	trail, err := auditsql.Open(ctx, db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,7 +345,7 @@ func TestProviderErrorsScrubbed(t *testing.T) {
 
 func mustTrail(t *testing.T, db *sqldb.DB) ([]audit.Event, string, error) {
 	t.Helper()
-	trail, err := audit.Open(context.Background(), db)
+	trail, err := auditsql.Open(context.Background(), db)
 	if err != nil {
 		return nil, "", err
 	}

@@ -10,7 +10,7 @@ import (
 
 	"github.com/loom-dev/loom/agent/agentrpc"
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
-	"github.com/loom-dev/loom/internal/audit"
+	"github.com/loom-dev/loom/internal/audit/auditsql"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 )
@@ -21,7 +21,7 @@ import (
 func TestToolAudit(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	trail, err := audit.Open(ctx, sqldbtest.Open(t, sqldb.SQLite))
+	trail, err := auditsql.Open(ctx, sqldbtest.Open(t, sqldb.SQLite))
 	if err != nil {
 		t.Fatal(err)
 	}

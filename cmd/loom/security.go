@@ -16,7 +16,7 @@ import (
 	"github.com/loom-dev/loom/gen/loom/agent/v1/agentv1connect"
 	"github.com/loom-dev/loom/gen/loom/memory/v1/memoryv1connect"
 	"github.com/loom-dev/loom/gen/loom/orchestrator/v1/orchestratorv1connect"
-	"github.com/loom-dev/loom/internal/audit"
+	"github.com/loom-dev/loom/internal/audit/auditsql"
 	"github.com/loom-dev/loom/internal/authn"
 	"github.com/loom-dev/loom/internal/principal"
 	"github.com/loom-dev/loom/internal/rpcserver"
@@ -38,7 +38,7 @@ type security struct {
 	minter       *authn.Minter
 	keys         *authn.KeyStore
 	providerKeys *sealed.ProviderKeys // nil without LOOM_MASTER_KEY
-	trail        *audit.Store
+	trail        *auditsql.Store
 	throttle     *authn.Throttle // slows credential guessing; its metrics go on /metrics
 }
 
@@ -52,7 +52,7 @@ func buildSecurity(ctx context.Context, cfg config, logger *slog.Logger, dbs *da
 	if sec.keys, err = authn.NewKeyStore(ctx, db); err != nil {
 		return nil, err
 	}
-	if sec.trail, err = audit.Open(ctx, db); err != nil {
+	if sec.trail, err = auditsql.Open(ctx, db); err != nil {
 		return nil, err
 	}
 	if sec.providerKeys, err = providerKeys(ctx, cfg, db); err != nil {

@@ -379,7 +379,7 @@ func buildAgent(ctx context.Context, cfg config, logger *slog.Logger, c *clients
 		}
 		acfg.MCPStdio[name] = agentrpc.MCPCommand{Path: path}
 	}
-	if sec.trail != nil { // the same: a nil *audit.Store would count as set
+	if sec.trail != nil { // the same: a nil *auditsql.Store would count as set
 		acfg.Audit = sec.trail
 	}
 	srv, err := agentrpc.New(logger, store, c.memory, acfg)

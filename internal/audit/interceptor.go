@@ -15,7 +15,21 @@ import (
 	"github.com/loom-dev/loom/internal/procedure"
 )
 
-// Appender is what the interceptor records into; *Store implements it.
+// Event is one audited call.
+type Event struct {
+	// Seq orders events (increasing, not contiguous within a tenant); assigned by the store.
+	Seq       int64
+	Time      time.Time
+	Tenant    string
+	Subject   string
+	Procedure string
+	// Resource is the name or id the request named, or empty.
+	Resource string
+	// Result is "ok" or the connect code of the error, for example "permission_denied".
+	Result string
+}
+
+// Appender is what the interceptor records into; *auditsql.Store implements it.
 type Appender interface {
 	Append(ctx context.Context, e Event) error
 }

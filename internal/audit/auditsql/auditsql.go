@@ -1,9 +1,7 @@
-// Package audit keeps the append-only audit trail: one event per mutating RPC (who, tenant, procedure, resource,
-// result, time), recorded by a server interceptor and read by admins through AdminService.ListAuditEvents.
-//
-// The store has no update or delete: events are only ever appended. Events never carry request bodies, so no
-// secret reaches the trail.
-package audit
+// Package auditsql keeps the audit trail in the database: an append-only table (SQLite or Postgres, in the admin
+// component's schema) of the events internal/audit's interceptor records, read by admins through
+// AdminService.ListAuditEvents. The store has no update or delete: events are only ever appended.
+package auditsql
 
 import (
 	"context"
@@ -13,26 +11,13 @@ import (
 	"io/fs"
 	"time"
 
+	"github.com/loom-dev/loom/internal/audit"
 	"github.com/loom-dev/loom/internal/pagetoken"
 	"github.com/loom-dev/loom/internal/sqldb"
 )
 
 //go:embed migrations
 var migrations embed.FS
-
-// Event is one audited call.
-type Event struct {
-	// Seq orders events (increasing, not contiguous within a tenant); assigned by the store.
-	Seq       int64
-	Time      time.Time
-	Tenant    string
-	Subject   string
-	Procedure string
-	// Resource is the name or id the request named, or empty.
-	Resource string
-	// Result is "ok" or the connect code of the error, for example "permission_denied".
-	Result string
-}
 
 // ErrInvalidPageToken is returned for a page token the store did not issue.
 var ErrInvalidPageToken = errors.New("invalid page token")
@@ -56,7 +41,7 @@ func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
 }
 
 // Append records e; the store assigns its sequence number.
-func (s *Store) Append(ctx context.Context, e Event) error {
+func (s *Store) Append(ctx context.Context, e audit.Event) error {
 	_, err := s.db.ExecContext(ctx, s.db.Rebind(`INSERT INTO loom.audit_events (tenant, time_ms, subject, procedure, resource, result)
 		VALUES (?, ?, ?, ?, ?, ?)`), e.Tenant, e.Time.UnixMilli(), e.Subject, e.Procedure, e.Resource, e.Result)
 	if err != nil {
@@ -66,7 +51,7 @@ func (s *Store) Append(ctx context.Context, e Event) error {
 }
 
 // List returns tenant's events newest first, a page at a time.
-func (s *Store) List(ctx context.Context, tenant string, pageSize int, pageToken string) ([]Event, string, error) {
+func (s *Store) List(ctx context.Context, tenant string, pageSize int, pageToken string) ([]audit.Event, string, error) {
 	before := int64(1<<63 - 1) // the sequence number of the previous page's last event
 	if err := pagetoken.Decode("audit", pageToken, &before); err != nil || before <= 0 {
 		return nil, "", ErrInvalidPageToken
@@ -77,9 +62,9 @@ func (s *Store) List(ctx context.Context, tenant string, pageSize int, pageToken
 		return nil, "", fmt.Errorf("list audit events: %w", err)
 	}
 	defer rows.Close()
-	var out []Event
+	var out []audit.Event
 	for rows.Next() {
-		e := Event{Tenant: tenant}
+		e := audit.Event{Tenant: tenant}
 		var ms int64
 		if err := rows.Scan(&e.Seq, &ms, &e.Subject, &e.Procedure, &e.Resource, &e.Result); err != nil {
 			return nil, "", fmt.Errorf("list audit events: %w", err)

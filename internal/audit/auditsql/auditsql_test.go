@@ -1,4 +1,4 @@
-package audit_test
+package auditsql_test
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 
 	memoryv1 "github.com/loom-dev/loom/gen/loom/memory/v1"
 	"github.com/loom-dev/loom/internal/audit"
+	"github.com/loom-dev/loom/internal/audit/auditsql"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 )
@@ -17,7 +18,7 @@ func TestStore(t *testing.T) {
 		t.Run(string(d), func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
-			s, err := audit.Open(ctx, sqldbtest.Open(t, d))
+			s, err := auditsql.Open(ctx, sqldbtest.Open(t, d))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -55,7 +56,7 @@ func TestStore(t *testing.T) {
 					t.Errorf("not newest first: %d after %d", all[i].Seq, all[i-1].Seq)
 				}
 			}
-			if _, _, err := s.List(ctx, "a", 4, "!!"); err != audit.ErrInvalidPageToken {
+			if _, _, err := s.List(ctx, "a", 4, "!!"); err != auditsql.ErrInvalidPageToken {
 				t.Errorf("bad token: %v", err)
 			}
 		})
