@@ -19,6 +19,7 @@ import (
 
 	orchestratorv1 "github.com/loom-dev/loom/gen/loom/orchestrator/v1"
 	"github.com/loom-dev/loom/internal/sqldb"
+	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 	"github.com/loom-dev/loom/orchestrator/engine"
 	"github.com/loom-dev/loom/orchestrator/orchestratortest"
 	"github.com/loom-dev/loom/orchestrator/sqlstore"
@@ -354,56 +355,54 @@ func BenchmarkIndependentSteps(b *testing.B) {
 // that ends the run, both taken before their commits) plus one commit, in durable commits of the same database
 // measured between the runs.
 func BenchmarkParallelJoin(b *testing.B) {
-	for _, dialect := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
-		b.Run(string(dialect), func(b *testing.B) {
-			const width = 100
-			d := openBenchDB(b, dialect)
-			floors := d.commits(b, 50)
-			eng := d.engine(b, engine.Config{})
-			orchestratortest.StartEngine(b, eng)
-			var src strings.Builder
-			members := make([]string, width)
-			for i := range members {
-				members[i] = fmt.Sprintf("p%d", i)
+	sqldbtest.EachDialect(b, func(b *testing.B, dialect sqldb.Dialect) {
+		const width = 100
+		d := openBenchDB(b, dialect)
+		floors := d.commits(b, 50)
+		eng := d.engine(b, engine.Config{})
+		orchestratortest.StartEngine(b, eng)
+		var src strings.Builder
+		members := make([]string, width)
+		for i := range members {
+			members[i] = fmt.Sprintf("p%d", i)
+		}
+		// A parallel step holds at most 64 members: two groups of 50 under one.
+		fmt.Fprintf(&src, "name: wide\nsteps:\n  - id: fan\n    parallel: {steps: [g0, g1]}\n")
+		fmt.Fprintf(&src, "  - id: g0\n    parallel: {steps: [%s]}\n", strings.Join(members[:width/2], ", "))
+		fmt.Fprintf(&src, "  - id: g1\n    parallel: {steps: [%s]}\n", strings.Join(members[width/2:], ", "))
+		for _, m := range members {
+			fmt.Fprintf(&src, "  - id: %s\n    agent: {agent: a, input: \"'x'\"}\n", m)
+		}
+		src.WriteString("  - id: join\n    depends_on: [fan]\n    agent: {agent: a, input: \"string(size(steps))\"}\n")
+		stored := d.create(b, src.String())
+		ctx := context.Background()
+		var spans []time.Duration
+		b.ResetTimer()
+		for range b.N {
+			r, err := eng.StartRun(ctx, tenant, stored, nil, "")
+			if err != nil {
+				b.Fatal(err)
 			}
-			// A parallel step holds at most 64 members: two groups of 50 under one.
-			fmt.Fprintf(&src, "name: wide\nsteps:\n  - id: fan\n    parallel: {steps: [g0, g1]}\n")
-			fmt.Fprintf(&src, "  - id: g0\n    parallel: {steps: [%s]}\n", strings.Join(members[:width/2], ", "))
-			fmt.Fprintf(&src, "  - id: g1\n    parallel: {steps: [%s]}\n", strings.Join(members[width/2:], ", "))
-			for _, m := range members {
-				fmt.Fprintf(&src, "  - id: %s\n    agent: {agent: a, input: \"'x'\"}\n", m)
+			d.waitEnded(b, r.GetId(), 2*time.Millisecond)
+			if r, err = eng.GetRun(ctx, tenant, r.GetId()); err != nil {
+				b.Fatal(err)
 			}
-			src.WriteString("  - id: join\n    depends_on: [fan]\n    agent: {agent: a, input: \"string(size(steps))\"}\n")
-			stored := d.create(b, src.String())
-			ctx := context.Background()
-			var spans []time.Duration
-			b.ResetTimer()
-			for range b.N {
-				r, err := eng.StartRun(ctx, tenant, stored, nil, "")
-				if err != nil {
-					b.Fatal(err)
-				}
-				d.waitEnded(b, r.GetId(), 2*time.Millisecond)
-				if r, err = eng.GetRun(ctx, tenant, r.GetId()); err != nil {
-					b.Fatal(err)
-				}
-				if r.GetState() != orchestratorv1.RunState_RUN_STATE_SUCCEEDED {
-					b.Fatalf("run = %v", r)
-				}
-				if got := stepState(r, "join").GetStartTime().AsTime(); got.Before(stepState(r, "fan").GetEndTime().AsTime()) {
-					b.Fatalf("join started before the parallel step ended")
-				}
-				spans = append(spans, r.GetEndTime().AsTime().Sub(r.GetCreateTime().AsTime()))
-				b.StopTimer()
-				floors = append(floors, d.commits(b, 10)...)
-				b.StartTimer()
+			if r.GetState() != orchestratorv1.RunState_RUN_STATE_SUCCEEDED {
+				b.Fatalf("run = %v", r)
 			}
+			if got := stepState(r, "join").GetStartTime().AsTime(); got.Before(stepState(r, "fan").GetEndTime().AsTime()) {
+				b.Fatalf("join started before the parallel step ended")
+			}
+			spans = append(spans, r.GetEndTime().AsTime().Sub(r.GetCreateTime().AsTime()))
 			b.StopTimer()
-			floor := percentile(floors, 50)
-			p50 := percentile(spans, 50) + floor // the last commit is not in the span
-			b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms/run")
-			b.ReportMetric(float64(floor.Microseconds())/1000, "floor-ms/commit")
-			b.ReportMetric(float64(p50)/float64(floor), "commits/run")
-		})
-	}
+			floors = append(floors, d.commits(b, 10)...)
+			b.StartTimer()
+		}
+		b.StopTimer()
+		floor := percentile(floors, 50)
+		p50 := percentile(spans, 50) + floor // the last commit is not in the span
+		b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms/run")
+		b.ReportMetric(float64(floor.Microseconds())/1000, "floor-ms/commit")
+		b.ReportMetric(float64(p50)/float64(floor), "commits/run")
+	})
 }

@@ -13,18 +13,16 @@ import (
 
 func TestStore(t *testing.T) {
 	t.Parallel()
-	for _, dialect := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
-		t.Run(string(dialect), func(t *testing.T) {
-			t.Parallel()
-			orchestratortest.RunStore(t, func(t *testing.T) orchestrator.Store {
-				s, err := sqlstore.New(context.Background(), sqldbtest.OpenMigrated(t, dialect, "orchestrator", migrate))
-				if err != nil {
-					t.Fatalf("sqlstore.New() error = %v", err)
-				}
-				return s
-			})
+	sqldbtest.EachDialect(t, func(t *testing.T, dialect sqldb.Dialect) {
+		t.Parallel()
+		orchestratortest.RunStore(t, func(t *testing.T) orchestrator.Store {
+			s, err := sqlstore.New(context.Background(), sqldbtest.OpenMigrated(t, dialect, "orchestrator", migrate))
+			if err != nil {
+				t.Fatalf("sqlstore.New() error = %v", err)
+			}
+			return s
 		})
-	}
+	})
 }
 
 // migrate applies the store's migrations: the template every Postgres test database is cloned from.

@@ -14,53 +14,51 @@ import (
 )
 
 func TestStore(t *testing.T) {
-	for _, d := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
-		t.Run(string(d), func(t *testing.T) {
-			t.Parallel()
-			ctx := context.Background()
-			s, err := auditsql.Open(ctx, sqldbtest.Open(t, d))
+	sqldbtest.EachDialect(t, func(t *testing.T, d sqldb.Dialect) {
+		t.Parallel()
+		ctx := context.Background()
+		s, err := auditsql.Open(ctx, sqldbtest.Open(t, d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for i := range 20 {
+			wg.Go(func() {
+				tenant := "a"
+				if i%4 == 0 {
+					tenant = "b"
+				}
+				if err := s.Append(ctx, audit.Event{Time: time.Now(), Tenant: tenant, Subject: "s", Procedure: "/p", Result: "ok"}); err != nil {
+					t.Errorf("append: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+		var all []audit.Event
+		token := ""
+		for {
+			page, next, err := s.List(ctx, "a", 4, token)
 			if err != nil {
 				t.Fatal(err)
 			}
-			var wg sync.WaitGroup
-			for i := range 20 {
-				wg.Go(func() {
-					tenant := "a"
-					if i%4 == 0 {
-						tenant = "b"
-					}
-					if err := s.Append(ctx, audit.Event{Time: time.Now(), Tenant: tenant, Subject: "s", Procedure: "/p", Result: "ok"}); err != nil {
-						t.Errorf("append: %v", err)
-					}
-				})
+			all = append(all, page...)
+			if next == "" {
+				break
 			}
-			wg.Wait()
-			var all []audit.Event
-			token := ""
-			for {
-				page, next, err := s.List(ctx, "a", 4, token)
-				if err != nil {
-					t.Fatal(err)
-				}
-				all = append(all, page...)
-				if next == "" {
-					break
-				}
-				token = next
+			token = next
+		}
+		if len(all) != 15 {
+			t.Fatalf("tenant a has %d events, want 15 (and none of b's)", len(all))
+		}
+		for i := 1; i < len(all); i++ {
+			if all[i].Seq >= all[i-1].Seq {
+				t.Errorf("not newest first: %d after %d", all[i].Seq, all[i-1].Seq)
 			}
-			if len(all) != 15 {
-				t.Fatalf("tenant a has %d events, want 15 (and none of b's)", len(all))
-			}
-			for i := 1; i < len(all); i++ {
-				if all[i].Seq >= all[i-1].Seq {
-					t.Errorf("not newest first: %d after %d", all[i].Seq, all[i-1].Seq)
-				}
-			}
-			if _, _, err := s.List(ctx, "a", 4, "!!"); err != auditsql.ErrInvalidPageToken {
-				t.Errorf("bad token: %v", err)
-			}
-		})
-	}
+		}
+		if _, _, err := s.List(ctx, "a", 4, "!!"); err != auditsql.ErrInvalidPageToken {
+			t.Errorf("bad token: %v", err)
+		}
+	})
 }
 
 func TestResourceAndMutating(t *testing.T) {
