@@ -13,12 +13,11 @@ import (
 	"runtime/metrics"
 	"slices"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 	"unsafe"
 
+	"github.com/loom-dev/loom/internal/procstat"
 	"github.com/loom-dev/loom/memory/localstore"
 )
 
@@ -246,18 +245,11 @@ func readDataset(path string, c Config) (dataset, error) {
 	return d, nil
 }
 
-// residentBytes is the process's resident set: VmRSS from /proc/self/status on Linux, else the memory the Go
-// runtime has mapped and not released.
+// residentBytes is the process's resident set: VmRSS on Linux (procstat), else the memory the Go runtime has
+// mapped and not released.
 func residentBytes() int64 {
-	if b, err := os.ReadFile("/proc/self/status"); err == nil {
-		for line := range strings.Lines(string(b)) {
-			if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-				kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-				if err == nil {
-					return kb << 10
-				}
-			}
-		}
+	if mib := procstat.RSSMiB(os.Getpid()); mib > 0 {
+		return int64(mib * (1 << 20)) // exact: VmRSS is whole kB
 	}
 	s := []metrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
 	metrics.Read(s)
