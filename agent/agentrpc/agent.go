@@ -98,9 +98,7 @@ type Config struct {
 	MCPStdio map[string]MCPCommand
 	// Audit receives one event per call of a webhook or MCP tool (see toolaudit.go); *auditsql.Store implements it.
 	// nil records none.
-	Audit interface {
-		Append(ctx context.Context, e audit.Event) error
-	}
+	Audit audit.Appender
 	// HTTPClient is used for model, speech and video providers (not for the http_fetch tool, which has its own
 	// guarded client); nil uses a client without an overall timeout, every call being bounded by its context.
 	HTTPClient *http.Client
