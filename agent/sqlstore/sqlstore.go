@@ -385,39 +385,33 @@ func (s *Store) ListRuns(ctx context.Context, tenant string, f agent.RunFilter, 
 	// A row that cannot be decoded (a column of the wrong type, text that is not UTF-8 and so could never be sent
 	// in a protobuf message) is skipped with a logged error: one bad record never takes the whole list down, and
 	// DeleteRun still removes it. Pages are cut on the rows read, so a skipped row never ends a listing early.
-	var (
-		out  []*agentv1.Run
-		read []runToken
-	)
-	for rows.Next() {
+	var out []*agentv1.Run
+	last, more, err := sqldb.ReadPage(rows, pageSize, func(rows *sql.Rows) (runToken, error) {
 		vals := make([]any, 16) // runCols, scanned loosely so a bad value fails its row, not the list
 		ptrs := make([]any, len(vals))
 		for i := range vals {
 			ptrs[i] = &vals[i]
 		}
 		if err := rows.Scan(ptrs...); err != nil {
-			return nil, "", fmt.Errorf("list runs: %w", err)
+			return runToken{}, err
 		}
 		id, _ := vals[0].(string)
 		ct, _ := vals[12].(int64)
-		read = append(read, runToken{Time: ct, ID: id})
-		if len(read) > pageSize {
-			break
-		}
 		r, err := decodeListedRun(vals)
 		if err != nil {
 			s.logger.ErrorContext(ctx, "agent store: list runs skips an undecodable run", "tenant", tenant,
 				"run", strings.ToValidUTF8(fmt.Sprint(vals[0]), "?"), "err", err)
-			continue
+		} else {
+			out = append(out, r)
 		}
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
+		return runToken{Time: ct, ID: id}, nil
+	})
+	if err != nil {
 		return nil, "", fmt.Errorf("list runs: %w", err)
 	}
 	next := ""
-	if len(read) > pageSize {
-		next = pagetoken.Encode("runs", read[pageSize-1])
+	if more {
+		next = pagetoken.Encode("runs", last)
 	}
 	return out, next, nil
 }

@@ -13,6 +13,7 @@ import (
 	agentv1 "github.com/loom-dev/loom/gen/loom/agent/v1"
 	"github.com/loom-dev/loom/internal/pagetoken"
 	"github.com/loom-dev/loom/internal/pricing"
+	"github.com/loom-dev/loom/internal/sqldb"
 )
 
 const nanosPerDay = int64(24 * time.Hour)
@@ -58,11 +59,8 @@ func (s *Store) UsageRows(ctx context.Context, tenant string, start, end time.Ti
 		return nil, "", fmt.Errorf("usage rows: %w", err)
 	}
 	defer rows.Close()
-	var (
-		out  []agent.UsageRow
-		last usageToken
-	)
-	for rows.Next() {
+	var out []agent.UsageRow
+	last, more, err := sqldb.ReadPage(rows, pageSize, func(rows *sql.Rows) (usageToken, error) {
 		var (
 			r               agent.UsageRow
 			day, prov, cost int64
@@ -70,18 +68,18 @@ func (s *Store) UsageRows(ctx context.Context, tenant string, start, end time.Ti
 		)
 		if err := rows.Scan(&day, &r.Agent, &r.Blueprint, &prov, &r.Model, &r.Sum.Runs, &r.Sum.InputTokens,
 			&r.Sum.OutputTokens, &r.Sum.CachedInputTokens, &cost, &unknown); err != nil {
-			return nil, "", fmt.Errorf("usage rows: %w", err)
-		}
-		if len(out) == pageSize {
-			return out, pagetoken.Encode("usage", last), nil
+			return usageToken{}, err
 		}
 		r.Day = time.Unix(0, day*nanosPerDay).UTC()
 		r.Provider, r.Sum.Cost, r.Sum.CostUnknown = agentv1.Provider(prov), pricing.Nanos(cost), unknown != 0
 		out = append(out, r)
-		last = usageToken{Start: start.UnixNano(), End: end.UnixNano(), Day: day, Agent: r.Agent, Blueprint: r.Blueprint, Provider: prov, Model: r.Model}
-	}
-	if err := rows.Err(); err != nil {
+		return usageToken{Start: start.UnixNano(), End: end.UnixNano(), Day: day, Agent: r.Agent, Blueprint: r.Blueprint, Provider: prov, Model: r.Model}, nil
+	})
+	if err != nil {
 		return nil, "", fmt.Errorf("usage rows: %w", err)
+	}
+	if more {
+		return out, pagetoken.Encode("usage", last), nil
 	}
 	return out, "", nil
 }

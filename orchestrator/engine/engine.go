@@ -458,38 +458,26 @@ func (e *Engine) ListRuns(ctx context.Context, tenant, blueprint string, state o
 		return nil, "", fmt.Errorf("list runs: %w", err)
 	}
 	defer done()
-	var (
-		out  []*run
-		keys []runPage // of every row read, decodable or not
-	)
-	for rs.Next() {
+	runs := make([]*orchestratorv1.WorkflowRun, 0, pageSize)
+	last, more, err := sqldb.ReadPage(rs, pageSize, func(rs rows) (runPage, error) {
 		r, err := scanRun(rs)
 		if errors.Is(err, errCorrupt) {
 			// One undecodable record must not take the tenant's whole list down: skip it (DeleteRun removes it).
 			e.logger.ErrorContext(ctx, "engine: list runs: skipping a stored run", slog.String("run", r.id), slog.Any("error", err))
-			keys = append(keys, runPage{Time: r.created, ID: r.id})
-			out = append(out, nil)
-			continue
+			return runPage{Time: r.created, ID: r.id}, nil
 		}
 		if err != nil {
-			return nil, "", fmt.Errorf("list runs: %w", err)
+			return runPage{}, err
 		}
-		keys = append(keys, runPage{Time: r.created, ID: r.id})
-		out = append(out, r)
-	}
-	if err := rs.Err(); err != nil {
+		runs = append(runs, r.proto())
+		return runPage{Time: r.created, ID: r.id}, nil
+	})
+	if err != nil {
 		return nil, "", fmt.Errorf("list runs: %w", err)
 	}
 	next := ""
-	if len(out) > pageSize {
-		out = out[:pageSize]
-		next = pagetoken.Encode("runs", keys[pageSize-1])
-	}
-	runs := make([]*orchestratorv1.WorkflowRun, 0, len(out))
-	for _, r := range out {
-		if r != nil {
-			runs = append(runs, r.proto())
-		}
+	if more {
+		next = pagetoken.Encode("runs", last)
 	}
 	return runs, next, nil
 }
@@ -624,22 +612,19 @@ func (e *Engine) ListPendingApprovals(ctx context.Context, tenant, runID string,
 		return nil, "", fmt.Errorf("list approvals: %w", err)
 	}
 	defer done()
-	var (
-		out   []*orchestratorv1.Approval
-		pages []approvalPage
-	)
-	for rs.Next() {
+	var out []*orchestratorv1.Approval
+	last, more, err := sqldb.ReadPage(rs, pageSize, func(rs rows) (approvalPage, error) {
 		var (
 			runID, stepID, bpName string
 			start, deadline       int64
 			def                   []byte
 		)
 		if err := rs.Scan(&runID, &stepID, &start, &deadline, &bpName, &def); err != nil {
-			return nil, "", fmt.Errorf("list approvals: %w", err)
+			return approvalPage{}, err
 		}
 		bp := &orchestratorv1.Blueprint{}
 		if err := proto.Unmarshal(def, bp); err != nil {
-			return nil, "", fmt.Errorf("list approvals: %w", err)
+			return approvalPage{}, err
 		}
 		a := &orchestratorv1.Approval{RunId: runID, StepId: stepID, Blueprint: bpName,
 			Deadline: micros(deadline), CreateTime: micros(start)}
@@ -649,15 +634,14 @@ func (e *Engine) ListPendingApprovals(ctx context.Context, tenant, runID string,
 			}
 		}
 		out = append(out, a)
-		pages = append(pages, approvalPage{Time: start, Run: runID, Step: stepID})
-	}
-	if err := rs.Err(); err != nil {
+		return approvalPage{Time: start, Run: runID, Step: stepID}, nil
+	})
+	if err != nil {
 		return nil, "", fmt.Errorf("list approvals: %w", err)
 	}
 	next := ""
-	if len(out) > pageSize {
-		out = out[:pageSize]
-		next = pagetoken.Encode("approvals", pages[pageSize-1])
+	if more {
+		next = pagetoken.Encode("approvals", last)
 	}
 	return out, next, nil
 }

@@ -5,6 +5,7 @@ package auditsql
 
 import (
 	"context"
+	"database/sql"
 	"embed"
 	"errors"
 	"fmt"
@@ -63,22 +64,22 @@ func (s *Store) List(ctx context.Context, tenant string, pageSize int, pageToken
 	}
 	defer rows.Close()
 	var out []audit.Event
-	for rows.Next() {
+	last, more, err := sqldb.ReadPage(rows, pageSize, func(rows *sql.Rows) (int64, error) {
 		e := audit.Event{Tenant: tenant}
 		var ms int64
 		if err := rows.Scan(&e.Seq, &ms, &e.Subject, &e.Procedure, &e.Resource, &e.Result); err != nil {
-			return nil, "", fmt.Errorf("list audit events: %w", err)
+			return 0, err
 		}
 		e.Time = time.UnixMilli(ms).UTC()
 		out = append(out, e)
-	}
-	if err := rows.Err(); err != nil {
+		return e.Seq, nil
+	})
+	if err != nil {
 		return nil, "", fmt.Errorf("list audit events: %w", err)
 	}
 	next := ""
-	if len(out) > pageSize {
-		out = out[:pageSize]
-		next = pagetoken.Encode("audit", out[len(out)-1].Seq)
+	if more {
+		next = pagetoken.Encode("audit", last)
 	}
 	return out, next, nil
 }
