@@ -182,29 +182,25 @@ func (s *Store) ListAgents(ctx context.Context, tenant string, pageSize int, pag
 	// bad record never takes the whole list down; DeleteAgent still removes it. Pages are cut on the rows read,
 	// decodable or not, so a skipped row never ends a listing early.
 	var out []*agentv1.Agent
-	last, more, err := sqldb.ReadPage(rows, pageSize, func(rows *sql.Rows) (string, error) {
+	next, err := sqldb.ReadPage(rows, pageSize, "agents", func(rows *sql.Rows) (agentToken, error) {
 		var (
 			name, etag      string
 			version, ct, ut int64
 			spec            []byte
 		)
 		if err := rows.Scan(&name, &version, &etag, &spec, &ct, &ut); err != nil {
-			return "", err
+			return agentToken{}, err
 		}
 		a, err := decodeAgent(name, version, etag, spec, ct, ut)
 		if err != nil {
 			s.logger.ErrorContext(ctx, "agent store: list agents skips an undecodable agent", "tenant", tenant, "agent", name, "version", version, "err", err)
-			return name, nil
+			return agentToken{Name: name}, nil
 		}
 		out = append(out, a)
-		return name, nil
+		return agentToken{Name: name}, nil
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("list agents: %w", err)
-	}
-	next := ""
-	if more {
-		next = pagetoken.Encode("agents", agentToken{Name: last})
 	}
 	return out, next, nil
 }
@@ -386,7 +382,7 @@ func (s *Store) ListRuns(ctx context.Context, tenant string, f agent.RunFilter, 
 	// in a protobuf message) is skipped with a logged error: one bad record never takes the whole list down, and
 	// DeleteRun still removes it. Pages are cut on the rows read, so a skipped row never ends a listing early.
 	var out []*agentv1.Run
-	last, more, err := sqldb.ReadPage(rows, pageSize, func(rows *sql.Rows) (runToken, error) {
+	next, err := sqldb.ReadPage(rows, pageSize, "runs", func(rows *sql.Rows) (runToken, error) {
 		vals := make([]any, 16) // runCols, scanned loosely so a bad value fails its row, not the list
 		ptrs := make([]any, len(vals))
 		for i := range vals {
@@ -408,10 +404,6 @@ func (s *Store) ListRuns(ctx context.Context, tenant string, f agent.RunFilter, 
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("list runs: %w", err)
-	}
-	next := ""
-	if more {
-		next = pagetoken.Encode("runs", last)
 	}
 	return out, next, nil
 }

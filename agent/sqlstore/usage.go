@@ -60,7 +60,7 @@ func (s *Store) UsageRows(ctx context.Context, tenant string, start, end time.Ti
 	}
 	defer rows.Close()
 	var out []agent.UsageRow
-	last, more, err := sqldb.ReadPage(rows, pageSize, func(rows *sql.Rows) (usageToken, error) {
+	next, err := sqldb.ReadPage(rows, pageSize, "usage", func(rows *sql.Rows) (usageToken, error) {
 		var (
 			r               agent.UsageRow
 			day, prov, cost int64
@@ -78,10 +78,7 @@ func (s *Store) UsageRows(ctx context.Context, tenant string, start, end time.Ti
 	if err != nil {
 		return nil, "", fmt.Errorf("usage rows: %w", err)
 	}
-	if more {
-		return out, pagetoken.Encode("usage", last), nil
-	}
-	return out, "", nil
+	return out, next, nil
 }
 
 // UsageTotal implements agent.Store.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/loom-dev/loom/internal/pagetoken"
 	"github.com/loom-dev/loom/internal/sqldb"
 	"github.com/loom-dev/loom/internal/sqldb/sqldbtest"
 )
@@ -26,7 +27,7 @@ func TestReadPage(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer rows.Close()
-		last, more, err = sqldb.ReadPage(rows, size, func(rows *sql.Rows) (string, error) {
+		next, err := sqldb.ReadPage(rows, size, "keys", func(rows *sql.Rows) (string, error) {
 			var key string
 			if err := rows.Scan(&key); err != nil {
 				return "", err
@@ -36,6 +37,11 @@ func TestReadPage(t *testing.T) {
 			}
 			return key, nil
 		})
+		if more = next != ""; more {
+			if derr := pagetoken.Decode("keys", next, &last); derr != nil {
+				t.Fatalf("next page token %q: %v", next, derr)
+			}
+		}
 		return kept, last, more, err
 	}
 	for _, tc := range []struct {
@@ -66,7 +72,7 @@ func TestReadPage(t *testing.T) {
 		}
 		defer rows.Close()
 		boom := errors.New("boom")
-		if _, _, err := sqldb.ReadPage(rows, 2, func(*sql.Rows) (string, error) { return "", boom }); !errors.Is(err, boom) {
+		if _, err := sqldb.ReadPage(rows, 2, "keys", func(*sql.Rows) (string, error) { return "", boom }); !errors.Is(err, boom) {
 			t.Errorf("err = %v, want %v", err, boom)
 		}
 	})

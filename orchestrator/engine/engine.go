@@ -459,7 +459,7 @@ func (e *Engine) ListRuns(ctx context.Context, tenant, blueprint string, state o
 	}
 	defer done()
 	runs := make([]*orchestratorv1.WorkflowRun, 0, pageSize)
-	last, more, err := sqldb.ReadPage(rs, pageSize, func(rs rows) (runPage, error) {
+	next, err := sqldb.ReadPage(rs, pageSize, "runs", func(rs rows) (runPage, error) {
 		r, err := scanRun(rs)
 		if errors.Is(err, errCorrupt) {
 			// One undecodable record must not take the tenant's whole list down: skip it (DeleteRun removes it).
@@ -474,10 +474,6 @@ func (e *Engine) ListRuns(ctx context.Context, tenant, blueprint string, state o
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("list runs: %w", err)
-	}
-	next := ""
-	if more {
-		next = pagetoken.Encode("runs", last)
 	}
 	return runs, next, nil
 }
@@ -613,7 +609,7 @@ func (e *Engine) ListPendingApprovals(ctx context.Context, tenant, runID string,
 	}
 	defer done()
 	var out []*orchestratorv1.Approval
-	last, more, err := sqldb.ReadPage(rs, pageSize, func(rs rows) (approvalPage, error) {
+	next, err := sqldb.ReadPage(rs, pageSize, "approvals", func(rs rows) (approvalPage, error) {
 		var (
 			runID, stepID, bpName string
 			start, deadline       int64
@@ -638,10 +634,6 @@ func (e *Engine) ListPendingApprovals(ctx context.Context, tenant, runID string,
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("list approvals: %w", err)
-	}
-	next := ""
-	if more {
-		next = pagetoken.Encode("approvals", last)
 	}
 	return out, next, nil
 }

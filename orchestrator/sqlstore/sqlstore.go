@@ -182,7 +182,7 @@ func (s *Store) ListBlueprints(ctx context.Context, tenant string, pageSize int,
 	// A row that cannot be decoded is skipped with a logged error, so one bad record never takes the whole list
 	// down; DeleteBlueprint still removes it. Pages are cut on the rows read, decodable or not.
 	var out []*orchestratorv1.Blueprint
-	last, more, err := sqldb.ReadPage(rows, pageSize, func(rows *sql.Rows) (string, error) {
+	next, err := sqldb.ReadPage(rows, pageSize, "blueprints", func(rows *sql.Rows) (string, error) {
 		var name string
 		var version, created int64
 		var def []byte
@@ -200,10 +200,6 @@ func (s *Store) ListBlueprints(ctx context.Context, tenant string, pageSize int,
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("list blueprints: %w", err)
-	}
-	next := ""
-	if more {
-		next = pagetoken.Encode("blueprints", last)
 	}
 	return out, next, nil
 }

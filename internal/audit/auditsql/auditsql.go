@@ -64,7 +64,7 @@ func (s *Store) List(ctx context.Context, tenant string, pageSize int, pageToken
 	}
 	defer rows.Close()
 	var out []audit.Event
-	last, more, err := sqldb.ReadPage(rows, pageSize, func(rows *sql.Rows) (int64, error) {
+	next, err := sqldb.ReadPage(rows, pageSize, "audit", func(rows *sql.Rows) (int64, error) {
 		e := audit.Event{Tenant: tenant}
 		var ms int64
 		if err := rows.Scan(&e.Seq, &ms, &e.Subject, &e.Procedure, &e.Resource, &e.Result); err != nil {
@@ -76,10 +76,6 @@ func (s *Store) List(ctx context.Context, tenant string, pageSize int, pageToken
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("list audit events: %w", err)
-	}
-	next := ""
-	if more {
-		next = pagetoken.Encode("audit", last)
 	}
 	return out, next, nil
 }
